@@ -1,0 +1,43 @@
+//! fedrouter: an XMPP federation router.
+//!
+//! fedrouter is the server-to-server (S2S) edge of a presence deployment: it hosts local
+//! domains and carries their subscriptions, presence and messages to thousands of remote
+//! domains over RFC 6120 streams.
+//!
+//! # Data flow
+//!
+//! ```text
+//!  remote servers                                               local clients
+//!     │ S2S :5269 / :5270 (direct TLS)                               │ C2S :5222
+//!     ▼                                                              ▼
+//!  ┌─ shard k (one thread, one core, one io_uring) ─────────────────────────────┐
+//!  │ socket ─► TLS ─► xml::Framer ─► stream state machine ─► route              │
+//!  │                  (zero-copy: stanzas stay `Bytes` views of the read buffer) │
+//!  └────────────────────────────────────┬────────────────────────────────────────┘
+//!                                       │ bounded inboxes (full mesh)
+//!                                       ▼
+//!  shard(owner) ─► presence/roster logic ─► store ─► outbound queue ─► write
+//! ```
+//!
+//! # Layers
+//!
+//! The pure core does no I/O, reads no clock and starts no thread: it is fed bytes and
+//! time and returns events and bytes to send.
+//!
+//! - [`xml`]: the streaming stanza framer (tokenizer) over borrowed bytes, escaping, writer.
+//! - [`jid`]: JIDs (RFC 7622).
+//! - [`stanza`]: the routing view of a stanza (kind, to, from, type, id, bytes).
+//! - [`condition`]: stream and stanza error conditions (RFC 6120 §4.9.3, §8.3.3).
+//! - [`stream`]: RFC 6120 stream negotiation state machines.
+//! - [`dialback`]: XEP-0220 Server Dialback keys (XEP-0185) and verification state.
+//! - [`presence`]: RFC 6121 subscription state machine and roster semantics.
+
+#![warn(missing_docs)]
+
+pub mod condition;
+pub mod dialback;
+pub mod jid;
+pub mod presence;
+pub mod stanza;
+pub mod stream;
+pub mod xml;

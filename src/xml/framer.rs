@@ -1,0 +1,868 @@
+//! The push-style stream framer.
+//!
+//! Two stages, both linear in the input however it is chunked:
+//!
+//! 1. A resumable byte scanner finds where each top-level element ends. It keeps its
+//!    state between calls (inside a tag, inside a quoted value, inside CDATA, the open
+//!    depth), so every byte is scanned once: feeding a byte at a time costs the same
+//!    per byte as feeding 16 KiB. It enforces the size, depth and header limits at exact
+//!    byte positions, so the error a peer gets does not depend on how its bytes were
+//!    split by the network. It rejects comments, PIs and DTDs as it meets them.
+//! 2. Each completed element is checked once, in place, with quick-xml's borrowed
+//!    reader plus our own checks: UTF-8 and XML characters, names, attribute quoting and
+//!    duplicates, end-tag names, namespace prefixes, entity and character references.
+//!    Scratch vectors are reused, so the steady state allocates nothing per element.
+
+use std::borrow::Cow;
+
+use bytes::{Buf, BytesMut};
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::Reader;
+
+use super::element::{Element, Frame, Namespace, Span, StreamHeader};
+use super::error::{Limit, Restricted, XmlError};
+use super::escape::{check_references, resolve_reference, unescape};
+use super::names::{check_chars, split_qname};
+use super::ns;
+
+/// Limits that bound the framer's memory and CPU whatever a peer sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest top-level element, in bytes (default 256 KiB). The framer buffers at most
+    /// this much (plus one read) for an element in progress.
+    pub max_element_size: usize,
+    /// Largest XML declaration plus stream header, in bytes (default 16 KiB).
+    pub max_header_size: usize,
+    /// Deepest nesting, the top-level element counting as 1 (default 48).
+    pub max_depth: u32,
+    /// Most attributes (namespace declarations included) on one element (default 64).
+    pub max_attributes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_element_size: 256 * 1024,
+            max_header_size: 16 * 1024,
+            max_depth: 48,
+            max_attributes: 64,
+        }
+    }
+}
+
+/// Where the scanner is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Between top-level elements, or in the prolog: only whitespace may come before `<`.
+    Top,
+    /// Character data inside an element.
+    Content,
+    /// Just after `<`.
+    Lt,
+    /// Inside a start tag; `quote` is the open quote of an attribute value, or 0.
+    StartTag { quote: u8 },
+    /// Inside an end tag.
+    EndTag,
+    /// After `<!`: `matched` bytes of `[CDATA[` seen so far.
+    Bang { matched: u8 },
+    /// Inside a CDATA section whose content starts at `content_start`.
+    CData { content_start: usize },
+    /// Inside the XML declaration (prolog only).
+    Decl,
+}
+
+/// Which document the framer is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the stream header: optional BOM and XML declaration, whitespace.
+    Prolog { decl_allowed: bool },
+    /// After the header: top-level elements until `</stream:stream>`.
+    Stream,
+    /// The peer closed its stream; further bytes are ignored.
+    Closed,
+}
+
+/// What the scanner found.
+enum Found {
+    NeedMore,
+    Header { end: usize },
+    Element { end: usize, empty: bool },
+    Close { end: usize },
+}
+
+/// Where a top-level element's namespace was declared.
+#[derive(Clone, Copy)]
+enum NsSource {
+    Element(Span),
+    Header(usize),
+    HeaderDefault,
+    None,
+}
+
+/// What the stream header declared, for resolving elements.
+#[derive(Debug, Default)]
+struct HeaderCtx {
+    close_qname: Vec<u8>,
+    default_ns: Option<Namespace>,
+    prefixes: Vec<(Vec<u8>, Namespace)>,
+}
+
+/// The routing view the checker extracts from a completed element.
+#[derive(Default)]
+struct Info {
+    qname_end: u32,
+    local: Span,
+    start_tag_end: u32,
+    inner_end: u32,
+    uses_header_prefix: bool,
+    to: Option<Span>,
+    from: Option<Span>,
+    type_: Option<Span>,
+    id: Option<Span>,
+    to_attr: Option<Span>,
+    from_attr: Option<Span>,
+}
+
+/// Reused scratch space for the element checker.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// Open elements' qualified names.
+    open: Vec<Span>,
+    /// In-scope namespace declarations on the element: (prefix, namespace value).
+    bindings: Vec<(Span, Span)>,
+    /// `bindings.len()` when each open element started.
+    scopes: Vec<usize>,
+    /// Attribute names of the current start tag.
+    attrs: Vec<Span>,
+}
+
+/// A push-style, zero-copy framer for one direction of an XMPP stream (RFC 6120 §4).
+///
+/// Feed it bytes with [`Framer::feed`] (or read straight into [`Framer::buffer_mut`]),
+/// then call [`Framer::next_frame`] until it returns `Ok(None)`. It yields the
+/// [`StreamHeader`], each top-level [`Element`] (a [`Bytes`] view of the buffer, never
+/// copied), and [`Frame::Close`]. Errors are fatal and sticky; map them to a stream error
+/// with [`XmlError::condition`]. After a stream restart (RFC 6120 §5.4.3.3 after TLS,
+/// §6.4.6 after SASL) call [`Framer::reset`].
+///
+/// Memory: the buffer holds at most one element in progress, bounded by [`Limits`], plus
+/// whatever the caller feeds before calling `next_frame`.
+#[derive(Debug)]
+pub struct Framer {
+    buf: BytesMut,
+    limits: Limits,
+    pos: usize,
+    start: usize,
+    tag_start: usize,
+    depth: u32,
+    scan: Scan,
+    phase: Phase,
+    failed: Option<XmlError>,
+    header: HeaderCtx,
+    scratch: Scratch,
+}
+
+impl Default for Framer {
+    fn default() -> Self {
+        Framer::new(Limits::default())
+    }
+}
+
+impl Framer {
+    /// A framer expecting a stream header, with the given limits.
+    pub fn new(limits: Limits) -> Framer {
+        Framer {
+            buf: BytesMut::with_capacity(16 * 1024),
+            limits,
+            pos: 0,
+            start: 0,
+            tag_start: 0,
+            depth: 0,
+            scan: Scan::Top,
+            phase: Phase::Prolog { decl_allowed: true },
+            failed: None,
+            header: HeaderCtx::default(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Appends received bytes. Nothing is parsed until [`Framer::next_frame`].
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.phase == Phase::Closed || self.failed.is_some() {
+            return;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The receive buffer, for a runtime that reads into it directly (append only; the
+    /// bytes already there must not be changed).
+    pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Bytes buffered and not yet yielded.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Has the peer closed its stream (`</stream:stream>` seen)?
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Expects a new stream header, as after a stream restart. Bytes already buffered
+    /// belong to the new stream and are kept.
+    pub fn reset(&mut self) {
+        self.pos = 0;
+        self.start = 0;
+        self.tag_start = 0;
+        self.depth = 0;
+        self.scan = Scan::Top;
+        self.phase = Phase::Prolog { decl_allowed: true };
+        self.failed = None;
+        self.header = HeaderCtx::default();
+    }
+
+    /// Drops every buffered byte, as when the transport under the stream changes (the
+    /// bytes after `<proceed/>` are TLS records, not XML).
+    pub fn discard_buffered(&mut self) {
+        self.buf.clear();
+        self.pos = 0;
+        self.start = 0;
+    }
+
+    /// The next frame, `Ok(None)` when more bytes are needed (or the stream is closed).
+    ///
+    /// Errors: the first violation of well-formedness, RFC 6120 §11 restrictions,
+    /// namespaces or [`Limits`], as an [`XmlError`]; the same error is returned by every
+    /// later call.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, XmlError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        if self.phase == Phase::Closed {
+            return Ok(None);
+        }
+        match self.step() {
+            Ok(f) => Ok(f),
+            Err(e) => {
+                self.failed = Some(e);
+                self.buf = BytesMut::new();
+                Err(e)
+            }
+        }
+    }
+
+    fn step(&mut self) -> Result<Option<Frame>, XmlError> {
+        match self.scan_input()? {
+            Found::NeedMore => {
+                if self.scan == Scan::Top && self.phase == Phase::Stream && self.pos > 0 {
+                    // Whitespace keepalives between elements: drop them now.
+                    self.buf.advance(self.pos);
+                    self.pos = 0;
+                    self.start = 0;
+                }
+                Ok(None)
+            }
+            Found::Header { end } => {
+                let header = self.parse_header(self.tag_start, end)?;
+                self.buf.advance(end);
+                self.pos = 0;
+                self.start = 0;
+                self.scan = Scan::Top;
+                self.phase = Phase::Stream;
+                Ok(Some(Frame::Header(header)))
+            }
+            Found::Element { end, empty } => {
+                let (start, header) = (self.start, &self.header);
+                let (info, src) = check_element(
+                    &self.buf[start..end],
+                    header,
+                    &mut self.scratch,
+                    &self.limits,
+                )?;
+                self.buf.advance(start);
+                let bytes = self.buf.split_to(end - start).freeze();
+                self.pos = 0;
+                self.start = 0;
+                self.scan = Scan::Top;
+                let ns = match src {
+                    NsSource::Element(s) => Namespace::classify(&bytes[s.range()], Some(&bytes)),
+                    NsSource::Header(i) => self.header.prefixes[i].1.clone(),
+                    NsSource::HeaderDefault => {
+                        self.header.default_ns.clone().unwrap_or(Namespace::None)
+                    }
+                    NsSource::None => Namespace::None,
+                };
+                Ok(Some(Frame::Element(Element {
+                    bytes,
+                    ns,
+                    qname_end: info.qname_end,
+                    local: info.local,
+                    start_tag_end: info.start_tag_end,
+                    inner_end: info.inner_end,
+                    empty,
+                    uses_header_prefix: info.uses_header_prefix,
+                    to: info.to,
+                    from: info.from,
+                    type_: info.type_,
+                    id: info.id,
+                    to_attr: info.to_attr,
+                    from_attr: info.from_attr,
+                })))
+            }
+            Found::Close { end } => {
+                let name = trim_ws(&self.buf[self.tag_start + 2..end - 1]);
+                if name != self.header.close_qname.as_slice() {
+                    return Err(XmlError::NotWellFormed("end tag does not match the stream header"));
+                }
+                self.buf.advance(end);
+                self.pos = 0;
+                self.phase = Phase::Closed;
+                Ok(Some(Frame::Close))
+            }
+        }
+    }
+
+    /// The exclusive end of the byte window the scanner may look at, and the limit that
+    /// applies when it is reached.
+    fn window(&self) -> (usize, Limit) {
+        match (self.phase, self.scan) {
+            (Phase::Prolog { .. }, _) => (self.limits.max_header_size, Limit::HeaderSize),
+            (_, Scan::Top) => (usize::MAX, Limit::ElementSize),
+            _ => (self.start.saturating_add(self.limits.max_element_size), Limit::ElementSize),
+        }
+    }
+
+    fn scan_input(&mut self) -> Result<Found, XmlError> {
+        const CDATA: &[u8; 7] = b"[CDATA[";
+        loop {
+            let (limit, which) = self.window();
+            let end = self.buf.len().min(limit);
+            if self.pos >= end {
+                if self.pos >= limit {
+                    return Err(XmlError::PolicyViolation(which));
+                }
+                return Ok(Found::NeedMore);
+            }
+            let buf = &self.buf[..end];
+            let prolog = matches!(self.phase, Phase::Prolog { .. });
+            match self.scan {
+                Scan::Top => {
+                    if self.pos == 0 && prolog {
+                        // A UTF-8 byte order mark may open the stream.
+                        const BOM: &[u8] = b"\xEF\xBB\xBF";
+                        let n = buf.len().min(3);
+                        if buf[..n] == BOM[..n] {
+                            if n < 3 {
+                                return Ok(Found::NeedMore);
+                            }
+                            self.pos = 3;
+                            continue;
+                        }
+                    }
+                    let rest = &buf[self.pos..];
+                    match rest.iter().position(|&b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
+                        None => self.pos = end,
+                        Some(i) => {
+                            if i > 0 {
+                                if let Phase::Prolog { decl_allowed } = &mut self.phase {
+                                    *decl_allowed = false;
+                                }
+                            }
+                            self.pos += i;
+                            if buf[self.pos] != b'<' {
+                                return Err(if prolog {
+                                    XmlError::NotWellFormed("character data before the stream header")
+                                } else {
+                                    XmlError::BadFormat("character data at stream level")
+                                });
+                            }
+                            if !prolog {
+                                self.start = self.pos;
+                            }
+                            self.tag_start = self.pos;
+                            self.pos += 1;
+                            self.scan = Scan::Lt;
+                        }
+                    }
+                }
+                Scan::Lt => match buf[self.pos] {
+                    b'/' => {
+                        if prolog {
+                            return Err(XmlError::NotWellFormed("end tag before the stream header"));
+                        }
+                        self.pos += 1;
+                        self.scan = Scan::EndTag;
+                    }
+                    b'!' => {
+                        self.pos += 1;
+                        self.scan = Scan::Bang { matched: 0 };
+                    }
+                    b'?' => match self.phase {
+                        Phase::Prolog { decl_allowed: true } => {
+                            self.pos += 1;
+                            self.scan = Scan::Decl;
+                        }
+                        _ => {
+                            return Err(XmlError::RestrictedXml(Restricted::ProcessingInstruction))
+                        }
+                    },
+                    _ => self.scan = Scan::StartTag { quote: 0 },
+                },
+                Scan::StartTag { quote: 0 } => {
+                    let rest = &buf[self.pos..];
+                    let Some(i) = memchr::memchr3(b'>', b'"', b'\'', rest) else {
+                        self.pos = end;
+                        continue;
+                    };
+                    let at = self.pos + i;
+                    self.pos = at + 1;
+                    if buf[at] != b'>' {
+                        self.scan = Scan::StartTag { quote: buf[at] };
+                        continue;
+                    }
+                    let empty = at > self.tag_start + 1 && buf[at - 1] == b'/';
+                    if prolog {
+                        if empty {
+                            return Err(XmlError::BadFormat("self-closed stream header"));
+                        }
+                        return Ok(Found::Header { end: self.pos });
+                    }
+                    if empty {
+                        if self.depth == 0 {
+                            return Ok(Found::Element { end: self.pos, empty: true });
+                        }
+                    } else {
+                        self.depth += 1;
+                        if self.depth > self.limits.max_depth {
+                            return Err(XmlError::PolicyViolation(Limit::Depth));
+                        }
+                    }
+                    self.scan = Scan::Content;
+                }
+                Scan::StartTag { quote } => {
+                    let rest = &buf[self.pos..];
+                    let Some(i) = memchr::memchr2(quote, b'<', rest) else {
+                        self.pos = end;
+                        continue;
+                    };
+                    let at = self.pos + i;
+                    if buf[at] == b'<' {
+                        return Err(XmlError::NotWellFormed("'<' in an attribute value"));
+                    }
+                    self.pos = at + 1;
+                    self.scan = Scan::StartTag { quote: 0 };
+                }
+                Scan::Content => match memchr::memchr(b'<', &buf[self.pos..]) {
+                    None => self.pos = end,
+                    Some(i) => {
+                        self.tag_start = self.pos + i;
+                        self.pos += i + 1;
+                        self.scan = Scan::Lt;
+                    }
+                },
+                Scan::EndTag => match memchr::memchr(b'>', &buf[self.pos..]) {
+                    None => self.pos = end,
+                    Some(i) => {
+                        self.pos += i + 1;
+                        if self.depth == 0 {
+                            return Ok(Found::Close { end: self.pos });
+                        }
+                        self.depth -= 1;
+                        if self.depth == 0 {
+                            return Ok(Found::Element { end: self.pos, empty: false });
+                        }
+                        self.scan = Scan::Content;
+                    }
+                },
+                Scan::Bang { matched } => {
+                    let b = buf[self.pos];
+                    if matched == 0 {
+                        match b {
+                            b'-' => return Err(XmlError::RestrictedXml(Restricted::Comment)),
+                            b'[' => {}
+                            _ => return Err(XmlError::RestrictedXml(Restricted::Dtd)),
+                        }
+                    }
+                    if b != CDATA[matched as usize] {
+                        return Err(XmlError::NotWellFormed("bad markup after '<!'"));
+                    }
+                    self.pos += 1;
+                    if matched as usize + 1 < CDATA.len() {
+                        self.scan = Scan::Bang { matched: matched + 1 };
+                    } else if self.depth == 0 {
+                        return Err(if prolog {
+                            XmlError::NotWellFormed("CDATA before the stream header")
+                        } else {
+                            XmlError::BadFormat("CDATA at stream level")
+                        });
+                    } else {
+                        self.scan = Scan::CData { content_start: self.pos };
+                    }
+                }
+                Scan::CData { content_start } => match memchr::memchr(b'>', &buf[self.pos..]) {
+                    None => self.pos = end,
+                    Some(i) => {
+                        let gt = self.pos + i;
+                        self.pos = gt + 1;
+                        if gt >= content_start + 2 && &buf[gt - 2..gt] == b"]]" {
+                            self.scan = Scan::Content;
+                        }
+                    }
+                },
+                Scan::Decl => match memchr::memchr(b'>', &buf[self.pos..]) {
+                    None => self.pos = end,
+                    Some(i) => {
+                        let gt = self.pos + i;
+                        self.pos = gt + 1;
+                        if buf[gt - 1] == b'?' && gt - 1 > self.tag_start + 1 {
+                            check_decl(&buf[self.tag_start + 2..gt - 1])?;
+                            self.phase = Phase::Prolog { decl_allowed: false };
+                            self.scan = Scan::Top;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn parse_header(&mut self, start: usize, end: usize) -> Result<StreamHeader, XmlError> {
+        let tag = &self.buf[start..end];
+        check_chars(tag)?;
+        let mut reader = Reader::from_reader(tag);
+        configure(&mut reader);
+        let e = match reader.read_event() {
+            Ok(Event::Start(e)) => e,
+            _ => return Err(XmlError::NotWellFormed("malformed stream header")),
+        };
+        let (prefix, local) = split_qname(e.name().into_inner().as_bytes())?;
+        let mut h = StreamHeader {
+            to: None,
+            from: None,
+            id: None,
+            version: None,
+            lang: None,
+            content_ns: Namespace::None,
+            stream_prefix: String::from_utf8_lossy(prefix).into_owned(),
+            prefixes: Vec::new(),
+        };
+        let mut ctx = HeaderCtx { close_qname: e.name().into_inner().as_bytes().to_vec(), ..Default::default() };
+        let mut seen: Vec<&[u8]> = Vec::new();
+        let mut attr_prefixes: Vec<&[u8]> = Vec::new();
+        for attr in e.attributes().with_checks(false) {
+            let attr = attr.map_err(|_| XmlError::NotWellFormed("malformed attribute"))?;
+            if seen.len() >= self.limits.max_attributes {
+                return Err(XmlError::PolicyViolation(Limit::Attributes));
+            }
+            let key = attr.key.into_inner().as_bytes();
+            if seen.contains(&key) {
+                return Err(XmlError::NotWellFormed("duplicate attribute"));
+            }
+            seen.push(key);
+            let (kp, kl) = split_qname(key)?;
+            let value = unescape(&attr.value)?.into_owned();
+            match (kp, kl) {
+                (b"", b"xmlns") => ctx.default_ns = Some(Namespace::classify(value.as_bytes(), None)),
+                (b"xmlns", p) => {
+                    declare_prefix(p, value.as_bytes())?;
+                    ctx.prefixes.push((p.to_vec(), Namespace::classify(value.as_bytes(), None)));
+                    h.prefixes.push((String::from_utf8_lossy(p).into_owned(), value));
+                }
+                (b"", b"to") => h.to = Some(value),
+                (b"", b"from") => h.from = Some(value),
+                (b"", b"id") => h.id = Some(value),
+                (b"", b"version") => h.version = Some(value),
+                (b"xml", b"lang") => h.lang = Some(value),
+                (b"", _) | (b"xml", _) => {}
+                (p, _) => attr_prefixes.push(p),
+            }
+        }
+        if attr_prefixes.iter().any(|p| !ctx.prefixes.iter().any(|(q, _)| q == p)) {
+            return Err(XmlError::BadNamespacePrefix("undeclared attribute prefix on the stream header"));
+        }
+        let stream_ns = if prefix.is_empty() {
+            ctx.default_ns.clone()
+        } else {
+            ctx.prefixes.iter().rev().find(|(p, _)| p == prefix).map(|(_, n)| n.clone())
+        };
+        match stream_ns {
+            None if !prefix.is_empty() => {
+                return Err(XmlError::BadNamespacePrefix("undeclared stream prefix"))
+            }
+            Some(Namespace::Streams) if local == b"stream" => {}
+            _ => return Err(XmlError::InvalidNamespace("stream element not in the streams namespace")),
+        }
+        match &ctx.default_ns {
+            Some(n @ (Namespace::Server | Namespace::Client)) => h.content_ns = n.clone(),
+            _ => return Err(XmlError::InvalidNamespace("content namespace is not jabber:server or jabber:client")),
+        }
+        self.header = ctx;
+        Ok(h)
+    }
+}
+
+fn configure(reader: &mut Reader<&[u8]>) {
+    let c = reader.config_mut();
+    c.check_end_names = false;
+    c.check_comments = false;
+    c.expand_empty_elements = false;
+    c.trim_text_start = false;
+    c.trim_text_end = false;
+    c.allow_dangling_amp = false;
+    c.allow_unmatched_ends = false;
+}
+
+/// Checks a namespace declaration `xmlns:prefix='value'` (Namespaces in XML 1.0 §3).
+fn declare_prefix(prefix: &[u8], value: &[u8]) -> Result<(), XmlError> {
+    if value.is_empty() {
+        return Err(XmlError::BadNamespacePrefix("prefix bound to the empty namespace"));
+    }
+    match prefix {
+        b"xmlns" => Err(XmlError::BadNamespacePrefix("the xmlns prefix cannot be declared")),
+        b"xml" if value != ns::XML.as_bytes() => {
+            Err(XmlError::BadNamespacePrefix("the xml prefix is bound to another namespace"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn trim_ws(s: &[u8]) -> &[u8] {
+    let end = s
+        .iter()
+        .rposition(|&b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        .map_or(0, |i| i + 1);
+    &s[..end]
+}
+
+/// Checks the body of an XML declaration, `xml version='1.0' encoding='UTF-8'`
+/// (XML 1.0 §2.8, §4.3.3); anything else that starts `<?` is a processing instruction.
+fn check_decl(body: &[u8]) -> Result<(), XmlError> {
+    let is_decl = body.len() > 3
+        && &body[..3] == b"xml"
+        && matches!(body[3], b' ' | b'\t' | b'\r' | b'\n');
+    if !is_decl {
+        return Err(XmlError::RestrictedXml(Restricted::ProcessingInstruction));
+    }
+    check_chars(body)?;
+    let text = std::str::from_utf8(body).map_err(|_| XmlError::UnsupportedEncoding)?;
+    let value_of = |name: &str| -> Option<&str> {
+        let at = text.find(name)? + name.len();
+        let rest = text[at..].trim_start().strip_prefix('=')?.trim_start();
+        let q = rest.chars().next()?;
+        if q != '\'' && q != '"' {
+            return None;
+        }
+        rest[1..].split(q).next()
+    };
+    match value_of("version") {
+        Some(v) if v.starts_with("1.") => {}
+        _ => return Err(XmlError::NotWellFormed("bad XML declaration version")),
+    }
+    if let Some(enc) = value_of("encoding") {
+        if !enc.eq_ignore_ascii_case("utf-8") {
+            return Err(XmlError::UnsupportedEncoding);
+        }
+    }
+    Ok(())
+}
+
+/// The span of `part`, a subslice of `base`.
+#[inline]
+fn span_of(base: &[u8], part: &[u8]) -> Span {
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    Span::new(start, start + part.len())
+}
+
+/// Checks one complete top-level element in place and extracts its routing view.
+fn check_element(
+    s: &[u8],
+    header: &HeaderCtx,
+    scratch: &mut Scratch,
+    limits: &Limits,
+) -> Result<(Info, NsSource), XmlError> {
+    check_chars(s)?;
+    scratch.open.clear();
+    scratch.bindings.clear();
+    scratch.scopes.clear();
+    let mut info = Info::default();
+    let mut ns_src = NsSource::None;
+    let mut reader = Reader::from_reader(s);
+    configure(&mut reader);
+    loop {
+        let before = reader.buffer_position() as usize;
+        let event = reader
+            .read_event()
+            .map_err(|_| XmlError::NotWellFormed("malformed markup"))?;
+        match event {
+            Event::Start(e) | Event::Empty(e) if before == 0 => {
+                let empty = s[reader.buffer_position() as usize - 2] == b'/';
+                let (src, header_prefix) = start_tag(s, &e, header, scratch, limits, Some(&mut info))?;
+                ns_src = src;
+                info.uses_header_prefix |= header_prefix;
+                info.start_tag_end = reader.buffer_position() as u32;
+                if empty {
+                    scratch.bindings.truncate(scratch.scopes.pop().unwrap_or(0));
+                } else {
+                    scratch.open.push(span_of(s, e.name().into_inner().as_bytes()));
+                }
+            }
+            Event::Start(e) => {
+                let (_, hp) = start_tag(s, &e, header, scratch, limits, None)?;
+                info.uses_header_prefix |= hp;
+                scratch.open.push(span_of(s, e.name().into_inner().as_bytes()));
+            }
+            Event::Empty(e) => {
+                let (_, hp) = start_tag(s, &e, header, scratch, limits, None)?;
+                info.uses_header_prefix |= hp;
+                scratch.bindings.truncate(scratch.scopes.pop().unwrap_or(0));
+            }
+            Event::End(e) => {
+                let open = scratch
+                    .open
+                    .pop()
+                    .ok_or(XmlError::NotWellFormed("end tag without start tag"))?;
+                if &s[open.range()] != trim_ws(e.name().into_inner().as_bytes()) {
+                    return Err(XmlError::NotWellFormed("mismatched end tag"));
+                }
+                scratch.bindings.truncate(scratch.scopes.pop().unwrap_or(0));
+                if scratch.open.is_empty() {
+                    info.inner_end = before as u32;
+                }
+            }
+            Event::Text(t) => {
+                if memchr::memmem::find(t.as_bytes(), b"]]>").is_some() {
+                    return Err(XmlError::NotWellFormed("']]>' in character data"));
+                }
+            }
+            Event::GeneralRef(r) => {
+                resolve_reference(r.as_bytes())?;
+            }
+            Event::CData(_) => {}
+            Event::Comment(_) => return Err(XmlError::RestrictedXml(Restricted::Comment)),
+            Event::PI(_) | Event::Decl(_) => {
+                return Err(XmlError::RestrictedXml(Restricted::ProcessingInstruction))
+            }
+            Event::DocType(_) => return Err(XmlError::RestrictedXml(Restricted::Dtd)),
+            Event::Eof => break,
+        }
+    }
+    if !scratch.open.is_empty() {
+        return Err(XmlError::NotWellFormed("unclosed element"));
+    }
+    Ok((info, ns_src))
+}
+
+/// Checks a start tag: its name, attributes (quoting, duplicates, references, count),
+/// namespace declarations and prefixes. Pushes its namespace scope. For the top-level
+/// element (`info` given) it records the routing attributes. Returns where the element's
+/// namespace comes from and whether a header-declared prefix was used below the top.
+fn start_tag(
+    s: &[u8],
+    e: &BytesStart<'_>,
+    header: &HeaderCtx,
+    scratch: &mut Scratch,
+    limits: &Limits,
+    mut info: Option<&mut Info>,
+) -> Result<(NsSource, bool), XmlError> {
+    let qname = e.name().into_inner().as_bytes();
+    let (prefix, local) = split_qname(qname)?;
+    scratch.scopes.push(scratch.bindings.len());
+    scratch.attrs.clear();
+    for attr in e.attributes().with_checks(false) {
+        let attr = attr.map_err(|_| XmlError::NotWellFormed("malformed attribute"))?;
+        if scratch.attrs.len() >= limits.max_attributes {
+            return Err(XmlError::PolicyViolation(Limit::Attributes));
+        }
+        let key = attr.key.into_inner().as_bytes();
+        let value: &[u8] = match &attr.value {
+            Cow::Borrowed(v) => v.as_bytes(),
+            Cow::Owned(_) => return Err(XmlError::NotWellFormed("malformed attribute")),
+        };
+        if scratch.attrs.iter().any(|a| &s[a.range()] == key) {
+            return Err(XmlError::NotWellFormed("duplicate attribute"));
+        }
+        let kspan = span_of(s, key);
+        scratch.attrs.push(kspan);
+        let (kp, kl) = split_qname(key)?;
+        check_references(value)?;
+        let vspan = span_of(s, value);
+        match (kp, kl) {
+            (b"", b"xmlns") => scratch.bindings.push((Span::default(), vspan)),
+            (b"xmlns", p) => {
+                declare_prefix(p, value)?;
+                scratch.bindings.push((span_of(s, p), vspan));
+            }
+            (b"", name) => {
+                if let Some(info) = info.as_deref_mut() {
+                    // The whole attribute, from the whitespace before its name to the
+                    // closing quote, for rewriting `to`/`from` without re-parsing.
+                    let mut a = kspan.start as usize;
+                    while a > 0 && matches!(s[a - 1], b' ' | b'\t' | b'\r' | b'\n') {
+                        a -= 1;
+                    }
+                    let whole = Span::new(a, vspan.end as usize + 1);
+                    match name {
+                        b"to" => (info.to, info.to_attr) = (Some(vspan), Some(whole)),
+                        b"from" => (info.from, info.from_attr) = (Some(vspan), Some(whole)),
+                        b"type" => info.type_ = Some(vspan),
+                        b"id" => info.id = Some(vspan),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let scope = *scratch.scopes.last().unwrap_or(&0);
+    let mut header_prefix = false;
+    // Attribute prefixes must be declared (xml is predefined, xmlns is special).
+    for i in 0..scratch.attrs.len() {
+        let key = &s[scratch.attrs[i].range()];
+        let (kp, _) = split_qname(key)?;
+        if kp.is_empty() || kp == b"xmlns" || kp == b"xml" {
+            continue;
+        }
+        match lookup(s, kp, header, &scratch.bindings) {
+            NsSource::None => return Err(XmlError::BadNamespacePrefix("undeclared attribute prefix")),
+            NsSource::Header(_) => header_prefix = true,
+            _ => {}
+        }
+    }
+    let _ = scope;
+    let src = if prefix == b"xml" {
+        return Err(XmlError::BadNamespacePrefix("element in the xml namespace"));
+    } else {
+        lookup(s, prefix, header, &scratch.bindings)
+    };
+    if matches!(src, NsSource::None) && !prefix.is_empty() {
+        return Err(XmlError::BadNamespacePrefix("undeclared element prefix"));
+    }
+    if let Some(info) = info {
+        info.qname_end = 1 + qname.len() as u32;
+        info.local = span_of(s, local);
+    } else if matches!(src, NsSource::Header(_)) {
+        header_prefix = true;
+    }
+    Ok((src, header_prefix))
+}
+
+/// Resolves a prefix (empty for the default namespace): innermost declaration on the
+/// element first, then the stream header's.
+fn lookup(s: &[u8], prefix: &[u8], header: &HeaderCtx, bindings: &[(Span, Span)]) -> NsSource {
+    if let Some((_, v)) = bindings.iter().rev().find(|(p, _)| &s[p.range()] == prefix) {
+        return NsSource::Element(*v);
+    }
+    if prefix.is_empty() {
+        return if header.default_ns.is_some() { NsSource::HeaderDefault } else { NsSource::None };
+    }
+    match header.prefixes.iter().rposition(|(p, _)| p == prefix) {
+        Some(i) => NsSource::Header(i),
+        None => NsSource::None,
+    }
+}

@@ -1,0 +1,64 @@
+//! The XMPP stream tokenizer: a push-style, zero-copy framer for a never-ending
+//! `<stream:stream>` document (RFC 6120 §4, restricted XML per §11).
+//!
+//! [`Framer`] is fed arbitrary byte chunks and yields [`Frame`]s: the [`StreamHeader`],
+//! each complete top-level [`Element`] as a refcounted [`bytes::Bytes`] view of the read
+//! buffer plus its routing view, and the stream close. It owns framing, depth, limits and
+//! chunk-boundary handling in one resumable byte scanner (each input byte is scanned once,
+//! however the input is split), then checks each completed element with quick-xml's
+//! borrowed reader plus our own name, namespace, reference and character checks, so a
+//! router never forwards what it could not parse.
+//!
+//! The [`writer`] emits stanzas with new `to`/`from` around untouched body bytes.
+
+mod element;
+mod error;
+mod escape;
+mod framer;
+mod names;
+pub mod writer;
+
+pub use element::{Element, Frame, Namespace, Span, StreamHeader};
+pub use error::{Limit, Restricted, XmlError};
+pub use escape::{
+    check_references, escape_attr, escape_attr_into, escape_text, escape_text_into, unescape,
+};
+pub use framer::{Framer, Limits};
+
+/// Namespace names used by the framer and the stream layer.
+pub mod ns {
+    /// `jabber:server` (RFC 6120 §4.8.3).
+    pub const SERVER: &str = "jabber:server";
+    /// `jabber:client`.
+    pub const CLIENT: &str = "jabber:client";
+    /// `jabber:server:dialback` (XEP-0220).
+    pub const DIALBACK: &str = "jabber:server:dialback";
+    /// `urn:xmpp:features:dialback`, the dialback stream feature (XEP-0220 §2.1).
+    pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
+    /// `http://etherx.jabber.org/streams` (RFC 6120 §4.8.1).
+    pub const STREAMS: &str = "http://etherx.jabber.org/streams";
+    /// `urn:ietf:params:xml:ns:xmpp-streams`, stream error conditions (§4.9.3).
+    pub const STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+    /// `urn:ietf:params:xml:ns:xmpp-stanzas`, stanza error conditions (§8.3.3).
+    pub const STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+    /// `urn:ietf:params:xml:ns:xmpp-tls` (§5).
+    pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+    /// `urn:ietf:params:xml:ns:xmpp-sasl` (§6).
+    pub const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+    /// `urn:xmpp:sm:3` (XEP-0198).
+    pub const SM: &str = "urn:xmpp:sm:3";
+    /// `urn:xmpp:bidi` (XEP-0288).
+    pub const BIDI: &str = "urn:xmpp:bidi";
+    /// `urn:xmpp:features:bidi` (XEP-0288 stream feature).
+    pub const BIDI_FEATURE: &str = "urn:xmpp:features:bidi";
+    /// The `xml` prefix's namespace (Namespaces in XML 1.0 §3).
+    pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
+
+    pub(crate) const SERVER_B: &[u8] = SERVER.as_bytes();
+    pub(crate) const CLIENT_B: &[u8] = CLIENT.as_bytes();
+    pub(crate) const DIALBACK_B: &[u8] = DIALBACK.as_bytes();
+    pub(crate) const STREAMS_B: &[u8] = STREAMS.as_bytes();
+    pub(crate) const TLS_B: &[u8] = TLS.as_bytes();
+    pub(crate) const SASL_B: &[u8] = SASL.as_bytes();
+    pub(crate) const SM_B: &[u8] = SM.as_bytes();
+}
