@@ -214,8 +214,9 @@ impl StanzaCondition {
         match self {
             BadRequest | JidMalformed | NotAcceptable | PolicyViolation => "modify",
             Forbidden | NotAuthorized | SubscriptionRequired => "auth",
-            RecipientUnavailable | RemoteServerTimeout | ResourceConstraint
-            | UnexpectedRequest => "wait",
+            RecipientUnavailable | RemoteServerTimeout | ResourceConstraint | UnexpectedRequest => {
+                "wait"
+            }
             _ => "cancel",
         }
     }
@@ -233,7 +234,12 @@ mod tests {
 
     #[test]
     fn stream_condition_names_round_trip() {
-        for name in ["not-well-formed", "restricted-xml", "invalid-from", "host-unknown"] {
+        for name in [
+            "not-well-formed",
+            "restricted-xml",
+            "invalid-from",
+            "host-unknown",
+        ] {
             assert_eq!(StreamCondition::from_name(name).unwrap().as_str(), name);
         }
         assert_eq!(StreamCondition::from_name("no-such-thing"), None);
@@ -241,7 +247,10 @@ mod tests {
 
     #[test]
     fn stanza_condition_types_follow_rfc6120() {
-        assert_eq!(StanzaCondition::RemoteServerNotFound.default_type(), "cancel");
+        assert_eq!(
+            StanzaCondition::RemoteServerNotFound.default_type(),
+            "cancel"
+        );
         assert_eq!(StanzaCondition::RemoteServerTimeout.default_type(), "wait");
         assert_eq!(StanzaCondition::NotAuthorized.default_type(), "auth");
     }

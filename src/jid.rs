@@ -1,1 +1,1080 @@
-//! placeholder
+//! JIDs: the XMPP address format of RFC 7622, `[localpart "@"] domainpart ["/" resourcepart]`.
+//!
+//! Parsing splits a string as RFC 7622 §3.1 says (the resourcepart starts at the first `/`,
+//! the localpart ends at the first `@` before it) and then enforces each part on its own:
+//!
+//! | part | rule | RFC 7622 |
+//! |---|---|---|
+//! | localpart | PRECIS `UsernameCaseMapped` (RFC 8265 §3.3), minus `" & ' / : < > @` | §3.3 |
+//! | domainpart | one trailing `.` stripped, then an IP literal or an IDNA2008 name in Unicode form (UTS #46 mapping: lowercase, NFC, A-labels decoded) | §3.2 |
+//! | resourcepart | PRECIS `OpaqueString` (RFC 8265 §4.2) | §3.4 |
+//!
+//! Every part is 1 to 1023 octets once normalised. [`BareJid`], [`FullJid`] and [`Jid`] hold
+//! only the normalised form, so their `Eq`, `Hash` and `Ord` compare JIDs the way RFC 7622
+//! §3.1 wants (`Juliet@EXAMPLE.com` equals `juliet@example.com`), and `Display` gives it back.
+//! [`domain_of`] is the allocation-free shortcut for routing hot paths.
+//!
+//! # Why not the `jid` crate
+//!
+//! We considered the `jid` crate from xmpp-rs: its README (0.12, 2025) says it "does not yet
+//! implement RFC7622", and its 0.10/0.11 releases depend on the `stringprep` crate, i.e. the
+//! RFC 6122 Nodeprep/Resourceprep/Nameprep profiles, under which `fußball` and `fussball` are
+//! one JID (RFC 7622 §3.5 says they are two). So this module glues RFC 7622 together itself
+//! from `precis-profiles` (RFC 8264/8265) and `idna` (UTS #46), and adds what neither does:
+//! the localpart exclusions, the trailing-dot rule, IP literals, the length limits, and
+//! rejection of the symbols UTS #46 lets through but IDNA2008 disallows (`♥.example`).
+//!
+//! # Known limits
+//!
+//! - `precis-core` takes PRECIS derived properties from the IANA registry, i.e. Unicode 6.3:
+//!   a localpart with a letter assigned after Unicode 6.3 is rejected as unassigned.
+//! - Domain names follow STD3 rules (letters, digits, hyphens: `a_b.example` is invalid) and
+//!   may not start or end a label with `-`; `--` in the third and fourth position is allowed,
+//!   as real names use it. DNS length limits (63-octet labels) are left to resolution.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use idna::uts46::{AsciiDenyList, Hyphens, Uts46};
+use precis_profiles::precis_core::profile::PrecisFastInvocation;
+use precis_profiles::precis_core::DerivedPropertyValue;
+use precis_profiles::precis_core::{IdentifierClass, StringClass};
+use precis_profiles::{OpaqueString, UsernameCaseMapped};
+
+/// Longest part, in octets of its normalised UTF-8 form (RFC 7622 §3.2, §3.3, §3.4).
+pub const MAX_PART_LEN: usize = 1023;
+
+/// Longest raw part we are willing to normalise, in octets. No PRECIS or UTS #46 mapping
+/// shrinks a string by more than a factor of three (a full-width letter or a Hangul jamo
+/// triple becoming one short code point), so this never rejects a part that would fit
+/// [`MAX_PART_LEN`]; it only keeps a hostile peer from making us normalise megabytes.
+const MAX_RAW_PART_LEN: usize = 4 * MAX_PART_LEN;
+
+/// Why a string is not a valid JID (RFC 7622).
+///
+/// All of them map to the `jid-malformed` stanza error (RFC 6120 §8.3.3.8) when the JID
+/// comes from a stanza's `to` or `from`, or to `improper-addressing` / `invalid-from` /
+/// `host-unknown` stream errors (RFC 6120 §4.9.3) when it comes from a stream header.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JidError {
+    /// RFC 7622 §3.3.1: a localpart MUST NOT be zero octets (`@example.com`).
+    #[error("empty localpart (RFC 7622 §3.3.1)")]
+    EmptyLocal,
+    /// RFC 7622 §3.2.1: a domainpart MUST NOT be zero octets, also once its trailing dot is
+    /// stripped (`juliet@`, `/foobar`, `juliet@.`).
+    #[error("empty domainpart (RFC 7622 §3.2.1)")]
+    EmptyDomain,
+    /// RFC 7622 §3.4.1: a resourcepart MUST NOT be zero octets (`juliet@example.com/`).
+    #[error("empty resourcepart (RFC 7622 §3.4.1)")]
+    EmptyResource,
+    /// RFC 7622 §3.3.1: a localpart MUST NOT be more than 1023 octets once enforced.
+    #[error("localpart longer than 1023 octets (RFC 7622 §3.3.1)")]
+    LocalTooLong,
+    /// RFC 7622 §3.2.1: a domainpart MUST NOT be more than 1023 octets once enforced.
+    #[error("domainpart longer than 1023 octets (RFC 7622 §3.2.1)")]
+    DomainTooLong,
+    /// RFC 7622 §3.4.1: a resourcepart MUST NOT be more than 1023 octets once enforced.
+    #[error("resourcepart longer than 1023 octets (RFC 7622 §3.4.1)")]
+    ResourceTooLong,
+    /// RFC 7622 §3.3.1 and §3.3.2: the localpart fails the PRECIS `UsernameCaseMapped`
+    /// profile (space, symbol such as `♚`, compatibility character such as U+2163 `Ⅳ`,
+    /// bidi rule) or contains one of `" & ' / : < > @`, which §3.3.1 excludes.
+    #[error("localpart is not a valid UsernameCaseMapped string (RFC 7622 §3.3)")]
+    InvalidLocal,
+    /// RFC 7622 §3.2: the domainpart is neither an IPv4 address, nor a bracketed IPv6
+    /// address (RFC 3986 `IP-literal`), nor an internationalised domain name made of
+    /// NR-LDH labels and IDNA2008 U-labels (an invalid A-label, an empty label, `_`, a
+    /// symbol such as `♥`, a label starting or ending with `-`).
+    #[error("domainpart is not an IP address or IDNA2008 domain name (RFC 7622 §3.2)")]
+    InvalidDomain,
+    /// RFC 7622 §3.4.1 and §3.4.2: the resourcepart fails the PRECIS `OpaqueString` profile
+    /// (a control character, an unassigned code point).
+    #[error("resourcepart is not a valid OpaqueString (RFC 7622 §3.4)")]
+    InvalidResource,
+    /// RFC 7622 §3.1: a bare JID was required (`localpart@domainpart` or `domainpart`) and
+    /// the string has a resourcepart.
+    #[error("a bare JID was expected but a resourcepart is present (RFC 7622 §3.1)")]
+    UnexpectedResource,
+    /// RFC 7622 §3.1: a full JID was required (`[localpart@]domainpart/resourcepart`) and the
+    /// string has no resourcepart.
+    #[error("a full JID was expected but there is no resourcepart (RFC 7622 §3.1)")]
+    MissingResource,
+}
+
+/// The domainpart of an unnormalised JID string, without allocating or validating: the text
+/// after the first `@` that comes before the first `/`, up to that `/`, with one trailing
+/// `.` removed (RFC 7622 §3.1 and §3.2).
+///
+/// Shapes: `juliet@example.com/foo@bar` → `example.com`; `example.com/a@b` → `example.com`;
+/// `EXAMPLE.com.` → `EXAMPLE.com`; `a@b@c` → `b@c`; `""` → `""`.
+///
+/// Caveat: the result is *not* normalised and *not* checked. It may differ in ASCII case
+/// (`EXAMPLE.com`), be an A-label (`xn--bcher-kva.example` rather than `bücher.example`),
+/// use full-width characters, or be empty or invalid. Use it to pick a shard or to look up
+/// a hosted domain only after comparing ASCII case-insensitively, and fall back to
+/// [`Jid::new`] when the string is not plain ASCII or the look-up misses.
+pub fn domain_of(raw: &str) -> &str {
+    let head = match raw.find('/') {
+        Some(slash) => &raw[..slash],
+        None => raw,
+    };
+    let domain = match head.find('@') {
+        Some(at) => &head[at + 1..],
+        None => head,
+    };
+    domain.strip_suffix('.').unwrap_or(domain)
+}
+
+// ---------------------------------------------------------------------------------------
+// Part enforcement (RFC 7622 §3.2, §3.3, §3.4)
+// ---------------------------------------------------------------------------------------
+
+/// RFC 7622 §3.3.1: code points that `IdentifierClass` allows but a localpart must not hold.
+fn is_excluded_from_localpart(c: char) -> bool {
+    matches!(c, '"' | '&' | '\'' | '/' | ':' | '<' | '>' | '@')
+}
+
+/// Enforces a localpart (RFC 7622 §3.3.2): `UsernameCaseMapped`, then the §3.3.1 exclusions
+/// (checked after width mapping, so full-width `＂` and `＠` are caught too).
+fn enforce_local(raw: &str) -> Result<Cow<'_, str>, JidError> {
+    if raw.is_empty() {
+        return Err(JidError::EmptyLocal);
+    }
+    if raw.len() > MAX_RAW_PART_LEN {
+        return Err(JidError::LocalTooLong);
+    }
+    let local = UsernameCaseMapped::enforce(raw).map_err(|_| JidError::InvalidLocal)?;
+    if local.contains(is_excluded_from_localpart) {
+        return Err(JidError::InvalidLocal);
+    }
+    if local.len() > MAX_PART_LEN {
+        return Err(JidError::LocalTooLong);
+    }
+    Ok(local)
+}
+
+/// Enforces a resourcepart (RFC 7622 §3.4.2): `OpaqueString` (non-ASCII spaces become
+/// U+0020, NFC).
+fn enforce_resource(raw: &str) -> Result<Cow<'_, str>, JidError> {
+    if raw.is_empty() {
+        return Err(JidError::EmptyResource);
+    }
+    if raw.len() > MAX_RAW_PART_LEN {
+        return Err(JidError::ResourceTooLong);
+    }
+    let resource = OpaqueString::enforce(raw).map_err(|_| JidError::InvalidResource)?;
+    if resource.len() > MAX_PART_LEN {
+        return Err(JidError::ResourceTooLong);
+    }
+    Ok(resource)
+}
+
+/// Enforces a domainpart (RFC 7622 §3.2): strip one trailing dot before anything else, then
+/// accept an IPv4 address as is, a bracketed IPv6 address in its RFC 5952 text form, or a
+/// domain name through UTS #46 ToUnicode (STD3 rules, lowercase, NFC, A-labels decoded).
+fn enforce_domain(raw: &str) -> Result<Cow<'_, str>, JidError> {
+    let raw = raw.strip_suffix('.').unwrap_or(raw);
+    if raw.is_empty() {
+        return Err(JidError::EmptyDomain);
+    }
+    if raw.len() > MAX_RAW_PART_LEN {
+        return Err(JidError::DomainTooLong);
+    }
+    if let Some(inner) = raw.strip_prefix('[') {
+        let addr = inner
+            .strip_suffix(']')
+            .and_then(|inner| inner.parse::<Ipv6Addr>().ok())
+            .ok_or(JidError::InvalidDomain)?;
+        return Ok(Cow::Owned(format!("[{addr}]")));
+    }
+    if raw.parse::<Ipv4Addr>().is_ok() {
+        // The standard parser accepts only the canonical dotted quad (no leading zeros).
+        return Ok(Cow::Borrowed(raw));
+    }
+    let (domain, result) =
+        Uts46::new().to_unicode(raw.as_bytes(), AsciiDenyList::STD3, Hyphens::CheckFirstLast);
+    if result.is_err() || domain.split('.').any(str::is_empty) || !is_idna2008(&domain) {
+        return Err(JidError::InvalidDomain);
+    }
+    if domain.len() > MAX_PART_LEN {
+        return Err(JidError::DomainTooLong);
+    }
+    Ok(domain)
+}
+
+/// Rejects the non-ASCII code points that UTS #46 keeps for IDNA2003 compatibility but
+/// IDNA2008 (RFC 5892) disallows: symbols, punctuation and the like. For code points of
+/// Unicode 6.3 and earlier, PRECIS `IdentifierClass` disallows the same categories (both
+/// build on RFC 5892's Exceptions and BackwardCompatible lists); later code points are left
+/// to UTS #46.
+fn is_idna2008(domain: &str) -> bool {
+    let class = IdentifierClass::default();
+    domain.chars().filter(|c| !c.is_ascii()).all(|c| {
+        !matches!(
+            class.get_value_from_char(c),
+            DerivedPropertyValue::SpecClassDis | DerivedPropertyValue::Disallowed
+        )
+    })
+}
+
+/// Converts an offset (bounded by three parts of at most [`MAX_PART_LEN`] octets) to `u16`.
+fn offset(n: usize) -> u16 {
+    u16::try_from(n).expect("JID offsets are bounded by 2 * 1023 + 1")
+}
+
+/// Writes `[node@]domain[/resource]` into one exactly-sized allocation.
+fn assemble(node: Option<&str>, domain: &str, resource: Option<&str>) -> (Box<str>, u16, u16) {
+    let len = node.map_or(0, |n| n.len() + 1) + domain.len() + resource.map_or(0, |r| r.len() + 1);
+    let mut s = String::with_capacity(len);
+    let mut node_len = 0;
+    if let Some(node) = node {
+        s.push_str(node);
+        s.push('@');
+        node_len = offset(node.len());
+    }
+    s.push_str(domain);
+    let mut slash = 0;
+    if let Some(resource) = resource {
+        slash = offset(s.len());
+        s.push('/');
+        s.push_str(resource);
+    }
+    (s.into_boxed_str(), node_len, slash)
+}
+
+/// A JID split at RFC 7622 §3.1 boundaries, each part enforced.
+struct Enforced<'a> {
+    node: Option<Cow<'a, str>>,
+    domain: Cow<'a, str>,
+    resource: Option<Cow<'a, str>>,
+}
+
+impl<'a> Enforced<'a> {
+    /// RFC 7622 §3.1: the resourcepart is everything after the first `/`; the localpart is
+    /// everything before the first `@` that precedes it; the domainpart is what remains.
+    fn parse(raw: &'a str) -> Result<Self, JidError> {
+        let (head, resource) = match raw.find('/') {
+            Some(slash) => (&raw[..slash], Some(&raw[slash + 1..])),
+            None => (raw, None),
+        };
+        let (node, domain) = match head.find('@') {
+            Some(at) => (Some(&head[..at]), &head[at + 1..]),
+            None => (None, head),
+        };
+        Ok(Self {
+            node: node.map(enforce_local).transpose()?,
+            domain: enforce_domain(domain)?,
+            resource: resource.map(enforce_resource).transpose()?,
+        })
+    }
+
+    fn assemble(&self) -> (Box<str>, u16, u16) {
+        assemble(self.node.as_deref(), &self.domain, self.resource.as_deref())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Parts
+// ---------------------------------------------------------------------------------------
+
+macro_rules! part_type {
+    ($(#[$doc:meta])* $name:ident, $enforce:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Box<str>);
+
+        impl $name {
+            /// Enforces `raw` (see the type's documentation) and keeps the normalised form.
+            pub fn new(raw: &str) -> Result<Self, JidError> {
+                Ok(Self($enforce(raw)?.into()))
+            }
+
+            /// The normalised form.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = JidError;
+
+            /// Same as [`Self::new`].
+            fn from_str(raw: &str) -> Result<Self, JidError> {
+                Self::new(raw)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple(stringify!($name)).field(&&*self.0).finish()
+            }
+        }
+    };
+}
+
+part_type!(
+    /// A localpart (RFC 7622 §3.3), the `juliet` of `juliet@example.com`: enforced with the
+    /// PRECIS `UsernameCaseMapped` profile (width-mapped, lowercased, NFC), without any of
+    /// `" & ' / : < > @`, 1 to 1023 octets. `Σ` becomes `σ`, `ß` stays `ß`.
+    ///
+    /// Errors: [`JidError::EmptyLocal`], [`JidError::LocalTooLong`], [`JidError::InvalidLocal`].
+    NodePart,
+    enforce_local
+);
+
+part_type!(
+    /// A domainpart (RFC 7622 §3.2), the `example.com` of `juliet@example.com`: one trailing
+    /// `.` stripped, then an IPv4 address (`192.0.2.1`), a bracketed IPv6 address in RFC
+    /// 5952 form (`[2001:db8::1]`), or an IDNA2008 domain name in Unicode form
+    /// (`Bücher.EXAMPLE` and `xn--bcher-kva.example` both become `bücher.example`), 1 to 1023
+    /// octets.
+    ///
+    /// Errors: [`JidError::EmptyDomain`], [`JidError::DomainTooLong`],
+    /// [`JidError::InvalidDomain`].
+    DomainPart,
+    enforce_domain
+);
+
+part_type!(
+    /// A resourcepart (RFC 7622 §3.4), the `foo bar` of `juliet@example.com/foo bar`:
+    /// enforced with the PRECIS `OpaqueString` profile (non-ASCII spaces become U+0020, NFC;
+    /// case, `@` and `/` are kept), 1 to 1023 octets.
+    ///
+    /// Errors: [`JidError::EmptyResource`], [`JidError::ResourceTooLong`],
+    /// [`JidError::InvalidResource`].
+    ResourcePart,
+    enforce_resource
+);
+
+// ---------------------------------------------------------------------------------------
+// JIDs
+// ---------------------------------------------------------------------------------------
+
+/// A bare JID (RFC 7622 §1.4, §3.1): `localpart@domainpart` or `domainpart`, normalised.
+///
+/// Held as one string plus the length of the localpart (0 when there is none: a localpart
+/// is never empty), so accessors do not allocate. `Eq`, `Hash` and `Ord` use the normalised
+/// string.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BareJid {
+    s: Box<str>,
+    node_len: u16,
+}
+
+/// A full JID (RFC 7622 §1.4, §3.1): `[localpart@]domainpart/resourcepart`, normalised.
+///
+/// Held as one string plus the length of the localpart (0 when there is none) and the
+/// offset of the `/` that starts the resourcepart. `Eq`, `Hash` and `Ord` use the
+/// normalised string.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FullJid {
+    s: Box<str>,
+    node_len: u16,
+    slash: u16,
+}
+
+/// Any JID (RFC 7622 §3.1): bare or full, as parsed.
+///
+/// `Eq` and `Hash` use the normalised string (a bare JID never equals a full one); `Ord`
+/// orders by the normalised string.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum Jid {
+    /// No resourcepart: `localpart@domainpart` or `domainpart`.
+    Bare(BareJid),
+    /// With a resourcepart: `[localpart@]domainpart/resourcepart`.
+    Full(FullJid),
+}
+
+#[cfg(target_pointer_width = "64")]
+const _: () = {
+    assert!(std::mem::size_of::<BareJid>() == 24);
+    assert!(std::mem::size_of::<FullJid>() == 24);
+    assert!(std::mem::size_of::<Jid>() == 32);
+};
+
+/// The localpart of `s`, given the localpart length (0 for none).
+fn node_of(s: &str, node_len: u16) -> Option<&str> {
+    (node_len != 0).then(|| &s[..usize::from(node_len)])
+}
+
+/// The offset of the domainpart in `s`, given the localpart length (0 for none).
+fn domain_start(node_len: u16) -> usize {
+    if node_len == 0 {
+        0
+    } else {
+        usize::from(node_len) + 1
+    }
+}
+
+impl BareJid {
+    /// Parses and normalises a bare JID, `localpart@domainpart` or `domainpart`
+    /// (RFC 7622 §3.1 to §3.3).
+    ///
+    /// Errors: any part error of [`JidError`], and [`JidError::UnexpectedResource`] when the
+    /// string has a `/`.
+    pub fn new(raw: &str) -> Result<Self, JidError> {
+        let parts = Enforced::parse(raw)?;
+        if parts.resource.is_some() {
+            return Err(JidError::UnexpectedResource);
+        }
+        let (s, node_len, _) = parts.assemble();
+        Ok(Self { s, node_len })
+    }
+
+    /// Builds `node@domain` or `domain` from enforced parts (RFC 7622 §3.1); cannot fail.
+    pub fn from_parts(node: Option<&NodePart>, domain: &DomainPart) -> Self {
+        let (s, node_len, _) = assemble(node.map(NodePart::as_str), domain.as_str(), None);
+        Self { s, node_len }
+    }
+
+    /// The normalised string, e.g. `juliet@example.com`.
+    pub fn as_str(&self) -> &str {
+        &self.s
+    }
+
+    /// The localpart (RFC 7622 §3.3), if any: `juliet` for `juliet@example.com`.
+    pub fn node(&self) -> Option<&str> {
+        node_of(&self.s, self.node_len)
+    }
+
+    /// The domainpart (RFC 7622 §3.2): `example.com` for `juliet@example.com`.
+    pub fn domain(&self) -> &str {
+        &self.s[domain_start(self.node_len)..]
+    }
+
+    /// `juliet@example.com` + `balcony` → `juliet@example.com/balcony` (RFC 7622 §3.4).
+    pub fn with_resource(&self, resource: &ResourcePart) -> FullJid {
+        let (s, node_len, slash) = assemble(self.node(), self.domain(), Some(resource.as_str()));
+        FullJid { s, node_len, slash }
+    }
+
+    /// [`Self::with_resource`] from a raw resourcepart, enforced with `OpaqueString`.
+    ///
+    /// Errors: [`JidError::EmptyResource`], [`JidError::ResourceTooLong`],
+    /// [`JidError::InvalidResource`].
+    pub fn with_resource_str(&self, resource: &str) -> Result<FullJid, JidError> {
+        Ok(self.with_resource(&ResourcePart::new(resource)?))
+    }
+}
+
+impl FullJid {
+    /// Parses and normalises a full JID, `[localpart@]domainpart/resourcepart`
+    /// (RFC 7622 §3.1 to §3.4).
+    ///
+    /// Errors: any part error of [`JidError`], and [`JidError::MissingResource`] when the
+    /// string has no `/`.
+    pub fn new(raw: &str) -> Result<Self, JidError> {
+        let parts = Enforced::parse(raw)?;
+        if parts.resource.is_none() {
+            return Err(JidError::MissingResource);
+        }
+        let (s, node_len, slash) = parts.assemble();
+        Ok(Self { s, node_len, slash })
+    }
+
+    /// Builds `[node@]domain/resource` from enforced parts (RFC 7622 §3.1); cannot fail.
+    pub fn from_parts(
+        node: Option<&NodePart>,
+        domain: &DomainPart,
+        resource: &ResourcePart,
+    ) -> Self {
+        BareJid::from_parts(node, domain).with_resource(resource)
+    }
+
+    /// The normalised string, e.g. `juliet@example.com/balcony`.
+    pub fn as_str(&self) -> &str {
+        &self.s
+    }
+
+    /// The localpart (RFC 7622 §3.3), if any: `juliet` for `juliet@example.com/balcony`.
+    pub fn node(&self) -> Option<&str> {
+        node_of(&self.s, self.node_len)
+    }
+
+    /// The domainpart (RFC 7622 §3.2): `example.com` for `juliet@example.com/balcony`.
+    pub fn domain(&self) -> &str {
+        &self.s[domain_start(self.node_len)..usize::from(self.slash)]
+    }
+
+    /// The resourcepart (RFC 7622 §3.4): `balcony` for `juliet@example.com/balcony`.
+    pub fn resource(&self) -> &str {
+        &self.s[usize::from(self.slash) + 1..]
+    }
+
+    /// The bare JID (RFC 7622 §1.4): `juliet@example.com/balcony` → `juliet@example.com`.
+    /// Allocates.
+    pub fn to_bare(&self) -> BareJid {
+        BareJid {
+            s: self.s[..usize::from(self.slash)].into(),
+            node_len: self.node_len,
+        }
+    }
+
+    /// The same bare JID with another resourcepart: `juliet@example.com/balcony` +
+    /// `garden` → `juliet@example.com/garden`.
+    pub fn with_resource(&self, resource: &ResourcePart) -> FullJid {
+        let (s, node_len, slash) = assemble(self.node(), self.domain(), Some(resource.as_str()));
+        FullJid { s, node_len, slash }
+    }
+
+    /// [`Self::with_resource`] from a raw resourcepart, enforced with `OpaqueString`.
+    ///
+    /// Errors: [`JidError::EmptyResource`], [`JidError::ResourceTooLong`],
+    /// [`JidError::InvalidResource`].
+    pub fn with_resource_str(&self, resource: &str) -> Result<FullJid, JidError> {
+        Ok(self.with_resource(&ResourcePart::new(resource)?))
+    }
+}
+
+impl Jid {
+    /// Parses and normalises any JID, `[localpart@]domainpart[/resourcepart]`
+    /// (RFC 7622 §3.1 to §3.4): [`Jid::Full`] when it has a `/`, else [`Jid::Bare`].
+    ///
+    /// Errors: [`JidError::EmptyLocal`], [`JidError::EmptyDomain`],
+    /// [`JidError::EmptyResource`], the `*TooLong` and the `Invalid*` variants.
+    pub fn new(raw: &str) -> Result<Self, JidError> {
+        let parts = Enforced::parse(raw)?;
+        let (s, node_len, slash) = parts.assemble();
+        Ok(if parts.resource.is_some() {
+            Jid::Full(FullJid { s, node_len, slash })
+        } else {
+            Jid::Bare(BareJid { s, node_len })
+        })
+    }
+
+    /// The normalised string, e.g. `juliet@example.com` or `example.com/foobar`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Jid::Bare(bare) => bare.as_str(),
+            Jid::Full(full) => full.as_str(),
+        }
+    }
+
+    /// The localpart (RFC 7622 §3.3), if any.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Jid::Bare(bare) => bare.node(),
+            Jid::Full(full) => full.node(),
+        }
+    }
+
+    /// The domainpart (RFC 7622 §3.2).
+    pub fn domain(&self) -> &str {
+        match self {
+            Jid::Bare(bare) => bare.domain(),
+            Jid::Full(full) => full.domain(),
+        }
+    }
+
+    /// The resourcepart (RFC 7622 §3.4), if any.
+    pub fn resource(&self) -> Option<&str> {
+        match self {
+            Jid::Bare(_) => None,
+            Jid::Full(full) => Some(full.resource()),
+        }
+    }
+
+    /// True for [`Jid::Bare`] (no resourcepart).
+    pub fn is_bare(&self) -> bool {
+        matches!(self, Jid::Bare(_))
+    }
+
+    /// True for [`Jid::Full`] (with a resourcepart).
+    pub fn is_full(&self) -> bool {
+        matches!(self, Jid::Full(_))
+    }
+
+    /// The bare JID (RFC 7622 §1.4): drops the resourcepart. Allocates.
+    pub fn to_bare(&self) -> BareJid {
+        match self {
+            Jid::Bare(bare) => bare.clone(),
+            Jid::Full(full) => full.to_bare(),
+        }
+    }
+
+    /// The bare JID, reusing the allocation when there is no resourcepart.
+    pub fn into_bare(self) -> BareJid {
+        match self {
+            Jid::Bare(bare) => bare,
+            Jid::Full(full) => full.to_bare(),
+        }
+    }
+
+    /// The bare JID with `resource` as its resourcepart (replacing any).
+    pub fn with_resource(&self, resource: &ResourcePart) -> FullJid {
+        match self {
+            Jid::Bare(bare) => bare.with_resource(resource),
+            Jid::Full(full) => full.with_resource(resource),
+        }
+    }
+
+    /// The full JID, or the bare one back in `Err`.
+    pub fn try_into_full(self) -> Result<FullJid, BareJid> {
+        match self {
+            Jid::Full(full) => Ok(full),
+            Jid::Bare(bare) => Err(bare),
+        }
+    }
+}
+
+impl PartialOrd for Jid {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Jid {
+    /// By normalised string; consistent with `Eq` because only a full JID contains `/`.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl From<BareJid> for Jid {
+    fn from(bare: BareJid) -> Self {
+        Jid::Bare(bare)
+    }
+}
+
+impl From<FullJid> for Jid {
+    fn from(full: FullJid) -> Self {
+        Jid::Full(full)
+    }
+}
+
+impl PartialEq<BareJid> for Jid {
+    fn eq(&self, other: &BareJid) -> bool {
+        matches!(self, Jid::Bare(bare) if bare == other)
+    }
+}
+
+impl PartialEq<FullJid> for Jid {
+    fn eq(&self, other: &FullJid) -> bool {
+        matches!(self, Jid::Full(full) if full == other)
+    }
+}
+
+macro_rules! jid_traits {
+    ($name:ident) => {
+        impl FromStr for $name {
+            type Err = JidError;
+
+            /// Same as `new`.
+            fn from_str(raw: &str) -> Result<Self, JidError> {
+                Self::new(raw)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                self.as_str()
+            }
+        }
+
+        impl fmt::Display for $name {
+            /// The normalised form, e.g. `juliet@example.com/balcony`.
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple(stringify!($name))
+                    .field(&self.as_str())
+                    .finish()
+            }
+        }
+    };
+}
+
+jid_traits!(BareJid);
+jid_traits!(FullJid);
+jid_traits!(Jid);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    fn jid(s: &str) -> Jid {
+        Jid::new(s).unwrap_or_else(|e| panic!("{s:?} should be a valid JID: {e}"))
+    }
+
+    fn err(s: &str) -> JidError {
+        Jid::new(s).expect_err(s)
+    }
+
+    fn parts(s: &str) -> (Option<String>, String, Option<String>) {
+        let j = jid(s);
+        (
+            j.node().map(str::to_owned),
+            j.domain().to_owned(),
+            j.resource().map(str::to_owned),
+        )
+    }
+
+    fn p(
+        node: Option<&str>,
+        domain: &str,
+        res: Option<&str>,
+    ) -> (Option<String>, String, Option<String>) {
+        (node.map(Into::into), domain.into(), res.map(Into::into))
+    }
+
+    // RFC 7622 §3.5, examples 1 to 15.
+
+    #[test]
+    fn rfc7622_valid_juliet() {
+        assert_eq!(
+            parts("juliet@example.com"),
+            p(Some("juliet"), "example.com", None)
+        );
+        assert!(jid("juliet@example.com").is_bare());
+        assert_eq!(
+            parts("juliet@example.com/foo"),
+            p(Some("juliet"), "example.com", Some("foo"))
+        );
+        assert_eq!(
+            parts("juliet@example.com/foo bar"),
+            p(Some("juliet"), "example.com", Some("foo bar"))
+        );
+        assert_eq!(
+            parts("juliet@example.com/foo@bar"),
+            p(Some("juliet"), "example.com", Some("foo@bar"))
+        );
+    }
+
+    #[test]
+    fn rfc7622_valid_localparts() {
+        // XEP-0106 escapes are not undone: the backslash is an ordinary character.
+        assert_eq!(jid("foo\\20bar@example.com").node(), Some("foo\\20bar"));
+        // ß is not case-folded to ss under UsernameCaseMapped: two different JIDs.
+        assert_eq!(jid("fussball@example.com").node(), Some("fussball"));
+        assert_eq!(jid("fußball@example.com").node(), Some("fußball"));
+        assert_ne!(jid("fussball@example.com"), jid("fußball@example.com"));
+        assert_eq!(jid("π@example.com").node(), Some("π"));
+        // Σ is lowercased to σ; final sigma ς stays a distinct letter.
+        assert_eq!(jid("Σ@example.com/foo").as_str(), "σ@example.com/foo");
+        assert_eq!(jid("Σ@example.com/foo"), jid("σ@example.com/foo"));
+        assert_eq!(jid("ς@example.com/foo").node(), Some("ς"));
+        assert_ne!(jid("ς@example.com/foo"), jid("σ@example.com/foo"));
+        assert_eq!(jid("king@example.com/♚").resource(), Some("♚"));
+    }
+
+    #[test]
+    fn rfc7622_valid_domain_only() {
+        assert_eq!(parts("example.com"), p(None, "example.com", None));
+        assert_eq!(
+            parts("example.com/foobar"),
+            p(None, "example.com", Some("foobar"))
+        );
+        assert_eq!(
+            parts("a.example.com/b@example.net"),
+            p(None, "a.example.com", Some("b@example.net"))
+        );
+    }
+
+    // RFC 7622 §3.6, examples 1 to 6, plus the other empty parts.
+
+    #[test]
+    fn rfc7622_invalid() {
+        assert_eq!(err("\"juliet\"@example.com"), JidError::InvalidLocal);
+        assert_eq!(err("foo bar@example.com"), JidError::InvalidLocal);
+        // U+2163 ROMAN NUMERAL FOUR has a compatibility decomposition: IdentifierClass
+        // disallows it (RFC 8264 §9.17), and it is not lowercased to U+2173 first.
+        assert_eq!(err("henry\u{2163}@example.com"), JidError::InvalidLocal);
+        assert_eq!(err("♚@example.com"), JidError::InvalidLocal);
+        // Known limit: U+0D81 (Unicode 13) is unassigned in the Unicode 6.3 PRECIS tables.
+        assert_eq!(err("\u{0D81}@example.com"), JidError::InvalidLocal);
+        assert_eq!(err("juliet@"), JidError::EmptyDomain);
+        assert_eq!(err("/foobar"), JidError::EmptyDomain);
+        assert_eq!(err("@example.com"), JidError::EmptyLocal);
+        assert_eq!(err("juliet@example.com/"), JidError::EmptyResource);
+        assert_eq!(err(""), JidError::EmptyDomain);
+        assert_eq!(err("juliet@."), JidError::EmptyDomain);
+    }
+
+    #[test]
+    fn localpart_exclusions_of_section_3_3_1() {
+        for c in ['"', '&', '\'', ':', '<', '>'] {
+            assert_eq!(
+                err(&format!("a{c}b@example.com")),
+                JidError::InvalidLocal,
+                "{c}"
+            );
+        }
+        // Full-width forms are width-mapped to the excluded ASCII characters.
+        assert_eq!(err("\u{FF02}x@example.com"), JidError::InvalidLocal);
+        assert_eq!(err("a\u{FF20}b@example.com"), JidError::InvalidLocal);
+        // ...and to ordinary letters, which are then lowercased.
+        assert_eq!(
+            jid("ＪＵＬＩＥＴ@example.com").as_str(),
+            "juliet@example.com"
+        );
+        // The first '@' ends the localpart; a second one lands in the domainpart.
+        assert_eq!(err("a@b@example.com"), JidError::InvalidDomain);
+    }
+
+    #[test]
+    fn case_mapping_per_part() {
+        let j = jid("Juliet@EXAMPLE.com/Balcony");
+        assert_eq!(j.as_str(), "juliet@example.com/Balcony");
+        assert_ne!(j, jid("juliet@example.com/balcony"));
+    }
+
+    #[test]
+    fn resource_opaque_string() {
+        // Non-ASCII spaces map to U+0020; NFC composes.
+        assert_eq!(jid("a@example.com/x\u{00A0}y").resource(), Some("x y"));
+        assert_eq!(jid("a@example.com/e\u{0301}").resource(), Some("\u{00E9}"));
+        assert_eq!(jid("a@example.com/a/b").resource(), Some("a/b"));
+        assert_eq!(err("a@example.com/bell\u{7}"), JidError::InvalidResource);
+    }
+
+    #[test]
+    fn domain_normalisation() {
+        assert_eq!(jid("EXAMPLE.com").as_str(), "example.com");
+        assert_eq!(jid("juliet@EXAMPLE.COM").domain(), "example.com");
+        assert_eq!(jid("Bücher.example").as_str(), "bücher.example");
+        assert_eq!(jid("xn--bcher-kva.example").as_str(), "bücher.example");
+        assert_eq!(jid("XN--BCHER-KVA.example"), jid("bücher.example"));
+        assert_eq!(jid("ß.de").domain(), "ß.de");
+        // `--` in the third and fourth position is allowed (see "Known limits").
+        assert_eq!(jid("ab--cd.example").as_str(), "ab--cd.example");
+        // U+3002 IDEOGRAPHIC FULL STOP is a label separator under UTS #46.
+        assert_eq!(jid("example\u{3002}com").as_str(), "example.com");
+    }
+
+    #[test]
+    fn domain_trailing_dot() {
+        assert_eq!(jid("example.com.").as_str(), "example.com");
+        assert_eq!(jid("example.com."), jid("example.com"));
+        assert_eq!(
+            jid("juliet@example.com./foo").as_str(),
+            "juliet@example.com/foo"
+        );
+        // Only one dot is stripped (RFC 7622 §3.2).
+        assert_eq!(err("example.com.."), JidError::InvalidDomain);
+        assert_eq!(err("."), JidError::EmptyDomain);
+    }
+
+    #[test]
+    fn domain_invalid() {
+        for d in [
+            "a..b",
+            ".example.com",
+            "a_b.example",
+            "-a.example",
+            "a-.example",
+            "exa mple.com",
+            "♥.example",
+            "♚.example",
+            "xn--a.example",
+            "[::1",
+            "::1",
+            "[fe80::1%eth0]",
+            "[1.2.3.4]",
+        ] {
+            assert_eq!(err(d), JidError::InvalidDomain, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn ip_literals() {
+        assert_eq!(jid("juliet@192.0.2.1/x").domain(), "192.0.2.1");
+        assert_eq!(jid("192.0.2.1.").as_str(), "192.0.2.1");
+        assert_eq!(jid("[2001:DB8:0::1]").as_str(), "[2001:db8::1]");
+        assert_eq!(jid("juliet@[::1]/r").domain(), "[::1]");
+        assert_eq!(jid("juliet@[::1]/r").resource(), Some("r"));
+    }
+
+    #[test]
+    fn length_limits() {
+        let max = "a".repeat(MAX_PART_LEN);
+        let over = "a".repeat(MAX_PART_LEN + 1);
+        assert_eq!(jid(&format!("{max}@example.com")).node(), Some(&*max));
+        assert_eq!(err(&format!("{over}@example.com")), JidError::LocalTooLong);
+        assert_eq!(jid(&format!("a@example.com/{max}")).resource(), Some(&*max));
+        assert_eq!(
+            err(&format!("a@example.com/{over}")),
+            JidError::ResourceTooLong
+        );
+        // Limits apply after normalisation: full-width letters take 3 octets raw, 1 after.
+        let wide = "Ａ".repeat(MAX_PART_LEN);
+        assert_eq!(jid(&format!("{wide}@example.com")).node(), Some(&*max));
+        // Far too long: rejected before any normalisation.
+        let huge = "a".repeat(10 * MAX_PART_LEN);
+        assert_eq!(err(&format!("{huge}@example.com")), JidError::LocalTooLong);
+        assert_eq!(
+            err(&format!("a@example.com/{huge}")),
+            JidError::ResourceTooLong
+        );
+        assert_eq!(err(&huge), JidError::DomainTooLong);
+
+        // 16 labels of 63 octets plus 15 dots = 1023 octets.
+        let label = "a".repeat(63);
+        let domain = vec![label.as_str(); 16].join(".");
+        assert_eq!(domain.len(), MAX_PART_LEN);
+        assert_eq!(jid(&domain).domain(), domain);
+        assert_eq!(jid(&format!("{domain}.")).domain(), domain);
+        assert_eq!(err(&format!("b{domain}")), JidError::DomainTooLong);
+    }
+
+    #[test]
+    fn typed_constructors_and_accessors() {
+        let full = FullJid::new("Juliet@Example.com/balcony").unwrap();
+        assert_eq!(full.node(), Some("juliet"));
+        assert_eq!(full.domain(), "example.com");
+        assert_eq!(full.resource(), "balcony");
+        let bare = full.to_bare();
+        assert_eq!(bare.as_str(), "juliet@example.com");
+        assert_eq!(bare.node(), Some("juliet"));
+        assert_eq!(bare.domain(), "example.com");
+
+        let garden = ResourcePart::new("garden").unwrap();
+        assert_eq!(
+            bare.with_resource(&garden).as_str(),
+            "juliet@example.com/garden"
+        );
+        assert_eq!(
+            full.with_resource(&garden).as_str(),
+            "juliet@example.com/garden"
+        );
+        assert_eq!(
+            bare.with_resource_str("x\u{2003}y").unwrap().resource(),
+            "x y"
+        );
+        assert_eq!(bare.with_resource_str(""), Err(JidError::EmptyResource));
+
+        assert_eq!(
+            BareJid::new("a@b.example/c"),
+            Err(JidError::UnexpectedResource)
+        );
+        assert_eq!(FullJid::new("a@b.example"), Err(JidError::MissingResource));
+        assert_eq!(BareJid::new("@b.example"), Err(JidError::EmptyLocal));
+
+        let server = BareJid::new("Example.COM").unwrap();
+        assert_eq!(server.node(), None);
+        assert_eq!(server.domain(), "example.com");
+
+        let node = NodePart::new("Σ").unwrap();
+        let domain = DomainPart::new("EXAMPLE.com.").unwrap();
+        assert_eq!(node.as_str(), "σ");
+        assert_eq!(domain.as_str(), "example.com");
+        assert_eq!(
+            FullJid::from_parts(Some(&node), &domain, &garden).as_str(),
+            "σ@example.com/garden"
+        );
+        assert_eq!(BareJid::from_parts(None, &domain).as_str(), "example.com");
+        assert_eq!(NodePart::new("a b"), Err(JidError::InvalidLocal));
+
+        let j: Jid = "juliet@example.com/balcony".parse().unwrap();
+        assert!(!j.is_bare());
+        assert!(j.is_full());
+        assert_eq!(j, full);
+        assert_eq!(j.to_bare(), bare);
+        assert_eq!(j.with_resource(&garden).resource(), "garden");
+        assert_eq!(j.clone().into_bare(), bare);
+        assert_eq!(j.try_into_full(), Ok(full.clone()));
+        assert_eq!(Jid::from(bare.clone()), bare);
+        assert_eq!(Jid::from(bare.clone()).try_into_full(), Err(bare.clone()));
+        assert_eq!(Jid::from(bare.clone()).resource(), None);
+    }
+
+    #[test]
+    fn display_debug_and_hash() {
+        let j = jid("Juliet@EXAMPLE.com/Balcony");
+        assert_eq!(j.to_string(), "juliet@example.com/Balcony");
+        assert_eq!(format!("{j:?}"), "Jid(\"juliet@example.com/Balcony\")");
+        assert_eq!(
+            format!("{:?}", j.to_bare()),
+            "BareJid(\"juliet@example.com\")"
+        );
+        assert_eq!(
+            format!("{:?}", NodePart::new("A").unwrap()),
+            "NodePart(\"a\")"
+        );
+
+        let set: HashSet<Jid> = [
+            "juliet@example.com",
+            "JULIET@Example.COM.",
+            "juliet@example.com/r",
+        ]
+        .into_iter()
+        .map(jid)
+        .collect();
+        assert_eq!(set.len(), 2);
+
+        let mut sorted = vec![jid("b.example"), jid("a.example/r"), jid("a.example")];
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            vec![jid("a.example"), jid("a.example/r"), jid("b.example")]
+        );
+    }
+
+    #[test]
+    fn domain_of_shapes() {
+        assert_eq!(domain_of("juliet@example.com"), "example.com");
+        assert_eq!(domain_of("juliet@example.com/foo@bar"), "example.com");
+        assert_eq!(domain_of("example.com/a@b"), "example.com");
+        assert_eq!(domain_of("example.com"), "example.com");
+        assert_eq!(domain_of("EXAMPLE.com."), "EXAMPLE.com");
+        assert_eq!(domain_of("a@b@c/d"), "b@c");
+        assert_eq!(domain_of("juliet@"), "");
+        assert_eq!(domain_of(""), "");
+        assert_eq!(domain_of("/foo"), "");
+    }
+
+    proptest! {
+        /// Normalisation is idempotent: the normalised form parses back to itself, and
+        /// `domain_of` on it agrees with the parsed domainpart.
+        #[test]
+        fn normalised_form_is_stable(
+            node in proptest::option::of("[a-zA-Zß0-9ΣσςπÄäé\u{FF21}-\u{FF3A}\\\\._-]{1,12}"),
+            domain in "[a-zA-Z0-9Üü]{1,10}(\\.[a-zA-Zäöü-]{1,8}){0,3}\\.?",
+            resource in proptest::option::of("\\PC{1,16}"),
+        ) {
+            let mut raw = String::new();
+            if let Some(node) = &node {
+                raw.push_str(node);
+                raw.push('@');
+            }
+            raw.push_str(&domain);
+            if let Some(resource) = &resource {
+                raw.push('/');
+                raw.push_str(resource);
+            }
+            if let Ok(j) = Jid::new(&raw) {
+                let again = Jid::new(j.as_str()).expect("normalised form must parse");
+                prop_assert_eq!(&again, &j);
+                prop_assert_eq!(again.as_str(), j.as_str());
+                prop_assert_eq!(domain_of(j.as_str()), j.domain());
+                prop_assert_eq!(j.resource().is_some(), resource.is_some());
+            }
+        }
+
+        /// Parsing never panics, whatever the input.
+        #[test]
+        fn parse_never_panics(raw in "\\PC{0,40}") {
+            let _ = Jid::new(&raw);
+        }
+    }
+}

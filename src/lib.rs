@@ -31,6 +31,9 @@
 //! - [`stream`]: RFC 6120 stream negotiation state machines.
 //! - [`dialback`]: XEP-0220 Server Dialback keys (XEP-0185) and verification state.
 //! - [`presence`]: RFC 6121 subscription state machine and roster semantics.
+//! - [`tls`] (adapter, used by the runtime only): rustls configurations, certificate choice
+//!   by SNI, and the peer certificate check after the stream header (RFC 6120 §5, §13.7;
+//!   RFC 7590; XEP-0178; XEP-0368).
 
 #![warn(missing_docs)]
 
@@ -40,4 +43,5 @@ pub mod jid;
 pub mod presence;
 pub mod stanza;
 pub mod stream;
+pub mod tls;
 pub mod xml;

@@ -17,7 +17,10 @@ pub struct Span {
 
 impl Span {
     pub(crate) fn new(start: usize, end: usize) -> Self {
-        Span { start: start as u32, end: end as u32 }
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
     }
 
     /// The range as `usize` for slicing.
@@ -130,7 +133,9 @@ impl StreamHeader {
     /// Whether the header declares `xmlns:db='jabber:server:dialback'` (XEP-0220 §2.1
     /// requires it of dialback-capable servers).
     pub fn declares_dialback(&self) -> bool {
-        self.prefixes.iter().any(|(p, n)| p == "db" && n == ns::DIALBACK)
+        self.prefixes
+            .iter()
+            .any(|(p, n)| p == "db" && n == ns::DIALBACK)
     }
 }
 

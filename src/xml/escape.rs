@@ -30,7 +30,10 @@ pub fn escape_text(text: &str) -> Cow<'_, str> {
 
 /// `value` escaped for an attribute value; borrows when nothing needs escaping.
 pub fn escape_attr(value: &str) -> Cow<'_, str> {
-    if !value.bytes().any(|b| matches!(b, b'&' | b'<' | b'>' | b'\'' | b'"')) {
+    if !value
+        .bytes()
+        .any(|b| matches!(b, b'&' | b'<' | b'>' | b'\'' | b'"'))
+    {
         return Cow::Borrowed(value);
     }
     let mut out = Vec::with_capacity(value.len() + 8);

@@ -16,7 +16,8 @@
 use std::borrow::Cow;
 
 use bytes::{Buf, BytesMut};
-use quick_xml::events::{BytesStart, Event};
+use quick_xml::events::attributes::Attributes;
+use quick_xml::events::Event;
 use quick_xml::Reader;
 
 use super::element::{Element, Frame, Namespace, Span, StreamHeader};
@@ -123,9 +124,29 @@ struct Info {
     from_attr: Option<Span>,
 }
 
+/// What kind of markup a recorded tag is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TagKind {
+    Start,
+    Empty,
+    End,
+    CData,
+}
+
+/// A tag the scanner found inside the current element: offsets relative to the
+/// element's first byte, `start` at `<`, `end` one past `>`.
+#[derive(Debug, Clone, Copy)]
+struct Tag {
+    start: u32,
+    end: u32,
+    kind: TagKind,
+}
+
 /// Reused scratch space for the element checker.
 #[derive(Debug, Default)]
 struct Scratch {
+    /// Tags of the element in progress, recorded by the scanner.
+    tags: Vec<Tag>,
     /// Open elements' qualified names.
     open: Vec<Span>,
     /// In-scope namespace declarations on the element: (prefix, namespace value).
@@ -319,7 +340,9 @@ impl Framer {
             Found::Close { end } => {
                 let name = trim_ws(&self.buf[self.tag_start + 2..end - 1]);
                 if name != self.header.close_qname.as_slice() {
-                    return Err(XmlError::NotWellFormed("end tag does not match the stream header"));
+                    return Err(XmlError::NotWellFormed(
+                        "end tag does not match the stream header",
+                    ));
                 }
                 self.buf.advance(end);
                 self.pos = 0;
@@ -335,8 +358,21 @@ impl Framer {
         match (self.phase, self.scan) {
             (Phase::Prolog { .. }, _) => (self.limits.max_header_size, Limit::HeaderSize),
             (_, Scan::Top) => (usize::MAX, Limit::ElementSize),
-            _ => (self.start.saturating_add(self.limits.max_element_size), Limit::ElementSize),
+            _ => (
+                self.start.saturating_add(self.limits.max_element_size),
+                Limit::ElementSize,
+            ),
         }
+    }
+
+    /// Records a tag of the element in progress for the checker.
+    #[inline]
+    fn record(&mut self, kind: TagKind) {
+        self.scratch.tags.push(Tag {
+            start: (self.tag_start - self.start) as u32,
+            end: (self.pos - self.start) as u32,
+            kind,
+        });
     }
 
     fn scan_input(&mut self) -> Result<Found, XmlError> {
@@ -367,7 +403,10 @@ impl Framer {
                         }
                     }
                     let rest = &buf[self.pos..];
-                    match rest.iter().position(|&b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
+                    match rest
+                        .iter()
+                        .position(|&b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+                    {
                         None => self.pos = end,
                         Some(i) => {
                             if i > 0 {
@@ -378,13 +417,16 @@ impl Framer {
                             self.pos += i;
                             if buf[self.pos] != b'<' {
                                 return Err(if prolog {
-                                    XmlError::NotWellFormed("character data before the stream header")
+                                    XmlError::NotWellFormed(
+                                        "character data before the stream header",
+                                    )
                                 } else {
                                     XmlError::BadFormat("character data at stream level")
                                 });
                             }
                             if !prolog {
                                 self.start = self.pos;
+                                self.scratch.tags.clear();
                             }
                             self.tag_start = self.pos;
                             self.pos += 1;
@@ -395,7 +437,9 @@ impl Framer {
                 Scan::Lt => match buf[self.pos] {
                     b'/' => {
                         if prolog {
-                            return Err(XmlError::NotWellFormed("end tag before the stream header"));
+                            return Err(XmlError::NotWellFormed(
+                                "end tag before the stream header",
+                            ));
                         }
                         self.pos += 1;
                         self.scan = Scan::EndTag;
@@ -434,9 +478,17 @@ impl Framer {
                         }
                         return Ok(Found::Header { end: self.pos });
                     }
+                    self.record(if empty {
+                        TagKind::Empty
+                    } else {
+                        TagKind::Start
+                    });
                     if empty {
                         if self.depth == 0 {
-                            return Ok(Found::Element { end: self.pos, empty: true });
+                            return Ok(Found::Element {
+                                end: self.pos,
+                                empty: true,
+                            });
                         }
                     } else {
                         self.depth += 1;
@@ -474,9 +526,13 @@ impl Framer {
                         if self.depth == 0 {
                             return Ok(Found::Close { end: self.pos });
                         }
+                        self.record(TagKind::End);
                         self.depth -= 1;
                         if self.depth == 0 {
-                            return Ok(Found::Element { end: self.pos, empty: false });
+                            return Ok(Found::Element {
+                                end: self.pos,
+                                empty: false,
+                            });
                         }
                         self.scan = Scan::Content;
                     }
@@ -495,7 +551,9 @@ impl Framer {
                     }
                     self.pos += 1;
                     if matched as usize + 1 < CDATA.len() {
-                        self.scan = Scan::Bang { matched: matched + 1 };
+                        self.scan = Scan::Bang {
+                            matched: matched + 1,
+                        };
                     } else if self.depth == 0 {
                         return Err(if prolog {
                             XmlError::NotWellFormed("CDATA before the stream header")
@@ -503,7 +561,9 @@ impl Framer {
                             XmlError::BadFormat("CDATA at stream level")
                         });
                     } else {
-                        self.scan = Scan::CData { content_start: self.pos };
+                        self.scan = Scan::CData {
+                            content_start: self.pos,
+                        };
                     }
                 }
                 Scan::CData { content_start } => match memchr::memchr(b'>', &buf[self.pos..]) {
@@ -512,6 +572,7 @@ impl Framer {
                         let gt = self.pos + i;
                         self.pos = gt + 1;
                         if gt >= content_start + 2 && &buf[gt - 2..gt] == b"]]" {
+                            self.record(TagKind::CData);
                             self.scan = Scan::Content;
                         }
                     }
@@ -523,7 +584,9 @@ impl Framer {
                         self.pos = gt + 1;
                         if buf[gt - 1] == b'?' && gt - 1 > self.tag_start + 1 {
                             check_decl(&buf[self.tag_start + 2..gt - 1])?;
-                            self.phase = Phase::Prolog { decl_allowed: false };
+                            self.phase = Phase::Prolog {
+                                decl_allowed: false,
+                            };
                             self.scan = Scan::Top;
                         }
                     }
@@ -552,7 +615,10 @@ impl Framer {
             stream_prefix: String::from_utf8_lossy(prefix).into_owned(),
             prefixes: Vec::new(),
         };
-        let mut ctx = HeaderCtx { close_qname: e.name().into_inner().as_bytes().to_vec(), ..Default::default() };
+        let mut ctx = HeaderCtx {
+            close_qname: e.name().into_inner().as_bytes().to_vec(),
+            ..Default::default()
+        };
         let mut seen: Vec<&[u8]> = Vec::new();
         let mut attr_prefixes: Vec<&[u8]> = Vec::new();
         for attr in e.attributes().with_checks(false) {
@@ -568,11 +634,15 @@ impl Framer {
             let (kp, kl) = split_qname(key)?;
             let value = unescape(&attr.value)?.into_owned();
             match (kp, kl) {
-                (b"", b"xmlns") => ctx.default_ns = Some(Namespace::classify(value.as_bytes(), None)),
+                (b"", b"xmlns") => {
+                    ctx.default_ns = Some(Namespace::classify(value.as_bytes(), None))
+                }
                 (b"xmlns", p) => {
                     declare_prefix(p, value.as_bytes())?;
-                    ctx.prefixes.push((p.to_vec(), Namespace::classify(value.as_bytes(), None)));
-                    h.prefixes.push((String::from_utf8_lossy(p).into_owned(), value));
+                    ctx.prefixes
+                        .push((p.to_vec(), Namespace::classify(value.as_bytes(), None)));
+                    h.prefixes
+                        .push((String::from_utf8_lossy(p).into_owned(), value));
                 }
                 (b"", b"to") => h.to = Some(value),
                 (b"", b"from") => h.from = Some(value),
@@ -583,24 +653,41 @@ impl Framer {
                 (p, _) => attr_prefixes.push(p),
             }
         }
-        if attr_prefixes.iter().any(|p| !ctx.prefixes.iter().any(|(q, _)| q == p)) {
-            return Err(XmlError::BadNamespacePrefix("undeclared attribute prefix on the stream header"));
+        if attr_prefixes
+            .iter()
+            .any(|p| !ctx.prefixes.iter().any(|(q, _)| q == p))
+        {
+            return Err(XmlError::BadNamespacePrefix(
+                "undeclared attribute prefix on the stream header",
+            ));
         }
         let stream_ns = if prefix.is_empty() {
             ctx.default_ns.clone()
         } else {
-            ctx.prefixes.iter().rev().find(|(p, _)| p == prefix).map(|(_, n)| n.clone())
+            ctx.prefixes
+                .iter()
+                .rev()
+                .find(|(p, _)| p == prefix)
+                .map(|(_, n)| n.clone())
         };
         match stream_ns {
             None if !prefix.is_empty() => {
                 return Err(XmlError::BadNamespacePrefix("undeclared stream prefix"))
             }
             Some(Namespace::Streams) if local == b"stream" => {}
-            _ => return Err(XmlError::InvalidNamespace("stream element not in the streams namespace")),
+            _ => {
+                return Err(XmlError::InvalidNamespace(
+                    "stream element not in the streams namespace",
+                ))
+            }
         }
         match &ctx.default_ns {
             Some(n @ (Namespace::Server | Namespace::Client)) => h.content_ns = n.clone(),
-            _ => return Err(XmlError::InvalidNamespace("content namespace is not jabber:server or jabber:client")),
+            _ => {
+                return Err(XmlError::InvalidNamespace(
+                    "content namespace is not jabber:server or jabber:client",
+                ))
+            }
         }
         self.header = ctx;
         Ok(h)
@@ -621,13 +708,17 @@ fn configure(reader: &mut Reader<&[u8]>) {
 /// Checks a namespace declaration `xmlns:prefix='value'` (Namespaces in XML 1.0 §3).
 fn declare_prefix(prefix: &[u8], value: &[u8]) -> Result<(), XmlError> {
     if value.is_empty() {
-        return Err(XmlError::BadNamespacePrefix("prefix bound to the empty namespace"));
+        return Err(XmlError::BadNamespacePrefix(
+            "prefix bound to the empty namespace",
+        ));
     }
     match prefix {
-        b"xmlns" => Err(XmlError::BadNamespacePrefix("the xmlns prefix cannot be declared")),
-        b"xml" if value != ns::XML.as_bytes() => {
-            Err(XmlError::BadNamespacePrefix("the xml prefix is bound to another namespace"))
-        }
+        b"xmlns" => Err(XmlError::BadNamespacePrefix(
+            "the xmlns prefix cannot be declared",
+        )),
+        b"xml" if value != ns::XML.as_bytes() => Err(XmlError::BadNamespacePrefix(
+            "the xml prefix is bound to another namespace",
+        )),
         _ => Ok(()),
     }
 }
@@ -643,9 +734,8 @@ fn trim_ws(s: &[u8]) -> &[u8] {
 /// Checks the body of an XML declaration, `xml version='1.0' encoding='UTF-8'`
 /// (XML 1.0 §2.8, §4.3.3); anything else that starts `<?` is a processing instruction.
 fn check_decl(body: &[u8]) -> Result<(), XmlError> {
-    let is_decl = body.len() > 3
-        && &body[..3] == b"xml"
-        && matches!(body[3], b' ' | b'\t' | b'\r' | b'\n');
+    let is_decl =
+        body.len() > 3 && &body[..3] == b"xml" && matches!(body[3], b' ' | b'\t' | b'\r' | b'\n');
     if !is_decl {
         return Err(XmlError::RestrictedXml(Restricted::ProcessingInstruction));
     }
@@ -679,77 +769,67 @@ fn span_of(base: &[u8], part: &[u8]) -> Span {
     Span::new(start, start + part.len())
 }
 
-/// Checks one complete top-level element in place and extracts its routing view.
+/// Checks one complete top-level element in place and extracts its routing view. The
+/// scanner recorded every tag in `scratch.tags`; this pass revisits only the tags and the
+/// `&`/`>` bytes of character data.
 fn check_element(
     s: &[u8],
     header: &HeaderCtx,
     scratch: &mut Scratch,
     limits: &Limits,
 ) -> Result<(Info, NsSource), XmlError> {
-    check_chars(s)?;
+    let text = check_chars(s)?;
     scratch.open.clear();
     scratch.bindings.clear();
     scratch.scopes.clear();
     let mut info = Info::default();
     let mut ns_src = NsSource::None;
-    let mut reader = Reader::from_reader(s);
-    configure(&mut reader);
-    loop {
-        let before = reader.buffer_position() as usize;
-        let event = reader
-            .read_event()
-            .map_err(|_| XmlError::NotWellFormed("malformed markup"))?;
-        match event {
-            Event::Start(e) | Event::Empty(e) if before == 0 => {
-                let empty = s[reader.buffer_position() as usize - 2] == b'/';
-                let (src, header_prefix) = start_tag(s, &e, header, scratch, limits, Some(&mut info))?;
-                ns_src = src;
+    let mut text_from = 0usize;
+    for i in 0..scratch.tags.len() {
+        let tag = scratch.tags[i];
+        let (ts, te) = (tag.start as usize, tag.end as usize);
+        check_char_data(&s[text_from..ts])?;
+        text_from = te;
+        match tag.kind {
+            TagKind::Start | TagKind::Empty => {
+                let empty = tag.kind == TagKind::Empty;
+                let content = &text[ts + 1..te - 1 - usize::from(empty)];
+                let top = i == 0;
+                let (src, header_prefix) = start_tag(
+                    s,
+                    content,
+                    header,
+                    scratch,
+                    limits,
+                    top.then_some(&mut info),
+                )?;
+                if top {
+                    ns_src = src;
+                    info.start_tag_end = te as u32;
+                }
                 info.uses_header_prefix |= header_prefix;
-                info.start_tag_end = reader.buffer_position() as u32;
                 if empty {
                     scratch.bindings.truncate(scratch.scopes.pop().unwrap_or(0));
                 } else {
-                    scratch.open.push(span_of(s, e.name().into_inner().as_bytes()));
+                    let name_len = name_len(content.as_bytes());
+                    scratch.open.push(Span::new(ts + 1, ts + 1 + name_len));
                 }
             }
-            Event::Start(e) => {
-                let (_, hp) = start_tag(s, &e, header, scratch, limits, None)?;
-                info.uses_header_prefix |= hp;
-                scratch.open.push(span_of(s, e.name().into_inner().as_bytes()));
-            }
-            Event::Empty(e) => {
-                let (_, hp) = start_tag(s, &e, header, scratch, limits, None)?;
-                info.uses_header_prefix |= hp;
-                scratch.bindings.truncate(scratch.scopes.pop().unwrap_or(0));
-            }
-            Event::End(e) => {
+            TagKind::End => {
+                let name = trim_ws(&s[ts + 2..te - 1]);
                 let open = scratch
                     .open
                     .pop()
                     .ok_or(XmlError::NotWellFormed("end tag without start tag"))?;
-                if &s[open.range()] != trim_ws(e.name().into_inner().as_bytes()) {
+                if &s[open.range()] != name {
                     return Err(XmlError::NotWellFormed("mismatched end tag"));
                 }
                 scratch.bindings.truncate(scratch.scopes.pop().unwrap_or(0));
                 if scratch.open.is_empty() {
-                    info.inner_end = before as u32;
+                    info.inner_end = ts as u32;
                 }
             }
-            Event::Text(t) => {
-                if memchr::memmem::find(t.as_bytes(), b"]]>").is_some() {
-                    return Err(XmlError::NotWellFormed("']]>' in character data"));
-                }
-            }
-            Event::GeneralRef(r) => {
-                resolve_reference(r.as_bytes())?;
-            }
-            Event::CData(_) => {}
-            Event::Comment(_) => return Err(XmlError::RestrictedXml(Restricted::Comment)),
-            Event::PI(_) | Event::Decl(_) => {
-                return Err(XmlError::RestrictedXml(Restricted::ProcessingInstruction))
-            }
-            Event::DocType(_) => return Err(XmlError::RestrictedXml(Restricted::Dtd)),
-            Event::Eof => break,
+            TagKind::CData => {}
         }
     }
     if !scratch.open.is_empty() {
@@ -758,23 +838,59 @@ fn check_element(
     Ok((info, ns_src))
 }
 
-/// Checks a start tag: its name, attributes (quoting, duplicates, references, count),
-/// namespace declarations and prefixes. Pushes its namespace scope. For the top-level
-/// element (`info` given) it records the routing attributes. Returns where the element's
-/// namespace comes from and whether a header-declared prefix was used below the top.
+/// Length of the name at the start of a tag's content.
+#[inline]
+fn name_len(content: &[u8]) -> usize {
+    content
+        .iter()
+        .position(|&b| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'/'))
+        .unwrap_or(content.len())
+}
+
+/// Checks character data between tags: references (RFC 6120 §11.1 allows only the five
+/// predefined entities and character references) and no `]]>` (XML 1.0 §2.4).
+#[inline]
+fn check_char_data(seg: &[u8]) -> Result<(), XmlError> {
+    let mut at = 0;
+    while let Some(i) = memchr::memchr2(b'&', b'>', &seg[at..]) {
+        let p = at + i;
+        if seg[p] == b'>' {
+            if p >= 2 && &seg[p - 2..p] == b"]]" {
+                return Err(XmlError::NotWellFormed("']]>' in character data"));
+            }
+            at = p + 1;
+        } else {
+            let Some(len) = memchr::memchr(b';', &seg[p + 1..]) else {
+                return Err(XmlError::NotWellFormed("'&' without ';'"));
+            };
+            resolve_reference(&seg[p + 1..p + 1 + len])?;
+            at = p + 2 + len;
+        }
+    }
+    Ok(())
+}
+
+/// Checks a start tag's `content` (between `<` and `>`, without a final `/`): its name,
+/// attributes (quoting, duplicates, references, count), namespace declarations and
+/// prefixes. Pushes its namespace scope. For the top-level element (`info` given) it
+/// records the routing attributes. Returns where the element's namespace comes from and
+/// whether a header-declared prefix was used below the top.
 fn start_tag(
     s: &[u8],
-    e: &BytesStart<'_>,
+    content: &str,
     header: &HeaderCtx,
     scratch: &mut Scratch,
     limits: &Limits,
     mut info: Option<&mut Info>,
 ) -> Result<(NsSource, bool), XmlError> {
-    let qname = e.name().into_inner().as_bytes();
+    let nl = name_len(content.as_bytes());
+    let qname = &content.as_bytes()[..nl];
     let (prefix, local) = split_qname(qname)?;
     scratch.scopes.push(scratch.bindings.len());
     scratch.attrs.clear();
-    for attr in e.attributes().with_checks(false) {
+    let mut attrs = Attributes::new(content, nl);
+    attrs.with_checks(false);
+    for attr in attrs {
         let attr = attr.map_err(|_| XmlError::NotWellFormed("malformed attribute"))?;
         if scratch.attrs.len() >= limits.max_attributes {
             return Err(XmlError::PolicyViolation(Limit::Attributes));
@@ -819,7 +935,6 @@ fn start_tag(
             _ => {}
         }
     }
-    let scope = *scratch.scopes.last().unwrap_or(&0);
     let mut header_prefix = false;
     // Attribute prefixes must be declared (xml is predefined, xmlns is special).
     for i in 0..scratch.attrs.len() {
@@ -829,12 +944,13 @@ fn start_tag(
             continue;
         }
         match lookup(s, kp, header, &scratch.bindings) {
-            NsSource::None => return Err(XmlError::BadNamespacePrefix("undeclared attribute prefix")),
+            NsSource::None => {
+                return Err(XmlError::BadNamespacePrefix("undeclared attribute prefix"))
+            }
             NsSource::Header(_) => header_prefix = true,
             _ => {}
         }
     }
-    let _ = scope;
     let src = if prefix == b"xml" {
         return Err(XmlError::BadNamespacePrefix("element in the xml namespace"));
     } else {
@@ -859,7 +975,11 @@ fn lookup(s: &[u8], prefix: &[u8], header: &HeaderCtx, bindings: &[(Span, Span)]
         return NsSource::Element(*v);
     }
     if prefix.is_empty() {
-        return if header.default_ns.is_some() { NsSource::HeaderDefault } else { NsSource::None };
+        return if header.default_ns.is_some() {
+            NsSource::HeaderDefault
+        } else {
+            NsSource::None
+        };
     }
     match header.prefixes.iter().rposition(|(p, _)| p == prefix) {
         Some(i) => NsSource::Header(i),

@@ -70,23 +70,22 @@ pub(crate) fn is_xml_char(c: u32) -> bool {
     matches!(c, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF)
 }
 
-/// Checks that `bytes` are UTF-8 and contain only XML 1.0 §2.2 characters.
+/// Checks that `bytes` are UTF-8 and contain only XML 1.0 §2.2 characters; returns
+/// them as text.
 ///
 /// Errors: [`XmlError::UnsupportedEncoding`] for bytes that are not UTF-8,
 /// [`XmlError::NotWellFormed`] for control characters, U+FFFE and U+FFFF.
-pub(crate) fn check_chars(bytes: &[u8]) -> Result<(), XmlError> {
+pub(crate) fn check_chars(bytes: &[u8]) -> Result<&str, XmlError> {
     // C0 controls other than TAB, LF, CR. Written as a branch-free fold so it vectorises.
-    let bad_ctrl = bytes
-        .iter()
-        .fold(false, |acc, &b| acc | ((b < 0x20) & (b != b'\t') & (b != b'\n') & (b != b'\r')));
+    let bad_ctrl = bytes.iter().fold(false, |acc, &b| {
+        acc | ((b < 0x20) & (b != b'\t') & (b != b'\n') & (b != b'\r'))
+    });
     if bad_ctrl {
         return Err(XmlError::NotWellFormed("control character"));
     }
-    if bytes.is_ascii() {
-        return Ok(());
-    }
-    if std::str::from_utf8(bytes).is_err() {
-        return Err(XmlError::UnsupportedEncoding);
+    let text = std::str::from_utf8(bytes).map_err(|_| XmlError::UnsupportedEncoding)?;
+    if text.is_ascii() {
+        return Ok(text);
     }
     // U+FFFE and U+FFFF encode as EF BF BE / EF BF BF. Surrogates are not UTF-8 at all.
     for i in memchr::memchr_iter(0xEF, bytes) {
@@ -94,7 +93,7 @@ pub(crate) fn check_chars(bytes: &[u8]) -> Result<(), XmlError> {
             return Err(XmlError::NotWellFormed("noncharacter U+FFFE/U+FFFF"));
         }
     }
-    Ok(())
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -103,18 +102,40 @@ mod tests {
 
     #[test]
     fn qnames() {
-        assert_eq!(split_qname(b"db:result").unwrap(), (&b"db"[..], &b"result"[..]));
-        assert_eq!(split_qname(b"presence").unwrap(), (&b""[..], &b"presence"[..]));
+        assert_eq!(
+            split_qname(b"db:result").unwrap(),
+            (&b"db"[..], &b"result"[..])
+        );
+        assert_eq!(
+            split_qname(b"presence").unwrap(),
+            (&b""[..], &b"presence"[..])
+        );
         assert!(split_qname("ü-x.1".as_bytes()).is_ok());
-        for bad in [&b""[..], b"1a", b":a", b"a:", b"a:b:c", b"-x", b"a b", b"a\"b"] {
-            assert!(split_qname(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"1a",
+            b":a",
+            b"a:",
+            b"a:b:c",
+            b"-x",
+            b"a b",
+            b"a\"b",
+        ] {
+            assert!(
+                split_qname(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn characters() {
         assert!(check_chars("héllo\t\r\n".as_bytes()).is_ok());
-        assert_eq!(check_chars(b"a\x01b"), Err(XmlError::NotWellFormed("control character")));
+        assert_eq!(
+            check_chars(b"a\x01b"),
+            Err(XmlError::NotWellFormed("control character"))
+        );
         assert_eq!(check_chars(b"a\xff"), Err(XmlError::UnsupportedEncoding));
         assert!(check_chars("\u{FFFF}".as_bytes()).is_err());
         assert!(check_chars("\u{FFFD}".as_bytes()).is_ok());
