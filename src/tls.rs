@@ -9,7 +9,7 @@
 //! # Why the server does not check client certificates during the handshake
 //!
 //! When an S2S peer connects, the handshake happens before its stream header says which
-//! domain it speaks for (RFC 6120 §5.4.3.3, §13.7.1.2.1). So the server configuration
+//! domain it speaks for (RFC 6120 §5.4, §13.7.2). So the server configuration
 //! *requests* a client certificate but accepts any ([`AcceptAnyClientCert`]); once the header
 //! names the peer's domain, the runtime calls [`verify_peer_certificate`] on
 //! `peer_certificates()`, and offers SASL EXTERNAL (XEP-0178) only if that succeeds,
@@ -17,7 +17,7 @@
 //!
 //! That check asks for the *serverAuth* extended key usage, not clientAuth: public CAs no
 //! longer issue clientAuth certificates, and an XMPP server presents the same certificate
-//! in both directions (RFC 6120 §13.7.1.2.1, XEP-0178 §3).
+//! in both directions (RFC 6120 §13.7.1.2, XEP-0178 §3).
 //!
 //! # Identity
 //!
@@ -45,11 +45,12 @@ use rustls::{
     SignatureScheme,
 };
 
-/// ALPN protocol id for server-to-server direct TLS, `xmpp-server` (XEP-0368 §3; registered
-/// by RFC 7590's companion IANA ALPN registry).
+/// ALPN protocol id for server-to-server direct TLS on `_xmpps-server._tcp` targets,
+/// `xmpp-server` (XEP-0368 §3; IANA ALPN Protocol IDs registry per XEP-0368 §7, RFC 7301).
 pub const ALPN_XMPP_SERVER: &[u8] = b"xmpp-server";
 
-/// ALPN protocol id for client-to-server direct TLS, `xmpp-client` (XEP-0368 §3).
+/// ALPN protocol id for client-to-server direct TLS on `_xmpps-client._tcp` targets,
+/// `xmpp-client` (XEP-0368 §3).
 pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
 
 /// The crypto provider every configuration here is built with: *ring*.
@@ -156,7 +157,7 @@ pub enum TlsError {
 // ---------------------------------------------------------------------------------------
 
 /// A local domain's certificate chain and private key: what the server presents for the
-/// domain (RFC 6120 §13.7.1.2.1) and what the client presents for SASL EXTERNAL (XEP-0178).
+/// domain (RFC 6120 §13.7.1.2) and what the client presents for SASL EXTERNAL (XEP-0178).
 ///
 /// `chain` is the end-entity certificate first, then any intermediates (not the root). The
 /// constructors check that the chain is not empty, that the end-entity certificate parses
@@ -390,7 +391,7 @@ fn ascii_domain(domain: &str) -> Option<String> {
 }
 
 /// The TLS server name (SNI, and the name a server certificate is checked against) for an
-/// XMPP domain: IDNA A-labels, lowercase, no trailing dot (RFC 6120 §13.7.2.1, RFC 6125).
+/// XMPP domain: IDNA A-labels, lowercase, no trailing dot (RFC 6125 §6, RFC 5891).
 ///
 /// Errors: [`CertError::BadDomain`] for a string that is not a DNS name or IP address.
 pub fn server_name(domain: &str) -> Result<ServerName<'static>, CertError> {
@@ -522,7 +523,7 @@ fn key_der(key: &rcgen::KeyPair) -> PrivateKeyDer<'static> {
 
 /// A throw-away certificate authority (rcgen, ECDSA P-256) for tests, `loadgen` and lab
 /// set-ups: it issues leaf certificates the way a public CA does today (dNSName
-/// subjectAltName, serverAuth extended key usage only; RFC 6120 §13.7.1.2.1, XEP-0178).
+/// subjectAltName, serverAuth extended key usage only; RFC 6120 §13.7.1.2, XEP-0178).
 ///
 /// Trust it by adding [`TestCa::ca_der`] to a [`RootCertStore`] ([`TestCa::root_store`]).
 pub struct TestCa {
@@ -648,8 +649,9 @@ pub fn self_signed(domain: &str) -> Result<CertifiedDomain, TlsError> {
 // Server side
 // ---------------------------------------------------------------------------------------
 
-/// Chooses the server certificate by the client's SNI among the local domains (RFC 6120
-/// §13.7.2.1: the initiating entity puts the receiving domain in SNI; RFC 6066 §3).
+/// Chooses the server certificate by the client's SNI (RFC 6066 §3) among the local domains:
+/// the initiating entity names the domain it wants, which its certificate check (RFC 6120
+/// §13.7.2.1) will then expect.
 ///
 /// Lookup of an SNI name, case-insensitively and without a trailing dot: the certificate
 /// added for exactly that name; else one whose dNSName is the wildcard `*.parent`; else the
@@ -756,7 +758,7 @@ pub enum ClientAuth {
     /// A certificate is requested but never required, and any certificate is accepted
     /// during the handshake ([`AcceptAnyClientCert`]); it is checked with
     /// [`verify_peer_certificate`] once the stream header names the peer (S2S, RFC 6120
-    /// §13.7.1.2.1, XEP-0178).
+    /// §13.7.1.2, XEP-0178).
     Request,
 }
 
@@ -846,7 +848,7 @@ impl ClientCertVerifier for AcceptAnyClientCert {
 }
 
 /// The server configuration for a listener (STARTTLS, RFC 6120 §5.4; direct TLS, XEP-0368):
-/// TLS 1.2 and 1.3 (RFC 7590 §3.2), *ring*, the certificate chosen by SNI from `resolver`,
+/// TLS 1.2 and 1.3 (RFC 7590 §3), *ring*, the certificate chosen by SNI from `resolver`,
 /// client certificates per `client_auth`, and `alpn` as the server's ALPN protocols (e.g.
 /// `&[ALPN_XMPP_SERVER]` on a direct-TLS S2S port; empty for STARTTLS).
 ///
@@ -950,7 +952,7 @@ impl ServerCertVerifier for NoServerVerification {
 }
 
 /// The client configuration for an outbound stream (S2S to a remote domain, or `loadgen`'s
-/// C2S clients): TLS 1.2 and 1.3 (RFC 7590 §3.2), *ring*, and
+/// C2S clients): TLS 1.2 and 1.3 (RFC 7590 §3), *ring*, and
 ///
 /// - `verify == true`: the standard webpki verifier over `roots`: chain to a root,
 ///   serverAuth usage, validity, and the name given as the connection's server name, which
@@ -1082,7 +1084,7 @@ impl CertError {
 /// is converted to IDNA A-labels first).
 ///
 /// Used for both directions: a connecting S2S peer presents its server certificate as a
-/// TLS client certificate, with serverAuth only (RFC 6120 §13.7.1.2.1). Revocation is not
+/// TLS client certificate, with serverAuth only (RFC 6120 §13.7.1.2). Revocation is not
 /// checked. `now` comes from the runtime's clock.
 ///
 /// Errors: the [`CertError`] that says why, checking in this order: presence, domain

@@ -16,6 +16,7 @@ mod error;
 mod escape;
 mod framer;
 mod names;
+pub mod tree;
 pub mod writer;
 
 pub use element::{Element, Frame, Namespace, Span, StreamHeader};
