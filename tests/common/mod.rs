@@ -1,6 +1,8 @@
 //! Shared test helpers: capture parsing and a framer driver.
 #![allow(dead_code)]
 
+pub mod pair;
+
 use fedrouter::xml::{Frame, Framer, Limits, XmlError};
 
 /// Every frame a framer yields for `input` split into `chunks` (sizes cycled), up to and
