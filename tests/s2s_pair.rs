@@ -302,3 +302,34 @@ fn closing_handshake_with_stream_error_both_ways() {
         Some(CloseReason::SentError(StreamCondition::SystemShutdown, _))
     ));
 }
+
+#[test]
+fn outbound_to_denied_domain_sends_nothing() {
+    let ca = TestCa::new("ca").unwrap();
+    let mut policy = fedrouter::stream::FederationPolicy::default();
+    policy.domains.insert(
+        "gmail.test".into(),
+        PeerPolicy {
+            allow: false,
+            ..PeerPolicy::default()
+        },
+    );
+    let a_srv = Server::with_policy("cupdomain.test", policy, &ca, false);
+    let mut conn = fedrouter::stream::S2sConnection::outbound(
+        a_srv.cfg.clone(),
+        "cupdomain.test",
+        "gmail.test",
+        false,
+        std::time::Instant::now(),
+    );
+    let mut out = Vec::new();
+    assert_eq!(conn.poll_transmit(&mut out), 0);
+    assert!(conn.is_closed());
+    assert!(matches!(
+        conn.poll_event(),
+        Some(Event::Closed(CloseReason::SentError(
+            StreamCondition::PolicyViolation,
+            _
+        )))
+    ));
+}
