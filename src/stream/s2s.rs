@@ -338,6 +338,9 @@ impl S2sConnection {
     /// A new outbound stream from `local` to `remote` (both lowercase domains), for which
     /// the runtime has a connected socket (plain TCP; for XEP-0368 direct TLS, pass
     /// `direct_tls` once the TLS handshake is done). Sends our stream header at once.
+    ///
+    /// A remote domain that policy denies gets no header: the connection is closed at once
+    /// with [`CloseReason::SentError`] (`policy-violation`) and nothing to transmit.
     pub fn outbound(
         cfg: Arc<S2sConfig>,
         local: &str,
@@ -350,6 +353,11 @@ impl S2sConnection {
         c.local = local.to_owned();
         c.remote = remote.to_owned();
         c.tls = direct_tls;
+        if !policy.allow {
+            let text = "federation with this domain is not allowed".to_owned();
+            c.finish(CloseReason::SentError(StreamCondition::PolicyViolation, text));
+            return c;
+        }
         c.send_header();
         c.state = State::ExpectHeader;
         c.deadline = Some(now + c.cfg.timeouts.negotiation);
