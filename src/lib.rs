@@ -30,6 +30,7 @@
 //! - [`condition`]: stream and stanza error conditions (RFC 6120 §4.9.3, §8.3.3).
 //! - [`stream`]: RFC 6120 stream negotiation state machines.
 //! - [`dialback`]: XEP-0220 Server Dialback keys (XEP-0185) and verification state.
+//! - [`srv`]: RFC 2782 ordering of DNS SRV answers for S2S connection attempts.
 //! - [`presence`]: RFC 6121 subscription state machine and roster semantics.
 //! - [`tls`] (adapter, used by the runtime only): rustls configurations, certificate choice
 //!   by SNI, and the peer certificate check after the stream header (RFC 6120 §5, §13.7;
@@ -41,6 +42,7 @@ pub mod condition;
 pub mod dialback;
 pub mod jid;
 pub mod presence;
+pub mod srv;
 pub mod stanza;
 pub mod stream;
 pub mod tls;
