@@ -355,7 +355,10 @@ impl S2sConnection {
         c.tls = direct_tls;
         if !policy.allow {
             let text = "federation with this domain is not allowed".to_owned();
-            c.finish(CloseReason::SentError(StreamCondition::PolicyViolation, text));
+            c.finish(CloseReason::SentError(
+                StreamCondition::PolicyViolation,
+                text,
+            ));
             return c;
         }
         c.send_header();

@@ -168,9 +168,13 @@ pub struct Element {
 impl Element {
     #[inline]
     fn str_at(&self, span: Span) -> &str {
-        // SAFETY-free: the framer checked the whole element is UTF-8 and spans fall on
-        // character boundaries (they are delimited by ASCII bytes).
-        std::str::from_utf8(&self.bytes[span.range()]).unwrap_or_default()
+        let bytes = &self.bytes[span.range()];
+        debug_assert!(std::str::from_utf8(bytes).is_ok());
+        // SAFETY: an `Element` is only built by the framer, which checked that the whole
+        // element is UTF-8 (`check_chars`); every span starts and ends next to an ASCII
+        // delimiter (`<`, `:`, whitespace, `=`, a quote, `>`), so it falls on character
+        // boundaries and is UTF-8 too.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 
     /// The element exactly as received, `<` to the final `>`.

@@ -13,10 +13,7 @@
 //!    duplicates, end-tag names, namespace prefixes, entity and character references.
 //!    Scratch vectors are reused, so the steady state allocates nothing per element.
 
-use std::borrow::Cow;
-
 use bytes::{Buf, BytesMut};
-use quick_xml::events::attributes::Attributes;
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
@@ -375,6 +372,17 @@ impl Framer {
         });
     }
 
+    /// The scanner used up its window: more input is needed, unless the window ended at
+    /// a limit.
+    #[inline]
+    fn exhausted(&self, limit: usize, which: Limit) -> Result<Found, XmlError> {
+        if self.pos >= limit {
+            Err(XmlError::PolicyViolation(which))
+        } else {
+            Ok(Found::NeedMore)
+        }
+    }
+
     fn scan_input(&mut self) -> Result<Found, XmlError> {
         const CDATA: &[u8; 7] = b"[CDATA[";
         loop {
@@ -407,7 +415,10 @@ impl Framer {
                         .iter()
                         .position(|&b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
                     {
-                        None => self.pos = end,
+                        None => {
+                            self.pos = end;
+                            return self.exhausted(limit, which);
+                        }
                         Some(i) => {
                             if i > 0 {
                                 if let Phase::Prolog { decl_allowed } = &mut self.phase {
@@ -463,7 +474,7 @@ impl Framer {
                     let rest = &buf[self.pos..];
                     let Some(i) = memchr::memchr3(b'>', b'"', b'\'', rest) else {
                         self.pos = end;
-                        continue;
+                        return self.exhausted(limit, which);
                     };
                     let at = self.pos + i;
                     self.pos = at + 1;
@@ -502,7 +513,7 @@ impl Framer {
                     let rest = &buf[self.pos..];
                     let Some(i) = memchr::memchr2(quote, b'<', rest) else {
                         self.pos = end;
-                        continue;
+                        return self.exhausted(limit, which);
                     };
                     let at = self.pos + i;
                     if buf[at] == b'<' {
@@ -512,7 +523,10 @@ impl Framer {
                     self.scan = Scan::StartTag { quote: 0 };
                 }
                 Scan::Content => match memchr::memchr(b'<', &buf[self.pos..]) {
-                    None => self.pos = end,
+                    None => {
+                        self.pos = end;
+                        return self.exhausted(limit, which);
+                    }
                     Some(i) => {
                         self.tag_start = self.pos + i;
                         self.pos += i + 1;
@@ -520,7 +534,10 @@ impl Framer {
                     }
                 },
                 Scan::EndTag => match memchr::memchr(b'>', &buf[self.pos..]) {
-                    None => self.pos = end,
+                    None => {
+                        self.pos = end;
+                        return self.exhausted(limit, which);
+                    }
                     Some(i) => {
                         self.pos += i + 1;
                         if self.depth == 0 {
@@ -567,7 +584,10 @@ impl Framer {
                     }
                 }
                 Scan::CData { content_start } => match memchr::memchr(b'>', &buf[self.pos..]) {
-                    None => self.pos = end,
+                    None => {
+                        self.pos = end;
+                        return self.exhausted(limit, which);
+                    }
                     Some(i) => {
                         let gt = self.pos + i;
                         self.pos = gt + 1;
@@ -578,7 +598,10 @@ impl Framer {
                     }
                 },
                 Scan::Decl => match memchr::memchr(b'>', &buf[self.pos..]) {
-                    None => self.pos = end,
+                    None => {
+                        self.pos = end;
+                        return self.exhausted(limit, which);
+                    }
                     Some(i) => {
                         let gt = self.pos + i;
                         self.pos = gt + 1;
@@ -721,6 +744,11 @@ fn declare_prefix(prefix: &[u8], value: &[u8]) -> Result<(), XmlError> {
         )),
         _ => Ok(()),
     }
+}
+
+#[inline]
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
 fn trim_ws(s: &[u8]) -> &[u8] {
@@ -888,19 +916,53 @@ fn start_tag(
     let (prefix, local) = split_qname(qname)?;
     scratch.scopes.push(scratch.bindings.len());
     scratch.attrs.clear();
-    let mut attrs = Attributes::new(content, nl);
-    attrs.with_checks(false);
-    for attr in attrs {
-        let attr = attr.map_err(|_| XmlError::NotWellFormed("malformed attribute"))?;
+    let b = content.as_bytes();
+    let mut at = nl;
+    loop {
+        // XML 1.0 §3.1: S Attribute, where Attribute is Name Eq AttValue.
+        let ws = at;
+        while at < b.len() && is_ws(b[at]) {
+            at += 1;
+        }
+        if at == b.len() {
+            break;
+        }
+        if at == ws {
+            return Err(XmlError::NotWellFormed("malformed attribute"));
+        }
+        let key_start = at;
+        while at < b.len() && !is_ws(b[at]) && b[at] != b'=' {
+            at += 1;
+        }
+        let key = &b[key_start..at];
+        while at < b.len() && is_ws(b[at]) {
+            at += 1;
+        }
+        if at == b.len() || b[at] != b'=' {
+            return Err(XmlError::NotWellFormed("malformed attribute"));
+        }
+        at += 1;
+        while at < b.len() && is_ws(b[at]) {
+            at += 1;
+        }
+        let quote = match b.get(at) {
+            Some(&q @ (b'\'' | b'"')) => q,
+            _ => return Err(XmlError::NotWellFormed("malformed attribute")),
+        };
+        at += 1;
+        let Some(len) = memchr::memchr(quote, &b[at..]) else {
+            return Err(XmlError::NotWellFormed("malformed attribute"));
+        };
+        let value = &b[at..at + len];
+        at += len + 1;
         if scratch.attrs.len() >= limits.max_attributes {
             return Err(XmlError::PolicyViolation(Limit::Attributes));
         }
-        let key = attr.key.into_inner().as_bytes();
-        let value: &[u8] = match &attr.value {
-            Cow::Borrowed(v) => v.as_bytes(),
-            Cow::Owned(_) => return Err(XmlError::NotWellFormed("malformed attribute")),
-        };
-        if scratch.attrs.iter().any(|a| &s[a.range()] == key) {
+        if scratch
+            .attrs
+            .iter()
+            .any(|a| a.len() == key.len() && &s[a.range()] == key)
+        {
             return Err(XmlError::NotWellFormed("duplicate attribute"));
         }
         let kspan = span_of(s, key);
@@ -971,7 +1033,11 @@ fn start_tag(
 /// Resolves a prefix (empty for the default namespace): innermost declaration on the
 /// element first, then the stream header's.
 fn lookup(s: &[u8], prefix: &[u8], header: &HeaderCtx, bindings: &[(Span, Span)]) -> NsSource {
-    if let Some((_, v)) = bindings.iter().rev().find(|(p, _)| &s[p.range()] == prefix) {
+    if let Some((_, v)) = bindings
+        .iter()
+        .rev()
+        .find(|(p, _)| p.len() == prefix.len() && &s[p.range()] == prefix)
+    {
         return NsSource::Element(*v);
     }
     if prefix.is_empty() {

@@ -18,27 +18,42 @@ fn is_name_char(c: char) -> bool {
         || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
 }
 
-#[inline]
-fn ascii_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_'
-}
+/// ASCII NameStartChar (no ':'): letters and '_'. Bytes ≥ 0x80 are false (slow path).
+const START: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 128 {
+        t[b] = (b as u8).is_ascii_alphabetic() || b == b'_' as usize;
+        b += 1;
+    }
+    t
+};
 
-#[inline]
-fn ascii_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')
-}
+/// ASCII NameChar (no ':'): NameStartChar plus digits, '-' and '.'.
+const CHAR: [bool; 256] = {
+    let mut t = START;
+    let mut b = 0;
+    while b < 128 {
+        if (b as u8).is_ascii_digit() || b == b'-' as usize || b == b'.' as usize {
+            t[b] = true;
+        }
+        b += 1;
+    }
+    t
+};
 
 /// Checks an NCName (a name without a colon). `name` must already be valid UTF-8.
+#[inline]
 fn check_ncname(name: &[u8]) -> Result<(), XmlError> {
     const BAD: XmlError = XmlError::NotWellFormed("invalid name");
     let Some(&first) = name.first() else {
         return Err(BAD);
     };
-    if name.is_ascii() {
-        if !ascii_start(first) || !name[1..].iter().all(|&b| ascii_char(b)) {
-            return Err(BAD);
-        }
+    if START[first as usize] && name[1..].iter().all(|&b| CHAR[b as usize]) {
         return Ok(());
+    }
+    if name.is_ascii() {
+        return Err(BAD);
     }
     let s = std::str::from_utf8(name).map_err(|_| XmlError::UnsupportedEncoding)?;
     let mut chars = s.chars();
@@ -50,8 +65,9 @@ fn check_ncname(name: &[u8]) -> Result<(), XmlError> {
 
 /// Splits and checks a QName (`prefix:local` or `local`), Namespaces in XML 1.0 §4.
 /// Returns `(prefix, local)`; the prefix is empty when absent.
+#[inline]
 pub(crate) fn split_qname(name: &[u8]) -> Result<(&[u8], &[u8]), XmlError> {
-    match memchr::memchr(b':', name) {
+    match name.iter().position(|&b| b == b':') {
         None => {
             check_ncname(name)?;
             Ok((&[], name))
@@ -76,17 +92,22 @@ pub(crate) fn is_xml_char(c: u32) -> bool {
 /// Errors: [`XmlError::UnsupportedEncoding`] for bytes that are not UTF-8,
 /// [`XmlError::NotWellFormed`] for control characters, U+FFFE and U+FFFF.
 pub(crate) fn check_chars(bytes: &[u8]) -> Result<&str, XmlError> {
-    // C0 controls other than TAB, LF, CR. Written as a branch-free fold so it vectorises.
-    let bad_ctrl = bytes.iter().fold(false, |acc, &b| {
-        acc | ((b < 0x20) & (b != b'\t') & (b != b'\n') & (b != b'\r'))
+    // One branch-free pass (it vectorises): C0 controls other than TAB, LF, CR, and
+    // whether any byte is non-ASCII.
+    let (bad_ctrl, high) = bytes.iter().fold((false, 0u8), |(bad, high), &b| {
+        (
+            bad | ((b < 0x20) & (b != b'\t') & (b != b'\n') & (b != b'\r')),
+            high | b,
+        )
     });
     if bad_ctrl {
         return Err(XmlError::NotWellFormed("control character"));
     }
-    let text = std::str::from_utf8(bytes).map_err(|_| XmlError::UnsupportedEncoding)?;
-    if text.is_ascii() {
-        return Ok(text);
+    if high < 0x80 {
+        // SAFETY: every byte is ASCII, and ASCII is valid UTF-8.
+        return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
     }
+    let text = std::str::from_utf8(bytes).map_err(|_| XmlError::UnsupportedEncoding)?;
     // U+FFFE and U+FFFF encode as EF BF BE / EF BF BF. Surrogates are not UTF-8 at all.
     for i in memchr::memchr_iter(0xEF, bytes) {
         if bytes.get(i + 1) == Some(&0xBF) && matches!(bytes.get(i + 2), Some(0xBE | 0xBF)) {
