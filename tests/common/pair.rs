@@ -338,3 +338,145 @@ impl Pair {
         self.drive();
     }
 }
+
+/// One connection driven by hand with raw bytes and a simulated clock, recording every
+/// byte it transmitted and every event it emitted: for tests that play the peer
+/// themselves or replay captured traffic.
+pub struct Wire {
+    pub conn: S2sConnection,
+    pub now: Instant,
+    /// Everything the connection transmitted so far (plaintext).
+    pub sent: Vec<u8>,
+    /// Every event so far, in order.
+    pub events: Vec<Event>,
+}
+
+impl Wire {
+    /// A fresh inbound connection (plain TCP).
+    pub fn inbound(cfg: Arc<S2sConfig>) -> Wire {
+        let now = Instant::now();
+        Self::wrap(S2sConnection::inbound(cfg, 1, None, now), now)
+    }
+
+    /// A fresh outbound connection from `local` to `remote` (plain TCP); its stream header
+    /// is already in `sent`.
+    pub fn outbound(cfg: Arc<S2sConfig>, local: &str, remote: &str) -> Wire {
+        let now = Instant::now();
+        Self::wrap(S2sConnection::outbound(cfg, local, remote, false, now), now)
+    }
+
+    fn wrap(conn: S2sConnection, now: Instant) -> Wire {
+        let mut w = Wire {
+            conn,
+            now,
+            sent: Vec::new(),
+            events: Vec::new(),
+        };
+        w.pump();
+        w
+    }
+
+    /// Collects what the connection has to send and its events; returns the new bytes.
+    pub fn pump(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.conn.poll_transmit(&mut out);
+        self.sent.extend_from_slice(&out);
+        while let Some(e) = self.conn.poll_event() {
+            self.events.push(e);
+        }
+        out
+    }
+
+    /// Feeds bytes from the peer; returns what the connection sent in response.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.conn.handle_input(bytes, self.now);
+        self.pump()
+    }
+
+    /// Advances the clock by `d` and fires the timers; returns what was sent.
+    pub fn advance(&mut self, d: Duration) -> Vec<u8> {
+        self.now += d;
+        self.conn.handle_timeout(self.now);
+        self.pump()
+    }
+
+    /// Answers a `VerifyNeeded`; returns what was sent.
+    pub fn verdict(&mut self, local: &str, remote: &str, result: DialbackResult) -> Vec<u8> {
+        self.conn
+            .handle_dialback_verdict(local, remote, result, self.now);
+        self.pump()
+    }
+
+    /// Reports a completed TLS handshake (no peer certificate); returns what was sent.
+    pub fn tls_established(&mut self) -> Vec<u8> {
+        self.conn.handle_tls_established(Vec::new(), self.now);
+        self.pump()
+    }
+
+    /// The `(local, remote, stream_id, key)` of every `VerifyNeeded` since event `from`.
+    pub fn verify_needed_since(&self, from: usize) -> Vec<(String, String, String, String)> {
+        self.events[from..]
+            .iter()
+            .filter_map(|e| match e {
+                Event::VerifyNeeded {
+                    local,
+                    remote,
+                    stream_id,
+                    key,
+                } => Some((
+                    local.clone(),
+                    remote.clone(),
+                    stream_id.clone(),
+                    key.clone(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The bytes of every `Event::Stanza`, in order.
+    pub fn stanzas(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Stanza { element, .. } => Some(element.as_str().to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Why the stream ended, if it did.
+    pub fn closed(&self) -> Option<&fedrouter::stream::CloseReason> {
+        self.events.iter().find_map(|e| match e {
+            Event::Closed(r) => Some(r),
+            _ => None,
+        })
+    }
+}
+
+/// Parses bytes a connection sent, one stream document per `<?xml ` (a restart after
+/// STARTTLS or SASL starts a new one), into frames. Panics on anything a peer could not
+/// parse: what we send must be well-formed.
+pub fn sent_documents(bytes: &[u8]) -> Vec<Vec<fedrouter::xml::Frame>> {
+    let mut starts: Vec<usize> = memchr::memmem::find_iter(bytes, b"<?xml ").collect();
+    if starts.first() != Some(&0) {
+        starts.insert(0, 0);
+    }
+    starts.push(bytes.len());
+    let mut docs = Vec::new();
+    for w in starts.windows(2) {
+        let mut f = fedrouter::xml::Framer::default();
+        f.feed(&bytes[w[0]..w[1]]);
+        let mut frames = Vec::new();
+        while let Some(fr) = f.next_frame().unwrap_or_else(|e| {
+            panic!(
+                "we sent malformed XML ({e}): {:?}",
+                String::from_utf8_lossy(bytes)
+            )
+        }) {
+            frames.push(fr);
+        }
+        docs.push(frames);
+    }
+    docs
+}
