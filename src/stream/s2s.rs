@@ -83,7 +83,9 @@ impl Default for Timeouts {
 /// What every S2S connection of a server shares (read-only).
 #[derive(Debug)]
 pub struct S2sConfig {
-    /// Domains we host (lowercase). The first is the default for headers without `to`.
+    /// Domains we host (lowercase). A peer's header must name one of them in `to`
+    /// (else `host-unknown`, RFC 6120 §4.9.3.6); the first is the `from` of our header
+    /// when we answer such a header with that error (§4.9.1.2).
     pub local_domains: Vec<String>,
     /// Local domains we hold a certificate for: STARTTLS is offered and SASL EXTERNAL
     /// can be attempted for them.
@@ -538,6 +540,9 @@ impl S2sConnection {
         }
         self.tls = true;
         self.peer_chain = peer_chain;
+        // RFC 6120 §5.4.3.3: knowledge obtained before TLS is discarded.
+        self.pairs.clear();
+        self.pending_results.clear();
         self.restart(now);
         self.process(now);
     }
@@ -566,8 +571,12 @@ impl S2sConnection {
         };
         self.pending_results.swap_remove(i);
         self.write_db_answer("result", local, remote, None, result);
-        if result == DialbackResult::Valid {
-            self.authenticate(local, remote, AuthMethod::Dialback, now);
+        match result {
+            DialbackResult::Valid => self.authenticate(local, remote, AuthMethod::Dialback, now),
+            // XEP-0220 §2.2.1: the Initiating Server is spoofing the Sender Domain; the
+            // Receiving Server closes the stream.
+            DialbackResult::Invalid => self.close(None, now),
+            DialbackResult::Error(_) => {}
         }
     }
 
@@ -599,11 +608,22 @@ impl S2sConnection {
                         let r = DialbackResult::Error(DialbackErrorCondition::RemoteServerTimeout);
                         self.write_db_answer("result", &p.local, &p.remote, None, r);
                     }
-                    Direction::Outbound => self.events.push_back(Event::AuthFailed {
-                        local: p.local,
-                        remote: p.remote,
-                        result: DialbackResult::Error(DialbackErrorCondition::RemoteServerTimeout),
-                    }),
+                    Direction::Outbound => {
+                        self.events.push_back(Event::AuthFailed {
+                            local: p.local,
+                            remote: p.remote,
+                            result: DialbackResult::Error(
+                                DialbackErrorCondition::RemoteServerTimeout,
+                            ),
+                        });
+                        if self.pairs.is_empty() && self.pending_results.is_empty() {
+                            // Nothing authenticated and nothing left to wait for.
+                            return self.fail(
+                                StreamCondition::ConnectionTimeout,
+                                "dialback result timed out",
+                            );
+                        }
+                    }
                 }
             } else {
                 i += 1;
@@ -946,7 +966,11 @@ impl S2sConnection {
             self.send_features();
         }
         self.state = State::Open;
-        self.deadline = None;
+        // A stream that never authenticates must not stay open forever.
+        self.deadline = self
+            .pairs
+            .is_empty()
+            .then(|| now + self.cfg.timeouts.negotiation);
         self.last_tx = now;
     }
 
@@ -1358,6 +1382,11 @@ impl S2sConnection {
             remote: from.clone(),
             deadline: now + self.cfg.timeouts.verify,
         });
+        if self.pairs.is_empty() {
+            // Leave the authoritative server its time before the stream times out.
+            let until = now + self.cfg.timeouts.verify + self.cfg.timeouts.negotiation;
+            self.deadline = Some(self.deadline.map_or(until, |d| d.max(until)));
+        }
         self.events.push_back(Event::VerifyNeeded {
             local: to,
             remote: from,
@@ -1370,6 +1399,9 @@ impl S2sConnection {
         if !self.is_authenticated(local, remote) {
             self.pairs
                 .push((local.to_owned(), remote.to_owned(), method));
+        }
+        if self.state == State::Open {
+            self.deadline = None;
         }
         self.last_stanza = now;
         self.events.push_back(Event::Authenticated {
