@@ -117,11 +117,11 @@ pub enum JidError {
 /// a hosted domain only after comparing ASCII case-insensitively, and fall back to
 /// [`Jid::new`] when the string is not plain ASCII or the look-up misses.
 pub fn domain_of(raw: &str) -> &str {
-    let head = match raw.find('/') {
+    let head = match memchr::memchr(b'/', raw.as_bytes()) {
         Some(slash) => &raw[..slash],
         None => raw,
     };
-    let domain = match head.find('@') {
+    let domain = match memchr::memchr(b'@', head.as_bytes()) {
         Some(at) => &head[at + 1..],
         None => head,
     };

@@ -314,6 +314,8 @@ pub struct S2sConnection {
     restarts: u32,
     tls: bool,
     peer_chain: Vec<CertificateDer<'static>>,
+    /// The certificate check's verdict for a remote domain (checked once per chain).
+    peer_cert_verdict: Option<(String, bool)>,
     sasl_done: bool,
     header_sent: bool,
     legacy: bool,
@@ -410,6 +412,7 @@ impl S2sConnection {
             restarts: 0,
             tls: false,
             peer_chain: Vec::new(),
+            peer_cert_verdict: None,
             sasl_done: false,
             header_sent: false,
             legacy: false,
@@ -540,6 +543,7 @@ impl S2sConnection {
         }
         self.tls = true;
         self.peer_chain = peer_chain;
+        self.peer_cert_verdict = None;
         // RFC 6120 §5.4.3.3: knowledge obtained before TLS is discarded.
         self.pairs.clear();
         self.pending_results.clear();
@@ -1008,7 +1012,18 @@ impl S2sConnection {
 
     /// Whether the peer's certificate is valid for the domain its header claims
     /// (XEP-0178 §3; checked only once the header names the domain).
-    fn peer_cert_valid(&self) -> bool {
+    fn peer_cert_valid(&mut self) -> bool {
+        if let Some((domain, ok)) = &self.peer_cert_verdict {
+            if *domain == self.remote {
+                return *ok;
+            }
+        }
+        let ok = self.check_peer_cert();
+        self.peer_cert_verdict = Some((self.remote.clone(), ok));
+        ok
+    }
+
+    fn check_peer_cert(&self) -> bool {
         if !self.policy.verify_certificates || self.remote.is_empty() || self.peer_chain.is_empty()
         {
             return false;
