@@ -560,3 +560,24 @@ fn writer_round_trip_generated() {
         assert_eq!(b.to(), Some("x@y.example"));
     }
 }
+
+/// Found by the fuzzer: whitespace before `<?xml` must rule out the declaration whether
+/// or not the whitespace and the `<` arrive in the same read.
+#[test]
+fn whitespace_before_xml_declaration_is_chunking_invariant() {
+    for input in [&b"\t<?"[..], b"\n<?xml version='1.0'?><stream:stream>"] {
+        let whole = frames(input);
+        assert_eq!(
+            whole,
+            vec![Err(XmlError::RestrictedXml(
+                Restricted::ProcessingInstruction
+            ))]
+        );
+        for split in 1..input.len() {
+            assert_eq!(
+                frames_chunked(input, &[split, usize::MAX], Limits::default()),
+                whole
+            );
+        }
+    }
+}

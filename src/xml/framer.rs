@@ -411,20 +411,22 @@ impl Framer {
                         }
                     }
                     let rest = &buf[self.pos..];
-                    match rest
+                    let ws = rest
                         .iter()
-                        .position(|&b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-                    {
+                        .position(|&b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+                    if ws != Some(0) {
+                        // XML 1.0 §2.8: the XML declaration comes first, so whitespace
+                        // (in this chunk or an earlier one) rules it out.
+                        if let Phase::Prolog { decl_allowed } = &mut self.phase {
+                            *decl_allowed = false;
+                        }
+                    }
+                    match ws {
                         None => {
                             self.pos = end;
                             return self.exhausted(limit, which);
                         }
                         Some(i) => {
-                            if i > 0 {
-                                if let Phase::Prolog { decl_allowed } = &mut self.phase {
-                                    *decl_allowed = false;
-                                }
-                            }
                             self.pos += i;
                             if buf[self.pos] != b'<' {
                                 return Err(if prolog {
