@@ -23,7 +23,15 @@ use super::escape::{check_references, resolve_reference, unescape};
 use super::names::{check_chars, split_qname};
 use super::ns;
 
+/// Tag records kept between elements (12 bytes each).
+const MAX_KEPT_TAGS: usize = 1024;
+
 /// Limits that bound the framer's memory and CPU whatever a peer sends.
+///
+/// Per stream, the framer holds at most `max(max_header_size, max_element_size + one
+/// read)` buffered bytes, plus 12 bytes of tag offsets per tag of the element in progress
+/// (at most `3 × max_element_size` for an element made only of `<a></a>` pairs, given
+/// back once it completes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest top-level element, in bytes (default 256 KiB). The framer buffers at most
@@ -306,6 +314,11 @@ impl Framer {
                 )?;
                 self.buf.advance(start);
                 let bytes = self.buf.split_to(end - start).freeze();
+                if self.scratch.tags.capacity() > MAX_KEPT_TAGS {
+                    // After a pathological element (thousands of tags) give the memory
+                    // back; ordinary stanzas never get here, so no steady-state cost.
+                    self.scratch.tags.shrink_to(MAX_KEPT_TAGS);
+                }
                 self.pos = 0;
                 self.start = 0;
                 self.scan = Scan::Top;

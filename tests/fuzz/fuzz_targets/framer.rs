@@ -53,7 +53,10 @@ struct Chunks {
 impl Chunks {
     fn new(seed: u16) -> Chunks {
         let s = u32::from(seed >> 1);
-        Chunks { state: s.wrapping_mul(0x9E37_79B9) | 1, bytewise: s & 7 == 0 }
+        Chunks {
+            state: s.wrapping_mul(0x9E37_79B9) | 1,
+            bytewise: s & 7 == 0,
+        }
     }
 
     fn next(&mut self) -> usize {
@@ -141,12 +144,33 @@ fn run_chunked(limits: Limits, stream: &[u8], seed: u16) -> Vec<Outcome> {
 /// Checks an element's accessors against each other (and that none panics).
 fn check_element(e: &Element, stream: &[u8], cursor: &mut usize) {
     let bytes = e.bytes();
-    assert_eq!(e.as_str().len(), bytes.len(), "element is not UTF-8");
+    // The accessors return `&str` built with `from_utf8_unchecked`: the framer promises
+    // UTF-8 on character boundaries, so check that promise explicitly.
+    assert!(std::str::from_utf8(bytes).is_ok(), "element is not UTF-8");
+    assert_eq!(e.as_str().as_bytes(), &bytes[..]);
+    let strs = [
+        Some(e.name()),
+        Some(e.qname()),
+        Some(e.text()),
+        e.to(),
+        e.from(),
+        e.type_(),
+        e.id(),
+    ];
+    for s in strs.into_iter().flatten() {
+        assert!(
+            std::str::from_utf8(s.as_bytes()).is_ok(),
+            "accessor returned non-UTF-8"
+        );
+    }
     assert!(bytes.starts_with(b"<") && bytes.ends_with(b">"));
     let qname = e.qname();
     let name = e.name();
     assert!(!name.is_empty());
-    assert!(qname == name || qname.ends_with(&format!(":{name}")), "{qname:?} vs {name:?}");
+    assert!(
+        qname == name || qname.ends_with(&format!(":{name}")),
+        "{qname:?} vs {name:?}"
+    );
     assert!(bytes[1..].starts_with(qname.as_bytes()));
     if e.is_empty() {
         assert!(bytes.ends_with(b"/>"));
@@ -156,7 +180,11 @@ fn check_element(e: &Element, stream: &[u8], cursor: &mut usize) {
         let inner = e.inner();
         assert!(inner.len() < bytes.len());
         let _ = e.text();
-        assert!(e.as_str().contains(&close), "no end tag in {:?}", e.as_str());
+        assert!(
+            e.as_str().contains(&close),
+            "no end tag in {:?}",
+            e.as_str()
+        );
     }
     for v in [e.to(), e.from(), e.type_(), e.id()].into_iter().flatten() {
         assert!(!v.contains('<'), "attribute value {v:?}");
@@ -175,7 +203,11 @@ fn compare(whole: &[Outcome], chunked: &[Outcome], limits: Limits, seed: u16) {
     if whole == chunked {
         return;
     }
-    let i = whole.iter().zip(chunked).take_while(|(a, b)| a == b).count();
+    let i = whole
+        .iter()
+        .zip(chunked)
+        .take_while(|(a, b)| a == b)
+        .count();
     panic!(
         "chunking changed the result at index {i} (limits {limits:?}, seed {seed:#06x}):\n  \
          whole:   {:?}\n  chunked: {:?}\n  (whole has {} results, chunked {})",
