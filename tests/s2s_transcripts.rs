@@ -6,6 +6,7 @@
 mod common;
 
 use common::pair::{sent_documents, Server, Wire};
+use common::transcript;
 use fedrouter::dialback::DialbackResult;
 use fedrouter::stanza::StanzaKind;
 use fedrouter::stream::{AuthMethod, Direction, Event, PeerPolicy, TlsRole};
@@ -18,44 +19,6 @@ const GMAIL: &str = "gmail.test";
 
 fn data(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
-}
-
-/// One payload of `plain-s2s-transcript.txt`, exactly as it crossed the wire.
-#[derive(Debug, Clone)]
-struct Chunk {
-    conn: usize,
-    /// From the connecting (initiating) server.
-    c2s: bool,
-    bytes: Vec<u8>,
-}
-
-/// Every payload of the plain transcript, in order. Format: `connection #N: ...` lines,
-/// then per payload `[  t] C>S domain (N bytes):\n` + N bytes + `\n`.
-fn transcript() -> Vec<Chunk> {
-    let t = data("plain-s2s-transcript.txt");
-    let mut out = Vec::new();
-    let mut conn = usize::MAX;
-    let mut at = 0;
-    while at < t.len() {
-        let eol = memchr::memchr(b'\n', &t[at..]).map_or(t.len(), |i| at + i);
-        let line = std::str::from_utf8(&t[at..eol]).unwrap();
-        at = eol + 1;
-        if let Some(rest) = line.strip_prefix("connection #") {
-            conn = rest.split(':').next().unwrap().parse().unwrap();
-        } else if let Some(open) = line.find(" bytes):") {
-            let n: usize = line[line[..open].rfind('(').unwrap() + 1..open]
-                .parse()
-                .unwrap();
-            out.push(Chunk {
-                conn,
-                c2s: line.contains(" C>S "),
-                bytes: t[at..at + n].to_vec(),
-            });
-            assert_eq!(t.get(at + n), Some(&b'\n'), "payload length off: {line}");
-            at += n + 1;
-        }
-    }
-    out
 }
 
 fn chunks(conn: usize, c2s: bool) -> Vec<Vec<u8>> {

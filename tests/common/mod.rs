@@ -71,28 +71,13 @@ fn split_documents(stream: &[u8], out: &mut Vec<Vec<u8>>) {
 pub fn capture_documents() -> Vec<Vec<u8>> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
     let mut docs = Vec::new();
-    // Transcript format: "[  t] C>S domain (N bytes):\n" + N bytes + "\n".
-    let t = std::fs::read(format!("{dir}/plain-s2s-transcript.txt")).unwrap();
+    // The plain transcript, per connection and direction.
     let mut streams: std::collections::BTreeMap<(usize, bool), Vec<u8>> = Default::default();
-    let mut conn = 0usize;
-    let mut at = 0;
-    while at < t.len() {
-        let eol = memchr::memchr(b'\n', &t[at..]).map_or(t.len(), |i| at + i);
-        let line = std::str::from_utf8(&t[at..eol]).unwrap();
-        at = eol + 1;
-        if let Some(rest) = line.strip_prefix("connection #") {
-            conn = rest.split(':').next().unwrap().parse().unwrap();
-        } else if let Some(open) = line.find(" bytes):") {
-            let c2s = line.contains("C>S");
-            let n: usize = line[line[..open].rfind('(').unwrap() + 1..open]
-                .parse()
-                .unwrap();
-            streams
-                .entry((conn, c2s))
-                .or_default()
-                .extend_from_slice(&t[at..at + n]);
-            at += n + 1;
-        }
+    for chunk in transcript() {
+        streams
+            .entry((chunk.conn, chunk.c2s))
+            .or_default()
+            .extend_from_slice(&chunk.bytes);
     }
     for s in streams.values() {
         split_documents(s, &mut docs);
@@ -121,6 +106,48 @@ pub fn capture_documents() -> Vec<Vec<u8>> {
         }
     }
     docs
+}
+
+/// One payload of `plain-s2s-transcript.txt`, exactly as it crossed the wire.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub conn: usize,
+    /// From the connecting (initiating) server.
+    pub c2s: bool,
+    pub bytes: Vec<u8>,
+}
+
+/// Every payload of the plain transcript, in order. Format: `connection #N: ...` lines,
+/// then per payload `[  t] C>S domain (N bytes):\n` + N bytes + `\n`.
+pub fn transcript() -> Vec<Chunk> {
+    let t = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/plain-s2s-transcript.txt"
+    ))
+    .unwrap();
+    let mut out = Vec::new();
+    let mut conn = usize::MAX;
+    let mut at = 0;
+    while at < t.len() {
+        let eol = memchr::memchr(b'\n', &t[at..]).map_or(t.len(), |i| at + i);
+        let line = std::str::from_utf8(&t[at..eol]).unwrap();
+        at = eol + 1;
+        if let Some(rest) = line.strip_prefix("connection #") {
+            conn = rest.split(':').next().unwrap().parse().unwrap();
+        } else if let Some(open) = line.find(" bytes):") {
+            let n: usize = line[line[..open].rfind('(').unwrap() + 1..open]
+                .parse()
+                .unwrap();
+            out.push(Chunk {
+                conn,
+                c2s: line.contains(" C>S "),
+                bytes: t[at..at + n].to_vec(),
+            });
+            assert_eq!(t.get(at + n), Some(&b'\n'), "payload length off: {line}");
+            at += n + 1;
+        }
+    }
+    out
 }
 
 /// A stream header as Prosody sends it.
