@@ -69,11 +69,12 @@
 
 #[path = "corpus.rs"]
 mod corpus;
+#[path = "report.rs"]
+mod report;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::io::{self, Read as _, Write as _};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -755,52 +756,11 @@ fn main() {
 
 // ----- summary ---------------------------------------------------------------------------
 
-/// Criterion's median time per iteration (ns) with its 95% confidence interval, if the
-/// case was measured in this run.
-fn median_ns(group: &str, id: &str, started: SystemTime) -> Option<(f64, f64, f64)> {
-    let file = criterion_home()?
-        .join(group)
-        .join(id)
-        .join("new")
-        .join("estimates.json");
-    if std::fs::metadata(&file).ok()?.modified().ok()? < started {
-        return None;
-    }
-    let json = std::fs::read_to_string(&file).ok()?;
-    let median = &json[json.find("\"median\"")?..];
-    let number = |key: &str| -> Option<f64> {
-        let at = median.find(key)? + key.len();
-        let rest = median[at..].trim_start_matches([':', ' ']);
-        let end = rest.find([',', '}'])?;
-        rest[..end].trim().parse().ok()
-    };
-    Some((
-        number("\"point_estimate\"")?,
-        number("\"lower_bound\"")?,
-        number("\"upper_bound\"")?,
-    ))
-}
-
-/// Where criterion writes: `$CRITERION_HOME`, `$CARGO_TARGET_DIR/criterion`, or
-/// `criterion/` in the target directory that holds this executable.
-fn criterion_home() -> Option<PathBuf> {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return Some(home.into());
-    }
-    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
-        return Some(PathBuf::from(target).join("criterion"));
-    }
-    let exe = std::env::current_exe().ok()?;
-    exe.ancestors()
-        .map(|a| a.join("criterion"))
-        .find(|c| c.join(NEGOTIATION).is_dir() || c.join(STREAM).is_dir())
-}
-
 fn summary(started: SystemTime, st: &Stanzas, paired: Paired) {
     let ci = |(ns, lo, hi): (f64, f64, f64)| (hi - lo) / 2.0 / ns * 100.0;
     println!();
     for id in [PLAIN_ID, TLS_ID] {
-        if let Some(m) = median_ns(NEGOTIATION, id, started) {
+        if let Some(m) = report::median_ns(&[NEGOTIATION, STREAM], NEGOTIATION, id, started) {
             println!(
                 "negotiation {id}: {:.0} negotiations/s ({:.1} µs each, ±{:.1}%)",
                 1e9 / m.0,
@@ -811,8 +771,8 @@ fn summary(started: SystemTime, st: &Stanzas, paired: Paired) {
     }
     let per_s = |ns: f64| st.count as f64 / ns * 1e9;
     let mb_s = |ns: f64| st.bytes.len() as f64 / ns * 1e3;
-    let sm = median_ns(STREAM, SM_ID, started);
-    let fr = median_ns(STREAM, FRAMER_ID, started);
+    let sm = report::median_ns(&[NEGOTIATION, STREAM], STREAM, SM_ID, started);
+    let fr = report::median_ns(&[NEGOTIATION, STREAM], STREAM, FRAMER_ID, started);
     for (id, m) in [(SM_ID, sm), (FRAMER_ID, fr)] {
         if let Some(m) = m {
             println!(

@@ -47,9 +47,10 @@
 //! once as a smoke test (no summary table then).
 
 mod corpus;
+#[path = "report.rs"]
+mod report;
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, SamplingMode, Throughput};
@@ -278,49 +279,6 @@ fn main() {
     summary(&cases, started);
 }
 
-/// Criterion's median time per iteration for a case, in nanoseconds, with its 95%
-/// confidence interval, if it was measured in this run.
-fn median_ns(case: &Case, started: SystemTime) -> Option<(f64, f64, f64)> {
-    let dir = criterion_home()?;
-    let file = dir
-        .join(case.group)
-        .join(case.id)
-        .join("new")
-        .join("estimates.json");
-    let modified = std::fs::metadata(&file).ok()?.modified().ok()?;
-    if modified < started {
-        return None;
-    }
-    let json = std::fs::read_to_string(&file).ok()?;
-    let median = &json[json.find("\"median\"")?..];
-    let number = |key: &str| -> Option<f64> {
-        let at = median.find(key)? + key.len();
-        let rest = median[at..].trim_start_matches([':', ' ']);
-        let end = rest.find([',', '}'])?;
-        rest[..end].trim().parse().ok()
-    };
-    Some((
-        number("\"point_estimate\"")?,
-        number("\"lower_bound\"")?,
-        number("\"upper_bound\"")?,
-    ))
-}
-
-/// Where criterion writes its results: `$CRITERION_HOME`, `$CARGO_TARGET_DIR/criterion`,
-/// or `criterion/` in the target directory that holds this executable.
-fn criterion_home() -> Option<PathBuf> {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return Some(home.into());
-    }
-    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
-        return Some(PathBuf::from(target).join("criterion"));
-    }
-    let exe = std::env::current_exe().ok()?;
-    exe.ancestors()
-        .map(|a| a.join("criterion"))
-        .find(|c| c.join(STREAM_GROUP).is_dir() || c.join(SLOWLORIS_GROUP).is_dir())
-}
-
 /// Prints throughput per case and the ratios that matter, from criterion's estimates.
 fn summary(cases: &[Case], started: SystemTime) {
     struct Row<'a> {
@@ -332,7 +290,12 @@ fn summary(cases: &[Case], started: SystemTime) {
     let rows: Vec<Row> = cases
         .iter()
         .filter_map(|case| {
-            let (ns, lo, hi) = median_ns(case, started)?;
+            let (ns, lo, hi) = report::median_ns(
+                &[STREAM_GROUP, SLOWLORIS_GROUP],
+                case.group,
+                case.id,
+                started,
+            )?;
             Some(Row { case, ns, lo, hi })
         })
         .collect();
