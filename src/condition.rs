@@ -207,6 +207,38 @@ impl StanzaCondition {
         }
     }
 
+    /// Every condition RFC 6120 §8.3.3 defines (except the deprecated `gone` and
+    /// `redirect`, which carry a URI and are never generated here).
+    pub const ALL: [StanzaCondition; 19] = {
+        use StanzaCondition::*;
+        [
+            BadRequest,
+            Conflict,
+            FeatureNotImplemented,
+            Forbidden,
+            InternalServerError,
+            ItemNotFound,
+            JidMalformed,
+            NotAcceptable,
+            NotAllowed,
+            NotAuthorized,
+            PolicyViolation,
+            RecipientUnavailable,
+            RemoteServerNotFound,
+            RemoteServerTimeout,
+            ResourceConstraint,
+            ServiceUnavailable,
+            SubscriptionRequired,
+            UndefinedCondition,
+            UnexpectedRequest,
+        ]
+    };
+
+    /// Parses a condition element name; `None` for names not in [`Self::ALL`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     /// The error `type` RFC 6120 §8.3.3 recommends for this condition: `auth`, `cancel`,
     /// `modify` or `wait`.
     pub fn default_type(self) -> &'static str {

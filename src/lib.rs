@@ -39,9 +39,14 @@
 #![warn(missing_docs)]
 
 pub mod condition;
+pub mod config;
 pub mod dialback;
+pub mod dns;
 pub mod jid;
 pub mod presence;
+pub mod service;
+pub mod router;
+pub mod runtime;
 pub mod srv;
 pub mod stanza;
 pub mod stream;

@@ -1,6 +1,11 @@
-//! The `fedrouter` binary: `serve`, `check` and `user` subcommands.
+//! The `fedrouter` binary: `serve`, `ping`, `check` and `user` subcommands.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use fedrouter::config::Config;
+use fedrouter::runtime::{ping_via_admin, Server};
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +27,21 @@ enum Command {
         /// Configuration file (TOML); embedded defaults when absent.
         #[arg(long, short)]
         config: Option<std::path::PathBuf>,
+    },
+    /// XEP-0199 server-to-server ping of a remote domain through a running server
+    /// (its admin endpoint): DNS, connection, authentication and a round trip.
+    Ping {
+        /// Remote domain to ping.
+        domain: String,
+        /// Local domain to ping from (default: the server's first).
+        #[arg(long)]
+        from: Option<String>,
+        /// The server's configuration file, to find its admin endpoint.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin endpoint (overrides the configuration's `listen.admin`).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
     },
     /// Federation troubleshooting: DNS SRV, reachability, TLS and dialback checks.
     Check {
@@ -55,10 +75,105 @@ fn not_implemented(what: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
+    let cfg = match path {
+        Some(p) => Config::load(p),
+        None => Ok(Config::default()),
+    };
+    cfg.map_err(|e| {
+        eprintln!("fedrouter: configuration: {e}");
+        ExitCode::from(78) // EX_CONFIG
+    })
+}
+
+fn serve(path: Option<&Path>) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let materialized = match config.materialize() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("fedrouter: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    for d in &materialized.generated {
+        tracing::info!(domain = %d, dir = %config.data_dir.display(), "generated a self-signed certificate");
+    }
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fedrouter: installing signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = match Server::start(config, materialized) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fedrouter: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "stopping: closing streams");
+    }
+    server.shutdown();
+    server.join();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+fn ping(domain: &str, from: Option<&str>, config: Option<&Path>, admin: Option<SocketAddr>) -> ExitCode {
+    let admin = match admin {
+        Some(a) => a,
+        None => match load_config(config) {
+            Ok(c) => match c.listen.admin {
+                Some(a) => a,
+                None => {
+                    eprintln!("fedrouter: the configuration disables listen.admin; pass --admin");
+                    return ExitCode::from(78);
+                }
+            },
+            Err(code) => return code,
+        },
+    };
+    match ping_via_admin(admin, domain, from) {
+        Ok(text) => {
+            println!("{text}");
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if v["result"] == "pong" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("fedrouter: cannot reach the admin endpoint at {admin}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { .. } => not_implemented("serve"),
+        Command::Serve { config } => serve(config.as_deref()),
+        Command::Ping {
+            domain,
+            from,
+            config,
+            admin,
+        } => ping(&domain, from.as_deref(), config.as_deref(), admin),
         Command::Check { .. } => not_implemented("check"),
         Command::User { action } => match action {
             UserAction::Add { .. } => not_implemented("user add"),

@@ -44,3 +44,134 @@ impl StanzaKind {
 pub fn is_error(el: &Element) -> bool {
     el.type_() == Some("error")
 }
+
+/// Appends the error reply to `el` (RFC 6120 §8.3): the same kind and `id`, `to` and
+/// `from` swapped, `type='error'`, and an `<error/>` child with `condition` (in
+/// `urn:ietf:params:xml:ns:xmpp-stanzas`), the condition's default error type
+/// (§8.3.2) and an optional human-readable `text`. The original payload is not echoed
+/// (§8.3.1 makes that optional).
+///
+/// `by`, when given, is written as the error's `by` attribute (§8.3.2: the entity that
+/// generated the error, for example our own domain for `remote-server-not-found`).
+/// Callers must not answer error stanzas ([`is_error`]); nothing checks that here.
+pub fn write_error_reply(
+    el: &Element,
+    condition: crate::condition::StanzaCondition,
+    text: Option<&str>,
+    by: Option<&str>,
+    out: &mut Vec<u8>,
+) {
+    use crate::xml::{escape_attr_into, escape_text_into, ns, unescape};
+    let name = el.name();
+    out.push(b'<');
+    out.extend_from_slice(name.as_bytes());
+    let attr = |key: &str, raw: Option<&str>, out: &mut Vec<u8>| {
+        if let Some(raw) = raw {
+            let value = unescape(raw).unwrap_or(std::borrow::Cow::Borrowed(raw));
+            out.extend_from_slice(b" ");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"='");
+            escape_attr_into(&value, out);
+            out.push(b'\'');
+        }
+    };
+    attr("from", el.to(), out);
+    attr("to", el.from(), out);
+    attr("id", el.id(), out);
+    out.extend_from_slice(b" type='error'><error type='");
+    out.extend_from_slice(condition.default_type().as_bytes());
+    out.push(b'\'');
+    if let Some(by) = by {
+        out.extend_from_slice(b" by='");
+        escape_attr_into(by, out);
+        out.push(b'\'');
+    }
+    out.extend_from_slice(b"><");
+    out.extend_from_slice(condition.as_str().as_bytes());
+    out.extend_from_slice(b" xmlns='");
+    out.extend_from_slice(ns::STANZA_ERRORS.as_bytes());
+    out.extend_from_slice(b"'/>");
+    if let Some(text) = text {
+        out.extend_from_slice(b"<text xmlns='");
+        out.extend_from_slice(ns::STANZA_ERRORS.as_bytes());
+        out.extend_from_slice(b"'>");
+        escape_text_into(text, out);
+        out.extend_from_slice(b"</text>");
+    }
+    out.extend_from_slice(b"</error></");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'>');
+}
+
+/// The stanza error condition carried by an error stanza, if it names a known one
+/// (RFC 6120 §8.3.3). Reads the bytes without building a tree.
+pub fn error_condition(el: &Element) -> Option<crate::condition::StanzaCondition> {
+    use crate::condition::StanzaCondition;
+    let inner = std::str::from_utf8(el.inner()).ok()?;
+    let err = inner.find("<error")?;
+    let rest = &inner[err..];
+    let mut at = 0;
+    while let Some(i) = rest[at..].find('<') {
+        let start = at + i + 1;
+        let end = rest[start..]
+            .find(|c: char| c == ' ' || c == '/' || c == '>')
+            .map_or(rest.len(), |e| start + e);
+        let name = &rest[start..end];
+        if let Some(c) = StanzaCondition::from_name(name) {
+            return Some(c);
+        }
+        at = end;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::condition::StanzaCondition;
+    use crate::xml::parse_stanza;
+
+    #[test]
+    fn error_reply_swaps_addresses_and_names_the_condition() {
+        let el = parse_stanza(
+            b"<message from='juliet@capulet.example/balcony' to='romeo@montague.example' \
+              id='m&amp;1' type='chat'><body>hi</body></message>",
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        write_error_reply(
+            &el,
+            StanzaCondition::RemoteServerNotFound,
+            Some("no <SRV>"),
+            Some("capulet.example"),
+            &mut out,
+        );
+        let reply = parse_stanza(&out).unwrap();
+        assert_eq!(reply.name(), "message");
+        assert_eq!(reply.to(), Some("juliet@capulet.example/balcony"));
+        assert_eq!(reply.from(), Some("romeo@montague.example"));
+        assert_eq!(reply.id(), Some("m&amp;1"));
+        assert!(is_error(&reply));
+        assert_eq!(
+            error_condition(&reply),
+            Some(StanzaCondition::RemoteServerNotFound)
+        );
+        assert!(reply.as_str().contains("<error type='cancel' by='capulet.example'>"));
+        assert!(reply.as_str().contains("no &lt;SRV&gt;"));
+    }
+
+    #[test]
+    fn error_condition_of_a_timeout_bounce() {
+        let el = parse_stanza(
+            b"<iq type='error' id='1'><ping xmlns='urn:xmpp:ping'/><error type='wait'>\
+              <remote-server-timeout xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+        )
+        .unwrap();
+        assert_eq!(
+            error_condition(&el),
+            Some(StanzaCondition::RemoteServerTimeout)
+        );
+        let plain = parse_stanza(b"<iq type='result' id='1'/>").unwrap();
+        assert_eq!(error_condition(&plain), None);
+    }
+}

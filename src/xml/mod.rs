@@ -63,3 +63,42 @@ pub mod ns {
     pub(crate) const SASL_B: &[u8] = SASL.as_bytes();
     pub(crate) const SM_B: &[u8] = SM.as_bytes();
 }
+
+/// Frames one stanza we generated ourselves (a bounce, a server reply) into an
+/// [`Element`], as if it had arrived on a `jabber:server` stream: the router then handles
+/// it like any received stanza. One copy of `bytes`; a thread-local framer is reused.
+///
+/// Errors: the [`XmlError`] the framer reports when `bytes` is not exactly one
+/// well-formed element (a bug in the code that generated it).
+pub fn parse_stanza(bytes: &[u8]) -> Result<Element, XmlError> {
+    use std::cell::RefCell;
+    const HEADER: &[u8] = b"<stream:stream xmlns='jabber:server' \
+        xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+    thread_local! {
+        static FRAMER: RefCell<Option<Framer>> = const { RefCell::new(None) };
+    }
+    FRAMER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let framer = slot.get_or_insert_with(|| Framer::new(Limits::default()));
+        let fresh = |f: &mut Framer| -> Result<(), XmlError> {
+            f.reset();
+            f.feed(HEADER);
+            match f.next_frame()? {
+                Some(Frame::Header(_)) => Ok(()),
+                _ => Err(XmlError::NotWellFormed("synthetic header")),
+            }
+        };
+        // A reset framer expects a header first.
+        fresh(framer)?;
+        framer.feed(bytes);
+        let out = match framer.next_frame() {
+            Ok(Some(Frame::Element(el))) if framer.buffered() == 0 => Ok(el),
+            Ok(_) => Err(XmlError::NotWellFormed("expected exactly one element")),
+            Err(e) => Err(e),
+        };
+        if out.is_err() {
+            *slot = None;
+        }
+        out
+    })
+}

@@ -1,0 +1,344 @@
+//! One S2S connection on a shard: the socket, optional TLS, and the sans-IO
+//! [`S2sConnection`] that does all the protocol work.
+//!
+//! Two tasks per connection, both long-lived:
+//!
+//! - the **read loop** owns the only read ever in flight on the socket. It is never raced
+//!   against a timer or anything else: tokio-uring cannot cancel a submitted read, so a
+//!   read dropped before completion would lose the bytes it later receives
+//!   (`tests/uring_read_cancel.rs` shows it). It ends when the peer closes, on an error,
+//!   or when the write side shuts the socket down (`shutdown(Both)` completes the pending
+//!   read with 0).
+//! - the **writer** moves bytes the protocol produced to the socket, one `write_all` at a
+//!   time, and sleeps until woken or until the protocol's next deadline
+//!   ([`S2sConnection::poll_timeout`]) or the stream-header deadline.
+//!
+//! State shared by the two lives in a `RefCell` that is never borrowed across an
+//! `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::{Read as _, Write as _};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Instant;
+
+use rustls::pki_types::CertificateDer;
+use tokio::sync::Notify;
+use tokio_uring::net::TcpStream;
+
+use crate::stream::s2s::{Direction, Event, S2sConnection};
+
+/// Bytes read per `read` call. The buffer is owned by the in-flight read for the whole life
+/// of the connection, so it is part of every idle stream's memory.
+pub(crate) const READ_BUF: usize = 4096;
+
+/// A connection id, unique within the process: shard in the top 16 bits.
+pub(crate) type ConnId = u64;
+
+/// TLS state on the socket.
+pub(crate) enum Tls {
+    /// We are the TLS client (outbound STARTTLS or XEP-0368 direct TLS).
+    Client(rustls::ClientConnection),
+    /// We are the TLS server (inbound).
+    Server(rustls::ServerConnection),
+}
+
+impl Tls {
+    fn conn(&mut self) -> &mut dyn TlsConn {
+        match self {
+            Tls::Client(c) => c,
+            Tls::Server(c) => c,
+        }
+    }
+
+    fn is_handshaking(&self) -> bool {
+        match self {
+            Tls::Client(c) => c.is_handshaking(),
+            Tls::Server(c) => c.is_handshaking(),
+        }
+    }
+
+    fn peer_chain(&self) -> Vec<CertificateDer<'static>> {
+        let certs = match self {
+            Tls::Client(c) => c.peer_certificates(),
+            Tls::Server(c) => c.peer_certificates(),
+        };
+        certs.map(|c| c.to_vec()).unwrap_or_default()
+    }
+}
+
+/// The parts of rustls's `ConnectionCommon` the driver uses, over both sides.
+trait TlsConn {
+    fn read_tls(&mut self, rd: &mut dyn std::io::Read) -> std::io::Result<usize>;
+    fn process_new_packets(&mut self) -> Result<rustls::IoState, rustls::Error>;
+    fn write_tls(&mut self, wr: &mut dyn std::io::Write) -> std::io::Result<usize>;
+    fn wants_write(&self) -> bool;
+    fn reader(&mut self) -> rustls::Reader<'_>;
+    fn writer(&mut self) -> rustls::Writer<'_>;
+    fn send_close_notify(&mut self);
+}
+
+macro_rules! tls_conn {
+    ($t:ty) => {
+        impl TlsConn for $t {
+            fn read_tls(&mut self, rd: &mut dyn std::io::Read) -> std::io::Result<usize> {
+                rustls::ConnectionCommon::read_tls(self, rd)
+            }
+            fn process_new_packets(&mut self) -> Result<rustls::IoState, rustls::Error> {
+                rustls::ConnectionCommon::process_new_packets(self)
+            }
+            fn write_tls(&mut self, wr: &mut dyn std::io::Write) -> std::io::Result<usize> {
+                rustls::ConnectionCommon::write_tls(self, wr)
+            }
+            fn wants_write(&self) -> bool {
+                rustls::CommonState::wants_write(&***self)
+            }
+            fn reader(&mut self) -> rustls::Reader<'_> {
+                rustls::ConnectionCommon::reader(self)
+            }
+            fn writer(&mut self) -> rustls::Writer<'_> {
+                rustls::ConnectionCommon::writer(self)
+            }
+            fn send_close_notify(&mut self) {
+                rustls::CommonState::send_close_notify(&mut ***self)
+            }
+        }
+    };
+}
+tls_conn!(rustls::ClientConnection);
+tls_conn!(rustls::ServerConnection);
+
+/// Everything about a connection except its socket: what moves to another shard on a
+/// hand-off.
+pub(crate) struct ConnState {
+    /// The protocol.
+    pub proto: S2sConnection,
+    /// TLS, once started.
+    pub tls: Option<Tls>,
+    /// Whether the TLS handshake of a STARTTLS upgrade is still running.
+    pub tls_handshaking: bool,
+    /// Bytes ready for the socket (already encrypted when TLS is on).
+    pub wire: Vec<u8>,
+    /// Events taken from the protocol but not yet acted on.
+    pub events: VecDeque<Event>,
+    /// The peer's stream header has arrived.
+    pub opened: bool,
+    /// Inbound: the header must arrive before this.
+    pub header_deadline: Option<Instant>,
+    /// Counted in the shard's unauthenticated connections.
+    pub counted_unauth: bool,
+    /// The connection has ended (the writer flushes and shuts the socket down).
+    pub closed: bool,
+    /// The shard has decided to move the connection to another shard.
+    pub handing_off: bool,
+    /// The connection was handed over once already (it never moves twice).
+    pub moved: bool,
+    /// Scratch for decrypted bytes.
+    plain: Vec<u8>,
+}
+
+impl ConnState {
+    /// A new state around `proto`, with TLS already established when `tls` is given.
+    pub fn new(proto: S2sConnection, tls: Option<Tls>) -> Self {
+        ConnState {
+            proto,
+            tls,
+            tls_handshaking: false,
+            wire: Vec::new(),
+            events: VecDeque::new(),
+            opened: false,
+            header_deadline: None,
+            counted_unauth: false,
+            closed: false,
+            handing_off: false,
+            moved: false,
+            plain: Vec::new(),
+        }
+    }
+
+    /// Feeds bytes read from the socket: through TLS when on, then into the protocol.
+    /// A TLS error closes the stream ([`S2sConnection::handle_tls_failed`]).
+    pub fn input(&mut self, data: &[u8], now: Instant) {
+        let Some(tls) = self.tls.as_mut() else {
+            self.proto.handle_input(data, now);
+            self.collect_events();
+            return;
+        };
+        let mut rd = data;
+        // At least one pass even for no new bytes: plaintext may be buffered in rustls
+        // from the handshake (a peer that sent its stream header right after Finished).
+        loop {
+            let c = tls.conn();
+            if !rd.is_empty() {
+                if let Err(e) = c.read_tls(&mut rd) {
+                    self.proto.handle_tls_failed(&e.to_string());
+                    break;
+                }
+            }
+            if let Err(e) = c.process_new_packets() {
+                // Send the alert rustls queued, then give up.
+                let _ = c.write_tls(&mut self.wire);
+                self.proto.handle_tls_failed(&e.to_string());
+                break;
+            }
+            self.plain.clear();
+            let mut reader = c.reader();
+            let mut chunk = [0u8; 4096];
+            loop {
+                match reader.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => self.plain.extend_from_slice(&chunk[..n]),
+                    Err(_) => break, // WouldBlock: no more plaintext now
+                }
+            }
+            if self.tls_handshaking && !tls.is_handshaking() {
+                self.tls_handshaking = false;
+                let chain = tls.peer_chain();
+                self.proto.handle_tls_established(chain, now);
+            }
+            if !self.plain.is_empty() {
+                self.proto.handle_input(&self.plain, now);
+            }
+            if rd.is_empty() {
+                break;
+            }
+        }
+        if self.plain.capacity() > 16 * 1024 {
+            self.plain = Vec::new();
+        }
+        self.collect_events();
+    }
+
+    /// Moves the protocol's events into [`ConnState::events`].
+    pub fn collect_events(&mut self) {
+        while let Some(e) = self.proto.poll_event() {
+            self.events.push_back(e);
+        }
+    }
+
+    /// Moves what the protocol wants to send to [`ConnState::wire`], encrypting it when
+    /// TLS is on; includes TLS handshake records.
+    pub fn pump(&mut self) {
+        match self.tls.as_mut() {
+            None => {
+                self.proto.poll_transmit(&mut self.wire);
+            }
+            Some(tls) => {
+                if !self.tls_handshaking && self.proto.pending_transmit() > 0 {
+                    self.plain.clear();
+                    self.proto.poll_transmit(&mut self.plain);
+                    let _ = tls.conn().writer().write_all(&self.plain);
+                    self.plain.clear();
+                }
+                let c = tls.conn();
+                while c.wants_write() {
+                    if c.write_tls(&mut self.wire).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts TLS on this stream (STARTTLS, RFC 6120 §5.4.3.3): whatever the protocol
+    /// produced so far goes out in plaintext first.
+    pub fn start_tls(&mut self, tls: Tls) {
+        self.proto.poll_transmit(&mut self.wire);
+        self.tls = Some(tls);
+        self.tls_handshaking = true;
+        self.pump();
+    }
+
+    /// Queues a TLS close_notify (before the socket is shut down).
+    pub fn close_tls(&mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            let c = tls.conn();
+            c.send_close_notify();
+            while c.wants_write() {
+                if c.write_tls(&mut self.wire).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The earliest of the protocol's deadline and the header deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let p = self.proto.poll_timeout();
+        match (p, self.header_deadline.filter(|_| !self.opened)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// A connection running on this shard.
+pub(crate) struct Conn {
+    /// Unique id.
+    pub id: ConnId,
+    /// The socket.
+    pub stream: TcpStream,
+    /// Protocol and TLS state.
+    pub st: RefCell<ConnState>,
+    /// Wakes the writer.
+    pub wake: Notify,
+    /// Signalled when the writer has stopped (for hand-off and cleanup).
+    pub writer_done: Notify,
+    /// Whether the writer has stopped.
+    pub writer_stopped: Cell<bool>,
+    /// `Outbound` or `Inbound`.
+    pub direction: Direction,
+    /// The stream's tracing span.
+    pub span: tracing::Span,
+}
+
+impl Conn {
+    /// Wraps a socket.
+    pub fn new(id: ConnId, stream: TcpStream, st: ConnState, span: tracing::Span) -> Self {
+        let direction = st.proto.direction();
+        Conn {
+            id,
+            stream,
+            st: RefCell::new(st),
+            wake: Notify::new(),
+            writer_done: Notify::new(),
+            writer_stopped: Cell::new(false),
+            direction,
+            span,
+        }
+    }
+
+    /// Bytes waiting to be written (protocol and socket buffers).
+    pub fn backlog(&self) -> usize {
+        let st = self.st.borrow();
+        st.wire.len() + st.proto.pending_transmit()
+    }
+
+    /// A duplicate of the socket's descriptor, for a hand-off: the new owner shard wraps
+    /// it in its own runtime while this one drops its copy.
+    pub fn dup_fd(&self) -> std::io::Result<OwnedFd> {
+        // SAFETY: `dup` on a descriptor we own; the result is checked and owned by the
+        // returned `OwnedFd`.
+        let fd = unsafe { libc::dup(self.stream.as_raw_fd()) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+/// A connection in transit to its owner shard (DESIGN.md "Ownership": "the socket plus
+/// its protocol state").
+pub(crate) struct Handoff {
+    /// The socket (a duplicate descriptor; the old shard closed its own).
+    pub fd: OwnedFd,
+    /// Protocol, TLS and unprocessed events.
+    pub state: ConnState,
+}
+
+// The protocol state is plain data; rustls connections are `Send`.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Handoff>();
+};

@@ -1,0 +1,365 @@
+//! The runtime: shards, listeners, sockets, timers and hand-off. The only layer with I/O
+//! and a clock (DESIGN.md "Layers").
+//!
+//! [`Server::start`] binds every listener (SO_REUSEPORT, one socket per shard per
+//! address, so the kernel spreads accepted connections over the shards), then starts one
+//! thread per shard, pinned to a core with `core_affinity`, each running its own
+//! tokio-uring runtime ([`shard`]). Shards share only read-only configuration
+//! ([`Shared`]) and the bounded inbox mesh ([`crate::router::inbox`]).
+//!
+//! The protocol itself lives in the sans-IO core ([`crate::stream::s2s`]); this layer
+//! feeds it bytes and time and carries out what it asks for, so it could be swapped for
+//! another io_uring runtime (monoio, compio) without touching protocol code.
+
+mod admin;
+mod conn;
+mod shard;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::sync::Notify;
+use tracing::{info, info_span, warn};
+
+use crate::config::{Config, Materialized};
+use crate::dns::{DnsConfig, S2sResolver, StaticTarget};
+use crate::router::inbox::mesh;
+use crate::stream::s2s::{PeerCertVerifier, S2sConfig, Timeouts};
+use crate::tls::{self, CertError, CertifiedDomain, ClientAuth, DomainCertResolver};
+
+pub use admin::ping_via_admin;
+use shard::{ListenerKind, Shard, CURRENT};
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener (`listen.s2s`, ...).
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TLS set-up failed (a certificate or key that rustls refuses).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The DNS resolver could not be built.
+    #[error("DNS: {0}")]
+    Dns(String),
+    /// A shard thread could not be started.
+    #[error("starting shard threads: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The outcome of an XEP-0199 server-to-server ping sent through the router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PingOutcome {
+    /// The remote server answered with a result.
+    Pong {
+        /// Round-trip time, including DNS, connection and authentication when the
+        /// stream had to be set up.
+        rtt: Duration,
+    },
+    /// The ping came back as an error stanza (a bounce from us or the peer's answer).
+    Error {
+        /// The RFC 6120 §8.3.3 condition, e.g. `remote-server-not-found`.
+        condition: String,
+        /// Time until the error arrived.
+        rtt: Duration,
+    },
+}
+
+/// Requests from outside the shards (admin endpoint, signal handler).
+pub(crate) enum Control {
+    Ping {
+        from: String,
+        to: String,
+        reply: crossbeam_channel::Sender<PingOutcome>,
+    },
+    Shutdown,
+}
+
+/// Read-only state every shard shares.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub shards: usize,
+    pub s2s: Arc<S2sConfig>,
+    /// STARTTLS server side (no ALPN).
+    pub tls_server: Arc<ServerConfig>,
+    /// XEP-0368 direct TLS server side (ALPN `xmpp-server`).
+    pub tls_server_direct: Arc<ServerConfig>,
+    /// Client configurations by (local domain, verify, direct TLS).
+    clients: HashMap<(String, bool, bool), Arc<ClientConfig>>,
+}
+
+impl Shared {
+    /// The TLS client configuration for a stream from `local` to `remote`: the remote's
+    /// policy decides whether its certificate is verified; our certificate for `local`
+    /// is offered for SASL EXTERNAL. Falls back to the first local domain's.
+    pub fn client_tls(&self, local: &str, remote: &str, direct: bool) -> Option<Arc<ClientConfig>> {
+        let verify = self.config.federation.for_domain(remote).verify_certificates;
+        self.clients
+            .get(&(local.to_owned(), verify, direct))
+            .or_else(|| self.clients.get(&(self.config.domains[0].clone(), verify, direct)))
+            .cloned()
+    }
+}
+
+/// Checks peer certificates against the configured trust anchors with the wall clock.
+#[derive(Debug)]
+struct RootsVerifier {
+    roots: Arc<RootCertStore>,
+}
+
+impl PeerCertVerifier for RootsVerifier {
+    fn verify(&self, chain: &[CertificateDer<'static>], domain: &str) -> Result<(), CertError> {
+        tls::verify_peer_certificate(chain, domain, &self.roots, UnixTime::now())
+    }
+}
+
+/// The addresses the server actually listens on (port 0 in the configuration becomes
+/// the port the kernel chose).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BoundAddrs {
+    /// S2S (STARTTLS).
+    pub s2s: Vec<SocketAddr>,
+    /// S2S direct TLS.
+    pub s2s_tls: Vec<SocketAddr>,
+    /// C2S.
+    pub c2s: Vec<SocketAddr>,
+    /// Admin HTTP.
+    pub admin: Option<SocketAddr>,
+}
+
+/// A running server: its shard threads and admin endpoint.
+pub struct Server {
+    threads: Vec<JoinHandle<()>>,
+    controls: Vec<(crossbeam_channel::Sender<Control>, Arc<Notify>)>,
+    admin: Option<admin::Admin>,
+    bound: BoundAddrs,
+}
+
+impl Server {
+    /// Starts the server described by `config`, with the certificates and secrets
+    /// `materialized` from it ([`Config::materialize`]). Returns once every listener is
+    /// bound and every shard thread started.
+    ///
+    /// Errors: [`StartError`] naming what failed; nothing keeps running on error.
+    pub fn start(config: Config, materialized: Materialized) -> Result<Server, StartError> {
+        tls::install_default_provider();
+        let n = config.shards.max(1);
+        let shared = Arc::new(build_shared(config, materialized, n)?);
+        let cfg = &shared.config;
+
+        // Listeners: one SO_REUSEPORT socket per shard per address.
+        let mut per_shard: Vec<Vec<(ListenerKind, std::net::TcpListener)>> =
+            (0..n).map(|_| Vec::new()).collect();
+        let mut bound = BoundAddrs::default();
+        let sets: [(&Vec<SocketAddr>, ListenerKind, &'static str); 3] = [
+            (&cfg.listen.s2s, ListenerKind::S2s, "listen.s2s"),
+            (&cfg.listen.s2s_tls, ListenerKind::S2sDirectTls, "listen.s2s_tls"),
+            (&cfg.listen.c2s, ListenerKind::C2s, "listen.c2s"),
+        ];
+        for (addrs, kind, what) in sets {
+            for &addr in addrs {
+                let mut actual = addr;
+                for (i, shard_listeners) in per_shard.iter_mut().enumerate() {
+                    let l = bind_reuseport(actual).map_err(|source| StartError::Bind { addr: actual, what, source })?;
+                    if i == 0 {
+                        actual = l.local_addr().map_err(|source| StartError::Bind { addr, what, source })?;
+                    }
+                    shard_listeners.push((kind, l));
+                }
+                match kind {
+                    ListenerKind::S2s => bound.s2s.push(actual),
+                    ListenerKind::S2sDirectTls => bound.s2s_tls.push(actual),
+                    ListenerKind::C2s => bound.c2s.push(actual),
+                }
+            }
+        }
+
+        let dns = DnsConfig {
+            nameservers: cfg.dns.nameservers.clone(),
+            timeout: cfg.dns.timeout,
+            static_overrides: cfg
+                .dns
+                .static_targets
+                .iter()
+                .map(|(d, t)| (d.clone(), StaticTarget { host: t.host.clone(), port: t.port }))
+                .collect(),
+            cache_size: cfg.dns.cache_size,
+        };
+        // Fail early on a resolver that cannot be built (each shard builds its own).
+        S2sResolver::new(&dns).map_err(|e| StartError::Dns(e.to_string()))?;
+
+        let inboxes = mesh(n, cfg.inbox.capacity, cfg.inbox.batch);
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut threads = Vec::with_capacity(n);
+        let mut controls = Vec::with_capacity(n);
+        for ((i, inbox), listeners) in inboxes.into_iter().enumerate().zip(per_shard) {
+            let (tx, rx) = crossbeam_channel::bounded(64);
+            let wake = Arc::new(Notify::new());
+            controls.push((tx, Arc::clone(&wake)));
+            let shared = Arc::clone(&shared);
+            let dns = dns.clone();
+            let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
+            let t = std::thread::Builder::new()
+                .name(format!("shard-{i}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    let span = info_span!("shard", id = i);
+                    let _entered = span.enter();
+                    let entries = (shared.config.s2s.max_unauthenticated_per_shard as u32 * 2).clamp(256, 32768);
+                    let result = tokio_uring::builder().entries(entries.next_power_of_two()).start(async move {
+                        let resolver = match S2sResolver::new(&dns) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                warn!(error = %e, "DNS resolver");
+                                return;
+                            }
+                        };
+                        let shard = Rc::new(Shard::new(i, shared, rx, wake, resolver));
+                        CURRENT.with(|c| *c.borrow_mut() = Some(Rc::clone(&shard)));
+                        Rc::clone(&shard).run(inbox, listeners).await;
+                        CURRENT.with(|c| c.borrow_mut().take());
+                    });
+                    let _ = result;
+                })
+                .map_err(StartError::Thread)?;
+            threads.push(t);
+        }
+
+        let admin = match cfg.listen.admin {
+            Some(addr) => {
+                let routes = controls.clone();
+                let a = admin::Admin::start(addr, Arc::clone(&shared), routes)
+                    .map_err(|source| StartError::Bind { addr, what: "listen.admin", source })?;
+                bound.admin = Some(a.addr());
+                Some(a)
+            }
+            None => None,
+        };
+        info!(shards = n, s2s = ?bound.s2s, s2s_tls = ?bound.s2s_tls, c2s = ?bound.c2s, admin = ?bound.admin, domains = ?shared.config.domains, "listening");
+        Ok(Server { threads, controls, admin, bound })
+    }
+
+    /// Where the server listens.
+    pub fn addrs(&self) -> &BoundAddrs {
+        &self.bound
+    }
+
+    /// Starts a graceful shutdown (RFC 6120 §4.4 close on every stream, then the
+    /// `shutdown.drain_timeout` deadline). Returns at once; [`Server::join`] waits.
+    pub fn shutdown(&self) {
+        for (tx, wake) in &self.controls {
+            let _ = tx.try_send(Control::Shutdown);
+            wake.notify_one();
+        }
+    }
+
+    /// Waits for every shard to stop.
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(a) = self.admin.take() {
+            a.stop();
+        }
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+fn build_shared(config: Config, m: Materialized, shards: usize) -> Result<Shared, StartError> {
+    let tls_err = |e: tls::TlsError| StartError::Tls(e.to_string());
+    let mut resolver = DomainCertResolver::new();
+    for c in &m.certificates {
+        resolver.add(c).map_err(tls_err)?;
+    }
+    resolver.set_default(&config.domains[0]);
+    let resolver = Arc::new(resolver);
+    let tls_server = tls::server_config(Arc::clone(&resolver), ClientAuth::Request, &[]);
+    let tls_server_direct =
+        tls::server_config(Arc::clone(&resolver), ClientAuth::Request, &[tls::ALPN_XMPP_SERVER]);
+
+    let mut roots = RootCertStore::empty();
+    for der in &m.trust {
+        if let Err(e) = roots.add(der.clone()) {
+            warn!(error = %e, "skipping an unusable trust anchor");
+        }
+    }
+    if config.tls.system_roots {
+        warn!("tls.system_roots: system trust anchors are not loaded by this build; list CA files in tls.trust");
+    }
+    let roots = (!roots.is_empty()).then(|| Arc::new(roots));
+
+    let certs: HashMap<&str, &CertifiedDomain> =
+        m.certificates.iter().map(|c| (c.domain(), c)).collect();
+    let mut clients = HashMap::new();
+    for local in &config.domains {
+        let ours = certs.get(local.as_str()).copied();
+        for verify in [false, true] {
+            for direct in [false, true] {
+                let alpn: &[&[u8]] = if direct { &[tls::ALPN_XMPP_SERVER] } else { &[] };
+                match tls::client_config(roots.clone(), verify, ours, alpn) {
+                    Ok(c) => {
+                        clients.insert((local.clone(), verify, direct), c);
+                    }
+                    Err(tls::TlsError::NoTrustRoots) => {}
+                    Err(e) => return Err(tls_err(e)),
+                }
+            }
+        }
+    }
+
+    let s = &config.s2s;
+    let s2s = S2sConfig {
+        local_domains: config.domains.clone(),
+        certificate_domains: m.certificates.iter().map(|c| c.domain().to_owned()).collect(),
+        policy: config.federation.clone(),
+        dialback_secret: m.dialback_secret.clone(),
+        stream_id_key: rand::random(),
+        cert_verifier: roots
+            .clone()
+            .map(|roots| Arc::new(RootsVerifier { roots }) as Arc<dyn PeerCertVerifier>),
+        limits: s.xml_limits(),
+        timeouts: Timeouts {
+            negotiation: s.negotiation_timeout,
+            verify: s.verify_timeout,
+            keepalive: s.keepalive,
+            idle: s.idle_timeout,
+            close: Duration::from_secs(5).min(config.shutdown.drain_timeout),
+        },
+    };
+    Ok(Shared {
+        shards,
+        s2s: Arc::new(s2s),
+        tls_server,
+        tls_server_direct,
+        clients,
+        config,
+    })
+}

@@ -1,0 +1,1353 @@
+//! One shard: a thread pinned to a core, running its own tokio-uring runtime, owning a
+//! subset of remote domains and local bare JIDs (DESIGN.md "Ownership").
+//!
+//! Everything here is single-threaded: state lives in `RefCell`s that are never
+//! borrowed across an `.await`. Other shards are reached only through the inbox mesh
+//! ([`crate::router::inbox`]); the admin thread through a small control channel.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::Notify;
+use tokio_uring::net::{TcpListener, TcpStream};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::conn::{Conn, ConnId, ConnState, Handoff, Tls, READ_BUF};
+use super::{Control, PingOutcome, Shared};
+use crate::condition::{StanzaCondition, StreamCondition};
+use crate::dialback::{DialbackErrorCondition, DialbackResult};
+use crate::dns::{DnsError, S2sResolver};
+use crate::jid::domain_of;
+use crate::router::inbox::ShardInbox;
+use crate::router::{bare_key, domain_key, shard_of};
+use crate::service::{answer_server, answer_unavailable_user, write_ping, Answer};
+use crate::srv::{Resolution, Target};
+use crate::stanza::{is_error, write_error_reply, StanzaKind};
+use crate::stream::s2s::{CloseReason, Direction, Event, S2sConnection, TlsRole};
+use crate::xml::{parse_stanza, Element};
+
+/// What crosses from one shard to another.
+pub(crate) enum ShardMsg {
+    /// A stanza for a local bare JID or a remote domain the receiver owns. The element
+    /// is a refcounted view of the bytes as received: never re-serialised.
+    Route(Element),
+    /// An inbound stream whose remote domain the receiver owns.
+    Adopt(Box<Handoff>),
+    /// Verify a dialback key with `remote`'s authoritative server (XEP-0220 §2.1.3):
+    /// the receiver owns `remote`.
+    Verify {
+        local: String,
+        remote: String,
+        stream_id: String,
+        key: String,
+        reply_shard: usize,
+        conn: ConnId,
+    },
+    /// The authoritative server's answer for a [`ShardMsg::Verify`].
+    Verdict {
+        conn: ConnId,
+        local: String,
+        remote: String,
+        result: DialbackResult,
+    },
+}
+
+/// A `db:verify` waiting for its answer from the authoritative server.
+struct VerifyReq {
+    local: String,
+    stream_id: String,
+    key: String,
+    reply_shard: usize,
+    conn: ConnId,
+    sent: bool,
+}
+
+/// Why connecting to a remote domain failed, as the bounce it causes.
+#[derive(Debug, Clone)]
+struct Failure {
+    condition: StanzaCondition,
+    text: String,
+}
+
+/// A remote domain owned by this shard.
+#[derive(Default)]
+struct Remote {
+    /// Stanzas waiting for the outbound stream (bounded by `s2s.queue_per_domain`).
+    queue: VecDeque<Element>,
+    /// The outbound stream, connecting or open.
+    conn: Option<Rc<Conn>>,
+    /// A connection attempt (DNS, TCP, direct TLS) is running.
+    connecting: bool,
+    /// Local domains that asked to send (authenticated or being authenticated).
+    locals: Vec<String>,
+    /// Consecutive failures (for backoff).
+    failures: u32,
+    /// No new attempt before this.
+    backoff_until: Option<Instant>,
+    /// The last failure, bounced to senders while backing off.
+    last_failure: Option<Failure>,
+    /// Dialback verifications to send / waiting for answers.
+    verifies: Vec<VerifyReq>,
+}
+
+/// A ping the server sent for the admin endpoint.
+struct PendingPing {
+    sent: Instant,
+    reply: crossbeam_channel::Sender<PingOutcome>,
+}
+
+/// One shard's state.
+pub(crate) struct Shard {
+    pub id: usize,
+    pub n: usize,
+    pub shared: Arc<Shared>,
+    /// Messages for other shards produced this turn; the main loop (sole owner of the
+    /// inbox mesh end) moves them into the inbox at the end of the turn. Readers pause
+    /// while more than [`Shard::outgoing_limit`] wait here (back-pressure).
+    outgoing: RefCell<VecDeque<(usize, ShardMsg)>>,
+    outgoing_limit: usize,
+    /// Wakes readers paused by back-pressure.
+    space: Notify,
+    /// Wakes the main loop to flush the outbox at the end of this turn.
+    flush_wake: Notify,
+    flush_scheduled: Cell<bool>,
+    control: crossbeam_channel::Receiver<Control>,
+    control_wake: Arc<Notify>,
+    resolver: S2sResolver,
+    conns: RefCell<HashMap<ConnId, Rc<Conn>>>,
+    remotes: RefCell<HashMap<String, Remote>>,
+    pings: RefCell<HashMap<String, PendingPing>>,
+    unauthenticated: Cell<usize>,
+    next_id: Cell<u64>,
+    rng: RefCell<SmallRng>,
+    shutting_down: Cell<bool>,
+    listeners: RefCell<Vec<Rc<TcpListener>>>,
+    /// Signalled whenever a connection ends (shutdown waits on it).
+    conn_ended: Notify,
+}
+
+/// Where the read loop goes after handling a read.
+enum After {
+    Continue,
+    HandOff(usize),
+}
+
+impl Shard {
+    pub(crate) fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        control: crossbeam_channel::Receiver<Control>,
+        control_wake: Arc<Notify>,
+        resolver: S2sResolver,
+    ) -> Self {
+        Shard {
+            id,
+            n: shared.shards,
+            outgoing: RefCell::new(VecDeque::new()),
+            outgoing_limit: shared.config.inbox.batch.max(16),
+            shared,
+            space: Notify::new(),
+            flush_wake: Notify::new(),
+            flush_scheduled: Cell::new(false),
+            control,
+            control_wake,
+            resolver,
+            conns: RefCell::new(HashMap::new()),
+            remotes: RefCell::new(HashMap::new()),
+            pings: RefCell::new(HashMap::new()),
+            unauthenticated: Cell::new(0),
+            next_id: Cell::new(1),
+            rng: RefCell::new(SmallRng::from_os_rng()),
+            shutting_down: Cell::new(false),
+            listeners: RefCell::new(Vec::new()),
+            conn_ended: Notify::new(),
+        }
+    }
+
+    fn next_conn_id(&self) -> ConnId {
+        let n = self.next_id.get();
+        self.next_id.set(n + 1);
+        ((self.id as u64) << 48) | n
+    }
+
+    // ----- main loop -----
+
+    /// Runs the shard until shutdown: listeners, inbox, control.
+    pub(crate) async fn run(
+        self: Rc<Self>,
+        mut inbox: ShardInbox<ShardMsg>,
+        listeners: Vec<(ListenerKind, std::net::TcpListener)>,
+    ) {
+        for (kind, l) in listeners {
+            let l = Rc::new(TcpListener::from_std(l));
+            self.listeners.borrow_mut().push(Rc::clone(&l));
+            let me = Rc::clone(&self);
+            tokio_uring::spawn(async move { me.accept_loop(kind, l).await });
+        }
+        let mut batch: Vec<ShardMsg> = Vec::new();
+        // Bounded: one iteration per wake-up; ends on shutdown.
+        loop {
+            let blocked = !self.outgoing.borrow().is_empty();
+            tokio::select! {
+                _ = inbox.wait() => {}
+                _ = self.control_wake.notified() => {}
+                _ = self.flush_wake.notified() => {}
+                _ = inbox.wait_space(), if blocked => {}
+            }
+            // Control messages (admin, shutdown).
+            while let Ok(c) = self.control.try_recv() {
+                match c {
+                    Control::Ping { from, to, reply } => self.start_ping(&from, &to, reply),
+                    Control::Shutdown => self.begin_shutdown(),
+                }
+            }
+            if self.shutting_down.get() {
+                break;
+            }
+            // Inbox: a bounded number of batches per turn, so sockets get their turn.
+            for _ in 0..1024 {
+                batch.clear();
+                let got = inbox.drain(&mut batch, 64);
+                for msg in batch.drain(..) {
+                    self.handle_msg(msg);
+                }
+                self.flush(&mut inbox);
+                if got == 0 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            self.flush(&mut inbox);
+        }
+        self.finish_shutdown().await;
+    }
+
+    /// Ends a turn: moves this turn's cross-shard messages into the inbox (batched per
+    /// destination) and sends the batches; what does not fit stays in `outgoing`.
+    fn flush(&self, inbox: &mut ShardInbox<ShardMsg>) {
+        self.flush_scheduled.set(false);
+        let mut out = self.outgoing.borrow_mut();
+        while let Some((dst, msg)) = out.pop_front() {
+            if let Err(msg) = inbox.push(dst, msg) {
+                out.push_front((dst, msg));
+                break;
+            }
+        }
+        inbox.flush();
+        if out.len() <= self.outgoing_limit {
+            self.space.notify_waiters();
+        }
+    }
+
+    fn schedule_flush(&self) {
+        if !self.flush_scheduled.replace(true) {
+            self.flush_wake.notify_one();
+        }
+    }
+
+    /// Sends `msg` to shard `dst` (batched until the end of the turn).
+    fn send_to(&self, dst: usize, msg: ShardMsg) {
+        self.outgoing.borrow_mut().push_back((dst, msg));
+        self.schedule_flush();
+    }
+
+    /// Readers call this before each read: while too many cross-shard messages wait for
+    /// room in the inbox, sockets are not read (TCP back-pressure instead of unbounded
+    /// queues).
+    async fn wait_for_room(&self) {
+        for _ in 0..100_000 {
+            if self.outgoing.borrow().len() <= self.outgoing_limit || self.shutting_down.get() {
+                return;
+            }
+            let notified = self.space.notified();
+            self.schedule_flush();
+            notified.await;
+        }
+    }
+
+    fn handle_msg(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Route(el) => self.route(el),
+            ShardMsg::Adopt(h) => self.adopt(*h),
+            ShardMsg::Verify {
+                local,
+                remote,
+                stream_id,
+                key,
+                reply_shard,
+                conn,
+            } => self.verify_with_authoritative(local, remote, stream_id, key, reply_shard, conn),
+            ShardMsg::Verdict {
+                conn,
+                local,
+                remote,
+                result,
+            } => self.apply_verdict(conn, &local, &remote, result),
+        }
+    }
+
+    // ----- routing -----
+
+    /// Routes a stanza to its owner: a local bare JID's shard, or a remote domain's.
+    pub(crate) fn route(&self, el: Element) {
+        enum Dst {
+            Local(usize),
+            Remote(usize, String),
+        }
+        let dst = {
+            let Some(to) = el.to() else {
+                debug!("dropping a stanza without 'to' (checked by the stream layer)");
+                return;
+            };
+            let domain = domain_of(to);
+            if self.shared.s2s.hosts(domain) {
+                Dst::Local(shard_of(&bare_key(to), self.n))
+            } else {
+                let d = domain_key(domain).into_owned();
+                Dst::Remote(shard_of(&d, self.n), d)
+            }
+        };
+        match dst {
+            Dst::Local(s) if s == self.id => self.deliver_local(el),
+            Dst::Remote(s, d) if s == self.id => self.send_remote(&d, el),
+            Dst::Local(s) | Dst::Remote(s, _) => self.send_to(s, ShardMsg::Route(el)),
+        }
+    }
+
+    /// A stanza for a local JID this shard owns. Until local users and sessions exist
+    /// (C2S), only the server's own entity answers; a user has no session to deliver to.
+    fn deliver_local(&self, el: Element) {
+        let Some(kind) = StanzaKind::of(&el) else {
+            return;
+        };
+        let to = el.to().unwrap_or_default();
+        let answer = if !to.contains('@') && !to.contains('/') {
+            answer_server(&el, kind)
+        } else {
+            answer_unavailable_user(&el, kind)
+        };
+        match answer {
+            Answer::Reply(bytes) => self.route_generated(&bytes),
+            Answer::Response { id, error } => self.finish_ping(&id, error),
+            Answer::Ignore => {}
+        }
+    }
+
+    /// Routes a stanza we generated (a reply or a bounce).
+    fn route_generated(&self, bytes: &[u8]) {
+        match parse_stanza(bytes) {
+            Ok(el) => self.route(el),
+            Err(e) => warn!(error = %e, "generated stanza does not frame; not sent"),
+        }
+    }
+
+    /// Bounces `el` to its sender with `condition` (RFC 6120 §8.3.3); error stanzas are
+    /// never bounced (§8.3.1).
+    fn bounce(&self, el: &Element, condition: StanzaCondition, text: &str) {
+        if is_error(el) || StanzaKind::of(el).is_none() {
+            return;
+        }
+        let by = el.from().map(domain_of);
+        let mut out = Vec::with_capacity(256);
+        write_error_reply(el, condition, Some(text), by, &mut out);
+        self.route_generated(&out);
+    }
+
+    // ----- remote domains (owned here) -----
+
+    /// Sends a stanza to remote domain `d` (owned by this shard) over its outbound
+    /// stream, queueing it while the stream is being set up.
+    fn send_remote(&self, d: &str, el: Element) {
+        let Some(from) = el.from() else {
+            return;
+        };
+        let local = domain_key(domain_of(from)).into_owned();
+        if !self.shared.s2s.hosts(&local) {
+            // Only our own users and our server originate stanzas to remote domains.
+            debug!(from, "not sending a stanza from a domain we do not host");
+            return;
+        }
+        let now = Instant::now();
+        let mut remotes = self.remotes.borrow_mut();
+        let r = remotes.entry(d.to_owned()).or_default();
+        if let Some(until) = r.backoff_until {
+            if now < until && r.conn.is_none() {
+                let f = r.last_failure.clone().unwrap_or(Failure {
+                    condition: StanzaCondition::RemoteServerNotFound,
+                    text: "remote server unreachable".into(),
+                });
+                drop(remotes);
+                return self.bounce(&el, f.condition, &format!("{} (backing off)", f.text));
+            }
+        }
+        if let Some(conn) = r.conn.clone() {
+            let ready = {
+                let st = conn.st.borrow();
+                st.proto.is_authenticated(&local, d)
+            };
+            if ready && r.queue.is_empty() && conn.backlog() < self.shared.config.s2s.send_queue_bytes {
+                let mut st = conn.st.borrow_mut();
+                if st.proto.send_stanza(&local, d, el.bytes(), now).is_ok() {
+                    st.pump();
+                    drop(st);
+                    conn.wake.notify_one();
+                    return;
+                }
+            }
+        }
+        if r.queue.len() >= self.shared.config.s2s.queue_per_domain {
+            drop(remotes);
+            return self.bounce(
+                &el,
+                StanzaCondition::ResourceConstraint,
+                "too many stanzas waiting for this remote server",
+            );
+        }
+        r.queue.push_back(el);
+        drop(remotes);
+        self.ensure_outbound(d, &local);
+    }
+
+    /// Makes sure an outbound stream to `d` exists and `local` is (being) authenticated
+    /// on it; starts a connection attempt if none runs.
+    fn ensure_outbound(self: &Shard, d: &str, local: &str) {
+        let mut remotes = self.remotes.borrow_mut();
+        let r = remotes.entry(d.to_owned()).or_default();
+        if !r.locals.iter().any(|l| l == local) {
+            r.locals.push(local.to_owned());
+            if let Some(conn) = &r.conn {
+                let mut st = conn.st.borrow_mut();
+                let _ = st.proto.request_dialback(local, Instant::now());
+                st.pump();
+                drop(st);
+                conn.wake.notify_one();
+            }
+        }
+        if r.conn.is_none() && !r.connecting {
+            r.connecting = true;
+            let first = r.locals.first().cloned().unwrap_or_else(|| local.to_owned());
+            drop(remotes);
+            let me = self.rc();
+            let d = d.to_owned();
+            let span = info_span!("s2s", dir = "out", peer = %d, id = tracing::field::Empty);
+            tokio_uring::spawn(async move { me.connect(d, first).await }.instrument(span));
+        }
+    }
+
+    /// The `Rc` of this shard (stored in a thread-local by the runtime).
+    fn rc(&self) -> Rc<Shard> {
+        CURRENT.with(|c| c.borrow().clone().expect("shard context"))
+    }
+
+    /// Resolves `d`, connects to its targets in order and starts the outbound stream.
+    async fn connect(self: Rc<Self>, d: String, local: String) {
+        let started = Instant::now();
+        match self.open_socket(&local, &d).await {
+            Ok((stream, target, tls)) => {
+                debug!(target = %target.host, port = target.port, ms = started.elapsed().as_millis() as u64, "connected");
+                let now = Instant::now();
+                let proto = S2sConnection::outbound(
+                    Arc::clone(&self.shared.s2s),
+                    &local,
+                    &d,
+                    tls.is_some(),
+                    now,
+                );
+                let mut st = ConnState::new(proto, tls);
+                st.collect_events();
+                st.pump();
+                let conn = Rc::new(Conn::new(
+                    self.next_conn_id(),
+                    stream,
+                    st,
+                    tracing::Span::current(),
+                ));
+                let others: Vec<String> = {
+                    let mut remotes = self.remotes.borrow_mut();
+                    let r = remotes.entry(d.clone()).or_default();
+                    r.connecting = false;
+                    r.conn = Some(Rc::clone(&conn));
+                    r.locals.iter().filter(|l| **l != local).cloned().collect()
+                };
+                {
+                    let mut st = conn.st.borrow_mut();
+                    for l in &others {
+                        let _ = st.proto.request_dialback(l, now);
+                    }
+                }
+                self.send_pending_verifies(&d);
+                self.conns.borrow_mut().insert(conn.id, Rc::clone(&conn));
+                self.spawn_conn(conn);
+            }
+            Err(f) => {
+                info!(condition = %f.condition, reason = %f.text, "remote server unreachable");
+                self.remote_failed(&d, f);
+            }
+        }
+    }
+
+    /// DNS SRV (RFC 6120 §3.2, XEP-0368), then each target's addresses in turn with the
+    /// connect timeout; direct TLS targets get their TLS handshake here.
+    async fn open_socket(&self, local: &str, d: &str) -> Result<(TcpStream, Target, Option<Tls>), Failure> {
+        let cfg = &self.shared.config.s2s;
+        let not_found = |text: String| Failure {
+            condition: StanzaCondition::RemoteServerNotFound,
+            text,
+        };
+        let dns_failure = |e: DnsError| Failure {
+            condition: if e.is_timeout() {
+                StanzaCondition::RemoteServerTimeout
+            } else {
+                StanzaCondition::RemoteServerNotFound
+            },
+            text: format!("DNS: {e}"),
+        };
+        let resolution = {
+            let mut rng = SmallRng::from_rng(&mut *self.rng.borrow_mut());
+            self.resolver.resolve_srv(d, &mut rng).await
+        };
+        let targets = match resolution.map_err(dns_failure)? {
+            Resolution::Targets(t) => t,
+            Resolution::Fallback => vec![Target {
+                host: d.to_owned(),
+                port: 5269,
+                direct_tls: false,
+            }],
+            Resolution::NoService => {
+                return Err(not_found(format!("{d} publishes no XMPP server service (SRV '.')")))
+            }
+        };
+        let mut last = not_found(format!("no address for {d}"));
+        for target in targets.into_iter().take(16) {
+            let addrs = match self.resolver.resolve_host(&target.host).await {
+                Ok(a) => a,
+                Err(e) => {
+                    last = dns_failure(e);
+                    continue;
+                }
+            };
+            for ip in addrs.into_iter().take(8) {
+                let addr = SocketAddr::new(ip, target.port);
+                // A connect that times out is abandoned with its socket: nothing else
+                // reads from it, so the dropped operation loses nothing.
+                let attempt = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await;
+                let stream = match attempt {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        last = not_found(format!("connecting to {addr}: {e}"));
+                        continue;
+                    }
+                    Err(_) => {
+                        last = Failure {
+                            condition: StanzaCondition::RemoteServerTimeout,
+                            text: format!("connecting to {addr} timed out"),
+                        };
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                if !target.direct_tls {
+                    return Ok((stream, target, None));
+                }
+                match self.client_handshake(&stream, local, d).await {
+                    Ok(tls) => return Ok((stream, target, Some(tls))),
+                    Err(text) => {
+                        last = not_found(format!("direct TLS to {addr}: {text}"));
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// A XEP-0368 direct TLS handshake as client, before any XMPP byte. Bounded by the
+    /// negotiation timeout; on failure the socket is abandoned (so a read dropped by the
+    /// timeout loses nothing we need).
+    async fn client_handshake(&self, stream: &TcpStream, local: &str, d: &str) -> Result<Tls, String> {
+        let cfg = self
+            .shared
+            .client_tls(local, d, true)
+            .ok_or("no trust anchors to verify the server's certificate (tls.trust)")?;
+        let name = crate::tls::server_name(d).map_err(|e| e.to_string())?;
+        let mut tls = rustls::ClientConnection::new(cfg, name).map_err(|e| e.to_string())?;
+        let fut = handshake(stream, &mut tls);
+        match tokio::time::timeout(self.shared.config.s2s.negotiation_timeout, fut).await {
+            Ok(Ok(())) => Ok(Tls::Client(tls)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("handshake timed out".into()),
+        }
+    }
+
+    /// Connecting to `d` failed: bounce what waits, answer waiting verifications, back
+    /// off exponentially with jitter.
+    fn remote_failed(&self, d: &str, f: Failure) {
+        let cfg = &self.shared.config.s2s;
+        let (queue, verifies) = {
+            let mut remotes = self.remotes.borrow_mut();
+            let r = remotes.entry(d.to_owned()).or_default();
+            r.connecting = false;
+            r.conn = None;
+            r.locals.clear();
+            r.failures = r.failures.saturating_add(1);
+            let exp = cfg
+                .backoff_initial
+                .saturating_mul(1u32 << (r.failures - 1).min(16))
+                .min(cfg.backoff_max);
+            // Full jitter on the upper half: [exp/2, exp].
+            let jitter = self.rng.borrow_mut().random_range(0.5..=1.0);
+            r.backoff_until = Some(Instant::now() + exp.mul_f64(jitter));
+            r.last_failure = Some(f.clone());
+            (std::mem::take(&mut r.queue), std::mem::take(&mut r.verifies))
+        };
+        for el in queue {
+            self.bounce(&el, f.condition, &f.text);
+        }
+        let cond = DialbackErrorCondition::from_stanza_condition(f.condition);
+        for v in verifies {
+            self.send_verdict(v.reply_shard, v.conn, v.local, d.to_owned(), DialbackResult::Error(cond));
+        }
+    }
+
+    /// An outbound stream authenticated `local` → `d`: send what waited.
+    fn outbound_ready(&self, conn: &Conn, local: &str, d: &str) {
+        let now = Instant::now();
+        let mut remotes = self.remotes.borrow_mut();
+        let Some(r) = remotes.get_mut(d) else { return };
+        r.failures = 0;
+        r.backoff_until = None;
+        r.last_failure = None;
+        let mut st = conn.st.borrow_mut();
+        let mut keep = VecDeque::with_capacity(r.queue.len());
+        while let Some(el) = r.queue.pop_front() {
+            let from_local = el.from().map(|f| domain_key(domain_of(f)).into_owned());
+            if from_local.as_deref() == Some(local) {
+                if st.proto.send_stanza(local, d, el.bytes(), now).is_err() {
+                    keep.push_back(el);
+                }
+            } else {
+                keep.push_back(el);
+            }
+        }
+        r.queue = keep;
+        st.pump();
+        drop(st);
+        conn.wake.notify_one();
+    }
+
+    /// An outbound stream could not authenticate `local` → `d`: bounce its stanzas.
+    fn outbound_auth_failed(&self, d: &str, local: &str, result: DialbackResult) {
+        let cond = result
+            .bounce_condition()
+            .unwrap_or(StanzaCondition::RemoteServerNotFound);
+        let bounced: Vec<Element> = {
+            let mut remotes = self.remotes.borrow_mut();
+            let Some(r) = remotes.get_mut(d) else { return };
+            r.locals.retain(|l| l != local);
+            let (out, keep): (VecDeque<Element>, VecDeque<Element>) =
+                r.queue.drain(..).partition(|el| {
+                    el.from().map(|f| domain_key(domain_of(f)).into_owned()).as_deref()
+                        == Some(local)
+                });
+            r.queue = keep;
+            out.into_iter().collect()
+        };
+        for el in bounced {
+            self.bounce(&el, cond, "the remote server did not authenticate us");
+        }
+    }
+
+    /// The outbound stream to `d` ended.
+    fn outbound_closed(&self, conn: &Conn, d: &str, reason: &CloseReason, authenticated: bool) {
+        let is_current = {
+            let remotes = self.remotes.borrow();
+            remotes
+                .get(d)
+                .and_then(|r| r.conn.as_ref())
+                .is_some_and(|c| c.id == conn.id)
+        };
+        if !is_current {
+            return;
+        }
+        if authenticated {
+            // An established stream closed (idle, peer restart): reconnect on demand.
+            let (has_queue, local) = {
+                let mut remotes = self.remotes.borrow_mut();
+                let r = remotes.get_mut(d).expect("checked");
+                r.conn = None;
+                r.locals.clear();
+                let local = r.queue.front().and_then(|el| el.from()).map(|f| domain_key(domain_of(f)).into_owned());
+                (!r.queue.is_empty() || !r.verifies.is_empty(), local)
+            };
+            if has_queue {
+                let local = local.unwrap_or_else(|| self.shared.config.domains[0].clone());
+                self.ensure_outbound(d, &local);
+            }
+            return;
+        }
+        let timeout = matches!(
+            reason,
+            CloseReason::CloseTimeout
+                | CloseReason::SentError(StreamCondition::ConnectionTimeout, _)
+        );
+        let f = Failure {
+            condition: if timeout {
+                StanzaCondition::RemoteServerTimeout
+            } else {
+                StanzaCondition::RemoteServerNotFound
+            },
+            text: format!("stream negotiation failed: {reason:?}"),
+        };
+        self.remote_failed(d, f);
+    }
+
+    // ----- dialback verification (XEP-0220 §2.1.3) -----
+
+    /// On shard(remote): asks `remote`'s authoritative server about `key` over the
+    /// outbound stream (opened if needed).
+    fn verify_with_authoritative(
+        &self,
+        local: String,
+        remote: String,
+        stream_id: String,
+        key: String,
+        reply_shard: usize,
+        conn: ConnId,
+    ) {
+        let backoff = {
+            let mut remotes = self.remotes.borrow_mut();
+            let r = remotes.entry(remote.clone()).or_default();
+            let now = Instant::now();
+            if r.conn.is_none() && r.backoff_until.is_some_and(|u| now < u) {
+                r.last_failure.clone()
+            } else {
+                r.verifies.push(VerifyReq {
+                    local: local.clone(),
+                    stream_id,
+                    key,
+                    reply_shard,
+                    conn,
+                    sent: false,
+                });
+                None
+            }
+        };
+        if let Some(f) = backoff {
+            let cond = DialbackErrorCondition::from_stanza_condition(f.condition);
+            return self.send_verdict(reply_shard, conn, local, remote, DialbackResult::Error(cond));
+        }
+        let has_conn = self.remotes.borrow().get(&remote).is_some_and(|r| r.conn.is_some());
+        if has_conn {
+            self.send_pending_verifies(&remote);
+        } else {
+            self.ensure_outbound(&remote, &local);
+        }
+    }
+
+    fn send_pending_verifies(&self, d: &str) {
+        let now = Instant::now();
+        let mut remotes = self.remotes.borrow_mut();
+        let Some(r) = remotes.get_mut(d) else { return };
+        let Some(conn) = r.conn.clone() else { return };
+        let mut st = conn.st.borrow_mut();
+        for v in r.verifies.iter_mut().filter(|v| !v.sent) {
+            if st.proto.send_db_verify(&v.local, &v.stream_id, &v.key, now).is_ok() {
+                v.sent = true;
+            }
+        }
+        st.pump();
+        drop(st);
+        conn.wake.notify_one();
+    }
+
+    fn verify_answered(&self, d: &str, local: &str, stream_id: &str, result: DialbackResult) {
+        let reqs: Vec<VerifyReq> = {
+            let mut remotes = self.remotes.borrow_mut();
+            let Some(r) = remotes.get_mut(d) else { return };
+            let (done, keep) = r
+                .verifies
+                .drain(..)
+                .partition(|v| v.sent && v.local == local && v.stream_id == stream_id);
+            r.verifies = keep;
+            done
+        };
+        for v in reqs {
+            self.send_verdict(v.reply_shard, v.conn, v.local, d.to_owned(), result);
+        }
+    }
+
+    fn send_verdict(&self, shard: usize, conn: ConnId, local: String, remote: String, result: DialbackResult) {
+        if shard == self.id {
+            self.apply_verdict(conn, &local, &remote, result);
+        } else {
+            self.send_to(shard, ShardMsg::Verdict { conn, local, remote, result });
+        }
+    }
+
+    fn apply_verdict(&self, conn: ConnId, local: &str, remote: &str, result: DialbackResult) {
+        let Some(c) = self.conns.borrow().get(&conn).cloned() else {
+            return;
+        };
+        {
+            let mut st = c.st.borrow_mut();
+            st.proto.handle_dialback_verdict(local, remote, result, Instant::now());
+            st.collect_events();
+        }
+        self.on_events(&c, false);
+        c.st.borrow_mut().pump();
+        c.wake.notify_one();
+    }
+
+    // ----- connections -----
+
+    async fn accept_loop(self: Rc<Self>, kind: ListenerKind, l: Rc<TcpListener>) {
+        loop {
+            let (stream, peer) = match l.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    if self.shutting_down.get() {
+                        return;
+                    }
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if self.shutting_down.get() {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            let _ = stream.set_nodelay(true);
+            match kind {
+                ListenerKind::C2s => {
+                    // The C2S protocol arrives with local users; until then say so.
+                    let me = Rc::clone(&self);
+                    tokio_uring::spawn(async move { me.refuse_c2s(stream).await });
+                }
+                ListenerKind::S2s | ListenerKind::S2sDirectTls => {
+                    if self.unauthenticated.get() >= self.shared.config.s2s.max_unauthenticated_per_shard {
+                        debug!(%peer, "too many unauthenticated connections; refusing");
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                        continue;
+                    }
+                    self.unauthenticated.set(self.unauthenticated.get() + 1);
+                    let me = Rc::clone(&self);
+                    let direct = kind == ListenerKind::S2sDirectTls;
+                    let span = info_span!("s2s", dir = "in", %peer, peer_domain = tracing::field::Empty, id = tracing::field::Empty);
+                    tokio_uring::spawn(async move { me.inbound(stream, direct).await }.instrument(span));
+                }
+            }
+        }
+    }
+
+    async fn refuse_c2s(self: Rc<Self>, stream: TcpStream) {
+        let bytes: &'static [u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+            xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>\
+            <stream:error><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+            <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>client connections are not \
+            served yet</text></stream:error></stream:stream>";
+        let _ = stream.write_all(bytes).await;
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    async fn inbound(self: Rc<Self>, stream: TcpStream, direct_tls: bool) {
+        let now = Instant::now();
+        let cfg = &self.shared.config.s2s;
+        let mut tls = None;
+        let mut chain = None;
+        if direct_tls {
+            let mut server = match rustls::ServerConnection::new(Arc::clone(&self.shared.tls_server_direct)) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "TLS server setup failed");
+                    self.unauthenticated.set(self.unauthenticated.get() - 1);
+                    return;
+                }
+            };
+            let hs = tokio::time::timeout(cfg.stream_header_timeout, handshake(&stream, &mut server)).await;
+            match hs {
+                Ok(Ok(())) => {
+                    chain = Some(server.peer_certificates().map(|c| c.to_vec()).unwrap_or_default());
+                    tls = Some(Tls::Server(server));
+                }
+                _ => {
+                    debug!("direct TLS handshake failed or timed out");
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    self.unauthenticated.set(self.unauthenticated.get() - 1);
+                    return;
+                }
+            }
+        }
+        let nonce = self.rng.borrow_mut().random::<u64>();
+        let proto = S2sConnection::inbound(Arc::clone(&self.shared.s2s), nonce, chain, now);
+        let mut st = ConnState::new(proto, tls);
+        st.header_deadline = Some(now + cfg.stream_header_timeout);
+        st.counted_unauth = true;
+        if direct_tls {
+            // Plaintext that arrived with the end of the handshake.
+            st.input(&[], now);
+        }
+        let conn = Rc::new(Conn::new(self.next_conn_id(), stream, st, tracing::Span::current()));
+        self.conns.borrow_mut().insert(conn.id, Rc::clone(&conn));
+        self.spawn_conn(conn);
+    }
+
+    /// Takes over a connection another shard accepted.
+    fn adopt(&self, mut h: Handoff) {
+        h.state.moved = true;
+        let std_stream = std::net::TcpStream::from(h.fd);
+        let stream = TcpStream::from_std(std_stream);
+        let remote = h.state.proto.remote_domain().to_owned();
+        let span = info_span!("s2s", dir = "in", peer_domain = %remote, id = %h.state.proto.stream_id(), adopted_by = self.id);
+        let conn = Rc::new(Conn::new(self.next_conn_id(), stream, h.state, span));
+        debug!(parent: &conn.span, "adopted from another shard");
+        self.conns.borrow_mut().insert(conn.id, Rc::clone(&conn));
+        self.spawn_conn(conn);
+    }
+
+    fn spawn_conn(&self, conn: Rc<Conn>) {
+        let me = self.rc();
+        let span = conn.span.clone();
+        let c2 = Rc::clone(&conn);
+        tokio_uring::spawn(async move { me.writer(c2).await }.instrument(span.clone()));
+        let me = self.rc();
+        tokio_uring::spawn(async move { me.reader(conn).await }.instrument(span));
+    }
+
+    /// The connection's one read loop.
+    async fn reader(self: Rc<Self>, conn: Rc<Conn>) {
+        // Events carried over (adopted connections, outbound header already sent).
+        if let After::HandOff(dst) = self.on_events(&conn, true) {
+            return self.hand_off(conn, dst).await;
+        }
+        conn.wake.notify_one();
+        let mut buf = Vec::with_capacity(READ_BUF);
+        for _ in 0..u64::MAX {
+            self.wait_for_room().await;
+            let (res, b) = conn.stream.read(buf).await;
+            buf = b;
+            let n = match res {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            {
+                let mut st = conn.st.borrow_mut();
+                if st.closed {
+                    break;
+                }
+                st.input(&buf[..n], Instant::now());
+            }
+            buf.clear();
+            let after = self.on_events(&conn, true);
+            conn.st.borrow_mut().pump();
+            conn.wake.notify_one();
+            if let After::HandOff(dst) = after {
+                return self.hand_off(conn, dst).await;
+            }
+        }
+        // The peer closed, the socket failed, or the writer shut it down.
+        let was_closed = {
+            let mut st = conn.st.borrow_mut();
+            let was = st.closed;
+            st.closed = true;
+            was
+        };
+        if !was_closed {
+            self.connection_ended(&conn, &CloseReason::PeerClosed);
+        }
+        conn.wake.notify_one();
+        if !conn.writer_stopped.get() {
+            conn.writer_done.notified().await;
+        }
+        self.conns.borrow_mut().remove(&conn.id);
+        self.conn_ended.notify_waiters();
+    }
+
+    /// The connection's writer: socket writes and deadlines.
+    async fn writer(self: Rc<Self>, conn: Rc<Conn>) {
+        let mut spare: Vec<u8> = Vec::new();
+        loop {
+            let (out, deadline, stop) = {
+                let mut st = conn.st.borrow_mut();
+                st.pump();
+                if st.wire.is_empty() {
+                    if st.handing_off {
+                        break;
+                    }
+                    if st.closed {
+                        (None, None, true)
+                    } else {
+                        (None, st.next_deadline(), false)
+                    }
+                } else {
+                    let out = std::mem::replace(&mut st.wire, std::mem::take(&mut spare));
+                    (Some(out), None, false)
+                }
+            };
+            if stop {
+                let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                break;
+            }
+            if let Some(out) = out {
+                let (res, mut b) = conn.stream.write_all(out).await;
+                if res.is_err() {
+                    let was_closed = std::mem::replace(&mut conn.st.borrow_mut().closed, true);
+                    if !was_closed {
+                        self.connection_ended(&conn, &CloseReason::PeerClosed);
+                    }
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                    break;
+                }
+                b.clear();
+                if b.capacity() <= 64 * 1024 {
+                    spare = b;
+                }
+                continue;
+            }
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = conn.wake.notified() => {}
+                _ = sleep => {
+                    let now = Instant::now();
+                    {
+                        let mut st = conn.st.borrow_mut();
+                        if !st.opened && st.header_deadline.is_some_and(|d| now >= d) {
+                            st.header_deadline = None;
+                            st.proto.close(Some((StreamCondition::ConnectionTimeout, "no stream header in time")), now);
+                        } else {
+                            st.proto.handle_timeout(now);
+                        }
+                        st.collect_events();
+                    }
+                    self.on_events(&conn, false);
+                }
+            }
+        }
+        conn.writer_stopped.set(true);
+        conn.writer_done.notify_waiters();
+    }
+
+    /// Acts on the connection's events. `may_hand_off`: the caller is the read loop and
+    /// can move the connection to another shard.
+    fn on_events(&self, conn: &Rc<Conn>, may_hand_off: bool) -> After {
+        loop {
+            let ev = {
+                let mut st = conn.st.borrow_mut();
+                st.collect_events();
+                match st.events.pop_front() {
+                    Some(e) => e,
+                    None => return After::Continue,
+                }
+            };
+            // Hand-off: an inbound stream goes to the shard of the domain it names.
+            if may_hand_off && conn.direction == Direction::Inbound {
+                let claimed = match &ev {
+                    Event::Opened { remote: Some(r), .. } => Some(r.as_str()),
+                    Event::VerifyNeeded { remote, .. } | Event::Authenticated { remote, .. } => {
+                        Some(remote.as_str())
+                    }
+                    _ => None,
+                };
+                if let Some(r) = claimed {
+                    let dst = shard_of(&domain_key(r), self.n);
+                    let moved = {
+                        let st = conn.st.borrow();
+                        st.handing_off || st.moved
+                    };
+                    if dst != self.id && !moved {
+                        if let Event::Opened { local, remote, stream_id } = &ev {
+                            conn.span.record("peer_domain", remote.as_deref().unwrap_or(""));
+                            conn.span.record("id", stream_id.as_str());
+                            debug!(parent: &conn.span, %local, to_shard = dst, "handing off");
+                        }
+                        let mut st = conn.st.borrow_mut();
+                        if let Event::Opened { .. } = ev {
+                            st.opened = true;
+                        }
+                        st.events.push_front(ev);
+                        st.handing_off = true;
+                        return After::HandOff(dst);
+                    }
+                }
+            }
+            self.on_event(conn, ev);
+        }
+    }
+
+    fn on_event(&self, conn: &Rc<Conn>, ev: Event) {
+        match ev {
+            Event::Opened { local, remote, stream_id } => {
+                conn.span.record("id", stream_id.as_str());
+                if let Some(r) = &remote {
+                    conn.span.record("peer_domain", r.as_str());
+                }
+                debug!(parent: &conn.span, %local, "stream opened");
+                conn.st.borrow_mut().opened = true;
+            }
+            Event::StartTls(role) => {
+                let tls = match role {
+                    TlsRole::Server => rustls::ServerConnection::new(Arc::clone(&self.shared.tls_server)).map(Tls::Server),
+                    TlsRole::Client { sni } => {
+                        let local = conn.st.borrow().proto.local_domain().to_owned();
+                        match (self.shared.client_tls(&local, &sni, false), crate::tls::server_name(&sni)) {
+                            (Some(cfg), Ok(name)) => rustls::ClientConnection::new(cfg, name).map(Tls::Client),
+                            (None, _) => Err(rustls::Error::General(
+                                "no trust anchors to verify the server's certificate (tls.trust)".into(),
+                            )),
+                            (_, Err(e)) => Err(rustls::Error::General(e.to_string())),
+                        }
+                    }
+                };
+                let mut st = conn.st.borrow_mut();
+                match tls {
+                    Ok(t) => st.start_tls(t),
+                    Err(e) => {
+                        st.proto.handle_tls_failed(&e.to_string());
+                        st.collect_events();
+                    }
+                }
+            }
+            Event::Authenticated { local, remote, method, direction } => {
+                info!(parent: &conn.span, %local, %remote, ?method, "authenticated");
+                {
+                    let mut st = conn.st.borrow_mut();
+                    if st.counted_unauth {
+                        st.counted_unauth = false;
+                        self.unauthenticated.set(self.unauthenticated.get().saturating_sub(1));
+                    }
+                }
+                if direction == Direction::Outbound {
+                    self.outbound_ready(conn, &local, &remote);
+                }
+            }
+            Event::AuthFailed { local, remote, result } => {
+                info!(parent: &conn.span, %local, %remote, ?result, "authentication failed");
+                self.outbound_auth_failed(&remote, &local, result);
+            }
+            Event::VerifyNeeded { local, remote, stream_id, key } => {
+                let d = domain_key(&remote).into_owned();
+                let dst = shard_of(&d, self.n);
+                if dst == self.id {
+                    self.verify_with_authoritative(local, d, stream_id, key, self.id, conn.id);
+                } else {
+                    self.send_to(dst, ShardMsg::Verify { local, remote: d, stream_id, key, reply_shard: self.id, conn: conn.id });
+                }
+            }
+            Event::VerifyAnswered { local, remote, stream_id, result } => {
+                self.verify_answered(&domain_key(&remote), &local, &stream_id, result);
+            }
+            Event::Stanza { element, .. } => self.route(element),
+            Event::Closed(reason) => {
+                debug!(parent: &conn.span, ?reason, "stream closed");
+                let was = std::mem::replace(&mut conn.st.borrow_mut().closed, true);
+                if !was {
+                    self.connection_ended(conn, &reason);
+                }
+                conn.st.borrow_mut().close_tls();
+                conn.wake.notify_one();
+            }
+        }
+    }
+
+    /// Bookkeeping when a connection ends (once).
+    fn connection_ended(&self, conn: &Conn, reason: &CloseReason) {
+        let (counted, remote, authenticated) = {
+            let mut st = conn.st.borrow_mut();
+            let counted = std::mem::replace(&mut st.counted_unauth, false);
+            let remote = st.proto.remote_domain().to_owned();
+            let auth = st.proto.authenticated().next().is_some();
+            (counted, remote, auth)
+        };
+        if counted {
+            self.unauthenticated.set(self.unauthenticated.get().saturating_sub(1));
+        }
+        if conn.direction == Direction::Outbound {
+            self.outbound_closed(conn, &domain_key(&remote), reason, authenticated);
+        }
+    }
+
+    /// Moves an inbound connection to shard `dst` once the writer has flushed.
+    async fn hand_off(self: Rc<Self>, conn: Rc<Conn>, dst: usize) {
+        conn.wake.notify_one();
+        if !conn.writer_stopped.get() {
+            conn.writer_done.notified().await;
+        }
+        self.conns.borrow_mut().remove(&conn.id);
+        let fd = match conn.dup_fd() {
+            Ok(fd) => fd,
+            Err(e) => {
+                warn!(error = %e, "hand-off failed; closing");
+                let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        };
+        let conn = match Rc::try_unwrap(conn) {
+            Ok(c) => c,
+            Err(c) => {
+                warn!("connection still referenced at hand-off; closing");
+                let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        };
+        let mut state = conn.st.into_inner();
+        state.handing_off = false;
+        if std::mem::replace(&mut state.counted_unauth, false) {
+            self.unauthenticated.set(self.unauthenticated.get().saturating_sub(1));
+        }
+        drop(conn.stream);
+        self.send_to(dst, ShardMsg::Adopt(Box::new(Handoff { fd, state })));
+        self.conn_ended.notify_waiters();
+    }
+
+    // ----- admin ping -----
+
+    fn start_ping(&self, from: &str, to: &str, reply: crossbeam_channel::Sender<PingOutcome>) {
+        let now = Instant::now();
+        let id = format!("ping-{}-{}", self.id, self.next_conn_id() & 0xffff_ffff);
+        {
+            let mut pings = self.pings.borrow_mut();
+            pings.retain(|_, p| now.duration_since(p.sent) < Duration::from_secs(300));
+            pings.insert(id.clone(), PendingPing { sent: now, reply });
+        }
+        let mut out = Vec::with_capacity(128);
+        write_ping(from, to, &id, &mut out);
+        self.route_generated(&out);
+    }
+
+    fn finish_ping(&self, id: &str, error: Option<Option<StanzaCondition>>) {
+        let Some(p) = self.pings.borrow_mut().remove(id) else {
+            return;
+        };
+        let rtt = p.sent.elapsed();
+        let outcome = match error {
+            None => PingOutcome::Pong { rtt },
+            Some(c) => PingOutcome::Error {
+                condition: c.map(|c| c.as_str()).unwrap_or("undefined-condition").to_owned(),
+                rtt,
+            },
+        };
+        let _ = p.reply.try_send(outcome);
+    }
+
+    // ----- shutdown -----
+
+    fn begin_shutdown(&self) {
+        if self.shutting_down.replace(true) {
+            return;
+        }
+        info!(shard = self.id, "shutting down");
+        for l in self.listeners.borrow().iter() {
+            // Completes the pending accept with an error (no in-flight accept is dropped).
+            // SAFETY: shutdown(2) on a descriptor we own.
+            unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        let now = Instant::now();
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+        for c in conns {
+            let mut st = c.st.borrow_mut();
+            st.proto.close(None, now);
+            st.collect_events();
+            st.pump();
+            drop(st);
+            c.wake.notify_one();
+        }
+    }
+
+    async fn finish_shutdown(&self) {
+        let deadline = Instant::now() + self.shared.config.shutdown.drain_timeout;
+        while !self.conns.borrow().is_empty() && Instant::now() < deadline {
+            let ended = self.conn_ended.notified();
+            let _ = tokio::time::timeout_at(deadline.into(), ended).await;
+        }
+        // Whatever is left: shut the sockets so their reads complete.
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+        for c in &conns {
+            c.st.borrow_mut().closed = true;
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            c.wake.notify_one();
+        }
+        let settle = Instant::now() + Duration::from_millis(500);
+        while !self.conns.borrow().is_empty() && Instant::now() < settle {
+            let _ = tokio::time::timeout_at(settle.into(), self.conn_ended.notified()).await;
+        }
+        // Stanzas still waiting for a remote server: bounce them (nobody local will
+        // see them either, but the books balance).
+        let queued: Vec<Element> = self
+            .remotes
+            .borrow_mut()
+            .values_mut()
+            .flat_map(|r| std::mem::take(&mut r.queue))
+            .collect();
+        if !queued.is_empty() {
+            info!(count = queued.len(), "stanzas still queued at shutdown");
+        }
+        let _ = &self.rng;
+    }
+}
+
+/// Which protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListenerKind {
+    /// S2S with STARTTLS (RFC 6120), port 5269.
+    S2s,
+    /// S2S with direct TLS (XEP-0368), port 5270.
+    S2sDirectTls,
+    /// C2S, port 5222.
+    C2s,
+}
+
+thread_local! {
+    /// The shard running on this thread.
+    pub(crate) static CURRENT: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
+}
+
+/// Drives a TLS handshake to completion with sequential reads and writes (used before
+/// any XMPP byte: XEP-0368 direct TLS).
+async fn handshake<C, S>(stream: &TcpStream, tls: &mut C) -> Result<(), String>
+where
+    C: std::ops::DerefMut<Target = rustls::ConnectionCommon<S>>,
+    S: rustls::SideData,
+{
+    let mut buf = Vec::with_capacity(READ_BUF);
+    for _ in 0..64 {
+        while tls.wants_write() {
+            let mut out = Vec::new();
+            tls.write_tls(&mut out).map_err(|e| e.to_string())?;
+            let (res, _) = stream.write_all(out).await;
+            res.map_err(|e| e.to_string())?;
+        }
+        if !tls.is_handshaking() {
+            return Ok(());
+        }
+        let (res, b) = stream.read(buf).await;
+        buf = b;
+        let n = res.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed during the TLS handshake".into());
+        }
+        let mut rd = &buf[..n];
+        while !rd.is_empty() {
+            tls.read_tls(&mut rd).map_err(|e| e.to_string())?;
+            if let Err(e) = tls.process_new_packets() {
+                let mut out = Vec::new();
+                let _ = tls.write_tls(&mut out);
+                let _ = stream.write_all(out).await;
+                return Err(e.to_string());
+            }
+        }
+        buf.clear();
+    }
+    Err("TLS handshake did not finish".into())
+}

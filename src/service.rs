@@ -1,0 +1,249 @@
+//! What the server itself answers: stanzas addressed to a local domain (the server's own
+//! entity, RFC 6120 §10.5.1 / §10.3) and to local users with no session to deliver to
+//! (RFC 6121 §8.5.2.2, no offline storage).
+//!
+//! Pure: the runtime hands in a received stanza and sends whatever bytes come back. The
+//! server's own entity answers XEP-0199 pings and XEP-0030 `disco#info`; `iq` results and
+//! errors addressed to it are answers to requests it sent (pings from `fedrouter ping`),
+//! which the runtime matches by `id`.
+
+use crate::condition::StanzaCondition;
+use crate::stanza::{is_error, write_error_reply, StanzaKind};
+use crate::xml::{escape_attr_into, unescape, Element};
+
+/// `urn:xmpp:ping` (XEP-0199).
+pub const NS_PING: &str = "urn:xmpp:ping";
+/// `http://jabber.org/protocol/disco#info` (XEP-0030).
+pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+
+/// Features the server advertises in `disco#info` (XEP-0030 §3.1).
+pub const SERVER_FEATURES: &[&str] = &[NS_DISCO_INFO, NS_PING];
+
+/// What to do with a stanza addressed to the server or to an unavailable local user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Send these bytes (a complete stanza, `jabber:server` default namespace) to the
+    /// original sender.
+    Reply(Vec<u8>),
+    /// An `iq` of type `result` or `error` for the server: the answer to a request of
+    /// ours with this `id` (raw attribute value).
+    Response {
+        /// The `id` attribute as received.
+        id: String,
+        /// `None` for `result`, else the error condition (if recognised).
+        error: Option<Option<StanzaCondition>>,
+    },
+    /// Nothing to send (RFC 6121 §8.5.2.2 says to ignore it, or it is an error stanza).
+    Ignore,
+}
+
+/// The first child element's (local name, `xmlns`) of an element, read without a tree.
+fn first_child(el: &Element) -> Option<(&str, &str)> {
+    let inner = std::str::from_utf8(el.inner()).ok()?;
+    let start = inner.find('<')? + 1;
+    let tag_end = inner[start..].find('>')? + start;
+    let tag = inner[start..tag_end].trim_end_matches('/');
+    let name_end = tag
+        .find(|c: char| c.is_ascii_whitespace())
+        .unwrap_or(tag.len());
+    let name = &tag[..name_end];
+    let local = name.rsplit(':').next().unwrap_or(name);
+    let attrs = &tag[name_end..];
+    let ns = attrs.find("xmlns=").and_then(|i| {
+        let rest = &attrs[i + 6..];
+        let q = rest.chars().next()?;
+        let rest = &rest[1..];
+        Some(&rest[..rest.find(q)?])
+    })?;
+    Some((local, ns))
+}
+
+fn result_header(el: &Element, out: &mut Vec<u8>) {
+    let attr = |key: &str, raw: Option<&str>, out: &mut Vec<u8>| {
+        if let Some(raw) = raw {
+            let v = unescape(raw).unwrap_or(std::borrow::Cow::Borrowed(raw));
+            out.extend_from_slice(b" ");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"='");
+            escape_attr_into(&v, out);
+            out.push(b'\'');
+        }
+    };
+    out.extend_from_slice(b"<iq type='result'");
+    attr("from", el.to(), out);
+    attr("to", el.from(), out);
+    attr("id", el.id(), out);
+}
+
+/// Answers a stanza addressed to one of our domains (bare domain JID, no resource).
+///
+/// - `iq get` with XEP-0199 `<ping/>`: an empty result (XEP-0199 §4.2, §4.3).
+/// - `iq get` with XEP-0030 `disco#info`: identity `server/im` and [`SERVER_FEATURES`].
+/// - other `iq get`/`set`: `service-unavailable` (RFC 6120 §8.4).
+/// - `iq result`/`error`: [`Answer::Response`].
+/// - `message` (not `error`): `service-unavailable`; `presence`: ignored.
+pub fn answer_server(el: &Element, kind: StanzaKind) -> Answer {
+    match kind {
+        StanzaKind::Iq => match el.type_() {
+            Some("get") => match first_child(el) {
+                Some(("ping", NS_PING)) => {
+                    let mut out = Vec::with_capacity(96);
+                    result_header(el, &mut out);
+                    out.extend_from_slice(b"/>");
+                    Answer::Reply(out)
+                }
+                Some(("query", NS_DISCO_INFO)) => {
+                    let mut out = Vec::with_capacity(320);
+                    result_header(el, &mut out);
+                    out.extend_from_slice(b"><query xmlns='");
+                    out.extend_from_slice(NS_DISCO_INFO.as_bytes());
+                    out.extend_from_slice(b"'><identity category='server' type='im'/>");
+                    for f in SERVER_FEATURES {
+                        out.extend_from_slice(b"<feature var='");
+                        out.extend_from_slice(f.as_bytes());
+                        out.extend_from_slice(b"'/>");
+                    }
+                    out.extend_from_slice(b"</query></iq>");
+                    Answer::Reply(out)
+                }
+                _ => reply_error(el, StanzaCondition::ServiceUnavailable),
+            },
+            Some("set") => reply_error(el, StanzaCondition::ServiceUnavailable),
+            Some("result") => Answer::Response {
+                id: el.id().unwrap_or_default().to_owned(),
+                error: None,
+            },
+            Some("error") => Answer::Response {
+                id: el.id().unwrap_or_default().to_owned(),
+                error: Some(crate::stanza::error_condition(el)),
+            },
+            // RFC 6120 §8.2.3: an iq without a valid type is a bad request.
+            _ => reply_error(el, StanzaCondition::BadRequest),
+        },
+        StanzaKind::Message if !is_error(el) => {
+            reply_error(el, StanzaCondition::ServiceUnavailable)
+        }
+        _ => Answer::Ignore,
+    }
+}
+
+/// Answers a stanza for a local user who has no session to deliver it to (RFC 6121
+/// §8.5.2.2 with no offline storage; §8.5.2.2.3 for iq): `message` of type `normal`,
+/// `chat` or `groupchat` and `iq get`/`set` get `service-unavailable`; `headline`
+/// messages, `presence` and error stanzas are ignored.
+pub fn answer_unavailable_user(el: &Element, kind: StanzaKind) -> Answer {
+    if is_error(el) {
+        return Answer::Ignore;
+    }
+    match kind {
+        StanzaKind::Message if el.type_() == Some("headline") => Answer::Ignore,
+        StanzaKind::Message => reply_error(el, StanzaCondition::ServiceUnavailable),
+        StanzaKind::Iq if matches!(el.type_(), Some("get" | "set")) => {
+            reply_error(el, StanzaCondition::ServiceUnavailable)
+        }
+        _ => Answer::Ignore,
+    }
+}
+
+fn reply_error(el: &Element, c: StanzaCondition) -> Answer {
+    let mut out = Vec::with_capacity(el.bytes().len().min(256) + 160);
+    write_error_reply(el, c, None, None, &mut out);
+    Answer::Reply(out)
+}
+
+/// Writes an XEP-0199 ping request from the server `from` to `to` with `id`.
+pub fn write_ping(from: &str, to: &str, id: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"<iq type='get' from='");
+    escape_attr_into(from, out);
+    out.extend_from_slice(b"' to='");
+    escape_attr_into(to, out);
+    out.extend_from_slice(b"' id='");
+    escape_attr_into(id, out);
+    out.extend_from_slice(b"'><ping xmlns='urn:xmpp:ping'/></iq>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::parse_stanza;
+
+    fn el(s: &str) -> Element {
+        parse_stanza(s.as_bytes()).unwrap()
+    }
+
+    fn reply(a: Answer) -> Element {
+        match a {
+            Answer::Reply(b) => parse_stanza(&b).unwrap(),
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ping_is_answered_with_a_result() {
+        let e = el("<iq type='get' from='b.test' to='a.test' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>");
+        let r = reply(answer_server(&e, StanzaKind::Iq));
+        assert_eq!(r.type_(), Some("result"));
+        assert_eq!((r.from(), r.to(), r.id()), (Some("a.test"), Some("b.test"), Some("p1")));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn disco_info_lists_identity_and_features() {
+        let e = el("<iq type='get' from='u@b.test/r' to='a.test' id='d'><query xmlns=\"http://jabber.org/protocol/disco#info\"/></iq>");
+        let r = reply(answer_server(&e, StanzaKind::Iq));
+        assert!(r.as_str().contains("<identity category='server' type='im'/>"));
+        assert!(r.as_str().contains("urn:xmpp:ping"));
+    }
+
+    #[test]
+    fn unknown_iq_and_messages_are_service_unavailable() {
+        let e = el("<iq type='get' from='b.test' to='a.test' id='v'><query xmlns='jabber:iq:version'/></iq>");
+        let r = reply(answer_server(&e, StanzaKind::Iq));
+        assert!(r.as_str().contains("<service-unavailable"));
+        let m = el("<message from='u@b.test' to='a.test'><body>x</body></message>");
+        assert!(matches!(answer_server(&m, StanzaKind::Message), Answer::Reply(_)));
+        let p = el("<presence from='u@b.test' to='a.test'/>");
+        assert_eq!(answer_server(&p, StanzaKind::Presence), Answer::Ignore);
+    }
+
+    #[test]
+    fn responses_are_matched_by_id() {
+        let ok = el("<iq type='result' from='b.test' to='a.test' id='p9'/>");
+        assert_eq!(
+            answer_server(&ok, StanzaKind::Iq),
+            Answer::Response { id: "p9".into(), error: None }
+        );
+        let err = el("<iq type='error' from='b.test' to='a.test' id='p9'><error type='cancel'><remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>");
+        assert_eq!(
+            answer_server(&err, StanzaKind::Iq),
+            Answer::Response {
+                id: "p9".into(),
+                error: Some(Some(StanzaCondition::RemoteServerNotFound))
+            }
+        );
+    }
+
+    #[test]
+    fn unavailable_user_rules() {
+        let chat = el("<message type='chat' from='u@b.test/r' to='v@a.test' id='1'><body>x</body></message>");
+        let r = reply(answer_unavailable_user(&chat, StanzaKind::Message));
+        assert_eq!(r.to(), Some("u@b.test/r"));
+        let headline = el("<message type='headline' from='u@b.test' to='v@a.test'/>");
+        assert_eq!(answer_unavailable_user(&headline, StanzaKind::Message), Answer::Ignore);
+        let err = el("<message type='error' from='u@b.test' to='v@a.test'/>");
+        assert_eq!(answer_unavailable_user(&err, StanzaKind::Message), Answer::Ignore);
+        let pres = el("<presence from='u@b.test' to='v@a.test'/>");
+        assert_eq!(answer_unavailable_user(&pres, StanzaKind::Presence), Answer::Ignore);
+        let iq = el("<iq type='set' from='u@b.test/r' to='v@a.test' id='s'><x xmlns='y'/></iq>");
+        assert!(matches!(answer_unavailable_user(&iq, StanzaKind::Iq), Answer::Reply(_)));
+    }
+
+    #[test]
+    fn ping_request_is_well_formed() {
+        let mut out = Vec::new();
+        write_ping("a.test", "b&c.test", "x'1", &mut out);
+        let e = parse_stanza(&out).unwrap();
+        assert_eq!(first_child(&e), Some(("ping", NS_PING)));
+        assert_eq!(e.to(), Some("b&amp;c.test"));
+    }
+}
