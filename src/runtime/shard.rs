@@ -617,22 +617,39 @@ impl Shard {
     }
 
     /// An outbound stream authenticated `local` → `d`: send what waited.
-    fn outbound_ready(&self, conn: &Conn, local: &str, d: &str) {
+    fn outbound_ready(&self, conn: &Conn, _local: &str, d: &str) {
+        {
+            let mut remotes = self.remotes.borrow_mut();
+            let Some(r) = remotes.get_mut(d) else { return };
+            r.failures = 0;
+            r.backoff_until = None;
+            r.last_failure = None;
+        }
+        self.drain_queue(conn, d);
+    }
+
+    /// Moves queued stanzas for `d` whose local domain is authenticated on `conn` into
+    /// the stream, in order, while the stream's backlog is under `s2s.send_queue_bytes`.
+    fn drain_queue(&self, conn: &Conn, d: &str) {
         let now = Instant::now();
+        let limit = self.shared.config.s2s.send_queue_bytes;
         let mut remotes = self.remotes.borrow_mut();
         let Some(r) = remotes.get_mut(d) else { return };
-        r.failures = 0;
-        r.backoff_until = None;
-        r.last_failure = None;
+        if r.queue.is_empty() || !r.conn.as_ref().is_some_and(|c| c.id == conn.id) {
+            return;
+        }
         let mut st = conn.st.borrow_mut();
-        let mut keep = VecDeque::with_capacity(r.queue.len());
+        let mut keep = VecDeque::new();
         while let Some(el) = r.queue.pop_front() {
-            let from_local = el.from().map(|f| domain_key(domain_of(f)).into_owned());
-            if from_local.as_deref() == Some(local) {
-                if st.proto.send_stanza(local, d, el.bytes(), now).is_err() {
-                    keep.push_back(el);
-                }
-            } else {
+            if st.wire.len() + st.proto.pending_transmit() >= limit {
+                keep.push_back(el);
+                keep.extend(r.queue.drain(..));
+                break;
+            }
+            let local = el.from().map(|f| domain_key(domain_of(f)).into_owned()).unwrap_or_default();
+            if !st.proto.is_authenticated(&local, d)
+                || st.proto.send_stanza(&local, d, el.bytes(), now).is_err()
+            {
                 keep.push_back(el);
             }
         }
@@ -905,7 +922,7 @@ impl Shard {
         let std_stream = std::net::TcpStream::from(h.fd);
         let stream = TcpStream::from_std(std_stream);
         let remote = h.state.proto.remote_domain().to_owned();
-        let span = info_span!("s2s", dir = "in", peer_domain = %remote, id = %h.state.proto.stream_id(), adopted_by = self.id);
+        let span = info_span!("s2s", dir = "in", peer_domain = tracing::field::Empty, id = tracing::field::Empty, adopted = true);
         let conn = Rc::new(Conn::new(self.next_conn_id(), stream, h.state, span));
         debug!(parent: &conn.span, "adopted from another shard");
         self.conns.borrow_mut().insert(conn.id, Rc::clone(&conn));
@@ -1008,6 +1025,10 @@ impl Shard {
                 b.clear();
                 if b.capacity() <= 64 * 1024 {
                     spare = b;
+                }
+                if conn.direction == Direction::Outbound {
+                    let d = domain_key(conn.st.borrow().proto.remote_domain()).into_owned();
+                    self.drain_queue(&conn, &d);
                 }
                 continue;
             }
