@@ -921,7 +921,6 @@ impl Shard {
         h.state.moved = true;
         let std_stream = std::net::TcpStream::from(h.fd);
         let stream = TcpStream::from_std(std_stream);
-        let remote = h.state.proto.remote_domain().to_owned();
         let span = info_span!("s2s", dir = "in", peer_domain = tracing::field::Empty, id = tracing::field::Empty, adopted = true);
         let conn = Rc::new(Conn::new(self.next_conn_id(), stream, h.state, span));
         debug!(parent: &conn.span, "adopted from another shard");

@@ -1,0 +1,272 @@
+//! Spawning and stopping real `fedrouter serve` processes for the runtime tests.
+//!
+//! Each [`Fedrouter`] runs the binary Cargo built for the integration tests
+//! (`CARGO_BIN_EXE_fedrouter`) with its configuration and data in a fresh temporary
+//! folder, its stderr (the tracing log, `RUST_LOG=fedrouter=debug`) in `fedrouter.log`
+//! there, and talks to it through its admin endpoint (`listen.admin`, which every
+//! configuration given here must set). Tests give each instance its own loopback address
+//! (`127.0.N.x`, N per test) with fixed ports, so tests can run in parallel.
+//!
+//! On drop the process gets SIGTERM, then up to [`STOP_GRACE`] to exit, then SIGKILL. When
+//! the test is panicking (or `FEDROUTER_TEST_LOGS` is set), the end of the log is printed
+//! to stderr afterwards.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fedrouter::config::Config;
+
+/// Longest wait for a new instance's `/health` to answer.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time a stopping instance gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Longest wait for one admin `/ping` answer (the server itself gives up after 60 s).
+pub const PING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How much of the log's end is printed when a test fails.
+const LOG_TAIL: usize = 16 * 1024;
+
+/// One running `fedrouter serve` process.
+pub struct Fedrouter {
+    /// A name for messages (`"a.test"`).
+    pub name: String,
+    /// The admin endpoint (`listen.admin`).
+    pub admin: SocketAddr,
+    /// The configuration as the server parsed it.
+    pub config: Config,
+    dir: tempfile::TempDir,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Fedrouter {
+    /// Starts `fedrouter serve` with `toml` (which must not set `data_dir`: it is put in
+    /// the instance's temporary folder) and waits until `/health` answers.
+    ///
+    /// Panics (with the log) when the configuration is invalid, the process exits, or
+    /// `/health` does not answer within [`START_TIMEOUT`].
+    pub fn start(name: &str, toml: &str) -> Fedrouter {
+        Self::start_with(name, toml, &[])
+    }
+
+    /// Like [`Fedrouter::start`], writing `files` (name relative to the instance's folder,
+    /// contents) first: certificates, keys, CA bundles the configuration names. The
+    /// process runs in that folder, so relative paths in `toml` find them.
+    pub fn start_with(name: &str, toml: &str, files: &[(&str, &str)]) -> Fedrouter {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("fedrouter-{name}-"))
+            .tempdir()
+            .expect("temporary folder");
+        for (file, text) in files {
+            fs::write(dir.path().join(file), text).expect("write instance file");
+        }
+        let data_dir = dir.path().join("data");
+        let text = format!("data_dir = {:?}\n{toml}", data_dir.display().to_string());
+        let config = Config::from_toml_str(&text)
+            .unwrap_or_else(|e| panic!("{name}: bad test configuration: {e}\n{text}"));
+        let admin = config
+            .listen
+            .admin
+            .unwrap_or_else(|| panic!("{name}: the test configuration must set listen.admin"));
+        let config_path = dir.path().join("fedrouter.toml");
+        fs::write(&config_path, &text).expect("write configuration");
+        let log_path = dir.path().join("fedrouter.log");
+        let log = fs::File::create(&log_path).expect("create log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_fedrouter"))
+            .arg("serve")
+            .arg("-c")
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "fedrouter=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn fedrouter");
+        let mut me = Fedrouter {
+            name: name.to_owned(),
+            admin,
+            config,
+            dir,
+            log_path,
+            child: Some(child),
+        };
+        me.wait_healthy();
+        me
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        // Bounded: START_TIMEOUT / 20 ms turns at most.
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!(
+                    "{}: fedrouter exited during start-up ({status}); log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            if let Ok((200, body)) = http_get(self.admin, "/health", Duration::from_secs(1)) {
+                if body.trim() == "ok" {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "{}: /health did not answer within {START_TIMEOUT:?}; log:\n{}",
+            self.name,
+            self.log()
+        );
+    }
+
+    /// The instance's folder (configuration, data, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The whole log (stderr) so far.
+    pub fn log(&self) -> String {
+        fs::read(&self.log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Log lines containing every one of `needles`.
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits (bounded by `timeout`) until a log line contains every one of `needles`;
+    /// returns that line.
+    pub fn wait_log(&self, needles: &[&str], timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log_lines(needles).into_iter().next() {
+                return Some(l);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `GET /ping?to=TO` on the admin endpoint: the JSON answer.
+    pub fn ping(&self, to: &str) -> serde_json::Value {
+        self.ping_query(&format!("/ping?to={to}"))
+    }
+
+    /// `GET /ping?to=TO&from=FROM` on the admin endpoint: the JSON answer.
+    pub fn ping_from(&self, to: &str, from: &str) -> serde_json::Value {
+        self.ping_query(&format!("/ping?to={to}&from={from}"))
+    }
+
+    fn ping_query(&self, path: &str) -> serde_json::Value {
+        let (status, body) = http_get(self.admin, path, PING_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{}: GET {path}: {e}; log:\n{}", self.name, self.tail()));
+        serde_json::from_str(&body).unwrap_or_else(|e| {
+            panic!(
+                "{}: GET {path}: status {status}, body {body:?} is not JSON ({e})",
+                self.name
+            )
+        })
+    }
+
+    /// Whether `/health` answers `ok` now.
+    pub fn healthy(&self) -> bool {
+        matches!(http_get(self.admin, "/health", Duration::from_secs(2)), Ok((200, b)) if b.trim() == "ok")
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn tail(&self) -> String {
+        let log = self.log();
+        let mut start = log.len().saturating_sub(LOG_TAIL);
+        while !log.is_char_boundary(start) {
+            start += 1;
+        }
+        log[start..].to_owned()
+    }
+
+    /// Stops the process (SIGTERM, then SIGKILL after [`STOP_GRACE`]); returns whether it
+    /// exited on SIGTERM within the grace time.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for Fedrouter {
+    fn drop(&mut self) {
+        let clean = self.stop();
+        if std::thread::panicking() || std::env::var_os("FEDROUTER_TEST_LOGS").is_some() {
+            eprintln!(
+                "----- {} log ({}), last {} bytes -----\n{}\n----- end of {} log -----",
+                self.name,
+                self.log_path.display(),
+                LOG_TAIL,
+                self.tail(),
+                self.name
+            );
+            if !clean {
+                eprintln!("{}: did not exit within {STOP_GRACE:?} of SIGTERM; killed", self.name);
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET over a std `TcpStream`: `(status, body)`. Bounded by `timeout`
+/// for connecting and for each read and write.
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(2)))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP header end in {text:?}")))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
+    Ok((status, body.to_owned()))
+}
