@@ -114,7 +114,7 @@ pub fn error_condition(el: &Element) -> Option<crate::condition::StanzaCondition
     while let Some(i) = rest[at..].find('<') {
         let start = at + i + 1;
         let end = rest[start..]
-            .find(|c: char| c == ' ' || c == '/' || c == '>')
+            .find([' ', '/', '>'])
             .map_or(rest.len(), |e| start + e);
         let name = &rest[start..end];
         if let Some(c) = StanzaCondition::from_name(name) {

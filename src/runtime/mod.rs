@@ -222,7 +222,7 @@ impl Server {
                     let span = info_span!("shard", id = i);
                     let _entered = span.enter();
                     let entries = (shared.config.s2s.max_unauthenticated_per_shard as u32 * 2).clamp(256, 32768);
-                    let result = tokio_uring::builder().entries(entries.next_power_of_two()).start(async move {
+                    tokio_uring::builder().entries(entries.next_power_of_two()).start(async move {
                         let resolver = match S2sResolver::new(&dns) {
                             Ok(r) => r,
                             Err(e) => {
@@ -235,7 +235,6 @@ impl Server {
                         Rc::clone(&shard).run(inbox, listeners).await;
                         CURRENT.with(|c| c.borrow_mut().take());
                     });
-                    let _ = result;
                 })
                 .map_err(StartError::Thread)?;
             threads.push(t);

@@ -635,7 +635,7 @@ impl Shard {
         let limit = self.shared.config.s2s.send_queue_bytes;
         let mut remotes = self.remotes.borrow_mut();
         let Some(r) = remotes.get_mut(d) else { return };
-        if r.queue.is_empty() || !r.conn.as_ref().is_some_and(|c| c.id == conn.id) {
+        if r.queue.is_empty() || r.conn.as_ref().is_none_or(|c| c.id != conn.id) {
             return;
         }
         let mut st = conn.st.borrow_mut();
