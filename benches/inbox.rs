@@ -17,8 +17,8 @@
 //! - Shard 1 (consumer) drains up to 64 batches per turn, takes one `Instant::now()` per
 //!   drain and records `now - pushed_at` of every stanza, in nanoseconds, in an HDR
 //!   histogram (3 significant digits). When its inbox is empty it awaits `wait` (sleeps
-//!   until the empty → non-empty wake-up), except in the `busy-poll` scenario, where it
-//!   `yield_now`s instead, which shows what the cross-thread wake-up costs.
+//!   until the empty → non-empty wake-up), except in the `busy-poll` and `spin`
+//!   scenarios (below), which show what the cross-thread wake-up costs.
 //!
 //! # Scenarios
 //!
@@ -29,13 +29,20 @@
 //!   stanzas that are due, at most `max_batch`, and `yield_now`s when none is), 3 M
 //!   stanzas. The target of the issue: p99 < 20 µs while moving ≥ 1 M stanzas/s.
 //! - `paced 1M/s, busy-poll`: the same with a consumer that never sleeps.
+//! - `paced 1M/s, spin 50µs`: the same with a consumer that `yield_now`s until its inbox
+//!   has been empty for 50 µs, then sleeps in `wait` (a policy a shard loop can adopt:
+//!   no wake-up cost under load, asleep when idle); and `paced 100k/s, spin 50µs`, where
+//!   it does sleep between stanzas now and then.
 //!
 //! Each prints stanzas/s, the p50/p90/p99/p99.9/max latency in µs, how often the producer
 //! was back-pressured and the consumer slept, and the heap allocations per stanza (a
-//! counting global allocator around `System`; counted on both threads for the whole run).
+//! counting global allocator around `System`; counted on both threads for the whole run),
+//! and `preempted`: the involuntary context switches of the producer/consumer thread
+//! during the run (`getrusage(RUSAGE_THREAD)`), i.e. how often something else took the
+//! shard's core; a tail in milliseconds with preemptions is the machine, not the inbox.
 //! The percentile distributions (HdrHistogram's `.hgrm` text format, values in µs) go to
-//! `target/inbox-latency.hgrm` (saturated), `target/inbox-latency-paced.hgrm` and
-//! `target/inbox-latency-paced-busy.hgrm`.
+//! `target/inbox-latency.hgrm` (saturated), `target/inbox-latency-paced.hgrm`,
+//! `target/inbox-latency-paced-busy.hgrm` and `target/inbox-latency-paced-spin.hgrm`.
 //!
 //! # Noise
 //!
@@ -107,6 +114,9 @@ enum Consumer {
     Sleeps,
     /// `yield_now`s when its inbox is empty: never sleeps.
     BusyPolls,
+    /// `yield_now`s while its inbox has been empty for less than this, then sleeps in
+    /// `wait`: busy under load, asleep when idle.
+    SpinsThenSleeps(Duration),
 }
 
 struct Scenario {
@@ -125,6 +135,20 @@ struct Outcome {
     allocs: u64,
     producer_blocked: u64,
     consumer_sleeps: u64,
+    /// Involuntary context switches of the (producer, consumer) thread during the run:
+    /// how often another process or the kernel took its core.
+    preempted: (u64, u64),
+}
+
+/// Involuntary context switches of the calling thread so far.
+fn involuntary_switches() -> u64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } == 0 {
+        ru.ru_nivcsw as u64
+    } else {
+        0
+    }
 }
 
 fn pin(core: Option<core_affinity::CoreId>) {
@@ -208,6 +232,7 @@ async fn consume(mut ib: ShardInbox<Msg>, mode: Consumer) -> (u64, Histogram<u64
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
     let mut out: Vec<Msg> = Vec::with_capacity(DRAIN_BATCHES * MAX_BATCH);
     let (mut received, mut sleeps) = (0u64, 0u64);
+    let mut idle_since: Option<Instant> = None;
     loop {
         if ib.drain(&mut out, DRAIN_BATCHES) == 0 {
             match mode {
@@ -216,9 +241,20 @@ async fn consume(mut ib: ShardInbox<Msg>, mode: Consumer) -> (u64, Histogram<u64
                     ib.wait().await;
                 }
                 Consumer::BusyPolls => tokio::task::yield_now().await,
+                Consumer::SpinsThenSleeps(spin) => {
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < spin {
+                        tokio::task::yield_now().await;
+                    } else {
+                        sleeps += 1;
+                        idle_since = None;
+                        ib.wait().await;
+                    }
+                }
             }
             continue;
         }
+        idle_since = None;
         let now = Instant::now();
         for (bytes, at) in out.drain(..) {
             if bytes.is_empty() {
@@ -242,7 +278,9 @@ fn run(sc: &Scenario, cores: &[Option<core_affinity::CoreId>; 2]) -> Outcome {
         pin(consumer_core);
         tokio_uring::start(async move {
             b_barrier.wait();
-            consume(b, mode).await
+            let before = involuntary_switches();
+            let r = consume(b, mode).await;
+            (r, involuntary_switches() - before)
         })
     });
     let producer_core = cores[0];
@@ -259,14 +297,17 @@ fn run(sc: &Scenario, cores: &[Option<core_affinity::CoreId>; 2]) -> Outcome {
         tokio_uring::start(async move {
             a_barrier.wait();
             let start = Instant::now();
-            produce(a, &sc_copy, start).await
+            let before = involuntary_switches();
+            let r = produce(a, &sc_copy, start).await;
+            (r, involuntary_switches() - before)
         })
     });
     barrier.wait();
     let allocs_before = ALLOCS.load(Ordering::Relaxed);
     let start = Instant::now();
-    let producer_blocked = producer.join().expect("producer");
-    let (received, hist, consumer_sleeps, last) = consumer.join().expect("consumer");
+    let (producer_blocked, producer_preempted) = producer.join().expect("producer");
+    let ((received, hist, consumer_sleeps, last), consumer_preempted) =
+        consumer.join().expect("consumer");
     let allocs = ALLOCS.load(Ordering::Relaxed) - allocs_before;
     Outcome {
         received,
@@ -275,6 +316,7 @@ fn run(sc: &Scenario, cores: &[Option<core_affinity::CoreId>; 2]) -> Outcome {
         allocs,
         producer_blocked,
         consumer_sleeps,
+        preempted: (producer_preempted, consumer_preempted),
     }
 }
 
@@ -320,9 +362,26 @@ fn hgrm(hist: &Histogram<u64>) -> String {
         s,
         "#[Buckets = {:12}, SubBuckets     = {:12}]",
         hist.buckets(),
-        hist.distinct_values()
+        sub_buckets(hist.sigfig())
     );
     s
+}
+
+/// HdrHistogram's sub-bucket count for `sigfig` significant digits (2048 for 3), as the
+/// `.hgrm` footer gives it: the smallest power of two ≥ 2·10^sigfig.
+fn sub_buckets(sigfig: u8) -> u64 {
+    (2 * 10u64.pow(u32::from(sigfig))).next_power_of_two()
+}
+
+/// The load average, to tell how busy the machine was around a run.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| {
+            let f: Vec<&str> = l.split_whitespace().take(3).collect();
+            (f.len() == 3).then(|| f.join(" "))
+        })
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 fn target_dir() -> PathBuf {
@@ -356,6 +415,7 @@ fn main() {
         stanza().len()
     );
 
+    let load_before = loadavg();
     // Warm-up, unreported: page faults, first buffers, CPU frequency.
     run(
         &Scenario {
@@ -390,9 +450,23 @@ fn main() {
             consumer: Consumer::BusyPolls,
             hgrm: Some("inbox-latency-paced-busy.hgrm"),
         },
+        Scenario {
+            name: "paced 1M/s, spin 50µs",
+            stanzas: 3_000_000,
+            rate: Some(1_000_000.0),
+            consumer: Consumer::SpinsThenSleeps(Duration::from_micros(50)),
+            hgrm: Some("inbox-latency-paced-spin.hgrm"),
+        },
+        Scenario {
+            name: "paced 100k/s, spin 50µs",
+            stanzas: 300_000,
+            rate: Some(100_000.0),
+            consumer: Consumer::SpinsThenSleeps(Duration::from_micros(50)),
+            hgrm: None,
+        },
     ];
     println!(
-        "{:<22} {:>10} {:>12} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>10} {:>11}",
+        "{:<22} {:>10} {:>12} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>11} {:>10} {:>9}",
         "scenario",
         "stanzas",
         "stanzas/s",
@@ -403,7 +477,8 @@ fn main() {
         "max µs",
         "prod.waits",
         "cons.sleeps",
-        "allocs/stz"
+        "allocs/stz",
+        "preempted"
     );
     let dir = target_dir();
     for sc in &scenarios {
@@ -411,7 +486,7 @@ fn main() {
         let h = &o.hist;
         let rate = o.received as f64 / o.elapsed.as_secs_f64();
         println!(
-            "{:<22} {:>10} {:>12.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>10} {:>11} {:>10.4}",
+            "{:<22} {:>10} {:>12.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>10} {:>11} {:>10.4} {:>9}",
             sc.name,
             o.received,
             rate,
@@ -422,7 +497,8 @@ fn main() {
             us(h.max()),
             o.producer_blocked,
             o.consumer_sleeps,
-            o.allocs as f64 / o.received.max(1) as f64
+            o.allocs as f64 / o.received.max(1) as f64,
+            format!("{}/{}", o.preempted.0, o.preempted.1)
         );
         if o.received < sc.stanzas {
             println!("  (stopped by the {} s time cap)", TIME_CAP.as_secs());
@@ -438,6 +514,7 @@ fn main() {
     println!(
         "noise: shard threads pinned ({placement}), one run per scenario after a 0.5 s \
          warm-up, machine shared (2 cores: the kernel and other processes compete; tails vary \
-         between runs)"
+         between runs); load average before {load_before}, after {}",
+        loadavg()
     );
 }

@@ -362,6 +362,11 @@ impl<T: Send> ShardInbox<T> {
         }
     }
 
+    /// Whether a batch is waiting in this shard's inbox (cheap; no wake-up state touched).
+    pub fn has_waiting(&self) -> bool {
+        self.from.iter().any(|rx| !rx.is_empty())
+    }
+
     /// Messages pushed but not yet sent (still in pending batches), all destinations.
     pub fn pending(&self) -> usize {
         self.pending_msgs

@@ -100,7 +100,10 @@ mod tests {
     #[test]
     fn keys_are_normalised() {
         assert_eq!(domain_key("Gmail.COM."), "gmail.com");
-        assert_eq!(bare_key("Juliet@Capulet.example/Balcony"), "juliet@capulet.example");
+        assert_eq!(
+            bare_key("Juliet@Capulet.example/Balcony"),
+            "juliet@capulet.example"
+        );
         assert_eq!(bare_key("capulet.example"), "capulet.example");
         assert_eq!(bare_key("ÑANDÚ@Example.com/x"), "ñandú@example.com");
         assert!(matches!(bare_key("a@b.test"), Cow::Borrowed(_)));
