@@ -28,9 +28,14 @@ use tokio_uring::net::TcpStream;
 
 use crate::stream::s2s::{Direction, Event, S2sConnection};
 
-/// Bytes read per `read` call. The buffer is owned by the in-flight read for the whole life
-/// of the connection, so it is part of every idle stream's memory.
-pub(crate) const READ_BUF: usize = 4096;
+/// Smallest read buffer. The buffer is owned by the in-flight read for the whole life of
+/// the connection, so it is part of every idle stream's memory: it starts small and
+/// doubles (up to [`READ_BUF_MAX`]) while reads fill it, then shrinks back when traffic
+/// drops.
+pub(crate) const READ_BUF: usize = 1024;
+
+/// Largest read buffer (a busy stream).
+pub(crate) const READ_BUF_MAX: usize = 64 * 1024;
 
 /// A connection id, unique within the process: shard in the top 16 bits.
 pub(crate) type ConnId = u64;
@@ -203,7 +208,7 @@ impl ConnState {
                 break;
             }
         }
-        if self.plain.capacity() > 16 * 1024 {
+        if self.plain.capacity() > 4 * 1024 {
             self.plain = Vec::new();
         }
         self.collect_events();

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio_uring::net::{TcpListener, TcpStream};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::conn::{Conn, ConnId, ConnState, Handoff, Tls, READ_BUF};
+use super::conn::{Conn, ConnId, ConnState, Handoff, Tls, READ_BUF, READ_BUF_MAX};
 use super::{Control, PingOutcome, Shared};
 use crate::condition::{StanzaCondition, StreamCondition};
 use crate::dialback::{DialbackErrorCondition, DialbackResult};
@@ -98,6 +98,8 @@ struct Remote {
     last_failure: Option<Failure>,
     /// Dialback verifications to send / waiting for answers.
     verifies: Vec<VerifyReq>,
+    /// The queue reached its cap on an open stream: counted in `Shard::congested`.
+    congested: bool,
 }
 
 /// A ping the server sent for the admin endpoint.
@@ -128,6 +130,9 @@ pub(crate) struct Shard {
     remotes: RefCell<HashMap<String, Remote>>,
     pings: RefCell<HashMap<String, PendingPing>>,
     unauthenticated: Cell<usize>,
+    /// Remote domains whose send queue is full on an open stream: while non-zero the
+    /// shard reads no socket and drains no inbox (back-pressure to the feeders).
+    congested: Cell<usize>,
     next_id: Cell<u64>,
     rng: RefCell<SmallRng>,
     shutting_down: Cell<bool>,
@@ -166,6 +171,7 @@ impl Shard {
             remotes: RefCell::new(HashMap::new()),
             pings: RefCell::new(HashMap::new()),
             unauthenticated: Cell::new(0),
+            congested: Cell::new(0),
             next_id: Cell::new(1),
             rng: RefCell::new(SmallRng::from_os_rng()),
             shutting_down: Cell::new(false),
@@ -210,7 +216,7 @@ impl Shard {
             }
             let blocked = !self.outgoing.borrow().is_empty();
             tokio::select! {
-                _ = inbox.wait() => {}
+                _ = inbox.wait(), if self.congested.get() == 0 => {}
                 _ = self.control_wake.notified() => {}
                 _ = self.flush_wake.notified() => {}
                 _ = inbox.wait_space(), if blocked => {}
@@ -228,6 +234,9 @@ impl Shard {
             // Inbox: a bounded number of batches per turn, so sockets get their turn.
             busy = false;
             for _ in 0..1024 {
+                if self.congested.get() > 0 {
+                    break;
+                }
                 batch.clear();
                 let got = inbox.drain(&mut batch, 64);
                 busy |= got > 0;
@@ -279,7 +288,8 @@ impl Shard {
     /// queues).
     async fn wait_for_room(&self) {
         for _ in 0..100_000 {
-            if self.outgoing.borrow().len() <= self.outgoing_limit || self.shutting_down.get() {
+            let room = self.outgoing.borrow().len() <= self.outgoing_limit && self.congested.get() == 0;
+            if room || self.shutting_down.get() {
                 return;
             }
             let notified = self.space.notified();
@@ -418,8 +428,19 @@ impl Shard {
                 }
             }
         }
-        if r.queue.len() >= self.shared.config.s2s.queue_per_domain {
+        let cap = self.shared.config.s2s.queue_per_domain;
+        let open = r.conn.as_ref().is_some_and(|c| c.st.borrow().proto.is_authenticated(&local, d));
+        // A slow but open peer: the queue may exceed its cap by what the paused readers
+        // had already read (bounded); reaching the cap makes the shard congested, which
+        // stops its socket reads and inbox drains until the queue is half empty.
+        let hard = if open { cap.saturating_mul(2) } else { cap };
+        if r.queue.len() >= hard {
             drop(remotes);
+            if is_error(&el) {
+                // Cannot be bounced (RFC 6120 §8.3.1); say so rather than lose it quietly.
+                warn!(remote = d, "send queue full: dropping an error stanza");
+                return;
+            }
             return self.bounce(
                 &el,
                 StanzaCondition::ResourceConstraint,
@@ -427,6 +448,11 @@ impl Shard {
             );
         }
         r.queue.push_back(el);
+        if open && r.queue.len() >= cap && !r.congested {
+            r.congested = true;
+            self.congested.set(self.congested.get() + 1);
+            debug!(remote = d, "send queue full: pausing reads on this shard");
+        }
         drop(remotes);
         self.ensure_outbound(d, &local);
     }
@@ -621,6 +647,13 @@ impl Shard {
             let jitter = self.rng.borrow_mut().random_range(0.5..=1.0);
             r.backoff_until = Some(Instant::now() + exp.mul_f64(jitter));
             r.last_failure = Some(f.clone());
+            if std::mem::take(&mut r.congested) {
+                self.congested.set(self.congested.get().saturating_sub(1));
+                if self.congested.get() == 0 {
+                    self.space.notify_waiters();
+                    self.flush_wake.notify_one();
+                }
+            }
             (std::mem::take(&mut r.queue), std::mem::take(&mut r.verifies))
         };
         for el in queue {
@@ -670,6 +703,14 @@ impl Shard {
             }
         }
         r.queue = keep;
+        if r.congested && r.queue.len() <= self.shared.config.s2s.queue_per_domain / 2 {
+            r.congested = false;
+            self.congested.set(self.congested.get().saturating_sub(1));
+            if self.congested.get() == 0 {
+                self.space.notify_waiters();
+                self.flush_wake.notify_one();
+            }
+        }
         st.pump();
         drop(st);
         conn.wake.notify_one();
@@ -976,7 +1017,19 @@ impl Shard {
                 }
                 st.input(&buf[..n], Instant::now());
             }
-            buf.clear();
+            // Adapt the next read's buffer: grow while reads fill it, give memory back
+            // when the stream is quiet (idle streams must stay small).
+            let cap = buf.capacity();
+            if n == cap && cap < READ_BUF_MAX {
+                buf = Vec::with_capacity(cap * 2);
+            } else if n < READ_BUF / 2 && cap > READ_BUF {
+                buf = Vec::with_capacity(READ_BUF);
+            } else {
+                buf.clear();
+            }
+            if n < READ_BUF / 2 {
+                conn.st.borrow_mut().proto.release_idle_memory();
+            }
             let after = self.on_events(&conn, true);
             conn.st.borrow_mut().pump();
             conn.wake.notify_one();
@@ -1038,7 +1091,8 @@ impl Shard {
                     break;
                 }
                 b.clear();
-                if b.capacity() <= 64 * 1024 {
+                // Keep a small spare only: idle streams must not hold big buffers.
+                if b.capacity() <= 4 * 1024 {
                     spare = b;
                 }
                 if conn.direction == Direction::Outbound {

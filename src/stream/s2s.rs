@@ -402,7 +402,7 @@ impl S2sConnection {
             cfg,
             dir,
             state: State::ExpectHeader,
-            out: Vec::with_capacity(4096),
+            out: Vec::new(),
             events: VecDeque::new(),
             local: String::new(),
             remote: String::new(),
@@ -484,6 +484,16 @@ impl S2sConnection {
         into.extend_from_slice(&self.out);
         self.out.clear();
         n
+    }
+
+    /// Gives idle buffers back (the framer's receive buffer when nothing is buffered,
+    /// the transmit buffer when empty): the runtime calls this when a stream goes quiet,
+    /// so idle streams cost little memory.
+    pub fn release_idle_memory(&mut self) {
+        self.framer.release_idle_buffer();
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = Vec::new();
+        }
     }
 
     /// Bytes waiting to be sent (for back-pressure decisions).

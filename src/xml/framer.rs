@@ -162,6 +162,10 @@ struct Scratch {
     attrs: Vec<Span>,
 }
 
+/// Size of a receive buffer when one is (re)allocated: large enough that a busy stream
+/// fills it with many stanzas, so splitting elements off it rarely allocates.
+const INITIAL_BUFFER: usize = 16 * 1024;
+
 /// A push-style, zero-copy framer for one direction of an XMPP stream (RFC 6120 §4).
 ///
 /// Feed it bytes with [`Framer::feed`] (or read straight into [`Framer::buffer_mut`]),
@@ -198,7 +202,7 @@ impl Framer {
     /// A framer expecting a stream header, with the given limits.
     pub fn new(limits: Limits) -> Framer {
         Framer {
-            buf: BytesMut::with_capacity(16 * 1024),
+            buf: BytesMut::new(),
             limits,
             pos: 0,
             start: 0,
@@ -222,7 +226,24 @@ impl Framer {
         if self.phase == Phase::Closed || self.failed.is_some() {
             return;
         }
+        if self.buf.capacity() == 0 {
+            // First bytes, or the first since `release_idle_buffer`.
+            self.buf = BytesMut::with_capacity(data.len().max(INITIAL_BUFFER));
+        }
         self.buf.extend_from_slice(data);
+    }
+
+    /// Gives the receive buffer's memory back when nothing is buffered, so that an idle
+    /// stream holds no buffer (10,000 idle S2S streams would otherwise keep 160 MB). The
+    /// next [`Framer::feed`] allocates a fresh buffer. Elements already yielded keep
+    /// their own reference to the old buffer. Returns whether memory was released.
+    pub fn release_idle_buffer(&mut self) -> bool {
+        if self.buf.is_empty() && self.buf.capacity() > 0 && self.pos == 0 && self.start == 0 {
+            self.buf = BytesMut::new();
+            true
+        } else {
+            false
+        }
     }
 
     /// The receive buffer, for a runtime that reads into it directly (append only; the
