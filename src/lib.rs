@@ -49,6 +49,7 @@ pub mod router;
 pub mod runtime;
 pub mod srv;
 pub mod stanza;
+pub mod store;
 pub mod stream;
 pub mod tls;
 pub mod xml;

@@ -138,6 +138,9 @@ pub(crate) struct ConnState {
     pub handing_off: bool,
     /// The connection was handed over once already (it never moves twice).
     pub moved: bool,
+    /// A verification or authentication was already acted on here: the connection stays
+    /// on this shard (verdicts come back addressed to it).
+    pub pinned: bool,
     /// Scratch for decrypted bytes.
     plain: Vec<u8>,
 }
@@ -157,6 +160,7 @@ impl ConnState {
             closed: false,
             handing_off: false,
             moved: false,
+            pinned: false,
             plain: Vec::new(),
         }
     }

@@ -1111,17 +1111,27 @@ impl Shard {
                 _ = conn.wake.notified() => {}
                 _ = sleep => {
                     let now = Instant::now();
-                    {
+                    let header_timeout = {
                         let mut st = conn.st.borrow_mut();
-                        if !st.opened && st.header_deadline.is_some_and(|d| now >= d) {
+                        let expired = !st.opened && st.header_deadline.is_some_and(|d| now >= d);
+                        if expired {
                             st.header_deadline = None;
                             st.proto.close(Some((StreamCondition::ConnectionTimeout, "no stream header in time")), now);
                         } else {
                             st.proto.handle_timeout(now);
                         }
                         st.collect_events();
-                    }
+                        expired
+                    };
                     self.on_events(&conn, false);
+                    if header_timeout {
+                        // A peer that sent nothing gets no closing handshake: send the
+                        // error and free the slot now (RFC 6120 §4.9.1.1).
+                        let was = std::mem::replace(&mut conn.st.borrow_mut().closed, true);
+                        if !was {
+                            self.connection_ended(&conn, &CloseReason::SentError(StreamCondition::ConnectionTimeout, "no stream header in time".into()));
+                        }
+                    }
                 }
             }
         }
@@ -1152,16 +1162,16 @@ impl Shard {
                 };
                 if let Some(r) = claimed {
                     let dst = shard_of(&domain_key(r), self.n);
-                    let moved = {
+                    let stays = {
                         let st = conn.st.borrow();
-                        st.handing_off || st.moved
+                        st.handing_off || st.moved || st.pinned
                     };
-                    if dst != self.id && !moved {
-                        if let Event::Opened { local, remote, stream_id } = &ev {
+                    if dst != self.id && !stays {
+                        if let Event::Opened { remote, stream_id, .. } = &ev {
                             conn.span.record("peer_domain", remote.as_deref().unwrap_or(""));
                             conn.span.record("id", stream_id.as_str());
-                            debug!(parent: &conn.span, %local, to_shard = dst, "handing off");
                         }
+                        debug!(parent: &conn.span, remote = r, to_shard = dst, "handing off");
                         let mut st = conn.st.borrow_mut();
                         if let Event::Opened { .. } = ev {
                             st.opened = true;
@@ -1210,6 +1220,7 @@ impl Shard {
                 }
             }
             Event::Authenticated { local, remote, method, direction } => {
+                conn.st.borrow_mut().pinned = true;
                 info!(parent: &conn.span, %local, %remote, ?method, "authenticated");
                 {
                     let mut st = conn.st.borrow_mut();
@@ -1227,6 +1238,8 @@ impl Shard {
                 self.outbound_auth_failed(&remote, &local, result);
             }
             Event::VerifyNeeded { local, remote, stream_id, key } => {
+                // The verdict comes back addressed to this connection on this shard.
+                conn.st.borrow_mut().pinned = true;
                 let d = domain_key(&remote).into_owned();
                 let dst = shard_of(&d, self.n);
                 if dst == self.id {

@@ -1140,9 +1140,14 @@ impl S2sConnection {
         }
         self.peer_dialback = dialback;
         if self.sasl_done {
-            // Features after the SASL restart: nothing more to negotiate.
+            // Features after the SASL restart: nothing more to negotiate, and stanzas
+            // may now be sent for the pair SASL authenticated.
             self.state = State::Open;
             self.deadline = None;
+            if self.dir == Direction::Outbound {
+                let (local, remote) = (self.local.clone(), self.remote.clone());
+                self.authenticate(&local, &remote, AuthMethod::SaslExternal, now);
+            }
             return self.flush_queued(now);
         }
         if self.tls
@@ -1511,8 +1516,13 @@ impl S2sConnection {
         match el.name() {
             "success" => {
                 self.sasl_done = true;
-                let (local, remote) = (self.local.clone(), self.remote.clone());
-                self.authenticate(&local, &remote, AuthMethod::SaslExternal, now);
+                // The pair is authenticated now, but stanzas can flow only once the
+                // restarted stream is open again (RFC 6120 §6.4.6): the event waits for
+                // the post-SASL features (see `on_features`).
+                if !self.is_authenticated(&self.local, &self.remote) {
+                    self.pairs
+                        .push((self.local.clone(), self.remote.clone(), AuthMethod::SaslExternal));
+                }
                 self.restart(now);
             }
             _ => {

@@ -5,7 +5,8 @@
 //! folder, its stderr (the tracing log, `RUST_LOG=fedrouter=debug`) in `fedrouter.log`
 //! there, and talks to it through its admin endpoint (`listen.admin`, which every
 //! configuration given here must set). Tests give each instance its own loopback address
-//! (`127.0.N.x`, N per test) with fixed ports, so tests can run in parallel.
+//! (`127.0.N.x`, N = 200 + the test's number) with fixed ports, so tests can run in
+//! parallel.
 //!
 //! On drop the process gets SIGTERM, then up to [`STOP_GRACE`] to exit, then SIGKILL. When
 //! the test is panicking (or `FEDROUTER_TEST_LOGS` is set), the end of the log is printed
@@ -19,7 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::net::Ipv4Addr;
+
 use fedrouter::config::Config;
+use fedrouter::dns::zone::{ZoneRecord, ZoneServer};
 
 /// Longest wait for a new instance's `/health` to answer.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -107,7 +111,11 @@ impl Fedrouter {
         let deadline = Instant::now() + START_TIMEOUT;
         // Bounded: START_TIMEOUT / 20 ms turns at most.
         while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!(
                     "{}: fedrouter exited during start-up ({status}); log:\n{}",
                     self.name,
@@ -244,7 +252,10 @@ impl Drop for Fedrouter {
                 self.name
             );
             if !clean {
-                eprintln!("{}: did not exit within {STOP_GRACE:?} of SIGTERM; killed", self.name);
+                eprintln!(
+                    "{}: did not exit within {STOP_GRACE:?} of SIGTERM; killed",
+                    self.name
+                );
             }
         }
     }
@@ -256,9 +267,18 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Res
     let mut s = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(2)))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    s.read_to_end(&mut raw).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {timeout:?}"),
+        ),
+        _ => e,
+    })?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -269,4 +289,99 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Res
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
     Ok((status, body.to_owned()))
+}
+
+// ---------------------------------------------------------------------------------------
+// The lab: loopback addresses, DNS zone and configuration shared by the runtime tests.
+// ---------------------------------------------------------------------------------------
+
+/// The DNS port of every test's zone server (`127.0.NET.1`).
+pub const DNS_PORT: u16 = 5300;
+
+/// `127.0.NET.HOST`: the test with number NET - 200 owns `127.0.NET.0/24`.
+pub fn ip(net: u8, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, net, host)
+}
+
+/// An SRV record `SERVICE._tcp.DOMAIN` → `TARGET:PORT`.
+pub fn srv(service: &str, domain: &str, target: &str, port: u16) -> ZoneRecord {
+    ZoneRecord::Srv {
+        name: format!("{service}._tcp.{domain}"),
+        ttl: 300,
+        priority: 0,
+        weight: 5,
+        port,
+        target: target.to_owned(),
+    }
+}
+
+/// An A record.
+pub fn a(name: &str, addr: Ipv4Addr) -> ZoneRecord {
+    ZoneRecord::A {
+        name: name.to_owned(),
+        ttl: 300,
+        addr,
+    }
+}
+
+/// `_xmpp-server._tcp.DOMAIN` → `xmpp.DOMAIN:5269` and its A record.
+pub fn xmpp_server(domain: &str, addr: Ipv4Addr) -> Vec<ZoneRecord> {
+    let host = format!("xmpp.{domain}");
+    vec![srv("_xmpp-server", domain, &host, 5269), a(&host, addr)]
+}
+
+/// The zone server of test NET, on `127.0.NET.1:DNS_PORT`.
+pub fn zone(net: u8, records: Vec<ZoneRecord>) -> ZoneServer {
+    ZoneServer::start(SocketAddr::new(ip(net, 1).into(), DNS_PORT), records)
+        .expect("start the zone server")
+}
+
+/// A configuration for one instance at `addr` hosting `domains`, resolving through the
+/// zone server of `net`; `extra` is appended (tables: `[s2s]`, `[federation.default]`,
+/// `[tls]` ...). STARTTLS S2S on 5269, direct TLS on 5270, admin on 9269, no C2S.
+pub fn config(net: u8, addr: Ipv4Addr, domains: &[&str], shards: usize, extra: &str) -> String {
+    let domains: Vec<String> = domains.iter().map(|d| format!("{d:?}")).collect();
+    format!(
+        r#"domains = [{domains}]
+shards = {shards}
+
+[listen]
+s2s = ["{addr}:5269"]
+s2s_tls = ["{addr}:5270"]
+c2s = []
+admin = "{addr}:9269"
+
+[dns]
+nameservers = ["{dns}"]
+timeout = "2s"
+
+{extra}
+"#,
+        domains = domains.join(", "),
+        dns = SocketAddr::new(ip(net, 1).into(), DNS_PORT),
+    )
+}
+
+/// Google-style federation for every peer: plain TCP, dialback, no certificate checks.
+pub const GOOGLE_STYLE: &str = r#"
+[federation.default]
+tls = "disabled"
+auth = "dialback"
+verify_certificates = false
+"#;
+
+/// Asserts a `/ping` answer is a pong.
+pub fn assert_pong(v: &serde_json::Value, what: &str) {
+    assert_eq!(v["result"], "pong", "{what}: {v}");
+}
+
+/// Asserts a `/ping` answer is an error with `condition`.
+pub fn assert_error(v: &serde_json::Value, condition: &str, what: &str) {
+    assert_eq!(v["result"], "error", "{what}: {v}");
+    assert_eq!(v["condition"], condition, "{what}: {v}");
+}
+
+/// The `rtt_ms` of a `/ping` answer (NaN when absent).
+pub fn rtt_ms(v: &serde_json::Value) -> f64 {
+    v["rtt_ms"].as_f64().unwrap_or(f64::NAN)
 }

@@ -1,0 +1,666 @@
+//! `fedrouter serve` against hostile or broken peers over real sockets on loopback: a
+//! scripted raw S2S peer (hand-written XML over a std `TcpStream`) next to a real
+//! federation between two server processes, which must keep working throughout.
+//!
+//! Each test owns the loopback range `127.0.N.0/24` (N = 200 + the test's number, 206 to
+//! 211; see `tests/runtime.rs` for 201 to 205), so tests run in parallel. Every wait is
+//! bounded.
+
+#[path = "common/peer.rs"]
+mod peer;
+#[path = "common/server.rs"]
+mod server;
+
+use std::io::{ErrorKind, Read as _};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use fedrouter::dialback::DialbackSecret;
+use fedrouter::router::shard_of;
+use peer::{db_result, header, Peer};
+use server::{assert_pong, config, ip, rtt_ms, xmpp_server, zone, Fedrouter, GOOGLE_STYLE};
+
+/// Longest wait for a server's answer on a scripted stream.
+const ANSWER: Duration = Duration::from_secs(5);
+
+fn s2s(net: u8, host: u8) -> SocketAddr {
+    SocketAddr::new(ip(net, host).into(), 5269)
+}
+
+/// a.test at `127.0.NET.2`, b.test at `127.0.NET.3`, both Google-style, 2 shards each,
+/// with `extra_a` / `extra_b` appended to their configurations.
+fn federation(
+    net: u8,
+    extra_a: &str,
+    extra_b: &str,
+) -> (fedrouter::dns::zone::ZoneServer, Fedrouter, Fedrouter) {
+    let mut records = xmpp_server("a.test", ip(net, 2));
+    records.extend(xmpp_server("b.test", ip(net, 3)));
+    let dns = zone(net, records);
+    let a = Fedrouter::start(
+        "a.test",
+        &config(
+            net,
+            ip(net, 2),
+            &["a.test"],
+            2,
+            &format!("{extra_a}\n{GOOGLE_STYLE}"),
+        ),
+    );
+    let b = Fedrouter::start(
+        "b.test",
+        &config(
+            net,
+            ip(net, 3),
+            &["b.test"],
+            2,
+            &format!("{extra_b}\n{GOOGLE_STYLE}"),
+        ),
+    );
+    (dns, a, b)
+}
+
+fn pings_both_ways(a: &Fedrouter, b: &Fedrouter, when: &str) -> (f64, f64) {
+    let ab = a.ping("b.test");
+    assert_pong(&ab, &format!("a → b {when}"));
+    let ba = b.ping("a.test");
+    assert_pong(&ba, &format!("b → a {when}"));
+    (rtt_ms(&ab), rtt_ms(&ba))
+}
+
+/// Opens a stream to `addr` from `from` to `to` and waits for the server's features.
+fn open_stream(addr: SocketAddr, from: Option<&str>, to: &str) -> Peer {
+    let mut p = Peer::connect(addr);
+    p.send(header(from, to).as_bytes()).expect("send header");
+    assert!(
+        p.read_until_contains("</stream:features>", ANSWER),
+        "no stream features from {addr}: {:?}",
+        p.text()
+    );
+    p
+}
+
+/// Test 6: malformed XML on one inbound stream gets the fitting RFC 6120 §4.9.3 stream
+/// error and that connection is closed; the established federation is untouched (same
+/// streams, pongs before and after).
+#[test]
+fn malformed_xml_closes_only_that_stream() {
+    const NET: u8 = 206;
+    let (_dns, a, b) = federation(NET, "", "");
+    let before = pings_both_ways(&a, &b, "before");
+    let connects = a.log_lines(&["connected target="]).len();
+
+    // (bytes after the features, acceptable conditions)
+    let cases: &[(&str, &[u8], &[&str])] = &[
+        (
+            "mismatched end tag",
+            b"<message from='x@b.test' to='y@a.test'><body>hi</bod></message>",
+            &["not-well-formed"],
+        ),
+        (
+            "invalid UTF-8",
+            b"<message from='x@b.test' to='y@a.test'><body>\xff\xfe</body></message>",
+            &["unsupported-encoding", "not-well-formed", "bad-format"],
+        ),
+        (
+            "unclosed attribute quote then garbage",
+            b"<message from='x@b.test to='y@a.test'><<<>>>",
+            &["not-well-formed"],
+        ),
+        (
+            "a DTD",
+            b"<!DOCTYPE x [<!ENTITY e 'boom'>]>",
+            &["restricted-xml", "not-well-formed"],
+        ),
+        (
+            "a comment",
+            b"<!-- hello -->",
+            &["restricted-xml", "not-well-formed"],
+        ),
+        (
+            "a processing instruction",
+            b"<?evil data?>",
+            &["restricted-xml", "not-well-formed"],
+        ),
+        (
+            "an unknown entity",
+            b"<message from='x@b.test' to='y@a.test'><body>&boom;</body></message>",
+            &["restricted-xml", "not-well-formed"],
+        ),
+    ];
+    let mut seen = Vec::new();
+    for (what, bytes, fitting) in cases {
+        let mut p = open_stream(s2s(NET, 2), Some("b.test"), "a.test");
+        let _ = p.send(bytes);
+        assert!(
+            p.read_until(ANSWER, |t| t.contains("</stream:stream>")),
+            "{what}: no stream close: {:?}",
+            p.text()
+        );
+        let condition = p.stream_error();
+        assert!(
+            condition.as_deref().is_some_and(|c| fitting.contains(&c)),
+            "{what}: stream error {condition:?}, expected one of {fitting:?}: {:?}",
+            p.text()
+        );
+        assert!(
+            p.wait_closed(ANSWER),
+            "{what}: connection not closed after the stream error"
+        );
+        seen.push(format!("{what}: {}", condition.unwrap_or_default()));
+    }
+
+    let after = pings_both_ways(&a, &b, "after");
+    assert_eq!(
+        a.log_lines(&["connected target="]).len(),
+        connects,
+        "a's outbound stream was set up again: the established federation was disturbed"
+    );
+    assert!(a.healthy() && b.healthy());
+    eprintln!(
+        "malformed_xml: {seen:?}; rtt before a→b {:.1} b→a {:.1} ms, after a→b {:.1} b→a {:.1} ms",
+        before.0, before.1, after.0, after.1
+    );
+}
+
+/// Test 7: a peer claims `from='b.test'` in its header and sends a stanza without
+/// authenticating: `not-authorized` (RFC 6120 §4.9.3.12), the connection closes, and
+/// nothing is routed: no bounce goes out, so b.test is never even looked up.
+#[test]
+fn spoofed_from_is_refused_and_not_routed() {
+    const NET: u8 = 207;
+    // b.test exists in DNS, but no server runs for it: any routing attempt would show as
+    // a DNS query and a connection attempt in a's log.
+    let mut records = xmpp_server("a.test", ip(NET, 2));
+    records.extend(xmpp_server("b.test", ip(NET, 3)));
+    let dns = zone(NET, records);
+    let a = Fedrouter::start(
+        "a.test",
+        &config(NET, ip(NET, 2), &["a.test"], 2, GOOGLE_STYLE),
+    );
+
+    let cases: &[(&str, Option<&str>, &str)] = &[
+        (
+            "message claiming b.test",
+            Some("b.test"),
+            "<message from='x@b.test' to='y@a.test' type='chat' id='s1'><body>spoof</body></message>",
+        ),
+        (
+            "iq ping to the server claiming b.test",
+            Some("b.test"),
+            "<iq type='get' from='b.test' to='a.test' id='s2'><ping xmlns='urn:xmpp:ping'/></iq>",
+        ),
+        (
+            "header without from, presence from b.test",
+            None,
+            "<presence from='x@b.test/r' to='y@a.test'/>",
+        ),
+    ];
+    for (what, from, stanza) in cases {
+        let mut p = open_stream(s2s(NET, 2), *from, "a.test");
+        let _ = p.send(stanza.as_bytes());
+        assert!(
+            p.read_until(ANSWER, |t| t.contains("</stream:stream>")),
+            "{what}: no stream close: {:?}",
+            p.text()
+        );
+        assert_eq!(
+            p.stream_error().as_deref(),
+            Some("not-authorized"),
+            "{what}: {:?}",
+            p.text()
+        );
+        assert!(p.wait_closed(ANSWER), "{what}: connection not closed");
+        assert!(
+            !p.text().contains("<message") && !p.text().contains("<iq"),
+            "{what}: a stanza came back: {:?}",
+            p.text()
+        );
+    }
+    // Let anything wrongly routed reach the resolver before looking.
+    assert!(a.healthy());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        dns.queries_for("_xmpp-server._tcp.b.test") + dns.queries_for("_xmpps-server._tcp.b.test"),
+        0,
+        "a looked up b.test: something from the spoofed streams was routed"
+    );
+    assert!(a.log_lines(&["peer=b.test", "connected"]).is_empty());
+    assert!(a.log_lines(&["remote server unreachable"]).is_empty());
+    assert!(
+        a.log_lines(&["authenticated"]).is_empty(),
+        "something authenticated: {:?}",
+        a.log_lines(&["authenticated"])
+    );
+}
+
+/// Raises this process's RLIMIT_NOFILE soft limit to the hard limit (children spawned
+/// afterwards inherit it); returns the new soft limit.
+fn raise_nofile() -> libc::rlim_t {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, owned struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    lim.rlim_cur
+}
+
+/// How the idle connections ended, with times counted from the first connect.
+#[derive(Debug, Default)]
+struct Ends {
+    /// Closed after a `connection-timeout` stream error (held until the header deadline).
+    timed_out: usize,
+    /// Closed without a byte (refused at accept: over the unauthenticated limit).
+    refused: usize,
+    /// Closed with something else.
+    other: usize,
+    /// Still open at the deadline.
+    open: usize,
+    /// Latest first byte (the stream error) on a held connection.
+    last_error: Duration,
+    /// Latest close.
+    last_close: Duration,
+}
+
+/// Waits (until `deadline`) for every socket to be closed by the server, reading what
+/// arrives; classifies how each ended. Times are from `t0`.
+fn wait_all_closed(socks: Vec<TcpStream>, t0: Instant, deadline: Instant) -> Ends {
+    let mut live: Vec<(TcpStream, Vec<u8>)> = socks
+        .into_iter()
+        .map(|s| {
+            s.set_nonblocking(true).expect("nonblocking");
+            (s, Vec::new())
+        })
+        .collect();
+    let mut ends = Ends::default();
+    let mut buf = [0u8; 4096];
+    // Bounded by the deadline; each turn polls every live socket once.
+    while !live.is_empty() && Instant::now() < deadline {
+        let mut fds: Vec<libc::pollfd> = live
+            .iter()
+            .map(|(s, _)| libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: poll(2) over a valid array of pollfd we own.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        if n <= 0 {
+            continue;
+        }
+        let mut keep = Vec::with_capacity(live.len());
+        for ((mut s, mut got), pfd) in live.into_iter().zip(fds) {
+            if pfd.revents == 0 {
+                keep.push((s, got));
+                continue;
+            }
+            let had = got.len();
+            let closed = loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break true,
+                    Ok(k) => got.extend_from_slice(&buf[..k]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => break true,
+                }
+            };
+            if had == 0 && !got.is_empty() {
+                ends.last_error = ends.last_error.max(t0.elapsed());
+            }
+            if closed {
+                ends.last_close = t0.elapsed();
+                let text = String::from_utf8_lossy(&got);
+                if got.is_empty() {
+                    ends.refused += 1;
+                } else if text.contains("connection-timeout") {
+                    ends.timed_out += 1;
+                } else {
+                    ends.other += 1;
+                }
+            } else {
+                keep.push((s, got));
+            }
+        }
+        live = keep;
+    }
+    ends.open = live.len();
+    ends
+}
+
+/// Test 8: 5,000 connections that never send a stream header. a holds at most
+/// `max_unauthenticated_per_shard` (1,000) per shard and refuses the rest at accept; the
+/// established federation keeps answering meanwhile; every idle connection is closed by
+/// the server within the 2 s header timeout plus slack.
+///
+/// New inbound streams are refused while the limit is reached, by design: so the ping
+/// during the flood runs over streams set up before it (a fresh dialback would need a
+/// new inbound stream at a).
+#[test]
+fn idle_connection_flood() {
+    const NET: u8 = 208;
+    const FLOOD: usize = 5_000;
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+    const CLOSE_WAIT: Duration = Duration::from_secs(1);
+    let nofile = raise_nofile();
+    assert!(
+        nofile >= (FLOOD + 1_000) as libc::rlim_t,
+        "RLIMIT_NOFILE hard limit {nofile} is too low for {FLOOD} connections"
+    );
+    let (_dns, a, b) = federation(
+        NET,
+        "[s2s]\nmax_unauthenticated_per_shard = 1000\nstream_header_timeout = \"2s\"\n\
+         [shutdown]\ndrain_timeout = \"1s\"\n",
+        "",
+    );
+    pings_both_ways(&a, &b, "before the flood");
+
+    let t0 = Instant::now();
+    let mut socks = Vec::with_capacity(FLOOD);
+    for i in 0..FLOOD {
+        match TcpStream::connect_timeout(&s2s(NET, 2), Duration::from_secs(5)) {
+            Ok(s) => socks.push(s),
+            Err(e) => panic!("flood connection {i}: {e}"),
+        }
+    }
+    let connected_in = t0.elapsed();
+
+    // During the flood: the federation still works.
+    let ping_started = Instant::now();
+    let (ab, ba) = pings_both_ways(&a, &b, "during the flood");
+    let ping_took = ping_started.elapsed();
+    assert!(
+        ping_took < Duration::from_secs(3),
+        "pings during the flood took {ping_took:?}"
+    );
+    let during = t0.elapsed();
+    assert!(
+        during < HEADER_TIMEOUT,
+        "the flood took {during:?} to set up and ping: the idle connections may already be gone"
+    );
+
+    // The server sends its stream error at the header deadline, then waits up to the
+    // close timeout (min(5 s, shutdown.drain_timeout) = 1 s here) for our
+    // `</stream:stream>` (RFC 6120 §4.4) before it drops the socket.
+    let deadline = t0 + HEADER_TIMEOUT + CLOSE_WAIT + Duration::from_secs(3);
+    let ends = wait_all_closed(socks, t0, deadline);
+    assert_eq!(
+        ends.open, 0,
+        "idle connections still open at the deadline: {ends:?}"
+    );
+    assert!(
+        ends.timed_out <= 2 * 1_000,
+        "more than 2 shards × 1000 unauthenticated connections were held: {ends:?}"
+    );
+    assert!(
+        ends.timed_out >= 1_000,
+        "fewer idle connections were held than one shard's limit: {ends:?}"
+    );
+    assert_eq!(ends.other, 0, "unexpected endings: {ends:?}");
+    assert_eq!(ends.timed_out + ends.refused, FLOOD);
+    assert!(
+        ends.last_error <= HEADER_TIMEOUT + Duration::from_millis(1500),
+        "the last connection-timeout stream error came {:?} after the first connect",
+        ends.last_error
+    );
+
+    assert!(a.healthy());
+    pings_both_ways(&a, &b, "after the flood");
+    assert!(
+        a.log_lines(&["accept failed"]).is_empty(),
+        "a's accept loop failed: {:?}",
+        a.log_lines(&["accept failed"]).first()
+    );
+    eprintln!(
+        "idle_connection_flood: {FLOOD} connected in {connected_in:?}; pings during it a→b {ab:.1} ms b→a {ba:.1} ms; \
+         {ends:?} (times from the first connect)"
+    );
+}
+
+/// b.test's fixed dialback secret (hex), so the scripted peer can compute valid keys.
+const B_SECRET_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+fn b_secret() -> DialbackSecret {
+    DialbackSecret::new(hex::decode(B_SECRET_HEX).expect("hex"))
+}
+
+/// Test 9: a scripted peer claiming b.test (with a key it computes from b's secret, so
+/// a's check with the real b.test says valid) sends its `db:result` and then a message to
+/// an unknown user one byte per write. The stream authenticates, a stays healthy, and the
+/// `service-unavailable` bounce goes to b.test over a's own outbound stream.
+#[test]
+fn byte_at_a_time_dialback_and_stanza() {
+    const NET: u8 = 209;
+    let (_dns, a, b) = federation(
+        NET,
+        "",
+        &format!("[s2s]\ndialback_secret = \"{B_SECRET_HEX}\"\n"),
+    );
+    let started = Instant::now();
+    let mut p = Peer::connect(s2s(NET, 2));
+    p.send_bytewise(header(Some("b.test"), "a.test").as_bytes())
+        .expect("send header");
+    assert!(
+        p.read_until_contains("</stream:features>", ANSWER),
+        "no features: {:?}",
+        p.text()
+    );
+    let id = p.stream_id().expect("stream id in a's header");
+    let key = b_secret().key("a.test", "b.test", &id);
+    p.send_bytewise(db_result("b.test", "a.test", &key).as_bytes())
+        .expect("send db:result");
+    let _ = p.read_until(Duration::from_secs(10), |t| t.contains("<db:result"));
+    assert_eq!(
+        p.db_result_type("a.test", "b.test").as_deref(),
+        Some("valid"),
+        "a's answer: {:?}",
+        p.text()
+    );
+    let authenticated_in = started.elapsed();
+
+    let msg =
+        "<message from='x@b.test' to='nobody@a.test' type='chat' id='m1'><body>hi</body></message>";
+    p.send_bytewise(msg.as_bytes()).expect("send message");
+    // The bounce goes over a's outbound stream to b.test, never back on this one, and
+    // this stream stays open.
+    let extra = p.read_for(Duration::from_millis(500));
+    assert!(
+        !p.eof,
+        "a closed the stream after the message: {:?}",
+        p.text()
+    );
+    assert!(
+        !extra.contains("<message") && !extra.contains("stream:error"),
+        "unexpected on the inbound stream: {extra:?}"
+    );
+    assert!(a.healthy());
+
+    // a authenticated the scripted stream as b.test by dialback, verified with the real b…
+    assert!(
+        !a.log_lines(&[
+            "dir=\"in\"",
+            "authenticated",
+            "local=a.test",
+            "remote=b.test",
+            "method=Dialback"
+        ])
+        .is_empty(),
+        "a did not log the inbound authentication"
+    );
+    // …and sends to b.test over its own outbound stream, authenticated to the real b.
+    assert!(
+        a.wait_log(
+            &[
+                "dir=\"out\"",
+                "authenticated",
+                "local=a.test",
+                "remote=b.test"
+            ],
+            ANSWER
+        )
+        .is_some(),
+        "a's outbound stream to b.test did not authenticate"
+    );
+    assert!(
+        b.wait_log(&["authenticated", "local=b.test", "remote=a.test"], ANSWER)
+            .is_some(),
+        "b did not accept a's outbound stream"
+    );
+    let (ab, ba) = pings_both_ways(&a, &b, "after the byte-wise peer");
+    p.send(b"</stream:stream>").expect("close");
+    assert!(p.wait_closed(ANSWER), "a did not close after our close");
+    eprintln!(
+        "byte_at_a_time: valid after {authenticated_in:?}; pings a→b {ab:.1} ms b→a {ba:.1} ms"
+    );
+}
+
+/// Test 10: XEP-0220 §2.4 multiplexing on one inbound stream across shards. A scripted
+/// peer opens a stream as `b1.test` and asks a, in one write, to authenticate `b1.test`
+/// and a `bN.test` that another shard of a owns. Whichever shard accepted the socket, a
+/// must answer both `db:result`s `valid` (the real b instance hosts every bN.test).
+///
+/// Repeated over several connections: SO_REUSEPORT puts each on a random shard, and the
+/// interesting case (accepted by the shard owning b1.test, so the stream is handed off
+/// only at the second domain's verification) comes up with probability 1/2 each time.
+#[test]
+fn multiplexed_dialback_across_shards() {
+    const NET: u8 = 210;
+    const TRIES: usize = 8;
+    let domains: Vec<String> = (1..=16).map(|i| format!("b{i}.test")).collect();
+    let mut records = xmpp_server("a.test", ip(NET, 2));
+    for d in &domains {
+        records.push(server::srv("_xmpp-server", d, "xmpp.b.test", 5269));
+    }
+    records.push(server::a("xmpp.b.test", ip(NET, 3)));
+    let _dns = zone(NET, records);
+    let a = Fedrouter::start(
+        "a.test",
+        &config(
+            NET,
+            ip(NET, 2),
+            &["a.test"],
+            2,
+            &format!("[s2s]\nverify_timeout = \"8s\"\n{GOOGLE_STYLE}"),
+        ),
+    );
+    let b_domains: Vec<&str> = domains.iter().map(String::as_str).collect();
+    let b = Fedrouter::start(
+        "b",
+        &config(
+            NET,
+            ip(NET, 3),
+            &b_domains,
+            2,
+            &format!("[s2s]\ndialback_secret = \"{B_SECRET_HEX}\"\n{GOOGLE_STYLE}"),
+        ),
+    );
+    let first = "b1.test";
+    let other = domains
+        .iter()
+        .find(|d| shard_of(d, 2) != shard_of(first, 2))
+        .expect("a domain on the other shard")
+        .clone();
+    let secret = b_secret();
+    let mut failures = Vec::new();
+    for i in 0..TRIES {
+        let mut p = open_stream(s2s(NET, 2), Some(first), "a.test");
+        let id = p.stream_id().expect("stream id");
+        let both = format!(
+            "{}{}",
+            db_result(first, "a.test", &secret.key("a.test", first, &id)),
+            db_result(&other, "a.test", &secret.key("a.test", &other, &id))
+        );
+        p.send(both.as_bytes()).expect("send db:results");
+        let t = Instant::now();
+        p.read_until(Duration::from_secs(4), |t| {
+            peer::tags(t, "<db:result")
+                .iter()
+                .filter(|x| x.contains("type="))
+                .count()
+                >= 2
+        });
+        let (r1, r2) = (
+            p.db_result_type("a.test", first),
+            p.db_result_type("a.test", &other),
+        );
+        if r1.as_deref() != Some("valid") || r2.as_deref() != Some("valid") {
+            failures.push(format!(
+                "try {i}: {first} → {r1:?}, {other} → {r2:?} after {:?}",
+                t.elapsed()
+            ));
+        }
+        p.close();
+    }
+    assert!(b.healthy());
+    assert!(
+        failures.is_empty(),
+        "a did not answer every multiplexed db:result within 4 s ({} of {TRIES} tries failed):\n{}\nhand-offs logged by a: {}",
+        failures.len(),
+        failures.join("\n"),
+        a.log_lines(&["handing off"]).len()
+    );
+}
+
+/// Test 11: the bounce of test 9, observed where it lands. The remote sender's server is
+/// a [`peer::FakeServer`] run by the test (c.test, the library's own receiving side), so
+/// the error a.test sends back can be read exactly: a `service-unavailable` message error
+/// (RFC 6121 §8.5.2.2, RFC 6120 §8.3.3) to the original sender with the original id,
+/// carried over a.test's outbound stream to c.test, never over the inbound stream it
+/// came on.
+#[test]
+fn bounce_reaches_the_remote_sender() {
+    const NET: u8 = 211;
+    let c_secret = DialbackSecret::new(b"c.test's dialback secret, 32 b!!");
+    let fake = peer::FakeServer::start(s2s(NET, 5), "c.test", c_secret.clone());
+    let mut records = xmpp_server("a.test", ip(NET, 2));
+    records.extend(xmpp_server("c.test", ip(NET, 5)));
+    let _dns = zone(NET, records);
+    let a = Fedrouter::start(
+        "a.test",
+        &config(NET, ip(NET, 2), &["a.test"], 2, GOOGLE_STYLE),
+    );
+
+    let mut p = open_stream(s2s(NET, 2), Some("c.test"), "a.test");
+    let id = p.stream_id().expect("stream id");
+    p.send_bytewise(
+        db_result("c.test", "a.test", &c_secret.key("a.test", "c.test", &id)).as_bytes(),
+    )
+    .expect("send db:result");
+    assert!(
+        p.read_until(ANSWER, |t| t.contains("<db:result")),
+        "no dialback answer: {:?}",
+        p.text()
+    );
+    assert_eq!(
+        p.db_result_type("a.test", "c.test").as_deref(),
+        Some("valid"),
+        "{:?}",
+        p.text()
+    );
+
+    let msg = "<message from='x@c.test/r' to='nobody@a.test' type='chat' id='m1'><body>hi</body></message>";
+    p.send_bytewise(msg.as_bytes()).expect("send message");
+    let bounce = fake
+        .wait_stanza(&["<message", "id='m1'"], Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no bounce reached c.test; it received {:?}", fake.stanzas()));
+    for part in [
+        "type='error'",
+        "from='nobody@a.test'",
+        "to='x@c.test/r'",
+        "service-unavailable",
+        "urn:ietf:params:xml:ns:xmpp-stanzas",
+    ] {
+        assert!(bounce.contains(part), "bounce lacks {part}: {bounce}");
+    }
+    // Nothing came back on the inbound stream, which stays open.
+    let extra = p.read_for(Duration::from_millis(200));
+    assert!(!p.eof && !extra.contains("<message"), "{extra:?}");
+    assert!(a.healthy());
+    eprintln!("bounce_reaches_the_remote_sender: {bounce}");
+}

@@ -1,0 +1,706 @@
+//! The durable store (`fedrouter::store`): SQLite round trips, roster versions, reopening,
+//! migrations, the storage thread's group commit, ordering and back-pressure, and
+//! durability of acknowledged changes across `kill -9` of the writing process.
+//!
+//! The kill test re-runs this test binary as the writer: `child_writer` does nothing
+//! unless `FEDROUTER_STORE_CHILD` names a database, in which case it streams roster
+//! changes through a [`StoreHandle`] and prints `ACK <seq>` to stdout for each
+//! acknowledged one until it is killed (or a bound of count and time is hit).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use fedrouter::presence::{SubState, Subscription};
+use fedrouter::store::scram::{ScramCredentials, ScramHash};
+use fedrouter::store::sqlite::{Durability, SqliteStore, SCHEMA_VERSION};
+use fedrouter::store::{
+    Change, Op, Outcome, Reply, Roster, Store, StoreError, StoreHandle, StoredItem,
+};
+use tokio::sync::Notify;
+
+fn creds(password: &str, hash: ScramHash) -> ScramCredentials {
+    ScramCredentials::derive(password, hash, b"0123456789abcdef", 16).unwrap()
+}
+
+fn item(contact: &str, subscription: &str) -> StoredItem {
+    StoredItem {
+        contact: contact.into(),
+        name: None,
+        groups: vec![],
+        subscription: subscription.into(),
+        pending_out: false,
+        pending_in: None,
+        pre_approved: false,
+        in_roster: true,
+    }
+}
+
+fn upsert(user: &str, item: StoredItem) -> Change {
+    Change::UpsertItem {
+        user: user.into(),
+        item,
+    }
+}
+
+fn remove(user: &str, contact: &str) -> Change {
+    Change::RemoveItem {
+        user: user.into(),
+        contact: contact.into(),
+    }
+}
+
+#[test]
+fn users_and_credentials_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = SqliteStore::open(dir.path().join("db")).unwrap();
+    assert_eq!(s.durability(), Durability::PowerLoss);
+    let both = [
+        creds("pencil", ScramHash::Sha1),
+        creds("pencil", ScramHash::Sha256),
+    ];
+    s.add_user("cupuser1@cupdomain.com", &both).unwrap();
+    s.add_user("cupuser2@cupdomain.com", &both[..1]).unwrap();
+    s.add_user("alice@other.example", &[]).unwrap();
+    assert_eq!(
+        s.add_user("cupuser1@cupdomain.com", &[]),
+        Err(StoreError::Exists("cupuser1@cupdomain.com".into()))
+    );
+    // Not normalised, no localpart, full JID: refused.
+    for bad in [
+        "CupUser1@cupdomain.com",
+        "cupdomain.com",
+        "a@b.example/r",
+        "",
+    ] {
+        assert_eq!(
+            s.add_user(bad, &[]),
+            Err(StoreError::InvalidJid(bad.into()))
+        );
+    }
+    assert!(matches!(
+        s.add_user("dup@cupdomain.com", &[both[0].clone(), both[0].clone()]),
+        Err(StoreError::InvalidCredentials(_))
+    ));
+
+    assert_eq!(
+        s.list_users(None).unwrap(),
+        [
+            "alice@other.example",
+            "cupuser1@cupdomain.com",
+            "cupuser2@cupdomain.com"
+        ]
+    );
+    assert_eq!(
+        s.list_users(Some("cupdomain.com")).unwrap(),
+        ["cupuser1@cupdomain.com", "cupuser2@cupdomain.com"]
+    );
+    assert!(s.list_users(Some("nowhere.example")).unwrap().is_empty());
+
+    let c = s
+        .credentials("cupuser1@cupdomain.com", ScramHash::Sha256)
+        .unwrap()
+        .unwrap();
+    assert_eq!(c, both[1]);
+    assert!(c.verify_password("pencil"));
+    assert_eq!(
+        s.credentials("cupuser2@cupdomain.com", ScramHash::Sha256)
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.credentials("nobody@cupdomain.com", ScramHash::Sha1)
+            .unwrap(),
+        None
+    );
+
+    let new = creds("eraser", ScramHash::Sha256);
+    assert!(s
+        .set_credentials("cupuser2@cupdomain.com", std::slice::from_ref(&new))
+        .unwrap());
+    assert_eq!(
+        s.credentials("cupuser2@cupdomain.com", ScramHash::Sha1)
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.credentials("cupuser2@cupdomain.com", ScramHash::Sha256)
+            .unwrap(),
+        Some(new)
+    );
+    assert!(!s.set_credentials("nobody@cupdomain.com", &[]).unwrap());
+
+    s.apply(&[upsert(
+        "cupuser1@cupdomain.com",
+        item("jdoe1@gmail.com", "both"),
+    )])
+    .unwrap();
+    assert!(s.remove_user("cupuser1@cupdomain.com").unwrap());
+    assert!(!s.remove_user("cupuser1@cupdomain.com").unwrap());
+    assert_eq!(
+        s.credentials("cupuser1@cupdomain.com", ScramHash::Sha1)
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.roster("cupuser1@cupdomain.com"),
+        Err(StoreError::NoSuchUser("cupuser1@cupdomain.com".into()))
+    );
+    // Re-created: empty roster at version 0, the old items are gone.
+    s.add_user("cupuser1@cupdomain.com", &[]).unwrap();
+    assert_eq!(s.roster("cupuser1@cupdomain.com").unwrap(), (0, vec![]));
+}
+
+#[test]
+fn roster_apply_and_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = SqliteStore::open(dir.path().join("db")).unwrap();
+    let u = "cupuser1@cupdomain.com";
+    s.add_user(u, &[]).unwrap();
+    s.add_user("other@cupdomain.com", &[]).unwrap();
+    assert_eq!(s.roster(u).unwrap(), (0, vec![]));
+
+    let mut jdoe = item("jdoe1@gmail.com", "none");
+    jdoe.pending_out = true;
+    jdoe.name = Some("J. Doe".into());
+    jdoe.groups = vec!["Friends".into(), "Work, \"quoted\"".into()];
+    let mut bob = item("bob@webex.example", "from");
+    bob.pending_in = Some("<presence from='bob@webex.example' type='subscribe'/>".into());
+    bob.pre_approved = true;
+    assert_eq!(
+        s.apply(&[upsert(u, jdoe.clone()), upsert(u, bob.clone())])
+            .unwrap(),
+        [1, 2]
+    );
+    assert_eq!(s.roster(u).unwrap(), (2, vec![bob.clone(), jdoe.clone()]));
+
+    // Replace: subscribed came back.
+    jdoe.pending_out = false;
+    jdoe.subscription = "to".into();
+    assert_eq!(s.apply(&[upsert(u, jdoe.clone())]).unwrap(), [3]);
+    assert_eq!(s.roster(u).unwrap(), (3, vec![bob.clone(), jdoe.clone()]));
+
+    // Remove (also of an absent contact) bumps the version; other users untouched.
+    assert_eq!(
+        s.apply(&[
+            remove(u, "bob@webex.example"),
+            remove(u, "absent@x.example")
+        ])
+        .unwrap(),
+        [4, 5]
+    );
+    assert_eq!(s.roster(u).unwrap(), (5, vec![jdoe.clone()]));
+    assert_eq!(s.roster("other@cupdomain.com").unwrap(), (0, vec![]));
+
+    // All or nothing: an unknown user or an invalid item fails the whole apply.
+    assert_eq!(
+        s.apply(&[
+            upsert(u, item("c@x.example", "both")),
+            remove("ghost@cupdomain.com", "c")
+        ]),
+        Err(StoreError::NoSuchUser("ghost@cupdomain.com".into()))
+    );
+    assert!(matches!(
+        s.apply(&[
+            upsert(u, item("c@x.example", "both")),
+            upsert(u, item("d@x", "maybe"))
+        ]),
+        Err(StoreError::InvalidItem(_))
+    ));
+    assert_eq!(s.roster(u).unwrap(), (5, vec![jdoe]));
+
+    // A pending inbound request from a contact the user has not added: stored, not in the
+    // roster proper (RFC 6121 Appendix A.1 "None + Pending In" without an item).
+    let mut eve = item("eve@x.example", "none");
+    eve.in_roster = false;
+    eve.pending_in = Some("<presence from='eve@x.example' type='subscribe'/>".into());
+    assert_eq!(
+        s.apply(&[upsert("other@cupdomain.com", eve.clone())])
+            .unwrap(),
+        [1]
+    );
+    let (_, items) = s.roster("other@cupdomain.com").unwrap();
+    assert_eq!(items, [eve.clone()]);
+    assert_eq!(items[0].sub_state(), SubState::NONE_PENDING_IN);
+    assert_eq!(bob.sub_state().subscription, Subscription::From);
+    s.apply(&[remove("other@cupdomain.com", "eve@x.example")])
+        .unwrap();
+
+    // Group commit through the trait: groups fail alone.
+    let good: Vec<Change> = vec![upsert(u, item("e@x.example", "none"))];
+    let bad: Vec<Change> = vec![upsert("ghost@cupdomain.com", item("e@x.example", "none"))];
+    let other: Vec<Change> = vec![upsert("other@cupdomain.com", item("f@x.example", "both"))];
+    let res = s.apply_groups(&[&good, &bad, &other]).unwrap();
+    assert_eq!(
+        res,
+        vec![
+            Ok(vec![6]),
+            Err(StoreError::NoSuchUser("ghost@cupdomain.com".into())),
+            Ok(vec![3])
+        ]
+    );
+}
+
+#[test]
+fn reopen_after_drop_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let u = "cupuser1@cupdomain.com";
+    let c = creds("pencil", ScramHash::Sha256);
+    {
+        let mut s = SqliteStore::open_with(&path, Durability::Crash).unwrap();
+        s.add_user(u, std::slice::from_ref(&c)).unwrap();
+        s.apply(&[upsert(u, item("jdoe1@gmail.com", "both"))])
+            .unwrap();
+    }
+    let mut s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.list_users(None).unwrap(), [u]);
+    assert_eq!(s.credentials(u, ScramHash::Sha256).unwrap(), Some(c));
+    assert_eq!(
+        s.roster(u).unwrap(),
+        (1, vec![item("jdoe1@gmail.com", "both")])
+    );
+}
+
+#[test]
+fn migrations_are_idempotent_and_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    for _ in 0..3 {
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+    }
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let rows: Vec<u32> = raw
+        .prepare("SELECT version FROM schema_version ORDER BY version")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+    let mode: String = raw
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+
+    raw.execute(
+        "INSERT INTO schema_version (version, applied_at) VALUES (?1, 0)",
+        [SCHEMA_VERSION + 1],
+    )
+    .unwrap();
+    drop(raw);
+    assert_eq!(
+        SqliteStore::open(&path).unwrap_err(),
+        StoreError::SchemaTooNew {
+            found: SCHEMA_VERSION + 1,
+            known: SCHEMA_VERSION
+        }
+    );
+}
+
+/// A store whose first `apply_groups` blocks until released, to hold the storage thread
+/// while the test fills its queue.
+struct Gated {
+    inner: SqliteStore,
+    entered: Sender<()>,
+    release: Receiver<()>,
+    armed: bool,
+}
+
+impl Store for Gated {
+    fn add_user(&mut self, jid: &str, c: &[ScramCredentials]) -> Result<(), StoreError> {
+        self.inner.add_user(jid, c)
+    }
+    fn remove_user(&mut self, jid: &str) -> Result<bool, StoreError> {
+        self.inner.remove_user(jid)
+    }
+    fn set_credentials(&mut self, jid: &str, c: &[ScramCredentials]) -> Result<bool, StoreError> {
+        self.inner.set_credentials(jid, c)
+    }
+    fn credentials(
+        &mut self,
+        jid: &str,
+        h: ScramHash,
+    ) -> Result<Option<ScramCredentials>, StoreError> {
+        self.inner.credentials(jid, h)
+    }
+    fn list_users(&mut self, d: Option<&str>) -> Result<Vec<String>, StoreError> {
+        self.inner.list_users(d)
+    }
+    fn roster(&mut self, user: &str) -> Result<Roster, StoreError> {
+        self.inner.roster(user)
+    }
+    fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError> {
+        self.inner.apply(changes)
+    }
+    fn apply_groups(
+        &mut self,
+        groups: &[&[Change]],
+    ) -> Result<Vec<Result<Vec<u64>, StoreError>>, StoreError> {
+        if std::mem::take(&mut self.armed) {
+            self.entered.send(()).unwrap();
+            self.release
+                .recv_timeout(Duration::from_secs(30))
+                .expect("released");
+        }
+        self.inner.apply_groups(groups)
+    }
+}
+
+/// A handle over a gated store with users `a@d.example` and `b@d.example`; returns the
+/// handle, the "entered" receiver and the "release" sender.
+fn gated(dir: &Path, capacity: usize) -> (StoreHandle, Receiver<()>, Sender<()>) {
+    let mut inner = SqliteStore::open_with(dir.join("db"), Durability::Crash).unwrap();
+    inner.add_user("a@d.example", &[]).unwrap();
+    inner.add_user("b@d.example", &[]).unwrap();
+    let (entered_tx, entered) = crossbeam_channel::bounded(1);
+    let (release, release_rx) = crossbeam_channel::bounded(1);
+    let store = Gated {
+        inner,
+        entered: entered_tx,
+        release: release_rx,
+        armed: true,
+    };
+    (
+        StoreHandle::spawn(Box::new(store), 1024, capacity),
+        entered,
+        release,
+    )
+}
+
+fn recv(rx: &Receiver<Reply>) -> Reply {
+    rx.recv_timeout(Duration::from_secs(30)).expect("a reply")
+}
+
+#[test]
+fn full_queue_hands_the_op_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, entered, release) = gated(dir.path(), 4);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let wake = Arc::new(Notify::new());
+    let op = |n: u32| {
+        Op::Apply(vec![upsert(
+            "a@d.example",
+            item(&format!("c{n}@x"), "none"),
+        )])
+    };
+    h.submit(op(0), tx.clone(), wake.clone(), 0).unwrap();
+    entered.recv_timeout(Duration::from_secs(30)).unwrap();
+    // The thread is held inside the first commit; the queue holds 4 more.
+    for n in 1..=4 {
+        h.submit(op(n), tx.clone(), wake.clone(), n as u64).unwrap();
+    }
+    assert_eq!(h.queued(), 4);
+    assert_eq!(h.submit(op(5), tx.clone(), wake.clone(), 5), Err(op(5)));
+    release.send(()).unwrap();
+    let mut tags: Vec<u64> = (0..5).map(|_| recv(&rx).tag).collect();
+    tags.sort();
+    assert_eq!(tags, [0, 1, 2, 3, 4]);
+    // Now there is room again, and the wake-up was signalled (a permit is stored).
+    h.submit(op(5), tx.clone(), wake.clone(), 5).unwrap();
+    assert_eq!(recv(&rx).result, Ok(Outcome::Applied(vec![6])));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), wake.notified())
+            .await
+            .expect("notified");
+    });
+    let stats = h.stats();
+    assert_eq!(stats.requests, 6);
+    assert_eq!(stats.changes, 6);
+    // The 4 queued requests were committed together.
+    assert_eq!(stats.commits, 3);
+    h.shutdown();
+    assert!(!h.is_running());
+    assert_eq!(h.submit(op(6), tx, wake, 6), Err(op(6)));
+    assert_eq!(
+        h.call(Op::ListUsers { domain: None }),
+        Err(StoreError::Closed)
+    );
+}
+
+#[test]
+fn batch_keeps_order_and_isolates_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, entered, release) = gated(dir.path(), 64);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let wake = Arc::new(Notify::new());
+    let apply = |user: &str, c: &str| Op::Apply(vec![upsert(user, item(c, "both"))]);
+    h.submit(apply("b@d.example", "x@x"), tx.clone(), wake.clone(), 0)
+        .unwrap();
+    entered.recv_timeout(Duration::from_secs(30)).unwrap();
+    let ops = [
+        apply("a@d.example", "c1@x"),
+        apply("ghost@d.example", "c1@x"),
+        apply("b@d.example", "c1@x"),
+        Op::Roster {
+            user: "a@d.example".into(),
+        },
+        Op::RemoveUser {
+            jid: "a@d.example".into(),
+        },
+        apply("a@d.example", "c2@x"),
+        apply("b@d.example", "c2@x"),
+    ];
+    for (n, op) in ops.into_iter().enumerate() {
+        h.submit(op, tx.clone(), wake.clone(), n as u64 + 1)
+            .unwrap();
+    }
+    release.send(()).unwrap();
+    let mut replies: Vec<Reply> = (0..8).map(|_| recv(&rx)).collect();
+    // Replies come in queue order.
+    assert!(replies.windows(2).all(|w| w[0].tag < w[1].tag));
+    let results: Vec<_> = replies.drain(..).map(|r| r.result).collect();
+    assert_eq!(
+        results,
+        vec![
+            Ok(Outcome::Applied(vec![1])),
+            Ok(Outcome::Applied(vec![1])),
+            Err(StoreError::NoSuchUser("ghost@d.example".into())),
+            Ok(Outcome::Applied(vec![2])),
+            Ok(Outcome::Roster((1, vec![item("c1@x", "both")]))),
+            Ok(Outcome::Existed(true)),
+            Err(StoreError::NoSuchUser("a@d.example".into())),
+            Ok(Outcome::Applied(vec![3])),
+        ]
+    );
+    assert_eq!(
+        h.call(Op::Roster {
+            user: "b@d.example".into()
+        })
+        .unwrap(),
+        Outcome::Roster((
+            3,
+            vec![
+                item("c1@x", "both"),
+                item("c2@x", "both"),
+                item("x@x", "both")
+            ]
+        ))
+    );
+    h.shutdown();
+}
+
+#[test]
+fn handle_call_round_trip_and_many_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_with(dir.path().join("db"), Durability::Crash).unwrap();
+    let h = StoreHandle::spawn(Box::new(store), 256, 1024);
+    let c = creds("pencil", ScramHash::Sha256);
+    assert_eq!(
+        h.call(Op::AddUser {
+            jid: "u@d.example".into(),
+            creds: vec![c.clone()]
+        }),
+        Ok(Outcome::Done)
+    );
+    assert_eq!(
+        h.call(Op::Credentials {
+            jid: "u@d.example".into(),
+            hash: ScramHash::Sha256
+        }),
+        Ok(Outcome::Credentials(Some(c)))
+    );
+    assert_eq!(
+        h.call(Op::SetCredentials {
+            jid: "u@d.example".into(),
+            creds: vec![]
+        }),
+        Ok(Outcome::Existed(true))
+    );
+    assert_eq!(
+        h.call(Op::ListUsers {
+            domain: Some("d.example".into())
+        }),
+        Ok(Outcome::Users(vec!["u@d.example".into()]))
+    );
+    // 4 threads x 500 changes, up to 32 in flight each.
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let h = h.clone();
+            s.spawn(move || {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                let (mut sent, mut acked, mut in_flight) = (0u64, 0u64, 0u64);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while acked < 500 {
+                    assert!(Instant::now() < deadline, "timed out");
+                    while in_flight < 32 && sent < 500 {
+                        let op = Op::Apply(vec![upsert(
+                            "u@d.example",
+                            item(&format!("t{t}-{sent}@x"), "none"),
+                        )]);
+                        match h.submit_unnotified(op, tx.clone(), sent) {
+                            Ok(()) => {
+                                sent += 1;
+                                in_flight += 1;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let r = recv(&rx);
+                    assert!(matches!(r.result, Ok(Outcome::Applied(_))), "{r:?}");
+                    acked += 1;
+                    in_flight -= 1;
+                }
+            });
+        }
+    });
+    let Ok(Outcome::Roster((version, items))) = h.call(Op::Roster {
+        user: "u@d.example".into(),
+    }) else {
+        panic!("roster");
+    };
+    assert_eq!((version, items.len()), (2000, 2000));
+    let stats = h.stats();
+    assert_eq!(stats.changes, 2000);
+    assert!(
+        stats.commits < 2000,
+        "some changes were group-committed: {stats:?}"
+    );
+    h.shutdown();
+}
+
+const CHILD_ENV: &str = "FEDROUTER_STORE_CHILD";
+const CHILD_USERS: u64 = 8;
+
+fn child_user(n: u64) -> String {
+    format!("user{}@cupdomain.com", n % CHILD_USERS)
+}
+
+/// The writer of `acknowledged_changes_survive_kill_9`; a no-op in a normal run.
+#[test]
+fn child_writer() {
+    let Some(path) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let durability = match std::env::var("FEDROUTER_STORE_CHILD_DURABILITY").as_deref() {
+        Ok("crash") => Durability::Crash,
+        _ => Durability::PowerLoss,
+    };
+    let store = SqliteStore::open_with(path, durability).unwrap();
+    let h = StoreHandle::spawn(Box::new(store), 256, 1024);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut out = std::io::stdout().lock();
+    let (mut next, mut in_flight) = (0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Bounded: the parent kills us long before either bound.
+    while next < 1_000_000 && Instant::now() < deadline {
+        while in_flight < 64 {
+            let mut it = item(&format!("c{next}@gmail.com"), "none");
+            it.pending_out = true;
+            it.name = Some(next.to_string());
+            let op = Op::Apply(vec![upsert(&child_user(next), it)]);
+            if h.submit_unnotified(op, tx.clone(), next).is_err() {
+                break;
+            }
+            next += 1;
+            in_flight += 1;
+        }
+        let r = recv(&rx);
+        assert!(matches!(r.result, Ok(Outcome::Applied(_))), "{r:?}");
+        in_flight -= 1;
+        writeln!(out, "ACK {}", r.tag).unwrap();
+        out.flush().unwrap();
+    }
+}
+
+/// Runs the writer child on a fresh database, kills it with SIGKILL after `kill_after`
+/// acknowledgements, and checks every acknowledged change is in the reopened database.
+fn kill_9_run(durability: &str, kill_after: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let mut s = SqliteStore::open(&path).unwrap();
+        for n in 0..CHILD_USERS {
+            s.add_user(&child_user(n), &[]).unwrap();
+        }
+    }
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["child_writer", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, &path)
+        .env("FEDROUTER_STORE_CHILD_DURABILITY", durability)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut acked: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The read blocks only while the child runs; it is killed below and bounded by its own
+    // deadline, so this loop ends.
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(n) = line.strip_prefix("ACK ") {
+            acked.push(n.parse().unwrap());
+        }
+        if acked.len() >= kill_after || Instant::now() > deadline {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+                           // Acks printed before the kill landed count too.
+    for line in lines {
+        let Ok(line) = line else { break };
+        if let Some(n) = line.strip_prefix("ACK ") {
+            acked.push(n.parse().unwrap());
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the writer was killed, not finished: {status:?}"
+    );
+    assert!(
+        acked.len() >= kill_after,
+        "the writer acknowledged only {} changes",
+        acked.len()
+    );
+
+    let mut s = SqliteStore::open(&path).unwrap();
+    let mut missing = Vec::new();
+    let mut total_version = 0;
+    let mut stored = std::collections::HashSet::new();
+    for n in 0..CHILD_USERS {
+        let (version, items) = s.roster(&child_user(n)).unwrap();
+        assert_eq!(version as usize, items.len(), "one version per change");
+        total_version += version;
+        for it in items {
+            stored.insert(it.name.unwrap().parse::<u64>().unwrap());
+        }
+    }
+    for seq in &acked {
+        if !stored.contains(seq) {
+            missing.push(*seq);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged changes lost after kill -9 ({durability}): {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(total_version as usize >= acked.len());
+    eprintln!(
+        "kill -9 ({durability}): {} changes acknowledged before SIGKILL, {} stored",
+        acked.len(),
+        stored.len()
+    );
+}
+
+#[test]
+fn acknowledged_changes_survive_kill_9_crash_durability() {
+    kill_9_run("crash", 3000);
+}
+
+#[test]
+fn acknowledged_changes_survive_kill_9_power_loss_durability() {
+    kill_9_run("power-loss", 1000);
+}
