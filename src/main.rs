@@ -133,7 +133,12 @@ fn serve(path: Option<&Path>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn ping(domain: &str, from: Option<&str>, config: Option<&Path>, admin: Option<SocketAddr>) -> ExitCode {
+fn ping(
+    domain: &str,
+    from: Option<&str>,
+    config: Option<&Path>,
+    admin: Option<SocketAddr>,
+) -> ExitCode {
     let admin = match admin {
         Some(a) => a,
         None => match load_config(config) {

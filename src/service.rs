@@ -180,10 +180,15 @@ mod tests {
 
     #[test]
     fn ping_is_answered_with_a_result() {
-        let e = el("<iq type='get' from='b.test' to='a.test' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>");
+        let e = el(
+            "<iq type='get' from='b.test' to='a.test' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>",
+        );
         let r = reply(answer_server(&e, StanzaKind::Iq));
         assert_eq!(r.type_(), Some("result"));
-        assert_eq!((r.from(), r.to(), r.id()), (Some("a.test"), Some("b.test"), Some("p1")));
+        assert_eq!(
+            (r.from(), r.to(), r.id()),
+            (Some("a.test"), Some("b.test"), Some("p1"))
+        );
         assert!(r.is_empty());
     }
 
@@ -191,7 +196,9 @@ mod tests {
     fn disco_info_lists_identity_and_features() {
         let e = el("<iq type='get' from='u@b.test/r' to='a.test' id='d'><query xmlns=\"http://jabber.org/protocol/disco#info\"/></iq>");
         let r = reply(answer_server(&e, StanzaKind::Iq));
-        assert!(r.as_str().contains("<identity category='server' type='im'/>"));
+        assert!(r
+            .as_str()
+            .contains("<identity category='server' type='im'/>"));
         assert!(r.as_str().contains("urn:xmpp:ping"));
     }
 
@@ -201,7 +208,10 @@ mod tests {
         let r = reply(answer_server(&e, StanzaKind::Iq));
         assert!(r.as_str().contains("<service-unavailable"));
         let m = el("<message from='u@b.test' to='a.test'><body>x</body></message>");
-        assert!(matches!(answer_server(&m, StanzaKind::Message), Answer::Reply(_)));
+        assert!(matches!(
+            answer_server(&m, StanzaKind::Message),
+            Answer::Reply(_)
+        ));
         let p = el("<presence from='u@b.test' to='a.test'/>");
         assert_eq!(answer_server(&p, StanzaKind::Presence), Answer::Ignore);
     }
@@ -211,7 +221,10 @@ mod tests {
         let ok = el("<iq type='result' from='b.test' to='a.test' id='p9'/>");
         assert_eq!(
             answer_server(&ok, StanzaKind::Iq),
-            Answer::Response { id: "p9".into(), error: None }
+            Answer::Response {
+                id: "p9".into(),
+                error: None
+            }
         );
         let err = el("<iq type='error' from='b.test' to='a.test' id='p9'><error type='cancel'><remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>");
         assert_eq!(
@@ -225,17 +238,31 @@ mod tests {
 
     #[test]
     fn unavailable_user_rules() {
-        let chat = el("<message type='chat' from='u@b.test/r' to='v@a.test' id='1'><body>x</body></message>");
+        let chat = el(
+            "<message type='chat' from='u@b.test/r' to='v@a.test' id='1'><body>x</body></message>",
+        );
         let r = reply(answer_unavailable_user(&chat, StanzaKind::Message));
         assert_eq!(r.to(), Some("u@b.test/r"));
         let headline = el("<message type='headline' from='u@b.test' to='v@a.test'/>");
-        assert_eq!(answer_unavailable_user(&headline, StanzaKind::Message), Answer::Ignore);
+        assert_eq!(
+            answer_unavailable_user(&headline, StanzaKind::Message),
+            Answer::Ignore
+        );
         let err = el("<message type='error' from='u@b.test' to='v@a.test'/>");
-        assert_eq!(answer_unavailable_user(&err, StanzaKind::Message), Answer::Ignore);
+        assert_eq!(
+            answer_unavailable_user(&err, StanzaKind::Message),
+            Answer::Ignore
+        );
         let pres = el("<presence from='u@b.test' to='v@a.test'/>");
-        assert_eq!(answer_unavailable_user(&pres, StanzaKind::Presence), Answer::Ignore);
+        assert_eq!(
+            answer_unavailable_user(&pres, StanzaKind::Presence),
+            Answer::Ignore
+        );
         let iq = el("<iq type='set' from='u@b.test/r' to='v@a.test' id='s'><x xmlns='y'/></iq>");
-        assert!(matches!(answer_unavailable_user(&iq, StanzaKind::Iq), Answer::Reply(_)));
+        assert!(matches!(
+            answer_unavailable_user(&iq, StanzaKind::Iq),
+            Answer::Reply(_)
+        ));
     }
 
     #[test]

@@ -156,7 +156,9 @@ mod tests {
             error_condition(&reply),
             Some(StanzaCondition::RemoteServerNotFound)
         );
-        assert!(reply.as_str().contains("<error type='cancel' by='capulet.example'>"));
+        assert!(reply
+            .as_str()
+            .contains("<error type='cancel' by='capulet.example'>"));
         assert!(reply.as_str().contains("no &lt;SRV&gt;"));
     }
 

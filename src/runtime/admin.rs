@@ -106,7 +106,10 @@ fn handle(
         "/health" => tiny_http::Response::from_string("ok\n").with_status_code(200),
         "/ping" => {
             let Some(to) = query_param(&url, "to").filter(|t| !t.is_empty()) else {
-                let _ = req.respond(json(400, serde_json::json!({"error": "missing ?to=DOMAIN"})));
+                let _ = req.respond(json(
+                    400,
+                    serde_json::json!({"error": "missing ?to=DOMAIN"}),
+                ));
                 return;
             };
             let to = domain_key(to).into_owned();
@@ -144,7 +147,10 @@ fn handle(
                     200,
                     serde_json::json!({"result": "error", "from": from, "to": to, "condition": condition, "rtt_ms": ms(rtt)}),
                 ),
-                Err(_) => json(504, serde_json::json!({"result": "timeout", "from": from, "to": to})),
+                Err(_) => json(
+                    504,
+                    serde_json::json!({"result": "timeout", "from": from, "to": to}),
+                ),
             };
             let _ = req.respond(r);
             return;

@@ -107,10 +107,17 @@ impl Shared {
     /// policy decides whether its certificate is verified; our certificate for `local`
     /// is offered for SASL EXTERNAL. Falls back to the first local domain's.
     pub fn client_tls(&self, local: &str, remote: &str, direct: bool) -> Option<Arc<ClientConfig>> {
-        let verify = self.config.federation.for_domain(remote).verify_certificates;
+        let verify = self
+            .config
+            .federation
+            .for_domain(remote)
+            .verify_certificates;
         self.clients
             .get(&(local.to_owned(), verify, direct))
-            .or_else(|| self.clients.get(&(self.config.domains[0].clone(), verify, direct)))
+            .or_else(|| {
+                self.clients
+                    .get(&(self.config.domains[0].clone(), verify, direct))
+            })
             .cloned()
     }
 }
@@ -167,16 +174,28 @@ impl Server {
         let mut bound = BoundAddrs::default();
         let sets: [(&Vec<SocketAddr>, ListenerKind, &'static str); 3] = [
             (&cfg.listen.s2s, ListenerKind::S2s, "listen.s2s"),
-            (&cfg.listen.s2s_tls, ListenerKind::S2sDirectTls, "listen.s2s_tls"),
+            (
+                &cfg.listen.s2s_tls,
+                ListenerKind::S2sDirectTls,
+                "listen.s2s_tls",
+            ),
             (&cfg.listen.c2s, ListenerKind::C2s, "listen.c2s"),
         ];
         for (addrs, kind, what) in sets {
             for &addr in addrs {
                 let mut actual = addr;
                 for (i, shard_listeners) in per_shard.iter_mut().enumerate() {
-                    let l = bind_reuseport(actual).map_err(|source| StartError::Bind { addr: actual, what, source })?;
+                    let l = bind_reuseport(actual).map_err(|source| StartError::Bind {
+                        addr: actual,
+                        what,
+                        source,
+                    })?;
                     if i == 0 {
-                        actual = l.local_addr().map_err(|source| StartError::Bind { addr, what, source })?;
+                        actual = l.local_addr().map_err(|source| StartError::Bind {
+                            addr,
+                            what,
+                            source,
+                        })?;
                     }
                     shard_listeners.push((kind, l));
                 }
@@ -195,7 +214,15 @@ impl Server {
                 .dns
                 .static_targets
                 .iter()
-                .map(|(d, t)| (d.clone(), StaticTarget { host: t.host.clone(), port: t.port }))
+                .map(|(d, t)| {
+                    (
+                        d.clone(),
+                        StaticTarget {
+                            host: t.host.clone(),
+                            port: t.port,
+                        },
+                    )
+                })
                 .collect(),
             cache_size: cfg.dns.cache_size,
         };
@@ -221,20 +248,23 @@ impl Server {
                     }
                     let span = info_span!("shard", id = i);
                     let _entered = span.enter();
-                    let entries = (shared.config.s2s.max_unauthenticated_per_shard as u32 * 2).clamp(256, 32768);
-                    tokio_uring::builder().entries(entries.next_power_of_two()).start(async move {
-                        let resolver = match S2sResolver::new(&dns) {
-                            Ok(r) => r,
-                            Err(e) => {
-                                warn!(error = %e, "DNS resolver");
-                                return;
-                            }
-                        };
-                        let shard = Rc::new(Shard::new(i, shared, rx, wake, resolver));
-                        CURRENT.with(|c| *c.borrow_mut() = Some(Rc::clone(&shard)));
-                        Rc::clone(&shard).run(inbox, listeners).await;
-                        CURRENT.with(|c| c.borrow_mut().take());
-                    });
+                    let entries = (shared.config.s2s.max_unauthenticated_per_shard as u32 * 2)
+                        .clamp(256, 32768);
+                    tokio_uring::builder()
+                        .entries(entries.next_power_of_two())
+                        .start(async move {
+                            let resolver = match S2sResolver::new(&dns) {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    warn!(error = %e, "DNS resolver");
+                                    return;
+                                }
+                            };
+                            let shard = Rc::new(Shard::new(i, shared, rx, wake, resolver));
+                            CURRENT.with(|c| *c.borrow_mut() = Some(Rc::clone(&shard)));
+                            Rc::clone(&shard).run(inbox, listeners).await;
+                            CURRENT.with(|c| c.borrow_mut().take());
+                        });
                 })
                 .map_err(StartError::Thread)?;
             threads.push(t);
@@ -243,15 +273,26 @@ impl Server {
         let admin = match cfg.listen.admin {
             Some(addr) => {
                 let routes = controls.clone();
-                let a = admin::Admin::start(addr, Arc::clone(&shared), routes)
-                    .map_err(|source| StartError::Bind { addr, what: "listen.admin", source })?;
+                let a =
+                    admin::Admin::start(addr, Arc::clone(&shared), routes).map_err(|source| {
+                        StartError::Bind {
+                            addr,
+                            what: "listen.admin",
+                            source,
+                        }
+                    })?;
                 bound.admin = Some(a.addr());
                 Some(a)
             }
             None => None,
         };
         info!(shards = n, s2s = ?bound.s2s, s2s_tls = ?bound.s2s_tls, c2s = ?bound.c2s, admin = ?bound.admin, domains = ?shared.config.domains, "listening");
-        Ok(Server { threads, controls, admin, bound })
+        Ok(Server {
+            threads,
+            controls,
+            admin,
+            bound,
+        })
     }
 
     /// Where the server listens.
@@ -301,8 +342,11 @@ fn build_shared(config: Config, m: Materialized, shards: usize) -> Result<Shared
     resolver.set_default(&config.domains[0]);
     let resolver = Arc::new(resolver);
     let tls_server = tls::server_config(Arc::clone(&resolver), ClientAuth::Request, &[]);
-    let tls_server_direct =
-        tls::server_config(Arc::clone(&resolver), ClientAuth::Request, &[tls::ALPN_XMPP_SERVER]);
+    let tls_server_direct = tls::server_config(
+        Arc::clone(&resolver),
+        ClientAuth::Request,
+        &[tls::ALPN_XMPP_SERVER],
+    );
 
     let mut roots = RootCertStore::empty();
     for der in &m.trust {
@@ -322,7 +366,11 @@ fn build_shared(config: Config, m: Materialized, shards: usize) -> Result<Shared
         let ours = certs.get(local.as_str()).copied();
         for verify in [false, true] {
             for direct in [false, true] {
-                let alpn: &[&[u8]] = if direct { &[tls::ALPN_XMPP_SERVER] } else { &[] };
+                let alpn: &[&[u8]] = if direct {
+                    &[tls::ALPN_XMPP_SERVER]
+                } else {
+                    &[]
+                };
                 match tls::client_config(roots.clone(), verify, ours, alpn) {
                     Ok(c) => {
                         clients.insert((local.clone(), verify, direct), c);
@@ -337,7 +385,11 @@ fn build_shared(config: Config, m: Materialized, shards: usize) -> Result<Shared
     let s = &config.s2s;
     let s2s = S2sConfig {
         local_domains: config.domains.clone(),
-        certificate_domains: m.certificates.iter().map(|c| c.domain().to_owned()).collect(),
+        certificate_domains: m
+            .certificates
+            .iter()
+            .map(|c| c.domain().to_owned())
+            .collect(),
         policy: config.federation.clone(),
         dialback_secret: m.dialback_secret.clone(),
         stream_id_key: rand::random(),

@@ -210,7 +210,8 @@ impl Shard {
                 // costs 5-10 us at p50 on this VM, which alone breaks the p99 < 20 us
                 // hand-off target at 1M stanzas/s (benches/inbox.rs, "spins 50 us").
                 let until = Instant::now() + SPIN_BEFORE_SLEEP;
-                while Instant::now() < until && !inbox.has_waiting() && !self.flush_scheduled.get() {
+                while Instant::now() < until && !inbox.has_waiting() && !self.flush_scheduled.get()
+                {
                     tokio::task::yield_now().await;
                 }
             }
@@ -288,7 +289,8 @@ impl Shard {
     /// queues).
     async fn wait_for_room(&self) {
         for _ in 0..100_000 {
-            let room = self.outgoing.borrow().len() <= self.outgoing_limit && self.congested.get() == 0;
+            let room =
+                self.outgoing.borrow().len() <= self.outgoing_limit && self.congested.get() == 0;
             if room || self.shutting_down.get() {
                 return;
             }
@@ -418,7 +420,10 @@ impl Shard {
                 let st = conn.st.borrow();
                 st.proto.is_authenticated(&local, d)
             };
-            if ready && r.queue.is_empty() && conn.backlog() < self.shared.config.s2s.send_queue_bytes {
+            if ready
+                && r.queue.is_empty()
+                && conn.backlog() < self.shared.config.s2s.send_queue_bytes
+            {
                 let mut st = conn.st.borrow_mut();
                 if st.proto.send_stanza(&local, d, el.bytes(), now).is_ok() {
                     st.pump();
@@ -429,7 +434,10 @@ impl Shard {
             }
         }
         let cap = self.shared.config.s2s.queue_per_domain;
-        let open = r.conn.as_ref().is_some_and(|c| c.st.borrow().proto.is_authenticated(&local, d));
+        let open = r
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.st.borrow().proto.is_authenticated(&local, d));
         // A slow but open peer: the queue may exceed its cap by what the paused readers
         // had already read (bounded); reaching the cap makes the shard congested, which
         // stops its socket reads and inbox drains until the queue is half empty.
@@ -474,7 +482,11 @@ impl Shard {
         }
         if r.conn.is_none() && !r.connecting {
             r.connecting = true;
-            let first = r.locals.first().cloned().unwrap_or_else(|| local.to_owned());
+            let first = r
+                .locals
+                .first()
+                .cloned()
+                .unwrap_or_else(|| local.to_owned());
             drop(remotes);
             let me = self.rc();
             let d = d.to_owned();
@@ -537,7 +549,11 @@ impl Shard {
 
     /// DNS SRV (RFC 6120 §3.2, XEP-0368), then each target's addresses in turn with the
     /// connect timeout; direct TLS targets get their TLS handshake here.
-    async fn open_socket(&self, local: &str, d: &str) -> Result<(TcpStream, Target, Option<Tls>), Failure> {
+    async fn open_socket(
+        &self,
+        local: &str,
+        d: &str,
+    ) -> Result<(TcpStream, Target, Option<Tls>), Failure> {
         let cfg = &self.shared.config.s2s;
         let not_found = |text: String| Failure {
             condition: StanzaCondition::RemoteServerNotFound,
@@ -563,7 +579,9 @@ impl Shard {
                 direct_tls: false,
             }],
             Resolution::NoService => {
-                return Err(not_found(format!("{d} publishes no XMPP server service (SRV '.')")))
+                return Err(not_found(format!(
+                    "{d} publishes no XMPP server service (SRV '.')"
+                )))
             }
         };
         let mut last = not_found(format!("no address for {d}"));
@@ -579,7 +597,8 @@ impl Shard {
                 let addr = SocketAddr::new(ip, target.port);
                 // A connect that times out is abandoned with its socket: nothing else
                 // reads from it, so the dropped operation loses nothing.
-                let attempt = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await;
+                let attempt =
+                    tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await;
                 let stream = match attempt {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
@@ -613,7 +632,12 @@ impl Shard {
     /// A XEP-0368 direct TLS handshake as client, before any XMPP byte. Bounded by the
     /// negotiation timeout; on failure the socket is abandoned (so a read dropped by the
     /// timeout loses nothing we need).
-    async fn client_handshake(&self, stream: &TcpStream, local: &str, d: &str) -> Result<Tls, String> {
+    async fn client_handshake(
+        &self,
+        stream: &TcpStream,
+        local: &str,
+        d: &str,
+    ) -> Result<Tls, String> {
         let cfg = self
             .shared
             .client_tls(local, d, true)
@@ -654,14 +678,23 @@ impl Shard {
                     self.flush_wake.notify_one();
                 }
             }
-            (std::mem::take(&mut r.queue), std::mem::take(&mut r.verifies))
+            (
+                std::mem::take(&mut r.queue),
+                std::mem::take(&mut r.verifies),
+            )
         };
         for el in queue {
             self.bounce(&el, f.condition, &f.text);
         }
         let cond = DialbackErrorCondition::from_stanza_condition(f.condition);
         for v in verifies {
-            self.send_verdict(v.reply_shard, v.conn, v.local, d.to_owned(), DialbackResult::Error(cond));
+            self.send_verdict(
+                v.reply_shard,
+                v.conn,
+                v.local,
+                d.to_owned(),
+                DialbackResult::Error(cond),
+            );
         }
     }
 
@@ -695,7 +728,10 @@ impl Shard {
                 keep.extend(r.queue.drain(..));
                 break;
             }
-            let local = el.from().map(|f| domain_key(domain_of(f)).into_owned()).unwrap_or_default();
+            let local = el
+                .from()
+                .map(|f| domain_key(domain_of(f)).into_owned())
+                .unwrap_or_default();
             if !st.proto.is_authenticated(&local, d)
                 || st.proto.send_stanza(&local, d, el.bytes(), now).is_err()
             {
@@ -727,7 +763,9 @@ impl Shard {
             r.locals.retain(|l| l != local);
             let (out, keep): (VecDeque<Element>, VecDeque<Element>) =
                 r.queue.drain(..).partition(|el| {
-                    el.from().map(|f| domain_key(domain_of(f)).into_owned()).as_deref()
+                    el.from()
+                        .map(|f| domain_key(domain_of(f)).into_owned())
+                        .as_deref()
                         == Some(local)
                 });
             r.queue = keep;
@@ -757,7 +795,11 @@ impl Shard {
                 let r = remotes.get_mut(d).expect("checked");
                 r.conn = None;
                 r.locals.clear();
-                let local = r.queue.front().and_then(|el| el.from()).map(|f| domain_key(domain_of(f)).into_owned());
+                let local = r
+                    .queue
+                    .front()
+                    .and_then(|el| el.from())
+                    .map(|f| domain_key(domain_of(f)).into_owned());
                 (!r.queue.is_empty() || !r.verifies.is_empty(), local)
             };
             if has_queue {
@@ -815,9 +857,19 @@ impl Shard {
         };
         if let Some(f) = backoff {
             let cond = DialbackErrorCondition::from_stanza_condition(f.condition);
-            return self.send_verdict(reply_shard, conn, local, remote, DialbackResult::Error(cond));
+            return self.send_verdict(
+                reply_shard,
+                conn,
+                local,
+                remote,
+                DialbackResult::Error(cond),
+            );
         }
-        let has_conn = self.remotes.borrow().get(&remote).is_some_and(|r| r.conn.is_some());
+        let has_conn = self
+            .remotes
+            .borrow()
+            .get(&remote)
+            .is_some_and(|r| r.conn.is_some());
         if has_conn {
             self.send_pending_verifies(&remote);
         } else {
@@ -832,7 +884,11 @@ impl Shard {
         let Some(conn) = r.conn.clone() else { return };
         let mut st = conn.st.borrow_mut();
         for v in r.verifies.iter_mut().filter(|v| !v.sent) {
-            if st.proto.send_db_verify(&v.local, &v.stream_id, &v.key, now).is_ok() {
+            if st
+                .proto
+                .send_db_verify(&v.local, &v.stream_id, &v.key, now)
+                .is_ok()
+            {
                 v.sent = true;
             }
         }
@@ -857,11 +913,26 @@ impl Shard {
         }
     }
 
-    fn send_verdict(&self, shard: usize, conn: ConnId, local: String, remote: String, result: DialbackResult) {
+    fn send_verdict(
+        &self,
+        shard: usize,
+        conn: ConnId,
+        local: String,
+        remote: String,
+        result: DialbackResult,
+    ) {
         if shard == self.id {
             self.apply_verdict(conn, &local, &remote, result);
         } else {
-            self.send_to(shard, ShardMsg::Verdict { conn, local, remote, result });
+            self.send_to(
+                shard,
+                ShardMsg::Verdict {
+                    conn,
+                    local,
+                    remote,
+                    result,
+                },
+            );
         }
     }
 
@@ -871,7 +942,8 @@ impl Shard {
         };
         {
             let mut st = c.st.borrow_mut();
-            st.proto.handle_dialback_verdict(local, remote, result, Instant::now());
+            st.proto
+                .handle_dialback_verdict(local, remote, result, Instant::now());
             st.collect_events();
         }
         self.on_events(&c, false);
@@ -906,7 +978,9 @@ impl Shard {
                     tokio_uring::spawn(async move { me.refuse_c2s(stream).await });
                 }
                 ListenerKind::S2s | ListenerKind::S2sDirectTls => {
-                    if self.unauthenticated.get() >= self.shared.config.s2s.max_unauthenticated_per_shard {
+                    if self.unauthenticated.get()
+                        >= self.shared.config.s2s.max_unauthenticated_per_shard
+                    {
                         debug!(%peer, "too many unauthenticated connections; refusing");
                         let _ = stream.shutdown(std::net::Shutdown::Both);
                         continue;
@@ -915,7 +989,9 @@ impl Shard {
                     let me = Rc::clone(&self);
                     let direct = kind == ListenerKind::S2sDirectTls;
                     let span = info_span!("s2s", dir = "in", %peer, peer_domain = tracing::field::Empty, id = tracing::field::Empty);
-                    tokio_uring::spawn(async move { me.inbound(stream, direct).await }.instrument(span));
+                    tokio_uring::spawn(
+                        async move { me.inbound(stream, direct).await }.instrument(span),
+                    );
                 }
             }
         }
@@ -937,18 +1013,26 @@ impl Shard {
         let mut tls = None;
         let mut chain = None;
         if direct_tls {
-            let mut server = match rustls::ServerConnection::new(Arc::clone(&self.shared.tls_server_direct)) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "TLS server setup failed");
-                    self.unauthenticated.set(self.unauthenticated.get() - 1);
-                    return;
-                }
-            };
-            let hs = tokio::time::timeout(cfg.stream_header_timeout, handshake(&stream, &mut server)).await;
+            let mut server =
+                match rustls::ServerConnection::new(Arc::clone(&self.shared.tls_server_direct)) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "TLS server setup failed");
+                        self.unauthenticated.set(self.unauthenticated.get() - 1);
+                        return;
+                    }
+                };
+            let hs =
+                tokio::time::timeout(cfg.stream_header_timeout, handshake(&stream, &mut server))
+                    .await;
             match hs {
                 Ok(Ok(())) => {
-                    chain = Some(server.peer_certificates().map(|c| c.to_vec()).unwrap_or_default());
+                    chain = Some(
+                        server
+                            .peer_certificates()
+                            .map(|c| c.to_vec())
+                            .unwrap_or_default(),
+                    );
                     tls = Some(Tls::Server(server));
                 }
                 _ => {
@@ -968,7 +1052,12 @@ impl Shard {
             // Plaintext that arrived with the end of the handshake.
             st.input(&[], now);
         }
-        let conn = Rc::new(Conn::new(self.next_conn_id(), stream, st, tracing::Span::current()));
+        let conn = Rc::new(Conn::new(
+            self.next_conn_id(),
+            stream,
+            st,
+            tracing::Span::current(),
+        ));
         self.conns.borrow_mut().insert(conn.id, Rc::clone(&conn));
         self.spawn_conn(conn);
     }
@@ -978,7 +1067,13 @@ impl Shard {
         h.state.moved = true;
         let std_stream = std::net::TcpStream::from(h.fd);
         let stream = TcpStream::from_std(std_stream);
-        let span = info_span!("s2s", dir = "in", peer_domain = tracing::field::Empty, id = tracing::field::Empty, adopted = true);
+        let span = info_span!(
+            "s2s",
+            dir = "in",
+            peer_domain = tracing::field::Empty,
+            id = tracing::field::Empty,
+            adopted = true
+        );
         let conn = Rc::new(Conn::new(self.next_conn_id(), stream, h.state, span));
         debug!(parent: &conn.span, "adopted from another shard");
         self.conns.borrow_mut().insert(conn.id, Rc::clone(&conn));
@@ -1154,7 +1249,9 @@ impl Shard {
             // Hand-off: an inbound stream goes to the shard of the domain it names.
             if may_hand_off && conn.direction == Direction::Inbound {
                 let claimed = match &ev {
-                    Event::Opened { remote: Some(r), .. } => Some(r.as_str()),
+                    Event::Opened {
+                        remote: Some(r), ..
+                    } => Some(r.as_str()),
                     Event::VerifyNeeded { remote, .. } | Event::Authenticated { remote, .. } => {
                         Some(remote.as_str())
                     }
@@ -1167,8 +1264,12 @@ impl Shard {
                         st.handing_off || st.moved || st.pinned
                     };
                     if dst != self.id && !stays {
-                        if let Event::Opened { remote, stream_id, .. } = &ev {
-                            conn.span.record("peer_domain", remote.as_deref().unwrap_or(""));
+                        if let Event::Opened {
+                            remote, stream_id, ..
+                        } = &ev
+                        {
+                            conn.span
+                                .record("peer_domain", remote.as_deref().unwrap_or(""));
                             conn.span.record("id", stream_id.as_str());
                         }
                         debug!(parent: &conn.span, remote = r, to_shard = dst, "handing off");
@@ -1188,7 +1289,11 @@ impl Shard {
 
     fn on_event(&self, conn: &Rc<Conn>, ev: Event) {
         match ev {
-            Event::Opened { local, remote, stream_id } => {
+            Event::Opened {
+                local,
+                remote,
+                stream_id,
+            } => {
                 conn.span.record("id", stream_id.as_str());
                 if let Some(r) = &remote {
                     conn.span.record("peer_domain", r.as_str());
@@ -1198,13 +1303,22 @@ impl Shard {
             }
             Event::StartTls(role) => {
                 let tls = match role {
-                    TlsRole::Server => rustls::ServerConnection::new(Arc::clone(&self.shared.tls_server)).map(Tls::Server),
+                    TlsRole::Server => {
+                        rustls::ServerConnection::new(Arc::clone(&self.shared.tls_server))
+                            .map(Tls::Server)
+                    }
                     TlsRole::Client { sni } => {
                         let local = conn.st.borrow().proto.local_domain().to_owned();
-                        match (self.shared.client_tls(&local, &sni, false), crate::tls::server_name(&sni)) {
-                            (Some(cfg), Ok(name)) => rustls::ClientConnection::new(cfg, name).map(Tls::Client),
+                        match (
+                            self.shared.client_tls(&local, &sni, false),
+                            crate::tls::server_name(&sni),
+                        ) {
+                            (Some(cfg), Ok(name)) => {
+                                rustls::ClientConnection::new(cfg, name).map(Tls::Client)
+                            }
                             (None, _) => Err(rustls::Error::General(
-                                "no trust anchors to verify the server's certificate (tls.trust)".into(),
+                                "no trust anchors to verify the server's certificate (tls.trust)"
+                                    .into(),
                             )),
                             (_, Err(e)) => Err(rustls::Error::General(e.to_string())),
                         }
@@ -1219,25 +1333,40 @@ impl Shard {
                     }
                 }
             }
-            Event::Authenticated { local, remote, method, direction } => {
+            Event::Authenticated {
+                local,
+                remote,
+                method,
+                direction,
+            } => {
                 conn.st.borrow_mut().pinned = true;
                 info!(parent: &conn.span, %local, %remote, ?method, "authenticated");
                 {
                     let mut st = conn.st.borrow_mut();
                     if st.counted_unauth {
                         st.counted_unauth = false;
-                        self.unauthenticated.set(self.unauthenticated.get().saturating_sub(1));
+                        self.unauthenticated
+                            .set(self.unauthenticated.get().saturating_sub(1));
                     }
                 }
                 if direction == Direction::Outbound {
                     self.outbound_ready(conn, &local, &remote);
                 }
             }
-            Event::AuthFailed { local, remote, result } => {
+            Event::AuthFailed {
+                local,
+                remote,
+                result,
+            } => {
                 info!(parent: &conn.span, %local, %remote, ?result, "authentication failed");
                 self.outbound_auth_failed(&remote, &local, result);
             }
-            Event::VerifyNeeded { local, remote, stream_id, key } => {
+            Event::VerifyNeeded {
+                local,
+                remote,
+                stream_id,
+                key,
+            } => {
                 // The verdict comes back addressed to this connection on this shard.
                 conn.st.borrow_mut().pinned = true;
                 let d = domain_key(&remote).into_owned();
@@ -1245,10 +1374,25 @@ impl Shard {
                 if dst == self.id {
                     self.verify_with_authoritative(local, d, stream_id, key, self.id, conn.id);
                 } else {
-                    self.send_to(dst, ShardMsg::Verify { local, remote: d, stream_id, key, reply_shard: self.id, conn: conn.id });
+                    self.send_to(
+                        dst,
+                        ShardMsg::Verify {
+                            local,
+                            remote: d,
+                            stream_id,
+                            key,
+                            reply_shard: self.id,
+                            conn: conn.id,
+                        },
+                    );
                 }
             }
-            Event::VerifyAnswered { local, remote, stream_id, result } => {
+            Event::VerifyAnswered {
+                local,
+                remote,
+                stream_id,
+                result,
+            } => {
                 self.verify_answered(&domain_key(&remote), &local, &stream_id, result);
             }
             Event::Stanza { element, .. } => self.route(element),
@@ -1274,7 +1418,8 @@ impl Shard {
             (counted, remote, auth)
         };
         if counted {
-            self.unauthenticated.set(self.unauthenticated.get().saturating_sub(1));
+            self.unauthenticated
+                .set(self.unauthenticated.get().saturating_sub(1));
         }
         if conn.direction == Direction::Outbound {
             self.outbound_closed(conn, &domain_key(&remote), reason, authenticated);
@@ -1307,7 +1452,8 @@ impl Shard {
         let mut state = conn.st.into_inner();
         state.handing_off = false;
         if std::mem::replace(&mut state.counted_unauth, false) {
-            self.unauthenticated.set(self.unauthenticated.get().saturating_sub(1));
+            self.unauthenticated
+                .set(self.unauthenticated.get().saturating_sub(1));
         }
         drop(conn.stream);
         self.send_to(dst, ShardMsg::Adopt(Box::new(Handoff { fd, state })));
@@ -1337,7 +1483,10 @@ impl Shard {
         let outcome = match error {
             None => PingOutcome::Pong { rtt },
             Some(c) => PingOutcome::Error {
-                condition: c.map(|c| c.as_str()).unwrap_or("undefined-condition").to_owned(),
+                condition: c
+                    .map(|c| c.as_str())
+                    .unwrap_or("undefined-condition")
+                    .to_owned(),
                 rtt,
             },
         };

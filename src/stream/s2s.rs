@@ -1520,8 +1520,11 @@ impl S2sConnection {
                 // restarted stream is open again (RFC 6120 §6.4.6): the event waits for
                 // the post-SASL features (see `on_features`).
                 if !self.is_authenticated(&self.local, &self.remote) {
-                    self.pairs
-                        .push((self.local.clone(), self.remote.clone(), AuthMethod::SaslExternal));
+                    self.pairs.push((
+                        self.local.clone(),
+                        self.remote.clone(),
+                        AuthMethod::SaslExternal,
+                    ));
                 }
                 self.restart(now);
             }
