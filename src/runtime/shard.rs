@@ -217,7 +217,7 @@ impl Shard {
             }
             let blocked = !self.outgoing.borrow().is_empty();
             tokio::select! {
-                _ = inbox.wait(), if self.congested.get() == 0 => {}
+                _ = inbox.wait(), if self.can_take_work() => {}
                 _ = self.control_wake.notified() => {}
                 _ = self.flush_wake.notified() => {}
                 _ = inbox.wait_space(), if blocked => {}
@@ -234,21 +234,26 @@ impl Shard {
             }
             // Inbox: a bounded number of batches per turn, so sockets get their turn.
             busy = false;
-            for _ in 0..1024 {
-                if self.congested.get() > 0 {
+            // One batch at a time, and only while no send queue of this shard is full:
+            // then the inbox fills, the senders' pushes fail and their readers pause in
+            // turn (back-pressure along the whole path, never an unbounded queue).
+            for i in 0..(64 * 1024) {
+                if !self.can_take_work() {
                     break;
                 }
                 batch.clear();
-                let got = inbox.drain(&mut batch, 64);
+                let got = inbox.drain(&mut batch, 1);
                 busy |= got > 0;
                 for msg in batch.drain(..) {
                     self.handle_msg(msg);
                 }
-                self.flush(&mut inbox);
                 if got == 0 {
                     break;
                 }
-                tokio::task::yield_now().await;
+                if i % 64 == 63 {
+                    self.flush(&mut inbox);
+                    tokio::task::yield_now().await;
+                }
             }
             self.flush(&mut inbox);
         }
@@ -267,7 +272,7 @@ impl Shard {
             }
         }
         inbox.flush();
-        if out.len() <= self.outgoing_limit {
+        if out.len() <= self.outgoing_limit && self.congested.get() == 0 {
             self.space.notify_waiters();
         }
     }
@@ -276,6 +281,14 @@ impl Shard {
         if !self.flush_scheduled.replace(true) {
             self.flush_wake.notify_one();
         }
+    }
+
+    /// Whether this shard may take more work from its inbox: not while one of its send
+    /// queues is full. (Not gated on `outgoing`: two shards each waiting for room in the
+    /// other's inbox would deadlock. `outgoing` is bounded instead by the readers, the only
+    /// sources of new work, pausing while it is over its limit.)
+    fn can_take_work(&self) -> bool {
+        self.congested.get() == 0
     }
 
     /// Sends `msg` to shard `dst` (batched until the end of the turn).
@@ -295,7 +308,11 @@ impl Shard {
                 return;
             }
             let notified = self.space.notified();
-            self.schedule_flush();
+            if self.congested.get() == 0 {
+                // Waiting for inbox room: the main loop's flush makes progress.
+                self.schedule_flush();
+            }
+            // Else waiting for a send queue to drain: `drain_queue` wakes us.
             notified.await;
         }
     }
@@ -441,7 +458,12 @@ impl Shard {
         // A slow but open peer: the queue may exceed its cap by what the paused readers
         // had already read (bounded); reaching the cap makes the shard congested, which
         // stops its socket reads and inbox drains until the queue is half empty.
-        let hard = if open { cap.saturating_mul(2) } else { cap };
+        let slack = 2 * self.shared.config.inbox.batch;
+        let hard = if open {
+            cap.saturating_mul(2).saturating_add(slack)
+        } else {
+            cap
+        };
         if r.queue.len() >= hard {
             drop(remotes);
             if is_error(&el) {
