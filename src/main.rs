@@ -51,8 +51,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Manage local users.
+    /// Manage local users (stored in `<data_dir>/fedrouter.db`; safe while the server
+    /// runs).
     User {
+        /// Configuration file (TOML), for `domains` and `data_dir`; embedded defaults when
+        /// absent.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         action: UserAction,
     },
@@ -169,6 +174,132 @@ fn ping(
     }
 }
 
+/// Reads a password: from standard input when it is not a terminal (one line), else
+/// from a prompt without echo, asked twice.
+fn read_password() -> Result<String, String> {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    let password = if stdin.is_terminal() {
+        let first = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
+        let again = rpassword::prompt_password("Password again: ").map_err(|e| e.to_string())?;
+        if first != again {
+            return Err("the passwords do not match".into());
+        }
+        first
+    } else {
+        let mut line = String::new();
+        stdin.read_line(&mut line).map_err(|e| e.to_string())?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    if password.is_empty() {
+        return Err("the password is empty".into());
+    }
+    Ok(password)
+}
+
+fn user(config: Option<&Path>, action: UserAction) -> ExitCode {
+    use fedrouter::jid::BareJid;
+    use fedrouter::store::scram::{ScramCredentials, ScramHash};
+    use fedrouter::store::sqlite::SqliteStore;
+    use fedrouter::store::{Store, DB_FILE, SCRAM_ITERATIONS};
+
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let fail = |msg: String| {
+        eprintln!("fedrouter: {msg}");
+        ExitCode::FAILURE
+    };
+    if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
+        return fail(format!("{}: {e}", config.data_dir.display()));
+    }
+    let path = config.data_dir.join(DB_FILE);
+    let mut store = match SqliteStore::open(&path) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("{}: {e}", path.display())),
+    };
+    // A local user's bare JID: a localpart at one of our domains (RFC 7622).
+    let local_jid = |raw: &str| -> Result<String, String> {
+        let jid = BareJid::new(raw).map_err(|e| format!("{raw}: not a valid JID: {e}"))?;
+        if jid.node().is_none() {
+            return Err(format!("{raw}: a user JID needs a localpart (user@domain)"));
+        }
+        if !config.domains.iter().any(|d| d == jid.domain()) {
+            return Err(format!(
+                "{raw}: {} is not one of this server's domains ({})",
+                jid.domain(),
+                config.domains.join(", ")
+            ));
+        }
+        Ok(jid.as_str().to_owned())
+    };
+    let credentials = |password: &str| -> Result<Vec<ScramCredentials>, String> {
+        ScramHash::ALL
+            .iter()
+            .map(|&h| {
+                ScramCredentials::with_random_salt(password, h, SCRAM_ITERATIONS)
+                    .map_err(|e| format!("password: {e}"))
+            })
+            .collect()
+    };
+    let result: Result<String, String> = (|| match action {
+        UserAction::Add { jid } => {
+            let jid = local_jid(&jid)?;
+            let creds = credentials(&read_password()?)?;
+            store.add_user(&jid, &creds).map_err(|e| e.to_string())?;
+            Ok(format!("added {jid}"))
+        }
+        UserAction::Remove { jid } => {
+            let jid = local_jid(&jid)?;
+            if store.remove_user(&jid).map_err(|e| e.to_string())? {
+                Ok(format!("removed {jid}"))
+            } else {
+                Err(format!("{jid}: no such user"))
+            }
+        }
+        UserAction::Passwd { jid } => {
+            let jid = local_jid(&jid)?;
+            if store
+                .credentials(&jid, ScramHash::Sha256)
+                .map_err(|e| e.to_string())?
+                .is_none()
+                && !store
+                    .list_users(None)
+                    .map_err(|e| e.to_string())?
+                    .contains(&jid)
+            {
+                return Err(format!("{jid}: no such user"));
+            }
+            let creds = credentials(&read_password()?)?;
+            if store
+                .set_credentials(&jid, &creds)
+                .map_err(|e| e.to_string())?
+            {
+                Ok(format!("changed the password of {jid}"))
+            } else {
+                Err(format!("{jid}: no such user"))
+            }
+        }
+        UserAction::List { domain } => {
+            let domain = domain.map(|d| fedrouter::router::domain_key(&d).into_owned());
+            let users = store
+                .list_users(domain.as_deref())
+                .map_err(|e| e.to_string())?;
+            Ok(users.join("\n"))
+        }
+    })();
+    match result {
+        Ok(text) => {
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -180,11 +311,6 @@ fn main() -> ExitCode {
             admin,
         } => ping(&domain, from.as_deref(), config.as_deref(), admin),
         Command::Check { .. } => not_implemented("check"),
-        Command::User { action } => match action {
-            UserAction::Add { .. } => not_implemented("user add"),
-            UserAction::Remove { .. } => not_implemented("user remove"),
-            UserAction::List { .. } => not_implemented("user list"),
-            UserAction::Passwd { .. } => not_implemented("user passwd"),
-        },
+        Command::User { config, action } => user(config.as_deref(), action),
     }
 }

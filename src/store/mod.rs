@@ -168,6 +168,12 @@ impl Change {
 /// A user's roster as stored: its version and its items, ordered by contact.
 pub type Roster = (u64, Vec<StoredItem>);
 
+/// The database file's name inside the configured `data_dir`.
+pub const DB_FILE: &str = "fedrouter.db";
+
+/// PBKDF2 iterations for new SCRAM credentials (RFC 7677 §4 asks for at least 4096).
+pub const SCRAM_ITERATIONS: u32 = 4096;
+
 /// The storage interface. Used from ONE storage thread (the [`StoreHandle`]), hence
 /// `&mut self` and `Send` without `Sync`. Every method is atomic: on `Err` nothing of it
 /// is stored.
