@@ -4,8 +4,8 @@
 //! [`Server::start`] binds every listener (SO_REUSEPORT, one socket per shard per
 //! address, so the kernel spreads accepted connections over the shards), then starts one
 //! thread per shard, pinned to a core with `core_affinity`, each running its own
-//! tokio-uring runtime ([`shard`]). Shards share only read-only configuration
-//! ([`Shared`]) and the bounded inbox mesh ([`crate::router::inbox`]).
+//! tokio-uring runtime (`shard.rs`). Shards share only read-only configuration
+//! (`Shared`) and the bounded inbox mesh ([`crate::router::inbox`]).
 //!
 //! The protocol itself lives in the sans-IO core ([`crate::stream::s2s`]); this layer
 //! feeds it bytes and time and carries out what it asks for, so it could be swapped for

@@ -2,14 +2,18 @@
 //!
 //! - [`s2s`]: server-to-server streams, both directions: STARTTLS, SASL EXTERNAL
 //!   (XEP-0178), Server Dialback (XEP-0220), authorisation of received stanzas.
+//! - [`c2s`]: client-to-server streams (receiving end): STARTTLS, SASL SCRAM/PLAIN,
+//!   resource binding, `from` checks on the client's stanzas.
 //! - [`policy`]: per-remote-domain federation policy (TLS, auth method, certificate
 //!   checks, allow/deny).
-//!
-//! C2S streams arrive with the local-domain issue.
 
+pub mod c2s;
 pub mod policy;
 pub mod s2s;
 
+pub use c2s::{
+    BindError, C2sConfig, C2sConnection, C2sError, C2sTimeouts, Event as C2sEvent, Mechanism,
+};
 pub use policy::{AuthPolicy, FederationPolicy, PeerPolicy, TlsPolicy};
 pub use s2s::{
     AuthMethod, CloseReason, Direction, Event, PeerCertVerifier, S2sConfig, S2sConnection,

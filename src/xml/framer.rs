@@ -170,7 +170,7 @@ const INITIAL_BUFFER: usize = 16 * 1024;
 ///
 /// Feed it bytes with [`Framer::feed`] (or read straight into [`Framer::buffer_mut`]),
 /// then call [`Framer::next_frame`] until it returns `Ok(None)`. It yields the
-/// [`StreamHeader`], each top-level [`Element`] (a [`Bytes`] view of the buffer, never
+/// [`StreamHeader`], each top-level [`Element`] (a [`Bytes`](bytes::Bytes) view of the buffer, never
 /// copied), and [`Frame::Close`]. Errors are fatal and sticky; map them to a stream error
 /// with [`XmlError::condition`]. After a stream restart (RFC 6120 §5.4.3.3 after TLS,
 /// §6.4.6 after SASL) call [`Framer::reset`].
