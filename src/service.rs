@@ -9,7 +9,8 @@
 
 use crate::condition::StanzaCondition;
 use crate::stanza::{is_error, write_error_reply, StanzaKind};
-use crate::xml::{escape_attr_into, unescape, Element};
+use crate::xml::writer::write_raw_attr;
+use crate::xml::{escape_attr_into, Element};
 
 /// `urn:xmpp:ping` (XEP-0199).
 pub const NS_PING: &str = "urn:xmpp:ping";
@@ -59,20 +60,10 @@ fn first_child(el: &Element) -> Option<(&str, &str)> {
 }
 
 fn result_header(el: &Element, out: &mut Vec<u8>) {
-    let attr = |key: &str, raw: Option<&str>, out: &mut Vec<u8>| {
-        if let Some(raw) = raw {
-            let v = unescape(raw).unwrap_or(std::borrow::Cow::Borrowed(raw));
-            out.extend_from_slice(b" ");
-            out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(b"='");
-            escape_attr_into(&v, out);
-            out.push(b'\'');
-        }
-    };
     out.extend_from_slice(b"<iq type='result'");
-    attr("from", el.to(), out);
-    attr("to", el.from(), out);
-    attr("id", el.id(), out);
+    write_raw_attr("from", el.to(), out);
+    write_raw_attr("to", el.from(), out);
+    write_raw_attr("id", el.id(), out);
 }
 
 /// Answers a stanza addressed to one of our domains (bare domain JID, no resource).

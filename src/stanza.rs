@@ -61,23 +61,14 @@ pub fn write_error_reply(
     by: Option<&str>,
     out: &mut Vec<u8>,
 ) {
-    use crate::xml::{escape_attr_into, escape_text_into, ns, unescape};
+    use crate::xml::writer::write_raw_attr;
+    use crate::xml::{escape_attr_into, escape_text_into, ns};
     let name = el.name();
     out.push(b'<');
     out.extend_from_slice(name.as_bytes());
-    let attr = |key: &str, raw: Option<&str>, out: &mut Vec<u8>| {
-        if let Some(raw) = raw {
-            let value = unescape(raw).unwrap_or(std::borrow::Cow::Borrowed(raw));
-            out.extend_from_slice(b" ");
-            out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(b"='");
-            escape_attr_into(&value, out);
-            out.push(b'\'');
-        }
-    };
-    attr("from", el.to(), out);
-    attr("to", el.from(), out);
-    attr("id", el.id(), out);
+    write_raw_attr("from", el.to(), out);
+    write_raw_attr("to", el.from(), out);
+    write_raw_attr("id", el.id(), out);
     out.extend_from_slice(b" type='error'><error type='");
     out.extend_from_slice(condition.default_type().as_bytes());
     out.push(b'\'');
@@ -160,6 +151,21 @@ mod tests {
             .as_str()
             .contains("<error type='cancel' by='capulet.example'>"));
         assert!(reply.as_str().contains("no &lt;SRV&gt;"));
+    }
+
+    #[test]
+    fn parse_stanza_reuses_its_stream_and_recovers_from_errors() {
+        for i in 0..1000 {
+            let text = format!("<message to='u{i}@a.test' id='{i}'/>");
+            let el = parse_stanza(text.as_bytes()).unwrap();
+            assert_eq!(el.id(), Some(i.to_string().as_str()));
+            assert_eq!(el.as_str(), text);
+        }
+        assert!(parse_stanza(b"<message><unclosed></message>").is_err());
+        assert!(parse_stanza(b"<a/><b/>").is_err());
+        assert!(parse_stanza(b"<message to='x@a.test'").is_err());
+        let el = parse_stanza(b"<iq type='get' id='after'/>").unwrap();
+        assert_eq!(el.id(), Some("after"));
     }
 
     #[test]

@@ -1567,7 +1567,6 @@ impl Shard {
         if !queued.is_empty() {
             info!(count = queued.len(), "stanzas still queued at shutdown");
         }
-        let _ = &self.rng;
     }
 }
 

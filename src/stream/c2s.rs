@@ -125,11 +125,11 @@ use crate::store::scram::{
 };
 use crate::xml::tree::Node;
 use crate::xml::writer::{
-    write_readdressed, write_stream_error, write_stream_header, HeaderOut, STREAM_CLOSE,
+    write_raw_attr, write_readdressed, write_stream_error, write_stream_header, HeaderOut,
+    STREAM_CLOSE,
 };
 use crate::xml::{
-    escape_attr_into, escape_text_into, ns, unescape, Element, Frame, Framer, Limits, Namespace,
-    StreamHeader,
+    escape_text_into, ns, unescape, Element, Frame, Framer, Limits, Namespace, StreamHeader,
 };
 
 /// `urn:ietf:params:xml:ns:xmpp-bind`, resource binding (RFC 6120 §7).
@@ -1555,16 +1555,8 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// stream; `from` is the request's `to`, if any). The caller closes the tag.
 fn write_iq_result_start(req: &Element, out: &mut Vec<u8>) {
     out.extend_from_slice(b"<iq type='result'");
-    for (name, raw) in [("id", req.id()), ("from", req.to())] {
-        if let Some(raw) = raw {
-            let value = unescape(raw).unwrap_or(std::borrow::Cow::Borrowed(raw));
-            out.push(b' ');
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b"='");
-            escape_attr_into(&value, out);
-            out.push(b'\'');
-        }
-    }
+    write_raw_attr("id", req.id(), out);
+    write_raw_attr("from", req.to(), out);
 }
 
 /// Removes the top element's default namespace declaration from `buf[start..]` when it is

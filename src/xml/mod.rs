@@ -79,17 +79,17 @@ pub fn parse_stanza(bytes: &[u8]) -> Result<Element, XmlError> {
     }
     FRAMER.with(|cell| {
         let mut slot = cell.borrow_mut();
-        let framer = slot.get_or_insert_with(|| Framer::new(Limits::default()));
-        let fresh = |f: &mut Framer| -> Result<(), XmlError> {
-            f.reset();
+        if slot.is_none() {
+            // The synthetic header is framed once per thread; afterwards the framer sits
+            // inside the stream, ready for the next element.
+            let mut f = Framer::new(Limits::default());
             f.feed(HEADER);
             match f.next_frame()? {
-                Some(Frame::Header(_)) => Ok(()),
-                _ => Err(XmlError::NotWellFormed("synthetic header")),
+                Some(Frame::Header(_)) => *slot = Some(f),
+                _ => return Err(XmlError::NotWellFormed("synthetic header")),
             }
-        };
-        // A reset framer expects a header first.
-        fresh(framer)?;
+        }
+        let framer = slot.as_mut().expect("set above");
         framer.feed(bytes);
         let out = match framer.next_frame() {
             Ok(Some(Frame::Element(el))) if framer.buffered() == 0 => Ok(el),
@@ -97,6 +97,7 @@ pub fn parse_stanza(bytes: &[u8]) -> Result<Element, XmlError> {
             Err(e) => Err(e),
         };
         if out.is_err() {
+            // Start from a clean stream next time.
             *slot = None;
         }
         out

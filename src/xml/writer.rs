@@ -41,6 +41,20 @@ pub fn write_readdressed(el: &Element, to: Option<&str>, from: Option<&str>, out
     out.extend_from_slice(&b[at..]);
 }
 
+/// Appends ` key='value'` where `raw` is an attribute value as received (still escaped,
+/// possibly from a `"`-quoted attribute): it is unescaped and escaped again for `'`
+/// quotes. `None` writes nothing. Used when a reply copies `to`, `from` or `id` from the
+/// request (RFC 6120 §8.2.3, §8.3.1).
+pub fn write_raw_attr(key: &str, raw: Option<&str>, out: &mut Vec<u8>) {
+    let Some(raw) = raw else { return };
+    let value = super::unescape(raw).unwrap_or(std::borrow::Cow::Borrowed(raw));
+    out.push(b' ');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"='");
+    escape_attr_into(&value, out);
+    out.push(b'\'');
+}
+
 /// Parameters of a stream header we send (RFC 6120 §4.7).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HeaderOut<'a> {
