@@ -1556,8 +1556,8 @@ impl Shard {
         while !self.conns.borrow().is_empty() && Instant::now() < settle {
             let _ = tokio::time::timeout_at(settle.into(), self.conn_ended.notified()).await;
         }
-        // Stanzas still waiting for a remote server: bounce them (nobody local will
-        // see them either, but the books balance).
+        // Stanzas still waiting for a remote server are not delivered: every stream is
+        // closed by now, so a bounce could reach nobody. Say how many, loudly.
         let queued: Vec<Element> = self
             .remotes
             .borrow_mut()
@@ -1565,7 +1565,10 @@ impl Shard {
             .flat_map(|r| std::mem::take(&mut r.queue))
             .collect();
         if !queued.is_empty() {
-            info!(count = queued.len(), "stanzas still queued at shutdown");
+            warn!(
+                count = queued.len(),
+                "stanzas still queued for remote servers at shutdown were not delivered"
+            );
         }
     }
 }
