@@ -52,6 +52,21 @@
 //! capacity = 1024
 //! batch = 256
 //!
+//! [c2s]                         # client streams (RFC 6120) and rosters (RFC 6121)
+//! tls_required = true
+//! negotiation_timeout = "30s"
+//! keepalive = "60s"
+//! max_auth_failures = 3
+//! auth_failure_delay = "1s"
+//! max_stanza_size = 65536
+//! max_roster_items = 1000
+//! max_resources = 16
+//!
+//! [store]                       # the embedded SQLite database, <data_dir>/fedrouter.db
+//! durability = "power-loss"     # or "crash" (synchronous=FULL / NORMAL)
+//! max_batch = 1024
+//! queue = 65536
+//!
 //! [shutdown]
 //! drain_timeout = "5s"
 //!
@@ -257,6 +272,10 @@ pub struct Config {
     pub s2s: S2sSection,
     /// Cross-shard inboxes (`[inbox]`).
     pub inbox: InboxSection,
+    /// Client-to-server streams and rosters (`[c2s]`).
+    pub c2s: C2sSection,
+    /// The user and roster store (`[store]`).
+    pub store: StoreSection,
     /// Graceful shutdown (`[shutdown]`).
     pub shutdown: ShutdownSection,
     /// Logging (`[log]`).
@@ -450,6 +469,93 @@ pub struct InboxSection {
     pub batch: usize,
 }
 
+/// Client-to-server streams (`[c2s]`, RFC 6120 §4–§7) and the rosters of local users
+/// (RFC 6121 §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct C2sSection {
+    /// Whether clients must negotiate STARTTLS before authenticating (RFC 6120 §5.3.1),
+    /// key `c2s.tls_required`; default `true`. `PLAIN` is never offered without TLS.
+    pub tls_required: bool,
+    /// Time allowed for each negotiation step (header, TLS, SASL, bind), key
+    /// `c2s.negotiation_timeout`; default 30 s; not zero.
+    #[serde(with = "humantime_serde")]
+    pub negotiation_timeout: Duration,
+    /// Whitespace keepalive after this long without sending (RFC 6120 §4.6.1), key
+    /// `c2s.keepalive`; default 60 s; not zero.
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// SASL failures that close the stream (RFC 6120 §6.4.5), key `c2s.max_auth_failures`;
+    /// default 3; 1 to 6.
+    pub max_auth_failures: u32,
+    /// Hold after the first SASL failure, doubled after each further one, key
+    /// `c2s.auth_failure_delay`; default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub auth_failure_delay: Duration,
+    /// Largest stanza a client may send, in bytes, key `c2s.max_stanza_size`; default
+    /// 65536; [`MIN_STANZA_SIZE`] to [`MAX_STANZA_SIZE`].
+    pub max_stanza_size: usize,
+    /// Most items in one user's roster (RFC 6121 §2.3.3 "server-configured limit"), key
+    /// `c2s.max_roster_items`; default 1000; 1 to 100000. A roster set or an inbound
+    /// subscription request that would exceed it is refused with `not-allowed` /
+    /// `resource-constraint`.
+    pub max_roster_items: usize,
+    /// Most sessions (bound resources) per user, key `c2s.max_resources`; default 16; 1 to
+    /// 1024. One more is refused with `resource-constraint` (RFC 6120 §7.6.2.1).
+    pub max_resources: usize,
+}
+
+impl Default for C2sSection {
+    fn default() -> Self {
+        C2sSection {
+            tls_required: true,
+            negotiation_timeout: Duration::from_secs(30),
+            keepalive: Duration::from_secs(60),
+            max_auth_failures: 3,
+            auth_failure_delay: Duration::from_secs(1),
+            max_stanza_size: 65536,
+            max_roster_items: 1000,
+            max_resources: 16,
+        }
+    }
+}
+
+/// How commits reach the disk (`store.durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreDurability {
+    /// `"crash"`: a commit survives the process being killed (`synchronous=NORMAL`).
+    Crash,
+    /// `"power-loss"`: every group commit is fsynced (`synchronous=FULL`). The default.
+    #[default]
+    PowerLoss,
+}
+
+/// The user and roster store (`[store]`): SQLite in WAL mode at
+/// `<data_dir>/fedrouter.db`, written by one storage thread with group commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Key `store.durability`: `"power-loss"` (default) or `"crash"`.
+    pub durability: StoreDurability,
+    /// Most requests committed in one transaction, key `store.max_batch`; default 1024;
+    /// 1 to 65536.
+    pub max_batch: usize,
+    /// Requests waiting for the storage thread before shards hold further ones back, key
+    /// `store.queue`; default 65536; 1 to 1048576.
+    pub queue: usize,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            durability: StoreDurability::PowerLoss,
+            max_batch: 1024,
+            queue: 65536,
+        }
+    }
+}
+
 /// Graceful shutdown (`[shutdown]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -512,6 +618,8 @@ impl Default for Config {
             dns: DnsSection::default(),
             s2s: S2sSection::default(),
             inbox: InboxSection::default(),
+            c2s: C2sSection::default(),
+            store: StoreSection::default(),
             shutdown: ShutdownSection::default(),
             log: LogSection::default(),
             federation: FederationPolicy::default(),
@@ -613,6 +721,10 @@ struct RawConfig {
     s2s: RawS2s,
     #[serde(default)]
     inbox: InboxSection,
+    #[serde(default)]
+    c2s: C2sSection,
+    #[serde(default)]
+    store: StoreSection,
     #[serde(default)]
     shutdown: ShutdownSection,
     #[serde(default)]
@@ -844,6 +956,8 @@ impl RawConfig {
             dns,
             s2s,
             inbox: self.inbox,
+            c2s: self.c2s,
+            store: self.store,
             shutdown: self.shutdown,
             log: self.log,
             federation,
@@ -950,6 +1064,9 @@ impl Config {
         self.validate_s2s()?;
         check_range("inbox.capacity", self.inbox.capacity, 1, MAX_INBOX_CAPACITY)?;
         check_range("inbox.batch", self.inbox.batch, 1, MAX_INBOX_BATCH)?;
+        self.validate_c2s()?;
+        check_range("store.max_batch", self.store.max_batch, 1, 65536)?;
+        check_range("store.queue", self.store.queue, 1, 1 << 20)?;
         self.validate_log()?;
         let mut keys: Vec<&String> = self.federation.domains.keys().collect();
         keys.sort();
@@ -1133,6 +1250,22 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    fn validate_c2s(&self) -> Result<(), ConfigError> {
+        let c = &self.c2s;
+        check_nonzero("c2s.negotiation_timeout", c.negotiation_timeout)?;
+        check_nonzero("c2s.keepalive", c.keepalive)?;
+        check_range("c2s.max_auth_failures", c.max_auth_failures as usize, 1, 6)?;
+        check_range(
+            "c2s.max_stanza_size",
+            c.max_stanza_size,
+            MIN_STANZA_SIZE,
+            MAX_STANZA_SIZE,
+        )?;
+        check_range("c2s.max_roster_items", c.max_roster_items, 1, 100_000)?;
+        check_range("c2s.max_resources", c.max_resources, 1, 1024)?;
         Ok(())
     }
 

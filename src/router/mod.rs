@@ -9,6 +9,7 @@
 //! Keys are normalised before hashing ([`domain_key`], [`bare_key`]) so that every
 //! spelling of a JID lands on the same shard.
 
+pub mod fanout;
 pub mod inbox;
 
 use std::borrow::Cow;

@@ -1,5 +1,5 @@
-//! One S2S connection on a shard: the socket, optional TLS, and the sans-IO
-//! [`S2sConnection`] that does all the protocol work.
+//! One connection on a shard: the socket, optional TLS, and the sans-IO protocol that does
+//! all the protocol work: [`S2sConnection`] or [`C2sConnection`], behind [`Proto`].
 //!
 //! Two tasks per connection, both long-lived:
 //!
@@ -26,7 +26,77 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::Notify;
 use tokio_uring::net::TcpStream;
 
+use crate::condition::StreamCondition;
+use crate::stream::c2s::{self, C2sConnection};
 use crate::stream::s2s::{Direction, Event, S2sConnection};
+
+/// What the driver needs from a sans-IO stream machine (both have the same shape, after
+/// quinn-proto's `Connection`).
+pub(crate) trait Proto {
+    /// What the machine asks the runtime to act on.
+    type Event;
+    fn handle_input(&mut self, data: &[u8], now: Instant);
+    fn handle_tls_established(&mut self, chain: Vec<CertificateDer<'static>>, now: Instant);
+    fn handle_tls_failed(&mut self, reason: &str);
+    fn handle_timeout(&mut self, now: Instant);
+    fn poll_transmit(&mut self, into: &mut Vec<u8>) -> usize;
+    fn pending_transmit(&self) -> usize;
+    fn poll_event(&mut self) -> Option<Self::Event>;
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn release_idle_memory(&mut self);
+    fn close(&mut self, error: Option<(StreamCondition, &str)>, now: Instant);
+    fn direction(&self) -> Direction;
+}
+
+macro_rules! proto {
+    ($t:ty, $ev:ty, $dir:expr) => {
+        impl Proto for $t {
+            type Event = $ev;
+            fn handle_input(&mut self, data: &[u8], now: Instant) {
+                <$t>::handle_input(self, data, now)
+            }
+            fn handle_tls_established(
+                &mut self,
+                chain: Vec<CertificateDer<'static>>,
+                now: Instant,
+            ) {
+                <$t>::handle_tls_established(self, chain, now)
+            }
+            fn handle_tls_failed(&mut self, reason: &str) {
+                <$t>::handle_tls_failed(self, reason)
+            }
+            fn handle_timeout(&mut self, now: Instant) {
+                <$t>::handle_timeout(self, now)
+            }
+            fn poll_transmit(&mut self, into: &mut Vec<u8>) -> usize {
+                <$t>::poll_transmit(self, into)
+            }
+            fn pending_transmit(&self) -> usize {
+                <$t>::pending_transmit(self)
+            }
+            fn poll_event(&mut self) -> Option<$ev> {
+                <$t>::poll_event(self)
+            }
+            fn poll_timeout(&self) -> Option<Instant> {
+                <$t>::poll_timeout(self)
+            }
+            fn release_idle_memory(&mut self) {
+                <$t>::release_idle_memory(self)
+            }
+            fn close(&mut self, error: Option<(StreamCondition, &str)>, now: Instant) {
+                <$t>::close(self, error, now)
+            }
+            #[allow(clippy::redundant_closure_call)]
+            fn direction(&self) -> Direction {
+                ($dir)(self)
+            }
+        }
+    };
+}
+proto!(S2sConnection, Event, |c: &S2sConnection| c.direction());
+proto!(C2sConnection, c2s::Event, |_: &C2sConnection| {
+    Direction::Inbound
+});
 
 /// Smallest read buffer. The buffer is owned by the in-flight read for the whole life of
 /// the connection, so it is part of every idle stream's memory: it starts small and
@@ -115,9 +185,9 @@ tls_conn!(rustls::ServerConnection);
 
 /// Everything about a connection except its socket: what moves to another shard on a
 /// hand-off.
-pub(crate) struct ConnState {
+pub(crate) struct ConnState<P: Proto = S2sConnection> {
     /// The protocol.
-    pub proto: S2sConnection,
+    pub proto: P,
     /// TLS, once started.
     pub tls: Option<Tls>,
     /// Whether the TLS handshake of a STARTTLS upgrade is still running.
@@ -125,7 +195,7 @@ pub(crate) struct ConnState {
     /// Bytes ready for the socket (already encrypted when TLS is on).
     pub wire: Vec<u8>,
     /// Events taken from the protocol but not yet acted on.
-    pub events: VecDeque<Event>,
+    pub events: VecDeque<P::Event>,
     /// The peer's stream header has arrived.
     pub opened: bool,
     /// Inbound: the header must arrive before this.
@@ -145,9 +215,9 @@ pub(crate) struct ConnState {
     plain: Vec<u8>,
 }
 
-impl ConnState {
+impl<P: Proto> ConnState<P> {
     /// A new state around `proto`, with TLS already established when `tls` is given.
-    pub fn new(proto: S2sConnection, tls: Option<Tls>) -> Self {
+    pub fn new(proto: P, tls: Option<Tls>) -> Self {
         ConnState {
             proto,
             tls,
@@ -166,7 +236,7 @@ impl ConnState {
     }
 
     /// Feeds bytes read from the socket: through TLS when on, then into the protocol.
-    /// A TLS error closes the stream ([`S2sConnection::handle_tls_failed`]).
+    /// A TLS error closes the stream ([`Proto::handle_tls_failed`]).
     pub fn input(&mut self, data: &[u8], now: Instant) {
         let Some(tls) = self.tls.as_mut() else {
             self.proto.handle_input(data, now);
@@ -282,13 +352,13 @@ impl ConnState {
 }
 
 /// A connection running on this shard.
-pub(crate) struct Conn {
+pub(crate) struct Conn<P: Proto = S2sConnection> {
     /// Unique id.
     pub id: ConnId,
     /// The socket.
     pub stream: TcpStream,
     /// Protocol and TLS state.
-    pub st: RefCell<ConnState>,
+    pub st: RefCell<ConnState<P>>,
     /// Wakes the writer.
     pub wake: Notify,
     /// Signalled when the writer has stopped (for hand-off and cleanup).
@@ -301,9 +371,9 @@ pub(crate) struct Conn {
     pub span: tracing::Span,
 }
 
-impl Conn {
+impl<P: Proto> Conn<P> {
     /// Wraps a socket.
-    pub fn new(id: ConnId, stream: TcpStream, st: ConnState, span: tracing::Span) -> Self {
+    pub fn new(id: ConnId, stream: TcpStream, st: ConnState<P>, span: tracing::Span) -> Self {
         let direction = st.proto.direction();
         Conn {
             id,
@@ -339,15 +409,16 @@ impl Conn {
 
 /// A connection in transit to its owner shard (DESIGN.md "Ownership": "the socket plus
 /// its protocol state").
-pub(crate) struct Handoff {
+pub(crate) struct Handoff<P: Proto = S2sConnection> {
     /// The socket (a duplicate descriptor; the old shard closed its own).
     pub fd: OwnedFd,
     /// Protocol, TLS and unprocessed events.
-    pub state: ConnState,
+    pub state: ConnState<P>,
 }
 
 // The protocol state is plain data; rustls connections are `Send`.
 const _: () = {
     const fn assert_send<T: Send>() {}
     assert_send::<Handoff>();
+    assert_send::<Handoff<C2sConnection>>();
 };

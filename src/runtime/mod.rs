@@ -13,6 +13,7 @@
 
 mod admin;
 mod conn;
+mod local;
 mod shard;
 
 use std::collections::HashMap;
@@ -27,11 +28,15 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::sync::Notify;
 use tracing::{info, info_span, warn};
 
-use crate::config::{Config, Materialized};
+use crate::config::{Config, Materialized, StoreDurability};
 use crate::dns::{DnsConfig, S2sResolver, StaticTarget};
 use crate::router::inbox::mesh;
+use crate::store::sqlite::{Durability, SqliteStore};
+use crate::store::{StoreHandle, DB_FILE};
+use crate::stream::c2s::{C2sConfig, C2sTimeouts};
 use crate::stream::s2s::{PeerCertVerifier, S2sConfig, Timeouts};
 use crate::tls::{self, CertError, CertifiedDomain, ClientAuth, DomainCertResolver};
+use crate::xml::Limits;
 
 pub use admin::ping_via_admin;
 use shard::{ListenerKind, Shard, CURRENT};
@@ -59,6 +64,9 @@ pub enum StartError {
     /// A shard thread could not be started.
     #[error("starting shard threads: {0}")]
     Thread(std::io::Error),
+    /// The store (`<data_dir>/fedrouter.db`) could not be opened.
+    #[error("store: {0}")]
+    Store(String),
 }
 
 /// The outcome of an XEP-0199 server-to-server ping sent through the router.
@@ -100,6 +108,12 @@ pub(crate) struct Shared {
     pub tls_server_direct: Arc<ServerConfig>,
     /// Client configurations by (local domain, verify, direct TLS).
     clients: HashMap<(String, bool, bool), Arc<ClientConfig>>,
+    /// The C2S stream configuration (`[c2s]`).
+    pub c2s: Arc<C2sConfig>,
+    /// C2S STARTTLS server side (no client certificate requested).
+    pub tls_c2s: Arc<ServerConfig>,
+    /// The user and roster store's thread.
+    pub store: StoreHandle,
 }
 
 impl Shared {
@@ -151,6 +165,7 @@ pub struct BoundAddrs {
 /// A running server: its shard threads and admin endpoint.
 pub struct Server {
     threads: Vec<JoinHandle<()>>,
+    store: StoreHandle,
     controls: Vec<(crossbeam_channel::Sender<Control>, Arc<Notify>)>,
     admin: Option<admin::Admin>,
     bound: BoundAddrs,
@@ -165,7 +180,16 @@ impl Server {
     pub fn start(config: Config, materialized: Materialized) -> Result<Server, StartError> {
         tls::install_default_provider();
         let n = config.shards.max(1);
-        let shared = Arc::new(build_shared(config, materialized, n)?);
+        let durability = match config.store.durability {
+            StoreDurability::Crash => Durability::Crash,
+            StoreDurability::PowerLoss => Durability::PowerLoss,
+        };
+        let db = config.data_dir.join(DB_FILE);
+        let sqlite = SqliteStore::open_with(&db, durability)
+            .map_err(|e| StartError::Store(format!("{}: {e}", db.display())))?;
+        let store =
+            StoreHandle::spawn(Box::new(sqlite), config.store.max_batch, config.store.queue);
+        let shared = Arc::new(build_shared(config, materialized, n, store)?);
         let cfg = &shared.config;
 
         // Listeners: one SO_REUSEPORT socket per shard per address.
@@ -288,6 +312,7 @@ impl Server {
         };
         info!(shards = n, s2s = ?bound.s2s, s2s_tls = ?bound.s2s_tls, c2s = ?bound.c2s, admin = ?bound.admin, domains = ?shared.config.domains, "listening");
         Ok(Server {
+            store: shared.store.clone(),
             threads,
             controls,
             admin,
@@ -314,6 +339,8 @@ impl Server {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // Every shard has stopped: what they stored is committed; close the database.
+        self.store.shutdown();
         if let Some(a) = self.admin.take() {
             a.stop();
         }
@@ -333,7 +360,12 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
-fn build_shared(config: Config, m: Materialized, shards: usize) -> Result<Shared, StartError> {
+fn build_shared(
+    config: Config,
+    m: Materialized,
+    shards: usize,
+    store: StoreHandle,
+) -> Result<Shared, StartError> {
     let tls_err = |e: tls::TlsError| StartError::Tls(e.to_string());
     let mut resolver = DomainCertResolver::new();
     for c in &m.certificates {
@@ -347,6 +379,7 @@ fn build_shared(config: Config, m: Materialized, shards: usize) -> Result<Shared
         ClientAuth::Request,
         &[tls::ALPN_XMPP_SERVER],
     );
+    let tls_c2s = tls::server_config(Arc::clone(&resolver), ClientAuth::None, &[]);
 
     let mut roots = RootCertStore::empty();
     for der in &m.trust {
@@ -405,9 +438,32 @@ fn build_shared(config: Config, m: Materialized, shards: usize) -> Result<Shared
             close: Duration::from_secs(5).min(config.shutdown.drain_timeout),
         },
     };
+    let cc = &config.c2s;
+    let mut c2s = C2sConfig::new(config.domains.clone(), rand::random());
+    c2s.certificate_domains = m
+        .certificates
+        .iter()
+        .map(|c| c.domain().to_owned())
+        .collect();
+    c2s.tls_required = cc.tls_required;
+    c2s.limits = Limits {
+        max_element_size: cc.max_stanza_size,
+        ..Limits::default()
+    };
+    c2s.timeouts = C2sTimeouts {
+        negotiation: cc.negotiation_timeout,
+        keepalive: cc.keepalive,
+        idle: None,
+        close: Duration::from_secs(5).min(config.shutdown.drain_timeout),
+    };
+    c2s.max_auth_failures = cc.max_auth_failures;
+    c2s.auth_failure_delay = cc.auth_failure_delay;
     Ok(Shared {
         shards,
         s2s: Arc::new(s2s),
+        c2s: Arc::new(c2s),
+        tls_c2s,
+        store,
         tls_server,
         tls_server_direct,
         clients,

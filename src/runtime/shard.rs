@@ -19,17 +19,20 @@ use tokio::sync::Notify;
 use tokio_uring::net::{TcpListener, TcpStream};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::conn::{Conn, ConnId, ConnState, Handoff, Tls, READ_BUF, READ_BUF_MAX};
+use super::conn::{Conn, ConnId, ConnState, Handoff, Proto, Tls, READ_BUF, READ_BUF_MAX};
+use super::local::Local;
 use super::{Control, PingOutcome, Shared};
 use crate::condition::{StanzaCondition, StreamCondition};
 use crate::dialback::{DialbackErrorCondition, DialbackResult};
 use crate::dns::{DnsError, S2sResolver};
 use crate::jid::domain_of;
+use crate::router::fanout::{write_to_attr, SharedStanza};
 use crate::router::inbox::ShardInbox;
 use crate::router::{bare_key, domain_key, shard_of};
-use crate::service::{answer_server, answer_unavailable_user, write_ping, Answer};
+use crate::service::{write_ping, Answer};
 use crate::srv::{Resolution, Target};
 use crate::stanza::{is_error, write_error_reply, StanzaKind};
+use crate::stream::c2s::C2sConnection;
 use crate::stream::s2s::{CloseReason, Direction, Event, S2sConnection, TlsRole};
 use crate::xml::{parse_stanza, Element};
 
@@ -43,6 +46,14 @@ pub(crate) enum ShardMsg {
     Route(Element),
     /// An inbound stream whose remote domain the receiver owns.
     Adopt(Box<Handoff>),
+    /// A client stream whose user (bare JID) the receiver owns, after SASL.
+    AdoptC2s(Box<Handoff<C2sConnection>>),
+    /// A presence broadcast: the shared stanza and the recipients the receiver owns
+    /// (local bare JIDs, or contacts at remote domains it owns).
+    Fanout {
+        stanza: SharedStanza,
+        to: Vec<Box<str>>,
+    },
     /// Verify a dialback key with `remote`'s authoritative server (XEP-0220 §2.1.3):
     /// the receiver owns `remote`.
     Verify {
@@ -79,11 +90,57 @@ struct Failure {
     text: String,
 }
 
+/// A stanza waiting for a remote domain's stream.
+pub(super) enum Queued {
+    /// A stanza as received or generated.
+    Whole(Element),
+    /// One recipient of a broadcast: the shared body and this recipient's `to`.
+    Shared(SharedStanza, Box<str>),
+}
+
+impl Queued {
+    fn from(&self) -> Option<&str> {
+        match self {
+            Queued::Whole(el) => el.from(),
+            Queued::Shared(s, _) => s.from(),
+        }
+    }
+
+    /// The local domain that sends it (normalised).
+    fn local_domain(&self) -> String {
+        self.from()
+            .map(|f| domain_key(domain_of(f)).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Writes it onto an outbound stream.
+    fn send(&self, proto: &mut S2sConnection, local: &str, d: &str, now: Instant) -> bool {
+        match self {
+            Queued::Whole(el) => proto.send_stanza(local, d, el.bytes(), now).is_ok(),
+            Queued::Shared(s, to) => {
+                let mut attr = Vec::with_capacity(8 + to.len());
+                write_to_attr(to, &mut attr);
+                proto
+                    .send_stanza_parts(local, d, &s.parts(&attr), now)
+                    .is_ok()
+            }
+        }
+    }
+
+    /// The stanza as an element (a copy for a shared one): for bounces.
+    fn into_element(self) -> Option<Element> {
+        match self {
+            Queued::Whole(el) => Some(el),
+            Queued::Shared(s, to) => s.to_element(&to).ok(),
+        }
+    }
+}
+
 /// A remote domain owned by this shard.
 #[derive(Default)]
 struct Remote {
     /// Stanzas waiting for the outbound stream (bounded by `s2s.queue_per_domain`).
-    queue: VecDeque<Element>,
+    queue: VecDeque<Queued>,
     /// The outbound stream, connecting or open.
     conn: Option<Rc<Conn>>,
     /// A connection attempt (DNS, TCP, direct TLS) is running.
@@ -134,7 +191,9 @@ pub(crate) struct Shard {
     /// shard reads no socket and drains no inbox (back-pressure to the feeders).
     congested: Cell<usize>,
     next_id: Cell<u64>,
-    rng: RefCell<SmallRng>,
+    pub(super) rng: RefCell<SmallRng>,
+    /// Local users, their sessions and rosters (`local.rs`).
+    pub(super) local: Local,
     shutting_down: Cell<bool>,
     listeners: RefCell<Vec<Rc<TcpListener>>>,
     /// Signalled whenever a connection ends (shutdown waits on it).
@@ -142,9 +201,48 @@ pub(crate) struct Shard {
 }
 
 /// Where the read loop goes after handling a read.
-enum After {
+pub(super) enum After {
+    /// Keep reading.
     Continue,
+    /// Move the connection to this shard.
     HandOff(usize),
+}
+
+/// How the shard drives the connections of one protocol (S2S, C2S): the parts of the read
+/// loop, the writer and the hand-off that differ.
+pub(super) trait Driven: Proto + Sized + 'static {
+    /// Acts on the connection's events; `may_hand_off`: the caller is the read loop and
+    /// can move the connection to another shard.
+    fn on_events(shard: &Shard, conn: &Rc<Conn<Self>>, may_hand_off: bool) -> After;
+    /// Bookkeeping when the connection ends (called once).
+    fn ended(shard: &Shard, conn: &Rc<Conn<Self>>, reason: &CloseReason);
+    /// The writer moved bytes to the socket: there is room in the stream again.
+    fn written(_shard: &Shard, _conn: &Rc<Conn<Self>>) {}
+    /// The shard's table of these connections.
+    fn conns(shard: &Shard) -> &RefCell<HashMap<ConnId, Rc<Conn<Self>>>>;
+    /// The message that hands the connection to another shard.
+    fn adopt_msg(h: Handoff<Self>) -> ShardMsg;
+}
+
+impl Driven for S2sConnection {
+    fn on_events(shard: &Shard, conn: &Rc<Conn<Self>>, may_hand_off: bool) -> After {
+        shard.on_events(conn, may_hand_off)
+    }
+    fn ended(shard: &Shard, conn: &Rc<Conn<Self>>, reason: &CloseReason) {
+        shard.connection_ended(conn, reason)
+    }
+    fn written(shard: &Shard, conn: &Rc<Conn<Self>>) {
+        if conn.direction == Direction::Outbound {
+            let d = domain_key(conn.st.borrow().proto.remote_domain()).into_owned();
+            shard.drain_queue(conn, &d);
+        }
+    }
+    fn conns(shard: &Shard) -> &RefCell<HashMap<ConnId, Rc<Conn<Self>>>> {
+        &shard.conns
+    }
+    fn adopt_msg(h: Handoff<Self>) -> ShardMsg {
+        ShardMsg::Adopt(Box::new(h))
+    }
 }
 
 impl Shard {
@@ -174,13 +272,14 @@ impl Shard {
             congested: Cell::new(0),
             next_id: Cell::new(1),
             rng: RefCell::new(SmallRng::from_os_rng()),
+            local: Local::new(),
             shutting_down: Cell::new(false),
             listeners: RefCell::new(Vec::new()),
             conn_ended: Notify::new(),
         }
     }
 
-    fn next_conn_id(&self) -> ConnId {
+    pub(super) fn next_conn_id(&self) -> ConnId {
         let n = self.next_id.get();
         self.next_id.set(n + 1);
         ((self.id as u64) << 48) | n
@@ -218,6 +317,7 @@ impl Shard {
             let blocked = !self.outgoing.borrow().is_empty();
             tokio::select! {
                 _ = inbox.wait(), if self.can_take_work() => {}
+                _ = self.local.store_wake.notified() => {}
                 _ = self.control_wake.notified() => {}
                 _ = self.flush_wake.notified() => {}
                 _ = inbox.wait_space(), if blocked => {}
@@ -232,6 +332,8 @@ impl Shard {
             if self.shutting_down.get() {
                 break;
             }
+            // The store's answers (roster loads, durable changes, credentials).
+            self.store_replies();
             // Inbox: a bounded number of batches per turn, so sockets get their turn.
             busy = false;
             // One batch at a time, and only while no send queue of this shard is full:
@@ -292,7 +394,7 @@ impl Shard {
     }
 
     /// Sends `msg` to shard `dst` (batched until the end of the turn).
-    fn send_to(&self, dst: usize, msg: ShardMsg) {
+    pub(super) fn send_to(&self, dst: usize, msg: ShardMsg) {
         self.outgoing.borrow_mut().push_back((dst, msg));
         self.schedule_flush();
     }
@@ -321,6 +423,8 @@ impl Shard {
         match msg {
             ShardMsg::Route(el) => self.route(el),
             ShardMsg::Adopt(h) => self.adopt(*h),
+            ShardMsg::AdoptC2s(h) => self.adopt_c2s(*h),
+            ShardMsg::Fanout { stanza, to } => self.fanned_out(&stanza, to),
             ShardMsg::Verify {
                 local,
                 remote,
@@ -341,7 +445,7 @@ impl Shard {
     // ----- routing -----
 
     /// Routes a stanza to its owner: a local bare JID's shard, or a remote domain's.
-    pub(crate) fn route(&self, el: Element) {
+    pub(super) fn route(&self, el: Element) {
         enum Dst {
             Local(usize),
             Remote(usize, String),
@@ -361,41 +465,44 @@ impl Shard {
         };
         match dst {
             Dst::Local(s) if s == self.id => self.deliver_local(el),
-            Dst::Remote(s, d) if s == self.id => self.send_remote(&d, el),
+            Dst::Remote(s, d) if s == self.id => self.send_remote(&d, Queued::Whole(el)),
             Dst::Local(s) | Dst::Remote(s, _) => self.send_to(s, ShardMsg::Route(el)),
         }
     }
 
-    /// A stanza for a local JID this shard owns. Until local users and sessions exist
-    /// (C2S), only the server's own entity answers; a user has no session to deliver to.
+    /// A stanza for a local JID this shard owns: the server's own entity answers what is
+    /// addressed to a domain; users get theirs (`local.rs`).
     fn deliver_local(&self, el: Element) {
-        let Some(kind) = StanzaKind::of(&el) else {
-            return;
-        };
-        let to = el.to().unwrap_or_default();
-        let answer = if !to.contains('@') && !to.contains('/') {
-            answer_server(&el, kind)
-        } else {
-            answer_unavailable_user(&el, kind)
-        };
-        match answer {
-            Answer::Reply(bytes) => self.route_generated(&bytes),
-            Answer::Response { id, error } => self.finish_ping(&id, error),
-            Answer::Ignore => {}
+        match self.deliver_local_stanza(el) {
+            Some(Answer::Reply(bytes)) => self.route_generated(&bytes),
+            Some(Answer::Response { id, error }) => self.finish_ping(&id, error),
+            Some(Answer::Ignore) | None => {}
         }
     }
 
     /// Routes a stanza we generated (a reply or a bounce).
-    fn route_generated(&self, bytes: &[u8]) {
+    pub(super) fn route_generated(&self, bytes: &[u8]) {
         match parse_stanza(bytes) {
             Ok(el) => self.route(el),
             Err(e) => warn!(error = %e, "generated stanza does not frame; not sent"),
         }
     }
 
+    /// Bounces a queued stanza (see [`Shard::bounce`]); an error stanza that cannot be
+    /// bounced is logged.
+    fn bounce_queued(&self, el: Queued, condition: StanzaCondition, text: &str) {
+        let Some(el) = el.into_element() else { return };
+        if is_error(&el) {
+            // Cannot be bounced (RFC 6120 §8.3.1); say so rather than lose it quietly.
+            warn!(to = el.to(), %condition, "dropping an error stanza that cannot be delivered");
+            return;
+        }
+        self.bounce(&el, condition, text);
+    }
+
     /// Bounces `el` to its sender with `condition` (RFC 6120 §8.3.3); error stanzas are
     /// never bounced (§8.3.1).
-    fn bounce(&self, el: &Element, condition: StanzaCondition, text: &str) {
+    pub(super) fn bounce(&self, el: &Element, condition: StanzaCondition, text: &str) {
         if is_error(el) || StanzaKind::of(el).is_none() {
             return;
         }
@@ -409,7 +516,7 @@ impl Shard {
 
     /// Sends a stanza to remote domain `d` (owned by this shard) over its outbound
     /// stream, queueing it while the stream is being set up.
-    fn send_remote(&self, d: &str, el: Element) {
+    pub(super) fn send_remote(&self, d: &str, el: Queued) {
         let Some(from) = el.from() else {
             return;
         };
@@ -429,7 +536,7 @@ impl Shard {
                     text: "remote server unreachable".into(),
                 });
                 drop(remotes);
-                return self.bounce(&el, f.condition, &format!("{} (backing off)", f.text));
+                return self.bounce_queued(el, f.condition, &format!("{} (backing off)", f.text));
             }
         }
         if let Some(conn) = r.conn.clone() {
@@ -442,7 +549,7 @@ impl Shard {
                 && conn.backlog() < self.shared.config.s2s.send_queue_bytes
             {
                 let mut st = conn.st.borrow_mut();
-                if st.proto.send_stanza(&local, d, el.bytes(), now).is_ok() {
+                if el.send(&mut st.proto, &local, d, now) {
                     st.pump();
                     drop(st);
                     conn.wake.notify_one();
@@ -466,13 +573,8 @@ impl Shard {
         };
         if r.queue.len() >= hard {
             drop(remotes);
-            if is_error(&el) {
-                // Cannot be bounced (RFC 6120 §8.3.1); say so rather than lose it quietly.
-                warn!(remote = d, "send queue full: dropping an error stanza");
-                return;
-            }
-            return self.bounce(
-                &el,
+            return self.bounce_queued(
+                el,
                 StanzaCondition::ResourceConstraint,
                 "too many stanzas waiting for this remote server",
             );
@@ -706,7 +808,7 @@ impl Shard {
             )
         };
         for el in queue {
-            self.bounce(&el, f.condition, &f.text);
+            self.bounce_queued(el, f.condition, &f.text);
         }
         let cond = DialbackErrorCondition::from_stanza_condition(f.condition);
         for v in verifies {
@@ -750,13 +852,8 @@ impl Shard {
                 keep.extend(r.queue.drain(..));
                 break;
             }
-            let local = el
-                .from()
-                .map(|f| domain_key(domain_of(f)).into_owned())
-                .unwrap_or_default();
-            if !st.proto.is_authenticated(&local, d)
-                || st.proto.send_stanza(&local, d, el.bytes(), now).is_err()
-            {
+            let local = el.local_domain();
+            if !st.proto.is_authenticated(&local, d) || !el.send(&mut st.proto, &local, d, now) {
                 keep.push_back(el);
             }
         }
@@ -779,22 +876,17 @@ impl Shard {
         let cond = result
             .bounce_condition()
             .unwrap_or(StanzaCondition::RemoteServerNotFound);
-        let bounced: Vec<Element> = {
+        let bounced: Vec<Queued> = {
             let mut remotes = self.remotes.borrow_mut();
             let Some(r) = remotes.get_mut(d) else { return };
             r.locals.retain(|l| l != local);
-            let (out, keep): (VecDeque<Element>, VecDeque<Element>) =
-                r.queue.drain(..).partition(|el| {
-                    el.from()
-                        .map(|f| domain_key(domain_of(f)).into_owned())
-                        .as_deref()
-                        == Some(local)
-                });
+            let (out, keep): (VecDeque<Queued>, VecDeque<Queued>) =
+                r.queue.drain(..).partition(|el| el.local_domain() == local);
             r.queue = keep;
             out.into_iter().collect()
         };
         for el in bounced {
-            self.bounce(&el, cond, "the remote server did not authenticate us");
+            self.bounce_queued(el, cond, "the remote server did not authenticate us");
         }
     }
 
@@ -817,11 +909,7 @@ impl Shard {
                 let r = remotes.get_mut(d).expect("checked");
                 r.conn = None;
                 r.locals.clear();
-                let local = r
-                    .queue
-                    .front()
-                    .and_then(|el| el.from())
-                    .map(|f| domain_key(domain_of(f)).into_owned());
+                let local = r.queue.front().map(Queued::local_domain);
                 (!r.queue.is_empty() || !r.verifies.is_empty(), local)
             };
             if has_queue {
@@ -994,11 +1082,7 @@ impl Shard {
             }
             let _ = stream.set_nodelay(true);
             match kind {
-                ListenerKind::C2s => {
-                    // The C2S protocol arrives with local users; until then say so.
-                    let me = Rc::clone(&self);
-                    tokio_uring::spawn(async move { me.refuse_c2s(stream).await });
-                }
+                ListenerKind::C2s => self.accept_c2s(stream, peer),
                 ListenerKind::S2s | ListenerKind::S2sDirectTls => {
                     if self.unauthenticated.get()
                         >= self.shared.config.s2s.max_unauthenticated_per_shard
@@ -1017,16 +1101,6 @@ impl Shard {
                 }
             }
         }
-    }
-
-    async fn refuse_c2s(self: Rc<Self>, stream: TcpStream) {
-        let bytes: &'static [u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
-            xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>\
-            <stream:error><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
-            <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>client connections are not \
-            served yet</text></stream:error></stream:stream>";
-        let _ = stream.write_all(bytes).await;
-        let _ = stream.shutdown(std::net::Shutdown::Both);
     }
 
     async fn inbound(self: Rc<Self>, stream: TcpStream, direct_tls: bool) {
@@ -1102,7 +1176,7 @@ impl Shard {
         self.spawn_conn(conn);
     }
 
-    fn spawn_conn(&self, conn: Rc<Conn>) {
+    pub(super) fn spawn_conn<P: Driven>(&self, conn: Rc<Conn<P>>) {
         let me = self.rc();
         let span = conn.span.clone();
         let c2 = Rc::clone(&conn);
@@ -1112,9 +1186,9 @@ impl Shard {
     }
 
     /// The connection's one read loop.
-    async fn reader(self: Rc<Self>, conn: Rc<Conn>) {
+    async fn reader<P: Driven>(self: Rc<Self>, conn: Rc<Conn<P>>) {
         // Events carried over (adopted connections, outbound header already sent).
-        if let After::HandOff(dst) = self.on_events(&conn, true) {
+        if let After::HandOff(dst) = P::on_events(&self, &conn, true) {
             return self.hand_off(conn, dst).await;
         }
         conn.wake.notify_one();
@@ -1147,7 +1221,7 @@ impl Shard {
             if n < READ_BUF / 2 {
                 conn.st.borrow_mut().proto.release_idle_memory();
             }
-            let after = self.on_events(&conn, true);
+            let after = P::on_events(&self, &conn, true);
             conn.st.borrow_mut().pump();
             conn.wake.notify_one();
             if let After::HandOff(dst) = after {
@@ -1162,18 +1236,18 @@ impl Shard {
             was
         };
         if !was_closed {
-            self.connection_ended(&conn, &CloseReason::PeerClosed);
+            P::ended(&self, &conn, &CloseReason::PeerClosed);
         }
         conn.wake.notify_one();
         if !conn.writer_stopped.get() {
             conn.writer_done.notified().await;
         }
-        self.conns.borrow_mut().remove(&conn.id);
+        P::conns(&self).borrow_mut().remove(&conn.id);
         self.conn_ended.notify_waiters();
     }
 
     /// The connection's writer: socket writes and deadlines.
-    async fn writer(self: Rc<Self>, conn: Rc<Conn>) {
+    async fn writer<P: Driven>(self: Rc<Self>, conn: Rc<Conn<P>>) {
         let mut spare: Vec<u8> = Vec::new();
         loop {
             let (out, deadline, stop) = {
@@ -1202,7 +1276,7 @@ impl Shard {
                 if res.is_err() {
                     let was_closed = std::mem::replace(&mut conn.st.borrow_mut().closed, true);
                     if !was_closed {
-                        self.connection_ended(&conn, &CloseReason::PeerClosed);
+                        P::ended(&self, &conn, &CloseReason::PeerClosed);
                     }
                     let _ = conn.stream.shutdown(std::net::Shutdown::Both);
                     break;
@@ -1212,10 +1286,7 @@ impl Shard {
                 if b.capacity() <= 4 * 1024 {
                     spare = b;
                 }
-                if conn.direction == Direction::Outbound {
-                    let d = domain_key(conn.st.borrow().proto.remote_domain()).into_owned();
-                    self.drain_queue(&conn, &d);
-                }
+                P::written(&self, &conn);
                 continue;
             }
             let sleep = async {
@@ -1240,13 +1311,13 @@ impl Shard {
                         st.collect_events();
                         expired
                     };
-                    self.on_events(&conn, false);
+                    P::on_events(&self, &conn, false);
                     if header_timeout {
                         // A peer that sent nothing gets no closing handshake: send the
                         // error and free the slot now (RFC 6120 §4.9.1.1).
                         let was = std::mem::replace(&mut conn.st.borrow_mut().closed, true);
                         if !was {
-                            self.connection_ended(&conn, &CloseReason::SentError(StreamCondition::ConnectionTimeout, "no stream header in time".into()));
+                            P::ended(&self, &conn, &CloseReason::SentError(StreamCondition::ConnectionTimeout, "no stream header in time".into()));
                         }
                     }
                 }
@@ -1449,12 +1520,12 @@ impl Shard {
     }
 
     /// Moves an inbound connection to shard `dst` once the writer has flushed.
-    async fn hand_off(self: Rc<Self>, conn: Rc<Conn>, dst: usize) {
+    async fn hand_off<P: Driven>(self: Rc<Self>, conn: Rc<Conn<P>>, dst: usize) {
         conn.wake.notify_one();
         if !conn.writer_stopped.get() {
             conn.writer_done.notified().await;
         }
-        self.conns.borrow_mut().remove(&conn.id);
+        P::conns(&self).borrow_mut().remove(&conn.id);
         let fd = match conn.dup_fd() {
             Ok(fd) => fd,
             Err(e) => {
@@ -1478,7 +1549,7 @@ impl Shard {
                 .set(self.unauthenticated.get().saturating_sub(1));
         }
         drop(conn.stream);
-        self.send_to(dst, ShardMsg::Adopt(Box::new(Handoff { fd, state })));
+        self.send_to(dst, P::adopt_msg(Handoff { fd, state }));
         self.conn_ended.notify_waiters();
     }
 
@@ -1528,6 +1599,7 @@ impl Shard {
             unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
         }
         let now = Instant::now();
+        self.close_clients(now);
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
         for c in conns {
             let mut st = c.st.borrow_mut();
@@ -1539,9 +1611,13 @@ impl Shard {
         }
     }
 
+    fn conn_count(&self) -> usize {
+        self.conns.borrow().len() + self.local.conns.borrow().len()
+    }
+
     async fn finish_shutdown(&self) {
         let deadline = Instant::now() + self.shared.config.shutdown.drain_timeout;
-        while !self.conns.borrow().is_empty() && Instant::now() < deadline {
+        while self.conn_count() > 0 && Instant::now() < deadline {
             let ended = self.conn_ended.notified();
             let _ = tokio::time::timeout_at(deadline.into(), ended).await;
         }
@@ -1552,13 +1628,20 @@ impl Shard {
             let _ = c.stream.shutdown(std::net::Shutdown::Both);
             c.wake.notify_one();
         }
+        let clients: Vec<Rc<Conn<C2sConnection>>> =
+            self.local.conns.borrow().values().cloned().collect();
+        for c in &clients {
+            c.st.borrow_mut().closed = true;
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            c.wake.notify_one();
+        }
         let settle = Instant::now() + Duration::from_millis(500);
-        while !self.conns.borrow().is_empty() && Instant::now() < settle {
+        while self.conn_count() > 0 && Instant::now() < settle {
             let _ = tokio::time::timeout_at(settle.into(), self.conn_ended.notified()).await;
         }
         // Stanzas still waiting for a remote server are not delivered: every stream is
         // closed by now, so a bounce could reach nobody. Say how many, loudly.
-        let queued: Vec<Element> = self
+        let queued: Vec<Queued> = self
             .remotes
             .borrow_mut()
             .values_mut()

@@ -821,11 +821,22 @@ impl C2sConnection {
     ///
     /// Errors: [`C2sError::NotBound`] before a resource is bound or once closing.
     pub fn send_stanza(&mut self, stanza: &[u8], now: Instant) -> Result<(), C2sError> {
+        self.send_stanza_parts(&[stanza], now)
+    }
+
+    /// [`C2sConnection::send_stanza`] for a stanza given in pieces sent one after the
+    /// other (a shared presence broadcast and the recipient's `to`,
+    /// [`crate::router::fanout::SharedStanza::parts`]).
+    ///
+    /// Errors: [`C2sError::NotBound`] before a resource is bound or once closing.
+    pub fn send_stanza_parts(&mut self, parts: &[&[u8]], now: Instant) -> Result<(), C2sError> {
         if self.state != State::Open {
             return Err(C2sError::NotBound);
         }
         let start = self.out.len();
-        self.out.extend_from_slice(stanza);
+        for p in parts {
+            self.out.extend_from_slice(p);
+        }
         remove_top_xmlns(&mut self.out, start, ns::SERVER);
         self.last_tx = now;
         Ok(())

@@ -684,6 +684,21 @@ impl S2sConnection {
         stanza: &[u8],
         now: Instant,
     ) -> Result<(), S2sError> {
+        self.send_stanza_parts(local, remote, &[stanza], now)
+    }
+
+    /// [`S2sConnection::send_stanza`] for a stanza given in pieces that are sent one after
+    /// the other: a shared presence broadcast and its recipient's `to` attribute
+    /// ([`crate::router::fanout::SharedStanza::parts`]), copied once, here.
+    ///
+    /// Errors: as [`S2sConnection::send_stanza`].
+    pub fn send_stanza_parts(
+        &mut self,
+        local: &str,
+        remote: &str,
+        parts: &[&[u8]],
+        now: Instant,
+    ) -> Result<(), S2sError> {
         if self.dir != Direction::Outbound || self.state != State::Open {
             return Err(S2sError::InvalidState(
                 "stanzas are sent on open outbound streams",
@@ -695,7 +710,9 @@ impl S2sConnection {
                 remote: remote.to_owned(),
             });
         }
-        self.out.extend_from_slice(stanza);
+        for p in parts {
+            self.out.extend_from_slice(p);
+        }
         self.last_tx = now;
         self.last_stanza = now;
         Ok(())
