@@ -496,9 +496,10 @@ pub struct C2sSection {
     /// 65536; [`MIN_STANZA_SIZE`] to [`MAX_STANZA_SIZE`].
     pub max_stanza_size: usize,
     /// Most items in one user's roster (RFC 6121 §2.3.3 "server-configured limit"), key
-    /// `c2s.max_roster_items`; default 1000; 1 to 100000. A roster set or an inbound
-    /// subscription request that would exceed it is refused with `not-allowed` /
-    /// `resource-constraint`.
+    /// `c2s.max_roster_items`; default 1000; 1 to 100000. A roster set or an outbound
+    /// subscription that would add an item beyond it is refused with `policy-violation`
+    /// (RFC 6120 §8.3.3.12, a local policy); rows kept only for pending inbound requests
+    /// are capped at twice the limit (further requests bounce `resource-constraint`).
     pub max_roster_items: usize,
     /// Most sessions (bound resources) per user, key `c2s.max_resources`; default 16; 1 to
     /// 1024. One more is refused with `resource-constraint` (RFC 6120 §7.6.2.1).

@@ -876,7 +876,7 @@ pub enum RosterError {
     #[error("roster item without jid")]
     MissingJid,
     /// The `jid` is not a valid bare JID (RFC 7622; a roster is kept per bare JID):
-    /// `jid-malformed`.
+    /// `bad-request` (the item is invalid; Prosody answers the same).
     #[error("roster item jid is not a valid bare JID")]
     MalformedJid,
     /// Two `<group/>` elements with the same text (§2.3.3): `bad-request`.
@@ -905,8 +905,8 @@ impl RosterError {
             RosterError::NotRosterQuery
             | RosterError::ItemCount(_)
             | RosterError::MissingJid
-            | RosterError::DuplicateGroup(_) => StanzaCondition::BadRequest,
-            RosterError::MalformedJid => StanzaCondition::JidMalformed,
+            | RosterError::DuplicateGroup(_)
+            | RosterError::MalformedJid => StanzaCondition::BadRequest,
             RosterError::EmptyGroup
             | RosterError::GroupTooLong(_)
             | RosterError::TooManyGroups(_)
@@ -1207,11 +1207,11 @@ mod tests {
                 BadRequest,
             ),
             ("<item name='x'/>", RosterError::MissingJid, BadRequest),
-            ("<item jid='@b'/>", RosterError::MalformedJid, JidMalformed),
+            ("<item jid='@b'/>", RosterError::MalformedJid, BadRequest),
             (
                 "<item jid='a@b/res'/>",
                 RosterError::MalformedJid,
-                JidMalformed,
+                BadRequest,
             ),
             (
                 "<item jid='a@b'><group>x</group><group>x</group></item>",

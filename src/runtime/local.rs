@@ -368,12 +368,19 @@ impl Shard {
                 }
             };
             if let Event::Authenticated { jid, .. } = &ev {
-                let dst = shard_of(&bare_key(jid), self.n);
+                let jid = jid.clone();
+                let dst = shard_of(&bare_key(&jid), self.n);
                 let moved = conn.st.borrow().moved;
-                if dst != self.id && !moved && may_hand_off {
-                    debug!(parent: &conn.span, %jid, to_shard = dst, "handing the session to its user's shard");
+                if dst != self.id && !moved {
                     let mut st = conn.st.borrow_mut();
                     st.events.push_front(ev);
+                    if !may_hand_off {
+                        // Only the read loop can move the socket (PLAIN succeeds in the
+                        // store's answer): it does with the client's next bytes, the
+                        // restarted stream's header; nothing is processed before.
+                        return After::Continue;
+                    }
+                    debug!(parent: &conn.span, %jid, to_shard = dst, "handing the session to its user's shard");
                     st.handing_off = true;
                     return After::HandOff(dst);
                 }
@@ -571,6 +578,7 @@ impl Shard {
                 self.broadcast(&bare, s, session.directed, None);
             }
         }
+        self.maybe_forget(&bare);
     }
 
     // ----- stanzas from a client -----
@@ -772,7 +780,8 @@ impl Shard {
                     u.roster = state;
                     if retry {
                         // Drop what waited rather than loop; senders get no answer.
-                        std::mem::take(&mut u.deferred).len();
+                        warn!(user = %user, dropped = u.deferred.len(), "stanzas dropped");
+                        u.deferred.clear();
                         return;
                     }
                     std::mem::take(&mut u.deferred)
@@ -786,8 +795,25 @@ impl Shard {
                         Deferred::Inbound(el) => shard.deliver_to_user(el),
                     }
                 }
+                shard.maybe_forget(&user);
             }),
         );
+    }
+
+    /// Drops the cached state of a user with no session and nothing waiting: offline
+    /// users cost no memory, and stanzas for unknown users leave nothing behind. (Changes
+    /// in flight are not lost: the store applies requests in order, so a later load sees
+    /// them.)
+    fn maybe_forget(&self, bare: &str) {
+        let mut users = self.local.users.borrow_mut();
+        let idle = users.get(bare).is_some_and(|u| {
+            u.sessions.is_empty()
+                && u.deferred.is_empty()
+                && !matches!(u.roster, RosterState::Loading)
+        });
+        if idle {
+            users.remove(bare);
+        }
     }
 
     fn with_roster<R>(&self, bare: &str, f: impl FnOnce(&mut Roster) -> R) -> Option<R> {
@@ -1464,6 +1490,13 @@ impl Shard {
     /// A stanza for a local user this shard owns, from anywhere (another local user, a
     /// remote server, the server itself).
     pub(super) fn deliver_to_user(&self, el: Element) {
+        let Some(to) = el.to() else { return };
+        let bare = bare_key(to).into_owned();
+        self.deliver_to_user_inner(el);
+        self.maybe_forget(&bare);
+    }
+
+    fn deliver_to_user_inner(&self, el: Element) {
         let Some(kind) = StanzaKind::of(&el) else {
             return;
         };

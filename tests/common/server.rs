@@ -82,12 +82,31 @@ impl Fedrouter {
         let config_path = dir.path().join("fedrouter.toml");
         fs::write(&config_path, &text).expect("write configuration");
         let log_path = dir.path().join("fedrouter.log");
-        let log = fs::File::create(&log_path).expect("create log file");
+        let mut me = Fedrouter {
+            name: name.to_owned(),
+            admin,
+            config,
+            dir,
+            log_path,
+            child: None,
+        };
+        me.spawn();
+        me
+    }
+
+    /// Starts the process on the instance's folder and waits for `/health`; the log is
+    /// appended to.
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open log file");
         let child = Command::new(env!("CARGO_BIN_EXE_fedrouter"))
             .arg("serve")
             .arg("-c")
-            .arg(&config_path)
-            .current_dir(dir.path())
+            .arg(self.config_path())
+            .current_dir(self.dir.path())
             .env("RUST_LOG", "fedrouter=debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -95,16 +114,28 @@ impl Fedrouter {
             .stderr(log)
             .spawn()
             .expect("spawn fedrouter");
-        let mut me = Fedrouter {
-            name: name.to_owned(),
-            admin,
-            config,
-            dir,
-            log_path,
-            child: Some(child),
-        };
-        me.wait_healthy();
-        me
+        self.child = Some(child);
+        self.wait_healthy();
+    }
+
+    /// The configuration file the process runs with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("fedrouter.toml")
+    }
+
+    /// Kills the process with SIGKILL (no shutdown at all: a crash) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again on the same folder, configuration and data (after
+    /// [`Fedrouter::kill`] or [`Fedrouter::stop`]).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{}: still running", self.name);
+        self.spawn();
     }
 
     fn wait_healthy(&mut self) {
