@@ -82,6 +82,8 @@ fn happy_path(hash: ScramHash, chunk: usize) -> Harness {
         features,
         "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>\
          <session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>\
+         <ver xmlns='urn:xmpp:features:rosterver'/>\
+         <sub xmlns='urn:xmpp:features:pre-approval'/>\
          </stream:features>"
     );
     h.request_bind("bind_1", Some("balcony"));

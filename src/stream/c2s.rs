@@ -1107,6 +1107,12 @@ impl C2sConnection {
             self.out.extend_from_slice(b"'/><session xmlns='");
             self.out.extend_from_slice(NS_SESSION.as_bytes());
             self.out.extend_from_slice(b"'><optional/></session>");
+            // Roster versioning (RFC 6121 §2.6.1) and subscription pre-approval (§3.4),
+            // both served by the runtime (`runtime/local.rs`).
+            self.out.extend_from_slice(
+                b"<ver xmlns='urn:xmpp:features:rosterver'/>\
+                  <sub xmlns='urn:xmpp:features:pre-approval'/>",
+            );
             self.state = State::ExpectBind;
         } else {
             if !self.tls && self.cfg.has_certificate(&self.domain) {
