@@ -89,8 +89,12 @@ impl Local {
 struct User {
     sessions: Vec<Session>,
     roster: RosterState,
-    /// Stanzas waiting for the roster to load.
-    deferred: Vec<Deferred>,
+    /// Stanzas from or to the user waiting, in order, for the roster to load or for
+    /// `busy` to drop to zero.
+    deferred: VecDeque<Deferred>,
+    /// Changes to the user's roster being made durable: until their actions ran, later
+    /// stanzas from and to the user wait (RFC 6120 §10.1: in-order processing).
+    busy: u32,
 }
 
 #[derive(Default)]
@@ -148,12 +152,41 @@ struct Session {
     directed: BTreeSet<String>,
 }
 
-/// A stanza waiting for its user's roster.
+/// A stanza waiting for its user's roster or earlier stanzas.
 enum Deferred {
     /// From one of the user's sessions (stamped).
     FromClient(ConnId, Element),
     /// To the user from elsewhere.
     Inbound(Element),
+    /// A presence broadcast to the user (bare JID).
+    Broadcast(SharedStanza, Box<str>),
+}
+
+impl Deferred {
+    /// Whether handling it reads `bare`'s roster: roster queries, subscription stanzas,
+    /// presence broadcasts and probes.
+    fn needs_roster(&self, bare: &str) -> bool {
+        match self {
+            Deferred::FromClient(_, el) => match StanzaKind::of(el) {
+                Some(StanzaKind::Presence) => match el.to() {
+                    None => true,
+                    Some(_) => el.type_().and_then(SubType::from_type).is_some(),
+                },
+                Some(StanzaKind::Iq) => {
+                    el.to().is_none_or(|t| bare_key(t) == bare)
+                        && memchr_find(el.inner(), ROSTER_NS.as_bytes()).is_some()
+                }
+                _ => false,
+            },
+            Deferred::Inbound(el) => {
+                StanzaKind::of(el) == Some(StanzaKind::Presence)
+                    && el
+                        .type_()
+                        .is_some_and(|t| t == "probe" || SubType::from_type(t).is_some())
+            }
+            Deferred::Broadcast(..) => false,
+        }
+    }
 }
 
 /// Sends bytes to one session's client.
@@ -634,8 +667,19 @@ impl Shard {
             .map(|s| Rc::clone(&s.conn))
     }
 
-    /// A stamped stanza from session `id` (on the user's shard).
+    /// A stamped stanza from session `id` (on the user's shard): handled now, or queued
+    /// behind the user's earlier stanzas.
     fn client_stanza(&self, id: ConnId, kind: StanzaKind, el: Element) {
+        let Some(from) = el.from() else { return };
+        let bare = bare_key(from).into_owned();
+        if let Some(Deferred::FromClient(id, el)) =
+            self.admit(&bare, Deferred::FromClient(id, el))
+        {
+            self.client_stanza_now(id, kind, el);
+        }
+    }
+
+    fn client_stanza_now(&self, id: ConnId, kind: StanzaKind, el: Element) {
         let Some(from) = el.from() else { return };
         let bare = bare_key(from).into_owned();
         let Some(conn) = self.session_conn(&bare, id) else {
@@ -649,15 +693,9 @@ impl Shard {
                 match (el.type_(), el.to()) {
                     (Some("probe"), _) => {} // the server probes, not clients (§4.3)
                     (_, Some(_)) if sub.is_some() => {
-                        if !self.roster_ready(&bare, Deferred::FromClient(id, el.clone())) {
-                            return;
-                        }
                         self.outbound_subscription(&conn, &bare, sub.expect("checked"), el);
                     }
                     (None | Some("unavailable"), None) => {
-                        if !self.roster_ready(&bare, Deferred::FromClient(id, el.clone())) {
-                            return;
-                        }
                         self.presence_broadcast(&conn, &bare, el);
                     }
                     (None | Some("unavailable"), Some(to)) => {
@@ -699,9 +737,6 @@ impl Shard {
         let payload = iq_payload(&el);
         match payload.as_ref().map(|p| (p.name.as_str(), p.ns.as_str())) {
             Some(("query", ROSTER_NS)) => {
-                if !self.roster_ready(bare, Deferred::FromClient(conn.id, el.clone())) {
-                    return;
-                }
                 let query = payload.expect("matched");
                 if el.type_() == Some("get") {
                     self.roster_get(conn, bare, &el, &query);
@@ -728,23 +763,89 @@ impl Shard {
 
     // ----- rosters (RFC 6121 §2) -----
 
-    /// Whether `bare`'s roster is loaded; if not, `d` waits for it (and the load starts).
-    fn roster_ready(&self, bare: &str, d: Deferred) -> bool {
-        let mut users = self.local.users.borrow_mut();
-        let user = users.entry(bare.to_owned()).or_default();
-        match user.roster {
-            RosterState::Loaded(_) | RosterState::NoSuchUser => true,
-            RosterState::Loading => {
-                user.deferred.push(d);
-                false
+    /// Whether `d` (from or to `bare`) may be handled now: `Some(d)` back, or `None` when
+    /// it was queued behind earlier stanzas, a roster change being stored, or the roster
+    /// it needs (whose load starts).
+    fn admit(&self, bare: &str, d: Deferred) -> Option<Deferred> {
+        let needs = d.needs_roster(bare);
+        let start_load = {
+            let mut users = self.local.users.borrow_mut();
+            if !needs && !users.contains_key(bare) {
+                return Some(d);
             }
-            RosterState::Unloaded => {
-                user.deferred.push(d);
-                drop(users);
-                self.ensure_roster(bare);
-                false
+            let user = users.entry(bare.to_owned()).or_default();
+            let ready = matches!(
+                user.roster,
+                RosterState::Loaded(_) | RosterState::NoSuchUser
+            );
+            if user.busy == 0 && user.deferred.is_empty() && (ready || !needs) {
+                return Some(d);
+            }
+            user.deferred.push_back(d);
+            needs && matches!(user.roster, RosterState::Unloaded)
+        };
+        if start_load {
+            self.ensure_roster(bare);
+        }
+        None
+    }
+
+    /// Handles what waited for `bare`, in order, until something blocks again.
+    fn resume(&self, bare: &str) {
+        // Bounded: each turn takes one queued stanza.
+        for _ in 0..1_000_000 {
+            let (next, load) = {
+                let mut users = self.local.users.borrow_mut();
+                let Some(user) = users.get_mut(bare) else {
+                    return;
+                };
+                if user.busy > 0 {
+                    return;
+                }
+                let Some(front) = user.deferred.front() else {
+                    break;
+                };
+                if front.needs_roster(bare) {
+                    match user.roster {
+                        RosterState::Loading => return,
+                        RosterState::Unloaded => (None, true),
+                        RosterState::Loaded(_) | RosterState::NoSuchUser => {
+                            (user.deferred.pop_front(), false)
+                        }
+                    }
+                } else {
+                    (user.deferred.pop_front(), false)
+                }
+            };
+            if load {
+                return self.ensure_roster(bare);
+            }
+            match next {
+                Some(Deferred::FromClient(id, el)) => {
+                    let kind = StanzaKind::of(&el).unwrap_or(StanzaKind::Iq);
+                    self.client_stanza_now(id, kind, el);
+                }
+                Some(Deferred::Inbound(el)) => self.deliver_to_user_inner(el),
+                Some(Deferred::Broadcast(stanza, to)) => self.deliver_broadcast(&stanza, &to),
+                None => break,
             }
         }
+        self.maybe_forget(bare);
+    }
+
+    /// A roster change of `bare` is being stored: later stanzas wait.
+    fn hold(&self, bare: &str) {
+        if let Some(u) = self.local.users.borrow_mut().get_mut(bare) {
+            u.busy += 1;
+        }
+    }
+
+    /// A roster change of `bare` is stored and acted on: what waited goes on.
+    fn release(&self, bare: &str) {
+        if let Some(u) = self.local.users.borrow_mut().get_mut(bare) {
+            u.busy = u.busy.saturating_sub(1);
+        }
+        self.resume(bare);
     }
 
     fn ensure_roster(&self, bare: &str) {
@@ -772,7 +873,7 @@ impl Shard {
                     }
                 };
                 let retry = matches!(state, RosterState::Unloaded);
-                let deferred = {
+                {
                     let mut users = shard.local.users.borrow_mut();
                     let Some(u) = users.get_mut(&user) else {
                         return;
@@ -782,20 +883,9 @@ impl Shard {
                         // Drop what waited rather than loop; senders get no answer.
                         warn!(user = %user, dropped = u.deferred.len(), "stanzas dropped");
                         u.deferred.clear();
-                        return;
-                    }
-                    std::mem::take(&mut u.deferred)
-                };
-                for d in deferred {
-                    match d {
-                        Deferred::FromClient(id, el) => {
-                            let kind = StanzaKind::of(&el).unwrap_or(StanzaKind::Iq);
-                            shard.client_stanza(id, kind, el);
-                        }
-                        Deferred::Inbound(el) => shard.deliver_to_user(el),
                     }
                 }
-                shard.maybe_forget(&user);
+                shard.resume(&user);
             }),
         );
     }
@@ -809,6 +899,7 @@ impl Shard {
         let idle = users.get(bare).is_some_and(|u| {
             u.sessions.is_empty()
                 && u.deferred.is_empty()
+                && u.busy == 0
                 && !matches!(u.roster, RosterState::Loading)
         });
         if idle {
@@ -920,23 +1011,20 @@ impl Shard {
                     user: bare.to_owned(),
                     item: item.clone(),
                 };
-                let bare = bare.to_owned();
+                let user = bare.to_owned();
                 let conn = Rc::clone(conn);
-                self.store(
-                    Op::Apply(vec![change]),
-                    Box::new(move |shard, result| match shard.applied(&bare, result) {
-                        Some(ver) => {
-                            shard.iq_result(&conn, &el);
-                            shard.push_roster(&bare, ver, Some(&roster_item(&item)), &contact);
-                        }
-                        None => shard.reply_to_client(
-                            &conn,
-                            &el,
-                            StanzaCondition::InternalServerError,
-                            "the roster could not be stored",
-                        ),
-                    }),
-                );
+                self.store_change(bare, change, move |shard, ver| match ver {
+                    Some(ver) => {
+                        shard.iq_result(&conn, &el);
+                        shard.push_roster(&user, ver, Some(&roster_item(&item)), &contact);
+                    }
+                    None => shard.reply_to_client(
+                        &conn,
+                        &el,
+                        StanzaCondition::InternalServerError,
+                        "the roster could not be stored",
+                    ),
+                });
             }
             Plan::Remove(state) => {
                 // §2.5.2: cancel both subscriptions; `remove` plans the stanzas.
@@ -945,36 +1033,54 @@ impl Shard {
                     user: bare.to_owned(),
                     contact: contact.clone(),
                 };
-                let bare = bare.to_owned();
+                let user = bare.to_owned();
                 let conn = Rc::clone(conn);
-                self.store(
-                    Op::Apply(vec![change]),
-                    Box::new(move |shard, result| {
-                        let Some(ver) = shard.applied(&bare, result) else {
-                            return shard.reply_to_client(
-                                &conn,
-                                &el,
-                                StanzaCondition::InternalServerError,
-                                "the roster could not be stored",
-                            );
-                        };
-                        for a in t.actions.iter() {
-                            match a {
-                                Action::SendUnavailable => shard.send_unavailable(&bare, &contact),
-                                Action::AutoReply(t) => shard.route_generated(&presence(
-                                    &bare,
-                                    &contact,
-                                    Some(t.as_str()),
-                                )),
-                                _ => {}
-                            }
+                self.store_change(bare, change, move |shard, ver| {
+                    let Some(ver) = ver else {
+                        return shard.reply_to_client(
+                            &conn,
+                            &el,
+                            StanzaCondition::InternalServerError,
+                            "the roster could not be stored",
+                        );
+                    };
+                    for a in t.actions.iter() {
+                        match a {
+                            Action::SendUnavailable => shard.send_unavailable(&user, &contact),
+                            Action::AutoReply(t) => shard.route_generated(&presence(
+                                &user,
+                                &contact,
+                                Some(t.as_str()),
+                            )),
+                            _ => {}
                         }
-                        shard.iq_result(&conn, &el);
-                        shard.push_roster(&bare, ver, None, &contact);
-                    }),
-                );
+                    }
+                    shard.iq_result(&conn, &el);
+                    shard.push_roster(&user, ver, None, &contact);
+                });
             }
         }
+    }
+
+    /// Makes `change` to `bare`'s roster durable, then runs `then` with the new roster
+    /// version (`None` if storing failed). Until `then` has run, later stanzas from and
+    /// to `bare` wait ([`Shard::admit`]).
+    fn store_change(
+        &self,
+        bare: &str,
+        change: Change,
+        then: impl FnOnce(&Shard, Option<u64>) + 'static,
+    ) {
+        self.hold(bare);
+        let user = bare.to_owned();
+        self.store(
+            Op::Apply(vec![change]),
+            Box::new(move |shard, result| {
+                let ver = shard.applied(&user, result);
+                then(shard, ver);
+                shard.release(&user);
+            }),
+        );
     }
 
     /// The version after an `Apply`, recorded in the cache; `None` on failure (the cache
@@ -1121,14 +1227,11 @@ impl Shard {
         match change {
             None => act(self, None, None),
             Some((change, row)) => {
-                self.store(
-                    Op::Apply(vec![change]),
-                    Box::new(move |shard, result| {
-                        if let Some(ver) = shard.applied(&user, result) {
-                            act(shard, Some(ver), Some(row));
-                        }
-                    }),
-                );
+                self.store_change(&user, change, move |shard, ver| {
+                    if let Some(ver) = ver {
+                        act(shard, Some(ver), Some(row));
+                    }
+                });
             }
         }
     }
@@ -1239,14 +1342,11 @@ impl Shard {
         match change {
             None => act(self, None, None),
             Some((change, row)) => {
-                self.store(
-                    Op::Apply(vec![change]),
-                    Box::new(move |shard, result| {
-                        if let Some(ver) = shard.applied(&user, result) {
-                            act(shard, Some(ver), Some(row));
-                        }
-                    }),
-                );
+                self.store_change(&user, change, move |shard, ver| {
+                    if let Some(ver) = ver {
+                        act(shard, Some(ver), Some(row));
+                    }
+                });
             }
         }
     }
@@ -1392,28 +1492,37 @@ impl Shard {
         for jid in to {
             let domain = domain_key(domain_of(&jid)).into_owned();
             if self.shared.s2s.hosts(&domain) {
-                let mut attr = Vec::with_capacity(8 + jid.len());
-                write_to_attr(&jid, &mut attr);
-                // Presence to a local user: to its available resources (§4.2.3).
-                let targets: Vec<Rc<Conn<C2sConnection>>> = self
-                    .local
-                    .users
-                    .borrow()
-                    .get(bare_key(&jid).as_ref())
-                    .map(|u| {
-                        u.sessions
-                            .iter()
-                            .filter(|s| s.available)
-                            .map(|s| Rc::clone(&s.conn))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for c in targets {
-                    send_to(&c, &stanza.parts(&attr));
+                let bare = bare_key(&jid).into_owned();
+                if let Some(Deferred::Broadcast(stanza, jid)) =
+                    self.admit(&bare, Deferred::Broadcast(stanza.clone(), jid))
+                {
+                    self.deliver_broadcast(&stanza, &jid);
                 }
             } else {
                 self.send_remote(&domain, Queued::Shared(stanza.clone(), jid));
             }
+        }
+    }
+
+    /// Presence to a local user: to its available resources (RFC 6121 §4.2.3, §4.4.3).
+    fn deliver_broadcast(&self, stanza: &SharedStanza, jid: &str) {
+        let mut attr = Vec::with_capacity(8 + jid.len());
+        write_to_attr(jid, &mut attr);
+        let targets: Vec<Rc<Conn<C2sConnection>>> = self
+            .local
+            .users
+            .borrow()
+            .get(bare_key(jid).as_ref())
+            .map(|u| {
+                u.sessions
+                    .iter()
+                    .filter(|s| s.available)
+                    .map(|s| Rc::clone(&s.conn))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for c in targets {
+            send_to(&c, &stanza.parts(&attr));
         }
     }
 
@@ -1492,8 +1601,10 @@ impl Shard {
     pub(super) fn deliver_to_user(&self, el: Element) {
         let Some(to) = el.to() else { return };
         let bare = bare_key(to).into_owned();
-        self.deliver_to_user_inner(el);
-        self.maybe_forget(&bare);
+        if let Some(Deferred::Inbound(el)) = self.admit(&bare, Deferred::Inbound(el)) {
+            self.deliver_to_user_inner(el);
+            self.maybe_forget(&bare);
+        }
     }
 
     fn deliver_to_user_inner(&self, el: Element) {
@@ -1507,16 +1618,10 @@ impl Shard {
             StanzaKind::Presence => {
                 let t = el.type_();
                 if let Some(st) = t.and_then(SubType::from_type) {
-                    if self.roster_ready(&bare, Deferred::Inbound(el.clone())) {
-                        self.inbound_subscription(&bare, st, el);
-                    }
-                    return;
+                    return self.inbound_subscription(&bare, st, el);
                 }
                 if t == Some("probe") {
-                    if self.roster_ready(&bare, Deferred::Inbound(el.clone())) {
-                        self.answer_probe(&bare, &el);
-                    }
-                    return;
+                    return self.answer_probe(&bare, &el);
                 }
                 // Available, unavailable, error: to the resource, or every available one.
                 match resource {

@@ -1,0 +1,351 @@
+//! Interop: slixmpp (a client library from PyPI that no one here wrote) drives
+//! `fedrouter serve`'s C2S side through the RFC 6121 life cycle, then the store is checked.
+//!
+//! `tests/slixmpp/roster_flow.py` logs alice and bob in (STARTTLS verified against the
+//! server's generated certificate, SASL SCRAM, resource binding), makes them subscribe to
+//! each other (roster set, `subscribe`, slixmpp's automatic `subscribed`), waits for
+//! presence both ways, exchanges a chat message each way, and has alice remove bob from
+//! her roster; it prints one JSON line of what both clients saw. This test runs it against
+//! a fresh server, checks that JSON, then stops the server and reads the rosters back from
+//! `<data_dir>/fedrouter.db`.
+//!
+//! The Python interpreter is `$FEDROUTER_SLIXMPP_PYTHON`, else
+//! `target/slixmpp-venv/bin/python` (made by `.ci/setup-slixmpp`). Without either the test
+//! FAILS: an interop test that skips itself proves nothing.
+//!
+//! Loopback range: `127.0.230.0/24` (server on `127.0.230.1`: C2S 5222, S2S 5269, admin
+//! 9269; nothing listens on the DNS address, nothing here needs DNS).
+
+#[path = "common/server.rs"]
+mod server;
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use fedrouter::store::sqlite::SqliteStore;
+use fedrouter::store::{Store, StoredItem, DB_FILE};
+use serde_json::Value;
+use server::Fedrouter;
+
+const HOST: &str = "127.0.230.1";
+const C2S_PORT: u16 = 5222;
+const ALICE: &str = "alice@a.test";
+const BOB: &str = "bob@a.test";
+const ALICE_PASSWORD: &str = "correct horse alice";
+const BOB_PASSWORD: &str = "battery staple bob";
+
+/// The bodies `roster_flow.py` sends (`MESSAGE_A`, `MESSAGE_B` there).
+const MESSAGE_A: &str = "hello bob, from alice \u{e9}\u{65e5} <&>";
+const MESSAGE_B: &str = "hello alice, bob here";
+
+/// The script's own bound on the whole flow (`--timeout`), seconds.
+const FLOW_TIMEOUT_S: u64 = 30;
+
+/// Our bound on the script's process: its flow, its clean disconnect (at most 12 s more,
+/// see the script) and Python's start-up.
+const SCRIPT_LIMIT: Duration = Duration::from_secs(FLOW_TIMEOUT_S + 30);
+
+const SETUP_HINT: &str = "run `.ci/setup-slixmpp` (it makes target/slixmpp-venv with the pinned \
+     slixmpp), or set FEDROUTER_SLIXMPP_PYTHON to a python that can `import slixmpp`";
+
+fn toml() -> String {
+    format!(
+        r#"domains = ["a.test"]
+shards = 2
+
+[listen]
+c2s = ["{HOST}:{C2S_PORT}"]
+s2s = ["{HOST}:5269"]
+s2s_tls = []
+admin = "{HOST}:9269"
+
+[dns]
+nameservers = ["{HOST}:5300"]
+timeout = "2s"
+"#
+    )
+}
+
+/// The interpreter to run the script with; panics (the test fails) when there is none or
+/// it cannot import slixmpp.
+fn python() -> PathBuf {
+    let python = match std::env::var_os("FEDROUTER_SLIXMPP_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/slixmpp-venv/bin/python"),
+    };
+    assert!(
+        python.exists(),
+        "no Python for the slixmpp interop test at {}: {SETUP_HINT}",
+        python.display()
+    );
+    let check = Command::new(&python)
+        .args(["-c", "import slixmpp; print(slixmpp.__version__)"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; {SETUP_HINT}", python.display()));
+    assert!(
+        check.status.success(),
+        "{} cannot import slixmpp ({}): {SETUP_HINT}",
+        python.display(),
+        String::from_utf8_lossy(&check.stderr).trim()
+    );
+    eprintln!(
+        "slixmpp {} ({})",
+        String::from_utf8_lossy(&check.stdout).trim(),
+        python.display()
+    );
+    python
+}
+
+/// `fedrouter user add JID -c CONFIG` with `password` on stdin.
+fn add_user(config: &Path, jid: &str, password: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fedrouter"))
+        .args(["user", "add", jid, "-c"])
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fedrouter user add");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "{password}").expect("write the password");
+    }
+    let out = child.wait_with_output().expect("fedrouter user add");
+    assert!(
+        out.status.success(),
+        "fedrouter user add {jid}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What the script printed and how it ended.
+struct ScriptRun {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `python args...`, killing it (and failing) after [`SCRIPT_LIMIT`].
+fn run_script(python: &Path, args: &[String]) -> ScriptRun {
+    let mut child = Command::new(python)
+        .args(args)
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the slixmpp script");
+    let pid = child.id() as libc::pid_t;
+    let reader = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = reader(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = reader(Box::new(child.stderr.take().expect("stderr")));
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = match rx.recv_timeout(SCRIPT_LIMIT) {
+        Ok(status) => status.expect("wait for the slixmpp script"),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of our child, not reaped yet (its waiter is
+            // still blocked in wait()).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = rx.recv();
+            panic!(
+                "the slixmpp script did not exit within {SCRIPT_LIMIT:?} (killed); stderr:\n{}",
+                stderr.join().unwrap_or_default()
+            );
+        }
+    };
+    waiter.join().expect("waiter thread");
+    ScriptRun {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// `v[a][b]...` or a panic naming the path and the JSON.
+fn at<'v>(v: &'v Value, path: &[&str], all: &str) -> &'v Value {
+    path.iter().fold(v, |v, k| match v.get(k) {
+        Some(x) => x,
+        None => panic!("no {path:?} in the script's result: {all}"),
+    })
+}
+
+/// The last roster version a client saw (`ver` of its last roster result or push).
+fn last_ver(v: &Value, client: &str, all: &str) -> u64 {
+    let log = at(v, &["roster_log", client], all)
+        .as_array()
+        .unwrap_or_else(|| panic!("roster_log.{client} is not a list: {all}"));
+    let ver = log
+        .last()
+        .and_then(|e| e.get(2))
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{client}: no roster version in the last roster stanza: {all}"));
+    ver.parse()
+        .unwrap_or_else(|e| panic!("{client}: roster ver {ver:?} is not a number ({e}): {all}"))
+}
+
+#[test]
+fn slixmpp_roster_subscription_presence_messages() {
+    let python = python();
+    let mut srv = Fedrouter::start("a.test", &toml());
+    let config = srv.config_path();
+    add_user(&config, ALICE, ALICE_PASSWORD);
+    add_user(&config, BOB, BOB_PASSWORD);
+    let ca = srv.dir().join("data/certs/a.test.crt");
+    assert!(ca.exists(), "no generated certificate at {}", ca.display());
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slixmpp/roster_flow.py");
+    let args: Vec<String> = vec![
+        script.display().to_string(),
+        HOST.into(),
+        C2S_PORT.to_string(),
+        ca.display().to_string(),
+        ALICE.into(),
+        ALICE_PASSWORD.into(),
+        BOB.into(),
+        BOB_PASSWORD.into(),
+        "--timeout".into(),
+        FLOW_TIMEOUT_S.to_string(),
+        "--debug".into(),
+    ];
+    let run = run_script(&python, &args);
+    let line = run.stdout.lines().last().unwrap_or("").to_owned();
+    let context = || {
+        format!(
+            "exit: {}\nstdout:\n{}\nslixmpp debug log (stderr):\n{}",
+            run.status, run.stdout, run.stderr
+        )
+    };
+    let result: Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("the script's last line is not JSON ({e})\n{}", context()));
+    assert!(
+        run.status.success() && result["ok"] == true,
+        "the slixmpp flow failed: {}\n{}",
+        result["error"],
+        context()
+    );
+    if std::env::var_os("FEDROUTER_TEST_LOGS").is_some() {
+        eprintln!("{}", context());
+    }
+
+    // Subscription states as pushed to each client (RFC 6121 §3.1, Appendix A).
+    let r = &result;
+    let st = |step: &str, client: &str, contact: &str| {
+        at(r, &["rosters", step, client, contact], &line).clone()
+    };
+    assert_eq!(
+        st("a_added_b", "A", BOB),
+        serde_json::json!(["none", null]),
+        "{line}"
+    );
+    assert_eq!(
+        st("a_subscribed_to_b", "A", BOB),
+        serde_json::json!(["to", null]),
+        "{line}"
+    );
+    assert_eq!(
+        st("a_subscribed_to_b", "B", ALICE),
+        serde_json::json!(["from", null]),
+        "{line}"
+    );
+    assert_eq!(
+        st("mutual_subscription", "A", BOB),
+        serde_json::json!(["both", null]),
+        "{line}"
+    );
+    assert_eq!(
+        st("mutual_subscription", "B", ALICE),
+        serde_json::json!(["both", null]),
+        "{line}"
+    );
+    assert_eq!(
+        st("a_removed_b", "B", ALICE),
+        serde_json::json!(["none", null]),
+        "{line}"
+    );
+    assert_eq!(
+        at(r, &["rosters", "a_removed_b", "A"], &line),
+        &serde_json::json!({}),
+        "{line}"
+    );
+    // The pending-out state was pushed while alice waited for bob's answer.
+    let a_log = at(r, &["roster_log", "A"], &line).to_string();
+    assert!(
+        a_log.contains(r#"{"bob@a.test":["none","subscribe"]}"#),
+        "alice never saw ask='subscribe' on bob: {line}"
+    );
+
+    // The messages, exactly as sent (escaping and non-ASCII survive).
+    assert!(
+        at(r, &["messages", "B"], &line)
+            .as_array()
+            .is_some_and(|m| m.contains(&serde_json::json!([ALICE, MESSAGE_A]))),
+        "bob did not get alice's message: {line}"
+    );
+    assert!(
+        at(r, &["messages", "A"], &line)
+            .as_array()
+            .is_some_and(|m| m.contains(&serde_json::json!([BOB, MESSAGE_B]))),
+        "alice did not get bob's reply: {line}"
+    );
+
+    // The store after a clean stop: what the clients were told is what is durable.
+    assert!(srv.stop(), "fedrouter did not exit on SIGTERM");
+    let mut store =
+        SqliteStore::open(srv.dir().join("data").join(DB_FILE)).expect("open the store");
+    let (alice_ver, alice_items) = store.roster(ALICE).expect("alice's roster");
+    let (bob_ver, bob_items) = store.roster(BOB).expect("bob's roster");
+    assert!(
+        alice_items
+            .iter()
+            .all(|i| i.contact != BOB || (!i.in_roster && i.sub_state() == Default::default())),
+        "bob is still on alice's stored roster: {alice_items:?}"
+    );
+    assert_eq!(
+        bob_items,
+        vec![StoredItem {
+            contact: ALICE.into(),
+            name: None,
+            groups: vec![],
+            subscription: "none".into(),
+            pending_out: false,
+            pending_in: None,
+            pre_approved: false,
+            in_roster: true,
+        }],
+        "bob's stored roster"
+    );
+    assert_eq!(
+        alice_ver,
+        last_ver(r, "A", &line),
+        "alice's stored roster version vs her last push"
+    );
+    assert_eq!(
+        bob_ver,
+        last_ver(r, "B", &line),
+        "bob's stored roster version vs his last push"
+    );
+
+    // RFC 6120 §10.1: stanzas one client sent the other arrive in the order sent.
+    assert_eq!(
+        at(r, &["order_violations"], &line),
+        &serde_json::json!([]),
+        "stanzas delivered out of order (RFC 6120 §10.1 in-order processing)\n{}",
+        context()
+    );
+}
