@@ -672,8 +672,7 @@ impl Shard {
     fn client_stanza(&self, id: ConnId, kind: StanzaKind, el: Element) {
         let Some(from) = el.from() else { return };
         let bare = bare_key(from).into_owned();
-        if let Some(Deferred::FromClient(id, el)) =
-            self.admit(&bare, Deferred::FromClient(id, el))
+        if let Some(Deferred::FromClient(id, el)) = self.admit(&bare, Deferred::FromClient(id, el))
         {
             self.client_stanza_now(id, kind, el);
         }
@@ -1047,11 +1046,9 @@ impl Shard {
                     for a in t.actions.iter() {
                         match a {
                             Action::SendUnavailable => shard.send_unavailable(&user, &contact),
-                            Action::AutoReply(t) => shard.route_generated(&presence(
-                                &user,
-                                &contact,
-                                Some(t.as_str()),
-                            )),
+                            Action::AutoReply(t) => {
+                                shard.route_generated(&presence(&user, &contact, Some(t.as_str())))
+                            }
                             _ => {}
                         }
                     }
