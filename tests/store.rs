@@ -334,6 +334,9 @@ impl Store for Gated {
     fn roster(&mut self, user: &str) -> Result<Roster, StoreError> {
         self.inner.roster(user)
     }
+    fn pending_out(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        self.inner.pending_out()
+    }
     fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError> {
         self.inner.apply(changes)
     }

@@ -110,7 +110,8 @@ pub fn plan<'a>(
     shards: usize,
     is_local: impl Fn(&str) -> bool,
 ) -> Plan {
-    let mut keyed: Vec<(usize, Box<str>, Box<str>)> = recipients
+    // Sort keys borrow the recipients (a domain is copied only when it needs folding).
+    let mut keyed: Vec<(usize, std::borrow::Cow<'a, str>, &'a str)> = recipients
         .into_iter()
         .map(|jid| {
             let domain = domain_key(domain_of(jid));
@@ -119,17 +120,14 @@ pub fn plan<'a>(
             } else {
                 shard_of(&domain, shards)
             };
-            (
-                shard,
-                Box::<str>::from(domain.as_ref()),
-                Box::<str>::from(jid),
-            )
+            (shard, domain, jid)
         })
         .collect();
     keyed.sort_unstable();
     keyed.dedup();
     let mut out: Plan = Vec::new();
     for (shard, _, jid) in keyed {
+        let jid = Box::<str>::from(jid);
         match out.last_mut() {
             Some((s, v)) if *s == shard => v.push(jid),
             _ => out.push((shard, vec![jid])),

@@ -328,8 +328,11 @@ impl<P: Proto> ConnState<P> {
         self.pump();
     }
 
-    /// Queues a TLS close_notify (before the socket is shut down).
+    /// Queues a TLS close_notify (before the socket is shut down), after whatever the
+    /// protocol still had to send (a final `<failure/>`, the stream error): rustls would
+    /// encrypt data written later, but the peer drops records after close_notify.
     pub fn close_tls(&mut self) {
+        self.pump();
         if let Some(tls) = self.tls.as_mut() {
             let c = tls.conn();
             c.send_close_notify();

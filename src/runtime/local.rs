@@ -1487,7 +1487,7 @@ impl Shard {
     /// This shard's share of a fan-out.
     pub(super) fn fanned_out(&self, stanza: &SharedStanza, to: Vec<Box<str>>) {
         for jid in to {
-            let domain = domain_key(domain_of(&jid)).into_owned();
+            let domain = domain_key(domain_of(&jid));
             if self.shared.s2s.hosts(&domain) {
                 let bare = bare_key(&jid).into_owned();
                 if let Some(Deferred::Broadcast(stanza, jid)) =
@@ -1496,6 +1496,7 @@ impl Shard {
                     self.deliver_broadcast(&stanza, &jid);
                 }
             } else {
+                let domain = domain.into_owned();
                 self.send_remote(&domain, Queued::Shared(stanza.clone(), jid));
             }
         }
@@ -1716,6 +1717,15 @@ impl Shard {
         }
         self.deliver_to_user(el);
         None
+    }
+
+    /// Sends stored, unanswered subscription requests again (at start): the contact's
+    /// server ignores a duplicate (RFC 6121 Appendix A.3.1), and a request that was
+    /// acknowledged to its sender just before a crash is not lost.
+    pub(super) fn resend_subscriptions(&self, pairs: Vec<(String, String)>) {
+        for (user, contact) in pairs {
+            self.route_generated(&presence(&user, &contact, Some("subscribe")));
+        }
     }
 
     /// Closes every client stream (shutdown): unavailable presence goes out as each ends.

@@ -30,9 +30,10 @@ use tracing::{info, info_span, warn};
 
 use crate::config::{Config, Materialized, StoreDurability};
 use crate::dns::{DnsConfig, S2sResolver, StaticTarget};
+use crate::router;
 use crate::router::inbox::mesh;
 use crate::store::sqlite::{Durability, SqliteStore};
-use crate::store::{StoreHandle, DB_FILE};
+use crate::store::{Op, Outcome, StoreHandle, DB_FILE};
 use crate::stream::c2s::{C2sConfig, C2sTimeouts};
 use crate::stream::s2s::{PeerCertVerifier, S2sConfig, Timeouts};
 use crate::tls::{self, CertError, CertifiedDomain, ClientAuth, DomainCertResolver};
@@ -95,6 +96,9 @@ pub(crate) enum Control {
         reply: crossbeam_channel::Sender<PingOutcome>,
     },
     Shutdown,
+    /// Send these outbound subscription requests again (`(user, contact)` bare JIDs):
+    /// the unanswered ones stored, at start (see [`crate::store::Store::pending_out`]).
+    Resend(Vec<(String, String)>),
 }
 
 /// Read-only state every shard shares.
@@ -189,6 +193,13 @@ impl Server {
             .map_err(|e| StartError::Store(format!("{}: {e}", db.display())))?;
         let store =
             StoreHandle::spawn(Box::new(sqlite), config.store.max_batch, config.store.queue);
+        // The durable outbox: requests acknowledged to their senders but maybe not yet
+        // stored or answered by the contact when the process last stopped.
+        let resend = match store.call(Op::PendingOut) {
+            Ok(Outcome::Pairs(p)) => p,
+            Ok(_) => Vec::new(),
+            Err(e) => return Err(StartError::Store(format!("{}: {e}", db.display()))),
+        };
         let shared = Arc::new(build_shared(config, materialized, n, store)?);
         let cfg = &shared.config;
 
@@ -292,6 +303,21 @@ impl Server {
                 })
                 .map_err(StartError::Thread)?;
             threads.push(t);
+        }
+
+        let mut per_shard_resend: Vec<Vec<(String, String)>> = vec![Vec::new(); n];
+        for (user, contact) in resend {
+            per_shard_resend[router::shard_of(&router::bare_key(&user), n)].push((user, contact));
+        }
+        for ((tx, wake), pairs) in controls.iter().zip(per_shard_resend) {
+            if !pairs.is_empty() {
+                info!(
+                    count = pairs.len(),
+                    "sending unanswered subscription requests again"
+                );
+                let _ = tx.try_send(Control::Resend(pairs));
+                wake.notify_one();
+            }
         }
 
         let admin = match cfg.listen.admin {

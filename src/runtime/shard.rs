@@ -327,6 +327,7 @@ impl Shard {
                 match c {
                     Control::Ping { from, to, reply } => self.start_ping(&from, &to, reply),
                     Control::Shutdown => self.begin_shutdown(),
+                    Control::Resend(pairs) => self.resend_subscriptions(pairs),
                 }
             }
             if self.shutting_down.get() {
@@ -528,7 +529,10 @@ impl Shard {
         }
         let now = Instant::now();
         let mut remotes = self.remotes.borrow_mut();
-        let r = remotes.entry(d.to_owned()).or_default();
+        if !remotes.contains_key(d) {
+            remotes.insert(d.to_owned(), Remote::default());
+        }
+        let r = remotes.get_mut(d).expect("inserted above");
         if let Some(until) = r.backoff_until {
             if now < until && r.conn.is_none() {
                 let f = r.last_failure.clone().unwrap_or(Failure {

@@ -222,6 +222,15 @@ pub trait Store: Send {
     /// [`StoreError::Backend`].
     fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError>;
 
+    /// Every unanswered outbound subscription request: `(user, contact)` for each stored
+    /// item with `pending_out` (RFC 6121 §3.1.2 "None + Pending Out" and "From + Pending
+    /// Out"), sorted. The server sends these requests again when it starts, so that one
+    /// acknowledged just before a crash reaches the contact (whose server ignores a
+    /// duplicate, RFC 6121 Appendix A.3.1).
+    ///
+    /// Errors: [`StoreError::Backend`].
+    fn pending_out(&mut self) -> Result<Vec<(String, String)>, StoreError>;
+
     /// Group commit: applies several independent groups of changes in ONE transaction.
     /// Each group is all-or-nothing on its own: a group that fails (unknown user, invalid
     /// item) gets its error and stores nothing, the others are stored. The outer `Err`
@@ -281,6 +290,8 @@ pub enum Op {
     /// Roster changes, group-committed with the other `Apply`s queued beside it;
     /// answered with [`Outcome::Applied`] once durable.
     Apply(Vec<Change>),
+    /// [`Store::pending_out`]; answered with [`Outcome::Pairs`].
+    PendingOut,
 }
 
 /// What a successful [`Op`] returns.
@@ -297,6 +308,8 @@ pub enum Outcome {
     Users(Vec<String>),
     /// [`Op::Roster`]: version and items.
     Roster(Roster),
+    /// [`Op::PendingOut`]: `(user, contact)` pairs.
+    Pairs(Vec<(String, String)>),
     /// [`Op::Apply`]: committed; the roster version after each change.
     Applied(Vec<u64>),
 }
@@ -581,6 +594,7 @@ fn process(store: &mut dyn Store, batch: &mut Vec<Request>, counters: &Counters)
             }
             Op::ListUsers { domain } => store.list_users(domain.as_deref()).map(Outcome::Users),
             Op::Roster { user } => store.roster(user).map(Outcome::Roster),
+            Op::PendingOut => store.pending_out().map(Outcome::Pairs),
             Op::Apply(_) => unreachable!("Apply runs are handled above"),
         };
         answer(r, result, &mut wakes);
