@@ -745,3 +745,85 @@ fn resource_conflict_replaces_older_session() {
     message(&mut bob, "alice@a.test/desk", "m1", "which desk?");
     expect_body(&mut second, "bob@a.test/x", "m1", "which desk?");
 }
+
+// ---------------------------------------------------------------------------------------
+// Presence (RFC 6121 §4)
+// ---------------------------------------------------------------------------------------
+
+/// A new session's initial presence probes its contacts and receives their current
+/// presence (§4.3); pending requests wait for initial presence (§3.1.3); a session that
+/// vanishes without closing its stream is announced `unavailable` to its subscribers and
+/// to the entities it sent directed presence to (§4.5.2, §4.6.3), and to the user's other
+/// resources.
+#[test]
+fn probes_directed_presence_and_abrupt_end() {
+    const NET: u8 = 228;
+    let addr = ip(NET, 2);
+    let fr = Fedrouter::start("a.test", &c2s_config(NET, addr, &["a.test"], 2, ""));
+    add_users(&fr, &["alice@a.test", "bob@a.test", "carol@a.test"]);
+    let t = target(&fr, addr, "a.test");
+
+    let mut alice = Client::login(&t, "alice", PASSWORD, Some("phone"));
+    let mut bob = Client::login(&t, "bob", PASSWORD, Some("laptop"));
+    let b_full = bob.jid.clone().expect("bob bound");
+    alice.roster_get();
+    bob.roster_get();
+    alice.send("<presence/>");
+
+    // alice → bob while bob is not available: the request waits for bob's initial
+    // presence.
+    sub(&mut alice, "subscribe", "bob@a.test");
+    expect_push(&mut alice, "bob@a.test", "none", Some("subscribe"));
+    bob.assert_none("a request before initial presence", |x| {
+        is_stanza(x, "presence") && attr(x, "type").as_deref() == Some("subscribe")
+    });
+    bob.send("<presence><show>dnd</show><status>in a meeting</status></presence>");
+    bob.expect_presence("alice@a.test", Some("subscribe"));
+    sub(&mut bob, "subscribed", "alice@a.test");
+    expect_push(&mut bob, "alice@a.test", "from", None);
+    expect_push(&mut alice, "bob@a.test", "to", None);
+    // §3.1.5: the approval is followed by bob's current presence.
+    let p = alice.expect_presence(&b_full, None);
+    assert_eq!(
+        child_text(&p, "status").as_deref(),
+        Some("in a meeting"),
+        "{p}"
+    );
+
+    // A second session of alice probes bob (alice is subscribed to him): bob's current
+    // presence arrives without bob sending anything.
+    let mut tablet = Client::login(&t, "alice", PASSWORD, Some("tablet"));
+    tablet.roster_get();
+    tablet.send("<presence/>");
+    let p = tablet.expect_presence(&b_full, None);
+    assert_eq!(child_text(&p, "show").as_deref(), Some("dnd"), "{p}");
+    // The phone learns of the tablet (the user's own resources, §4.2.2).
+    let tablet_full = tablet.jid.clone().expect("tablet bound");
+    alice.expect_presence(&tablet_full, None);
+
+    // Directed presence from bob to carol, who has no subscription.
+    let mut carol = Client::login(&t, "carol", PASSWORD, None);
+    carol.send("<presence/>");
+    carol.sync();
+    bob.send("<presence to='carol@a.test'><status>hi carol</status></presence>");
+    let p = carol.expect_presence(&b_full, None);
+    assert_eq!(child_text(&p, "status").as_deref(), Some("hi carol"), "{p}");
+
+    // Bob's connection drops without a closing stream: everyone who had his presence is
+    // told he is gone.
+    drop(bob);
+    alice.expect_presence(&b_full, Some("unavailable"));
+    tablet.expect_presence(&b_full, Some("unavailable"));
+    carol.expect_presence(&b_full, Some("unavailable"));
+
+    // Bob, back and available again, is probed by nobody he does not share presence
+    // with: carol (no subscription) gets nothing from bob's initial presence.
+    let mut bob = Client::login(&t, "bob", PASSWORD, Some("laptop"));
+    bob.send("<presence/>");
+    alice.expect_presence(&b_full, None);
+    carol.sync();
+    carol.assert_none("bob's presence without a subscription", |x| {
+        is_stanza(x, "presence") && attr(x, "from").is_some_and(|f| jid_matches(&f, "bob@a.test"))
+    });
+    bob.close();
+}
