@@ -62,6 +62,10 @@
 //! max_roster_items = 1000
 //! max_resources = 16
 //!
+//! [metrics]
+//! listen = "127.0.0.1:9269"     # Prometheus /metrics; the admin endpoint's address (default)
+//!                               # serves it too; "" = only there
+//!
 //! [store]                       # the embedded SQLite database, <data_dir>/fedrouter.db
 //! durability = "power-loss"     # or "crash" (synchronous=FULL / NORMAL)
 //! max_batch = 1024
@@ -276,6 +280,8 @@ pub struct Config {
     pub c2s: C2sSection,
     /// The user and roster store (`[store]`).
     pub store: StoreSection,
+    /// The metrics endpoint (`[metrics]`).
+    pub metrics: MetricsSection,
     /// Graceful shutdown (`[shutdown]`).
     pub shutdown: ShutdownSection,
     /// Logging (`[log]`).
@@ -521,6 +527,16 @@ impl Default for C2sSection {
     }
 }
 
+/// The metrics endpoint (`[metrics]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MetricsSection {
+    /// Where `GET /metrics` (Prometheus text) and `GET /metrics/hgrm?name=…` are served,
+    /// key `metrics.listen`. `None` (the default, or `""`): on the admin endpoint
+    /// (`listen.admin`, 127.0.0.1:9269 by default) only; an address different from
+    /// `listen.admin` gets its own HTTP listener (which serves the admin paths too).
+    pub listen: Option<SocketAddr>,
+}
+
 /// How commits reach the disk (`store.durability`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -621,6 +637,7 @@ impl Default for Config {
             inbox: InboxSection::default(),
             c2s: C2sSection::default(),
             store: StoreSection::default(),
+            metrics: MetricsSection::default(),
             shutdown: ShutdownSection::default(),
             log: LogSection::default(),
             federation: FederationPolicy::default(),
@@ -727,6 +744,8 @@ struct RawConfig {
     #[serde(default)]
     store: StoreSection,
     #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
     shutdown: ShutdownSection,
     #[serde(default)]
     log: LogSection,
@@ -741,6 +760,12 @@ struct RawListen {
     s2s_tls: Option<Vec<String>>,
     c2s: Option<Vec<String>>,
     admin: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -959,6 +984,13 @@ impl RawConfig {
             inbox: self.inbox,
             c2s: self.c2s,
             store: self.store,
+            metrics: MetricsSection {
+                listen: match self.metrics.listen {
+                    None => None,
+                    Some(text) if text.trim().is_empty() => None,
+                    Some(text) => Some(parse_socket_addr("metrics.listen".to_owned(), &text)?),
+                },
+            },
             shutdown: self.shutdown,
             log: self.log,
             federation,

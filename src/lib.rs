@@ -43,6 +43,7 @@ pub mod config;
 pub mod dialback;
 pub mod dns;
 pub mod jid;
+pub mod metrics;
 pub mod presence;
 pub mod router;
 pub mod runtime;

@@ -7,6 +7,11 @@
 //!   router (DNS, connection, authentication and all) and answers with JSON:
 //!   `{"result":"pong","rtt_ms":1.2}`, `{"result":"error","condition":"remote-server-not-found","rtt_ms":…}`
 //!   or, after 60 s, `{"result":"timeout"}` (status 504).
+//! - `GET /metrics`: Prometheus text format ([`crate::metrics::Metrics::render`]), every
+//!   shard's metrics merged at read time.
+//! - `GET /metrics/hgrm?name=routing_latency`: one latency histogram as HdrHistogram
+//!   percentile distribution text ([`crate::metrics::Metrics::hgrm`]); names are
+//!   [`crate::metrics::Latency::name`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::{Control, PingOutcome, Shared};
+use crate::metrics::{Latency, Metrics};
 use crate::router::{bare_key, domain_key, shard_of};
 
 /// How long `/ping` waits for an answer.
@@ -84,6 +90,25 @@ fn query_param<'a>(url: &'a str, key: &str) -> Option<&'a str> {
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == key)
         .map(|(_, v)| v)
+}
+
+/// Asks every shard for a copy of its metrics and merges them; `None` when a shard does
+/// not answer within 2 s.
+fn collect_metrics(
+    controls: &[(crossbeam_channel::Sender<Control>, Arc<Notify>)],
+) -> Option<Metrics> {
+    let (tx, rx) = crossbeam_channel::bounded(controls.len());
+    for (ctl, wake) in controls {
+        ctl.try_send(Control::Metrics(tx.clone())).ok()?;
+        wake.notify_one();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut merged = Metrics::new();
+    for _ in 0..controls.len() {
+        let m = rx.recv_deadline(deadline).ok()?;
+        merged.merge(&m);
+    }
+    Some(merged)
 }
 
 fn handle(
@@ -154,6 +179,34 @@ fn handle(
             };
             let _ = req.respond(r);
             return;
+        }
+        "/metrics" | "/metrics/hgrm" => {
+            let Some(m) = collect_metrics(controls) else {
+                let _ = req.respond(json(503, serde_json::json!({"error": "shards busy"})));
+                return;
+            };
+            let text = if path == "/metrics" {
+                m.render()
+            } else {
+                match query_param(&url, "name").and_then(Latency::from_name) {
+                    Some(l) => m.hgrm(l),
+                    None => {
+                        let names: Vec<&str> = Latency::ALL.iter().map(|l| l.name()).collect();
+                        let _ = req.respond(json(
+                            400,
+                            serde_json::json!({"error": "missing or unknown ?name=", "names": names}),
+                        ));
+                        return;
+                    }
+                }
+            };
+            tiny_http::Response::from_string(text)
+                .with_status_code(200)
+                .with_header(
+                    "Content-Type: text/plain; version=0.0.4"
+                        .parse::<tiny_http::Header>()
+                        .expect("static header"),
+                )
         }
         _ => tiny_http::Response::from_string("not found\n").with_status_code(404),
     };

@@ -213,6 +213,10 @@ pub(crate) struct ConnState<P: Proto = S2sConnection> {
     pub pinned: bool,
     /// Scratch for decrypted bytes.
     plain: Vec<u8>,
+    /// Read times of the stanzas now in `wire` (routing latency, taken by the writer).
+    pub marks: Vec<Instant>,
+    /// When the connection was set up (negotiation time).
+    pub started: Instant,
 }
 
 impl<P: Proto> ConnState<P> {
@@ -232,6 +236,15 @@ impl<P: Proto> ConnState<P> {
             moved: false,
             pinned: false,
             plain: Vec::new(),
+            marks: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Notes that a stanza read at `read_at` is now in `wire` (call after `pump`).
+    pub fn mark(&mut self, read_at: Option<Instant>) {
+        if let Some(t) = read_at {
+            self.marks.push(t);
         }
     }
 

@@ -32,9 +32,10 @@ use tokio_uring::net::TcpStream;
 use tracing::{debug, info, info_span, warn};
 
 use super::conn::{Conn, ConnId, ConnState, Handoff, Tls};
-use super::shard::{After, Driven, Queued, Shard, ShardMsg};
+use super::shard::{count_stanza, After, Driven, Queued, Shard, ShardMsg};
 use crate::condition::{StanzaCondition, StreamCondition};
 use crate::jid::{domain_of, BareJid, Jid};
+use crate::metrics::Latency;
 use crate::presence::{
     self, parse_roster_set, write_removed_item, Action, RosterItem, RosterSet, SubState, SubType,
     Subscription, ROSTER_NS,
@@ -193,7 +194,19 @@ impl Deferred {
 fn send_to(conn: &Conn<C2sConnection>, parts: &[&[u8]]) {
     let mut st = conn.st.borrow_mut();
     if st.proto.send_stanza_parts(parts, Instant::now()).is_ok() {
+        let head = parts.first().copied().unwrap_or_default();
+        let kind = if head.starts_with(b"<message") {
+            "message"
+        } else if head.starts_with(b"<presence") {
+            "presence"
+        } else if head.starts_with(b"<iq") {
+            "iq"
+        } else {
+            "other"
+        };
+        count_stanza("c2s_out", kind);
         st.pump();
+        st.mark(super::read_at());
         drop(st);
         conn.wake.notify_one();
     }
@@ -442,10 +455,28 @@ impl Shard {
             Event::AuthFailed {
                 username, failures, ..
             } => {
+                super::metrics(|m| {
+                    m.count(
+                        "auth",
+                        &[("proto", "c2s"), ("method", "sasl"), ("result", "fail")],
+                        1,
+                    )
+                });
                 info!(parent: &conn.span, user = username.as_deref().unwrap_or(""), failures, "authentication failed");
             }
             Event::Authenticated { jid, mechanism } => {
                 conn.span.record("jid", jid.as_str());
+                super::metrics(|m| {
+                    m.count(
+                        "auth",
+                        &[
+                            ("proto", "c2s"),
+                            ("method", mechanism.name()),
+                            ("result", "ok"),
+                        ],
+                        1,
+                    )
+                });
                 info!(parent: &conn.span, mechanism = mechanism.name(), "authenticated");
             }
             Event::BindRequested { jid, requested } => self.bind(conn, &jid, requested),
@@ -617,6 +648,7 @@ impl Shard {
     // ----- stanzas from a client -----
 
     fn client_sent(&self, conn: &Rc<Conn<C2sConnection>>, kind: StanzaKind, el: Element) {
+        count_stanza("c2s_in", kind.as_str());
         let mut out = Vec::with_capacity(el.bytes().len() + 64);
         if conn.st.borrow().proto.stamp(&el, &mut out).is_err() {
             return;
@@ -1070,9 +1102,11 @@ impl Shard {
     ) {
         self.hold(bare);
         let user = bare.to_owned();
+        let t0 = Instant::now();
         self.store(
             Op::Apply(vec![change]),
             Box::new(move |shard, result| {
+                super::metrics(|m| m.observe(Latency::StoreCommit, t0.elapsed()));
                 let ver = shard.applied(&user, result);
                 then(shard, ver);
                 shard.release(&user);
@@ -1478,6 +1512,7 @@ impl Shard {
                     ShardMsg::Fanout {
                         stanza: stanza.clone(),
                         to,
+                        read_at: super::read_at(),
                     },
                 );
             }
@@ -1497,7 +1532,7 @@ impl Shard {
                 }
             } else {
                 let domain = domain.into_owned();
-                self.send_remote(&domain, Queued::Shared(stanza.clone(), jid));
+                self.send_remote(&domain, Queued::shared(stanza.clone(), jid));
             }
         }
     }
@@ -1750,6 +1785,7 @@ impl Shard {
 }
 
 impl Driven for C2sConnection {
+    const PROTO: &'static str = "c2s";
     fn on_events(shard: &Shard, conn: &Rc<Conn<Self>>, may_hand_off: bool) -> After {
         shard.c2s_on_events(conn, may_hand_off)
     }

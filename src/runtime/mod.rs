@@ -99,6 +99,33 @@ pub(crate) enum Control {
     /// Send these outbound subscription requests again (`(user, contact)` bare JIDs):
     /// the unanswered ones stored, at start (see [`crate::store::Store::pending_out`]).
     Resend(Vec<(String, String)>),
+    /// Send a copy of the shard's metrics, with its gauges filled in.
+    Metrics(crossbeam_channel::Sender<crate::metrics::Metrics>),
+}
+
+thread_local! {
+    /// This shard thread's metrics (merged with the others' only when read).
+    static METRICS: std::cell::RefCell<crate::metrics::Metrics> =
+        std::cell::RefCell::new(crate::metrics::Metrics::new());
+    /// When the socket read being processed on this thread happened: stanzas written
+    /// while it is set record their routing latency from it.
+    static READ_AT: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` on this thread's metrics.
+pub(crate) fn metrics<R>(f: impl FnOnce(&mut crate::metrics::Metrics) -> R) -> R {
+    METRICS.with(|m| f(&mut m.borrow_mut()))
+}
+
+/// The read time of the stanza being processed, if any.
+pub(crate) fn read_at() -> Option<std::time::Instant> {
+    READ_AT.with(|c| c.get())
+}
+
+/// Sets the read time of the stanzas processed until the next call; returns the old one.
+pub(crate) fn set_read_at(t: Option<std::time::Instant>) -> Option<std::time::Instant> {
+    READ_AT.with(|c| c.replace(t))
 }
 
 /// Read-only state every shard shares.
@@ -172,6 +199,7 @@ pub struct Server {
     store: StoreHandle,
     controls: Vec<(crossbeam_channel::Sender<Control>, Arc<Notify>)>,
     admin: Option<admin::Admin>,
+    metrics_admin: Option<admin::Admin>,
     bound: BoundAddrs,
 }
 
@@ -336,12 +364,26 @@ impl Server {
             }
             None => None,
         };
+        // A separate metrics listener when `metrics.listen` differs from the admin one.
+        let metrics_admin = match cfg.metrics.listen.filter(|m| Some(*m) != cfg.listen.admin) {
+            Some(addr) => Some(
+                admin::Admin::start(addr, Arc::clone(&shared), controls.clone()).map_err(
+                    |source| StartError::Bind {
+                        addr,
+                        what: "metrics.listen",
+                        source,
+                    },
+                )?,
+            ),
+            None => None,
+        };
         info!(shards = n, s2s = ?bound.s2s, s2s_tls = ?bound.s2s_tls, c2s = ?bound.c2s, admin = ?bound.admin, domains = ?shared.config.domains, "listening");
         Ok(Server {
             store: shared.store.clone(),
             threads,
             controls,
             admin,
+            metrics_admin,
             bound,
         })
     }
@@ -368,6 +410,9 @@ impl Server {
         // Every shard has stopped: what they stored is committed; close the database.
         self.store.shutdown();
         if let Some(a) = self.admin.take() {
+            a.stop();
+        }
+        if let Some(a) = self.metrics_admin.take() {
             a.stop();
         }
     }

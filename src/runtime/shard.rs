@@ -26,6 +26,7 @@ use crate::condition::{StanzaCondition, StreamCondition};
 use crate::dialback::{DialbackErrorCondition, DialbackResult};
 use crate::dns::{DnsError, S2sResolver};
 use crate::jid::domain_of;
+use crate::metrics::Latency;
 use crate::router::fanout::{write_to_attr, SharedStanza};
 use crate::router::inbox::ShardInbox;
 use crate::router::{bare_key, domain_key, shard_of};
@@ -41,9 +42,10 @@ const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(50);
 
 /// What crosses from one shard to another.
 pub(crate) enum ShardMsg {
-    /// A stanza for a local bare JID or a remote domain the receiver owns. The element
-    /// is a refcounted view of the bytes as received: never re-serialised.
-    Route(Element),
+    /// A stanza for a local bare JID or a remote domain the receiver owns, with the time
+    /// it was read from a socket (for latency metrics). The element is a refcounted view
+    /// of the bytes as received: never re-serialised.
+    Route(Element, Option<Instant>),
     /// An inbound stream whose remote domain the receiver owns.
     Adopt(Box<Handoff>),
     /// A client stream whose user (bare JID) the receiver owns, after SASL.
@@ -53,6 +55,7 @@ pub(crate) enum ShardMsg {
     Fanout {
         stanza: SharedStanza,
         to: Vec<Box<str>>,
+        read_at: Option<Instant>,
     },
     /// Verify a dialback key with `remote`'s authoritative server (XEP-0220 §2.1.3):
     /// the receiver owns `remote`.
@@ -92,17 +95,33 @@ struct Failure {
 
 /// A stanza waiting for a remote domain's stream.
 pub(super) enum Queued {
-    /// A stanza as received or generated.
-    Whole(Element),
-    /// One recipient of a broadcast: the shared body and this recipient's `to`.
-    Shared(SharedStanza, Box<str>),
+    /// A stanza as received or generated; when it was read, if it was.
+    Whole(Element, Option<Instant>),
+    /// One recipient of a broadcast: the shared body, this recipient's `to`, read time.
+    Shared(SharedStanza, Box<str>, Option<Instant>),
 }
 
 impl Queued {
+    /// A stanza, stamped with the read time of what is being processed.
+    pub(super) fn whole(el: Element) -> Queued {
+        Queued::Whole(el, super::read_at())
+    }
+
+    /// One recipient of a broadcast, stamped likewise.
+    pub(super) fn shared(s: SharedStanza, to: Box<str>) -> Queued {
+        Queued::Shared(s, to, super::read_at())
+    }
+
+    fn read_at(&self) -> Option<Instant> {
+        match self {
+            Queued::Whole(_, t) | Queued::Shared(_, _, t) => *t,
+        }
+    }
+
     fn from(&self) -> Option<&str> {
         match self {
-            Queued::Whole(el) => el.from(),
-            Queued::Shared(s, _) => s.from(),
+            Queued::Whole(el, _) => el.from(),
+            Queued::Shared(s, _, _) => s.from(),
         }
     }
 
@@ -115,23 +134,33 @@ impl Queued {
 
     /// Writes it onto an outbound stream.
     fn send(&self, proto: &mut S2sConnection, local: &str, d: &str, now: Instant) -> bool {
-        match self {
-            Queued::Whole(el) => proto.send_stanza(local, d, el.bytes(), now).is_ok(),
-            Queued::Shared(s, to) => {
+        let (ok, kind) = match self {
+            Queued::Whole(el, _) => (
+                proto.send_stanza(local, d, el.bytes(), now).is_ok(),
+                el.name(),
+            ),
+            Queued::Shared(s, to, _) => {
                 let mut attr = Vec::with_capacity(8 + to.len());
                 write_to_attr(to, &mut attr);
-                proto
-                    .send_stanza_parts(local, d, &s.parts(&attr), now)
-                    .is_ok()
+                (
+                    proto
+                        .send_stanza_parts(local, d, &s.parts(&attr), now)
+                        .is_ok(),
+                    s.element().name(),
+                )
             }
+        };
+        if ok {
+            count_stanza("s2s_out", kind);
         }
+        ok
     }
 
     /// The stanza as an element (a copy for a shared one): for bounces.
     fn into_element(self) -> Option<Element> {
         match self {
-            Queued::Whole(el) => Some(el),
-            Queued::Shared(s, to) => s.to_element(&to).ok(),
+            Queued::Whole(el, _) => Some(el),
+            Queued::Shared(s, to, _) => s.to_element(&to).ok(),
         }
     }
 }
@@ -211,6 +240,8 @@ pub(super) enum After {
 /// How the shard drives the connections of one protocol (S2S, C2S): the parts of the read
 /// loop, the writer and the hand-off that differ.
 pub(super) trait Driven: Proto + Sized + 'static {
+    /// The `proto` label of its metrics.
+    const PROTO: &'static str;
     /// Acts on the connection's events; `may_hand_off`: the caller is the read loop and
     /// can move the connection to another shard.
     fn on_events(shard: &Shard, conn: &Rc<Conn<Self>>, may_hand_off: bool) -> After;
@@ -225,6 +256,7 @@ pub(super) trait Driven: Proto + Sized + 'static {
 }
 
 impl Driven for S2sConnection {
+    const PROTO: &'static str = "s2s";
     fn on_events(shard: &Shard, conn: &Rc<Conn<Self>>, may_hand_off: bool) -> After {
         shard.on_events(conn, may_hand_off)
     }
@@ -328,6 +360,9 @@ impl Shard {
                     Control::Ping { from, to, reply } => self.start_ping(&from, &to, reply),
                     Control::Shutdown => self.begin_shutdown(),
                     Control::Resend(pairs) => self.resend_subscriptions(pairs),
+                    Control::Metrics(reply) => {
+                        let _ = reply.try_send(self.metrics_snapshot());
+                    }
                 }
             }
             if self.shutting_down.get() {
@@ -422,10 +457,25 @@ impl Shard {
 
     fn handle_msg(&self, msg: ShardMsg) {
         match msg {
-            ShardMsg::Route(el) => self.route(el),
+            ShardMsg::Route(el, t) => {
+                if let Some(t) = t {
+                    super::metrics(|m| m.observe(Latency::Handoff, t.elapsed()));
+                }
+                let before = super::set_read_at(t);
+                self.route(el);
+                super::set_read_at(before);
+            }
             ShardMsg::Adopt(h) => self.adopt(*h),
             ShardMsg::AdoptC2s(h) => self.adopt_c2s(*h),
-            ShardMsg::Fanout { stanza, to } => self.fanned_out(&stanza, to),
+            ShardMsg::Fanout {
+                stanza,
+                to,
+                read_at,
+            } => {
+                let before = super::set_read_at(read_at);
+                self.fanned_out(&stanza, to);
+                super::set_read_at(before);
+            }
             ShardMsg::Verify {
                 local,
                 remote,
@@ -466,8 +516,10 @@ impl Shard {
         };
         match dst {
             Dst::Local(s) if s == self.id => self.deliver_local(el),
-            Dst::Remote(s, d) if s == self.id => self.send_remote(&d, Queued::Whole(el)),
-            Dst::Local(s) | Dst::Remote(s, _) => self.send_to(s, ShardMsg::Route(el)),
+            Dst::Remote(s, d) if s == self.id => self.send_remote(&d, Queued::whole(el)),
+            Dst::Local(s) | Dst::Remote(s, _) => {
+                self.send_to(s, ShardMsg::Route(el, super::read_at()))
+            }
         }
     }
 
@@ -507,6 +559,7 @@ impl Shard {
         if is_error(el) || StanzaKind::of(el).is_none() {
             return;
         }
+        super::metrics(|m| m.count("bounces", &[("condition", condition.as_str())], 1));
         let by = el.from().map(domain_of);
         let mut out = Vec::with_capacity(256);
         write_error_reply(el, condition, Some(text), by, &mut out);
@@ -555,6 +608,7 @@ impl Shard {
                 let mut st = conn.st.borrow_mut();
                 if el.send(&mut st.proto, &local, d, now) {
                     st.pump();
+                    st.mark(el.read_at());
                     drop(st);
                     conn.wake.notify_one();
                     return;
@@ -697,7 +751,10 @@ impl Shard {
         };
         let resolution = {
             let mut rng = SmallRng::from_rng(&mut *self.rng.borrow_mut());
-            self.resolver.resolve_srv(d, &mut rng).await
+            let t0 = Instant::now();
+            let r = self.resolver.resolve_srv(d, &mut rng).await;
+            super::metrics(|m| m.observe(Latency::Dns, t0.elapsed()));
+            r
         };
         let targets = match resolution.map_err(dns_failure)? {
             Resolution::Targets(t) => t,
@@ -725,10 +782,14 @@ impl Shard {
                 let addr = SocketAddr::new(ip, target.port);
                 // A connect that times out is abandoned with its socket: nothing else
                 // reads from it, so the dropped operation loses nothing.
+                let t0 = Instant::now();
                 let attempt =
                     tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await;
                 let stream = match attempt {
-                    Ok(Ok(s)) => s,
+                    Ok(Ok(s)) => {
+                        super::metrics(|m| m.observe(Latency::Connect, t0.elapsed()));
+                        s
+                    }
                     Ok(Err(e)) => {
                         last = not_found(format!("connecting to {addr}: {e}"));
                         continue;
@@ -850,6 +911,7 @@ impl Shard {
         }
         let mut st = conn.st.borrow_mut();
         let mut keep = VecDeque::new();
+        let mut sent_at: Vec<Instant> = Vec::new();
         while let Some(el) = r.queue.pop_front() {
             if st.wire.len() + st.proto.pending_transmit() >= limit {
                 keep.push_back(el);
@@ -859,6 +921,8 @@ impl Shard {
             let local = el.local_domain();
             if !st.proto.is_authenticated(&local, d) || !el.send(&mut st.proto, &local, d, now) {
                 keep.push_back(el);
+            } else if let Some(t) = el.read_at() {
+                sent_at.push(t);
             }
         }
         r.queue = keep;
@@ -871,6 +935,9 @@ impl Shard {
             }
         }
         st.pump();
+        for t in sent_at {
+            st.mark(Some(t));
+        }
         drop(st);
         conn.wake.notify_one();
     }
@@ -1205,12 +1272,14 @@ impl Shard {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            let now = Instant::now();
+            super::metrics(|m| m.count("bytes", &[("proto", P::PROTO), ("dir", "in")], n as u64));
             {
                 let mut st = conn.st.borrow_mut();
                 if st.closed {
                     break;
                 }
-                st.input(&buf[..n], Instant::now());
+                st.input(&buf[..n], now);
             }
             // Adapt the next read's buffer: grow while reads fill it, give memory back
             // when the stream is quiet (idle streams must stay small).
@@ -1225,7 +1294,9 @@ impl Shard {
             if n < READ_BUF / 2 {
                 conn.st.borrow_mut().proto.release_idle_memory();
             }
+            let before = super::set_read_at(Some(now));
             let after = P::on_events(&self, &conn, true);
+            super::set_read_at(before);
             conn.st.borrow_mut().pump();
             conn.wake.notify_one();
             if let After::HandOff(dst) = after {
@@ -1253,6 +1324,8 @@ impl Shard {
     /// The connection's writer: socket writes and deadlines.
     async fn writer<P: Driven>(self: Rc<Self>, conn: Rc<Conn<P>>) {
         let mut spare: Vec<u8> = Vec::new();
+        // Read times of the stanzas in the write in flight.
+        let mut marks: Vec<Instant> = Vec::new();
         loop {
             let (out, deadline, stop) = {
                 let mut st = conn.st.borrow_mut();
@@ -1268,6 +1341,7 @@ impl Shard {
                     }
                 } else {
                     let out = std::mem::replace(&mut st.wire, std::mem::take(&mut spare));
+                    marks.append(&mut st.marks);
                     (Some(out), None, false)
                 }
             };
@@ -1285,6 +1359,13 @@ impl Shard {
                     let _ = conn.stream.shutdown(std::net::Shutdown::Both);
                     break;
                 }
+                let written = b.len() as u64;
+                super::metrics(|m| {
+                    m.count("bytes", &[("proto", P::PROTO), ("dir", "out")], written);
+                    for t in marks.drain(..) {
+                        m.observe(Latency::Routing, t.elapsed());
+                    }
+                });
                 b.clear();
                 // Keep a small spare only: idle streams must not hold big buffers.
                 if b.capacity() <= 4 * 1024 {
@@ -1438,6 +1519,17 @@ impl Shard {
             } => {
                 conn.st.borrow_mut().pinned = true;
                 info!(parent: &conn.span, %local, %remote, ?method, "authenticated");
+                let m = format!("{method:?}").to_ascii_lowercase();
+                super::metrics(|mm| {
+                    mm.count(
+                        "auth",
+                        &[("proto", "s2s"), ("method", &m), ("result", "ok")],
+                        1,
+                    );
+                    if direction == Direction::Outbound {
+                        mm.observe(Latency::Negotiation, conn.st.borrow().started.elapsed());
+                    }
+                });
                 {
                     let mut st = conn.st.borrow_mut();
                     if st.counted_unauth {
@@ -1456,6 +1548,13 @@ impl Shard {
                 result,
             } => {
                 info!(parent: &conn.span, %local, %remote, ?result, "authentication failed");
+                super::metrics(|m| {
+                    m.count(
+                        "auth",
+                        &[("proto", "s2s"), ("method", "dialback"), ("result", "fail")],
+                        1,
+                    )
+                });
                 self.outbound_auth_failed(&remote, &local, result);
             }
             Event::VerifyNeeded {
@@ -1492,7 +1591,10 @@ impl Shard {
             } => {
                 self.verify_answered(&domain_key(&remote), &local, &stream_id, result);
             }
-            Event::Stanza { element, .. } => self.route(element),
+            Event::Stanza { element, .. } => {
+                count_stanza("s2s_in", element.name());
+                self.route(element)
+            }
             Event::Closed(reason) => {
                 debug!(parent: &conn.span, ?reason, "stream closed");
                 let was = std::mem::replace(&mut conn.st.borrow_mut().closed, true);
@@ -1615,6 +1717,57 @@ impl Shard {
         }
     }
 
+    /// A copy of this shard's metrics with its gauges: streams by protocol, direction and
+    /// state; queue depths.
+    fn metrics_snapshot(&self) -> crate::metrics::Metrics {
+        let mut m = super::metrics(|m| m.clone());
+        for c in self.conns.borrow().values() {
+            let st = c.st.borrow();
+            let dir = if c.direction == Direction::Outbound {
+                "out"
+            } else {
+                "in"
+            };
+            let state = if st.proto.authenticated().next().is_some() {
+                "authenticated"
+            } else {
+                "negotiating"
+            };
+            m.add_gauge(
+                "streams",
+                &[("proto", "s2s"), ("dir", dir), ("state", state)],
+                1,
+            );
+        }
+        for c in self.local.conns.borrow().values() {
+            let state = if c.st.borrow().proto.bound_jid().is_some() {
+                "bound"
+            } else {
+                "negotiating"
+            };
+            m.add_gauge(
+                "streams",
+                &[("proto", "c2s"), ("dir", "in"), ("state", state)],
+                1,
+            );
+        }
+        let remote: usize = self.remotes.borrow().values().map(|r| r.queue.len()).sum();
+        m.add_gauge("queue_depth", &[("queue", "s2s_remote")], remote as i64);
+        m.add_gauge(
+            "queue_depth",
+            &[("queue", "cross_shard_outgoing")],
+            self.outgoing.borrow().len() as i64,
+        );
+        if self.id == 0 {
+            m.add_gauge(
+                "queue_depth",
+                &[("queue", "store")],
+                self.shared.store.queued() as i64,
+            );
+        }
+        m
+    }
+
     fn conn_count(&self) -> usize {
         self.conns.borrow().len() + self.local.conns.borrow().len()
     }
@@ -1658,6 +1811,17 @@ impl Shard {
             );
         }
     }
+}
+
+/// Counts one stanza of `kind` (element name) in direction `dir`.
+pub(super) fn count_stanza(dir: &'static str, kind: &str) {
+    let kind = match kind {
+        "message" => "message",
+        "presence" => "presence",
+        "iq" => "iq",
+        _ => "other",
+    };
+    super::metrics(|m| m.count("stanzas", &[("dir", dir), ("kind", kind)], 1));
 }
 
 /// Which protocol a listener speaks.

@@ -1,0 +1,380 @@
+//! Metrics: per-shard counters and HDR histograms, merged only when read.
+//!
+//! Each shard thread owns one [`Metrics`] (a thread-local in the runtime): recording is a
+//! plain `u64` increment or an HDR histogram record on that thread, with no atomics and no
+//! locks on the hot path. A scrape asks every shard for a copy ([`Metrics::clone`]),
+//! [`Metrics::merge`]s them and renders Prometheus / OpenMetrics text
+//! ([`Metrics::render`]) or HdrHistogram's percentile distribution (`.hgrm`,
+//! [`Metrics::hgrm`]).
+//!
+//! Latencies are recorded in microseconds (1 µs to 60 s, 3 significant digits) and
+//! exported in seconds.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// A latency histogram's name, for [`Metrics::observe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Latency {
+    /// A stanza from the socket read that brought it to the socket write that sent it on.
+    Routing,
+    /// A stanza from its socket read to its processing on the owner shard (stanzas that
+    /// cross shards only).
+    Handoff,
+    /// A DNS SRV look-up for a remote domain.
+    Dns,
+    /// A TCP connect to a remote server's address.
+    Connect,
+    /// An outbound S2S stream from TCP connected to authenticated.
+    Negotiation,
+    /// A roster change from submission to the store to its durable commit being answered.
+    StoreCommit,
+}
+
+impl Latency {
+    /// All of them, in export order.
+    pub const ALL: [Latency; 6] = [
+        Latency::Routing,
+        Latency::Handoff,
+        Latency::Dns,
+        Latency::Connect,
+        Latency::Negotiation,
+        Latency::StoreCommit,
+    ];
+
+    /// The metric family name (`fedrouter_<name>_seconds`) and its `.hgrm` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Latency::Routing => "routing_latency",
+            Latency::Handoff => "handoff_latency",
+            Latency::Dns => "dns_lookup",
+            Latency::Connect => "s2s_connect",
+            Latency::Negotiation => "s2s_negotiation",
+            Latency::StoreCommit => "store_commit",
+        }
+    }
+
+    /// The family's help text.
+    pub fn help(self) -> &'static str {
+        match self {
+            Latency::Routing => "Stanza latency from socket read to socket write.",
+            Latency::Handoff => "Stanza latency from socket read to processing on its owner shard.",
+            Latency::Dns => "DNS SRV look-up time for remote domains.",
+            Latency::Connect => "TCP connect time to remote servers.",
+            Latency::Negotiation => {
+                "Outbound S2S stream set-up time, TCP connected to authenticated."
+            }
+            Latency::StoreCommit => "Roster change time from submission to durable commit.",
+        }
+    }
+
+    /// Parses [`Latency::name`].
+    pub fn from_name(name: &str) -> Option<Latency> {
+        Latency::ALL.into_iter().find(|l| l.name() == name)
+    }
+}
+
+/// Classic histogram bucket bounds, in seconds (`le` labels).
+pub const BUCKETS: [f64; 16] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
+/// Quantiles exported as gauges.
+pub const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
+
+/// A labelled counter key: family and label pairs, e.g.
+/// `("stanzas_total", [("dir","s2s_in"),("kind","iq")])`.
+type Key = (&'static str, Vec<(&'static str, String)>);
+
+/// One shard's metrics, or several merged.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    counters: BTreeMap<Key, u64>,
+    gauges: BTreeMap<Key, i64>,
+    latencies: Vec<Histogram<u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// The counter families: name and help.
+const COUNTER_HELP: &[(&str, &str)] = &[
+    (
+        "stanzas",
+        "Stanzas received (dir=*_in) and sent (dir=*_out) by kind.",
+    ),
+    (
+        "bytes",
+        "Bytes read and written on sockets by protocol and direction.",
+    ),
+    (
+        "bounces",
+        "Stanzas bounced to their sender, by error condition.",
+    ),
+    (
+        "auth",
+        "Stream authentications by protocol, method and result.",
+    ),
+];
+
+/// The gauge families: name and help.
+const GAUGE_HELP: &[(&str, &str)] = &[
+    ("streams", "Open streams by protocol, direction and state."),
+    ("queue_depth", "Items waiting, by queue."),
+];
+
+impl Metrics {
+    /// Empty metrics.
+    pub fn new() -> Metrics {
+        Metrics {
+            counters: BTreeMap::new(),
+            gauges: BTreeMap::new(),
+            latencies: Latency::ALL
+                .iter()
+                .map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"))
+                .collect(),
+        }
+    }
+
+    /// Adds `n` to counter `family` (one of `stanzas`, `bytes`, `bounces`, `auth`) with
+    /// `labels`.
+    pub fn count(&mut self, family: &'static str, labels: &[(&'static str, &str)], n: u64) {
+        let key = (
+            family,
+            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        );
+        *self.counters.entry(key).or_insert(0) += n;
+    }
+
+    /// Sets gauge `family` (`streams`, `queue_depth`) with `labels` to `value`.
+    pub fn set_gauge(&mut self, family: &'static str, labels: &[(&'static str, &str)], value: i64) {
+        let key = (
+            family,
+            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        );
+        self.gauges.insert(key, value);
+    }
+
+    /// Adds `value` to gauge `family` with `labels`.
+    pub fn add_gauge(&mut self, family: &'static str, labels: &[(&'static str, &str)], value: i64) {
+        let key = (
+            family,
+            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        );
+        *self.gauges.entry(key).or_insert(0) += value;
+    }
+
+    /// Records one latency (clamped to 1 µs – 60 s).
+    pub fn observe(&mut self, which: Latency, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, 60_000_000);
+        let _ = self.latencies[which as usize].record(us);
+    }
+
+    /// A counter's value (0 when never counted).
+    pub fn counter(&self, family: &str, labels: &[(&str, &str)]) -> u64 {
+        self.counters
+            .iter()
+            .filter(|((f, l), _)| {
+                *f == family
+                    && l.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    /// One latency histogram (µs).
+    pub fn histogram(&self, which: Latency) -> &Histogram<u64> {
+        &self.latencies[which as usize]
+    }
+
+    /// Adds `other` into `self`: counters and gauges summed, histograms merged.
+    pub fn merge(&mut self, other: &Metrics) {
+        for (k, v) in &other.counters {
+            *self.counters.entry(k.clone()).or_insert(0) += v;
+        }
+        for (k, v) in &other.gauges {
+            *self.gauges.entry(k.clone()).or_insert(0) += v;
+        }
+        for (a, b) in self.latencies.iter_mut().zip(&other.latencies) {
+            let _ = a.add(b);
+        }
+    }
+
+    /// Renders Prometheus text exposition format (version 0.0.4, also accepted by
+    /// OpenMetrics parsers for these types): counters `fedrouter_<family>_total`, gauges
+    /// `fedrouter_<family>`, and per [`Latency`] a classic histogram
+    /// `fedrouter_<name>_seconds` with [`BUCKETS`] plus gauges
+    /// `fedrouter_<name>_quantile_seconds{quantile=…}` for [`QUANTILES`].
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        for (family, help) in COUNTER_HELP {
+            let _ = writeln!(out, "# HELP fedrouter_{family}_total {help}");
+            let _ = writeln!(out, "# TYPE fedrouter_{family}_total counter");
+            for ((f, labels), v) in &self.counters {
+                if f == family {
+                    let _ = writeln!(out, "fedrouter_{family}_total{} {v}", render_labels(labels));
+                }
+            }
+        }
+        for (family, help) in GAUGE_HELP {
+            let _ = writeln!(out, "# HELP fedrouter_{family} {help}");
+            let _ = writeln!(out, "# TYPE fedrouter_{family} gauge");
+            for ((f, labels), v) in &self.gauges {
+                if f == family {
+                    let _ = writeln!(out, "fedrouter_{family}{} {v}", render_labels(labels));
+                }
+            }
+        }
+        for which in Latency::ALL {
+            let h = self.histogram(which);
+            let name = which.name();
+            let _ = writeln!(out, "# HELP fedrouter_{name}_seconds {}", which.help());
+            let _ = writeln!(out, "# TYPE fedrouter_{name}_seconds histogram");
+            for le in BUCKETS {
+                let us = (le * 1e6).round() as u64;
+                let n = h.count_between(0, us);
+                let _ = writeln!(out, "fedrouter_{name}_seconds_bucket{{le=\"{le}\"}} {n}");
+            }
+            let _ = writeln!(
+                out,
+                "fedrouter_{name}_seconds_bucket{{le=\"+Inf\"}} {}",
+                h.len()
+            );
+            let sum: f64 = h
+                .iter_recorded()
+                .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
+                .sum::<f64>()
+                / 1e6;
+            let _ = writeln!(out, "fedrouter_{name}_seconds_sum {sum}");
+            let _ = writeln!(out, "fedrouter_{name}_seconds_count {}", h.len());
+            let _ = writeln!(
+                out,
+                "# HELP fedrouter_{name}_quantile_seconds {} Quantiles of the HDR histogram.",
+                which.help()
+            );
+            let _ = writeln!(out, "# TYPE fedrouter_{name}_quantile_seconds gauge");
+            for q in QUANTILES {
+                let v = h.value_at_quantile(q) as f64 / 1e6;
+                let _ = writeln!(
+                    out,
+                    "fedrouter_{name}_quantile_seconds{{quantile=\"{q}\"}} {v}"
+                );
+            }
+        }
+        out
+    }
+
+    /// HdrHistogram's percentile distribution text (the `.hgrm` format of
+    /// `HistogramLogProcessor` and HdrHistogram's plotter) of one latency, values in
+    /// milliseconds, 5 ticks per half distance.
+    pub fn hgrm(&self, which: Latency) -> String {
+        let h = self.histogram(which);
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(
+            out,
+            "{:>12} {:>14} {:>10} {:>14}\n",
+            "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+        );
+        let scale = 1000.0; // µs → ms
+        for v in h.iter_quantiles(5) {
+            let q = v.quantile_iterated_to();
+            let value = v.value_iterated_to() as f64 / scale;
+            let total = v.count_since_last_iteration();
+            let _ = total;
+            let count = h.count_between(0, v.value_iterated_to());
+            if q < 1.0 {
+                let _ = writeln!(
+                    out,
+                    "{value:>12.3} {q:>14.12} {count:>10} {:>14.2}",
+                    1.0 / (1.0 - q)
+                );
+            } else {
+                let _ = writeln!(out, "{value:>12.3} {q:>14.12} {count:>10}");
+            }
+        }
+        let mean = h.mean() / scale;
+        let stdev = h.stdev() / scale;
+        let _ = writeln!(
+            out,
+            "#[Mean    = {mean:>12.3}, StdDeviation   = {stdev:>12.3}]"
+        );
+        let _ = writeln!(
+            out,
+            "#[Max     = {:>12.3}, Total count    = {:>12}]",
+            h.max() as f64 / scale,
+            h.len()
+        );
+        let _ = writeln!(
+            out,
+            "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
+            h.buckets(),
+            h.distinct_values()
+        );
+        out
+    }
+}
+
+fn render_labels(labels: &[(&'static str, String)]) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("{");
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let v = v
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let _ = write!(s, "{k}=\"{v}\"");
+    }
+    s.push('}');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_sums_and_renders() {
+        let mut a = Metrics::new();
+        let mut b = Metrics::new();
+        a.count("stanzas", &[("dir", "s2s_in"), ("kind", "iq")], 2);
+        b.count("stanzas", &[("dir", "s2s_in"), ("kind", "iq")], 3);
+        a.observe(Latency::Routing, Duration::from_micros(40));
+        b.observe(Latency::Routing, Duration::from_millis(3));
+        a.merge(&b);
+        assert_eq!(
+            a.counter("stanzas", &[("dir", "s2s_in"), ("kind", "iq")]),
+            5
+        );
+        assert_eq!(a.histogram(Latency::Routing).len(), 2);
+        let text = a.render();
+        assert!(
+            text.contains("fedrouter_stanzas_total{dir=\"s2s_in\",kind=\"iq\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fedrouter_routing_latency_seconds_bucket{le=\"0.00005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fedrouter_routing_latency_seconds_bucket{le=\"+Inf\"} 2"),
+            "{text}"
+        );
+        let hgrm = a.hgrm(Latency::Routing);
+        assert!(hgrm.contains("Total count    =            2"), "{hgrm}");
+    }
+}

@@ -1,0 +1,190 @@
+//! The metrics endpoint (`GET /metrics`, `GET /metrics/hgrm`) of a running fedrouter,
+//! parsed with a Prometheus text-format parser (the `prometheus-parse` crate), against the
+//! stanzas the test itself routed. Uses loopback network 127.0.212.x.
+
+#[path = "common/server.rs"]
+mod server;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use prometheus_parse::{Sample, Scrape, Value};
+use server::{assert_pong, config, http_get, ip, xmpp_server, zone, Fedrouter, GOOGLE_STYLE};
+
+fn scrape(fr: &Fedrouter) -> Scrape {
+    let (status, body) =
+        http_get(fr.admin, "/metrics", Duration::from_secs(5)).expect("GET /metrics");
+    assert_eq!(status, 200, "{body}");
+    Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text format")
+}
+
+/// The value of the sample `name` whose labels include `labels`, summed over the others.
+fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match &x.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// The histogram samples of `name`: `le` → cumulative count.
+fn buckets(s: &Scrape, name: &str) -> Vec<(f64, f64)> {
+    let sample: &Sample = s
+        .samples
+        .iter()
+        .find(|x| x.metric == name)
+        .unwrap_or_else(|| panic!("no histogram {name}"));
+    match &sample.value {
+        Value::Histogram(b) => b.iter().map(|c| (c.less_than, c.count)).collect(),
+        other => panic!("{name} is not a histogram: {other:?}"),
+    }
+}
+
+/// N pings from a.test to b.test: on b every ping is read from a socket and its pong
+/// written to one (N routing-latency samples); on a the pings are generated and the pongs
+/// consumed (no read → write pair, no sample). Counters, histogram counts and buckets
+/// agree with that exactly.
+#[test]
+fn metrics_agree_with_routed_stanzas() {
+    const NET: u8 = 212;
+    const N: usize = 20;
+    let mut records = xmpp_server("a.test", ip(NET, 2));
+    records.extend(xmpp_server("b.test", ip(NET, 3)));
+    let _dns = zone(NET, records);
+    let a = Fedrouter::start(
+        "a.test",
+        &config(NET, ip(NET, 2), &["a.test"], 2, GOOGLE_STYLE),
+    );
+    let b = Fedrouter::start(
+        "b.test",
+        &config(NET, ip(NET, 3), &["b.test"], 2, GOOGLE_STYLE),
+    );
+    for i in 0..N {
+        assert_pong(&a.ping("b.test"), &format!("ping {i}"));
+    }
+
+    let sb = scrape(&b);
+    let n = N as f64;
+    assert_eq!(
+        value(
+            &sb,
+            "fedrouter_stanzas_total",
+            &[("dir", "s2s_in"), ("kind", "iq")]
+        ),
+        n
+    );
+    assert_eq!(
+        value(
+            &sb,
+            "fedrouter_stanzas_total",
+            &[("dir", "s2s_out"), ("kind", "iq")]
+        ),
+        n
+    );
+    let routing = buckets(&sb, "fedrouter_routing_latency_seconds");
+    let inf = routing.last().expect("buckets");
+    assert!(inf.0.is_infinite(), "last bucket is +Inf: {routing:?}");
+    assert_eq!(
+        inf.1, n,
+        "one routing sample per ping answered: {routing:?}"
+    );
+    assert!(
+        routing
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "buckets cumulative: {routing:?}"
+    );
+    assert!(routing[0].1 <= n);
+    // Quantile gauges: present and ordered.
+    let q: HashMap<String, f64> = sb
+        .samples
+        .iter()
+        .filter(|x| x.metric == "fedrouter_routing_latency_quantile_seconds")
+        .map(|x| {
+            let v = match x.value {
+                Value::Gauge(v) | Value::Untyped(v) => v,
+                _ => f64::NAN,
+            };
+            (x.labels.get("quantile").unwrap_or("").to_owned(), v)
+        })
+        .collect();
+    assert!(
+        q["0.5"] > 0.0 && q["0.5"] <= q["0.99"] && q["0.99"] <= q["1"],
+        "{q:?}"
+    );
+    // b authenticated a's stream with dialback (inbound) and its own (outbound, for the
+    // pongs): both counted; b's outbound stream set-up was measured once.
+    assert!(
+        value(
+            &sb,
+            "fedrouter_auth_total",
+            &[("proto", "s2s"), ("method", "dialback"), ("result", "ok")]
+        ) >= 2.0
+    );
+    assert_eq!(
+        value(&sb, "fedrouter_s2s_negotiation_seconds_count", &[]),
+        1.0
+    );
+    assert!(value(&sb, "fedrouter_dns_lookup_seconds_count", &[]) >= 1.0);
+    assert!(
+        value(
+            &sb,
+            "fedrouter_streams",
+            &[("proto", "s2s"), ("state", "authenticated")]
+        ) >= 2.0
+    );
+    assert!(
+        value(
+            &sb,
+            "fedrouter_bytes_total",
+            &[("proto", "s2s"), ("dir", "in")]
+        ) > 0.0
+    );
+
+    let sa = scrape(&a);
+    assert_eq!(
+        value(
+            &sa,
+            "fedrouter_stanzas_total",
+            &[("dir", "s2s_out"), ("kind", "iq")]
+        ),
+        n
+    );
+    assert_eq!(
+        value(
+            &sa,
+            "fedrouter_stanzas_total",
+            &[("dir", "s2s_in"), ("kind", "iq")]
+        ),
+        n
+    );
+    let routing_a = buckets(&sa, "fedrouter_routing_latency_seconds");
+    assert_eq!(
+        routing_a.last().expect("buckets").1,
+        0.0,
+        "a generates pings and consumes pongs: nothing read is written on"
+    );
+
+    // The same histogram as HdrHistogram percentile text.
+    let (status, hgrm) = http_get(
+        b.admin,
+        "/metrics/hgrm?name=routing_latency",
+        Duration::from_secs(5),
+    )
+    .expect("GET hgrm");
+    assert_eq!(status, 200, "{hgrm}");
+    assert!(
+        hgrm.contains("Value") && hgrm.contains("Percentile"),
+        "{hgrm}"
+    );
+    assert!(
+        hgrm.contains(&format!("Total count    = {N:>12}")),
+        "{hgrm}"
+    );
+    let (status, _) =
+        http_get(b.admin, "/metrics/hgrm?name=nope", Duration::from_secs(5)).expect("GET");
+    assert_eq!(status, 400);
+}
