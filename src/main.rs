@@ -51,6 +51,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Streams per remote domain, read from the running server (its admin endpoint):
+    /// direction, state, authentication, queue, last error and backoff.
+    Status {
+        /// The server's configuration file, to find its admin endpoint.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin endpoint (overrides the configuration's `listen.admin`).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// Print the server's JSON as it is.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage local users (stored in `<data_dir>/fedrouter.db`; safe while the server
     /// runs).
     User {
@@ -312,5 +325,97 @@ fn main() -> ExitCode {
         } => ping(&domain, from.as_deref(), config.as_deref(), admin),
         Command::Check { .. } => not_implemented("check"),
         Command::User { config, action } => user(config.as_deref(), action),
+        Command::Status {
+            config,
+            admin,
+            json,
+        } => status(config.as_deref(), admin, json),
     }
+}
+
+/// `fedrouter status`: one line per stream (or per remote domain without one).
+fn status(config: Option<&Path>, admin: Option<SocketAddr>, json: bool) -> ExitCode {
+    let admin = match admin {
+        Some(a) => a,
+        None => match load_config(config) {
+            Ok(c) => match c.listen.admin {
+                Some(a) => a,
+                None => {
+                    eprintln!("fedrouter: the configuration disables listen.admin; pass --admin");
+                    return ExitCode::from(78);
+                }
+            },
+            Err(code) => return code,
+        },
+    };
+    let text = match fedrouter::runtime::status_via_admin(admin) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("fedrouter: cannot reach the admin endpoint at {admin}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!("{text}");
+        return ExitCode::SUCCESS;
+    }
+    let v: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("fedrouter: unexpected answer from {admin}: {e}: {text}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "{:<28} {:>5} {:<3} {:<13} {:<4} {:<32} {:>6}  LAST ERROR / BACKOFF",
+        "REMOTE DOMAIN", "SHARD", "DIR", "STATE", "TLS", "AUTHENTICATED", "QUEUE"
+    );
+    for d in v.as_array().into_iter().flatten() {
+        let domain = d["domain"].as_str().unwrap_or("");
+        let mut note = d["last_error"].as_str().unwrap_or("").to_owned();
+        if let Some(b) = d["backoff_s"].as_f64() {
+            note.push_str(&format!(" (retry in {b:.1}s)"));
+        }
+        let streams = d["streams"].as_array().cloned().unwrap_or_default();
+        let rows = if streams.is_empty() {
+            vec![serde_json::json!({"direction": "-", "state": "idle"})]
+        } else {
+            streams
+        };
+        for s in rows {
+            let auth: Vec<String> = s["authenticated"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    format!(
+                        "{}:{}",
+                        p["method"].as_str().unwrap_or(""),
+                        p["local"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            let tls = match s["tls"].as_bool() {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            };
+            println!(
+                "{:<28} {:>5} {:<3} {:<13} {:<4} {:<32} {:>6}  {}",
+                domain,
+                d["shard"],
+                s["direction"].as_str().unwrap_or("-"),
+                s["state"].as_str().unwrap_or("-"),
+                tls,
+                if auth.is_empty() {
+                    "-".to_owned()
+                } else {
+                    auth.join(",")
+                },
+                d["queue"],
+                note.trim()
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }

@@ -188,3 +188,79 @@ fn metrics_agree_with_routed_stanzas() {
         http_get(b.admin, "/metrics/hgrm?name=nope", Duration::from_secs(5)).expect("GET");
     assert_eq!(status, 400);
 }
+
+/// `fedrouter status` against a running server: the remote domain it talks to, with the
+/// outbound and inbound streams authenticated by dialback, and a domain that failed, with
+/// its error and backoff.
+#[test]
+fn status_shows_streams_and_failures() {
+    const NET: u8 = 213;
+    let mut records = xmpp_server("a.test", ip(NET, 2));
+    records.extend(xmpp_server("b.test", ip(NET, 3)));
+    let _dns = zone(NET, records);
+    let a = Fedrouter::start(
+        "a.test",
+        &config(NET, ip(NET, 2), &["a.test"], 2, GOOGLE_STYLE),
+    );
+    let _b = Fedrouter::start(
+        "b.test",
+        &config(NET, ip(NET, 3), &["b.test"], 2, GOOGLE_STYLE),
+    );
+    assert_pong(&a.ping("b.test"), "a → b");
+    let err = a.ping("nowhere.test");
+    assert_eq!(err["result"], "error", "{err}");
+
+    let run = |json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fedrouter"));
+        cmd.args(["status", "--admin", &a.admin.to_string()]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().expect("run fedrouter status");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    let v: serde_json::Value = serde_json::from_str(&run(true)).expect("JSON");
+    let domains: Vec<&serde_json::Value> = v.as_array().expect("array").iter().collect();
+    let b = domains
+        .iter()
+        .find(|d| d["domain"] == "b.test")
+        .unwrap_or_else(|| panic!("no b.test: {v}"));
+    let streams = b["streams"].as_array().expect("streams");
+    for dir in ["out", "in"] {
+        let s = streams
+            .iter()
+            .find(|s| s["direction"] == dir)
+            .unwrap_or_else(|| panic!("no {dir} stream for b.test: {b}"));
+        assert_eq!(s["state"], "authenticated", "{s}");
+        assert_eq!(s["authenticated"][0]["method"], "dialback", "{s}");
+    }
+    let c = domains
+        .iter()
+        .find(|d| d["domain"] == "nowhere.test")
+        .unwrap_or_else(|| panic!("no nowhere.test: {v}"));
+    assert!(
+        c["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("remote-server-not-found")),
+        "{c}"
+    );
+    assert!(c["backoff_s"].as_f64().is_some_and(|b| b > 0.0), "{c}");
+    assert_eq!(c["failures"], 1, "{c}");
+
+    let table = run(false);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("nowhere.test"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        line.contains("remote-server-not-found") && line.contains("retry in"),
+        "{line}"
+    );
+    assert!(
+        table.lines().any(|l| l.starts_with("b.test")
+            && l.contains(" out ")
+            && l.contains("dialback:a.test")),
+        "{table}"
+    );
+}

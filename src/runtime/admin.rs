@@ -7,6 +7,10 @@
 //!   router (DNS, connection, authentication and all) and answers with JSON:
 //!   `{"result":"pong","rtt_ms":1.2}`, `{"result":"error","condition":"remote-server-not-found","rtt_ms":…}`
 //!   or, after 60 s, `{"result":"timeout"}` (status 504).
+//! - `GET /status`: the remote domains every shard knows of, as a JSON array of
+//!   `{"domain", "shard", "streams": [{"direction", "state", "tls", "authenticated":
+//!   [{"local", "remote", "method"}], "age_s"}], "queue", "failures", "last_error",
+//!   "backoff_s"}`, sorted by domain.
 //! - `GET /metrics`: Prometheus text format ([`crate::metrics::Metrics::render`]), every
 //!   shard's metrics merged at read time.
 //! - `GET /metrics/hgrm?name=routing_latency`: one latency histogram as HdrHistogram
@@ -180,6 +184,29 @@ fn handle(
             let _ = req.respond(r);
             return;
         }
+        "/status" => {
+            let (tx, rx) = crossbeam_channel::bounded(controls.len());
+            for (ctl, wake) in controls {
+                if ctl.try_send(Control::Status(tx.clone())).is_err() {
+                    let _ = req.respond(json(503, serde_json::json!({"error": "shards busy"})));
+                    return;
+                }
+                wake.notify_one();
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            let mut all: Vec<serde_json::Value> = Vec::new();
+            for _ in 0..controls.len() {
+                match rx.recv_deadline(deadline) {
+                    Ok(v) => all.extend(v),
+                    Err(_) => {
+                        let _ = req.respond(json(503, serde_json::json!({"error": "shards busy"})));
+                        return;
+                    }
+                }
+            }
+            all.sort_by(|a, b| a["domain"].as_str().cmp(&b["domain"].as_str()));
+            json(200, serde_json::Value::Array(all))
+        }
         "/metrics" | "/metrics/hgrm" => {
             let Some(m) = collect_metrics(controls) else {
                 let _ = req.respond(json(503, serde_json::json!({"error": "shards busy"})));
@@ -211,6 +238,22 @@ fn handle(
         _ => tiny_http::Response::from_string("not found\n").with_status_code(404),
     };
     let _ = req.respond(resp);
+}
+
+/// `GET /status` of a running server's admin endpoint: the JSON text.
+///
+/// Errors: the HTTP client's message when the endpoint cannot be reached.
+pub fn status_via_admin(admin: SocketAddr) -> Result<String, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .get(&format!("http://{admin}/status"))
+        .call()
+        .map_err(|e| e.to_string())?;
+    resp.body_mut().read_to_string().map_err(|e| e.to_string())
 }
 
 /// Asks a running server's admin endpoint at `admin` to ping `to` (from `from`, or its

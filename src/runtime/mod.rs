@@ -39,7 +39,7 @@ use crate::stream::s2s::{PeerCertVerifier, S2sConfig, Timeouts};
 use crate::tls::{self, CertError, CertifiedDomain, ClientAuth, DomainCertResolver};
 use crate::xml::Limits;
 
-pub use admin::ping_via_admin;
+pub use admin::{ping_via_admin, status_via_admin};
 use shard::{ListenerKind, Shard, CURRENT};
 
 /// Errors starting the server.
@@ -101,6 +101,8 @@ pub(crate) enum Control {
     Resend(Vec<(String, String)>),
     /// Send a copy of the shard's metrics, with its gauges filled in.
     Metrics(crossbeam_channel::Sender<crate::metrics::Metrics>),
+    /// Send the shard's remote domains and their streams (JSON objects).
+    Status(crossbeam_channel::Sender<Vec<serde_json::Value>>),
 }
 
 thread_local! {

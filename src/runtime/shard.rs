@@ -363,6 +363,9 @@ impl Shard {
                     Control::Metrics(reply) => {
                         let _ = reply.try_send(self.metrics_snapshot());
                     }
+                    Control::Status(reply) => {
+                        let _ = reply.try_send(self.status());
+                    }
                 }
             }
             if self.shutting_down.get() {
@@ -1766,6 +1769,63 @@ impl Shard {
             );
         }
         m
+    }
+
+    /// The remote domains this shard knows of: one JSON object per domain with its
+    /// streams (direction, state, authenticated pairs and methods), queue length, last
+    /// failure and backoff (for `fedrouter status`).
+    fn status(&self) -> Vec<serde_json::Value> {
+        use serde_json::json;
+        let now = Instant::now();
+        let mut by_domain: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
+            Default::default();
+        for c in self.conns.borrow().values() {
+            let st = c.st.borrow();
+            let remote = domain_key(st.proto.remote_domain()).into_owned();
+            let pairs: Vec<serde_json::Value> = st
+                .proto
+                .authenticated()
+                .map(|(l, r, m)| json!({"local": l, "remote": r, "method": format!("{m:?}").to_ascii_lowercase()}))
+                .collect();
+            let state = if st.closed {
+                "closing"
+            } else if pairs.is_empty() {
+                "negotiating"
+            } else {
+                "authenticated"
+            };
+            by_domain.entry(remote).or_default().push(json!({
+                "direction": if c.direction == Direction::Outbound { "out" } else { "in" },
+                "state": state,
+                "tls": st.tls.is_some(),
+                "authenticated": pairs,
+                "age_s": st.started.elapsed().as_secs_f64(),
+            }));
+        }
+        let remotes = self.remotes.borrow();
+        let mut domains: std::collections::BTreeSet<&String> = remotes.keys().collect();
+        let keys: Vec<String> = by_domain.keys().cloned().collect();
+        let mut out = Vec::new();
+        for d in keys.iter() {
+            domains.insert(d);
+        }
+        for d in domains {
+            let r = remotes.get(d);
+            let mut streams = by_domain.get(d).cloned().unwrap_or_default();
+            if r.is_some_and(|r| r.connecting && r.conn.is_none()) {
+                streams.push(json!({"direction": "out", "state": "connecting"}));
+            }
+            out.push(json!({
+                "domain": d,
+                "shard": self.id,
+                "streams": streams,
+                "queue": r.map_or(0, |r| r.queue.len()),
+                "failures": r.map_or(0, |r| r.failures),
+                "last_error": r.and_then(|r| r.last_failure.as_ref()).map(|f| format!("{}: {}", f.condition.as_str(), f.text)),
+                "backoff_s": r.and_then(|r| r.backoff_until).filter(|u| *u > now).map(|u| (u - now).as_secs_f64()),
+            }));
+        }
+        out
     }
 
     fn conn_count(&self) -> usize {
