@@ -128,6 +128,7 @@ fn serve(path: Option<&Path>) -> ExitCode {
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -135,20 +136,52 @@ fn serve(path: Option<&Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let server = match Server::start(config, materialized) {
+    let mut server = match Server::start(config, materialized) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("fedrouter: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "stopping: closing streams");
+    // Bounded by the process's life: each signal is one turn; SIGINT/SIGTERM end it.
+    for sig in signals.forever() {
+        if sig != signal_hook::consts::SIGHUP {
+            tracing::info!(signal = sig, "stopping: closing streams");
+            break;
+        }
+        reload(&mut server, path);
     }
     server.shutdown();
     server.join();
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: the configuration file again, certificates and trust anchors from disk, applied
+/// to new streams (open ones are kept). A configuration that does not load changes nothing.
+fn reload(server: &mut Server, path: Option<&Path>) {
+    tracing::info!("SIGHUP: reloading the configuration");
+    let config = match path
+        .map(Config::load)
+        .unwrap_or_else(|| Ok(Config::default()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused: the configuration does not load; still running the previous one");
+            return;
+        }
+    };
+    let materialized = match config.materialize() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; still running the previous configuration");
+            return;
+        }
+    };
+    match server.reload(config, materialized) {
+        Ok(()) => tracing::info!("reloaded: certificates, trust anchors and federation policy"),
+        Err(e) => tracing::warn!(error = %e, "reload"),
+    }
 }
 
 fn ping(

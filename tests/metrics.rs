@@ -264,3 +264,101 @@ fn status_shows_streams_and_failures() {
         "{table}"
     );
 }
+
+/// The certificate a TLS server at `addr` presents (no verification: we only look).
+fn presented_certificate(addr: std::net::SocketAddr, sni: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    fedrouter::tls::install_default_provider();
+    let cfg = fedrouter::tls::client_config(None, false, None, &[b"xmpp-server"]).expect("config");
+    let name = fedrouter::tls::server_name(sni).expect("name");
+    let mut tls = rustls::ClientConnection::new(cfg, name).expect("client");
+    let mut sock =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Bounded: a handshake is a few round trips.
+    for _ in 0..50 {
+        if !tls.is_handshaking() {
+            break;
+        }
+        while tls.wants_write() {
+            let mut out = Vec::new();
+            tls.write_tls(&mut out).unwrap();
+            sock.write_all(&out).unwrap();
+        }
+        if tls.is_handshaking() && tls.wants_read() {
+            let mut buf = [0u8; 16384];
+            let n = sock.read(&mut buf).expect("read");
+            assert!(n > 0, "closed during the handshake");
+            tls.read_tls(&mut &buf[..n]).unwrap();
+            tls.process_new_packets().expect("TLS");
+        }
+    }
+    tls.peer_certificates().expect("a certificate")[0].to_vec()
+}
+
+/// SIGHUP: new certificates are presented to new connections; the open S2S streams stay
+/// (the same streams carry the next ping, none is set up again).
+#[test]
+fn sighup_reloads_certificates_without_dropping_streams() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    const NET: u8 = 214;
+    let mut records = xmpp_server("a.test", ip(NET, 2));
+    records.extend(xmpp_server("b.test", ip(NET, 3)));
+    let _dns = zone(NET, records);
+    let ca = fedrouter::tls::TestCa::new("reload test CA").expect("CA");
+    let first = ca.issue("a.test").expect("leaf");
+    let tls = r#"
+[[tls.certificate]]
+domain = "a.test"
+cert = "a.crt"
+key = "a.key"
+"#;
+    let a = Fedrouter::start_with(
+        "a.test",
+        &config(
+            NET,
+            ip(NET, 2),
+            &["a.test"],
+            2,
+            &format!("{GOOGLE_STYLE}{tls}"),
+        ),
+        &[("a.crt", &first.chain_pem()), ("a.key", &first.key_pem())],
+    );
+    let _b = Fedrouter::start(
+        "b.test",
+        &config(NET, ip(NET, 3), &["b.test"], 2, GOOGLE_STYLE),
+    );
+    assert_pong(&a.ping("b.test"), "before");
+    let streams_before = a.log_lines(&["authenticated"]).len();
+    let der = |pem: &str| {
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .expect("PEM")
+            .to_vec()
+    };
+    let direct = std::net::SocketAddr::new(ip(NET, 2).into(), 5270);
+    assert_eq!(
+        presented_certificate(direct, "a.test"),
+        der(&first.chain_pem())
+    );
+
+    let second = ca.issue("a.test").expect("leaf");
+    std::fs::write(a.dir().join("a.crt"), second.chain_pem()).unwrap();
+    std::fs::write(a.dir().join("a.key"), second.key_pem()).unwrap();
+    a.signal(libc::SIGHUP);
+    a.wait_log(&["reloaded: certificates"], Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no reload logged:\n{}", a.log()));
+
+    assert_eq!(
+        presented_certificate(direct, "a.test"),
+        der(&second.chain_pem()),
+        "new connections get the new certificate"
+    );
+    assert_pong(&a.ping("b.test"), "after");
+    assert_eq!(
+        a.log_lines(&["authenticated"]).len(),
+        streams_before,
+        "no stream was set up again: the open ones were kept\n{}",
+        a.log()
+    );
+}

@@ -320,13 +320,13 @@ impl Shard {
             self.local.backlog.borrow_mut().push_back((tag, op));
             return;
         }
-        if let Err(op) = self.shared.store.submit(
+        if let Err(op) = self.shared().store.submit(
             op,
             self.local.replies_tx.clone(),
             Arc::clone(&self.local.store_wake),
             tag,
         ) {
-            if !self.shared.store.is_running() {
+            if !self.shared().store.is_running() {
                 self.store_answer(tag, Err(StoreError::Closed));
                 return;
             }
@@ -348,7 +348,7 @@ impl Shard {
             let Some((tag, op)) = self.local.backlog.borrow_mut().pop_front() else {
                 break;
             };
-            if let Err(op) = self.shared.store.submit(
+            if let Err(op) = self.shared().store.submit(
                 op,
                 self.local.replies_tx.clone(),
                 Arc::clone(&self.local.store_wake),
@@ -372,7 +372,8 @@ impl Shard {
     /// A client connected to this shard's C2S listener.
     pub(super) fn accept_c2s(&self, stream: TcpStream, peer: std::net::SocketAddr) {
         let nonce = self.rng.borrow_mut().random::<u64>();
-        let proto = C2sConnection::new(Arc::clone(&self.shared.c2s), nonce, false, Instant::now());
+        let proto =
+            C2sConnection::new(Arc::clone(&self.shared().c2s), nonce, false, Instant::now());
         let mut st = ConnState::new(proto, None);
         st.collect_events();
         let span = info_span!("c2s", %peer, jid = tracing::field::Empty);
@@ -439,7 +440,7 @@ impl Shard {
         match ev {
             Event::Opened { .. } => {}
             Event::StartTls(_) => {
-                let tls = rustls::ServerConnection::new(Arc::clone(&self.shared.tls_c2s));
+                let tls = rustls::ServerConnection::new(Arc::clone(&self.shared().tls_c2s));
                 let mut st = conn.st.borrow_mut();
                 match tls {
                     Ok(t) => st.start_tls(Tls::Server(t)),
@@ -551,7 +552,7 @@ impl Shard {
             if let Some(i) = user.sessions.iter().position(|s| s.resource == resource) {
                 old = Some(Rc::clone(&user.sessions[i].conn));
                 Ok(())
-            } else if user.sessions.len() >= self.shared.config.c2s.max_resources {
+            } else if user.sessions.len() >= self.shared().config.c2s.max_resources {
                 Err(BindError::ResourceConstraint)
             } else {
                 Ok(())
@@ -993,7 +994,7 @@ impl Shard {
                 return self.reply_to_client(conn, &el, e.condition(), &e.to_string());
             }
         };
-        let max = self.shared.config.c2s.max_roster_items;
+        let max = self.shared().config.c2s.max_roster_items;
         enum Plan {
             Update(StoredItem),
             Remove(SubState),
@@ -1186,7 +1187,7 @@ impl Shard {
                 "not a valid JID",
             );
         };
-        let max = self.shared.config.c2s.max_roster_items;
+        let max = self.shared().config.c2s.max_roster_items;
         let planned = self.with_roster(bare, |r| {
             let old = r.items.get(&contact).cloned();
             let tr = presence::outbound(r.state(&contact), t);
@@ -1289,7 +1290,7 @@ impl Shard {
             }
             return;
         }
-        let max = self.shared.config.c2s.max_roster_items;
+        let max = self.shared().config.c2s.max_roster_items;
         let planned = self
             .with_roster(bare, |r| {
                 let old = r.items.get(&contact).cloned();
@@ -1502,7 +1503,7 @@ impl Shard {
         stanza: SharedStanza,
         recipients: impl IntoIterator<Item = &'a str>,
     ) {
-        let s2s = Arc::clone(&self.shared.s2s);
+        let s2s = Arc::clone(&self.shared().s2s);
         for (shard, to) in plan(recipients, self.n, |d| s2s.hosts(d)) {
             if shard == self.id {
                 self.fanned_out(&stanza, to);
@@ -1523,7 +1524,7 @@ impl Shard {
     pub(super) fn fanned_out(&self, stanza: &SharedStanza, to: Vec<Box<str>>) {
         for jid in to {
             let domain = domain_key(domain_of(&jid));
-            if self.shared.s2s.hosts(&domain) {
+            if self.shared().s2s.hosts(&domain) {
                 let bare = bare_key(&jid).into_owned();
                 if let Some(Deferred::Broadcast(stanza, jid)) =
                     self.admit(&bare, Deferred::Broadcast(stanza.clone(), jid))

@@ -68,6 +68,9 @@ pub enum StartError {
     /// The store (`<data_dir>/fedrouter.db`) could not be opened.
     #[error("store: {0}")]
     Store(String),
+    /// A reload applied what it could; these settings need a restart.
+    #[error("reloaded, but these settings need a restart and were kept as running: {0}")]
+    Reload(String),
 }
 
 /// The outcome of an XEP-0199 server-to-server ping sent through the router.
@@ -103,6 +106,8 @@ pub(crate) enum Control {
     Metrics(crossbeam_channel::Sender<crate::metrics::Metrics>),
     /// Send the shard's remote domains and their streams (JSON objects).
     Status(crossbeam_channel::Sender<Vec<serde_json::Value>>),
+    /// Use this configuration from now on (SIGHUP).
+    Reload(Arc<Shared>),
 }
 
 thread_local! {
@@ -199,6 +204,8 @@ pub struct BoundAddrs {
 pub struct Server {
     threads: Vec<JoinHandle<()>>,
     store: StoreHandle,
+    /// The configuration running now (reload compares against it).
+    running: Arc<Shared>,
     controls: Vec<(crossbeam_channel::Sender<Control>, Arc<Notify>)>,
     admin: Option<admin::Admin>,
     metrics_admin: Option<admin::Admin>,
@@ -382,6 +389,7 @@ impl Server {
         info!(shards = n, s2s = ?bound.s2s, s2s_tls = ?bound.s2s_tls, c2s = ?bound.c2s, admin = ?bound.admin, domains = ?shared.config.domains, "listening");
         Ok(Server {
             store: shared.store.clone(),
+            running: Arc::clone(&shared),
             threads,
             controls,
             admin,
@@ -401,6 +409,60 @@ impl Server {
         for (tx, wake) in &self.controls {
             let _ = tx.try_send(Control::Shutdown);
             wake.notify_one();
+        }
+    }
+
+    /// Reloads certificates, trust anchors and federation policy (SIGHUP) without
+    /// dropping streams: every shard switches to the new configuration for streams it
+    /// opens or accepts from now on; open streams keep the configuration they started
+    /// with. Settings that need a restart (`domains`, `shards`, `data_dir`, `[listen]`,
+    /// `[store]`, `[inbox]`) are kept as running and named in the error.
+    ///
+    /// Errors: [`StartError::Tls`] when the new certificates do not load (nothing
+    /// changes); [`StartError::Reload`] naming the settings left unchanged (the rest is
+    /// applied).
+    pub fn reload(
+        &mut self,
+        mut config: Config,
+        materialized: Materialized,
+    ) -> Result<(), StartError> {
+        let old = &self.running.config;
+        let mut kept = Vec::new();
+        if config.domains != old.domains {
+            kept.push("domains");
+            config.domains = old.domains.clone();
+        }
+        if config.shards != old.shards {
+            kept.push("shards");
+            config.shards = old.shards;
+        }
+        if config.data_dir != old.data_dir {
+            kept.push("data_dir");
+            config.data_dir = old.data_dir.clone();
+        }
+        if config.listen != old.listen {
+            kept.push("listen");
+            config.listen = old.listen.clone();
+        }
+        if config.store != old.store {
+            kept.push("store");
+            config.store = old.store;
+        }
+        if config.inbox != old.inbox {
+            kept.push("inbox");
+            config.inbox = old.inbox;
+        }
+        let n = self.running.shards;
+        let shared = Arc::new(build_shared(config, materialized, n, self.store.clone())?);
+        for (tx, wake) in &self.controls {
+            let _ = tx.send_timeout(Control::Reload(Arc::clone(&shared)), Duration::from_secs(5));
+            wake.notify_one();
+        }
+        self.running = shared;
+        if kept.is_empty() {
+            Ok(())
+        } else {
+            Err(StartError::Reload(kept.join(", ")))
         }
     }
 

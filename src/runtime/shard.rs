@@ -198,7 +198,9 @@ struct PendingPing {
 pub(crate) struct Shard {
     pub id: usize,
     pub n: usize,
-    pub shared: Arc<Shared>,
+    /// The configuration and what is built from it; replaced on reload (SIGHUP), while
+    /// streams keep what they started with.
+    shared: RefCell<Arc<Shared>>,
     /// Messages for other shards produced this turn; the main loop (sole owner of the
     /// inbox mesh end) moves them into the inbox at the end of the turn. Readers pause
     /// while more than [`Shard::outgoing_limit`] wait here (back-pressure).
@@ -290,7 +292,7 @@ impl Shard {
             n: shared.shards,
             outgoing: RefCell::new(VecDeque::new()),
             outgoing_limit: shared.config.inbox.batch.max(16),
-            shared,
+            shared: RefCell::new(shared),
             space: Notify::new(),
             flush_wake: Notify::new(),
             flush_scheduled: Cell::new(false),
@@ -309,6 +311,19 @@ impl Shard {
             listeners: RefCell::new(Vec::new()),
             conn_ended: Notify::new(),
         }
+    }
+
+    /// The current configuration. Never held across an `.await` (a reload replaces it):
+    /// async code clones the `Arc`.
+    pub(super) fn shared(&self) -> std::cell::Ref<'_, Arc<Shared>> {
+        self.shared.borrow()
+    }
+
+    /// Switches to a reloaded configuration (certificates, federation policy): new
+    /// streams use it, open ones keep theirs.
+    fn reload(&self, shared: Arc<Shared>) {
+        *self.shared.borrow_mut() = shared;
+        info!(shard = self.id, "configuration reloaded");
     }
 
     pub(super) fn next_conn_id(&self) -> ConnId {
@@ -366,6 +381,7 @@ impl Shard {
                     Control::Status(reply) => {
                         let _ = reply.try_send(self.status());
                     }
+                    Control::Reload(shared) => self.reload(shared),
                 }
             }
             if self.shutting_down.get() {
@@ -510,7 +526,7 @@ impl Shard {
                 return;
             };
             let domain = domain_of(to);
-            if self.shared.s2s.hosts(domain) {
+            if self.shared().s2s.hosts(domain) {
                 Dst::Local(shard_of(&bare_key(to), self.n))
             } else {
                 let d = domain_key(domain).into_owned();
@@ -578,7 +594,7 @@ impl Shard {
             return;
         };
         let local = domain_key(domain_of(from)).into_owned();
-        if !self.shared.s2s.hosts(&local) {
+        if !self.shared().s2s.hosts(&local) {
             // Only our own users and our server originate stanzas to remote domains.
             debug!(from, "not sending a stanza from a domain we do not host");
             return;
@@ -606,7 +622,7 @@ impl Shard {
             };
             if ready
                 && r.queue.is_empty()
-                && conn.backlog() < self.shared.config.s2s.send_queue_bytes
+                && conn.backlog() < self.shared().config.s2s.send_queue_bytes
             {
                 let mut st = conn.st.borrow_mut();
                 if el.send(&mut st.proto, &local, d, now) {
@@ -618,7 +634,7 @@ impl Shard {
                 }
             }
         }
-        let cap = self.shared.config.s2s.queue_per_domain;
+        let cap = self.shared().config.s2s.queue_per_domain;
         let open = r
             .conn
             .as_ref()
@@ -626,7 +642,7 @@ impl Shard {
         // A slow but open peer: the queue may exceed its cap by what the paused readers
         // had already read (bounded); reaching the cap makes the shard congested, which
         // stops its socket reads and inbox drains until the queue is half empty.
-        let slack = 2 * self.shared.config.inbox.batch;
+        let slack = 2 * self.shared().config.inbox.batch;
         let hard = if open {
             cap.saturating_mul(2).saturating_add(slack)
         } else {
@@ -693,7 +709,7 @@ impl Shard {
                 debug!(target = %target.host, port = target.port, ms = started.elapsed().as_millis() as u64, "connected");
                 let now = Instant::now();
                 let proto = S2sConnection::outbound(
-                    Arc::clone(&self.shared.s2s),
+                    Arc::clone(&self.shared().s2s),
                     &local,
                     &d,
                     tls.is_some(),
@@ -739,7 +755,7 @@ impl Shard {
         local: &str,
         d: &str,
     ) -> Result<(TcpStream, Target, Option<Tls>), Failure> {
-        let cfg = &self.shared.config.s2s;
+        let connect_timeout = self.shared().config.s2s.connect_timeout;
         let not_found = |text: String| Failure {
             condition: StanzaCondition::RemoteServerNotFound,
             text,
@@ -786,8 +802,7 @@ impl Shard {
                 // A connect that times out is abandoned with its socket: nothing else
                 // reads from it, so the dropped operation loses nothing.
                 let t0 = Instant::now();
-                let attempt =
-                    tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await;
+                let attempt = tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await;
                 let stream = match attempt {
                     Ok(Ok(s)) => {
                         super::metrics(|m| m.observe(Latency::Connect, t0.elapsed()));
@@ -831,13 +846,14 @@ impl Shard {
         d: &str,
     ) -> Result<Tls, String> {
         let cfg = self
-            .shared
+            .shared()
             .client_tls(local, d, true)
             .ok_or("no trust anchors to verify the server's certificate (tls.trust)")?;
         let name = crate::tls::server_name(d).map_err(|e| e.to_string())?;
         let mut tls = rustls::ClientConnection::new(cfg, name).map_err(|e| e.to_string())?;
         let fut = handshake(stream, &mut tls);
-        match tokio::time::timeout(self.shared.config.s2s.negotiation_timeout, fut).await {
+        let limit = self.shared().config.s2s.negotiation_timeout;
+        match tokio::time::timeout(limit, fut).await {
             Ok(Ok(())) => Ok(Tls::Client(tls)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err("handshake timed out".into()),
@@ -847,7 +863,7 @@ impl Shard {
     /// Connecting to `d` failed: bounce what waits, answer waiting verifications, back
     /// off exponentially with jitter.
     fn remote_failed(&self, d: &str, f: Failure) {
-        let cfg = &self.shared.config.s2s;
+        let cfg = &self.shared().config.s2s;
         let (queue, verifies) = {
             let mut remotes = self.remotes.borrow_mut();
             let r = remotes.entry(d.to_owned()).or_default();
@@ -906,7 +922,7 @@ impl Shard {
     /// the stream, in order, while the stream's backlog is under `s2s.send_queue_bytes`.
     fn drain_queue(&self, conn: &Conn, d: &str) {
         let now = Instant::now();
-        let limit = self.shared.config.s2s.send_queue_bytes;
+        let limit = self.shared().config.s2s.send_queue_bytes;
         let mut remotes = self.remotes.borrow_mut();
         let Some(r) = remotes.get_mut(d) else { return };
         if r.queue.is_empty() || r.conn.as_ref().is_none_or(|c| c.id != conn.id) {
@@ -929,7 +945,7 @@ impl Shard {
             }
         }
         r.queue = keep;
-        if r.congested && r.queue.len() <= self.shared.config.s2s.queue_per_domain / 2 {
+        if r.congested && r.queue.len() <= self.shared().config.s2s.queue_per_domain / 2 {
             r.congested = false;
             self.congested.set(self.congested.get().saturating_sub(1));
             if self.congested.get() == 0 {
@@ -987,7 +1003,7 @@ impl Shard {
                 (!r.queue.is_empty() || !r.verifies.is_empty(), local)
             };
             if has_queue {
-                let local = local.unwrap_or_else(|| self.shared.config.domains[0].clone());
+                let local = local.unwrap_or_else(|| self.shared().config.domains[0].clone());
                 self.ensure_outbound(d, &local);
             }
             return;
@@ -1159,7 +1175,7 @@ impl Shard {
                 ListenerKind::C2s => self.accept_c2s(stream, peer),
                 ListenerKind::S2s | ListenerKind::S2sDirectTls => {
                     if self.unauthenticated.get()
-                        >= self.shared.config.s2s.max_unauthenticated_per_shard
+                        >= self.shared().config.s2s.max_unauthenticated_per_shard
                     {
                         debug!(%peer, "too many unauthenticated connections; refusing");
                         let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -1179,12 +1195,12 @@ impl Shard {
 
     async fn inbound(self: Rc<Self>, stream: TcpStream, direct_tls: bool) {
         let now = Instant::now();
-        let cfg = &self.shared.config.s2s;
+        let header_timeout = self.shared().config.s2s.stream_header_timeout;
         let mut tls = None;
         let mut chain = None;
         if direct_tls {
             let mut server =
-                match rustls::ServerConnection::new(Arc::clone(&self.shared.tls_server_direct)) {
+                match rustls::ServerConnection::new(Arc::clone(&self.shared().tls_server_direct)) {
                     Ok(s) => s,
                     Err(e) => {
                         warn!(error = %e, "TLS server setup failed");
@@ -1192,9 +1208,7 @@ impl Shard {
                         return;
                     }
                 };
-            let hs =
-                tokio::time::timeout(cfg.stream_header_timeout, handshake(&stream, &mut server))
-                    .await;
+            let hs = tokio::time::timeout(header_timeout, handshake(&stream, &mut server)).await;
             match hs {
                 Ok(Ok(())) => {
                     chain = Some(
@@ -1214,9 +1228,9 @@ impl Shard {
             }
         }
         let nonce = self.rng.borrow_mut().random::<u64>();
-        let proto = S2sConnection::inbound(Arc::clone(&self.shared.s2s), nonce, chain, now);
+        let proto = S2sConnection::inbound(Arc::clone(&self.shared().s2s), nonce, chain, now);
         let mut st = ConnState::new(proto, tls);
-        st.header_deadline = Some(now + cfg.stream_header_timeout);
+        st.header_deadline = Some(now + header_timeout);
         st.counted_unauth = true;
         if direct_tls {
             // Plaintext that arrived with the end of the handshake.
@@ -1485,13 +1499,13 @@ impl Shard {
             Event::StartTls(role) => {
                 let tls = match role {
                     TlsRole::Server => {
-                        rustls::ServerConnection::new(Arc::clone(&self.shared.tls_server))
+                        rustls::ServerConnection::new(Arc::clone(&self.shared().tls_server))
                             .map(Tls::Server)
                     }
                     TlsRole::Client { sni } => {
                         let local = conn.st.borrow().proto.local_domain().to_owned();
                         match (
-                            self.shared.client_tls(&local, &sni, false),
+                            self.shared().client_tls(&local, &sni, false),
                             crate::tls::server_name(&sni),
                         ) {
                             (Some(cfg), Ok(name)) => {
@@ -1765,7 +1779,7 @@ impl Shard {
             m.add_gauge(
                 "queue_depth",
                 &[("queue", "store")],
-                self.shared.store.queued() as i64,
+                self.shared().store.queued() as i64,
             );
         }
         m
@@ -1833,7 +1847,7 @@ impl Shard {
     }
 
     async fn finish_shutdown(&self) {
-        let deadline = Instant::now() + self.shared.config.shutdown.drain_timeout;
+        let deadline = Instant::now() + self.shared().config.shutdown.drain_timeout;
         while self.conn_count() > 0 && Instant::now() < deadline {
             let ended = self.conn_ended.notified();
             let _ = tokio::time::timeout_at(deadline.into(), ended).await;

@@ -123,6 +123,13 @@ impl Fedrouter {
         self.dir.path().join("fedrouter.toml")
     }
 
+    /// Sends signal `sig` (e.g. `libc::SIGHUP`) to the process.
+    pub fn signal(&self, sig: i32) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    }
+
     /// Kills the process with SIGKILL (no shutdown at all: a crash) and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
