@@ -38,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod condition;
 pub mod config;
 pub mod dialback;

@@ -43,11 +43,19 @@ enum Command {
         #[arg(long)]
         admin: Option<SocketAddr>,
     },
-    /// Federation troubleshooting: DNS SRV, reachability, TLS and dialback checks.
+    /// Federation troubleshooting: DNS SRV, reachability, TLS, certificates and a dialback
+    /// round trip; each step passes or fails with the fix to try. Exits non-zero when a
+    /// step fails.
     Check {
-        /// Remote domain to check; our own domains when absent.
+        /// Remote domain to check; our own domains when absent (or one of ours).
         domain: Option<String>,
-        /// Machine-readable output.
+        /// Local domain to authenticate as (default: the configuration's first).
+        #[arg(long)]
+        from: Option<String>,
+        /// The configuration file (TOML); embedded defaults when absent.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Machine-readable output: the report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -86,11 +94,6 @@ enum UserAction {
     List { domain: Option<String> },
     /// Change a user's password.
     Passwd { jid: String },
-}
-
-fn not_implemented(what: &str) -> ExitCode {
-    eprintln!("fedrouter: `{what}` is not implemented yet");
-    ExitCode::from(2)
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
@@ -215,6 +218,50 @@ fn ping(
         }
         Err(e) => {
             eprintln!("fedrouter: cannot reach the admin endpoint at {admin}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(domain: Option<&str>, from: Option<&str>, config: Option<&Path>, json: bool) -> ExitCode {
+    use fedrouter::check::{run, CheckError, CheckOptions};
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let materialized = match config.materialize() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("fedrouter: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    let options = CheckOptions {
+        from: from.map(str::to_owned),
+        ..CheckOptions::default()
+    };
+    match run(&config, &materialized, domain, &options) {
+        Ok(report) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", report.text());
+            }
+            if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e @ (CheckError::BadDomain { .. } | CheckError::NotLocal { .. })) => {
+            eprintln!("fedrouter: {e}");
+            ExitCode::from(64) // EX_USAGE
+        }
+        Err(e) => {
+            eprintln!("fedrouter: {e}");
             ExitCode::FAILURE
         }
     }
@@ -356,7 +403,12 @@ fn main() -> ExitCode {
             config,
             admin,
         } => ping(&domain, from.as_deref(), config.as_deref(), admin),
-        Command::Check { .. } => not_implemented("check"),
+        Command::Check {
+            domain,
+            from,
+            config,
+            json,
+        } => check(domain.as_deref(), from.as_deref(), config.as_deref(), json),
         Command::User { config, action } => user(config.as_deref(), action),
         Command::Status {
             config,

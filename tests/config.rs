@@ -247,7 +247,9 @@ fn unknown_keys_are_rejected_by_name() {
         ("[shutdown]\ngrace = \"1s\"\n", "grace"),
         ("[log]\nformat = \"json\"\n", "format"),
         ("[federation.default]\ntls_mode = \"on\"\n", "tls_mode"),
-        ("[metrics]\n", "metrics"),
+        ("[metrics]\nport = 1\n", "port"),
+        ("[c2s]\nstarttls = true\n", "starttls"),
+        ("[store]\nfsync = true\n", "fsync"),
     ] {
         let err = Config::from_toml_str(text).unwrap_err();
         assert!(
