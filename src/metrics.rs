@@ -10,7 +10,7 @@
 //! Latencies are recorded in microseconds (1 µs to 60 s, 3 significant digits) and
 //! exported in seconds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -90,10 +90,72 @@ pub const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
 /// `("stanzas_total", [("dir","s2s_in"),("kind","iq")])`.
 type Key = (&'static str, Vec<(&'static str, String)>);
 
+/// Labelled values, found without allocating: by a hash of the family and label strings,
+/// then compared (an entry is allocated once, when first counted).
+#[derive(Clone, Debug, Default)]
+struct Table {
+    buckets: HashMap<u64, Vec<(Key, u64)>>,
+}
+
+fn hash_key(family: &str, labels: &[(&str, &str)]) -> u64 {
+    // FNV-1a: stable, no allocation.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: &[u8]| {
+        for &x in b {
+            h ^= u64::from(x);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    eat(family.as_bytes());
+    for (k, v) in labels {
+        eat(k.as_bytes());
+        eat(v.as_bytes());
+    }
+    h
+}
+
+fn same(key: &Key, family: &str, labels: &[(&str, &str)]) -> bool {
+    key.0 == family
+        && key.1.len() == labels.len()
+        && key
+            .1
+            .iter()
+            .zip(labels)
+            .all(|((k, v), (lk, lv))| k == lk && v == lv)
+}
+
+impl Table {
+    fn slot(&mut self, family: &'static str, labels: &[(&'static str, &str)]) -> &mut u64 {
+        let bucket = self.buckets.entry(hash_key(family, labels)).or_default();
+        let i = match bucket.iter().position(|(k, _)| same(k, family, labels)) {
+            Some(i) => i,
+            None => {
+                let key = (
+                    family,
+                    labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+                );
+                bucket.push((key, 0));
+                bucket.len() - 1
+            }
+        };
+        &mut bucket[i].1
+    }
+
+    fn entries(&self) -> BTreeMap<&Key, u64> {
+        self.buckets
+            .values()
+            .flatten()
+            .map(|(k, v)| (k, *v))
+            .collect()
+    }
+}
+
 /// One shard's metrics, or several merged.
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    counters: BTreeMap<Key, u64>,
+    counters: Table,
     gauges: BTreeMap<Key, i64>,
     latencies: Vec<Histogram<u64>>,
 }
@@ -134,7 +196,7 @@ impl Metrics {
     /// Empty metrics.
     pub fn new() -> Metrics {
         Metrics {
-            counters: BTreeMap::new(),
+            counters: Table::default(),
             gauges: BTreeMap::new(),
             latencies: Latency::ALL
                 .iter()
@@ -145,12 +207,9 @@ impl Metrics {
 
     /// Adds `n` to counter `family` (one of `stanzas`, `bytes`, `bounces`, `auth`) with
     /// `labels`.
+    /// No allocation once the counter exists.
     pub fn count(&mut self, family: &'static str, labels: &[(&'static str, &str)], n: u64) {
-        let key = (
-            family,
-            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
-        );
-        *self.counters.entry(key).or_insert(0) += n;
+        *self.counters.slot(family, labels) += n;
     }
 
     /// Sets gauge `family` (`streams`, `queue_depth`) with `labels` to `value`.
@@ -180,7 +239,8 @@ impl Metrics {
     /// A counter's value (0 when never counted).
     pub fn counter(&self, family: &str, labels: &[(&str, &str)]) -> u64 {
         self.counters
-            .iter()
+            .entries()
+            .into_iter()
             .filter(|((f, l), _)| {
                 *f == family
                     && l.len() == labels.len()
@@ -188,7 +248,7 @@ impl Metrics {
                         .iter()
                         .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
             })
-            .map(|(_, v)| *v)
+            .map(|(_, v)| v)
             .sum()
     }
 
@@ -199,8 +259,10 @@ impl Metrics {
 
     /// Adds `other` into `self`: counters and gauges summed, histograms merged.
     pub fn merge(&mut self, other: &Metrics) {
-        for (k, v) in &other.counters {
-            *self.counters.entry(k.clone()).or_insert(0) += v;
+        for (k, v) in other.counters.entries() {
+            let labels: Vec<(&'static str, &str)> =
+                k.1.iter().map(|(lk, lv)| (*lk, lv.as_str())).collect();
+            *self.counters.slot(k.0, &labels) += v;
         }
         for (k, v) in &other.gauges {
             *self.gauges.entry(k.clone()).or_insert(0) += v;
@@ -220,7 +282,7 @@ impl Metrics {
         for (family, help) in COUNTER_HELP {
             let _ = writeln!(out, "# HELP fedrouter_{family}_total {help}");
             let _ = writeln!(out, "# TYPE fedrouter_{family}_total counter");
-            for ((f, labels), v) in &self.counters {
+            for ((f, labels), v) in self.counters.entries() {
                 if f == family {
                     let _ = writeln!(out, "fedrouter_{family}_total{} {v}", render_labels(labels));
                 }
