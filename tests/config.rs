@@ -122,6 +122,24 @@ max_stanza_size = 65536
 capacity = 64
 batch = 32
 
+[c2s]
+tls_required = false
+negotiation_timeout = "20s"
+keepalive = "45s"
+max_auth_failures = 2
+auth_failure_delay = "250ms"
+max_stanza_size = 20000
+max_roster_items = 50
+max_resources = 4
+
+[store]
+durability = "crash"
+max_batch = 64
+queue = 128
+
+[metrics]
+listen = "127.0.0.2:9270"
+
 [shutdown]
 drain_timeout = "0s"
 
@@ -205,6 +223,31 @@ fn full_file_sets_every_key() {
     assert_eq!(s.xml_limits().max_element_size, 65536);
 
     assert_eq!((c.inbox.capacity, c.inbox.batch), (64, 32));
+    let cc = &c.c2s;
+    assert!(!cc.tls_required);
+    assert_eq!(
+        (cc.negotiation_timeout, cc.keepalive, cc.auth_failure_delay),
+        (
+            Duration::from_secs(20),
+            Duration::from_secs(45),
+            Duration::from_millis(250)
+        )
+    );
+    assert_eq!(
+        (
+            cc.max_auth_failures,
+            cc.max_stanza_size,
+            cc.max_roster_items,
+            cc.max_resources
+        ),
+        (2, 20000, 50, 4)
+    );
+    assert_eq!(
+        c.store.durability,
+        fedrouter::config::StoreDurability::Crash
+    );
+    assert_eq!((c.store.max_batch, c.store.queue), (64, 128));
+    assert_eq!(c.metrics.listen, Some(addr("127.0.0.2:9270")));
     assert_eq!(c.shutdown.drain_timeout, Duration::ZERO);
     assert_eq!(c.log.level, "fedrouter=debug,warn");
 
@@ -304,6 +347,21 @@ fn each_validation_error_names_its_key() {
     invalid_for("[listen]\nc2s = [\"localhost:5222\"]\n", "listen.c2s[0]");
     invalid_for("[listen]\ns2s_tls = [\"x\"]\n", "listen.s2s_tls[0]");
     invalid_for("[listen]\nadmin = \"9269\"\n", "listen.admin");
+    invalid_for("[metrics]\nlisten = \"localhost\"\n", "metrics.listen");
+    let m = invalid_for("[c2s]\nmax_roster_items = 0\n", "c2s.max_roster_items");
+    assert_eq!(
+        m,
+        "c2s.max_roster_items: must be between 1 and 100000, got 0"
+    );
+    invalid_for("[c2s]\nmax_auth_failures = 7\n", "c2s.max_auth_failures");
+    invalid_for("[c2s]\nmax_stanza_size = 100\n", "c2s.max_stanza_size");
+    invalid_for(
+        "[c2s]\nnegotiation_timeout = \"0s\"\n",
+        "c2s.negotiation_timeout",
+    );
+    invalid_for("[c2s]\nmax_resources = 0\n", "c2s.max_resources");
+    invalid_for("[store]\nmax_batch = 0\n", "store.max_batch");
+    invalid_for("[store]\nqueue = 0\n", "store.queue");
     let m = invalid_for(
         "[listen]\ns2s = [\"127.0.0.1:5269\"]\nc2s = [\"127.0.0.1:5269\"]\n",
         "listen.c2s[0]",
