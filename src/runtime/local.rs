@@ -51,6 +51,10 @@ use crate::xml::tree::Node;
 use crate::xml::writer::{write_raw_attr, write_readdressed};
 use crate::xml::{escape_attr_into, parse_stanza, Element};
 
+/// Store requests a shard holds back (the store's own queue being full) before it stops
+/// reading sockets and its inbox.
+const STORE_BACKLOG: usize = 4096;
+
 /// What to do with the store's answer (runs on the shard, in order of the requests).
 type StoreThen = Box<dyn FnOnce(&Shard, Result<Outcome, StoreError>)>;
 
@@ -66,6 +70,9 @@ pub(super) struct Local {
     waiting: RefCell<HashMap<u64, StoreThen>>,
     /// Requests the store's queue had no room for, retried in order.
     backlog: RefCell<VecDeque<(u64, Op)>>,
+    /// The backlog reached [`STORE_BACKLOG`]: counted in the shard's congestion, so its
+    /// readers and inbox pause until the store catches up (memory stays bounded).
+    backlog_congested: Cell<bool>,
     next_tag: Cell<u64>,
 }
 
@@ -80,6 +87,7 @@ impl Local {
             store_wake: Arc::new(Notify::new()),
             waiting: RefCell::new(HashMap::new()),
             backlog: RefCell::new(VecDeque::new()),
+            backlog_congested: Cell::new(false),
             next_tag: Cell::new(1),
         }
     }
@@ -318,6 +326,7 @@ impl Shard {
         self.local.waiting.borrow_mut().insert(tag, then);
         if !self.local.backlog.borrow().is_empty() {
             self.local.backlog.borrow_mut().push_back((tag, op));
+            self.check_store_backlog();
             return;
         }
         if let Err(op) = self.shared().store.submit(
@@ -331,6 +340,22 @@ impl Shard {
                 return;
             }
             self.local.backlog.borrow_mut().push_back((tag, op));
+            self.check_store_backlog();
+        }
+    }
+
+    /// Pauses the shard's readers while the store backlog is at [`STORE_BACKLOG`], and
+    /// resumes them once it is down to half.
+    fn check_store_backlog(&self) {
+        let len = self.local.backlog.borrow().len();
+        let flagged = self.local.backlog_congested.get();
+        if !flagged && len >= STORE_BACKLOG {
+            self.local.backlog_congested.set(true);
+            warn!(len, "store backlog full: pausing reads on this shard");
+            self.congest();
+        } else if flagged && len <= STORE_BACKLOG / 2 {
+            self.local.backlog_congested.set(false);
+            self.decongest();
         }
     }
 
@@ -358,6 +383,7 @@ impl Shard {
                 break;
             }
         }
+        self.check_store_backlog();
     }
 
     fn store_answer(&self, tag: u64, result: Result<Outcome, StoreError>) {

@@ -220,7 +220,7 @@ pub(crate) struct Shard {
     unauthenticated: Cell<usize>,
     /// Remote domains whose send queue is full on an open stream: while non-zero the
     /// shard reads no socket and drains no inbox (back-pressure to the feeders).
-    congested: Cell<usize>,
+    pub(super) congested: Cell<usize>,
     next_id: Cell<u64>,
     pub(super) rng: RefCell<SmallRng>,
     /// Local users, their sessions and rosters (`local.rs`).
@@ -431,6 +431,21 @@ impl Shard {
         inbox.flush();
         if out.len() <= self.outgoing_limit && self.congested.get() == 0 {
             self.space.notify_waiters();
+        }
+    }
+
+    /// Counts one more reason to pause reads and inbox drains (back-pressure).
+    pub(super) fn congest(&self) {
+        self.congested.set(self.congested.get() + 1);
+    }
+
+    /// One reason to pause is gone; when none is left, paused readers and the inbox
+    /// drain resume.
+    pub(super) fn decongest(&self) {
+        self.congested.set(self.congested.get().saturating_sub(1));
+        if self.congested.get() == 0 {
+            self.space.notify_waiters();
+            self.flush_wake.notify_one();
         }
     }
 
