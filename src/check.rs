@@ -2170,90 +2170,18 @@ fn since_epoch(t: SystemTime) -> Duration {
     t.duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
-/// One DER TLV: (tag, contents, rest).
-fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        (len, &rest[n..])
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
-/// The notAfter of an X.509 certificate (RFC 5280 §4.1.2.5), in seconds since the epoch.
+/// The notAfter of an X.509 certificate (RFC 5280 §4.1.2.5), in seconds since the epoch;
+/// `None` when the DER does not parse as a certificate.
 fn not_after(der: &[u8]) -> Option<u64> {
-    let (0x30, cert, _) = der_tlv(der)? else {
-        return None;
-    };
-    let (0x30, tbs, _) = der_tlv(cert)? else {
-        return None;
-    };
-    let mut rest = tbs;
-    let (tag, _, after) = der_tlv(rest)?;
-    if tag == 0xa0 {
-        rest = after; // version
-    }
-    for _ in 0..3 {
-        rest = der_tlv(rest)?.2; // serialNumber, signature, issuer
-    }
-    let (0x30, validity, _) = der_tlv(rest)? else {
-        return None;
-    };
-    let (_, _, validity) = der_tlv(validity)?; // notBefore
-    let (tag, time, _) = der_tlv(validity)?;
-    parse_time(tag, time)
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    u64::try_from(cert.validity().not_after.timestamp()).ok()
 }
 
-/// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`), RFC 5280 §4.1.2.5.
-fn parse_time(tag: u8, v: &[u8]) -> Option<u64> {
-    let s = std::str::from_utf8(v).ok()?.strip_suffix('Z')?;
-    let (year, rest) = match tag {
-        0x17 if s.len() == 12 => {
-            let yy: i64 = s[..2].parse().ok()?;
-            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &s[2..])
-        }
-        0x18 if s.len() == 14 => (s[..4].parse().ok()?, &s[4..]),
-        _ => return None,
-    };
-    let n = |r: std::ops::Range<usize>| rest.get(r)?.parse::<u32>().ok();
-    let (mo, d, h, mi, se) = (n(0..2)?, n(2..4)?, n(4..6)?, n(6..8)?, n(8..10)?);
-    let days = days_from_civil(year, mo, d);
-    let secs = days * 86_400 + i64::from(h * 3600 + mi * 60 + se);
-    u64::try_from(secs).ok()
-}
-
-/// Days since 1970-01-01 (H. Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `YYYY-MM-DD` of seconds since the epoch (H. Hinnant's `civil_from_days`).
+/// `YYYY-MM-DD` of seconds since the epoch.
 fn format_date(secs: u64) -> String {
-    let z = (secs / 86_400) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    let mut s = crate::tls::format_utc(UnixTime::since_unix_epoch(Duration::from_secs(secs)));
+    s.truncate(10);
+    s
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2763,17 +2691,10 @@ mod tests {
     }
 
     #[test]
-    fn times_parse() {
-        assert_eq!(parse_time(0x17, b"700101000000Z"), Some(0));
-        assert_eq!(parse_time(0x17, b"491231235959Z"), Some(2_524_607_999));
-        assert_eq!(
-            parse_time(0x18, b"20000229120000Z")
-                .map(format_date)
-                .as_deref(),
-            Some("2000-02-29")
-        );
-        assert_eq!(parse_time(0x18, b"2000022912000Z"), None);
-        assert_eq!(parse_time(0x17, b"700101000000"), None);
+    fn dates_format() {
+        assert_eq!(format_date(0), "1970-01-01");
+        assert_eq!(format_date(951_825_600), "2000-02-29");
+        assert_eq!(format_date(2_524_607_999), "2049-12-31");
     }
 
     #[test]

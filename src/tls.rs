@@ -454,7 +454,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 }
 
 /// `YYYY-MM-DD HH:MM:SS UTC` for a time (H. Hinnant's `civil_from_days`).
-fn format_utc(t: UnixTime) -> String {
+pub(crate) fn format_utc(t: UnixTime) -> String {
     let secs = t.as_secs();
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
