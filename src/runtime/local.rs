@@ -38,7 +38,7 @@ use crate::jid::{domain_of, BareJid, Jid};
 use crate::metrics::Latency;
 use crate::presence::{
     self, parse_roster_set, write_removed_item, Action, RosterItem, RosterSet, SubState, SubType,
-    Subscription, ROSTER_NS,
+    Subscription, Transition, ROSTER_NS,
 };
 use crate::router::fanout::{plan, write_to_attr, SharedStanza};
 use crate::router::{bare_key, domain_key, shard_of};
@@ -129,6 +129,24 @@ impl Roster {
             .get(contact)
             .map(StoredItem::sub_state)
             .unwrap_or_default()
+    }
+
+    /// Caches `row` for `user` and returns the change that stores it: the row is deleted
+    /// once it holds nothing (not a roster item, state "None", nothing pending).
+    fn put(&mut self, user: &str, row: StoredItem) -> Change {
+        if !row.in_roster && row.sub_state().is_none() {
+            self.items.remove(&row.contact);
+            Change::RemoveItem {
+                user: user.to_owned(),
+                contact: row.contact,
+            }
+        } else {
+            self.items.insert(row.contact.clone(), row.clone());
+            Change::UpsertItem {
+                user: user.to_owned(),
+                item: row,
+            }
+        }
     }
 
     fn in_roster(&self) -> usize {
@@ -1228,20 +1246,7 @@ impl Shard {
                 row.in_roster = true;
             }
             let row = with_state(row, tr.state, None);
-            let change = if !row.in_roster && tr.state.is_none() {
-                r.items.remove(&contact);
-                Change::RemoveItem {
-                    user: bare.to_owned(),
-                    contact: contact.clone(),
-                }
-            } else {
-                r.items.insert(contact.clone(), row.clone());
-                Change::UpsertItem {
-                    user: bare.to_owned(),
-                    item: row.clone(),
-                }
-            };
-            Ok((tr, Some((change, row))))
+            Ok((tr, Some((r.put(bare, row.clone()), row))))
         });
         let (tr, change) = match planned {
             Some(Ok(p)) => p,
@@ -1255,43 +1260,7 @@ impl Shard {
             }
             None => return, // no roster: a user the store does not know
         };
-        let bare = bare.to_owned();
-        let user = bare.clone();
-        let act = move |shard: &Shard, ver: Option<u64>, row: Option<StoredItem>| {
-            for a in tr.actions.iter() {
-                match a {
-                    Action::RouteToContact => {
-                        let mut out = Vec::with_capacity(el.bytes().len() + 16);
-                        write_readdressed(&el, Some(&contact), Some(&bare), &mut out);
-                        shard.route_generated(&out);
-                    }
-                    Action::RosterPush => {
-                        if let (Some(ver), Some(row)) = (ver, row.as_ref()) {
-                            let item = row.in_roster.then(|| roster_item(row));
-                            shard.push_roster(&bare, ver, item.as_ref(), &contact);
-                        }
-                    }
-                    Action::SendCurrentPresence => {
-                        shard.send_current_presence(&bare, &contact);
-                    }
-                    Action::SendUnavailable => shard.send_unavailable(&bare, &contact),
-                    Action::AutoReply(t) => {
-                        shard.route_generated(&presence(&bare, &contact, Some(t.as_str())))
-                    }
-                    Action::DeliverToUser | Action::Ignore => {}
-                }
-            }
-        };
-        match change {
-            None => act(self, None, None),
-            Some((change, row)) => {
-                self.store_change(&user, change, move |shard, ver| {
-                    if let Some(ver) = ver {
-                        act(shard, Some(ver), Some(row));
-                    }
-                });
-            }
-        }
+        self.perform(bare, contact, t, tr, change, el);
     }
 
     /// A subscription stanza from a contact to local user `bare` (roster loaded).
@@ -1332,20 +1301,7 @@ impl Shard {
                     tr.state,
                     Some(el.as_str().to_owned()),
                 );
-                let change = if !row.in_roster && tr.state.is_none() {
-                    r.items.remove(&contact);
-                    Change::RemoveItem {
-                        user: bare.to_owned(),
-                        contact: contact.clone(),
-                    }
-                } else {
-                    r.items.insert(contact.clone(), row.clone());
-                    Change::UpsertItem {
-                        user: bare.to_owned(),
-                        item: row.clone(),
-                    }
-                };
-                Ok((tr, Some((change, row))))
+                Ok((tr, Some((r.put(bare, row.clone()), row))))
             })
             .expect("checked above");
         let (tr, change) = match planned {
@@ -1361,16 +1317,35 @@ impl Shard {
         if tr.ignored() {
             return;
         }
-        let bare = bare.to_owned();
-        let user = bare.clone();
+        self.perform(bare, contact, t, tr, change, el);
+    }
+
+    /// Carries out a subscription transition for local user `bare` and `contact`: at once
+    /// when nothing is stored, else once `change` is durable. `el` is the subscription
+    /// stanza (`t`), from the user (routed on to the contact) or to the user (delivered).
+    fn perform(
+        &self,
+        bare: &str,
+        contact: String,
+        t: SubType,
+        tr: Transition,
+        change: Option<(Change, StoredItem)>,
+        el: Element,
+    ) {
+        let user = bare.to_owned();
         let act = move |shard: &Shard, ver: Option<u64>, row: Option<StoredItem>| {
             for a in tr.actions.iter() {
                 match a {
+                    Action::RouteToContact => {
+                        let mut out = Vec::with_capacity(el.bytes().len() + 16);
+                        write_readdressed(&el, Some(&contact), Some(&user), &mut out);
+                        shard.route_generated(&out);
+                    }
                     Action::DeliverToUser => {
                         // A request goes to available resources (§3.1.3), the rest to
                         // interested ones (§3.1.6, §3.2.3, §3.3.3).
                         let to_available = t == SubType::Subscribe;
-                        shard.deliver_to_sessions(&bare, el.bytes(), |s| {
+                        shard.deliver_to_sessions(&user, el.bytes(), |s| {
                             if to_available {
                                 s.available
                             } else {
@@ -1379,28 +1354,27 @@ impl Shard {
                         });
                     }
                     Action::RosterPush => {
-                        if let (Some(ver), Some(row)) = (ver, row.as_ref()) {
-                            let item = row.in_roster.then(|| roster_item(row));
-                            if row.in_roster {
-                                shard.push_roster(&bare, ver, item.as_ref(), &contact);
-                            }
+                        // Rows kept only for a pending request are not roster items.
+                        if let (Some(ver), Some(row)) = (ver, row.as_ref().filter(|r| r.in_roster))
+                        {
+                            shard.push_roster(&user, ver, Some(&roster_item(row)), &contact);
                         }
                     }
                     Action::AutoReply(t) => {
-                        shard.route_generated(&presence(&bare, &contact, Some(t.as_str())))
+                        shard.route_generated(&presence(&user, &contact, Some(t.as_str())))
                     }
                     Action::SendCurrentPresence => {
-                        shard.send_current_presence(&bare, &contact);
+                        shard.send_current_presence(&user, &contact);
                     }
-                    Action::SendUnavailable => shard.send_unavailable(&bare, &contact),
-                    Action::RouteToContact | Action::Ignore => {}
+                    Action::SendUnavailable => shard.send_unavailable(&user, &contact),
+                    Action::Ignore => {}
                 }
             }
         };
         match change {
             None => act(self, None, None),
             Some((change, row)) => {
-                self.store_change(&user, change, move |shard, ver| {
+                self.store_change(bare, change, move |shard, ver| {
                     if let Some(ver) = ver {
                         act(shard, Some(ver), Some(row));
                     }
