@@ -187,24 +187,30 @@ fn reload(server: &mut Server, path: Option<&Path>) {
     }
 }
 
+/// The running server's admin endpoint: `--admin`, else the configuration's
+/// `listen.admin`; exit code 78 when the configuration does not load or disables it.
+fn admin_endpoint(
+    config: Option<&Path>,
+    admin: Option<SocketAddr>,
+) -> Result<SocketAddr, ExitCode> {
+    if let Some(a) = admin {
+        return Ok(a);
+    }
+    load_config(config)?.listen.admin.ok_or_else(|| {
+        eprintln!("fedrouter: the configuration disables listen.admin; pass --admin");
+        ExitCode::from(78)
+    })
+}
+
 fn ping(
     domain: &str,
     from: Option<&str>,
     config: Option<&Path>,
     admin: Option<SocketAddr>,
 ) -> ExitCode {
-    let admin = match admin {
-        Some(a) => a,
-        None => match load_config(config) {
-            Ok(c) => match c.listen.admin {
-                Some(a) => a,
-                None => {
-                    eprintln!("fedrouter: the configuration disables listen.admin; pass --admin");
-                    return ExitCode::from(78);
-                }
-            },
-            Err(code) => return code,
-        },
+    let admin = match admin_endpoint(config, admin) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     match ping_via_admin(admin, domain, from) {
         Ok(text) => {
@@ -420,18 +426,9 @@ fn main() -> ExitCode {
 
 /// `fedrouter status`: one line per stream (or per remote domain without one).
 fn status(config: Option<&Path>, admin: Option<SocketAddr>, json: bool) -> ExitCode {
-    let admin = match admin {
-        Some(a) => a,
-        None => match load_config(config) {
-            Ok(c) => match c.listen.admin {
-                Some(a) => a,
-                None => {
-                    eprintln!("fedrouter: the configuration disables listen.admin; pass --admin");
-                    return ExitCode::from(78);
-                }
-            },
-            Err(code) => return code,
-        },
+    let admin = match admin_endpoint(config, admin) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     let text = match fedrouter::runtime::status_via_admin(admin) {
         Ok(t) => t,
