@@ -140,14 +140,19 @@ impl Queued {
                 el.name(),
             ),
             Queued::Shared(s, to, _) => {
-                let mut attr = Vec::with_capacity(8 + to.len());
-                write_to_attr(to, &mut attr);
-                (
+                thread_local! {
+                    // The recipient's ` to='…'`, rewritten per recipient (no allocation).
+                    static ATTR: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+                }
+                let ok = ATTR.with(|attr| {
+                    let mut attr = attr.borrow_mut();
+                    attr.clear();
+                    write_to_attr(to, &mut attr);
                     proto
                         .send_stanza_parts(local, d, &s.parts(&attr), now)
-                        .is_ok(),
-                    s.element().name(),
-                )
+                        .is_ok()
+                });
+                (ok, s.element().name())
             }
         };
         if ok {
