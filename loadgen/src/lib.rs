@@ -1,1 +1,26 @@
+//! loadgen: simulated Gmail-style remote XMPP servers and local clients against a system
+//! under test (SUT), with HDR latency histograms.
+//!
+//! ```text
+//!  topology ─► dns (SRV/A zone on loopback) ◄── SUT resolves peers
+//!  peers (S2S, dialback / SASL EXTERNAL) ◄══ S2S ══► SUT ◄══ C2S ══► clients (SCRAM)
+//!        └──────────── world: tracker (ids, accounting) + recorders ────────────┘
+//!                                   │
+//!                       run: scenarios, warm-up, progress ─► report
+//! ```
+//!
+//! loadgen is a black box speaking plain XMPP (RFC 6120/6121, XEP-0220, XEP-0178): it works
+//! against fedrouter, Prosody or ejabberd.
+
+pub mod c2s;
+pub mod clients;
+pub mod dns;
+pub mod peers;
 pub mod report;
+pub mod run;
+pub mod s2s;
+pub mod stanzas;
+pub mod sut;
+pub mod topology;
+pub mod track;
+pub mod world;

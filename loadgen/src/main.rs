@@ -1,31 +1,360 @@
-//! `loadgen`: simulated Gmail-style remote servers and local clients against an XMPP server.
+//! `loadgen`: simulated Gmail-style remote servers and local clients against an XMPP server,
+//! with HDR latency histograms. See the crate docs and `loadgen --help`.
 //!
-//! Not built yet: it prints its usage and exits non-zero.
+//! Exit status: 0 when every stanza was accounted for, 1 on any loss, 2 when the run could
+//! not be set up (or bad arguments).
 
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
+use fedrouter::stream::TlsPolicy;
+use loadgen::peers::PeerAuth;
+use loadgen::run::{self, Load, Mix, RunOptions, Scenario, Target};
+use loadgen::topology::Topology;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::CertificateDer;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Load generator for XMPP servers (S2S peers and C2S clients, HDR latency histograms).
+/// Load generator for XMPP servers: thousands of simulated Gmail-style remote servers
+/// (S2S with dialback or SASL EXTERNAL) and local C2S clients, with HDR latency histograms.
+///
+/// Without --sut-s2s it starts fedrouter in this process (embedded defaults) and runs
+/// against it. Everything binds and connects on loopback only.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Scenario: subscribe, presence, message, churn or mixed.
     #[arg(long, default_value = "mixed")]
     scenario: String,
+    /// Weights of the mixed scenario.
+    #[arg(long, default_value = "presence=60,message=30,subscribe=8,churn=2")]
+    mix: String,
     /// Number of simulated remote domains.
     #[arg(long, default_value_t = 1000)]
     peers: u32,
+    /// Users per remote domain.
+    #[arg(long, default_value_t = 10)]
+    users_per_peer: u32,
+    /// Local users (user0 … on the SUT, logged in as C2S clients).
+    #[arg(long, default_value_t = 100)]
+    local_users: u32,
+    /// Remote domains per simulated server: 1 is one domain per server; more is
+    /// Google-Apps-style (one SRV target, one listener, one dialback-multiplexed stream).
+    #[arg(long, default_value_t = 1)]
+    domains_per_server: u32,
+    /// Operations started per second (open loop); 0 runs closed loop.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Operations in flight in closed loop (--rate 0).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Measured duration.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Warm-up before measuring.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Time allowed for stanzas in flight after the measured duration.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    /// Bound of each set-up phase (streams, logins, subscriptions).
+    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+    setup_timeout: Duration,
+    /// The SUT's domain.
+    #[arg(long, default_value = "cupdomain.test")]
+    sut_domain: String,
+    /// External SUT: its S2S address (without it, fedrouter runs embedded).
+    #[arg(long)]
+    sut_s2s: Option<SocketAddr>,
+    /// External SUT: its C2S address.
+    #[arg(long)]
+    sut_c2s: Option<SocketAddr>,
+    /// External SUT: PEM file of the CA (or self-signed certificate) its certificate
+    /// chains to; without it C2S TLS is not verified.
+    #[arg(long)]
+    sut_ca: Option<PathBuf>,
+    /// Embedded fedrouter: its loopback address.
+    #[arg(long, default_value = "127.0.100.1")]
+    sut_ip: IpAddr,
+    /// Embedded fedrouter: shard threads.
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    /// Peers' STARTTLS use.
+    #[arg(long, value_enum, default_value_t = TlsArg::Disabled)]
+    peer_tls: TlsArg,
+    /// Peers' authentication.
+    #[arg(long, value_enum, default_value_t = AuthArg::Dialback)]
+    peer_auth: AuthArg,
+    /// First two octets of the peer servers' loopback addresses.
+    #[arg(long, default_value = "127.78")]
+    peer_net: String,
+    /// Port every peer server listens on.
+    #[arg(long, default_value_t = 5269)]
+    peer_port: u16,
+    /// Where loadgen's DNS server answers (port 0 picks one; Prosody needs 53).
+    #[arg(long, default_value = "127.0.100.53:0")]
+    dns: SocketAddr,
+    /// Also write the DNS zone as a file.
+    #[arg(long)]
+    zone_file: Option<PathBuf>,
+    /// Output directory: summary.json, .hgrm files, intervals.hlog, latency.svg.
+    #[arg(long, default_value = "loadgen-out")]
+    out: PathBuf,
+    /// Local users' password.
+    #[arg(long, default_value = "loadgen")]
+    password: String,
+    /// Concurrent logins.
+    #[arg(long, default_value_t = 32)]
+    login_parallel: usize,
+    /// Seed of the operation choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Most deliveries in flight before the open loop skips operations.
+    #[arg(long, default_value_t = 200_000)]
+    max_in_flight: u64,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// No live progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prints the commands that create the local users on a server.
+    Accounts {
+        /// fedrouter, prosody or ejabberd.
+        #[arg(long, default_value = "fedrouter")]
+        server: String,
+    },
+    /// Writes the peers' DNS zone file and exits.
+    Zone {
+        /// The SUT's S2S address, to include its SRV record.
+        #[arg(long)]
+        sut_s2s: Option<SocketAddr>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TlsArg {
+    Disabled,
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AuthArg {
+    Dialback,
+    External,
+}
+
+fn usage(msg: String) -> ExitCode {
+    eprintln!("loadgen: {msg}");
+    ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    eprintln!(
-        "loadgen: scenario `{}` with {} peers is not implemented yet",
-        cli.scenario, cli.peers
+    // The embedded fedrouter's log (and ours) on stderr; RUST_LOG overrides.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let peer_net: Vec<u8> = cli
+        .peer_net
+        .split('.')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    if peer_net.len() != 2 || peer_net[0] != 127 {
+        return usage(format!(
+            "--peer-net {}: expected two octets in 127.0.0.0/8, like 127.78",
+            cli.peer_net
+        ));
+    }
+    let topo = Topology {
+        peers: cli.peers,
+        users_per_peer: cli.users_per_peer,
+        local_users: cli.local_users,
+        domains_per_server: cli.domains_per_server.max(1),
+        suffix: "test".into(),
+        sut_domain: cli.sut_domain.clone(),
+        peer_net: [peer_net[0], peer_net[1]],
+        peer_port: cli.peer_port,
+    };
+    match &cli.command {
+        Some(Command::Accounts { server }) => {
+            return match loadgen::sut::account_commands(
+                server,
+                &topo.sut_domain,
+                topo.local_users,
+                &cli.password,
+            ) {
+                Some(s) => {
+                    print!("{s}");
+                    ExitCode::SUCCESS
+                }
+                None => usage(format!("{server}: expected fedrouter, prosody or ejabberd")),
+            };
+        }
+        Some(Command::Zone { sut_s2s }) => {
+            print!(
+                "{}",
+                loadgen::dns::to_zone_file(&loadgen::dns::records(&topo, *sut_s2s))
+            );
+            return ExitCode::SUCCESS;
+        }
+        None => {}
+    }
+    if cli.peers == 0 || cli.users_per_peer == 0 || cli.local_users == 0 {
+        return usage("--peers, --users-per-peer and --local-users must be at least 1".into());
+    }
+    let Some(scenario) = Scenario::parse(&cli.scenario) else {
+        return usage(format!(
+            "--scenario {}: expected subscribe, presence, message, churn or mixed",
+            cli.scenario
+        ));
+    };
+    let mix = match Mix::parse(&cli.mix) {
+        Ok(m) => m,
+        Err(e) => return usage(format!("--mix: {e}")),
+    };
+    for (what, addr) in [("--sut-s2s", cli.sut_s2s), ("--sut-c2s", cli.sut_c2s)] {
+        if addr.is_some_and(|a| !a.ip().is_loopback()) {
+            return usage(format!(
+                "{what}: loadgen only connects to loopback addresses"
+            ));
+        }
+    }
+    if !cli.sut_ip.is_loopback() || !cli.dns.ip().is_loopback() {
+        return usage("--sut-ip and --dns must be loopback addresses".into());
+    }
+    let target = match (cli.sut_s2s, cli.sut_c2s) {
+        (None, None) => Target::Embedded {
+            ip: cli.sut_ip,
+            shards: cli.shards.max(1),
+        },
+        (Some(s2s), Some(c2s)) => {
+            let roots = match &cli.sut_ca {
+                None => None,
+                Some(path) => {
+                    let mut store = rustls::RootCertStore::empty();
+                    let certs = match CertificateDer::pem_file_iter(path) {
+                        Ok(it) => it.collect::<Result<Vec<_>, _>>(),
+                        Err(e) => return usage(format!("--sut-ca {}: {e}", path.display())),
+                    };
+                    match certs {
+                        Ok(certs) if !certs.is_empty() => {
+                            for c in certs {
+                                let _ = store.add(c);
+                            }
+                        }
+                        Ok(_) => {
+                            return usage(format!("--sut-ca {}: no certificate", path.display()))
+                        }
+                        Err(e) => return usage(format!("--sut-ca {}: {e}", path.display())),
+                    }
+                    Some(Arc::new(store))
+                }
+            };
+            Target::External { s2s, c2s, roots }
+        }
+        _ => return usage("an external SUT needs both --sut-s2s and --sut-c2s".into()),
+    };
+    let limit = run::raise_fd_limit();
+    let needed =
+        u64::from(topo.servers()) * 2 + u64::from(topo.peers) + u64::from(topo.local_users) + 64;
+    if needed > limit {
+        eprintln!(
+            "loadgen: warning: this run may need about {needed} file descriptors; the limit is \
+             {limit} (use --domains-per-server to multiplex domains over fewer streams)"
+        );
+    }
+    let opts = RunOptions {
+        topo,
+        scenario,
+        mix,
+        load: if cli.rate > 0.0 {
+            Load::Open { rate: cli.rate }
+        } else {
+            Load::Closed {
+                concurrency: cli.concurrency,
+            }
+        },
+        warmup: cli.warmup,
+        duration: cli.duration,
+        drain: cli.drain,
+        setup_timeout: cli.setup_timeout,
+        target,
+        peer_tls: match cli.peer_tls {
+            TlsArg::Disabled => TlsPolicy::Disabled,
+            TlsArg::Optional => TlsPolicy::Optional,
+            TlsArg::Required => TlsPolicy::Required,
+        },
+        peer_auth: match cli.peer_auth {
+            AuthArg::Dialback => PeerAuth::Dialback,
+            AuthArg::External => PeerAuth::External,
+        },
+        dns_bind: cli.dns,
+        zone_file: cli.zone_file.clone(),
+        out_dir: cli.out.clone(),
+        password: cli.password.clone(),
+        login_parallel: cli.login_parallel,
+        seed: cli.seed,
+        progress: !cli.no_progress,
+        max_in_flight: cli.max_in_flight,
+    };
+    fedrouter::tls::install_default_provider();
+    let workers = cli
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return usage(format!("runtime: {e}")),
+    };
+    let outcome = match rt.block_on(run::run(opts)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.shutdown_timeout(Duration::from_secs(2));
+    print!("{}", outcome.summary.table());
+    println!(
+        "operations: {} measured ({:.1}/s), {} skipped by the open loop; unexpected stream \
+         closes: {}; S2S authentication failures: {}; peak RSS: {} KiB",
+        outcome.ops,
+        outcome.ops as f64 / outcome.summary.measured.as_secs_f64().max(1e-9),
+        outcome.skipped,
+        outcome.unexpected_closes,
+        outcome.auth_failures,
+        outcome
+            .peak_rss_kib
+            .map_or_else(|| "?".to_owned(), |k| k.to_string()),
     );
-    ExitCode::from(2)
+    for f in &outcome.files {
+        println!("wrote {}", f.display());
+    }
+    if outcome.summary.accounting.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("loadgen: {}", outcome.summary.accounting.summary_line());
+        ExitCode::from(1)
+    }
 }

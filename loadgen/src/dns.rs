@@ -1,0 +1,108 @@
+//! The peers' DNS zone: for every remote domain an `_xmpp-server._tcp` SRV record (RFC 6120
+//! §3.2.1, RFC 2782) pointing at its server's host name, and an A record per server, served
+//! by fedrouter's embedded authoritative server ([`ZoneServer`], hickory-server) on a
+//! loopback address so the SUT resolves the peers for real. The same records can be written
+//! as a zone file (RFC 1035 master format) for another DNS server (dnsmasq, unbound).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use fedrouter::dns::zone::{zone_file, ZoneRecord, ZoneServer};
+
+use crate::topology::Topology;
+
+/// TTL of every record, seconds.
+pub const TTL: u32 = 300;
+
+/// The zone of `topo`'s peers; with `sut`, also the SUT's SRV record (`_xmpp-server._tcp`
+/// of its domain to `sut.<suffix>`) and A record.
+pub fn records(topo: &Topology, sut: Option<SocketAddr>) -> Vec<ZoneRecord> {
+    let mut out = Vec::with_capacity(topo.peers as usize + topo.servers() as usize + 2);
+    for s in 0..topo.servers() {
+        let host = topo.server_host(s);
+        let addr = topo.server_addr(s);
+        if let IpAddr::V4(ip) = addr.ip() {
+            out.push(ZoneRecord::A {
+                name: host.clone(),
+                ttl: TTL,
+                addr: ip,
+            });
+        }
+        for d in topo.server_domains(s) {
+            out.push(ZoneRecord::Srv {
+                name: format!("_xmpp-server._tcp.{}", topo.domain(d)),
+                ttl: TTL,
+                priority: 0,
+                weight: 5,
+                port: addr.port(),
+                target: host.clone(),
+            });
+        }
+    }
+    if let Some(SocketAddr::V4(a)) = sut {
+        let host = format!("sut.{}", topo.suffix);
+        out.push(ZoneRecord::A {
+            name: host.clone(),
+            ttl: TTL,
+            addr: *a.ip(),
+        });
+        out.push(ZoneRecord::Srv {
+            name: format!("_xmpp-server._tcp.{}", topo.sut_domain),
+            ttl: TTL,
+            priority: 0,
+            weight: 5,
+            port: a.port(),
+            target: host,
+        });
+    }
+    out
+}
+
+/// Starts the zone's server on `bind` (UDP and TCP; port 0 picks one).
+///
+/// Errors: the address cannot be bound.
+pub fn serve(bind: SocketAddr, records: Vec<ZoneRecord>) -> io::Result<ZoneServer> {
+    ZoneServer::start(bind, records)
+}
+
+/// The records as a zone file.
+pub fn to_zone_file(records: &[ZoneRecord]) -> String {
+    zone_file(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_domain_has_srv_to_its_server() {
+        let topo = Topology {
+            peers: 5,
+            users_per_peer: 1,
+            local_users: 1,
+            domains_per_server: 2,
+            suffix: "test".into(),
+            sut_domain: "cup.test".into(),
+            peer_net: [127, 78],
+            peer_port: 5269,
+        };
+        let recs = records(&topo, Some("127.0.0.9:5269".parse().expect("addr")));
+        let srv: Vec<_> = recs
+            .iter()
+            .filter_map(|r| match r {
+                ZoneRecord::Srv { name, target, .. } => Some((name.as_str(), target.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(srv.len(), 6);
+        assert!(srv.contains(&("_xmpp-server._tcp.peer3.test", "xmpp1.test")));
+        assert!(srv.contains(&("_xmpp-server._tcp.peer4.test", "xmpp2.test")));
+        assert!(srv.contains(&("_xmpp-server._tcp.cup.test", "sut.test")));
+        let a = recs
+            .iter()
+            .filter(|r| matches!(r, ZoneRecord::A { .. }))
+            .count();
+        assert_eq!(a, 4);
+        assert!(to_zone_file(&recs).contains("xmpp2.test"));
+    }
+}

@@ -1,0 +1,746 @@
+//! The simulated remote servers ("peers"): Gmail-style XMPP servers for the domains of the
+//! [`Topology`], each accepting the SUT's S2S streams on its own loopback address and
+//! opening its own S2S streams to the SUT (RFC 6120 §4), authenticated with Server Dialback
+//! (XEP-0220) or TLS + SASL EXTERNAL (XEP-0178).
+//!
+//! ```text
+//!             ┌──────── peer server s (domains s·G .. s·G+G−1) ────────┐
+//!  SUT ──S2S──► listener 127.78.x.y:5269 ─► inbound task per stream     │
+//!             │      db:result ─► db:verify via our outbound stream ──┐ │
+//!             │      stanzas ─► World::deliver ─► reaction ─┐         │ │
+//!  SUT ◄─S2S──┤ outbound task: one stream, G domains (dialback      ◄─┘ │
+//!             │   piggybacking, XEP-0220 §2.4), or one per domain    ◄──┘
+//!             └──────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! With dialback, one outbound stream carries every domain of its server (Google-Apps-style
+//! multiplexing): the first domain in the stream header, the others by further
+//! `db:result`s. SASL EXTERNAL authenticates only the header's domain (XEP-0178 §3), so with
+//! it each domain gets its own stream.
+//!
+//! Every peer answers the SUT's `db:verify` for its own keys (the connection does that with
+//! the peers' secret), and checks the SUT's own dialback keys for real: a `db:result` on an
+//! inbound stream is verified by a `db:verify` to the SUT over the server's outbound stream.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fedrouter::dialback::{DialbackErrorCondition, DialbackResult, DialbackSecret};
+use fedrouter::stanza::StanzaKind;
+use fedrouter::stream::{
+    AuthPolicy, CloseReason, Event, FederationPolicy, PeerCertVerifier, PeerPolicy, S2sConfig,
+    S2sConnection, Timeouts, TlsPolicy,
+};
+use fedrouter::tls::{self, CertError, ClientAuth, DomainCertResolver, TestCa};
+use fedrouter::xml::{Element, Limits};
+use rand::Rng as _;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::RootCertStore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::report::steps;
+use crate::s2s::{Input, Stream, TlsSetup};
+use crate::stanzas;
+use crate::world::World;
+
+/// Commands queued per outbound stream.
+const OUT_QUEUE: usize = 4096;
+/// Longest wait between reconnection attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How the peers authenticate their streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerAuth {
+    /// Server Dialback (XEP-0220), Google-style.
+    Dialback,
+    /// TLS + SASL EXTERNAL with certificates from loadgen's CA (XEP-0178).
+    External,
+}
+
+/// How the peers behave.
+#[derive(Debug, Clone)]
+pub struct PeerOptions {
+    /// The SUT's S2S address (where outbound streams connect).
+    pub sut_s2s: SocketAddr,
+    /// STARTTLS: `Disabled` (Google-style plain TCP), `Optional` (WebEx-style: offered,
+    /// no certificate check) or `Required`.
+    pub tls: TlsPolicy,
+    /// Authentication method.
+    pub auth: PeerAuth,
+    /// Issues every peer domain's certificate when TLS may be used.
+    pub ca: Option<Arc<TestCa>>,
+    /// Roots that verify the SUT's certificate (required with [`PeerAuth::External`]).
+    pub sut_roots: Option<Arc<RootCertStore>>,
+    /// Bound of one TCP connect.
+    pub connect_timeout: Duration,
+}
+
+/// Errors starting the peers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// A listener could not bind its loopback address.
+    #[error("peer server {server} cannot listen on {addr}: {source}")]
+    Bind {
+        /// Server index.
+        server: u32,
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// Certificates could not be made or TLS configured.
+    #[error("peer TLS: {0}")]
+    Tls(String),
+    /// SASL EXTERNAL needs the SUT's CA.
+    #[error("--peer-auth external needs the SUT's CA certificate (--sut-ca)")]
+    NoSutRoots,
+}
+
+enum OutCmd {
+    /// A stanza from a user of domain `domain` (index).
+    Send { domain: u32, bytes: Vec<u8> },
+    /// Ask the SUT (authoritative for its domain) about a key it sent on an inbound stream.
+    Verify {
+        local: String,
+        stream_id: String,
+        key: String,
+        reply: mpsc::Sender<InCmd>,
+    },
+    /// Close the stream and open a new one.
+    Churn,
+    /// Close the stream and end.
+    Stop,
+}
+
+enum InCmd {
+    Verdict {
+        local: String,
+        remote: String,
+        result: DialbackResult,
+    },
+    Stop,
+}
+
+#[derive(Debug)]
+struct RootsVerifier(Arc<RootCertStore>);
+
+impl PeerCertVerifier for RootsVerifier {
+    fn verify(&self, chain: &[CertificateDer<'static>], domain: &str) -> Result<(), CertError> {
+        tls::verify_peer_certificate(chain, domain, &self.0, UnixTime::now())
+    }
+}
+
+struct Shared {
+    world: Arc<World>,
+    opts: PeerOptions,
+    /// Per server, its outbound streams' command queues.
+    out: Vec<Vec<mpsc::Sender<OutCmd>>>,
+    /// Per server, its S2S configuration.
+    cfgs: Vec<Arc<S2sConfig>>,
+    tls: TlsSetup,
+    /// Per domain, the client TLS configuration presenting its certificate (External).
+    client_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
+    inbound: Mutex<Vec<mpsc::Sender<InCmd>>>,
+    ready_domains: AtomicU32,
+}
+
+impl Shared {
+    fn stream_of(&self, domain: u32) -> (usize, usize) {
+        let s = self.world.topo.server_of(domain);
+        let i = match self.opts.auth {
+            PeerAuth::Dialback => 0,
+            PeerAuth::External => (domain - self.world.topo.server_domains(s).start) as usize,
+        };
+        (s as usize, i)
+    }
+}
+
+/// The running peers.
+pub struct Peers {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    accept: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers")
+            .field("servers", &self.shared.out.len())
+            .finish()
+    }
+}
+
+fn peer_policy(opts: &PeerOptions) -> PeerPolicy {
+    match opts.auth {
+        PeerAuth::Dialback => PeerPolicy {
+            tls: opts.tls,
+            auth: AuthPolicy::Dialback,
+            verify_certificates: false,
+            allow: true,
+        },
+        PeerAuth::External => PeerPolicy {
+            tls: TlsPolicy::Required,
+            auth: AuthPolicy::SaslExternal,
+            verify_certificates: true,
+            allow: true,
+        },
+    }
+}
+
+impl Peers {
+    /// Binds every peer server's listener and starts its streams (must run inside a tokio
+    /// runtime). Returns once every listener is bound; streams authenticate in the
+    /// background ([`Peers::wait_ready`]).
+    ///
+    /// Errors: a listener that cannot bind, certificate or TLS set-up failures.
+    pub async fn start(world: Arc<World>, opts: PeerOptions) -> Result<Peers, PeerError> {
+        let topo = world.topo.clone();
+        let secret = DialbackSecret::generate();
+        let policy = peer_policy(&opts);
+        let uses_tls = opts.tls != TlsPolicy::Disabled || opts.auth == PeerAuth::External;
+        if opts.auth == PeerAuth::External && opts.sut_roots.is_none() {
+            return Err(PeerError::NoSutRoots);
+        }
+        // Certificates: one per domain, from loadgen's CA.
+        let mut certs = Vec::new();
+        if uses_tls {
+            let ca = match &opts.ca {
+                Some(ca) => ca.clone(),
+                None => {
+                    Arc::new(TestCa::new("loadgen CA").map_err(|e| PeerError::Tls(e.to_string()))?)
+                }
+            };
+            for d in 0..topo.peers {
+                certs.push(
+                    ca.issue(&topo.domain(d))
+                        .map_err(|e| PeerError::Tls(e.to_string()))?,
+                );
+            }
+        }
+        let tls_setup = if uses_tls {
+            let mut resolver = DomainCertResolver::new();
+            for c in &certs {
+                resolver.add(c).map_err(|e| PeerError::Tls(e.to_string()))?;
+            }
+            let server = tls::server_config(Arc::new(resolver), ClientAuth::Request, &[]);
+            let verify = opts.auth == PeerAuth::External;
+            let client = tls::client_config(opts.sut_roots.clone(), verify, None, &[])
+                .map_err(|e| PeerError::Tls(e.to_string()))?;
+            TlsSetup {
+                client: Some(client),
+                server: Some(server),
+            }
+        } else {
+            TlsSetup::default()
+        };
+        let mut client_tls = vec![None; topo.peers as usize];
+        if opts.auth == PeerAuth::External {
+            for (d, c) in certs.iter().enumerate() {
+                client_tls[d] = Some(
+                    tls::client_config(opts.sut_roots.clone(), true, Some(c), &[])
+                        .map_err(|e| PeerError::Tls(e.to_string()))?,
+                );
+            }
+        }
+        let verifier: Option<Arc<dyn PeerCertVerifier>> = opts
+            .sut_roots
+            .clone()
+            .map(|r| Arc::new(RootsVerifier(r)) as Arc<dyn PeerCertVerifier>);
+
+        let mut cfgs = Vec::new();
+        let mut out = Vec::new();
+        let mut receivers = Vec::new();
+        for s in 0..topo.servers() {
+            let domains: Vec<String> = topo.server_domains(s).map(|d| topo.domain(d)).collect();
+            let mut key = [0u8; 32];
+            rand::rng().fill(&mut key[..]);
+            cfgs.push(Arc::new(S2sConfig {
+                certificate_domains: if uses_tls {
+                    domains.clone()
+                } else {
+                    Vec::new()
+                },
+                local_domains: domains,
+                policy: FederationPolicy {
+                    default: policy,
+                    domains: Default::default(),
+                },
+                dialback_secret: secret.clone(),
+                stream_id_key: key,
+                cert_verifier: verifier.clone(),
+                limits: Limits::default(),
+                timeouts: Timeouts {
+                    idle: None,
+                    ..Timeouts::default()
+                },
+            }));
+            let n = match opts.auth {
+                PeerAuth::Dialback => 1,
+                PeerAuth::External => topo.server_domains(s).len(),
+            };
+            let mut txs = Vec::new();
+            let mut rxs = Vec::new();
+            for _ in 0..n {
+                let (tx, rx) = mpsc::channel(OUT_QUEUE);
+                txs.push(tx);
+                rxs.push(rx);
+            }
+            out.push(txs);
+            receivers.push(rxs);
+        }
+        let shared = Arc::new(Shared {
+            world,
+            opts,
+            out,
+            cfgs,
+            tls: tls_setup,
+            client_tls,
+            inbound: Mutex::new(Vec::new()),
+            ready_domains: AtomicU32::new(0),
+        });
+        // Listeners first, so the SUT can call back as soon as our streams open.
+        let mut accept = Vec::new();
+        for s in 0..topo.servers() {
+            let addr = topo.server_addr(s);
+            let listener = bind(addr).map_err(|source| PeerError::Bind {
+                server: s,
+                addr,
+                source,
+            })?;
+            accept.push(tokio::spawn(accept_loop(shared.clone(), s, listener)));
+        }
+        let mut tasks = Vec::new();
+        for (s, rxs) in receivers.into_iter().enumerate() {
+            let first = topo.server_domains(s as u32).start;
+            for (i, rx) in rxs.into_iter().enumerate() {
+                let domains: Vec<u32> = match shared.opts.auth {
+                    PeerAuth::Dialback => topo.server_domains(s as u32).collect(),
+                    PeerAuth::External => vec![first + i as u32],
+                };
+                tasks.push(tokio::spawn(outbound_task(shared.clone(), s, domains, rx)));
+            }
+        }
+        Ok(Peers {
+            shared,
+            tasks,
+            accept,
+        })
+    }
+
+    /// Remote domains whose outbound stream is authenticated now.
+    pub fn ready_domains(&self) -> u32 {
+        self.shared.ready_domains.load(Ordering::Acquire)
+    }
+
+    /// Waits until every domain's outbound stream is authenticated, at most `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        let all = self.shared.world.topo.peers;
+        while Instant::now() < until {
+            if self.ready_domains() >= all {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.ready_domains() >= all
+    }
+
+    /// Sends `bytes` (a stanza from a user of remote domain `domain`) to the SUT, queued
+    /// while the domain's stream is not authenticated. Waits when the queue is full.
+    pub async fn send(&self, domain: u32, bytes: Vec<u8>) {
+        let (s, i) = self.shared.stream_of(domain);
+        let _ = self.shared.out[s][i]
+            .send(OutCmd::Send { domain, bytes })
+            .await;
+    }
+
+    /// Closes server `s`'s outbound streams and opens new ones (churn); stanzas sent
+    /// meanwhile wait for the new streams.
+    pub async fn churn(&self, s: u32) {
+        for tx in &self.shared.out[s as usize] {
+            let _ = tx.send(OutCmd::Churn).await;
+        }
+    }
+
+    /// Number of simulated servers.
+    pub fn servers(&self) -> u32 {
+        self.shared.out.len() as u32
+    }
+
+    /// Closes every stream (`</stream:stream>`) and ends every task, waiting at most
+    /// `grace` for the closing handshakes.
+    pub async fn stop(self, grace: Duration) {
+        for a in &self.accept {
+            a.abort();
+        }
+        for txs in &self.shared.out {
+            for tx in txs {
+                let _ = tx.try_send(OutCmd::Stop);
+            }
+        }
+        let inbound = std::mem::take(&mut *self.shared.inbound.lock().expect("lock"));
+        for tx in inbound {
+            let _ = tx.try_send(InCmd::Stop);
+        }
+        let until = tokio::time::Instant::now() + grace;
+        for t in self.tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout_at(until, t).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(shared: Arc<Shared>, s: u32, listener: TcpListener) {
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let (tx, rx) = mpsc::channel(64);
+        shared.inbound.lock().expect("lock").push(tx.clone());
+        tokio::spawn(inbound_task(shared.clone(), s, sock, tx, rx));
+    }
+}
+
+async fn inbound_task(
+    shared: Arc<Shared>,
+    s: u32,
+    sock: TcpStream,
+    me: mpsc::Sender<InCmd>,
+    mut rx: mpsc::Receiver<InCmd>,
+) {
+    let slot = shared.world.slot();
+    let nonce = rand::rng().random::<u64>();
+    let conn = S2sConnection::inbound(shared.cfgs[s as usize].clone(), nonce, None, Instant::now());
+    let mut stream = Stream::new(sock, conn, shared.tls.clone());
+    let mut stopping = false;
+    loop {
+        let input = match stream.next(&mut rx).await {
+            Ok(i) => i,
+            Err(_) => break,
+        };
+        match input {
+            Input::Event(Event::VerifyNeeded {
+                local,
+                stream_id,
+                key,
+                ..
+            }) => {
+                let (si, _) = shared.stream_of(shared.world.topo.domain_index(&local).unwrap_or(0));
+                let _ = shared.out[si][0]
+                    .send(OutCmd::Verify {
+                        local,
+                        stream_id,
+                        key,
+                        reply: me.clone(),
+                    })
+                    .await;
+            }
+            Input::Event(Event::Stanza { kind, element }) => {
+                react(&shared, slot, kind, &element).await;
+            }
+            Input::Event(Event::Closed(reason)) => {
+                if !stopping && !matches!(reason, CloseReason::PeerClosed) {
+                    shared
+                        .world
+                        .unexpected_closes
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Input::Event(_) => {}
+            Input::Cmd(InCmd::Verdict {
+                local,
+                remote,
+                result,
+            }) => stream
+                .conn
+                .handle_dialback_verdict(&local, &remote, result, Instant::now()),
+            Input::Cmd(InCmd::Stop) => {
+                stopping = true;
+                stream.conn.close(None, Instant::now());
+            }
+            Input::End => break,
+        }
+    }
+}
+
+/// What a remote user's server does with a stanza from the SUT.
+async fn react(shared: &Shared, slot: usize, kind: StanzaKind, el: &Element) {
+    let world = &shared.world;
+    let delivery = world.deliver(slot, el);
+    if el.type_() == Some("error") {
+        return;
+    }
+    let (Some(to), Some(from)) = (el.to(), el.from()) else {
+        return;
+    };
+    let topo = &world.topo;
+    let Some(r) = topo.remote_index(to) else {
+        return;
+    };
+    let domain = topo.pair_domain(r);
+    let me = topo.remote_jid(r);
+    let from_bare = from.split('/').next().unwrap_or(from);
+    let reply = match kind {
+        StanzaKind::Presence => match el.type_() {
+            // The remote user approves at once (RFC 6121 §3.1.4).
+            Some("subscribe") if delivery.is_some() => {
+                let id = world.track(slot, steps::SUBSCRIBE, 1, false, None).render();
+                Some(stanzas::subscription(
+                    "subscribed",
+                    Some(&me),
+                    from_bare,
+                    &id,
+                ))
+            }
+            // Probes are answered for the contact (RFC 6121 §4.3.2), untracked.
+            Some("probe") => Some(stanzas::presence(
+                Some(&format!("{me}/lg")),
+                Some(from_bare),
+                "probe-answer",
+                "here",
+            )),
+            _ => None,
+        },
+        StanzaKind::Message => match delivery {
+            Some(d) if d.id.echo => {
+                let id = world.track(slot, steps::MESSAGE, 1, false, None).render();
+                Some(stanzas::message(
+                    Some(&format!("{me}/lg")),
+                    from,
+                    &id,
+                    "echo",
+                ))
+            }
+            _ => None,
+        },
+        StanzaKind::Iq => match el.type_() {
+            Some("get") | Some("set") => el
+                .id()
+                .map(|id| stanzas::iq_result(Some(&me), Some(from), id)),
+            _ => None,
+        },
+    };
+    if let Some(bytes) = reply {
+        world.stanzas_out.fetch_add(1, Ordering::Relaxed);
+        let (s, i) = shared.stream_of(domain);
+        let _ = shared.out[s][i].send(OutCmd::Send { domain, bytes }).await;
+    }
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+struct PendingVerify {
+    local: String,
+    stream_id: String,
+    key: String,
+    reply: mpsc::Sender<InCmd>,
+}
+
+async fn outbound_task(
+    shared: Arc<Shared>,
+    s: usize,
+    domains: Vec<u32>,
+    mut rx: mpsc::Receiver<OutCmd>,
+) {
+    let world = shared.world.clone();
+    let slot = world.slot();
+    let topo = &world.topo;
+    let names: Vec<String> = domains.iter().map(|&d| topo.domain(d)).collect();
+    let sut = topo.sut_domain.clone();
+    let first = domains[0];
+    let mut queue: VecDeque<(u32, Vec<u8>)> = VecDeque::new();
+    let mut verifies: Vec<PendingVerify> = Vec::new();
+    let mut backoff = Duration::from_millis(50);
+    let mut counted_ready = vec![false; domains.len()];
+    'reconnect: loop {
+        let t0 = Instant::now();
+        let sock = match connect(shared.opts.sut_s2s, shared.opts.connect_timeout).await {
+            Ok(s) => s,
+            Err(_) => {
+                // Keep draining commands so senders never block on a dead stream.
+                let until = tokio::time::Instant::now() + backoff;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                loop {
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Err(_) => continue 'reconnect,
+                        Ok(None) | Ok(Some(OutCmd::Stop)) => return,
+                        Ok(Some(OutCmd::Send { domain, bytes })) => {
+                            queue.push_back((domain, bytes))
+                        }
+                        Ok(Some(OutCmd::Verify {
+                            local,
+                            stream_id,
+                            key,
+                            reply,
+                        })) => verifies.push(PendingVerify {
+                            local,
+                            stream_id,
+                            key,
+                            reply,
+                        }),
+                        Ok(Some(OutCmd::Churn)) => {}
+                    }
+                }
+            }
+        };
+        let now = Instant::now();
+        let mut conn = S2sConnection::outbound(shared.cfgs[s].clone(), &names[0], &sut, false, now);
+        for n in &names[1..] {
+            let _ = conn.request_dialback(n, now);
+        }
+        for v in &verifies {
+            let _ = conn.send_db_verify(&v.local, &v.stream_id, &v.key, now);
+        }
+        let mut tls = shared.tls.clone();
+        if let Some(c) = &shared.client_tls[first as usize] {
+            tls.client = Some(c.clone());
+        }
+        let mut stream = Stream::new(sock, conn, tls);
+        let mut authed = vec![false; domains.len()];
+        let mut all_authed = false;
+        let mut leaving = false; // churn or stop asked
+        let mut stop = false;
+        loop {
+            let input = match stream.next(&mut rx).await {
+                Ok(i) => i,
+                Err(_) => Input::End,
+            };
+            match input {
+                Input::Event(Event::Authenticated { local, .. }) => {
+                    if let Some(i) = names.iter().position(|n| *n == local) {
+                        authed[i] = true;
+                        if !counted_ready[i] {
+                            counted_ready[i] = true;
+                            shared.ready_domains.fetch_add(1, Ordering::AcqRel);
+                        }
+                    }
+                    if !all_authed && authed.iter().all(|a| *a) {
+                        all_authed = true;
+                        backoff = Duration::from_millis(50);
+                        world.latency(slot, steps::STREAM_SETUP, t0.elapsed());
+                        let now = Instant::now();
+                        while let Some((d, bytes)) = queue.pop_front() {
+                            let i = domains.iter().position(|x| *x == d).unwrap_or(0);
+                            let _ = stream.conn.send_stanza(&names[i], &sut, &bytes, now);
+                        }
+                    }
+                }
+                Input::Event(Event::AuthFailed { .. }) => {
+                    world.auth_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                Input::Event(Event::VerifyAnswered {
+                    local,
+                    stream_id,
+                    result,
+                    ..
+                }) => {
+                    if let Some(i) = verifies
+                        .iter()
+                        .position(|v| v.local == local && v.stream_id == stream_id)
+                    {
+                        let v = verifies.swap_remove(i);
+                        let _ = v
+                            .reply
+                            .send(InCmd::Verdict {
+                                local: v.local,
+                                remote: sut.clone(),
+                                result,
+                            })
+                            .await;
+                    }
+                }
+                Input::Event(Event::Closed(reason)) => {
+                    if !leaving {
+                        world.unexpected_closes.fetch_add(1, Ordering::Relaxed);
+                        tracing_close(&names[0], &reason);
+                    }
+                }
+                Input::Event(_) => {}
+                Input::Cmd(OutCmd::Send { domain, bytes }) => {
+                    let i = domains.iter().position(|x| *x == domain).unwrap_or(0);
+                    if authed[i] && !leaving && queue.is_empty() {
+                        let _ = stream
+                            .conn
+                            .send_stanza(&names[i], &sut, &bytes, Instant::now());
+                    } else {
+                        queue.push_back((domain, bytes));
+                    }
+                }
+                Input::Cmd(OutCmd::Verify {
+                    local,
+                    stream_id,
+                    key,
+                    reply,
+                }) => {
+                    if !leaving {
+                        let _ =
+                            stream
+                                .conn
+                                .send_db_verify(&local, &stream_id, &key, Instant::now());
+                    }
+                    verifies.push(PendingVerify {
+                        local,
+                        stream_id,
+                        key,
+                        reply,
+                    });
+                }
+                Input::Cmd(OutCmd::Churn) => {
+                    leaving = true;
+                    stream.conn.close(None, Instant::now());
+                }
+                Input::Cmd(OutCmd::Stop) => {
+                    leaving = true;
+                    stop = true;
+                    stream.conn.close(None, Instant::now());
+                }
+                Input::End => {
+                    if stop {
+                        // Verifications that can no longer be asked end as errors.
+                        for v in verifies.drain(..) {
+                            let _ = v.reply.try_send(InCmd::Verdict {
+                                local: v.local,
+                                remote: sut.clone(),
+                                result: DialbackResult::Error(
+                                    DialbackErrorCondition::RemoteServerTimeout,
+                                ),
+                            });
+                        }
+                        return;
+                    }
+                    if !leaving {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                    continue 'reconnect;
+                }
+            }
+        }
+    }
+}
+
+fn tracing_close(domain: &str, reason: &CloseReason) {
+    eprintln!("loadgen: stream from {domain} to the SUT closed: {reason:?}");
+}

@@ -1,0 +1,807 @@
+//! A run: set-up (DNS zone, SUT, peers, clients, subscriptions), warm-up, the measured
+//! scenario at a target rate (open loop) or as fast as it goes (closed loop), the drain,
+//! and the report.
+//!
+//! ```text
+//!  zone ─► SUT ─► peers (streams authenticated: stream_setup) ─► clients logged in
+//!    ─► set-up subscriptions (pairs to `both`) ─► warm-up ─► measured ─► drain ─► report
+//! ```
+//!
+//! Operations (one scenario step each, every stanza tracked):
+//!
+//! | op | what | deliveries |
+//! |---|---|---|
+//! | subscribe | remote user subscribes to its local user; the client approves and subscribes back; the peer approves | 4 (`subscribe`) + completion time |
+//! | presence (local) | a local user changes presence; the SUT fans it out to every remote contact in `both` | one per contact (`presence`) |
+//! | presence (remote) | a remote contact sends presence to its local user | 1 |
+//! | message | a message either way, answered by the other side (round trip) | 2 (`message`) |
+//! | churn | a peer server closes its stream to the SUT and opens a new one; one of its users sends a message meanwhile | `stream_setup` + 2 |
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write as _};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use rustls::RootCertStore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::c2s::{ClientOptions, TlsMode};
+use crate::clients::Clients;
+use crate::dns;
+use crate::peers::{PeerAuth, PeerOptions, Peers};
+use crate::report::{steps, IntervalLog, Recorder, Summary};
+use crate::stanzas;
+use crate::sut::{Embedded, EmbeddedOptions, Profile};
+use crate::topology::Topology;
+use crate::world::{PairState, World, ALL_STEPS};
+
+use fedrouter::stream::TlsPolicy;
+use fedrouter::tls::TestCa;
+
+/// The scenario of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Remote users subscribe to local users (fresh pairs only).
+    Subscribe,
+    /// Presence both ways over established subscriptions.
+    Presence,
+    /// Message round trips both ways.
+    Message,
+    /// Peers drop and reopen their streams while their users send messages.
+    Churn,
+    /// A Gmail-like blend of all of them ([`Mix`]).
+    Mixed,
+}
+
+impl Scenario {
+    /// Parses a scenario name.
+    pub fn parse(s: &str) -> Option<Scenario> {
+        Some(match s {
+            "subscribe" => Scenario::Subscribe,
+            "presence" => Scenario::Presence,
+            "message" => Scenario::Message,
+            "churn" => Scenario::Churn,
+            "mixed" => Scenario::Mixed,
+            _ => return None,
+        })
+    }
+
+    /// The scenario's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Subscribe => "subscribe",
+            Scenario::Presence => "presence",
+            Scenario::Message => "message",
+            Scenario::Churn => "churn",
+            Scenario::Mixed => "mixed",
+        }
+    }
+}
+
+/// Weights of the operations in the `mixed` scenario (relative, any scale).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Mix {
+    /// Presence changes (half local, half remote).
+    pub presence: u32,
+    /// Message round trips.
+    pub message: u32,
+    /// New subscriptions.
+    pub subscribe: u32,
+    /// Stream churn.
+    pub churn: u32,
+}
+
+impl Default for Mix {
+    /// Presence-heavy, as a presence deployment's federation traffic is: 60 % presence,
+    /// 30 % messages, 8 % subscriptions, 2 % churn.
+    fn default() -> Self {
+        Mix {
+            presence: 60,
+            message: 30,
+            subscribe: 8,
+            churn: 2,
+        }
+    }
+}
+
+impl Mix {
+    /// Parses `presence=60,message=30,subscribe=8,churn=2` (missing keys are 0).
+    ///
+    /// Errors: a message naming the bad part.
+    pub fn parse(s: &str) -> Result<Mix, String> {
+        let mut m = Mix {
+            presence: 0,
+            message: 0,
+            subscribe: 0,
+            churn: 0,
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}`: expected name=weight"))?;
+            let v: u32 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{part}`: the weight must be a whole number"))?;
+            match k.trim() {
+                "presence" => m.presence = v,
+                "message" => m.message = v,
+                "subscribe" => m.subscribe = v,
+                "churn" => m.churn = v,
+                other => {
+                    return Err(format!(
+                        "`{other}`: not one of presence, message, subscribe, churn"
+                    ))
+                }
+            }
+        }
+        if m.presence + m.message + m.subscribe + m.churn == 0 {
+            return Err("all weights are zero".into());
+        }
+        Ok(m)
+    }
+}
+
+/// Open or closed loop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Load {
+    /// Operations started at this rate (per second) whatever the SUT does.
+    Open {
+        /// Operations per second.
+        rate: f64,
+    },
+    /// This many operations in flight; a new one starts when one ends.
+    Closed {
+        /// Operations in flight.
+        concurrency: usize,
+    },
+}
+
+/// Which server is tested.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// fedrouter, started in this process on `ip`.
+    Embedded {
+        /// Its loopback address.
+        ip: IpAddr,
+        /// Its shard threads.
+        shards: usize,
+    },
+    /// Any server, already running with the local users created.
+    External {
+        /// Its S2S address (peers' outbound streams).
+        s2s: SocketAddr,
+        /// Its C2S address (clients).
+        c2s: SocketAddr,
+        /// Roots for its certificate; `None`: no certificate check on C2S.
+        roots: Option<Arc<RootCertStore>>,
+    },
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Names and pairs.
+    pub topo: Topology,
+    /// What to run.
+    pub scenario: Scenario,
+    /// `mixed` weights.
+    pub mix: Mix,
+    /// Open or closed loop.
+    pub load: Load,
+    /// Warm-up (not measured).
+    pub warmup: Duration,
+    /// Measured duration.
+    pub duration: Duration,
+    /// After the measured duration: how long stanzas in flight may take to arrive.
+    pub drain: Duration,
+    /// Bound of each set-up phase (streams, logins, subscriptions).
+    pub setup_timeout: Duration,
+    /// The SUT.
+    pub target: Target,
+    /// Peers' STARTTLS use.
+    pub peer_tls: TlsPolicy,
+    /// Peers' authentication.
+    pub peer_auth: PeerAuth,
+    /// Where the DNS zone is served (port 0 picks one).
+    pub dns_bind: SocketAddr,
+    /// Also write the zone as a file here.
+    pub zone_file: Option<PathBuf>,
+    /// Output directory (JSON, `.hgrm`, interval log, SVG, CA).
+    pub out_dir: PathBuf,
+    /// Local users' password.
+    pub password: String,
+    /// Concurrent logins.
+    pub login_parallel: usize,
+    /// Seed of the operation choices.
+    pub seed: u64,
+    /// Show the live progress bar (stderr).
+    pub progress: bool,
+    /// Most deliveries in flight before the open loop skips operations.
+    pub max_in_flight: u64,
+}
+
+/// Errors that end a run before it measured anything.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// Set-up failed (the message says what).
+    #[error("{0}")]
+    Setup(String),
+    /// An output could not be written.
+    #[error("output: {0}")]
+    Output(#[from] io::Error),
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Percentiles, throughput and accounting.
+    pub summary: Summary,
+    /// Operations started in the measured period.
+    pub ops: u64,
+    /// Operations the open loop skipped because too much was in flight.
+    pub skipped: u64,
+    /// Streams closed without loadgen asking, and S2S authentication failures.
+    pub unexpected_closes: u64,
+    /// S2S authentication failures.
+    pub auth_failures: u64,
+    /// Peak resident memory of this process, KiB (VmHWM).
+    pub peak_rss_kib: Option<u64>,
+    /// Files written.
+    pub files: Vec<PathBuf>,
+}
+
+/// Raises this process's open-file limit to its hard limit; returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit on a properly initialised struct.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur
+    }
+}
+
+/// Peak resident set size of this process, KiB (`VmHWM` of /proc/self/status).
+pub fn peak_rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Subscribe(u32),
+    PresenceLocal(u32),
+    PresenceRemote(u32),
+    MessageFromLocal(u32),
+    MessageFromRemote(u32),
+    Churn(u32),
+}
+
+struct Driver {
+    world: Arc<World>,
+    peers: Peers,
+    clients: Clients,
+    rng: StdRng,
+    scenario: Scenario,
+    mix: Mix,
+    /// Next reserved pair for subscribe operations, and the end of the reserve.
+    next_fresh: u32,
+    fresh_end: u32,
+    slot: usize,
+}
+
+impl Driver {
+    fn pick(&mut self) -> Option<Op> {
+        let t = &self.world.topo;
+        let pairs = t.pairs();
+        let kind = match self.scenario {
+            Scenario::Subscribe => 2,
+            Scenario::Presence => 0,
+            Scenario::Message => 1,
+            Scenario::Churn => 3,
+            Scenario::Mixed => {
+                let m = self.mix;
+                let total = m.presence + m.message + m.subscribe + m.churn;
+                let x = self.rng.random_range(0..total);
+                if x < m.presence {
+                    0
+                } else if x < m.presence + m.message {
+                    1
+                } else if x < m.presence + m.message + m.subscribe {
+                    2
+                } else {
+                    3
+                }
+            }
+        };
+        let kind = if kind == 2 && self.next_fresh >= self.fresh_end {
+            if self.scenario == Scenario::Subscribe {
+                return None;
+            }
+            0
+        } else {
+            kind
+        };
+        Some(match kind {
+            0 => {
+                // Presence over a pair in `both`: bounded tries.
+                for _ in 0..16 {
+                    let r = self.rng.random_range(0..pairs);
+                    if self.world.pairs.state(r) == PairState::Both {
+                        return Some(if self.rng.random_bool(0.5) {
+                            Op::PresenceLocal(t.pair_local(r))
+                        } else {
+                            Op::PresenceRemote(r)
+                        });
+                    }
+                }
+                let r = self.rng.random_range(0..pairs);
+                Op::MessageFromRemote(r)
+            }
+            1 => {
+                let r = self.rng.random_range(0..pairs);
+                if self.rng.random_bool(0.5) {
+                    Op::MessageFromLocal(r)
+                } else {
+                    Op::MessageFromRemote(r)
+                }
+            }
+            2 => {
+                let r = self.next_fresh;
+                self.next_fresh += 1;
+                Op::Subscribe(r)
+            }
+            _ => Op::Churn(self.rng.random_range(0..self.peers.servers())),
+        })
+    }
+
+    async fn issue(&self, op: Op, permit: Option<OwnedSemaphorePermit>) {
+        let w = &self.world;
+        let t = &w.topo;
+        let slot = self.slot;
+        match op {
+            Op::Subscribe(r) => {
+                w.pairs.start(r, w.clock().now_us());
+                let id = w.track(slot, steps::SUBSCRIBE, 1, false, permit).render();
+                let k = t.pair_local(r);
+                let bytes = stanzas::subscription(
+                    "subscribe",
+                    Some(&t.remote_jid(r)),
+                    &t.local_jid(k),
+                    &id,
+                );
+                self.peers.send(t.pair_domain(r), bytes).await;
+            }
+            Op::PresenceLocal(k) => {
+                let n = w.pairs.both_of(k);
+                let id = w.track(slot, steps::PRESENCE, n, false, permit).render();
+                self.clients
+                    .send(k, stanzas::presence(None, None, &id, "busy"))
+                    .await;
+            }
+            Op::PresenceRemote(r) => {
+                let k = t.pair_local(r);
+                let id = w.track(slot, steps::PRESENCE, 1, false, permit).render();
+                let from = format!("{}/lg", t.remote_jid(r));
+                let bytes = stanzas::presence(Some(&from), Some(&t.local_jid(k)), &id, "away");
+                self.peers.send(t.pair_domain(r), bytes).await;
+            }
+            Op::MessageFromLocal(r) => {
+                let k = t.pair_local(r);
+                let id = w.track(slot, steps::MESSAGE, 1, true, permit).render();
+                self.clients
+                    .send(k, stanzas::message(None, &t.remote_jid(r), &id, "ping"))
+                    .await;
+            }
+            Op::MessageFromRemote(r) => self.message_from_remote(r, permit).await,
+            Op::Churn(s) => {
+                self.peers.churn(s).await;
+                let d = t.server_domains(s).start;
+                let r = d * t.users_per_peer;
+                self.message_from_remote(r, permit).await;
+            }
+        }
+    }
+
+    async fn message_from_remote(&self, r: u32, permit: Option<OwnedSemaphorePermit>) {
+        let w = &self.world;
+        let t = &w.topo;
+        let k = t.pair_local(r);
+        let id = w.track(self.slot, steps::MESSAGE, 1, true, permit).render();
+        let from = format!("{}/lg", t.remote_jid(r));
+        let bytes = stanzas::message(Some(&from), &t.local_jid(k), &id, "ping");
+        self.peers.send(t.pair_domain(r), bytes).await;
+    }
+}
+
+fn bar(progress: bool, len: u64, what: &str) -> ProgressBar {
+    let pb = if progress {
+        ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr_with_hz(4))
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_owned());
+    pb
+}
+
+/// Runs everything; call inside a multi-threaded tokio runtime.
+///
+/// Errors: set-up failures ([`RunError::Setup`]) and outputs that cannot be written. Loss
+/// is not an error: it is in [`Outcome::summary`]'s accounting.
+pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
+    let setup = |m: String| RunError::Setup(m);
+    std::fs::create_dir_all(&opts.out_dir)?;
+    let mut files = Vec::new();
+    let topo = opts.topo.clone();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let world = Arc::new(World::new(topo.clone(), 4 * workers));
+
+    // Certificates: loadgen's CA for the peers, written out for the SUT to trust.
+    let peer_ca = if opts.peer_tls != TlsPolicy::Disabled || opts.peer_auth == PeerAuth::External {
+        let ca = TestCa::new("loadgen peers CA").map_err(|e| setup(e.to_string()))?;
+        let path = opts.out_dir.join("peers-ca.pem");
+        std::fs::write(&path, ca.ca_cert_pem())?;
+        files.push(path);
+        Some(Arc::new(ca))
+    } else {
+        None
+    };
+
+    // DNS.
+    let sut_s2s_known = match &opts.target {
+        Target::External { s2s, .. } => Some(*s2s),
+        Target::Embedded { ip, .. } => Some(SocketAddr::new(*ip, 5269)),
+    };
+    let records = dns::records(&topo, sut_s2s_known);
+    if let Some(path) = &opts.zone_file {
+        std::fs::write(path, dns::to_zone_file(&records))?;
+        files.push(path.clone());
+    }
+    let zone = dns::serve(opts.dns_bind, records)
+        .map_err(|e| setup(format!("DNS server on {}: {e}", opts.dns_bind)))?;
+
+    // The SUT.
+    let (embedded, sut_s2s, sut_c2s, sut_roots) = match &opts.target {
+        Target::Embedded { ip, shards } => {
+            let e = Embedded::start(&EmbeddedOptions {
+                domain: topo.sut_domain.clone(),
+                ip: *ip,
+                shards: *shards,
+                nameserver: zone.addr(),
+                local_users: topo.local_users,
+                password: opts.password.clone(),
+                profile: match (opts.peer_auth, opts.peer_tls) {
+                    (PeerAuth::External, _) => Profile::Strict,
+                    (_, TlsPolicy::Disabled) => Profile::Google,
+                    _ => Profile::Webex,
+                },
+                peer_ca_pem: peer_ca.as_ref().map(|c| c.ca_cert_pem()),
+            })
+            .map_err(setup)?;
+            let (s2s, c2s, roots) = (e.s2s, e.c2s, Some(e.roots.clone()));
+            (Some(e), s2s, c2s, roots)
+        }
+        Target::External { s2s, c2s, roots } => (None, *s2s, *c2s, roots.clone()),
+    };
+
+    // Peers.
+    let t_peers = Instant::now();
+    let peers = Peers::start(
+        world.clone(),
+        PeerOptions {
+            sut_s2s,
+            tls: opts.peer_tls,
+            auth: opts.peer_auth,
+            ca: peer_ca.clone(),
+            sut_roots: sut_roots.clone(),
+            connect_timeout: Duration::from_secs(5),
+        },
+    )
+    .await
+    .map_err(|e| setup(e.to_string()))?;
+    let pb = bar(opts.progress, u64::from(topo.peers), "streams");
+    let until = Instant::now() + opts.setup_timeout;
+    while peers.ready_domains() < topo.peers && Instant::now() < until {
+        pb.set_position(u64::from(peers.ready_domains()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pb.finish_and_clear();
+    if peers.ready_domains() < topo.peers {
+        let ready = peers.ready_domains();
+        peers.stop(Duration::from_secs(2)).await;
+        return Err(setup(format!(
+            "only {ready} of {} peer domains authenticated their stream to the SUT within {:?} \
+             ({} authentication failures)",
+            topo.peers,
+            opts.setup_timeout,
+            world.auth_failures.load(Ordering::Relaxed)
+        )));
+    }
+    let streams_up = t_peers.elapsed();
+
+    // Clients.
+    let t_login = Instant::now();
+    let clients = Clients::login_all(
+        world.clone(),
+        ClientOptions {
+            addr: sut_c2s,
+            domain: topo.sut_domain.clone(),
+            tls: TlsMode::Required { roots: sut_roots },
+            timeout: Duration::from_secs(10),
+        },
+        opts.password.clone(),
+        opts.login_parallel,
+    );
+    let clients = match tokio::time::timeout(opts.setup_timeout, clients).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            peers.stop(Duration::from_secs(2)).await;
+            return Err(setup(format!("login failed: {e}")));
+        }
+        Err(_) => {
+            peers.stop(Duration::from_secs(2)).await;
+            return Err(setup("logins did not finish in time".into()));
+        }
+    };
+    let logins = t_login.elapsed();
+
+    // Which pairs are subscribed before measuring.
+    let pairs = topo.pairs();
+    let presubscribed = match opts.scenario {
+        Scenario::Presence => pairs,
+        Scenario::Mixed => pairs - pairs / 5,
+        _ => 0,
+    };
+    let mut driver = Driver {
+        world: world.clone(),
+        peers,
+        clients,
+        rng: StdRng::seed_from_u64(opts.seed),
+        scenario: opts.scenario,
+        mix: opts.mix,
+        next_fresh: 0,
+        fresh_end: presubscribed,
+        slot: world.slot(),
+    };
+    let mut warm = Recorder::with_steps(ALL_STEPS);
+    let t_subs = Instant::now();
+    if presubscribed > 0 {
+        let pb = bar(opts.progress, u64::from(presubscribed), "subscribe");
+        let sem = Arc::new(Semaphore::new(512));
+        let until = Instant::now() + opts.setup_timeout;
+        for r in 0..presubscribed {
+            let permit =
+                match tokio::time::timeout_at(until.into(), sem.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    _ => break,
+                };
+            driver.issue(Op::Subscribe(r), Some(permit)).await;
+            if r % 256 == 0 {
+                pb.set_position(world.pairs.both_total());
+            }
+        }
+        while world.pairs.both_total() < u64::from(presubscribed) && Instant::now() < until {
+            pb.set_position(world.pairs.both_total());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        pb.finish_and_clear();
+        if world.pairs.both_total() < u64::from(presubscribed) {
+            eprintln!(
+                "loadgen: only {} of {presubscribed} subscriptions completed during set-up",
+                world.pairs.both_total()
+            );
+        }
+    }
+    let subs_time = t_subs.elapsed();
+    driver.next_fresh = presubscribed;
+    driver.fresh_end = pairs;
+    eprintln!(
+        "loadgen: {} peer domains ({} servers) authenticated in {:.2} s; {} clients logged in \
+         in {:.2} s; {presubscribed} subscriptions in {:.2} s",
+        topo.peers,
+        topo.servers(),
+        streams_up.as_secs_f64(),
+        topo.local_users,
+        logins.as_secs_f64(),
+        subs_time.as_secs_f64()
+    );
+    warm.merge(&world.take_interval());
+
+    // Warm-up then measurement.
+    let hlog_path = opts.out_dir.join("intervals.hlog");
+    let mut hlog = IntervalLog::new(
+        BufWriter::new(File::create(&hlog_path)?),
+        SystemTime::now(),
+        &format!(
+            "loadgen {} against {}",
+            opts.scenario.name(),
+            topo.sut_domain
+        ),
+    )
+    .map_err(|e| setup(e.to_string()))?;
+    files.push(hlog_path);
+    let mut measured = Recorder::with_steps(ALL_STEPS);
+    let closed = match opts.load {
+        Load::Closed { concurrency } => Some(Arc::new(Semaphore::new(concurrency.max(1)))),
+        Load::Open { .. } => None,
+    };
+    let total = opts.warmup + opts.duration;
+    let pb = bar(opts.progress, total.as_secs().max(1), opts.scenario.name());
+    let start = Instant::now();
+    let measure_from = start + opts.warmup;
+    let end = start + total;
+    let mut issued: u64 = 0;
+    let mut ops_measured: u64 = 0;
+    let mut skipped: u64 = 0;
+    let mut next_interval = start + Duration::from_secs(1);
+    let mut last_interval = start;
+    let mut last_in = world.stanzas_in.load(Ordering::Relaxed);
+    let mut exhausted = false;
+    'run: while Instant::now() < end {
+        let now = Instant::now();
+        if now >= next_interval {
+            let rec = world.take_interval();
+            if now > measure_from {
+                hlog.write_interval(&rec, last_interval - start, now - last_interval)
+                    .map_err(|e| setup(e.to_string()))?;
+                measured.merge(&rec);
+            } else {
+                warm.merge(&rec);
+            }
+            let stanzas_in = world.stanzas_in.load(Ordering::Relaxed);
+            let rate = (stanzas_in - last_in) as f64 / (now - last_interval).as_secs_f64();
+            pb.set_position((now - start).as_secs());
+            pb.set_message(format!(
+                "{}{rate:.0} stanzas/s in, {} in flight",
+                if now < measure_from { "warm-up: " } else { "" },
+                world.tracker.in_flight()
+            ));
+            last_in = stanzas_in;
+            last_interval = now;
+            next_interval = now + Duration::from_secs(1);
+        }
+        match (opts.load, &closed) {
+            (Load::Open { rate }, _) => {
+                let due = (rate * (now - start).as_secs_f64()) as u64;
+                // Bounded: at most one second's worth of operations per turn.
+                let mut n = 0;
+                while issued < due && n < rate.max(1.0) as u64 {
+                    if world.tracker.in_flight() > opts.max_in_flight {
+                        skipped += due - issued;
+                        issued = due;
+                        break;
+                    }
+                    let Some(op) = driver.pick() else {
+                        exhausted = true;
+                        break 'run;
+                    };
+                    driver.issue(op, None).await;
+                    issued += 1;
+                    n += 1;
+                    if now >= measure_from {
+                        ops_measured += 1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (Load::Closed { .. }, Some(sem)) => {
+                let wait = next_interval.min(end);
+                match tokio::time::timeout_at(wait.into(), sem.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => {
+                        let Some(op) = driver.pick() else {
+                            exhausted = true;
+                            break 'run;
+                        };
+                        driver.issue(op, Some(permit)).await;
+                        issued += 1;
+                        if Instant::now() >= measure_from {
+                            ops_measured += 1;
+                        }
+                    }
+                    _ => continue,
+                }
+            }
+            (Load::Closed { .. }, None) => unreachable!("closed loop has a semaphore"),
+        }
+    }
+    let measured_for = Instant::now().saturating_duration_since(measure_from);
+    pb.finish_and_clear();
+    if exhausted {
+        eprintln!("loadgen: every pair is subscribed; the subscribe scenario ended early");
+    }
+
+    // Drain: wait for what is in flight, then count the rest as lost.
+    let until = Instant::now() + opts.drain;
+    while world.tracker.in_flight() > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lost = world.tracker.drain_lost();
+    let rec = world.take_interval();
+    measured.merge(&rec);
+    let mut all = warm;
+    all.merge(&measured);
+    for (step, n) in lost {
+        all.record_lost(step, n);
+    }
+    let Driver { peers, clients, .. } = driver;
+    clients.stop(Duration::from_secs(5)).await;
+    peers.stop(Duration::from_secs(5)).await;
+    hlog.finish().map_err(|e| setup(e.to_string()))?.flush()?;
+    if let Some(e) = embedded {
+        tokio::task::spawn_blocking(move || e.stop())
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+    }
+    zone.stop();
+
+    let mut summary = measured.summary(measured_for);
+    summary.accounting = all.accounting();
+    let params = serde_json::json!({
+        "scenario": opts.scenario.name(),
+        "peers": topo.peers,
+        "users_per_peer": topo.users_per_peer,
+        "local_users": topo.local_users,
+        "domains_per_server": topo.domains_per_server,
+        "sut_domain": topo.sut_domain,
+        "load": match opts.load {
+            Load::Open { rate } => serde_json::json!({"open_loop_ops_per_s": rate}),
+            Load::Closed { concurrency } => serde_json::json!({"closed_loop_concurrency": concurrency}),
+        },
+        "mix": opts.mix,
+        "warmup_s": opts.warmup.as_secs_f64(),
+        "duration_s": opts.duration.as_secs_f64(),
+        "ops_measured": ops_measured,
+        "ops_skipped": skipped,
+        "peak_rss_kib": peak_rss_kib(),
+    });
+    let json_path = opts.out_dir.join("summary.json");
+    let mut f = BufWriter::new(File::create(&json_path)?);
+    summary
+        .write_json(&mut f, &params)
+        .map_err(|e| setup(e.to_string()))?;
+    f.flush()?;
+    files.push(json_path);
+    files.extend(
+        measured
+            .write_hgrm_files(&opts.out_dir, "loadgen")
+            .map_err(|e| setup(e.to_string()))?,
+    );
+    let svg = opts.out_dir.join("latency.svg");
+    measured
+        .write_svg(
+            &svg,
+            &format!("loadgen {} — {}", opts.scenario.name(), topo.sut_domain),
+        )
+        .map_err(|e| setup(e.to_string()))?;
+    files.push(svg);
+    Ok(Outcome {
+        summary,
+        ops: ops_measured,
+        skipped,
+        unexpected_closes: world.unexpected_closes.load(Ordering::Relaxed),
+        auth_failures: world.auth_failures.load(Ordering::Relaxed),
+        peak_rss_kib: peak_rss_kib(),
+        files,
+    })
+}

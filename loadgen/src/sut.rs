@@ -1,0 +1,225 @@
+//! The system under test: an embedded fedrouter (started in this process on loopback, with
+//! its own temporary data directory and the local users created in its store), or any
+//! external XMPP server given by its addresses.
+//!
+//! Creating the local users of an external server (`user0` … `user{K−1}`, one password):
+//!
+//! ```text
+//! fedrouter:  for i in $(seq 0 99); do echo loadgen | fedrouter user add -c fedrouter.toml user$i@cupdomain.test; done
+//! Prosody:    for i in $(seq 0 99); do prosodyctl register user$i cupdomain.test loadgen; done
+//! ejabberd:   for i in $(seq 0 99); do ejabberdctl register user$i cupdomain.test loadgen; done
+//! ```
+//!
+//! `loadgen accounts --server fedrouter|prosody|ejabberd` prints these lines for the run's
+//! options.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fedrouter::config::Config;
+use fedrouter::runtime::Server;
+use fedrouter::store::scram::{ScramCredentials, ScramHash};
+use fedrouter::store::sqlite::SqliteStore;
+use fedrouter::store::{Store, DB_FILE, SCRAM_ITERATIONS};
+use rustls::RootCertStore;
+
+/// How the embedded fedrouter federates with the peers (its `[federation.default]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Plain TCP + dialback (Google-style).
+    Google,
+    /// Optional TLS without certificate checks + dialback (WebEx-style).
+    Webex,
+    /// TLS required, verified certificates, SASL EXTERNAL.
+    Strict,
+}
+
+impl Profile {
+    fn toml(self) -> &'static str {
+        match self {
+            Profile::Google => {
+                "tls = \"disabled\"\nauth = \"dialback\"\nverify_certificates = false\n"
+            }
+            Profile::Webex => {
+                "tls = \"optional\"\nauth = \"dialback\"\nverify_certificates = false\n"
+            }
+            Profile::Strict => {
+                "tls = \"required\"\nauth = \"sasl-external\"\nverify_certificates = true\n"
+            }
+        }
+    }
+}
+
+/// Options of the embedded fedrouter.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Its domain.
+    pub domain: String,
+    /// The loopback address it listens on (S2S 5269, C2S 5222, admin 9269).
+    pub ip: IpAddr,
+    /// Shard threads.
+    pub shards: usize,
+    /// The DNS server it resolves peers with (loadgen's zone).
+    pub nameserver: SocketAddr,
+    /// Local users to create (`user0`…), all with `password`.
+    pub local_users: u32,
+    /// Their password.
+    pub password: String,
+    /// Federation profile towards the peers.
+    pub profile: Profile,
+    /// CA certificate (PEM) of the peers' certificates, trusted for SASL EXTERNAL.
+    pub peer_ca_pem: Option<String>,
+}
+
+/// A running embedded fedrouter.
+pub struct Embedded {
+    server: Option<Server>,
+    _dir: tempfile::TempDir,
+    /// Its S2S address.
+    pub s2s: SocketAddr,
+    /// Its C2S address.
+    pub c2s: SocketAddr,
+    /// Its admin endpoint.
+    pub admin: Option<SocketAddr>,
+    /// Roots that verify its (generated, self-signed) certificate.
+    pub roots: Arc<RootCertStore>,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedded")
+            .field("s2s", &self.s2s)
+            .field("c2s", &self.c2s)
+            .finish()
+    }
+}
+
+fn create_users(data_dir: &Path, domain: &str, k: u32, password: &str) -> Result<(), String> {
+    let mut store = SqliteStore::open(data_dir.join(DB_FILE)).map_err(|e| e.to_string())?;
+    // One salt for every test account: the SCRAM derivation (4,096 PBKDF2 rounds per
+    // hash) is done once, not K times. `fedrouter user add` salts each user.
+    let creds: Vec<ScramCredentials> = ScramHash::ALL
+        .iter()
+        .map(|&h| ScramCredentials::with_random_salt(password, h, SCRAM_ITERATIONS))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    for i in 0..k {
+        store
+            .add_user(&format!("user{i}@{domain}"), &creds)
+            .map_err(|e| format!("user{i}@{domain}: {e}"))?;
+    }
+    Ok(())
+}
+
+impl Embedded {
+    /// Writes the configuration, creates the users and starts fedrouter.
+    ///
+    /// Errors: a message naming what failed (configuration, store, start-up).
+    pub fn start(opts: &EmbeddedOptions) -> Result<Embedded, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("loadgen-sut-")
+            .tempdir()
+            .map_err(|e| format!("temporary directory: {e}"))?;
+        let data_dir = dir.path().join("data");
+        let mut trust = String::new();
+        if let Some(pem) = &opts.peer_ca_pem {
+            let path = dir.path().join("peer-ca.pem");
+            std::fs::write(&path, pem).map_err(|e| format!("{}: {e}", path.display()))?;
+            trust = format!("[tls]\ntrust = [{:?}]\n", path.display().to_string());
+        }
+        let ip = opts.ip;
+        let toml = format!(
+            r#"data_dir = {data:?}
+domains = [{domain:?}]
+shards = {shards}
+
+[listen]
+s2s = ["{s2s}"]
+s2s_tls = []
+c2s = ["{c2s}"]
+admin = "{admin}"
+
+[dns]
+nameservers = ["{ns}"]
+timeout = "2s"
+
+[store]
+durability = "crash"
+
+{trust}
+[federation.default]
+{profile}"#,
+            data = data_dir.display().to_string(),
+            domain = opts.domain,
+            shards = opts.shards,
+            s2s = SocketAddr::new(ip, 5269),
+            c2s = SocketAddr::new(ip, 5222),
+            admin = SocketAddr::new(ip, 9269),
+            ns = opts.nameserver,
+            profile = opts.profile.toml(),
+        );
+        let config = Config::from_toml_str(&toml).map_err(|e| format!("SUT configuration: {e}"))?;
+        let materialized = config
+            .materialize()
+            .map_err(|e| format!("SUT configuration: {e}"))?;
+        create_users(&data_dir, &opts.domain, opts.local_users, &opts.password)?;
+        let mut roots = RootCertStore::empty();
+        for c in &materialized.certificates {
+            for der in c.chain() {
+                let _ = roots.add(der.clone());
+            }
+        }
+        let server = Server::start(config, materialized).map_err(|e| format!("SUT: {e}"))?;
+        let addrs = server.addrs().clone();
+        Ok(Embedded {
+            s2s: addrs.s2s.first().copied().ok_or("SUT: no S2S listener")?,
+            c2s: addrs.c2s.first().copied().ok_or("SUT: no C2S listener")?,
+            admin: addrs.admin,
+            server: Some(server),
+            _dir: dir,
+            roots: Arc::new(roots),
+            data_dir,
+        })
+    }
+
+    /// Stops the server and waits for its threads.
+    pub fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+            s.join();
+        }
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+            s.join();
+        }
+    }
+}
+
+/// The commands that create the run's local users on `server` (`fedrouter`, `prosody` or
+/// `ejabberd`), one per line; `None` for another server.
+pub fn account_commands(server: &str, domain: &str, k: u32, password: &str) -> Option<String> {
+    let line = |i: u32| match server {
+        "fedrouter" => Some(format!(
+            "echo '{password}' | fedrouter user add user{i}@{domain}"
+        )),
+        "prosody" => Some(format!("prosodyctl register user{i} {domain} '{password}'")),
+        "ejabberd" => Some(format!(
+            "ejabberdctl register user{i} {domain} '{password}'"
+        )),
+        _ => None,
+    };
+    let mut out = String::new();
+    for i in 0..k {
+        out.push_str(&line(i)?);
+        out.push('\n');
+    }
+    Some(out)
+}

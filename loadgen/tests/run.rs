@@ -1,0 +1,229 @@
+//! End-to-end runs of the `loadgen` binary against an embedded fedrouter on loopback: real
+//! sockets, a real DNS server (the peers' zone), real S2S dialback and SASL EXTERNAL, real
+//! C2S logins with SCRAM. Each test uses its own loopback addresses (127.0.233.x for the SUT
+//! and DNS, its own /16 for the peers) so they run in parallel.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+
+/// Upper bound of one run (the binary also stops by itself).
+const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn loadgen(out: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loadgen"));
+    cmd.args(args)
+        .arg("--out")
+        .arg(out)
+        .arg("--no-progress")
+        .env("RUST_LOG", "warn");
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn loadgen");
+    let pid = child.id();
+    let start = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(RUN_TIMEOUT) {
+        Ok(out) => out.expect("loadgen output"),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of the child we spawned.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("loadgen did not stop within {:?}", start.elapsed());
+        }
+    }
+}
+
+fn summary(out: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join("summary.json")).expect("summary.json");
+    serde_json::from_str(&text).expect("summary.json is JSON")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn mixed_scenario_scaled_down_has_zero_loss() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let o = loadgen(
+        out.path(),
+        &[
+            "--peers",
+            "200",
+            "--users-per-peer",
+            "5",
+            "--local-users",
+            "20",
+            "--scenario",
+            "mixed",
+            "--rate",
+            "300",
+            "--warmup",
+            "1s",
+            "--duration",
+            "8s",
+            "--sut-ip",
+            "127.0.233.1",
+            "--dns",
+            "127.0.233.53:0",
+            "--peer-net",
+            "127.79",
+        ],
+    );
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("p99.9"),
+        "the percentile table is printed: {all}"
+    );
+    assert!(stdout.contains("accounting: OK"), "{all}");
+    let s = summary(out.path());
+    assert_eq!(s["accounting"]["ok"], true, "{s}");
+    assert_eq!(s["accounting"]["lost"], 0, "{s}");
+    // Every kind of operation of the blend happened and was measured.
+    for step in [
+        "message",
+        "presence",
+        "subscribe",
+        "subscription_complete",
+        "stream_setup",
+    ] {
+        let count = s["steps"][step]["count"].as_u64().unwrap_or(0);
+        assert!(count > 0, "no {step} samples: {s}");
+    }
+    // Presence fans out: more presence deliveries than operations of that kind.
+    let sent = s["accounting"]["sent"].as_u64().expect("sent");
+    let received = s["accounting"]["received"].as_u64().expect("received");
+    assert_eq!(
+        sent,
+        received + s["accounting"]["bounced"].as_u64().expect("bounced")
+    );
+    assert!(received > 1000, "{s}");
+    // The histogram outputs exist and read back.
+    let hgrm = std::fs::read_to_string(out.path().join("loadgen-message.hgrm")).expect("hgrm");
+    assert!(hgrm.contains("#[Max"), "{hgrm}");
+    let hlog = std::fs::read(out.path().join("intervals.hlog")).expect("hlog");
+    let intervals = IntervalLogIterator::new(&hlog)
+        .filter(|e| matches!(e, Ok(LogEntry::Interval(_))))
+        .count();
+    assert!(
+        intervals >= 5,
+        "one interval per second and step: {intervals}"
+    );
+    let svg = std::fs::read_to_string(out.path().join("latency.svg")).expect("svg");
+    assert!(svg.contains("<svg"), "svg");
+}
+
+#[test]
+fn churn_over_google_apps_multiplexed_streams_loses_nothing() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let o = loadgen(
+        out.path(),
+        &[
+            "--peers",
+            "120",
+            "--users-per-peer",
+            "2",
+            "--local-users",
+            "10",
+            "--domains-per-server",
+            "40",
+            "--scenario",
+            "churn",
+            "--rate",
+            "20",
+            "--warmup",
+            "0s",
+            "--duration",
+            "5s",
+            "--sut-ip",
+            "127.0.233.2",
+            "--dns",
+            "127.0.233.54:0",
+            "--peer-net",
+            "127.80",
+        ],
+    );
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    let s = summary(out.path());
+    assert_eq!(s["accounting"]["lost"], 0, "{s}");
+    // 3 servers at start, then one set-up per churn.
+    let setups = s["steps"]["stream_setup"]["count"].as_u64().unwrap_or(0);
+    assert!(setups > 10, "streams were reopened: {s}");
+    assert!(
+        s["steps"]["message"]["count"].as_u64().unwrap_or(0) > 100,
+        "{s}"
+    );
+}
+
+#[test]
+fn sasl_external_peers_with_loadgen_ca() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let o = loadgen(
+        out.path(),
+        &[
+            "--peers",
+            "20",
+            "--users-per-peer",
+            "2",
+            "--local-users",
+            "5",
+            "--peer-auth",
+            "external",
+            "--scenario",
+            "message",
+            "--rate",
+            "50",
+            "--warmup",
+            "0s",
+            "--duration",
+            "3s",
+            "--sut-ip",
+            "127.0.233.3",
+            "--dns",
+            "127.0.233.55:0",
+            "--peer-net",
+            "127.81",
+        ],
+    );
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    assert!(
+        out.path().join("peers-ca.pem").exists(),
+        "the CA file for the SUT to trust"
+    );
+    let s = summary(out.path());
+    assert_eq!(s["accounting"]["lost"], 0, "{s}");
+    assert!(
+        s["steps"]["message"]["count"].as_u64().unwrap_or(0) > 50,
+        "{s}"
+    );
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_message() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let o = loadgen(out.path(), &["--scenario", "nonsense"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--scenario nonsense"));
+    let o = loadgen(
+        out.path(),
+        &["--sut-s2s", "10.1.2.3:5269", "--sut-c2s", "127.0.0.1:5222"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("loopback"));
+}
