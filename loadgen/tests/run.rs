@@ -13,12 +13,17 @@ use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 
 fn loadgen(out: &Path, args: &[&str]) -> Output {
+    loadgen_log(out, args, "warn")
+}
+
+/// Runs loadgen with `RUST_LOG=log` (the embedded fedrouter's log goes to stderr).
+fn loadgen_log(out: &Path, args: &[&str], log: &str) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_loadgen"));
     cmd.args(args)
         .arg("--out")
         .arg(out)
         .arg("--no-progress")
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", log);
     let child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -173,7 +178,7 @@ fn churn_over_google_apps_multiplexed_streams_loses_nothing() {
 #[test]
 fn sasl_external_peers_with_loadgen_ca() {
     let out = tempfile::tempdir().expect("tempdir");
-    let o = loadgen(
+    let o = loadgen_log(
         out.path(),
         &[
             "--peers",
@@ -199,9 +204,22 @@ fn sasl_external_peers_with_loadgen_ca() {
             "--peer-net",
             "127.81",
         ],
+        "warn,fedrouter::runtime=info",
     );
     let all = text(&o);
     assert!(o.status.success(), "{all}");
+    // Both directions authenticated with SASL EXTERNAL, none with dialback: the SUT logs
+    // each authenticated stream with its method.
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let external = stderr
+        .lines()
+        .filter(|l| l.contains("authenticated") && l.contains("method=SaslExternal"))
+        .count();
+    assert!(
+        external >= 40,
+        "20 domains, both directions: {external}\n{all}"
+    );
+    assert!(!stderr.contains("method=Dialback"), "{all}");
     assert!(
         out.path().join("peers-ca.pem").exists(),
         "the CA file for the SUT to trust"
