@@ -38,17 +38,17 @@ struct Cli {
     #[arg(long, default_value = "presence=60,message=30,subscribe=8,churn=2")]
     mix: String,
     /// Number of simulated remote domains.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, global = true)]
     peers: u32,
     /// Users per remote domain.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, global = true)]
     users_per_peer: u32,
     /// Local users (user0 … on the SUT, logged in as C2S clients).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, global = true)]
     local_users: u32,
     /// Remote domains per simulated server: 1 is one domain per server; more is
     /// Google-Apps-style (one SRV target, one listener, one dialback-multiplexed stream).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, global = true)]
     domains_per_server: u32,
     /// Operations started per second (open loop); 0 runs closed loop.
     #[arg(long, default_value_t = 200.0)]
@@ -69,7 +69,7 @@ struct Cli {
     #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
     setup_timeout: Duration,
     /// The SUT's domain.
-    #[arg(long, default_value = "cupdomain.test")]
+    #[arg(long, default_value = "cupdomain.test", global = true)]
     sut_domain: String,
     /// External SUT: its S2S address (without it, fedrouter runs embedded).
     #[arg(long)]
@@ -94,10 +94,10 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = AuthArg::Dialback)]
     peer_auth: AuthArg,
     /// First two octets of the peer servers' loopback addresses.
-    #[arg(long, default_value = "127.78")]
+    #[arg(long, default_value = "127.78", global = true)]
     peer_net: String,
     /// Port every peer server listens on.
-    #[arg(long, default_value_t = 5269)]
+    #[arg(long, default_value_t = 5269, global = true)]
     peer_port: u16,
     /// Where loadgen's DNS server answers (port 0 picks one; Prosody needs 53).
     #[arg(long, default_value = "127.0.100.53:0")]
@@ -109,7 +109,7 @@ struct Cli {
     #[arg(long, default_value = "loadgen-out")]
     out: PathBuf,
     /// Local users' password.
-    #[arg(long, default_value = "loadgen")]
+    #[arg(long, default_value = "loadgen", global = true)]
     password: String,
     /// Concurrent logins.
     #[arg(long, default_value_t = 32)]

@@ -51,6 +51,8 @@ use crate::world::World;
 
 /// Commands queued per outbound stream.
 const OUT_QUEUE: usize = 4096;
+/// Pause before a failed dialback is tried again.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Longest wait between reconnection attempts.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -113,6 +115,8 @@ enum OutCmd {
         key: String,
         reply: mpsc::Sender<InCmd>,
     },
+    /// Authenticate this local domain again (after a failed dialback).
+    Redialback(String),
     /// Close the stream and open a new one.
     Churn,
     /// Close the stream and end.
@@ -600,7 +604,7 @@ async fn outbound_task(
                             key,
                             reply,
                         }),
-                        Ok(Some(OutCmd::Churn)) => {}
+                        Ok(Some(OutCmd::Churn | OutCmd::Redialback(_))) => {}
                     }
                 }
             }
@@ -647,8 +651,19 @@ async fn outbound_task(
                         }
                     }
                 }
-                Input::Event(Event::AuthFailed { .. }) => {
-                    world.auth_failures.fetch_add(1, Ordering::Relaxed);
+                Input::Event(Event::AuthFailed { local, result, .. }) => {
+                    // A real server tries again later; so do we, after a pause.
+                    let n = world.auth_failures.fetch_add(1, Ordering::Relaxed);
+                    if n < 5 {
+                        eprintln!("loadgen: dialback for {local} failed: {result:?}; retrying");
+                    }
+                    if shared.opts.auth == PeerAuth::Dialback {
+                        let (tx, pause) = (shared.out[s][0].clone(), RETRY_PAUSE);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(pause).await;
+                            let _ = tx.send(OutCmd::Redialback(local)).await;
+                        });
+                    }
                 }
                 Input::Event(Event::VerifyAnswered {
                     local,
@@ -706,6 +721,11 @@ async fn outbound_task(
                         key,
                         reply,
                     });
+                }
+                Input::Cmd(OutCmd::Redialback(local)) => {
+                    if !leaving {
+                        let _ = stream.conn.request_dialback(&local, Instant::now());
+                    }
                 }
                 Input::Cmd(OutCmd::Churn) => {
                     leaving = true;

@@ -245,3 +245,78 @@ fn bad_arguments_exit_2_with_a_message() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("loopback"));
 }
+
+#[test]
+fn a_sut_that_stops_mid_run_is_reported_as_loss() {
+    use loadgen::sut::{Embedded, EmbeddedOptions, Profile};
+    fedrouter::tls::install_default_provider();
+    let dns: std::net::SocketAddr = "127.0.233.56:5399".parse().expect("addr");
+    let sut = Embedded::start(&EmbeddedOptions {
+        domain: "cupdomain.test".into(),
+        ip: "127.0.233.4".parse().expect("ip"),
+        shards: 1,
+        nameserver: dns,
+        local_users: 5,
+        password: "loadgen".into(),
+        profile: Profile::Google,
+        peer_ca_pem: None,
+    })
+    .expect("embedded fedrouter");
+    let ca = tempfile::NamedTempFile::new().expect("ca file");
+    let cert = sut.data_dir.join("certs/cupdomain.test.crt");
+    std::fs::copy(&cert, ca.path()).expect("copy the SUT's certificate");
+    let out = tempfile::tempdir().expect("tempdir");
+    let (s2s, c2s) = (sut.s2s.to_string(), sut.c2s.to_string());
+    let out_path = out.path().to_path_buf();
+    let ca_path = ca.path().display().to_string();
+    let run = std::thread::spawn(move || {
+        loadgen(
+            &out_path,
+            &[
+                "--peers",
+                "20",
+                "--users-per-peer",
+                "2",
+                "--local-users",
+                "5",
+                "--scenario",
+                "message",
+                "--rate",
+                "100",
+                "--warmup",
+                "0s",
+                "--duration",
+                "6s",
+                "--drain",
+                "2s",
+                "--sut-s2s",
+                &s2s,
+                "--sut-c2s",
+                &c2s,
+                "--sut-ca",
+                &ca_path,
+                "--dns",
+                "127.0.233.56:5399",
+                "--peer-net",
+                "127.83",
+            ],
+        )
+    });
+    // Wait until loadgen measures (its peers' streams are up: the SUT has inbound S2S).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.path().join("intervals.hlog").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    sut.stop();
+    let o = run.join().expect("loadgen thread");
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(1), "loss gives exit status 1: {all}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("!!! LOSS"),
+        "{all}"
+    );
+    let s = summary(out.path());
+    assert_eq!(s["accounting"]["ok"], false, "{s}");
+    assert!(s["accounting"]["lost"].as_u64().unwrap_or(0) > 0, "{s}");
+}
