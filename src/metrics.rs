@@ -184,6 +184,10 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "auth",
         "Stream authentications by protocol, method and result.",
     ),
+    (
+        "stream_errors",
+        "Stream errors received from peers (RFC 6120 4.9), by stream direction and condition.",
+    ),
 ];
 
 /// The gauge families: name and help.
@@ -205,8 +209,8 @@ impl Metrics {
         }
     }
 
-    /// Adds `n` to counter `family` (one of `stanzas`, `bytes`, `bounces`, `auth`) with
-    /// `labels`.
+    /// Adds `n` to counter `family` (one of `stanzas`, `bytes`, `bounces`, `auth`,
+    /// `stream_errors`) with `labels`.
     /// No allocation once the counter exists.
     pub fn count(&mut self, family: &'static str, labels: &[(&'static str, &str)], n: u64) {
         *self.counters.slot(family, labels) += n;

@@ -333,3 +333,114 @@ fn outbound_to_denied_domain_sends_nothing() {
         )))
     ));
 }
+
+/// The `SaslExternalNotOffered` events on `events`: (local, remote, dialback_fallback).
+fn external_not_offered(events: &[Event]) -> Vec<(String, String, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::SaslExternalNotOffered {
+                local,
+                remote,
+                dialback_fallback,
+            } => Some((local.clone(), remote.clone(), *dialback_fallback)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn position(events: &[Event], pred: impl Fn(&Event) -> bool) -> Option<usize> {
+    events.iter().position(pred)
+}
+
+#[test]
+fn sasl_external_not_offered_after_tls_is_reported() {
+    let ca = TestCa::new("ca").unwrap();
+    let pair = ("cupdomain.test".to_owned(), "gmail.test".to_owned(), true);
+
+    // The peer refuses our certificate (issued for another name): after TLS it offers
+    // no EXTERNAL. Policy `any`: reported once, then dialback authenticates the stream.
+    let mut a_srv = Server::new("cupdomain.test", PeerPolicy::default(), &ca, true);
+    a_srv.cert = Some(ca.issue("elsewhere.test").unwrap());
+    let mut p = Pair::new(
+        a_srv,
+        Server::new("gmail.test", PeerPolicy::default(), &ca, true),
+    );
+    p.drive();
+    assert!(p.a.conn.is_tls());
+    assert_eq!(external_not_offered(&p.a.events), vec![pair.clone()]);
+    let reported = position(&p.a.events, |e| {
+        matches!(e, Event::SaslExternalNotOffered { .. })
+    });
+    let dialback_ok = position(&p.a.events, |e| {
+        matches!(
+            e,
+            Event::Authenticated {
+                method: AuthMethod::Dialback,
+                direction: Direction::Outbound,
+                ..
+            }
+        )
+    });
+    assert!(
+        reported < dialback_ok && dialback_ok.is_some(),
+        "reported before the dialback fallback authenticated: {:?}",
+        p.a.events
+    );
+    assert!(external_not_offered(&p.b.events).is_empty());
+    stanza_flows(&mut p);
+
+    // Policy `sasl-external` (strict): reported with no fallback, then the stream is
+    // closed with policy-violation.
+    let mut a_srv = Server::new("cupdomain.test", PeerPolicy::strict(), &ca, true);
+    a_srv.cert = Some(ca.issue("elsewhere.test").unwrap());
+    let mut p = Pair::new(
+        a_srv,
+        Server::new("gmail.test", PeerPolicy::strict(), &ca, true),
+    );
+    p.drive();
+    assert_eq!(
+        external_not_offered(&p.a.events),
+        vec![(pair.0.clone(), pair.1.clone(), false)]
+    );
+    let closed = position(&p.a.events, |e| {
+        matches!(
+            e,
+            Event::Closed(CloseReason::SentError(StreamCondition::PolicyViolation, _))
+        )
+    });
+    let reported = position(&p.a.events, |e| {
+        matches!(e, Event::SaslExternalNotOffered { .. })
+    });
+    assert!(
+        reported < closed && closed.is_some(),
+        "reported before the close: {:?}",
+        p.a.events
+    );
+
+    // Not reported where EXTERNAL was not wanted or not possible: the three profiles with
+    // valid certificates (plain TCP; TLS + dialback policy; EXTERNAL accepted), and a
+    // server without a certificate of its own.
+    for (a, b, with_cert) in [
+        (PeerPolicy::google(), PeerPolicy::google(), true),
+        (PeerPolicy::webex(), PeerPolicy::webex(), true),
+        (PeerPolicy::strict(), PeerPolicy::strict(), true),
+        (PeerPolicy::default(), PeerPolicy::default(), false),
+    ] {
+        let mut p = Pair::new(
+            Server::new("cupdomain.test", a, &ca, with_cert),
+            Server::new("gmail.test", b, &ca, true),
+        );
+        p.drive();
+        assert!(
+            authenticated(&p.a.events, Direction::Outbound).is_some(),
+            "{a:?} with_cert={with_cert}: {:?}",
+            p.a.events
+        );
+        assert_eq!(
+            external_not_offered(&p.a.events),
+            vec![],
+            "{a:?} with_cert={with_cert}"
+        );
+    }
+}

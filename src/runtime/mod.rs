@@ -320,6 +320,7 @@ impl Server {
                     }
                     let span = info_span!("shard", id = i);
                     let _entered = span.enter();
+                    let shard_span = span.clone();
                     let entries = (shared.config.s2s.max_unauthenticated_per_shard as u32 * 2)
                         .clamp(256, 32768);
                     tokio_uring::builder()
@@ -332,7 +333,8 @@ impl Server {
                                     return;
                                 }
                             };
-                            let shard = Rc::new(Shard::new(i, shared, rx, wake, resolver));
+                            let shard =
+                                Rc::new(Shard::new(i, shared, rx, wake, resolver, shard_span));
                             CURRENT.with(|c| *c.borrow_mut() = Some(Rc::clone(&shard)));
                             Rc::clone(&shard).run(inbox, listeners).await;
                             CURRENT.with(|c| c.borrow_mut().take());

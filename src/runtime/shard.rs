@@ -34,7 +34,7 @@ use crate::service::{write_ping, Answer};
 use crate::srv::{Resolution, Target};
 use crate::stanza::{is_error, write_error_reply, StanzaKind};
 use crate::stream::c2s::C2sConnection;
-use crate::stream::s2s::{CloseReason, Direction, Event, S2sConnection, TlsRole};
+use crate::stream::s2s::{AuthMethod, CloseReason, Direction, Event, S2sConnection, TlsRole};
 use crate::xml::{parse_stanza, Element};
 
 /// How long a shard polls its inbox after cross-shard traffic before it sleeps.
@@ -91,6 +91,18 @@ struct VerifyReq {
 struct Failure {
     condition: StanzaCondition,
     text: String,
+}
+
+/// Why a stanza for a remote domain is not sent while the shard shuts down: no stream is
+/// opened any more (it would outlive the drain) and the open ones are closing. Bounced
+/// with `remote-server-timeout` (RFC 6120 §8.3.3.16, type `wait`): the remote server is
+/// not known to be unreachable, and the sender may retry once we are back; error stanzas
+/// are dropped as ever (§8.3.1).
+fn shutdown_failure() -> Failure {
+    Failure {
+        condition: StanzaCondition::RemoteServerTimeout,
+        text: "the server is shutting down".into(),
+    }
 }
 
 /// A stanza waiting for a remote domain's stream.
@@ -234,6 +246,11 @@ pub(crate) struct Shard {
     listeners: RefCell<Vec<Rc<TcpListener>>>,
     /// Signalled whenever a connection ends (shutdown waits on it).
     conn_ended: Notify,
+    /// The shard's span (`shard{id=N}`): the parent of every stream span this shard
+    /// creates, whichever stream's task creates it.
+    span: tracing::Span,
+    /// Stanzas for remote servers bounced because the shard was shutting down.
+    shutdown_bounced: Cell<usize>,
 }
 
 /// Where the read loop goes after handling a read.
@@ -291,6 +308,7 @@ impl Shard {
         control: crossbeam_channel::Receiver<Control>,
         control_wake: Arc<Notify>,
         resolver: S2sResolver,
+        span: tracing::Span,
     ) -> Self {
         Shard {
             id,
@@ -315,6 +333,8 @@ impl Shard {
             shutting_down: Cell::new(false),
             listeners: RefCell::new(Vec::new()),
             conn_ended: Notify::new(),
+            span,
+            shutdown_bounced: Cell::new(0),
         }
     }
 
@@ -619,6 +639,17 @@ impl Shard {
             debug!(from, "not sending a stanza from a domain we do not host");
             return;
         }
+        if self.shutting_down.get() {
+            // Every stream of this shard is closed or closing by now, and none is opened
+            // any more: nothing can carry it.
+            debug!(
+                remote = d,
+                "shutting down: not connecting to the remote server; stanza bounced"
+            );
+            self.shutdown_bounced.set(self.shutdown_bounced.get() + 1);
+            let f = shutdown_failure();
+            return self.bounce_queued(el, f.condition, &f.text);
+        }
         let now = Instant::now();
         let mut remotes = self.remotes.borrow_mut();
         if !remotes.contains_key(d) {
@@ -702,6 +733,10 @@ impl Shard {
             }
         }
         if r.conn.is_none() && !r.connecting {
+            if self.shutting_down.get() {
+                drop(remotes);
+                return self.refuse_during_shutdown(d);
+            }
             r.connecting = true;
             let first = r
                 .locals
@@ -711,9 +746,25 @@ impl Shard {
             drop(remotes);
             let me = self.rc();
             let d = d.to_owned();
-            let span = info_span!("s2s", dir = "out", peer = %d, id = tracing::field::Empty);
+            // A child of the shard's span, not of the stream whose task asks for it.
+            let span = info_span!(parent: &self.span, "s2s", dir = "out", peer = %d, id = tracing::field::Empty);
             tokio_uring::spawn(async move { me.connect(d, first).await }.instrument(span));
         }
+    }
+
+    /// The shard is shutting down and `d` has no stream: no connection is opened; what
+    /// waits for `d` is bounced ([`shutdown_failure`]) and its pending dialback
+    /// verifications are answered with an error.
+    fn refuse_during_shutdown(&self, d: &str) {
+        let n = self.remotes.borrow().get(d).map_or(0, |r| r.queue.len());
+        self.shutdown_bounced.set(self.shutdown_bounced.get() + n);
+        info!(
+            parent: &self.span,
+            remote = d,
+            stanzas = n,
+            "shutting down: not connecting to the remote server; bouncing what waits for it"
+        );
+        self.remote_failed(d, shutdown_failure());
     }
 
     /// The `Rc` of this shard (stored in a thread-local by the runtime).
@@ -724,7 +775,15 @@ impl Shard {
     /// Resolves `d`, connects to its targets in order and starts the outbound stream.
     async fn connect(self: Rc<Self>, d: String, local: String) {
         let started = Instant::now();
-        match self.open_socket(&local, &d).await {
+        let opened = self.open_socket(&local, &d).await;
+        if self.shutting_down.get() {
+            // The shutdown began while connecting: the stream would outlive the drain.
+            if let Ok((stream, _, _)) = &opened {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+            return self.refuse_during_shutdown(&d);
+        }
+        match opened {
             Ok((stream, target, tls)) => {
                 debug!(target = %target.host, port = target.port, ms = started.elapsed().as_millis() as u64, "connected");
                 let now = Instant::now();
@@ -941,8 +1000,13 @@ impl Shard {
     /// Moves queued stanzas for `d` whose local domain is authenticated on `conn` into
     /// the stream, in order, while the stream's backlog is under `s2s.send_queue_bytes`.
     fn drain_queue(&self, conn: &Conn, d: &str) {
-        let now = Instant::now();
         let limit = self.shared().config.s2s.send_queue_bytes;
+        self.drain_queue_within(conn, d, limit);
+    }
+
+    /// [`Shard::drain_queue`] while the stream's backlog is under `limit` bytes.
+    fn drain_queue_within(&self, conn: &Conn, d: &str, limit: usize) {
+        let now = Instant::now();
         let mut remotes = self.remotes.borrow_mut();
         let Some(r) = remotes.get_mut(d) else { return };
         if r.queue.is_empty() || r.conn.as_ref().is_none_or(|c| c.id != conn.id) {
@@ -1027,6 +1091,10 @@ impl Shard {
                 self.ensure_outbound(d, &local);
             }
             return;
+        }
+        if self.shutting_down.get() {
+            // Closed by the shutdown (or failing during it): no new attempt.
+            return self.refuse_during_shutdown(d);
         }
         let timeout = matches!(
             reason,
@@ -1204,7 +1272,7 @@ impl Shard {
                     self.unauthenticated.set(self.unauthenticated.get() + 1);
                     let me = Rc::clone(&self);
                     let direct = kind == ListenerKind::S2sDirectTls;
-                    let span = info_span!("s2s", dir = "in", %peer, peer_domain = tracing::field::Empty, id = tracing::field::Empty);
+                    let span = info_span!(parent: &self.span, "s2s", dir = "in", %peer, peer_domain = tracing::field::Empty, id = tracing::field::Empty);
                     tokio_uring::spawn(
                         async move { me.inbound(stream, direct).await }.instrument(span),
                     );
@@ -1272,6 +1340,7 @@ impl Shard {
         let std_stream = std::net::TcpStream::from(h.fd);
         let stream = TcpStream::from_std(std_stream);
         let span = info_span!(
+            parent: &self.span,
             "s2s",
             dir = "in",
             peer_domain = tracing::field::Empty,
@@ -1556,11 +1625,14 @@ impl Shard {
             } => {
                 conn.st.borrow_mut().pinned = true;
                 info!(parent: &conn.span, %local, %remote, ?method, "authenticated");
-                let m = format!("{method:?}").to_ascii_lowercase();
                 super::metrics(|mm| {
                     mm.count(
                         "auth",
-                        &[("proto", "s2s"), ("method", &m), ("result", "ok")],
+                        &[
+                            ("proto", "s2s"),
+                            ("method", method.as_str()),
+                            ("result", "ok"),
+                        ],
                         1,
                     );
                     if direction == Direction::Outbound {
@@ -1578,6 +1650,29 @@ impl Shard {
                 if direction == Direction::Outbound {
                     self.outbound_ready(conn, &local, &remote);
                 }
+            }
+            Event::SaslExternalNotOffered {
+                local,
+                remote,
+                dialback_fallback,
+            } => {
+                // XEP-0178: the peer refused our certificate. Said plainly, and counted.
+                if dialback_fallback {
+                    warn!(parent: &conn.span, %local, %remote, "peer did not offer SASL EXTERNAL after TLS: it did not accept our certificate for {local}; falling back to dialback");
+                } else {
+                    warn!(parent: &conn.span, %local, %remote, "peer did not offer SASL EXTERNAL after TLS: it did not accept our certificate for {local}; policy forbids dialback");
+                }
+                super::metrics(|m| {
+                    m.count(
+                        "auth",
+                        &[
+                            ("proto", "s2s"),
+                            ("method", AuthMethod::SaslExternal.as_str()),
+                            ("result", "not-offered"),
+                        ],
+                        1,
+                    )
+                });
             }
             Event::AuthFailed {
                 local,
@@ -1633,6 +1728,27 @@ impl Shard {
                 self.route(element)
             }
             Event::Closed(reason) => {
+                if let CloseReason::ReceivedError(condition, text) = &reason {
+                    // RFC 6120 §4.9: the peer's reason for ending the stream (a refused
+                    // certificate, a policy, a restart) is an operator's first question.
+                    let dir = direction_label(conn.direction);
+                    let remote = conn.st.borrow().proto.remote_domain().to_owned();
+                    warn!(
+                        parent: &conn.span,
+                        direction = dir,
+                        %remote,
+                        %condition,
+                        text = text.as_deref().unwrap_or(""),
+                        "the peer closed the stream with a stream error"
+                    );
+                    super::metrics(|m| {
+                        m.count(
+                            "stream_errors",
+                            &[("dir", dir), ("condition", condition.as_str())],
+                            1,
+                        )
+                    });
+                }
                 debug!(parent: &conn.span, ?reason, "stream closed");
                 let was = std::mem::replace(&mut conn.st.borrow_mut().closed, true);
                 if !was {
@@ -1740,6 +1856,30 @@ impl Shard {
             // Completes the pending accept with an error (no in-flight accept is dropped).
             // SAFETY: shutdown(2) on a descriptor we own.
             unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        // Queued stanzas go out on the authenticated outbound streams before these close
+        // (all of them: the queue is bounded); what is left, for remote domains without
+        // a stream for its sender, is bounced now, while the senders' sessions are still
+        // open to receive the bounce. No stream is opened from now on.
+        let open: Vec<(String, Rc<Conn>)> = self
+            .remotes
+            .borrow()
+            .iter()
+            .filter(|(_, r)| !r.queue.is_empty())
+            .filter_map(|(d, r)| r.conn.as_ref().map(|c| (d.clone(), Rc::clone(c))))
+            .collect();
+        for (d, c) in &open {
+            self.drain_queue_within(c, d, usize::MAX);
+        }
+        let stuck: Vec<String> = self
+            .remotes
+            .borrow()
+            .iter()
+            .filter(|(_, r)| !r.queue.is_empty() || (r.conn.is_none() && !r.verifies.is_empty()))
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in &stuck {
+            self.refuse_during_shutdown(d);
         }
         let now = Instant::now();
         self.close_clients(now);
@@ -1890,6 +2030,13 @@ impl Shard {
         while self.conn_count() > 0 && Instant::now() < settle {
             let _ = tokio::time::timeout_at(settle.into(), self.conn_ended.notified()).await;
         }
+        let bounced = self.shutdown_bounced.get();
+        if bounced > 0 {
+            info!(
+                count = bounced,
+                "stanzas for remote servers bounced while shutting down (no new streams)"
+            );
+        }
         // Stanzas still waiting for a remote server are not delivered: every stream is
         // closed by now, so a bounce could reach nobody. Say how many, loudly.
         let queued: Vec<Queued> = self
@@ -1904,6 +2051,14 @@ impl Shard {
                 "stanzas still queued for remote servers at shutdown were not delivered"
             );
         }
+    }
+}
+
+/// The `dir` label of a stream's metrics and logs: `"out"` or `"in"`.
+fn direction_label(d: Direction) -> &'static str {
+    match d {
+        Direction::Outbound => "out",
+        Direction::Inbound => "in",
     }
 }
 

@@ -149,6 +149,17 @@ pub enum AuthMethod {
     SaslExternal,
 }
 
+impl AuthMethod {
+    /// The method's name as configured (`federation.*.auth`) and as the `method` label of
+    /// `fedrouter_auth_total`: `"dialback"` or `"sasl-external"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Dialback => "dialback",
+            AuthMethod::SaslExternal => "sasl-external",
+        }
+    }
+}
+
 /// Why a stream ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
@@ -205,6 +216,22 @@ pub enum Event {
         remote: String,
         /// The answer.
         result: DialbackResult,
+    },
+    /// Outbound: TLS is up and our policy would authenticate with SASL EXTERNAL
+    /// (XEP-0178) with our certificate for `local`, but the peer's features after TLS
+    /// offer no `EXTERNAL` mechanism (RFC 6120 §6.4.1): the peer did not accept our
+    /// certificate. Emitted once per stream, before the stream goes on with dialback
+    /// ([`Event::Authenticated`] or [`Event::AuthFailed`] follows) or, when
+    /// `dialback_fallback` is false, is closed with `policy-violation`
+    /// ([`Event::Closed`] follows).
+    SaslExternalNotOffered {
+        /// Our domain (whose certificate the peer did not accept).
+        local: String,
+        /// The peer's domain.
+        remote: String,
+        /// Whether our policy for the peer allows dialback, so the stream falls back to
+        /// it (XEP-0220); false: the stream is closed.
+        dialback_fallback: bool,
     },
     /// Inbound: the peer claims `remote` with a dialback key; verify it with `remote`'s
     /// authoritative server (`db:verify` on an outbound stream) and answer with
@@ -1130,7 +1157,8 @@ impl S2sConnection {
     }
 
     /// Outbound: the peer's features (RFC 6120 §4.3.2). STARTTLS when offered and
-    /// allowed; else SASL EXTERNAL when possible; else dialback.
+    /// allowed; else SASL EXTERNAL when possible; else dialback, after an
+    /// [`Event::SaslExternalNotOffered`] when policy wanted EXTERNAL over TLS.
     fn on_features(&mut self, el: &Element, now: Instant) {
         let node = Node::parse(el).unwrap_or_default();
         let starttls = node.child("starttls", ns::TLS).is_some();
@@ -1167,11 +1195,20 @@ impl S2sConnection {
             }
             return self.flush_queued(now);
         }
-        if self.tls
-            && external
+        let want_external = self.tls
+            && self.dir == Direction::Outbound
             && self.policy.allows_external()
-            && self.cfg.has_certificate(&self.local)
-        {
+            && self.cfg.has_certificate(&self.local);
+        if want_external && !external {
+            // XEP-0178 §3: a receiving server that accepted our certificate offers
+            // EXTERNAL after TLS; without it the certificate was refused.
+            self.events.push_back(Event::SaslExternalNotOffered {
+                local: self.local.clone(),
+                remote: self.remote.clone(),
+                dialback_fallback: self.policy.allows_dialback(),
+            });
+        }
+        if want_external && external {
             // XEP-0178 §3: authzid is our domain.
             let b64 = base64::engine::general_purpose::STANDARD.encode(self.local.as_bytes());
             self.out.extend_from_slice(

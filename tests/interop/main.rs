@@ -1,0 +1,186 @@
+//! Interoperability with a REAL Prosody (Debian's package, installed by
+//! `.ci/setup-prosody`): fedrouter serves `cupdomain.test`, Prosody serves `gmail.test`,
+//! both find each other through SRV records served on loopback by fedrouter's own DNS
+//! server (port 53, which Prosody's libunbound asks), and real clients log in on both
+//! sides (`tests/common/xmpp.rs`: STARTTLS, SCRAM, roster, presence).
+//!
+//! For every federation profile, in both directions (fedrouter's user initiates; Prosody's
+//! user initiates): `cupuser1@cupdomain.test` and `jdoe1@gmail.test` subscribe to each
+//! other, exchange presence and a message each way, then the initiator unsubscribes
+//! (`flow.rs`). Each step's roster pushes are checked on both servers, and the stored
+//! states are read back at the end: fedrouter's SQLite store, Prosody's roster file.
+//!
+//! Failures with the real peer (`failures.rs`): Prosody stopped mid-session (bounces with
+//! `remote-server-not-found`, federation resumes when it is back), and Prosody refusing
+//! our certificate (dialback fallback where both sides allow it; otherwise a logged,
+//! counted refusal and bounces).
+//!
+//! Without Prosody the tests FAIL with a message naming `.ci/setup-prosody`.
+//!
+//! Each test owns a loopback slot (`lab.rs`): `127.0.232.(10k+1..=10k+3)`.
+
+#[path = "../common/c2s_client.rs"]
+mod c2s_client;
+mod failures;
+mod flow;
+mod lab;
+mod prosody;
+#[path = "../common/server.rs"]
+mod server;
+#[path = "../common/xmpp.rs"]
+mod xmpp;
+
+use flow::{subscription_flow, Side};
+use lab::{Lab, LabOptions, Profile, CUPUSER, JDOE, OURS, THEIRS};
+
+/// fedrouter's and Prosody's stored states after the flow (servers stopped): the
+/// initiator's side "from", the other's "to", no pending request.
+fn assert_stored_after_flow(lab: &mut Lab, fedrouter_initiated: bool) {
+    let cup = format!("{CUPUSER}@{OURS}");
+    let jdoe = format!("{JDOE}@{THEIRS}");
+    let (ours, theirs) = if fedrouter_initiated {
+        ("from", "to")
+    } else {
+        ("to", "from")
+    };
+    assert!(lab.fedrouter.stop(), "fedrouter did not stop on SIGTERM");
+    assert!(lab.prosody.stop(), "prosody did not stop on SIGTERM");
+    let row = lab
+        .fedrouter_row(&jdoe)
+        .unwrap_or_else(|| panic!("fedrouter: no stored row of {cup} for {jdoe}"));
+    assert!(row.in_roster, "fedrouter row: {row:?}");
+    assert_eq!(row.subscription, ours, "fedrouter row: {row:?}");
+    assert!(!row.pending_out, "fedrouter row: {row:?}");
+    assert_eq!(row.pending_in, None, "fedrouter row: {row:?}");
+
+    let roster = lab.prosody.stored_roster(JDOE);
+    assert_eq!(
+        roster.get(&cup),
+        Some(&(theirs.to_owned(), None)),
+        "prosody's stored roster of {jdoe}: {roster:?}"
+    );
+    assert_eq!(
+        roster.len(),
+        1,
+        "prosody's stored roster of {jdoe}: {roster:?}"
+    );
+}
+
+/// Asserts both S2S streams (ours to Prosody, Prosody's to us) were set up as `profile`
+/// says: fedrouter's log names the authentication method of each direction, Prosody's log
+/// says whether each of its streams was encrypted.
+fn assert_profile_used(lab: &Lab, profile: Profile) {
+    let method = match profile {
+        Profile::Google | Profile::Webex => "method=Dialback",
+        Profile::Strict => "method=SaslExternal",
+    };
+    for dir in ["dir=\"out\"", "dir=\"in\""] {
+        let lines = lab
+            .fedrouter
+            .log_lines(&[dir, "authenticated local=cupdomain.test remote=gmail.test"]);
+        assert!(
+            !lines.is_empty(),
+            "fedrouter: no {dir} stream authenticated with gmail.test"
+        );
+        assert!(
+            lines.iter().all(|l| l.contains(method)),
+            "fedrouter: {dir} streams not all authenticated with {method}: {lines:#?}"
+        );
+    }
+    let log = lab.prosody.log();
+    for kind in ["s2sin", "s2sout"] {
+        let encrypted = log
+            .lines()
+            .any(|l| l.contains(kind) && l.contains("Stream encrypted"));
+        let want = profile != Profile::Google;
+        assert_eq!(
+            encrypted, want,
+            "prosody: {kind} stream encrypted = {encrypted}, the {profile:?} profile wants {want}"
+        );
+    }
+    if profile == Profile::Strict {
+        assert!(
+            log.contains("Accepting SASL EXTERNAL identity from cupdomain.test"),
+            "prosody did not accept our SASL EXTERNAL"
+        );
+    }
+}
+
+/// The flow with `profile` in slot `k`, initiated by fedrouter's user or Prosody's.
+fn profile_flow(k: u8, profile: Profile, fedrouter_initiates: bool) -> Lab {
+    let mut lab = Lab::start(k, profile, LabOptions::default());
+    let mut cup = lab.login_cupuser();
+    let mut jdoe = lab.login_jdoe();
+    {
+        let mut c = Side {
+            client: &mut cup,
+            bare: format!("{CUPUSER}@{OURS}"),
+            server: "fedrouter",
+        };
+        let mut j = Side {
+            client: &mut jdoe,
+            bare: format!("{JDOE}@{THEIRS}"),
+            server: "prosody",
+        };
+        if fedrouter_initiates {
+            subscription_flow(&mut c, &mut j);
+        } else {
+            subscription_flow(&mut j, &mut c);
+        }
+    }
+    cup.close();
+    jdoe.close();
+    assert_profile_used(&lab, profile);
+    assert_stored_after_flow(&mut lab, fedrouter_initiates);
+    lab
+}
+
+#[test]
+fn google_style_fedrouter_initiates() {
+    profile_flow(0, Profile::Google, true);
+}
+
+#[test]
+fn google_style_prosody_initiates() {
+    profile_flow(1, Profile::Google, false);
+}
+
+#[test]
+fn webex_style_fedrouter_initiates() {
+    profile_flow(2, Profile::Webex, true);
+}
+
+#[test]
+fn webex_style_prosody_initiates() {
+    profile_flow(3, Profile::Webex, false);
+}
+
+#[test]
+fn strict_tls_sasl_external_fedrouter_initiates() {
+    profile_flow(4, Profile::Strict, true);
+}
+
+#[test]
+fn strict_tls_sasl_external_prosody_initiates() {
+    profile_flow(5, Profile::Strict, false);
+}
+
+#[test]
+fn prosody_stopped_mid_session() {
+    failures::prosody_stopped_mid_session(6);
+}
+
+#[test]
+fn prosody_rejects_our_certificate_dialback_fallback() {
+    failures::certificate_rejected_dialback_fallback(7);
+}
+
+#[test]
+fn prosody_rejects_our_certificate_and_dialback() {
+    failures::certificate_rejected_peer_forbids_dialback(8);
+}
+
+#[test]
+fn prosody_rejects_our_certificate_policy_forbids_dialback() {
+    failures::certificate_rejected_policy_forbids_dialback(9);
+}

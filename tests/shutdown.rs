@@ -1,0 +1,205 @@
+//! Graceful shutdown with federation traffic in flight: real `fedrouter serve` processes,
+//! real client sockets on loopback (`common/xmpp.rs`), plain TCP + dialback between two
+//! servers found through SRV records.
+//!
+//! A shutting-down server closes its streams (RFC 6120 §4.4) and must not open new ones:
+//! a stanza generated during the shutdown for a remote domain whose stream is already
+//! closed (typically the unavailable presence of a client whose session the shutdown
+//! ends, RFC 6121 §4.5.2) is bounced, not sent over a new outbound stream that nothing
+//! would close before `shutdown.drain_timeout`.
+//!
+//! Loopback range: `127.0.236.0/24` (`.1:5300` DNS, servers on `.2`/`.3`: 5222 C2S,
+//! 5269 S2S, 9269 admin). Every wait is bounded.
+
+#[path = "common/c2s_client.rs"]
+mod c2s_client;
+#[path = "common/server.rs"]
+mod server;
+#[path = "common/xmpp.rs"]
+mod xmpp;
+
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use server::{config, ip, xmpp_server, zone, Fedrouter, GOOGLE_STYLE};
+use xmpp::{Client, Target};
+
+const PASSWORD: &str = "s3cret horse";
+
+/// Longest a `fedrouter user` command may run.
+const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The drain deadline of the server that is stopped: long, so that a shutdown waiting
+/// for it stands out against one that ends when its streams are closed.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// How long the shutdown may take: its streams' closing handshakes on loopback, well
+/// under [`DRAIN`] (and under the harness's SIGTERM grace of 5 s).
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(4);
+
+/// `server::config` with a C2S listener on `addr:5222`.
+fn c2s_config(net: u8, addr: Ipv4Addr, domains: &[&str], shards: usize, extra: &str) -> String {
+    let text = config(net, addr, domains, shards, extra);
+    assert!(text.contains("c2s = []"), "server::config changed: {text}");
+    text.replace("c2s = []", &format!("c2s = [\"{addr}:5222\"]"))
+}
+
+/// `fedrouter user add JID -c CONFIG` with the password on stdin; panics unless it
+/// succeeds within [`CLI_TIMEOUT`].
+fn add_user(config_path: &Path, jid: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fedrouter"))
+        .args(["user", "add", jid, "-c"])
+        .arg(config_path)
+        .current_dir(config_path.parent().expect("config folder"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fedrouter user add");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .expect("write the password");
+    let deadline = Instant::now() + CLI_TIMEOUT;
+    // Bounded: CLI_TIMEOUT / 10 ms turns.
+    while child.try_wait().expect("wait for fedrouter user").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("fedrouter user add {jid}: still running after {CLI_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("fedrouter user add output");
+    assert!(
+        out.status.success(),
+        "fedrouter user add {jid}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn login(fr: &Fedrouter, addr: Ipv4Addr, domain: &str, user: &str, resource: &str) -> Client {
+    let t = Target::new(
+        SocketAddr::new(addr.into(), 5222),
+        domain,
+        &fr.dir().join("data"),
+    );
+    Client::login(&t, user, PASSWORD, Some(resource))
+}
+
+/// alice@a.test (server A, one shard: alice and b.test are owned by the same shard) has
+/// bob@b.test (server B) as a subscriber, so her unavailable presence goes to b.test when
+/// her session ends. A gets SIGTERM while A→B is open; the shutdown closes A's streams,
+/// then alice's session ends (she disconnects; the shutdown closes it anyway), and her
+/// unavailable presence finds no open stream to b.test. A must bounce it rather than
+/// connect to B again, and exit as soon as its streams are closed, far under its
+/// `drain_timeout`; the new stream it used to open was not closed by the drain, which
+/// then lasted the whole `drain_timeout`.
+#[test]
+fn no_new_outbound_stream_during_shutdown() {
+    const NET: u8 = 236;
+    let (addr_a, addr_b) = (ip(NET, 2), ip(NET, 3));
+    let mut records = xmpp_server("a.test", addr_a);
+    records.extend(xmpp_server("b.test", addr_b));
+    let _dns = zone(NET, records);
+    let drain = format!(
+        "{GOOGLE_STYLE}\n[shutdown]\ndrain_timeout = \"{}s\"\n",
+        DRAIN.as_secs()
+    );
+    let mut sa = Fedrouter::start("a.test", &c2s_config(NET, addr_a, &["a.test"], 1, &drain));
+    let mut sb = Fedrouter::start(
+        "b.test",
+        &c2s_config(NET, addr_b, &["b.test"], 2, GOOGLE_STYLE),
+    );
+    add_user(&sa.config_path(), "alice@a.test");
+    add_user(&sb.config_path(), "bob@b.test");
+
+    let mut alice = login(&sa, addr_a, "a.test", "alice", "phone");
+    let mut bob = login(&sb, addr_b, "b.test", "bob", "laptop");
+    alice.roster_get();
+    bob.roster_get();
+    alice.send("<presence/>");
+    bob.send("<presence/>");
+    alice.sync();
+    bob.sync();
+
+    // bob subscribes to alice's presence; alice approves: A's outbound stream to b.test
+    // carries the approval and alice's presence.
+    bob.send("<presence type='subscribe' to='alice@a.test'/>");
+    alice.expect_presence("bob@b.test", Some("subscribe"));
+    alice.send("<presence type='subscribed' to='bob@b.test'/>");
+    bob.expect_presence("alice@a.test", Some("subscribed"));
+    let alice_full = alice.jid.clone().expect("alice is bound");
+    bob.expect_presence(&alice_full, None);
+    let out_before = sa
+        .log_lines(&["dir=\"out\"", "peer=b.test", "connected"])
+        .len();
+    assert!(out_before >= 1, "a.test: no outbound stream to b.test");
+
+    // SIGTERM; once A says it shuts down, alice goes away.
+    sa.signal(libc::SIGTERM);
+    let sigterm = Instant::now();
+    assert!(
+        sa.wait_log(&["shutting down"], Duration::from_secs(5))
+            .is_some(),
+        "a.test did not log that it is shutting down"
+    );
+    alice.close();
+    drop(alice);
+
+    // Bounded: SHUTDOWN_BOUND + 1 s of 20 ms turns.
+    let deadline = sigterm + SHUTDOWN_BOUND + Duration::from_secs(1);
+    while sa.running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = sigterm.elapsed();
+    let exited = !sa.running();
+    let log = sa.log();
+    let after = log
+        .split_once("shutting down")
+        .map(|(_, rest)| rest)
+        .unwrap_or("");
+    let reconnects: Vec<&str> = after
+        .lines()
+        .filter(|l| l.contains("dir=\"out\"") && l.contains("connected"))
+        .collect();
+    assert!(
+        reconnects.is_empty(),
+        "a.test connected to a remote server while shutting down: {reconnects:#?}"
+    );
+    assert!(
+        exited && took < SHUTDOWN_BOUND,
+        "a.test took {took:?} (still running: {}) to shut down with drain_timeout {DRAIN:?}; \
+         it should end once its streams are closed",
+        !exited
+    );
+    // The unavailable presence was not sent over a new stream: it was bounced.
+    assert!(
+        after
+            .lines()
+            .any(|l| l.contains("b.test") && l.contains("shutting down: not connecting")),
+        "a.test did not log why the stanza for b.test was not sent"
+    );
+    // Outbound stream spans are children of the shard's, never of another stream's.
+    let nested: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("s2s{dir=\"out\"") && l.matches("s2s{").count() > 1)
+        .collect();
+    assert!(
+        nested.is_empty(),
+        "outbound stream spans nested in another stream's: {nested:#?}"
+    );
+    assert!(sa.stop(), "a.test: stop after exit");
+
+    // B is unaffected: bob is still connected and B stops cleanly.
+    bob.sync();
+    bob.close();
+    assert!(sb.stop(), "b.test did not stop on SIGTERM");
+}
