@@ -439,7 +439,7 @@ impl Shard {
             }
             self.flush(&mut inbox);
         }
-        self.finish_shutdown().await;
+        self.finish_shutdown(&mut inbox, &mut batch).await;
     }
 
     /// Ends a turn: moves this turn's cross-shard messages into the inbox (batched per
@@ -2006,11 +2006,47 @@ impl Shard {
         self.conns.borrow().len() + self.local.conns.borrow().len()
     }
 
-    async fn finish_shutdown(&self) {
+    /// Handles what other shards still send while this one shuts down (a stanza generated
+    /// by a session ending there, for a user or remote domain owned here): routed,
+    /// delivered or bounced as usual, never silently dropped. Connections handed over now
+    /// are closed instead of adopted. Returns how many messages were handled.
+    fn drain_during_shutdown(
+        &self,
+        inbox: &mut ShardInbox<ShardMsg>,
+        batch: &mut Vec<ShardMsg>,
+    ) -> usize {
+        let mut handled = 0;
+        // Bounded: at most 1,024 batches per call.
+        for _ in 0..1024 {
+            batch.clear();
+            if inbox.drain(batch, 1) == 0 {
+                break;
+            }
+            for msg in batch.drain(..) {
+                match msg {
+                    // Dropping the hand-off closes its socket; the peer reconnects to a
+                    // running server.
+                    ShardMsg::Adopt(_) | ShardMsg::AdoptC2s(_) => {}
+                    msg => self.handle_msg(msg),
+                }
+                handled += 1;
+            }
+        }
+        self.flush(inbox);
+        handled
+    }
+
+    async fn finish_shutdown(&self, inbox: &mut ShardInbox<ShardMsg>, batch: &mut Vec<ShardMsg>) {
         let deadline = Instant::now() + self.shared().config.shutdown.drain_timeout;
+        let mut late = 0;
         while self.conn_count() > 0 && Instant::now() < deadline {
+            late += self.drain_during_shutdown(inbox, batch);
             let ended = self.conn_ended.notified();
-            let _ = tokio::time::timeout_at(deadline.into(), ended).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+                _ = ended => {}
+                _ = inbox.wait() => {}
+            }
         }
         // Whatever is left: shut the sockets so their reads complete.
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
@@ -2028,7 +2064,28 @@ impl Shard {
         }
         let settle = Instant::now() + Duration::from_millis(500);
         while self.conn_count() > 0 && Instant::now() < settle {
-            let _ = tokio::time::timeout_at(settle.into(), self.conn_ended.notified()).await;
+            late += self.drain_during_shutdown(inbox, batch);
+            let ended = self.conn_ended.notified();
+            tokio::select! {
+                _ = tokio::time::sleep_until(settle.into()) => {}
+                _ = ended => {}
+                _ = inbox.wait() => {}
+            }
+        }
+        late += self.drain_during_shutdown(inbox, batch);
+        if late > 0 {
+            info!(
+                count = late,
+                "cross-shard messages handled while shutting down (routed, delivered or bounced)"
+            );
+        }
+        // Messages for other shards that could not be handed over any more.
+        let unsent = self.outgoing.borrow().len() + inbox.pending();
+        if unsent > 0 {
+            warn!(
+                count = unsent,
+                "cross-shard messages could not reach their shard before it stopped"
+            );
         }
         let bounced = self.shutdown_bounced.get();
         if bounced > 0 {
