@@ -24,22 +24,17 @@ mod server;
 #[path = "common/xmpp.rs"]
 mod xmpp;
 
-use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fedrouter::router::{bare_key, shard_of};
 use fedrouter::store::sqlite::SqliteStore;
 use fedrouter::store::{Store, StoredItem, DB_FILE};
-use server::{config, ip, xmpp_server, zone, Fedrouter, GOOGLE_STYLE};
+use server::{add_user, config, ip, xmpp_server, zone, Fedrouter, GOOGLE_STYLE};
 use xmpp::{attr, child_text, condition, is_stanza, jid_matches, Client, Mech, Target};
 
 const PASSWORD: &str = "s3cret horse";
-
-/// Longest a `fedrouter user` command may run.
-const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------
 // Set-up helpers
@@ -54,48 +49,6 @@ fn c2s_config(net: u8, addr: Ipv4Addr, domains: &[&str], shards: usize, extra: &
 
 fn c2s_addr(addr: Ipv4Addr) -> SocketAddr {
     SocketAddr::new(addr.into(), 5222)
-}
-
-/// `fedrouter user add JID -c CONFIG` with `password` on stdin; panics unless it succeeds
-/// within [`CLI_TIMEOUT`].
-fn add_user(config_path: &Path, jid: &str, password: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fedrouter"))
-        .args(["user", "add", jid, "-c"])
-        .arg(config_path)
-        .current_dir(config_path.parent().expect("config folder"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn fedrouter user add");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("write the password");
-    let deadline = Instant::now() + CLI_TIMEOUT;
-    // Bounded: CLI_TIMEOUT / 10 ms turns.
-    while child
-        .try_wait()
-        .expect("wait for fedrouter user add")
-        .is_none()
-    {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("fedrouter user add {jid}: still running after {CLI_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().expect("fedrouter user add output");
-    assert!(
-        out.status.success(),
-        "fedrouter user add {jid}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn add_users(fr: &Fedrouter, jids: &[&str]) {

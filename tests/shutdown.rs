@@ -18,19 +18,13 @@ mod server;
 #[path = "common/xmpp.rs"]
 mod xmpp;
 
-use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use server::{config, ip, xmpp_server, zone, Fedrouter, GOOGLE_STYLE};
+use server::{add_user, config, ip, xmpp_server, zone, Fedrouter, GOOGLE_STYLE};
 use xmpp::{Client, Target};
 
 const PASSWORD: &str = "s3cret horse";
-
-/// Longest a `fedrouter user` command may run.
-const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The drain deadline of the server that is stopped: long, so that a shutdown waiting
 /// for it stands out against one that ends when its streams are closed.
@@ -45,44 +39,6 @@ fn c2s_config(net: u8, addr: Ipv4Addr, domains: &[&str], shards: usize, extra: &
     let text = config(net, addr, domains, shards, extra);
     assert!(text.contains("c2s = []"), "server::config changed: {text}");
     text.replace("c2s = []", &format!("c2s = [\"{addr}:5222\"]"))
-}
-
-/// `fedrouter user add JID -c CONFIG` with the password on stdin; panics unless it
-/// succeeds within [`CLI_TIMEOUT`].
-fn add_user(config_path: &Path, jid: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fedrouter"))
-        .args(["user", "add", jid, "-c"])
-        .arg(config_path)
-        .current_dir(config_path.parent().expect("config folder"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn fedrouter user add");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{PASSWORD}\n").as_bytes())
-        .expect("write the password");
-    let deadline = Instant::now() + CLI_TIMEOUT;
-    // Bounded: CLI_TIMEOUT / 10 ms turns.
-    while child.try_wait().expect("wait for fedrouter user").is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("fedrouter user add {jid}: still running after {CLI_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().expect("fedrouter user add output");
-    assert!(
-        out.status.success(),
-        "fedrouter user add {jid}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn login(fr: &Fedrouter, addr: Ipv4Addr, domain: &str, user: &str, resource: &str) -> Client {
@@ -118,8 +74,8 @@ fn no_new_outbound_stream_during_shutdown() {
         "b.test",
         &c2s_config(NET, addr_b, &["b.test"], 2, GOOGLE_STYLE),
     );
-    add_user(&sa.config_path(), "alice@a.test");
-    add_user(&sb.config_path(), "bob@b.test");
+    add_user(&sa.config_path(), "alice@a.test", PASSWORD);
+    add_user(&sb.config_path(), "bob@b.test", PASSWORD);
 
     let mut alice = login(&sa, addr_a, "a.test", "alice", "phone");
     let mut bob = login(&sb, addr_b, "b.test", "bob", "laptop");

@@ -423,3 +423,45 @@ pub fn assert_error(v: &serde_json::Value, condition: &str, what: &str) {
 pub fn rtt_ms(v: &serde_json::Value) -> f64 {
     v["rtt_ms"].as_f64().unwrap_or(f64::NAN)
 }
+
+/// Longest wait for one `fedrouter user add`.
+pub const USER_ADD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `fedrouter user add JID -c CONFIG` with `password` on stdin; panics unless it succeeds
+/// within [`USER_ADD_TIMEOUT`]. The instance need not be running (the
+/// store is opened by the command).
+pub fn add_user(config_path: &Path, jid: &str, password: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fedrouter"))
+        .args(["user", "add", jid, "-c"])
+        .arg(config_path)
+        .current_dir(config_path.parent().expect("config folder"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fedrouter user add");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write the password");
+    let deadline = Instant::now() + USER_ADD_TIMEOUT;
+    // Bounded: USER_ADD_TIMEOUT / 10 ms turns.
+    while child.try_wait().expect("wait for fedrouter user").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("fedrouter user add {jid}: still running after {USER_ADD_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("fedrouter user add output");
+    assert!(
+        out.status.success(),
+        "fedrouter user add {jid}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -10,11 +10,8 @@
 //! Certificates come from one `fedrouter::tls::TestCa`; both clients trust only it.
 #![allow(dead_code)]
 
-use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
 use fedrouter::dns::zone::{ZoneRecord, ZoneServer};
 use fedrouter::store::sqlite::SqliteStore;
@@ -22,7 +19,7 @@ use fedrouter::store::{Store, StoredItem, DB_FILE};
 use fedrouter::tls::TestCa;
 
 use crate::prosody::{Prosody, ProsodySpec, S2sPolicy};
-use crate::server::{a, srv, Fedrouter};
+use crate::server::{a, add_user, srv, Fedrouter};
 use crate::xmpp::{Client, Mech, Target};
 
 /// Our hosted domain.
@@ -35,9 +32,6 @@ pub const CUPUSER: &str = "cupuser1";
 pub const JDOE: &str = "jdoe1";
 /// Both users' password.
 pub const PASSWORD: &str = "interop s3cret";
-
-/// Longest a `fedrouter user` command may run.
-const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A federation profile: both servers' settings for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,42 +284,4 @@ key = "ours.key"
             .unwrap_or_else(|e| panic!("roster of {user}: {e}"));
         items.into_iter().find(|i| i.contact == contact)
     }
-}
-
-/// `fedrouter user add JID -c CONFIG` with `password` on stdin; panics unless it succeeds
-/// within [`CLI_TIMEOUT`].
-pub fn add_user(config_path: &Path, jid: &str, password: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fedrouter"))
-        .args(["user", "add", jid, "-c"])
-        .arg(config_path)
-        .current_dir(config_path.parent().expect("config folder"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn fedrouter user add");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("write the password");
-    let deadline = Instant::now() + CLI_TIMEOUT;
-    // Bounded: CLI_TIMEOUT / 10 ms turns.
-    while child.try_wait().expect("wait for fedrouter user").is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("fedrouter user add {jid}: still running after {CLI_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().expect("fedrouter user add output");
-    assert!(
-        out.status.success(),
-        "fedrouter user add {jid}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
