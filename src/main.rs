@@ -107,31 +107,6 @@ fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
     })
 }
 
-/// Raises the soft open-file limit (RLIMIT_NOFILE) to the hard one: every S2S and C2S
-/// stream is a socket. Returns (soft, hard) after the attempt.
-fn raise_fd_limit() -> (u64, u64) {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to an initialised struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
-            return (0, 0);
-        }
-        if r.rlim_cur < r.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: r.rlim_max,
-                rlim_max: r.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                r = want;
-            }
-        }
-    }
-    (r.rlim_cur, r.rlim_max)
-}
-
 fn serve(path: Option<&Path>) -> ExitCode {
     let config = match load_config(path) {
         Ok(c) => c,
@@ -153,7 +128,7 @@ fn serve(path: Option<&Path>) -> ExitCode {
     for d in &materialized.generated {
         tracing::info!(domain = %d, dir = %config.data_dir.display(), "generated a self-signed certificate");
     }
-    let (soft, hard) = raise_fd_limit();
+    let (soft, hard) = fedrouter::runtime::raise_fd_limit();
     tracing::info!(
         open_files = soft,
         hard_limit = hard,

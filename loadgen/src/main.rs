@@ -273,7 +273,7 @@ fn main() -> ExitCode {
         }
         _ => return usage("an external SUT needs both --sut-s2s and --sut-c2s".into()),
     };
-    let limit = run::raise_fd_limit();
+    let (limit, _) = fedrouter::runtime::raise_fd_limit();
     let needed =
         u64::from(topo.servers()) * 2 + u64::from(topo.peers) + u64::from(topo.local_users) + 64;
     if needed > limit {

@@ -258,24 +258,6 @@ pub struct Outcome {
     pub files: Vec<PathBuf>,
 }
 
-/// Raises this process's open-file limit to its hard limit; returns the new soft limit.
-pub fn raise_fd_limit() -> u64 {
-    // SAFETY: getrlimit/setrlimit on a properly initialised struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
-            return 0;
-        }
-        r.rlim_cur = r.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        r.rlim_cur
-    }
-}
-
 /// Peak resident set size of this process, KiB (`VmHWM` of /proc/self/status).
 pub fn peak_rss_kib() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -607,3 +607,29 @@ fn build_shared(
         config,
     })
 }
+
+/// Raises the soft open-file limit (RLIMIT_NOFILE) to the hard one: every S2S and C2S
+/// stream is a socket. Returns `(soft, hard)` after the attempt; `(0, 0)` when the limit
+/// cannot be read. `fedrouter serve` and `loadgen` call it at start.
+pub fn raise_fd_limit() -> (u64, u64) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an initialised struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return (0, 0);
+        }
+        if r.rlim_cur < r.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                r = want;
+            }
+        }
+    }
+    (r.rlim_cur, r.rlim_max)
+}
