@@ -135,6 +135,10 @@ enum Command {
         /// fedrouter, prosody or ejabberd.
         #[arg(long, default_value = "fedrouter")]
         server: String,
+        /// The server's configuration file, passed to its command (`fedrouter user add -c`,
+        /// `prosodyctl --config`, `ejabberdctl --config`).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Writes the peers' DNS zone file and exits.
     Zone {
@@ -195,9 +199,10 @@ fn main() -> ExitCode {
         peer_port: cli.peer_port,
     };
     match &cli.command {
-        Some(Command::Accounts { server }) => {
+        Some(Command::Accounts { server, config }) => {
             return match loadgen::sut::account_commands(
                 server,
+                config.as_deref(),
                 &topo.sut_domain,
                 topo.local_users,
                 &cli.password,

@@ -756,6 +756,14 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         "ops_measured": ops_measured,
         "ops_skipped": skipped,
         "peak_rss_kib": peak_rss_kib(),
+        "setup": {
+            "streams_s": streams_up.as_secs_f64(),
+            "logins_s": logins.as_secs_f64(),
+            "subscriptions": presubscribed,
+            "subscriptions_s": subs_time.as_secs_f64(),
+        },
+        "unexpected_closes": world.unexpected_closes.load(Ordering::Relaxed),
+        "auth_failures": world.auth_failures.load(Ordering::Relaxed),
     });
     let json_path = opts.out_dir.join("summary.json");
     let mut f = BufWriter::new(File::create(&json_path)?);

@@ -10,8 +10,8 @@
 //! ejabberd:   for i in $(seq 0 99); do ejabberdctl register user$i cupdomain.test loadgen; done
 //! ```
 //!
-//! `loadgen accounts --server fedrouter|prosody|ejabberd` prints these lines for the run's
-//! options.
+//! `loadgen accounts --server fedrouter|prosody|ejabberd [--config FILE]` prints these
+//! lines for the run's options.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -204,15 +204,29 @@ impl Drop for Embedded {
 }
 
 /// The commands that create the run's local users on `server` (`fedrouter`, `prosody` or
-/// `ejabberd`), one per line; `None` for another server.
-pub fn account_commands(server: &str, domain: &str, k: u32, password: &str) -> Option<String> {
+/// `ejabberd`), one per line, with the server's configuration file when given; `None` for
+/// another server.
+pub fn account_commands(
+    server: &str,
+    config: Option<&Path>,
+    domain: &str,
+    k: u32,
+    password: &str,
+) -> Option<String> {
+    let cfg =
+        |flag: &str| config.map_or_else(String::new, |c| format!(" {flag} '{}'", c.display()));
     let line = |i: u32| match server {
         "fedrouter" => Some(format!(
-            "echo '{password}' | fedrouter user add user{i}@{domain}"
+            "echo '{password}' | fedrouter user add{} user{i}@{domain}",
+            cfg("-c")
         )),
-        "prosody" => Some(format!("prosodyctl register user{i} {domain} '{password}'")),
+        "prosody" => Some(format!(
+            "prosodyctl{} register user{i} {domain} '{password}'",
+            cfg("--config")
+        )),
         "ejabberd" => Some(format!(
-            "ejabberdctl register user{i} {domain} '{password}'"
+            "ejabberdctl{} register user{i} {domain} '{password}'",
+            cfg("--config")
         )),
         _ => None,
     };
@@ -222,4 +236,32 @@ pub fn account_commands(server: &str, domain: &str, k: u32, password: &str) -> O
         out.push('\n');
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_commands_name_the_configuration() {
+        let f = account_commands(
+            "fedrouter",
+            Some(Path::new("/etc/f.toml")),
+            "c.test",
+            2,
+            "pw",
+        )
+        .expect("known server");
+        assert_eq!(
+            f,
+            "echo 'pw' | fedrouter user add -c '/etc/f.toml' user0@c.test\n\
+             echo 'pw' | fedrouter user add -c '/etc/f.toml' user1@c.test\n"
+        );
+        let p = account_commands("prosody", None, "c.test", 1, "pw").expect("known server");
+        assert_eq!(p, "prosodyctl register user0 c.test 'pw'\n");
+        assert!(account_commands("ejabberd", None, "c.test", 1, "pw")
+            .expect("known")
+            .starts_with("ejabberdctl register user0 c.test"));
+        assert_eq!(account_commands("openfire", None, "c.test", 1, "pw"), None);
+    }
 }
