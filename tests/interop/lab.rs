@@ -75,7 +75,7 @@ pub struct Slot {
 impl Slot {
     /// Slot `k` (0..=9).
     pub fn new(k: u8) -> Slot {
-        assert!(k <= 9, "slot {k} out of range");
+        assert!(k <= 24, "slot {k} out of range");
         let base = 10 * k;
         Slot {
             fedrouter: Ipv4Addr::new(127, 0, 232, base + 1),

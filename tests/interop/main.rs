@@ -2,7 +2,8 @@
 //! `.ci/setup-prosody`): fedrouter serves `cupdomain.test`, Prosody serves `gmail.test`,
 //! both find each other through SRV records served on loopback by fedrouter's own DNS
 //! server (port 53, which Prosody's libunbound asks), and real clients log in on both
-//! sides (`tests/common/xmpp.rs`: STARTTLS, SCRAM, roster, presence).
+//! sides (`tests/common/xmpp.rs`: STARTTLS, SCRAM, roster, presence; and slixmpp from
+//! PyPI on both servers in `slixmpp.rs`).
 //!
 //! For every federation profile, in both directions (fedrouter's user initiates; Prosody's
 //! user initiates): `cupuser1@cupdomain.test` and `jdoe1@gmail.test` subscribe to each
@@ -27,6 +28,7 @@ mod lab;
 mod prosody;
 #[path = "../common/server.rs"]
 mod server;
+mod slixmpp;
 #[path = "../common/xmpp.rs"]
 mod xmpp;
 
@@ -183,4 +185,9 @@ fn prosody_rejects_our_certificate_and_dialback() {
 #[test]
 fn prosody_rejects_our_certificate_policy_forbids_dialback() {
     failures::certificate_rejected_policy_forbids_dialback(9);
+}
+
+#[test]
+fn slixmpp_clients_on_both_servers() {
+    slixmpp::slixmpp_on_both_servers(10);
 }

@@ -37,6 +37,10 @@ client sent the other that arrived out of order, are reported, and fatal only wi
 --debug sends slixmpp's debug log (the XML sent and received) to stderr.
 
 Usage: roster_flow.py HOST PORT CA_CERT JID_A PASSWORD_A JID_B PASSWORD_B [--timeout S]
+                      [--host-b HOST --port-b PORT --ca-cert-b FILE]
+
+With --host-b, B logs in to another server (JID_B on its domain) and the whole life cycle
+runs over server-to-server federation (tests/interop/: fedrouter and Prosody).
 """
 
 import argparse
@@ -285,7 +289,7 @@ async def flow(args, result):
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + args.timeout
     a = Client("A", args.jid_a, args.password_a, args.ca_cert)
-    b = Client("B", args.jid_b, args.password_b, args.ca_cert)
+    b = Client("B", args.jid_b, args.password_b, args.ca_cert_b or args.ca_cert)
     ja, jb = a.boundjid.bare, b.boundjid.bare
     result["clients"] = {"A": ja, "B": jb}
 
@@ -300,8 +304,8 @@ async def flow(args, result):
 
     start = time.monotonic()
     try:
-        for c in (a, b):
-            c.connect(args.host, args.port)
+        a.connect(args.host, args.port)
+        b.connect(args.host_b or args.host, args.port_b or args.port)
         for c in (a, b):
             left = deadline - time.monotonic()
             try:
@@ -392,6 +396,9 @@ def main():
     p.add_argument("jid_b")
     p.add_argument("password_b")
     p.add_argument("--timeout", type=float, default=30.0, help="bound on the whole run, seconds")
+    p.add_argument("--host-b", help="B's server when it is another one (federation)")
+    p.add_argument("--port-b", type=int, help="B's server's C2S port")
+    p.add_argument("--ca-cert-b", help="the CA file B trusts, when not CA_CERT")
     p.add_argument(
         "--strict-order", action="store_true", help="fail when order_violations is not empty"
     )
