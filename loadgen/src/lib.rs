@@ -12,6 +12,8 @@
 //! loadgen is a black box speaking plain XMPP (RFC 6120/6121, XEP-0220, XEP-0178): it works
 //! against fedrouter, Prosody or ejabberd.
 
+#![warn(missing_docs)]
+
 pub mod c2s;
 pub mod clients;
 pub mod dns;

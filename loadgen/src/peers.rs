@@ -1,5 +1,5 @@
 //! The simulated remote servers ("peers"): Gmail-style XMPP servers for the domains of the
-//! [`Topology`], each accepting the SUT's S2S streams on its own loopback address and
+//! [`Topology`](crate::topology::Topology), each accepting the SUT's S2S streams on its own loopback address and
 //! opening its own S2S streams to the SUT (RFC 6120 §4), authenticated with Server Dialback
 //! (XEP-0220) or TLS + SASL EXTERNAL (XEP-0178).
 //!
