@@ -1076,6 +1076,28 @@ impl CertError {
     }
 }
 
+/// [`crate::stream::PeerCertVerifier`] over trust anchors and the wall clock: what the
+/// runtime uses to decide whether a peer's certificate allows SASL EXTERNAL (RFC 6120
+/// §13.7.1.2, XEP-0178 §3), and what `loadgen`'s peers use to check the SUT's.
+#[derive(Debug, Clone)]
+pub struct RootsVerifier {
+    roots: Arc<RootCertStore>,
+}
+
+impl RootsVerifier {
+    /// A verifier trusting `roots`.
+    pub fn new(roots: Arc<RootCertStore>) -> Self {
+        RootsVerifier { roots }
+    }
+}
+
+impl crate::stream::PeerCertVerifier for RootsVerifier {
+    /// [`verify_peer_certificate`] at the current time.
+    fn verify(&self, chain: &[CertificateDer<'static>], domain: &str) -> Result<(), CertError> {
+        verify_peer_certificate(chain, domain, &self.roots, UnixTime::now())
+    }
+}
+
 /// Checks that a peer's certificate chain (`peer_certificates()`, end-entity first)
 /// authenticates it as `domain`, the domain its stream header claimed (RFC 6120
 /// §13.7.2.1, XEP-0178 §3): the chain leads to one of `roots`, every certificate is valid

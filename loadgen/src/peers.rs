@@ -35,10 +35,9 @@ use fedrouter::stream::{
     AuthPolicy, CloseReason, Event, FederationPolicy, PeerCertVerifier, PeerPolicy, S2sConfig,
     S2sConnection, Timeouts, TlsPolicy,
 };
-use fedrouter::tls::{self, CertError, ClientAuth, DomainCertResolver, TestCa};
+use fedrouter::tls::{self, ClientAuth, DomainCertResolver, TestCa};
 use fedrouter::xml::{Element, Limits};
 use rand::Rng as _;
-use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::RootCertStore;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -130,15 +129,6 @@ enum InCmd {
         result: DialbackResult,
     },
     Stop,
-}
-
-#[derive(Debug)]
-struct RootsVerifier(Arc<RootCertStore>);
-
-impl PeerCertVerifier for RootsVerifier {
-    fn verify(&self, chain: &[CertificateDer<'static>], domain: &str) -> Result<(), CertError> {
-        tls::verify_peer_certificate(chain, domain, &self.0, UnixTime::now())
-    }
 }
 
 struct Shared {
@@ -256,7 +246,7 @@ impl Peers {
         let verifier: Option<Arc<dyn PeerCertVerifier>> = opts
             .sut_roots
             .clone()
-            .map(|r| Arc::new(RootsVerifier(r)) as Arc<dyn PeerCertVerifier>);
+            .map(|r| Arc::new(tls::RootsVerifier::new(r)) as Arc<dyn PeerCertVerifier>);
 
         let mut cfgs = Vec::new();
         let mut out = Vec::new();

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::sync::Notify;
 use tracing::{info, info_span, warn};
@@ -36,7 +35,7 @@ use crate::store::sqlite::{Durability, SqliteStore};
 use crate::store::{Op, Outcome, StoreHandle, DB_FILE};
 use crate::stream::c2s::{C2sConfig, C2sTimeouts};
 use crate::stream::s2s::{PeerCertVerifier, S2sConfig, Timeouts};
-use crate::tls::{self, CertError, CertifiedDomain, ClientAuth, DomainCertResolver};
+use crate::tls::{self, CertifiedDomain, ClientAuth, DomainCertResolver};
 use crate::xml::Limits;
 
 pub use admin::{ping_via_admin, status_via_admin};
@@ -171,18 +170,6 @@ impl Shared {
                     .get(&(self.config.domains[0].clone(), verify, direct))
             })
             .cloned()
-    }
-}
-
-/// Checks peer certificates against the configured trust anchors with the wall clock.
-#[derive(Debug)]
-struct RootsVerifier {
-    roots: Arc<RootCertStore>,
-}
-
-impl PeerCertVerifier for RootsVerifier {
-    fn verify(&self, chain: &[CertificateDer<'static>], domain: &str) -> Result<(), CertError> {
-        tls::verify_peer_certificate(chain, domain, &self.roots, UnixTime::now())
     }
 }
 
@@ -565,7 +552,7 @@ fn build_shared(
         stream_id_key: rand::random(),
         cert_verifier: roots
             .clone()
-            .map(|roots| Arc::new(RootsVerifier { roots }) as Arc<dyn PeerCertVerifier>),
+            .map(|roots| Arc::new(tls::RootsVerifier::new(roots)) as Arc<dyn PeerCertVerifier>),
         limits: s.xml_limits(),
         timeouts: Timeouts {
             negotiation: s.negotiation_timeout,
