@@ -552,6 +552,9 @@ struct PendingVerify {
     reply: mpsc::Sender<InCmd>,
 }
 
+/// One outbound stream to the SUT carrying `domains`: consecutive domain indices (a
+/// server's range with dialback, one domain with SASL EXTERNAL), so a domain's position
+/// is its offset from the first.
 async fn outbound_task(
     shared: Arc<Shared>,
     s: usize,
@@ -636,7 +639,7 @@ async fn outbound_task(
                         world.latency(slot, steps::STREAM_SETUP, t0.elapsed());
                         let now = Instant::now();
                         while let Some((d, bytes)) = queue.pop_front() {
-                            let i = domains.iter().position(|x| *x == d).unwrap_or(0);
+                            let i = (d - first) as usize;
                             let _ = stream.conn.send_stanza(&names[i], &sut, &bytes, now);
                         }
                     }
@@ -684,7 +687,7 @@ async fn outbound_task(
                 }
                 Input::Event(_) => {}
                 Input::Cmd(OutCmd::Send { domain, bytes }) => {
-                    let i = domains.iter().position(|x| *x == domain).unwrap_or(0);
+                    let i = (domain - first) as usize;
                     if authed[i] && !leaving && queue.is_empty() {
                         let _ = stream
                             .conn
