@@ -18,17 +18,17 @@
 
 #[path = "common/server.rs"]
 mod server;
+#[path = "common/slixmpp.rs"]
+mod slixmpp_runner;
 
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
 use std::time::Duration;
 
 use fedrouter::store::sqlite::SqliteStore;
 use fedrouter::store::{Store, StoredItem, DB_FILE};
 use serde_json::Value;
-use server::Fedrouter;
+use server::{add_user, Fedrouter};
+use slixmpp_runner::{python, run_script};
 
 const HOST: &str = "127.0.230.1";
 const C2S_PORT: u16 = 5222;
@@ -48,9 +48,6 @@ const FLOW_TIMEOUT_S: u64 = 30;
 /// see the script) and Python's start-up.
 const SCRIPT_LIMIT: Duration = Duration::from_secs(FLOW_TIMEOUT_S + 30);
 
-const SETUP_HINT: &str = "run `.ci/setup-slixmpp` (it makes target/slixmpp-venv with the pinned \
-     slixmpp), or set FEDROUTER_SLIXMPP_PYTHON to a python that can `import slixmpp`";
-
 fn toml() -> String {
     format!(
         r#"domains = ["a.test"]
@@ -67,114 +64,6 @@ nameservers = ["{HOST}:5300"]
 timeout = "2s"
 "#
     )
-}
-
-/// The interpreter to run the script with; panics (the test fails) when there is none or
-/// it cannot import slixmpp.
-fn python() -> PathBuf {
-    let python = match std::env::var_os("FEDROUTER_SLIXMPP_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/slixmpp-venv/bin/python"),
-    };
-    assert!(
-        python.exists(),
-        "no Python for the slixmpp interop test at {}: {SETUP_HINT}",
-        python.display()
-    );
-    let check = Command::new(&python)
-        .args(["-c", "import slixmpp; print(slixmpp.__version__)"])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}; {SETUP_HINT}", python.display()));
-    assert!(
-        check.status.success(),
-        "{} cannot import slixmpp ({}): {SETUP_HINT}",
-        python.display(),
-        String::from_utf8_lossy(&check.stderr).trim()
-    );
-    eprintln!(
-        "slixmpp {} ({})",
-        String::from_utf8_lossy(&check.stdout).trim(),
-        python.display()
-    );
-    python
-}
-
-/// `fedrouter user add JID -c CONFIG` with `password` on stdin.
-fn add_user(config: &Path, jid: &str, password: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fedrouter"))
-        .args(["user", "add", jid, "-c"])
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn fedrouter user add");
-    {
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().expect("stdin");
-        writeln!(stdin, "{password}").expect("write the password");
-    }
-    let out = child.wait_with_output().expect("fedrouter user add");
-    assert!(
-        out.status.success(),
-        "fedrouter user add {jid}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// What the script printed and how it ended.
-struct ScriptRun {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `python args...`, killing it (and failing) after [`SCRIPT_LIMIT`].
-fn run_script(python: &Path, args: &[String]) -> ScriptRun {
-    let mut child = Command::new(python)
-        .args(args)
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the slixmpp script");
-    let pid = child.id() as libc::pid_t;
-    let reader = |mut pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = Vec::new();
-            let _ = pipe.read_to_end(&mut text);
-            String::from_utf8_lossy(&text).into_owned()
-        })
-    };
-    let stdout = reader(Box::new(child.stdout.take().expect("stdout")));
-    let stderr = reader(Box::new(child.stderr.take().expect("stderr")));
-    let (tx, rx) = mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
-    let status = match rx.recv_timeout(SCRIPT_LIMIT) {
-        Ok(status) => status.expect("wait for the slixmpp script"),
-        Err(_) => {
-            // SAFETY: kill(2) on the pid of our child, not reaped yet (its waiter is
-            // still blocked in wait()).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let _ = rx.recv();
-            panic!(
-                "the slixmpp script did not exit within {SCRIPT_LIMIT:?} (killed); stderr:\n{}",
-                stderr.join().unwrap_or_default()
-            );
-        }
-    };
-    waiter.join().expect("waiter thread");
-    ScriptRun {
-        status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-    }
 }
 
 /// `v[a][b]...` or a panic naming the path and the JSON.
@@ -223,7 +112,7 @@ fn slixmpp_roster_subscription_presence_messages() {
         FLOW_TIMEOUT_S.to_string(),
         "--debug".into(),
     ];
-    let run = run_script(&python, &args);
+    let run = run_script(&python, &args, SCRIPT_LIMIT);
     let line = run.stdout.lines().last().unwrap_or("").to_owned();
     let context = || {
         format!(

@@ -29,6 +29,8 @@ mod prosody;
 #[path = "../common/server.rs"]
 mod server;
 mod slixmpp;
+#[path = "../common/slixmpp.rs"]
+mod slixmpp_runner;
 #[path = "../common/xmpp.rs"]
 mod xmpp;
 

@@ -3,84 +3,51 @@
 //! on Prosody, and `tests/slixmpp/roster_flow.py` drives them through roster add,
 //! subscription both ways, presence, a message each way and removal, all over S2S.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::lab::{Lab, LabOptions, Profile, CUPUSER, JDOE, OURS, PASSWORD, THEIRS};
+use crate::slixmpp_runner::{python, run_script};
 
-/// Bound of the script's whole flow, seconds (the script enforces it; we kill it after
-/// twice that).
+/// Bound of the script's whole flow, seconds (the script enforces it; we kill it 30 s
+/// later).
 const FLOW_TIMEOUT_S: u64 = 60;
 
-fn python() -> PathBuf {
-    let python = match std::env::var_os("FEDROUTER_SLIXMPP_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/slixmpp-venv/bin/python"),
-    };
-    assert!(
-        python.exists(),
-        "no Python with slixmpp at {}: run .ci/setup-slixmpp",
-        python.display()
-    );
-    python
-}
-
-/// Runs the script; returns (exit success, its last stdout line as JSON, stdout+stderr).
+/// Runs the script; returns (exit success, its last stdout line as JSON, everything it
+/// printed).
 fn run_flow(lab: &Lab) -> (bool, Value, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slixmpp/roster_flow.py");
-    let child = Command::new(python())
-        .arg(&script)
-        .arg(lab.slot.fedrouter.to_string())
-        .arg("5222")
-        .arg(lab.dir.path().join("our-ca.pem"))
-        .arg(format!("{CUPUSER}@{OURS}"))
-        .arg(PASSWORD)
-        .arg(format!("{JDOE}@{THEIRS}"))
-        .arg(PASSWORD)
-        .args(["--timeout", &FLOW_TIMEOUT_S.to_string()])
-        .arg("--host-b")
-        .arg(lab.prosody.c2s().ip().to_string())
-        .arg("--port-b")
-        .arg(lab.prosody.c2s().port().to_string())
-        .arg("--ca-cert-b")
-        .arg(lab.ca_pem())
-        .arg("--debug")
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the slixmpp script");
-    let pid = child.id() as libc::pid_t;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(Duration::from_secs(2 * FLOW_TIMEOUT_S)) {
-        Ok(out) => out.expect("script output"),
-        Err(_) => {
-            // SAFETY: kill(2) on the pid of the child we spawned.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!(
-                "the slixmpp script did not stop within {}s",
-                2 * FLOW_TIMEOUT_S
-            );
-        }
-    };
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let prosody = lab.prosody.c2s();
+    let args: Vec<String> = vec![
+        script.display().to_string(),
+        lab.slot.fedrouter.to_string(),
+        "5222".into(),
+        lab.dir.path().join("our-ca.pem").display().to_string(),
+        format!("{CUPUSER}@{OURS}"),
+        PASSWORD.into(),
+        format!("{JDOE}@{THEIRS}"),
+        PASSWORD.into(),
+        "--timeout".into(),
+        FLOW_TIMEOUT_S.to_string(),
+        "--host-b".into(),
+        prosody.ip().to_string(),
+        "--port-b".into(),
+        prosody.port().to_string(),
+        "--ca-cert-b".into(),
+        lab.ca_pem().display().to_string(),
+        "--debug".into(),
+    ];
+    let run = run_script(&python(), &args, Duration::from_secs(FLOW_TIMEOUT_S + 30));
     let all = format!(
-        "exit {}\nstdout:\n{stdout}\nslixmpp debug log:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        "exit {}\nstdout:\n{}\nslixmpp debug log:\n{}",
+        run.status, run.stdout, run.stderr
     );
-    let line = stdout.lines().last().unwrap_or("");
+    let line = run.stdout.lines().last().unwrap_or("");
     let v: Value = serde_json::from_str(line)
         .unwrap_or_else(|e| panic!("the script's last line is not JSON ({e})\n{all}"));
-    (out.status.success(), v, all)
+    (run.status.success(), v, all)
 }
 
 /// slixmpp on fedrouter and on Prosody, Google-style federation between them.
