@@ -42,6 +42,7 @@
 //! verify_timeout = "30s"
 //! queue_per_domain = 1000
 //! send_queue_bytes = 1048576
+//! write_stall_timeout = "30s"   # a stream that accepts no byte this long is closed
 //! max_unauthenticated_per_shard = 1024
 //! backoff_initial = "1s"
 //! backoff_max = "5m"
@@ -61,6 +62,8 @@
 //! max_stanza_size = 65536
 //! max_roster_items = 1000
 //! max_resources = 16
+//! send_queue_bytes = 1048576
+//! write_stall_timeout = "30s"
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9269"     # Prometheus /metrics; the admin endpoint's address (default)
@@ -432,9 +435,16 @@ pub struct S2sSection {
     /// Stanzas waiting per remote domain while it is resolved and connected, key
     /// `s2s.queue_per_domain`; default 1000; 1 to [`MAX_QUEUE_PER_DOMAIN`].
     pub queue_per_domain: usize,
-    /// Bytes buffered for one stream before the shard stops reading from its feeders, key
+    /// Bytes buffered in one outbound stream (written to it, not yet accepted by the
+    /// socket) before further stanzas wait in the domain's queue instead, key
     /// `s2s.send_queue_bytes`; default 1 MiB; at least `max_stanza_size`.
     pub send_queue_bytes: usize,
+    /// A stream with bytes to send whose socket accepts none for this long is closed, key
+    /// `s2s.write_stall_timeout`; default 30 s; not zero. What waited for it is bounced
+    /// with `remote-server-timeout` (RFC 6120 §8.3.3.16) and the domain backs off
+    /// (DESIGN.md "Failure semantics": a peer that stops reading costs only its own queue,
+    /// for a bounded time).
+    pub write_stall_timeout: Duration,
     /// Connections per shard not yet authenticated, key
     /// `s2s.max_unauthenticated_per_shard`; default 1024; at least 1.
     pub max_unauthenticated_per_shard: usize,
@@ -510,6 +520,16 @@ pub struct C2sSection {
     /// Most sessions (bound resources) per user, key `c2s.max_resources`; default 16; 1 to
     /// 1024. One more is refused with `resource-constraint` (RFC 6120 §7.6.2.1).
     pub max_resources: usize,
+    /// Bytes buffered for one client session (written to its stream, not yet accepted by
+    /// the socket) before messages and IQs for it are handled as for an unavailable
+    /// resource (RFC 6121 §8.5) and presence for it is dropped, key
+    /// `c2s.send_queue_bytes`; default 1 MiB; at least `max_stanza_size`.
+    pub send_queue_bytes: usize,
+    /// A client stream with bytes to send whose socket accepts none for this long is
+    /// closed, key `c2s.write_stall_timeout`; default 30 s; not zero. The messages and IQs
+    /// that waited for it are then handled as for an unavailable resource (RFC 6121 §8.5).
+    #[serde(with = "humantime_serde")]
+    pub write_stall_timeout: Duration,
 }
 
 impl Default for C2sSection {
@@ -523,6 +543,8 @@ impl Default for C2sSection {
             max_stanza_size: 65536,
             max_roster_items: 1000,
             max_resources: 16,
+            send_queue_bytes: 1 << 20,
+            write_stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -682,6 +704,7 @@ impl Default for S2sSection {
             verify_timeout: Duration::from_secs(30),
             queue_per_domain: 1000,
             send_queue_bytes: 1 << 20,
+            write_stall_timeout: Duration::from_secs(30),
             max_unauthenticated_per_shard: 1024,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
@@ -796,6 +819,8 @@ struct RawS2s {
     verify_timeout: Option<Duration>,
     queue_per_domain: Option<usize>,
     send_queue_bytes: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    write_stall_timeout: Option<Duration>,
     max_unauthenticated_per_shard: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     backoff_initial: Option<Duration>,
@@ -953,6 +978,7 @@ impl RawConfig {
                 verify_timeout: r.verify_timeout.unwrap_or(ds.verify_timeout),
                 queue_per_domain: r.queue_per_domain.unwrap_or(ds.queue_per_domain),
                 send_queue_bytes: r.send_queue_bytes.unwrap_or(ds.send_queue_bytes),
+                write_stall_timeout: r.write_stall_timeout.unwrap_or(ds.write_stall_timeout),
                 max_unauthenticated_per_shard: r
                     .max_unauthenticated_per_shard
                     .unwrap_or(ds.max_unauthenticated_per_shard),
@@ -1233,6 +1259,7 @@ impl Config {
         }
         check_nonzero("s2s.keepalive", s.keepalive)?;
         check_nonzero("s2s.verify_timeout", s.verify_timeout)?;
+        check_nonzero("s2s.write_stall_timeout", s.write_stall_timeout)?;
         check_range(
             "s2s.queue_per_domain",
             s.queue_per_domain,
@@ -1290,6 +1317,7 @@ impl Config {
         let c = &self.c2s;
         check_nonzero("c2s.negotiation_timeout", c.negotiation_timeout)?;
         check_nonzero("c2s.keepalive", c.keepalive)?;
+        check_nonzero("c2s.write_stall_timeout", c.write_stall_timeout)?;
         check_range("c2s.max_auth_failures", c.max_auth_failures as usize, 1, 6)?;
         check_range(
             "c2s.max_stanza_size",
@@ -1299,6 +1327,15 @@ impl Config {
         )?;
         check_range("c2s.max_roster_items", c.max_roster_items, 1, 100_000)?;
         check_range("c2s.max_resources", c.max_resources, 1, 1024)?;
+        if c.send_queue_bytes < c.max_stanza_size {
+            return Err(invalid(
+                "c2s.send_queue_bytes",
+                format!(
+                    "must be at least c2s.max_stanza_size ({}), got {}",
+                    c.max_stanza_size, c.send_queue_bytes
+                ),
+            ));
+        }
         Ok(())
     }
 

@@ -188,12 +188,36 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "stream_errors",
         "Stream errors received from peers (RFC 6120 4.9), by stream direction and condition.",
     ),
+    (
+        "bounced_by_cause",
+        "Stanzas for remote domains bounced, by cause (queue_full, write_stall, backoff, unreachable, auth_failed, shutdown).",
+    ),
+    (
+        "undeliverable_errors",
+        "Error stanzas that could not be delivered and, per RFC 6120 8.3.1, were not bounced, by cause.",
+    ),
+    (
+        "stalled_streams_closed",
+        "Streams closed because their socket accepted no byte for the write-stall timeout, by protocol.",
+    ),
+    (
+        "reads_paused_ms",
+        "Milliseconds stream readers spent paused waiting for room in the cross-shard inboxes or the store, by protocol.",
+    ),
 ];
 
 /// The gauge families: name and help.
 const GAUGE_HELP: &[(&str, &str)] = &[
     ("streams", "Open streams by protocol, direction and state."),
     ("queue_depth", "Items waiting, by queue."),
+    (
+        "congested_destinations",
+        "Remote domains whose queue is full (new stanzas for them are bounced with resource-constraint).",
+    ),
+    (
+        "write_stalled_streams",
+        "Streams whose socket has accepted no byte for over a second while bytes wait, by protocol.",
+    ),
 ];
 
 impl Metrics {

@@ -26,6 +26,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::Notify;
 use tokio_uring::net::TcpStream;
 
+use super::shard::Queued;
 use crate::condition::StreamCondition;
 use crate::stream::c2s::{self, C2sConnection};
 use crate::stream::s2s::{Direction, Event, S2sConnection};
@@ -217,6 +218,19 @@ pub(crate) struct ConnState<P: Proto = S2sConnection> {
     pub marks: Vec<Instant>,
     /// When the connection was set up (negotiation time).
     pub started: Instant,
+    /// Bytes the writer has taken out of `wire` so far (the stream offset where `wire`
+    /// starts).
+    pub taken: u64,
+    /// Bytes the socket has accepted so far (handed to the kernel).
+    pub written: u64,
+    /// Stanzas whose bytes are in `wire` or in the write in flight, not yet accepted by
+    /// the socket, with the stream offset where their bytes end (see
+    /// [`ConnState::track`]). On a write stall or a lost stream these are exactly the
+    /// stanzas that never left this process: bounced, or sent again on the next stream.
+    pub unsent: VecDeque<(u64, Queued)>,
+    /// Since when the write in flight has been waiting for the socket to accept a byte
+    /// (`None`: nothing to write).
+    pub write_waiting_since: Option<Instant>,
 }
 
 impl<P: Proto> ConnState<P> {
@@ -238,7 +252,39 @@ impl<P: Proto> ConnState<P> {
             plain: Vec::new(),
             marks: Vec::new(),
             started: Instant::now(),
+            taken: 0,
+            written: 0,
+            unsent: VecDeque::new(),
+            write_waiting_since: None,
         }
+    }
+
+    /// Remembers that `stanza`'s bytes end at the current end of `wire` (call right
+    /// after [`ConnState::pump`] that moved them there), until the socket accepts them.
+    pub fn track(&mut self, stanza: Queued) {
+        let end = self.taken + self.wire.len() as u64;
+        self.unsent.push_back((end, stanza));
+    }
+
+    /// Takes the bytes in `wire` for a write, leaving `spare` (emptied) in its place.
+    pub fn take_wire(&mut self, mut spare: Vec<u8>) -> Vec<u8> {
+        spare.clear();
+        let out = std::mem::replace(&mut self.wire, spare);
+        self.taken += out.len() as u64;
+        out
+    }
+
+    /// The socket accepted `n` more bytes: stanzas wholly inside them have left.
+    pub fn accepted(&mut self, n: usize) {
+        self.written += n as u64;
+        while self.unsent.front().is_some_and(|(end, _)| *end <= self.written) {
+            self.unsent.pop_front();
+        }
+    }
+
+    /// The stanzas that never reached the socket, oldest first.
+    pub fn take_unsent(&mut self) -> Vec<Queued> {
+        self.unsent.drain(..).map(|(_, q)| q).collect()
     }
 
     /// Notes that a stanza read at `read_at` is now in `wire` (call after `pump`).

@@ -216,9 +216,12 @@ impl Deferred {
     }
 }
 
-/// Sends bytes to one session's client.
-fn send_to(conn: &Conn<C2sConnection>, parts: &[&[u8]]) {
+/// Sends bytes to one session's client; whether the stream took them.
+fn send_to(conn: &Conn<C2sConnection>, parts: &[&[u8]]) -> bool {
     let mut st = conn.st.borrow_mut();
+    if st.closed {
+        return false;
+    }
     if st.proto.send_stanza_parts(parts, Instant::now()).is_ok() {
         let head = parts.first().copied().unwrap_or_default();
         let kind = if head.starts_with(b"<message") {
@@ -235,7 +238,9 @@ fn send_to(conn: &Conn<C2sConnection>, parts: &[&[u8]]) {
         st.mark(super::read_at());
         drop(st);
         conn.wake.notify_one();
+        return true;
     }
+    false
 }
 
 /// `<presence from='FROM' to='TO' type='TYPE'/>`.
@@ -1542,19 +1547,7 @@ impl Shard {
     fn deliver_broadcast(&self, stanza: &SharedStanza, jid: &str) {
         let mut attr = Vec::with_capacity(8 + jid.len());
         write_to_attr(jid, &mut attr);
-        let targets: Vec<Rc<Conn<C2sConnection>>> = self
-            .local
-            .users
-            .borrow()
-            .get(bare_key(jid).as_ref())
-            .map(|u| {
-                u.sessions
-                    .iter()
-                    .filter(|s| s.available)
-                    .map(|s| Rc::clone(&s.conn))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let targets = self.writable_sessions(bare_key(jid).as_ref(), |s| s.available);
         for c in targets {
             send_to(&c, &stanza.parts(&attr));
         }
@@ -1602,30 +1595,98 @@ impl Shard {
         }
     }
 
-    /// Sends `bytes` to the sessions of `bare` that `filter` selects.
+    /// Sends `bytes` to the sessions of `bare` that `filter` selects and that can take
+    /// them: a session whose stream holds `c2s.send_queue_bytes` not yet accepted by its
+    /// socket is skipped (a client that stops reading costs only its own buffer).
     fn deliver_to_sessions(
         &self,
         bare: &str,
         bytes: &[u8],
         filter: impl Fn(&Session) -> bool,
     ) -> usize {
-        let targets: Vec<Rc<Conn<C2sConnection>>> = self
-            .local
+        let targets = self.writable_sessions(bare, filter);
+        for c in &targets {
+            send_to(c, &[bytes]);
+        }
+        targets.len()
+    }
+
+    /// [`Shard::deliver_to_sessions`] for a message or IQ: each copy is tracked until its
+    /// socket accepts it, so that a session closed by `c2s.write_stall_timeout` hands
+    /// back what it never sent ([`Shard::c2s_write_stalled`]).
+    fn deliver_el_to_sessions(
+        &self,
+        bare: &str,
+        el: &Element,
+        filter: impl Fn(&Session) -> bool,
+    ) -> usize {
+        let targets = self.writable_sessions(bare, filter);
+        for c in &targets {
+            if send_to(c, &[el.bytes()]) {
+                c.st.borrow_mut().track(Queued::Whole(el.clone(), None));
+            }
+        }
+        targets.len()
+    }
+
+    /// The sessions of `bare` that `filter` selects and whose stream has room.
+    fn writable_sessions(
+        &self,
+        bare: &str,
+        filter: impl Fn(&Session) -> bool,
+    ) -> Vec<Rc<Conn<C2sConnection>>> {
+        let cap = self.shared().config.c2s.send_queue_bytes;
+        self.local
             .users
             .borrow()
             .get(bare)
             .map(|u| {
                 u.sessions
                     .iter()
-                    .filter(|s| filter(s))
+                    .filter(|s| filter(s) && s.conn.backlog() < cap)
                     .map(|s| Rc::clone(&s.conn))
                     .collect()
             })
-            .unwrap_or_default();
-        for c in &targets {
-            send_to(c, &[bytes]);
+            .unwrap_or_default()
+    }
+
+    /// A client's socket accepted no byte for `c2s.write_stall_timeout` (the writer closed
+    /// the stream): the session ends as if the client had left (unavailable presence to
+    /// its contacts), then the messages and IQs it never received are handled as for an
+    /// unavailable resource (RFC 6121 §8.5): delivered to the user's other resources, or
+    /// answered with `service-unavailable`. A message to the bare JID that the user's
+    /// other available resources already received is not delivered twice.
+    pub(super) fn c2s_write_stalled(&self, conn: &Rc<Conn<C2sConnection>>) {
+        let timeout = self.shared().config.c2s.write_stall_timeout;
+        let (jid, pending, unsent) = {
+            let mut st = conn.st.borrow_mut();
+            let pending = st.wire.len() + st.proto.pending_transmit();
+            let jid = st.proto.bound_jid().map(|j| j.as_str().to_owned());
+            (jid, pending, st.take_unsent())
+        };
+        super::metrics(|m| m.count("stalled_streams_closed", &[("proto", "c2s")], 1));
+        warn!(
+            parent: &conn.span,
+            jid = jid.as_deref().unwrap_or("-"),
+            unsent = unsent.len(),
+            pending_bytes = pending,
+            timeout = %humantime::format_duration(timeout),
+            "client stopped reading: stream closed by c2s.write_stall_timeout; what waited for it is handled as for an unavailable resource"
+        );
+        self.c2s_ended(conn, &CloseReason::Local);
+        for q in unsent {
+            let Queued::Whole(el, _) = q else { continue };
+            let Some(to) = el.to() else { continue };
+            let bare = bare_key(to).into_owned();
+            let to_bare = !to.contains('/');
+            let others = self.local.users.borrow().get(&bare).is_some_and(|u| {
+                u.sessions.iter().any(|s| s.available && s.priority >= 0)
+            });
+            if to_bare && others && el.name() == "message" {
+                continue;
+            }
+            self.deliver_to_user(el);
         }
-        targets.len()
     }
 
     // ----- delivery to local users (RFC 6121 §8) -----
@@ -1670,7 +1731,7 @@ impl Shard {
             StanzaKind::Message => {
                 let mtype = el.type_().unwrap_or("normal");
                 if let Some(r) = &resource {
-                    if self.deliver_to_sessions(&bare, el.bytes(), |s| &s.resource == r) > 0 {
+                    if self.deliver_el_to_sessions(&bare, &el, |s| &s.resource == r) > 0 {
                         return;
                     }
                     if mtype == "groupchat" {
@@ -1682,22 +1743,24 @@ impl Shard {
                 }
                 // The highest-priority available resources with non-negative priority
                 // (§8.5.2.1.1); none: offline, which this server does not store.
+                // A session whose client stopped reading counts as unavailable.
+                let cap = self.shared().config.c2s.send_queue_bytes;
                 let best = self.local.users.borrow().get(&bare).and_then(|u| {
                     u.sessions
                         .iter()
-                        .filter(|s| s.available && s.priority >= 0)
+                        .filter(|s| s.available && s.priority >= 0 && s.conn.backlog() < cap)
                         .map(|s| s.priority)
                         .max()
                 });
                 match best {
                     Some(p) if mtype == "headline" => {
                         let _ = p;
-                        self.deliver_to_sessions(&bare, el.bytes(), |s| {
+                        self.deliver_el_to_sessions(&bare, &el, |s| {
                             s.available && s.priority >= 0
                         });
                     }
                     Some(p) => {
-                        self.deliver_to_sessions(&bare, el.bytes(), |s| {
+                        self.deliver_el_to_sessions(&bare, &el, |s| {
                             s.available && s.priority == p
                         });
                     }
@@ -1706,7 +1769,7 @@ impl Shard {
             }
             StanzaKind::Iq => {
                 if let Some(r) = &resource {
-                    if self.deliver_to_sessions(&bare, el.bytes(), |s| &s.resource == r) > 0 {
+                    if self.deliver_el_to_sessions(&bare, &el, |s| &s.resource == r) > 0 {
                         return;
                     }
                 }
@@ -1792,6 +1855,12 @@ impl Driven for C2sConnection {
     }
     fn ended(shard: &Shard, conn: &Rc<Conn<Self>>, reason: &CloseReason) {
         shard.c2s_ended(conn, reason)
+    }
+    fn write_stall_timeout(shard: &Shard) -> std::time::Duration {
+        shard.shared().config.c2s.write_stall_timeout
+    }
+    fn write_stalled(shard: &Shard, conn: &Rc<Conn<Self>>) {
+        shard.c2s_write_stalled(conn)
     }
     fn conns(shard: &Shard) -> &RefCell<HashMap<ConnId, Rc<Conn<Self>>>> {
         &shard.local.conns

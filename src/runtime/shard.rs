@@ -37,6 +37,10 @@ use crate::stream::c2s::C2sConnection;
 use crate::stream::s2s::{AuthMethod, CloseReason, Direction, Event, S2sConnection, TlsRole};
 use crate::xml::{parse_stanza, Element};
 
+/// How long a write must have waited for the socket before `fedrouter status` and the
+/// `write_stalled_streams` gauge show the stream as stalled.
+const STALL_SHOWN: Duration = Duration::from_secs(1);
+
 /// How long a shard polls its inbox after cross-shard traffic before it sleeps.
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(50);
 
@@ -102,6 +106,37 @@ fn shutdown_failure() -> Failure {
     Failure {
         condition: StanzaCondition::RemoteServerTimeout,
         text: "the server is shutting down".into(),
+    }
+}
+
+/// Why a stanza for a remote domain was bounced: the `cause` label of the
+/// `bounced_by_cause` and `undeliverable_errors` counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BounceCause {
+    /// The domain's queue was full (`resource-constraint`).
+    QueueFull,
+    /// Its stream accepted no byte for `s2s.write_stall_timeout` (`remote-server-timeout`).
+    WriteStall,
+    /// The domain is backing off after a failure.
+    Backoff,
+    /// Resolving, connecting or negotiating failed.
+    Unreachable,
+    /// The remote server did not authenticate us.
+    AuthFailed,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl BounceCause {
+    fn as_str(self) -> &'static str {
+        match self {
+            BounceCause::QueueFull => "queue_full",
+            BounceCause::WriteStall => "write_stall",
+            BounceCause::Backoff => "backoff",
+            BounceCause::Unreachable => "unreachable",
+            BounceCause::AuthFailed => "auth_failed",
+            BounceCause::Shutdown => "shutdown",
+        }
     }
 }
 
@@ -201,8 +236,11 @@ struct Remote {
     last_failure: Option<Failure>,
     /// Dialback verifications to send / waiting for answers.
     verifies: Vec<VerifyReq>,
-    /// The queue reached its cap on an open stream: counted in `Shard::congested`.
-    congested: bool,
+    /// Since when the queue has been full (congested: new stanzas are bounced with
+    /// `resource-constraint` until it is half empty again).
+    congested_since: Option<Instant>,
+    /// Stanzas bounced because the queue was full, in this congestion episode.
+    congestion_bounces: u64,
 }
 
 /// A ping the server sent for the admin endpoint.
@@ -235,8 +273,10 @@ pub(crate) struct Shard {
     remotes: RefCell<HashMap<String, Remote>>,
     pings: RefCell<HashMap<String, PendingPing>>,
     unauthenticated: Cell<usize>,
-    /// Remote domains whose send queue is full on an open stream: while non-zero the
-    /// shard reads no socket and drains no inbox (back-pressure to the feeders).
+    /// Reasons to pause the whole shard: only the store's backlog being full (`local.rs`),
+    /// the one resource every user of every shard shares. While non-zero the shard reads
+    /// no socket and drains no inbox. A remote domain or client that stops reading never
+    /// counts here: its own queue is bounded and bounces instead (DESIGN.md "Ownership").
     pub(super) congested: Cell<usize>,
     next_id: Cell<u64>,
     pub(super) rng: RefCell<SmallRng>,
@@ -261,6 +301,16 @@ pub(super) enum After {
     HandOff(usize),
 }
 
+/// How a write of a stream's bytes ended.
+enum WriteEnd {
+    /// The socket accepted every byte.
+    Done,
+    /// The socket failed (reset, closed).
+    Failed,
+    /// The socket accepted no byte for the write-stall timeout; the stream is closed.
+    Stalled,
+}
+
 /// How the shard drives the connections of one protocol (S2S, C2S): the parts of the read
 /// loop, the writer and the hand-off that differ.
 pub(super) trait Driven: Proto + Sized + 'static {
@@ -273,6 +323,12 @@ pub(super) trait Driven: Proto + Sized + 'static {
     fn ended(shard: &Shard, conn: &Rc<Conn<Self>>, reason: &CloseReason);
     /// The writer moved bytes to the socket: there is room in the stream again.
     fn written(_shard: &Shard, _conn: &Rc<Conn<Self>>) {}
+    /// How long the socket may accept no byte while some wait (`*.write_stall_timeout`).
+    fn write_stall_timeout(shard: &Shard) -> Duration;
+    /// The socket accepted no byte for the write-stall timeout: the stream is closed
+    /// (marked so, socket shut down); bounce or re-route what waited for it and do the
+    /// bookkeeping of [`Driven::ended`].
+    fn write_stalled(shard: &Shard, conn: &Rc<Conn<Self>>);
     /// The shard's table of these connections.
     fn conns(shard: &Shard) -> &RefCell<HashMap<ConnId, Rc<Conn<Self>>>>;
     /// The message that hands the connection to another shard.
@@ -286,6 +342,12 @@ impl Driven for S2sConnection {
     }
     fn ended(shard: &Shard, conn: &Rc<Conn<Self>>, reason: &CloseReason) {
         shard.connection_ended(conn, reason)
+    }
+    fn write_stall_timeout(shard: &Shard) -> Duration {
+        shard.shared().config.s2s.write_stall_timeout
+    }
+    fn write_stalled(shard: &Shard, conn: &Rc<Conn<Self>>) {
+        shard.s2s_write_stalled(conn)
     }
     fn written(shard: &Shard, conn: &Rc<Conn<Self>>) {
         if conn.direction == Direction::Outbound {
@@ -497,20 +559,26 @@ impl Shard {
     /// Readers call this before each read: while too many cross-shard messages wait for
     /// room in the inbox, sockets are not read (TCP back-pressure instead of unbounded
     /// queues).
-    async fn wait_for_room(&self) {
+    async fn wait_for_room(&self, proto: &'static str) {
+        let mut paused: Option<Instant> = None;
         for _ in 0..100_000 {
             let room =
                 self.outgoing.borrow().len() <= self.outgoing_limit && self.congested.get() == 0;
             if room || self.shutting_down.get() {
-                return;
+                break;
             }
+            paused.get_or_insert_with(Instant::now);
             let notified = self.space.notified();
             if self.congested.get() == 0 {
                 // Waiting for inbox room: the main loop's flush makes progress.
                 self.schedule_flush();
             }
-            // Else waiting for a send queue to drain: `drain_queue` wakes us.
+            // Else waiting for the store's backlog to drain: `decongest` wakes us.
             notified.await;
+        }
+        if let Some(t) = paused {
+            let ms = t.elapsed().as_millis() as u64;
+            super::metrics(|m| m.count("reads_paused_ms", &[("proto", proto)], ms));
         }
     }
 
@@ -600,14 +668,26 @@ impl Shard {
         }
     }
 
-    /// Bounces a queued stanza (see [`Shard::bounce`]); an error stanza that cannot be
-    /// bounced is logged.
-    fn bounce_queued(&self, el: Queued, condition: StanzaCondition, text: &str) {
+    /// Bounces a queued stanza for `cause` (counted in `bounced_by_cause`); an error
+    /// stanza, which is never bounced (RFC 6120 §8.3.1), is logged and counted in
+    /// `undeliverable_errors` instead.
+    fn bounce_queued_for(
+        &self,
+        el: Queued,
+        condition: StanzaCondition,
+        text: &str,
+        cause: BounceCause,
+    ) {
         let Some(el) = el.into_element() else { return };
         if is_error(&el) {
-            // Cannot be bounced (RFC 6120 §8.3.1); say so rather than lose it quietly.
-            warn!(to = el.to(), %condition, "dropping an error stanza that cannot be delivered");
+            super::metrics(|m| {
+                m.count("undeliverable_errors", &[("cause", cause.as_str())], 1)
+            });
+            debug!(to = el.to(), %condition, "dropping an error stanza that cannot be delivered");
             return;
+        }
+        if StanzaKind::of(&el).is_some() {
+            super::metrics(|m| m.count("bounced_by_cause", &[("cause", cause.as_str())], 1));
         }
         self.bounce(&el, condition, text);
     }
@@ -648,7 +728,7 @@ impl Shard {
             );
             self.shutdown_bounced.set(self.shutdown_bounced.get() + 1);
             let f = shutdown_failure();
-            return self.bounce_queued(el, f.condition, &f.text);
+            return self.bounce_queued_for(el, f.condition, &f.text, BounceCause::Shutdown);
         }
         let now = Instant::now();
         let mut remotes = self.remotes.borrow_mut();
@@ -663,13 +743,18 @@ impl Shard {
                     text: "remote server unreachable".into(),
                 });
                 drop(remotes);
-                return self.bounce_queued(el, f.condition, &format!("{} (backing off)", f.text));
+                return self.bounce_queued_for(
+                    el,
+                    f.condition,
+                    &format!("{} (backing off)", f.text),
+                    BounceCause::Backoff,
+                );
             }
         }
         if let Some(conn) = r.conn.clone() {
             let ready = {
                 let st = conn.st.borrow();
-                st.proto.is_authenticated(&local, d)
+                !st.closed && st.proto.is_authenticated(&local, d)
             };
             if ready
                 && r.queue.is_empty()
@@ -679,40 +764,39 @@ impl Shard {
                 if el.send(&mut st.proto, &local, d, now) {
                     st.pump();
                     st.mark(el.read_at());
+                    st.track(el);
                     drop(st);
                     conn.wake.notify_one();
                     return;
                 }
             }
         }
+        // Congestion stays with its destination (DESIGN.md "Ownership"): a full queue
+        // bounces what comes next for this domain, and nothing else waits.
         let cap = self.shared().config.s2s.queue_per_domain;
-        let open = r
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.st.borrow().proto.is_authenticated(&local, d));
-        // A slow but open peer: the queue may exceed its cap by what the paused readers
-        // had already read (bounded); reaching the cap makes the shard congested, which
-        // stops its socket reads and inbox drains until the queue is half empty.
-        let slack = 2 * self.shared().config.inbox.batch;
-        let hard = if open {
-            cap.saturating_mul(2).saturating_add(slack)
-        } else {
-            cap
-        };
-        if r.queue.len() >= hard {
+        if r.queue.len() >= cap {
+            r.congestion_bounces += 1;
+            if r.congested_since.is_none() {
+                r.congested_since = Some(now);
+                r.congestion_bounces = 1;
+                let pending = r.conn.as_ref().map_or(0, |c| c.backlog());
+                warn!(
+                    parent: &self.span,
+                    remote = d,
+                    queue = r.queue.len(),
+                    pending_bytes = pending,
+                    "remote server congested: its queue is full; new stanzas for it are bounced (resource-constraint)"
+                );
+            }
             drop(remotes);
-            return self.bounce_queued(
+            return self.bounce_queued_for(
                 el,
                 StanzaCondition::ResourceConstraint,
                 "too many stanzas waiting for this remote server",
+                BounceCause::QueueFull,
             );
         }
         r.queue.push_back(el);
-        if open && r.queue.len() >= cap && !r.congested {
-            r.congested = true;
-            self.congested.set(self.congested.get() + 1);
-            debug!(remote = d, "send queue full: pausing reads on this shard");
-        }
         drop(remotes);
         self.ensure_outbound(d, &local);
     }
@@ -764,7 +848,7 @@ impl Shard {
             stanzas = n,
             "shutting down: not connecting to the remote server; bouncing what waits for it"
         );
-        self.remote_failed(d, shutdown_failure());
+        self.remote_failed(d, shutdown_failure(), BounceCause::Shutdown);
     }
 
     /// The `Rc` of this shard (stored in a thread-local by the runtime).
@@ -822,7 +906,7 @@ impl Shard {
             }
             Err(f) => {
                 info!(condition = %f.condition, reason = %f.text, "remote server unreachable");
-                self.remote_failed(&d, f);
+                self.remote_failed(&d, f, BounceCause::Unreachable);
             }
         }
     }
@@ -941,7 +1025,7 @@ impl Shard {
 
     /// Connecting to `d` failed: bounce what waits, answer waiting verifications, back
     /// off exponentially with jitter.
-    fn remote_failed(&self, d: &str, f: Failure) {
+    fn remote_failed(&self, d: &str, f: Failure, cause: BounceCause) {
         let cfg = &self.shared().config.s2s;
         let (queue, verifies) = {
             let mut remotes = self.remotes.borrow_mut();
@@ -958,12 +1042,14 @@ impl Shard {
             let jitter = self.rng.borrow_mut().random_range(0.5..=1.0);
             r.backoff_until = Some(Instant::now() + exp.mul_f64(jitter));
             r.last_failure = Some(f.clone());
-            if std::mem::take(&mut r.congested) {
-                self.congested.set(self.congested.get().saturating_sub(1));
-                if self.congested.get() == 0 {
-                    self.space.notify_waiters();
-                    self.flush_wake.notify_one();
-                }
+            if let Some(since) = r.congested_since.take() {
+                warn!(
+                    parent: &self.span,
+                    remote = d,
+                    congested_ms = since.elapsed().as_millis() as u64,
+                    bounced = r.congestion_bounces,
+                    "remote server congestion ended: its stream failed"
+                );
             }
             (
                 std::mem::take(&mut r.queue),
@@ -971,7 +1057,7 @@ impl Shard {
             )
         };
         for el in queue {
-            self.bounce_queued(el, f.condition, &f.text);
+            self.bounce_queued_for(el, f.condition, &f.text, cause);
         }
         let cond = DialbackErrorCondition::from_stanza_condition(f.condition);
         for v in verifies {
@@ -1013,8 +1099,10 @@ impl Shard {
             return;
         }
         let mut st = conn.st.borrow_mut();
+        if st.closed {
+            return;
+        }
         let mut keep = VecDeque::new();
-        let mut sent_at: Vec<Instant> = Vec::new();
         while let Some(el) = r.queue.pop_front() {
             if st.wire.len() + st.proto.pending_transmit() >= limit {
                 keep.push_back(el);
@@ -1024,22 +1112,26 @@ impl Shard {
             let local = el.local_domain();
             if !st.proto.is_authenticated(&local, d) || !el.send(&mut st.proto, &local, d, now) {
                 keep.push_back(el);
-            } else if let Some(t) = el.read_at() {
-                sent_at.push(t);
+            } else {
+                // One pump per stanza: its bytes' end in the stream is then exact
+                // (what a write stall leaves unsent is known stanza by stanza).
+                st.pump();
+                st.mark(el.read_at());
+                st.track(el);
             }
         }
         r.queue = keep;
-        if r.congested && r.queue.len() <= self.shared().config.s2s.queue_per_domain / 2 {
-            r.congested = false;
-            self.congested.set(self.congested.get().saturating_sub(1));
-            if self.congested.get() == 0 {
-                self.space.notify_waiters();
-                self.flush_wake.notify_one();
+        if r.queue.len() <= self.shared().config.s2s.queue_per_domain / 2 {
+            if let Some(since) = r.congested_since.take() {
+                warn!(
+                    parent: &self.span,
+                    remote = d,
+                    queue = r.queue.len(),
+                    congested_ms = since.elapsed().as_millis() as u64,
+                    bounced = r.congestion_bounces,
+                    "remote server recovered: its queue has room again"
+                );
             }
-        }
-        st.pump();
-        for t in sent_at {
-            st.mark(Some(t));
         }
         drop(st);
         conn.wake.notify_one();
@@ -1060,7 +1152,12 @@ impl Shard {
             out.into_iter().collect()
         };
         for el in bounced {
-            self.bounce_queued(el, cond, "the remote server did not authenticate us");
+            self.bounce_queued_for(
+                el,
+                cond,
+                "the remote server did not authenticate us",
+                BounceCause::AuthFailed,
+            );
         }
     }
 
@@ -1078,11 +1175,16 @@ impl Shard {
         }
         if authenticated {
             // An established stream closed (idle, peer restart): reconnect on demand.
+            // What never reached the socket goes out first on the next stream, in order.
+            let unsent = conn.st.borrow_mut().take_unsent();
             let (has_queue, local) = {
                 let mut remotes = self.remotes.borrow_mut();
                 let r = remotes.get_mut(d).expect("checked");
                 r.conn = None;
                 r.locals.clear();
+                for q in unsent.into_iter().rev() {
+                    r.queue.push_front(q);
+                }
                 let local = r.queue.front().map(Queued::local_domain);
                 (!r.queue.is_empty() || !r.verifies.is_empty(), local)
             };
@@ -1109,7 +1211,7 @@ impl Shard {
             },
             text: format!("stream negotiation failed: {reason:?}"),
         };
-        self.remote_failed(d, f);
+        self.remote_failed(d, f, BounceCause::Unreachable);
     }
 
     // ----- dialback verification (XEP-0220 §2.1.3) -----
@@ -1371,7 +1473,7 @@ impl Shard {
         conn.wake.notify_one();
         let mut buf = Vec::with_capacity(READ_BUF);
         for _ in 0..u64::MAX {
-            self.wait_for_room().await;
+            self.wait_for_room(P::PROTO).await;
             let (res, b) = conn.stream.read(buf).await;
             buf = b;
             let n = match res {
@@ -1446,7 +1548,7 @@ impl Shard {
                         (None, st.next_deadline(), false)
                     }
                 } else {
-                    let out = std::mem::replace(&mut st.wire, std::mem::take(&mut spare));
+                    let out = st.take_wire(std::mem::take(&mut spare));
                     marks.append(&mut st.marks);
                     (Some(out), None, false)
                 }
@@ -1456,14 +1558,22 @@ impl Shard {
                 break;
             }
             if let Some(out) = out {
-                let (res, mut b) = conn.stream.write_all(out).await;
-                if res.is_err() {
-                    let was_closed = std::mem::replace(&mut conn.st.borrow_mut().closed, true);
-                    if !was_closed {
-                        P::ended(&self, &conn, &CloseReason::PeerClosed);
+                let (end, mut b) = self.write_out(&conn, out, P::write_stall_timeout(&self)).await;
+                match end {
+                    WriteEnd::Done => {}
+                    WriteEnd::Failed => {
+                        let was_closed = std::mem::replace(&mut conn.st.borrow_mut().closed, true);
+                        if !was_closed {
+                            P::ended(&self, &conn, &CloseReason::PeerClosed);
+                        }
+                        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                        break;
                     }
-                    let _ = conn.stream.shutdown(std::net::Shutdown::Both);
-                    break;
+                    WriteEnd::Stalled => {
+                        // `write_out` marked the stream closed and shut the socket down.
+                        P::write_stalled(&self, &conn);
+                        break;
+                    }
                 }
                 let written = b.len() as u64;
                 super::metrics(|m| {
@@ -1516,6 +1626,69 @@ impl Shard {
         }
         conn.writer_stopped.set(true);
         conn.writer_done.notify_waiters();
+    }
+
+    /// Writes `out` to the socket, one write at a time, while it accepts bytes: the
+    /// write-stall timer (`stall`, `s2s.write_stall_timeout` / `c2s.write_stall_timeout`)
+    /// restarts whenever the socket accepts some. When it fires, the stream is marked
+    /// closed and the socket shut down, which ends the write in flight (EPIPE) so that
+    /// nothing more of it reaches the peer later: the bytes the socket accepted before are
+    /// exactly those [`ConnState::accepted`] counted. Returns how it ended and the buffer.
+    async fn write_out<P: Driven>(
+        &self,
+        conn: &Conn<P>,
+        out: Vec<u8>,
+        stall: Duration,
+    ) -> (WriteEnd, Vec<u8>) {
+        use tokio_uring::buf::BoundedBuf;
+        let len = out.len();
+        let mut buf = out;
+        let mut off = 0;
+        let mut deadline = Instant::now() + stall;
+        conn.st.borrow_mut().write_waiting_since = Some(Instant::now());
+        let end = 'write: {
+            // Bounded: every pass but the last moves at least one byte.
+            while off < len {
+                let op = conn.stream.write(buf.slice(off..)).submit();
+                tokio::pin!(op);
+                let (res, slice) = tokio::select! {
+                    r = &mut op => r,
+                    _ = tokio::time::sleep_until(deadline.into()) => {
+                        conn.st.borrow_mut().closed = true;
+                        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                        // The shutdown completes the write with an error, or with what
+                        // the socket took meanwhile; bounded in case it does not.
+                        match tokio::time::timeout(Duration::from_secs(5), op).await {
+                            Ok((Ok(n), slice)) => {
+                                conn.st.borrow_mut().accepted(n);
+                                buf = slice.into_inner();
+                            }
+                            Ok((Err(_), slice)) => buf = slice.into_inner(),
+                            Err(_) => {
+                                warn!("a write to a stalled stream did not end after its shutdown");
+                                buf = Vec::new();
+                            }
+                        }
+                        break 'write WriteEnd::Stalled;
+                    }
+                };
+                buf = slice.into_inner();
+                match res {
+                    Ok(n) if n > 0 => {
+                        off += n;
+                        let now = Instant::now();
+                        deadline = now + stall;
+                        let mut st = conn.st.borrow_mut();
+                        st.accepted(n);
+                        st.write_waiting_since = Some(now);
+                    }
+                    _ => break 'write WriteEnd::Failed,
+                }
+            }
+            WriteEnd::Done
+        };
+        conn.st.borrow_mut().write_waiting_since = None;
+        (end, buf)
     }
 
     /// Acts on the connection's events. `may_hand_off`: the caller is the read loop and
@@ -1760,6 +1933,56 @@ impl Shard {
         }
     }
 
+    /// An S2S stream's socket accepted no byte for `s2s.write_stall_timeout` (the writer
+    /// closed it): the stanzas that never reached the socket and, on the domain's current
+    /// outbound stream, everything queued for the domain are bounced with
+    /// `remote-server-timeout` (RFC 6120 §8.3.3.16), and the domain backs off. Stanzas the
+    /// socket had accepted still reach the peer if it resumes reading before the kernel
+    /// gives up (no XEP-0198 acknowledgements here to tell).
+    fn s2s_write_stalled(&self, conn: &Rc<Conn>) {
+        let timeout = self.shared().config.s2s.write_stall_timeout;
+        let (remote, pending, unsent) = {
+            let mut st = conn.st.borrow_mut();
+            let pending = st.wire.len() + st.proto.pending_transmit();
+            (
+                domain_key(st.proto.remote_domain()).into_owned(),
+                pending,
+                st.take_unsent(),
+            )
+        };
+        super::metrics(|m| m.count("stalled_streams_closed", &[("proto", "s2s")], 1));
+        warn!(
+            parent: &conn.span,
+            remote = %remote,
+            dir = direction_label(conn.direction),
+            unsent = unsent.len(),
+            pending_bytes = pending,
+            timeout = %humantime::format_duration(timeout),
+            "remote server stopped reading: stream closed by s2s.write_stall_timeout; what waited for it is bounced (remote-server-timeout)"
+        );
+        let f = Failure {
+            condition: StanzaCondition::RemoteServerTimeout,
+            text: format!(
+                "the remote server accepted no data for {}",
+                humantime::format_duration(timeout)
+            ),
+        };
+        for q in unsent {
+            self.bounce_queued_for(q, f.condition, &f.text, BounceCause::WriteStall);
+        }
+        let current = conn.direction == Direction::Outbound
+            && self
+                .remotes
+                .borrow()
+                .get(&remote)
+                .and_then(|r| r.conn.as_ref())
+                .is_some_and(|c| c.id == conn.id);
+        if current {
+            self.remote_failed(&remote, f, BounceCause::WriteStall);
+        }
+        self.connection_ended(conn, &CloseReason::Local);
+    }
+
     /// Bookkeeping when a connection ends (once).
     fn connection_ended(&self, conn: &Conn, reason: &CloseReason) {
         let (counted, remote, authenticated) = {
@@ -1930,6 +2153,33 @@ impl Shard {
         }
         let remote: usize = self.remotes.borrow().values().map(|r| r.queue.len()).sum();
         m.add_gauge("queue_depth", &[("queue", "s2s_remote")], remote as i64);
+        let congested = self
+            .remotes
+            .borrow()
+            .values()
+            .filter(|r| r.congested_since.is_some())
+            .count();
+        m.add_gauge(
+            "congested_destinations",
+            &[("proto", "s2s")],
+            congested as i64,
+        );
+        let stalled = |since: Option<Instant>| since.is_some_and(|t| t.elapsed() >= STALL_SHOWN);
+        let s2s_stalled = self
+            .conns
+            .borrow()
+            .values()
+            .filter(|c| stalled(c.st.borrow().write_waiting_since))
+            .count();
+        let c2s_stalled = self
+            .local
+            .conns
+            .borrow()
+            .values()
+            .filter(|c| stalled(c.st.borrow().write_waiting_since))
+            .count();
+        m.add_gauge("write_stalled_streams", &[("proto", "s2s")], s2s_stalled as i64);
+        m.add_gauge("write_stalled_streams", &[("proto", "c2s")], c2s_stalled as i64);
         m.add_gauge(
             "queue_depth",
             &[("queue", "cross_shard_outgoing")],
@@ -1968,13 +2218,20 @@ impl Shard {
             } else {
                 "authenticated"
             };
-            by_domain.entry(remote).or_default().push(json!({
+            let mut stream = json!({
                 "direction": if c.direction == Direction::Outbound { "out" } else { "in" },
                 "state": state,
                 "tls": st.tls.is_some(),
                 "authenticated": pairs,
                 "age_s": st.started.elapsed().as_secs_f64(),
-            }));
+            });
+            if let Some(t) = st.write_waiting_since.filter(|t| t.elapsed() >= STALL_SHOWN) {
+                // The peer has accepted no byte for this long (s2s.write_stall_timeout
+                // closes the stream).
+                stream["write_stalled_ms"] = json!(t.elapsed().as_millis() as u64);
+                stream["pending_bytes"] = json!(st.wire.len() + st.proto.pending_transmit());
+            }
+            by_domain.entry(remote).or_default().push(stream);
         }
         let remotes = self.remotes.borrow();
         let mut domains: std::collections::BTreeSet<&String> = remotes.keys().collect();
@@ -1994,6 +2251,8 @@ impl Shard {
                 "shard": self.id,
                 "streams": streams,
                 "queue": r.map_or(0, |r| r.queue.len()),
+                "congested": r.is_some_and(|r| r.congested_since.is_some()),
+                "congested_s": r.and_then(|r| r.congested_since).map(|t| t.elapsed().as_secs_f64()),
                 "failures": r.map_or(0, |r| r.failures),
                 "last_error": r.and_then(|r| r.last_failure.as_ref()).map(|f| format!("{}: {}", f.condition.as_str(), f.text)),
                 "backoff_s": r.and_then(|r| r.backoff_until).filter(|u| *u > now).map(|u| (u - now).as_secs_f64()),
