@@ -464,6 +464,11 @@ fn status(config: Option<&Path>, admin: Option<SocketAddr>, json: bool) -> ExitC
         if let Some(b) = d["backoff_s"].as_f64() {
             note.push_str(&format!(" (retry in {b:.1}s)"));
         }
+        if let Some(c) = d["congested_s"].as_f64() {
+            note.push_str(&format!(
+                " CONGESTED {c:.1}s: queue full, new stanzas bounced"
+            ));
+        }
         let streams = d["streams"].as_array().cloned().unwrap_or_default();
         let rows = if streams.is_empty() {
             vec![serde_json::json!({"direction": "-", "state": "idle"})]
@@ -471,6 +476,14 @@ fn status(config: Option<&Path>, admin: Option<SocketAddr>, json: bool) -> ExitC
             streams
         };
         for s in rows {
+            let mut note = note.clone();
+            if let Some(ms) = s["write_stalled_ms"].as_u64() {
+                note.push_str(&format!(
+                    " STALLED: peer accepted no byte for {:.1}s ({} bytes waiting)",
+                    ms as f64 / 1000.0,
+                    s["pending_bytes"]
+                ));
+            }
             let auth: Vec<String> = s["authenticated"]
                 .as_array()
                 .into_iter()
