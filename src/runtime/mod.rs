@@ -7,6 +7,27 @@
 //! tokio-uring runtime (`shard.rs`). Shards share only read-only configuration
 //! (`Shared`) and the bounded inbox mesh ([`crate::router::inbox`]).
 //!
+//! # Failure semantics of a stalled peer
+//!
+//! A remote server or client that stops reading costs only its own queue, for a bounded
+//! time (DESIGN.md "Ownership", "Failure semantics"):
+//!
+//! - a remote domain's stanzas wait first in its stream (up to `s2s.send_queue_bytes` not
+//!   yet taken by the socket), then in its queue (up to `s2s.queue_per_domain`); past
+//!   that they are bounced at once with `resource-constraint` (RFC 6120 §8.3.3.18). No
+//!   reader and no inbox pauses for it, so the congestion never crosses to another
+//!   destination or another shard. The only shard-wide pause left is the shared store's
+//!   backlog; readers also wait (never for one peer) while the cross-shard inboxes are
+//!   full (`reads_paused_ms`).
+//! - every stream's writer restarts a timer whenever its socket takes bytes; when
+//!   `s2s.write_stall_timeout` / `c2s.write_stall_timeout` passes without one, the socket
+//!   is shut down (which ends the write in flight, `tests/uring_write_stall.rs`), and
+//!   the stanzas that never reached the socket, tracked by their end offset in the stream
+//!   (`ConnState::unsent`), are bounced with `remote-server-timeout` (S2S; the domain then
+//!   backs off) or handled as for an unavailable resource (C2S, RFC 6121 §8.5). When an
+//!   authenticated outbound stream is lost otherwise, those same stanzas go first on the
+//!   next stream instead.
+//!
 //! The protocol itself lives in the sans-IO core ([`crate::stream::s2s`]); this layer
 //! feeds it bytes and time and carries out what it asks for, so it could be swapped for
 //! another io_uring runtime (monoio, compio) without touching protocol code.
