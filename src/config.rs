@@ -78,7 +78,8 @@
 //! drain_timeout = "5s"
 //!
 //! [log]
-//! level = "info"
+//! level = "info"                # RUST_LOG wins; a bare level is fedrouter's, libraries stay at warn
+//! format = "text"               # or "json" (one object per line); --log-format wins
 //!
 //! [federation.default]          # crate::stream::policy::FederationPolicy
 //! tls = "optional"
@@ -605,13 +606,42 @@ pub struct ShutdownSection {
     pub drain_timeout: Duration,
 }
 
-/// Logging (`[log]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// Logging (`[log]`), see [`crate::logging`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogSection {
     /// A `tracing_subscriber::EnvFilter` directive (`info`, `fedrouter=debug,warn`), key
-    /// `log.level`; default `info`.
+    /// `log.level`; default `info`. `RUST_LOG` replaces it; a bare level applies to
+    /// fedrouter's own targets ([`crate::logging::directives`]).
     pub level: String,
+    /// Key `log.format`: `"text"` (default) or `"json"`; the `--log-format` flag wins.
+    pub format: LogFormat,
+}
+
+/// How log lines are written (`log.format`, `--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event, coloured only on a terminal (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers: `timestamp`, `level`, `target`,
+    /// `message`, the event's other fields, `span` (the current span's fields), `spans`.
+    Json,
+}
+
+impl LogFormat {
+    /// The format named `name` (`"text"`, `"json"`), as the file and the flag spell it.
+    pub fn from_name(name: &str) -> Option<LogFormat> {
+        <LogFormat as clap::ValueEnum>::from_str(name, false).ok()
+    }
+
+    /// The names [`LogFormat::from_name`] accepts.
+    pub fn names() -> Vec<String> {
+        <LogFormat as clap::ValueEnum>::value_variants()
+            .iter()
+            .filter_map(clap::ValueEnum::to_possible_value)
+            .map(|p| p.get_name().to_owned())
+            .collect()
+    }
 }
 
 /// What [`Config::materialize`] loaded or created.
@@ -734,10 +764,11 @@ impl Default for ShutdownSection {
 }
 
 impl Default for LogSection {
-    /// `info`.
+    /// `info`, text.
     fn default() -> Self {
         LogSection {
             level: "info".to_owned(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -771,9 +802,16 @@ struct RawConfig {
     #[serde(default)]
     shutdown: ShutdownSection,
     #[serde(default)]
-    log: LogSection,
+    log: RawLog,
     #[serde(default)]
     federation: FederationPolicy,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1018,7 +1056,28 @@ impl RawConfig {
                 },
             },
             shutdown: self.shutdown,
-            log: self.log,
+            log: LogSection {
+                level: self
+                    .log
+                    .level
+                    .unwrap_or_else(|| LogSection::default().level),
+                format: match self.log.format {
+                    None => LogFormat::default(),
+                    Some(name) => LogFormat::from_name(&name).ok_or_else(|| {
+                        invalid(
+                            "log.format",
+                            format!(
+                                "{name:?} is not a log format (expected {})",
+                                LogFormat::names()
+                                    .iter()
+                                    .map(|n| format!("{n:?}"))
+                                    .collect::<Vec<_>>()
+                                    .join(" or ")
+                            ),
+                        )
+                    })?,
+                },
+            },
             federation,
         })
     }
@@ -1111,7 +1170,8 @@ impl Config {
     /// a non-zero port; `s2s` timeouts non-zero (`idle_timeout` may be `None`, not zero),
     /// `queue_per_domain`, `max_stanza_size` in range, `send_queue_bytes >=
     /// max_stanza_size`, `backoff_max >= backoff_initial`, a secret of at least
-    /// [`MIN_SECRET_BYTES`]; `inbox` sizes in range; `log.level` a valid `EnvFilter`;
+    /// [`MIN_SECRET_BYTES`]; `inbox` sizes in range; `log.level` a valid `EnvFilter`
+    /// (`log.format` is checked when the file is read);
     /// `federation.domains` keys valid normalised domains.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_domains()?;

@@ -168,14 +168,32 @@ impl DialbackResult {
     }
 
     /// The stanza error with which the Initiating Server returns the stanzas it queued for
-    /// the domain pair, or `None` when they can be sent:
-    /// `invalid` → `internal-server-error` (XEP-0220 §2.1.1), `error` →
-    /// `remote-server-timeout` (§2.5).
+    /// the domain pair, or `None` when they can be sent. fedrouter reports a failed
+    /// federation with the two RFC 6120 §8.3.3 conditions meant for it, by whether
+    /// trying again later can help:
+    ///
+    /// - `remote-server-not-found` (§8.3.3.15, `cancel`) when the remote server refused
+    ///   us: `invalid`, or a dialback error other than the ones below (`item-not-found`:
+    ///   it does not host the domain; `policy-violation`, `not-authorized`, `forbidden`,
+    ///   `not-acceptable`, ...);
+    /// - `remote-server-timeout` (§8.3.3.16, `wait`) when it could not verify our key for
+    ///   a passing reason: `remote-server-timeout`, `remote-connection-failed` (it could
+    ///   not reach our authoritative server), `resource-constraint`.
+    ///
+    /// XEP-0220 §2.1.1 and §2.5 ask for `internal-server-error` after `invalid` and
+    /// `remote-server-timeout` after any dialback error; the first does not tell the
+    /// sender the remote server refused us, the second tells it to retry a refusal, so
+    /// fedrouter uses the two conditions above instead (DESIGN.md "Failure semantics").
     pub fn bounce_condition(self) -> Option<StanzaCondition> {
+        use DialbackErrorCondition as E;
         match self {
             DialbackResult::Valid => None,
-            DialbackResult::Invalid => Some(StanzaCondition::InternalServerError),
-            DialbackResult::Error(_) => Some(StanzaCondition::RemoteServerTimeout),
+            DialbackResult::Error(
+                E::RemoteServerTimeout | E::RemoteConnectionFailed | E::ResourceConstraint,
+            ) => Some(StanzaCondition::RemoteServerTimeout),
+            DialbackResult::Invalid | DialbackResult::Error(_) => {
+                Some(StanzaCondition::RemoteServerNotFound)
+            }
         }
     }
 }
@@ -463,12 +481,36 @@ mod tests {
         assert_eq!(DialbackResult::Valid.bounce_condition(), None);
         assert_eq!(
             DialbackResult::Invalid.bounce_condition(),
-            Some(StanzaCondition::InternalServerError)
+            Some(StanzaCondition::RemoteServerNotFound)
         );
-        assert_eq!(
-            DialbackResult::Error(DialbackErrorCondition::Forbidden).bounce_condition(),
-            Some(StanzaCondition::RemoteServerTimeout)
-        );
+        // Refusals: the sender should not retry.
+        for c in [
+            DialbackErrorCondition::ItemNotFound,
+            DialbackErrorCondition::RemoteServerNotFound,
+            DialbackErrorCondition::PolicyViolation,
+            DialbackErrorCondition::NotAuthorized,
+            DialbackErrorCondition::Forbidden,
+            DialbackErrorCondition::NotAcceptable,
+            DialbackErrorCondition::Other(StanzaCondition::UndefinedCondition),
+        ] {
+            assert_eq!(
+                DialbackResult::Error(c).bounce_condition(),
+                Some(StanzaCondition::RemoteServerNotFound),
+                "{c}"
+            );
+        }
+        // Passing failures: the sender may retry.
+        for c in [
+            DialbackErrorCondition::RemoteServerTimeout,
+            DialbackErrorCondition::RemoteConnectionFailed,
+            DialbackErrorCondition::ResourceConstraint,
+        ] {
+            assert_eq!(
+                DialbackResult::Error(c).bounce_condition(),
+                Some(StanzaCondition::RemoteServerTimeout),
+                "{c}"
+            );
+        }
 
         for c in DialbackErrorCondition::TABLE {
             assert_eq!(DialbackErrorCondition::from_name(c.as_str()), Some(c));

@@ -35,6 +35,8 @@
 //! - [`tls`] (adapter, used by the runtime only): rustls configurations, certificate choice
 //!   by SNI, and the peer certificate check after the stream header (RFC 6120 §5, §13.7;
 //!   RFC 7590; XEP-0178; XEP-0368).
+//! - [`logging`] (adapter, used by the binaries): the log on stderr, text or JSON, and its
+//!   filter.
 
 #![warn(missing_docs)]
 
@@ -44,6 +46,7 @@ pub mod config;
 pub mod dialback;
 pub mod dns;
 pub mod jid;
+pub mod logging;
 pub mod metrics;
 pub mod presence;
 pub mod router;

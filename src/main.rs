@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use fedrouter::config::Config;
+use fedrouter::config::{Config, LogFormat};
 use fedrouter::runtime::{ping_via_admin, Server};
 
 use clap::{Parser, Subcommand};
@@ -27,6 +27,10 @@ enum Command {
         /// Configuration file (TOML); embedded defaults when absent.
         #[arg(long, short)]
         config: Option<std::path::PathBuf>,
+        /// Log lines on stderr: text (coloured only on a terminal) or json (one object per
+        /// line). Overrides the configuration's `log.format`.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
     },
     /// XEP-0199 server-to-server ping of a remote domain through a running server
     /// (its admin endpoint): DNS, connection, authentication and a round trip.
@@ -107,17 +111,12 @@ fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
     })
 }
 
-fn serve(path: Option<&Path>) -> ExitCode {
+fn serve(path: Option<&Path>, log_format: Option<LogFormat>) -> ExitCode {
     let config = match load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    fedrouter::logging::init(log_format.unwrap_or(config.log.format), &config.log.level);
     let materialized = match config.materialize() {
         Ok(m) => m,
         Err(e) => {
@@ -408,7 +407,7 @@ fn user(config: Option<&Path>, action: UserAction) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(config.as_deref()),
+        Command::Serve { config, log_format } => serve(config.as_deref(), log_format),
         Command::Ping {
             domain,
             from,

@@ -71,6 +71,7 @@ fn empty_file_gives_the_defaults() {
     assert_eq!((c.inbox.capacity, c.inbox.batch), (1024, 256));
     assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(5));
     assert_eq!(c.log.level, "info");
+    assert_eq!(c.log.format, fedrouter::config::LogFormat::Text);
     assert_eq!(c.federation.default, PeerPolicy::default());
     assert!(c.federation.domains.is_empty());
 }
@@ -145,6 +146,7 @@ drain_timeout = "0s"
 
 [log]
 level = "fedrouter=debug,warn"
+format = "json"
 
 [federation.default]
 tls = "required"
@@ -250,6 +252,7 @@ fn full_file_sets_every_key() {
     assert_eq!(c.metrics.listen, Some(addr("127.0.0.2:9270")));
     assert_eq!(c.shutdown.drain_timeout, Duration::ZERO);
     assert_eq!(c.log.level, "fedrouter=debug,warn");
+    assert_eq!(c.log.format, fedrouter::config::LogFormat::Json);
 
     assert_eq!(c.federation.default, PeerPolicy::strict());
     assert_eq!(c.federation.for_domain("gmail.test"), PeerPolicy::google());
@@ -288,7 +291,7 @@ fn unknown_keys_are_rejected_by_name() {
         ),
         ("[inbox]\nsize = 1\n", "size"),
         ("[shutdown]\ngrace = \"1s\"\n", "grace"),
-        ("[log]\nformat = \"json\"\n", "format"),
+        ("[log]\ncolour = true\n", "colour"),
         ("[federation.default]\ntls_mode = \"on\"\n", "tls_mode"),
         ("[metrics]\nport = 1\n", "port"),
         ("[c2s]\nstarttls = true\n", "starttls"),
@@ -457,6 +460,11 @@ fn each_validation_error_names_its_key() {
     invalid_for("[inbox]\nbatch = 0\n", "inbox.batch");
     invalid_for("[log]\nlevel = \"\"\n", "log.level");
     invalid_for("[log]\nlevel = \"fedrouter=loud\"\n", "log.level");
+    let m = invalid_for("[log]\nformat = \"xml\"\n", "log.format");
+    assert_eq!(
+        m,
+        "log.format: \"xml\" is not a log format (expected \"text\" or \"json\")"
+    );
     invalid_for(
         "[federation.domains.\"bad domain\"]\nallow = false\n",
         "federation.domains.\"bad domain\"",

@@ -950,3 +950,166 @@ fn starttls_after_dialback_does_not_keep_the_plaintext_authentication() {
         "stanza accepted on the upgraded stream without re-authentication"
     );
 }
+
+// ----- a failed outbound dialback, at once (XEP-0220 §2.1.1) -----
+
+/// An outbound stream from cupdomain.test whose `db:result` waits for gmail.test's answer.
+fn awaiting_dialback_answer() -> Wire {
+    let srv = server(PeerPolicy::google());
+    let mut w = Wire::outbound(srv.cfg.clone(), LOCAL, REMOTE);
+    w.feed(PEER_RESPONSE_HEADER.as_bytes());
+    w.feed(DIALBACK_ONLY_FEATURES.as_bytes());
+    assert_eq!(w.conn.pending_dialbacks().collect::<Vec<_>>(), vec![LOCAL]);
+    assert!(w.conn.awaits_dialback_answers());
+    w
+}
+
+fn auth_failures(w: &Wire) -> Vec<(String, String, DialbackResult)> {
+    w.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::AuthFailed {
+                local,
+                remote,
+                result,
+            } => Some((local.clone(), remote.clone(), *result)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn stream_error_while_our_db_result_waits_fails_the_pair_with_the_reason() {
+    // The peer refuses with a stream error instead of answering: the pair fails in the
+    // same step (no timer), and the stream says why, which decides the bounce condition.
+    let mut w = awaiting_dialback_answer();
+    w.feed(
+        b"<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+          </stream:error></stream:stream>",
+    );
+    assert_eq!(
+        auth_failures(&w),
+        vec![(
+            LOCAL.to_owned(),
+            REMOTE.to_owned(),
+            DialbackResult::Error(DialbackErrorCondition::RemoteServerTimeout)
+        )]
+    );
+    let reason = w.conn.close_reason().expect("ended").clone();
+    assert_eq!(
+        reason,
+        CloseReason::ReceivedError(StreamCondition::NotAuthorized, None)
+    );
+    assert_eq!(w.closed(), Some(&reason));
+    assert_eq!(
+        reason.bounce_condition(),
+        fedrouter::condition::StanzaCondition::RemoteServerNotFound
+    );
+    assert_eq!(w.conn.pending_dialbacks().count(), 0);
+}
+
+#[test]
+fn fail_dialback_ends_the_wait_and_a_late_answer_is_ignored() {
+    let mut w = awaiting_dialback_answer();
+    let result = DialbackResult::Error(DialbackErrorCondition::RemoteServerNotFound);
+    assert!(w.conn.fail_dialback(LOCAL, result));
+    w.pump();
+    assert_eq!(
+        auth_failures(&w),
+        vec![(LOCAL.to_owned(), REMOTE.to_owned(), result)]
+    );
+    assert_eq!(w.conn.pending_dialbacks().count(), 0);
+    assert!(!w.conn.awaits_dialback_answers());
+    assert!(
+        w.closed().is_none(),
+        "the stream itself is the runtime's to close"
+    );
+    // Not pending any more: nothing to fail, and a late `valid` authenticates nothing.
+    assert!(!w.conn.fail_dialback(LOCAL, result));
+    w.feed(b"<db:result from='gmail.test' to='cupdomain.test' type='valid'/>");
+    assert!(!w.conn.is_authenticated(LOCAL, REMOTE));
+    assert_eq!(auth_failures(&w).len(), 1);
+    // Only outbound streams wait for answers.
+    let srv = server(PeerPolicy::google());
+    let mut inbound = opened(&srv);
+    assert!(!inbound.conn.fail_dialback(LOCAL, result));
+    assert_eq!(inbound.conn.pending_dialbacks().count(), 0);
+}
+
+#[test]
+fn close_reasons_bounce_with_not_found_or_timeout() {
+    // RFC 6120 §8.3.3.15 / §8.3.3.16: whether the sender may retry later.
+    use fedrouter::condition::StanzaCondition::{RemoteServerNotFound, RemoteServerTimeout};
+    let cases = [
+        (CloseReason::PeerClosed, RemoteServerNotFound),
+        (CloseReason::Local, RemoteServerNotFound),
+        (
+            CloseReason::TlsFailed("bad cert".into()),
+            RemoteServerNotFound,
+        ),
+        (
+            CloseReason::ReceivedError(StreamCondition::NotAuthorized, None),
+            RemoteServerNotFound,
+        ),
+        (
+            CloseReason::ReceivedError(StreamCondition::PolicyViolation, Some("tls".into())),
+            RemoteServerNotFound,
+        ),
+        (
+            CloseReason::ReceivedError(StreamCondition::HostUnknown, None),
+            RemoteServerNotFound,
+        ),
+        (
+            CloseReason::SentError(StreamCondition::InvalidFrom, String::new()),
+            RemoteServerNotFound,
+        ),
+        (CloseReason::CloseTimeout, RemoteServerTimeout),
+        (
+            CloseReason::SentError(StreamCondition::ConnectionTimeout, String::new()),
+            RemoteServerTimeout,
+        ),
+        (
+            CloseReason::ReceivedError(StreamCondition::ConnectionTimeout, None),
+            RemoteServerTimeout,
+        ),
+        (
+            CloseReason::ReceivedError(StreamCondition::SystemShutdown, None),
+            RemoteServerTimeout,
+        ),
+        (
+            CloseReason::ReceivedError(StreamCondition::ResourceConstraint, None),
+            RemoteServerTimeout,
+        ),
+        (
+            CloseReason::ReceivedError(StreamCondition::Reset, None),
+            RemoteServerTimeout,
+        ),
+    ];
+    for (reason, cond) in cases {
+        assert_eq!(reason.bounce_condition(), cond, "{reason:?}");
+    }
+}
+
+#[test]
+fn dialback_requests_are_counted_on_inbound_streams() {
+    // The runtime tells a verification connection that broke off before asking anything
+    // from one that carried a dialback exchange.
+    let srv = server(PeerPolicy::google());
+    let mut w = opened(&srv);
+    assert_eq!(w.conn.dialback_requests_received(), 0);
+    w.feed(
+        format!("<db:result from='gmail.test' to='cupdomain.test'>{KEY}</db:result>").as_bytes(),
+    );
+    assert_eq!(w.conn.dialback_requests_received(), 1);
+    w.feed(
+        format!("<db:verify from='gmail.test' to='cupdomain.test' id='i1'>{KEY}</db:verify>")
+            .as_bytes(),
+    );
+    assert_eq!(w.conn.dialback_requests_received(), 2);
+    // A request for a domain we do not host still counts: it was a dialback exchange.
+    w.feed(
+        format!("<db:verify from='gmail.test' to='other.test' id='i2'>{KEY}</db:verify>")
+            .as_bytes(),
+    );
+    assert_eq!(w.conn.dialback_requests_received(), 3);
+}

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use fedrouter::logging::LogFormat;
 use fedrouter::stream::TlsPolicy;
 use loadgen::peers::PeerAuth;
 use loadgen::run::{self, Load, Mix, RunOptions, Scenario, Target};
@@ -126,6 +127,10 @@ struct Cli {
     /// No live progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Log lines on stderr: text (coloured only on a terminal) or json (one object per
+    /// line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,15 +173,10 @@ fn usage(msg: String) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The embedded fedrouter's log (and ours) on stderr; RUST_LOG overrides.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // The embedded fedrouter's log (and ours) on stderr, as fedrouter writes its own:
+    // coloured only on a terminal; RUST_LOG overrides `warn`, a bare level is for our
+    // crates (the libraries stay at warn).
+    fedrouter::logging::init(cli.log_format, "warn");
     let peer_net: Vec<u8> = cli
         .peer_net
         .split('.')

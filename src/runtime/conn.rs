@@ -277,7 +277,11 @@ impl<P: Proto> ConnState<P> {
     /// The socket accepted `n` more bytes: stanzas wholly inside them have left.
     pub fn accepted(&mut self, n: usize) {
         self.written += n as u64;
-        while self.unsent.front().is_some_and(|(end, _)| *end <= self.written) {
+        while self
+            .unsent
+            .front()
+            .is_some_and(|(end, _)| *end <= self.written)
+        {
             self.unsent.pop_front();
         }
     }
@@ -429,8 +433,10 @@ pub(crate) struct Conn<P: Proto = S2sConnection> {
     pub writer_stopped: Cell<bool>,
     /// `Outbound` or `Inbound`.
     pub direction: Direction,
-    /// The stream's tracing span.
+    /// The stream's tracing span; fields are recorded with [`Conn::record_once`].
     pub span: tracing::Span,
+    /// Which of `span`'s fields are recorded (bit = the field's position in the span).
+    recorded: Cell<u64>,
 }
 
 impl<P: Proto> Conn<P> {
@@ -446,6 +452,28 @@ impl<P: Proto> Conn<P> {
             writer_stopped: Cell::new(false),
             direction,
             span,
+            recorded: Cell::new(0),
+        }
+    }
+
+    /// Records `value` as `field` of the stream's span, unless that field was recorded
+    /// already: the first value stays. Recording it again would not replace it in text
+    /// logs, because tracing-subscriber's text formatter appends every recorded field
+    /// (`FormatFields::add_fields`), so a stream restarted after STARTTLS and SASL wrote
+    /// three `id=` on every line. The current stream id stays with the protocol
+    /// (`stream_id()`); the lines that need it carry it as an event field.
+    pub fn record_once(&self, field: &str, value: &str) {
+        let Some(i) = self
+            .span
+            .metadata()
+            .and_then(|m| m.fields().iter().position(|f| f.name() == field))
+        else {
+            return;
+        };
+        let bit = 1u64 << (i % 64);
+        if self.recorded.get() & bit == 0 {
+            self.recorded.set(self.recorded.get() | bit);
+            self.span.record(field, value);
         }
     }
 

@@ -515,7 +515,7 @@ impl Shard {
                 info!(parent: &conn.span, user = username.as_deref().unwrap_or(""), failures, "authentication failed");
             }
             Event::Authenticated { jid, mechanism } => {
-                conn.span.record("jid", jid.as_str());
+                conn.record_once("jid", jid.as_str());
                 super::metrics(|m| {
                     m.count(
                         "auth",
@@ -1679,9 +1679,12 @@ impl Shard {
             let Some(to) = el.to() else { continue };
             let bare = bare_key(to).into_owned();
             let to_bare = !to.contains('/');
-            let others = self.local.users.borrow().get(&bare).is_some_and(|u| {
-                u.sessions.iter().any(|s| s.available && s.priority >= 0)
-            });
+            let others = self
+                .local
+                .users
+                .borrow()
+                .get(&bare)
+                .is_some_and(|u| u.sessions.iter().any(|s| s.available && s.priority >= 0));
             if to_bare && others && el.name() == "message" {
                 continue;
             }
@@ -1755,14 +1758,10 @@ impl Shard {
                 match best {
                     Some(p) if mtype == "headline" => {
                         let _ = p;
-                        self.deliver_el_to_sessions(&bare, &el, |s| {
-                            s.available && s.priority >= 0
-                        });
+                        self.deliver_el_to_sessions(&bare, &el, |s| s.available && s.priority >= 0);
                     }
                     Some(p) => {
-                        self.deliver_el_to_sessions(&bare, &el, |s| {
-                            s.available && s.priority == p
-                        });
+                        self.deliver_el_to_sessions(&bare, &el, |s| s.available && s.priority == p);
                     }
                     None => self.reply_unavailable(&el, kind),
                 }
@@ -1779,6 +1778,18 @@ impl Shard {
     }
 
     fn reply_unavailable(&self, el: &Element, kind: StanzaKind) {
+        if is_error(el) {
+            // Never answered (RFC 6120 §8.3.1), but not dropped without a trace: a sender
+            // whose client stops reading loses its bounces here.
+            super::metrics(|m| {
+                m.count(
+                    "undeliverable_errors",
+                    &[("cause", "recipient_unavailable")],
+                    1,
+                )
+            });
+            return;
+        }
         if let Answer::Reply(bytes) = answer_unavailable_user(el, kind) {
             self.route_generated(&bytes);
         }

@@ -78,6 +78,14 @@ pub(crate) enum ShardMsg {
         remote: String,
         result: DialbackResult,
     },
+    /// An inbound stream from `remote` (owned by the receiver), opened at `opened`, broke
+    /// off before it carried a dialback request: see [`Shard::peer_verification_failed`].
+    PeerStreamFailed {
+        remote: String,
+        opened: Instant,
+        condition: StanzaCondition,
+        what: String,
+    },
 }
 
 /// A `db:verify` waiting for its answer from the authoritative server.
@@ -241,6 +249,10 @@ struct Remote {
     congested_since: Option<Instant>,
     /// Stanzas bounced because the queue was full, in this congestion episode.
     congestion_bounces: u64,
+    /// Why the remote server's side of our dialback failed, when that was learned on
+    /// another stream ([`Shard::peer_verification_failed`]): the bounce and the WARN of
+    /// the [`Event::AuthFailed`] it causes say so.
+    auth_failure_note: Option<Failure>,
 }
 
 /// A ping the server sent for the admin endpoint.
@@ -617,6 +629,19 @@ impl Shard {
                 remote,
                 result,
             } => self.apply_verdict(conn, &local, &remote, result),
+            ShardMsg::PeerStreamFailed {
+                remote,
+                opened,
+                condition,
+                what,
+            } => self.peer_verification_failed(
+                &remote,
+                opened,
+                Failure {
+                    condition,
+                    text: what,
+                },
+            ),
         }
     }
 
@@ -680,9 +705,7 @@ impl Shard {
     ) {
         let Some(el) = el.into_element() else { return };
         if is_error(&el) {
-            super::metrics(|m| {
-                m.count("undeliverable_errors", &[("cause", cause.as_str())], 1)
-            });
+            super::metrics(|m| m.count("undeliverable_errors", &[("cause", cause.as_str())], 1));
             debug!(to = el.to(), %condition, "dropping an error stanza that cannot be delivered");
             return;
         }
@@ -723,7 +746,7 @@ impl Shard {
             // Every stream of this shard is closed or closing by now, and none is opened
             // any more: nothing can carry it.
             debug!(
-                remote = d,
+                remote = %d,
                 "shutting down: not connecting to the remote server; stanza bounced"
             );
             self.shutdown_bounced.set(self.shutdown_bounced.get() + 1);
@@ -782,8 +805,9 @@ impl Shard {
                 let pending = r.conn.as_ref().map_or(0, |c| c.backlog());
                 warn!(
                     parent: &self.span,
-                    remote = d,
+                    remote = %d,
                     queue = r.queue.len(),
+                    stream = if r.conn.is_some() { "open" } else { "connecting" },
                     pending_bytes = pending,
                     "remote server congested: its queue is full; new stanzas for it are bounced (resource-constraint)"
                 );
@@ -1045,7 +1069,7 @@ impl Shard {
             if let Some(since) = r.congested_since.take() {
                 warn!(
                     parent: &self.span,
-                    remote = d,
+                    remote = %d,
                     congested_ms = since.elapsed().as_millis() as u64,
                     bounced = r.congestion_bounces,
                     "remote server congestion ended: its stream failed"
@@ -1125,7 +1149,7 @@ impl Shard {
             if let Some(since) = r.congested_since.take() {
                 warn!(
                     parent: &self.span,
-                    remote = d,
+                    remote = %d,
                     queue = r.queue.len(),
                     congested_ms = since.elapsed().as_millis() as u64,
                     bounced = r.congestion_bounces,
@@ -1137,25 +1161,74 @@ impl Shard {
         conn.wake.notify_one();
     }
 
-    /// An outbound stream could not authenticate `local` → `d`: bounce its stanzas.
-    fn outbound_auth_failed(&self, d: &str, local: &str, result: DialbackResult) {
-        let cond = result
-            .bounce_condition()
-            .unwrap_or(StanzaCondition::RemoteServerNotFound);
-        let bounced: Vec<Queued> = {
+    /// The outbound stream `conn` could not authenticate `local` → `d` (XEP-0220 §2.1.1):
+    /// the stanzas waiting for that pair are bounced at once, with the RFC 6120 §8.3.3
+    /// condition that says whether retrying can help ([`DialbackResult::bounce_condition`]
+    /// for an answer, [`CloseReason::bounce_condition`] when the stream ended, or what
+    /// [`Shard::peer_verification_failed`] found), and a WARN names the remote domain and
+    /// what its server did. A stream left with nothing to carry (no authenticated pair,
+    /// no answer awaited) is closed and the domain backs off ([`Shard::remote_failed`]),
+    /// rather than a new dialback being tried for every stanza.
+    fn outbound_auth_failed(&self, conn: &Conn, d: &str, local: &str, result: DialbackResult) {
+        let (ended, idle) = {
+            let st = conn.st.borrow();
+            let idle =
+                st.proto.authenticated().next().is_none() && !st.proto.awaits_dialback_answers();
+            (st.proto.close_reason().cloned(), idle)
+        };
+        let (bounced, note, current): (Vec<Queued>, Option<Failure>, bool) = {
             let mut remotes = self.remotes.borrow_mut();
             let Some(r) = remotes.get_mut(d) else { return };
             r.locals.retain(|l| l != local);
             let (out, keep): (VecDeque<Queued>, VecDeque<Queued>) =
                 r.queue.drain(..).partition(|el| el.local_domain() == local);
             r.queue = keep;
-            out.into_iter().collect()
+            let current = r.conn.as_ref().is_some_and(|c| c.id == conn.id);
+            (
+                out.into_iter().collect(),
+                r.auth_failure_note.clone(),
+                current,
+            )
         };
+        let f = note.unwrap_or_else(|| match &ended {
+            Some(reason) => Failure {
+                condition: reason.bounce_condition(),
+                text: describe_outbound_end(reason),
+            },
+            None => Failure {
+                condition: result
+                    .bounce_condition()
+                    .unwrap_or(StanzaCondition::RemoteServerNotFound),
+                text: describe_dialback_answer(result),
+            },
+        });
+        warn!(
+            parent: &conn.span,
+            remote = %d,
+            %local,
+            condition = %f.condition,
+            bounced = bounced.len(),
+            "the remote server did not authenticate us: {}; what waited for it is bounced",
+            f.text
+        );
+        let text = format!("{d} did not authenticate {local}: {}", f.text);
         for el in bounced {
-            self.bounce_queued_for(
-                el,
-                cond,
-                "the remote server did not authenticate us",
+            self.bounce_queued_for(el, f.condition, &text, BounceCause::AuthFailed);
+        }
+        if idle && current {
+            if ended.is_none() {
+                let mut st = conn.st.borrow_mut();
+                st.proto.close(None, Instant::now());
+                st.pump();
+                drop(st);
+                conn.wake.notify_one();
+            }
+            self.remote_failed(
+                d,
+                Failure {
+                    condition: f.condition,
+                    text,
+                },
                 BounceCause::AuthFailed,
             );
         }
@@ -1198,19 +1271,21 @@ impl Shard {
             // Closed by the shutdown (or failing during it): no new attempt.
             return self.refuse_during_shutdown(d);
         }
-        let timeout = matches!(
-            reason,
-            CloseReason::CloseTimeout
-                | CloseReason::SentError(StreamCondition::ConnectionTimeout, _)
-        );
+        let what = describe_outbound_end(reason);
         let f = Failure {
-            condition: if timeout {
-                StanzaCondition::RemoteServerTimeout
-            } else {
-                StanzaCondition::RemoteServerNotFound
-            },
-            text: format!("stream negotiation failed: {reason:?}"),
+            condition: reason.bounce_condition(),
+            text: format!("stream negotiation failed: {what}"),
         };
+        let waiting = self.remotes.borrow().get(d).map_or(0, |r| r.queue.len());
+        if waiting > 0 {
+            warn!(
+                parent: &conn.span,
+                remote = %d,
+                condition = %f.condition,
+                bounced = waiting,
+                "the stream to the remote server ended before it authenticated us: {what}; what waited for it is bounced"
+            );
+        }
         self.remote_failed(d, f, BounceCause::Unreachable);
     }
 
@@ -1450,6 +1525,15 @@ impl Shard {
             adopted = true
         );
         let conn = Rc::new(Conn::new(self.next_conn_id(), stream, h.state, span));
+        {
+            let st = conn.st.borrow();
+            if st.opened {
+                conn.record_once("id", st.proto.stream_id());
+                if !st.proto.remote_domain().is_empty() {
+                    conn.record_once("peer_domain", st.proto.remote_domain());
+                }
+            }
+        }
         debug!(parent: &conn.span, "adopted from another shard");
         self.conns.borrow_mut().insert(conn.id, Rc::clone(&conn));
         self.spawn_conn(conn);
@@ -1558,7 +1642,9 @@ impl Shard {
                 break;
             }
             if let Some(out) = out {
-                let (end, mut b) = self.write_out(&conn, out, P::write_stall_timeout(&self)).await;
+                let (end, mut b) = self
+                    .write_out(&conn, out, P::write_stall_timeout(&self))
+                    .await;
                 match end {
                     WriteEnd::Done => {}
                     WriteEnd::Failed => {
@@ -1725,9 +1811,10 @@ impl Shard {
                             remote, stream_id, ..
                         } = &ev
                         {
-                            conn.span
-                                .record("peer_domain", remote.as_deref().unwrap_or(""));
-                            conn.span.record("id", stream_id.as_str());
+                            if let Some(r) = remote {
+                                conn.record_once("peer_domain", r);
+                            }
+                            conn.record_once("id", stream_id);
                         }
                         debug!(parent: &conn.span, remote = r, to_shard = dst, "handing off");
                         let mut st = conn.st.borrow_mut();
@@ -1751,11 +1838,13 @@ impl Shard {
                 remote,
                 stream_id,
             } => {
-                conn.span.record("id", stream_id.as_str());
+                // The span keeps the first id (see `Conn::record_once`); each restart's
+                // id is on this line.
+                conn.record_once("id", &stream_id);
                 if let Some(r) = &remote {
-                    conn.span.record("peer_domain", r.as_str());
+                    conn.record_once("peer_domain", r);
                 }
-                debug!(parent: &conn.span, %local, "stream opened");
+                debug!(parent: &conn.span, %local, %stream_id, "stream opened");
                 conn.st.borrow_mut().opened = true;
             }
             Event::StartTls(role) => {
@@ -1829,11 +1918,14 @@ impl Shard {
                 remote,
                 dialback_fallback,
             } => {
-                // XEP-0178: the peer refused our certificate. Said plainly, and counted.
+                // XEP-0178 §3: no EXTERNAL after TLS. The peer refused our certificate or
+                // does not implement EXTERNAL; often even its features cannot tell (Prosody
+                // offers no mechanism when it refuses a certificate), so both are said and
+                // `check` tells them apart where it can. Counted.
                 if dialback_fallback {
-                    warn!(parent: &conn.span, %local, %remote, "peer did not offer SASL EXTERNAL after TLS: it did not accept our certificate for {local}; falling back to dialback");
+                    warn!(parent: &conn.span, %local, %remote, "peer did not offer SASL EXTERNAL after TLS: it does not accept our certificate for {local}, or it does not implement SASL EXTERNAL (XEP-0178); `fedrouter check {remote}` tells which where it can; falling back to dialback");
                 } else {
-                    warn!(parent: &conn.span, %local, %remote, "peer did not offer SASL EXTERNAL after TLS: it did not accept our certificate for {local}; policy forbids dialback");
+                    warn!(parent: &conn.span, %local, %remote, "peer did not offer SASL EXTERNAL after TLS: it does not accept our certificate for {local}, or it does not implement SASL EXTERNAL (XEP-0178); `fedrouter check {remote}` tells which where it can; policy forbids dialback");
                 }
                 super::metrics(|m| {
                     m.count(
@@ -1852,7 +1944,7 @@ impl Shard {
                 remote,
                 result,
             } => {
-                info!(parent: &conn.span, %local, %remote, ?result, "authentication failed");
+                debug!(parent: &conn.span, %local, %remote, ?result, "authentication failed");
                 super::metrics(|m| {
                     m.count(
                         "auth",
@@ -1860,7 +1952,7 @@ impl Shard {
                         1,
                     )
                 });
-                self.outbound_auth_failed(&remote, &local, result);
+                self.outbound_auth_failed(conn, &domain_key(&remote), &local, result);
             }
             Event::VerifyNeeded {
                 local,
@@ -1996,9 +2088,115 @@ impl Shard {
             self.unauthenticated
                 .set(self.unauthenticated.get().saturating_sub(1));
         }
-        if conn.direction == Direction::Outbound {
-            self.outbound_closed(conn, &domain_key(&remote), reason, authenticated);
+        match conn.direction {
+            Direction::Outbound => {
+                self.outbound_closed(conn, &domain_key(&remote), reason, authenticated)
+            }
+            Direction::Inbound => self.inbound_ended(conn, reason),
         }
+    }
+
+    /// An inbound stream ended. One that named a remote domain but authenticated nothing
+    /// and carried no dialback request, and that the peer broke off (it closed it, sent a
+    /// stream error, failed TLS) or that we refused with a stream error, is how a remote
+    /// server's verification connection fails (XEP-0220 §2.1.2: the Receiving Server
+    /// connects to our authoritative side to check our key, and sends `db:verify`). The
+    /// domain's owner is told ([`Shard::peer_verification_failed`]), so that a dialback
+    /// of ours waiting on that check fails at once instead of after
+    /// `s2s.negotiation_timeout`. Our own closes (idle, after an `invalid` verdict) are
+    /// not such failures.
+    fn inbound_ended(&self, conn: &Conn, reason: &CloseReason) {
+        let (d, opened) = {
+            let st = conn.st.borrow();
+            let silent = st.proto.authenticated().next().is_none()
+                && st.proto.dialback_requests_received() == 0;
+            if !silent || st.proto.remote_domain().is_empty() {
+                return;
+            }
+            (
+                domain_key(st.proto.remote_domain()).into_owned(),
+                st.started,
+            )
+        };
+        let what = match reason {
+            CloseReason::Local | CloseReason::CloseTimeout => return,
+            CloseReason::PeerClosed => {
+                "it closed its stream to us (its verification connection) before asking about our key".to_owned()
+            }
+            CloseReason::ReceivedError(c, text) => format!(
+                "it closed its stream to us (its verification connection) with a <{c}/> stream error{}",
+                text.as_deref().map(|t| format!(" ({t})")).unwrap_or_default()
+            ),
+            CloseReason::SentError(c, text) => format!(
+                "we refused its stream to us (its verification connection) with <{c}/> ({text})"
+            ),
+            CloseReason::TlsFailed(e) => format!(
+                "TLS failed on its stream to us (its verification connection): {e}"
+            ),
+        };
+        let failure = Failure {
+            condition: reason.bounce_condition(),
+            text: what,
+        };
+        let dst = shard_of(&d, self.n);
+        if dst == self.id {
+            self.peer_verification_failed(&d, opened, failure);
+        } else {
+            self.send_to(
+                dst,
+                ShardMsg::PeerStreamFailed {
+                    remote: d,
+                    opened,
+                    condition: failure.condition,
+                    what: failure.text,
+                },
+            );
+        }
+    }
+
+    /// On shard(`d`): an inbound stream from `d` opened at `opened` broke off before it
+    /// carried a dialback request ([`Shard::inbound_ended`]). If our outbound stream to
+    /// `d` was opened before it and still waits for answers to our `db:result`s, that
+    /// stream was `d`'s verification connection (or its attempt at one), and our key
+    /// cannot be verified on it: the waiting dialbacks fail now
+    /// ([`S2sConnection::fail_dialback`], XEP-0220 §2.1.1), their stanzas are bounced
+    /// with `failure`'s condition and a WARN says what `d` did.
+    fn peer_verification_failed(&self, d: &str, opened: Instant, failure: Failure) {
+        let Some(conn) = self.remotes.borrow().get(d).and_then(|r| r.conn.clone()) else {
+            return;
+        };
+        let locals: Vec<String> = {
+            let st = conn.st.borrow();
+            if st.closed || st.started > opened {
+                return;
+            }
+            st.proto.pending_dialbacks().map(str::to_owned).collect()
+        };
+        if locals.is_empty() {
+            return;
+        }
+        let result = DialbackResult::Error(
+            if failure.condition == StanzaCondition::RemoteServerTimeout {
+                DialbackErrorCondition::RemoteServerTimeout
+            } else {
+                DialbackErrorCondition::RemoteServerNotFound
+            },
+        );
+        if let Some(r) = self.remotes.borrow_mut().get_mut(d) {
+            r.auth_failure_note = Some(failure);
+        }
+        {
+            let mut st = conn.st.borrow_mut();
+            for l in &locals {
+                st.proto.fail_dialback(l, result);
+            }
+        }
+        self.on_events(&conn, false);
+        if let Some(r) = self.remotes.borrow_mut().get_mut(d) {
+            r.auth_failure_note = None;
+        }
+        conn.st.borrow_mut().pump();
+        conn.wake.notify_one();
     }
 
     /// Moves an inbound connection to shard `dst` once the writer has flushed.
@@ -2178,8 +2376,16 @@ impl Shard {
             .values()
             .filter(|c| stalled(c.st.borrow().write_waiting_since))
             .count();
-        m.add_gauge("write_stalled_streams", &[("proto", "s2s")], s2s_stalled as i64);
-        m.add_gauge("write_stalled_streams", &[("proto", "c2s")], c2s_stalled as i64);
+        m.add_gauge(
+            "write_stalled_streams",
+            &[("proto", "s2s")],
+            s2s_stalled as i64,
+        );
+        m.add_gauge(
+            "write_stalled_streams",
+            &[("proto", "c2s")],
+            c2s_stalled as i64,
+        );
         m.add_gauge(
             "queue_depth",
             &[("queue", "cross_shard_outgoing")],
@@ -2225,7 +2431,10 @@ impl Shard {
                 "authenticated": pairs,
                 "age_s": st.started.elapsed().as_secs_f64(),
             });
-            if let Some(t) = st.write_waiting_since.filter(|t| t.elapsed() >= STALL_SHOWN) {
+            if let Some(t) = st
+                .write_waiting_since
+                .filter(|t| t.elapsed() >= STALL_SHOWN)
+            {
                 // The peer has accepted no byte for this long (s2s.write_stall_timeout
                 // closes the stream).
                 stream["write_stalled_ms"] = json!(t.elapsed().as_millis() as u64);
@@ -2371,6 +2580,37 @@ impl Shard {
 }
 
 /// The `dir` label of a stream's metrics and logs: `"out"` or `"in"`.
+/// What the remote server did, for the WARN and the bounce text of an outbound stream
+/// that ended before it authenticated us.
+fn describe_outbound_end(reason: &CloseReason) -> String {
+    match reason {
+        CloseReason::ReceivedError(c, text) => format!(
+            "it closed the stream with a <{c}/> stream error{}",
+            text.as_deref()
+                .map(|t| format!(" ({t})"))
+                .unwrap_or_default()
+        ),
+        CloseReason::PeerClosed => "it closed the stream".to_owned(),
+        CloseReason::SentError(c, text) => format!("we closed the stream with <{c}/> ({text})"),
+        CloseReason::CloseTimeout | CloseReason::Local => "we closed the stream".to_owned(),
+        CloseReason::TlsFailed(e) => format!("TLS failed: {e}"),
+    }
+}
+
+/// What the remote server answered to our `db:result` (XEP-0220 §2.1.1, §2.5).
+fn describe_dialback_answer(result: DialbackResult) -> String {
+    match result {
+        DialbackResult::Valid => "it answered valid".to_owned(),
+        DialbackResult::Invalid => "it answered our dialback key invalid".to_owned(),
+        DialbackResult::Error(DialbackErrorCondition::RemoteServerTimeout) => {
+            "no valid answer to our dialback key in time (remote-server-timeout)".to_owned()
+        }
+        DialbackResult::Error(c) => {
+            format!("it answered our dialback key with the dialback error <{c}/>")
+        }
+    }
+}
+
 fn direction_label(d: Direction) -> &'static str {
     match d {
         Direction::Outbound => "out",

@@ -18,6 +18,12 @@
 //! the Receiving Server (a `db:result` becomes [`Event::VerifyNeeded`], answered with
 //! [`S2sConnection::handle_dialback_verdict`]) and the Authoritative Server (we answer
 //! `db:verify` ourselves with the XEP-0185 key check).
+//!
+//! Servers that predate XMPP 1.0 send headers without `version` (RFC 6120 §4.7.5): no
+//! stream features flow either way, so neither STARTTLS nor SASL, only dialback
+//! (XEP-0220 §2.4.1), which starts right after the headers. Their initial headers may
+//! also lack `to` and `from`; the domains then come from each `db:result` / `db:verify`
+//! ([`S2sConnection::is_legacy`]).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -30,7 +36,7 @@ use rustls::pki_types::CertificateDer;
 use sha2::Sha256;
 
 use super::policy::{FederationPolicy, PeerPolicy, TlsPolicy};
-use crate::condition::StreamCondition;
+use crate::condition::{StanzaCondition, StreamCondition};
 use crate::dialback::{DialbackErrorCondition, DialbackResult, DialbackSecret};
 use crate::jid::domain_of;
 use crate::stanza::StanzaKind;
@@ -40,6 +46,17 @@ use crate::xml::writer::{write_stream_error, write_stream_header, HeaderOut, STR
 use crate::xml::{
     escape_attr_into, escape_text_into, ns, Element, Frame, Framer, Limits, Namespace, StreamHeader,
 };
+
+/// The stream error text for a pre-1.0 stream that policy cannot accept.
+const LEGACY_REFUSED: &str =
+    "policy requires TLS or SASL EXTERNAL, which a stream without version='1.0' cannot negotiate";
+
+/// Whether policy `p` can accept a peer on a stream without stream features (a header
+/// without `version`, RFC 6120 §4.7.5): dialback must be allowed, and TLS must not be
+/// required unless the socket already is TLS (XEP-0368 direct TLS).
+fn legacy_acceptable(p: &PeerPolicy, tls: bool) -> bool {
+    p.allow && p.allows_dialback() && (tls || p.tls != TlsPolicy::Required)
+}
 
 /// Checks a peer's certificate chain (end entity first) against a domain. Implemented by
 /// the runtime over [`crate::tls::verify_peer_certificate`] with the wall clock and the
@@ -177,6 +194,33 @@ pub enum CloseReason {
     TlsFailed(String),
 }
 
+impl CloseReason {
+    /// The RFC 6120 §8.3.3 condition with which stanzas that waited for a stream that
+    /// ended this way (before it could carry them) are bounced to their senders:
+    ///
+    /// - `remote-server-timeout` (§8.3.3.16, type `wait`) when the stream timed out
+    ///   (ours: a negotiation step or the closing handshake; the peer's
+    ///   `<connection-timeout/>`) or the peer went away for a passing reason
+    ///   (`<system-shutdown/>`, `<resource-constraint/>`, `<reset/>`);
+    /// - `remote-server-not-found` (§8.3.3.15, type `cancel`) otherwise: the peer refused
+    ///   us (a stream error such as `<not-authorized/>` or `<policy-violation/>`, or it
+    ///   closed the stream before authenticating us), or the stream broke.
+    pub fn bounce_condition(&self) -> StanzaCondition {
+        match self {
+            CloseReason::CloseTimeout
+            | CloseReason::SentError(StreamCondition::ConnectionTimeout, _)
+            | CloseReason::ReceivedError(
+                StreamCondition::ConnectionTimeout
+                | StreamCondition::SystemShutdown
+                | StreamCondition::ResourceConstraint
+                | StreamCondition::Reset,
+                _,
+            ) => StanzaCondition::RemoteServerTimeout,
+            _ => StanzaCondition::RemoteServerNotFound,
+        }
+    }
+}
+
 /// Something the runtime must act on.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -184,7 +228,8 @@ pub enum Event {
     /// The peer's stream header arrived: on inbound streams this names the remote domain
     /// (`from`, when given) so the runtime can hand the connection to its owner shard.
     Opened {
-        /// Local domain (inbound: header `to`; outbound: ours).
+        /// Local domain (inbound: header `to`, empty when a pre-1.0 header has none;
+        /// outbound: ours).
         local: String,
         /// Remote domain (inbound: header `from`, if any).
         remote: Option<String>,
@@ -207,14 +252,19 @@ pub enum Event {
         direction: Direction,
     },
     /// Outbound: authentication of a domain pair failed (dialback `invalid` or `error`,
-    /// SASL failure with no fallback). Stanzas queued for it should be bounced with
-    /// [`DialbackResult::bounce_condition`].
+    /// SASL failure with no fallback, no answer in time, the stream ended while our
+    /// `db:result` waited, or [`S2sConnection::fail_dialback`]). Stanzas queued for it
+    /// should be bounced with [`DialbackResult::bounce_condition`], or, when the stream
+    /// has ended ([`S2sConnection::close_reason`]), with
+    /// [`CloseReason::bounce_condition`].
     AuthFailed {
         /// Our domain.
         local: String,
         /// The peer's domain.
         remote: String,
-        /// The answer.
+        /// The answer; for a stream that ended or timed out while waiting,
+        /// `Error(remote-server-timeout)` (XEP-0220 §2.1.1: the Initiating Server treats
+        /// a closed stream as a dialback error).
         result: DialbackResult,
     },
     /// Outbound: TLS is up and our policy would authenticate with SASL EXTERNAL
@@ -359,10 +409,16 @@ pub struct S2sConnection {
     queued_verifies: Vec<(String, String, String, String)>,
     /// Outbound: additional local domains to authenticate once the stream is ready.
     queued_dialbacks: Vec<String>,
+    /// Inbound: `db:result` and `db:verify` requests received (for the runtime: a stream
+    /// that ends before asking anything was no dialback exchange).
+    dialback_requests: u32,
     deadline: Option<Instant>,
     last_tx: Instant,
     last_stanza: Instant,
+    /// Why we closed, while waiting for the peer's close.
     close_reason: Option<CloseReason>,
+    /// Why the stream ended, once it has.
+    ended: Option<CloseReason>,
 }
 
 impl S2sConnection {
@@ -449,10 +505,12 @@ impl S2sConnection {
             pending_verifies: Vec::new(),
             queued_verifies: Vec::new(),
             queued_dialbacks: Vec::new(),
+            dialback_requests: 0,
             deadline: None,
             last_tx: now,
             last_stanza: now,
             close_reason: None,
+            ended: None,
         }
     }
 
@@ -486,6 +544,42 @@ impl S2sConnection {
     /// Whether the stream has ended.
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
+    }
+
+    /// Why the stream ended (the reason of [`Event::Closed`]), once it has.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.ended.as_ref()
+    }
+
+    /// Whether the peer's stream header had no `version` (a server that predates XMPP 1.0,
+    /// RFC 6120 §4.7.5): no stream features either way, so no STARTTLS and no SASL, only
+    /// dialback (XEP-0220 §2.4.1).
+    pub fn is_legacy(&self) -> bool {
+        self.legacy
+    }
+
+    /// Outbound: our domains whose `db:result` waits for the peer's answer (XEP-0220
+    /// §2.1.1), in the order they were sent.
+    pub fn pending_dialbacks(&self) -> impl Iterator<Item = &str> {
+        self.pending_results
+            .iter()
+            .filter(|_| self.dir == Direction::Outbound)
+            .map(|p| p.local.as_str())
+    }
+
+    /// Whether the stream waits for any dialback answer: a `db:result` or `db:verify`
+    /// sent and unanswered, or queued until the stream is ready.
+    pub fn awaits_dialback_answers(&self) -> bool {
+        !(self.pending_results.is_empty()
+            && self.pending_verifies.is_empty()
+            && self.queued_verifies.is_empty()
+            && self.queued_dialbacks.is_empty())
+    }
+
+    /// Inbound: how many dialback requests (`db:result` or `db:verify`, XEP-0220 §2.2)
+    /// the peer sent on this stream.
+    pub fn dialback_requests_received(&self) -> u32 {
+        self.dialback_requests
     }
 
     /// Authenticated (local, remote) pairs and how.
@@ -796,6 +890,29 @@ impl S2sConnection {
         Ok(())
     }
 
+    /// Outbound: stops waiting for the peer's answer to our `db:result` for (`local`,
+    /// remote) and reports [`Event::AuthFailed`] with `result`. For the runtime, when it
+    /// learns elsewhere that the peer's side of the dialback failed (its verification
+    /// connection to our authoritative side broke off, XEP-0220 §2.1.2): §2.1.1 lets the
+    /// Initiating Server consider a dialback failed without waiting for its timeout. An
+    /// answer arriving later no longer matches a request and is ignored (§3.1). Returns
+    /// whether such a `db:result` was pending.
+    pub fn fail_dialback(&mut self, local: &str, result: DialbackResult) -> bool {
+        if self.dir != Direction::Outbound {
+            return false;
+        }
+        let Some(i) = self.pending_results.iter().position(|p| p.local == local) else {
+            return false;
+        };
+        let p = self.pending_results.remove(i);
+        self.events.push_back(Event::AuthFailed {
+            local: p.local,
+            remote: p.remote,
+            result,
+        });
+        true
+    }
+
     /// Closes the stream: an optional stream error (RFC 6120 §4.9), then
     /// `</stream:stream>`; then waits for the peer's close (RFC 6120 §4.4).
     pub fn close(&mut self, error: Option<(StreamCondition, &str)>, now: Instant) {
@@ -888,6 +1005,7 @@ impl S2sConnection {
                 result: DialbackResult::Error(DialbackErrorCondition::RemoteConnectionFailed),
             });
         }
+        self.ended = Some(reason.clone());
         self.events.push_back(Event::Closed(reason));
     }
 
@@ -969,7 +1087,10 @@ impl S2sConnection {
             stream_id: self.stream_id.clone(),
         });
         if self.legacy {
-            // Pre-RFC 3920 peer: no features; dialback straight away (XEP-0220 §2.1.1).
+            // A response header without `version`: the peer predates XMPP 1.0 and sends no
+            // features (RFC 6120 §4.7.5), so nothing is waited for: dialback (announced by
+            // its xmlns:db, XEP-0220 §2.4.1) starts at once (§2.1.1), unless policy needs
+            // TLS or SASL, which such a stream cannot negotiate.
             if self.policy.tls == TlsPolicy::Required && !self.tls {
                 return self.fail(
                     StreamCondition::PolicyViolation,
@@ -989,22 +1110,36 @@ impl S2sConnection {
         self.deadline = Some(now + self.cfg.timeouts.negotiation);
     }
 
+    /// The initiating server's header (RFC 6120 §4.7). `to` must name a domain we host
+    /// (else `host-unknown`, §4.9.3.6), with one exception: a header without `version`
+    /// comes from a server that predates XMPP 1.0 (§4.7.5), and the original dialback
+    /// protocol (RFC 3920 §4.4 made `to` a SHOULD) let it omit `to` and `from`. Such a
+    /// stream is accepted, as Prosody and ejabberd do, with no local domain: each
+    /// `db:result` / `db:verify` names its pair and its `to` is checked there (XEP-0220
+    /// §2.2), as is every stanza's (§8.1.1.2). Our answering header then has no `from`
+    /// (§4.7.1: it would echo the `to` we did not get) and no `version`, and no features
+    /// follow (§4.7.5).
     fn on_header_inbound(&mut self, h: StreamHeader, now: Instant) {
         self.stream_id = self.next_stream_id();
-        let to = h.to.unwrap_or_default().to_ascii_lowercase();
-        let to = to.strip_suffix('.').unwrap_or(&to).to_owned();
+        let to = h.to.map(|to| {
+            let to = to.to_ascii_lowercase();
+            to.strip_suffix('.').unwrap_or(&to).to_owned()
+        });
         if let Some(from) = h.from {
             let from = from.to_ascii_lowercase();
             self.remote = from.strip_suffix('.').unwrap_or(&from).to_owned();
         }
-        if !self.cfg.hosts(&to) {
-            self.local = self.cfg.local_domains.first().cloned().unwrap_or_default();
-            return self.fail(
-                StreamCondition::HostUnknown,
-                "this server does not host the domain",
-            );
+        match to {
+            None if self.legacy => {}
+            Some(to) if self.cfg.hosts(&to) => self.local = to,
+            _ => {
+                self.local = self.cfg.local_domains.first().cloned().unwrap_or_default();
+                return self.fail(
+                    StreamCondition::HostUnknown,
+                    "this server does not host the domain",
+                );
+            }
         }
-        self.local = to;
         if !self.remote.is_empty() {
             self.policy = self.cfg.policy.for_domain(&self.remote);
             if !self.policy.allow {
@@ -1012,6 +1147,23 @@ impl S2sConnection {
                     StreamCondition::PolicyViolation,
                     "federation with this domain is not allowed",
                 );
+            }
+        }
+        if self.legacy {
+            // No stream features without version='1.0' (RFC 6120 §4.7.5, §4.3.2), hence
+            // no STARTTLS and no SASL: only dialback can authenticate this stream. Refuse
+            // it now when policy cannot accept that for the peer it names or, when it
+            // names none, for any peer at all.
+            let ok = if self.remote.is_empty() {
+                let p = &self.cfg.policy;
+                std::iter::once(&p.default)
+                    .chain(p.domains.values())
+                    .any(|p| legacy_acceptable(p, self.tls))
+            } else {
+                legacy_acceptable(&self.policy, self.tls)
+            };
+            if !ok {
+                return self.fail(StreamCondition::PolicyViolation, LEGACY_REFUSED);
             }
         }
         self.send_header();
@@ -1032,9 +1184,9 @@ impl S2sConnection {
         self.last_tx = now;
     }
 
-    /// Inbound features per policy (RFC 6120 §4.3.2): STARTTLS before TLS; after TLS,
-    /// SASL EXTERNAL when the peer's certificate is valid for its claimed domain; dialback
-    /// when allowed and TLS is not still required.
+    /// Inbound features per policy (RFC 6120 §4.3.2; never on a pre-1.0 stream, §4.7.5):
+    /// STARTTLS before TLS; after TLS, SASL EXTERNAL when the peer's certificate is valid
+    /// for its claimed domain; dialback when allowed and TLS is not still required.
     fn send_features(&mut self) {
         let offer_tls = !self.tls
             && self.policy.tls != TlsPolicy::Disabled
@@ -1361,6 +1513,9 @@ impl S2sConnection {
             })
             .map(|c| c.name.as_str());
         let answer = DialbackResult::from_type(node.attr("type"), condition);
+        if self.dir == Direction::Inbound && answer.is_none() {
+            self.dialback_requests = self.dialback_requests.saturating_add(1);
+        }
         match (self.dir, el.name(), answer) {
             // Inbound request: the Originating Server's key (XEP-0220 §2.1.2).
             (Direction::Inbound, "result", None) => {
@@ -1429,8 +1584,18 @@ impl S2sConnection {
 
     /// Inbound `db:result` carrying a key: checks addressing and policy, then asks the
     /// runtime to verify it (XEP-0220 §2.1.2, errors per §2.5).
+    ///
+    /// On a pre-1.0 stream (no features, so no STARTTLS or SASL ever) the policy checked
+    /// is the claimed domain's, and one that needs TLS or SASL EXTERNAL for it refuses
+    /// the stream with `policy-violation` (RFC 6120 §4.9.3.14), as at the header.
     fn on_db_result_request(&mut self, from: String, to: String, key: String, now: Instant) {
-        if !self.tls && self.policy.tls == TlsPolicy::Required {
+        let policy = self.cfg.policy.for_domain(&from);
+        if self.legacy {
+            // A denied domain gets the dialback error below, as on any stream.
+            if policy.allow && !legacy_acceptable(&policy, self.tls) {
+                return self.fail(StreamCondition::PolicyViolation, LEGACY_REFUSED);
+            }
+        } else if !self.tls && self.policy.tls == TlsPolicy::Required {
             return self.fail(
                 StreamCondition::PolicyViolation,
                 "TLS is required before authentication",
@@ -1440,7 +1605,6 @@ impl S2sConnection {
             let r = DialbackResult::Error(DialbackErrorCondition::ItemNotFound);
             return self.write_db_answer("result", &to, &from, None, r);
         }
-        let policy = self.cfg.policy.for_domain(&from);
         if !policy.allow
             || !policy.allows_dialback()
             || (policy.tls == TlsPolicy::Required && !self.tls)
@@ -1496,9 +1660,11 @@ impl S2sConnection {
         });
     }
 
-    /// Inbound `<starttls/>` (RFC 6120 §5.4.2).
+    /// Inbound `<starttls/>` (RFC 6120 §5.4.2); refused when we did not offer it (never
+    /// on a pre-1.0 stream, which has no features).
     fn on_starttls(&mut self, now: Instant) {
-        let offered = !self.tls
+        let offered = !self.legacy
+            && !self.tls
             && self.policy.tls != TlsPolicy::Disabled
             && self.cfg.has_certificate(&self.local);
         if !offered {
@@ -1532,7 +1698,7 @@ impl S2sConnection {
         if node.attr("mechanism") != Some("EXTERNAL") {
             return failure(self, "invalid-mechanism", "only EXTERNAL is offered");
         }
-        if !(self.tls && self.policy.allows_external() && self.peer_cert_valid()) {
+        if self.legacy || !(self.tls && self.policy.allows_external() && self.peer_cert_valid()) {
             return failure(
                 self,
                 "not-authorized",

@@ -62,6 +62,38 @@ impl Peer {
         }
     }
 
+    /// Accepts one connection on `listener` (the test plays a remote server that the
+    /// server under test connects to), waiting at most `timeout`; `None` if none came.
+    pub fn accept(listener: &std::net::TcpListener, timeout: Duration) -> Option<Peer> {
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let deadline = Instant::now() + timeout;
+        // Bounded by the deadline; each turn waits at most one read slice.
+        let stream = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(_) => return None,
+            }
+        };
+        stream.set_nonblocking(false).expect("blocking stream");
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        stream
+            .set_read_timeout(Some(READ_SLICE))
+            .expect("read timeout");
+        stream
+            .set_write_timeout(Some(Duration::from_secs(5)))
+            .expect("write timeout");
+        Some(Peer {
+            stream,
+            received: Vec::new(),
+            eof: false,
+        })
+    }
+
     /// Sends `bytes` in one write. Errors (the server closed on us) are returned.
     pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes)
@@ -223,13 +255,26 @@ pub fn tag_attr(text: &str, prefix: &str, name: &str) -> Option<String> {
 /// server it answers `db:verify` with its secret (XEP-0185); as the receiving server it
 /// accepts every `db:result` without checking back (it is a test double). Every stanza it
 /// receives is kept, so a test can see exactly what the server under test sent.
+///
+/// [`FakeServer::pause`] makes it a peer that stopped reading: it neither accepts nor
+/// reads nor writes until [`FakeServer::resume`], and keeps its sockets open meanwhile, so
+/// what the server under test sends piles up in the kernel's buffers and then in its own.
 pub struct FakeServer {
     /// Where it listens.
     pub addr: SocketAddr,
     stanzas: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Pause requested by the test.
+    pause: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The thread saw the pause request and is touching no socket.
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Connections accepted so far.
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// Longest wait for the fake server's thread to take a pause or resume into account.
+const PAUSE_ACK: Duration = Duration::from_secs(10);
 
 impl FakeServer {
     /// Listens on `addr` for streams to `domain`, with dialback `secret`.
@@ -260,7 +305,15 @@ impl FakeServer {
         });
         let stanzas = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pause = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (got, st) = (Arc::clone(&stanzas), Arc::clone(&stop));
+        let (pa, fr, acc) = (
+            Arc::clone(&pause),
+            Arc::clone(&frozen),
+            Arc::clone(&accepted),
+        );
         let thread = std::thread::spawn(move || {
             let mut conns: Vec<(TcpStream, fedrouter::stream::S2sConnection)> = Vec::new();
             let mut nonce = 0u64;
@@ -268,8 +321,16 @@ impl FakeServer {
             // Bounded: ends when `stop` is set, or after 10 minutes as a backstop.
             let end = Instant::now() + Duration::from_secs(600);
             while !st.load(Ordering::SeqCst) && Instant::now() < end {
+                if pa.load(Ordering::SeqCst) {
+                    // Paused: no accept, no read, no write; the sockets stay open.
+                    fr.store(true, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                fr.store(false, Ordering::SeqCst);
                 let mut idle = true;
                 if let Ok((s, _)) = listener.accept() {
+                    acc.fetch_add(1, Ordering::SeqCst);
                     s.set_nonblocking(true).expect("nonblocking");
                     let _ = s.set_nodelay(true);
                     nonce += 1;
@@ -335,8 +396,56 @@ impl FakeServer {
             addr,
             stanzas,
             stop,
+            pause,
+            frozen,
+            accepted,
             thread: Some(thread),
         }
+    }
+
+    /// Stops reading (and accepting and writing): returns once the server's thread no
+    /// longer touches any socket. Panics if it does not take the pause within
+    /// [`PAUSE_ACK`].
+    pub fn pause(&self) {
+        self.pause_switch(true);
+    }
+
+    /// Reads again what piled up meanwhile (see [`FakeServer::pause`]); returns once the
+    /// thread runs again.
+    pub fn resume(&self) {
+        self.pause_switch(false);
+    }
+
+    fn pause_switch(&self, on: bool) {
+        use std::sync::atomic::Ordering;
+        self.pause.store(on, Ordering::SeqCst);
+        let deadline = Instant::now() + PAUSE_ACK;
+        // Bounded by the deadline.
+        while self.frozen.load(Ordering::SeqCst) != on {
+            assert!(
+                Instant::now() < deadline,
+                "fake server {}: pause = {on} not taken within {PAUSE_ACK:?}",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// How many connections it accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many stanzas it received so far.
+    pub fn stanza_count(&self) -> usize {
+        self.stanzas.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The stanzas received after the first `start` ones (for a test that reads many
+    /// incrementally rather than copying them all at each look).
+    pub fn stanzas_from(&self, start: usize) -> Vec<String> {
+        let all = self.stanzas.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(start..).map(<[String]>::to_vec).unwrap_or_default()
     }
 
     /// Every stanza received so far (as sent, one string each).

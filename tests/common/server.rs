@@ -47,7 +47,18 @@ pub struct Fedrouter {
     pub config: Config,
     dir: tempfile::TempDir,
     log_path: PathBuf,
+    launch: Launch,
     child: Option<Child>,
+}
+
+/// How [`Fedrouter::start_launch`] runs the process, beyond `serve -c FILE` with
+/// `RUST_LOG=fedrouter=debug` and `NO_COLOR=1`.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Arguments after `serve -c FILE` (`--log-format json`).
+    pub args: Vec<String>,
+    /// Environment changes applied after the defaults: `Some` sets, `None` removes.
+    pub env: Vec<(String, Option<String>)>,
 }
 
 impl Fedrouter {
@@ -64,6 +75,16 @@ impl Fedrouter {
     /// contents) first: certificates, keys, CA bundles the configuration names. The
     /// process runs in that folder, so relative paths in `toml` find them.
     pub fn start_with(name: &str, toml: &str, files: &[(&str, &str)]) -> Fedrouter {
+        Self::start_launch(name, toml, files, Launch::default())
+    }
+
+    /// Like [`Fedrouter::start_with`], run as `launch` says (extra arguments, environment).
+    pub fn start_launch(
+        name: &str,
+        toml: &str,
+        files: &[(&str, &str)],
+        launch: Launch,
+    ) -> Fedrouter {
         let dir = tempfile::Builder::new()
             .prefix(&format!("fedrouter-{name}-"))
             .tempdir()
@@ -88,6 +109,7 @@ impl Fedrouter {
             config,
             dir,
             log_path,
+            launch,
             child: None,
         };
         me.spawn();
@@ -102,13 +124,22 @@ impl Fedrouter {
             .append(true)
             .open(&self.log_path)
             .expect("open log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_fedrouter"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fedrouter"));
+        command
             .arg("serve")
             .arg("-c")
             .arg(self.config_path())
+            .args(&self.launch.args)
             .current_dir(self.dir.path())
             .env("RUST_LOG", "fedrouter=debug")
-            .env("NO_COLOR", "1")
+            .env("NO_COLOR", "1");
+        for (key, value) in &self.launch.env {
+            match value {
+                Some(v) => command.env(key, v),
+                None => command.env_remove(key),
+            };
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
