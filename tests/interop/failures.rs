@@ -5,7 +5,8 @@
 //!
 //! "Plainly" means a WARN line that says what happened in words, and a counter:
 //! `fedrouter_auth_total{proto="s2s",method="sasl-external",result="not-offered"}` when
-//! Prosody offers no SASL EXTERNAL after TLS (it did not accept our certificate), and
+//! Prosody offers no SASL EXTERNAL after TLS (it did not accept our certificate; the WARN
+//! also names the other possibility, a peer without EXTERNAL), and
 //! `fedrouter_stream_errors_total{dir,condition}` when it closes the stream with a stream
 //! error.
 
@@ -17,8 +18,7 @@ use crate::xmpp::{attr, child_text, condition, is_stanza, jid_matches, Client};
 
 /// The WARN line fedrouter writes when a peer offers no SASL EXTERNAL after TLS, up to
 /// its ending (`falling back to dialback` / `policy forbids dialback`).
-const NOT_OFFERED: &str =
-    "peer did not offer SASL EXTERNAL after TLS: it did not accept our certificate for cupdomain.test; ";
+const NOT_OFFERED: &str = "peer did not offer SASL EXTERNAL after TLS: it does not accept our certificate for cupdomain.test, or it does not implement SASL EXTERNAL (XEP-0178); `fedrouter check gmail.test` tells which where it can; ";
 
 /// `fedrouter_auth_total{proto="s2s",method="sasl-external",result="not-offered"}`.
 fn not_offered_count(lab: &Lab) -> u64 {
