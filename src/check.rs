@@ -39,15 +39,31 @@
 //!
 //! - when this configuration's S2S listen addresses (`listen.s2s`, `listen.s2s_tls`) are
 //!   free, i.e. the server is not running here, `check` listens on them for the duration of
-//!   the step and answers `db:verify` itself (as the inbound [`S2sConnection`] does, with
-//!   STARTTLS and the configured certificates), recording what it answered;
+//!   the step and is our domain's server for that moment: an inbound [`S2sConnection`],
+//!   as in `fedrouter serve`, with STARTTLS and the configured certificates, whose events
+//!   it acts on as the runtime does. As the Authoritative Server it answers `db:verify`
+//!   (§2.1.3). As the Receiving Server it verifies the peer's own `db:result` on that
+//!   connection: Prosody, for one, authenticates its verification connection with dialback
+//!   before it sends `db:verify` (§2.1.2), and waits for the answer. The key is verified by
+//!   the normal route rather than accepted: a `db:verify` to the peer's authoritative
+//!   server, over the stream `check` already has open to the peer's domain, so the verdict
+//!   is the one `fedrouter serve` would reach (a claim for another domain is answered
+//!   `remote-connection-failed`: `check` opens no further streams). Everything it sees is
+//!   recorded and reported;
 //! - when they are in use (`fedrouter serve` runs), the running server answers, with the
 //!   same secret when it runs with the same configuration.
 //!
-//! Either way an unexpected answer (`type='invalid'`, or no verification reaching us) means
-//! that someone else answers for our domain (its SRV/A records point elsewhere, or instances
-//! do not share `s2s.dialback_secret`): the step fails with that fix, naming where our
-//! domain's DNS points.
+//! A failed `dialback` step says what happened there: the peer's verification connection
+//! never arrived (then someone else answers for our domain, or cannot reach it: its
+//! SRV/A records point elsewhere, a firewall, or instances do not share
+//! `s2s.dialback_secret`; the fix names where our domain's DNS points), or it arrived and
+//! was refused (with the stream error and why), or the peer's own key on it was not
+//! confirmed, or the peer did not answer our `db:result` in time.
+//!
+//! When the peer offers no SASL EXTERNAL after TLS, the `sasl-external` step tells apart,
+//! where it can, a peer that did not accept our certificate (it lists other SASL
+//! mechanisms) from one that does not implement EXTERNAL (no mechanism anywhere, and no
+//! client certificate requested in the TLS handshake); see [`steps::SASL_EXTERNAL`].
 //!
 //! # Our own domains
 //!
@@ -80,12 +96,14 @@ use std::fmt::{self, Write as _};
 use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rustls::client::ResolvesClientCert;
 use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::RootCertStore;
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, SignatureScheme};
 use serde::Serialize;
 
 use crate::condition::StreamCondition;
@@ -140,7 +158,12 @@ pub mod steps {
     pub const CERTIFICATE: &str = "certificate";
     /// A Server Dialback round trip (XEP-0220).
     pub const DIALBACK: &str = "dialback";
-    /// SASL EXTERNAL with our certificate (XEP-0178).
+    /// SASL EXTERNAL with our certificate (XEP-0178). Also reported, before `dialback`,
+    /// when the peer offers no EXTERNAL after TLS (XEP-0178 §3): a warning when it lists
+    /// other SASL mechanisms (it did not accept our certificate) or none after asking for
+    /// our certificate (either reason), a skip when it offers none and never asked for a
+    /// client certificate (it does not implement EXTERNAL), a failure when the policy
+    /// forbids the dialback fallback.
     pub const SASL_EXTERNAL: &str = "sasl-external";
     /// Our listener confirms keys made with this configuration's dialback secret
     /// (XEP-0220 §2.1.3 `db:verify`, XEP-0185).
@@ -449,6 +472,21 @@ enum Phase {
     StartTls,
     Auth,
     Done,
+}
+
+/// What the steps of one remote session share.
+#[derive(Clone, Copy)]
+struct RemoteCtx<'a> {
+    /// Our domain, authenticating.
+    local: &'a str,
+    /// The remote domain.
+    domain: &'a str,
+    /// The address connected to.
+    addr: SocketAddr,
+    /// `dialback`, or `sasl-external` when the policy forbids dialback.
+    auth_step: &'static str,
+    /// Ours for the moment, when the server is not running.
+    standin: Option<&'a StandIn>,
 }
 
 fn dns_config(config: &Config, with_static: bool) -> DnsConfig {
@@ -832,8 +870,19 @@ impl Checker<'_> {
             return;
         };
         let standin = (self.opts.answer_dialback && policy.allows_dialback())
-            .then(|| StandIn::start(self.config, self.m, Arc::new(self.standin_config())));
-        self.remote_session(local, domain, &target, addr, sock, policy, standin.as_ref());
+            .then(|| StandIn::start(self.config, self.m, Arc::new(self.standin_config()), domain));
+        let r = RemoteCtx {
+            local,
+            domain,
+            addr,
+            auth_step: if policy.allows_dialback() {
+                steps::DIALBACK
+            } else {
+                steps::SASL_EXTERNAL
+            },
+            standin: standin.as_ref(),
+        };
+        self.remote_session(&r, &target, sock, policy);
         if let Some(s) = standin {
             s.stop();
         }
@@ -844,17 +893,20 @@ impl Checker<'_> {
         self.s2s_config(self.config.domains.clone(), self.config.federation.clone())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn remote_session(
         &mut self,
-        local: &str,
-        domain: &str,
+        r: &RemoteCtx,
         target: &Target,
-        addr: SocketAddr,
         sock: TcpStream,
         policy: PeerPolicy,
-        standin: Option<&StandIn>,
     ) {
+        let RemoteCtx {
+            local,
+            domain,
+            addr,
+            standin,
+            ..
+        } = *r;
         let config = self.config;
         let s = &config.s2s;
         let started = Instant::now();
@@ -868,8 +920,9 @@ impl Checker<'_> {
         };
         // Like the router: our certificate is offered, for SASL EXTERNAL.
         let ours = self.certificate_of(local).cloned();
+        let mut asked_for_ours = None;
         if target.direct_tls {
-            let Ok(chain) = self.tls_step(
+            let Ok(hs) = self.tls_step(
                 &mut wire,
                 domain,
                 addr,
@@ -880,20 +933,20 @@ impl Checker<'_> {
             ) else {
                 return;
             };
-            self.remote_certificate_step(domain, addr, &chain, policy);
+            self.remote_certificate_step(domain, addr, &hs.chain, policy);
+            asked_for_ours = hs.asked_for_ours;
         }
         let cfg =
             Arc::new(self.s2s_config(self.config.domains.clone(), self.config.federation.clone()));
         let conn = S2sConnection::outbound(cfg, local, domain, target.direct_tls, Instant::now());
-        let mut c = Client::new(wire, conn);
-        let auth_step = if policy.allows_dialback() {
-            steps::DIALBACK
-        } else {
-            steps::SASL_EXTERNAL
-        };
+        let mut c = Session::new(wire, conn);
         let mut phase = Phase::Stream;
         let mut stream_reported = false;
         let mut auth_t0 = Instant::now();
+        // Keys of the peer's own that the stand-in was given (its verification connection's
+        // db:result), sent back to the peer as its authoritative server in db:verify
+        // (XEP-0220 §2.1.3): (our domain, the stand-in's stream id, where the verdict goes).
+        let mut verifying: Vec<(String, String, mpsc::Sender<DialbackResult>)> = Vec::new();
         while phase != Phase::Done {
             let now = Instant::now();
             if now >= hard {
@@ -901,13 +954,22 @@ impl Checker<'_> {
                     "no progress within {}",
                     humantime::format_duration(hard - started)
                 );
-                self.remote_phase_failed(domain, addr, phase, auth_step, &what, None, local);
+                self.remote_phase_failed(r, phase, &what, None);
                 break;
             }
             if let Err(e) = c.turn() {
                 let what = format!("connection error: {e}");
-                self.remote_phase_failed(domain, addr, phase, auth_step, &what, None, local);
+                self.remote_phase_failed(r, phase, &what, None);
                 break;
+            }
+            if let Some(st) = standin {
+                for req in st.requests.try_iter() {
+                    // Queued by the core until the stream is ready, like the runtime's.
+                    let _ =
+                        c.conn
+                            .send_db_verify(&req.local, &req.stream_id, &req.key, Instant::now());
+                    verifying.push((req.local, req.stream_id, req.reply));
+                }
             }
             if !stream_reported {
                 if let Some(features) = c.first_features() {
@@ -994,11 +1056,30 @@ impl Checker<'_> {
                 }
             }
             while let Some(ev) = c.conn.poll_event() {
+                if let Event::VerifyAnswered {
+                    local: asker,
+                    stream_id,
+                    result,
+                    ..
+                } = &ev
+                {
+                    verifying.retain(|(l, id, reply)| {
+                        let hit = l == asker && id == stream_id;
+                        if hit {
+                            let _ = reply.send(*result);
+                        }
+                        !hit
+                    });
+                    continue;
+                }
                 if phase == Phase::Done {
                     continue;
                 }
                 match ev {
                     Event::StartTls(TlsRole::Client { .. }) => {
+                        // Our last plaintext first (RFC 6120 §5.4.3.3); an error shows in
+                        // the handshake.
+                        let _ = c.flush();
                         match self.tls_step(
                             &mut c.wire,
                             domain,
@@ -1008,10 +1089,11 @@ impl Checker<'_> {
                             hard,
                             Side::Remote,
                         ) {
-                            Ok(chain) => {
-                                self.remote_certificate_step(domain, addr, &chain, policy);
+                            Ok(hs) => {
+                                self.remote_certificate_step(domain, addr, &hs.chain, policy);
+                                asked_for_ours = hs.asked_for_ours;
                                 c.restart_observer();
-                                c.conn.handle_tls_established(chain, Instant::now());
+                                c.conn.handle_tls_established(hs.chain, Instant::now());
                                 phase = Phase::Auth;
                                 auth_t0 = Instant::now();
                             }
@@ -1019,6 +1101,16 @@ impl Checker<'_> {
                                 c.conn.handle_tls_failed(&reason);
                                 phase = Phase::Done;
                             }
+                        }
+                    }
+                    Event::SaslExternalNotOffered {
+                        dialback_fallback, ..
+                    } => {
+                        let took = auth_t0.elapsed();
+                        self.sasl_not_offered(r, &c.docs, asked_for_ours, dialback_fallback, took);
+                        if !dialback_fallback {
+                            // The core closes the stream (policy-violation): said already.
+                            phase = Phase::Done;
                         }
                     }
                     Event::Authenticated { method, .. } => {
@@ -1035,7 +1127,7 @@ impl Checker<'_> {
                                     "{domain} verified {local}'s key with {local}'s \
                                      authoritative server and answered type='valid' \
                                      (features: {offered}); {}",
-                                    self.verify_note(local, standin)
+                                    self.verify_note(r)
                                 ),
                             ),
                             AuthMethod::SaslExternal => (
@@ -1053,14 +1145,51 @@ impl Checker<'_> {
                         );
                         phase = Phase::Done;
                     }
+                    // The stream ended while our db:result waited (XEP-0220 §2.1.1): the
+                    // core says remote-server-timeout; the Closed event that follows says
+                    // what happened.
+                    Event::AuthFailed {
+                        result: DialbackResult::Error(DialbackErrorCondition::RemoteServerTimeout),
+                        ..
+                    } if r.auth_step == steps::DIALBACK
+                        && c.result_answers == 0
+                        && c.conn.is_closed() => {}
                     Event::AuthFailed { result, .. } => {
                         let took = auth_t0.elapsed();
-                        self.auth_failed(domain, local, addr, auth_step, result, standin, took);
+                        self.auth_failed(r, result, c.result_answers > 0, took);
+                        phase = Phase::Done;
+                    }
+                    // Our own deadline for the answer to our db:result.
+                    Event::Closed(CloseReason::SentError(
+                        StreamCondition::ConnectionTimeout,
+                        _,
+                    )) if phase == Phase::Auth
+                        && r.auth_step == steps::DIALBACK
+                        && c.negotiated()
+                        && c.result_answers == 0 =>
+                    {
+                        let result =
+                            DialbackResult::Error(DialbackErrorCondition::RemoteServerTimeout);
+                        self.auth_failed(r, result, false, auth_t0.elapsed());
                         phase = Phase::Done;
                     }
                     Event::Closed(reason) => {
-                        let (what, fix) = close_explained(&reason, domain, local, Side::Remote);
-                        self.remote_phase_failed(domain, addr, phase, auth_step, &what, fix, local);
+                        let opening = phase == Phase::Stream;
+                        let (what, fix) =
+                            close_explained(&reason, domain, local, Side::Remote, opening);
+                        // The peer's own reason comes first; else what the stand-in saw.
+                        let fix = match &reason {
+                            CloseReason::ReceivedError(c, _)
+                                if *c != StreamCondition::RemoteConnectionFailed =>
+                            {
+                                fix
+                            }
+                            _ if phase == Phase::Auth && r.auth_step == steps::DIALBACK => {
+                                self.standin_fix(r).or(fix)
+                            }
+                            _ => fix,
+                        };
+                        self.remote_phase_failed(r, phase, &what, fix);
                         phase = Phase::Done;
                     }
                     _ => {}
@@ -1068,29 +1197,41 @@ impl Checker<'_> {
             }
             if phase != Phase::Done && c.eof {
                 let what = format!("{domain} closed the TCP connection without a stream error");
-                self.remote_phase_failed(domain, addr, phase, auth_step, &what, None, local);
+                self.remote_phase_failed(r, phase, &what, None);
                 phase = Phase::Done;
             }
         }
         c.finish();
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A failed step of a remote session: the step of `phase`, what happened, and the
+    /// fix. During dialback, what the stand-in saw is added, and explains the failure
+    /// when no `fix` is given and it can.
     fn remote_phase_failed(
         &mut self,
-        domain: &str,
-        addr: SocketAddr,
+        r: &RemoteCtx,
         phase: Phase,
-        auth_step: &str,
         what: &str,
         fix: Option<String>,
-        local: &str,
     ) {
+        let RemoteCtx {
+            local,
+            domain,
+            addr,
+            auth_step,
+            ..
+        } = *r;
         let name = match phase {
             Phase::Stream => steps::STREAM,
             Phase::StartTls => steps::TLS,
             Phase::Auth => auth_step,
             Phase::Done => return,
+        };
+        let dialback = phase == Phase::Auth && auth_step == steps::DIALBACK;
+        let fix = if dialback {
+            fix.or_else(|| self.standin_fix(r))
+        } else {
+            fix
         };
         let fix = fix.unwrap_or_else(|| match phase {
             Phase::Stream => format!(
@@ -1106,30 +1247,51 @@ impl Checker<'_> {
                  {domain}, and {domain}'s logs"
             ),
         });
+        let detail = if dialback {
+            format!("{what}; {}", self.verify_note(r))
+        } else {
+            what.to_owned()
+        };
         self.push(
-            Step::new(domain, name, Verdict::Fail, what)
+            Step::new(domain, name, Verdict::Fail, detail)
                 .at(addr)
                 .fix(fix),
         );
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The authentication step failed with `result`; `answered`: the peer answered our
+    /// `db:result` (else our own deadline gave up on it, XEP-0220 §2.5).
     fn auth_failed(
         &mut self,
-        domain: &str,
-        local: &str,
-        addr: SocketAddr,
-        name: &str,
+        r: &RemoteCtx,
         result: DialbackResult,
-        standin: Option<&StandIn>,
+        answered: bool,
         took: Duration,
     ) {
+        let RemoteCtx {
+            local,
+            domain,
+            addr,
+            auth_step: name,
+            standin,
+        } = *r;
         let where_ = self.where_dns_points(local);
-        let note = self.verify_note(local, standin);
+        let note = self.verify_note(r);
+        let explained = self.standin_fix(r);
         let elsewhere = format!(
             "another server answers for {local}'s dialback: check that {local}'s SRV/A \
              records point to this server ({where_}) and that instances share \
              `s2s.dialback_secret`"
+        );
+        let unreachable = format!(
+            "{domain} could not reach {local}'s authoritative server: check that {local}'s \
+             SRV/A records point to this server ({where_}) and that its S2S port is reachable \
+             from {domain}{}",
+            if standin.is_none() {
+                "; with no server running there, start `fedrouter serve`"
+            } else {
+                ""
+            }
         );
         let (detail, fix) = match result {
             DialbackResult::Invalid if name == steps::SASL_EXTERNAL => (
@@ -1139,24 +1301,29 @@ impl Checker<'_> {
                      dialback with [federation.domains.\"{domain}\"] auth = \"any\""
                 ),
             ),
+            DialbackResult::Valid => return,
+            _ if !answered => (
+                format!(
+                    "{domain} did not answer our db:result within {} \
+                     (s2s.negotiation_timeout); {note}",
+                    humantime::format_duration(self.config.s2s.negotiation_timeout)
+                ),
+                explained.unwrap_or(unreachable),
+            ),
             DialbackResult::Invalid => (
                 format!(
                     "{domain} answered type='invalid': {local}'s authoritative server, as \
                      {domain} found it, did not confirm our key; {note}"
                 ),
-                elsewhere,
+                explained.unwrap_or(elsewhere),
             ),
-            DialbackResult::Valid => return,
             DialbackResult::Error(cond) => {
                 let fix = match cond {
                     DialbackErrorCondition::RemoteServerNotFound
                     | DialbackErrorCondition::RemoteConnectionFailed
-                    | DialbackErrorCondition::RemoteServerTimeout => format!(
-                        "{domain} could not reach {local}'s authoritative server: check that \
-                         {local}'s SRV/A records point to this server ({where_}) and that its \
-                         S2S port is reachable from {domain}; with no server running there, \
-                         start `fedrouter serve`"
-                    ),
+                    | DialbackErrorCondition::RemoteServerTimeout => {
+                        explained.unwrap_or(unreachable)
+                    }
                     DialbackErrorCondition::ItemNotFound => format!(
                         "the server at {addr} does not host {domain}: {domain}'s SRV record \
                          points at the wrong server"
@@ -1168,7 +1335,7 @@ impl Checker<'_> {
                         "{domain} refuses {local} by its policy (maybe it requires TLS or \
                          certificates): ask its administrators"
                     ),
-                    _ => format!("{domain}'s logs say why"),
+                    _ => explained.unwrap_or_else(|| format!("{domain}'s logs say why")),
                 };
                 (
                     format!("{domain} answered type='error' ({cond}); {note}"),
@@ -1182,6 +1349,154 @@ impl Checker<'_> {
                 .fix(fix)
                 .took(took),
         );
+    }
+
+    /// The `sasl-external` step when the peer's features after TLS offer no EXTERNAL
+    /// (XEP-0178 §3, RFC 6120 §6.4.1), telling the reasons apart where the peer's
+    /// features and TLS handshake allow:
+    ///
+    /// - other SASL mechanisms listed after TLS: it implements SASL but did not accept our
+    ///   certificate;
+    /// - no mechanism, and no client certificate requested in the TLS handshake: it cannot
+    ///   do SASL EXTERNAL at all (it never saw our certificate);
+    /// - no mechanism after asking for and getting our certificate: either (Prosody, for
+    ///   one, offers no mechanism when it refuses a certificate).
+    fn sasl_not_offered(
+        &mut self,
+        r: &RemoteCtx,
+        docs: &[Doc],
+        asked: Option<bool>,
+        fallback: bool,
+        took: Duration,
+    ) {
+        let RemoteCtx {
+            local,
+            domain,
+            addr,
+            ..
+        } = *r;
+        let mechanisms = |d: &Doc| -> Option<Vec<String>> {
+            let m = d.features.as_ref()?.child("mechanisms", ns::SASL)?;
+            Some(
+                m.children
+                    .iter()
+                    .filter(|c| c.name == "mechanism")
+                    .map(|c| c.text.trim().to_owned())
+                    .collect(),
+            )
+        };
+        let after = docs.last().and_then(mechanisms);
+        let anywhere = docs.iter().any(|d| mechanisms(d).is_some());
+        let cert = self
+            .certificate_of(local)
+            .and_then(|c| c.chain().first())
+            .map(|ee| CertFacts::of(ee, local));
+        let self_signed = cert.as_ref().is_some_and(|c| c.self_signed);
+        let mut cert_fix = format!(
+            "{domain} must accept {local}'s certificate: one from a CA it trusts (a public \
+             CA) whose subjectAltName lists {local}, served with its intermediates"
+        );
+        if self_signed {
+            let _ = write!(
+                cert_fix,
+                "; {local}'s is self-signed, which servers that verify certificates refuse: \
+                 configure [[tls.certificate]] for {local} with one from a public CA"
+            );
+        } else if cert.as_ref().is_some_and(|c| !c.covers) {
+            let _ = write!(cert_fix, "; {local}'s does not name {local}");
+        }
+        let saw = match asked {
+            Some(true) => {
+                format!("it asked for a client certificate in the TLS handshake and got {local}'s")
+            }
+            Some(false) => "it did not ask for a client certificate in the TLS handshake".into(),
+            None => format!("this check has no certificate for {local} to present"),
+        };
+        let (verdict, mut detail, fix) = match (after, asked) {
+            (Some(list), _) => (
+                Verdict::Warn,
+                format!(
+                    "{domain} offers SASL after TLS ({}) but not EXTERNAL, and {saw}: {}",
+                    if list.is_empty() {
+                        "an empty list".to_owned()
+                    } else {
+                        list.join(" ")
+                    },
+                    if asked == Some(false) {
+                        format!("it never saw {local}'s certificate, so it cannot offer EXTERNAL")
+                    } else {
+                        format!("it did not accept {local}'s certificate (XEP-0178 §3)")
+                    }
+                ),
+                Some(if asked == Some(false) {
+                    format!(
+                        "{domain}'s administrators must have its server ask for client \
+                         certificates on server-to-server connections"
+                    )
+                } else {
+                    cert_fix
+                }),
+            ),
+            (None, Some(false)) => (
+                Verdict::Skip,
+                format!(
+                    "{domain} offers no SASL mechanism {} and {saw}: it does not implement \
+                     SASL EXTERNAL (XEP-0178) for server-to-server streams; {local}'s \
+                     certificate was never looked at",
+                    if anywhere {
+                        "after TLS"
+                    } else {
+                        "on any stream"
+                    }
+                ),
+                None,
+            ),
+            (None, _) => (
+                Verdict::Warn,
+                format!(
+                    "{domain} offers no SASL mechanism {}, and {saw}: either it does not \
+                     implement SASL EXTERNAL (XEP-0178), or it did not accept {local}'s \
+                     certificate (servers such as Prosody then offer no mechanism at all){}",
+                    if anywhere {
+                        "after TLS"
+                    } else {
+                        "on any stream"
+                    },
+                    if self_signed {
+                        format!("; {local}'s certificate is self-signed, so a refusal is likely")
+                    } else {
+                        String::new()
+                    }
+                ),
+                Some(format!(
+                    "nothing to do if {domain} does not implement SASL EXTERNAL; if it does, \
+                     {cert_fix}"
+                )),
+            ),
+        };
+        let allow = format!("[federation.domains.\"{domain}\"] auth = \"any\"");
+        let (verdict, fix) = if fallback {
+            detail.push_str("; falling back to dialback");
+            (verdict, fix)
+        } else {
+            let _ = write!(
+                detail,
+                "; the federation policy for {domain} forbids dialback, so {local} cannot \
+                 authenticate to it"
+            );
+            let fix = match fix {
+                Some(f) => format!("{f}; or allow dialback: {allow}"),
+                None => {
+                    format!("{domain} can authenticate {local} only by dialback; allow it: {allow}")
+                }
+            };
+            (Verdict::Fail, Some(fix))
+        };
+        let mut step = Step::new(domain, steps::SASL_EXTERNAL, verdict, detail)
+            .at(addr)
+            .took(took);
+        step.fix = fix;
+        self.push(step);
     }
 
     /// Where peers are sent for our domain, for a fix: `xmpp.a.test:5269 → 192.0.2.1`.
@@ -1217,8 +1532,15 @@ impl Checker<'_> {
         format!("DNS sends peers to {}", parts.join("; "))
     }
 
-    /// Who answered (or would answer) the peer's verification of our key.
-    fn verify_note(&self, local: &str, standin: Option<&StandIn>) -> String {
+    /// Who answered (or would answer) the peer's verification of our key, and what the
+    /// stand-in saw.
+    fn verify_note(&self, r: &RemoteCtx) -> String {
+        let RemoteCtx {
+            local,
+            domain,
+            standin,
+            ..
+        } = *r;
         let Some(s) = standin else {
             return format!(
                 "dialback verifications are answered by whatever server {local}'s DNS names"
@@ -1227,20 +1549,21 @@ impl Checker<'_> {
         let mut parts = Vec::new();
         if !s.listening.is_empty() {
             let addrs = join(&s.listening);
-            let seen = s.answered();
-            if seen.is_empty() {
+            let visits = s.visits();
+            if visits.is_empty() {
                 parts.push(format!(
-                    "no verification request reached this check, which answered for {local} \
-                     on {addrs} (no server running there)"
+                    "no verification request reached this check: {domain}'s verification \
+                     connection never arrived at {addrs}, where this check stood in for \
+                     {local}'s server (no server running there)"
                 ));
             } else {
-                let list = seen
+                let list = visits
                     .iter()
-                    .map(|v| format!("{} asked about {}: {}", v.asked_by, v.about, v.answer))
+                    .map(Visit::story)
                     .collect::<Vec<_>>()
                     .join("; ");
                 parts.push(format!(
-                    "this check answered the verification on {addrs} (no server running \
+                    "this check stood in for {local}'s server on {addrs} (no server running \
                      there): {list}"
                 ));
             }
@@ -1260,9 +1583,116 @@ impl Checker<'_> {
         parts.join("; ")
     }
 
+    /// The fix, when what the stand-in saw explains a failed dialback (XEP-0220 §2.1.2 to
+    /// §2.1.4): the peer's verification connection came but was refused, could not
+    /// authenticate itself, or asked about a key we did not send. `None` when nothing came
+    /// (then DNS or reachability is the question) or all went well there.
+    fn standin_fix(&self, r: &RemoteCtx) -> Option<String> {
+        let RemoteCtx {
+            local,
+            domain,
+            standin,
+            ..
+        } = *r;
+        let visits = standin?.visits();
+        let seen = || visits.iter().flat_map(|v| &v.seen);
+        let about_ours = seen()
+            .filter_map(|s| match s {
+                Seen::Asked(a) if a.about.eq_ignore_ascii_case(local) => Some(a),
+                _ => None,
+            })
+            .next_back();
+        if let Some(a) = about_ours {
+            return match a.answer.as_str() {
+                "valid" => None,
+                "invalid" => Some(format!(
+                    "{domain} asked about a key or stream id that this check's stream to it \
+                     did not send (XEP-0220 §2.1.3): {domain}'s logs say more"
+                )),
+                _ => Some(format!(
+                    "{domain}'s db:verify named a domain this configuration does not host: \
+                     {domain}'s logs say more"
+                )),
+            };
+        }
+        let refused_own = seen().find_map(|s| match s {
+            Seen::Verdict {
+                claimed,
+                result,
+                checked,
+            } if *result != DialbackResult::Valid => Some((claimed, *result, *checked)),
+            _ => None,
+        });
+        if let Some((claimed, result, checked)) = refused_own {
+            return Some(match (result, checked) {
+                (_, false) => format!(
+                    "{domain}'s verification connection claimed to be {claimed}, which this \
+                     check cannot verify (it verifies only {domain}, over its own stream): \
+                     start `fedrouter serve` and check again, so that the server verifies it"
+                ),
+                (DialbackResult::Invalid, true) => format!(
+                    "{domain} authenticates its verification connection with its own dialback \
+                     key before it asks about ours (XEP-0220 §2.1.2, as Prosody does), and \
+                     {claimed}'s authoritative server answered type='invalid' for that key, \
+                     so {domain} never asked about {local}'s: {domain}'s dialback is broken \
+                     on its side (do its instances share one dialback secret?); its \
+                     administrators must fix it"
+                ),
+                (r, true) => format!(
+                    "{domain} authenticates its verification connection with its own dialback \
+                     key before it asks about ours (XEP-0220 §2.1.2), and that key could not \
+                     be verified ({}), so {domain} never asked about {local}'s: {domain}'s \
+                     logs say more",
+                    result_text(r)
+                ),
+            });
+        }
+        for v in &visits {
+            let refused = v.seen.iter().find_map(|s| match s {
+                Seen::Closed(CloseReason::SentError(c, t)) => Some((*c, t)),
+                _ => None,
+            });
+            let Some((cond, text)) = refused else {
+                continue;
+            };
+            let domains = self.config.domains.join(", ");
+            let why = match (cond, v.header()) {
+                (StreamCondition::HostUnknown, Some((Some(to), _))) => format!(
+                    "its stream header names {to}, which this configuration does not host \
+                     ({domains})"
+                ),
+                (StreamCondition::HostUnknown, header) => format!(
+                    "its stream header names no domain (no 'to'{}), so it matches none of \
+                     this configuration's domains ({domains})",
+                    if header.is_some_and(|(_, version)| version.is_none()) {
+                        ", as pre-RFC 3920 servers send it"
+                    } else {
+                        ""
+                    }
+                ),
+                (StreamCondition::PolicyViolation, _) => format!(
+                    "this configuration's [federation] policy refuses it ({text}): check \
+                     allow, tls and auth for {domain}"
+                ),
+                _ => text.clone(),
+            };
+            return Some(format!(
+                "this check refused {domain}'s verification connection with <{cond}/>, as \
+                 `fedrouter serve` would: {why}"
+            ));
+        }
+        (!visits.is_empty()).then(|| {
+            format!(
+                "{domain}'s verification connection reached this check but never asked about \
+                 {local}'s key: {domain}'s logs say why"
+            )
+        })
+    }
+
     /// The `tls` step: a handshake with `domain` as SNI, any certificate accepted (it is
-    /// judged in the `certificate` step). Returns the peer's chain, or why it failed
-    /// (already reported).
+    /// judged in the `certificate` step), presenting `present` when the server asks for a
+    /// client certificate. Returns what the handshake showed, or why it failed (already
+    /// reported).
     #[allow(clippy::too_many_arguments)]
     fn tls_step(
         &mut self,
@@ -1273,7 +1703,7 @@ impl Checker<'_> {
         present: Option<&CertifiedDomain>,
         hard: Instant,
         side: Side,
-    ) -> Result<Vec<CertificateDer<'static>>, String> {
+    ) -> Result<Handshake, String> {
         let alpn: &[&[u8]] = if direct {
             &[tls::ALPN_XMPP_SERVER]
         } else {
@@ -1281,11 +1711,17 @@ impl Checker<'_> {
         };
         let t0 = Instant::now();
         let deadline = hard.min(t0 + self.config.s2s.negotiation_timeout);
+        let asked = Arc::new(AtomicBool::new(false));
         let conn = tls::client_config(None, false, present, alpn)
             .map_err(|e| e.to_string())
             .and_then(|cfg| {
+                let mut cfg = (*cfg).clone();
+                cfg.client_auth_cert_resolver = Arc::new(NoteCertRequest {
+                    inner: Arc::clone(&cfg.client_auth_cert_resolver),
+                    asked: Arc::clone(&asked),
+                });
                 let name = tls::server_name(domain).map_err(|e| e.to_string())?;
-                rustls::ClientConnection::new(cfg, name).map_err(|e| e.to_string())
+                rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())
             });
         let res = conn.and_then(|c| wire.start_tls(rustls::Connection::Client(c), deadline));
         let took = t0.elapsed();
@@ -1305,7 +1741,10 @@ impl Checker<'_> {
                     .at(addr)
                     .took(took),
                 );
-                Ok(wire.peer_chain())
+                Ok(Handshake {
+                    chain: wire.peer_chain(),
+                    asked_for_ours: present.map(|_| asked.load(Ordering::SeqCst)),
+                })
             }
             Err(e) => {
                 let fix = match (direct, side) {
@@ -1640,11 +2079,10 @@ impl Checker<'_> {
             }
         };
         if target.direct_tls {
-            let Ok(chain) = self.tls_step(&mut wire, domain, addr, true, None, hard, Side::Own)
-            else {
+            let Ok(hs) = self.tls_step(&mut wire, domain, addr, true, None, hard, Side::Own) else {
                 return;
             };
-            self.served_certificate_step(domain, addr, &chain);
+            self.served_certificate_step(domain, addr, &hs.chain);
         }
         // The placeholder domain authenticates by dialback only (it has no certificate),
         // over TLS when offered.
@@ -1665,7 +2103,7 @@ impl Checker<'_> {
         let id = hex::encode(rand::random::<[u8; 12]>());
         let key = self.m.dialback_secret.key(PROBE_DOMAIN, domain, &id);
         let _ = conn.send_db_verify(PROBE_DOMAIN, &id, &key, now);
-        let mut c = Client::new(wire, conn);
+        let mut c = Session::new(wire, conn);
         let mut phase = Phase::Stream;
         let mut stream_reported = false;
         let mut auth_t0 = Instant::now();
@@ -1733,12 +2171,13 @@ impl Checker<'_> {
                 }
                 match ev {
                     Event::StartTls(TlsRole::Client { .. }) => {
+                        let _ = c.flush();
                         match self.tls_step(&mut c.wire, domain, addr, false, None, hard, Side::Own)
                         {
-                            Ok(chain) => {
-                                self.served_certificate_step(domain, addr, &chain);
+                            Ok(hs) => {
+                                self.served_certificate_step(domain, addr, &hs.chain);
                                 c.restart_observer();
-                                c.conn.handle_tls_established(chain, Instant::now());
+                                c.conn.handle_tls_established(hs.chain, Instant::now());
                                 phase = Phase::Auth;
                                 auth_t0 = Instant::now();
                             }
@@ -1774,7 +2213,9 @@ impl Checker<'_> {
                         phase = Phase::Done;
                     }
                     Event::Closed(reason) => {
-                        let (what, fix) = close_explained(&reason, domain, domain, Side::Own);
+                        let opening = phase == Phase::Stream;
+                        let (what, fix) =
+                            close_explained(&reason, domain, domain, Side::Own, opening);
                         self.own_phase_failed(domain, addr, phase, &what, fix, &note);
                         phase = Phase::Done;
                     }
@@ -1978,17 +2419,25 @@ fn dns_fix(e: &DnsError, config: &Config) -> String {
 }
 
 /// Explains why a stream closed: what, and the fix when the condition says it.
+/// `opening`: before the peer's features, i.e. a stream error then refuses our stream
+/// (RFC 6120 §4.9.1.2).
 fn close_explained(
     reason: &CloseReason,
     domain: &str,
     local: &str,
     side: Side,
+    opening: bool,
 ) -> (String, Option<String>) {
     use StreamCondition as C;
     match reason {
         CloseReason::ReceivedError(cond, text) => {
             let what = format!(
-                "the peer closed the stream with <{cond}/>{}",
+                "the peer {} with <{cond}/>{}",
+                if opening {
+                    "refused our stream"
+                } else {
+                    "closed the stream"
+                },
                 text.as_deref()
                     .map(|t| format!(": {t}"))
                     .unwrap_or_default()
@@ -2014,6 +2463,26 @@ fn close_explained(
                     "the server redirects elsewhere (see-other-host): update the SRV record"
                         .to_owned(),
                 ),
+                // RFC 6120 §4.9.3.12: it will not authenticate us. Prosody with
+                // s2s_secure_auth, for one, says so when it does not trust our certificate
+                // and accepts no dialback without one.
+                (C::NotAuthorized, Side::Remote)
+                    if text
+                        .as_deref()
+                        .is_some_and(|t| t.to_ascii_lowercase().contains("certificate")) =>
+                {
+                    Some(format!(
+                        "{domain} requires a certificate it trusts from {local} and accepts no \
+                         dialback without one: configure [[tls.certificate]] for {local} with \
+                         a certificate from a public CA whose subjectAltName lists {local}, \
+                         served with its intermediates"
+                    ))
+                }
+                // The peer said why; DNS or reachability advice would be a guess.
+                (_, Side::Remote) => Some(format!(
+                    "{domain} ended the stream with <{cond}/> for the reason it gives: its \
+                     administrators (or its logs) can say more"
+                )),
                 _ => None,
             };
             (what, fix)
@@ -2212,6 +2681,39 @@ fn plaintext(tls: &mut rustls::Connection, buf: &mut [u8]) -> io::Result<Option<
     }
 }
 
+/// What a TLS handshake of ours showed.
+struct Handshake {
+    /// The server's certificate chain.
+    chain: Vec<CertificateDer<'static>>,
+    /// With a certificate of ours to present: whether the server asked for one (a
+    /// CertificateRequest, RFC 8446 §4.3.2, RFC 5246 §7.4.4), i.e. whether it saw ours;
+    /// a server that does not ask cannot offer SASL EXTERNAL (XEP-0178 §3).
+    asked_for_ours: Option<bool>,
+}
+
+/// Presents what `inner` presents, noting whether the server asked for a client
+/// certificate at all (rustls asks the resolver only then).
+#[derive(Debug)]
+struct NoteCertRequest {
+    inner: Arc<dyn ResolvesClientCert>,
+    asked: Arc<AtomicBool>,
+}
+
+impl ResolvesClientCert for NoteCertRequest {
+    fn resolve(
+        &self,
+        root_hint_subjects: &[&[u8]],
+        sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.asked.store(true, Ordering::SeqCst);
+        self.inner.resolve(root_hint_subjects, sigschemes)
+    }
+
+    fn has_certs(&self) -> bool {
+        self.inner.has_certs()
+    }
+}
+
 /// A blocking socket, plain or TLS; a read waits at most [`READ_SLICE`].
 struct Wire {
     sock: TcpStream,
@@ -2331,26 +2833,38 @@ struct Doc {
     features: Option<Node>,
 }
 
-/// An outbound [`S2sConnection`] over a [`Wire`], with a second framer that keeps the
-/// peer's headers and features for the report.
-struct Client {
+/// An [`S2sConnection`] of either direction over a [`Wire`], with a second framer that
+/// keeps the peer's headers and features for the report: the one pump of this module,
+/// for the streams `check` opens and for the stand-in's inbound ones.
+struct Session {
     wire: Wire,
     conn: S2sConnection,
     observer: Framer,
     docs: Vec<Doc>,
     eof: bool,
     buf: Vec<u8>,
+    /// `db:result` answers (with a `type`, XEP-0220 §2.1.4) the peer sent: tells its
+    /// `remote-server-timeout` answer from our own deadline, which the core reports alike.
+    result_answers: usize,
+    /// Sees every byte before it is sent (the stand-in records its `db:verify` answers
+    /// there, before the peer can act on them).
+    before_send: Option<BeforeSend>,
 }
 
-impl Client {
-    fn new(wire: Wire, conn: S2sConnection) -> Client {
-        Client {
+/// See [`Session::before_send`].
+type BeforeSend = Box<dyn FnMut(&[u8]) + Send>;
+
+impl Session {
+    fn new(wire: Wire, conn: S2sConnection) -> Session {
+        Session {
             wire,
             conn,
             observer: Framer::new(Limits::default()),
             docs: vec![Doc::default()],
             eof: false,
             buf: vec![0; 16 * 1024],
+            result_answers: 0,
+            before_send: None,
         }
     }
 
@@ -2366,6 +2880,14 @@ impl Client {
         })
     }
 
+    /// Whether the current stream document's features arrived (or the peer is pre-1.0,
+    /// RFC 6120 §4.7.5): negotiation is over and authentication under way.
+    fn negotiated(&self) -> bool {
+        self.docs.last().is_some_and(|d| {
+            d.features.is_some() || d.header.as_ref().is_some_and(|h| h.version.is_none())
+        })
+    }
+
     /// After TLS: the peer starts a new document.
     fn restart_observer(&mut self) {
         self.observer = Framer::new(Limits::default());
@@ -2376,14 +2898,17 @@ impl Client {
         let mut out = Vec::new();
         self.conn.poll_transmit(&mut out);
         if out.is_empty() {
-            Ok(())
-        } else {
-            self.wire.send(&out)
+            return Ok(());
         }
+        if let Some(see) = &mut self.before_send {
+            see(&out);
+        }
+        self.wire.send(&out)
     }
 
     /// Sends what is due, reads for at most one read slice, feeds both framers, and
-    /// drives the connection's deadlines.
+    /// drives the connection's deadlines. What that makes the connection send goes out at
+    /// the next turn (or [`Session::finish`]), after the caller has seen its events.
     fn turn(&mut self) -> io::Result<()> {
         self.flush()?;
         if !self.eof {
@@ -2404,6 +2929,12 @@ impl Client {
                             {
                                 doc.features = Some(Node::parse(&el).unwrap_or_default());
                             }
+                            Frame::Element(el)
+                                if el.is("result", &Namespace::Dialback)
+                                    && el.type_().is_some() =>
+                            {
+                                self.result_answers += 1;
+                            }
                             _ => {}
                         }
                     }
@@ -2412,7 +2943,7 @@ impl Client {
             }
         }
         self.conn.handle_timeout(Instant::now());
-        self.flush()
+        Ok(())
     }
 
     /// Closes our stream (RFC 6120 §4.4) and the socket, without waiting.
@@ -2429,8 +2960,8 @@ impl Client {
 // The dialback stand-in
 // ---------------------------------------------------------------------------------------
 
-/// One `db:verify` the stand-in answered.
-#[derive(Debug, Clone)]
+/// One `db:verify` the stand-in answered (XEP-0220 §2.1.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Answered {
     /// The Receiving Server that asked (`from` of the request).
     asked_by: String,
@@ -2440,24 +2971,223 @@ struct Answered {
     answer: String,
 }
 
-/// Listens on this configuration's free S2S addresses while a remote check runs and
-/// answers `db:verify` as our authoritative server (XEP-0220 §2.1.3), with STARTTLS (or
-/// direct TLS) and our certificates, as `fedrouter serve` would.
+/// What the stand-in saw on one connection, in order.
+#[derive(Debug, Clone)]
+struct Visit {
+    /// Where it came from.
+    peer: SocketAddr,
+    /// On a direct TLS listener (XEP-0368).
+    direct: bool,
+    seen: Vec<Seen>,
+}
+
+/// One thing the stand-in saw or did on a connection.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    /// The peer's first stream header (RFC 6120 §4.7).
+    Header {
+        to: Option<String>,
+        from: Option<String>,
+        version: Option<String>,
+    },
+    /// STARTTLS completed (RFC 6120 §5.4.3.3).
+    Tls,
+    /// The peer's own `db:result` (XEP-0220 §2.1.2): it authenticates its verification
+    /// connection as `claimed` before it asks anything (Prosody does).
+    Claim { claimed: String },
+    /// Our answer to that `db:result` (§2.1.4); `checked`: found by asking the claimed
+    /// domain's authoritative server over the checker's stream (§2.1.3).
+    Verdict {
+        claimed: String,
+        result: DialbackResult,
+        checked: bool,
+    },
+    /// A `db:verify` we answered as our domain's authoritative server (§2.1.3).
+    Asked(Answered),
+    /// The stream ended (RFC 6120 §4.4, §4.9).
+    Closed(CloseReason),
+    /// The connection ended without a stream close, or failed.
+    Dropped(String),
+}
+
+impl Visit {
+    /// `a connection from 192.0.2.7:40112: stream header to='a.test' from='b.test'
+    /// version='1.0', b.test authenticated it with its own db:result ...`.
+    fn story(&self) -> String {
+        let mut parts = Vec::new();
+        for s in &self.seen {
+            parts.push(match s {
+                Seen::Header { to, from, version } => header_text(to, from, version),
+                Seen::Tls => "STARTTLS".to_owned(),
+                Seen::Claim { claimed } => format!(
+                    "{claimed} first authenticated that connection with its own db:result \
+                     (dialback on the verification connection, XEP-0220 §2.1.2)"
+                ),
+                Seen::Verdict {
+                    claimed,
+                    result,
+                    checked: true,
+                } => format!(
+                    "this check verified that key with {claimed}'s authoritative server over \
+                     its own stream to it (db:verify, XEP-0220 §2.1.3) and answered {}",
+                    result_text(*result)
+                ),
+                Seen::Verdict {
+                    claimed, result, ..
+                } => format!(
+                    "this check answered {} ({claimed} is not the domain checked, so its key \
+                     could not be verified)",
+                    result_text(*result)
+                ),
+                Seen::Asked(a) => format!("{} asked about {}: {}", a.asked_by, a.about, a.answer),
+                Seen::Closed(r) => match r {
+                    CloseReason::SentError(c, t) => {
+                        format!("this check closed it with <{c}/> ({t})")
+                    }
+                    CloseReason::ReceivedError(c, t) => format!(
+                        "the peer closed it with <{c}/>{}",
+                        t.as_deref().map(|t| format!(": {t}")).unwrap_or_default()
+                    ),
+                    CloseReason::PeerClosed => "the peer closed it".to_owned(),
+                    CloseReason::TlsFailed(r) => format!("TLS failed: {r}"),
+                    CloseReason::Local => "this check closed it".to_owned(),
+                    CloseReason::CloseTimeout => {
+                        "this check closed it (the peer did not close its side)".to_owned()
+                    }
+                },
+                Seen::Dropped(why) => why.clone(),
+            });
+        }
+        format!(
+            "a connection from {}{}: {}",
+            self.peer,
+            if self.direct { " (direct TLS)" } else { "" },
+            if parts.is_empty() {
+                "nothing received".to_owned()
+            } else {
+                parts.join(", ")
+            }
+        )
+    }
+
+    fn header(&self) -> Option<(&Option<String>, &Option<String>)> {
+        self.seen.iter().find_map(|s| match s {
+            Seen::Header { to, version, .. } => Some((to, version)),
+            _ => None,
+        })
+    }
+}
+
+/// `stream header to='a.test' from='b.test' version='1.0'`, or what it lacks.
+fn header_text(to: &Option<String>, from: &Option<String>, version: &Option<String>) -> String {
+    let mut t = String::from("stream header");
+    let mut missing = Vec::new();
+    for (name, value) in [("to", to), ("from", from), ("version", version)] {
+        match value {
+            Some(v) => {
+                let _ = write!(t, " {name}='{v}'");
+            }
+            None => missing.push(name),
+        }
+    }
+    if !missing.is_empty() {
+        let _ = write!(t, " (no {}", missing.join(", no "));
+        if version.is_none() {
+            t.push_str(": a pre-RFC 3920 server");
+        }
+        t.push(')');
+    }
+    t
+}
+
+fn result_text(r: DialbackResult) -> String {
+    match r {
+        DialbackResult::Error(c) => format!("type='error' ({c})"),
+        r => format!("type='{}'", r.type_str()),
+    }
+}
+
+/// A `db:result` the peer sent on its verification connection (XEP-0220 §2.1.2), for the
+/// checker to verify with the peer's authoritative server over its own stream to the
+/// peer (§2.1.3); the verdict comes back on `reply`.
+struct VerifyRequest {
+    local: String,
+    stream_id: String,
+    key: String,
+    reply: mpsc::Sender<DialbackResult>,
+}
+
+/// What the stand-in's connections saw, shared with the checker.
+#[derive(Default)]
+struct Journal(Mutex<Vec<Visit>>);
+
+impl Journal {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Visit>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new connection; its index.
+    fn open(&self, peer: SocketAddr, direct: bool) -> usize {
+        let mut v = self.lock();
+        v.push(Visit {
+            peer,
+            direct,
+            seen: Vec::new(),
+        });
+        v.len() - 1
+    }
+
+    fn note(&self, visit: usize, seen: Seen) {
+        if let Some(v) = self.lock().get_mut(visit) {
+            v.seen.push(seen);
+        }
+    }
+}
+
+/// Listens on this configuration's free S2S addresses while a remote check runs and is
+/// our domains' server for that moment (XEP-0220 §1.3 roles), with STARTTLS (or direct
+/// TLS) and our certificates, driven by the same core as `fedrouter serve`:
+///
+/// - as the Authoritative Server it answers `db:verify` with our dialback secret (the core
+///   does, §2.1.3);
+/// - as the Receiving Server it verifies the peer's own `db:result` on that connection
+///   (§2.1.2; Prosody authenticates its verification connection this way before it sends
+///   `db:verify`) as the runtime does, by the XEP-0220 route: the key goes back to the
+///   peer's authoritative server in a `db:verify`, over the stream the checker has open to
+///   that domain ([`VerifyRequest`]). A claim for any other domain is answered
+///   `remote-connection-failed` (the check opens no further streams).
+///
+/// Everything it sees is kept in a [`Journal`] for the report.
 struct StandIn {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    seen: Arc<Mutex<Vec<Answered>>>,
+    journal: Arc<Journal>,
+    requests: mpsc::Receiver<VerifyRequest>,
     listening: Vec<SocketAddr>,
     busy: Vec<SocketAddr>,
     errors: Vec<String>,
 }
 
+/// What one stand-in connection shares.
+struct StandInShared {
+    cfg: Arc<S2sConfig>,
+    starttls: Arc<rustls::ServerConfig>,
+    /// The domain being checked: the only one whose claims can be verified.
+    checked: String,
+    stop: Arc<AtomicBool>,
+    journal: Arc<Journal>,
+    requests: mpsc::Sender<VerifyRequest>,
+    negotiation: Duration,
+}
+
 impl StandIn {
-    fn start(config: &Config, m: &Materialized, cfg: Arc<S2sConfig>) -> StandIn {
+    fn start(config: &Config, m: &Materialized, cfg: Arc<S2sConfig>, checked: &str) -> StandIn {
+        let (tx, rx) = mpsc::channel();
         let mut me = StandIn {
             stop: Arc::new(AtomicBool::new(false)),
             thread: None,
-            seen: Arc::new(Mutex::new(Vec::new())),
+            journal: Arc::new(Journal::default()),
+            requests: rx,
             listening: Vec::new(),
             busy: Vec::new(),
             errors: Vec::new(),
@@ -2491,43 +3221,42 @@ impl StandIn {
         }
         resolver.set_default(&config.domains[0]);
         let resolver = Arc::new(resolver);
-        let plain = tls::server_config(Arc::clone(&resolver), ClientAuth::Request, &[]);
-        let direct = tls::server_config(resolver, ClientAuth::Request, &[tls::ALPN_XMPP_SERVER]);
-        let (stop, seen) = (Arc::clone(&me.stop), Arc::clone(&me.seen));
-        let negotiation = config.s2s.negotiation_timeout;
+        let direct = tls::server_config(
+            Arc::clone(&resolver),
+            ClientAuth::Request,
+            &[tls::ALPN_XMPP_SERVER],
+        );
+        let shared = Arc::new(StandInShared {
+            cfg,
+            starttls: tls::server_config(resolver, ClientAuth::Request, &[]),
+            checked: checked.to_owned(),
+            stop: Arc::clone(&me.stop),
+            journal: Arc::clone(&me.journal),
+            requests: tx,
+            negotiation: config.s2s.negotiation_timeout,
+        });
         let spawned = std::thread::Builder::new()
             .name("check-standin".into())
             .spawn(move || {
                 let mut conns: Vec<JoinHandle<()>> = Vec::new();
                 // Bounded: ends when `stop` is set, or after 10 minutes as a backstop.
                 let end = Instant::now() + Duration::from_secs(600);
-                while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+                while !shared.stop.load(Ordering::SeqCst) && Instant::now() < end {
                     let mut idle = true;
                     for (l, is_direct) in &listeners {
-                        let Ok((sock, _)) = l.accept() else { continue };
+                        let Ok((sock, peer)) = l.accept() else {
+                            continue;
+                        };
                         idle = false;
                         conns.retain(|t| !t.is_finished());
                         if conns.len() >= MAX_STANDIN_CONNS {
                             continue;
                         }
-                        let tls_cfg = Arc::clone(if *is_direct { &direct } else { &plain });
-                        let plain_cfg = Arc::clone(&plain);
-                        let (cfg, stop, seen) =
-                            (Arc::clone(&cfg), Arc::clone(&stop), Arc::clone(&seen));
-                        let is_direct = *is_direct;
+                        let tls_cfg = is_direct.then(|| Arc::clone(&direct));
+                        let shared = Arc::clone(&shared);
                         if let Ok(t) = std::thread::Builder::new()
                             .name("check-standin-conn".into())
-                            .spawn(move || {
-                                serve_verify(
-                                    sock,
-                                    is_direct.then_some(tls_cfg),
-                                    plain_cfg,
-                                    cfg,
-                                    &stop,
-                                    &seen,
-                                    negotiation,
-                                )
-                            })
+                            .spawn(move || serve_verify(sock, peer, tls_cfg, &shared))
                         {
                             conns.push(t);
                         }
@@ -2547,8 +3276,8 @@ impl StandIn {
         me
     }
 
-    fn answered(&self) -> Vec<Answered> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    fn visits(&self) -> Vec<Visit> {
+        self.journal.lock().clone()
     }
 
     fn stop(mut self) {
@@ -2569,81 +3298,166 @@ impl Drop for StandIn {
     }
 }
 
-/// One inbound connection to the stand-in: an inbound [`S2sConnection`] answers
-/// `db:verify` itself; `db:result`s from the peer are left unanswered (nobody asked this
-/// check to authenticate it).
+/// One inbound connection to the stand-in, driven by an inbound [`S2sConnection`] over a
+/// [`Session`]; the peer's `db:result`s go to the checker ([`VerifyRequest`]) and their
+/// verdicts back to the core, as the runtime's `VerifyNeeded` handling does.
 fn serve_verify(
     sock: TcpStream,
+    peer: SocketAddr,
     direct: Option<Arc<rustls::ServerConfig>>,
-    starttls: Arc<rustls::ServerConfig>,
-    cfg: Arc<S2sConfig>,
-    stop: &AtomicBool,
-    seen: &Mutex<Vec<Answered>>,
-    negotiation: Duration,
+    sh: &StandInShared,
 ) {
+    let visit = sh.journal.open(peer, direct.is_some());
     let Ok(mut wire) = Wire::new(sock) else {
         return;
     };
-    let end = Instant::now() + negotiation * 2;
+    let end = Instant::now() + sh.negotiation * 2;
     // A handshake does not look at `stop`: keep it short.
     let handshake_end = (Instant::now() + Duration::from_secs(10)).min(end);
     let mut chain = None;
     if let Some(tls_cfg) = direct {
-        let Ok(conn) = rustls::ServerConnection::new(tls_cfg) else {
-            return;
-        };
-        if wire
-            .start_tls(rustls::Connection::Server(conn), handshake_end)
-            .is_err()
-        {
+        let res = rustls::ServerConnection::new(tls_cfg)
+            .map_err(|e| e.to_string())
+            .and_then(|c| wire.start_tls(rustls::Connection::Server(c), handshake_end));
+        if let Err(e) = res {
+            sh.journal
+                .note(visit, Seen::Dropped(format!("TLS failed: {e}")));
             return;
         }
         chain = Some(wire.peer_chain());
     }
-    let mut conn = S2sConnection::inbound(cfg, rand::random(), chain, Instant::now());
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut out = Vec::new();
-    while !stop.load(Ordering::SeqCst) && Instant::now() < end && !conn.is_closed() {
-        match wire.recv(&mut buf) {
-            Ok(Some(0)) | Err(_) => break,
-            Ok(Some(n)) => conn.handle_input(&buf[..n], Instant::now()),
-            Ok(None) => {}
+    let conn = S2sConnection::inbound(Arc::clone(&sh.cfg), rand::random(), chain, Instant::now());
+    let mut s = Session::new(wire, conn);
+    let journal = Arc::clone(&sh.journal);
+    s.before_send = Some(Box::new(move |out: &[u8]| {
+        for a in verify_answers(out) {
+            journal.note(visit, Seen::Asked(a));
         }
-        conn.handle_timeout(Instant::now());
-        out.clear();
-        conn.poll_transmit(&mut out);
-        record_verify_answers(&out, seen);
-        if !out.is_empty() && wire.send(&out).is_err() {
+    }));
+    let mut header_noted = false;
+    // (local, claimed domain, verdict to come)
+    let mut waiting: Vec<(String, String, mpsc::Receiver<DialbackResult>)> = Vec::new();
+    while !sh.stop.load(Ordering::SeqCst) && Instant::now() < end && !s.conn.is_closed() {
+        if let Err(e) = s.turn() {
+            sh.journal
+                .note(visit, Seen::Dropped(format!("connection error: {e}")));
             break;
         }
-        while let Some(ev) = conn.poll_event() {
-            if let Event::StartTls(TlsRole::Server) = ev {
-                let ok = rustls::ServerConnection::new(Arc::clone(&starttls))
-                    .map_err(|e| e.to_string())
-                    .and_then(|c| {
-                        let deadline = (Instant::now() + Duration::from_secs(10)).min(end);
-                        wire.start_tls(rustls::Connection::Server(c), deadline)
-                    });
-                match ok {
-                    Ok(()) => conn.handle_tls_established(wire.peer_chain(), Instant::now()),
-                    Err(e) => conn.handle_tls_failed(&e),
-                }
+        if !header_noted {
+            if let Some(h) = &s.docs[0].header {
+                header_noted = true;
+                let (to, from, version) = (h.to.clone(), h.from.clone(), h.version.clone());
+                sh.journal.note(visit, Seen::Header { to, from, version });
             }
         }
+        while let Some(ev) = s.conn.poll_event() {
+            match ev {
+                Event::StartTls(TlsRole::Server) => {
+                    // `<proceed/>` goes out in plaintext first (RFC 6120 §5.4.2.3).
+                    let ok = s
+                        .flush()
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| {
+                            rustls::ServerConnection::new(Arc::clone(&sh.starttls))
+                                .map_err(|e| e.to_string())
+                        })
+                        .and_then(|c| {
+                            let deadline = (Instant::now() + Duration::from_secs(10)).min(end);
+                            s.wire.start_tls(rustls::Connection::Server(c), deadline)
+                        });
+                    match ok {
+                        Ok(()) => {
+                            sh.journal.note(visit, Seen::Tls);
+                            s.restart_observer();
+                            let chain = s.wire.peer_chain();
+                            s.conn.handle_tls_established(chain, Instant::now());
+                        }
+                        Err(e) => s.conn.handle_tls_failed(&e),
+                    }
+                }
+                Event::VerifyNeeded {
+                    local,
+                    remote,
+                    stream_id,
+                    key,
+                } => {
+                    sh.journal.note(
+                        visit,
+                        Seen::Claim {
+                            claimed: remote.clone(),
+                        },
+                    );
+                    let (reply, verdict) = mpsc::channel();
+                    let asked = remote.eq_ignore_ascii_case(&sh.checked)
+                        && sh
+                            .requests
+                            .send(VerifyRequest {
+                                local: local.clone(),
+                                stream_id,
+                                key,
+                                reply,
+                            })
+                            .is_ok();
+                    if asked {
+                        waiting.push((local, remote, verdict));
+                    } else {
+                        let result =
+                            DialbackResult::Error(DialbackErrorCondition::RemoteConnectionFailed);
+                        s.conn
+                            .handle_dialback_verdict(&local, &remote, result, Instant::now());
+                        sh.journal.note(
+                            visit,
+                            Seen::Verdict {
+                                claimed: remote,
+                                result,
+                                checked: false,
+                            },
+                        );
+                    }
+                }
+                Event::Closed(reason) => sh.journal.note(visit, Seen::Closed(reason)),
+                _ => {}
+            }
+        }
+        waiting.retain(|(local, remote, verdict)| {
+            let result = match verdict.try_recv() {
+                Ok(r) => r,
+                Err(mpsc::TryRecvError::Empty) => return true,
+                // The checker is done with its stream: nobody can verify the key.
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    DialbackResult::Error(DialbackErrorCondition::RemoteConnectionFailed)
+                }
+            };
+            s.conn
+                .handle_dialback_verdict(local, remote, result, Instant::now());
+            sh.journal.note(
+                visit,
+                Seen::Verdict {
+                    claimed: remote.clone(),
+                    result,
+                    checked: true,
+                },
+            );
+            false
+        });
+        if s.eof {
+            if !s.conn.is_closed() {
+                sh.journal.note(
+                    visit,
+                    Seen::Dropped("the peer closed the TCP connection".to_owned()),
+                );
+            }
+            break;
+        }
     }
-    out.clear();
-    if !conn.is_closed() {
-        conn.close(None, Instant::now());
-    }
-    conn.poll_transmit(&mut out);
-    let _ = wire.send(&out);
-    wire.shutdown();
+    s.finish();
 }
 
-/// Records the `<db:verify from='…' to='…' id='…' type='…'/>` answers in bytes we send
-/// (the writer's fixed form, XEP-0220 §2.1.3).
-fn record_verify_answers(out: &[u8], seen: &Mutex<Vec<Answered>>) {
+/// The `<db:verify from='…' to='…' id='…' type='…'/>` answers in bytes we send (the
+/// writer's fixed form, XEP-0220 §2.1.3).
+fn verify_answers(out: &[u8]) -> Vec<Answered> {
     let text = String::from_utf8_lossy(out);
+    let mut found = Vec::new();
     let mut at = 0;
     while let Some(i) = text[at..].find("<db:verify ") {
         let start = at + i;
@@ -2659,15 +3473,14 @@ fn record_verify_answers(out: &[u8], seen: &Mutex<Vec<Answered>>) {
             Some(tag[i..i + j].to_owned())
         };
         if let (Some(from), Some(to), Some(ty)) = (attr("from"), attr("to"), attr("type")) {
-            seen.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Answered {
-                    asked_by: to,
-                    about: from,
-                    answer: ty,
-                });
+            found.push(Answered {
+                asked_by: to,
+                about: from,
+                answer: ty,
+            });
         }
     }
+    found
 }
 
 #[cfg(test)]
@@ -2722,13 +3535,10 @@ mod tests {
 
     #[test]
     fn verify_answers_are_recorded() {
-        let seen = Mutex::new(Vec::new());
-        record_verify_answers(
+        let seen = verify_answers(
             b"<db:result from='a' to='b' type='valid'/><db:verify from='a.test' to='b.test' \
               id='x' type='valid'/><db:verify from='a.test' to='c.test' id='y' type='invalid'/>",
-            &seen,
         );
-        let seen = seen.into_inner().unwrap();
         assert_eq!(seen.len(), 2);
         assert_eq!(
             (

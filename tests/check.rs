@@ -3,7 +3,7 @@
 //! instances and scripted peers, for good and broken set-ups: the right verdict and fix
 //! for each step, and the exit status.
 //!
-//! Each test owns the loopback range `127.0.N.0/24` (N = 240 to 245) and uses fixed ports
+//! Each test owns the loopback range `127.0.N.0/24` (N = 240 to 249) and uses fixed ports
 //! in it (`.1:5300` DNS, servers on 5269/5270/9269), so tests run in parallel without
 //! colliding. Every wait is bounded.
 
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fedrouter::dialback::{DialbackResult, DialbackSecret};
+use fedrouter::dialback::{DialbackErrorCondition, DialbackResult, DialbackSecret};
 use fedrouter::stream::{Event, FederationPolicy, PeerPolicy, S2sConfig, S2sConnection, TlsRole};
 use fedrouter::tls::{self, CertifiedDomain, ClientAuth, DomainCertResolver, LeafOptions, TestCa};
 use rustls::pki_types::UnixTime;
@@ -209,6 +209,35 @@ impl Io {
             Io::Tls(s) => s.write_all(data).and_then(|()| s.flush()),
         }
     }
+
+    /// The client's certificate chain (empty on a plain socket or when none was sent).
+    fn peer_chain(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        match self {
+            Io::Plain(_) => Vec::new(),
+            Io::Tls(s) => s
+                .conn
+                .peer_certificates()
+                .map(<[_]>::to_vec)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The server side of a TLS handshake on `sock` (bounded: 10 s); `None` when it fails.
+fn tls_accept(mut sock: TcpStream, cfg: Arc<rustls::ServerConfig>) -> Option<Io> {
+    let mut tls_conn = rustls::ServerConnection::new(cfg).expect("TLS");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tls_conn.is_handshaking() {
+        if Instant::now() >= deadline {
+            return None;
+        }
+        match tls_conn.complete_io(&mut sock) {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(Io::Tls(Box::new(rustls::StreamOwned::new(tls_conn, sock))))
 }
 
 /// A remote server for one domain, run by the test: it accepts S2S streams and drives each
@@ -321,26 +350,11 @@ fn fake_conn(
                 Event::StartTls(TlsRole::Server) => {
                     let Io::Plain(sock) = io else { return };
                     let Some(cfg) = tls.clone() else { return };
-                    let mut tls_conn = rustls::ServerConnection::new(cfg).expect("TLS");
-                    let mut sock = sock;
-                    let deadline = Instant::now() + Duration::from_secs(10);
-                    while tls_conn.is_handshaking() && Instant::now() < deadline {
-                        match tls_conn.complete_io(&mut sock) {
-                            Ok(_) => {}
-                            Err(e)
-                                if matches!(
-                                    e.kind(),
-                                    ErrorKind::WouldBlock | ErrorKind::TimedOut
-                                ) => {}
-                            Err(_) => return,
-                        }
-                    }
-                    let chain = tls_conn
-                        .peer_certificates()
-                        .map(<[_]>::to_vec)
-                        .unwrap_or_default();
-                    io = Io::Tls(Box::new(rustls::StreamOwned::new(tls_conn, sock)));
-                    conn.handle_tls_established(chain, Instant::now());
+                    let Some(tls_io) = tls_accept(sock, cfg) else {
+                        return;
+                    };
+                    io = tls_io;
+                    conn.handle_tls_established(io.peer_chain(), Instant::now());
                 }
                 Event::VerifyNeeded { local, remote, .. } => {
                     conn.handle_dialback_verdict(&local, &remote, verdict, Instant::now());
@@ -353,6 +367,541 @@ fn fake_conn(
         if !out.is_empty() && io.write_all(&out).is_err() {
             break;
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Scripted remote servers that connect back: Prosody-style and pre-RFC 6120 dialback,
+// and TLS peers that offer no SASL EXTERNAL
+// ---------------------------------------------------------------------------------------
+
+/// Longest wait of a script for one thing the check sends (a backstop: the scripts move on
+/// as soon as it arrives).
+const SCRIPT_WAIT: Duration = Duration::from_secs(60);
+
+/// A script run by the test as a remote server, on its own thread: it returns what it saw
+/// and did, in order.
+struct Script {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<String>>>,
+}
+
+impl Script {
+    /// Listens on `addr` and runs `body` with the listener.
+    fn start(
+        addr: SocketAddr,
+        body: impl FnOnce(TcpListener, &AtomicBool) -> Vec<String> + Send + 'static,
+    ) -> Script {
+        let listener =
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("script: binding {addr}: {e}"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = Arc::clone(&stop);
+        Script {
+            stop,
+            thread: Some(std::thread::spawn(move || body(listener, &st))),
+        }
+    }
+
+    /// Stops the script (it was waiting for nothing more) and returns its log.
+    fn log(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("the script panicked")
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The position of the first log entry that starts with `prefix`.
+fn entry(log: &[String], prefix: &str) -> Option<usize> {
+    log.iter().position(|l| l.starts_with(prefix))
+}
+
+/// The first connection to `listener`, waiting until `stop` or [`SCRIPT_WAIT`].
+fn accept(listener: &TcpListener, stop: &AtomicBool) -> Option<TcpStream> {
+    listener.set_nonblocking(true).expect("nonblocking");
+    let end = Instant::now() + SCRIPT_WAIT;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+        if let Ok((s, _)) = listener.accept() {
+            s.set_nonblocking(false).expect("blocking");
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+/// A hand-written stream over [`Io`]: everything received (since the last
+/// [`Raw::forget`]) as text.
+struct Raw {
+    io: Io,
+    text: String,
+}
+
+impl Raw {
+    fn new(sock: TcpStream) -> Raw {
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("read timeout");
+        let _ = sock.set_nodelay(true);
+        Raw {
+            io: Io::Plain(sock),
+            text: String::new(),
+        }
+    }
+
+    fn send(&mut self, xml: &str) {
+        // The check may have gone: its report says why.
+        let _ = self.io.write_all(xml.as_bytes());
+    }
+
+    /// Reads until `pred(received)` holds; false when the connection ended, or nothing
+    /// more came once `stop` was set or [`SCRIPT_WAIT`] passed (what had already arrived is
+    /// read first: the check may have sent it just before it ended).
+    fn read_until(&mut self, stop: &AtomicBool, pred: impl Fn(&str) -> bool) -> bool {
+        let end = Instant::now() + SCRIPT_WAIT;
+        let mut buf = [0u8; 8192];
+        while !pred(&self.text) {
+            match self.io.read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => self.text.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if stop.load(Ordering::SeqCst) || Instant::now() >= end {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Reads until a whole stream header has arrived.
+    fn read_header(&mut self, stop: &AtomicBool) -> bool {
+        self.read_until(stop, |t| {
+            t.find("<stream:stream")
+                .is_some_and(|i| t[i..].contains('>'))
+        })
+    }
+
+    /// Forgets what was received (a stream restart).
+    fn forget(&mut self) {
+        self.text.clear();
+    }
+}
+
+/// The value of attribute `name` in the first start tag of `text` that begins with `prefix`.
+fn attr_of(text: &str, prefix: &str, name: &str) -> Option<String> {
+    let start = text.find(prefix)?;
+    let tag = &text[start..start + text[start..].find('>')?];
+    for q in ['\'', '"'] {
+        let pat = format!(" {name}={q}");
+        if let Some(i) = tag.find(&pat) {
+            let rest = &tag[i + pat.len()..];
+            return rest.find(q).map(|j| rest[..j].to_owned());
+        }
+    }
+    None
+}
+
+/// A stream of a scripted server driven by the library's sans-IO core (as `fedrouter
+/// serve` drives its streams), over a socket that blocks at most 5 ms per read.
+struct Driven {
+    sock: TcpStream,
+    conn: S2sConnection,
+    /// Everything received.
+    received: String,
+    open: bool,
+}
+
+impl Driven {
+    fn new(sock: TcpStream, conn: S2sConnection) -> Driven {
+        sock.set_read_timeout(Some(Duration::from_millis(5)))
+            .expect("read timeout");
+        let _ = sock.set_nodelay(true);
+        let mut d = Driven {
+            sock,
+            conn,
+            received: String::new(),
+            open: true,
+        };
+        d.transmit();
+        d
+    }
+
+    /// Reads what came, feeds it and the time to the core, sends its answer; its events.
+    fn turn(&mut self) -> Vec<Event> {
+        let mut buf = [0u8; 8192];
+        let now = Instant::now();
+        if self.open {
+            match self.sock.read(&mut buf) {
+                Ok(0) => self.open = false,
+                Ok(n) => {
+                    self.received.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    self.conn.handle_input(&buf[..n], now);
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => self.open = false,
+            }
+        }
+        self.conn.handle_timeout(now);
+        self.transmit();
+        std::iter::from_fn(|| self.conn.poll_event()).collect()
+    }
+
+    fn transmit(&mut self) {
+        let mut out = Vec::new();
+        self.conn.poll_transmit(&mut out);
+        if !out.is_empty() && self.sock.write_all(&out).is_err() {
+            self.open = false;
+        }
+    }
+}
+
+/// The receiving side's configuration of a scripted server for `domain`: plain TCP,
+/// dialback (Google-style), with `secret`.
+fn scripted_config(domain: &str, secret: DialbackSecret) -> Arc<S2sConfig> {
+    Arc::new(S2sConfig {
+        local_domains: vec![domain.to_owned()],
+        certificate_domains: Vec::new(),
+        policy: FederationPolicy {
+            default: PeerPolicy::google(),
+            ..Default::default()
+        },
+        dialback_secret: secret,
+        stream_id_key: rand::random(),
+        cert_verifier: None,
+        limits: fedrouter::xml::Limits::default(),
+        timeouts: fedrouter::stream::Timeouts::default(),
+    })
+}
+
+/// A remote server for `domain` that verifies like Prosody (`mod_dialback`): on the
+/// check's `db:result` it opens its verification connection to `authoritative` (our
+/// domain's server), authenticates that connection first with its own `db:result`
+/// (XEP-0220 §2.1.2), waits for it to be validated, and only then sends `db:verify`
+/// (§2.1.3); it answers the check's `db:result` with what that `db:verify` got. As
+/// authoritative server for its own domain it answers `db:verify` on the check's stream
+/// (the library's inbound core does).
+///
+/// `split_secret`: its verification connection's key is made with another secret than
+/// its authoritative side checks keys with (instances that do not share a dialback
+/// secret), so its own `db:result` cannot be validated; it then answers the check
+/// `type='error'` (`remote-connection-failed`).
+fn prosody_like(
+    domain: &'static str,
+    authoritative: SocketAddr,
+    split_secret: bool,
+) -> impl FnOnce(TcpListener, &AtomicBool) -> Vec<String> + Send + 'static {
+    move |listener, stop| {
+        let mut log = Vec::new();
+        let secret = DialbackSecret::generate();
+        let inbound_cfg = scripted_config(domain, secret.clone());
+        let outbound_cfg = if split_secret {
+            scripted_config(domain, DialbackSecret::generate())
+        } else {
+            scripted_config(domain, secret)
+        };
+        let Some(sock) = accept(&listener, stop) else {
+            log.push("no connection from the check".to_owned());
+            return log;
+        };
+        let conn = S2sConnection::inbound(inbound_cfg, 1, None, Instant::now());
+        let mut inbound = Driven::new(sock, conn);
+        // (our local, the check's domain, the check's stream id, its key)
+        let mut pending: Option<(String, String, String, String)> = None;
+        let mut verify: Option<Driven> = None;
+        let end = Instant::now() + SCRIPT_WAIT;
+        while !stop.load(Ordering::SeqCst)
+            && Instant::now() < end
+            && inbound.open
+            && !inbound.conn.is_closed()
+        {
+            for ev in inbound.turn() {
+                if let Event::VerifyNeeded {
+                    local,
+                    remote,
+                    stream_id,
+                    key,
+                } = ev
+                {
+                    log.push(format!("db:result from {remote}"));
+                    let sock = TcpStream::connect_timeout(&authoritative, Duration::from_secs(5))
+                        .expect("connect to the authoritative server");
+                    log.push("verification connection opened".to_owned());
+                    let conn = S2sConnection::outbound(
+                        Arc::clone(&outbound_cfg),
+                        &local,
+                        &remote,
+                        false,
+                        Instant::now(),
+                    );
+                    verify = Some(Driven::new(sock, conn));
+                    pending = Some((local, remote, stream_id, key));
+                }
+            }
+            if entry(&log, "asked by the check").is_none()
+                && inbound.received.contains("<db:verify")
+            {
+                log.push("asked by the check: db:verify".to_owned());
+            }
+            let Some(v) = &mut verify else { continue };
+            for ev in v.turn() {
+                let Some((local, remote, stream_id, key)) = &pending else {
+                    continue;
+                };
+                match ev {
+                    Event::Authenticated { .. } => {
+                        log.push("own db:result: type='valid'".to_owned());
+                        let _ = v.conn.send_db_verify(local, stream_id, key, Instant::now());
+                        v.transmit();
+                        log.push("db:verify sent".to_owned());
+                    }
+                    Event::AuthFailed { result, .. } => {
+                        log.push(format!("own db:result: type='{}'", result.type_str()));
+                        let r =
+                            DialbackResult::Error(DialbackErrorCondition::RemoteConnectionFailed);
+                        inbound
+                            .conn
+                            .handle_dialback_verdict(local, remote, r, Instant::now());
+                        log.push("answered the check: type='error'".to_owned());
+                    }
+                    Event::VerifyAnswered { result, .. } => {
+                        log.push(format!("db:verify answered: type='{}'", result.type_str()));
+                        inbound
+                            .conn
+                            .handle_dialback_verdict(local, remote, result, Instant::now());
+                        log.push(format!("answered the check: type='{}'", result.type_str()));
+                    }
+                    _ => {}
+                }
+            }
+            inbound.transmit();
+        }
+        log
+    }
+}
+
+/// A remote server for `domain` that offers dialback and, on our `db:result`, either
+/// refuses to authenticate us the way Prosody does with `s2s_secure_auth` when it does not
+/// trust our certificate (`refuse`: it closes the stream with `<not-authorized/>` and its
+/// reason, RFC 6120 §4.9.3.12), or never answers (until the check closes the stream).
+fn dialback_peer(
+    domain: &'static str,
+    refuse: bool,
+) -> impl FnOnce(TcpListener, &AtomicBool) -> Vec<String> + Send + 'static {
+    move |listener, stop| {
+        let mut log = Vec::new();
+        let Some(sock) = accept(&listener, stop) else {
+            log.push("no connection from the check".to_owned());
+            return log;
+        };
+        let mut check = Raw::new(sock);
+        if !check.read_header(stop) {
+            return log;
+        }
+        check.send(&format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+             xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' \
+             from='{domain}' to='a.test' id='{domain}-1' version='1.0'><stream:features>\
+             <dialback xmlns='urn:xmpp:features:dialback'/></stream:features>"
+        ));
+        if !check.read_until(stop, |t| t.contains("</db:result>")) {
+            return log;
+        }
+        log.push("db:result".to_owned());
+        if refuse {
+            check.send(
+                "<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+                 <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Your server's certificate \
+                 is not trusted</text></stream:error></stream:stream>",
+            );
+        } else if check.read_until(stop, |t| t.contains("</stream:stream>")) {
+            log.push("closed by the check".to_owned());
+            check.send("</stream:stream>");
+        }
+        log
+    }
+}
+
+/// The stream header of a pre-RFC 3920 server: no version, no `to`, no `from`.
+fn legacy_header(id: Option<&str>) -> String {
+    let id = id.map(|i| format!(" id='{i}'")).unwrap_or_default();
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' \
+         xmlns='jabber:server' xmlns:db='jabber:server:dialback'{id}>"
+    )
+}
+
+/// A remote server for `domain` that speaks dialback as before RFC 3920 (jabberd 1.4
+/// style): version-less headers without `to` or `from`; on the check's `db:result` it
+/// connects to `authoritative` and sends its header and `<db:verify>` at once, without
+/// waiting for our header (XEP-0220 §2.1.3), then answers the check's `db:result` with
+/// the answer it got (`invalid` when none). `verify_to`: a `to` for its verification
+/// connection's header (none, as old servers send it, when `None`).
+fn legacy_peer(
+    domain: &'static str,
+    authoritative: SocketAddr,
+    verify_to: Option<&'static str>,
+) -> impl FnOnce(TcpListener, &AtomicBool) -> Vec<String> + Send + 'static {
+    move |listener, stop| {
+        let mut log = Vec::new();
+        let Some(sock) = accept(&listener, stop) else {
+            log.push("no connection from the check".to_owned());
+            return log;
+        };
+        let mut check = Raw::new(sock);
+        if !check.read_header(stop) {
+            log.push(format!("no stream header from the check: {}", check.text));
+            return log;
+        }
+        check.send(&legacy_header(Some("legacy-1")));
+        if !check.read_until(stop, |t| t.contains("</db:result>")) {
+            log.push(format!("no db:result from the check: {}", check.text));
+            return log;
+        }
+        let from = attr_of(&check.text, "<db:result", "from").unwrap_or_default();
+        let start = check.text.find("<db:result").expect("db:result");
+        let body = &check.text[start..];
+        let key = body[body.find('>').expect("tag end") + 1..body.find("</db:result>").unwrap()]
+            .to_owned();
+        log.push(format!("db:result from {from}"));
+        let sock = TcpStream::connect_timeout(&authoritative, Duration::from_secs(5))
+            .expect("connect to the authoritative server");
+        let mut verify = Raw::new(sock);
+        let mut header = legacy_header(None);
+        if let Some(to) = verify_to {
+            header = header.replace("<stream:stream ", &format!("<stream:stream to='{to}' "));
+        }
+        verify.send(&format!(
+            "{header}<db:verify from='{domain}' to='{from}' id='legacy-1'>{key}</db:verify>"
+        ));
+        log.push("header and db:verify sent at once".to_owned());
+        let answered = verify.read_until(stop, |t| {
+            attr_of(t, "<db:verify", "type").is_some() || t.contains("</stream:stream>")
+        });
+        let answer = attr_of(&verify.text, "<db:verify", "type");
+        log.push(format!(
+            "db:verify answered: {}",
+            match &answer {
+                Some(t) => format!("type='{t}'"),
+                None if answered => format!("closed: {}", verify.text),
+                None => format!("nothing: {}", verify.text),
+            }
+        ));
+        let verdict = if answer.as_deref() == Some("valid") {
+            "valid"
+        } else {
+            "invalid"
+        };
+        check.send(&format!(
+            "<db:result from='{domain}' to='{from}' type='{verdict}'/>"
+        ));
+        log.push(format!("answered the check: type='{verdict}'"));
+        verify.send("</stream:stream>");
+        if check.read_until(stop, |t| t.contains("</stream:stream>")) {
+            check.send("</stream:stream>");
+        }
+        log
+    }
+}
+
+/// A remote server for `domain` with STARTTLS (certificate `cert`; a client certificate
+/// requested or not) whose features after TLS are `sasl` (SASL mechanisms, or none) and
+/// dialback; it answers the check's `db:result` `valid` without connecting back, and a
+/// SASL `<auth/>` with `<failure><not-authorized/></failure>` (RFC 6120 §6.5.10).
+fn tls_peer(
+    domain: &'static str,
+    cert: CertifiedDomain,
+    request_client_cert: bool,
+    sasl: &'static str,
+) -> impl FnOnce(TcpListener, &AtomicBool) -> Vec<String> + Send + 'static {
+    move |listener, stop| {
+        let mut log = Vec::new();
+        let mut resolver = DomainCertResolver::new();
+        resolver.add(&cert).expect("certificate");
+        let auth = if request_client_cert {
+            ClientAuth::Request
+        } else {
+            ClientAuth::None
+        };
+        let tls_cfg = tls::server_config(Arc::new(resolver), auth, &[]);
+        let header = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+             xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' \
+             from='{domain}' to='a.test' id='{domain}-1' version='1.0'>"
+        );
+        let Some(sock) = accept(&listener, stop) else {
+            log.push("no connection from the check".to_owned());
+            return log;
+        };
+        let mut check = Raw::new(sock);
+        if !check.read_header(stop) {
+            return log;
+        }
+        check.send(&format!(
+            "{header}<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\
+             <dialback xmlns='urn:xmpp:features:dialback'/></stream:features>"
+        ));
+        if !check.read_until(stop, |t| t.contains("<starttls")) {
+            return log;
+        }
+        check.send("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        let Io::Plain(sock) = check.io else {
+            unreachable!()
+        };
+        let Some(io) = tls_accept(sock, tls_cfg) else {
+            log.push("TLS handshake failed".to_owned());
+            return log;
+        };
+        log.push(format!(
+            "client certificate: {}",
+            if io.peer_chain().is_empty() {
+                "none"
+            } else {
+                "received"
+            }
+        ));
+        let mut check = Raw {
+            io,
+            text: String::new(),
+        };
+        if !check.read_header(stop) {
+            return log;
+        }
+        check.forget();
+        check.send(&format!(
+            "{header}<stream:features>{sasl}<dialback xmlns='urn:xmpp:features:dialback'/>\
+             </stream:features>"
+        ));
+        check.read_until(stop, |t| {
+            t.contains("</db:result>") || t.contains("<auth") || t.contains("</stream:stream>")
+        });
+        if check.text.contains("<auth") {
+            log.push("SASL auth attempted".to_owned());
+            check.send(
+                "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>",
+            );
+        }
+        if check.text.contains("</db:result>") {
+            log.push("db:result".to_owned());
+            check.send(&format!(
+                "<db:result from='{domain}' to='a.test' type='valid'/>"
+            ));
+        }
+        if check.read_until(stop, |t| t.contains("</stream:stream>")) {
+            check.send("</stream:stream>");
+        }
+        log
     }
 }
 
@@ -415,15 +964,30 @@ fn good_remote_passes_every_step() {
     let s = out.expect("b.test", "dialback", "pass");
     let d = Outcome::text(s, "detail");
     assert!(
-        d.contains("this check answered the verification")
+        d.contains("this check stood in for a.test's server")
+            && d.contains("b.test first authenticated that connection with its own db:result")
             && d.contains("b.test asked about a.test: valid"),
         "{out}"
     );
-    assert!(out.report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|s| s["fix"].is_null()));
+    // A's certificate is the generated, self-signed one and B does not verify
+    // certificates, so B offers no SASL EXTERNAL: a warning that says both reasons.
+    let s = out.expect("b.test", "sasl-external", "warn");
+    let d = Outcome::text(s, "detail");
+    assert!(
+        d.contains("either it does not implement SASL EXTERNAL")
+            && d.contains("a.test's certificate is self-signed")
+            && d.contains("falling back to dialback"),
+        "{out}"
+    );
+    assert!(
+        out.report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["name"] != "sasl-external")
+            .all(|s| s["fix"].is_null()),
+        "{out}"
+    );
 
     // The same with A running: its server answers the verification.
     let a = Fedrouter::start_with("a.test", &a_toml, &files_ref(&a_files));
@@ -774,4 +1338,410 @@ fn own_domains() {
         Outcome::text(s, "fix").contains("another server answers for a.test's dialback"),
         "{out}"
     );
+}
+
+/// `[s2s]` with the dialback secret `byte` and 10-minute negotiation and verification
+/// timeouts: only a check that never waits for a deadline finishes within
+/// [`CHECK_TIMEOUT`].
+fn slow_deadlines(byte: u8) -> String {
+    format!(
+        "\n[s2s]\ndialback_secret = \"{}\"\nnegotiation_timeout = \"10m\"\nverify_timeout = \"10m\"\n",
+        hex::encode([byte; 32])
+    )
+}
+
+/// `fedrouter check` with no server running, against a peer that verifies like Prosody:
+/// its verification connection to our (stood-in) server first authenticates itself with
+/// its own `db:result`, waits for the answer, and only then sends `db:verify`. The check
+/// verifies that key by the XEP-0220 route (a `db:verify` to the peer over its own
+/// stream), answers it, answers the peer's `db:verify`, and the dialback step passes;
+/// with 10-minute timeouts configured, no deadline was waited for. A peer whose own key
+/// cannot be validated (instances without a shared secret) fails the step with that
+/// explanation, not "fix your DNS, start the server".
+#[test]
+fn prosody_style_verification_without_a_running_server() {
+    const NET: u8 = 246;
+    let mut records = xmpp_server("a.test", ip(NET, 2));
+    records.extend(xmpp_server("b.test", ip(NET, 3)));
+    records.extend(xmpp_server("c.test", ip(NET, 4)));
+    let _dns = zone(NET, records);
+    let ours = SocketAddr::new(ip(NET, 2).into(), 5269);
+    let extra = format!("{GOOGLE_STYLE}{}", slow_deadlines(0xa6));
+    let site = Site::new(
+        "a.test",
+        &config(NET, ip(NET, 2), &["a.test"], 1, &extra),
+        &[],
+    );
+
+    let peer = Script::start(
+        SocketAddr::new(ip(NET, 3).into(), 5269),
+        prosody_like("b.test", ours, false),
+    );
+    let out = site.check(&["b.test"]);
+    let log = peer.log();
+    assert_eq!(out.code, 0, "{out}\npeer: {log:#?}");
+    let s = out.expect("b.test", "dialback", "pass");
+    let d = Outcome::text(s, "detail");
+    assert!(
+        d.contains("this check stood in for a.test's server")
+            && d.contains("from='b.test'")
+            && d.contains("b.test first authenticated that connection with its own db:result")
+            && d.contains("verified that key with b.test's authoritative server")
+            && d.contains("answered type='valid'")
+            && d.contains("b.test asked about a.test: valid"),
+        "{out}"
+    );
+    // The peer's side of it, in order: the check asked the peer (as authoritative
+    // server) about the peer's key before validating it; the peer sent db:verify only
+    // once its own db:result was valid, and got `valid`.
+    let at = |p: &str| entry(&log, p).unwrap_or_else(|| panic!("no {p:?} in {log:#?}"));
+    assert!(at("db:result from a.test") < at("verification connection opened"));
+    assert!(at("verification connection opened") < at("asked by the check: db:verify"));
+    assert!(at("asked by the check: db:verify") < at("own db:result: type='valid'"));
+    assert!(at("own db:result: type='valid'") < at("db:verify sent"));
+    assert!(at("db:verify sent") < at("db:verify answered: type='valid'"));
+    assert!(at("db:verify answered: type='valid'") < at("answered the check: type='valid'"));
+
+    // Its own key is not confirmed by its authoritative side: it never asks about ours.
+    let peer = Script::start(
+        SocketAddr::new(ip(NET, 4).into(), 5269),
+        prosody_like("c.test", ours, true),
+    );
+    let out = site.check(&["c.test"]);
+    let log = peer.log();
+    assert_eq!(out.code, 1, "{out}\npeer: {log:#?}");
+    assert!(
+        entry(&log, "own db:result: type='invalid'").is_some(),
+        "{log:#?}"
+    );
+    assert!(entry(&log, "db:verify sent").is_none(), "{log:#?}");
+    let s = out.expect("c.test", "dialback", "fail");
+    let d = Outcome::text(s, "detail");
+    assert!(
+        d.contains("type='error' (remote-connection-failed)")
+            && d.contains("c.test first authenticated that connection with its own db:result")
+            && d.contains("answered type='invalid'"),
+        "{out}"
+    );
+    let fix = Outcome::text(s, "fix");
+    assert!(
+        fix.contains("c.test's dialback is broken on its side")
+            && !fix.contains("start `fedrouter serve`")
+            && !fix.contains("SRV/A records"),
+        "{out}"
+    );
+}
+
+/// `fedrouter check` with no server running, against a pre-RFC 3920 dialback server:
+/// version-less stream headers without `to` or `from`, and on the verification connection
+/// its header and `db:verify` at once. The stand-in (the library's inbound core, as in
+/// `fedrouter serve`) answers it and the dialback step passes, fast (10-minute timeouts).
+/// A verification connection the stand-in refuses (its header names a domain we do not
+/// host) fails the step with what happened and why, not with DNS advice.
+#[test]
+fn legacy_dialback_server_without_a_running_server() {
+    const NET: u8 = 247;
+    let mut records = xmpp_server("a.test", ip(NET, 2));
+    records.extend(xmpp_server("b.test", ip(NET, 3)));
+    records.extend(xmpp_server("c.test", ip(NET, 4)));
+    let _dns = zone(NET, records);
+    let ours = SocketAddr::new(ip(NET, 2).into(), 5269);
+    let extra = format!("{GOOGLE_STYLE}{}", slow_deadlines(0xa7));
+    let site = Site::new(
+        "a.test",
+        &config(NET, ip(NET, 2), &["a.test"], 1, &extra),
+        &[],
+    );
+
+    let peer = Script::start(
+        SocketAddr::new(ip(NET, 3).into(), 5269),
+        legacy_peer("b.test", ours, None),
+    );
+    let out = site.check(&["b.test"]);
+    let log = peer.log();
+    assert_eq!(out.code, 0, "{out}\npeer: {log:#?}");
+    let s = out.expect("b.test", "stream", "pass");
+    assert!(
+        Outcome::text(s, "detail").contains("no version: pre-RFC 3920 server"),
+        "{out}"
+    );
+    let d = Outcome::text(out.expect("b.test", "dialback", "pass"), "detail");
+    assert!(
+        d.contains("stream header (no to, no from, no version: a pre-RFC 3920 server)")
+            && d.contains("b.test asked about a.test: valid"),
+        "{out}"
+    );
+    let at = |p: &str| entry(&log, p).unwrap_or_else(|| panic!("no {p:?} in {log:#?}"));
+    assert!(at("db:result from a.test") < at("header and db:verify sent at once"));
+    assert!(at("header and db:verify sent at once") < at("db:verify answered: type='valid'"));
+    assert!(at("db:verify answered: type='valid'") < at("answered the check: type='valid'"));
+
+    let peer = Script::start(
+        SocketAddr::new(ip(NET, 4).into(), 5269),
+        legacy_peer("c.test", ours, Some("elsewhere.test")),
+    );
+    let out = site.check(&["c.test"]);
+    let log = peer.log();
+    assert_eq!(out.code, 1, "{out}\npeer: {log:#?}");
+    let s = out.expect("c.test", "dialback", "fail");
+    let d = Outcome::text(s, "detail");
+    assert!(
+        d.contains("c.test answered type='invalid'")
+            && d.contains("stream header to='elsewhere.test' (no from, no version")
+            && d.contains("this check closed it with <host-unknown/>"),
+        "{out}"
+    );
+    let fix = Outcome::text(s, "fix");
+    assert!(
+        fix.contains("this check refused c.test's verification connection with <host-unknown/>")
+            && fix.contains("its stream header names elsewhere.test, which this configuration does not host (a.test)")
+            && !fix.contains("SRV/A records"),
+        "{out}"
+    );
+}
+
+/// A peer that offers no SASL EXTERNAL after TLS: the `sasl-external` step tells apart a
+/// peer that lists other SASL mechanisms after getting our certificate (it did not
+/// accept it: a warning with the certificate fix), one that never asks for a client
+/// certificate and offers no mechanism anywhere (it does not implement EXTERNAL: a skip),
+/// and one that asks for our certificate but offers no mechanism (either: a warning that
+/// says both); dialback follows each time. Where the policy forbids dialback, the step
+/// fails with the fix to allow it, and a refused EXTERNAL is told from one not offered.
+#[test]
+fn sasl_external_not_offered_is_explained() {
+    const NET: u8 = 248;
+    let mut records = xmpp_server("a.test", ip(NET, 2));
+    for (i, d) in ["b1.test", "b2.test", "b3.test", "b4.test", "b5.test"]
+        .iter()
+        .enumerate()
+    {
+        records.extend(xmpp_server(d, ip(NET, 3 + i as u8)));
+    }
+    let _dns = zone(NET, records);
+    let ca = TestCa::new("check test CA").expect("CA");
+    let a_leaf = ca.issue("a.test").expect("leaf");
+    let files = tls_files(&ca, &a_leaf, "a.test");
+    let extra = format!(
+        "[tls]\ntrust = [\"ca.pem\"]\n{}{}\n[federation.domains.\"b4.test\"]\nauth = \"sasl-external\"\n\
+         \n[federation.domains.\"b5.test\"]\nauth = \"sasl-external\"\n",
+        certificate_entry("a.test"),
+        slow_deadlines(0xa8)
+    );
+    let site = Site::new(
+        "a.test",
+        &config(NET, ip(NET, 2), &["a.test"], 1, &extra),
+        &files,
+    );
+    const PLAIN: &str =
+        "<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms>";
+    let peer = |n: u8, d: &'static str, request: bool, sasl: &'static str| {
+        Script::start(
+            SocketAddr::new(ip(NET, n).into(), 5269),
+            tls_peer(d, ca.issue(d).expect("leaf"), request, sasl),
+        )
+    };
+    let _b1 = peer(3, "b1.test", true, PLAIN);
+    let _b2 = peer(4, "b2.test", false, "");
+    let _b3 = peer(5, "b3.test", true, "");
+    let b4 = peer(6, "b4.test", false, "");
+    let b5 = peer(
+        7,
+        "b5.test",
+        true,
+        "<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism>\
+         </mechanisms>",
+    );
+
+    // Other mechanisms after seeing our certificate: it did not accept it.
+    let out = site.check(&["b1.test"]);
+    assert_eq!(out.code, 0, "{out}");
+    out.expect("b1.test", "certificate", "pass");
+    let s = out.expect("b1.test", "sasl-external", "warn");
+    let d = Outcome::text(s, "detail");
+    assert!(
+        d.contains("offers SASL after TLS (PLAIN) but not EXTERNAL")
+            && d.contains("asked for a client certificate in the TLS handshake and got a.test's")
+            && d.contains("did not accept a.test's certificate")
+            && d.contains("falling back to dialback"),
+        "{out}"
+    );
+    assert!(
+        Outcome::text(s, "fix").contains("must accept a.test's certificate"),
+        "{out}"
+    );
+    out.expect("b1.test", "dialback", "pass");
+
+    // No mechanism anywhere, no client certificate asked for: no EXTERNAL at all.
+    let out = site.check(&["b2.test"]);
+    assert_eq!(out.code, 0, "{out}");
+    let s = out.expect("b2.test", "sasl-external", "skip");
+    let d = Outcome::text(s, "detail");
+    assert!(
+        d.contains("offers no SASL mechanism on any stream")
+            && d.contains("did not ask for a client certificate")
+            && d.contains("does not implement SASL EXTERNAL")
+            && !d.contains("did not accept"),
+        "{out}"
+    );
+    assert!(s["fix"].is_null(), "{out}");
+    out.expect("b2.test", "dialback", "pass");
+
+    // No mechanism after asking for our certificate (as Prosody does when it refuses
+    // one): both possibilities.
+    let out = site.check(&["b3.test"]);
+    assert_eq!(out.code, 0, "{out}");
+    let s = out.expect("b3.test", "sasl-external", "warn");
+    let d = Outcome::text(s, "detail");
+    assert!(
+        d.contains("either it does not implement SASL EXTERNAL")
+            && d.contains("or it did not accept a.test's certificate"),
+        "{out}"
+    );
+    out.expect("b3.test", "dialback", "pass");
+
+    // Policy forbids dialback: a failure, with the way out.
+    let out = site.check(&["b4.test"]);
+    let log = b4.log();
+    assert_eq!(out.code, 1, "{out}");
+    let s = out.expect("b4.test", "sasl-external", "fail");
+    assert!(
+        Outcome::text(s, "detail").contains("does not implement SASL EXTERNAL")
+            && Outcome::text(s, "detail").contains("forbids dialback"),
+        "{out}"
+    );
+    assert!(Outcome::text(s, "fix").contains("auth = \"any\""), "{out}");
+    assert_eq!(out.steps("b4.test", "sasl-external").len(), 1, "{out}");
+    out.no_step("b4.test", "dialback");
+    assert!(entry(&log, "db:result").is_none(), "{log:#?}");
+
+    // EXTERNAL offered, then refused, and no dialback allowed: said as such.
+    let out = site.check(&["b5.test"]);
+    let log = b5.log();
+    assert_eq!(out.code, 1, "{out}");
+    assert!(entry(&log, "SASL auth attempted").is_some(), "{log:#?}");
+    let s = out.expect("b5.test", "sasl-external", "fail");
+    assert!(
+        Outcome::text(s, "detail")
+            .contains("b5.test refused SASL EXTERNAL for a.test, and policy forbids dialback"),
+        "{out}"
+    );
+    assert_eq!(out.steps("b5.test", "sasl-external").len(), 1, "{out}");
+}
+
+/// Failures name what happened: a peer that answers our `db:result` with
+/// `remote-connection-failed` without connecting back ("its verification connection never
+/// arrived", and the DNS fix, not "start the server": the check stood in), a server that
+/// does not host the domain ("refused our stream with <host-unknown/>"), and one that
+/// closes our stream as it does not trust our certificate (the certificate fix, not DNS
+/// advice).
+#[test]
+fn failures_name_what_happened() {
+    const NET: u8 = 249;
+    let mut records = xmpp_server("a.test", ip(NET, 2));
+    records.extend(xmpp_server("b.test", ip(NET, 3)));
+    records.extend(xmpp_server("c.test", ip(NET, 4)));
+    records.extend(xmpp_server("d.test", ip(NET, 5)));
+    let _dns = zone(NET, records);
+    let _b = FakePeer::start(
+        SocketAddr::new(ip(NET, 3).into(), 5269),
+        "b.test",
+        None,
+        DialbackResult::Error(DialbackErrorCondition::RemoteConnectionFailed),
+    );
+    let _c = FakePeer::start(
+        SocketAddr::new(ip(NET, 4).into(), 5269),
+        "other.test",
+        None,
+        DialbackResult::Valid,
+    );
+    let extra = format!("{GOOGLE_STYLE}{}", slow_deadlines(0xa9));
+    let site = Site::new(
+        "a.test",
+        &config(NET, ip(NET, 2), &["a.test"], 1, &extra),
+        &[],
+    );
+
+    let out = site.check(&["b.test"]);
+    assert_eq!(out.code, 1, "{out}");
+    let s = out.expect("b.test", "dialback", "fail");
+    let d = Outcome::text(s, "detail");
+    assert!(
+        d.contains("type='error' (remote-connection-failed)")
+            && d.contains("b.test's verification connection never arrived at 127.0.249.2:5269"),
+        "{out}"
+    );
+    let fix = Outcome::text(s, "fix");
+    assert!(
+        fix.contains("SRV/A records point to this server")
+            && !fix.contains("start `fedrouter serve`"),
+        "{out}"
+    );
+
+    let out = site.check(&["c.test"]);
+    assert_eq!(out.code, 1, "{out}");
+    let s = out.expect("c.test", "stream", "fail");
+    assert!(
+        Outcome::text(s, "detail").contains("the peer refused our stream with <host-unknown/>"),
+        "{out}"
+    );
+    assert!(
+        Outcome::text(s, "fix").contains("does not host c.test"),
+        "{out}"
+    );
+    out.no_step("c.test", "dialback");
+
+    let peer = Script::start(
+        SocketAddr::new(ip(NET, 5).into(), 5269),
+        dialback_peer("d.test", true),
+    );
+    let out = site.check(&["d.test"]);
+    let log = peer.log();
+    assert_eq!(out.code, 1, "{out}");
+    assert!(entry(&log, "db:result").is_some(), "{log:#?}");
+    let s = out.expect("d.test", "dialback", "fail");
+    assert!(
+        Outcome::text(s, "detail").contains(
+            "the peer closed the stream with <not-authorized/>: Your server's certificate is \
+             not trusted"
+        ),
+        "{out}"
+    );
+    let fix = Outcome::text(s, "fix");
+    assert!(
+        fix.contains("d.test requires a certificate it trusts from a.test")
+            && !fix.contains("SRV/A records"),
+        "{out}"
+    );
+
+    // A peer that never answers our db:result: our own deadline (1 s here, configured
+    // for this one run, and waited for as the event under test) is named as such.
+    let impatient = Site::new(
+        "a.test-impatient",
+        &config(
+            NET,
+            ip(NET, 2),
+            &["a.test"],
+            1,
+            &format!("{GOOGLE_STYLE}\n[s2s]\nnegotiation_timeout = \"1s\"\n"),
+        ),
+        &[],
+    );
+    let peer = Script::start(
+        SocketAddr::new(ip(NET, 5).into(), 5269),
+        dialback_peer("d.test", false),
+    );
+    let out = impatient.check(&["d.test"]);
+    let log = peer.log();
+    assert_eq!(out.code, 1, "{out}");
+    assert!(entry(&log, "closed by the check").is_some(), "{log:#?}");
+    let s = out.expect("d.test", "dialback", "fail");
+    assert!(
+        Outcome::text(s, "detail").contains(
+            "d.test did not answer our db:result within 1s (s2s.negotiation_timeout); no \
+             verification request reached this check: d.test's verification connection never \
+             arrived"
+        ),
+        "{out}"
+    );
+    assert_eq!(out.steps("d.test", "dialback").len(), 1, "{out}");
 }
