@@ -40,21 +40,16 @@
 
 #![warn(missing_docs)]
 
+// The protocol core lives in its own crate (no I/O, no clock, no threads); re-exported so
+// that `fedrouter::xml`, `fedrouter::stream` … name the same items as before.
+pub use fedrouter_proto::{condition, dialback, jid, presence, service, srv, stanza, stream, xml};
+
 pub mod check;
-pub mod condition;
 pub mod config;
-pub mod dialback;
 pub mod dns;
-pub mod jid;
 pub mod logging;
 pub mod metrics;
-pub mod presence;
 pub mod router;
 pub mod runtime;
-pub mod service;
-pub mod srv;
-pub mod stanza;
 pub mod store;
-pub mod stream;
 pub mod tls;
-pub mod xml;

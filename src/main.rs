@@ -342,7 +342,7 @@ fn user(config: Option<&Path>, action: UserAction) -> ExitCode {
         ScramHash::ALL
             .iter()
             .map(|&h| {
-                ScramCredentials::with_random_salt(password, h, SCRAM_ITERATIONS)
+                ScramCredentials::with_random_salt(password, h, SCRAM_ITERATIONS, &mut rand::rng())
                     .map_err(|e| format!("password: {e}"))
             })
             .collect()

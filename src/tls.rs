@@ -999,60 +999,13 @@ pub fn client_config(
 // Peer certificate check after the stream header
 // ---------------------------------------------------------------------------------------
 
-/// Why a peer's certificate does not authenticate it for a domain (RFC 6120 §13.7.2,
-/// XEP-0178 §3). The messages are written for an operator reading a log line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum CertError {
-    /// The peer sent no certificate (e.g. it has none, or the listener did not ask).
-    #[error("the peer presented no certificate")]
-    NoCertificate,
-    /// The certificate (or one in its chain) is past its notAfter time.
-    #[error("the peer's certificate expired on {}", format_utc(*not_after))]
-    Expired {
-        /// The certificate's notAfter.
-        not_after: UnixTime,
-    },
-    /// The certificate (or one in its chain) is before its notBefore time.
-    #[error("the peer's certificate is not valid before {}", format_utc(*not_before))]
-    NotValidYet {
-        /// The certificate's notBefore.
-        not_before: UnixTime,
-    },
-    /// The chain does not lead to a trusted root (self-signed, private CA, or a missing
-    /// intermediate certificate).
-    #[error(
-        "the peer's certificate is not issued by a trusted certificate authority \
-         (self-signed, private CA, or missing intermediate)"
-    )]
-    UnknownIssuer,
-    /// The certificate is valid but not for this domain.
-    #[error("the peer's certificate is not valid for {domain} (no matching dNSName)")]
-    WrongName {
-        /// The domain the stream header claimed.
-        domain: String,
-    },
-    /// The certificate's extended key usage does not include serverAuth.
-    #[error("the peer's certificate is not for use by a server (its extended key usage lacks serverAuth)")]
-    WrongUsage,
-    /// The certificate is not valid DER-encoded X.509.
-    #[error("the peer's certificate is malformed (not valid DER-encoded X.509)")]
-    BadEncoding,
-    /// The domain to check against is not a DNS name.
-    #[error("{domain:?} is not a valid domain name to check a certificate against")]
-    BadDomain {
-        /// The string given.
-        domain: String,
-    },
-    /// Any other reason webpki gave (bad signature, revoked, unsupported algorithm...).
-    #[error("the peer's certificate was rejected: {0}")]
-    Other(String),
-}
+pub use crate::stream::CertError;
 
-impl CertError {
-    // `RequiredEkuNotFound` is deprecated in favour of its `Context` form; both are matched.
-    #[allow(deprecated)]
-    fn from_webpki(error: webpki::Error, domain: &str) -> Self {
+/// The [`CertError`] for what webpki said about `domain`'s chain.
+// `RequiredEkuNotFound` is deprecated in favour of its `Context` form; both are matched.
+#[allow(deprecated)]
+fn cert_error(error: webpki::Error, domain: &str) -> CertError {
+    {
         use webpki::Error as E;
         match error {
             E::CertExpired { not_after, .. } => CertError::Expired { not_after },
@@ -1119,8 +1072,7 @@ pub fn verify_peer_certificate(
 ) -> Result<(), CertError> {
     let (end_entity, intermediates) = chain.split_first().ok_or(CertError::NoCertificate)?;
     let name = server_name(domain)?;
-    let ee = webpki::EndEntityCert::try_from(end_entity)
-        .map_err(|e| CertError::from_webpki(e, domain))?;
+    let ee = webpki::EndEntityCert::try_from(end_entity).map_err(|e| cert_error(e, domain))?;
     let anchors: &[TrustAnchor<'static>] = &roots.roots;
     ee.verify_for_usage(
         provider().signature_verification_algorithms.all,
@@ -1131,9 +1083,9 @@ pub fn verify_peer_certificate(
         None,
         None,
     )
-    .map_err(|e| CertError::from_webpki(e, domain))?;
+    .map_err(|e| cert_error(e, domain))?;
     ee.verify_is_valid_for_subject_name(&name)
-        .map_err(|e| CertError::from_webpki(e, domain))
+        .map_err(|e| cert_error(e, domain))
 }
 
 #[cfg(test)]
@@ -1570,7 +1522,7 @@ mod tests {
         };
         assert_eq!(
             expired.to_string(),
-            "the peer's certificate expired on 2001-01-01 00:00:00 UTC"
+            "the peer's certificate expired on 2001-01-01T00:00:00Z"
         );
         assert_eq!(
             CertError::WrongName {

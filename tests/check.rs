@@ -274,7 +274,7 @@ impl FakePeer {
                 default: PeerPolicy::webex(),
                 ..Default::default()
             },
-            dialback_secret: DialbackSecret::generate(),
+            dialback_secret: DialbackSecret::generate(&mut rand::rng()),
             stream_id_key: rand::random(),
             cert_verifier: None,
             limits: fedrouter::xml::Limits::default(),
@@ -604,10 +604,10 @@ fn prosody_like(
 ) -> impl FnOnce(TcpListener, &AtomicBool) -> Vec<String> + Send + 'static {
     move |listener, stop| {
         let mut log = Vec::new();
-        let secret = DialbackSecret::generate();
+        let secret = DialbackSecret::generate(&mut rand::rng());
         let inbound_cfg = scripted_config(domain, secret.clone());
         let outbound_cfg = if split_secret {
-            scripted_config(domain, DialbackSecret::generate())
+            scripted_config(domain, DialbackSecret::generate(&mut rand::rng()))
         } else {
             scripted_config(domain, secret)
         };

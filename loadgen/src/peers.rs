@@ -196,7 +196,7 @@ impl Peers {
     /// Errors: a listener that cannot bind, certificate or TLS set-up failures.
     pub async fn start(world: Arc<World>, opts: PeerOptions) -> Result<Peers, PeerError> {
         let topo = world.topo.clone();
-        let secret = DialbackSecret::generate();
+        let secret = DialbackSecret::generate(&mut rand::rng());
         let policy = peer_policy(&opts);
         let uses_tls = opts.tls != TlsPolicy::Disabled || opts.auth == PeerAuth::External;
         if opts.auth == PeerAuth::External && opts.sut_roots.is_none() {

@@ -103,7 +103,9 @@ fn create_users(data_dir: &Path, domain: &str, k: u32, password: &str) -> Result
     // hash) is done once, not K times. `fedrouter user add` salts each user.
     let creds: Vec<ScramCredentials> = ScramHash::ALL
         .iter()
-        .map(|&h| ScramCredentials::with_random_salt(password, h, SCRAM_ITERATIONS))
+        .map(|&h| {
+            ScramCredentials::with_random_salt(password, h, SCRAM_ITERATIONS, &mut rand::rng())
+        })
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     for i in 0..k {

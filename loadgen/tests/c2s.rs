@@ -89,8 +89,13 @@ drain_timeout = "1s"
                 let creds: Vec<ScramCredentials> = ScramHash::ALL
                     .iter()
                     .map(|&h| {
-                        ScramCredentials::with_random_salt(PASSWORD, h, SCRAM_ITERATIONS)
-                            .expect("credentials")
+                        ScramCredentials::with_random_salt(
+                            PASSWORD,
+                            h,
+                            SCRAM_ITERATIONS,
+                            &mut rand::rng(),
+                        )
+                        .expect("credentials")
                     })
                     .collect();
                 store

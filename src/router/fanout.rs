@@ -34,7 +34,7 @@ impl SharedStanza {
     /// Errors: `Err(el)` back when `el` has a `to`.
     #[allow(clippy::result_large_err)]
     pub fn new(el: Element) -> Result<SharedStanza, Element> {
-        if el.to_attr.is_some() {
+        if el.has_to_attribute() {
             return Err(el);
         }
         Ok(SharedStanza { el })
@@ -69,7 +69,7 @@ impl SharedStanza {
     /// Writing them in order yields the stanza addressed to that recipient.
     pub fn parts<'a>(&'a self, to_attr: &'a [u8]) -> [&'a [u8]; 3] {
         let b = self.el.bytes();
-        let at = self.el.qname_end as usize;
+        let at = self.el.qname_end();
         [&b[..at], to_attr, &b[at..]]
     }
 

@@ -34,7 +34,8 @@
 //! JIDs are passed in as normalised bare JID strings (RFC 7622 §3, see [`crate::jid`]);
 //! [`Store::add_user`] checks that, the hot path (roster changes) does not.
 
-pub mod scram;
+/// SCRAM (RFC 5802, RFC 7677) lives in the protocol core: pure SASL, no SQL.
+pub use fedrouter_proto::scram;
 pub mod sqlite;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -112,17 +112,17 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use rustls::pki_types::CertificateDer;
+use rustls_pki_types::CertificateDer;
 use sha2::Sha256;
 
 use super::s2s::{CloseReason, TlsRole};
 use crate::condition::{StanzaCondition, StreamCondition};
 use crate::jid::{BareJid, FullJid, Jid, NodePart, ResourcePart};
-use crate::stanza::{write_error_reply, StanzaKind};
-use crate::store::scram::{
+use crate::scram::{
     parse_client_first, parse_plain, ScramCredentials, ScramError, ScramHash, ScramServer,
     DEFAULT_ITERATIONS, SALT_LEN,
 };
+use crate::stanza::{write_error_reply, StanzaKind};
 use crate::xml::tree::Node;
 use crate::xml::writer::{
     write_raw_attr, write_readdressed, write_stream_error, write_stream_header, HeaderOut,
@@ -317,7 +317,8 @@ impl BindError {
 
 /// Something the runtime must act on.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
+// Not `#[non_exhaustive]`: the runtime (another crate of this workspace) matches it
+// exhaustively, so a new event is a compile error there until it is handled.
 pub enum Event {
     /// The client's stream header was accepted (once per header: initial, after TLS,
     /// after SASL).
@@ -826,7 +827,7 @@ impl C2sConnection {
 
     /// [`C2sConnection::send_stanza`] for a stanza given in pieces sent one after the
     /// other (a shared presence broadcast and the recipient's `to`,
-    /// [`crate::router::fanout::SharedStanza::parts`]).
+    /// `fedrouter::router::fanout::SharedStanza::parts`).
     ///
     /// Errors: [`C2sError::NotBound`] before a resource is bound or once closing.
     pub fn send_stanza_parts(&mut self, parts: &[&[u8]], now: Instant) -> Result<(), C2sError> {

@@ -217,6 +217,18 @@ impl Element {
         self.to.map(|s| self.str_at(s))
     }
 
+    /// Whether the start tag carries a `to` attribute (whatever its value).
+    pub fn has_to_attribute(&self) -> bool {
+        self.to_attr.is_some()
+    }
+
+    /// Byte offset just after the qualified name in the start tag (`<message` → 8): where
+    /// an attribute can be inserted without touching the rest
+    /// (`fedrouter::router::fanout` writes each recipient's `to` there).
+    pub fn qname_end(&self) -> usize {
+        self.qname_end as usize
+    }
+
     /// Raw `from` attribute value.
     pub fn from(&self) -> Option<&str> {
         self.from.map(|s| self.str_at(s))

@@ -62,8 +62,12 @@ impl DialbackSecret {
 
     /// A fresh random secret of 32 bytes from the thread-local CSPRNG (XEP-0185 §2 note 3:
     /// "generated as a random string when starting the XMPP server").
-    pub fn generate() -> Self {
-        let bytes: [u8; 32] = rand::random();
+    ///
+    /// The randomness is injected (the core has none of its own): pass the runtime's
+    /// CSPRNG, e.g. `&mut rand::rng()`.
+    pub fn generate<R: rand::CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        let mut bytes = [0u8; 32];
+        rng.fill_bytes(&mut bytes);
         Self::new(bytes)
     }
 
@@ -346,6 +350,8 @@ impl fmt::Display for DialbackErrorCondition {
 
 #[cfg(test)]
 mod tests {
+    /// Seeds for the injected randomness: the tests are deterministic.
+    const SEED: u64 = 0x00DB_5EED;
     use super::*;
 
     /// XEP-0185 §3: secret 's3cr3tf0rd14lb4ck', Receiving Server xmpp.example.com,
@@ -387,7 +393,9 @@ mod tests {
 
     #[test]
     fn keys_are_deterministic_and_lowercase_hex() {
-        let secret = DialbackSecret::generate();
+        let secret = DialbackSecret::generate(
+            &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(SEED),
+        );
         let a = secret.key("gmail.com", "cupdomain.com", "abc123");
         let b = secret.key("gmail.com", "cupdomain.com", "abc123");
         assert_eq!(a, b);
@@ -416,8 +424,14 @@ mod tests {
         );
         // Two generated secrets differ.
         assert_ne!(
-            DialbackSecret::generate().key("r", "o", "i"),
-            DialbackSecret::generate().key("r", "o", "i")
+            DialbackSecret::generate(
+                &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(SEED)
+            )
+            .key("r", "o", "i"),
+            DialbackSecret::generate(
+                &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(SEED + 1)
+            )
+            .key("r", "o", "i")
         );
     }
 

@@ -196,14 +196,17 @@ impl ScramCredentials {
         ))
     }
 
-    /// [`Self::derive`] with a fresh random salt of [`SALT_LEN`] octets (from the thread's
-    /// CSPRNG): what a "set password" command uses.
-    pub fn with_random_salt(
+    /// [`Self::derive`] with a fresh random salt of [`SALT_LEN`] octets from `rng` (the
+    /// caller's CSPRNG, e.g. `&mut rand::rng()`: the core has no randomness of its own):
+    /// what a "set password" command uses.
+    pub fn with_random_salt<R: rand::CryptoRng + ?Sized>(
         password: &str,
         hash: ScramHash,
         iterations: u32,
+        rng: &mut R,
     ) -> Result<ScramCredentials, ScramError> {
-        let salt: [u8; SALT_LEN] = rand::random();
+        let mut salt = [0u8; SALT_LEN];
+        rng.fill_bytes(&mut salt);
         Self::derive(password, hash, &salt, iterations)
     }
 
@@ -920,7 +923,13 @@ mod tests {
         let a = ScramCredentials::derive("a\u{3000}b", ScramHash::Sha1, b"s", 2).unwrap();
         let b = ScramCredentials::derive("a b", ScramHash::Sha1, b"s", 2).unwrap();
         assert_eq!(a, b);
-        let r = ScramCredentials::with_random_salt("pw", ScramHash::Sha1, 2).unwrap();
+        let r = ScramCredentials::with_random_salt(
+            "pw",
+            ScramHash::Sha1,
+            2,
+            &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7),
+        )
+        .unwrap();
         assert_eq!(r.salt.len(), SALT_LEN);
         assert!(r.verify_password("pw"));
     }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use rustls::pki_types::CertificateDer;
+use rustls_pki_types::CertificateDer;
 use sha2::Sha256;
 
 use super::policy::{FederationPolicy, PeerPolicy, TlsPolicy};
@@ -40,7 +40,7 @@ use crate::condition::{StanzaCondition, StreamCondition};
 use crate::dialback::{DialbackErrorCondition, DialbackResult, DialbackSecret};
 use crate::jid::domain_of;
 use crate::stanza::StanzaKind;
-use crate::tls::CertError;
+use crate::stream::cert::CertError;
 use crate::xml::tree::Node;
 use crate::xml::writer::{write_stream_error, write_stream_header, HeaderOut, STREAM_CLOSE};
 use crate::xml::{
@@ -59,7 +59,7 @@ fn legacy_acceptable(p: &PeerPolicy, tls: bool) -> bool {
 }
 
 /// Checks a peer's certificate chain (end entity first) against a domain. Implemented by
-/// the runtime over [`crate::tls::verify_peer_certificate`] with the wall clock and the
+/// the runtime over `fedrouter::tls::verify_peer_certificate` with the wall clock and the
 /// trust roots; tests give a fixed time.
 pub trait PeerCertVerifier: Send + Sync + fmt::Debug {
     /// `Ok` when `chain` is valid for `domain` (RFC 6120 §13.7.1.2, XEP-0178 §3).
@@ -223,7 +223,8 @@ impl CloseReason {
 
 /// Something the runtime must act on.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
+// Not `#[non_exhaustive]`: the runtime (another crate of this workspace) matches it
+// exhaustively, so a new event is a compile error there until it is handled.
 pub enum Event {
     /// The peer's stream header arrived: on inbound streams this names the remote domain
     /// (`from`, when given) so the runtime can hand the connection to its owner shard.
@@ -810,7 +811,7 @@ impl S2sConnection {
 
     /// [`S2sConnection::send_stanza`] for a stanza given in pieces that are sent one after
     /// the other: a shared presence broadcast and its recipient's `to` attribute
-    /// ([`crate::router::fanout::SharedStanza::parts`]), copied once, here.
+    /// (`fedrouter::router::fanout::SharedStanza::parts`), copied once, here.
     ///
     /// Errors: as [`S2sConnection::send_stanza`].
     pub fn send_stanza_parts(

@@ -8,12 +8,14 @@
 //!   checks, allow/deny).
 
 pub mod c2s;
+pub mod cert;
 pub mod policy;
 pub mod s2s;
 
 pub use c2s::{
     BindError, C2sConfig, C2sConnection, C2sError, C2sTimeouts, Event as C2sEvent, Mechanism,
 };
+pub use cert::CertError;
 pub use policy::{AuthPolicy, FederationPolicy, PeerPolicy, TlsPolicy};
 pub use s2s::{
     AuthMethod, CloseReason, Direction, Event, PeerCertVerifier, S2sConfig, S2sConnection,
