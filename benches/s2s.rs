@@ -192,8 +192,13 @@ struct TestVerifier {
 }
 
 impl PeerCertVerifier for TestVerifier {
-    fn verify(&self, chain: &[CertificateDer<'static>], domain: &str) -> Result<(), CertError> {
-        tls::verify_peer_certificate(chain, domain, &self.roots, UnixTime::now())
+    fn verify(
+        &self,
+        chain: &[CertificateDer<'static>],
+        domain: &str,
+        at: UnixTime,
+    ) -> Result<(), CertError> {
+        tls::verify_peer_certificate(chain, domain, &self.roots, at)
     }
 }
 
@@ -377,7 +382,10 @@ impl End {
                     .peer_certificates()
                     .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
                     .unwrap_or_default();
-                sm(|| self.conn.handle_tls_established(chain, now));
+                sm(|| {
+                    self.conn
+                        .handle_tls_established(chain, now, rustls::pki_types::UnixTime::now())
+                });
                 progress = true;
             }
         }

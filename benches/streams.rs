@@ -777,7 +777,11 @@ async fn authoritative(tcp: TcpStream, nonce: u64, ctx: Arc<Ctx>) {
                         Ok(s) => io = Io::Server(Box::new(s)),
                         Err(e) => return end(&ctx, format!("TLS handshake: {e}")),
                     }
-                    conn.handle_tls_established(Vec::new(), Instant::now());
+                    conn.handle_tls_established(
+                        Vec::new(),
+                        Instant::now(),
+                        rustls::pki_types::UnixTime::now(),
+                    );
                 }
                 Event::VerifyNeeded {
                     local,
@@ -860,7 +864,11 @@ async fn open_client(ctx: &Ctx) -> Result<Io, String> {
                         .await
                         .map_err(|e| format!("TLS handshake: {e}"))?;
                     io = Io::Client(Box::new(s));
-                    conn.handle_tls_established(Vec::new(), Instant::now());
+                    conn.handle_tls_established(
+                        Vec::new(),
+                        Instant::now(),
+                        rustls::pki_types::UnixTime::now(),
+                    );
                     upgraded = true;
                 }
                 Event::Authenticated { .. } => {

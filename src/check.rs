@@ -1093,7 +1093,11 @@ impl Checker<'_> {
                                 self.remote_certificate_step(domain, addr, &hs.chain, policy);
                                 asked_for_ours = hs.asked_for_ours;
                                 c.restart_observer();
-                                c.conn.handle_tls_established(hs.chain, Instant::now());
+                                c.conn.handle_tls_established(
+                                    hs.chain,
+                                    Instant::now(),
+                                    UnixTime::now(),
+                                );
                                 phase = Phase::Auth;
                                 auth_t0 = Instant::now();
                             }
@@ -2177,7 +2181,11 @@ impl Checker<'_> {
                             Ok(hs) => {
                                 self.served_certificate_step(domain, addr, &hs.chain);
                                 c.restart_observer();
-                                c.conn.handle_tls_established(hs.chain, Instant::now());
+                                c.conn.handle_tls_established(
+                                    hs.chain,
+                                    Instant::now(),
+                                    UnixTime::now(),
+                                );
                                 phase = Phase::Auth;
                                 auth_t0 = Instant::now();
                             }
@@ -2624,11 +2632,11 @@ impl CertFacts {
         };
         let now = since_epoch(now).as_secs();
         if end <= now {
-            format!("expired on {}", format_date(end))
+            format!("expired on {}", rfc3339(end))
         } else {
             format!(
                 "expires on {} (in {} days)",
-                format_date(end),
+                rfc3339(end),
                 (end - now) / 86_400
             )
         }
@@ -2646,11 +2654,12 @@ fn not_after(der: &[u8]) -> Option<u64> {
     u64::try_from(cert.validity().not_after.timestamp()).ok()
 }
 
-/// `YYYY-MM-DD` of seconds since the epoch.
-fn format_date(secs: u64) -> String {
-    let mut s = crate::tls::format_utc(UnixTime::since_unix_epoch(Duration::from_secs(secs)));
-    s.truncate(10);
-    s
+/// Seconds since the epoch as an RFC 3339 UTC date and time (`2026-12-06T12:00:00Z`).
+fn rfc3339(secs: u64) -> String {
+    // humantime formats up to 9999-12-31T23:59:59Z, which is also where X.509's
+    // GeneralizedTime ends (RFC 5280 §4.1.2.5.2), so the clamp never shows.
+    const LAST: u64 = 253_402_300_799;
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs.min(LAST))).to_string()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -3324,7 +3333,7 @@ fn serve_verify(
                 .note(visit, Seen::Dropped(format!("TLS failed: {e}")));
             return;
         }
-        chain = Some(wire.peer_chain());
+        chain = Some((wire.peer_chain(), UnixTime::now()));
     }
     let conn = S2sConnection::inbound(Arc::clone(&sh.cfg), rand::random(), chain, Instant::now());
     let mut s = Session::new(wire, conn);
@@ -3370,7 +3379,8 @@ fn serve_verify(
                             sh.journal.note(visit, Seen::Tls);
                             s.restart_observer();
                             let chain = s.wire.peer_chain();
-                            s.conn.handle_tls_established(chain, Instant::now());
+                            s.conn
+                                .handle_tls_established(chain, Instant::now(), UnixTime::now());
                         }
                         Err(e) => s.conn.handle_tls_failed(&e),
                     }
@@ -3493,21 +3503,22 @@ mod tests {
         let leaf = ca.issue("a.test").unwrap();
         // LeafOptions::default: valid until 2100-01-01.
         let t = not_after(&leaf.chain()[0]).unwrap();
-        assert_eq!(format_date(t), "2100-01-01");
+        assert_eq!(rfc3339(t), "2100-01-01T00:00:00Z");
         let expired = ca.issue_expired("a.test").unwrap();
         assert_eq!(
-            format_date(not_after(&expired.chain()[0]).unwrap()),
-            "2001-01-01"
+            rfc3339(not_after(&expired.chain()[0]).unwrap()),
+            "2001-01-01T00:00:00Z"
         );
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
         assert_eq!(not_after(&[0x30, 0x00]), None);
         assert_eq!(not_after(b"garbage"), None);
     }
 
     #[test]
     fn dates_format() {
-        assert_eq!(format_date(0), "1970-01-01");
-        assert_eq!(format_date(951_825_600), "2000-02-29");
-        assert_eq!(format_date(2_524_607_999), "2049-12-31");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_825_600), "2000-02-29T12:00:00Z");
+        assert_eq!(rfc3339(2_524_607_999), "2049-12-31T23:59:59Z");
     }
 
     #[test]

@@ -434,45 +434,13 @@ impl Default for LeafOptions {
     }
 }
 
-/// Seconds since the epoch of a UTC date (proleptic Gregorian).
+/// Midnight UTC of a date (proleptic Gregorian), through humantime's RFC 3339 parser.
+///
+/// Panics on a date that does not exist (the callers pass literals).
 fn unix_ymd(year: i64, month: u32, day: u32) -> UnixTime {
-    let days = days_from_civil(year, month, day);
-    UnixTime::since_unix_epoch(Duration::from_secs(
-        u64::try_from(days * 86_400).unwrap_or(0),
-    ))
-}
-
-/// Days since 1970-01-01 (H. Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `YYYY-MM-DD HH:MM:SS UTC` for a time (H. Hinnant's `civil_from_days`).
-pub(crate) fn format_utc(t: UnixTime) -> String {
-    let secs = t.as_secs();
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let at = humantime::parse_rfc3339(&format!("{year:04}-{month:02}-{day:02}T00:00:00Z"))
+        .expect("a valid date");
+    UnixTime::since_unix_epoch(at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default())
 }
 
 /// Sets an rcgen validity period from two [`UnixTime`]s (rcgen takes `time` values, which
@@ -1045,9 +1013,14 @@ impl RootsVerifier {
 }
 
 impl crate::stream::PeerCertVerifier for RootsVerifier {
-    /// [`verify_peer_certificate`] at the current time.
-    fn verify(&self, chain: &[CertificateDer<'static>], domain: &str) -> Result<(), CertError> {
-        verify_peer_certificate(chain, domain, &self.roots, UnixTime::now())
+    /// [`verify_peer_certificate`] at `at` (the time the stream's TLS handshake completed).
+    fn verify(
+        &self,
+        chain: &[CertificateDer<'static>],
+        domain: &str,
+        at: UnixTime,
+    ) -> Result<(), CertError> {
+        verify_peer_certificate(chain, domain, &self.roots, at)
     }
 }
 
@@ -1534,11 +1507,8 @@ mod tests {
         assert!(CertError::UnknownIssuer
             .to_string()
             .contains("not issued by a trusted certificate authority"));
-        assert_eq!(
-            format_utc(UnixTime::since_unix_epoch(Duration::from_secs(951_825_599))),
-            "2000-02-29 11:59:59 UTC"
-        );
-        assert_eq!(format_utc(unix_ymd(1970, 1, 1)), "1970-01-01 00:00:00 UTC");
+        assert_eq!(unix_ymd(1970, 1, 1).as_secs(), 0);
+        assert_eq!(unix_ymd(2000, 3, 1).as_secs(), 951_868_800);
     }
 
     /// A scratch directory under the system temp dir, removed on drop.

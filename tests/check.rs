@@ -354,7 +354,11 @@ fn fake_conn(
                         return;
                     };
                     io = tls_io;
-                    conn.handle_tls_established(io.peer_chain(), Instant::now());
+                    conn.handle_tls_established(
+                        io.peer_chain(),
+                        Instant::now(),
+                        rustls::pki_types::UnixTime::now(),
+                    );
                 }
                 Event::VerifyNeeded { local, remote, .. } => {
                     conn.handle_dialback_verdict(&local, &remote, verdict, Instant::now());

@@ -516,7 +516,7 @@ fn legacy_header_with_tls_required_is_refused_cleanly() {
             conn: fedrouter::stream::S2sConnection::inbound(
                 srv.cfg.clone(),
                 1,
-                Some(Vec::new()),
+                Some((Vec::new(), rustls::pki_types::UnixTime::now())),
                 now,
             ),
             now,

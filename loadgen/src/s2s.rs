@@ -150,7 +150,11 @@ impl Stream {
                     Ok(s) => {
                         let chain = chain_of(s.get_ref().1.peer_certificates());
                         self.io = Io::Client(Box::new(s));
-                        self.conn.handle_tls_established(chain, now);
+                        self.conn.handle_tls_established(
+                            chain,
+                            now,
+                            rustls::pki_types::UnixTime::now(),
+                        );
                     }
                     Err(e) => self.conn.handle_tls_failed(&e.to_string()),
                 }
@@ -164,7 +168,11 @@ impl Stream {
                     Ok(s) => {
                         let chain = chain_of(s.get_ref().1.peer_certificates());
                         self.io = Io::Server(Box::new(s));
-                        self.conn.handle_tls_established(chain, now);
+                        self.conn.handle_tls_established(
+                            chain,
+                            now,
+                            rustls::pki_types::UnixTime::now(),
+                        );
                     }
                     Err(e) => self.conn.handle_tls_failed(&e.to_string()),
                 }

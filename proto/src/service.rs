@@ -9,6 +9,7 @@
 
 use crate::condition::StanzaCondition;
 use crate::stanza::{is_error, write_error_reply, StanzaKind};
+use crate::xml::tree::Node;
 use crate::xml::writer::write_raw_attr;
 use crate::xml::{escape_attr_into, Element};
 
@@ -38,25 +39,11 @@ pub enum Answer {
     Ignore,
 }
 
-/// The first child element's (local name, `xmlns`) of an element, read without a tree.
-fn first_child(el: &Element) -> Option<(&str, &str)> {
-    let inner = std::str::from_utf8(el.inner()).ok()?;
-    let start = inner.find('<')? + 1;
-    let tag_end = inner[start..].find('>')? + start;
-    let tag = inner[start..tag_end].trim_end_matches('/');
-    let name_end = tag
-        .find(|c: char| c.is_ascii_whitespace())
-        .unwrap_or(tag.len());
-    let name = &tag[..name_end];
-    let local = name.rsplit(':').next().unwrap_or(name);
-    let attrs = &tag[name_end..];
-    let ns = attrs.find("xmlns=").and_then(|i| {
-        let rest = &attrs[i + 6..];
-        let q = rest.chars().next()?;
-        let rest = &rest[1..];
-        Some(&rest[..rest.find(q)?])
-    })?;
-    Some((local, ns))
+/// The first child element of `el`, read with the project's tree ([`Node::parse`]): its
+/// local name and resolved namespace, however the child is prefixed or quoted. The
+/// server's own `iq`s are rare, so building the small tree is no hot-path cost.
+fn first_child(el: &Element) -> Option<Node> {
+    Node::parse(el).ok()?.children.into_iter().next()
 }
 
 fn result_header(el: &Element, out: &mut Vec<u8>) {
@@ -76,7 +63,10 @@ fn result_header(el: &Element, out: &mut Vec<u8>) {
 pub fn answer_server(el: &Element, kind: StanzaKind) -> Answer {
     match kind {
         StanzaKind::Iq => match el.type_() {
-            Some("get") => match first_child(el) {
+            Some("get") => match first_child(el)
+                .as_ref()
+                .map(|c| (c.name.as_str(), c.ns.as_str()))
+            {
                 Some(("ping", NS_PING)) => {
                     let mut out = Vec::with_capacity(96);
                     result_header(el, &mut out);
@@ -184,6 +174,24 @@ mod tests {
     }
 
     #[test]
+    fn the_child_is_read_as_xml_not_as_text() {
+        // A prefixed child, whitespace before it, and `xmlns=` inside an attribute
+        // value: namespaces are resolved, not searched for.
+        let e = el("<iq type='get' from='b.test' to='a.test' id='p2'>\n  \
+            <p:ping xmlns:p='urn:xmpp:ping' note='xmlns=&apos;x&apos;'/></iq>");
+        let r = reply(answer_server(&e, StanzaKind::Iq));
+        assert_eq!(r.type_(), Some("result"));
+        // The ping name in another namespace is not a ping.
+        let e =
+            el("<iq type='get' from='b.test' to='a.test' id='p3'><ping xmlns='urn:example'/></iq>");
+        let r = reply(answer_server(&e, StanzaKind::Iq));
+        assert!(r.as_str().contains("<service-unavailable"));
+        // No child at all.
+        let e = el("<iq type='get' from='b.test' to='a.test' id='p4'/>");
+        assert!(first_child(&e).is_none());
+    }
+
+    #[test]
     fn disco_info_lists_identity_and_features() {
         let e = el("<iq type='get' from='u@b.test/r' to='a.test' id='d'><query xmlns=\"http://jabber.org/protocol/disco#info\"/></iq>");
         let r = reply(answer_server(&e, StanzaKind::Iq));
@@ -261,7 +269,8 @@ mod tests {
         let mut out = Vec::new();
         write_ping("a.test", "b&c.test", "x'1", &mut out);
         let e = parse_stanza(&out).unwrap();
-        assert_eq!(first_child(&e), Some(("ping", NS_PING)));
+        let child = first_child(&e).unwrap();
+        assert_eq!((child.name.as_str(), child.ns.as_str()), ("ping", NS_PING));
         assert_eq!(e.to(), Some("b&amp;c.test"));
     }
 }

@@ -37,7 +37,14 @@ pub(crate) trait Proto {
     /// What the machine asks the runtime to act on.
     type Event;
     fn handle_input(&mut self, data: &[u8], now: Instant);
-    fn handle_tls_established(&mut self, chain: Vec<CertificateDer<'static>>, now: Instant);
+    /// The TLS handshake completed at `now` (monotonic) and `at` (wall clock, for the
+    /// peer certificate's validity).
+    fn handle_tls_established(
+        &mut self,
+        chain: Vec<CertificateDer<'static>>,
+        now: Instant,
+        at: rustls::pki_types::UnixTime,
+    );
     fn handle_tls_failed(&mut self, reason: &str);
     fn handle_timeout(&mut self, now: Instant);
     fn poll_transmit(&mut self, into: &mut Vec<u8>) -> usize;
@@ -50,18 +57,20 @@ pub(crate) trait Proto {
 }
 
 macro_rules! proto {
-    ($t:ty, $ev:ty, $dir:expr) => {
+    ($t:ty, $ev:ty, $dir:expr, $tls:expr) => {
         impl Proto for $t {
             type Event = $ev;
-            fn handle_input(&mut self, data: &[u8], now: Instant) {
-                <$t>::handle_input(self, data, now)
-            }
+            #[allow(clippy::redundant_closure_call)]
             fn handle_tls_established(
                 &mut self,
                 chain: Vec<CertificateDer<'static>>,
                 now: Instant,
+                at: rustls::pki_types::UnixTime,
             ) {
-                <$t>::handle_tls_established(self, chain, now)
+                ($tls)(self, chain, now, at)
+            }
+            fn handle_input(&mut self, data: &[u8], now: Instant) {
+                <$t>::handle_input(self, data, now)
             }
             fn handle_tls_failed(&mut self, reason: &str) {
                 <$t>::handle_tls_failed(self, reason)
@@ -94,10 +103,19 @@ macro_rules! proto {
         }
     };
 }
-proto!(S2sConnection, Event, |c: &S2sConnection| c.direction());
-proto!(C2sConnection, c2s::Event, |_: &C2sConnection| {
-    Direction::Inbound
-});
+proto!(
+    S2sConnection,
+    Event,
+    |c: &S2sConnection| c.direction(),
+    |c: &mut S2sConnection, chain, now, at| c.handle_tls_established(chain, now, at)
+);
+proto!(
+    C2sConnection,
+    c2s::Event,
+    |_: &C2sConnection| Direction::Inbound,
+    // Client certificates are not checked (no SASL EXTERNAL for clients): no time needed.
+    |c: &mut C2sConnection, chain, now, _at| c.handle_tls_established(chain, now)
+);
 
 /// Smallest read buffer. The buffer is owned by the in-flight read for the whole life of
 /// the connection, so it is part of every idle stream's memory: it starts small and
@@ -336,7 +354,8 @@ impl<P: Proto> ConnState<P> {
             if self.tls_handshaking && !tls.is_handshaking() {
                 self.tls_handshaking = false;
                 let chain = tls.peer_chain();
-                self.proto.handle_tls_established(chain, now);
+                self.proto
+                    .handle_tls_established(chain, now, rustls::pki_types::UnixTime::now());
             }
             if !self.plain.is_empty() {
                 self.proto.handle_input(&self.plain, now);

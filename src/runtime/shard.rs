@@ -1476,12 +1476,13 @@ impl Shard {
             let hs = tokio::time::timeout(header_timeout, handshake(&stream, &mut server)).await;
             match hs {
                 Ok(Ok(())) => {
-                    chain = Some(
+                    chain = Some((
                         server
                             .peer_certificates()
                             .map(|c| c.to_vec())
                             .unwrap_or_default(),
-                    );
+                        rustls::pki_types::UnixTime::now(),
+                    ));
                     tls = Some(Tls::Server(server));
                 }
                 _ => {

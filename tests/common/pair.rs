@@ -23,8 +23,13 @@ pub struct TestVerifier {
 }
 
 impl PeerCertVerifier for TestVerifier {
-    fn verify(&self, chain: &[CertificateDer<'static>], domain: &str) -> Result<(), CertError> {
-        tls::verify_peer_certificate(chain, domain, &self.roots, UnixTime::now())
+    fn verify(
+        &self,
+        chain: &[CertificateDer<'static>],
+        domain: &str,
+        at: UnixTime,
+    ) -> Result<(), CertError> {
+        tls::verify_peer_certificate(chain, domain, &self.roots, at)
     }
 }
 
@@ -191,7 +196,8 @@ impl Side {
                     .peer_certificates()
                     .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
                     .unwrap_or_default();
-                self.conn.handle_tls_established(chain, now);
+                self.conn
+                    .handle_tls_established(chain, now, rustls::pki_types::UnixTime::now());
                 progress = true;
             }
         }
@@ -409,7 +415,8 @@ impl Wire {
 
     /// Reports a completed TLS handshake (no peer certificate); returns what was sent.
     pub fn tls_established(&mut self) -> Vec<u8> {
-        self.conn.handle_tls_established(Vec::new(), self.now);
+        self.conn
+            .handle_tls_established(Vec::new(), self.now, UnixTime::now());
         self.pump()
     }
 

@@ -262,6 +262,17 @@ key = "ours.key"
         Client::login_with(&t, Mech::ScramSha256, CUPUSER, PASSWORD, Some("desk"))
     }
 
+    /// `user` (a localpart of `cupdomain.test`, added with [`crate::server::add_user`])
+    /// logged in to fedrouter (STARTTLS, SCRAM-SHA-256), resource `resource`.
+    pub fn login_local(&self, user: &str, resource: &str) -> Client {
+        let t = Target {
+            addr: SocketAddr::new(self.slot.fedrouter.into(), 5222),
+            domain: OURS.into(),
+            cert: self.dir.path().join("our-ca.pem"),
+        };
+        Client::login_with(&t, Mech::ScramSha256, user, PASSWORD, Some(resource))
+    }
+
     /// jdoe1 logged in to Prosody (STARTTLS, SCRAM-SHA-1: Prosody 0.12 offers no
     /// SCRAM-SHA-256), resource `phone`.
     pub fn login_jdoe(&self) -> Client {

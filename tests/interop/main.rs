@@ -16,6 +16,9 @@
 //! our certificate (dialback fallback where both sides allow it; otherwise a logged,
 //! counted refusal and bounces).
 //!
+//! A stalled peer (`stall.rs`): Prosody stopped with SIGSTOP while a local user floods it;
+//! other local users are not held up, and every flood message ends delivered or bounced.
+//!
 //! Without Prosody the tests FAIL with a message naming `.ci/setup-prosody`.
 //!
 //! Each test owns a loopback slot (`lab.rs`): `127.0.232.(10k+1..=10k+3)`.
@@ -31,6 +34,7 @@ mod server;
 mod slixmpp;
 #[path = "../common/slixmpp.rs"]
 mod slixmpp_runner;
+mod stall;
 #[path = "../common/xmpp.rs"]
 mod xmpp;
 
@@ -192,4 +196,14 @@ fn prosody_rejects_our_certificate_policy_forbids_dialback() {
 #[test]
 fn slixmpp_clients_on_both_servers() {
     slixmpp::slixmpp_on_both_servers(10);
+}
+
+#[test]
+fn prosody_stalled_flood_bounced_local_users_unaffected() {
+    stall::stalled_prosody(11, "10m", false);
+}
+
+#[test]
+fn prosody_stalled_past_write_stall_timeout() {
+    stall::stalled_prosody(12, "3s", true);
 }

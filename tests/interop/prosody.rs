@@ -319,6 +319,23 @@ VirtualHost {host}
         self.child.as_ref().map(Child::id)
     }
 
+    /// Stops the process where it is with SIGSTOP (by pid): it reads nothing, answers
+    /// nothing, and its sockets keep what the kernel already holds. The returned guard
+    /// sends SIGCONT when dropped (also while a test panics), or at
+    /// [`Suspended::resume`]. Panics when Prosody is not running.
+    pub fn suspend(&self) -> Suspended {
+        let pid = self.pid().expect("prosody: not running") as libc::pid_t;
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        let rc = unsafe { libc::kill(pid, libc::SIGSTOP) };
+        assert_eq!(
+            rc,
+            0,
+            "prosody: SIGSTOP to pid {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        Suspended { pid, done: false }
+    }
+
     /// Whether the process is running.
     pub fn running(&mut self) -> bool {
         self.child
@@ -335,8 +352,13 @@ VirtualHost {host}
         if let Ok(Some(_)) = child.try_wait() {
             return true;
         }
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped. SIGCONT
+        // after SIGTERM: a process stopped by SIGSTOP ([`Prosody::suspend`]) handles
+        // its SIGTERM only once continued.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            libc::kill(child.id() as libc::pid_t, libc::SIGCONT);
+        }
         let deadline = Instant::now() + STOP_GRACE;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -497,6 +519,39 @@ end
             start += 1;
         }
         log[start..].to_owned()
+    }
+}
+
+/// A Prosody stopped by SIGSTOP ([`Prosody::suspend`]); SIGCONT on drop.
+#[must_use = "dropping the guard continues Prosody at once"]
+pub struct Suspended {
+    pid: libc::pid_t,
+    done: bool,
+}
+
+impl Suspended {
+    /// The stopped process's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// SIGCONT now (by pid).
+    pub fn resume(mut self) {
+        self.cont();
+    }
+
+    fn cont(&mut self) {
+        if !std::mem::replace(&mut self.done, true) {
+            // SAFETY: kill(2) on the pid of a child the `Prosody` spawned; it is not
+            // reaped while stopped (only `Prosody::stop`/`kill` reap it).
+            unsafe { libc::kill(self.pid, libc::SIGCONT) };
+        }
+    }
+}
+
+impl Drop for Suspended {
+    fn drop(&mut self) {
+        self.cont();
     }
 }
 

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, UnixTime};
 use sha2::Sha256;
 
 use super::policy::{FederationPolicy, PeerPolicy, TlsPolicy};
@@ -58,12 +58,19 @@ fn legacy_acceptable(p: &PeerPolicy, tls: bool) -> bool {
     p.allow && p.allows_dialback() && (tls || p.tls != TlsPolicy::Required)
 }
 
-/// Checks a peer's certificate chain (end entity first) against a domain. Implemented by
-/// the runtime over `fedrouter::tls::verify_peer_certificate` with the wall clock and the
-/// trust roots; tests give a fixed time.
+/// Checks a peer's certificate chain (end entity first) against a domain at a given time.
+/// Implemented by the runtime over `fedrouter::tls::verify_peer_certificate` with its trust
+/// roots. The time is the one the runtime gave [`S2sConnection::handle_tls_established`]
+/// (when the TLS handshake completed, as rustls itself checks validity): the core reads no
+/// clock.
 pub trait PeerCertVerifier: Send + Sync + fmt::Debug {
-    /// `Ok` when `chain` is valid for `domain` (RFC 6120 §13.7.1.2, XEP-0178 §3).
-    fn verify(&self, chain: &[CertificateDer<'static>], domain: &str) -> Result<(), CertError>;
+    /// `Ok` when `chain` is valid for `domain` at `at` (RFC 6120 §13.7.1.2, XEP-0178 §3).
+    fn verify(
+        &self,
+        chain: &[CertificateDer<'static>],
+        domain: &str,
+        at: UnixTime,
+    ) -> Result<(), CertError>;
 }
 
 /// Per-step deadlines and keepalive intervals.
@@ -392,6 +399,9 @@ pub struct S2sConnection {
     restarts: u32,
     tls: bool,
     peer_chain: Vec<CertificateDer<'static>>,
+    /// When the TLS handshake completed (wall clock, from the runtime): the time the
+    /// peer's chain is checked at.
+    tls_at: Option<UnixTime>,
     /// The certificate check's verdict for a remote domain (checked once per chain).
     peer_cert_verdict: Option<(String, bool)>,
     sasl_done: bool,
@@ -457,17 +467,19 @@ impl S2sConnection {
 
     /// A new inbound stream on an accepted socket. `id_nonce` makes this connection's
     /// stream ids distinct (the runtime passes a counter or random value); `direct_tls`
-    /// when the socket is already TLS (XEP-0368 port 5270), with the client's chain.
+    /// when the socket is already TLS (XEP-0368 port 5270), with the client's chain and
+    /// the wall-clock time of the handshake (see [`Self::handle_tls_established`]).
     pub fn inbound(
         cfg: Arc<S2sConfig>,
         id_nonce: u64,
-        direct_tls: Option<Vec<CertificateDer<'static>>>,
+        direct_tls: Option<(Vec<CertificateDer<'static>>, UnixTime)>,
         now: Instant,
     ) -> Self {
         let policy = cfg.policy.default;
         let mut c = Self::new(cfg, Direction::Inbound, policy, id_nonce, now);
-        if let Some(chain) = direct_tls {
+        if let Some((chain, at)) = direct_tls {
             c.tls = true;
+            c.tls_at = Some(at);
             c.peer_chain = chain;
         }
         c.deadline = Some(now + c.cfg.timeouts.negotiation);
@@ -496,6 +508,7 @@ impl S2sConnection {
             restarts: 0,
             tls: false,
             peer_chain: Vec::new(),
+            tls_at: None,
             peer_cert_verdict: None,
             sasl_done: false,
             header_sent: false,
@@ -663,17 +676,20 @@ impl S2sConnection {
 
     /// The runtime's TLS handshake completed. `peer_chain`: the certificate chain the peer
     /// presented (inbound: its client certificate, possibly none; outbound: the server's,
-    /// already verified by the TLS client per policy). The stream restarts (RFC 6120
-    /// §5.4.3.3).
+    /// already verified by the TLS client per policy); `at`: the wall-clock time of the
+    /// handshake, at which the chain is checked against the peer's domain once the stream
+    /// header names it ([`PeerCertVerifier`]). The stream restarts (RFC 6120 §5.4.3.3).
     pub fn handle_tls_established(
         &mut self,
         peer_chain: Vec<CertificateDer<'static>>,
         now: Instant,
+        at: UnixTime,
     ) {
         if self.state != State::ExpectTls {
             return;
         }
         self.tls = true;
+        self.tls_at = Some(at);
         self.peer_chain = peer_chain;
         self.peer_cert_verdict = None;
         // RFC 6120 §5.4.3.3: knowledge obtained before TLS is discarded.
@@ -1236,7 +1252,9 @@ impl S2sConnection {
             return false;
         }
         match &self.cfg.cert_verifier {
-            Some(v) => v.verify(&self.peer_chain, &self.remote).is_ok(),
+            Some(v) => self
+                .tls_at
+                .is_some_and(|at| v.verify(&self.peer_chain, &self.remote, at).is_ok()),
             None => false,
         }
     }
