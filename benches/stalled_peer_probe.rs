@@ -53,10 +53,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fedrouter::dns::zone::{ZoneRecord, ZoneServer};
 use fedrouter::router::{bare_key, shard_of};
 use fedrouter::tls::TestCa;
 use fedrouter::xml::ns;
+use fedrouter_testkit::zone::{ZoneRecord, ZoneServer};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
@@ -692,8 +692,8 @@ verify_certificates = false
     let end = Instant::now() + Duration::from_secs(30);
     // Bounded by `end`.
     loop {
-        if let Ok((200, b)) = http_get(me.admin, "/health", Duration::from_secs(1)) {
-            if b.trim() == "ok" {
+        if let Ok((200, b)) = http_get(me.admin, "/health", Duration::from_secs(3)) {
+            if serde_json::from_str::<Value>(&b).is_ok_and(|v| v["status"] == "ok") {
                 return me;
             }
         }

@@ -99,7 +99,7 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -1485,26 +1485,37 @@ fn exists(path: &Path) -> Result<bool, ConfigError> {
     path.try_exists().map_err(|e| io_error(path, &e))
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+/// Writes `bytes` to `path` through a temporary file in the same folder
+/// ([`tempfile::NamedTempFile`], created with `mode`, synced) and a rename over `path`
+/// ([`tempfile::NamedTempFile::persist`]): readers see the old file or the new one,
+/// never a part; a failed write leaves no temporary file behind.
 fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ConfigError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let write = || -> io::Result<()> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(bytes)?;
-        file.sync_all()
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
     };
-    write().map_err(|e| io_error(&tmp, &e))?;
-    fs::rename(&tmp, path).map_err(|e| io_error(path, &e))
+    let prefix = format!(
+        ".{}.",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    );
+    let mut file = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(|e| io_error(dir, &e))?;
+    let write = |file: &mut tempfile::NamedTempFile| -> io::Result<()> {
+        // Exactly `mode`, whatever the umask.
+        file.as_file()
+            .set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.as_file().sync_all()
+    };
+    write(&mut file).map_err(|e| io_error(file.path(), &e))?;
+    file.persist(path).map_err(|e| io_error(path, &e.error))?;
+    Ok(())
 }
 
 /// The certificate's dNSNames cover `domain` (exactly, or by a `*.parent` wildcard for one
@@ -1679,6 +1690,33 @@ mod tests {
         assert_eq!(io_message(&e), "No such file or directory");
         let custom = io::Error::other("boom");
         assert_eq!(io_message(&custom), "boom");
+    }
+
+    #[test]
+    fn write_atomically_replaces_with_mode_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        fs::write(&path, b"old").unwrap();
+        write_atomically(&path, b"new", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        write_atomically(&path, b"public", 0o644).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["secret"]);
+        // A folder that does not exist: the error names it, nothing is written.
+        let missing = dir.path().join("nope").join("x");
+        let err = write_atomically(&missing, b"x", 0o600).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
     }
 
     #[test]

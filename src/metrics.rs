@@ -98,22 +98,20 @@ struct Table {
 }
 
 fn hash_key(family: &str, labels: &[(&str, &str)]) -> u64 {
-    // FNV-1a: stable, no allocation.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    // FNV-1a (the `fnv` crate, as `router::shard_of`): stable, no allocation; a 0xff
+    // byte (never in UTF-8) ends each part, so ("ab", "c") and ("a", "bc") differ.
+    use std::hash::Hasher as _;
+    let mut h = fnv::FnvHasher::default();
     let mut eat = |b: &[u8]| {
-        for &x in b {
-            h ^= u64::from(x);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0100_0000_01b3);
+        h.write(b);
+        h.write_u8(0xff);
     };
     eat(family.as_bytes());
     for (k, v) in labels {
         eat(k.as_bytes());
         eat(v.as_bytes());
     }
-    h
+    h.finish()
 }
 
 fn same(key: &Key, family: &str, labels: &[(&str, &str)]) -> bool {
@@ -436,6 +434,17 @@ fn render_labels(labels: &[(&'static str, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_hash_is_fnv1a_with_part_ends() {
+        // FNV-1a over each part followed by 0xff, computed independently.
+        assert_eq!(hash_key("up", &[]), 0x4c48_1a19_3dc3_92cd);
+        assert_eq!(
+            hash_key("stanzas_total", &[("dir", "s2s_in"), ("kind", "iq")]),
+            0x1ecd_0ffc_0d90_7f24
+        );
+        assert_ne!(hash_key("ab", &[("c", "")]), hash_key("a", &[("bc", "")]));
+    }
 
     #[test]
     fn merge_sums_and_renders() {

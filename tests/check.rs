@@ -1,5 +1,5 @@
 //! `fedrouter check` (issue 7) end to end: the binary, run with `--json` against our own
-//! DNS zone on loopback (`fedrouter::dns::zone::ZoneServer`), real `fedrouter serve`
+//! DNS zone on loopback (`fedrouter_testkit::zone::ZoneServer`), real `fedrouter serve`
 //! instances and scripted peers, for good and broken set-ups: the right verdict and fix
 //! for each step, and the exit status.
 //!

@@ -59,7 +59,7 @@ fn a_with_remote(
     net: u8,
     remote: &str,
     extra: &str,
-) -> (fedrouter::dns::zone::ZoneServer, Fedrouter) {
+) -> (fedrouter_testkit::zone::ZoneServer, Fedrouter) {
     let mut records = xmpp_server("a.test", ip(net, 2));
     records.extend(xmpp_server(remote, ip(net, 5)));
     let dns = zone(net, records);

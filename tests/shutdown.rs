@@ -26,13 +26,14 @@ use xmpp::{Client, Target};
 
 const PASSWORD: &str = "s3cret horse";
 
-/// The drain deadline of the server that is stopped: long, so that a shutdown waiting
-/// for it stands out against one that ends when its streams are closed.
-const DRAIN: Duration = Duration::from_secs(30);
+/// The drain deadline of the server that is stopped: far longer than [`HANG`], so that a
+/// shutdown that ends at all within [`HANG`] ended because its streams were closed, not
+/// at this deadline.
+const DRAIN: Duration = Duration::from_secs(600);
 
-/// How long the shutdown may take: its streams' closing handshakes on loopback, well
-/// under [`DRAIN`] (and under the harness's SIGTERM grace of 5 s).
-const SHUTDOWN_BOUND: Duration = Duration::from_secs(4);
+/// Longest wait for something that must happen (a hang catcher, not a speed
+/// requirement); far under [`DRAIN`].
+const HANG: Duration = Duration::from_secs(60);
 
 /// `server::config` with a C2S listener on `addr:5222`.
 fn c2s_config(net: u8, addr: Ipv4Addr, domains: &[&str], shards: usize, extra: &str) -> String {
@@ -55,9 +56,9 @@ fn login(fr: &Fedrouter, addr: Ipv4Addr, domain: &str, user: &str, resource: &st
 /// her session ends. A gets SIGTERM while A→B is open; the shutdown closes A's streams,
 /// then alice's session ends (she disconnects; the shutdown closes it anyway), and her
 /// unavailable presence finds no open stream to b.test. A must bounce it rather than
-/// connect to B again, and exit as soon as its streams are closed, far under its
-/// `drain_timeout`; the new stream it used to open was not closed by the drain, which
-/// then lasted the whole `drain_timeout`.
+/// connect to B again, and exit once its streams are closed, before its `drain_timeout`
+/// (which is far longer than the test waits); the new stream it used to open was not
+/// closed by the drain, which then lasted the whole `drain_timeout`.
 #[test]
 fn no_new_outbound_stream_during_shutdown() {
     const NET: u8 = 236;
@@ -103,15 +104,14 @@ fn no_new_outbound_stream_during_shutdown() {
     sa.signal(libc::SIGTERM);
     let sigterm = Instant::now();
     assert!(
-        sa.wait_log(&["shutting down"], Duration::from_secs(5))
-            .is_some(),
+        sa.wait_log(&["shutting down"], HANG).is_some(),
         "a.test did not log that it is shutting down"
     );
     alice.close();
     drop(alice);
 
-    // Bounded: SHUTDOWN_BOUND + 1 s of 20 ms turns.
-    let deadline = sigterm + SHUTDOWN_BOUND + Duration::from_secs(1);
+    // Bounded: HANG of 20 ms turns, ending when the process exits.
+    let deadline = sigterm + HANG;
     while sa.running() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -131,10 +131,9 @@ fn no_new_outbound_stream_during_shutdown() {
         "a.test connected to a remote server while shutting down: {reconnects:#?}"
     );
     assert!(
-        exited && took < SHUTDOWN_BOUND,
-        "a.test took {took:?} (still running: {}) to shut down with drain_timeout {DRAIN:?}; \
-         it should end once its streams are closed",
-        !exited
+        exited,
+        "a.test still running {took:?} after SIGTERM, with drain_timeout {DRAIN:?}; \
+         it should end once its streams are closed"
     );
     // The unavailable presence was not sent over a new stream: it was bounced.
     assert!(

@@ -28,19 +28,20 @@
 //! has been returned by the loop.
 //!
 //! The peer side is plain `std::net` on a thread, on 127.0.0.1 with an ephemeral port.
-//! Each test is bounded (a few seconds at most).
+//! Every wait is bounded by [`LIMIT`], which only catches a hang; nothing is asserted about
+//! how fast anything happens.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener};
 use std::rc::Rc;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio_uring::net::TcpStream;
 
-/// Bound on every wait in these tests.
-const LIMIT: Duration = Duration::from_secs(3);
+/// Bound on every wait in these tests (a hang catcher, not a speed requirement).
+const LIMIT: Duration = Duration::from_secs(60);
 
 /// What the peer thread is told to do.
 enum Cmd {
@@ -109,8 +110,9 @@ fn dropped_read_swallows_the_next_bytes() {
         let (stream, cmds, mut acks, peer) = connected().await;
         let stream = Rc::new(stream);
 
-        // 1. A read raced against a 50 ms timer: nothing arrives, the timer wins, the
-        //    read future is dropped while the operation is in flight.
+        // 1. A read raced against a 50 ms timer: nothing is sent, so the timer wins
+        //    however slow the machine, and the read future is dropped while the
+        //    operation is in flight.
         let raced = tokio::time::timeout(Duration::from_millis(50), stream.read(vec![0u8; 64]));
         assert!(
             raced.await.is_err(),
@@ -127,24 +129,19 @@ fn dropped_read_swallows_the_next_bytes() {
             let n = res.expect("second read");
             buf[..n].to_vec()
         });
-        // "hello" is in flight or already consumed: had the new read been given it, it
-        // would finish now. It does not: the bytes went to the dropped read's buffer.
-        // (Absence is checked over a window; there is no event to wait for.)
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(
-            !second.is_finished(),
-            "the new read completed: the dropped read did not swallow \"hello\""
-        );
-
-        // 4. The peer writes "world": that is what the new read gets. "hello" is lost.
+        // 4. The peer writes "world", the marker: TCP delivers it after "hello", so had
+        //    the new read been given "hello", that (or "helloworld") is what it returns.
+        //    It returns "world": the dropped read's buffer took "hello", which is lost.
         tell(&cmds, &mut acks, Cmd::Write(b"world")).await;
         let got = tokio::time::timeout(LIMIT, second)
             .await
             .expect("second read never completed")
             .expect("read task");
         assert_eq!(
-            got, b"world",
-            "expected the bytes after the swallowed \"hello\""
+            String::from_utf8_lossy(&got),
+            "world",
+            "expected only the bytes after the swallowed \"hello\": the dropped read did not \
+             swallow it"
         );
 
         stream.shutdown(Shutdown::Both).unwrap();
@@ -192,7 +189,6 @@ fn shutdown_ends_the_read_loop_without_losing_bytes() {
         // The peer sends more, and right after it is in our receive queue another task
         // shuts the socket down, racing the loop's pending read.
         tell(&cmds, &mut acks, Cmd::Write(b" world, before the shutdown")).await;
-        let shutdown_at = Instant::now();
         let closer = Rc::clone(&stream);
         tokio_uring::spawn(async move { closer.shutdown(Shutdown::Both) })
             .await
@@ -203,14 +199,11 @@ fn shutdown_ends_the_read_loop_without_losing_bytes() {
             .await
             .expect("pending read not ended by shutdown")
             .expect("read task");
-        let took = shutdown_at.elapsed();
+        // Ended by the shutdown: the peer has not closed its side (it waits for our
+        // next command), so nothing else could have ended the pending read.
         assert!(
             ended.is_ok(),
             "read loop ended with {ended:?}, expected Ok(0)"
-        );
-        assert!(
-            took < Duration::from_secs(1),
-            "shutdown took {took:?} to end the read"
         );
 
         let mut got = first;

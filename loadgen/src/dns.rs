@@ -7,7 +7,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use fedrouter::dns::zone::{zone_file, ZoneRecord, ZoneServer};
+use fedrouter_testkit::zone::{zone_file, ZoneRecord, ZoneServer};
 
 use crate::topology::Topology;
 

@@ -45,6 +45,43 @@ fn loadgen_log(out: &Path, args: &[&str], log: &str) -> Output {
     }
 }
 
+/// The sum of the samples of `name` whose labels include every one of `labels`, from the
+/// Prometheus text at `GET /metrics` of the admin endpoint `admin`; `None` when it does not
+/// answer 200 (shards busy) within a few seconds.
+fn metric(admin: std::net::SocketAddr, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    use std::io::{Read as _, Write as _};
+    let limit = Duration::from_secs(10);
+    let mut s = std::net::TcpStream::connect_timeout(&admin, limit).ok()?;
+    s.set_read_timeout(Some(limit)).ok()?;
+    s.set_write_timeout(Some(limit)).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.0\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if head.split_whitespace().nth(1) != Some("200") {
+        return None;
+    }
+    Some(
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter(|(series, _)| {
+                let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|(_, v)| v.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
 fn summary(out: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(out.join("summary.json")).expect("summary.json");
     serde_json::from_str(&text).expect("summary.json is JSON")
@@ -248,6 +285,8 @@ fn bad_arguments_exit_2_with_a_message() {
 
 #[test]
 fn a_sut_that_stops_mid_run_is_reported_as_loss() {
+    /// Messages the SUT handles before it is stopped: traffic is flowing.
+    const MESSAGES_BEFORE_STOP: f64 = 20.0;
     use loadgen::sut::{Embedded, EmbeddedOptions, Profile};
     fedrouter::tls::install_default_provider();
     let dns: std::net::SocketAddr = "127.0.233.56:5399".parse().expect("addr");
@@ -302,12 +341,27 @@ fn a_sut_that_stops_mid_run_is_reported_as_loss() {
             ],
         )
     });
-    // Wait until loadgen measures (its peers' streams are up: the SUT has inbound S2S).
+    // Wait until loadgen measures (its peers' streams are up: the SUT has inbound S2S) and
+    // its messages flow through the SUT (counted by the SUT's metrics), then stop the SUT
+    // mid-run. Bounded: 60 s of 50 ms turns, a hang catcher. What stays timing-dependent:
+    // the SUT must stop before the run's 6 s are over; it stops as soon as traffic flows.
+    let admin = sut.admin.expect("the embedded SUT has an admin endpoint");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !out.path().join("intervals.hlog").exists() && Instant::now() < deadline {
+    let mut messages = 0.0;
+    while Instant::now() < deadline {
+        if out.path().join("intervals.hlog").exists() {
+            messages =
+                metric(admin, "fedrouter_stanzas_total", &[("kind", "message")]).unwrap_or(0.0);
+            if messages >= MESSAGES_BEFORE_STOP {
+                break;
+            }
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        messages >= MESSAGES_BEFORE_STOP,
+        "loadgen's messages did not flow through the SUT within 60 s ({messages} counted)"
+    );
     sut.stop();
     let o = run.join().expect("loadgen thread");
     let all = text(&o);

@@ -28,7 +28,8 @@
 //! - [`dialback`]: XEP-0220 Server Dialback keys (XEP-0185) and verification state.
 //! - [`scram`]: SASL SCRAM (RFC 5802, RFC 7677) and PLAIN credentials.
 //! - [`srv`]: RFC 2782 ordering of DNS SRV answers for S2S connection attempts.
-//! - [`presence`]: RFC 6121 subscription state machine and roster semantics.
+//! - [`presence`]: RFC 6121 subscription state machine, roster semantics and the §8.5
+//!   delivery rules for local users ([`presence::delivery`]).
 //! - [`service`]: what the server answers itself (disco, ping, version).
 
 #![warn(missing_docs)]

@@ -26,7 +26,11 @@
 //! The transitions are exactly the tables of RFC 6121 Appendix A.2 (outbound) and A.3
 //! (inbound), extended with subscription pre-approval (§3.4). Roster items (§2.1) are
 //! serialised by [`RosterItem::write_xml`]; a client's roster set (§2.3) is validated by
-//! [`parse_roster_set`] and a removal (§2.5) is planned by [`remove`].
+//! [`parse_roster_set`] and a removal (§2.5) is planned by [`remove`]; [`roster_set::plan`]
+//! turns a whole roster set into what to store, answer, push and send (§2.3–§2.5).
+//!
+//! Where a stanza for a local user goes (§8.5: by resource, availability and priority) is
+//! decided by [`delivery::decide`], which also reads a presence's priority (§4.7.2.3).
 
 use std::fmt;
 
@@ -34,6 +38,9 @@ use crate::condition::StanzaCondition;
 use crate::jid::BareJid;
 use crate::xml::tree::Node;
 use crate::xml::{escape_attr_into, escape_text_into};
+
+pub mod delivery;
+pub mod roster_set;
 
 /// `jabber:iq:roster`, the roster namespace (RFC 6121 §2.1).
 pub const ROSTER_NS: &str = "jabber:iq:roster";

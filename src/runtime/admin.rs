@@ -1,12 +1,20 @@
 //! The admin HTTP endpoint (config `listen.admin`, default 127.0.0.1:9269), on its own
-//! thread so it never runs on a shard.
+//! threads so it never runs on a shard: [`WORKERS`] threads take requests from
+//! tiny_http's queue, where requests beyond them wait. None of them waits longer than
+//! [`SHARD_WAIT`]: a `/ping` sent to a shard is handed to one more thread, the ping
+//! waiter, which answers each when its pong comes or its 60 s pass, so slow pings never
+//! hold up `/health`.
 //!
-//! - `GET /health`: `ok`.
+//! - `GET /health`: every shard is asked to answer ([`super::health`]); 200 with
+//!   `{"status":"ok","shards":[{"id","alive","state","since_last_turn_ms"}]}` when all
+//!   answer within 2 s, else 503 with `"status":"unhealthy"` and, per shard, `"state"`
+//!   `not answering` (with the time since its loop last turned), `stopped` or `panicked`.
 //! - `GET /ping?to=DOMAIN[&from=LOCAL]`: sends an XEP-0199 server-to-server ping from
 //!   our domain `LOCAL` (default: the first local domain) to `DOMAIN` through the
 //!   router (DNS, connection, authentication and all) and answers with JSON:
 //!   `{"result":"pong","rtt_ms":1.2}`, `{"result":"error","condition":"remote-server-not-found","rtt_ms":…}`
-//!   or, after 60 s, `{"result":"timeout"}` (status 504).
+//!   or, after 60 s, `{"result":"timeout"}` (status 504). At most [`MAX_PINGS`] wait at
+//!   once; more get 503 `busy`.
 //! - `GET /status`: the remote domains every shard knows of, as a JSON array of
 //!   `{"domain", "shard", "streams": [{"direction", "state", "tls", "authenticated":
 //!   [{"local", "remote", "method"}], "age_s"}], "queue", "failures", "last_error",
@@ -16,15 +24,20 @@
 //! - `GET /metrics/hgrm?name=routing_latency`: one latency histogram as HdrHistogram
 //!   percentile distribution text ([`crate::metrics::Metrics::hgrm`]); names are
 //!   [`crate::metrics::Latency::name`].
+//!
+//! Query strings are `application/x-www-form-urlencoded` (percent-decoded, `+` is a
+//! space), read with `form_urlencoded`.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use super::health::{self, Health};
 use super::{Control, PingOutcome, Shared};
 use crate::metrics::{Latency, Metrics};
 use crate::router::{bare_key, domain_key, shard_of};
@@ -32,10 +45,33 @@ use crate::router::{bare_key, domain_key, shard_of};
 /// How long `/ping` waits for an answer.
 const PING_WAIT: Duration = Duration::from_secs(60);
 
+/// How long `/health`, `/status` and `/metrics` wait for the shards.
+const SHARD_WAIT: Duration = Duration::from_secs(2);
+
+/// Threads answering requests.
+pub(crate) const WORKERS: usize = 4;
+
+/// `/ping`s waiting for their answer at once, at most.
+pub(crate) const MAX_PINGS: usize = 256;
+
+/// How often idle admin threads look at the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// What every worker shares.
+struct Ctx {
+    shared: Arc<Shared>,
+    controls: Vec<(crossbeam_channel::Sender<Control>, Arc<Notify>)>,
+    health: Arc<Health>,
+    /// `/ping`s waiting now (taken by [`PingSlot::take`]).
+    pings: Arc<AtomicUsize>,
+    /// To the ping waiter thread.
+    waiter: crossbeam_channel::Sender<WaitingPing>,
+}
+
 pub(crate) struct Admin {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Admin {
@@ -43,36 +79,63 @@ impl Admin {
         addr: SocketAddr,
         shared: Arc<Shared>,
         controls: Vec<(crossbeam_channel::Sender<Control>, Arc<Notify>)>,
+        health: Arc<Health>,
     ) -> std::io::Result<Admin> {
-        let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
+        let server = Arc::new(tiny_http::Server::http(addr).map_err(std::io::Error::other)?);
         let addr = server
             .server_addr()
             .to_ip()
             .ok_or_else(|| std::io::Error::other("admin endpoint is not an IP socket"))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("admin".into())
-            .spawn(move || {
-                // Bounded in time per turn; ends when `stop` is set.
-                while !stop2.load(Ordering::Relaxed) {
-                    let req = match server.recv_timeout(Duration::from_millis(100)) {
-                        Ok(Some(r)) => r,
-                        Ok(None) => continue,
-                        Err(_) => break,
-                    };
-                    let shared = Arc::clone(&shared);
-                    let controls = controls.clone();
-                    // A ping may take a while: answer each request on its own thread.
-                    let _ = std::thread::Builder::new()
-                        .name("admin-req".into())
-                        .spawn(move || handle(req, &shared, &controls));
+        // Never full: at most MAX_PINGS slots exist.
+        let (waiter, waiting) = crossbeam_channel::bounded(MAX_PINGS);
+        let ctx = Arc::new(Ctx {
+            shared,
+            controls,
+            health,
+            pings: Arc::new(AtomicUsize::new(0)),
+            waiter,
+        });
+        let mut threads = Vec::with_capacity(WORKERS + 1);
+        let stopped = Arc::clone(&stop);
+        let spawned = std::thread::Builder::new()
+            .name("admin-pings".into())
+            .spawn(move || wait_pings(&waiting, &stopped));
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => return Err(e),
+        }
+        for i in 0..WORKERS {
+            let (server, stopped, ctx) = (Arc::clone(&server), Arc::clone(&stop), Arc::clone(&ctx));
+            let spawned = std::thread::Builder::new()
+                .name(format!("admin-{i}"))
+                .spawn(move || {
+                    // Bounded in time per turn; ends when `stop` is set.
+                    while !stopped.load(Ordering::Relaxed) {
+                        match server.recv_timeout(STOP_CHECK) {
+                            Ok(Some(req)) => handle(req, &ctx),
+                            Ok(None) => {}
+                            Err(_) => break,
+                        }
+                    }
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    Admin {
+                        addr,
+                        stop,
+                        threads,
+                    }
+                    .stop();
+                    return Err(e);
                 }
-            })?;
+            }
+        }
         Ok(Admin {
             addr,
             stop,
-            thread: Some(thread),
+            threads,
         })
     }
 
@@ -80,20 +143,129 @@ impl Admin {
         self.addr
     }
 
-    pub(crate) fn stop(mut self) {
+    pub(crate) fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads {
             let _ = t.join();
         }
     }
 }
 
-fn query_param<'a>(url: &'a str, key: &str) -> Option<&'a str> {
+/// The first value of `key` in the URL's query string, percent-decoded.
+fn query_param<'a>(url: &'a str, key: &str) -> Option<Cow<'a, str>> {
     let q = url.split_once('?')?.1;
-    q.split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
+    form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == key)
         .map(|(_, v)| v)
+}
+
+/// One of the [`MAX_PINGS`] `/ping` slots, held until dropped.
+struct PingSlot(Arc<AtomicUsize>);
+
+impl PingSlot {
+    fn take(pings: &Arc<AtomicUsize>) -> Option<PingSlot> {
+        pings
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_PINGS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| PingSlot(Arc::clone(pings)))
+    }
+}
+
+impl Drop for PingSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A `/ping` sent to its shard, waiting for the answer in the ping waiter.
+struct WaitingPing {
+    req: tiny_http::Request,
+    answer: crossbeam_channel::Receiver<PingOutcome>,
+    from: String,
+    to: String,
+    deadline: Instant,
+    _slot: PingSlot,
+}
+
+impl WaitingPing {
+    /// Answers the request: the outcome, or 504 `timeout` for `None`.
+    fn respond(self, outcome: Option<PingOutcome>) {
+        let (from, to) = (&self.from, &self.to);
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let r = match outcome {
+            Some(PingOutcome::Pong { rtt }) => json(
+                200,
+                serde_json::json!({"result": "pong", "from": from, "to": to, "rtt_ms": ms(rtt)}),
+            ),
+            Some(PingOutcome::Error { condition, rtt }) => json(
+                200,
+                serde_json::json!({"result": "error", "from": from, "to": to, "condition": condition, "rtt_ms": ms(rtt)}),
+            ),
+            None => json(
+                504,
+                serde_json::json!({"result": "timeout", "from": from, "to": to}),
+            ),
+        };
+        let _ = self.req.respond(r);
+    }
+}
+
+/// The ping waiter: answers each waiting `/ping` when its shard answers (or drops the
+/// ping) or its deadline passes. Ends when `stop` is set, answering what still waits
+/// with 503.
+fn wait_pings(intake: &crossbeam_channel::Receiver<WaitingPing>, stop: &AtomicBool) {
+    let mut waiting: Vec<WaitingPing> = Vec::new();
+    // Bounded: each turn waits at most STOP_CHECK; ends when `stop` is set.
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let (due, pending): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|w| w.deadline <= now);
+        waiting = pending;
+        for w in due {
+            w.respond(None);
+        }
+        let wake_at = waiting
+            .iter()
+            .map(|w| w.deadline)
+            .fold(now + STOP_CHECK, Instant::min);
+        let mut select = crossbeam_channel::Select::new();
+        select.recv(intake);
+        for w in &waiting {
+            select.recv(&w.answer);
+        }
+        match select.ready_deadline(wake_at) {
+            Ok(0) => match intake.try_recv() {
+                Ok(w) => waiting.push(w),
+                Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+                Err(crossbeam_channel::TryRecvError::Empty) => {}
+            },
+            Ok(i) => match waiting[i - 1].answer.try_recv() {
+                Ok(outcome) => waiting.swap_remove(i - 1).respond(Some(outcome)),
+                // The shard dropped the ping (it is shutting down): as a timeout.
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    waiting.swap_remove(i - 1).respond(None)
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) => {}
+            },
+            Err(_) => {}
+        }
+    }
+    for w in waiting {
+        let _ = w
+            .req
+            .respond(json(503, serde_json::json!({"error": "shutting down"})));
+    }
+}
+
+fn json(code: u16, v: serde_json::Value) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    tiny_http::Response::from_string(v.to_string())
+        .with_status_code(code)
+        .with_header(
+            "Content-Type: application/json"
+                .parse::<tiny_http::Header>()
+                .expect("static header"),
+        )
 }
 
 /// Asks every shard for a copy of its metrics and merges them; `None` when a shard does
@@ -106,7 +278,7 @@ fn collect_metrics(
         ctl.try_send(Control::Metrics(tx.clone())).ok()?;
         wake.notify_one();
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + SHARD_WAIT;
     let mut merged = Metrics::new();
     for _ in 0..controls.len() {
         let m = rx.recv_deadline(deadline).ok()?;
@@ -115,24 +287,15 @@ fn collect_metrics(
     Some(merged)
 }
 
-fn handle(
-    req: tiny_http::Request,
-    shared: &Shared,
-    controls: &[(crossbeam_channel::Sender<Control>, Arc<Notify>)],
-) {
+fn handle(req: tiny_http::Request, ctx: &Ctx) {
+    let (shared, controls) = (&*ctx.shared, &ctx.controls[..]);
     let url = req.url().to_owned();
     let path = url.split('?').next().unwrap_or("");
-    let json = |code: u16, v: serde_json::Value| {
-        tiny_http::Response::from_string(v.to_string())
-            .with_status_code(code)
-            .with_header(
-                "Content-Type: application/json"
-                    .parse::<tiny_http::Header>()
-                    .expect("static header"),
-            )
-    };
     let resp = match path {
-        "/health" => tiny_http::Response::from_string("ok\n").with_status_code(200),
+        "/health" => {
+            let (code, body) = health::report(&health::probe(controls, &ctx.health, SHARD_WAIT));
+            json(code, body)
+        }
         "/ping" => {
             let Some(to) = query_param(&url, "to").filter(|t| !t.is_empty()) else {
                 let _ = req.respond(json(
@@ -141,9 +304,9 @@ fn handle(
                 ));
                 return;
             };
-            let to = domain_key(to).into_owned();
+            let to = domain_key(&to).into_owned();
             let from = query_param(&url, "from")
-                .map(|f| domain_key(f).into_owned())
+                .map(|f| domain_key(&f).into_owned())
                 .unwrap_or_else(|| shared.config.domains[0].clone());
             if !shared.s2s.hosts(&from) {
                 let _ = req.respond(json(
@@ -152,6 +315,13 @@ fn handle(
                 ));
                 return;
             }
+            let Some(slot) = PingSlot::take(&ctx.pings) else {
+                let _ = req.respond(json(
+                    503,
+                    serde_json::json!({"error": format!("busy: {MAX_PINGS} pings waiting")}),
+                ));
+                return;
+            };
             let (tx, rx) = crossbeam_channel::bounded(1);
             let (ctl, wake) = &controls[shard_of(&bare_key(&from), shared.shards)];
             if ctl
@@ -166,22 +336,20 @@ fn handle(
                 return;
             }
             wake.notify_one();
-            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-            let r = match rx.recv_timeout(PING_WAIT) {
-                Ok(PingOutcome::Pong { rtt }) => json(
-                    200,
-                    serde_json::json!({"result": "pong", "from": from, "to": to, "rtt_ms": ms(rtt)}),
-                ),
-                Ok(PingOutcome::Error { condition, rtt }) => json(
-                    200,
-                    serde_json::json!({"result": "error", "from": from, "to": to, "condition": condition, "rtt_ms": ms(rtt)}),
-                ),
-                Err(_) => json(
-                    504,
-                    serde_json::json!({"result": "timeout", "from": from, "to": to}),
-                ),
+            let waiting = WaitingPing {
+                req,
+                answer: rx,
+                from,
+                to,
+                deadline: Instant::now() + PING_WAIT,
+                _slot: slot,
             };
-            let _ = req.respond(r);
+            // The waiter is gone only while the endpoint stops.
+            if let Err(crossbeam_channel::SendError(w)) = ctx.waiter.send(waiting) {
+                let _ = w
+                    .req
+                    .respond(json(503, serde_json::json!({"error": "shutting down"})));
+            }
             return;
         }
         "/status" => {
@@ -193,7 +361,7 @@ fn handle(
                 }
                 wake.notify_one();
             }
-            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            let deadline = Instant::now() + SHARD_WAIT;
             let mut all: Vec<serde_json::Value> = Vec::new();
             for _ in 0..controls.len() {
                 match rx.recv_deadline(deadline) {
@@ -215,7 +383,7 @@ fn handle(
             let text = if path == "/metrics" {
                 m.render()
             } else {
-                match query_param(&url, "name").and_then(Latency::from_name) {
+                match query_param(&url, "name").and_then(|n| Latency::from_name(&n)) {
                     Some(l) => m.hgrm(l),
                     None => {
                         let names: Vec<&str> = Latency::ALL.iter().map(|l| l.name()).collect();
@@ -261,11 +429,12 @@ pub fn status_via_admin(admin: SocketAddr) -> Result<String, String> {
 ///
 /// Errors: the HTTP client's error as text (server not running, wrong address).
 pub fn ping_via_admin(admin: SocketAddr, to: &str, from: Option<&str>) -> Result<String, String> {
-    let mut url = format!("http://{admin}/ping?to={to}");
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("to", to);
     if let Some(f) = from {
-        url.push_str("&from=");
-        url.push_str(f);
+        query.append_pair("from", f);
     }
+    let url = format!("http://{admin}/ping?{}", query.finish());
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(PING_WAIT + Duration::from_secs(5)))
         .http_status_as_error(false)
@@ -273,4 +442,42 @@ pub fn ping_via_admin(admin: SocketAddr, to: &str, from: Option<&str>) -> Result
         .into();
     let mut resp = agent.get(&url).call().map_err(|e| e.to_string())?;
     resp.body_mut().read_to_string().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let url = "/ping?to=b%2Etest&from=caf%C3%A9.test&x=a+b&to=second";
+        assert_eq!(query_param(url, "to").as_deref(), Some("b.test"));
+        assert_eq!(query_param(url, "from").as_deref(), Some("café.test"));
+        assert_eq!(query_param(url, "x").as_deref(), Some("a b"));
+        assert_eq!(query_param(url, "y"), None);
+        assert_eq!(query_param("/ping", "to"), None);
+        assert_eq!(query_param("/ping?to", "to").as_deref(), Some(""));
+    }
+
+    #[test]
+    fn the_ping_url_is_encoded() {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("to", "b&c.test");
+        q.append_pair("from", "café.test");
+        let url = format!("/ping?{}", q.finish());
+        assert_eq!(query_param(&url, "to").as_deref(), Some("b&c.test"));
+        assert_eq!(query_param(&url, "from").as_deref(), Some("café.test"));
+    }
+
+    #[test]
+    fn pings_are_bounded() {
+        let pings = Arc::new(AtomicUsize::new(0));
+        let slots: Vec<_> = (0..MAX_PINGS)
+            .map(|_| PingSlot::take(&pings).expect("a free slot"))
+            .collect();
+        assert!(PingSlot::take(&pings).is_none());
+        drop(slots);
+        assert_eq!(pings.load(Ordering::Relaxed), 0);
+        assert!(PingSlot::take(&pings).is_some());
+    }
 }

@@ -36,13 +36,15 @@ use super::shard::{count_stanza, After, Driven, Queued, Shard, ShardMsg};
 use crate::condition::{StanzaCondition, StreamCondition};
 use crate::jid::{domain_of, BareJid, Jid};
 use crate::metrics::Latency;
+use crate::presence::delivery::{self, Delivery, SessionView};
+use crate::presence::roster_set::{self, Held, HeldContact, Plan};
 use crate::presence::{
-    self, parse_roster_set, write_removed_item, Action, RosterItem, RosterSet, SubState, SubType,
-    Subscription, Transition, ROSTER_NS,
+    self, write_removed_item, Action, RosterItem, RosterLimits, SubState, SubType, Subscription,
+    Transition, ROSTER_NS,
 };
 use crate::router::fanout::{plan, write_to_attr, SharedStanza};
 use crate::router::{bare_key, domain_key, shard_of};
-use crate::service::{answer_server, answer_unavailable_user, Answer, NS_PING};
+use crate::service::{answer_server, Answer, NS_PING};
 use crate::stanza::{is_error, write_error_reply, StanzaKind};
 use crate::store::{Change, Op, Outcome, Reply, StoreError, StoredItem};
 use crate::stream::c2s::{BindError, C2sConnection, Event, Mechanism};
@@ -153,6 +155,17 @@ impl Roster {
         self.items.values().filter(|i| i.in_roster).count()
     }
 
+    /// What a roster set for `contact` needs to know ([`roster_set::plan`]).
+    fn held(&self, contact: &str) -> Held {
+        Held {
+            contact: self.items.get(contact).map(|i| HeldContact {
+                in_roster: i.in_roster,
+                state: i.sub_state(),
+            }),
+            items: self.in_roster(),
+        }
+    }
+
     /// Contacts whose subscription satisfies `f`.
     fn contacts(&self, f: impl Fn(Subscription) -> bool) -> Vec<String> {
         self.items
@@ -170,13 +183,27 @@ struct Session {
     resource: String,
     /// Sent initial presence and not unavailable since (RFC 6121 §4.2).
     available: bool,
-    priority: i32,
+    /// Of the last available presence (RFC 6121 §4.7.2.3).
+    priority: i8,
     /// The last broadcast presence, without `to`.
     presence: Option<SharedStanza>,
     /// Requested the roster (RFC 6121 §2.2): gets roster pushes.
     interested: bool,
     /// Entities sent directed presence (RFC 6121 §4.6), told when the session goes away.
     directed: BTreeSet<String>,
+}
+
+impl Session {
+    /// The session as the RFC 6121 §8.5 rules see it ([`delivery::decide`]): `cap` is
+    /// `c2s.send_queue_bytes`, the backlog past which it takes nothing more.
+    fn view(&self, cap: usize) -> SessionView<'_> {
+        SessionView {
+            resource: &self.resource,
+            available: self.available,
+            priority: self.priority,
+            writable: self.conn.backlog() < cap,
+        }
+    }
 }
 
 /// A stanza waiting for its user's roster or earlier stanzas.
@@ -201,7 +228,7 @@ impl Deferred {
                 },
                 Some(StanzaKind::Iq) => {
                     el.to().is_none_or(|t| bare_key(t) == bare)
-                        && memchr_find(el.inner(), ROSTER_NS.as_bytes()).is_some()
+                        && memchr::memmem::find(el.inner(), ROSTER_NS.as_bytes()).is_some()
                 }
                 _ => false,
             },
@@ -312,25 +339,6 @@ fn new_row(contact: &str) -> StoredItem {
         pre_approved: false,
         in_roster: false,
     }
-}
-
-/// The `<priority/>` of an available presence (RFC 6121 §4.7.2.3), 0 when absent.
-fn priority_of(el: &Element) -> i32 {
-    let inner = el.inner();
-    let Some(start) = memchr_find(inner, b"<priority>") else {
-        return 0;
-    };
-    let rest = &inner[start + 10..];
-    let end = memchr_find(rest, b"<").unwrap_or(rest.len());
-    std::str::from_utf8(&rest[..end])
-        .ok()
-        .and_then(|t| t.trim().parse::<i32>().ok())
-        .map(|p| p.clamp(-128, 127))
-        .unwrap_or(0)
-}
-
-fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The payload element of an `iq`, parsed.
@@ -1035,107 +1043,90 @@ impl Shard {
         send_to(conn, &[&out]);
     }
 
-    /// RFC 6121 §2.3–§2.5: add, update or remove an item.
+    /// RFC 6121 §2.3–§2.5: add, update or remove an item, as [`roster_set::plan`] plans
+    /// it. The cache takes the change at once (later stanzas see it); the answer, the
+    /// pushes and the subscription stanzas follow once the store made it durable.
     fn roster_set(&self, conn: &Rc<Conn<C2sConnection>>, bare: &str, el: Element, query: &Node) {
-        let set = match parse_roster_set(query, &Default::default()) {
-            Ok(s) => s,
-            Err(e) => {
-                return self.reply_to_client(conn, &el, e.condition(), &e.to_string());
-            }
-        };
         let max = self.shared().config.c2s.max_roster_items;
-        enum Plan {
-            Update(StoredItem),
-            Remove(SubState),
-            Full,
-            Nothing,
-        }
-        let plan = self
-            .with_roster(bare, |r| match &set {
-                RosterSet::Update { jid, name, groups } => {
-                    let existing = r.items.get(jid).cloned();
-                    let is_new = existing.as_ref().is_none_or(|i| !i.in_roster);
-                    if is_new && r.in_roster() >= max {
-                        return Plan::Full;
-                    }
-                    let mut item = existing.unwrap_or_else(|| new_row(jid));
-                    item.name = name.clone();
-                    item.groups = groups.clone();
-                    item.in_roster = true;
-                    r.items.insert(jid.clone(), item.clone());
-                    Plan::Update(item)
+        let (plan, row) = {
+            let mut users = self.local.users.borrow_mut();
+            let roster = match users.get_mut(bare).map(|u| &mut u.roster) {
+                Some(RosterState::Loaded(r)) => Some(r),
+                _ => None,
+            };
+            let plan = roster_set::plan(query, &RosterLimits::default(), max, |jid| {
+                roster.as_deref().map(|r| r.held(jid))
+            });
+            let row = match (&plan, roster) {
+                (Plan::Store { item, .. }, Some(r)) => {
+                    // The contact's record keeps what else it holds (a pending request).
+                    let mut row = r
+                        .items
+                        .get(&item.jid)
+                        .cloned()
+                        .unwrap_or_else(|| new_row(&item.jid));
+                    row.name = item.name.clone();
+                    row.groups = item.groups.clone();
+                    row.in_roster = true;
+                    r.items.insert(item.jid.clone(), row.clone());
+                    Some(row)
                 }
-                RosterSet::Remove { jid } => match r.items.remove(jid) {
-                    Some(i) if i.in_roster || !i.sub_state().is_none() => {
-                        Plan::Remove(i.sub_state())
-                    }
-                    Some(_) | None => Plan::Nothing,
-                },
-            })
-            .unwrap_or(Plan::Nothing);
-        let contact = set.jid().to_owned();
+                (Plan::Remove { jid, .. }, Some(r)) => {
+                    r.items.remove(jid);
+                    None
+                }
+                _ => None,
+            };
+            (plan, row)
+        };
+        let user = bare.to_owned();
+        let conn = Rc::clone(conn);
+        let failed = |shard: &Shard, conn: &Conn<C2sConnection>, el: &Element| {
+            shard.reply_to_client(
+                conn,
+                el,
+                StanzaCondition::InternalServerError,
+                "the roster could not be stored",
+            )
+        };
         match plan {
-            Plan::Full => self.reply_to_client(
-                conn,
-                &el,
-                StanzaCondition::PolicyViolation,
-                &format!("the roster is limited to {max} items"),
-            ),
-            Plan::Nothing => self.reply_to_client(
-                conn,
-                &el,
-                StanzaCondition::ItemNotFound,
-                "no such roster item",
-            ),
-            Plan::Update(item) => {
+            Plan::Refuse(e) => self.reply_to_client(&conn, &el, e.condition(), &e.to_string()),
+            Plan::Store { item, .. } => {
+                let Some(row) = row else { return }; // a plan to store comes with a roster
                 let change = Change::UpsertItem {
                     user: bare.to_owned(),
-                    item: item.clone(),
+                    item: row,
                 };
-                let user = bare.to_owned();
-                let conn = Rc::clone(conn);
                 self.store_change(bare, change, move |shard, ver| match ver {
                     Some(ver) => {
                         shard.iq_result(&conn, &el);
-                        shard.push_roster(&user, ver, Some(&roster_item(&item)), &contact);
+                        shard.push_roster(&user, ver, Some(&item), &item.jid);
                     }
-                    None => shard.reply_to_client(
-                        &conn,
-                        &el,
-                        StanzaCondition::InternalServerError,
-                        "the roster could not be stored",
-                    ),
+                    None => failed(shard, &conn, &el),
                 });
             }
-            Plan::Remove(state) => {
-                // §2.5.2: cancel both subscriptions; `remove` plans the stanzas.
-                let t = presence::remove(state);
+            Plan::Remove { jid, transition } => {
                 let change = Change::RemoveItem {
                     user: bare.to_owned(),
-                    contact: contact.clone(),
+                    contact: jid.clone(),
                 };
-                let user = bare.to_owned();
-                let conn = Rc::clone(conn);
                 self.store_change(bare, change, move |shard, ver| {
                     let Some(ver) = ver else {
-                        return shard.reply_to_client(
-                            &conn,
-                            &el,
-                            StanzaCondition::InternalServerError,
-                            "the roster could not be stored",
-                        );
+                        return failed(shard, &conn, &el);
                     };
-                    for a in t.actions.iter() {
+                    for a in transition.actions.iter() {
                         match a {
-                            Action::SendUnavailable => shard.send_unavailable(&user, &contact),
+                            Action::SendUnavailable => shard.send_unavailable(&user, &jid),
                             Action::AutoReply(t) => {
-                                shard.route_generated(&presence(&user, &contact, Some(t.as_str())))
+                                shard.route_generated(&presence(&user, &jid, Some(t.as_str())))
+                            }
+                            Action::RosterPush => {
+                                shard.iq_result(&conn, &el);
+                                shard.push_roster(&user, ver, None, &jid);
                             }
                             _ => {}
                         }
                     }
-                    shard.iq_result(&conn, &el);
-                    shard.push_roster(&user, ver, None, &contact);
                 });
             }
         }
@@ -1284,9 +1275,9 @@ impl Shard {
             .get(bare)
             .is_some_and(|u| matches!(u.roster, RosterState::Loaded(_)));
         if !exists {
-            // No such user (§3.1.3: the request is refused).
-            if t == SubType::Subscribe {
-                self.route_generated(&presence(bare, &contact, Some("unsubscribed")));
+            // No such user (§8.5.1, §3.1.3: a request is refused).
+            if let Some(answer) = delivery::to_unknown_user(t) {
+                self.route_generated(&presence(bare, &contact, Some(answer.as_str())));
             }
             return;
         }
@@ -1428,7 +1419,7 @@ impl Shard {
             } else {
                 initial = !s.available;
                 s.available = true;
-                s.priority = priority_of(&el);
+                s.priority = delivery::priority(&el);
                 s.presence = Some(shared.clone());
             }
             if initial {
@@ -1611,24 +1602,6 @@ impl Shard {
         targets.len()
     }
 
-    /// [`Shard::deliver_to_sessions`] for a message or IQ: each copy is tracked until its
-    /// socket accepts it, so that a session closed by `c2s.write_stall_timeout` hands
-    /// back what it never sent ([`Shard::c2s_write_stalled`]).
-    fn deliver_el_to_sessions(
-        &self,
-        bare: &str,
-        el: &Element,
-        filter: impl Fn(&Session) -> bool,
-    ) -> usize {
-        let targets = self.writable_sessions(bare, filter);
-        for c in &targets {
-            if send_to(c, &[el.bytes()]) {
-                c.st.borrow_mut().track(Queued::Whole(el.clone(), None));
-            }
-        }
-        targets.len()
-    }
-
     /// The sessions of `bare` that `filter` selects and whose stream has room.
     fn writable_sessions(
         &self,
@@ -1658,6 +1631,7 @@ impl Shard {
     /// other available resources already received is not delivered twice.
     pub(super) fn c2s_write_stalled(&self, conn: &Rc<Conn<C2sConnection>>) {
         let timeout = self.shared().config.c2s.write_stall_timeout;
+        let cap = self.shared().config.c2s.send_queue_bytes;
         let (jid, pending, unsent) = {
             let mut st = conn.st.borrow_mut();
             let pending = st.wire.len() + st.proto.pending_transmit();
@@ -1677,18 +1651,19 @@ impl Shard {
         for q in unsent {
             let Queued::Whole(el, _) = q else { continue };
             let Some(to) = el.to() else { continue };
-            let bare = bare_key(to).into_owned();
-            let to_bare = !to.contains('/');
-            let others = self
-                .local
-                .users
-                .borrow()
-                .get(&bare)
-                .is_some_and(|u| u.sessions.iter().any(|s| s.available && s.priority >= 0));
-            if to_bare && others && el.name() == "message" {
-                continue;
+            let bare = bare_key(to);
+            let resource = to.find('/').map(|i| &to[i + 1..]);
+            let again = StanzaKind::of(&el).is_none_or(|kind| {
+                let users = self.local.users.borrow();
+                let sessions = users
+                    .get(bare.as_ref())
+                    .map_or(&[][..], |u| &u.sessions[..]);
+                let views: Vec<SessionView> = sessions.iter().map(|s| s.view(cap)).collect();
+                delivery::redeliver_after_stall(kind, resource, &views)
+            });
+            if again {
+                self.deliver_to_user(el);
             }
-            self.deliver_to_user(el);
         }
     }
 
@@ -1705,93 +1680,57 @@ impl Shard {
         }
     }
 
+    /// Carries out what the RFC 6121 §8.5 rules ([`delivery::decide`]) say to do with a
+    /// stanza for a local user, given the user's sessions now.
     fn deliver_to_user_inner(&self, el: Element) {
         let Some(kind) = StanzaKind::of(&el) else {
             return;
         };
         let Some(to) = el.to() else { return };
         let bare = bare_key(to).into_owned();
-        let resource = to.find('/').map(|i| to[i + 1..].to_owned());
-        match kind {
-            StanzaKind::Presence => {
-                let t = el.type_();
-                if let Some(st) = t.and_then(SubType::from_type) {
-                    return self.inbound_subscription(&bare, st, el);
-                }
-                if t == Some("probe") {
-                    return self.answer_probe(&bare, &el);
-                }
-                // Available, unavailable, error: to the resource, or every available one.
-                match resource {
-                    Some(r) => {
-                        self.deliver_to_sessions(&bare, el.bytes(), |s| s.resource == r);
-                    }
-                    None => {
-                        self.deliver_to_sessions(&bare, el.bytes(), |s| s.available);
+        let resource = to.find('/').map(|i| &to[i + 1..]);
+        let cap = self.shared().config.c2s.send_queue_bytes;
+        let (decision, targets) = {
+            let users = self.local.users.borrow();
+            let sessions = users.get(&bare).map_or(&[][..], |u| &u.sessions[..]);
+            let views: Vec<SessionView> = sessions.iter().map(|s| s.view(cap)).collect();
+            let decision = delivery::decide(kind, el.type_(), resource, &views);
+            let targets: Vec<Rc<Conn<C2sConnection>>> = match &decision {
+                Delivery::Deliver(ix) => ix.iter().map(|&i| Rc::clone(&sessions[i].conn)).collect(),
+                _ => Vec::new(),
+            };
+            (decision, targets)
+        };
+        match decision {
+            Delivery::Deliver(_) => {
+                for c in &targets {
+                    // A message or IQ is tracked until its socket accepts it, so that a
+                    // session closed by `c2s.write_stall_timeout` hands back what it never
+                    // sent ([`Shard::c2s_write_stalled`]).
+                    if send_to(c, &[el.bytes()]) && kind != StanzaKind::Presence {
+                        c.st.borrow_mut().track(Queued::Whole(el.clone(), None));
                     }
                 }
             }
-            StanzaKind::Message => {
-                let mtype = el.type_().unwrap_or("normal");
-                if let Some(r) = &resource {
-                    if self.deliver_el_to_sessions(&bare, &el, |s| &s.resource == r) > 0 {
-                        return;
-                    }
-                    if mtype == "groupchat" {
-                        return self.reply_unavailable(&el, kind);
-                    }
-                }
-                if mtype == "groupchat" {
-                    return self.reply_unavailable(&el, kind);
-                }
-                // The highest-priority available resources with non-negative priority
-                // (§8.5.2.1.1); none: offline, which this server does not store.
-                // A session whose client stopped reading counts as unavailable.
-                let cap = self.shared().config.c2s.send_queue_bytes;
-                let best = self.local.users.borrow().get(&bare).and_then(|u| {
-                    u.sessions
-                        .iter()
-                        .filter(|s| s.available && s.priority >= 0 && s.conn.backlog() < cap)
-                        .map(|s| s.priority)
-                        .max()
+            Delivery::Reply(condition) => {
+                let mut out = Vec::with_capacity(el.bytes().len().min(256) + 160);
+                write_error_reply(&el, condition, None, None, &mut out);
+                self.route_generated(&out);
+            }
+            Delivery::UndeliverableError => {
+                // Never answered (RFC 6120 §8.3.1), but not dropped without a trace: a
+                // sender whose client stops reading loses its bounces here.
+                super::metrics(|m| {
+                    m.count(
+                        "undeliverable_errors",
+                        &[("cause", "recipient_unavailable")],
+                        1,
+                    )
                 });
-                match best {
-                    Some(p) if mtype == "headline" => {
-                        let _ = p;
-                        self.deliver_el_to_sessions(&bare, &el, |s| s.available && s.priority >= 0);
-                    }
-                    Some(p) => {
-                        self.deliver_el_to_sessions(&bare, &el, |s| s.available && s.priority == p);
-                    }
-                    None => self.reply_unavailable(&el, kind),
-                }
             }
-            StanzaKind::Iq => {
-                if let Some(r) = &resource {
-                    if self.deliver_el_to_sessions(&bare, &el, |s| &s.resource == r) > 0 {
-                        return;
-                    }
-                }
-                self.reply_unavailable(&el, kind);
-            }
-        }
-    }
-
-    fn reply_unavailable(&self, el: &Element, kind: StanzaKind) {
-        if is_error(el) {
-            // Never answered (RFC 6120 §8.3.1), but not dropped without a trace: a sender
-            // whose client stops reading loses its bounces here.
-            super::metrics(|m| {
-                m.count(
-                    "undeliverable_errors",
-                    &[("cause", "recipient_unavailable")],
-                    1,
-                )
-            });
-            return;
-        }
-        if let Answer::Reply(bytes) = answer_unavailable_user(el, kind) {
-            self.route_generated(&bytes);
+            Delivery::Subscription(t) => self.inbound_subscription(&bare, t, el),
+            Delivery::Probe => self.answer_probe(&bare, &el),
+            Delivery::Ignore => {}
         }
     }
 

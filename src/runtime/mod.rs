@@ -34,6 +34,7 @@
 
 mod admin;
 mod conn;
+mod health;
 mod local;
 mod shard;
 
@@ -126,6 +127,8 @@ pub(crate) enum Control {
     Metrics(crossbeam_channel::Sender<crate::metrics::Metrics>),
     /// Send the shard's remote domains and their streams (JSON objects).
     Status(crossbeam_channel::Sender<Vec<serde_json::Value>>),
+    /// Answer with the shard's id: it is turning its loop (`/health`, [`health::probe`]).
+    Health(crossbeam_channel::Sender<usize>),
     /// Use this configuration from now on (SIGHUP).
     Reload(Arc<Shared>),
 }
@@ -313,6 +316,7 @@ impl Server {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut threads = Vec::with_capacity(n);
         let mut controls = Vec::with_capacity(n);
+        let health = health::Health::new(n);
         for ((i, inbox), listeners) in inboxes.into_iter().enumerate().zip(per_shard) {
             let (tx, rx) = crossbeam_channel::bounded(64);
             let wake = Arc::new(Notify::new());
@@ -320,9 +324,12 @@ impl Server {
             let shared = Arc::clone(&shared);
             let dns = dns.clone();
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
+            let health = Arc::clone(&health);
             let t = std::thread::Builder::new()
                 .name(format!("shard-{i}"))
                 .spawn(move || {
+                    // Marks the shard stopped or panicked for `/health` when the thread ends.
+                    let _ended = health.guard(i);
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
@@ -344,7 +351,7 @@ impl Server {
                             let shard =
                                 Rc::new(Shard::new(i, shared, rx, wake, resolver, shard_span));
                             CURRENT.with(|c| *c.borrow_mut() = Some(Rc::clone(&shard)));
-                            Rc::clone(&shard).run(inbox, listeners).await;
+                            Rc::clone(&shard).run(inbox, listeners, &health).await;
                             CURRENT.with(|c| c.borrow_mut().take());
                         });
                 })
@@ -370,13 +377,11 @@ impl Server {
         let admin = match cfg.listen.admin {
             Some(addr) => {
                 let routes = controls.clone();
-                let a =
-                    admin::Admin::start(addr, Arc::clone(&shared), routes).map_err(|source| {
-                        StartError::Bind {
-                            addr,
-                            what: "listen.admin",
-                            source,
-                        }
+                let a = admin::Admin::start(addr, Arc::clone(&shared), routes, Arc::clone(&health))
+                    .map_err(|source| StartError::Bind {
+                        addr,
+                        what: "listen.admin",
+                        source,
                     })?;
                 bound.admin = Some(a.addr());
                 Some(a)
@@ -386,7 +391,7 @@ impl Server {
         // A separate metrics listener when `metrics.listen` differs from the admin one.
         let metrics_admin = match cfg.metrics.listen.filter(|m| Some(*m) != cfg.listen.admin) {
             Some(addr) => Some(
-                admin::Admin::start(addr, Arc::clone(&shared), controls.clone()).map_err(
+                admin::Admin::start(addr, Arc::clone(&shared), controls.clone(), health).map_err(
                     |source| StartError::Bind {
                         addr,
                         what: "metrics.listen",

@@ -438,6 +438,7 @@ impl Shard {
         self: Rc<Self>,
         mut inbox: ShardInbox<ShardMsg>,
         listeners: Vec<(ListenerKind, std::net::TcpListener)>,
+        health: &super::health::Health,
     ) {
         for (kind, l) in listeners {
             let l = Rc::new(TcpListener::from_std(l));
@@ -468,6 +469,9 @@ impl Shard {
                 _ = self.flush_wake.notified() => {}
                 _ = inbox.wait_space(), if blocked => {}
             }
+            // The heartbeat `/health` reports (liveness itself is judged by answering
+            // `Control::Health`: an idle shard sleeps in the `select!` above).
+            health.turn(self.id);
             // Control messages (admin, shutdown).
             while let Ok(c) = self.control.try_recv() {
                 match c {
@@ -479,6 +483,9 @@ impl Shard {
                     }
                     Control::Status(reply) => {
                         let _ = reply.try_send(self.status());
+                    }
+                    Control::Health(reply) => {
+                        let _ = reply.try_send(self.id);
                     }
                     Control::Reload(shared) => self.reload(shared),
                 }

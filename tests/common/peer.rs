@@ -41,6 +41,12 @@ pub fn db_result(from: &str, to: &str, key: &str) -> String {
     format!("<db:result from='{from}' to='{to}'>{key}</db:result>")
 }
 
+/// A XEP-0220 §2.1.3 `db:verify` request (a Receiving Server asking the Authoritative
+/// Server `to` whether `key` is valid for stream `id`).
+pub fn db_verify(from: &str, to: &str, id: &str, key: &str) -> String {
+    format!("<db:verify from='{from}' to='{to}' id='{id}'>{key}</db:verify>")
+}
+
 impl Peer {
     /// Connects to `addr` (TCP_NODELAY on).
     ///
@@ -176,6 +182,36 @@ impl Peer {
             self.read_some();
         }
         String::from_utf8_lossy(&self.received[before..]).into_owned()
+    }
+
+    /// A barrier on this inbound stream: sends a `db:verify` from `from` (the domain this
+    /// stream claims) to `to` (the server's domain), with a key that does not verify, and
+    /// reads until the server's answer to it. The server is the Authoritative Server for
+    /// `to` and answers on this same stream (XEP-0220 §2.1.3), and it handles a stream's
+    /// input in order: whatever it wrote on this stream because of what was sent before
+    /// the barrier has been received when the answer arrives. Returns what arrived between
+    /// the call and the answer; `None` when no answer came within `timeout` (the stream
+    /// was closed, or the server is stuck).
+    pub fn barrier(&mut self, from: &str, to: &str, timeout: Duration) -> Option<String> {
+        let before = self.received.len();
+        let id = format!("barrier-{before}");
+        self.send(db_verify(from, to, &id, "0").as_bytes()).ok()?;
+        let is_answer =
+            |t: &&str| attr(t, "id").as_deref() == Some(id.as_str()) && attr(t, "type").is_some();
+        let answered = self.read_until(timeout, |t| {
+            tags(t.get(before..).unwrap_or(""), "<db:verify")
+                .iter()
+                .any(is_answer)
+        });
+        if !answered {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&self.received[before..]).into_owned();
+        let at = tags(&text, "<db:verify")
+            .into_iter()
+            .find(is_answer)
+            .and_then(|t| text.find(t))?;
+        Some(text[..at].to_owned())
     }
 
     /// The `id` of the server's stream header, once received.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use std::net::Ipv4Addr;
 
 use fedrouter::config::Config;
-use fedrouter::dns::zone::{ZoneRecord, ZoneServer};
+use fedrouter_testkit::zone::{ZoneRecord, ZoneServer};
 
 /// Longest wait for a new instance's `/health` to answer.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -191,10 +191,9 @@ impl Fedrouter {
                     self.log()
                 );
             }
-            if let Ok((200, body)) = http_get(self.admin, "/health", Duration::from_secs(1)) {
-                if body.trim() == "ok" {
-                    return;
-                }
+            if matches!(self.health_within(Duration::from_secs(1)), Some((200, v)) if v["status"] == "ok")
+            {
+                return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -262,9 +261,29 @@ impl Fedrouter {
         })
     }
 
-    /// Whether `/health` answers `ok` now.
+    /// `GET /metrics`: the sum of the samples of `name` (the full Prometheus name,
+    /// `fedrouter_…_total` for a counter) whose labels include every one of `labels`; 0
+    /// when there is none. `None` when the endpoint does not answer 200 now (shards busy).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let (status, body) = http_get(self.admin, "/metrics", Duration::from_secs(30)).ok()?;
+        (status == 200).then(|| metric_sum(&body, name, labels))
+    }
+
+    /// Whether `/health` answers `ok` now: 200, every shard alive.
     pub fn healthy(&self) -> bool {
-        matches!(http_get(self.admin, "/health", Duration::from_secs(2)), Ok((200, b)) if b.trim() == "ok")
+        matches!(self.health(), Some((200, v)) if v["status"] == "ok")
+    }
+
+    /// `GET /health`: the status code and the JSON answer (`{"status", "shards": [{"id",
+    /// "alive", "state", "since_last_turn_ms"}]}`), `None` when it does not answer JSON
+    /// within 5 s (the server waits 2 s for its shards).
+    pub fn health(&self) -> Option<(u16, serde_json::Value)> {
+        self.health_within(Duration::from_secs(5))
+    }
+
+    fn health_within(&self, timeout: Duration) -> Option<(u16, serde_json::Value)> {
+        let (status, body) = http_get(self.admin, "/health", timeout).ok()?;
+        Some((status, serde_json::from_str(&body).ok()?))
     }
 
     /// Whether the process is still running.
@@ -358,6 +377,23 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Res
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
     Ok((status, body.to_owned()))
+}
+
+/// In Prometheus text `body`: the sum of the samples of `name` whose labels include every
+/// one of `labels` (`k="v"`, as fedrouter renders them: no escapes in the values used here).
+pub fn metric_sum(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
 }
 
 // ---------------------------------------------------------------------------------------

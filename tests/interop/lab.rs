@@ -1,6 +1,6 @@
 //! The interop lab: one loopback slot per test with fedrouter serving `cupdomain.test`,
 //! a real Prosody serving `gmail.test`, and fedrouter's own authoritative DNS server
-//! (`fedrouter::dns::zone::ZoneServer`) on port 53 holding both domains' SRV and A records,
+//! (`fedrouter_testkit::zone::ZoneServer`) on port 53 holding both domains' SRV and A records,
 //! which fedrouter asks directly and Prosody asks through libunbound.
 //!
 //! Addresses: test slot `k` (0..=9) owns `127.0.232.(10k+1 ..= 10k+3)`: fedrouter on
@@ -13,10 +13,10 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use fedrouter::dns::zone::{ZoneRecord, ZoneServer};
 use fedrouter::store::sqlite::SqliteStore;
 use fedrouter::store::{Store, StoredItem, DB_FILE};
 use fedrouter::tls::TestCa;
+use fedrouter_testkit::zone::{ZoneRecord, ZoneServer};
 
 use crate::prosody::{Prosody, ProsodySpec, S2sPolicy};
 use crate::server::{a, add_user, srv, Fedrouter};
