@@ -277,6 +277,12 @@ impl<P: Proto> ConnState<P> {
         }
     }
 
+    /// Bytes produced for this stream and not yet taken by a write: the protocol's pending
+    /// output plus `wire`.
+    pub fn backlog(&self) -> usize {
+        self.wire.len() + self.proto.pending_transmit()
+    }
+
     /// Remembers that `stanza`'s bytes end at the current end of `wire` (call right
     /// after [`ConnState::pump`] that moved them there), until the socket accepts them.
     pub fn track(&mut self, stanza: Queued) {
@@ -498,8 +504,7 @@ impl<P: Proto> Conn<P> {
 
     /// Bytes waiting to be written (protocol and socket buffers).
     pub fn backlog(&self) -> usize {
-        let st = self.st.borrow();
-        st.wire.len() + st.proto.pending_transmit()
+        self.st.borrow().backlog()
     }
 
     /// A duplicate of the socket's descriptor, for a hand-off: the new owner shard wraps

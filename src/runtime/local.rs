@@ -1634,7 +1634,7 @@ impl Shard {
         let cap = self.shared().config.c2s.send_queue_bytes;
         let (jid, pending, unsent) = {
             let mut st = conn.st.borrow_mut();
-            let pending = st.wire.len() + st.proto.pending_transmit();
+            let pending = st.backlog();
             let jid = st.proto.bound_jid().map(|j| j.as_str().to_owned());
             (jid, pending, st.take_unsent())
         };

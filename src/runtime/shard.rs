@@ -1135,7 +1135,7 @@ impl Shard {
         }
         let mut keep = VecDeque::new();
         while let Some(el) = r.queue.pop_front() {
-            if st.wire.len() + st.proto.pending_transmit() >= limit {
+            if st.backlog() >= limit {
                 keep.push_back(el);
                 keep.extend(r.queue.drain(..));
                 break;
@@ -2043,7 +2043,7 @@ impl Shard {
         let timeout = self.shared().config.s2s.write_stall_timeout;
         let (remote, pending, unsent) = {
             let mut st = conn.st.borrow_mut();
-            let pending = st.wire.len() + st.proto.pending_transmit();
+            let pending = st.backlog();
             (
                 domain_key(st.proto.remote_domain()).into_owned(),
                 pending,
@@ -2446,7 +2446,7 @@ impl Shard {
                 // The peer has accepted no byte for this long (s2s.write_stall_timeout
                 // closes the stream).
                 stream["write_stalled_ms"] = json!(t.elapsed().as_millis() as u64);
-                stream["pending_bytes"] = json!(st.wire.len() + st.proto.pending_transmit());
+                stream["pending_bytes"] = json!(st.backlog());
             }
             by_domain.entry(remote).or_default().push(stream);
         }
