@@ -217,7 +217,7 @@ fn json_lines_from_the_flag_or_the_file() {
         }
         let warn = records.iter().find(|r| r["message"] == PEER_ERROR).unwrap();
         assert_eq!(warn["level"], "WARN", "{warn}");
-        assert_eq!(warn["target"], "fedrouter::runtime::shard", "{warn}");
+        assert_eq!(warn["target"], "fedrouter::runtime::s2s", "{warn}");
         assert_eq!(warn["condition"], "policy-violation", "{warn}");
         assert_eq!(warn["span"]["name"], "s2s", "{warn}");
         assert_eq!(warn["span"]["peer_domain"], "b.test", "{warn}");

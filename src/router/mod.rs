@@ -11,6 +11,7 @@
 
 pub mod fanout;
 pub mod inbox;
+pub mod queue;
 
 use std::borrow::Cow;
 

@@ -26,8 +26,8 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::Notify;
 use tokio_uring::net::TcpStream;
 
-use super::shard::Queued;
 use crate::condition::StreamCondition;
+use crate::router::queue::Queued;
 use crate::stream::c2s::{self, C2sConnection};
 use crate::stream::s2s::{Direction, Event, S2sConnection};
 

@@ -32,7 +32,10 @@ use tokio_uring::net::TcpStream;
 use tracing::{debug, info, info_span, warn};
 
 use super::conn::{Conn, ConnId, ConnState, Handoff, Tls};
-use super::shard::{count_stanza, After, Driven, Queued, Shard, ShardMsg};
+use super::count_stanza;
+use super::io::{After, Driven};
+use super::msg::ShardMsg;
+use super::shard::Shard;
 use crate::condition::{StanzaCondition, StreamCondition};
 use crate::jid::{domain_of, BareJid, Jid};
 use crate::metrics::Latency;
@@ -43,6 +46,7 @@ use crate::presence::{
     Transition, ROSTER_NS,
 };
 use crate::router::fanout::{plan, write_to_attr, SharedStanza};
+use crate::router::queue::Queued;
 use crate::router::{bare_key, domain_key, shard_of};
 use crate::service::{answer_server, Answer, NS_PING};
 use crate::stanza::{is_error, write_error_reply, StanzaKind};
@@ -1529,7 +1533,10 @@ impl Shard {
                 }
             } else {
                 let domain = domain.into_owned();
-                self.send_remote(&domain, Queued::shared(stanza.clone(), jid));
+                self.send_remote(
+                    &domain,
+                    Queued::Shared(stanza.clone(), jid, super::read_at()),
+                );
             }
         }
     }

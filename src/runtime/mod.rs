@@ -34,8 +34,14 @@
 
 mod admin;
 mod conn;
+mod connect;
 mod health;
+mod io;
 mod local;
+mod msg;
+mod outbox;
+mod remote;
+mod s2s;
 mod shard;
 
 use std::collections::HashMap;
@@ -61,7 +67,8 @@ use crate::tls::{self, CertifiedDomain, ClientAuth, DomainCertResolver};
 use crate::xml::Limits;
 
 pub use admin::{ping_via_admin, status_via_admin};
-use shard::{ListenerKind, Shard, CURRENT};
+use io::ListenerKind;
+use shard::{Shard, CURRENT};
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +156,17 @@ pub(crate) fn metrics<R>(f: impl FnOnce(&mut crate::metrics::Metrics) -> R) -> R
 }
 
 /// The read time of the stanza being processed, if any.
+/// Counts one stanza of `kind` (element name) in direction `dir` (`stanzas{dir,kind}`).
+pub(crate) fn count_stanza(dir: &'static str, kind: &str) {
+    let kind = match kind {
+        "message" => "message",
+        "presence" => "presence",
+        "iq" => "iq",
+        _ => "other",
+    };
+    metrics(|m| m.count("stanzas", &[("dir", dir), ("kind", kind)], 1));
+}
+
 pub(crate) fn read_at() -> Option<std::time::Instant> {
     READ_AT.with(|c| c.get())
 }

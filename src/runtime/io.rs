@@ -1,0 +1,429 @@
+//! A connection's I/O on its shard: the accept loops, one read loop and one writer per
+//! stream (socket reads into the protocol machine, its bytes out with the write-stall
+//! timer, its deadlines), the hand-off of a stream to another shard, and the TLS
+//! handshake that precedes XEP-0368 direct TLS streams.
+//!
+//! What differs between S2S and C2S streams is the [`Driven`] trait, implemented in
+//! `s2s.rs` and `local/`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio_uring::net::{TcpListener, TcpStream};
+use tracing::{debug, info_span, warn, Instrument};
+
+use super::conn::{Conn, ConnId, Handoff, Proto, READ_BUF, READ_BUF_MAX};
+use super::msg::ShardMsg;
+use super::shard::Shard;
+use crate::condition::StreamCondition;
+use crate::metrics::Latency;
+use crate::stream::s2s::CloseReason;
+
+/// Which protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListenerKind {
+    /// S2S with STARTTLS (RFC 6120), port 5269.
+    S2s,
+    /// S2S with direct TLS (XEP-0368), port 5270.
+    S2sDirectTls,
+    /// C2S, port 5222.
+    C2s,
+}
+
+/// Where the read loop goes after handling a read.
+pub(super) enum After {
+    /// Keep reading.
+    Continue,
+    /// Move the connection to this shard.
+    HandOff(usize),
+}
+
+/// How a write of a stream's bytes ended.
+enum WriteEnd {
+    /// The socket accepted every byte.
+    Done,
+    /// The socket failed (reset, closed).
+    Failed,
+    /// The socket accepted no byte for the write-stall timeout; the stream is closed.
+    Stalled,
+}
+
+/// How the shard drives the connections of one protocol (S2S, C2S): the parts of the read
+/// loop, the writer and the hand-off that differ.
+pub(super) trait Driven: Proto + Sized + 'static {
+    /// The `proto` label of its metrics.
+    const PROTO: &'static str;
+    /// Acts on the connection's events; `may_hand_off`: the caller is the read loop and
+    /// can move the connection to another shard.
+    fn on_events(shard: &Shard, conn: &Rc<Conn<Self>>, may_hand_off: bool) -> After;
+    /// Bookkeeping when the connection ends (called once).
+    fn ended(shard: &Shard, conn: &Rc<Conn<Self>>, reason: &CloseReason);
+    /// The writer moved bytes to the socket: there is room in the stream again.
+    fn written(_shard: &Shard, _conn: &Rc<Conn<Self>>) {}
+    /// How long the socket may accept no byte while some wait (`*.write_stall_timeout`).
+    fn write_stall_timeout(shard: &Shard) -> Duration;
+    /// The socket accepted no byte for the write-stall timeout: the stream is closed
+    /// (marked so, socket shut down); bounce or re-route what waited for it and do the
+    /// bookkeeping of [`Driven::ended`].
+    fn write_stalled(shard: &Shard, conn: &Rc<Conn<Self>>);
+    /// The shard's table of these connections.
+    fn conns(shard: &Shard) -> &RefCell<HashMap<ConnId, Rc<Conn<Self>>>>;
+    /// The message that hands the connection to another shard.
+    fn adopt_msg(h: Handoff<Self>) -> ShardMsg;
+}
+
+/// Readers call this before each read: waits while the shard's outbox is over its limit
+/// or the shard is paused ([`super::outbox::Outbox::wait_for_room`]), and counts the
+/// wait in `reads_paused_ms{proto}`.
+async fn wait_for_room(shard: &Shard, proto: &'static str) {
+    let paused = shard
+        .outbox
+        .wait_for_room(|| shard.shutting_down.get())
+        .await;
+    if let Some(t) = paused {
+        let ms = t.elapsed().as_millis() as u64;
+        super::metrics(|m| m.count("reads_paused_ms", &[("proto", proto)], ms));
+    }
+}
+
+pub(super) fn spawn_conn<P: Driven>(shard: &Shard, conn: Rc<Conn<P>>) {
+    let span = conn.span.clone();
+    let c2 = Rc::clone(&conn);
+    tokio_uring::spawn(writer(shard.rc(), c2).instrument(span.clone()));
+    tokio_uring::spawn(reader(shard.rc(), conn).instrument(span));
+}
+
+/// The connection's one read loop.
+async fn reader<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
+    // Events carried over (adopted connections, outbound header already sent).
+    if let After::HandOff(dst) = P::on_events(&shard, &conn, true) {
+        return hand_off(shard, conn, dst).await;
+    }
+    conn.wake.notify_one();
+    let mut buf = Vec::with_capacity(READ_BUF);
+    for _ in 0..u64::MAX {
+        wait_for_room(&shard, P::PROTO).await;
+        let (res, b) = conn.stream.read(buf).await;
+        buf = b;
+        let n = match res {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let now = Instant::now();
+        super::metrics(|m| m.count("bytes", &[("proto", P::PROTO), ("dir", "in")], n as u64));
+        {
+            let mut st = conn.st.borrow_mut();
+            if st.closed {
+                break;
+            }
+            st.input(&buf[..n], now);
+        }
+        // Adapt the next read's buffer: grow while reads fill it, give memory back
+        // when the stream is quiet (idle streams must stay small).
+        let cap = buf.capacity();
+        if n == cap && cap < READ_BUF_MAX {
+            buf = Vec::with_capacity(cap * 2);
+        } else if n < READ_BUF / 2 && cap > READ_BUF {
+            buf = Vec::with_capacity(READ_BUF);
+        } else {
+            buf.clear();
+        }
+        if n < READ_BUF / 2 {
+            conn.st.borrow_mut().proto.release_idle_memory();
+        }
+        let before = super::set_read_at(Some(now));
+        let after = P::on_events(&shard, &conn, true);
+        super::set_read_at(before);
+        conn.st.borrow_mut().pump();
+        conn.wake.notify_one();
+        if let After::HandOff(dst) = after {
+            return hand_off(shard, conn, dst).await;
+        }
+    }
+    // The peer closed, the socket failed, or the writer shut it down.
+    let was_closed = {
+        let mut st = conn.st.borrow_mut();
+        let was = st.closed;
+        st.closed = true;
+        was
+    };
+    if !was_closed {
+        P::ended(&shard, &conn, &CloseReason::PeerClosed);
+    }
+    conn.wake.notify_one();
+    if !conn.writer_stopped.get() {
+        conn.writer_done.notified().await;
+    }
+    P::conns(&shard).borrow_mut().remove(&conn.id);
+    shard.conn_ended.notify_waiters();
+}
+
+/// The connection's writer: socket writes and deadlines.
+async fn writer<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
+    let mut spare: Vec<u8> = Vec::new();
+    // Read times of the stanzas in the write in flight.
+    let mut marks: Vec<Instant> = Vec::new();
+    loop {
+        let (out, deadline, stop) = {
+            let mut st = conn.st.borrow_mut();
+            st.pump();
+            if st.wire.is_empty() {
+                if st.handing_off {
+                    break;
+                }
+                if st.closed {
+                    (None, None, true)
+                } else {
+                    (None, st.next_deadline(), false)
+                }
+            } else {
+                let out = st.take_wire(std::mem::take(&mut spare));
+                marks.append(&mut st.marks);
+                (Some(out), None, false)
+            }
+        };
+        if stop {
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+            break;
+        }
+        if let Some(out) = out {
+            let (end, mut b) = write_out(&conn, out, P::write_stall_timeout(&shard)).await;
+            match end {
+                WriteEnd::Done => {}
+                WriteEnd::Failed => {
+                    let was_closed = std::mem::replace(&mut conn.st.borrow_mut().closed, true);
+                    if !was_closed {
+                        P::ended(&shard, &conn, &CloseReason::PeerClosed);
+                    }
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                    break;
+                }
+                WriteEnd::Stalled => {
+                    // `write_out` marked the stream closed and shut the socket down.
+                    P::write_stalled(&shard, &conn);
+                    break;
+                }
+            }
+            let written = b.len() as u64;
+            super::metrics(|m| {
+                m.count("bytes", &[("proto", P::PROTO), ("dir", "out")], written);
+                for t in marks.drain(..) {
+                    m.observe(Latency::Routing, t.elapsed());
+                }
+            });
+            b.clear();
+            // Keep a small spare only: idle streams must not hold big buffers.
+            if b.capacity() <= 4 * 1024 {
+                spare = b;
+            }
+            P::written(&shard, &conn);
+            continue;
+        }
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = conn.wake.notified() => {}
+            _ = sleep => {
+                let now = Instant::now();
+                let header_timeout = {
+                    let mut st = conn.st.borrow_mut();
+                    let expired = !st.opened && st.header_deadline.is_some_and(|d| now >= d);
+                    if expired {
+                        st.header_deadline = None;
+                        st.proto.close(Some((StreamCondition::ConnectionTimeout, "no stream header in time")), now);
+                    } else {
+                        st.proto.handle_timeout(now);
+                    }
+                    st.collect_events();
+                    expired
+                };
+                P::on_events(&shard, &conn, false);
+                if header_timeout {
+                    // A peer that sent nothing gets no closing handshake: send the
+                    // error and free the slot now (RFC 6120 §4.9.1.1).
+                    let was = std::mem::replace(&mut conn.st.borrow_mut().closed, true);
+                    if !was {
+                        P::ended(&shard, &conn, &CloseReason::SentError(StreamCondition::ConnectionTimeout, "no stream header in time".into()));
+                    }
+                }
+            }
+        }
+    }
+    conn.writer_stopped.set(true);
+    conn.writer_done.notify_waiters();
+}
+
+/// Writes `out` to the socket, one write at a time, while it accepts bytes: the
+/// write-stall timer (`stall`, `s2s.write_stall_timeout` / `c2s.write_stall_timeout`)
+/// restarts whenever the socket accepts some. When it fires, the stream is marked
+/// closed and the socket shut down, which ends the write in flight (EPIPE) so that
+/// nothing more of it reaches the peer later: the bytes the socket accepted before are
+/// exactly those [`ConnState::accepted`] counted. Returns how it ended and the buffer.
+async fn write_out<P: Driven>(
+    conn: &Conn<P>,
+    out: Vec<u8>,
+    stall: Duration,
+) -> (WriteEnd, Vec<u8>) {
+    use tokio_uring::buf::BoundedBuf;
+    let len = out.len();
+    let mut buf = out;
+    let mut off = 0;
+    let mut deadline = Instant::now() + stall;
+    conn.st.borrow_mut().write_waiting_since = Some(Instant::now());
+    let end = 'write: {
+        // Bounded: every pass but the last moves at least one byte.
+        while off < len {
+            let op = conn.stream.write(buf.slice(off..)).submit();
+            tokio::pin!(op);
+            let (res, slice) = tokio::select! {
+                r = &mut op => r,
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    conn.st.borrow_mut().closed = true;
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                    // The shutdown completes the write with an error, or with what
+                    // the socket took meanwhile; bounded in case it does not.
+                    match tokio::time::timeout(Duration::from_secs(5), op).await {
+                        Ok((Ok(n), slice)) => {
+                            conn.st.borrow_mut().accepted(n);
+                            buf = slice.into_inner();
+                        }
+                        Ok((Err(_), slice)) => buf = slice.into_inner(),
+                        Err(_) => {
+                            warn!("a write to a stalled stream did not end after its shutdown");
+                            buf = Vec::new();
+                        }
+                    }
+                    break 'write WriteEnd::Stalled;
+                }
+            };
+            buf = slice.into_inner();
+            match res {
+                Ok(n) if n > 0 => {
+                    off += n;
+                    let now = Instant::now();
+                    deadline = now + stall;
+                    let mut st = conn.st.borrow_mut();
+                    st.accepted(n);
+                    st.write_waiting_since = Some(now);
+                }
+                _ => break 'write WriteEnd::Failed,
+            }
+        }
+        WriteEnd::Done
+    };
+    conn.st.borrow_mut().write_waiting_since = None;
+    (end, buf)
+}
+
+/// Moves an inbound connection to shard `dst` once the writer has flushed.
+async fn hand_off<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>, dst: usize) {
+    conn.wake.notify_one();
+    if !conn.writer_stopped.get() {
+        conn.writer_done.notified().await;
+    }
+    P::conns(&shard).borrow_mut().remove(&conn.id);
+    let fd = match conn.dup_fd() {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %e, "hand-off failed; closing");
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+    };
+    let conn = match Rc::try_unwrap(conn) {
+        Ok(c) => c,
+        Err(c) => {
+            warn!("connection still referenced at hand-off; closing");
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+    };
+    let mut state = conn.st.into_inner();
+    state.handing_off = false;
+    if std::mem::replace(&mut state.counted_unauth, false) {
+        shard.s2s.release_unauthenticated();
+    }
+    drop(conn.stream);
+    shard.send_to(dst, P::adopt_msg(Handoff { fd, state }));
+    shard.conn_ended.notify_waiters();
+}
+
+pub(super) async fn accept_loop(shard: Rc<Shard>, kind: ListenerKind, l: Rc<TcpListener>) {
+    loop {
+        let (stream, peer) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                if shard.shutting_down.get() {
+                    return;
+                }
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if shard.shutting_down.get() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        match kind {
+            ListenerKind::C2s => shard.accept_c2s(stream, peer),
+            ListenerKind::S2s | ListenerKind::S2sDirectTls => {
+                if !shard.s2s.admit_unauthenticated(&shard) {
+                    debug!(%peer, "too many unauthenticated connections; refusing");
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let me = Rc::clone(&shard);
+                let direct = kind == ListenerKind::S2sDirectTls;
+                let span = info_span!(parent: &shard.span, "s2s", dir = "in", %peer, peer_domain = tracing::field::Empty, id = tracing::field::Empty);
+                tokio_uring::spawn(super::s2s::inbound(me, stream, direct).instrument(span));
+            }
+        }
+    }
+}
+
+/// Drives a TLS handshake to completion with sequential reads and writes (used before
+/// any XMPP byte: XEP-0368 direct TLS).
+pub(super) async fn tls_handshake<C, S>(stream: &TcpStream, tls: &mut C) -> Result<(), String>
+where
+    C: std::ops::DerefMut<Target = rustls::ConnectionCommon<S>>,
+    S: rustls::SideData,
+{
+    let mut buf = Vec::with_capacity(READ_BUF);
+    for _ in 0..64 {
+        while tls.wants_write() {
+            let mut out = Vec::new();
+            tls.write_tls(&mut out).map_err(|e| e.to_string())?;
+            let (res, _) = stream.write_all(out).await;
+            res.map_err(|e| e.to_string())?;
+        }
+        if !tls.is_handshaking() {
+            return Ok(());
+        }
+        let (res, b) = stream.read(buf).await;
+        buf = b;
+        let n = res.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed during the TLS handshake".into());
+        }
+        let mut rd = &buf[..n];
+        while !rd.is_empty() {
+            tls.read_tls(&mut rd).map_err(|e| e.to_string())?;
+            if let Err(e) = tls.process_new_packets() {
+                let mut out = Vec::new();
+                let _ = tls.write_tls(&mut out);
+                let _ = stream.write_all(out).await;
+                return Err(e.to_string());
+            }
+        }
+        buf.clear();
+    }
+    Err("TLS handshake did not finish".into())
+}

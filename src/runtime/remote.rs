@@ -1,0 +1,795 @@
+//! The remote domains a shard owns (DESIGN.md "Ownership"): for each, its send queue
+//! ([`DomainQueue`]), its outbound stream, the local domains authenticated or being
+//! authenticated on it, its failures and backoff, and the dialback verifications it
+//! carries for our inbound streams (XEP-0220 §2.1.3).
+//!
+//! [`Remotes`] decides what happens to a stanza for a remote domain (sent at once,
+//! queued while the stream is set up, or bounced: backing off, congested, shutting
+//! down) and reacts to the outbound stream's life (authenticated, refused, closed,
+//! stalled). The stream itself is driven by `s2s.rs`, opened by `connect.rs`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use rand::Rng;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::conn::{Conn, ConnId};
+use super::msg::VerifyRequest;
+use super::shard::Shard;
+use crate::condition::StanzaCondition;
+use crate::dialback::{DialbackErrorCondition, DialbackResult};
+use crate::jid::domain_of;
+use crate::router::domain_key;
+use crate::router::queue::{
+    backoff_delay, BounceCause, DomainQueue, Drain, Episode, Failure, Push, Queued,
+};
+use crate::stanza::{is_error, StanzaKind};
+use crate::stream::s2s::CloseReason;
+
+/// A `db:verify` waiting for its answer from the authoritative server.
+struct VerifyReq {
+    local: String,
+    stream_id: String,
+    key: String,
+    reply_shard: usize,
+    conn: ConnId,
+    sent: bool,
+}
+
+/// A remote domain owned by this shard.
+#[derive(Default)]
+struct Remote {
+    /// Stanzas waiting for the outbound stream (bounded by `s2s.queue_per_domain`).
+    queue: DomainQueue,
+    /// The outbound stream, connecting or open.
+    conn: Option<Rc<Conn>>,
+    /// A connection attempt (DNS, TCP, direct TLS) is running.
+    connecting: bool,
+    /// Local domains that asked to send (authenticated or being authenticated).
+    locals: Vec<String>,
+    /// Consecutive failures (for backoff).
+    failures: u32,
+    /// No new attempt before this.
+    backoff_until: Option<Instant>,
+    /// The last failure, bounced to senders while backing off.
+    last_failure: Option<Failure>,
+    /// Dialback verifications to send / waiting for answers.
+    verifies: Vec<VerifyReq>,
+    /// Why the remote server's side of our dialback failed, when that was learned on
+    /// another stream ([`Remotes::peer_verification_failed`]): the bounce and the WARN of
+    /// the `Event::AuthFailed` it causes say so.
+    auth_failure_note: Option<Failure>,
+}
+
+/// The remote domains this shard owns.
+#[derive(Default)]
+pub(super) struct Remotes {
+    map: RefCell<HashMap<String, Remote>>,
+    /// Stanzas for remote servers bounced because the shard was shutting down.
+    shutdown_bounced: Cell<usize>,
+}
+
+impl Remotes {
+    /// Bounces a queued stanza for `cause` (counted in `bounced_by_cause`); an error
+    /// stanza, which is never bounced (RFC 6120 §8.3.1), is logged and counted in
+    /// `undeliverable_errors` instead.
+    pub(super) fn bounce_queued(
+        &self,
+        shard: &Shard,
+        el: Queued,
+        condition: StanzaCondition,
+        text: &str,
+        cause: BounceCause,
+    ) {
+        let Some(el) = el.into_element() else { return };
+        if is_error(&el) {
+            super::metrics(|m| m.count("undeliverable_errors", &[("cause", cause.as_str())], 1));
+            debug!(to = el.to(), %condition, "dropping an error stanza that cannot be delivered");
+            return;
+        }
+        if StanzaKind::of(&el).is_some() {
+            super::metrics(|m| m.count("bounced_by_cause", &[("cause", cause.as_str())], 1));
+        }
+        shard.bounce(&el, condition, text);
+    }
+
+    /// Writes `q` onto `conn` for `local` → `d` if the stream takes it; counts it and
+    /// tracks it in the stream (what a write stall leaves unsent is known stanza by
+    /// stanza). One pump per stanza: its bytes' end in the stream is then exact.
+    /// Returns the stanza back when the stream did not take it.
+    fn write(conn: &Conn, q: Queued, local: &str, d: &str, now: Instant) -> Option<Queued> {
+        let mut st = conn.st.borrow_mut();
+        if !q.send(&mut st.proto, local, d, now) {
+            return Some(q);
+        }
+        super::count_stanza("s2s_out", q.name());
+        st.pump();
+        st.mark(q.read_at());
+        st.track(q);
+        None
+    }
+
+    /// Sends a stanza to remote domain `d` (owned by this shard) over its outbound
+    /// stream, queueing it while the stream is being set up; bounces it (RFC 6120 §8.3.3)
+    /// while the domain backs off, while its queue is full, or while shutting down.
+    pub(super) fn send_remote(&self, shard: &Shard, d: &str, el: Queued) {
+        let Some(from) = el.from() else {
+            return;
+        };
+        let local = domain_key(domain_of(from)).into_owned();
+        if !shard.shared().s2s.hosts(&local) {
+            // Only our own users and our server originate stanzas to remote domains.
+            debug!(from, "not sending a stanza from a domain we do not host");
+            return;
+        }
+        if shard.shutting_down.get() {
+            // Every stream of this shard is closed or closing by now, and none is opened
+            // any more: nothing can carry it.
+            debug!(
+                remote = %d,
+                "shutting down: not connecting to the remote server; stanza bounced"
+            );
+            self.shutdown_bounced.set(self.shutdown_bounced.get() + 1);
+            let f = Failure::shutdown();
+            return self.bounce_queued(shard, el, f.condition, &f.text, BounceCause::Shutdown);
+        }
+        let now = Instant::now();
+        let mut remotes = self.map.borrow_mut();
+        if !remotes.contains_key(d) {
+            remotes.insert(d.to_owned(), Remote::default());
+        }
+        let r = remotes.get_mut(d).expect("inserted above");
+        if let Some(until) = r.backoff_until {
+            if now < until && r.conn.is_none() {
+                let f = r.last_failure.clone().unwrap_or(Failure {
+                    condition: StanzaCondition::RemoteServerNotFound,
+                    text: "remote server unreachable".into(),
+                });
+                drop(remotes);
+                return self.bounce_queued(
+                    shard,
+                    el,
+                    f.condition,
+                    &format!("{} (backing off)", f.text),
+                    BounceCause::Backoff,
+                );
+            }
+        }
+        let mut el = el;
+        if let Some(conn) = r.conn.clone() {
+            let ready = {
+                let st = conn.st.borrow();
+                !st.closed && st.proto.is_authenticated(&local, d)
+            };
+            if ready
+                && r.queue.is_empty()
+                && conn.backlog() < shard.shared().config.s2s.send_queue_bytes
+            {
+                match Self::write(&conn, el, &local, d, now) {
+                    None => {
+                        conn.wake.notify_one();
+                        return;
+                    }
+                    Some(back) => el = back,
+                }
+            }
+        }
+        // Congestion stays with its destination (DESIGN.md "Ownership"): a full queue
+        // bounces what comes next for this domain, and nothing else waits.
+        let cap = shard.shared().config.s2s.queue_per_domain;
+        match r.queue.push(el, cap, now) {
+            Push::Queued => {
+                drop(remotes);
+                self.ensure_outbound(shard, d, &local);
+            }
+            Push::Full { stanza, began } => {
+                if began {
+                    let pending = r.conn.as_ref().map_or(0, |c| c.backlog());
+                    warn!(
+                        parent: &shard.span,
+                        remote = %d,
+                        queue = r.queue.len(),
+                        stream = if r.conn.is_some() { "open" } else { "connecting" },
+                        pending_bytes = pending,
+                        "remote server congested: its queue is full; new stanzas for it are bounced (resource-constraint)"
+                    );
+                }
+                drop(remotes);
+                self.bounce_queued(
+                    shard,
+                    stanza,
+                    StanzaCondition::ResourceConstraint,
+                    "too many stanzas waiting for this remote server",
+                    BounceCause::QueueFull,
+                );
+            }
+        }
+    }
+
+    /// Makes sure an outbound stream to `d` exists and `local` is (being) authenticated
+    /// on it; starts a connection attempt if none runs.
+    fn ensure_outbound(&self, shard: &Shard, d: &str, local: &str) {
+        let mut remotes = self.map.borrow_mut();
+        let r = remotes.entry(d.to_owned()).or_default();
+        if !r.locals.iter().any(|l| l == local) {
+            r.locals.push(local.to_owned());
+            if let Some(conn) = &r.conn {
+                let mut st = conn.st.borrow_mut();
+                let _ = st.proto.request_dialback(local, Instant::now());
+                st.pump();
+                drop(st);
+                conn.wake.notify_one();
+            }
+        }
+        if r.conn.is_none() && !r.connecting {
+            if shard.shutting_down.get() {
+                drop(remotes);
+                return self.refuse_during_shutdown(shard, d);
+            }
+            r.connecting = true;
+            let first = r
+                .locals
+                .first()
+                .cloned()
+                .unwrap_or_else(|| local.to_owned());
+            drop(remotes);
+            let me = shard.rc();
+            let d = d.to_owned();
+            // A child of the shard's span, not of the stream whose task asks for it.
+            let span = info_span!(parent: &shard.span, "s2s", dir = "out", peer = %d, id = tracing::field::Empty);
+            tokio_uring::spawn(super::connect::connect(me, d, first).instrument(span));
+        }
+    }
+
+    /// The shard is shutting down and `d` has no stream: no connection is opened; what
+    /// waits for `d` is bounced ([`Failure::shutdown`]) and its pending dialback
+    /// verifications are answered with an error.
+    pub(super) fn refuse_during_shutdown(&self, shard: &Shard, d: &str) {
+        let n = self.map.borrow().get(d).map_or(0, |r| r.queue.len());
+        self.shutdown_bounced.set(self.shutdown_bounced.get() + n);
+        info!(
+            parent: &shard.span,
+            remote = d,
+            stanzas = n,
+            "shutting down: not connecting to the remote server; bouncing what waits for it"
+        );
+        self.remote_failed(shard, d, Failure::shutdown(), BounceCause::Shutdown);
+    }
+
+    /// Connecting to `d` failed: bounce what waits, answer waiting verifications, back
+    /// off exponentially with jitter.
+    pub(super) fn remote_failed(&self, shard: &Shard, d: &str, f: Failure, cause: BounceCause) {
+        let cfg = shard.shared().config.s2s.clone();
+        let now = Instant::now();
+        let (queue, verifies) = {
+            let mut remotes = self.map.borrow_mut();
+            let r = remotes.entry(d.to_owned()).or_default();
+            r.connecting = false;
+            r.conn = None;
+            r.locals.clear();
+            r.failures = r.failures.saturating_add(1);
+            // Full jitter on the upper half: [delay/2, delay].
+            let jitter = shard.rng.borrow_mut().random_range(0.5..=1.0);
+            let delay = backoff_delay(cfg.backoff_initial, cfg.backoff_max, r.failures, jitter);
+            r.backoff_until = Some(now + delay);
+            r.last_failure = Some(f.clone());
+            let (queue, episode) = r.queue.take_all(now);
+            if let Some(Episode { lasted, bounced }) = episode {
+                warn!(
+                    parent: &shard.span,
+                    remote = %d,
+                    congested_ms = lasted.as_millis() as u64,
+                    bounced,
+                    "remote server congestion ended: its stream failed"
+                );
+            }
+            (queue, std::mem::take(&mut r.verifies))
+        };
+        for el in queue {
+            self.bounce_queued(shard, el, f.condition, &f.text, cause);
+        }
+        let cond = DialbackErrorCondition::from_stanza_condition(f.condition);
+        for v in verifies {
+            shard.s2s.send_verdict(
+                shard,
+                v.reply_shard,
+                v.conn,
+                v.local,
+                d.to_owned(),
+                DialbackResult::Error(cond),
+            );
+        }
+    }
+
+    /// An outbound stream authenticated `local` → `d`: send what waited.
+    pub(super) fn outbound_ready(&self, shard: &Shard, conn: &Conn, _local: &str, d: &str) {
+        {
+            let mut remotes = self.map.borrow_mut();
+            let Some(r) = remotes.get_mut(d) else { return };
+            r.failures = 0;
+            r.backoff_until = None;
+            r.last_failure = None;
+        }
+        self.drain_queue(shard, conn, d);
+    }
+
+    /// Moves queued stanzas for `d` whose local domain is authenticated on `conn` into
+    /// the stream, in order, while the stream's backlog is under `s2s.send_queue_bytes`.
+    pub(super) fn drain_queue(&self, shard: &Shard, conn: &Conn, d: &str) {
+        let limit = shard.shared().config.s2s.send_queue_bytes;
+        self.drain_queue_within(shard, conn, d, limit);
+    }
+
+    /// [`Remotes::drain_queue`] while the stream's backlog is under `limit` bytes.
+    fn drain_queue_within(&self, shard: &Shard, conn: &Conn, d: &str, limit: usize) {
+        let now = Instant::now();
+        let mut remotes = self.map.borrow_mut();
+        let Some(r) = remotes.get_mut(d) else { return };
+        if r.queue.is_empty() || r.conn.as_ref().is_none_or(|c| c.id != conn.id) {
+            return;
+        }
+        if conn.st.borrow().closed {
+            return;
+        }
+        let cap = shard.shared().config.s2s.queue_per_domain;
+        let episode = r.queue.drain(cap, now, |q| {
+            if conn.backlog() >= limit {
+                return Drain::Stop(q);
+            }
+            let local = q.local_domain();
+            if !conn.st.borrow().proto.is_authenticated(&local, d) {
+                return Drain::Skip(q);
+            }
+            match Self::write(conn, q, &local, d, now) {
+                None => Drain::Sent,
+                Some(q) => Drain::Skip(q),
+            }
+        });
+        if let Some(Episode { lasted, bounced }) = episode {
+            warn!(
+                parent: &shard.span,
+                remote = %d,
+                queue = r.queue.len(),
+                congested_ms = lasted.as_millis() as u64,
+                bounced,
+                "remote server recovered: its queue has room again"
+            );
+        }
+        conn.wake.notify_one();
+    }
+
+    /// The outbound stream `conn` could not authenticate `local` → `d` (XEP-0220 §2.1.1):
+    /// the stanzas waiting for that pair are bounced at once, with the RFC 6120 §8.3.3
+    /// condition that says whether retrying can help ([`DialbackResult::bounce_condition`]
+    /// for an answer, [`CloseReason::bounce_condition`] when the stream ended, or what
+    /// [`Remotes::peer_verification_failed`] found), and a WARN names the remote domain and
+    /// what its server did. A stream left with nothing to carry (no authenticated pair,
+    /// no answer awaited) is closed and the domain backs off ([`Remotes::remote_failed`]),
+    /// rather than a new dialback being tried for every stanza.
+    pub(super) fn outbound_auth_failed(
+        &self,
+        shard: &Shard,
+        conn: &Conn,
+        d: &str,
+        local: &str,
+        result: DialbackResult,
+    ) {
+        let (ended, idle) = {
+            let st = conn.st.borrow();
+            let idle =
+                st.proto.authenticated().next().is_none() && !st.proto.awaits_dialback_answers();
+            (st.proto.close_reason().cloned(), idle)
+        };
+        let (bounced, note, current): (Vec<Queued>, Option<Failure>, bool) = {
+            let mut remotes = self.map.borrow_mut();
+            let Some(r) = remotes.get_mut(d) else { return };
+            r.locals.retain(|l| l != local);
+            let out = r.queue.take_from(local);
+            let current = r.conn.as_ref().is_some_and(|c| c.id == conn.id);
+            (out, r.auth_failure_note.clone(), current)
+        };
+        let f = note.unwrap_or_else(|| match &ended {
+            Some(reason) => Failure {
+                condition: reason.bounce_condition(),
+                text: describe_outbound_end(reason),
+            },
+            None => Failure {
+                condition: result
+                    .bounce_condition()
+                    .unwrap_or(StanzaCondition::RemoteServerNotFound),
+                text: describe_dialback_answer(result),
+            },
+        });
+        warn!(
+            parent: &conn.span,
+            remote = %d,
+            %local,
+            condition = %f.condition,
+            bounced = bounced.len(),
+            "the remote server did not authenticate us: {}; what waited for it is bounced",
+            f.text
+        );
+        let text = format!("{d} did not authenticate {local}: {}", f.text);
+        for el in bounced {
+            self.bounce_queued(shard, el, f.condition, &text, BounceCause::AuthFailed);
+        }
+        if idle && current {
+            if ended.is_none() {
+                let mut st = conn.st.borrow_mut();
+                st.proto.close(None, Instant::now());
+                st.pump();
+                drop(st);
+                conn.wake.notify_one();
+            }
+            self.remote_failed(
+                shard,
+                d,
+                Failure {
+                    condition: f.condition,
+                    text,
+                },
+                BounceCause::AuthFailed,
+            );
+        }
+    }
+
+    /// The outbound stream to `d` ended.
+    pub(super) fn outbound_closed(
+        &self,
+        shard: &Shard,
+        conn: &Conn,
+        d: &str,
+        reason: &CloseReason,
+        authenticated: bool,
+    ) {
+        let is_current = {
+            let remotes = self.map.borrow();
+            remotes
+                .get(d)
+                .and_then(|r| r.conn.as_ref())
+                .is_some_and(|c| c.id == conn.id)
+        };
+        if !is_current {
+            return;
+        }
+        if authenticated {
+            // An established stream closed (idle, peer restart): reconnect on demand.
+            // What never reached the socket goes out first on the next stream, in order.
+            let unsent = conn.st.borrow_mut().take_unsent();
+            let (has_queue, local) = {
+                let mut remotes = self.map.borrow_mut();
+                let r = remotes.get_mut(d).expect("checked");
+                r.conn = None;
+                r.locals.clear();
+                r.queue.requeue_front(unsent.into_iter());
+                let local = r.queue.front().map(Queued::local_domain);
+                (!r.queue.is_empty() || !r.verifies.is_empty(), local)
+            };
+            if has_queue {
+                let local = local.unwrap_or_else(|| shard.shared().config.domains[0].clone());
+                self.ensure_outbound(shard, d, &local);
+            }
+            return;
+        }
+        if shard.shutting_down.get() {
+            // Closed by the shutdown (or failing during it): no new attempt.
+            return self.refuse_during_shutdown(shard, d);
+        }
+        let what = describe_outbound_end(reason);
+        let f = Failure {
+            condition: reason.bounce_condition(),
+            text: format!("stream negotiation failed: {what}"),
+        };
+        let waiting = self.map.borrow().get(d).map_or(0, |r| r.queue.len());
+        if waiting > 0 {
+            warn!(
+                parent: &conn.span,
+                remote = %d,
+                condition = %f.condition,
+                bounced = waiting,
+                "the stream to the remote server ended before it authenticated us: {what}; what waited for it is bounced"
+            );
+        }
+        self.remote_failed(shard, d, f, BounceCause::Unreachable);
+    }
+
+    // ----- dialback verification (XEP-0220 §2.1.3) -----
+
+    /// On shard(remote): asks `remote`'s authoritative server about `key` over the
+    /// outbound stream (opened if needed).
+    pub(super) fn verify_with_authoritative(&self, shard: &Shard, req: VerifyRequest) {
+        let VerifyRequest {
+            local,
+            remote,
+            stream_id,
+            key,
+            reply_shard,
+            conn,
+        } = req;
+        let backoff = {
+            let mut remotes = self.map.borrow_mut();
+            let r = remotes.entry(remote.clone()).or_default();
+            let now = Instant::now();
+            if r.conn.is_none() && r.backoff_until.is_some_and(|u| now < u) {
+                r.last_failure.clone()
+            } else {
+                r.verifies.push(VerifyReq {
+                    local: local.clone(),
+                    stream_id,
+                    key,
+                    reply_shard,
+                    conn,
+                    sent: false,
+                });
+                None
+            }
+        };
+        if let Some(f) = backoff {
+            let cond = DialbackErrorCondition::from_stanza_condition(f.condition);
+            return shard.s2s.send_verdict(
+                shard,
+                reply_shard,
+                conn,
+                local,
+                remote,
+                DialbackResult::Error(cond),
+            );
+        }
+        let has_conn = self
+            .map
+            .borrow()
+            .get(&remote)
+            .is_some_and(|r| r.conn.is_some());
+        if has_conn {
+            self.send_pending_verifies(&remote);
+        } else {
+            self.ensure_outbound(shard, &remote, &local);
+        }
+    }
+
+    /// Sends the `db:verify` requests waiting for `d`'s outbound stream (XEP-0220
+    /// §2.1.3).
+    pub(super) fn send_pending_verifies(&self, d: &str) {
+        let now = Instant::now();
+        let mut remotes = self.map.borrow_mut();
+        let Some(r) = remotes.get_mut(d) else { return };
+        let Some(conn) = r.conn.clone() else { return };
+        let mut st = conn.st.borrow_mut();
+        for v in r.verifies.iter_mut().filter(|v| !v.sent) {
+            if st
+                .proto
+                .send_db_verify(&v.local, &v.stream_id, &v.key, now)
+                .is_ok()
+            {
+                v.sent = true;
+            }
+        }
+        st.pump();
+        drop(st);
+        conn.wake.notify_one();
+    }
+
+    /// `d`'s authoritative server answered our `db:verify` for `local` and `stream_id`:
+    /// the verdict goes back to the inbound streams that asked (XEP-0220 §2.1.4).
+    pub(super) fn verify_answered(
+        &self,
+        shard: &Shard,
+        d: &str,
+        local: &str,
+        stream_id: &str,
+        result: DialbackResult,
+    ) {
+        let reqs: Vec<VerifyReq> = {
+            let mut remotes = self.map.borrow_mut();
+            let Some(r) = remotes.get_mut(d) else { return };
+            let (done, keep) = r
+                .verifies
+                .drain(..)
+                .partition(|v| v.sent && v.local == local && v.stream_id == stream_id);
+            r.verifies = keep;
+            done
+        };
+        for v in reqs {
+            shard
+                .s2s
+                .send_verdict(shard, v.reply_shard, v.conn, v.local, d.to_owned(), result);
+        }
+    }
+
+    /// On shard(`d`): an inbound stream from `d` opened at `opened` broke off before it
+    /// carried a dialback request ([`super::s2s::S2sStreams::inbound_ended`]). If our outbound stream to
+    /// `d` was opened before it and still waits for answers to our `db:result`s, that
+    /// stream was `d`'s verification connection (or its attempt at one), and our key
+    /// cannot be verified on it: the waiting dialbacks fail now
+    /// ([`S2sConnection::fail_dialback`], XEP-0220 §2.1.1), their stanzas are bounced
+    /// with `failure`'s condition and a WARN says what `d` did.
+    pub(super) fn peer_verification_failed(
+        &self,
+        shard: &Shard,
+        d: &str,
+        opened: Instant,
+        failure: Failure,
+    ) {
+        let Some(conn) = self.map.borrow().get(d).and_then(|r| r.conn.clone()) else {
+            return;
+        };
+        let locals: Vec<String> = {
+            let st = conn.st.borrow();
+            if st.closed || st.started > opened {
+                return;
+            }
+            st.proto.pending_dialbacks().map(str::to_owned).collect()
+        };
+        if locals.is_empty() {
+            return;
+        }
+        let result = DialbackResult::Error(
+            if failure.condition == StanzaCondition::RemoteServerTimeout {
+                DialbackErrorCondition::RemoteServerTimeout
+            } else {
+                DialbackErrorCondition::RemoteServerNotFound
+            },
+        );
+        if let Some(r) = self.map.borrow_mut().get_mut(d) {
+            r.auth_failure_note = Some(failure);
+        }
+        {
+            let mut st = conn.st.borrow_mut();
+            for l in &locals {
+                st.proto.fail_dialback(l, result);
+            }
+        }
+        shard.s2s.on_events(shard, &conn, false);
+        if let Some(r) = self.map.borrow_mut().get_mut(d) {
+            r.auth_failure_note = None;
+        }
+        conn.st.borrow_mut().pump();
+        conn.wake.notify_one();
+    }
+
+    /// A connection attempt to `d` for `local` succeeded with stream `conn`: it becomes
+    /// the domain's outbound stream. Returns the other local domains waiting to be
+    /// authenticated on it (dialback requests to send).
+    pub(super) fn connected(&self, d: &str, local: &str, conn: &Rc<Conn>) -> Vec<String> {
+        let mut remotes = self.map.borrow_mut();
+        let r = remotes.entry(d.to_owned()).or_default();
+        r.connecting = false;
+        r.conn = Some(Rc::clone(conn));
+        r.locals.iter().filter(|l| *l != local).cloned().collect()
+    }
+
+    /// Whether `conn` is the current outbound stream of `d`.
+    pub(super) fn is_current(&self, d: &str, conn: ConnId) -> bool {
+        self.map
+            .borrow()
+            .get(d)
+            .and_then(|r| r.conn.as_ref())
+            .is_some_and(|c| c.id == conn)
+    }
+
+    /// The shutdown begins: queued stanzas go out on the authenticated outbound streams
+    /// before these close (all of them: the queue is bounded); what is left, for remote
+    /// domains without a stream for its sender, is bounced now, while the senders'
+    /// sessions are still open to receive the bounce.
+    pub(super) fn begin_shutdown(&self, shard: &Shard) {
+        let open: Vec<(String, Rc<Conn>)> = self
+            .map
+            .borrow()
+            .iter()
+            .filter(|(_, r)| !r.queue.is_empty())
+            .filter_map(|(d, r)| r.conn.as_ref().map(|c| (d.clone(), Rc::clone(c))))
+            .collect();
+        for (d, c) in &open {
+            self.drain_queue_within(shard, c, d, usize::MAX);
+        }
+        let stuck: Vec<String> = self
+            .map
+            .borrow()
+            .iter()
+            .filter(|(_, r)| !r.queue.is_empty() || (r.conn.is_none() && !r.verifies.is_empty()))
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in &stuck {
+            self.refuse_during_shutdown(shard, d);
+        }
+    }
+
+    /// The shutdown ends: how many stanzas were bounced because of it, and how many are
+    /// still queued (dropped: every stream is closed, so a bounce could reach nobody).
+    pub(super) fn finish_shutdown(&self) -> (usize, usize) {
+        let now = Instant::now();
+        let queued: usize = self
+            .map
+            .borrow_mut()
+            .values_mut()
+            .map(|r| r.queue.take_all(now).0.len())
+            .sum();
+        (self.shutdown_bounced.get(), queued)
+    }
+
+    /// Gauges: stanzas queued for remote domains, and how many domains are congested.
+    pub(super) fn gauges(&self, m: &mut crate::metrics::Metrics) {
+        let map = self.map.borrow();
+        let queued: usize = map.values().map(|r| r.queue.len()).sum();
+        m.add_gauge("queue_depth", &[("queue", "s2s_remote")], queued as i64);
+        let congested = map
+            .values()
+            .filter(|r| r.queue.congested_since().is_some())
+            .count();
+        m.add_gauge(
+            "congested_destinations",
+            &[("proto", "s2s")],
+            congested as i64,
+        );
+    }
+
+    /// `fedrouter status`: one JSON object per remote domain known here (owned, or with a
+    /// stream in `streams`, the per-domain stream objects from `s2s.rs`): its streams,
+    /// queue, congestion, failures, last error and backoff.
+    pub(super) fn status(
+        &self,
+        shard: usize,
+        mut streams: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
+    ) -> Vec<serde_json::Value> {
+        use serde_json::json;
+        let now = Instant::now();
+        let remotes = self.map.borrow();
+        let mut domains: std::collections::BTreeSet<String> = remotes.keys().cloned().collect();
+        domains.extend(streams.keys().cloned());
+        let mut out = Vec::with_capacity(domains.len());
+        for d in domains {
+            let r = remotes.get(&d);
+            let mut streams = streams.remove(&d).unwrap_or_default();
+            if r.is_some_and(|r| r.connecting && r.conn.is_none()) {
+                streams.push(json!({"direction": "out", "state": "connecting"}));
+            }
+            let congested = r.and_then(|r| r.queue.congested_since());
+            out.push(json!({
+                "domain": d,
+                "shard": shard,
+                "streams": streams,
+                "queue": r.map_or(0, |r| r.queue.len()),
+                "congested": congested.is_some(),
+                "congested_s": congested.map(|t| now.saturating_duration_since(t).as_secs_f64()),
+                "failures": r.map_or(0, |r| r.failures),
+                "last_error": r.and_then(|r| r.last_failure.as_ref()).map(|f| format!("{}: {}", f.condition.as_str(), f.text)),
+                "backoff_s": r.and_then(|r| r.backoff_until).filter(|u| *u > now).map(|u| (u - now).as_secs_f64()),
+            }));
+        }
+        out
+    }
+}
+
+/// What the remote server did, for the WARN and the bounce text of an outbound stream
+/// that ended before it authenticated us.
+fn describe_outbound_end(reason: &CloseReason) -> String {
+    match reason {
+        CloseReason::ReceivedError(c, text) => format!(
+            "it closed the stream with a <{c}/> stream error{}",
+            text.as_deref()
+                .map(|t| format!(" ({t})"))
+                .unwrap_or_default()
+        ),
+        CloseReason::PeerClosed => "it closed the stream".to_owned(),
+        CloseReason::SentError(c, text) => format!("we closed the stream with <{c}/> ({text})"),
+        CloseReason::CloseTimeout | CloseReason::Local => "we closed the stream".to_owned(),
+        CloseReason::TlsFailed(e) => format!("TLS failed: {e}"),
+    }
+}
+
+/// What the remote server answered to our `db:result` (XEP-0220 §2.1.1, §2.5).
+fn describe_dialback_answer(result: DialbackResult) -> String {
+    match result {
+        DialbackResult::Valid => "it answered valid".to_owned(),
+        DialbackResult::Invalid => "it answered our dialback key invalid".to_owned(),
+        DialbackResult::Error(DialbackErrorCondition::RemoteServerTimeout) => {
+            "no valid answer to our dialback key in time (remote-server-timeout)".to_owned()
+        }
+        DialbackResult::Error(c) => {
+            format!("it answered our dialback key with the dialback error <{c}/>")
+        }
+    }
+}
