@@ -11,7 +11,7 @@ use crate::condition::StanzaCondition;
 use crate::stanza::{is_error, write_error_reply, StanzaKind};
 use crate::xml::tree::Node;
 use crate::xml::writer::write_raw_attr;
-use crate::xml::{escape_attr_into, Element};
+use crate::xml::{escape_attr_into, Element, ElementBuilder};
 
 /// `urn:xmpp:ping` (XEP-0199).
 pub const NS_PING: &str = "urn:xmpp:ping";
@@ -132,7 +132,9 @@ fn reply_error(el: &Element, c: StanzaCondition) -> Answer {
     Answer::Reply(out)
 }
 
-/// Writes an XEP-0199 ping request from the server `from` to `to` with `id`.
+/// Writes an XEP-0199 ping request (XEP-0199 §4.2) from the server `from` to `to` with
+/// `id`: `<iq type='get' from='from' to='to' id='id'><ping xmlns='urn:xmpp:ping'/></iq>`
+/// (values escaped here). [`ping`] builds the same bytes as an [`Element`].
 pub fn write_ping(from: &str, to: &str, id: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"<iq type='get' from='");
     escape_attr_into(from, out);
@@ -141,6 +143,22 @@ pub fn write_ping(from: &str, to: &str, id: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"' id='");
     escape_attr_into(id, out);
     out.extend_from_slice(b"'><ping xmlns='urn:xmpp:ping'/></iq>");
+}
+
+/// An XEP-0199 ping request (XEP-0199 §4.2) from the server `from` to `to` with `id`, as
+/// an [`Element`] ready to route: the bytes of [`write_ping`], `<iq type='get'
+/// from='from' to='to' id='id'><ping xmlns='urn:xmpp:ping'/></iq>`. The values are
+/// unescaped text, escaped here; the element's spans are over the escaped values. The
+/// answer comes back as [`Answer::Response`] with this `id` (escaped form).
+pub fn ping(from: &str, to: &str, id: &str) -> Element {
+    let capacity = 96 + from.len() + to.len() + id.len();
+    ElementBuilder::with_capacity("iq", capacity)
+        .attr("type", "get")
+        .attr("from", from)
+        .attr("to", to)
+        .attr("id", id)
+        .child_raw("<ping xmlns='urn:xmpp:ping'/>")
+        .finish()
 }
 
 #[cfg(test)]
@@ -262,6 +280,16 @@ mod tests {
             answer_unavailable_user(&iq, StanzaKind::Iq),
             Answer::Reply(_)
         ));
+    }
+
+    #[test]
+    fn ping_builds_the_bytes_of_write_ping() {
+        let mut out = Vec::new();
+        write_ping("a.test", "b&c.test", "x'1", &mut out);
+        let p = ping("a.test", "b&c.test", "x'1");
+        assert_eq!(p.bytes().as_ref(), out.as_slice());
+        assert_eq!(parse_stanza(&out).unwrap(), p);
+        assert_eq!(p.id(), Some("x&apos;1"));
     }
 
     #[test]
