@@ -1,5 +1,5 @@
 //! `ElementBuilder` and the element-returning generators (`stanza::error_reply`,
-//! `stanza::presence`, `service::ping`) against the framer.
+//! `stanza::presence`, `service::ping`, `service::Answer::Reply`) against the framer.
 //!
 //! The key property: for every built element, `parse_stanza(built.bytes()) == built`,
 //! every field of the routing view included (`Element` derives `PartialEq`; a namespace
@@ -7,7 +7,7 @@
 //! generators write exactly the bytes the byte-writing functions they replace write.
 
 use fedrouter_proto::condition::StanzaCondition;
-use fedrouter_proto::service::{ping, write_ping};
+use fedrouter_proto::service::{answer_server, answer_unavailable_user, ping, write_ping, Answer};
 use fedrouter_proto::stanza::{error_reply, presence, write_error_reply, StanzaKind};
 use fedrouter_proto::xml::{
     escape_attr, escape_text, parse_stanza, unescape, writer, Element, ElementBuilder, Namespace,
@@ -540,4 +540,54 @@ fn presence_table() {
         assert_eq!(parse_stanza(p.bytes()).unwrap(), p);
         assert!(p.is_empty());
     }
+}
+
+#[test]
+fn answers_are_elements_that_frame_to_themselves() {
+    let cases: &[(&str, StanzaKind)] = &[
+        (
+            "<iq type='get' from=\"u'1@b.test/r\" to='a.test' id='p&amp;5'>\
+             <ping xmlns='urn:xmpp:ping'/></iq>",
+            StanzaKind::Iq,
+        ),
+        (
+            "<iq type='get' from='b.test' to='a.test' id='d'>\
+             <query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+            StanzaKind::Iq,
+        ),
+        (
+            "<iq type='set' from='b.test' to='a.test' id='s'/>",
+            StanzaKind::Iq,
+        ),
+        ("<iq from='b.test' to='a.test' id='t'/>", StanzaKind::Iq),
+        (
+            "<message from='u@b.test' to='a.test'><body>x</body></message>",
+            StanzaKind::Message,
+        ),
+    ];
+    for &(input, kind) in cases {
+        let el = stanza(input);
+        let Answer::Reply(r) = answer_server(&el, kind) else {
+            panic!("{input}: no reply");
+        };
+        assert_eq!(parse_stanza(r.bytes()).unwrap(), r, "{input}");
+        assert_eq!(
+            r.to().map(|t| unescape(t).unwrap().into_owned()),
+            el.from().map(|f| unescape(f).unwrap().into_owned())
+        );
+    }
+    let chat = stanza("<message type='chat' from='u@b.test/r' to='v@a.test' id='1'/>");
+    let Answer::Reply(r) = answer_unavailable_user(&chat, StanzaKind::Message) else {
+        panic!("no reply");
+    };
+    let mut old = Vec::new();
+    write_error_reply(
+        &chat,
+        StanzaCondition::ServiceUnavailable,
+        None,
+        None,
+        &mut old,
+    );
+    assert_eq!(r.bytes().as_ref(), old.as_slice());
+    assert_eq!(parse_stanza(r.bytes()).unwrap(), r);
 }
