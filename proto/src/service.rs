@@ -2,16 +2,16 @@
 //! entity, RFC 6120 §10.5.1 / §10.3) and to local users with no session to deliver to
 //! (RFC 6121 §8.5.2.2, no offline storage).
 //!
-//! Pure: the runtime hands in a received stanza and sends whatever bytes come back. The
-//! server's own entity answers XEP-0199 pings and XEP-0030 `disco#info`; `iq` results and
-//! errors addressed to it are answers to requests it sent (pings from `fedrouter ping`),
-//! which the runtime matches by `id`.
+//! Pure: the runtime hands in a received stanza and routes whatever [`Element`] comes
+//! back (built directly with [`ElementBuilder`], not framed again). The server's own
+//! entity answers XEP-0199 pings and XEP-0030 `disco#info`; `iq` results and errors
+//! addressed to it are answers to requests it sent (pings from `fedrouter ping`, built
+//! with [`ping`]), which the runtime matches by `id`.
 
 use crate::condition::StanzaCondition;
-use crate::stanza::{is_error, write_error_reply, StanzaKind};
+use crate::stanza::{error_reply, is_error, StanzaKind};
 use crate::xml::tree::Node;
-use crate::xml::writer::write_raw_attr;
-use crate::xml::{escape_attr_into, Element};
+use crate::xml::{escape_attr_into, Element, ElementBuilder};
 
 /// `urn:xmpp:ping` (XEP-0199).
 pub const NS_PING: &str = "urn:xmpp:ping";
@@ -24,9 +24,10 @@ pub const SERVER_FEATURES: &[&str] = &[NS_DISCO_INFO, NS_PING];
 /// What to do with a stanza addressed to the server or to an unavailable local user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    /// Send these bytes (a complete stanza, `jabber:server` default namespace) to the
-    /// original sender.
-    Reply(Vec<u8>),
+    /// Route this stanza (addressed to the original sender; in the `jabber:server`
+    /// default namespace, [`Namespace::Server`](crate::xml::Namespace::Server), as if
+    /// framed by [`parse_stanza`](crate::xml::parse_stanza)).
+    Reply(Element),
     /// An `iq` of type `result` or `error` for the server: the answer to a request of
     /// ours with this `id` (raw attribute value).
     Response {
@@ -46,11 +47,14 @@ fn first_child(el: &Element) -> Option<Node> {
     Node::parse(el).ok()?.children.into_iter().next()
 }
 
-fn result_header(el: &Element, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"<iq type='result'");
-    write_raw_attr("from", el.to(), out);
-    write_raw_attr("to", el.from(), out);
-    write_raw_attr("id", el.id(), out);
+/// `<iq type='result' from='(el's to)' to='(el's from)' id='(el's id)'`, the start of
+/// the result to the `iq` `el` (RFC 6120 §8.2.3), with room for `capacity` bytes.
+fn result_to(el: &Element, capacity: usize) -> ElementBuilder {
+    ElementBuilder::with_capacity("iq", capacity)
+        .attr("type", "result")
+        .raw_attr_opt("from", el.to())
+        .raw_attr_opt("to", el.from())
+        .raw_attr_opt("id", el.id())
 }
 
 /// Answers a stanza addressed to one of our domains (bare domain JID, no resource).
@@ -67,26 +71,22 @@ pub fn answer_server(el: &Element, kind: StanzaKind) -> Answer {
                 .as_ref()
                 .map(|c| (c.name.as_str(), c.ns.as_str()))
             {
-                Some(("ping", NS_PING)) => {
-                    let mut out = Vec::with_capacity(96);
-                    result_header(el, &mut out);
-                    out.extend_from_slice(b"/>");
-                    Answer::Reply(out)
-                }
-                Some(("query", NS_DISCO_INFO)) => {
-                    let mut out = Vec::with_capacity(320);
-                    result_header(el, &mut out);
-                    out.extend_from_slice(b"><query xmlns='");
-                    out.extend_from_slice(NS_DISCO_INFO.as_bytes());
-                    out.extend_from_slice(b"'><identity category='server' type='im'/>");
-                    for f in SERVER_FEATURES {
-                        out.extend_from_slice(b"<feature var='");
-                        out.extend_from_slice(f.as_bytes());
-                        out.extend_from_slice(b"'/>");
-                    }
-                    out.extend_from_slice(b"</query></iq>");
-                    Answer::Reply(out)
-                }
+                Some(("ping", NS_PING)) => Answer::Reply(result_to(el, 96).finish()),
+                Some(("query", NS_DISCO_INFO)) => Answer::Reply(
+                    result_to(el, 320)
+                        .child_with(|out| {
+                            out.extend_from_slice(b"<query xmlns='");
+                            out.extend_from_slice(NS_DISCO_INFO.as_bytes());
+                            out.extend_from_slice(b"'><identity category='server' type='im'/>");
+                            for f in SERVER_FEATURES {
+                                out.extend_from_slice(b"<feature var='");
+                                out.extend_from_slice(f.as_bytes());
+                                out.extend_from_slice(b"'/>");
+                            }
+                            out.extend_from_slice(b"</query>");
+                        })
+                        .finish(),
+                ),
                 _ => reply_error(el, StanzaCondition::ServiceUnavailable),
             },
             Some("set") => reply_error(el, StanzaCondition::ServiceUnavailable),
@@ -126,13 +126,14 @@ pub fn answer_unavailable_user(el: &Element, kind: StanzaKind) -> Answer {
     }
 }
 
+/// The error reply to `el` with condition `c` (RFC 6120 §8.3), no text, no `by`.
 fn reply_error(el: &Element, c: StanzaCondition) -> Answer {
-    let mut out = Vec::with_capacity(el.bytes().len().min(256) + 160);
-    write_error_reply(el, c, None, None, &mut out);
-    Answer::Reply(out)
+    Answer::Reply(error_reply(el, c, None, None))
 }
 
-/// Writes an XEP-0199 ping request from the server `from` to `to` with `id`.
+/// Writes an XEP-0199 ping request (XEP-0199 §4.2) from the server `from` to `to` with
+/// `id`: `<iq type='get' from='from' to='to' id='id'><ping xmlns='urn:xmpp:ping'/></iq>`
+/// (values escaped here). [`ping`] builds the same bytes as an [`Element`].
 pub fn write_ping(from: &str, to: &str, id: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"<iq type='get' from='");
     escape_attr_into(from, out);
@@ -141,6 +142,22 @@ pub fn write_ping(from: &str, to: &str, id: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"' id='");
     escape_attr_into(id, out);
     out.extend_from_slice(b"'><ping xmlns='urn:xmpp:ping'/></iq>");
+}
+
+/// An XEP-0199 ping request (XEP-0199 §4.2) from the server `from` to `to` with `id`, as
+/// an [`Element`] ready to route: the bytes of [`write_ping`], `<iq type='get'
+/// from='from' to='to' id='id'><ping xmlns='urn:xmpp:ping'/></iq>`. The values are
+/// unescaped text, escaped here; the element's spans are over the escaped values. The
+/// answer comes back as [`Answer::Response`] with this `id` (escaped form).
+pub fn ping(from: &str, to: &str, id: &str) -> Element {
+    let capacity = 96 + from.len() + to.len() + id.len();
+    ElementBuilder::with_capacity("iq", capacity)
+        .attr("type", "get")
+        .attr("from", from)
+        .attr("to", to)
+        .attr("id", id)
+        .child_raw("<ping xmlns='urn:xmpp:ping'/>")
+        .finish()
 }
 
 #[cfg(test)]
@@ -152,9 +169,13 @@ mod tests {
         parse_stanza(s.as_bytes()).unwrap()
     }
 
+    /// The reply, checked to be what the framer makes of its bytes.
     fn reply(a: Answer) -> Element {
         match a {
-            Answer::Reply(b) => parse_stanza(&b).unwrap(),
+            Answer::Reply(r) => {
+                assert_eq!(parse_stanza(r.bytes()).unwrap(), r);
+                r
+            }
             other => panic!("expected a reply, got {other:?}"),
         }
     }
@@ -262,6 +283,51 @@ mod tests {
             answer_unavailable_user(&iq, StanzaKind::Iq),
             Answer::Reply(_)
         ));
+    }
+
+    #[test]
+    fn server_answers_keep_their_bytes() {
+        let e = el(
+            "<iq type='get' from=\"u'1@b.test/r\" to='a.test' id='p&amp;5'>\
+            <ping xmlns='urn:xmpp:ping'/></iq>",
+        );
+        let r = reply(answer_server(&e, StanzaKind::Iq));
+        assert_eq!(
+            r.as_str(),
+            "<iq type='result' from='a.test' to='u&apos;1@b.test/r' id='p&amp;5'/>"
+        );
+        let e = el("<iq type='get' from='b.test' to='a.test' id='d1'>\
+            <query xmlns='http://jabber.org/protocol/disco#info'/></iq>");
+        let r = reply(answer_server(&e, StanzaKind::Iq));
+        assert_eq!(
+            r.as_str(),
+            "<iq type='result' from='a.test' to='b.test' id='d1'>\
+             <query xmlns='http://jabber.org/protocol/disco#info'>\
+             <identity category='server' type='im'/>\
+             <feature var='http://jabber.org/protocol/disco#info'/>\
+             <feature var='urn:xmpp:ping'/></query></iq>"
+        );
+        let e = el("<iq type='set' from='b.test' to='a.test' id='s1'><x xmlns='y'/></iq>");
+        let r = reply(answer_server(&e, StanzaKind::Iq));
+        let mut old = Vec::new();
+        crate::stanza::write_error_reply(
+            &e,
+            StanzaCondition::ServiceUnavailable,
+            None,
+            None,
+            &mut old,
+        );
+        assert_eq!(r.bytes().as_ref(), old.as_slice());
+    }
+
+    #[test]
+    fn ping_builds_the_bytes_of_write_ping() {
+        let mut out = Vec::new();
+        write_ping("a.test", "b&c.test", "x'1", &mut out);
+        let p = ping("a.test", "b&c.test", "x'1");
+        assert_eq!(p.bytes().as_ref(), out.as_slice());
+        assert_eq!(parse_stanza(&out).unwrap(), p);
+        assert_eq!(p.id(), Some("x&apos;1"));
     }
 
     #[test]

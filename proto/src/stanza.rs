@@ -1,7 +1,9 @@
 //! The routing view of a stanza (RFC 6120 §8): its kind, addresses, type and id, read
-//! from an [`Element`] without copying.
+//! from an [`Element`] without copying; and the stanzas the server generates about
+//! others' stanzas (error replies, §8.3) or for its users (presence, RFC 6121), built
+//! directly as [`Element`]s with [`ElementBuilder`].
 
-use crate::xml::Element;
+use crate::xml::{Element, ElementBuilder};
 
 /// The three stanza kinds of RFC 6120 §8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,6 +56,12 @@ pub fn is_error(el: &Element) -> bool {
 /// `by`, when given, is written as the error's `by` attribute (§8.3.2: the entity that
 /// generated the error, for example our own domain for `remote-server-not-found`).
 /// Callers must not answer error stanzas ([`is_error`]); nothing checks that here.
+///
+/// Shape: `<kind from='(el's to)' to='(el's from)' id='(el's id)' type='error'><error
+/// type='...' by='...'><condition xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text
+/// xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>...</text></error></kind>`, absent
+/// attributes and `text` left out. [`error_reply`] builds the same bytes as an
+/// [`Element`].
 pub fn write_error_reply(
     el: &Element,
     condition: crate::condition::StanzaCondition,
@@ -62,14 +70,60 @@ pub fn write_error_reply(
     out: &mut Vec<u8>,
 ) {
     use crate::xml::writer::write_raw_attr;
-    use crate::xml::{escape_attr_into, escape_text_into, ns};
     let name = el.name();
     out.push(b'<');
     out.extend_from_slice(name.as_bytes());
     write_raw_attr("from", el.to(), out);
     write_raw_attr("to", el.from(), out);
     write_raw_attr("id", el.id(), out);
-    out.extend_from_slice(b" type='error'><error type='");
+    out.extend_from_slice(b" type='error'>");
+    write_error_child(condition, text, by, out);
+    out.extend_from_slice(b"</");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'>');
+}
+
+/// The error reply to `el` as an [`Element`] ready to route (RFC 6120 §8.3): the same
+/// bytes as [`write_error_reply`] writes (see there for the shape, `condition`, `text`
+/// and `by`), built with [`ElementBuilder`] so that they are not framed again. The reply's
+/// `to`, `from` and `id` are `el`'s raw (escaped) `from`, `to` and `id`, re-quoted with
+/// `'` (a value from a `"`-quoted attribute may hold a literal `'`); its namespace is
+/// [`Namespace::Server`](crate::xml::Namespace::Server), as for any stanza framed by
+/// [`parse_stanza`](crate::xml::parse_stanza).
+///
+/// Callers must not answer error stanzas ([`is_error`]); nothing checks that here.
+pub fn error_reply(
+    el: &Element,
+    condition: crate::condition::StanzaCondition,
+    text: Option<&str>,
+    by: Option<&str>,
+) -> Element {
+    let name = el.name();
+    let attrs = [el.to(), el.from(), el.id(), text, by]
+        .iter()
+        .map(|v| v.map_or(0, str::len))
+        .sum::<usize>();
+    // Start and end tags, `type='error'`, the `<error>` and condition wrappers, and some
+    // room for escaping.
+    let capacity = 2 * name.len() + attrs + 224;
+    ElementBuilder::with_capacity(name, capacity)
+        .raw_attr_opt("from", el.to())
+        .raw_attr_opt("to", el.from())
+        .raw_attr_opt("id", el.id())
+        .attr("type", "error")
+        .child_with(|out| write_error_child(condition, text, by, out))
+        .finish()
+}
+
+/// Appends the `<error/>` child of an error reply (RFC 6120 §8.3.2).
+fn write_error_child(
+    condition: crate::condition::StanzaCondition,
+    text: Option<&str>,
+    by: Option<&str>,
+    out: &mut Vec<u8>,
+) {
+    use crate::xml::{escape_attr_into, escape_text_into, ns};
+    out.extend_from_slice(b"<error type='");
     out.extend_from_slice(condition.default_type().as_bytes());
     out.push(b'\'');
     if let Some(by) = by {
@@ -89,9 +143,22 @@ pub fn write_error_reply(
         escape_text_into(text, out);
         out.extend_from_slice(b"</text>");
     }
-    out.extend_from_slice(b"</error></");
-    out.extend_from_slice(name.as_bytes());
-    out.push(b'>');
+    out.extend_from_slice(b"</error>");
+}
+
+/// A presence stanza the server generates (RFC 6121): `<presence from='from' to='to'
+/// type='type_'/>`, `type` left out when `type_` is `None` (available presence). Used
+/// for subscription answers and requests (`subscribe`, `subscribed`, `unsubscribed`,
+/// §3), probes (`probe`, §4.3) and `unavailable` (§4.5). `from`, `to` and `type_` are
+/// unescaped text, escaped here; the element's spans are over the escaped values, as for
+/// a received stanza.
+pub fn presence(from: &str, to: &str, type_: Option<&str>) -> Element {
+    let capacity = 48 + from.len() + to.len() + type_.map_or(0, str::len);
+    ElementBuilder::with_capacity("presence", capacity)
+        .attr("from", from)
+        .attr("to", to)
+        .attr_opt("type", type_)
+        .finish()
 }
 
 /// The stanza error condition carried by an error stanza, if it names a known one
@@ -151,6 +218,55 @@ mod tests {
             .as_str()
             .contains("<error type='cancel' by='capulet.example'>"));
         assert!(reply.as_str().contains("no &lt;SRV&gt;"));
+    }
+
+    #[test]
+    fn error_reply_of_raw_escaped_addresses_round_trips() {
+        // `from` escaped in single quotes, `to` holding a literal `'` in double quotes.
+        let el = parse_stanza(
+            b"<message from='a&apos;b@x' to=\"c'd@y/&#x72;\" id='i&lt;1' type='chat'>\
+              <body>hi</body></message>",
+        )
+        .unwrap();
+        let reply = error_reply(&el, StanzaCondition::ItemNotFound, Some("gone"), Some("y"));
+        let mut old = Vec::new();
+        write_error_reply(
+            &el,
+            StanzaCondition::ItemNotFound,
+            Some("gone"),
+            Some("y"),
+            &mut old,
+        );
+        assert_eq!(reply.as_str(), String::from_utf8(old).unwrap());
+        assert_eq!(parse_stanza(reply.bytes()).unwrap(), reply);
+        assert_eq!(reply.to(), Some("a&apos;b@x"));
+        assert_eq!(reply.from(), Some("c&apos;d@y/r"));
+        assert_eq!(reply.id(), Some("i&lt;1"));
+        assert_eq!(reply.type_(), Some("error"));
+        assert_eq!(error_condition(&reply), Some(StanzaCondition::ItemNotFound));
+        // Swapped back, the addresses are the original ones (re-quoted with `'`).
+        let back = error_reply(&reply, StanzaCondition::ItemNotFound, None, None);
+        assert_eq!(parse_stanza(back.bytes()).unwrap(), back);
+        assert_eq!(
+            (back.from(), back.to(), back.id()),
+            (Some("a&apos;b@x"), Some("c&apos;d@y/r"), Some("i&lt;1"))
+        );
+        assert_eq!(crate::xml::unescape(back.to().unwrap()).unwrap(), "c'd@y/r");
+    }
+
+    #[test]
+    fn presence_is_an_empty_element() {
+        let p = presence("u@a.test", "v'1@b.test", Some("subscribed"));
+        assert_eq!(
+            p.as_str(),
+            "<presence from='u@a.test' to='v&apos;1@b.test' type='subscribed'/>"
+        );
+        assert_eq!(parse_stanza(p.bytes()).unwrap(), p);
+        assert_eq!(StanzaKind::of(&p), Some(StanzaKind::Presence));
+        let p = presence("u@a.test/r", "v@b.test", None);
+        assert_eq!(p.as_str(), "<presence from='u@a.test/r' to='v@b.test'/>");
+        assert_eq!(p.type_(), None);
+        assert_eq!(parse_stanza(p.bytes()).unwrap(), p);
     }
 
     #[test]

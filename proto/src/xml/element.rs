@@ -143,7 +143,8 @@ impl StreamHeader {
 /// (stream:features, starttls, db:result, SASL elements, stream:error, XEP-0198 ...).
 ///
 /// `bytes` is a refcounted view of the read buffer holding exactly the element as
-/// received (not re-serialised). The routing view (name, namespace, `to`, `from`, `type`,
+/// received (not re-serialised), or, for a stanza the server generated, the buffer an
+/// [`ElementBuilder`](super::ElementBuilder) wrote. The routing view (name, namespace, `to`, `from`, `type`,
 /// `id`) is a set of spans into it: nothing is copied or allocated per element. Attribute
 /// values are raw, still escaped as on the wire; [`crate::xml::unescape`] them when a
 /// value may hold references.
@@ -170,10 +171,11 @@ impl Element {
     fn str_at(&self, span: Span) -> &str {
         let bytes = &self.bytes[span.range()];
         debug_assert!(std::str::from_utf8(bytes).is_ok());
-        // SAFETY: an `Element` is only built by the framer, which checked that the whole
-        // element is UTF-8 (`check_chars`); every span starts and ends next to an ASCII
-        // delimiter (`<`, `:`, whitespace, `=`, a quote, `>`), so it falls on character
-        // boundaries and is UTF-8 too.
+        // SAFETY: an `Element` is built either by the framer, which checked that the
+        // whole element is UTF-8 (`check_chars`), or by `ElementBuilder`, whose start tag
+        // (where every span lies) is written from `&str` names and escaped `&str` values.
+        // Every span starts and ends next to an ASCII delimiter (`<`, `:`, whitespace,
+        // `=`, a quote, `>`), so it falls on character boundaries and is UTF-8 too.
         unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 
@@ -187,7 +189,8 @@ impl Element {
         self.bytes
     }
 
-    /// The element as text (the framer checked it is UTF-8).
+    /// The element as text (the framer checked it is UTF-8; a built element is written
+    /// from text).
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.bytes).unwrap_or_default()
     }

@@ -9,8 +9,11 @@
 //! borrowed reader plus our own name, namespace, reference and character checks, so a
 //! router never forwards what it could not parse.
 //!
-//! The [`writer`] emits stanzas with new `to`/`from` around untouched body bytes.
+//! The [`writer`] emits stanzas with new `to`/`from` around untouched body bytes;
+//! [`ElementBuilder`] writes the stanzas the server generates itself straight into an
+//! [`Element`], recording the routing view while writing (no second framing).
 
+mod builder;
 mod element;
 mod error;
 mod escape;
@@ -19,6 +22,7 @@ mod names;
 pub mod tree;
 pub mod writer;
 
+pub use builder::ElementBuilder;
 pub use element::{Element, Frame, Namespace, Span, StreamHeader};
 pub use error::{Limit, Restricted, XmlError};
 pub use escape::{
@@ -67,6 +71,8 @@ pub mod ns {
 /// Frames one stanza we generated ourselves (a bounce, a server reply) into an
 /// [`Element`], as if it had arrived on a `jabber:server` stream: the router then handles
 /// it like any received stanza. One copy of `bytes`; a thread-local framer is reused.
+/// Stanzas written from scratch are better built with [`ElementBuilder`], which yields the
+/// same [`Element`] without framing the bytes again.
 ///
 /// Errors: the [`XmlError`] the framer reports when `bytes` is not exactly one
 /// well-formed element (a bug in the code that generated it).
