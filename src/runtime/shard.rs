@@ -43,8 +43,8 @@ use crate::metrics::Latency;
 use crate::router::inbox::ShardInbox;
 use crate::router::queue::{Failure, Queued};
 use crate::router::{bare_key, domain_key, shard_of};
-use crate::service::{write_ping, Answer};
-use crate::stanza::{is_error, write_error_reply, StanzaKind};
+use crate::service::{ping, Answer};
+use crate::stanza::{error_reply, is_error, StanzaKind};
 use crate::stream::c2s::C2sConnection;
 use crate::xml::{parse_stanza, Element};
 
@@ -346,13 +346,14 @@ impl Shard {
     /// addressed to a domain; users get theirs (`local.rs`).
     fn deliver_local(&self, el: Element) {
         match self.deliver_local_stanza(el) {
-            Some(Answer::Reply(bytes)) => self.route_generated(&bytes),
+            Some(Answer::Reply(reply)) => self.route(reply),
             Some(Answer::Response { id, error }) => self.finish_ping(&id, error),
             Some(Answer::Ignore) | None => {}
         }
     }
 
-    /// Routes a stanza we generated (a reply or a bounce).
+    /// Routes a stanza written as bytes (local users' presence and roster stanzas not yet
+    /// built as elements).
     pub(super) fn route_generated(&self, bytes: &[u8]) {
         match parse_stanza(bytes) {
             Ok(el) => self.route(el),
@@ -368,9 +369,7 @@ impl Shard {
         }
         super::metrics(|m| m.count("bounces", &[("condition", condition.as_str())], 1));
         let by = el.from().map(domain_of);
-        let mut out = Vec::with_capacity(256);
-        write_error_reply(el, condition, Some(text), by, &mut out);
-        self.route_generated(&out);
+        self.route(error_reply(el, condition, Some(text), by));
     }
 
     // ----- admin ping -----
@@ -383,9 +382,7 @@ impl Shard {
             pings.retain(|_, p| now.duration_since(p.sent) < Duration::from_secs(300));
             pings.insert(id.clone(), PendingPing { sent: now, reply });
         }
-        let mut out = Vec::with_capacity(128);
-        write_ping(from, to, &id, &mut out);
-        self.route_generated(&out);
+        self.route(ping(from, to, &id));
     }
 
     fn finish_ping(&self, id: &str, error: Option<Option<StanzaCondition>>) {
