@@ -477,7 +477,7 @@ impl Shard {
                 match c {
                     Control::Ping { from, to, reply } => self.start_ping(&from, &to, reply),
                     Control::Shutdown => self.begin_shutdown(),
-                    Control::Resend(pairs) => self.resend_subscriptions(pairs),
+                    Control::Resend(pairs) => self.local.resend_subscriptions(&self, pairs),
                     Control::Metrics(reply) => {
                         let _ = reply.try_send(self.metrics_snapshot());
                     }
@@ -494,7 +494,7 @@ impl Shard {
                 break;
             }
             // The store's answers (roster loads, durable changes, credentials).
-            self.store_replies();
+            self.local.store_replies(&self);
             // Inbox: a bounded number of batches per turn, so sockets get their turn.
             busy = false;
             // One batch at a time, and only while no send queue of this shard is full:
@@ -612,14 +612,14 @@ impl Shard {
                 super::set_read_at(before);
             }
             ShardMsg::Adopt(h) => self.adopt(*h),
-            ShardMsg::AdoptC2s(h) => self.adopt_c2s(*h),
+            ShardMsg::AdoptC2s(h) => self.local.adopt_c2s(self, *h),
             ShardMsg::Fanout {
                 stanza,
                 to,
                 read_at,
             } => {
                 let before = super::set_read_at(read_at);
-                self.fanned_out(&stanza, to);
+                self.local.fanned_out(self, &stanza, to);
                 super::set_read_at(before);
             }
             ShardMsg::Verify {
@@ -685,7 +685,7 @@ impl Shard {
     /// A stanza for a local JID this shard owns: the server's own entity answers what is
     /// addressed to a domain; users get theirs (`local.rs`).
     fn deliver_local(&self, el: Element) {
-        match self.deliver_local_stanza(el) {
+        match self.local.deliver_local_stanza(self, el) {
             Some(Answer::Reply(bytes)) => self.route_generated(&bytes),
             Some(Answer::Response { id, error }) => self.finish_ping(&id, error),
             Some(Answer::Ignore) | None => {}
@@ -1444,7 +1444,7 @@ impl Shard {
             }
             let _ = stream.set_nodelay(true);
             match kind {
-                ListenerKind::C2s => self.accept_c2s(stream, peer),
+                ListenerKind::C2s => self.local.accept_c2s(&self, stream, peer),
                 ListenerKind::S2s | ListenerKind::S2sDirectTls => {
                     if self.unauthenticated.get()
                         >= self.shared().config.s2s.max_unauthenticated_per_shard
@@ -2311,7 +2311,7 @@ impl Shard {
             self.refuse_during_shutdown(d);
         }
         let now = Instant::now();
-        self.close_clients(now);
+        self.local.close_clients(self, now);
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
         for c in conns {
             let mut st = c.st.borrow_mut();
