@@ -14,7 +14,8 @@ use super::sessions::{reply_to_client, send_to};
 use super::users::Deferred;
 use crate::condition::StanzaCondition;
 use crate::jid::Jid;
-use crate::presence::{SubType, ROSTER_NS};
+use crate::presence::client::{self, ClientPresence};
+use crate::presence::ROSTER_NS;
 use crate::router::bare_key;
 use crate::runtime::conn::{Conn, ConnId};
 use crate::runtime::shard::{count_stanza, Shard};
@@ -116,40 +117,33 @@ impl ClientStanzas {
         let to_self = el.to().is_none_or(|t| bare_key(t) == bare);
         match kind {
             StanzaKind::Iq if to_self => self.account_iq(shard, &conn, &bare, el),
-            StanzaKind::Presence => {
-                let sub = el.type_().and_then(SubType::from_type);
-                match (el.type_(), el.to()) {
-                    (Some("probe"), _) => {} // the server probes, not clients (§4.3)
-                    (_, Some(_)) if sub.is_some() => {
-                        shard.local.subscriptions.outbound(
-                            shard,
-                            &conn,
-                            &bare,
-                            sub.expect("checked"),
-                            el,
-                        );
-                    }
-                    (None | Some("unavailable"), None) => {
-                        shard.local.presence.own_presence(shard, &conn, &bare, el);
-                    }
-                    (None | Some("unavailable"), Some(to)) => {
-                        // Directed presence (§4.6): remembered, to be told of unavailability.
-                        let to = to.to_owned();
-                        let unavailable = el.type_() == Some("unavailable");
-                        if let Some(u) = shard.local.users.borrow_mut().get_mut(&bare) {
-                            if let Some(s) = u.sessions.iter_mut().find(|s| s.conn.id == id) {
-                                if unavailable {
-                                    s.directed.remove(&to);
-                                } else {
-                                    s.directed.insert(to);
-                                }
+            StanzaKind::Presence => match client::classify(el.type_(), el.to().is_some()) {
+                ClientPresence::Ignore => {} // the server probes, not clients (§4.3)
+                ClientPresence::Subscription(t) => {
+                    shard
+                        .local
+                        .subscriptions
+                        .outbound(shard, &conn, &bare, t, el);
+                }
+                ClientPresence::Broadcast => {
+                    shard.local.presence.own_presence(shard, &conn, &bare, el);
+                }
+                ClientPresence::Directed { unavailable } => {
+                    // Directed presence (§4.6): remembered, to be told of unavailability.
+                    let to = el.to().unwrap_or_default().to_owned();
+                    if let Some(u) = shard.local.users.borrow_mut().get_mut(&bare) {
+                        if let Some(s) = u.sessions.iter_mut().find(|s| s.conn.id == id) {
+                            if unavailable {
+                                s.directed.remove(&to);
+                            } else {
+                                s.directed.insert(to);
                             }
                         }
-                        shard.route(el);
                     }
-                    _ => shard.route(el),
+                    shard.route(el);
                 }
-            }
+                ClientPresence::Route => shard.route(el),
+            },
             _ => {
                 // A message to no one is for the account's bare JID (RFC 6120 §10.3.1).
                 if el.to().is_none() {

@@ -1,8 +1,7 @@
 //! Rosters (RFC 6121 §2) ([`Rosters`]): the cache of each known user's roster ([`Roster`],
 //! loaded from the store when first needed and kept while the user is known), roster get
-//! with versioning (§2.2, §2.6), roster set (§2.3–§2.5, as
-//! [`roster_set::plan`](crate::presence::roster_set::plan) plans it) and roster pushes
-//! (§2.1.6).
+//! with versioning (§2.2, §2.6), roster set (§2.3–§2.5, as [`roster_set::plan`] plans
+//! it) and roster pushes (§2.1.6).
 //!
 //! Every change to a roster is made durable before anything is acted on (DESIGN.md:
 //! "durable before acknowledged or forwarded"): the cache takes the new state at once, so

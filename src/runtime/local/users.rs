@@ -3,17 +3,17 @@
 //! processing), for the roster to load or for a roster change to be made durable.
 //!
 //! A user is known while it has a session, something waits for it, or its roster is
-//! loading or being changed; then it is forgotten ([`Users::maybe_forget`]): offline users
-//! cost no memory. The stanzas that read the roster (RFC 6121 §2 roster queries, §3
-//! subscription stanzas, §4.3 probes, §4.2 initial presence) make it load
-//! ([`Users::admit`]).
+//! loading or being changed; once none of these holds it is forgotten
+//! ([`Users::maybe_forget`]): offline users cost no memory. The stanzas that read the
+//! roster (RFC 6121 §2 roster queries, §3 subscription stanzas, §4.3 probes, a client's
+//! presence without `to`, §4.2–§4.5) make it load ([`Users::admit`]).
 
 use std::cell::{Ref, RefCell, RefMut};
 use std::collections::{HashMap, VecDeque};
 
 use super::roster::RosterState;
 use super::sessions::Session;
-use crate::presence::{SubType, ROSTER_NS};
+use crate::presence::{client, SubType, ROSTER_NS};
 use crate::router::bare_key;
 use crate::router::fanout::SharedStanza;
 use crate::runtime::conn::ConnId;
@@ -64,10 +64,7 @@ impl Deferred {
     fn needs_roster(&self, bare: &str) -> bool {
         match self {
             Deferred::FromClient(_, el) => match StanzaKind::of(el) {
-                Some(StanzaKind::Presence) => match el.to() {
-                    None => true,
-                    Some(_) => el.type_().and_then(SubType::from_type).is_some(),
-                },
+                Some(StanzaKind::Presence) => client::needs_roster(el.type_(), el.to().is_some()),
                 Some(StanzaKind::Iq) => {
                     el.to().is_none_or(|t| bare_key(t) == bare)
                         && memchr::memmem::find(el.inner(), ROSTER_NS.as_bytes()).is_some()
