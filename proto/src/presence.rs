@@ -31,6 +31,8 @@
 //!
 //! Where a stanza for a local user goes (§8.5: by resource, availability and priority) is
 //! decided by [`delivery::decide`], which also reads a presence's priority (§4.7.2.3).
+//! Where presence a client sends goes (a subscription stanza, a broadcast, directed
+//! presence) is [`client::classify`].
 
 use std::fmt;
 
@@ -39,6 +41,7 @@ use crate::jid::BareJid;
 use crate::xml::tree::Node;
 use crate::xml::{escape_attr_into, escape_text_into};
 
+pub mod client;
 pub mod delivery;
 pub mod roster_set;
 

@@ -373,7 +373,7 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, kind: ListenerKind, l: Rc<TcpL
         }
         let _ = stream.set_nodelay(true);
         match kind {
-            ListenerKind::C2s => shard.accept_c2s(stream, peer),
+            ListenerKind::C2s => shard.local.accept_c2s(&shard, stream, peer),
             ListenerKind::S2s | ListenerKind::S2sDirectTls => {
                 if !shard.s2s.admit_unauthenticated(&shard) {
                     debug!(%peer, "too many unauthenticated connections; refusing");

@@ -12,7 +12,7 @@
 //! - [`S2sStreams`] (`s2s.rs`): S2S streams and their events;
 //! - [`Remotes`] (`remote.rs`): the remote domains owned here, their queues and
 //!   backoff (opening a stream is `connect.rs`);
-//! - [`Local`] (`local.rs`): local users, their sessions, rosters and presence;
+//! - [`Local`] (`local/`): local users, their sessions, rosters and presence;
 //! - `io.rs`: the accept, read and write loops every stream runs.
 
 use std::cell::{Cell, RefCell};
@@ -77,7 +77,7 @@ pub(crate) struct Shard {
     pings: RefCell<HashMap<String, PendingPing>>,
     next_id: Cell<u64>,
     pub(super) rng: RefCell<SmallRng>,
-    /// Local users, their sessions and rosters (`local.rs`).
+    /// Local users, their sessions and rosters (`local/`).
     pub(super) local: Local,
     pub(super) shutting_down: Cell<bool>,
     listeners: RefCell<Vec<Rc<TcpListener>>>,
@@ -213,7 +213,7 @@ impl Shard {
                 match c {
                     Control::Ping { from, to, reply } => self.start_ping(&from, &to, reply),
                     Control::Shutdown => self.begin_shutdown(),
-                    Control::Resend(pairs) => self.resend_subscriptions(pairs),
+                    Control::Resend(pairs) => self.local.resend_subscriptions(&self, pairs),
                     Control::Metrics(reply) => {
                         let _ = reply.try_send(self.metrics_snapshot());
                     }
@@ -230,7 +230,7 @@ impl Shard {
                 break;
             }
             // The store's answers (roster loads, durable changes, credentials).
-            self.store_replies();
+            self.local.store_replies(&self);
             // Inbox: a bounded number of batches per turn, so sockets get their turn.
             busy = false;
             // One batch at a time, and only while no send queue of this shard is full:
@@ -273,14 +273,14 @@ impl Shard {
                 super::set_read_at(before);
             }
             ShardMsg::Adopt(h) => self.s2s.adopt(self, *h),
-            ShardMsg::AdoptC2s(h) => self.adopt_c2s(*h),
+            ShardMsg::AdoptC2s(h) => self.local.adopt_c2s(self, *h),
             ShardMsg::Fanout {
                 stanza,
                 to,
                 read_at,
             } => {
                 let before = super::set_read_at(read_at);
-                self.fanned_out(&stanza, to);
+                self.local.fanned_out(self, &stanza, to);
                 super::set_read_at(before);
             }
             ShardMsg::Verify(req) => self.remotes.verify_with_authoritative(self, req),
@@ -343,17 +343,17 @@ impl Shard {
     }
 
     /// A stanza for a local JID this shard owns: the server's own entity answers what is
-    /// addressed to a domain; users get theirs (`local.rs`).
+    /// addressed to a domain; users get theirs (`local/`).
     fn deliver_local(&self, el: Element) {
-        match self.deliver_local_stanza(el) {
+        match self.local.deliver_local_stanza(self, el) {
             Some(Answer::Reply(reply)) => self.route(reply),
             Some(Answer::Response { id, error }) => self.finish_ping(&id, error),
             Some(Answer::Ignore) | None => {}
         }
     }
 
-    /// Routes a stanza written as bytes (local users' presence and roster stanzas not yet
-    /// built as elements).
+    /// Routes a stanza written as bytes and framed once more here: a client's stanza stamped
+    /// with its full JID, or one readdressed to another recipient.
     pub(super) fn route_generated(&self, bytes: &[u8]) {
         match parse_stanza(bytes) {
             Ok(el) => self.route(el),
@@ -419,7 +419,7 @@ impl Shard {
         // sessions are still open to receive the bounce. No stream is opened from now on.
         self.remotes.begin_shutdown(self);
         let now = Instant::now();
-        self.close_clients(now);
+        self.local.close_clients(self, now);
         let conns = self.s2s.all();
         for c in conns {
             let mut st = c.st.borrow_mut();

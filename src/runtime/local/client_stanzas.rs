@@ -1,0 +1,192 @@
+//! Stanzas a bound session sends ([`ClientStanzas`]): stamped with the session's full
+//! JID (RFC 6120 §8.1.2.1), a malformed `to` refused (§8.3.3.8), then, in the user's
+//! order, dispatched: an `iq` to the account is answered on its behalf (§10.3.3: the
+//! roster, RFC 6121 §2; ping), a subscription stanza goes to the subscription logic
+//! (RFC 6121 §3), presence without `to` to the presence logic (§4.2–§4.5), directed
+//! presence is remembered (§4.6), and the rest is routed (a message without `to` to the
+//! account's bare JID, RFC 6120 §10.3.1).
+
+use std::rc::Rc;
+
+use tracing::warn;
+
+use super::sessions::{reply_to_client, send_to};
+use super::users::Deferred;
+use crate::condition::StanzaCondition;
+use crate::jid::Jid;
+use crate::presence::client::{self, ClientPresence};
+use crate::presence::ROSTER_NS;
+use crate::router::bare_key;
+use crate::runtime::conn::{Conn, ConnId};
+use crate::runtime::count_stanza;
+use crate::runtime::shard::Shard;
+use crate::service::NS_PING;
+use crate::stanza::StanzaKind;
+use crate::stream::c2s::C2sConnection;
+use crate::xml::tree::Node;
+use crate::xml::writer::{write_raw_attr, write_readdressed};
+use crate::xml::{parse_stanza, Element};
+
+/// The payload element of an `iq`, parsed.
+fn iq_payload(el: &Element) -> Option<Node> {
+    let node = Node::parse(el).ok()?;
+    node.children.into_iter().next()
+}
+
+/// The handling of what clients send; the sessions are in [`super::users::User`].
+pub(super) struct ClientStanzas;
+
+impl ClientStanzas {
+    /// A stanza from a client's stream: stamped, checked, handled in the user's order.
+    pub(super) fn client_sent(
+        &self,
+        shard: &Shard,
+        conn: &Rc<Conn<C2sConnection>>,
+        kind: StanzaKind,
+        el: Element,
+    ) {
+        count_stanza("c2s_in", kind.as_str());
+        let mut out = Vec::with_capacity(el.bytes().len() + 64);
+        if conn.st.borrow().proto.stamp(&el, &mut out).is_err() {
+            return;
+        }
+        let stamped = match parse_stanza(&out) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(parent: &conn.span, error = %e, "stamped stanza does not frame");
+                return;
+            }
+        };
+        // A `to` that is not a JID: `jid-malformed` (RFC 6120 §8.3.3.8), nothing routed.
+        if let Some(to) = stamped.to() {
+            if Jid::new(to).is_err() {
+                return reply_to_client(
+                    conn,
+                    &stamped,
+                    StanzaCondition::JidMalformed,
+                    "the 'to' address is not a valid JID",
+                );
+            }
+        }
+        self.client_stanza(shard, conn.id, kind, stamped);
+    }
+
+    fn session_conn(
+        &self,
+        shard: &Shard,
+        bare: &str,
+        id: ConnId,
+    ) -> Option<Rc<Conn<C2sConnection>>> {
+        shard
+            .local
+            .users
+            .borrow()
+            .get(bare)
+            .and_then(|u| u.sessions.iter().find(|s| s.conn.id == id))
+            .map(|s| Rc::clone(&s.conn))
+    }
+
+    /// A stamped stanza from session `id` (on the user's shard): handled now, or queued
+    /// behind the user's earlier stanzas.
+    fn client_stanza(&self, shard: &Shard, id: ConnId, kind: StanzaKind, el: Element) {
+        let Some(from) = el.from() else { return };
+        let bare = bare_key(from).into_owned();
+        if let Some(Deferred::FromClient(id, el)) =
+            shard
+                .local
+                .users
+                .admit(shard, &bare, Deferred::FromClient(id, el))
+        {
+            self.client_stanza_now(shard, id, kind, el);
+        }
+    }
+
+    /// A stamped stanza from session `id`, its turn come: dispatched to the account
+    /// (RFC 6120 §10.3), to subscriptions (RFC 6121 §3), to presence (§4) or routed.
+    pub(super) fn client_stanza_now(
+        &self,
+        shard: &Shard,
+        id: ConnId,
+        kind: StanzaKind,
+        el: Element,
+    ) {
+        let Some(from) = el.from() else { return };
+        let bare = bare_key(from).into_owned();
+        let Some(conn) = self.session_conn(shard, &bare, id) else {
+            return;
+        };
+        let to_self = el.to().is_none_or(|t| bare_key(t) == bare);
+        match kind {
+            StanzaKind::Iq if to_self => self.account_iq(shard, &conn, &bare, el),
+            StanzaKind::Presence => match client::classify(el.type_(), el.to().is_some()) {
+                ClientPresence::Ignore => {} // the server probes, not clients (§4.3)
+                ClientPresence::Subscription(t) => {
+                    shard
+                        .local
+                        .subscriptions
+                        .outbound(shard, &conn, &bare, t, el);
+                }
+                ClientPresence::Broadcast => {
+                    shard.local.presence.own_presence(shard, &conn, &bare, el);
+                }
+                ClientPresence::Directed { unavailable } => {
+                    // Directed presence (§4.6): remembered, to be told of unavailability.
+                    let to = el.to().unwrap_or_default().to_owned();
+                    if let Some(u) = shard.local.users.borrow_mut().get_mut(&bare) {
+                        if let Some(s) = u.sessions.iter_mut().find(|s| s.conn.id == id) {
+                            if unavailable {
+                                s.directed.remove(&to);
+                            } else {
+                                s.directed.insert(to);
+                            }
+                        }
+                    }
+                    shard.route(el);
+                }
+                ClientPresence::Route => shard.route(el),
+            },
+            _ => {
+                // A message to no one is for the account's bare JID (RFC 6120 §10.3.1).
+                if el.to().is_none() {
+                    let mut out = Vec::with_capacity(el.bytes().len() + 32 + bare.len());
+                    write_readdressed(&el, Some(&bare), None, &mut out);
+                    return shard.route_generated(&out);
+                }
+                shard.route(el)
+            }
+        }
+    }
+
+    /// An `iq` a client addressed to its own account (no `to`, or its bare JID): the
+    /// server answers on the account's behalf (RFC 6120 §10.3.3).
+    fn account_iq(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>, bare: &str, el: Element) {
+        if !matches!(el.type_(), Some("get" | "set")) {
+            return; // results of roster pushes, errors
+        }
+        let payload = iq_payload(&el);
+        match payload.as_ref().map(|p| (p.name.as_str(), p.ns.as_str())) {
+            Some(("query", ROSTER_NS)) => {
+                let query = payload.expect("matched");
+                if el.type_() == Some("get") {
+                    shard.local.roster.get(shard, conn, bare, &el, &query);
+                } else {
+                    shard.local.roster.set(shard, conn, bare, el, &query);
+                }
+            }
+            Some(("ping", NS_PING)) if el.type_() == Some("get") => {
+                let mut out = Vec::with_capacity(96);
+                out.extend_from_slice(b"<iq type='result'");
+                write_raw_attr("to", el.from(), &mut out);
+                write_raw_attr("id", el.id(), &mut out);
+                out.extend_from_slice(b"/>");
+                send_to(conn, &[&out]);
+            }
+            _ => reply_to_client(
+                conn,
+                &el,
+                StanzaCondition::ServiceUnavailable,
+                "not served for accounts",
+            ),
+        }
+    }
+}

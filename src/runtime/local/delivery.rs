@@ -1,0 +1,146 @@
+//! Delivery to local users (RFC 6121 §8) ([`Delivery`]): a stanza for a user this shard
+//! owns, from anywhere (another local user, a remote server, the server itself), waits
+//! its turn behind the user's earlier stanzas, then goes where the §8.5 rules
+//! ([`fedrouter_proto::presence::delivery::decide`]) say given the user's sessions now:
+//! to some of them, an error to the sender, the subscription (§3) or probe (§4.3) logic,
+//! or nowhere. A session whose client stopped reading (`c2s.send_queue_bytes` waiting
+//! for its socket) is skipped: a client that stops reading costs only its own buffer.
+
+use std::rc::Rc;
+
+use super::sessions::{send_to, Session};
+use super::users::Deferred;
+use crate::presence::delivery::{self, SessionView};
+use crate::router::bare_key;
+use crate::router::queue::Queued;
+use crate::runtime::conn::Conn;
+use crate::runtime::shard::Shard;
+use crate::service::{answer_server, Answer};
+use crate::stanza::{error_reply, StanzaKind};
+use crate::stream::c2s::C2sConnection;
+use crate::xml::Element;
+
+/// The delivery behaviour; the sessions delivered to are in [`super::users::User`].
+pub(super) struct Delivery;
+
+impl Delivery {
+    /// A stanza to a local address on this shard: the server itself, or a user.
+    pub(super) fn deliver_local_stanza(&self, shard: &Shard, el: Element) -> Option<Answer> {
+        let kind = StanzaKind::of(&el)?;
+        let to = el.to().unwrap_or_default();
+        if !to.contains('@') && !to.contains('/') {
+            return Some(answer_server(&el, kind));
+        }
+        self.deliver_to_user(shard, el);
+        None
+    }
+
+    /// A stanza for a local user this shard owns, from anywhere (another local user, a
+    /// remote server, the server itself).
+    pub(super) fn deliver_to_user(&self, shard: &Shard, el: Element) {
+        let Some(to) = el.to() else { return };
+        let bare = bare_key(to).into_owned();
+        if let Some(Deferred::Inbound(el)) =
+            shard.local.users.admit(shard, &bare, Deferred::Inbound(el))
+        {
+            self.deliver_now(shard, el);
+            shard.local.users.maybe_forget(&bare);
+        }
+    }
+
+    /// Carries out what the RFC 6121 §8.5 rules ([`delivery::decide`]) say to do with a
+    /// stanza for a local user, given the user's sessions now.
+    pub(super) fn deliver_now(&self, shard: &Shard, el: Element) {
+        let Some(kind) = StanzaKind::of(&el) else {
+            return;
+        };
+        let Some(to) = el.to() else { return };
+        let bare = bare_key(to).into_owned();
+        let resource = to.find('/').map(|i| &to[i + 1..]);
+        let cap = shard.shared().config.c2s.send_queue_bytes;
+        let (decision, targets) = {
+            let users = shard.local.users.borrow();
+            let sessions = users.get(&bare).map_or(&[][..], |u| &u.sessions[..]);
+            let views: Vec<SessionView> = sessions.iter().map(|s| s.view(cap)).collect();
+            let decision = delivery::decide(kind, el.type_(), resource, &views);
+            let targets: Vec<Rc<Conn<C2sConnection>>> = match &decision {
+                delivery::Delivery::Deliver(ix) => {
+                    ix.iter().map(|&i| Rc::clone(&sessions[i].conn)).collect()
+                }
+                _ => Vec::new(),
+            };
+            (decision, targets)
+        };
+        match decision {
+            delivery::Delivery::Deliver(_) => {
+                for c in &targets {
+                    // A message or IQ is tracked until its socket accepts it, so that a
+                    // session closed by `c2s.write_stall_timeout` hands back what it never
+                    // sent ([`super::sessions::Sessions::write_stalled`]).
+                    if send_to(c, &[el.bytes()]) && kind != StanzaKind::Presence {
+                        c.st.borrow_mut().track(Queued::Whole(el.clone(), None));
+                    }
+                }
+            }
+            delivery::Delivery::Reply(condition) => {
+                shard.route(error_reply(&el, condition, None, None));
+            }
+            delivery::Delivery::UndeliverableError => {
+                // Never answered (RFC 6120 §8.3.1), but not dropped without a trace: a
+                // sender whose client stops reading loses its bounces here.
+                crate::runtime::metrics(|m| {
+                    m.count(
+                        "undeliverable_errors",
+                        &[("cause", "recipient_unavailable")],
+                        1,
+                    )
+                });
+            }
+            delivery::Delivery::Subscription(t) => {
+                shard.local.subscriptions.inbound(shard, &bare, t, el)
+            }
+            delivery::Delivery::Probe => shard.local.presence.answer_probe(shard, &bare, &el),
+            delivery::Delivery::Ignore => {}
+        }
+    }
+
+    /// Sends `bytes` to the sessions of `bare` that `filter` selects and that can take
+    /// them: a session whose stream holds `c2s.send_queue_bytes` not yet accepted by its
+    /// socket is skipped (a client that stops reading costs only its own buffer).
+    pub(super) fn to_sessions(
+        &self,
+        shard: &Shard,
+        bare: &str,
+        bytes: &[u8],
+        filter: impl Fn(&Session) -> bool,
+    ) -> usize {
+        let targets = self.writable_sessions(shard, bare, filter);
+        for c in &targets {
+            send_to(c, &[bytes]);
+        }
+        targets.len()
+    }
+
+    /// The sessions of `bare` that `filter` selects and whose stream has room.
+    pub(super) fn writable_sessions(
+        &self,
+        shard: &Shard,
+        bare: &str,
+        filter: impl Fn(&Session) -> bool,
+    ) -> Vec<Rc<Conn<C2sConnection>>> {
+        let cap = shard.shared().config.c2s.send_queue_bytes;
+        shard
+            .local
+            .users
+            .borrow()
+            .get(bare)
+            .map(|u| {
+                u.sessions
+                    .iter()
+                    .filter(|s| filter(s) && s.conn.backlog() < cap)
+                    .map(|s| Rc::clone(&s.conn))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,509 @@
+//! Client connections ([`Sessions`]): C2S streams accepted on this shard or handed to
+//! it, their events (STARTTLS, SASL with the credentials read from the store, resource
+//! binding — RFC 6120 §5–§7), the end of a session
+//! (§4.5.2: unavailable presence to whoever had its presence) and a client that stops
+//! reading (its undelivered stanzas handled as for an unavailable resource, §8.5). What a
+//! bound session sends is [`super::client_stanzas`]'s.
+//!
+//! A client connects to any shard; once authenticated, its connection moves to
+//! `shard_of(bare JID)`, where the resource is bound ([`Session`]) and every later stanza
+//! for or from that user is handled.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::Rng;
+use tokio_uring::net::TcpStream;
+use tracing::{debug, info, info_span, warn};
+
+use crate::condition::{StanzaCondition, StreamCondition};
+use crate::presence::delivery::{self, SessionView};
+use crate::router::fanout::SharedStanza;
+use crate::router::queue::Queued;
+use crate::router::{bare_key, shard_of};
+use crate::runtime::conn::{Conn, ConnId, ConnState, Handoff, Tls};
+use crate::runtime::count_stanza;
+use crate::runtime::io::{After, Driven};
+use crate::runtime::msg::ShardMsg;
+use crate::runtime::shard::Shard;
+use crate::stanza::{is_error, write_error_reply, StanzaKind};
+use crate::store::{Op, Outcome};
+use crate::stream::c2s::{BindError, C2sConnection, Event, Mechanism};
+use crate::stream::s2s::CloseReason;
+use crate::xml::writer::write_raw_attr;
+use crate::xml::Element;
+
+/// A bound resource.
+pub(super) struct Session {
+    pub(super) conn: Rc<Conn<C2sConnection>>,
+    pub(super) full: String,
+    pub(super) resource: String,
+    /// Sent initial presence and not unavailable since (RFC 6121 §4.2).
+    pub(super) available: bool,
+    /// Of the last available presence (RFC 6121 §4.7.2.3).
+    pub(super) priority: i8,
+    /// The last broadcast presence, without `to`.
+    pub(super) presence: Option<SharedStanza>,
+    /// Requested the roster (RFC 6121 §2.2): gets roster pushes.
+    pub(super) interested: bool,
+    /// Entities sent directed presence (RFC 6121 §4.6), told when the session goes away.
+    pub(super) directed: BTreeSet<String>,
+}
+
+impl Session {
+    /// The session as the RFC 6121 §8.5 rules see it ([`delivery::decide`]): `cap` is
+    /// `c2s.send_queue_bytes`, the backlog past which it takes nothing more.
+    pub(super) fn view(&self, cap: usize) -> SessionView<'_> {
+        SessionView {
+            resource: &self.resource,
+            available: self.available,
+            priority: self.priority,
+            writable: self.conn.backlog() < cap,
+        }
+    }
+}
+
+/// Sends bytes to one session's client; whether the stream took them.
+pub(super) fn send_to(conn: &Conn<C2sConnection>, parts: &[&[u8]]) -> bool {
+    let mut st = conn.st.borrow_mut();
+    if st.closed {
+        return false;
+    }
+    if st.proto.send_stanza_parts(parts, Instant::now()).is_ok() {
+        let head = parts.first().copied().unwrap_or_default();
+        let kind = if head.starts_with(b"<message") {
+            "message"
+        } else if head.starts_with(b"<presence") {
+            "presence"
+        } else if head.starts_with(b"<iq") {
+            "iq"
+        } else {
+            "other"
+        };
+        count_stanza("c2s_out", kind);
+        st.pump();
+        st.mark(crate::runtime::read_at());
+        drop(st);
+        conn.wake.notify_one();
+        return true;
+    }
+    false
+}
+
+/// Sends an error for `el` to the session that sent it.
+pub(super) fn reply_to_client(
+    conn: &Conn<C2sConnection>,
+    el: &Element,
+    c: StanzaCondition,
+    text: &str,
+) {
+    if is_error(el) {
+        return;
+    }
+    let mut out = Vec::with_capacity(256);
+    write_error_reply(el, c, Some(text), None, &mut out);
+    send_to(conn, &[&out]);
+}
+
+/// The C2S connections' behaviour; the connections are [`super::Local::conns`], the
+/// bound sessions are in [`super::users::Users`].
+pub(super) struct Sessions;
+
+impl Sessions {
+    /// A client connected to this shard's C2S listener.
+    pub(super) fn accept(&self, shard: &Shard, stream: TcpStream, peer: std::net::SocketAddr) {
+        let nonce = shard.rng.borrow_mut().random::<u64>();
+        let proto = C2sConnection::new(
+            Arc::clone(&shard.shared().c2s),
+            nonce,
+            false,
+            Instant::now(),
+        );
+        let mut st = ConnState::new(proto, None);
+        st.collect_events();
+        let span = info_span!("c2s", %peer, jid = tracing::field::Empty);
+        let conn = Rc::new(Conn::new(shard.next_conn_id(), stream, st, span));
+        shard
+            .local
+            .conns
+            .borrow_mut()
+            .insert(conn.id, Rc::clone(&conn));
+        shard.spawn_conn(conn);
+    }
+
+    /// Takes over a client connection whose user this shard owns.
+    pub(super) fn adopt(&self, shard: &Shard, mut h: Handoff<C2sConnection>) {
+        h.state.moved = true;
+        let stream = TcpStream::from_std(std::net::TcpStream::from(h.fd));
+        let jid = h
+            .state
+            .proto
+            .authenticated_jid()
+            .map(|j| j.as_str().to_owned())
+            .unwrap_or_default();
+        let span = info_span!("c2s", %jid, adopted = true);
+        let conn = Rc::new(Conn::new(shard.next_conn_id(), stream, h.state, span));
+        shard
+            .local
+            .conns
+            .borrow_mut()
+            .insert(conn.id, Rc::clone(&conn));
+        shard.spawn_conn(conn);
+    }
+
+    fn on_events(
+        &self,
+        shard: &Shard,
+        conn: &Rc<Conn<C2sConnection>>,
+        may_hand_off: bool,
+    ) -> After {
+        loop {
+            let ev = {
+                let mut st = conn.st.borrow_mut();
+                st.collect_events();
+                match st.events.pop_front() {
+                    Some(e) => e,
+                    None => return After::Continue,
+                }
+            };
+            if let Event::Authenticated { jid, .. } = &ev {
+                let jid = jid.clone();
+                let dst = shard_of(&bare_key(&jid), shard.n);
+                let moved = conn.st.borrow().moved;
+                if dst != shard.id && !moved {
+                    let mut st = conn.st.borrow_mut();
+                    st.events.push_front(ev);
+                    if !may_hand_off {
+                        // Only the read loop can move the socket (PLAIN succeeds in the
+                        // store's answer): it does with the client's next bytes, the
+                        // restarted stream's header; nothing is processed before.
+                        return After::Continue;
+                    }
+                    debug!(parent: &conn.span, %jid, to_shard = dst, "handing the session to its user's shard");
+                    st.handing_off = true;
+                    return After::HandOff(dst);
+                }
+            }
+            self.event(shard, conn, ev);
+        }
+    }
+
+    fn event(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>, ev: Event) {
+        match ev {
+            Event::Opened { .. } => {}
+            Event::StartTls(_) => {
+                let tls = rustls::ServerConnection::new(Arc::clone(&shard.shared().tls_c2s));
+                let mut st = conn.st.borrow_mut();
+                match tls {
+                    Ok(t) => st.start_tls(Tls::Server(t)),
+                    Err(e) => {
+                        st.proto.handle_tls_failed(&e.to_string());
+                        st.collect_events();
+                    }
+                }
+            }
+            Event::CredentialsNeeded { jid, mechanism } => {
+                self.look_up_credentials(shard, conn.id, jid, mechanism, true);
+            }
+            Event::AuthFailed {
+                username, failures, ..
+            } => {
+                crate::runtime::metrics(|m| {
+                    m.count(
+                        "auth",
+                        &[("proto", "c2s"), ("method", "sasl"), ("result", "fail")],
+                        1,
+                    )
+                });
+                info!(parent: &conn.span, user = username.as_deref().unwrap_or(""), failures, "authentication failed");
+            }
+            Event::Authenticated { jid, mechanism } => {
+                conn.record_once("jid", jid.as_str());
+                crate::runtime::metrics(|m| {
+                    m.count(
+                        "auth",
+                        &[
+                            ("proto", "c2s"),
+                            ("method", mechanism.name()),
+                            ("result", "ok"),
+                        ],
+                        1,
+                    )
+                });
+                info!(parent: &conn.span, mechanism = mechanism.name(), "authenticated");
+            }
+            Event::BindRequested { jid, requested } => self.bind(shard, conn, &jid, requested),
+            Event::Bound { jid } => self.bound(shard, conn, &jid),
+            Event::Stanza { kind, element } => {
+                shard.local.client.client_sent(shard, conn, kind, element)
+            }
+            Event::Closed(reason) => {
+                debug!(parent: &conn.span, ?reason, "client stream closed");
+                let was = std::mem::replace(&mut conn.st.borrow_mut().closed, true);
+                if !was {
+                    self.ended(shard, conn, &reason);
+                }
+                conn.st.borrow_mut().close_tls();
+                conn.wake.notify_one();
+            }
+        }
+    }
+
+    fn look_up_credentials(
+        &self,
+        shard: &Shard,
+        id: ConnId,
+        jid: String,
+        mechanism: Mechanism,
+        first: bool,
+    ) {
+        use crate::store::scram::ScramHash;
+        let hash = match (mechanism.hash(), first) {
+            (Some(h), _) => h,
+            (None, true) => ScramHash::Sha256,
+            (None, false) => ScramHash::Sha1,
+        };
+        let op = Op::Credentials {
+            jid: jid.clone(),
+            hash,
+        };
+        shard.local.store.submit(
+            shard,
+            op,
+            Box::new(move |shard, result| {
+                let creds = match result {
+                    Ok(Outcome::Credentials(c)) => c,
+                    Ok(_) => None,
+                    Err(e) => {
+                        warn!(error = %e, "reading credentials failed");
+                        None
+                    }
+                };
+                let sessions = &shard.local.sessions;
+                // PLAIN checks against any stored hash: SHA-256 first, then SHA-1.
+                if creds.is_none() && mechanism.hash().is_none() && first {
+                    return sessions.look_up_credentials(shard, id, jid, mechanism, false);
+                }
+                let Some(conn) = shard.local.conns.borrow().get(&id).cloned() else {
+                    return;
+                };
+                {
+                    let mut st = conn.st.borrow_mut();
+                    let _ = st.proto.handle_credentials(creds, Instant::now());
+                    st.collect_events();
+                    st.pump();
+                }
+                sessions.on_events(shard, &conn, false);
+                conn.st.borrow_mut().pump();
+                conn.wake.notify_one();
+            }),
+        );
+    }
+
+    /// RFC 6120 §7.6 on the user's shard: a generated resource when none is asked for, a
+    /// conflicting one replaces the older session (§7.7.2.2, the server's choice): that
+    /// stream is closed with `conflict`.
+    fn bind(
+        &self,
+        shard: &Shard,
+        conn: &Rc<Conn<C2sConnection>>,
+        jid: &str,
+        requested: Option<String>,
+    ) {
+        let now = Instant::now();
+        let resource = requested
+            .unwrap_or_else(|| format!("fr{:016x}", shard.rng.borrow_mut().random::<u64>()));
+        let full = format!("{jid}/{resource}");
+        let mut old = None;
+        let result = {
+            let mut users = shard.local.users.borrow_mut();
+            let user = users.entry(jid.to_owned()).or_default();
+            if let Some(i) = user.sessions.iter().position(|s| s.resource == resource) {
+                old = Some(Rc::clone(&user.sessions[i].conn));
+                Ok(())
+            } else if user.sessions.len() >= shard.shared().config.c2s.max_resources {
+                Err(BindError::ResourceConstraint)
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(old) = old {
+            info!(parent: &conn.span, %full, "resource conflict: replacing the older session");
+            // Its unavailable presence goes out now; the stream closes with `conflict`.
+            self.session_gone(shard, &old);
+            let mut st = old.st.borrow_mut();
+            st.proto.close(
+                Some((StreamCondition::Conflict, "replaced by a new session")),
+                now,
+            );
+            st.collect_events();
+            st.pump();
+            drop(st);
+            old.wake.notify_one();
+        }
+        {
+            let mut st = conn.st.borrow_mut();
+            let answer = result.as_ref().map(|_| full.as_str()).map_err(|e| *e);
+            if let Err(e) = st.proto.handle_bind(answer, now) {
+                warn!(parent: &conn.span, error = %e, "bind answer refused");
+            }
+            st.collect_events();
+        }
+        if shard_of(&bare_key(jid), shard.n) != shard.id {
+            warn!(parent: &conn.span, "session bound away from its user's shard");
+        }
+    }
+
+    fn bound(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>, full: &str) {
+        let bare = bare_key(full).into_owned();
+        let resource = full[bare.len() + 1..].to_owned();
+        {
+            let mut users = shard.local.users.borrow_mut();
+            let user = users.entry(bare.clone()).or_default();
+            user.sessions.push(Session {
+                conn: Rc::clone(conn),
+                full: full.to_owned(),
+                resource,
+                available: false,
+                priority: 0,
+                presence: None,
+                interested: false,
+                directed: BTreeSet::new(),
+            });
+        }
+        debug!(parent: &conn.span, %full, "bound");
+        shard.local.roster.ensure(shard, &bare);
+    }
+
+    fn ended(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>, _reason: &CloseReason) {
+        self.session_gone(shard, conn);
+    }
+
+    /// A session ends (closed, dropped, or replaced): unavailable presence to whoever had
+    /// its presence (RFC 6121 §4.5.2, also when the stream ends abruptly), then it is
+    /// forgotten.
+    fn session_gone(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>) {
+        let Some(full) = conn
+            .st
+            .borrow()
+            .proto
+            .bound_jid()
+            .map(|j| j.as_str().to_owned())
+        else {
+            return;
+        };
+        let bare = bare_key(&full).into_owned();
+        let session = {
+            let mut users = shard.local.users.borrow_mut();
+            let Some(user) = users.get_mut(&bare) else {
+                return;
+            };
+            let Some(i) = user.sessions.iter().position(|s| s.conn.id == conn.id) else {
+                return;
+            };
+            user.sessions.remove(i)
+        };
+        if session.available {
+            let mut out = Vec::with_capacity(64);
+            out.extend_from_slice(b"<presence type='unavailable'");
+            write_raw_attr("from", Some(&full), &mut out);
+            out.extend_from_slice(b"/>");
+            if let Ok(s) = SharedStanza::parse(&out) {
+                shard
+                    .local
+                    .presence
+                    .broadcast(shard, &bare, s, session.directed, None);
+            }
+        }
+        shard.local.users.maybe_forget(&bare);
+    }
+
+    /// A client's socket accepted no byte for `c2s.write_stall_timeout` (the writer closed
+    /// the stream): the session ends as if the client had left (unavailable presence to
+    /// its contacts), then the messages and IQs it never received are handled as for an
+    /// unavailable resource (RFC 6121 §8.5): delivered to the user's other resources, or
+    /// answered with `service-unavailable`. A message to the bare JID that the user's
+    /// other available resources already received is not delivered twice.
+    pub(super) fn write_stalled(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>) {
+        let timeout = shard.shared().config.c2s.write_stall_timeout;
+        let cap = shard.shared().config.c2s.send_queue_bytes;
+        let (jid, pending, unsent) = {
+            let mut st = conn.st.borrow_mut();
+            let pending = st.backlog();
+            let jid = st.proto.bound_jid().map(|j| j.as_str().to_owned());
+            (jid, pending, st.take_unsent())
+        };
+        crate::runtime::metrics(|m| m.count("stalled_streams_closed", &[("proto", "c2s")], 1));
+        warn!(
+            parent: &conn.span,
+            jid = jid.as_deref().unwrap_or("-"),
+            unsent = unsent.len(),
+            pending_bytes = pending,
+            timeout = %humantime::format_duration(timeout),
+            "client stopped reading: stream closed by c2s.write_stall_timeout; what waited for it is handled as for an unavailable resource"
+        );
+        self.ended(shard, conn, &CloseReason::Local);
+        for q in unsent {
+            let Queued::Whole(el, _) = q else { continue };
+            let Some(to) = el.to() else { continue };
+            let bare = bare_key(to);
+            let resource = to.find('/').map(|i| &to[i + 1..]);
+            let again = StanzaKind::of(&el).is_none_or(|kind| {
+                let users = shard.local.users.borrow();
+                let sessions = users
+                    .get(bare.as_ref())
+                    .map_or(&[][..], |u| &u.sessions[..]);
+                let views: Vec<SessionView> = sessions.iter().map(|s| s.view(cap)).collect();
+                delivery::redeliver_after_stall(kind, resource, &views)
+            });
+            if again {
+                shard.local.deliver_to_user(shard, el);
+            }
+        }
+    }
+
+    /// Closes every client stream (shutdown): unavailable presence goes out as each ends.
+    pub(super) fn close_clients(&self, shard: &Shard, now: Instant) {
+        let conns: Vec<Rc<Conn<C2sConnection>>> =
+            shard.local.conns.borrow().values().cloned().collect();
+        for c in conns {
+            let mut st = c.st.borrow_mut();
+            st.proto.close(
+                Some((
+                    StreamCondition::SystemShutdown,
+                    "the server is shutting down",
+                )),
+                now,
+            );
+            st.collect_events();
+            st.pump();
+            drop(st);
+            c.wake.notify_one();
+        }
+    }
+}
+
+impl Driven for C2sConnection {
+    const PROTO: &'static str = "c2s";
+    fn on_events(shard: &Shard, conn: &Rc<Conn<Self>>, may_hand_off: bool) -> After {
+        shard.local.sessions.on_events(shard, conn, may_hand_off)
+    }
+    fn ended(shard: &Shard, conn: &Rc<Conn<Self>>, reason: &CloseReason) {
+        shard.local.sessions.ended(shard, conn, reason)
+    }
+    fn write_stall_timeout(shard: &Shard) -> std::time::Duration {
+        shard.shared().config.c2s.write_stall_timeout
+    }
+    fn write_stalled(shard: &Shard, conn: &Rc<Conn<Self>>) {
+        shard.local.c2s_write_stalled(shard, conn)
+    }
+    fn conns(shard: &Shard) -> &RefCell<HashMap<ConnId, Rc<Conn<Self>>>> {
+        &shard.local.conns
+    }
+    fn adopt_msg(h: Handoff<Self>) -> ShardMsg {
+        ShardMsg::AdoptC2s(Box::new(h))
+    }
+}

@@ -1,0 +1,205 @@
+//! The local users this shard owns ([`Users`]): per user its bound sessions, its cached
+//! roster, and the stanzas from and to it that wait, in order (RFC 6120 §10.1: in-order
+//! processing), for the roster to load or for a roster change to be made durable.
+//!
+//! A user is known while it has a session, something waits for it, or its roster is
+//! loading or being changed; once none of these holds it is forgotten
+//! ([`Users::maybe_forget`]): offline users cost no memory. The stanzas that read the
+//! roster (RFC 6121 §2 roster queries, §3 subscription stanzas, §4.3 probes, a client's
+//! presence without `to`, §4.2–§4.5) make it load ([`Users::admit`]).
+
+use std::cell::{Ref, RefCell, RefMut};
+use std::collections::{HashMap, VecDeque};
+
+use super::roster::RosterState;
+use super::sessions::Session;
+use crate::presence::{client, SubType, ROSTER_NS};
+use crate::router::bare_key;
+use crate::router::fanout::SharedStanza;
+use crate::runtime::conn::ConnId;
+use crate::runtime::shard::Shard;
+use crate::stanza::StanzaKind;
+use crate::xml::Element;
+
+/// The users with state on this shard, by bare JID.
+pub(super) struct Users {
+    map: RefCell<HashMap<String, User>>,
+}
+
+/// One local user with a session, or whose roster was needed.
+#[derive(Default)]
+pub(super) struct User {
+    pub(super) sessions: Vec<Session>,
+    pub(super) roster: RosterState,
+    /// Stanzas from or to the user waiting, in order, for the roster to load or for
+    /// `busy` to drop to zero.
+    deferred: VecDeque<Deferred>,
+    /// Changes to the user's roster being made durable: until their actions ran, later
+    /// stanzas from and to the user wait (RFC 6120 §10.1: in-order processing).
+    busy: u32,
+}
+
+impl User {
+    /// Drops what waited (the roster could not be loaded); how many there were.
+    pub(super) fn drop_deferred(&mut self) -> usize {
+        let n = self.deferred.len();
+        self.deferred.clear();
+        n
+    }
+}
+
+/// A stanza waiting for its user's roster or earlier stanzas.
+pub(super) enum Deferred {
+    /// From one of the user's sessions (stamped).
+    FromClient(ConnId, Element),
+    /// To the user from elsewhere.
+    Inbound(Element),
+    /// A presence broadcast to the user (bare JID).
+    Broadcast(SharedStanza, Box<str>),
+}
+
+impl Deferred {
+    /// Whether handling it reads `bare`'s roster: roster queries, subscription stanzas,
+    /// presence broadcasts and probes.
+    fn needs_roster(&self, bare: &str) -> bool {
+        match self {
+            Deferred::FromClient(_, el) => match StanzaKind::of(el) {
+                Some(StanzaKind::Presence) => client::needs_roster(el.type_(), el.to().is_some()),
+                Some(StanzaKind::Iq) => {
+                    el.to().is_none_or(|t| bare_key(t) == bare)
+                        && memchr::memmem::find(el.inner(), ROSTER_NS.as_bytes()).is_some()
+                }
+                _ => false,
+            },
+            Deferred::Inbound(el) => {
+                StanzaKind::of(el) == Some(StanzaKind::Presence)
+                    && el
+                        .type_()
+                        .is_some_and(|t| t == "probe" || SubType::from_type(t).is_some())
+            }
+            Deferred::Broadcast(..) => false,
+        }
+    }
+}
+
+impl Users {
+    pub(super) fn new() -> Users {
+        Users {
+            map: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The users, to read.
+    pub(super) fn borrow(&self) -> Ref<'_, HashMap<String, User>> {
+        self.map.borrow()
+    }
+
+    /// The users, to change.
+    pub(super) fn borrow_mut(&self) -> RefMut<'_, HashMap<String, User>> {
+        self.map.borrow_mut()
+    }
+
+    /// Whether `d` (from or to `bare`) may be handled now: `Some(d)` back, or `None` when
+    /// it was queued behind earlier stanzas, a roster change being stored, or the roster
+    /// it needs (whose load starts).
+    pub(super) fn admit(&self, shard: &Shard, bare: &str, d: Deferred) -> Option<Deferred> {
+        let needs = d.needs_roster(bare);
+        let start_load = {
+            let mut users = self.map.borrow_mut();
+            if !needs && !users.contains_key(bare) {
+                return Some(d);
+            }
+            let user = users.entry(bare.to_owned()).or_default();
+            let ready = matches!(
+                user.roster,
+                RosterState::Loaded(_) | RosterState::NoSuchUser
+            );
+            if user.busy == 0 && user.deferred.is_empty() && (ready || !needs) {
+                return Some(d);
+            }
+            user.deferred.push_back(d);
+            needs && matches!(user.roster, RosterState::Unloaded)
+        };
+        if start_load {
+            shard.local.roster.ensure(shard, bare);
+        }
+        None
+    }
+
+    /// Handles what waited for `bare`, in order, until something blocks again.
+    pub(super) fn resume(&self, shard: &Shard, bare: &str) {
+        // Bounded: each turn takes one queued stanza.
+        for _ in 0..1_000_000 {
+            let (next, load) = {
+                let mut users = self.map.borrow_mut();
+                let Some(user) = users.get_mut(bare) else {
+                    return;
+                };
+                if user.busy > 0 {
+                    return;
+                }
+                let Some(front) = user.deferred.front() else {
+                    break;
+                };
+                if front.needs_roster(bare) {
+                    match user.roster {
+                        RosterState::Loading => return,
+                        RosterState::Unloaded => (None, true),
+                        RosterState::Loaded(_) | RosterState::NoSuchUser => {
+                            (user.deferred.pop_front(), false)
+                        }
+                    }
+                } else {
+                    (user.deferred.pop_front(), false)
+                }
+            };
+            if load {
+                return shard.local.roster.ensure(shard, bare);
+            }
+            match next {
+                Some(Deferred::FromClient(id, el)) => {
+                    let kind = StanzaKind::of(&el).unwrap_or(StanzaKind::Iq);
+                    shard.local.client.client_stanza_now(shard, id, kind, el);
+                }
+                Some(Deferred::Inbound(el)) => shard.local.delivery.deliver_now(shard, el),
+                Some(Deferred::Broadcast(stanza, to)) => {
+                    shard.local.presence.deliver_broadcast(shard, &stanza, &to)
+                }
+                None => break,
+            }
+        }
+        self.maybe_forget(bare);
+    }
+
+    /// A roster change of `bare` is being stored: later stanzas wait.
+    pub(super) fn hold(&self, bare: &str) {
+        if let Some(u) = self.map.borrow_mut().get_mut(bare) {
+            u.busy += 1;
+        }
+    }
+
+    /// A roster change of `bare` is stored and acted on: what waited goes on.
+    pub(super) fn release(&self, shard: &Shard, bare: &str) {
+        if let Some(u) = self.map.borrow_mut().get_mut(bare) {
+            u.busy = u.busy.saturating_sub(1);
+        }
+        self.resume(shard, bare);
+    }
+
+    /// Drops the cached state of a user with no session and nothing waiting: offline
+    /// users cost no memory, and stanzas for unknown users leave nothing behind. (Changes
+    /// in flight are not lost: the store applies requests in order, so a later load sees
+    /// them.)
+    pub(super) fn maybe_forget(&self, bare: &str) {
+        let mut users = self.map.borrow_mut();
+        let idle = users.get(bare).is_some_and(|u| {
+            u.sessions.is_empty()
+                && u.deferred.is_empty()
+                && u.busy == 0
+                && !matches!(u.roster, RosterState::Loading)
+        });
+        if idle {
+            users.remove(bare);
+        }
+    }
+}
