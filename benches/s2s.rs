@@ -87,8 +87,9 @@ use fedrouter::stream::{
     AuthMethod, Event, FederationPolicy, PeerCertVerifier, PeerPolicy, S2sConfig, S2sConnection,
     Timeouts, TlsRole,
 };
-use fedrouter::tls::{self, CertError, ClientAuth, DomainCertResolver, TestCa};
+use fedrouter::tls::{self, CertError, CertifiedDomain, ClientAuth, DomainCertResolver};
 use fedrouter::xml::{Frame, Framer, Limits};
+use fedrouter_testkit::TestCa;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::RootCertStore;
 
@@ -255,8 +256,16 @@ impl Setup {
     fn strict() -> Setup {
         tls::install_default_provider();
         let ca = TestCa::new("fedrouter bench CA").expect("test CA");
-        let out_cert = ca.issue(OUT_DOMAIN).expect("outbound certificate");
-        let in_cert = ca.issue(IN_DOMAIN).expect("inbound certificate");
+        let out_cert = ca
+            .issue(OUT_DOMAIN)
+            .expect("outbound certificate")
+            .assemble(CertifiedDomain::new)
+            .expect("outbound certificate");
+        let in_cert = ca
+            .issue(IN_DOMAIN)
+            .expect("inbound certificate")
+            .assemble(CertifiedDomain::new)
+            .expect("inbound certificate");
         let roots = Arc::new(ca.root_store());
         let client = tls::client_config(Some(roots.clone()), true, Some(&out_cert), &[])
             .expect("client config");

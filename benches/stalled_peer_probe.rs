@@ -54,9 +54,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use fedrouter::router::{bare_key, shard_of};
-use fedrouter::tls::TestCa;
 use fedrouter::xml::ns;
 use fedrouter_testkit::zone::{ZoneRecord, ZoneServer};
+use fedrouter_testkit::TestCa;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 

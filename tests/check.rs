@@ -21,7 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fedrouter::dialback::{DialbackErrorCondition, DialbackResult, DialbackSecret};
 use fedrouter::stream::{Event, FederationPolicy, PeerPolicy, S2sConfig, S2sConnection, TlsRole};
-use fedrouter::tls::{self, CertifiedDomain, ClientAuth, DomainCertResolver, LeafOptions, TestCa};
+use fedrouter::tls::{self, CertifiedDomain, ClientAuth, DomainCertResolver};
+use fedrouter_testkit::{Leaf, LeafOptions, TestCa};
 use rustls::pki_types::UnixTime;
 use serde_json::Value;
 use server::{a, config, ip, srv, xmpp_server, zone, Fedrouter, GOOGLE_STYLE};
@@ -157,7 +158,7 @@ fn run_check(cwd: &Path, config: &Path, args: &[&str]) -> Outcome {
 }
 
 /// The CA certificate and a leaf for `domain`, as files `ca.pem`, `DOMAIN.crt`, `DOMAIN.key`.
-fn tls_files(ca: &TestCa, leaf: &CertifiedDomain, domain: &str) -> Vec<(String, String)> {
+fn tls_files(ca: &TestCa, leaf: &Leaf, domain: &str) -> Vec<(String, String)> {
     vec![
         ("ca.pem".to_owned(), ca.ca_cert_pem()),
         (format!("{domain}.crt"), leaf.chain_pem()),
@@ -1095,7 +1096,11 @@ fn certificate_for_the_wrong_name() {
     records.extend(xmpp_server("b.test", ip(NET, 3)));
     let _dns = zone(NET, records);
     let ca = TestCa::new("check test CA").expect("CA");
-    let wrong = ca.issue("wrong.test").expect("leaf");
+    let wrong = ca
+        .issue("wrong.test")
+        .expect("leaf")
+        .assemble(CertifiedDomain::new)
+        .expect("leaf");
     let _peer = FakePeer::start(
         SocketAddr::new(ip(NET, 3).into(), 5269),
         "b.test",
@@ -1541,7 +1546,15 @@ fn sasl_external_not_offered_is_explained() {
     let peer = |n: u8, d: &'static str, request: bool, sasl: &'static str| {
         Script::start(
             SocketAddr::new(ip(NET, n).into(), 5269),
-            tls_peer(d, ca.issue(d).expect("leaf"), request, sasl),
+            tls_peer(
+                d,
+                ca.issue(d)
+                    .expect("leaf")
+                    .assemble(CertifiedDomain::new)
+                    .expect("leaf"),
+                request,
+                sasl,
+            ),
         )
     };
     let _b1 = peer(3, "b1.test", true, PLAIN);

@@ -12,7 +12,7 @@ use fedrouter::config::{
 };
 use fedrouter::dialback::DialbackSecret;
 use fedrouter::stream::policy::{AuthPolicy, PeerPolicy, TlsPolicy};
-use fedrouter::tls::TestCa;
+use fedrouter_testkit::TestCa;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -662,7 +662,7 @@ fn configured_certificates_and_trust_are_loaded() {
     let m = c.materialize().unwrap();
     assert_eq!(m.generated, ["b.test"]);
     assert_eq!(m.certificates[0].domain(), "a.test");
-    assert_eq!(m.certificates[0].chain(), issued.chain());
+    assert_eq!(m.certificates[0].chain(), issued.chain);
     assert_eq!(m.certificates[0].key_pem(), issued.key_pem());
     assert_eq!(m.trust, [ca.ca_der()]);
     assert!(!dir.path().join("data/certs/a.test.crt").exists());

@@ -306,7 +306,7 @@ fn sighup_reloads_certificates_without_dropping_streams() {
     let mut records = xmpp_server("a.test", ip(NET, 2));
     records.extend(xmpp_server("b.test", ip(NET, 3)));
     let _dns = zone(NET, records);
-    let ca = fedrouter::tls::TestCa::new("reload test CA").expect("CA");
+    let ca = fedrouter_testkit::TestCa::new("reload test CA").expect("CA");
     let first = ca.issue("a.test").expect("leaf");
     let tls = r#"
 [[tls.certificate]]

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fedrouter::tls::TestCa;
+use fedrouter_testkit::TestCa;
 use server::{
     a, assert_error, assert_pong, config, ip, rtt_ms, srv, xmpp_server, zone, Fedrouter,
     GOOGLE_STYLE,

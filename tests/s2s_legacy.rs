@@ -20,10 +20,10 @@ use fedrouter::stream::{
     AuthMethod, AuthPolicy, CloseReason, Direction, Event, FederationPolicy, PeerPolicy, TlsPolicy,
     TlsRole,
 };
-use fedrouter::tls::TestCa;
 use fedrouter::xml::tree::Node;
 use fedrouter::xml::writer::STREAM_CLOSE;
 use fedrouter::xml::{ns, Frame, Namespace, StreamHeader};
+use fedrouter_testkit::TestCa;
 
 /// Our domain.
 const LOCAL: &str = "cupdomain.test";

@@ -13,10 +13,10 @@ use fedrouter::dialback::{DialbackErrorCondition, DialbackResult};
 use fedrouter::stream::{
     AuthMethod, CloseReason, Direction, Event, FederationPolicy, PeerPolicy, TlsRole,
 };
-use fedrouter::tls::TestCa;
 use fedrouter::xml::tree::Node;
 use fedrouter::xml::writer::STREAM_CLOSE;
 use fedrouter::xml::{ns, Frame, Namespace};
+use fedrouter_testkit::TestCa;
 
 const LOCAL: &str = "cupdomain.test";
 const REMOTE: &str = "gmail.test";

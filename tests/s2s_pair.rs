@@ -5,12 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::pair::{Pair, Server};
+use common::pair::{certified, Pair, Server};
 use fedrouter::condition::StreamCondition;
 use fedrouter::stream::{
     AuthMethod, AuthPolicy, CloseReason, Direction, Event, PeerPolicy, TlsPolicy,
 };
-use fedrouter::tls::TestCa;
+use fedrouter_testkit::TestCa;
 
 fn authenticated(events: &[Event], dir: Direction) -> Option<AuthMethod> {
     events.iter().find_map(|e| match e {
@@ -162,7 +162,7 @@ fn external_with_certificate_for_another_domain_falls_back_or_fails() {
     let ca = TestCa::new("ca").unwrap();
     // cupdomain.test presents a certificate for another name.
     let mut a_srv = Server::new("cupdomain.test", PeerPolicy::default(), &ca, true);
-    a_srv.cert = Some(ca.issue("elsewhere.test").unwrap());
+    a_srv.cert = Some(certified(&ca, "elsewhere.test"));
     let mut p = Pair::new(
         a_srv,
         Server::new("gmail.test", PeerPolicy::default(), &ca, true),
@@ -179,7 +179,7 @@ fn external_with_certificate_for_another_domain_falls_back_or_fails() {
     );
 
     let mut a_srv = Server::new("cupdomain.test", PeerPolicy::strict(), &ca, true);
-    a_srv.cert = Some(ca.issue("elsewhere.test").unwrap());
+    a_srv.cert = Some(certified(&ca, "elsewhere.test"));
     let mut p = Pair::new(
         a_srv,
         Server::new("gmail.test", PeerPolicy::strict(), &ca, true),
@@ -361,7 +361,7 @@ fn sasl_external_not_offered_after_tls_is_reported() {
     // The peer refuses our certificate (issued for another name): after TLS it offers
     // no EXTERNAL. Policy `any`: reported once, then dialback authenticates the stream.
     let mut a_srv = Server::new("cupdomain.test", PeerPolicy::default(), &ca, true);
-    a_srv.cert = Some(ca.issue("elsewhere.test").unwrap());
+    a_srv.cert = Some(certified(&ca, "elsewhere.test"));
     let mut p = Pair::new(
         a_srv,
         Server::new("gmail.test", PeerPolicy::default(), &ca, true),
@@ -393,7 +393,7 @@ fn sasl_external_not_offered_after_tls_is_reported() {
     // Policy `sasl-external` (strict): reported with no fallback, then the stream is
     // closed with policy-violation.
     let mut a_srv = Server::new("cupdomain.test", PeerPolicy::strict(), &ca, true);
-    a_srv.cert = Some(ca.issue("elsewhere.test").unwrap());
+    a_srv.cert = Some(certified(&ca, "elsewhere.test"));
     let mut p = Pair::new(
         a_srv,
         Server::new("gmail.test", PeerPolicy::strict(), &ca, true),

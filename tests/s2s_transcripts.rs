@@ -10,9 +10,9 @@ use common::transcript;
 use fedrouter::dialback::DialbackResult;
 use fedrouter::stanza::StanzaKind;
 use fedrouter::stream::{AuthMethod, Direction, Event, PeerPolicy, TlsRole};
-use fedrouter::tls::TestCa;
 use fedrouter::xml::tree::Node;
 use fedrouter::xml::{ns, Frame, Namespace};
+use fedrouter_testkit::TestCa;
 
 const CUP: &str = "cupdomain.test";
 const GMAIL: &str = "gmail.test";

@@ -35,8 +35,9 @@ use fedrouter::stream::{
     AuthPolicy, CloseReason, Event, FederationPolicy, PeerCertVerifier, PeerPolicy, S2sConfig,
     S2sConnection, Timeouts, TlsPolicy,
 };
-use fedrouter::tls::{self, ClientAuth, DomainCertResolver, TestCa};
+use fedrouter::tls::{self, CertifiedDomain, ClientAuth, DomainCertResolver};
 use fedrouter::xml::{Element, Limits};
+use fedrouter_testkit::TestCa;
 use rand::Rng as _;
 use rustls::RootCertStore;
 use tokio::net::{TcpListener, TcpStream};
@@ -214,6 +215,8 @@ impl Peers {
             for d in 0..topo.peers {
                 certs.push(
                     ca.issue(&topo.domain(d))
+                        .map_err(|e| PeerError::Tls(e.to_string()))?
+                        .assemble(CertifiedDomain::new)
                         .map_err(|e| PeerError::Tls(e.to_string()))?,
                 );
             }

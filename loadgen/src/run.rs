@@ -42,7 +42,7 @@ use crate::topology::Topology;
 use crate::world::{PairState, World, ALL_STEPS};
 
 use fedrouter::stream::TlsPolicy;
-use fedrouter::tls::TestCa;
+use fedrouter_testkit::TestCa;
 
 /// The scenario of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -412,7 +412,7 @@ async fn certificate_checks() {
     let lab = Lab::start(16, &["alice"], "");
     bounded(async {
         // A root that did not sign the server's certificate: the handshake fails.
-        let other = fedrouter::tls::TestCa::new("other CA").expect("a CA");
+        let other = fedrouter_testkit::TestCa::new("other CA").expect("a CA");
         let opts = lab.opts_with(TlsMode::Required {
             roots: Some(Arc::new(other.root_store())),
         });

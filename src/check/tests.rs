@@ -2,18 +2,20 @@
 
 use std::time::UNIX_EPOCH;
 
+use fedrouter_testkit::TestCa;
+
 use super::*;
 
 #[test]
 fn not_after_of_generated_certificates() {
-    let ca = tls::TestCa::new("ca").unwrap();
+    let ca = TestCa::new("ca").unwrap();
     let leaf = ca.issue("a.test").unwrap();
     // LeafOptions::default: valid until 2100-01-01.
-    let t = not_after(&leaf.chain()[0]).unwrap();
+    let t = not_after(&leaf.chain[0]).unwrap();
     assert_eq!(rfc3339(t), "2100-01-01T00:00:00Z");
     let expired = ca.issue_expired("a.test").unwrap();
     assert_eq!(
-        rfc3339(not_after(&expired.chain()[0]).unwrap()),
+        rfc3339(not_after(&expired.chain[0]).unwrap()),
         "2001-01-01T00:00:00Z"
     );
     assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
@@ -30,12 +32,12 @@ fn dates_format() {
 
 #[test]
 fn facts_and_expiry_window() {
-    let ca = tls::TestCa::new("ca").unwrap();
+    let ca = TestCa::new("ca").unwrap();
     let leaf = ca.issue("a.test").unwrap();
-    let f = CertFacts::of(&leaf.chain()[0], "a.test");
+    let f = CertFacts::of(&leaf.chain[0], "a.test");
     assert!(f.covers && !f.self_signed);
     assert_eq!(f.names, ["a.test"]);
-    assert!(!CertFacts::of(&leaf.chain()[0], "b.test").covers);
+    assert!(!CertFacts::of(&leaf.chain[0], "b.test").covers);
     let ss = tls::self_signed("a.test").unwrap();
     assert!(CertFacts::of(&ss.chain()[0], "a.test").self_signed);
     let end = UNIX_EPOCH + Duration::from_secs(f.not_after.unwrap());

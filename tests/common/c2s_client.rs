@@ -15,8 +15,9 @@ use base64::Engine as _;
 use fedrouter::store::scram::{ScramCredentials, ScramHash};
 use fedrouter::stream::c2s::{C2sConfig, C2sConnection, Event};
 use fedrouter::stream::TlsRole;
-use fedrouter::tls::{self, ClientAuth, DomainCertResolver, TestCa};
+use fedrouter::tls::{self, CertifiedDomain, ClientAuth, DomainCertResolver};
 use fedrouter::xml::{Frame, Framer, Namespace};
+use fedrouter_testkit::TestCa;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
@@ -75,7 +76,11 @@ impl Harness {
     pub fn new(tweak: impl FnOnce(&mut C2sConfig)) -> Harness {
         tls::install_default_provider();
         let ca = TestCa::new("c2s test CA").unwrap();
-        let cert = ca.issue(DOMAIN).unwrap();
+        let cert = ca
+            .issue(DOMAIN)
+            .unwrap()
+            .assemble(CertifiedDomain::new)
+            .unwrap();
         let mut resolver = DomainCertResolver::new();
         resolver.add(&cert).unwrap();
         let server_tls_cfg = tls::server_config(Arc::new(resolver), ClientAuth::None, &[]);

@@ -11,10 +11,19 @@ use fedrouter::stream::{
     Event, FederationPolicy, PeerCertVerifier, PeerPolicy, S2sConfig, S2sConnection, Timeouts,
     TlsRole,
 };
-use fedrouter::tls::{self, CertError, CertifiedDomain, ClientAuth, DomainCertResolver, TestCa};
+use fedrouter::tls::{self, CertError, CertifiedDomain, ClientAuth, DomainCertResolver};
 use fedrouter::xml::Limits;
+use fedrouter_testkit::TestCa;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::RootCertStore;
+
+/// `ca`'s leaf certificate for `domain`, as the [`CertifiedDomain`] the TLS adapter takes.
+pub fn certified(ca: &TestCa, domain: &str) -> CertifiedDomain {
+    ca.issue(domain)
+        .expect("a test leaf")
+        .assemble(CertifiedDomain::new)
+        .expect("a usable test leaf")
+}
 
 /// Verifies with the test CA's roots at a fixed time.
 #[derive(Debug)]
@@ -81,7 +90,7 @@ impl Server {
         Server {
             domain: domain.to_owned(),
             cfg: Arc::new(cfg),
-            cert: with_cert.then(|| ca.issue(domain).unwrap()),
+            cert: with_cert.then(|| certified(ca, domain)),
             roots,
         }
     }

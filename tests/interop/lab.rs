@@ -7,7 +7,7 @@
 //! `.10k+1` (C2S 5222, S2S 5269, direct TLS 5270, admin 9269), Prosody on `.10k+2` (C2S
 //! 5222, S2S 5269), DNS on `.10k+3:53`. Slot 0 is `127.0.232.1/.2/.3`.
 //!
-//! Certificates come from one `fedrouter::tls::TestCa`; both clients trust only it.
+//! Certificates come from one `fedrouter_testkit::TestCa`; both clients trust only it.
 #![allow(dead_code)]
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,8 +15,8 @@ use std::path::PathBuf;
 
 use fedrouter::store::sqlite::SqliteStore;
 use fedrouter::store::{Store, StoredItem, DB_FILE};
-use fedrouter::tls::TestCa;
 use fedrouter_testkit::zone::{ZoneRecord, ZoneServer};
+use fedrouter_testkit::TestCa;
 
 use crate::prosody::{Prosody, ProsodySpec, S2sPolicy};
 use crate::server::{a, add_user, srv, Fedrouter};

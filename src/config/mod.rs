@@ -1,0 +1,153 @@
+//! The configuration adapter: one TOML file → a validated [`Config`], and
+//! [`Config::materialize`] → the certificates, dialback secret and trust anchors it names.
+//!
+//! Every table and key is optional (the embedded defaults are [`Config::default`]); an
+//! unknown key, a value of the wrong type or a malformed duration is a parse error that
+//! keeps `toml`'s message (it names the key and shows the line). Everything else is checked
+//! by [`Config::validate`], whose errors read `KEY: PROBLEM`, e.g.
+//! `s2s.backoff_max: must be at least s2s.backoff_initial (1s)`.
+//!
+//! ```toml
+//! domains = ["a.test"]          # hosted domains (RFC 7622 §3.2 domainparts); default ["localhost"]
+//! shards = 2                    # default: available cores; 1..=256
+//! data_dir = "fedrouter-data"   # generated certificates and the dialback secret live here
+//!
+//! [listen]                      # "ip:port" lists; [] disables the listener
+//! s2s = ["127.0.0.1:5269"]
+//! s2s_tls = ["127.0.0.1:5270"]  # direct TLS (XEP-0368)
+//! c2s = ["127.0.0.1:5222"]
+//! admin = "127.0.0.1:9269"      # HTTP metrics, status, ping; "" disables
+//!
+//! [tls]
+//! trust = ["ca.pem"]            # CA certificates trusted to verify peers
+//! system_roots = false          # also trust the system's roots
+//! [[tls.certificate]]           # per hosted domain; others get a generated self-signed one
+//! domain = "a.test"
+//! cert = "a.crt"                # PEM chain, end-entity first
+//! key = "a.key"                 # PEM private key
+//!
+//! [dns]
+//! nameservers = ["127.0.0.1:5300"]  # [] = the system's resolv.conf
+//! timeout = "2s"
+//! cache_size = 4096
+//! [dns.static]                  # domain -> "host:port", bypassing SRV look-ups (labs)
+//! "b.test" = "127.0.0.1:15269"
+//!
+//! [s2s]
+//! connect_timeout = "5s"
+//! negotiation_timeout = "30s"
+//! stream_header_timeout = "10s"
+//! idle_timeout = "10m"          # "0s" = never
+//! keepalive = "60s"
+//! verify_timeout = "30s"
+//! queue_per_domain = 1000
+//! send_queue_bytes = 1048576
+//! write_stall_timeout = "30s"   # a stream that accepts no byte this long is closed
+//! max_unauthenticated_per_shard = 1024
+//! backoff_initial = "1s"
+//! backoff_max = "5m"
+//! dialback_secret = "<hex>"     # absent: generated into <data_dir>/dialback.secret
+//! max_stanza_size = 262144
+//!
+//! [inbox]
+//! capacity = 1024
+//! batch = 256
+//!
+//! [c2s]                         # client streams (RFC 6120) and rosters (RFC 6121)
+//! tls_required = true
+//! negotiation_timeout = "30s"
+//! keepalive = "60s"
+//! max_auth_failures = 3
+//! auth_failure_delay = "1s"
+//! max_stanza_size = 65536
+//! max_roster_items = 1000
+//! max_resources = 16
+//! send_queue_bytes = 1048576
+//! write_stall_timeout = "30s"
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9269"     # Prometheus /metrics; the admin endpoint's address (default)
+//!                               # serves it too; "" = only there
+//!
+//! [store]                       # the embedded SQLite database, <data_dir>/fedrouter.db
+//! durability = "power-loss"     # or "crash" (synchronous=FULL / NORMAL)
+//! max_batch = 1024
+//! queue = 65536
+//!
+//! [shutdown]
+//! drain_timeout = "5s"
+//!
+//! [log]
+//! level = "info"                # RUST_LOG wins; a bare level is fedrouter's, libraries stay at warn
+//! format = "text"               # or "json" (one object per line); --log-format wins
+//!
+//! [federation.default]          # crate::stream::policy::FederationPolicy
+//! tls = "optional"
+//! [federation.domains."gmail.test"]
+//! tls = "disabled"
+//! auth = "dialback"
+//! verify_certificates = false
+//! ```
+//!
+//! Relative paths (`data_dir`, `tls.trust`, `tls.certificate[].cert`/`key`) are relative to
+//! the working directory of the process, not to the configuration file.
+//!
+//! Durations are `humantime` strings (`"500ms"`, `"5s"`, `"10m"`, `"1h 30m"`).
+//!
+//! # Files
+//!
+//! - `model.rs`: the validated configuration ([`Config`] and one struct per table) and its
+//!   defaults.
+//! - `file.rs`: the file as written (the serde structs) and its conversion into a
+//!   [`Config`]: addresses, static targets, domain keys ([`Config::from_toml_str`],
+//!   [`Config::load`]).
+//! - `validate.rs`: [`Config::validate`], whose errors name the key.
+//! - `materialize.rs`: [`Config::materialize`]: certificates, trust anchors and the
+//!   dialback secret on disk ([`Materialized`]).
+//! - `error.rs`: [`ConfigError`].
+
+mod error;
+mod file;
+mod materialize;
+mod model;
+mod validate;
+
+pub use error::ConfigError;
+pub use materialize::Materialized;
+pub use model::{
+    C2sSection, CertificateEntry, Config, DnsSection, InboxSection, Listen, LogFormat, LogSection,
+    MetricsSection, S2sSection, SecretBytes, ShutdownSection, StaticTarget, StoreDurability,
+    StoreSection, TlsConfig,
+};
+
+/// Most shards (`shards`).
+pub const MAX_SHARDS: usize = 256;
+
+/// Most stanzas waiting for one remote domain (`s2s.queue_per_domain`).
+pub const MAX_QUEUE_PER_DOMAIN: usize = 1_000_000;
+
+/// Smallest accepted `s2s.max_stanza_size`, in bytes: RFC 6120 §13.12 (item 4) requires
+/// servers to accept stanzas of at least 10 000 bytes.
+pub const MIN_STANZA_SIZE: usize = 10_000;
+
+/// Largest accepted `s2s.max_stanza_size`, in bytes (16 MiB).
+pub const MAX_STANZA_SIZE: usize = 16 << 20;
+
+/// Fewest bytes in a configured or stored dialback secret (128 bits).
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// Largest `dns.cache_size` (answers).
+pub const MAX_DNS_CACHE: usize = 1 << 20;
+
+/// Largest `inbox.capacity` (batches).
+pub const MAX_INBOX_CAPACITY: usize = 1 << 20;
+
+/// Largest `inbox.batch` (messages).
+pub const MAX_INBOX_BATCH: usize = 1 << 16;
+
+/// The file under `data_dir` holding the generated dialback secret (hexadecimal, mode 0600).
+pub const DIALBACK_SECRET_FILE: &str = "dialback.secret";
+
+/// The folder under `data_dir` holding generated self-signed certificates, as
+/// `<domain>.crt` (PEM chain) and `<domain>.key` (PEM private key, mode 0600).
+pub const CERTS_DIR: &str = "certs";
