@@ -433,6 +433,7 @@ pub fn run(
 }
 
 mod certs;
+mod diagnose;
 mod dns;
 mod explain;
 mod own;
