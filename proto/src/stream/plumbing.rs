@@ -1,10 +1,10 @@
 //! The plumbing of an RFC 6120 stream, the same for the S2S and the C2S machine: the
 //! framer that cuts the peer's bytes into its stream header, elements and close (§4.2,
-//! §4.4, §4.7), our header and the transmit buffer, the event queue, the deadlines (each
-//! negotiation step, the whitespace keepalive of §4.6.1, the closing handshake of §4.4)
-//! and the close sequence (a stream error, §4.9, then `</stream:stream>`). Each machine
-//! owns one [`Plumbing`] and keeps what is its own: the negotiation state, what the
-//! headers must say, and what it does when the stream ends.
+//! §4.4, §4.7), our header and the transmit buffer, the event queue, the deadlines (the
+//! peer's first stream header, each negotiation step, the whitespace keepalive of §4.6.1,
+//! the closing handshake of §4.4) and the close sequence (a stream error, §4.9, then
+//! `</stream:stream>`). Each machine owns one [`Plumbing`] and keeps what is its own: the
+//! negotiation state, what the headers must say, and what it does when the stream ends.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -18,9 +18,23 @@ use crate::xml::tree::Node;
 use crate::xml::writer::{write_stream_error, STREAM_CLOSE};
 use crate::xml::{ns, Element, Frame, Framer, Limits};
 
+/// The stream error text (`connection-timeout`) when the peer's first stream header did
+/// not arrive within the header timeout.
+pub(super) const NO_HEADER_IN_TIME: &str = "no stream header in time";
+
 /// The stream error text (`connection-timeout`) when a negotiation step did not complete
 /// within the negotiation timeout.
 pub(super) const STEP_TIMED_OUT: &str = "negotiation step timed out";
+
+/// Which of the [`Plumbing`]'s own deadlines passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Expired {
+    /// The peer's first stream header did not arrive in time: close with
+    /// `connection-timeout` ([`NO_HEADER_IN_TIME`]), without a closing handshake.
+    Header,
+    /// The step deadline: a negotiation step, or the closing handshake when closing.
+    Step,
+}
 
 /// The shared state of one stream (see the module docs). The machines reach into its
 /// fields where a step is theirs alone (their header attributes, their `last_tx` updates).
@@ -36,6 +50,8 @@ pub(super) struct Plumbing<E> {
     pub(super) header_sent: bool,
     /// The current step's deadline: a negotiation step, or the closing handshake.
     pub(super) deadline: Option<Instant>,
+    /// The peer's first stream header must arrive before this.
+    header_deadline: Option<Instant>,
     /// When we last transmitted something the peer sees as traffic (keepalive base).
     pub(super) last_tx: Instant,
     /// Why we closed, while waiting for the peer's close.
@@ -57,12 +73,27 @@ impl<E> Plumbing<E> {
             events: VecDeque::new(),
             header_sent: false,
             deadline: None,
+            header_deadline: None,
             last_tx: now,
             close_reason: None,
             stream_id: String::new(),
             id_nonce,
             restarts: 0,
         }
+    }
+
+    // ----- the peer's first header -----
+
+    /// Arms the deadline for the peer's first stream header: `within` from `now` (`None`:
+    /// only the step deadline applies). A peer that sends nothing holds a socket and a
+    /// slot of the unauthenticated-connection limit; this frees them.
+    pub(super) fn expect_first_header(&mut self, now: Instant, within: Option<Duration>) {
+        self.header_deadline = within.map(|d| now + d);
+    }
+
+    /// A stream header arrived from the peer: the first-header deadline is met.
+    pub(super) fn header_arrived(&mut self) {
+        self.header_deadline = None;
     }
 
     // ----- outputs -----
@@ -100,20 +131,28 @@ impl<E> Plumbing<E> {
 
     // ----- deadlines -----
 
-    /// The step deadline; the machine adds its own (keepalive, idle, dialback answers,
-    /// holds).
+    /// The earliest of the step deadline and the first-header deadline; the machine adds
+    /// its own (keepalive, idle, dialback answers, holds).
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.deadline
+        match (self.deadline, self.header_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Whether the step deadline (a negotiation step, or the closing handshake when
-    /// closing) has passed at `now`; disarms it if so.
-    pub(super) fn expired(&mut self, now: Instant) -> bool {
+    /// Which deadline has passed at `now`, if any, and disarms it. The first-header
+    /// deadline is looked at first: when both fall at the same instant, the stream is
+    /// closed for its header.
+    pub(super) fn expired(&mut self, now: Instant) -> Option<Expired> {
+        if self.header_deadline.is_some_and(|d| now >= d) {
+            self.header_deadline = None;
+            return Some(Expired::Header);
+        }
         if self.deadline.is_some_and(|d| now >= d) {
             self.deadline = None;
-            return true;
+            return Some(Expired::Step);
         }
-        false
+        None
     }
 
     /// When the next whitespace keepalive is due (RFC 6120 §4.6.1).
@@ -219,7 +258,13 @@ impl<E> Plumbing<E> {
         };
         self.out.extend_from_slice(STREAM_CLOSE);
         self.close_reason = Some(reason);
+        self.header_deadline = None;
         self.deadline = Some(now + close);
+    }
+
+    /// Why we started closing, taken (for a stream that ends before the peer's close).
+    pub(super) fn take_close_reason(&mut self) -> Option<CloseReason> {
+        self.close_reason.take()
     }
 
     /// The peer's `</stream:stream>`: answered with ours unless we sent it already
@@ -254,6 +299,7 @@ impl<E> Plumbing<E> {
     /// The stream is over: no deadline is left.
     pub(super) fn end(&mut self) {
         self.deadline = None;
+        self.header_deadline = None;
     }
 }
 

@@ -7,12 +7,21 @@ use std::time::Duration;
 use crate::scram::ScramHash;
 use crate::xml::Limits;
 
+#[cfg(doc)]
+use crate::stream::CloseReason;
+
 /// Per-step deadlines and keepalive intervals of a C2S stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct C2sTimeouts {
     /// Each negotiation step (header, TLS, SASL, the runtime's credentials and bind
     /// answers, bind) must complete within this (default 30 s); else `connection-timeout`.
     pub negotiation: Duration,
+    /// The client's first stream header must arrive within this of the connection's
+    /// creation (default 10 s, as `s2s.stream_header_timeout` for S2S streams); else the
+    /// stream is closed with `connection-timeout` ("no stream header in time",
+    /// [`CloseReason::SentError`]) and without a closing handshake. `None`: only
+    /// `negotiation` applies, as for the headers after TLS and SASL.
+    pub stream_header: Option<Duration>,
     /// Once bound, a whitespace keepalive is sent after this long without sending
     /// (default 60 s; RFC 6120 §4.6.1).
     pub keepalive: Duration,
@@ -28,6 +37,7 @@ impl Default for C2sTimeouts {
     fn default() -> Self {
         C2sTimeouts {
             negotiation: Duration::from_secs(30),
+            stream_header: Some(Duration::from_secs(10)),
             keepalive: Duration::from_secs(60),
             idle: None,
             close: Duration::from_secs(5),

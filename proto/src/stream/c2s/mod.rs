@@ -89,9 +89,11 @@
 //!
 //! # Timeouts
 //!
-//! Each negotiation step (header, TLS, SASL, the runtime's answers, bind) must complete
-//! within [`C2sTimeouts::negotiation`] (else `connection-timeout`); the auth-failure
-//! delay extends it. Once bound, a whitespace keepalive (RFC 6120 §4.6.1) is sent after
+//! The client's first stream header must arrive within [`C2sTimeouts::stream_header`]
+//! (else `connection-timeout`, "no stream header in time"). Each negotiation step (header,
+//! TLS, SASL, the runtime's answers, bind) must complete within
+//! [`C2sTimeouts::negotiation`] (else `connection-timeout`); the auth-failure delay
+//! extends it. Once bound, a whitespace keepalive (RFC 6120 §4.6.1) is sent after
 //! [`C2sTimeouts::keepalive`] without sending, and [`C2sTimeouts::idle`], if set, closes a
 //! stream the client has sent nothing on for that long. Closing waits
 //! [`C2sTimeouts::close`] for the client's `</stream:stream>` (§4.4).
@@ -126,7 +128,8 @@ pub use self::event::{BindError, C2sError, Event};
 use self::sasl::Sasl;
 use super::common::{CloseReason, TlsRole};
 use super::plumbing::{
-    header_domain, is_version_1, write_starttls_feature, Plumbing, STEP_TIMED_OUT,
+    header_domain, is_version_1, write_starttls_feature, Expired, Plumbing, NO_HEADER_IN_TIME,
+    STEP_TIMED_OUT,
 };
 use crate::condition::StreamCondition;
 use crate::jid::{BareJid, FullJid, Jid};
@@ -197,10 +200,12 @@ pub struct C2sConnection {
 impl C2sConnection {
     /// A new stream on an accepted socket. `id_nonce` makes this connection's stream ids
     /// and SCRAM nonces distinct (the runtime passes a random value); `direct_tls` when
-    /// the socket is already TLS (XEP-0368 `_xmpps-client`, port 5223).
+    /// the socket is already TLS (XEP-0368 `_xmpps-client`, port 5223). The client's
+    /// stream header must arrive within [`C2sTimeouts::stream_header`] of `now`.
     pub fn new(cfg: Arc<C2sConfig>, id_nonce: u64, direct_tls: bool, now: Instant) -> Self {
         let mut io = Plumbing::new(cfg.limits, id_nonce, now);
         io.deadline = Some(now + cfg.timeouts.negotiation);
+        io.expect_first_header(now, cfg.timeouts.stream_header);
         C2sConnection {
             io,
             cfg,
@@ -347,19 +352,21 @@ impl C2sConnection {
         self.finish(CloseReason::TlsFailed(reason.to_owned()));
     }
 
-    /// Drives the deadlines: negotiation steps, the auth-failure hold, keepalives, idle
-    /// close, closing handshake.
+    /// Drives the deadlines: the client's first header, negotiation steps, the
+    /// auth-failure hold, keepalives, idle close, closing handshake.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.state == State::Closed {
             return;
         }
-        if self.io.expired(now) {
-            if self.state == State::ExpectClose {
-                self.finish(CloseReason::CloseTimeout);
-            } else {
-                self.fail(StreamCondition::ConnectionTimeout, STEP_TIMED_OUT);
+        match self.io.expired(now) {
+            Some(Expired::Header) => return self.header_timed_out(now),
+            Some(Expired::Step) if self.state == State::ExpectClose => {
+                return self.finish(CloseReason::CloseTimeout)
             }
-            return;
+            Some(Expired::Step) => {
+                return self.fail(StreamCondition::ConnectionTimeout, STEP_TIMED_OUT)
+            }
+            None => {}
         }
         if self.hold_until.is_some_and(|h| now >= h) {
             self.hold_until = None;
@@ -431,6 +438,19 @@ impl C2sConnection {
         self.state = State::ExpectHeader;
     }
 
+    /// The client's first header did not come in time ([`C2sTimeouts::stream_header`]):
+    /// our header, the stream error and our close, as [`C2sConnection::close`] writes
+    /// them, and the stream is over at once: a client that sent nothing gets no closing
+    /// handshake (RFC 6120 §4.9.1.1).
+    fn header_timed_out(&mut self, now: Instant) {
+        self.close(
+            Some((StreamCondition::ConnectionTimeout, NO_HEADER_IN_TIME)),
+            now,
+        );
+        let reason = self.io.take_close_reason().unwrap_or(CloseReason::Local);
+        self.finish(reason);
+    }
+
     fn finish(&mut self, reason: CloseReason) {
         if self.state == State::Closed {
             return;
@@ -483,6 +503,7 @@ impl C2sConnection {
 
     /// The client's stream header (RFC 6120 §4.7), initial or after a restart.
     fn on_header(&mut self, h: StreamHeader, now: Instant) {
+        self.io.header_arrived();
         if self.state != State::ExpectHeader {
             return self.fail(StreamCondition::BadFormat, "unexpected stream header");
         }

@@ -14,7 +14,7 @@ use crate::stream::cert::CertError;
 use crate::xml::Limits;
 
 #[cfg(doc)]
-use super::S2sConnection;
+use super::{CloseReason, S2sConnection};
 
 /// Checks a peer's certificate chain (end entity first) against a domain at a given time.
 /// Implemented by the runtime over `fedrouter::tls::verify_peer_certificate` with its trust
@@ -37,6 +37,14 @@ pub struct Timeouts {
     /// Each negotiation step (header, features, proceed, TLS, SASL result, dialback
     /// result) must complete within this (default 30 s); else `connection-timeout`.
     pub negotiation: Duration,
+    /// The peer's first stream header must arrive within this of the connection's
+    /// creation (default 10 s, as `s2s.stream_header_timeout`): on an inbound stream the
+    /// initiating server's header, on an outbound stream the receiving server's answer.
+    /// Else the stream is closed with `connection-timeout` ("no stream header in time",
+    /// [`CloseReason::SentError`]) and without a closing handshake. `None`: only
+    /// `negotiation` applies. A restarted stream's header (after TLS or SASL) is a
+    /// negotiation step.
+    pub stream_header: Option<Duration>,
     /// How long an inbound `db:result` may wait for the authoritative server's verdict
     /// before it is answered `type='error'` with `remote-server-timeout` (default 30 s).
     pub verify: Duration,
@@ -54,6 +62,7 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             negotiation: Duration::from_secs(30),
+            stream_header: Some(Duration::from_secs(10)),
             verify: Duration::from_secs(30),
             keepalive: Duration::from_secs(60),
             idle: Some(Duration::from_secs(600)),

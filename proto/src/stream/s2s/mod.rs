@@ -25,6 +25,9 @@
 //! also lack `to` and `from`; the domains then come from each `db:result` / `db:verify`
 //! ([`S2sConnection::is_legacy`]).
 //!
+//! The peer's first stream header must arrive within [`Timeouts::stream_header`] (both
+//! directions); each later step within [`Timeouts::negotiation`].
+//!
 //! # Files
 //!
 //! The stream plumbing (framer, transmit buffer, events, deadlines, close sequence) is
@@ -49,7 +52,7 @@ pub use self::config::{PeerCertVerifier, S2sConfig, Timeouts};
 use self::dialback::{Pending, PendingVerify};
 pub use self::event::{AuthMethod, Direction, Event, S2sError};
 pub use super::common::{CloseReason, TlsRole};
-use super::plumbing::{Plumbing, STEP_TIMED_OUT};
+use super::plumbing::{Expired, Plumbing, NO_HEADER_IN_TIME, STEP_TIMED_OUT};
 use super::policy::PeerPolicy;
 use crate::condition::StreamCondition;
 use crate::jid::domain_of;
@@ -124,7 +127,8 @@ pub struct S2sConnection {
 impl S2sConnection {
     /// A new outbound stream from `local` to `remote` (both lowercase domains), for which
     /// the runtime has a connected socket (plain TCP; for XEP-0368 direct TLS, pass
-    /// `direct_tls` once the TLS handshake is done). Sends our stream header at once.
+    /// `direct_tls` once the TLS handshake is done). Sends our stream header at once; the
+    /// peer's answer must arrive within [`Timeouts::stream_header`].
     ///
     /// A remote domain that policy denies gets no header: the connection is closed at once
     /// with [`CloseReason::SentError`] (`policy-violation`) and nothing to transmit.
@@ -151,13 +155,15 @@ impl S2sConnection {
         c.send_header();
         c.state = State::ExpectHeader;
         c.io.deadline = Some(now + c.cfg.timeouts.negotiation);
+        c.io.expect_first_header(now, c.cfg.timeouts.stream_header);
         c
     }
 
     /// A new inbound stream on an accepted socket. `id_nonce` makes this connection's
     /// stream ids distinct (the runtime passes a counter or random value); `direct_tls`
     /// when the socket is already TLS (XEP-0368 port 5270), with the client's chain and
-    /// the wall-clock time of the handshake (see [`Self::handle_tls_established`]).
+    /// the wall-clock time of the handshake (see [`Self::handle_tls_established`]). The
+    /// peer's stream header must arrive within [`Timeouts::stream_header`] of `now`.
     pub fn inbound(
         cfg: Arc<S2sConfig>,
         id_nonce: u64,
@@ -172,6 +178,7 @@ impl S2sConnection {
             c.peer_chain = chain;
         }
         c.io.deadline = Some(now + c.cfg.timeouts.negotiation);
+        c.io.expect_first_header(now, c.cfg.timeouts.stream_header);
         c
     }
 
@@ -354,19 +361,21 @@ impl S2sConnection {
         self.finish(CloseReason::TlsFailed(reason.to_owned()));
     }
 
-    /// Drives the deadlines: negotiation steps, pending dialback, keepalives, idle close,
-    /// closing handshake.
+    /// Drives the deadlines: the peer's first header, negotiation steps, pending dialback,
+    /// keepalives, idle close, closing handshake.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.state == State::Closed {
             return;
         }
-        if self.io.expired(now) {
-            if self.state == State::ExpectClose {
-                self.finish(CloseReason::CloseTimeout);
-            } else {
-                self.fail(StreamCondition::ConnectionTimeout, STEP_TIMED_OUT);
+        match self.io.expired(now) {
+            Some(Expired::Header) => return self.header_timed_out(now),
+            Some(Expired::Step) if self.state == State::ExpectClose => {
+                return self.finish(CloseReason::CloseTimeout)
             }
-            return;
+            Some(Expired::Step) => {
+                return self.fail(StreamCondition::ConnectionTimeout, STEP_TIMED_OUT)
+            }
+            None => {}
         }
         if !self.dialback_timeouts(now) {
             return;
@@ -477,6 +486,19 @@ impl S2sConnection {
         }
     }
 
+    /// The peer's first header did not come in time ([`Timeouts::stream_header`]): the
+    /// stream error (after our header, RFC 6120 §4.9.1.2) and our close, as
+    /// [`S2sConnection::close`] writes them, and the stream is over at once: a peer that
+    /// sent nothing gets no closing handshake (§4.9.1.1).
+    fn header_timed_out(&mut self, now: Instant) {
+        self.close(
+            Some((StreamCondition::ConnectionTimeout, NO_HEADER_IN_TIME)),
+            now,
+        );
+        let reason = self.io.take_close_reason().unwrap_or(CloseReason::Local);
+        self.finish(reason);
+    }
+
     fn finish(&mut self, reason: CloseReason) {
         if self.state == State::Closed {
             return;
@@ -525,6 +547,7 @@ impl S2sConnection {
     }
 
     fn on_header(&mut self, h: StreamHeader, now: Instant) {
+        self.io.header_arrived();
         if self.state != State::ExpectHeader {
             return self.fail(StreamCondition::BadFormat, "unexpected stream header");
         }
