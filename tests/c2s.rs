@@ -726,6 +726,76 @@ fn negotiation_steps_time_out() {
     );
 }
 
+/// The text of the `connection-timeout` stream error for a header that did not come.
+const NO_HEADER: &str = "no stream header in time";
+
+#[test]
+fn the_first_header_must_arrive_within_the_header_timeout() {
+    let mut h = Harness::new(|_| {});
+    let deadline = h.now + Duration::from_secs(10);
+    // The header deadline (10 s) comes before the negotiation step's (30 s).
+    assert_eq!(h.conn.poll_timeout(), Some(deadline));
+    h.advance(Duration::from_secs(10) - Duration::from_nanos(1));
+    assert!(h.closed().is_none());
+    assert!(
+        h.take_xml().is_empty(),
+        "sent something before the deadline"
+    );
+    h.advance(Duration::from_nanos(1));
+    assert_eq!(h.now, deadline);
+    assert_eq!(
+        h.closed(),
+        Some(&CloseReason::SentError(
+            StreamCondition::ConnectionTimeout,
+            NO_HEADER.into()
+        ))
+    );
+    // Our header, the error with its text, our close; then nothing is waited for.
+    let got = h.take_xml();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got[0].starts_with("<stream:stream from=Some(\"example.com\")"));
+    assert_eq!(
+        got[1],
+        format!(
+            "{}<text xmlns='{STREAMS}'>{NO_HEADER}</text></stream:error>",
+            stream_error("connection-timeout")
+        )
+    );
+    assert_eq!(got[2], "</stream:stream>");
+    assert!(h.conn.is_closed());
+    assert_eq!(h.conn.poll_timeout(), None);
+}
+
+#[test]
+fn a_header_in_time_starts_the_negotiation() {
+    let mut h = Harness::new(|_| {});
+    h.advance(Duration::from_secs(9));
+    h.open();
+    let opened_at = h.now;
+    assert_eq!(
+        h.conn.poll_timeout(),
+        Some(opened_at + Duration::from_secs(30))
+    );
+    h.advance(Duration::from_secs(29));
+    assert!(h.closed().is_none());
+}
+
+#[test]
+fn without_a_header_timeout_the_negotiation_step_applies() {
+    let mut h = Harness::new(|c| c.timeouts.stream_header = None);
+    assert_eq!(h.conn.poll_timeout(), Some(h.now + Duration::from_secs(30)));
+    h.advance(Duration::from_secs(29));
+    assert!(h.closed().is_none());
+    h.advance(Duration::from_secs(1));
+    assert_eq!(
+        h.closed(),
+        Some(&CloseReason::SentError(
+            StreamCondition::ConnectionTimeout,
+            "negotiation step timed out".into()
+        ))
+    );
+}
+
 #[test]
 fn bound_streams_send_keepalives_and_do_not_time_out() {
     let mut h = Harness::new(|_| {});

@@ -5,13 +5,15 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::pair::{sent_documents, Server, Wire};
 use fedrouter::condition::StreamCondition;
 use fedrouter::dialback::{DialbackErrorCondition, DialbackResult};
 use fedrouter::stream::{
-    AuthMethod, CloseReason, Direction, Event, FederationPolicy, PeerPolicy, TlsRole,
+    AuthMethod, CloseReason, Direction, Event, FederationPolicy, PeerPolicy, S2sConfig, Timeouts,
+    TlsRole,
 };
 use fedrouter::xml::tree::Node;
 use fedrouter::xml::writer::STREAM_CLOSE;
@@ -698,17 +700,20 @@ fn assert_timeout(w: &mut Wire) {
 }
 
 #[test]
-fn outbound_timeout_waiting_for_header() {
+fn outbound_timeout_waiting_for_header_without_a_header_deadline() {
     let srv = server(PeerPolicy::google());
-    let mut w = Wire::outbound(srv.cfg.clone(), LOCAL, REMOTE);
+    let cfg = with_timeouts(&srv, |t| t.stream_header = None);
+    let mut w = Wire::outbound(cfg, LOCAL, REMOTE);
     assert_timeout(&mut w);
+    assert_closed_with(&w, "negotiation step timed out");
 }
 
 #[test]
 fn outbound_timeout_waiting_for_features() {
     let srv = server(PeerPolicy::google());
     let mut w = Wire::outbound(srv.cfg.clone(), LOCAL, REMOTE);
-    w.advance(Duration::from_secs(20));
+    // Within the header deadline (10 s).
+    w.advance(Duration::from_secs(9));
     w.feed(PEER_RESPONSE_HEADER.as_bytes());
     // The step's clock restarts with the header.
     assert_timeout(&mut w);
@@ -771,14 +776,194 @@ fn outbound_unanswered_dialback_result_fails_the_pair() {
 }
 
 #[test]
-fn inbound_timeout_waiting_for_header() {
+fn inbound_timeout_waiting_for_header_without_a_header_deadline() {
     let srv = server(PeerPolicy::google());
-    let mut w = Wire::inbound(srv.cfg.clone());
+    let cfg = with_timeouts(&srv, |t| t.stream_header = None);
+    let mut w = Wire::inbound(cfg);
     assert_timeout(&mut w);
+    assert_closed_with(&w, "negotiation step timed out");
     let Frame::Header(h) = &sent_documents(&w.sent)[0][0] else {
         panic!()
     };
     assert_eq!(h.from.as_deref(), Some(LOCAL));
+}
+
+// ----- the peer's first stream header (`Timeouts::stream_header`: 10 s) -----
+
+/// The text of the `connection-timeout` stream error for a header that did not come.
+const NO_HEADER: &str = "no stream header in time";
+
+/// `srv`'s configuration with its deadlines changed by `tweak`.
+fn with_timeouts(srv: &Server, tweak: impl FnOnce(&mut Timeouts)) -> Arc<S2sConfig> {
+    let c = &srv.cfg;
+    let mut timeouts = c.timeouts;
+    tweak(&mut timeouts);
+    Arc::new(S2sConfig {
+        local_domains: c.local_domains.clone(),
+        certificate_domains: c.certificate_domains.clone(),
+        policy: c.policy.clone(),
+        dialback_secret: c.dialback_secret.clone(),
+        stream_id_key: c.stream_id_key,
+        cert_verifier: c.cert_verifier.clone(),
+        limits: c.limits,
+        timeouts,
+    })
+}
+
+fn assert_closed_with(w: &Wire, text: &str) {
+    assert_eq!(
+        w.closed(),
+        Some(&CloseReason::SentError(
+            StreamCondition::ConnectionTimeout,
+            text.into()
+        ))
+    );
+    assert!(
+        String::from_utf8_lossy(&w.sent).contains(&format!(">{text}</text>")),
+        "{}",
+        String::from_utf8_lossy(&w.sent)
+    );
+}
+
+/// A fresh connection whose peer sends nothing: the header deadline (10 s, before the
+/// negotiation step's 30 s) is the earliest in `poll_timeout`; nothing happens until it,
+/// and at exactly it the stream is closed with `connection-timeout` and over at once (no
+/// closing handshake: no deadline left).
+fn assert_header_timeout(w: &mut Wire) {
+    let deadline = w.now + Duration::from_secs(10);
+    assert_eq!(
+        Timeouts::default().stream_header,
+        Some(Duration::from_secs(10))
+    );
+    assert_eq!(w.conn.poll_timeout(), Some(deadline));
+    let before = w.sent.len();
+    w.advance(Duration::from_secs(10) - Duration::from_nanos(1));
+    assert!(w.closed().is_none(), "fired early: {:?}", w.events);
+    assert_eq!(w.sent.len(), before, "sent something before the deadline");
+    assert_eq!(w.conn.poll_timeout(), Some(deadline));
+    w.advance(Duration::from_nanos(1));
+    assert_eq!(w.now, deadline);
+    assert_stream_error(w, StreamCondition::ConnectionTimeout);
+    assert_closed_with(w, NO_HEADER);
+    assert_eq!(w.conn.close_reason(), w.closed());
+    assert_eq!(
+        w.conn.poll_timeout(),
+        None,
+        "no closing handshake is waited for"
+    );
+}
+
+#[test]
+fn inbound_without_a_header_is_closed_at_the_header_deadline() {
+    let srv = server(PeerPolicy::google());
+    let mut w = Wire::inbound(srv.cfg.clone());
+    assert_header_timeout(&mut w);
+    assert!(w.events.iter().all(|e| matches!(e, Event::Closed(_))));
+}
+
+#[test]
+fn outbound_without_an_answering_header_is_closed_at_the_header_deadline() {
+    let srv = server(PeerPolicy::google());
+    let mut w = Wire::outbound(srv.cfg.clone(), LOCAL, REMOTE);
+    assert_header_timeout(&mut w);
+    // One stream document: our header (sent at once), the error, the close.
+    assert_eq!(sent_documents(&w.sent).len(), 1);
+}
+
+#[test]
+fn a_header_in_time_is_not_closed() {
+    let srv = server(PeerPolicy::google());
+    // Inbound: the initiating server's header just before the deadline.
+    let mut w = Wire::inbound(srv.cfg.clone());
+    w.advance(Duration::from_secs(10) - Duration::from_nanos(1));
+    w.feed(PEER_HEADER.as_bytes());
+    assert!(matches!(w.events.as_slice(), [Event::Opened { .. }]));
+    let opened_at = w.now;
+    // The header deadline is gone; the negotiation step (30 s) runs from the header.
+    assert_eq!(
+        w.conn.poll_timeout(),
+        Some(opened_at + Duration::from_secs(30))
+    );
+    w.advance(Duration::from_secs(29));
+    assert!(w.closed().is_none(), "{:?}", w.events);
+
+    // Outbound: the receiving server's answer.
+    let mut w = Wire::outbound(srv.cfg.clone(), LOCAL, REMOTE);
+    w.advance(Duration::from_secs(9));
+    w.feed(PEER_RESPONSE_HEADER.as_bytes());
+    let opened_at = w.now;
+    assert_eq!(
+        w.conn.poll_timeout(),
+        Some(opened_at + Duration::from_secs(30))
+    );
+    w.advance(Duration::from_secs(2));
+    assert!(w.closed().is_none(), "{:?}", w.events);
+}
+
+#[test]
+fn the_header_deadline_does_not_apply_to_restarted_streams() {
+    // After STARTTLS the peer's new header is a negotiation step (30 s), however long
+    // after the connection's start it comes.
+    let srv = Server::new(LOCAL, PeerPolicy::webex(), &ca(), true);
+    let mut w = Wire::inbound(srv.cfg.clone());
+    w.feed(PEER_HEADER.as_bytes());
+    w.feed(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    assert!(w.events.iter().any(|e| matches!(e, Event::StartTls(_))));
+    w.advance(Duration::from_secs(8));
+    w.tls_established();
+    let restarted_at = w.now;
+    assert_eq!(
+        w.conn.poll_timeout(),
+        Some(restarted_at + Duration::from_secs(30))
+    );
+    w.advance(Duration::from_secs(29));
+    assert!(w.closed().is_none(), "{:?}", w.events);
+    w.advance(Duration::from_secs(1));
+    assert_closed_with(&w, "negotiation step timed out");
+}
+
+#[test]
+fn a_header_deadline_after_the_negotiation_step_leaves_it_to_the_step() {
+    let srv = server(PeerPolicy::google());
+    let cfg = with_timeouts(&srv, |t| t.stream_header = Some(Duration::from_secs(40)));
+    let mut w = Wire::inbound(cfg);
+    assert_eq!(w.conn.poll_timeout(), Some(w.now + Duration::from_secs(30)));
+    w.advance(Duration::from_secs(30));
+    assert_closed_with(&w, "negotiation step timed out");
+}
+
+/// Until it drops its own header deadline, the runtime (`src/runtime/shard.rs`) closes a
+/// header-less inbound stream itself at the same instant: `close()` with the same error,
+/// then it reports the same reason. Both write the same bytes, and after the runtime's
+/// close the machine's header deadline is gone (the next deadline is the close timeout,
+/// not one already past).
+#[test]
+fn the_runtime_header_close_and_the_machine_agree() {
+    let srv = server(PeerPolicy::google());
+    let mut machine = Wire::inbound(srv.cfg.clone());
+    let mut runtime = Wire::inbound(srv.cfg.clone());
+    machine.advance(Duration::from_secs(10));
+    runtime.now += Duration::from_secs(10);
+    runtime.conn.close(
+        Some((StreamCondition::ConnectionTimeout, NO_HEADER)),
+        runtime.now,
+    );
+    runtime.pump();
+    assert_eq!(
+        String::from_utf8_lossy(&machine.sent),
+        String::from_utf8_lossy(&runtime.sent)
+    );
+    assert_eq!(
+        machine.closed(),
+        Some(&CloseReason::SentError(
+            StreamCondition::ConnectionTimeout,
+            NO_HEADER.into()
+        ))
+    );
+    assert_eq!(
+        runtime.conn.poll_timeout(),
+        Some(runtime.now + Duration::from_secs(5))
+    );
 }
 
 #[test]

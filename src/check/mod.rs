@@ -571,6 +571,7 @@ impl Checker<'_> {
             limits: s.xml_limits(),
             timeouts: Timeouts {
                 negotiation: s.negotiation_timeout,
+                stream_header: None,
                 verify: s.verify_timeout,
                 keepalive: Duration::from_secs(3600),
                 idle: None,

@@ -186,8 +186,9 @@ pub struct S2sSection {
     /// Time from connect to an authenticated stream (TLS, SASL or dialback), key
     /// `s2s.negotiation_timeout`; default 30 s; not zero.
     pub negotiation_timeout: Duration,
-    /// Time an inbound connection has to send its stream header, key
-    /// `s2s.stream_header_timeout`; default 10 s; not zero.
+    /// Time an inbound connection has to send its stream header, and the peer of an
+    /// outbound stream to answer ours with its own, key `s2s.stream_header_timeout`;
+    /// default 10 s; not zero (the S2S machine's `Timeouts::stream_header`).
     pub stream_header_timeout: Duration,
     /// A stream with no traffic for this long is closed, key `s2s.idle_timeout`; `"0s"` in
     /// the file is `None` (never); default 10 min.

@@ -11,7 +11,7 @@
 //!   read with 0).
 //! - the **writer** moves bytes the protocol produced to the socket, one `write_all` at a
 //!   time, and sleeps until woken or until the protocol's next deadline
-//!   ([`S2sConnection::poll_timeout`]) or the stream-header deadline.
+//!   ([`S2sConnection::poll_timeout`]: negotiation steps, the stream header, keepalives).
 //!
 //! State shared by the two lives in a `RefCell` that is never borrowed across an
 //! `.await`.
@@ -26,7 +26,6 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::Notify;
 use tokio_uring::net::TcpStream;
 
-use crate::condition::StreamCondition;
 use crate::router::queue::Queued;
 use crate::stream::c2s::{self, C2sConnection};
 use crate::stream::s2s::{Direction, Event, S2sConnection};
@@ -52,7 +51,6 @@ pub(crate) trait Proto {
     fn poll_event(&mut self) -> Option<Self::Event>;
     fn poll_timeout(&self) -> Option<Instant>;
     fn release_idle_memory(&mut self);
-    fn close(&mut self, error: Option<(StreamCondition, &str)>, now: Instant);
     fn direction(&self) -> Direction;
 }
 
@@ -92,9 +90,6 @@ macro_rules! proto {
             }
             fn release_idle_memory(&mut self) {
                 <$t>::release_idle_memory(self)
-            }
-            fn close(&mut self, error: Option<(StreamCondition, &str)>, now: Instant) {
-                <$t>::close(self, error, now)
             }
             #[allow(clippy::redundant_closure_call)]
             fn direction(&self) -> Direction {
@@ -217,8 +212,6 @@ pub(crate) struct ConnState<P: Proto = S2sConnection> {
     pub events: VecDeque<P::Event>,
     /// The peer's stream header has arrived.
     pub opened: bool,
-    /// Inbound: the header must arrive before this.
-    pub header_deadline: Option<Instant>,
     /// Counted in the shard's unauthenticated connections.
     pub counted_unauth: bool,
     /// The connection has ended (the writer flushes and shuts the socket down).
@@ -261,7 +254,6 @@ impl<P: Proto> ConnState<P> {
             wire: Vec::new(),
             events: VecDeque::new(),
             opened: false,
-            header_deadline: None,
             counted_unauth: false,
             closed: false,
             handing_off: false,
@@ -432,13 +424,10 @@ impl<P: Proto> ConnState<P> {
         }
     }
 
-    /// The earliest of the protocol's deadline and the header deadline.
+    /// The protocol's next deadline (negotiation steps, the peer's stream header,
+    /// keepalives, idle close: all in the sans-IO machine).
     pub fn next_deadline(&self) -> Option<Instant> {
-        let p = self.proto.poll_timeout();
-        match (p, self.header_deadline.filter(|_| !self.opened)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.proto.poll_timeout()
     }
 }
 

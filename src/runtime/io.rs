@@ -17,7 +17,6 @@ use tracing::{debug, info_span, warn, Instrument};
 use super::conn::{Conn, ConnId, Handoff, Proto, READ_BUF, READ_BUF_MAX};
 use super::msg::ShardMsg;
 use super::shard::Shard;
-use crate::condition::StreamCondition;
 use crate::metrics::Latency;
 use crate::stream::s2s::CloseReason;
 
@@ -231,27 +230,12 @@ async fn writer<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
             _ = conn.wake.notified() => {}
             _ = sleep => {
                 let now = Instant::now();
-                let header_timeout = {
+                {
                     let mut st = conn.st.borrow_mut();
-                    let expired = !st.opened && st.header_deadline.is_some_and(|d| now >= d);
-                    if expired {
-                        st.header_deadline = None;
-                        st.proto.close(Some((StreamCondition::ConnectionTimeout, "no stream header in time")), now);
-                    } else {
-                        st.proto.handle_timeout(now);
-                    }
+                    st.proto.handle_timeout(now);
                     st.collect_events();
-                    expired
-                };
-                P::on_events(&shard, &conn, false);
-                if header_timeout {
-                    // A peer that sent nothing gets no closing handshake: send the
-                    // error and free the slot now (RFC 6120 §4.9.1.1).
-                    let was = std::mem::replace(&mut conn.st.borrow_mut().closed, true);
-                    if !was {
-                        P::ended(&shard, &conn, &CloseReason::SentError(StreamCondition::ConnectionTimeout, "no stream header in time".into()));
-                    }
                 }
+                P::on_events(&shard, &conn, false);
             }
         }
     }

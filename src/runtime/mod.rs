@@ -600,6 +600,7 @@ fn build_shared(
         limits: s.xml_limits(),
         timeouts: Timeouts {
             negotiation: s.negotiation_timeout,
+            stream_header: Some(s.stream_header_timeout),
             verify: s.verify_timeout,
             keepalive: s.keepalive,
             idle: s.idle_timeout,
@@ -620,6 +621,8 @@ fn build_shared(
     };
     c2s.timeouts = C2sTimeouts {
         negotiation: cc.negotiation_timeout,
+        // No `c2s` key: the client's header is a negotiation step (`c2s.negotiation_timeout`).
+        stream_header: None,
         keepalive: cc.keepalive,
         idle: None,
         close: Duration::from_secs(5).min(config.shutdown.drain_timeout),

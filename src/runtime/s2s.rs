@@ -672,7 +672,6 @@ pub(super) async fn inbound(shard: Rc<Shard>, stream: TcpStream, direct_tls: boo
     let nonce = shard.rng.borrow_mut().random::<u64>();
     let proto = S2sConnection::inbound(Arc::clone(&shard.shared().s2s), nonce, chain, now);
     let mut st = ConnState::new(proto, tls);
-    st.header_deadline = Some(now + header_timeout);
     st.counted_unauth = true;
     if direct_tls {
         // Plaintext that arrived with the end of the handshake.

@@ -6,9 +6,16 @@
 //!   resource binding, `from` checks on the client's stanzas.
 //! - [`policy`]: per-remote-domain federation policy (TLS, auth method, certificate
 //!   checks, allow/deny).
+//!
+//! Both machines own the same stream plumbing (`plumbing.rs`): the framer, our header and
+//! the transmit buffer, the event queue, the deadlines (the peer's first header, each
+//! negotiation step, keepalive, the closing handshake) and the close sequence; the
+//! public types they share ([`CloseReason`], [`TlsRole`]) are in `common.rs`.
 
 pub mod c2s;
 pub mod cert;
+mod common;
+mod plumbing;
 pub mod policy;
 pub mod s2s;
 

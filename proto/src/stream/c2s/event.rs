@@ -1,0 +1,130 @@
+//! What a C2S connection reports ([`Event`]), the runtime's errors ([`C2sError`]) and its
+//! refusals of a bind request ([`BindError`]).
+
+use std::time::Instant;
+
+use super::Mechanism;
+use crate::condition::StanzaCondition;
+use crate::stanza::StanzaKind;
+use crate::stream::common::{CloseReason, TlsRole};
+use crate::xml::Element;
+
+#[cfg(doc)]
+use super::C2sConnection;
+
+/// Why the runtime refuses a bind request (RFC 6120 §7.6.2, §7.7.2). Each maps to the
+/// stanza error the client gets ([`BindError::condition`]).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    /// The resource is in use and the runtime keeps the existing session (§7.7.2.2):
+    /// `<conflict/>`, type `cancel`.
+    #[error("resource conflict")]
+    Conflict,
+    /// The account may not bind more resources (§7.6.2.2): `<not-allowed/>`, `cancel`.
+    #[error("no more resources allowed")]
+    NotAllowed,
+    /// The server cannot bind more resources now (§7.6.2.1): `<resource-constraint/>`,
+    /// `wait`.
+    #[error("resource constraint")]
+    ResourceConstraint,
+    /// Something failed on the server: `<internal-server-error/>`, `cancel`.
+    #[error("internal server error")]
+    Internal,
+}
+
+impl BindError {
+    /// The stanza error condition sent to the client.
+    pub fn condition(self) -> StanzaCondition {
+        match self {
+            BindError::Conflict => StanzaCondition::Conflict,
+            BindError::NotAllowed => StanzaCondition::NotAllowed,
+            BindError::ResourceConstraint => StanzaCondition::ResourceConstraint,
+            BindError::Internal => StanzaCondition::InternalServerError,
+        }
+    }
+}
+
+/// Something the runtime must act on.
+#[derive(Debug, Clone, PartialEq)]
+// Not `#[non_exhaustive]`: the runtime (another crate of this workspace) matches it
+// exhaustively, so a new event is a compile error there until it is handled.
+pub enum Event {
+    /// The client's stream header was accepted (once per header: initial, after TLS,
+    /// after SASL).
+    Opened {
+        /// The local domain the client addressed.
+        domain: String,
+        /// Our stream id for this header.
+        stream_id: String,
+    },
+    /// Wrap the socket with TLS now, as the TLS server (always [`TlsRole::Server`]; RFC
+    /// 6120 §5.4.3.3); then call [`C2sConnection::handle_tls_established`].
+    StartTls(TlsRole),
+    /// Look up the stored credentials of `jid` and answer with
+    /// [`C2sConnection::handle_credentials`] (`None` when the user does not exist or has
+    /// none for the hash). For SCRAM pass the credentials of `mechanism.hash()`; for
+    /// `PLAIN` any of the user's credentials will do (SHA-256 first).
+    CredentialsNeeded {
+        /// The normalised bare JID `localpart@domain` (the store's key).
+        jid: String,
+        /// The mechanism the client chose.
+        mechanism: Mechanism,
+    },
+    /// A SASL attempt failed (RFC 6120 §6.4.5); the runtime may delay or refuse further
+    /// attempts from the same address or for the same account.
+    AuthFailed {
+        /// The username the client gave, when it got that far (normalised when valid).
+        username: Option<String>,
+        /// Failures so far on this stream.
+        failures: u32,
+        /// Until when further input is held; `None` when the stream is being closed.
+        retry_after: Option<Instant>,
+    },
+    /// SASL succeeded; the stream restarts. Stanzas flow only after binding.
+    Authenticated {
+        /// The authenticated bare JID.
+        jid: String,
+        /// How.
+        mechanism: Mechanism,
+    },
+    /// The client asks to bind a resource (RFC 6120 §7.5); answer with
+    /// [`C2sConnection::handle_bind`].
+    BindRequested {
+        /// The authenticated bare JID.
+        jid: String,
+        /// The requested resourcepart, enforced (RFC 7622 §3.4); `None`: generate one.
+        requested: Option<String>,
+    },
+    /// A resource is bound: stanzas now flow both ways.
+    Bound {
+        /// The session's full JID.
+        jid: String,
+    },
+    /// A stanza from the bound client (`from` checked, not stamped: see
+    /// [`C2sConnection::stamp`]).
+    Stanza {
+        /// message, presence or iq.
+        kind: StanzaKind,
+        /// The stanza as received (`jabber:client`).
+        element: Element,
+    },
+    /// The stream is over; the runtime closes the socket after transmitting what is left.
+    Closed(CloseReason),
+}
+
+/// Errors from calls the runtime makes.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum C2sError {
+    /// The call does not fit the stream's state (e.g. credentials nobody asked for).
+    #[error("not possible in this state: {0}")]
+    InvalidState(&'static str),
+    /// No resource is bound yet.
+    #[error("no resource is bound on this stream")]
+    NotBound,
+    /// [`C2sConnection::handle_bind`] got something that is not a full JID of the
+    /// authenticated user; the client was answered `internal-server-error`.
+    #[error("not a full JID of the authenticated user: {0}")]
+    InvalidJid(String),
+}
