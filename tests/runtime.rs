@@ -5,7 +5,8 @@
 //! remote's answer coming back over the remote's own outbound stream.
 //!
 //! Each test owns the loopback range `127.0.N.0/24` (N = 200 + the test's number: 200 to
-//! 205 here, 206 to 211 in `tests/runtime_hostile.rs`; other benches use low N) and uses
+//! 205 here, plus 231 for the `[dns]` reload; 206 to 211 in `tests/runtime_hostile.rs`;
+//! other benches use low N) and uses
 //! fixed ports in it (`.1:5300` DNS, `.2`/`.3` servers on 5269/5270/9269), so tests run in
 //! parallel without colliding. Every wait is bounded.
 
@@ -510,4 +511,44 @@ fn two_shards_hand_off() {
         "two_shards_hand_off: {N} pongs, b handed off {handed} inbound streams (a handed off {}), slowest rtt {max_rtt:.1} ms",
         a.log_lines(&["handing off"]).len()
     );
+}
+
+/// SIGHUP with a changed `[dns]`: the next S2S look-up goes to the new name server
+/// (issue 23). Zone A (the one a.test starts with) sends b.test to an address where
+/// nothing listens; zone B (on `127.0.231.4`) sends it to the running b.test. No look-up
+/// for b.test happens before the reload, so the ping after it can only succeed through B.
+/// Uses the loopback range `127.0.231.0/24`.
+#[test]
+fn sighup_applies_a_new_dns_section() {
+    const NET: u8 = 231;
+    let mut zone_a = xmpp_server("a.test", ip(NET, 2));
+    zone_a.extend(xmpp_server("b.test", ip(NET, 9)));
+    let _dns_a = zone(NET, zone_a);
+    let mut zone_b = xmpp_server("a.test", ip(NET, 2));
+    zone_b.extend(xmpp_server("b.test", ip(NET, 3)));
+    let addr_a = SocketAddr::new(ip(NET, 1).into(), server::DNS_PORT).to_string();
+    let addr_b = SocketAddr::new(ip(NET, 4).into(), server::DNS_PORT);
+    let _dns_b = fedrouter_testkit::zone::ZoneServer::start(addr_b, zone_b).expect("zone B");
+
+    let toml = config(NET, ip(NET, 2), &["a.test"], 2, GOOGLE_STYLE);
+    let a = Fedrouter::start("a.test", &toml);
+    let _b = Fedrouter::start(
+        "b.test",
+        &config(NET, ip(NET, 3), &["b.test"], 2, GOOGLE_STYLE),
+    );
+
+    let running = std::fs::read_to_string(a.config_path()).unwrap();
+    let reloaded = running.replace(&addr_a, &addr_b.to_string());
+    assert_ne!(
+        reloaded, running,
+        "the configuration names zone A's address"
+    );
+    std::fs::write(a.config_path(), reloaded).unwrap();
+    a.signal(libc::SIGHUP);
+    // Logged once every shard has been sent the new configuration; nothing is kept.
+    a.wait_log(&["reloaded: certificates"], Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no clean reload logged:\n{}", a.log()));
+    // The shards take the reload before this ping: both go through the same control
+    // channel, in order.
+    assert_pong(&a.ping("b.test"), "after the reload, through zone B");
 }

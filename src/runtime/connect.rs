@@ -97,10 +97,12 @@ async fn open_socket(
         },
         text: format!("DNS: {e}"),
     };
+    // One resolver for the whole attempt, even if a reload replaces the shard's meanwhile.
+    let resolver = shard.resolver();
     let resolution = {
         let mut rng = SmallRng::from_rng(&mut *shard.rng.borrow_mut());
         let t0 = Instant::now();
-        let r = shard.resolver.resolve_srv(d, &mut rng).await;
+        let r = resolver.resolve_srv(d, &mut rng).await;
         super::metrics(|m| m.observe(Latency::Dns, t0.elapsed()));
         r
     };
@@ -119,7 +121,7 @@ async fn open_socket(
     };
     let mut last = not_found(format!("no address for {d}"));
     for target in targets.into_iter().take(16) {
-        let addrs = match shard.resolver.resolve_host(&target.host).await {
+        let addrs = match resolver.resolve_host(&target.host).await {
             Ok(a) => a,
             Err(e) => {
                 last = dns_failure(e);

@@ -136,8 +136,10 @@ pub(crate) enum Control {
     Status(crossbeam_channel::Sender<Vec<serde_json::Value>>),
     /// Answer with the shard's id: it is turning its loop (`/health`, [`health::probe`]).
     Health(crossbeam_channel::Sender<usize>),
-    /// Use this configuration from now on (SIGHUP).
-    Reload(Arc<Shared>),
+    /// Use this configuration from now on (SIGHUP); with the `[dns]` section to build a
+    /// new S2S resolver from when it changed (the shard builds its own, see
+    /// [`crate::dns`]: a resolver is never shared across shard threads).
+    Reload(Arc<Shared>, Option<DnsConfig>),
 }
 
 thread_local! {
@@ -308,25 +310,7 @@ impl Server {
             }
         }
 
-        let dns = DnsConfig {
-            nameservers: cfg.dns.nameservers.clone(),
-            timeout: cfg.dns.timeout,
-            static_overrides: cfg
-                .dns
-                .static_targets
-                .iter()
-                .map(|(d, t)| {
-                    (
-                        d.clone(),
-                        StaticTarget {
-                            host: t.host.clone(),
-                            port: t.port,
-                        },
-                    )
-                })
-                .collect(),
-            cache_size: cfg.dns.cache_size,
-        };
+        let dns = dns_config(cfg);
         // Fail early on a resolver that cannot be built (each shard builds its own).
         S2sResolver::new(&dns).map_err(|e| StartError::Dns(e.to_string()))?;
 
@@ -448,10 +432,14 @@ impl Server {
     /// Reloads certificates, trust anchors and federation policy (SIGHUP) without
     /// dropping streams: every shard switches to the new configuration for streams it
     /// opens or accepts from now on; open streams keep the configuration they started
-    /// with. Settings that need a restart (`domains`, `shards`, `data_dir`, `[listen]`,
-    /// `[store]`, `[inbox]`) are kept as running and named in the error.
+    /// with. A changed `[dns]` section gives every shard a new S2S resolver (RFC 6120
+    /// §3.2 look-ups started from now on use it; look-ups in flight finish on the old
+    /// one, whose cache is dropped with it). Settings that need a restart (`domains`,
+    /// `shards`, `data_dir`, `[listen]`, `[store]`, `[inbox]`) are kept as running and
+    /// named in the error.
     ///
-    /// Errors: [`StartError::Tls`] when the new certificates do not load (nothing
+    /// Errors: [`StartError::Tls`] when the new certificates do not load, or
+    /// [`StartError::Dns`] when no resolver can be built from the new `[dns]` (nothing
     /// changes); [`StartError::Reload`] naming the settings left unchanged (the rest is
     /// applied).
     pub fn reload(
@@ -485,10 +473,19 @@ impl Server {
             kept.push("inbox");
             config.inbox = old.inbox;
         }
+        // A new `[dns]`: check that a resolver can be built before anything changes
+        // (each shard then builds its own from it, as at start).
+        let dns = (config.dns != old.dns).then(|| dns_config(&config));
+        if let Some(dns) = &dns {
+            S2sResolver::new(dns).map_err(|e| StartError::Dns(e.to_string()))?;
+        }
         let n = self.running.shards;
         let shared = Arc::new(build_shared(config, materialized, n, self.store.clone())?);
         for (tx, wake) in &self.controls {
-            let _ = tx.send_timeout(Control::Reload(Arc::clone(&shared)), Duration::from_secs(5));
+            let _ = tx.send_timeout(
+                Control::Reload(Arc::clone(&shared), dns.clone()),
+                Duration::from_secs(5),
+            );
             wake.notify_one();
         }
         self.running = shared;
@@ -512,6 +509,29 @@ impl Server {
         if let Some(a) = self.metrics_admin.take() {
             a.stop();
         }
+    }
+}
+
+/// The resolver settings of `config`'s `[dns]` section.
+fn dns_config(config: &Config) -> DnsConfig {
+    DnsConfig {
+        nameservers: config.dns.nameservers.clone(),
+        timeout: config.dns.timeout,
+        static_overrides: config
+            .dns
+            .static_targets
+            .iter()
+            .map(|(d, t)| {
+                (
+                    d.clone(),
+                    StaticTarget {
+                        host: t.host.clone(),
+                        port: t.port,
+                    },
+                )
+            })
+            .collect(),
+        cache_size: config.dns.cache_size,
     }
 }
 

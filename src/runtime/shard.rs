@@ -37,7 +37,7 @@ use super::remote::Remotes;
 use super::s2s::S2sStreams;
 use super::{Control, PingOutcome, Shared};
 use crate::condition::StanzaCondition;
-use crate::dns::S2sResolver;
+use crate::dns::{DnsConfig, S2sResolver};
 use crate::jid::domain_of;
 use crate::metrics::Latency;
 use crate::router::inbox::ShardInbox;
@@ -69,7 +69,9 @@ pub(crate) struct Shard {
     pub(super) outbox: Outbox<ShardMsg>,
     control: crossbeam_channel::Receiver<Control>,
     control_wake: Arc<Notify>,
-    pub(super) resolver: S2sResolver,
+    /// The S2S resolver (`[dns]`); replaced on a reload that changes `[dns]`, while
+    /// look-ups in flight keep the one they started with (see [`Shard::resolver`]).
+    resolver: RefCell<Rc<S2sResolver>>,
     /// S2S streams (`s2s.rs`).
     pub(super) s2s: S2sStreams,
     /// Remote domains owned here (`remote.rs`).
@@ -104,7 +106,7 @@ impl Shard {
             shared: RefCell::new(shared),
             control,
             control_wake,
-            resolver,
+            resolver: RefCell::new(Rc::new(resolver)),
             s2s: S2sStreams::default(),
             remotes: Remotes::default(),
             pings: RefCell::new(HashMap::new()),
@@ -124,10 +126,27 @@ impl Shard {
         self.shared.borrow()
     }
 
+    /// The S2S resolver for a new look-up (RFC 6120 §3.2). Held across `.await`s by the
+    /// connecting task, so a reload does not change resolvers under a look-up.
+    pub(super) fn resolver(&self) -> Rc<S2sResolver> {
+        Rc::clone(&self.resolver.borrow())
+    }
+
     /// Switches to a reloaded configuration (certificates, federation policy): new
-    /// streams use it, open ones keep theirs.
-    fn reload(&self, shared: Arc<Shared>) {
+    /// streams use it, open ones keep theirs. With `dns` (the `[dns]` section changed),
+    /// look-ups from now on use a new resolver built from it (a fresh cache); when it
+    /// cannot be built (checked by [`super::Server::reload`] beforehand) the old one stays
+    /// and a WARN says so.
+    fn reload(&self, shared: Arc<Shared>, dns: Option<DnsConfig>) {
         *self.shared.borrow_mut() = shared;
+        if let Some(dns) = dns {
+            match S2sResolver::new(&dns) {
+                Ok(r) => *self.resolver.borrow_mut() = Rc::new(r),
+                Err(e) => {
+                    warn!(shard = self.id, error = %e, "DNS resolver not rebuilt; keeping the running one")
+                }
+            }
+        }
         info!(shard = self.id, "configuration reloaded");
     }
 
@@ -223,7 +242,7 @@ impl Shard {
                     Control::Health(reply) => {
                         let _ = reply.try_send(self.id);
                     }
-                    Control::Reload(shared) => self.reload(shared),
+                    Control::Reload(shared, dns) => self.reload(shared, dns),
                 }
             }
             if self.shutting_down.get() {
