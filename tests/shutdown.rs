@@ -8,8 +8,8 @@
 //! ends, RFC 6121 §4.5.2) is bounced, not sent over a new outbound stream that nothing
 //! would close before `shutdown.drain_timeout`.
 //!
-//! Loopback range: `127.0.236.0/24` (`.1:5300` DNS, servers on `.2`/`.3`: 5222 C2S,
-//! 5269 S2S, 9269 admin). Every wait is bounded.
+//! Loopback ranges: `127.0.236.0/24` and `127.0.233.0/24` (`.1:5300` DNS, servers on
+//! `.2`/`.3`: 5222 C2S, 5269 S2S, 9269 admin). Every wait is bounded.
 
 #[path = "common/c2s_client.rs"]
 mod c2s_client;
@@ -157,4 +157,106 @@ fn no_new_outbound_stream_during_shutdown() {
     bob.sync();
     bob.close();
     assert!(sb.stop(), "b.test did not stop on SIGTERM");
+}
+
+/// Issue 23: a cross-shard stanza produced during the shutdown reaches its shard even
+/// when that shard has already closed all its own streams. On a.test (2 shards), alice
+/// and her contact (owned by the other shard) are subscribed to each other. On SIGTERM
+/// alice closes her stream at once, so her shard has nothing left to drain; once it is
+/// done with its streams (stopped, before the fix; or logging that it waits for the
+/// other shards), the contact closes theirs, and the session's unavailable presence
+/// (RFC 6121 §4.5.2) goes to alice's shard. That shard used to have stopped by then
+/// (WARN "cross-shard messages could not reach their shard before it stopped count=1");
+/// now it keeps handling its inbox until every shard has flushed what it sends.
+/// Loopback range `127.0.233.0/24`.
+#[test]
+fn cross_shard_presence_at_shutdown_reaches_its_shard() {
+    use fedrouter::router::{bare_key, shard_of};
+    const NET: u8 = 233;
+    let addr = ip(NET, 2);
+    let _dns = zone(NET, xmpp_server("a.test", addr));
+    let shard = |user: &str| shard_of(&bare_key(&format!("{user}@a.test")), 2);
+    let contact = ["bob", "carol", "dave", "erin", "frank", "grace"]
+        .into_iter()
+        .find(|u| shard("alice") != shard(u))
+        .expect("a user on the other shard");
+    let extra = format!(
+        "{GOOGLE_STYLE}\n[shutdown]\ndrain_timeout = \"{}s\"\n",
+        DRAIN.as_secs()
+    );
+    let mut sa = Fedrouter::start("a.test", &c2s_config(NET, addr, &["a.test"], 2, &extra));
+    add_user(&sa.config_path(), "alice@a.test", PASSWORD);
+    add_user(&sa.config_path(), &format!("{contact}@a.test"), PASSWORD);
+
+    let mut alice = login(&sa, addr, "a.test", "alice", "phone");
+    let mut other = login(&sa, addr, "a.test", contact, "laptop");
+    alice.roster_get();
+    other.roster_get();
+    alice.send("<presence/>");
+    other.send("<presence/>");
+    alice.sync();
+    other.sync();
+    let contact_bare = format!("{contact}@a.test");
+    alice.send(&format!("<presence type='subscribe' to='{contact_bare}'/>"));
+    other.expect_presence("alice@a.test", Some("subscribe"));
+    other.send("<presence type='subscribed' to='alice@a.test'/>");
+    alice.expect_presence(&contact_bare, Some("subscribed"));
+    let other_full = other.jid.clone().expect("the contact is bound");
+    alice.expect_presence(&other_full, None);
+
+    sa.signal(libc::SIGTERM);
+    let sigterm = Instant::now();
+    assert!(
+        sa.wait_log(&["shutting down"], HANG).is_some(),
+        "a.test did not log that it is shutting down"
+    );
+    alice.close();
+    drop(alice);
+
+    // alice's shard is done with its own streams: its thread ended (`/health` says
+    // stopped), or it logs that it waits for the other shards. Bounded: HANG.
+    let alice_shard = shard("alice");
+    let span = format!("shard{{id={alice_shard}}}");
+    let deadline = sigterm + HANG;
+    loop {
+        let waiting = sa
+            .log_lines(&[&span, "no stream left"])
+            .into_iter()
+            .next()
+            .is_some();
+        let stopped = || {
+            sa.health()
+                .is_some_and(|(_, h)| h["shards"][alice_shard]["state"] == "stopped")
+        };
+        if waiting || stopped() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice's shard never finished its streams:\n{}",
+            sa.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Now the contact's session ends: its unavailable presence crosses to alice's shard.
+    other.close();
+    drop(other);
+
+    // Bounded: HANG of 20 ms turns, ending when the process exits.
+    while sa.running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!sa.running(), "a.test still running {HANG:?} after SIGTERM");
+    let log = sa.log();
+    assert!(
+        !log.contains("could not reach their shard"),
+        "a cross-shard message was lost at shutdown:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&span)
+                && l.contains("cross-shard messages handled while shutting down")),
+        "alice's shard handled nothing from the other shard while shutting down:\n{log}"
+    );
+    assert!(sa.stop(), "a.test: stop after exit");
 }

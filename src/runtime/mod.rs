@@ -35,6 +35,7 @@
 mod admin;
 mod conn;
 mod connect;
+mod drain;
 mod health;
 mod io;
 mod local;
@@ -319,6 +320,7 @@ impl Server {
         let mut threads = Vec::with_capacity(n);
         let mut controls = Vec::with_capacity(n);
         let health = health::Health::new(n);
+        let drain = drain::DrainBarrier::new(n);
         for ((i, inbox), listeners) in inboxes.into_iter().enumerate().zip(per_shard) {
             let (tx, rx) = crossbeam_channel::bounded(64);
             let wake = Arc::new(Notify::new());
@@ -327,6 +329,7 @@ impl Server {
             let dns = dns.clone();
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             let health = Arc::clone(&health);
+            let drain = Arc::clone(&drain);
             let t = std::thread::Builder::new()
                 .name(format!("shard-{i}"))
                 .spawn(move || {
@@ -350,8 +353,9 @@ impl Server {
                                     return;
                                 }
                             };
-                            let shard =
-                                Rc::new(Shard::new(i, shared, rx, wake, resolver, shard_span));
+                            let shard = Rc::new(Shard::new(
+                                i, shared, rx, wake, resolver, drain, shard_span,
+                            ));
                             CURRENT.with(|c| *c.borrow_mut() = Some(Rc::clone(&shard)));
                             Rc::clone(&shard).run(inbox, listeners, &health).await;
                             CURRENT.with(|c| c.borrow_mut().take());

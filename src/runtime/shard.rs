@@ -29,6 +29,7 @@ use tokio_uring::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use super::conn::{Conn, ConnId};
+use super::drain::DrainBarrier;
 use super::io::{accept_loop, ListenerKind};
 use super::local::Local;
 use super::msg::{Dst, ShardMsg};
@@ -51,6 +52,10 @@ use crate::xml::{parse_stanza, Element};
 /// How long a shard polls its inbox after cross-shard traffic before it sleeps.
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(50);
 
+/// How long a shard waits, after its streams are shut, for them to end; and, in phase 2
+/// of the shutdown drain, for the other shards beyond `shutdown.drain_timeout`.
+const SETTLE: Duration = Duration::from_millis(500);
+
 /// A ping the server sent for the admin endpoint.
 struct PendingPing {
     sent: Instant,
@@ -72,6 +77,9 @@ pub(crate) struct Shard {
     /// The S2S resolver (`[dns]`); replaced on a reload that changes `[dns]`, while
     /// look-ups in flight keep the one they started with (see [`Shard::resolver`]).
     resolver: RefCell<Rc<S2sResolver>>,
+    /// The two-phase shutdown drain shared by every shard (`drain.rs`): counts the
+    /// cross-shard messages sent and handled here.
+    drain: Arc<DrainBarrier>,
     /// S2S streams (`s2s.rs`).
     pub(super) s2s: S2sStreams,
     /// Remote domains owned here (`remote.rs`).
@@ -97,6 +105,7 @@ impl Shard {
         control: crossbeam_channel::Receiver<Control>,
         control_wake: Arc<Notify>,
         resolver: S2sResolver,
+        drain: Arc<DrainBarrier>,
         span: tracing::Span,
     ) -> Self {
         Shard {
@@ -107,6 +116,7 @@ impl Shard {
             control,
             control_wake,
             resolver: RefCell::new(Rc::new(resolver)),
+            drain,
             s2s: S2sStreams::default(),
             remotes: Remotes::default(),
             pings: RefCell::new(HashMap::new()),
@@ -164,6 +174,7 @@ impl Shard {
 
     /// Sends `msg` to shard `dst` (batched until the end of the turn).
     pub(super) fn send_to(&self, dst: usize, msg: ShardMsg) {
+        self.drain.sent(self.id, 1);
         self.outbox.push(dst, msg);
     }
 
@@ -265,6 +276,7 @@ impl Shard {
                 for msg in batch.drain(..) {
                     self.handle_msg(msg);
                 }
+                self.drain.handled(self.id, got as u64, false);
                 if got == 0 {
                     break;
                 }
@@ -519,6 +531,7 @@ impl Shard {
             if inbox.drain(batch, 1) == 0 {
                 break;
             }
+            let mut n = 0;
             for msg in batch.drain(..) {
                 match msg {
                     // Dropping the hand-off closes its socket; the peer reconnects to a
@@ -526,8 +539,11 @@ impl Shard {
                     ShardMsg::Adopt(_) | ShardMsg::AdoptC2s(_) => {}
                     msg => self.handle_msg(msg),
                 }
-                handled += 1;
+                n += 1;
             }
+            // After the handling: what it sent is counted first (`drain.rs`).
+            self.drain.handled(self.id, n as u64, true);
+            handled += n;
         }
         self.outbox.flush(inbox);
         handled
@@ -559,7 +575,7 @@ impl Shard {
             let _ = c.stream.shutdown(std::net::Shutdown::Both);
             c.wake.notify_one();
         }
-        let settle = Instant::now() + Duration::from_millis(500);
+        let settle = Instant::now() + SETTLE;
         while self.conn_count() > 0 && Instant::now() < settle {
             late += self.drain_during_shutdown(inbox, batch);
             let ended = self.conn_ended.notified();
@@ -569,7 +585,31 @@ impl Shard {
                 _ = inbox.wait() => {}
             }
         }
-        late += self.drain_during_shutdown(inbox, batch);
+        // Phase 2 (`drain.rs`): no stream is left here, yet other shards may still send
+        // what their own streams' ends produce (or what handling it here bounces back).
+        // Keep handling it until no shard will send anything any more, or `end`.
+        self.drain.quiet(self.id);
+        debug!(
+            shard = self.id,
+            "no stream left; handling what other shards send until they have sent everything"
+        );
+        // Other shards may still be in their own settle step (one `SETTLE`) past `deadline`.
+        let end = Instant::now().max(deadline) + 2 * SETTLE;
+        // Bounded: each turn waits for an event or `end`.
+        loop {
+            late += self.drain_during_shutdown(inbox, batch);
+            if self.drain.drained() || Instant::now() >= end {
+                break;
+            }
+            let blocked = self.outbox.is_blocked();
+            tokio::select! {
+                _ = tokio::time::sleep_until(end.into()) => {}
+                _ = self.drain.changed(self.id) => {}
+                _ = inbox.wait() => {}
+                _ = self.outbox.flush_wanted() => {}
+                _ = inbox.wait_space(), if blocked => {}
+            }
+        }
         if late > 0 {
             info!(
                 count = late,
