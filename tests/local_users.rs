@@ -763,6 +763,25 @@ fn server_and_account_answer_iqs() {
             assert!(!features.iter().any(|f| f.starts_with(absent)), "{r}");
         }
     }
+    // To another resource of the account (a full JID): for that resource, not answered
+    // by the server (RFC 6120 §10.5.4).
+    let mut desk = Client::login(&t, "alice", PASSWORD, Some("desk"));
+    alice.send(&disco("alice@a.test/desk", "caps", DISCO_INFO));
+    let q = desk.expect("the disco#info query from alice/phone", |x| {
+        is_stanza(x, "iq") && attr(x, "id").as_deref() == Some("caps")
+    });
+    assert_eq!(attr(&q, "type").as_deref(), Some("get"), "{q}");
+    assert!(
+        attr(&q, "from").is_some_and(|f| jid_matches(&f, "alice@a.test/phone")),
+        "{q}"
+    );
+    desk.send("<iq type='result' to='alice@a.test/phone' id='caps'/>");
+    let r = alice.expect_iq_answer("caps");
+    assert!(
+        attr(&r, "from").is_some_and(|f| jid_matches(&f, "alice@a.test/desk")),
+        "{r}"
+    );
+
     // No such account: service-unavailable (RFC 6121 §8.5.1).
     bob.send(&disco("nobody@a.test", "nobody-info", DISCO_INFO));
     let e = bob.expect_iq_answer("nobody-info");

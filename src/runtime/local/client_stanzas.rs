@@ -108,7 +108,11 @@ impl ClientStanzas {
         let Some(conn) = self.session_conn(shard, &bare, id) else {
             return;
         };
-        let to_self = el.to().is_none_or(|t| bare_key(t) == bare);
+        // The account itself: no `to`, or its bare JID (an iq to one of its full JIDs
+        // is for that resource, RFC 6120 §10.3.3 vs. §10.5.4).
+        let to_self = el
+            .to()
+            .is_none_or(|t| !t.contains('/') && bare_key(t) == bare);
         match kind {
             StanzaKind::Iq if to_self => self.account_iq(shard, &conn, &bare, el),
             StanzaKind::Presence => match client::classify(el.type_(), el.to().is_some()) {

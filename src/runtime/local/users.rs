@@ -70,7 +70,8 @@ impl Deferred {
             Deferred::FromClient(_, el) => match StanzaKind::of(el) {
                 Some(StanzaKind::Presence) => client::needs_roster(el.type_(), el.to().is_some()),
                 Some(StanzaKind::Iq) => {
-                    el.to().is_none_or(|t| bare_key(t) == bare)
+                    el.to()
+                        .is_none_or(|t| !t.contains('/') && bare_key(t) == bare)
                         && memchr::memmem::find(el.inner(), ROSTER_NS.as_bytes()).is_some()
                 }
                 _ => false,
