@@ -619,6 +619,54 @@ fn legacy_session_is_answered_and_rebind_is_not_allowed() {
     assert!(!h.events.iter().any(|e| matches!(e, Event::Stanza { .. })));
 }
 
+/// RFC 6120 §8.2.3: the iqs the machine answers itself (bind, the legacy session) hold
+/// exactly one payload; with another element beside it they are a `bad-request`, not
+/// bound, not answered as a session.
+#[test]
+fn own_iqs_with_more_than_one_payload_are_bad_requests() {
+    let mut h = Harness::new(|_| {});
+    h.add_user("juliet", "r0m30myr0m30");
+    h.login("juliet", "r0m30myr0m30");
+    h.send(&format!(
+        "<iq type='set' id='b2'><bind xmlns='{NS_BIND}'/><x xmlns='urn:example'/></iq>"
+    ));
+    let got = h.take_one();
+    assert!(
+        got.contains("type='error'") && got.contains("<bad-request"),
+        "{got}"
+    );
+    assert!(!h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::BindRequested { .. })));
+    h.request_bind("b1", Some("balcony"));
+    h.conn
+        .handle_bind(Ok("juliet@example.com/balcony"), h.now)
+        .unwrap();
+    h.drive();
+    assert!(h
+        .take_one()
+        .contains("<jid>juliet@example.com/balcony</jid>"));
+    h.send(
+        "<iq type='set' id='s2'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/>\
+         <session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>",
+    );
+    let got = h.take_one();
+    assert!(
+        got.contains("id='s2'") && got.contains("<bad-request"),
+        "{got}"
+    );
+    h.send(&format!(
+        "<iq type='set' id='b3'><bind xmlns='{NS_BIND}'/><x xmlns='urn:example'/></iq>"
+    ));
+    let got = h.take_one();
+    assert!(
+        got.contains("id='b3'") && got.contains("<bad-request"),
+        "{got}"
+    );
+    assert!(!h.events.iter().any(|e| matches!(e, Event::Stanza { .. })));
+}
+
 #[test]
 fn from_must_be_the_session_jid() {
     let mut h = Harness::new(|_| {});

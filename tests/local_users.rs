@@ -13,7 +13,7 @@
 //!   TLS, invalid roster items, roster limits, malformed addresses, offline recipients,
 //!   resource conflicts.
 //!
-//! Each test owns the loopback range `127.0.N.0/24`, N = 220..=227 (other suites use other
+//! Each test owns the loopback range `127.0.N.0/24`, N = 220..=229 (other suites use other
 //! ranges), with fixed ports (`.1:5300` DNS, servers on `.2`/`.3`: 5222 C2S, 5269 S2S,
 //! 9269 admin). Every wait is bounded.
 
@@ -32,7 +32,7 @@ use fedrouter::router::{bare_key, shard_of};
 use fedrouter::store::sqlite::SqliteStore;
 use fedrouter::store::{Store, StoredItem, DB_FILE};
 use server::{add_user, config, ip, xmpp_server, zone, Fedrouter, GOOGLE_STYLE};
-use xmpp::{attr, child_text, condition, is_stanza, jid_matches, Client, Mech, Target};
+use xmpp::{attr, child_text, condition, is_stanza, jid_matches, node, Client, Mech, Target};
 
 const PASSWORD: &str = "s3cret horse";
 
@@ -679,6 +679,149 @@ fn roster_and_stanza_errors() {
         .collect();
     jids.sort();
     assert_eq!(jids, ["dave@a.test", "erin@a.test"]);
+}
+
+const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+
+/// The identity (`category/type`) and features of a `disco#info` result.
+fn disco_info(r: &str) -> (Vec<String>, Vec<String>) {
+    assert_eq!(attr(r, "type").as_deref(), Some("result"), "{r}");
+    let n = node(r);
+    let q = n
+        .child("query", DISCO_INFO)
+        .unwrap_or_else(|| panic!("{r}"));
+    let of = |name: &str, a: &str, b: &str| -> Vec<String> {
+        q.children
+            .iter()
+            .filter(|c| c.name == name)
+            .map(|c| {
+                let v = |k: &str| c.attr(k).unwrap_or_default().to_owned();
+                if b.is_empty() {
+                    v(a)
+                } else {
+                    format!("{}/{}", v(a), v(b))
+                }
+            })
+            .collect()
+    };
+    (of("identity", "category", "type"), of("feature", "var", ""))
+}
+
+/// Whether `r` is a result holding an empty `disco#items` query.
+fn assert_no_items(r: &str) {
+    assert_eq!(attr(r, "type").as_deref(), Some("result"), "{r}");
+    let n = node(r);
+    assert_eq!(n.children.len(), 1, "{r}");
+    let q = n
+        .child("query", DISCO_ITEMS)
+        .unwrap_or_else(|| panic!("{r}"));
+    assert!(q.children.is_empty(), "{r}");
+}
+
+/// What the server answers itself (issue 23): XEP-0030 `disco#info` to an account's bare
+/// JID, from the account and from a contact, gets the account's identity
+/// (`account/registered`, RFC 6121 §8.5.1) and only implemented features; `disco#items`
+/// to the domain and to the account is an empty result; an `iq` request without exactly
+/// one payload is a `bad-request` (RFC 6120 §8.2.3); an unsupported request to the
+/// account is a plain `service-unavailable`, without a text.
+#[test]
+fn server_and_account_answer_iqs() {
+    const NET: u8 = 229;
+    let addr = ip(NET, 2);
+    let fr = Fedrouter::start("a.test", &c2s_config(NET, addr, &["a.test"], 2, ""));
+    add_users(&fr, &["alice@a.test", "bob@a.test"]);
+    let t = target(&fr, addr, "a.test");
+    let mut alice = Client::login(&t, "alice", PASSWORD, Some("phone"));
+    let mut bob = Client::login(&t, "bob", PASSWORD, Some("desk"));
+    let disco = |to: &str, id: &str, ns: &str| {
+        let to = if to.is_empty() {
+            String::new()
+        } else {
+            format!(" to='{to}'")
+        };
+        format!("<iq type='get'{to} id='{id}'><query xmlns='{ns}'/></iq>")
+    };
+
+    // disco#info to the account, from itself (bare JID, or no `to`) and from a contact.
+    for (from_bob, to, id) in [
+        (false, "alice@a.test", "own-info"),
+        (false, "", "own-info-no-to"),
+        (true, "alice@a.test", "contact-info"),
+    ] {
+        let c = if from_bob { &mut bob } else { &mut alice };
+        c.send(&disco(to, id, DISCO_INFO));
+        let r = c.expect_iq_answer(id);
+        let (identities, features) = disco_info(&r);
+        assert_eq!(identities, ["account/registered"], "{r}");
+        assert!(features.iter().any(|f| f == DISCO_INFO), "{r}");
+        for absent in [
+            "urn:xmpp:carbons:2",
+            "urn:xmpp:mam:2",
+            "http://jabber.org/protocol/pubsub",
+        ] {
+            assert!(!features.iter().any(|f| f.starts_with(absent)), "{r}");
+        }
+    }
+    // To another resource of the account (a full JID): for that resource, not answered
+    // by the server (RFC 6120 §10.5.4).
+    let mut desk = Client::login(&t, "alice", PASSWORD, Some("desk"));
+    alice.send(&disco("alice@a.test/desk", "caps", DISCO_INFO));
+    let q = desk.expect("the disco#info query from alice/phone", |x| {
+        is_stanza(x, "iq") && attr(x, "id").as_deref() == Some("caps")
+    });
+    assert_eq!(attr(&q, "type").as_deref(), Some("get"), "{q}");
+    assert!(
+        attr(&q, "from").is_some_and(|f| jid_matches(&f, "alice@a.test/phone")),
+        "{q}"
+    );
+    desk.send("<iq type='result' to='alice@a.test/phone' id='caps'/>");
+    let r = alice.expect_iq_answer("caps");
+    assert!(
+        attr(&r, "from").is_some_and(|f| jid_matches(&f, "alice@a.test/desk")),
+        "{r}"
+    );
+
+    // No such account: service-unavailable (RFC 6121 §8.5.1).
+    bob.send(&disco("nobody@a.test", "nobody-info", DISCO_INFO));
+    let e = bob.expect_iq_answer("nobody-info");
+    assert_eq!(condition(&e).as_deref(), Some("service-unavailable"), "{e}");
+
+    // disco#items: the domain and the account have no items.
+    alice.send(&disco("a.test", "dom-items", DISCO_ITEMS));
+    assert_no_items(&alice.expect_iq_answer("dom-items"));
+    bob.send(&disco("alice@a.test", "acct-items", DISCO_ITEMS));
+    assert_no_items(&bob.expect_iq_answer("acct-items"));
+    alice.send(&disco("a.test", "dom-info", DISCO_INFO));
+    let r = alice.expect_iq_answer("dom-info");
+    let (identities, features) = disco_info(&r);
+    assert_eq!(identities, ["server/im"], "{r}");
+    assert!(features.iter().any(|f| f == DISCO_ITEMS), "{r}");
+
+    // RFC 6120 §8.2.3: exactly one payload, to the domain and to the account.
+    for (to, id, inner) in [
+        (" to='a.test'", "dom-empty", ""),
+        ("", "acct-empty", ""),
+        (
+            " to='alice@a.test'",
+            "acct-two",
+            "<ping xmlns='urn:xmpp:ping'/><ping xmlns='urn:xmpp:ping'/>",
+        ),
+    ] {
+        alice.send(&format!("<iq type='get'{to} id='{id}'>{inner}</iq>"));
+        let e = alice.expect_iq_answer(id);
+        assert_eq!(condition(&e).as_deref(), Some("bad-request"), "{e}");
+    }
+    bob.send("<iq type='set' to='alice@a.test' id='contact-empty'/>");
+    let e = bob.expect_iq_answer("contact-empty");
+    assert_eq!(condition(&e).as_deref(), Some("bad-request"), "{e}");
+
+    // An unsupported request to the account: a plain service-unavailable, no text that
+    // clients would show ("not served for accounts").
+    alice.send("<iq type='set' id='carbons'><enable xmlns='urn:xmpp:carbons:2'/></iq>");
+    let e = alice.expect_iq_answer("carbons");
+    assert_eq!(condition(&e).as_deref(), Some("service-unavailable"), "{e}");
+    assert!(!e.contains("<text"), "{e}");
 }
 
 /// RFC 6120 §7.7.2.2: a second session binding the same full JID replaces the first,

@@ -1,12 +1,17 @@
 //! What the server itself answers: stanzas addressed to a local domain (the server's own
-//! entity, RFC 6120 §10.5.1 / §10.3) and to local users with no session to deliver to
-//! (RFC 6121 §8.5.2.2, no offline storage).
+//! entity, RFC 6120 §10.5.1 / §10.3), `iq` requests to a local account's bare JID, which
+//! the server answers on the account's behalf (RFC 6121 §8.5.1, RFC 6120 §10.3.3), and
+//! stanzas for local users with no session to deliver to (RFC 6121 §8.5.2.2, no offline
+//! storage).
 //!
 //! Pure: the runtime hands in a received stanza and routes whatever [`Element`] comes
 //! back (built directly with [`ElementBuilder`], not framed again). The server's own
-//! entity answers XEP-0199 pings and XEP-0030 `disco#info`; `iq` results and errors
-//! addressed to it are answers to requests it sent (pings from `fedrouter ping`, built
-//! with [`ping`]), which the runtime matches by `id`.
+//! entity answers XEP-0199 pings and XEP-0030 `disco#info` and `disco#items`; an account
+//! answers XEP-0030 `disco#info` (identity `account/registered`, [`ACCOUNT_FEATURES`])
+//! and `disco#items` (no items). An `iq` request holds exactly one payload element (RFC
+//! 6120 §8.2.3, [`read_iq`]): one with none or several is a `bad-request`. `iq` results
+//! and errors addressed to the server are answers to requests it sent (pings from
+//! `fedrouter ping`, built with [`ping`]), which the runtime matches by `id`.
 
 use crate::condition::StanzaCondition;
 use crate::stanza::{error_reply, is_error, StanzaKind};
@@ -17,9 +22,63 @@ use crate::xml::{escape_attr_into, Element, ElementBuilder};
 pub const NS_PING: &str = "urn:xmpp:ping";
 /// `http://jabber.org/protocol/disco#info` (XEP-0030).
 pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+/// `http://jabber.org/protocol/disco#items` (XEP-0030).
+pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 
 /// Features the server advertises in `disco#info` (XEP-0030 §3.1).
-pub const SERVER_FEATURES: &[&str] = &[NS_DISCO_INFO, NS_PING];
+pub const SERVER_FEATURES: &[&str] = &[NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING];
+
+/// Features a local account advertises in `disco#info` (XEP-0030 §3.1), answered by the
+/// server on its behalf: only what the server implements for accounts (no carbons, MAM
+/// or PEP).
+pub const ACCOUNT_FEATURES: &[&str] = &[NS_DISCO_INFO, NS_DISCO_ITEMS];
+
+/// An `iq` as RFC 6120 §8.2.3 reads it ([`read_iq`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Iq {
+    /// `type='get'` with its one payload element.
+    Get(Node),
+    /// `type='set'` with its one payload element.
+    Set(Node),
+    /// `type='result'` or `type='error'`: an answer to a request.
+    Response,
+    /// A request (`get` or `set`) without exactly one payload element, or no valid
+    /// `type`: to be answered with `bad-request`.
+    BadRequest,
+}
+
+/// The payload of an `iq` request: its one child element (RFC 6120 §8.2.3: "An IQ
+/// stanza of type "get" or "set" MUST contain exactly one child element"); `None`
+/// when it has none or several.
+pub fn request_payload(iq: &Node) -> Option<&Node> {
+    match iq.children.as_slice() {
+        [one] => Some(one),
+        _ => None,
+    }
+}
+
+/// Reads an `iq` (RFC 6120 §8.2.3): a request with its one payload
+/// ([`request_payload`]), a response, or a bad request.
+pub fn read_iq(el: &Element) -> Iq {
+    match el.type_() {
+        Some("result" | "error") => Iq::Response,
+        Some(t @ ("get" | "set")) => {
+            let Ok(mut node) = Node::parse(el) else {
+                return Iq::BadRequest;
+            };
+            if request_payload(&node).is_none() {
+                return Iq::BadRequest;
+            }
+            let payload = node.children.swap_remove(0);
+            if t == "get" {
+                Iq::Get(payload)
+            } else {
+                Iq::Set(payload)
+            }
+        }
+        _ => Iq::BadRequest,
+    }
+}
 
 /// What to do with a stanza addressed to the server or to an unavailable local user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,13 +99,6 @@ pub enum Answer {
     Ignore,
 }
 
-/// The first child element of `el`, read with the project's tree ([`Node::parse`]): its
-/// local name and resolved namespace, however the child is prefixed or quoted. The
-/// server's own `iq`s are rare, so building the small tree is no hot-path cost.
-fn first_child(el: &Element) -> Option<Node> {
-    Node::parse(el).ok()?.children.into_iter().next()
-}
-
 /// `<iq type='result' from='(el's to)' to='(el's from)' id='(el's id)'`, the start of
 /// the result to the `iq` `el` (RFC 6120 §8.2.3), with room for `capacity` bytes.
 fn result_to(el: &Element, capacity: usize) -> ElementBuilder {
@@ -57,54 +109,120 @@ fn result_to(el: &Element, capacity: usize) -> ElementBuilder {
         .raw_attr_opt("id", el.id())
 }
 
+/// The answer to a XEP-0030 `disco#info` query `query` (§3.1): the identity
+/// `category`/`type_` and `features`. A query for a `node` gets `item-not-found` (§3.2:
+/// no nodes here).
+fn disco_info(
+    el: &Element,
+    query: &Node,
+    category: &str,
+    type_: &str,
+    features: &[&str],
+) -> Answer {
+    if query.attr("node").is_some() {
+        return reply_error(el, StanzaCondition::ItemNotFound);
+    }
+    let capacity = 200 + features.iter().map(|f| f.len() + 18).sum::<usize>();
+    Answer::Reply(
+        result_to(el, capacity)
+            .child_with(|out| {
+                out.extend_from_slice(b"<query xmlns='");
+                out.extend_from_slice(NS_DISCO_INFO.as_bytes());
+                out.extend_from_slice(b"'><identity category='");
+                out.extend_from_slice(category.as_bytes());
+                out.extend_from_slice(b"' type='");
+                out.extend_from_slice(type_.as_bytes());
+                out.extend_from_slice(b"'/>");
+                for f in features {
+                    out.extend_from_slice(b"<feature var='");
+                    out.extend_from_slice(f.as_bytes());
+                    out.extend_from_slice(b"'/>");
+                }
+                out.extend_from_slice(b"</query>");
+            })
+            .finish(),
+    )
+}
+
+/// The answer to a XEP-0030 `disco#items` query `query` (§4.1): no items, an empty
+/// `<query/>`. A query for a `node` gets `item-not-found` (§4.2: no nodes here).
+fn disco_items(el: &Element, query: &Node) -> Answer {
+    if query.attr("node").is_some() {
+        return reply_error(el, StanzaCondition::ItemNotFound);
+    }
+    Answer::Reply(
+        result_to(el, 160)
+            .child_raw("<query xmlns='http://jabber.org/protocol/disco#items'/>")
+            .finish(),
+    )
+}
+
 /// Answers a stanza addressed to one of our domains (bare domain JID, no resource).
 ///
 /// - `iq get` with XEP-0199 `<ping/>`: an empty result (XEP-0199 §4.2, §4.3).
-/// - `iq get` with XEP-0030 `disco#info`: identity `server/im` and [`SERVER_FEATURES`].
+/// - `iq get` with XEP-0030 `disco#info`: identity `server/im` and [`SERVER_FEATURES`];
+///   with `disco#items`: no items.
+/// - `iq get`/`set` without exactly one payload, or without a valid `type`:
+///   `bad-request` (RFC 6120 §8.2.3, [`read_iq`]).
 /// - other `iq get`/`set`: `service-unavailable` (RFC 6120 §8.4).
 /// - `iq result`/`error`: [`Answer::Response`].
 /// - `message` (not `error`): `service-unavailable`; `presence`: ignored.
 pub fn answer_server(el: &Element, kind: StanzaKind) -> Answer {
     match kind {
-        StanzaKind::Iq => match el.type_() {
-            Some("get") => match first_child(el)
-                .as_ref()
-                .map(|c| (c.name.as_str(), c.ns.as_str()))
-            {
-                Some(("ping", NS_PING)) => Answer::Reply(result_to(el, 96).finish()),
-                Some(("query", NS_DISCO_INFO)) => Answer::Reply(
-                    result_to(el, 320)
-                        .child_with(|out| {
-                            out.extend_from_slice(b"<query xmlns='");
-                            out.extend_from_slice(NS_DISCO_INFO.as_bytes());
-                            out.extend_from_slice(b"'><identity category='server' type='im'/>");
-                            for f in SERVER_FEATURES {
-                                out.extend_from_slice(b"<feature var='");
-                                out.extend_from_slice(f.as_bytes());
-                                out.extend_from_slice(b"'/>");
-                            }
-                            out.extend_from_slice(b"</query>");
-                        })
-                        .finish(),
-                ),
+        StanzaKind::Iq => match read_iq(el) {
+            Iq::Get(p) => match (p.name.as_str(), p.ns.as_str()) {
+                ("ping", NS_PING) => Answer::Reply(result_to(el, 96).finish()),
+                ("query", NS_DISCO_INFO) => disco_info(el, &p, "server", "im", SERVER_FEATURES),
+                ("query", NS_DISCO_ITEMS) => disco_items(el, &p),
                 _ => reply_error(el, StanzaCondition::ServiceUnavailable),
             },
-            Some("set") => reply_error(el, StanzaCondition::ServiceUnavailable),
-            Some("result") => Answer::Response {
-                id: el.id().unwrap_or_default().to_owned(),
-                error: None,
-            },
-            Some("error") => Answer::Response {
+            Iq::Set(_) => reply_error(el, StanzaCondition::ServiceUnavailable),
+            Iq::Response if el.type_() == Some("error") => Answer::Response {
                 id: el.id().unwrap_or_default().to_owned(),
                 error: Some(crate::stanza::error_condition(el)),
             },
-            // RFC 6120 §8.2.3: an iq without a valid type is a bad request.
-            _ => reply_error(el, StanzaCondition::BadRequest),
+            Iq::Response => Answer::Response {
+                id: el.id().unwrap_or_default().to_owned(),
+                error: None,
+            },
+            Iq::BadRequest => reply_error(el, StanzaCondition::BadRequest),
         },
         StanzaKind::Message if !is_error(el) => {
             reply_error(el, StanzaCondition::ServiceUnavailable)
         }
         _ => Answer::Ignore,
+    }
+}
+
+/// Answers an `iq` addressed to a local account's bare JID, which the server handles on
+/// the account's behalf (RFC 6121 §8.5.1, RFC 6120 §10.3.3), whoever sent it (the
+/// account's own client, a contact, anyone). `exists`: whether the account exists.
+///
+/// - `iq result`/`error`: `None`, not answered (the delivery rules apply).
+/// - `iq get`/`set` without exactly one payload, or without a valid `type`:
+///   `bad-request` (RFC 6120 §8.2.3, [`read_iq`]).
+/// - any request to an account that does not exist: `service-unavailable` (§8.5.1).
+/// - `iq get` with XEP-0030 `disco#info`: identity `account/registered` and
+///   [`ACCOUNT_FEATURES`] (XEP-0030 §3.1); with `disco#items`: no items.
+/// - other requests: `service-unavailable` (RFC 6120 §8.3.3.19; the roster and pings
+///   from the account's own client are the runtime's, before this).
+pub fn answer_account(el: &Element, exists: bool) -> Option<Element> {
+    let answer = match read_iq(el) {
+        Iq::Response => return None,
+        Iq::BadRequest => reply_error(el, StanzaCondition::BadRequest),
+        _ if !exists => reply_error(el, StanzaCondition::ServiceUnavailable),
+        Iq::Get(p) => match (p.name.as_str(), p.ns.as_str()) {
+            ("query", NS_DISCO_INFO) => {
+                disco_info(el, &p, "account", "registered", ACCOUNT_FEATURES)
+            }
+            ("query", NS_DISCO_ITEMS) => disco_items(el, &p),
+            _ => reply_error(el, StanzaCondition::ServiceUnavailable),
+        },
+        Iq::Set(_) => reply_error(el, StanzaCondition::ServiceUnavailable),
+    };
+    match answer {
+        Answer::Reply(r) => Some(r),
+        _ => None,
     }
 }
 
@@ -209,7 +327,7 @@ mod tests {
         assert!(r.as_str().contains("<service-unavailable"));
         // No child at all.
         let e = el("<iq type='get' from='b.test' to='a.test' id='p4'/>");
-        assert!(first_child(&e).is_none());
+        assert_eq!(read_iq(&e), Iq::BadRequest);
     }
 
     #[test]
@@ -305,6 +423,7 @@ mod tests {
              <query xmlns='http://jabber.org/protocol/disco#info'>\
              <identity category='server' type='im'/>\
              <feature var='http://jabber.org/protocol/disco#info'/>\
+             <feature var='http://jabber.org/protocol/disco#items'/>\
              <feature var='urn:xmpp:ping'/></query></iq>"
         );
         let e = el("<iq type='set' from='b.test' to='a.test' id='s1'><x xmlns='y'/></iq>");
@@ -318,6 +437,232 @@ mod tests {
             &mut old,
         );
         assert_eq!(r.bytes().as_ref(), old.as_slice());
+    }
+
+    /// What an answer is, in short: `result`, the error condition, or `none`.
+    fn outcome(r: Option<Element>) -> String {
+        match r {
+            None => "none".into(),
+            Some(r) => {
+                assert_eq!(parse_stanza(r.bytes()).unwrap(), r);
+                match r.type_() {
+                    Some("result") => "result".into(),
+                    Some("error") => {
+                        assert!(!r.as_str().contains("<text"), "no text: {}", r.as_str());
+                        crate::stanza::error_condition(&r)
+                            .map_or("unknown".into(), |c| c.as_str().to_owned())
+                    }
+                    t => panic!("reply of type {t:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_iq_request_has_exactly_one_payload() {
+        // RFC 6120 §8.2.3, [`read_iq`]: (stanza, what it is).
+        let table: &[(&str, &str)] = &[
+            ("<iq type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq>", "get ping"),
+            ("<iq type='set' id='1'><query xmlns='jabber:iq:roster'><item jid='a@b'/></query></iq>", "set query"),
+            ("<iq type='get' id='1'>\n  <p:ping xmlns:p='urn:xmpp:ping'/>\n</iq>", "get ping"),
+            ("<iq type='get' id='1'/>", "bad"),
+            ("<iq type='set' id='1'></iq>", "bad"),
+            ("<iq type='get' id='1'>  </iq>", "bad"),
+            ("<iq type='get' id='1'>text</iq>", "bad"),
+            ("<iq type='get' id='1'><ping xmlns='urn:xmpp:ping'/><x xmlns='y'/></iq>", "bad"),
+            ("<iq type='set' id='1'><a xmlns='y'/><a xmlns='y'/></iq>", "bad"),
+            ("<iq id='1'><ping xmlns='urn:xmpp:ping'/></iq>", "bad"),
+            ("<iq type='GET' id='1'><ping xmlns='urn:xmpp:ping'/></iq>", "bad"),
+            ("<iq type='result' id='1'/>", "response"),
+            ("<iq type='result' id='1'><query xmlns='y'/></iq>", "response"),
+            ("<iq type='error' id='1'><ping xmlns='urn:xmpp:ping'/><error type='cancel'/></iq>", "response"),
+        ];
+        for (xml, want) in table {
+            let got = match read_iq(&el(xml)) {
+                Iq::Get(p) => format!("get {}", p.name),
+                Iq::Set(p) => format!("set {}", p.name),
+                Iq::Response => "response".into(),
+                Iq::BadRequest => "bad".into(),
+            };
+            assert_eq!(&got, want, "{xml}");
+        }
+        let two = Node::parse(&el("<iq type='get'><a xmlns='y'/><b xmlns='y'/></iq>")).unwrap();
+        assert_eq!(request_payload(&two), None);
+    }
+
+    #[test]
+    fn server_answers_table() {
+        // (payload of an iq from b.test to a.test, type, outcome).
+        let table: &[(&str, &str, &str)] = &[
+            ("<ping xmlns='urn:xmpp:ping'/>", "get", "result"),
+            (
+                "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+                "get",
+                "result",
+            ),
+            (
+                "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+                "get",
+                "result",
+            ),
+            (
+                "<query xmlns='http://jabber.org/protocol/disco#items' node='x'/>",
+                "get",
+                "item-not-found",
+            ),
+            (
+                "<query xmlns='http://jabber.org/protocol/disco#info' node='x'/>",
+                "get",
+                "item-not-found",
+            ),
+            ("", "get", "bad-request"),
+            ("", "set", "bad-request"),
+            (
+                "<ping xmlns='urn:xmpp:ping'/><ping xmlns='urn:xmpp:ping'/>",
+                "get",
+                "bad-request",
+            ),
+            (
+                "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+                "set",
+                "service-unavailable",
+            ),
+            (
+                "<query xmlns='jabber:iq:version'/>",
+                "get",
+                "service-unavailable",
+            ),
+            (
+                "<enable xmlns='urn:xmpp:carbons:2'/>",
+                "set",
+                "service-unavailable",
+            ),
+            ("<ping xmlns='urn:xmpp:ping'/>", "nonsense", "bad-request"),
+        ];
+        for (payload, type_, want) in table {
+            let e = el(&format!(
+                "<iq type='{type_}' from='u@b.test/r' to='a.test' id='t'>{payload}</iq>"
+            ));
+            let got = match answer_server(&e, StanzaKind::Iq) {
+                Answer::Reply(r) => outcome(Some(r)),
+                other => panic!("{payload}: {other:?}"),
+            };
+            assert_eq!(&got, want, "{type_} {payload}");
+        }
+        let e = el("<iq type='get' from='u@b.test/r' to='a.test' id='i'>\
+            <query xmlns='http://jabber.org/protocol/disco#items'/></iq>");
+        let r = reply(answer_server(&e, StanzaKind::Iq));
+        assert_eq!(
+            r.as_str(),
+            "<iq type='result' from='a.test' to='u@b.test/r' id='i'>\
+             <query xmlns='http://jabber.org/protocol/disco#items'/></iq>"
+        );
+    }
+
+    #[test]
+    fn account_answers_table() {
+        // (payload of an iq to v@a.test, type, the account exists, outcome).
+        let table: &[(&str, &str, bool, &str)] = &[
+            (
+                "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+                "get",
+                true,
+                "result",
+            ),
+            (
+                "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+                "get",
+                true,
+                "result",
+            ),
+            (
+                "<query xmlns='http://jabber.org/protocol/disco#info' node='n'/>",
+                "get",
+                true,
+                "item-not-found",
+            ),
+            (
+                "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+                "get",
+                false,
+                "service-unavailable",
+            ),
+            (
+                "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+                "get",
+                false,
+                "service-unavailable",
+            ),
+            (
+                "<enable xmlns='urn:xmpp:carbons:2'/>",
+                "set",
+                true,
+                "service-unavailable",
+            ),
+            (
+                "<query xmlns='urn:xmpp:mam:2'/>",
+                "set",
+                true,
+                "service-unavailable",
+            ),
+            (
+                "<pubsub xmlns='http://jabber.org/protocol/pubsub'/>",
+                "get",
+                true,
+                "service-unavailable",
+            ),
+            (
+                "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+                "set",
+                true,
+                "service-unavailable",
+            ),
+            ("", "get", true, "bad-request"),
+            ("", "set", true, "bad-request"),
+            ("", "get", false, "bad-request"),
+            ("<a xmlns='y'/><b xmlns='y'/>", "get", true, "bad-request"),
+            (
+                "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+                "",
+                true,
+                "bad-request",
+            ),
+            ("", "result", true, "none"),
+            ("<query xmlns='y'/>", "result", false, "none"),
+            ("<error type='cancel'/>", "error", true, "none"),
+        ];
+        for (payload, type_, exists, want) in table {
+            let type_attr = if type_.is_empty() {
+                String::new()
+            } else {
+                format!(" type='{type_}'")
+            };
+            let e = el(&format!(
+                "<iq{type_attr} from='u@b.test/r' to='v@a.test' id='t'>{payload}</iq>"
+            ));
+            let got = outcome(answer_account(&e, *exists));
+            assert_eq!(&got, want, "{type_} {payload} exists={exists}");
+        }
+        // From the account's own client (stamped, no `to`): the answer has no `from`.
+        let e = el("<iq type='get' from='v@a.test/r' id='d'>\
+            <query xmlns='http://jabber.org/protocol/disco#info'/></iq>");
+        let r = answer_account(&e, true).unwrap();
+        assert_eq!(
+            r.as_str(),
+            "<iq type='result' to='v@a.test/r' id='d'>\
+             <query xmlns='http://jabber.org/protocol/disco#info'>\
+             <identity category='account' type='registered'/>\
+             <feature var='http://jabber.org/protocol/disco#info'/>\
+             <feature var='http://jabber.org/protocol/disco#items'/></query></iq>"
+        );
+        for ns in [
+            "urn:xmpp:carbons:2",
+            "urn:xmpp:mam:2",
+            "pubsub",
+            "urn:xmpp:ping",
+        ] {
+            assert!(!r.as_str().contains(ns), "{ns} is not served for accounts");
+        }
     }
 
     #[test]
@@ -335,7 +680,9 @@ mod tests {
         let mut out = Vec::new();
         write_ping("a.test", "b&c.test", "x'1", &mut out);
         let e = parse_stanza(&out).unwrap();
-        let child = first_child(&e).unwrap();
+        let Iq::Get(child) = read_iq(&e) else {
+            panic!("not a get: {e:?}")
+        };
         assert_eq!((child.name.as_str(), child.ns.as_str()), ("ping", NS_PING));
         assert_eq!(e.to(), Some("b&amp;c.test"));
     }

@@ -1,10 +1,10 @@
 //! Stanzas a bound session sends ([`ClientStanzas`]): stamped with the session's full
 //! JID (RFC 6120 §8.1.2.1), a malformed `to` refused (§8.3.3.8), then, in the user's
 //! order, dispatched: an `iq` to the account is answered on its behalf (§10.3.3: the
-//! roster, RFC 6121 §2; ping), a subscription stanza goes to the subscription logic
-//! (RFC 6121 §3), presence without `to` to the presence logic (§4.2–§4.5), directed
-//! presence is remembered (§4.6), and the rest is routed (a message without `to` to the
-//! account's bare JID, RFC 6120 §10.3.1).
+//! roster, RFC 6121 §2; ping; XEP-0030 disco), a subscription stanza goes to the
+//! subscription logic (RFC 6121 §3), presence without `to` to the presence logic
+//! (§4.2–§4.5), directed presence is remembered (§4.6), and the rest is routed (a
+//! message without `to` to the account's bare JID, RFC 6120 §10.3.1).
 
 use std::rc::Rc;
 
@@ -20,18 +20,11 @@ use crate::router::bare_key;
 use crate::runtime::conn::{Conn, ConnId};
 use crate::runtime::count_stanza;
 use crate::runtime::shard::Shard;
-use crate::service::NS_PING;
+use crate::service::{answer_account, read_iq, Iq, NS_PING};
 use crate::stanza::StanzaKind;
 use crate::stream::c2s::C2sConnection;
-use crate::xml::tree::Node;
 use crate::xml::writer::{write_raw_attr, write_readdressed};
 use crate::xml::{parse_stanza, Element};
-
-/// The payload element of an `iq`, parsed.
-fn iq_payload(el: &Element) -> Option<Node> {
-    let node = Node::parse(el).ok()?;
-    node.children.into_iter().next()
-}
 
 /// The handling of what clients send; the sessions are in [`super::users::User`].
 pub(super) struct ClientStanzas;
@@ -115,7 +108,11 @@ impl ClientStanzas {
         let Some(conn) = self.session_conn(shard, &bare, id) else {
             return;
         };
-        let to_self = el.to().is_none_or(|t| bare_key(t) == bare);
+        // The account itself: no `to`, or its bare JID (an iq to one of its full JIDs
+        // is for that resource, RFC 6120 §10.3.3 vs. §10.5.4).
+        let to_self = el
+            .to()
+            .is_none_or(|t| !t.contains('/') && bare_key(t) == bare);
         match kind {
             StanzaKind::Iq if to_self => self.account_iq(shard, &conn, &bare, el),
             StanzaKind::Presence => match client::classify(el.type_(), el.to().is_some()) {
@@ -158,22 +155,22 @@ impl ClientStanzas {
     }
 
     /// An `iq` a client addressed to its own account (no `to`, or its bare JID): the
-    /// server answers on the account's behalf (RFC 6120 §10.3.3).
+    /// server answers on the account's behalf (RFC 6120 §10.3.3): the roster and pings
+    /// here, the rest ([`answer_account`]: XEP-0030 disco, `bad-request` for an `iq`
+    /// without exactly one payload, `service-unavailable`) from the protocol core.
     fn account_iq(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>, bare: &str, el: Element) {
-        if !matches!(el.type_(), Some("get" | "set")) {
-            return; // results of roster pushes, errors
-        }
-        let payload = iq_payload(&el);
-        match payload.as_ref().map(|p| (p.name.as_str(), p.ns.as_str())) {
-            Some(("query", ROSTER_NS)) => {
-                let query = payload.expect("matched");
+        match read_iq(&el) {
+            Iq::Response => {} // results of roster pushes, errors
+            Iq::Get(query) | Iq::Set(query)
+                if (query.name.as_str(), query.ns.as_str()) == ("query", ROSTER_NS) =>
+            {
                 if el.type_() == Some("get") {
                     shard.local.roster.get(shard, conn, bare, &el, &query);
                 } else {
                     shard.local.roster.set(shard, conn, bare, el, &query);
                 }
             }
-            Some(("ping", NS_PING)) if el.type_() == Some("get") => {
+            Iq::Get(p) if (p.name.as_str(), p.ns.as_str()) == ("ping", NS_PING) => {
                 let mut out = Vec::with_capacity(96);
                 out.extend_from_slice(b"<iq type='result'");
                 write_raw_attr("to", el.from(), &mut out);
@@ -181,12 +178,11 @@ impl ClientStanzas {
                 out.extend_from_slice(b"/>");
                 send_to(conn, &[&out]);
             }
-            _ => reply_to_client(
-                conn,
-                &el,
-                StanzaCondition::ServiceUnavailable,
-                "not served for accounts",
-            ),
+            _ => {
+                if let Some(reply) = answer_account(&el, true) {
+                    send_to(conn, &[reply.bytes()]);
+                }
+            }
         }
     }
 }

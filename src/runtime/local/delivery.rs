@@ -8,6 +8,7 @@
 
 use std::rc::Rc;
 
+use super::roster::RosterState;
 use super::sessions::{send_to, Session};
 use super::users::Deferred;
 use crate::presence::delivery::{self, SessionView};
@@ -15,7 +16,7 @@ use crate::router::bare_key;
 use crate::router::queue::Queued;
 use crate::runtime::conn::Conn;
 use crate::runtime::shard::Shard;
-use crate::service::{answer_server, Answer};
+use crate::service::{answer_account, answer_server, Answer};
 use crate::stanza::{error_reply, StanzaKind};
 use crate::stream::c2s::C2sConnection;
 use crate::xml::Element;
@@ -57,6 +58,20 @@ impl Delivery {
         let Some(to) = el.to() else { return };
         let bare = bare_key(to).into_owned();
         let resource = to.find('/').map(|i| &to[i + 1..]);
+        if kind == StanzaKind::Iq && resource.is_none() {
+            // An iq request to the bare JID: the server answers on the account's behalf
+            // (RFC 6121 §8.5.1). Whether the account exists is known for the requests
+            // that depend on it (XEP-0030 disco loads the roster, `Users::admit`).
+            let exists = shard
+                .local
+                .users
+                .borrow()
+                .get(&bare)
+                .is_some_and(|u| matches!(u.roster, RosterState::Loaded(_)));
+            if let Some(reply) = answer_account(&el, exists) {
+                return shard.route(reply);
+            }
+        }
         let cap = shard.shared().config.c2s.send_queue_bytes;
         let (decision, targets) = {
             let users = shard.local.users.borrow();

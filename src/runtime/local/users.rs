@@ -48,6 +48,9 @@ impl User {
     }
 }
 
+/// The namespaces of XEP-0030 (`disco#info`, `disco#items`) start so.
+const DISCO_PREFIX: &[u8] = b"http://jabber.org/protocol/disco#";
+
 /// A stanza waiting for its user's roster or earlier stanzas.
 pub(super) enum Deferred {
     /// From one of the user's sessions (stamped).
@@ -60,23 +63,32 @@ pub(super) enum Deferred {
 
 impl Deferred {
     /// Whether handling it reads `bare`'s roster: roster queries, subscription stanzas,
-    /// presence broadcasts and probes.
+    /// presence broadcasts and probes, and XEP-0030 queries to the bare JID (which need
+    /// to know whether the account exists).
     fn needs_roster(&self, bare: &str) -> bool {
         match self {
             Deferred::FromClient(_, el) => match StanzaKind::of(el) {
                 Some(StanzaKind::Presence) => client::needs_roster(el.type_(), el.to().is_some()),
                 Some(StanzaKind::Iq) => {
-                    el.to().is_none_or(|t| bare_key(t) == bare)
+                    el.to()
+                        .is_none_or(|t| !t.contains('/') && bare_key(t) == bare)
                         && memchr::memmem::find(el.inner(), ROSTER_NS.as_bytes()).is_some()
                 }
                 _ => false,
             },
-            Deferred::Inbound(el) => {
-                StanzaKind::of(el) == Some(StanzaKind::Presence)
-                    && el
-                        .type_()
-                        .is_some_and(|t| t == "probe" || SubType::from_type(t).is_some())
-            }
+            Deferred::Inbound(el) => match StanzaKind::of(el) {
+                Some(StanzaKind::Presence) => el
+                    .type_()
+                    .is_some_and(|t| t == "probe" || SubType::from_type(t).is_some()),
+                // A XEP-0030 query to the bare JID is answered for the account only if it
+                // exists (RFC 6121 §8.5.1, `service::answer_account`).
+                Some(StanzaKind::Iq) => {
+                    el.type_() == Some("get")
+                        && el.to().is_some_and(|t| !t.contains('/'))
+                        && memchr::memmem::find(el.inner(), DISCO_PREFIX).is_some()
+                }
+                _ => false,
+            },
             Deferred::Broadcast(..) => false,
         }
     }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::{BindError, C2sConnection, C2sError, Event, State, NS_BIND, NS_SESSION};
 use crate::condition::{StanzaCondition, StreamCondition};
 use crate::jid::{FullJid, Jid, ResourcePart};
+use crate::service::request_payload;
 use crate::stanza::{write_error_reply, StanzaKind};
 use crate::xml::tree::Node;
 use crate::xml::writer::{write_raw_attr, write_readdressed};
@@ -144,6 +145,15 @@ impl C2sConnection {
                         &mut self.io.out,
                     );
                 }
+                if request_payload(&node).is_none() {
+                    return write_error_reply(
+                        &el,
+                        StanzaCondition::BadRequest,
+                        Some(ONE_PAYLOAD),
+                        None,
+                        &mut self.io.out,
+                    );
+                }
                 let raw = bind
                     .children
                     .iter()
@@ -210,6 +220,19 @@ impl C2sConnection {
             let inner = el.inner();
             if contains(inner, NS_SESSION.as_bytes()) || contains(inner, NS_BIND.as_bytes()) {
                 let node = Node::parse(&el).unwrap_or_default();
+                let ours = node.child("session", NS_SESSION).is_some()
+                    || node.child("bind", NS_BIND).is_some();
+                if ours && request_payload(&node).is_none() {
+                    write_error_reply(
+                        &el,
+                        StanzaCondition::BadRequest,
+                        Some(ONE_PAYLOAD),
+                        None,
+                        &mut self.io.out,
+                    );
+                    self.io.last_tx = now;
+                    return;
+                }
                 if node.child("session", NS_SESSION).is_some() {
                     // RFC 3921 §3: the session is established (a no-op today).
                     write_iq_result_start(&el, &mut self.io.out);
@@ -252,6 +275,10 @@ impl C2sConnection {
         }
     }
 }
+
+/// The text of the `bad-request` for an `iq` the machine answers itself (bind, session)
+/// that does not hold exactly one payload (RFC 6120 §8.2.3).
+const ONE_PAYLOAD: &str = "an iq get or set holds exactly one child element";
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     memchr::memmem::find(hay, needle).is_some()
