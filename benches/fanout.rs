@@ -11,7 +11,7 @@
 //! stanza, addressed to each of the 1,000 contacts, sits in the transmit buffer of the
 //! outbound stream to the contact's domain:
 //!
-//! - `fanout/shared`: the path of `src/runtime/local.rs` (`broadcast`, `fan_out`,
+//! - `fanout/shared`: the path of `src/runtime/local/presence.rs` (`broadcast`, `fan_out`,
 //!   `fanned_out`) reduced to its essentials. [`SharedStanza::parse`] once (no `to`),
 //!   [`plan`] over the contacts (2 shards, all remote), then per recipient: its domain
 //!   ([`domain_key`] of [`domain_of`], borrowed), the stream for that domain (a `HashMap`

@@ -379,7 +379,7 @@ proptest! {
     }
 }
 
-/// What `src/runtime/local.rs`'s `presence` helper writes today.
+/// What the runtime's former `presence` helper (now `stanza::presence`) wrote.
 fn old_presence(from: &str, to: &str, type_: Option<&str>) -> String {
     let mut out = format!(
         "<presence from='{}' to='{}'",

@@ -262,7 +262,10 @@ impl Remotes {
     /// Connecting to `d` failed: bounce what waits, answer waiting verifications, back
     /// off exponentially with jitter.
     pub(super) fn remote_failed(&self, shard: &Shard, d: &str, f: Failure, cause: BounceCause) {
-        let cfg = shard.shared().config.s2s.clone();
+        let (initial, max) = {
+            let s2s = &shard.shared().config.s2s;
+            (s2s.backoff_initial, s2s.backoff_max)
+        };
         let now = Instant::now();
         let (queue, verifies) = {
             let mut remotes = self.map.borrow_mut();
@@ -273,7 +276,7 @@ impl Remotes {
             r.failures = r.failures.saturating_add(1);
             // Full jitter on the upper half: [delay/2, delay].
             let jitter = shard.rng.borrow_mut().random_range(0.5..=1.0);
-            let delay = backoff_delay(cfg.backoff_initial, cfg.backoff_max, r.failures, jitter);
+            let delay = backoff_delay(initial, max, r.failures, jitter);
             r.backoff_until = Some(now + delay);
             r.last_failure = Some(f.clone());
             let (queue, episode) = r.queue.take_all(now);

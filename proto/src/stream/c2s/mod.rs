@@ -577,7 +577,7 @@ impl C2sConnection {
             self.io.out.extend_from_slice(NS_SESSION.as_bytes());
             self.io.out.extend_from_slice(b"'><optional/></session>");
             // Roster versioning (RFC 6121 §2.6.1) and subscription pre-approval (§3.4),
-            // both served by the runtime (`runtime/local.rs`).
+            // both served by the runtime (`runtime/local/`).
             self.io.out.extend_from_slice(
                 b"<ver xmlns='urn:xmpp:features:rosterver'/>\
                   <sub xmlns='urn:xmpp:features:pre-approval'/>",
