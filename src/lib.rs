@@ -82,6 +82,7 @@ pub mod config;
 pub mod dns;
 pub mod logging;
 pub mod metrics;
+pub mod pie;
 pub mod router;
 pub mod runtime;
 pub mod store;

@@ -169,6 +169,39 @@ impl Change {
 /// A user's roster as stored: its version and its items, ordered by contact.
 pub type Roster = (u64, Vec<StoredItem>);
 
+/// What [`Store::import_user`] did for one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ImportOutcome {
+    /// The user did not exist and was created.
+    pub created: bool,
+    /// The user existed and its credentials were replaced (they differed).
+    pub credentials_replaced: bool,
+    /// Roster rows written (new or different); each bumped the roster version by one.
+    pub items_written: usize,
+    /// The user's roster version after the import.
+    pub roster_version: u64,
+}
+
+/// The row to write when `new` (an imported item) meets `old` (the stored row for the
+/// same contact, if any), or `None` when nothing would change, so that importing the same
+/// data twice writes nothing (XEP-0227 import is idempotent).
+///
+/// The import carries the item's roster attributes (RFC 6121 §2.1.2: `name`, groups,
+/// `subscription`, `ask`) and whether a request is pending in; it cannot carry what
+/// XEP-0227 has no place for, so `old`'s pre-approval (RFC 6121 §3.4) is kept, and so is
+/// `old`'s stored request stanza when both have one (the same request, received earlier).
+pub fn merge_imported(old: Option<&StoredItem>, new: &StoredItem) -> Option<StoredItem> {
+    let Some(old) = old else {
+        return Some(new.clone());
+    };
+    let mut merged = new.clone();
+    merged.pre_approved = old.pre_approved;
+    if new.pending_in.is_some() && old.pending_in.is_some() {
+        merged.pending_in.clone_from(&old.pending_in);
+    }
+    (merged != *old).then_some(merged)
+}
+
 /// The database file's name inside the configured `data_dir`.
 pub const DB_FILE: &str = "fedrouter.db";
 
@@ -232,6 +265,63 @@ pub trait Store: Send {
     /// Errors: [`StoreError::Backend`].
     fn pending_out(&mut self) -> Result<Vec<(String, String)>, StoreError>;
 
+    /// XEP-0227 import of one user: creates `jid` (a normalised bare JID with a
+    /// localpart) if it does not exist, with `creds` (none when `None`); replaces an
+    /// existing user's credentials with `creds` when given and different (`None` keeps
+    /// them); and writes each of `items` that [`merge_imported`] says differs from the
+    /// stored row (rows not in `items` are kept), each write bumping the roster version by
+    /// one (RFC 6121 §2.6). Importing the same data again changes nothing.
+    ///
+    /// The default is built on the other methods and is atomic per step only;
+    /// [`sqlite::SqliteStore`] does the whole user in one transaction.
+    ///
+    /// Errors: [`StoreError::InvalidJid`], [`StoreError::InvalidCredentials`],
+    /// [`StoreError::InvalidItem`], [`StoreError::Backend`].
+    fn import_user(
+        &mut self,
+        jid: &str,
+        creds: Option<&[ScramCredentials]>,
+        items: &[StoredItem],
+    ) -> Result<ImportOutcome, StoreError> {
+        let mut out = ImportOutcome::default();
+        if !self
+            .list_users(Some(crate::jid::domain_of(jid)))?
+            .iter()
+            .any(|u| u == jid)
+        {
+            self.add_user(jid, creds.unwrap_or(&[]))?;
+            out.created = true;
+        } else if let Some(creds) = creds {
+            let mut stored = Vec::new();
+            for h in ScramHash::ALL {
+                stored.extend(self.credentials(jid, h)?);
+            }
+            if !same_credentials(&stored, creds) {
+                self.set_credentials(jid, creds)?;
+                out.credentials_replaced = true;
+            }
+        }
+        let (version, rows) = self.roster(jid)?;
+        out.roster_version = version;
+        let changes: Vec<Change> = items
+            .iter()
+            .filter_map(|i| {
+                let old = rows.iter().find(|r| r.contact == i.contact);
+                merge_imported(old, i)
+            })
+            .map(|item| Change::UpsertItem {
+                user: jid.to_owned(),
+                item,
+            })
+            .collect();
+        if !changes.is_empty() {
+            let versions = self.apply(&changes)?;
+            out.items_written = changes.len();
+            out.roster_version = versions.last().copied().unwrap_or(version);
+        }
+        Ok(out)
+    }
+
     /// Group commit: applies several independent groups of changes in ONE transaction.
     /// Each group is all-or-nothing on its own: a group that fails (unknown user, invalid
     /// item) gets its error and stores nothing, the others are stored. The outer `Err`
@@ -246,6 +336,11 @@ pub trait Store: Send {
     ) -> Result<Vec<Result<Vec<u64>, StoreError>>, StoreError> {
         Ok(groups.iter().map(|g| self.apply(g)).collect())
     }
+}
+
+/// Whether two credential sets hold the same credentials, in any order.
+pub fn same_credentials(a: &[ScramCredentials], b: &[ScramCredentials]) -> bool {
+    a.len() == b.len() && a.iter().all(|c| b.contains(c))
 }
 
 /// An operation for the storage thread: one [`Store`] method.

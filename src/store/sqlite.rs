@@ -45,7 +45,10 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{Change, Roster, ScramCredentials, ScramHash, Store, StoreError, StoredItem};
+use super::{
+    merge_imported, same_credentials, Change, ImportOutcome, Roster, ScramCredentials, ScramHash,
+    Store, StoreError, StoredItem,
+};
 use crate::jid::BareJid;
 
 /// What a commit survives (`PRAGMA synchronous` in WAL mode; see the module docs).
@@ -268,6 +271,70 @@ fn insert_creds(
         .map_err(db)?;
     }
     Ok(())
+}
+
+/// Every stored credential of user row `id`; an unknown mechanism name is
+/// [`StoreError::Corrupt`].
+fn stored_creds(conn: &Connection, id: i64) -> Result<Vec<ScramCredentials>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT mechanism, salt, iterations, stored_key, server_key
+             FROM credentials WHERE user_id = ?1",
+        )
+        .map_err(db)?;
+    let mut rows = stmt.query([id]).map_err(db)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(db)? {
+        let name: String = r.get(0).map_err(db)?;
+        let mechanism = ScramHash::from_mechanism(&name)
+            .ok_or_else(|| StoreError::Corrupt(format!("credentials mechanism {name:?}")))?;
+        out.push(ScramCredentials {
+            mechanism,
+            salt: r.get(1).map_err(db)?,
+            iterations: r.get(2).map_err(db)?,
+            stored_key: r.get(3).map_err(db)?,
+            server_key: r.get(4).map_err(db)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The stored roster row of user row `id` for `contact`, if any.
+fn stored_row(conn: &Connection, id: i64, contact: &str) -> Result<Option<StoredItem>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT name, groups, subscription, pending_out, pending_in, pre_approved, in_roster
+             FROM roster WHERE user_id = ?1 AND contact = ?2",
+        )
+        .map_err(db)?
+        .query_row(params![id, contact], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, bool>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, bool>(5)?,
+                r.get::<_, bool>(6)?,
+            ))
+        })
+        .optional()
+        .map_err(db)?;
+    let Some((name, groups, subscription, pending_out, pending_in, pre_approved, in_roster)) = row
+    else {
+        return Ok(None);
+    };
+    Ok(Some(StoredItem {
+        contact: contact.to_owned(),
+        name,
+        groups: serde_json::from_str(&groups)
+            .map_err(|e| StoreError::Corrupt(format!("roster groups: {e}")))?,
+        subscription,
+        pending_out,
+        pending_in,
+        pre_approved,
+        in_roster,
+    }))
 }
 
 fn user_id(conn: &Connection, jid: &str) -> Result<Option<i64>, StoreError> {
@@ -545,6 +612,85 @@ impl Store for SqliteStore {
         let versions = write(&tx, changes, resolved)?;
         tx.commit().map_err(db)?;
         Ok(versions)
+    }
+
+    /// The whole user in one `BEGIN IMMEDIATE` transaction: nothing of it is stored when
+    /// any part fails.
+    fn import_user(
+        &mut self,
+        jid: &str,
+        creds: Option<&[ScramCredentials]>,
+        items: &[StoredItem],
+    ) -> Result<ImportOutcome, StoreError> {
+        match BareJid::new(jid) {
+            Ok(b) if b.as_str() == jid && b.node().is_some() => {}
+            _ => return Err(StoreError::InvalidJid(jid.into())),
+        }
+        if let Some(c) = creds {
+            check_creds(c)?;
+        }
+        for i in items {
+            check_item(i)?;
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let mut out = ImportOutcome::default();
+        let (id, version) = match tx
+            .prepare_cached("SELECT id, roster_version FROM users WHERE jid = ?1")
+            .map_err(db)?
+            .query_row([jid], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .optional()
+            .map_err(db)?
+        {
+            Some((id, version)) => {
+                if let Some(creds) = creds {
+                    let stored = stored_creds(&tx, id)?;
+                    if !same_credentials(&stored, creds) {
+                        tx.prepare_cached("DELETE FROM credentials WHERE user_id = ?1")
+                            .map_err(db)?
+                            .execute([id])
+                            .map_err(db)?;
+                        insert_creds(&tx, id, creds)?;
+                        out.credentials_replaced = true;
+                    }
+                }
+                (id, version as u64)
+            }
+            None => {
+                tx.prepare_cached("INSERT INTO users (jid, domain) VALUES (?1, ?2)")
+                    .map_err(db)?
+                    .execute(params![jid, crate::jid::domain_of(jid)])
+                    .map_err(db)?;
+                let id = tx.last_insert_rowid();
+                insert_creds(&tx, id, creds.unwrap_or(&[]))?;
+                out.created = true;
+                (id, 0)
+            }
+        };
+        let mut changes = Vec::new();
+        for item in items {
+            let old = stored_row(&tx, id, &item.contact)?;
+            if let Some(row) = merge_imported(old.as_ref(), item) {
+                changes.push(Change::UpsertItem {
+                    user: jid.to_owned(),
+                    item: row,
+                });
+            }
+        }
+        out.roster_version = version;
+        if !changes.is_empty() {
+            let resolved = Resolved {
+                users: vec![(id, version)],
+                user_of: vec![0; changes.len()],
+            };
+            let versions = write(&tx, &changes, resolved)?;
+            out.items_written = changes.len();
+            out.roster_version = versions.last().copied().unwrap_or(version);
+        }
+        tx.commit().map_err(db)?;
+        Ok(out)
     }
 
     /// One transaction for all groups: each group is validated first (unknown user,
