@@ -28,7 +28,9 @@
 //! - `<query xmlns='jabber:iq:roster'>` items (RFC 6121 §2.1.2: `jid`, `name`,
 //!   `subscription`, `ask`, `<group/>`).
 //! - `<presence xmlns='jabber:client' type='subscribe' from='…'/>` children of `<user/>`:
-//!   pending inbound subscription requests (RFC 6121 §3.1.3).
+//!   pending inbound subscription requests (RFC 6121 §3.1.3). Prosody 0.12 writes them
+//!   without `xmlns` (so in `urn:xmpp:pie:0`), and its own reader then misses them; they
+//!   are read in either namespace.
 //!
 //! Everything else under `<user/>` (vCard, private XML, offline messages, privacy lists,
 //! PEP) is counted in the summary as not imported: fedrouter keeps no such data.
@@ -49,6 +51,8 @@ pub const NS_PIE_SCRAM: &str = "urn:xmpp:pie:0#scram";
 pub const NS_ROSTER: &str = "jabber:iq:roster";
 /// The client namespace of stanzas stored in a `<user/>` (pending subscription requests).
 pub const NS_CLIENT: &str = "jabber:client";
+/// The server namespace, accepted for stored presence stanzas too.
+pub const NS_SERVER: &str = "jabber:server";
 /// XInclude (ejabberd's main file includes one file per host).
 pub const NS_XINCLUDE: &str = "http://www.w3.org/2001/XInclude";
 

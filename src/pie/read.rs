@@ -8,7 +8,7 @@ use base64::Engine as _;
 use super::tree::{self, Element};
 use super::{
     Credentials, Document, Item, PieError, Skip, User, NS_CLIENT, NS_PIE, NS_PIE_SCRAM, NS_ROSTER,
-    NS_XINCLUDE,
+    NS_SERVER, NS_XINCLUDE,
 };
 use crate::jid::BareJid;
 use crate::store::{ScramCredentials, ScramHash};
@@ -129,7 +129,9 @@ fn read_user(u: &Element, domain: &str, doc: &mut Document) -> Option<User> {
                     }
                 }
             }
-        } else if c.is("presence", NS_CLIENT) {
+        } else if c.name == "presence" && [NS_CLIENT, NS_PIE, NS_SERVER].contains(&c.ns.as_str()) {
+            // ejabberd writes xmlns='jabber:client'; Prosody 0.12 writes no xmlns, so the
+            // element inherits urn:xmpp:pie:0 from <server-data/>.
             if c.attr("type") != Some("subscribe") {
                 *doc.ignored
                     .entry(format!("{{{NS_CLIENT}}}presence (not type='subscribe')"))
@@ -165,7 +167,7 @@ fn read_user(u: &Element, domain: &str, doc: &mut Document) -> Option<User> {
 fn read_credentials(u: &Element, jid: &str, doc: &mut Document) -> Result<Credentials, String> {
     let password = u.attr("password").unwrap_or_default();
     if let Some(old) = password.strip_prefix("scram:") {
-        return old_scram(old).map(|c| Credentials::Scram(vec![c]));
+        return old_scram(old).map(|c| Credentials::Scram(vec![twice_encoded(&c).unwrap_or(c)]));
     }
     if !password.is_empty() {
         return Ok(Credentials::Password(password.to_owned()));
@@ -195,13 +197,20 @@ fn read_credentials(u: &Element, jid: &str, doc: &mut Document) -> Result<Creden
         let iterations: u32 = field("iter-count")?
             .parse()
             .map_err(|_| format!("{mechanism} <iter-count/> is not a positive integer"))?;
-        let cred = ScramCredentials {
+        let mut cred = ScramCredentials {
             mechanism: hash,
             salt: b64("salt")?,
             iterations,
             stored_key: b64("stored-key")?,
             server_key: b64("server-key")?,
         };
+        if let Some(c) = twice_encoded(&cred) {
+            doc.notes.push(format!(
+                "{jid}: the {mechanism} salt and keys were base64-encoded twice (as ejabberd \
+                 23.01 writes them); decoded twice"
+            ));
+            cred = c;
+        }
         check(&cred)?;
         if creds.iter().any(|x| x.mechanism == hash) {
             return Err(format!("two {mechanism} credentials"));
@@ -244,6 +253,28 @@ fn old_scram(data: &str) -> Result<ScramCredentials, String> {
     };
     check(&cred)?;
     Ok(cred)
+}
+
+/// ejabberd up to at least 23.01 keeps SCRAM salt and keys base64-encoded in its
+/// database and `export_piefxis` encodes them once more: when both keys decode to text
+/// that is itself base64 of a key of the hash's length, the credentials decoded twice
+/// (salt too); `None` when the keys already have the right length or do not decode so.
+fn twice_encoded(c: &ScramCredentials) -> Option<ScramCredentials> {
+    let len = c.mechanism.output_len();
+    if c.stored_key.len() == len && c.server_key.len() == len {
+        return None;
+    }
+    let again = |b: &[u8]| B64.decode(b).ok();
+    let stored_key = again(&c.stored_key).filter(|k| k.len() == len)?;
+    let server_key = again(&c.server_key).filter(|k| k.len() == len)?;
+    let salt = again(&c.salt).filter(|s| !s.is_empty())?;
+    Some(ScramCredentials {
+        mechanism: c.mechanism,
+        salt,
+        iterations: c.iterations,
+        stored_key,
+        server_key,
+    })
 }
 
 fn check(c: &ScramCredentials) -> Result<(), String> {
