@@ -4,7 +4,8 @@
 //! Per user: `<scram-credentials xmlns='urn:xmpp:pie:0#scram'/>` for each stored hash (as
 //! Prosody and ejabberd write them), the roster as a `jabber:iq:roster` `<query/>` of the
 //! items in the roster (RFC 6121 §2.1.2), and each pending inbound subscription request
-//! as a `<presence xmlns='jabber:client' type='subscribe'/>` child of `<user/>`.
+//! as a `<presence xmlns='jabber:client' type='subscribe'/>` child of `<user/>`, with the
+//! request's `<status/>` if it had one.
 
 use std::fmt::Write as _;
 
@@ -84,13 +85,33 @@ fn user(s: &mut String, u: &ExportUser) {
         }
         s.push_str("      </query>\n");
     }
-    for r in u.rows.iter().filter(|r| r.pending_in.is_some()) {
-        let _ = writeln!(
+    for r in &u.rows {
+        let Some(stanza) = &r.pending_in else {
+            continue;
+        };
+        let _ = write!(
             s,
-            "      <presence xmlns='{NS_CLIENT}' from='{}' to='{}' type='subscribe'/>",
+            "      <presence xmlns='{NS_CLIENT}' from='{}' to='{}' type='subscribe'",
             escape(r.contact.as_str()),
             escape(u.jid.as_str())
         );
+        match request_status(stanza) {
+            Some(t) => {
+                let _ = writeln!(s, "><status>{}</status></presence>", escape(t.as_str()));
+            }
+            None => s.push_str("/>\n"),
+        }
     }
     s.push_str("    </user>\n");
+}
+
+/// The `<status/>` text of a stored subscription request (the stanza as received, or as
+/// an import wrote it), if it has one and parses.
+fn request_status(stanza: &str) -> Option<String> {
+    let el = super::tree::parse(stanza).ok()?;
+    el.children
+        .iter()
+        .find(|c| c.name == "status")
+        .map(|c| c.text.clone())
+        .filter(|t| !t.is_empty())
 }
