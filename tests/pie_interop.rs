@@ -46,6 +46,14 @@ fn ip(host: u8) -> Ipv4Addr {
 /// One roster item as a client sees it: (subscription, ask, name, sorted groups).
 type SeenItem = (String, Option<String>, Option<String>, Vec<String>);
 
+/// One ejabberd user to check: localpart, domain, SASL mechanism, expected items.
+type Case = (
+    &'static str,
+    &'static str,
+    Mech,
+    Vec<(&'static str, SeenItem)>,
+);
+
 /// The roster of a logged-in client, by contact.
 fn seen_roster(c: &mut Client) -> BTreeMap<String, SeenItem> {
     c.roster_get()
@@ -483,7 +491,7 @@ fn ejabberd_export_imported_rosters_and_logins_match() {
         )
     };
     // What regenerate-ejabberd created (its header), as each user's client sees it.
-    let cases: Vec<(&str, &str, Mech, Vec<(&str, SeenItem)>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "alice",
             "ej.test",
