@@ -228,6 +228,10 @@ fn import_twice_changes_nothing_and_export_round_trips() {
     assert_eq!(first.users_created, 11, "{}", first.text());
     assert_eq!(first.pending_in, 3, "{}", first.text());
     assert!(first.without_credentials.is_empty(), "{}", first.text());
+    // Prosody's five and ejabberd's four SCRAM-SHA-1 users (not sam: SHA-256; not pat:
+    // derived from a plain password, both hashes).
+    assert_eq!(first.sha1_only.len(), 9, "{}", first.text());
+    assert!(first.text().contains("SCRAM-SHA-1 credentials only (9)"));
     let before = snapshot(&mut store);
     // alice@pie.test: 4 roster rows and dave's request (a row outside the roster).
     let alice = &before["alice@pie.test"].2;

@@ -40,6 +40,9 @@ pub struct Summary {
     /// Imported users that have no credentials (none in the file and none stored): they
     /// need `fedrouter user passwd`, or an external authentication such as LDAP.
     pub without_credentials: Vec<String>,
+    /// Imported users whose only credentials are SCRAM-SHA-1 (Prosody 0.12 keeps no
+    /// other): they log in with SCRAM-SHA-1 or PLAIN until their password is set again.
+    pub sha1_only: Vec<String>,
     /// Entries left out, each with why: errors.
     pub skipped: Vec<Skip>,
     /// Notes that are not errors.
@@ -77,8 +80,8 @@ impl Summary {
         );
         let _ = writeln!(
             s,
-            "roster items: {} read, {} written; pending subscription requests: {}",
-            self.roster_items, self.rows_written, self.pending_in
+            "roster items: {}; pending subscription requests: {}; rows written: {} (new or changed)",
+            self.roster_items, self.pending_in, self.rows_written
         );
         if !self.without_credentials.is_empty() {
             let _ = writeln!(
@@ -89,6 +92,13 @@ impl Summary {
             for u in &self.without_credentials {
                 let _ = writeln!(s, "  {u}");
             }
+        }
+        if !self.sha1_only.is_empty() {
+            let _ = writeln!(
+                s,
+                "users with SCRAM-SHA-1 credentials only ({}): their clients must use SCRAM-SHA-1 or PLAIN until the password is set again (`fedrouter user passwd JID` adds SCRAM-SHA-256)",
+                self.sha1_only.len()
+            );
         }
         if !self.ignored.is_empty() {
             let list: Vec<String> = self
@@ -270,8 +280,11 @@ fn import_one<R: rand::CryptoRng + ?Sized>(
     let out = store
         .import_user(&u.jid, creds.as_deref(), &rows)
         .map_err(|e| e.to_string())?;
-    if creds.as_ref().is_none_or(|c| c.is_empty()) && stored.is_empty() {
+    let now = creds.as_deref().unwrap_or(&stored);
+    if now.is_empty() {
         sum.without_credentials.push(u.jid.clone());
+    } else if now.iter().all(|c| c.mechanism == ScramHash::Sha1) {
+        sum.sha1_only.push(u.jid.clone());
     }
     sum.roster_items += u.roster.len();
     sum.pending_in += pending;
