@@ -405,3 +405,58 @@ fn files_that_are_not_xep0227_are_refused() {
     let missing = load(Path::new("/nonexistent/pie.xml"));
     assert!(matches!(missing, Err(PieError::Io { .. })), "{missing:?}");
 }
+
+#[test]
+fn older_and_unsupported_credential_forms() {
+    // ejabberd's older `password='scram:STORED,SERVER,SALT,ITER'` (SHA-1) and
+    // `scram:sha256,…`, built from known keys; SCRAM-SHA-512 is noted and left out.
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine as _;
+    let c1 = fedrouter::store::ScramCredentials::derive("one", ScramHash::Sha1, b"salt-1", 4096)
+        .unwrap();
+    let c2 = fedrouter::store::ScramCredentials::derive("two", ScramHash::Sha256, b"salt-2", 4096)
+        .unwrap();
+    let form = |c: &fedrouter::store::ScramCredentials| {
+        format!(
+            "{},{},{},{}",
+            B64.encode(&c.stored_key),
+            B64.encode(&c.server_key),
+            B64.encode(&c.salt),
+            c.iterations
+        )
+    };
+    let text = format!(
+        "<host xmlns='urn:xmpp:pie:0' jid='ej.test'>\
+         <user name='one' password='scram:{}'/>\
+         <user name='two' password='scram:sha256,{}'/>\
+         <user name='big'><scram-credentials xmlns='urn:xmpp:pie:0#scram' mechanism='SCRAM-SHA-512'>\
+         <iter-count>4096</iter-count><salt>c2FsdA==</salt><server-key>AA==</server-key>\
+         <stored-key>AA==</stored-key></scram-credentials></user></host>",
+        form(&c1),
+        form(&c2)
+    );
+    let doc = read(&text).unwrap();
+    assert!(doc.skipped.is_empty(), "{:?}", doc.skipped);
+    assert_eq!(doc.users[0].credentials, Credentials::Scram(vec![c1]));
+    assert_eq!(doc.users[1].credentials, Credentials::Scram(vec![c2]));
+    assert_eq!(doc.users[2].credentials, Credentials::None);
+    assert!(
+        doc.notes[0].contains("\"SCRAM-SHA-512\" credentials are not supported"),
+        "{:?}",
+        doc.notes
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(dir.path().join("s.db")).unwrap();
+    let sum = import(
+        &mut store,
+        &[(dir.path().join("x.xml"), doc)],
+        &domains(),
+        &mut rand::rng(),
+    );
+    assert_eq!(sum.without_credentials, ["big@ej.test"], "{}", sum.text());
+    assert!(store
+        .credentials("two@ej.test", ScramHash::Sha256)
+        .unwrap()
+        .unwrap()
+        .verify_password("two"));
+}
