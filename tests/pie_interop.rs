@@ -232,11 +232,9 @@ fn prosody_migrate(dir: &Path, data: &Path, export: &Path) {
 }}
 output {{
 	type = "xep0227";
-	path = {export:?};
 }}
 "#,
             data = data.display().to_string(),
-            export = export.display().to_string(),
         ),
     )
     .expect("write migrator configuration");
