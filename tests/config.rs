@@ -776,3 +776,49 @@ fn unusable_data_dir_is_an_io_error() {
         "{err:?}"
     );
 }
+
+/// The Debian package's `/etc/fedrouter/fedrouter.toml` (debian/fedrouter.toml) loads and
+/// validates, and is the embedded defaults except for the service's `data_dir`: a fresh
+/// install serves `localhost` on loopback only, as `fedrouter serve` without a file does.
+#[test]
+fn packaged_configuration_is_the_defaults_with_the_service_data_dir() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("debian/fedrouter.toml");
+    let c = Config::load(&path).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.data_dir, std::path::Path::new("/var/lib/fedrouter"));
+    let defaults = Config {
+        data_dir: c.data_dir.clone(),
+        ..Config::default()
+    };
+    assert_eq!(c, defaults);
+    // Every commented-out `key = value` line is a valid setting too: uncommented one at a
+    // time (with its table), each still loads and validates.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut table = String::new();
+    let mut checked = 0;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            table = line.split('#').next().unwrap().trim().to_owned();
+        } else if line.starts_with("# [") {
+            table = line[2..].split('#').next().unwrap().trim().to_owned();
+        }
+        let Some(setting) = line.strip_prefix("# ") else {
+            continue;
+        };
+        let Some((key, _)) = setting.split_once(" = ") else {
+            continue;
+        };
+        if key.contains(' ') || setting.contains("<hex>") || table.starts_with("[[") {
+            continue; // prose, the secret placeholder, or a certificate's files (absent here)
+        }
+        let doc = if table.is_empty() {
+            format!("{setting}\n")
+        } else {
+            format!("{table}\n{setting}\n")
+        };
+        let c = Config::from_toml_str(&doc).unwrap_or_else(|e| panic!("{doc}: {e}"));
+        c.validate().unwrap_or_else(|e| panic!("{doc}: {e}"));
+        checked += 1;
+    }
+    assert!(checked >= 20, "only {checked} commented settings found");
+}
