@@ -67,6 +67,8 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(s.backoff_max, Duration::from_secs(300));
     assert_eq!(s.dialback_secret, None);
     assert_eq!(s.max_stanza_size, 262_144);
+    assert!(s.stream_management);
+    assert_eq!((s.sm_ack_every, s.sm_ack_after), (10, Duration::from_secs(1)));
     assert_eq!(s.xml_limits().max_element_size, 262_144);
     assert_eq!((c.inbox.capacity, c.inbox.batch), (1024, 256));
     assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(5));
@@ -118,6 +120,9 @@ backoff_initial = "2s"
 backoff_max = "1h"
 dialback_secret = "00112233445566778899AABBCCDDEEFF"
 max_stanza_size = 65536
+stream_management = false
+sm_ack_every = 3
+sm_ack_after = "250ms"
 
 [inbox]
 capacity = 64
@@ -222,6 +227,9 @@ fn full_file_sets_every_key() {
         ))
     );
     assert_eq!(s.max_stanza_size, 65536);
+    assert!(!s.stream_management);
+    assert_eq!(s.sm_ack_every, 3);
+    assert_eq!(s.sm_ack_after, Duration::from_millis(250));
     assert_eq!(s.xml_limits().max_element_size, 65536);
 
     assert_eq!((c.inbox.capacity, c.inbox.batch), (64, 32));
@@ -443,6 +451,8 @@ fn each_validation_error_names_its_key() {
         "s2s.queue_per_domain",
     );
     invalid_for("[s2s]\nmax_stanza_size = 9999\n", "s2s.max_stanza_size");
+    invalid_for("[s2s]\nsm_ack_every = 0\n", "s2s.sm_ack_every");
+    invalid_for("[s2s]\nsm_ack_after = \"0s\"\n", "s2s.sm_ack_after");
     let m = invalid_for(
         "[s2s]\nmax_stanza_size = 65536\nsend_queue_bytes = 65535\n",
         "s2s.send_queue_bytes",
