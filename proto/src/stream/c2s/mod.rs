@@ -126,6 +126,7 @@ use rustls_pki_types::CertificateDer;
 pub use self::config::{C2sConfig, C2sTimeouts, Mechanism};
 pub use self::event::{BindError, C2sError, Event};
 use self::sasl::Sasl;
+pub(crate) use self::session::remove_top_xmlns;
 use super::common::{CloseReason, TlsRole};
 use super::plumbing::{
     header_domain, is_version_1, write_starttls_feature, Expired, Plumbing, NO_HEADER_IN_TIME,
@@ -576,11 +577,13 @@ impl C2sConnection {
             self.io.out.extend_from_slice(b"'/><session xmlns='");
             self.io.out.extend_from_slice(NS_SESSION.as_bytes());
             self.io.out.extend_from_slice(b"'><optional/></session>");
-            // Roster versioning (RFC 6121 §2.6.1) and subscription pre-approval (§3.4),
-            // both served by the runtime (`runtime/local/`).
+            // Roster versioning (RFC 6121 §2.6.1), subscription pre-approval (§3.4) and
+            // client state indication (XEP-0352 §2), all served by the runtime
+            // (`runtime/local/`).
             self.io.out.extend_from_slice(
                 b"<ver xmlns='urn:xmpp:features:rosterver'/>\
-                  <sub xmlns='urn:xmpp:features:pre-approval'/>",
+                  <sub xmlns='urn:xmpp:features:pre-approval'/>\
+                  <csi xmlns='urn:xmpp:csi:0'/>",
             );
             self.state = State::ExpectBind;
         } else {
