@@ -337,6 +337,16 @@ impl Store for Gated {
     fn pending_out(&mut self) -> Result<Vec<(String, String)>, StoreError> {
         self.inner.pending_out()
     }
+    fn blocklist(&mut self, user: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.blocklist(user)
+    }
+    fn change_blocklist(
+        &mut self,
+        user: &str,
+        change: &fedrouter::store::BlocklistChange,
+    ) -> Result<(), StoreError> {
+        self.inner.change_blocklist(user, change)
+    }
     fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError> {
         self.inner.apply(changes)
     }
