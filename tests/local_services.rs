@@ -451,3 +451,35 @@ fn version_and_advertised_features() {
     let r = alice.expect_iq_answer(&id);
     assert_eq!(attr(&r, "type").as_deref(), Some("result"), "{r}");
 }
+
+/// The C2S machine alone (sans-IO, `common/c2s_client.rs`): CSI nonzas become events once
+/// bound, and are a stream error before.
+#[test]
+fn csi_nonzas_in_the_c2s_machine() {
+    use fedrouter::csi::ClientState;
+    use fedrouter::stream::c2s::Event;
+
+    let mut h = c2s_client::Harness::new(|_| {});
+    h.add_user("juliet", "r0m30myr0m30");
+    h.bound("juliet", "r0m30myr0m30", "balcony");
+    h.send("<inactive xmlns='urn:xmpp:csi:0'/><active xmlns='urn:xmpp:csi:0'/>");
+    let states: Vec<&ClientState> = h
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ClientState(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states, [&ClientState::Inactive, &ClientState::Active]);
+    assert!(h.take_xml().is_empty(), "nothing answered");
+    assert!(h.closed().is_none());
+
+    // Before a resource is bound it is not a stanza: the stream ends.
+    let mut h = c2s_client::Harness::new(|_| {});
+    h.add_user("juliet", "r0m30myr0m30");
+    h.login("juliet", "r0m30myr0m30");
+    h.send("<inactive xmlns='urn:xmpp:csi:0'/>");
+    assert!(h.closed().is_some() || h.take_xml().iter().any(|x| x.contains("stream:error")));
+    assert!(!h.events.iter().any(|e| matches!(e, Event::ClientState(_))));
+}
