@@ -89,7 +89,10 @@ mod tests {
     use super::*;
     use crate::xml::parse_stanza;
 
-    fn read(type_: &str, payload: &str) -> Option<Result<Request, StanzaCondition>> {
+    /// What [`read_request`] makes of a request.
+    type Read = Option<Result<Request, StanzaCondition>>;
+
+    fn read(type_: &str, payload: &str) -> Read {
         let iq =
             parse_stanza(format!("<iq type='{type_}' id='r'>{payload}</iq>").as_bytes()).unwrap();
         let node = Node::parse(&iq).unwrap();
@@ -100,7 +103,7 @@ mod tests {
     fn request_table() {
         use StanzaCondition::*;
         let change = |p: &str| Some(Ok(Request::ChangePassword { password: p.into() }));
-        let table: &[(&str, &str, Option<Result<Request, StanzaCondition>>)] = &[
+        let table: &[(&str, &str, Read)] = &[
             ("get", "<query xmlns='jabber:iq:register'/>", Some(Ok(Request::Info))),
             (
                 "set",

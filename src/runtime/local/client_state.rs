@@ -1,6 +1,8 @@
 //! Client state indication (XEP-0352) ([`ClientStates`]): a session that reported
 //! `<inactive/>` gets no presence updates until it reports `<active/>`; then it gets the
-//! latest one held per sender, in order ([`crate::csi::Held`]). Messages, `iq`s and
+//! latest one held per sender, in order ([`crate::csi::Held`]). What is held is bounded
+//! by [`crate::csi::MAX_HELD`] senders and `c2s.send_queue_bytes` bytes: past either,
+//! everything held is sent (nothing is dropped). Messages, `iq`s and
 //! presence the user must act on (subscriptions, errors) always go at once
 //! ([`crate::csi::holds`]). A session that ends loses what was held for it, as it would
 //! have lost presence it had been sent but not read.
@@ -43,6 +45,7 @@ impl ClientStates {
             if s.inactive {
                 Vec::new()
             } else {
+                s.held_bytes = 0;
                 s.held.take()
             }
         };
@@ -69,7 +72,16 @@ impl ClientStates {
                 .get_mut(bare)
                 .and_then(|u| u.sessions.iter_mut().find(|s| s.conn.id == conn.id));
             if let Some(s) = session.filter(|s| s.inactive) {
-                match s.held.hold(from.unwrap_or_default(), parts.concat()) {
+                let bytes = parts.concat();
+                s.held_bytes += bytes.len();
+                let mut flush = s.held.hold(from.unwrap_or_default(), bytes);
+                if flush.is_none() && s.held_bytes > shard.shared().config.c2s.send_queue_bytes {
+                    flush = Some(s.held.take());
+                }
+                if flush.is_some() {
+                    s.held_bytes = 0;
+                }
+                match flush {
                     None => return true,
                     Some(all) => {
                         drop(users);

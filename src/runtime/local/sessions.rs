@@ -60,6 +60,8 @@ pub(super) struct Session {
     pub(super) inactive: bool,
     /// Presence updates held while inactive, the latest per sender, as sent bytes.
     pub(super) held: Held<Vec<u8>>,
+    /// Bytes put into `held` since it was last emptied (replaced ones included).
+    pub(super) held_bytes: usize,
 }
 
 impl Session {
@@ -386,6 +388,7 @@ impl Sessions {
                 blocklist_requested: false,
                 inactive: false,
                 held: Held::default(),
+                held_bytes: 0,
             });
         }
         debug!(parent: &conn.span, %full, "bound");
