@@ -14,7 +14,7 @@
 //!   it is active again (then only the latest), messages arrive at once.
 //! - XEP-0092 software version and the XEP-0030 features the server advertises.
 //!
-//! Each test owns the loopback range `127.0.N.0/24`, N = 190..=194 (other suites use
+//! Each test owns the loopback range `127.0.N.0/24`, N = 189..=194 (other suites use
 //! other ranges), server on `.2` (5222 C2S, 5269 S2S, 9269 admin). Every wait is bounded.
 
 #[path = "common/c2s_client.rs"]
@@ -35,17 +35,23 @@ const NS_CARBONS: &str = "urn:xmpp:carbons:2";
 const NS_FORWARD: &str = "urn:xmpp:forward:0";
 const NS_BLOCKING: &str = "urn:xmpp:blocking";
 
-/// `server::config` with a C2S listener on `addr:5222`, two shards.
-fn c2s_config(net: u8, addr: Ipv4Addr) -> String {
-    let text = config(net, addr, &[DOMAIN], 2, "");
+/// `server::config` with a C2S listener on `addr:5222` and `shards` shards.
+fn c2s_config(net: u8, addr: Ipv4Addr, shards: usize) -> String {
+    let text = config(net, addr, &[DOMAIN], shards, "");
     assert!(text.contains("c2s = []"), "server::config changed: {text}");
     text.replace("c2s = []", &format!("c2s = [\"{addr}:5222\"]"))
 }
 
-/// A server on `127.0.net.2` with users `localparts`@a.test, and the client target.
+/// A server on `127.0.net.2` (two shards) with users `localparts`@a.test, and the client
+/// target.
 fn start(net: u8, localparts: &[&str]) -> (Fedrouter, Target) {
+    start_with(net, localparts, 2)
+}
+
+/// [`start`] with `shards` shards.
+fn start_with(net: u8, localparts: &[&str], shards: usize) -> (Fedrouter, Target) {
     let addr = ip(net, 2);
-    let fr = Fedrouter::start(DOMAIN, &c2s_config(net, addr));
+    let fr = Fedrouter::start(DOMAIN, &c2s_config(net, addr, shards));
     for l in localparts {
         add_user(&fr.config_path(), &format!("{l}@{DOMAIN}"), PASSWORD);
     }
@@ -334,6 +340,55 @@ fn blocking_is_enforced_pushed_and_stored() {
     assert_eq!(blocklist(&mut alice), Vec::<String>::new());
     chat(&mut bob, &format!("alice@{DOMAIN}"), "m3", "back again", "");
     expect_id(&mut alice, "m3");
+}
+
+/// XEP-0191 §3.3, §3.4 on presence: a blocked subscriber gets unavailable presence, then
+/// no presence either way until unblocked, when it gets the current one. One shard: each
+/// client's ping round trip (`sync`) then shows that what its earlier stanzas caused was
+/// delivered, so an absence is shown by the other client's `sync` after it.
+#[test]
+fn blocking_hides_presence_both_ways() {
+    let (_fr, t) = start_with(189, &["alice", "bob"], 1);
+    let a = format!("alice@{DOMAIN}");
+    let b = format!("bob@{DOMAIN}");
+    let mut alice = login(&t, "alice", "phone");
+    let mut bob = login(&t, "bob", "desk");
+    let a_full = alice.jid.clone().unwrap();
+    let b_full = bob.jid.clone().unwrap();
+    alice.send("<presence/>");
+    bob.send("<presence/>");
+    // Mutual subscription.
+    alice.send(&format!("<presence type='subscribe' to='{b}'/>"));
+    bob.expect_presence(&a, Some("subscribe"));
+    bob.send(&format!("<presence type='subscribed' to='{a}'/>"));
+    alice.expect_presence(&b_full, None);
+    bob.send(&format!("<presence type='subscribe' to='{a}'/>"));
+    alice.expect_presence(&b, Some("subscribe"));
+    alice.send(&format!("<presence type='subscribed' to='{b}'/>"));
+    bob.expect_presence(&a_full, None);
+    let status = |s: &'static str| {
+        move |x: &str| is_stanza(x, "presence") && child_text(x, "status").as_deref() == Some(s)
+    };
+
+    block(&mut alice, "block", &b);
+    bob.expect_presence(&a_full, Some("unavailable"));
+    alice.send("<presence><status>hidden from bob</status></presence>");
+    alice.sync();
+    bob.assert_none(
+        "presence from the user who blocked him",
+        status("hidden from bob"),
+    );
+    bob.send("<presence><status>unseen by alice</status></presence>");
+    bob.sync();
+    alice.assert_none("presence from a blocked contact", status("unseen by alice"));
+
+    block(&mut alice, "unblock", &b);
+    bob.expect(
+        "alice's current presence on unblock",
+        status("hidden from bob"),
+    );
+    bob.send("<presence><status>seen again</status></presence>");
+    alice.expect("bob's presence after unblock", status("seen again"));
 }
 
 #[test]
