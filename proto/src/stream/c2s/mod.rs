@@ -58,7 +58,8 @@
 //!   address or per account).
 //! - **Resource binding** (RFC 6120 §7): after the post-SASL restart the features are
 //!   `<bind/>` and the legacy `<session><optional/></session>` (RFC 3921 §3, kept for old
-//!   clients). A bind request becomes [`Event::BindRequested`] with the requested resource
+//!   clients), with roster versioning, pre-approval and client state indication (XEP-0352
+//!   `<csi/>`: once bound, `<active/>`/`<inactive/>` become [`Event::ClientState`]). A bind request becomes [`Event::BindRequested`] with the requested resource
 //!   enforced as a resourcepart (RFC 7622 §3.4; invalid → `bad-request`, §7.7.2.1); the
 //!   runtime answers with [`C2sConnection::handle_bind`]. The runtime owns session
 //!   uniqueness (§7.7.2.2): on a conflicting resource it may refuse the new request
