@@ -147,7 +147,15 @@ impl Presence {
         for (conn, full) in own {
             let mut attr = Vec::with_capacity(8 + full.len());
             write_to_attr(&full, &mut attr);
-            send_to(&conn, &stanza.parts(&attr));
+            // Held for a session that reported itself inactive (XEP-0352).
+            shard.local.client_state.send_presence(
+                shard,
+                bare,
+                &conn,
+                stanza.from(),
+                stanza.element().type_(),
+                &stanza.parts(&attr),
+            );
         }
         recipients.extend(extra);
         // Not to entities the user blocked (XEP-0191 §3.3).
