@@ -13,6 +13,7 @@ use std::collections::{HashMap, VecDeque};
 
 use super::roster::RosterState;
 use super::sessions::Session;
+use crate::blocking::NS_BLOCKING;
 use crate::presence::{client, SubType, ROSTER_NS};
 use crate::router::bare_key;
 use crate::router::fanout::SharedStanza;
@@ -64,18 +65,26 @@ pub(super) enum Deferred {
 impl Deferred {
     /// Whether handling it reads `bare`'s roster or block list: roster queries,
     /// subscription stanzas, presence broadcasts and probes, XEP-0030 queries to the bare
-    /// JID (which need to know whether the account exists), and inbound messages and
-    /// `iq` requests (checked against the block list, XEP-0191 §3.3).
+    /// JID (which need to know whether the account exists), block list requests, and
+    /// what the user sends to others or receives (checked against the block list,
+    /// XEP-0191 §3.3).
     fn needs_roster(&self, bare: &str) -> bool {
         match self {
+            // What the user sends to others is checked against the block list
+            // (XEP-0191 §3.3), which loads with the roster.
             Deferred::FromClient(_, el) => match StanzaKind::of(el) {
-                Some(StanzaKind::Presence) => client::needs_roster(el.type_(), el.to().is_some()),
-                Some(StanzaKind::Iq) => {
-                    el.to()
-                        .is_none_or(|t| !t.contains('/') && bare_key(t) == bare)
-                        && memchr::memmem::find(el.inner(), ROSTER_NS.as_bytes()).is_some()
+                Some(StanzaKind::Presence) => {
+                    client::needs_roster(el.type_(), el.to().is_some()) || el.to().is_some()
                 }
-                _ => false,
+                Some(StanzaKind::Iq) => {
+                    let to_self = el
+                        .to()
+                        .is_none_or(|t| !t.contains('/') && bare_key(t) == bare);
+                    let reads = |ns: &str| memchr::memmem::find(el.inner(), ns.as_bytes());
+                    !to_self || reads(ROSTER_NS).is_some() || reads(NS_BLOCKING).is_some()
+                }
+                Some(StanzaKind::Message) => true,
+                None => false,
             },
             Deferred::Inbound(el) => match StanzaKind::of(el) {
                 Some(StanzaKind::Presence) => el
