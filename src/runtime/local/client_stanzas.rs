@@ -16,7 +16,7 @@ use tracing::warn;
 use super::sessions::{reply_to_client, send_to};
 use super::users::Deferred;
 use crate::blocking::{self, NS_BLOCKING};
-use crate::carbons::{read_toggle, Toggle, NS_CARBONS};
+use crate::carbons::{read_toggle, NS_CARBONS};
 use crate::condition::StanzaCondition;
 use crate::jid::domain_of;
 use crate::jid::Jid;
@@ -34,7 +34,7 @@ use crate::xml::writer::{write_raw_attr, write_readdressed};
 use crate::xml::{parse_stanza, Element};
 
 /// A request about the user's own account, read by the protocol core.
-enum Either {
+enum OwnRequest {
     /// XEP-0191.
     Blocking(blocking::Request),
     /// XEP-0077.
@@ -206,23 +206,28 @@ impl ClientStanzas {
                     shard.local.roster.set(shard, conn, bare, el, &query);
                 }
             }
-            Iq::Set(p) if read_toggle(&p).is_some() => {
-                let toggle = read_toggle(&p).unwrap_or(Toggle::Disable);
-                shard.local.carbons.toggle(shard, conn, bare, &el, toggle);
-            }
+            Iq::Set(ref p) if p.ns == NS_CARBONS => match read_toggle(p) {
+                Some(toggle) => shard.local.carbons.toggle(shard, conn, bare, &el, toggle),
+                None => {
+                    if let Some(reply) = answer_account(&el, true) {
+                        send_to(conn, &[reply.bytes()]);
+                    }
+                }
+            },
             Iq::Get(ref p) | Iq::Set(ref p) if p.ns == NS_BLOCKING || p.ns == NS_REGISTER => {
                 let is_get = el.type_() == Some("get");
                 let localpart = bare.split('@').next().unwrap_or_default();
                 let answer = if p.ns == NS_BLOCKING {
-                    blocking::read_request(is_get, p).map(|r| r.map(Either::Blocking))
+                    blocking::read_request(is_get, p).map(|r| r.map(OwnRequest::Blocking))
                 } else {
-                    register::read_request(is_get, p, localpart).map(|r| r.map(Either::Register))
+                    register::read_request(is_get, p, localpart)
+                        .map(|r| r.map(OwnRequest::Register))
                 };
                 match answer {
-                    Some(Ok(Either::Blocking(r))) => {
+                    Some(Ok(OwnRequest::Blocking(r))) => {
                         shard.local.blocking.request(shard, conn, bare, el, r)
                     }
-                    Some(Ok(Either::Register(r))) => {
+                    Some(Ok(OwnRequest::Register(r))) => {
                         shard.local.account.request(shard, conn, bare, el, r)
                     }
                     Some(Err(c)) => {
