@@ -195,6 +195,14 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "Error stanzas that could not be delivered and, per RFC 6120 8.3.1, were not bounced, by cause.",
     ),
     (
+        "sm_acknowledged",
+        "Stanzas sent on outbound S2S streams that the peer acknowledged (XEP-0198).",
+    ),
+    (
+        "sm_resent",
+        "Stanzas the socket had taken but the peer never acknowledged when an outbound S2S stream ended (XEP-0198): queued again for the next stream.",
+    ),
+    (
         "stalled_streams_closed",
         "Streams closed because their socket accepted no byte for the write-stall timeout, by protocol.",
     ),

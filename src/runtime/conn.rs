@@ -239,6 +239,9 @@ pub(crate) struct ConnState<P: Proto = S2sConnection> {
     /// [`ConnState::track`]). On a write stall or a lost stream these are exactly the
     /// stanzas that never left this process: bounced, or sent again on the next stream.
     pub unsent: VecDeque<(u64, Queued)>,
+    /// XEP-0198 on an outbound S2S stream: stanzas stay in `unsent` after the socket took
+    /// them, until the peer acknowledges them ([`ConnState::acknowledged`]).
+    pub hold_until_acked: bool,
     /// Since when the write in flight has been waiting for the socket to accept a byte
     /// (`None`: nothing to write).
     pub write_waiting_since: Option<Instant>,
@@ -265,6 +268,7 @@ impl<P: Proto> ConnState<P> {
             taken: 0,
             written: 0,
             unsent: VecDeque::new(),
+            hold_until_acked: false,
             write_waiting_since: None,
         }
     }
@@ -290,9 +294,51 @@ impl<P: Proto> ConnState<P> {
         out
     }
 
-    /// The socket accepted `n` more bytes: stanzas wholly inside them have left.
+    /// The socket accepted `n` more bytes: stanzas wholly inside them have left (unless
+    /// they are held until acknowledged).
     pub fn accepted(&mut self, n: usize) {
         self.written += n as u64;
+        if self.hold_until_acked {
+            return;
+        }
+        self.release_written();
+    }
+
+    /// The peer acknowledged the `n` oldest stanzas (XEP-0198): they are delivered.
+    /// Returns how many were released (fewer only if fewer were held).
+    pub fn acknowledged(&mut self, n: usize) -> usize {
+        let n = n.min(self.unsent.len());
+        self.unsent.drain(..n);
+        n
+    }
+
+    /// Stops holding stanzas for acknowledgements (the peer refused XEP-0198): those the
+    /// socket took are released, as without it.
+    pub fn stop_holding(&mut self) {
+        self.hold_until_acked = false;
+        self.release_written();
+    }
+
+    /// Stanzas held in memory for this stream: every one not yet acknowledged while
+    /// holding for acknowledgements (they count against `s2s.queue_per_domain`), else 0.
+    pub fn held(&self) -> usize {
+        if self.hold_until_acked {
+            self.unsent.len()
+        } else {
+            0
+        }
+    }
+
+    /// Of the stanzas in `unsent`, how many the socket has already taken (only possible
+    /// while holding for acknowledgements): sent, perhaps received, never acknowledged.
+    pub fn taken_unacknowledged(&self) -> usize {
+        self.unsent
+            .iter()
+            .take_while(|(end, _)| *end <= self.written)
+            .count()
+    }
+
+    fn release_written(&mut self) {
         while self
             .unsent
             .front()

@@ -245,8 +245,30 @@ impl S2sStreams {
                     }
                 }
                 if direction == Direction::Outbound {
+                    {
+                        // XEP-0198 enabled with the first pair: from here on, what the
+                        // socket takes is held until the peer acknowledges it.
+                        let mut st = conn.st.borrow_mut();
+                        if st.proto.acknowledges_stanzas() {
+                            st.hold_until_acked = true;
+                        }
+                    }
                     shard.remotes.outbound_ready(shard, conn, &local, &remote);
                 }
+            }
+            Event::Acknowledged { count } => {
+                let released = conn.st.borrow_mut().acknowledged(count as usize);
+                if released < count as usize {
+                    debug!(parent: &conn.span, count, released, "peer acknowledged more than held");
+                }
+                super::metrics(|m| m.count("sm_acknowledged", &[], released as u64));
+                // Room under s2s.queue_per_domain: move what waits into the stream.
+                let d = domain_key(conn.st.borrow().proto.remote_domain()).into_owned();
+                shard.remotes.drain_queue(shard, conn, &d);
+            }
+            Event::StreamManagementRefused => {
+                info!(parent: &conn.span, "peer refused stream management (XEP-0198): stanzas count as delivered once the socket takes them");
+                conn.st.borrow_mut().stop_holding();
             }
             Event::SaslExternalNotOffered {
                 local,

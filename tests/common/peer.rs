@@ -338,6 +338,7 @@ impl FakeServer {
             cert_verifier: None,
             limits: fedrouter::xml::Limits::default(),
             timeouts: Timeouts::default(),
+            stream_management: None,
         });
         let stanzas = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
