@@ -68,7 +68,10 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(s.dialback_secret, None);
     assert_eq!(s.max_stanza_size, 262_144);
     assert!(s.stream_management);
-    assert_eq!((s.sm_ack_every, s.sm_ack_after), (10, Duration::from_secs(1)));
+    assert_eq!(
+        (s.sm_ack_every, s.sm_ack_after),
+        (10, Duration::from_secs(1))
+    );
     assert_eq!(s.xml_limits().max_element_size, 262_144);
     assert_eq!((c.inbox.capacity, c.inbox.batch), (1024, 256));
     assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(5));
