@@ -6,7 +6,9 @@
 
 use fedrouter::store::scram::{ScramCredentials, ScramHash};
 use fedrouter::store::sqlite::SqliteStore;
-use fedrouter::store::{Change, ImportOutcome, Roster, Store, StoreError, StoredItem};
+use fedrouter::store::{
+    BlocklistChange, Change, ImportOutcome, Roster, Store, StoreError, StoredItem,
+};
 
 fn creds(password: &str, hash: ScramHash) -> ScramCredentials {
     ScramCredentials::derive(password, hash, b"0123456789abcdef", 16).unwrap()
@@ -56,6 +58,12 @@ impl Store for Default {
     }
     fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError> {
         self.0.apply(changes)
+    }
+    fn blocklist(&mut self, user: &str) -> Result<Vec<String>, StoreError> {
+        self.0.blocklist(user)
+    }
+    fn change_blocklist(&mut self, user: &str, change: &BlocklistChange) -> Result<(), StoreError> {
+        self.0.change_blocklist(user, change)
     }
 }
 
