@@ -77,6 +77,7 @@
 // that `fedrouter::xml`, `fedrouter::stream` … name the same items as before.
 pub use fedrouter_proto::{condition, dialback, jid, presence, service, srv, stanza, stream, xml};
 
+pub mod auth;
 pub mod check;
 pub mod config;
 pub mod dns;

@@ -62,12 +62,14 @@ use crate::router;
 use crate::router::inbox::mesh;
 use crate::store::sqlite::{Durability, SqliteStore};
 use crate::store::{Op, Outcome, StoreHandle, DB_FILE};
-use crate::stream::c2s::{C2sConfig, C2sTimeouts};
+use crate::auth::Directory;
+use crate::config::AuthBackend;
+use crate::stream::c2s::{C2sConfig, C2sTimeouts, PasswordCheck};
 use crate::stream::s2s::{PeerCertVerifier, S2sConfig, Timeouts};
 use crate::tls::{self, CertifiedDomain, ClientAuth, DomainCertResolver};
 use crate::xml::Limits;
 
-pub use admin::{ping_via_admin, status_via_admin};
+pub use admin::{directory_status_via_admin, ping_via_admin, status_via_admin};
 use io::ListenerKind;
 use shard::{Shard, CURRENT};
 
@@ -97,6 +99,9 @@ pub enum StartError {
     /// The store (`<data_dir>/fedrouter.db`) could not be opened.
     #[error("store: {0}")]
     Store(String),
+    /// The LDAP directory's thread could not be started (`[auth.ldap]`).
+    #[error("directory: {0}")]
+    Directory(String),
     /// A reload applied what it could; these settings need a restart.
     #[error("reloaded, but these settings need a restart and were kept as running: {0}")]
     Reload(String),
@@ -196,6 +201,8 @@ pub(crate) struct Shared {
     pub tls_c2s: Arc<ServerConfig>,
     /// The user and roster store's thread.
     pub store: StoreHandle,
+    /// The LDAP directory's thread, with `auth.backend = "ldap"`.
+    pub directory: Option<Directory>,
 }
 
 impl Shared {
@@ -236,6 +243,7 @@ pub struct BoundAddrs {
 pub struct Server {
     threads: Vec<JoinHandle<()>>,
     store: StoreHandle,
+    directory: Option<Directory>,
     /// The configuration running now (reload compares against it).
     running: Arc<Shared>,
     controls: Vec<(crossbeam_channel::Sender<Control>, Arc<Notify>)>,
@@ -269,7 +277,18 @@ impl Server {
             Ok(_) => Vec::new(),
             Err(e) => return Err(StartError::Store(format!("{}: {e}", db.display()))),
         };
-        let shared = Arc::new(build_shared(config, materialized, n, store)?);
+        let directory = match (&config.auth.backend, &config.auth.ldap, &materialized.directory) {
+            (AuthBackend::Ldap, Some(ldap), Some(material)) => Some(
+                Directory::spawn(ldap, material).map_err(StartError::Directory)?,
+            ),
+            (AuthBackend::Ldap, _, _) => {
+                return Err(StartError::Directory(
+                    "auth.backend = \"ldap\" without [auth.ldap] materialized".into(),
+                ))
+            }
+            (AuthBackend::Internal, _, _) => None,
+        };
+        let shared = Arc::new(build_shared(config, materialized, n, store, directory)?);
         let cfg = &shared.config;
 
         // Listeners: one SO_REUSEPORT socket per shard per address.
@@ -410,6 +429,7 @@ impl Server {
         info!(shards = n, s2s = ?bound.s2s, s2s_tls = ?bound.s2s_tls, c2s = ?bound.c2s, admin = ?bound.admin, domains = ?shared.config.domains, "listening");
         Ok(Server {
             store: shared.store.clone(),
+            directory: shared.directory.clone(),
             running: Arc::clone(&shared),
             threads,
             controls,
@@ -477,6 +497,10 @@ impl Server {
             kept.push("inbox");
             config.inbox = old.inbox;
         }
+        if config.auth != old.auth {
+            kept.push("auth");
+            config.auth = old.auth.clone();
+        }
         // A new `[dns]`: check that a resolver can be built before anything changes
         // (each shard then builds its own from it, as at start).
         let dns = (config.dns != old.dns).then(|| dns_config(&config));
@@ -484,7 +508,13 @@ impl Server {
             S2sResolver::new(dns).map_err(|e| StartError::Dns(e.to_string()))?;
         }
         let n = self.running.shards;
-        let shared = Arc::new(build_shared(config, materialized, n, self.store.clone())?);
+        let shared = Arc::new(build_shared(
+            config,
+            materialized,
+            n,
+            self.store.clone(),
+            self.directory.clone(),
+        )?);
         for (tx, wake) in &self.controls {
             let _ = tx.send_timeout(
                 Control::Reload(Arc::clone(&shared), dns.clone()),
@@ -507,6 +537,9 @@ impl Server {
         }
         // Every shard has stopped: what they stored is committed; close the database.
         self.store.shutdown();
+        if let Some(d) = self.directory.take() {
+            d.shutdown();
+        }
         if let Some(a) = self.admin.take() {
             a.stop();
         }
@@ -557,6 +590,7 @@ fn build_shared(
     m: Materialized,
     shards: usize,
     store: StoreHandle,
+    directory: Option<Directory>,
 ) -> Result<Shared, StartError> {
     let tls_err = |e: tls::TlsError| StartError::Tls(e.to_string());
     let mut resolver = DomainCertResolver::new();
@@ -653,12 +687,16 @@ fn build_shared(
     };
     c2s.max_auth_failures = cc.max_auth_failures;
     c2s.auth_failure_delay = cc.auth_failure_delay;
+    if directory.is_some() {
+        c2s.password_check = PasswordCheck::External;
+    }
     Ok(Shared {
         shards,
         s2s: Arc::new(s2s),
         c2s: Arc::new(c2s),
         tls_c2s,
         store,
+        directory,
         tls_server,
         tls_server_direct,
         clients,

@@ -21,6 +21,7 @@ pub mod s2s;
 
 pub use c2s::{
     BindError, C2sConfig, C2sConnection, C2sError, C2sTimeouts, Event as C2sEvent, Mechanism,
+    Password, PasswordCheck, PasswordVerdict,
 };
 pub use cert::CertError;
 pub use policy::{AuthPolicy, FederationPolicy, PeerPolicy, TlsPolicy};

@@ -43,6 +43,7 @@ mod delivery;
 mod presence;
 mod roster;
 mod sessions;
+mod directory_link;
 mod store_link;
 mod subscriptions;
 mod users;
@@ -67,6 +68,7 @@ use delivery::Delivery;
 use presence::Presence;
 use roster::Rosters;
 use sessions::Sessions;
+use directory_link::DirectoryLink;
 use store_link::StoreLink;
 use subscriptions::Subscriptions;
 use users::Users;
@@ -75,9 +77,10 @@ use users::Users;
 pub(super) struct Local {
     /// C2S connections on this shard (negotiating here, or bound users this shard owns).
     pub conns: RefCell<HashMap<ConnId, Rc<Conn<C2sConnection>>>>,
-    /// Fired by the storage thread when a reply is waiting.
+    /// Fired by the storage thread, and by the directory thread, when a reply is waiting.
     pub store_wake: Arc<Notify>,
     store: StoreLink,
+    directory: DirectoryLink,
     users: Users,
     sessions: Sessions,
     client: ClientStanzas,
@@ -93,6 +96,7 @@ impl Local {
         Local {
             conns: RefCell::new(HashMap::new()),
             store: StoreLink::new(Arc::clone(&store_wake)),
+            directory: DirectoryLink::new(Arc::clone(&store_wake)),
             store_wake,
             users: Users::new(),
             sessions: Sessions,
@@ -108,6 +112,7 @@ impl Local {
     /// [`StoreLink::replies`].
     pub(super) fn store_replies(&self, shard: &Shard) {
         self.store.replies(shard);
+        self.directory.replies(shard);
     }
 
     /// A client connected to this shard's C2S listener: [`Sessions::accept`].
