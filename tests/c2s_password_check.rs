@@ -167,10 +167,13 @@ fn rejected_passwords_are_counted_and_delayed() {
     );
     h.advance(Duration::from_millis(200));
     plain_pending(&mut h, "juliet", "third");
-    assert_eq!(
-        verdict(&mut h, PasswordVerdict::Rejected),
-        failure("not-authorized")
-    );
+    // The third failure (max_auth_failures) also closes the stream.
+    h.conn
+        .handle_password_verdict(PasswordVerdict::Rejected, h.now)
+        .unwrap();
+    h.drive();
+    let got = h.take_xml();
+    assert_eq!(got.first(), Some(&failure("not-authorized")), "{got:?}");
     match h.closed() {
         Some(CloseReason::SentError(StreamCondition::PolicyViolation, _)) => {}
         other => panic!("expected policy-violation, got {other:?}"),

@@ -6,7 +6,9 @@
 //! random 16-byte salt per entry and a random key per process: never the password, and
 //! nothing that outlives the process or can be checked against a guess without the key.
 //! Entries expire after the TTL; the cache holds at most `max` users (one more evicts
-//! the expired ones, then the one expiring first). Time is passed in.
+//! the expired ones, then the one expiring first). A password changed in the directory
+//! stops working here when its entry expires: a rejected *other* password does not
+//! evict the entry (a wrong guess must not be a way to evict users). Time is passed in.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -93,11 +95,6 @@ impl PositiveCache {
         );
     }
 
-    /// Forgets `username` (the directory rejected a password for it: it may have changed).
-    pub(crate) fn forget(&mut self, username: &str) {
-        self.entries.remove(username);
-    }
-
     /// Users remembered (expired ones included until evicted).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -119,8 +116,10 @@ mod tests {
         assert!(!c.hit("alice", "pw2", t0));
         assert!(!c.hit("bob", "pw", t0));
         assert!(!c.hit("alice", "pw", t0 + Duration::from_secs(60)));
-        c.forget("alice");
+        // A new entry for the user replaces the old one.
+        c.insert("alice", "new", [2; 16], t0);
         assert!(!c.hit("alice", "pw", t0));
+        assert!(c.hit("alice", "new", t0));
     }
 
     #[test]

@@ -362,11 +362,9 @@ impl Worker {
                         PasswordVerdict::Accepted
                     }
                     CheckOutcome::Rejected(why) => {
+                        // The cached entry, if any, is for another password: it stays
+                        // (a wrong guess must not evict a user from the cache).
                         status.set(DirectoryState::Up);
-                        cache
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .forget(&check.username);
                         info!(user = %check.username, why, "LDAP rejected the login");
                         PasswordVerdict::Rejected
                     }

@@ -603,19 +603,22 @@ impl C2sConnection {
             if !self.tls && self.cfg.has_certificate(&self.domain) {
                 write_starttls_feature(self.cfg.tls_required, &mut self.io.out);
             }
-            if self.tls || !self.cfg.tls_required {
+            let tls = self.tls;
+            let offered: Vec<Mechanism> = [
+                Mechanism::ScramSha256,
+                Mechanism::ScramSha1,
+                Mechanism::Plain,
+            ]
+            .into_iter()
+            .filter(|m| self.cfg.offers(*m, tls))
+            .collect();
+            // No empty <mechanisms/> (RFC 6120 §6.4.1: at least one <mechanism/>): with
+            // only PLAIN allowed and no TLS yet, STARTTLS is the one way on.
+            if (self.tls || !self.cfg.tls_required) && !offered.is_empty() {
                 self.io
                     .out
                     .extend_from_slice(b"<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
-                let tls = self.tls;
-                for m in [
-                    Mechanism::ScramSha256,
-                    Mechanism::ScramSha1,
-                    Mechanism::Plain,
-                ]
-                .into_iter()
-                .filter(|m| self.cfg.offers(*m, tls))
-                {
+                for m in offered {
                     self.io.out.extend_from_slice(b"<mechanism>");
                     self.io.out.extend_from_slice(m.name().as_bytes());
                     self.io.out.extend_from_slice(b"</mechanism>");
