@@ -33,7 +33,11 @@ fn external() -> Harness {
 fn plain_pending(h: &mut Harness, user: &str, password: &str) -> (String, String, String) {
     let before = h.events.len();
     h.send_auth("PLAIN", format!("\0{user}\0{password}").as_bytes());
-    assert_eq!(h.take_xml(), Vec::<String>::new(), "answered before the verdict");
+    assert_eq!(
+        h.take_xml(),
+        Vec::<String>::new(),
+        "answered before the verdict"
+    );
     let asked: Vec<_> = h.events[before..]
         .iter()
         .filter_map(|e| match e {
@@ -45,7 +49,12 @@ fn plain_pending(h: &mut Harness, user: &str, password: &str) -> (String, String
             _ => None,
         })
         .collect();
-    assert_eq!(asked.len(), 1, "one check asked for: {:?}", &h.events[before..]);
+    assert_eq!(
+        asked.len(),
+        1,
+        "one check asked for: {:?}",
+        &h.events[before..]
+    );
     assert!(
         !h.events[before..]
             .iter()
@@ -131,7 +140,10 @@ fn accepted_password_authenticates_and_restarts() {
         Event::Authenticated { jid, mechanism: Mechanism::Plain } if jid == &format!("juliet@{DOMAIN}")
     )));
     let features = h.open();
-    assert!(features.contains("urn:ietf:params:xml:ns:xmpp-bind"), "{features}");
+    assert!(
+        features.contains("urn:ietf:params:xml:ns:xmpp-bind"),
+        "{features}"
+    );
     assert_eq!(
         h.conn
             .handle_password_verdict(PasswordVerdict::Accepted, h.now),

@@ -146,8 +146,14 @@ fn ldaps_logins_and_the_directory_going_down_and_back() {
     let mut c = Client::connect(t.addr, "a.test");
     c.open();
     let features = c.starttls(&t.cert);
-    assert!(features.contains("<mechanism>PLAIN</mechanism>"), "{features}");
-    assert!(!features.contains("SCRAM"), "SCRAM offered with LDAP: {features}");
+    assert!(
+        features.contains("<mechanism>PLAIN</mechanism>"),
+        "{features}"
+    );
+    assert!(
+        !features.contains("SCRAM"),
+        "SCRAM offered with LDAP: {features}"
+    );
     let f = c.auth(Mech::ScramSha256, "alice", ALICE_PW).unwrap_err();
     assert_eq!(condition(&f).as_deref(), Some("invalid-mechanism"), "{f}");
     drop(c);
@@ -167,7 +173,10 @@ fn ldaps_logins_and_the_directory_going_down_and_back() {
     let up = fr.metric("fedrouter_directory_up", &[]).expect("metrics");
     assert_eq!(up, 1.0);
     let ok = fr
-        .metric("fedrouter_directory_checks_total", &[("result", "accepted")])
+        .metric(
+            "fedrouter_directory_checks_total",
+            &[("result", "accepted")],
+        )
         .unwrap();
     assert!(ok >= 1.0, "accepted checks: {ok}");
 
@@ -188,7 +197,10 @@ fn ldaps_logins_and_the_directory_going_down_and_back() {
     assert_eq!(health["directory"]["state"], "unreachable", "{health}");
     assert_eq!(fr.metric("fedrouter_directory_up", &[]), Some(0.0));
     let unavailable = fr
-        .metric("fedrouter_directory_checks_total", &[("result", "unavailable")])
+        .metric(
+            "fedrouter_directory_checks_total",
+            &[("result", "unavailable")],
+        )
         .unwrap();
     assert!(unavailable >= 1.0, "unavailable checks: {unavailable}");
 
@@ -255,8 +267,16 @@ filter = "(uid=%u)"
 "#;
     assert!(Config::from_toml_str(base).is_ok());
     let cases: &[(&str, &str, &str)] = &[
-        ("filter = \"(uid=%u)\"", "filter = \"(uid=alice)\"", "auth.ldap.filter"),
-        ("filter = \"(uid=%u)\"", "filter = \"uid=%u\"", "auth.ldap.filter"),
+        (
+            "filter = \"(uid=%u)\"",
+            "filter = \"(uid=alice)\"",
+            "auth.ldap.filter",
+        ),
+        (
+            "filter = \"(uid=%u)\"",
+            "filter = \"uid=%u\"",
+            "auth.ldap.filter",
+        ),
         (
             "urls = [\"ldaps://ldap.test\"]",
             "urls = [\"ldap://ldap.test\"]",
@@ -267,8 +287,16 @@ filter = "(uid=%u)"
             "urls = [\"ldaps://ldap.test\", \"http://x\"]",
             "auth.ldap.urls[1]",
         ),
-        ("urls = [\"ldaps://ldap.test\"]", "urls = []", "auth.ldap.urls"),
-        ("base_dn = \"ou=people,dc=example,dc=test\"", "", "auth.ldap.base_dn"),
+        (
+            "urls = [\"ldaps://ldap.test\"]",
+            "urls = []",
+            "auth.ldap.urls",
+        ),
+        (
+            "base_dn = \"ou=people,dc=example,dc=test\"",
+            "",
+            "auth.ldap.base_dn",
+        ),
         (
             "base_dn = \"ou=people,dc=example,dc=test\"",
             "base_dn = \"ou=people,dc=example,dc=test\"\nbind_dn = \"cn=x\"",

@@ -142,9 +142,10 @@ impl LdapClient {
     /// Whether the directory answers now: a fresh connection and the service bind.
     pub(crate) async fn probe(&self) -> Result<(), String> {
         let mut ldap = self.connect().await?;
-        let r = self.bind_service(&mut ldap).await.map_err(|e| {
-            format!("service account bind failed: {}", describe(&e))
-        });
+        let r = self
+            .bind_service(&mut ldap)
+            .await
+            .map_err(|e| format!("service account bind failed: {}", describe(&e)));
         let _ = ldap.with_timeout(self.cfg.timeout).unbind().await;
         r
     }

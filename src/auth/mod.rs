@@ -346,9 +346,7 @@ impl Worker {
                 Arc::clone(&self.cache),
             );
             tokio::spawn(async move {
-                let outcome = client
-                    .check(&check.username, check.password.expose())
-                    .await;
+                let outcome = client.check(&check.username, check.password.expose()).await;
                 drop(permit);
                 let verdict = match outcome {
                     CheckOutcome::Accepted => {

@@ -325,7 +325,10 @@ impl AuthSection {
         if !(f.starts_with('(') && f.ends_with(')')) {
             return Err(invalid(
                 "auth.ldap.filter",
-                format!("{:?} must be a parenthesised filter, e.g. \"(uid=%u)\"", l.filter),
+                format!(
+                    "{:?} must be a parenthesised filter, e.g. \"(uid=%u)\"",
+                    l.filter
+                ),
             ));
         }
         match (

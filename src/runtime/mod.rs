@@ -56,14 +56,14 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::sync::Notify;
 use tracing::{info, info_span, warn};
 
+use crate::auth::Directory;
+use crate::config::AuthBackend;
 use crate::config::{Config, Materialized, StoreDurability};
 use crate::dns::{DnsConfig, S2sResolver, StaticTarget};
 use crate::router;
 use crate::router::inbox::mesh;
 use crate::store::sqlite::{Durability, SqliteStore};
 use crate::store::{Op, Outcome, StoreHandle, DB_FILE};
-use crate::auth::Directory;
-use crate::config::AuthBackend;
 use crate::stream::c2s::{C2sConfig, C2sTimeouts, PasswordCheck};
 use crate::stream::s2s::{PeerCertVerifier, S2sConfig, Timeouts};
 use crate::tls::{self, CertifiedDomain, ClientAuth, DomainCertResolver};
@@ -277,10 +277,14 @@ impl Server {
             Ok(_) => Vec::new(),
             Err(e) => return Err(StartError::Store(format!("{}: {e}", db.display()))),
         };
-        let directory = match (&config.auth.backend, &config.auth.ldap, &materialized.directory) {
-            (AuthBackend::Ldap, Some(ldap), Some(material)) => Some(
-                Directory::spawn(ldap, material).map_err(StartError::Directory)?,
-            ),
+        let directory = match (
+            &config.auth.backend,
+            &config.auth.ldap,
+            &materialized.directory,
+        ) {
+            (AuthBackend::Ldap, Some(ldap), Some(material)) => {
+                Some(Directory::spawn(ldap, material).map_err(StartError::Directory)?)
+            }
             (AuthBackend::Ldap, _, _) => {
                 return Err(StartError::Directory(
                     "auth.backend = \"ldap\" without [auth.ldap] materialized".into(),

@@ -213,7 +213,10 @@ access to * by dn.exact="{SERVICE_DN}" read by self read by * none
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let mut ok = false;
             for _ in 0..200 {
-                if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+                if let Some(status) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
                 {
                     panic!("slapd exited ({status}): {}", self.log());
                 }

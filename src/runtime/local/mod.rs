@@ -40,10 +40,10 @@
 
 mod client_stanzas;
 mod delivery;
+mod directory_link;
 mod presence;
 mod roster;
 mod sessions;
-mod directory_link;
 mod store_link;
 mod subscriptions;
 mod users;
@@ -65,10 +65,10 @@ use crate::stream::c2s::C2sConnection;
 use crate::xml::Element;
 use client_stanzas::ClientStanzas;
 use delivery::Delivery;
+use directory_link::DirectoryLink;
 use presence::Presence;
 use roster::Rosters;
 use sessions::Sessions;
-use directory_link::DirectoryLink;
 use store_link::StoreLink;
 use subscriptions::Subscriptions;
 use users::Users;

@@ -425,8 +425,7 @@ impl C2sConnection {
         matches!(
             self.state,
             State::AwaitCredentials | State::AwaitVerdict | State::AwaitBind
-        )
-            || self.hold_until.is_some_and(|h| now < h)
+        ) || self.hold_until.is_some_and(|h| now < h)
     }
 
     fn send_header(&mut self) {

@@ -142,9 +142,7 @@ impl C2sConnection {
                 self.sasl_success(None, now);
             }
             PasswordVerdict::Rejected => self.sasl_failure("not-authorized", username, now),
-            PasswordVerdict::TemporaryFailure => {
-                self.write_failure("temporary-auth-failure", now)
-            }
+            PasswordVerdict::TemporaryFailure => self.write_failure("temporary-auth-failure", now),
         }
         self.process(now);
         Ok(())
