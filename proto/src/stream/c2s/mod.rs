@@ -16,14 +16,12 @@
 //!      │                                                                              │
 //!      ▼   (after TLS, or without it when `tls_required` is off)                      │
 //! ExpectAuth ─<auth/>─► AwaitCredentials ─(handle_credentials)─► ExpectResponse ─<response/>─┐
-//!      │ ▲                (Event::CredentialsNeeded)               (SCRAM only)             │
-//!      │ │  PLAIN with PasswordCheck::External:                                             │
-//!      │ │  AwaitVerdict ─(handle_password_verdict)────────────────────────────────────────►┤
-//!      │ │  (Event::PasswordCheckNeeded)                                                    │
-//!      ▲
-//!      └──── <failure/> (counted, delayed) ◄────────────────────────────────────────────────┤
-//!                                                                                           ▼
-//! ExpectHeader ◄─ <success/> (stream restart, RFC 6120 §6.4.6) ◄────────────────────────────┘
+//!  ▲   │                (Event::CredentialsNeeded)               (SCRAM only)                │
+//!  │   └─<auth PLAIN/>─► AwaitVerdict ─(handle_password_verdict)────────────────────────────►┤
+//!  │     (PasswordCheck::External; Event::PasswordCheckNeeded)                               │
+//!  └──── <failure/> (counted, delayed; temporary-auth-failure neither) ◄─────────────────────┤
+//!                                                                                            ▼
+//! ExpectHeader ◄─ <success/> (stream restart, RFC 6120 §6.4.6) ◄─────────────────────────────┘
 //!      │
 //!      ▼
 //! ExpectBind ─<iq><bind/></iq>─► AwaitBind ─(handle_bind)─► Open (stanzas flow)
