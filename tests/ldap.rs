@@ -27,7 +27,7 @@ mod slapd;
 mod xmpp;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fedrouter::config::Config;
 use fedrouter::store::sqlite::SqliteStore;
@@ -159,9 +159,29 @@ fn ldaps_logins_and_the_directory_going_down_and_back() {
     drop(c);
 
     // A directory user: logged in, bound, an empty roster.
+    let t0 = Instant::now();
     let mut alice = login_plain(&t, "alice", ALICE_PW);
+    let first = t0.elapsed();
     assert!(alice.roster_get().is_empty());
     assert_eq!(directory(&fr)["state"], "up");
+    // The same password again: answered from the positive cache.
+    let t1 = Instant::now();
+    let mut second = login_plain(&t, "alice", ALICE_PW);
+    let cached = t1.elapsed();
+    second.sync();
+    drop(second);
+    eprintln!(
+        "connect + STARTTLS + PLAIN + bind: {:.1} ms through the directory, {:.1} ms from the cache",
+        first.as_secs_f64() * 1e3,
+        cached.as_secs_f64() * 1e3
+    );
+    let hits = fr
+        .metric(
+            "fedrouter_directory_checks_total",
+            &[("result", "accepted_cached")],
+        )
+        .unwrap();
+    assert!(hits >= 1.0, "cache hits: {hits}");
 
     // Wrong password, outside the filter, unknown: not-authorized.
     assert_eq!(failure_of(&t, "alice", "not alice's"), "not-authorized");
