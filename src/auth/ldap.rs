@@ -115,8 +115,11 @@ impl LdapClient {
                     ldap3::drive!(conn);
                     return Ok(ldap);
                 }
-                Ok(Err(e)) => last = format!("{url}: {}", describe(&e)),
-                Err(_) => {
+                Ok(Err(e)) if !matches!(e, LdapError::Timeout { .. }) => {
+                    last = format!("{url}: {}", describe(&e))
+                }
+                // ldap3's own connect timeout (the same duration), or ours.
+                Ok(Err(_)) | Err(_) => {
                     last = format!(
                         "{url}: no connection within {}",
                         humantime::format_duration(self.cfg.connect_timeout)

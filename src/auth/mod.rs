@@ -386,3 +386,6 @@ fn answer(check: &Check, verdict: PasswordVerdict, cached: bool) {
     });
     check.wake.notify_one();
 }
+
+#[cfg(test)]
+mod tests;
