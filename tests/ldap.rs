@@ -337,6 +337,12 @@ filter = "(uid=%u)"
             "base_dn = \"ou=people,dc=example,dc=test\"\ntimeout = \"0s\"",
             "auth.ldap.timeout",
         ),
+        (
+            // 5 s + 3 × 10 s is not under c2s.negotiation_timeout (30 s).
+            "base_dn = \"ou=people,dc=example,dc=test\"",
+            "base_dn = \"ou=people,dc=example,dc=test\"\ntimeout = \"10s\"",
+            "auth.ldap.timeout",
+        ),
     ];
     for (from, to, key) in cases {
         let text = base.replace(from, to);

@@ -242,6 +242,7 @@ impl Directory {
             ))),
             slots: Arc::new(Semaphore::new(cfg.pool_size)),
             probe_interval: cfg.probe_interval,
+            budget: cfg.check_budget(),
         };
         let (stop2, stopped2) = (Arc::clone(&stop), Arc::clone(&stopped));
         let thread = std::thread::Builder::new()
@@ -305,6 +306,8 @@ struct Worker {
     /// One permit per pooled connection: checks beyond wait here, in the queue.
     slots: Arc<Semaphore>,
     probe_interval: std::time::Duration,
+    /// The longest one check may take ([`LdapSection::check_budget`]).
+    budget: std::time::Duration,
 }
 
 impl Worker {
@@ -345,8 +348,19 @@ impl Worker {
                 Arc::clone(&self.status),
                 Arc::clone(&self.cache),
             );
+            let budget = self.budget;
             tokio::spawn(async move {
-                let outcome = client.check(&check.username, check.password.expose()).await;
+                let outcome = tokio::time::timeout(
+                    budget,
+                    client.check(&check.username, check.password.expose()),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    CheckOutcome::Unavailable(format!(
+                        "no answer within {}",
+                        humantime::format_duration(budget)
+                    ))
+                });
                 drop(permit);
                 let verdict = match outcome {
                     CheckOutcome::Accepted => {

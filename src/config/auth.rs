@@ -14,7 +14,8 @@
 //! bind_password_file = "/etc/fedrouter/ldap.secret"   # or bind_password = "…"
 //! ca_file = "/etc/fedrouter/ldap-ca.pem"              # absent: the system's roots
 //! connect_timeout = "5s"
-//! timeout = "5s"                    # each LDAP operation
+//! timeout = "5s"                    # each LDAP operation; a whole check: connect + 3 × this,
+//!                                   # under c2s.negotiation_timeout
 //! pool_size = 4                     # connections to the directory
 //! queue = 256                       # checks waiting for a connection; more: temporary-auth-failure
 //! cache_ttl = "5m"                  # positive results remembered (salted hash); "0s" = off
@@ -151,6 +152,16 @@ impl Default for LdapSection {
     }
 }
 
+impl LdapSection {
+    /// The longest one password check may take: `connect_timeout + 3 × timeout` (a
+    /// connection, the service bind, the search, the user's bind); a check still running
+    /// then is answered `temporary-auth-failure`.
+    pub fn check_budget(&self) -> Duration {
+        self.connect_timeout
+            .saturating_add(self.timeout.saturating_mul(3))
+    }
+}
+
 /// `[auth]` as written.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -255,8 +266,10 @@ impl AuthSection {
     /// Checks `[auth]`: with the `ldap` backend, `[auth.ldap]` is present, every URL is
     /// `ldaps://` or (with `starttls`) `ldap://` with a host, `base_dn` is set, `filter`
     /// is parenthesised and contains `%u`, the service account has exactly one password
-    /// source, timeouts are non-zero and sizes in range.
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+    /// source, timeouts are non-zero and sizes in range, and a whole check
+    /// ([`LdapSection::check_budget`]) fits in `c2s_negotiation_timeout` (so that a slow
+    /// directory gives the client `temporary-auth-failure`, not a stream timeout).
+    pub(super) fn validate(&self, c2s_negotiation_timeout: Duration) -> Result<(), ConfigError> {
         if self.backend != AuthBackend::Ldap {
             return Ok(());
         }
@@ -372,6 +385,16 @@ impl AuthSection {
         check_range("auth.ldap.pool_size", l.pool_size, 1, 256)?;
         check_range("auth.ldap.queue", l.queue, 1, 65536)?;
         check_range("auth.ldap.cache_size", l.cache_size, 1, 1 << 20)?;
+        if l.check_budget() >= c2s_negotiation_timeout {
+            return Err(invalid(
+                "auth.ldap.timeout",
+                format!(
+                    "auth.ldap.connect_timeout + 3 × auth.ldap.timeout ({}) must be less than c2s.negotiation_timeout ({})",
+                    humantime::format_duration(l.check_budget()),
+                    humantime::format_duration(c2s_negotiation_timeout)
+                ),
+            ));
+        }
         Ok(())
     }
 }

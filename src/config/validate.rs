@@ -87,7 +87,7 @@ impl Config {
         check_range("inbox.capacity", self.inbox.capacity, 1, MAX_INBOX_CAPACITY)?;
         check_range("inbox.batch", self.inbox.batch, 1, MAX_INBOX_BATCH)?;
         self.validate_c2s()?;
-        self.auth.validate()?;
+        self.auth.validate(self.c2s.negotiation_timeout)?;
         check_range("store.max_batch", self.store.max_batch, 1, 65536)?;
         check_range("store.queue", self.store.queue, 1, 1 << 20)?;
         self.validate_log()?;
