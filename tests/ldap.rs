@@ -128,6 +128,17 @@ fn wait_directory(fr: &Fedrouter, want: &str) -> serde_json::Value {
     panic!("directory state never became {want}: {last}");
 }
 
+/// `fedrouter status --admin ADDR`'s output (it must succeed).
+fn status_text(fr: &Fedrouter) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedrouter"))
+        .args(["status", "--admin", &fr.admin.to_string()])
+        .output()
+        .expect("run fedrouter status");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    text
+}
+
 fn login_plain(t: &Target, user: &str, password: &str) -> Client {
     Client::login_with(t, Mech::Plain, user, password, None)
 }
@@ -216,6 +227,8 @@ fn ldaps_logins_and_the_directory_going_down_and_back() {
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["directory"]["state"], "unreachable", "{health}");
     assert_eq!(fr.metric("fedrouter_directory_up", &[]), Some(0.0));
+    let text = status_text(&fr);
+    assert!(text.contains("DIRECTORY ldap: unreachable"), "{text}");
     let unavailable = fr
         .metric(
             "fedrouter_directory_checks_total",
@@ -247,12 +260,7 @@ fn ldaps_logins_and_the_directory_going_down_and_back() {
     alice.sync();
 
     // `fedrouter status` prints the directory's state.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedrouter"))
-        .args(["status", "--admin", &fr.admin.to_string()])
-        .output()
-        .expect("run fedrouter status");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let text = status_text(&fr);
     assert!(text.contains("DIRECTORY ldap: up"), "{text}");
 
     // First logins created store rows (no credentials): alice and carol, not bob.
