@@ -222,6 +222,7 @@ fn s2s_config(domains: Vec<String>) -> Arc<S2sConfig> {
         cert_verifier: None,
         limits: Limits::default(),
         timeouts: Timeouts::default(),
+        stream_management: None,
     })
 }
 

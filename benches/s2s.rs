@@ -239,6 +239,7 @@ fn s2s_config(
             .map(|r| Arc::new(TestVerifier { roots: r.clone() }) as Arc<dyn PeerCertVerifier>),
         limits: Limits::default(),
         timeouts: Timeouts::default(),
+        stream_management: None,
     })
 }
 

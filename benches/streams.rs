@@ -714,6 +714,7 @@ fn build_ctx() -> Ctx {
             idle: None,
             ..Timeouts::default()
         },
+        stream_management: None,
     };
     Ctx {
         cfg: Arc::new(cfg),

@@ -301,6 +301,28 @@ fn read_password() -> Result<String, String> {
     Ok(password)
 }
 
+/// Refuses to write the store as root into a `data_dir` that belongs to another user (the
+/// packaged service's `fedrouter` user): SQLite would create its `-wal`/`-shm` files owned
+/// by root, and the service could no longer write its own database. Error: the message to
+/// print, naming the owner's uid and the command to use instead.
+fn refuse_root_in_service_dir(data_dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let owner = std::fs::metadata(data_dir)
+        .map_err(|e| format!("{}: {e}", data_dir.display()))?
+        .uid();
+    if euid == 0 && owner != 0 {
+        return Err(format!(
+            "{} belongs to uid {owner}, not root: run this as its owner so that the server can \
+             still write the files it creates, e.g. `sudo -u fedrouter fedrouter user ...` for \
+             the Debian package",
+            data_dir.display()
+        ));
+    }
+    Ok(())
+}
+
 fn user(config: Option<&Path>, action: UserAction) -> ExitCode {
     use fedrouter::jid::BareJid;
     use fedrouter::store::scram::{ScramCredentials, ScramHash};
@@ -317,6 +339,9 @@ fn user(config: Option<&Path>, action: UserAction) -> ExitCode {
     };
     if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
         return fail(format!("{}: {e}", config.data_dir.display()));
+    }
+    if let Err(msg) = refuse_root_in_service_dir(&config.data_dir) {
+        return fail(msg);
     }
     let path = config.data_dir.join(DB_FILE);
     let mut store = match SqliteStore::open(&path) {

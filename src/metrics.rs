@@ -32,17 +32,21 @@ pub enum Latency {
     Negotiation,
     /// A roster change from submission to the store to its durable commit being answered.
     StoreCommit,
+    /// A stanza on an outbound S2S stream from its bytes entering the stream to the
+    /// peer's XEP-0198 acknowledgement covering it.
+    SmAck,
 }
 
 impl Latency {
     /// All of them, in export order.
-    pub const ALL: [Latency; 6] = [
+    pub const ALL: [Latency; 7] = [
         Latency::Routing,
         Latency::Handoff,
         Latency::Dns,
         Latency::Connect,
         Latency::Negotiation,
         Latency::StoreCommit,
+        Latency::SmAck,
     ];
 
     /// The metric family name (`fedrouter_<name>_seconds`) and its `.hgrm` name.
@@ -54,6 +58,7 @@ impl Latency {
             Latency::Connect => "s2s_connect",
             Latency::Negotiation => "s2s_negotiation",
             Latency::StoreCommit => "store_commit",
+            Latency::SmAck => "s2s_ack_latency",
         }
     }
 
@@ -68,6 +73,9 @@ impl Latency {
                 "Outbound S2S stream set-up time, TCP connected to authenticated."
             }
             Latency::StoreCommit => "Roster change time from submission to durable commit.",
+            Latency::SmAck => {
+                "Outbound S2S stanza time from written into the stream to acknowledged by the peer (XEP-0198)."
+            }
         }
     }
 
@@ -197,6 +205,14 @@ const COUNTER_HELP: &[(&str, &str)] = &[
     (
         "undeliverable_errors",
         "Error stanzas that could not be delivered and, per RFC 6120 8.3.1, were not bounced, by cause.",
+    ),
+    (
+        "sm_acknowledged",
+        "Stanzas sent on outbound S2S streams that the peer acknowledged (XEP-0198).",
+    ),
+    (
+        "sm_resent",
+        "Stanzas the socket had taken but the peer never acknowledged when an outbound S2S stream ended (XEP-0198): queued again for the next stream.",
     ),
     (
         "stalled_streams_closed",

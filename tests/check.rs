@@ -280,6 +280,7 @@ impl FakePeer {
             cert_verifier: None,
             limits: fedrouter::xml::Limits::default(),
             timeouts: fedrouter::stream::Timeouts::default(),
+            stream_management: None,
         });
         let stop = Arc::new(AtomicBool::new(false));
         let st = Arc::clone(&stop);
@@ -587,6 +588,7 @@ fn scripted_config(domain: &str, secret: DialbackSecret) -> Arc<S2sConfig> {
         cert_verifier: None,
         limits: fedrouter::xml::Limits::default(),
         timeouts: fedrouter::stream::Timeouts::default(),
+        stream_management: None,
     })
 }
 

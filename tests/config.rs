@@ -67,6 +67,11 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(s.backoff_max, Duration::from_secs(300));
     assert_eq!(s.dialback_secret, None);
     assert_eq!(s.max_stanza_size, 262_144);
+    assert!(s.stream_management);
+    assert_eq!(
+        (s.sm_ack_every, s.sm_ack_after),
+        (10, Duration::from_secs(1))
+    );
     assert_eq!(s.xml_limits().max_element_size, 262_144);
     assert_eq!((c.inbox.capacity, c.inbox.batch), (1024, 256));
     assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(5));
@@ -118,6 +123,9 @@ backoff_initial = "2s"
 backoff_max = "1h"
 dialback_secret = "00112233445566778899AABBCCDDEEFF"
 max_stanza_size = 65536
+stream_management = false
+sm_ack_every = 3
+sm_ack_after = "250ms"
 
 [inbox]
 capacity = 64
@@ -222,6 +230,9 @@ fn full_file_sets_every_key() {
         ))
     );
     assert_eq!(s.max_stanza_size, 65536);
+    assert!(!s.stream_management);
+    assert_eq!(s.sm_ack_every, 3);
+    assert_eq!(s.sm_ack_after, Duration::from_millis(250));
     assert_eq!(s.xml_limits().max_element_size, 65536);
 
     assert_eq!((c.inbox.capacity, c.inbox.batch), (64, 32));
@@ -443,6 +454,8 @@ fn each_validation_error_names_its_key() {
         "s2s.queue_per_domain",
     );
     invalid_for("[s2s]\nmax_stanza_size = 9999\n", "s2s.max_stanza_size");
+    invalid_for("[s2s]\nsm_ack_every = 0\n", "s2s.sm_ack_every");
+    invalid_for("[s2s]\nsm_ack_after = \"0s\"\n", "s2s.sm_ack_after");
     let m = invalid_for(
         "[s2s]\nmax_stanza_size = 65536\nsend_queue_bytes = 65535\n",
         "s2s.send_queue_bytes",
@@ -775,4 +788,50 @@ fn unusable_data_dir_is_an_io_error() {
         matches!(&err, ConfigError::Io { path, .. } if path.starts_with(&file)),
         "{err:?}"
     );
+}
+
+/// The Debian package's `/etc/fedrouter/fedrouter.toml` (debian/fedrouter.toml) loads and
+/// validates, and is the embedded defaults except for the service's `data_dir`: a fresh
+/// install serves `localhost` on loopback only, as `fedrouter serve` without a file does.
+#[test]
+fn packaged_configuration_is_the_defaults_with_the_service_data_dir() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("debian/fedrouter.toml");
+    let c = Config::load(&path).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.data_dir, std::path::Path::new("/var/lib/fedrouter"));
+    let defaults = Config {
+        data_dir: c.data_dir.clone(),
+        ..Config::default()
+    };
+    assert_eq!(c, defaults);
+    // Every commented-out `key = value` line is a valid setting too: uncommented one at a
+    // time (with its table), each still loads and validates.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut table = String::new();
+    let mut checked = 0;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            table = line.split('#').next().unwrap().trim().to_owned();
+        } else if line.starts_with("# [") {
+            table = line[2..].split('#').next().unwrap().trim().to_owned();
+        }
+        let Some(setting) = line.strip_prefix("# ") else {
+            continue;
+        };
+        let Some((key, _)) = setting.split_once(" = ") else {
+            continue;
+        };
+        if key.contains(' ') || setting.contains("<hex>") || table.starts_with("[[") {
+            continue; // prose, the secret placeholder, or a certificate's files (absent here)
+        }
+        let doc = if table.is_empty() {
+            format!("{setting}\n")
+        } else {
+            format!("{table}\n{setting}\n")
+        };
+        let c = Config::from_toml_str(&doc).unwrap_or_else(|e| panic!("{doc}: {e}"));
+        c.validate().unwrap_or_else(|e| panic!("{doc}: {e}"));
+        checked += 1;
+    }
+    assert!(checked >= 20, "only {checked} commented settings found");
 }

@@ -818,8 +818,8 @@ fn server_and_account_answer_iqs() {
 
     // An unsupported request to the account: a plain service-unavailable, no text that
     // clients would show ("not served for accounts").
-    alice.send("<iq type='set' id='carbons'><enable xmlns='urn:xmpp:carbons:2'/></iq>");
-    let e = alice.expect_iq_answer("carbons");
+    alice.send("<iq type='set' id='mam'><query xmlns='urn:xmpp:mam:2'/></iq>");
+    let e = alice.expect_iq_answer("mam");
     assert_eq!(condition(&e).as_deref(), Some("service-unavailable"), "{e}");
     assert!(!e.contains("<text"), "{e}");
 }

@@ -813,3 +813,101 @@ fn bounce_reaches_the_remote_sender() {
     assert!(a.healthy());
     eprintln!("bounce_reaches_the_remote_sender: {bounce}");
 }
+
+/// XEP-0198 on our outbound stream, over real sockets: the remote server (c.test, a
+/// [`peer::FakeServer`] offering stream management) stops reading after 20 of the 300
+/// stanzas a.test sends it and resets the connection (TCP RST) as soon as more bytes wait
+/// unread, without the acknowledgements it owed. a.test holds what c.test never
+/// acknowledged and sends it again, first, on its next stream: every stanza reaches
+/// c.test at least once, none is lost, and the resent ones show in
+/// `fedrouter_sm_resent_total`. (With `s2s.stream_management = false` the stanzas the
+/// kernel had taken before the reset are gone.)
+#[test]
+fn stanzas_in_flight_when_the_peer_resets_are_sent_again() {
+    const NET: u8 = 254;
+    const N: usize = 300;
+    let c_secret = DialbackSecret::new(b"c.test's dialback secret, 32 b!!");
+    let fake = peer::FakeServer::start_with(
+        s2s(NET, 5),
+        "c.test",
+        c_secret.clone(),
+        peer::FakeOptions {
+            stream_management: Some(fedrouter::stream::sm::AckPolicy::default()),
+            reset_first_after: Some(20),
+        },
+    );
+    let mut records = xmpp_server("a.test", ip(NET, 2));
+    records.extend(xmpp_server("c.test", ip(NET, 5)));
+    let _dns = zone(NET, records);
+    let a = Fedrouter::start(
+        "a.test",
+        &config(
+            NET,
+            ip(NET, 2),
+            &["a.test"],
+            2,
+            &format!("[s2s]\nsm_ack_every = 5\nsm_ack_after = \"100ms\"\n{GOOGLE_STYLE}"),
+        ),
+    );
+
+    // c.test's users write to a.test users that do not exist: each message comes back
+    // as an error on a.test's outbound stream to c.test (traffic a.test -> c.test).
+    let mut p = open_stream(s2s(NET, 2), Some("c.test"), "a.test");
+    let id = p.stream_id().expect("stream id");
+    p.send(db_result("c.test", "a.test", &c_secret.key("a.test", "c.test", &id)).as_bytes())
+        .expect("send db:result");
+    assert!(
+        p.read_until(ANSWER, |t| t.contains("type='valid'")),
+        "no dialback answer: {:?}",
+        p.text()
+    );
+    let mut burst = String::new();
+    for i in 0..N {
+        burst.push_str(&format!(
+            "<message from='x@c.test/r' to='nobody{i}@a.test' type='chat' id='m{i}'><body>{i}</body></message>"
+        ));
+    }
+    p.send(burst.as_bytes()).expect("send the burst");
+
+    // Every error reply arrives, at least once: wait for the last missing id, bounded.
+    let deadline = Instant::now() + HANG;
+    let missing = loop {
+        let got = fake.stanzas();
+        let missing: Vec<usize> = (0..N)
+            .filter(|i| {
+                let id = format!("id='m{i}'");
+                !got.iter().any(|s| s.contains(&id))
+            })
+            .collect();
+        if missing.is_empty() || Instant::now() >= deadline {
+            break missing;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        missing.is_empty(),
+        "c.test never received the replies to {} of {N} ({missing:?}); it received {} stanzas over {} connections",
+        missing.len(),
+        fake.stanza_count(),
+        fake.accepted()
+    );
+    assert!(fake.accepted() >= 2, "the reset connection was replaced");
+    let resent = a.metric("fedrouter_sm_resent_total", &[]).unwrap_or(0.0);
+    let acked = a
+        .metric("fedrouter_sm_acknowledged_total", &[])
+        .unwrap_or(0.0);
+    assert!(
+        resent > 0.0,
+        "stanzas taken by the socket and never acknowledged were resent"
+    );
+    assert!(
+        acked >= N as f64,
+        "every stanza was acknowledged in the end: {acked}"
+    );
+    eprintln!(
+        "stanzas_in_flight_when_the_peer_resets_are_sent_again: {} received for {N} sent, {resent} resent, {acked} acknowledged, {} connections",
+        fake.stanza_count(),
+        fake.accepted()
+    );
+    assert!(a.healthy());
+}

@@ -807,6 +807,7 @@ fn with_timeouts(srv: &Server, tweak: impl FnOnce(&mut Timeouts)) -> Arc<S2sConf
         cert_verifier: c.cert_verifier.clone(),
         limits: c.limits,
         timeouts,
+        stream_management: None,
     })
 }
 

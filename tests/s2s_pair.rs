@@ -210,6 +210,7 @@ fn dialback_with_wrong_key_is_invalid() {
         cert_verifier: None,
         limits: Default::default(),
         timeouts: Default::default(),
+        stream_management: None,
     });
     p.drive();
     assert_eq!(authenticated(&p.b.events, Direction::Inbound), None);

@@ -244,6 +244,71 @@ fn roster_apply_and_versions() {
     );
 }
 
+/// XEP-0191 block lists: block (idempotent), unblock some, unblock all, per user, kept
+/// across a reopen, gone with the user; through the storage thread too.
+#[test]
+fn blocklists_round_trip() {
+    use fedrouter::store::BlocklistChange::{Block, Unblock};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut s = SqliteStore::open(&path).unwrap();
+    s.add_user("a@d.example", &[]).unwrap();
+    s.add_user("b@d.example", &[]).unwrap();
+    let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(s.blocklist("a@d.example").unwrap(), v(&[]));
+    s.change_blocklist("a@d.example", &Block(v(&["x@e.example", "e.example"])))
+        .unwrap();
+    s.change_blocklist("a@d.example", &Block(v(&["x@e.example", "y@e.example/r"])))
+        .unwrap();
+    assert_eq!(
+        s.blocklist("a@d.example").unwrap(),
+        v(&["e.example", "x@e.example", "y@e.example/r"])
+    );
+    assert_eq!(s.blocklist("b@d.example").unwrap(), v(&[]));
+    s.change_blocklist(
+        "a@d.example",
+        &Unblock(v(&["e.example", "absent@e.example"])),
+    )
+    .unwrap();
+    drop(s);
+    let mut s = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        s.blocklist("a@d.example").unwrap(),
+        v(&["x@e.example", "y@e.example/r"])
+    );
+    s.change_blocklist("a@d.example", &Unblock(vec![])).unwrap();
+    assert_eq!(s.blocklist("a@d.example").unwrap(), v(&[]));
+    assert_eq!(
+        s.blocklist("nobody@d.example"),
+        Err(StoreError::NoSuchUser("nobody@d.example".into()))
+    );
+    assert_eq!(
+        s.change_blocklist("nobody@d.example", &Block(v(&["x@e.example"]))),
+        Err(StoreError::NoSuchUser("nobody@d.example".into()))
+    );
+    s.change_blocklist("b@d.example", &Block(v(&["x@e.example"])))
+        .unwrap();
+    assert!(s.remove_user("b@d.example").unwrap());
+    s.add_user("b@d.example", &[]).unwrap();
+    assert_eq!(
+        s.blocklist("b@d.example").unwrap(),
+        v(&[]),
+        "removed with the user"
+    );
+
+    let h = StoreHandle::spawn(Box::new(s), 8, 8);
+    let op = Op::ChangeBlocklist {
+        user: "a@d.example".into(),
+        change: Block(v(&["z@e.example"])),
+    };
+    assert_eq!(h.call(op), Ok(Outcome::Done));
+    let got = h.call(Op::Blocklist {
+        user: "a@d.example".into(),
+    });
+    assert_eq!(got, Ok(Outcome::Jids(v(&["z@e.example"]))));
+    h.shutdown();
+}
+
 #[test]
 fn reopen_after_drop_keeps_data() {
     let dir = tempfile::tempdir().unwrap();
@@ -336,6 +401,16 @@ impl Store for Gated {
     }
     fn pending_out(&mut self) -> Result<Vec<(String, String)>, StoreError> {
         self.inner.pending_out()
+    }
+    fn blocklist(&mut self, user: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.blocklist(user)
+    }
+    fn change_blocklist(
+        &mut self,
+        user: &str,
+        change: &fedrouter::store::BlocklistChange,
+    ) -> Result<(), StoreError> {
+        self.inner.change_blocklist(user, change)
     }
     fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError> {
         self.inner.apply(changes)

@@ -124,3 +124,41 @@ fn bad_config_names_the_key() {
     assert_eq!(o.status.code(), Some(78));
     assert!(text(&o).contains("shards"), "{}", text(&o));
 }
+
+/// The Debian package's service owns `data_dir` (user `fedrouter`); root writing the store
+/// there would leave root-owned SQLite files the service cannot write, so `fedrouter user`
+/// run as root refuses and names the owner. A user writing into its own folder is never
+/// refused (the non-root case, and root into a root-owned folder, as in the test above).
+#[test]
+fn root_does_not_write_into_a_data_dir_owned_by_the_service_user() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(
+        dir.path().join("fedrouter.toml"),
+        format!(
+            "domains = [\"a.test\"]\ndata_dir = {:?}\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 {
+        // As the package does: the folder belongs to a system user (here nobody, 65534).
+        std::os::unix::fs::chown(&data, Some(65534), Some(65534)).unwrap();
+        let o = run(dir.path(), &["add", "alice@a.test"], "pw\n");
+        assert!(!o.status.success(), "{}", text(&o));
+        let t = text(&o);
+        assert!(t.contains("belongs to uid 65534"), "{t}");
+        assert!(t.contains("sudo -u fedrouter"), "{t}");
+        assert!(!data.join(DB_FILE).exists(), "no store file was created");
+    } else {
+        // Not root: the folder is ours, and the command works.
+        assert_eq!(std::fs::metadata(&data).unwrap().uid(), euid);
+        let o = run(dir.path(), &["add", "alice@a.test"], "pw\n");
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(data.join(DB_FILE).exists());
+    }
+}

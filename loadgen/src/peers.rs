@@ -277,6 +277,7 @@ impl Peers {
                     idle: None,
                     ..Timeouts::default()
                 },
+                stream_management: None,
             }));
             let n = match opts.auth {
                 PeerAuth::Dialback => 1,

@@ -31,16 +31,24 @@
 //! - [`presence`]: RFC 6121 subscription state machine, roster semantics and the §8.5
 //!   delivery rules for local users ([`presence::delivery`]).
 //! - [`service`]: what the server answers itself (disco, ping, version).
+//! - [`version`]: XEP-0092 software version; [`register`]: XEP-0077 password change.
+//! - [`carbons`]: XEP-0280 message carbons; [`blocking`]: XEP-0191 blocking command;
+//!   [`csi`]: XEP-0352 client state indication.
 
 #![warn(missing_docs)]
 
+pub mod blocking;
+pub mod carbons;
 pub mod condition;
+pub mod csi;
 pub mod dialback;
 pub mod jid;
 pub mod presence;
+pub mod register;
 pub mod scram;
 pub mod service;
 pub mod srv;
 pub mod stanza;
 pub mod stream;
+pub mod version;
 pub mod xml;

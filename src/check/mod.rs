@@ -577,6 +577,7 @@ impl Checker<'_> {
                 idle: None,
                 close: Duration::from_secs(1),
             },
+            stream_management: None,
         }
     }
 

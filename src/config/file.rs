@@ -112,6 +112,10 @@ struct RawS2s {
     backoff_max: Option<Duration>,
     dialback_secret: Option<String>,
     max_stanza_size: Option<usize>,
+    stream_management: Option<bool>,
+    sm_ack_every: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    sm_ack_after: Option<Duration>,
 }
 
 /// The normalised form of a domain when it is valid, else the text as written (left for
@@ -270,6 +274,9 @@ impl RawConfig {
                 backoff_max: r.backoff_max.unwrap_or(ds.backoff_max),
                 dialback_secret,
                 max_stanza_size: r.max_stanza_size.unwrap_or(ds.max_stanza_size),
+                stream_management: r.stream_management.unwrap_or(ds.stream_management),
+                sm_ack_every: r.sm_ack_every.unwrap_or(ds.sm_ack_every),
+                sm_ack_after: r.sm_ack_after.unwrap_or(ds.sm_ack_after),
             }
         };
 

@@ -231,6 +231,16 @@ pub struct S2sSection {
     /// Largest stanza accepted, in bytes, key `s2s.max_stanza_size`; default 262144;
     /// [`MIN_STANZA_SIZE`] to [`MAX_STANZA_SIZE`]. Becomes [`Limits::max_element_size`].
     pub max_stanza_size: usize,
+    /// XEP-0198 stream management on S2S streams (key `s2s.stream_management`, default
+    /// true): offered on inbound streams, enabled on outbound streams whose peer offers
+    /// it; what the peer never acknowledged is sent again on the next stream.
+    pub stream_management: bool,
+    /// Ask for an acknowledgement after this many stanzas (key `s2s.sm_ack_every`,
+    /// default 10; 1 to 10000).
+    pub sm_ack_every: u32,
+    /// ... or once a stanza has waited this long unacknowledged (key `s2s.sm_ack_after`,
+    /// default 1 s; more than 0).
+    pub sm_ack_after: Duration,
 }
 
 impl S2sSection {
@@ -494,6 +504,9 @@ impl Default for S2sSection {
             backoff_max: Duration::from_secs(300),
             dialback_secret: None,
             max_stanza_size: 256 * 1024,
+            stream_management: true,
+            sm_ack_every: 10,
+            sm_ack_after: Duration::from_secs(1),
         }
     }
 }

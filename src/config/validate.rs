@@ -236,6 +236,10 @@ impl Config {
             MIN_STANZA_SIZE,
             MAX_STANZA_SIZE,
         )?;
+        check_range("s2s.sm_ack_every", s.sm_ack_every as usize, 1, 10_000)?;
+        if s.sm_ack_after.is_zero() {
+            return Err(invalid("s2s.sm_ack_after", "must be more than 0s"));
+        }
         if s.send_queue_bytes < s.max_stanza_size {
             return Err(invalid(
                 "s2s.send_queue_bytes",

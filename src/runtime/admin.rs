@@ -21,7 +21,8 @@
 //! - `GET /status/directory`: that object alone (`{"backend": "internal"}` without LDAP).
 //! - `GET /status`: the remote domains every shard knows of, as a JSON array of
 //!   `{"domain", "shard", "streams": [{"direction", "state", "tls", "authenticated":
-//!   [{"local", "remote", "method"}], "age_s"}], "queue", "failures", "last_error",
+//!   [{"local", "remote", "method"}], "age_s", "sm" ("enabled" | "requested" | "off",
+//!   XEP-0198), "unacked"}], "queue", "failures", "last_error",
 //!   "backoff_s"}`, sorted by domain.
 //! - `GET /metrics`: Prometheus text format ([`crate::metrics::Metrics::render`]), every
 //!   shard's metrics merged at read time.

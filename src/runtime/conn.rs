@@ -239,6 +239,12 @@ pub(crate) struct ConnState<P: Proto = S2sConnection> {
     /// [`ConnState::track`]). On a write stall or a lost stream these are exactly the
     /// stanzas that never left this process: bounced, or sent again on the next stream.
     pub unsent: VecDeque<(u64, Queued)>,
+    /// When each stanza of `unsent` entered the stream, while holding for
+    /// acknowledgements (parallel to `unsent`), for the ack latency histogram.
+    pub sent_at: VecDeque<Instant>,
+    /// XEP-0198 on an outbound S2S stream: stanzas stay in `unsent` after the socket took
+    /// them, until the peer acknowledges them ([`ConnState::acknowledged`]).
+    pub hold_until_acked: bool,
     /// Since when the write in flight has been waiting for the socket to accept a byte
     /// (`None`: nothing to write).
     pub write_waiting_since: Option<Instant>,
@@ -265,6 +271,8 @@ impl<P: Proto> ConnState<P> {
             taken: 0,
             written: 0,
             unsent: VecDeque::new(),
+            sent_at: VecDeque::new(),
+            hold_until_acked: false,
             write_waiting_since: None,
         }
     }
@@ -280,6 +288,9 @@ impl<P: Proto> ConnState<P> {
     pub fn track(&mut self, stanza: Queued) {
         let end = self.taken + self.wire.len() as u64;
         self.unsent.push_back((end, stanza));
+        if self.hold_until_acked {
+            self.sent_at.push_back(Instant::now());
+        }
     }
 
     /// Takes the bytes in `wire` for a write, leaving `spare` (emptied) in its place.
@@ -290,9 +301,57 @@ impl<P: Proto> ConnState<P> {
         out
     }
 
-    /// The socket accepted `n` more bytes: stanzas wholly inside them have left.
+    /// The socket accepted `n` more bytes: stanzas wholly inside them have left (unless
+    /// they are held until acknowledged).
     pub fn accepted(&mut self, n: usize) {
         self.written += n as u64;
+        if self.hold_until_acked {
+            return;
+        }
+        self.release_written();
+    }
+
+    /// The peer acknowledged the `n` oldest stanzas (XEP-0198): they are delivered.
+    /// Returns how many were released (fewer only if fewer were held).
+    pub fn acknowledged(&mut self, n: usize) -> usize {
+        let n = n.min(self.unsent.len());
+        self.unsent.drain(..n);
+        let now = Instant::now();
+        let timed = n.min(self.sent_at.len());
+        for t in self.sent_at.drain(..timed) {
+            super::metrics(|m| m.observe(crate::metrics::Latency::SmAck, now - t));
+        }
+        n
+    }
+
+    /// Stops holding stanzas for acknowledgements (the peer refused XEP-0198): those the
+    /// socket took are released, as without it.
+    pub fn stop_holding(&mut self) {
+        self.hold_until_acked = false;
+        self.sent_at.clear();
+        self.release_written();
+    }
+
+    /// Stanzas held in memory for this stream: every one not yet acknowledged while
+    /// holding for acknowledgements (they count against `s2s.queue_per_domain`), else 0.
+    pub fn held(&self) -> usize {
+        if self.hold_until_acked {
+            self.unsent.len()
+        } else {
+            0
+        }
+    }
+
+    /// Of the stanzas in `unsent`, how many the socket has already taken (only possible
+    /// while holding for acknowledgements): sent, perhaps received, never acknowledged.
+    pub fn taken_unacknowledged(&self) -> usize {
+        self.unsent
+            .iter()
+            .take_while(|(end, _)| *end <= self.written)
+            .count()
+    }
+
+    fn release_written(&mut self) {
         while self
             .unsent
             .front()
@@ -304,6 +363,7 @@ impl<P: Proto> ConnState<P> {
 
     /// The stanzas that never reached the socket, oldest first.
     pub fn take_unsent(&mut self) -> Vec<Queued> {
+        self.sent_at.clear();
         self.unsent.drain(..).map(|(_, q)| q).collect()
     }
 

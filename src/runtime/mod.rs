@@ -66,6 +66,7 @@ use crate::store::sqlite::{Durability, SqliteStore};
 use crate::store::{Op, Outcome, StoreHandle, DB_FILE};
 use crate::stream::c2s::{C2sConfig, C2sTimeouts, PasswordCheck};
 use crate::stream::s2s::{PeerCertVerifier, S2sConfig, Timeouts};
+use crate::stream::sm::AckPolicy;
 use crate::tls::{self, CertifiedDomain, ClientAuth, DomainCertResolver};
 use crate::xml::Limits;
 
@@ -668,6 +669,10 @@ fn build_shared(
             idle: s.idle_timeout,
             close: Duration::from_secs(5).min(config.shutdown.drain_timeout),
         },
+        stream_management: s.stream_management.then_some(AckPolicy {
+            every: s.sm_ack_every,
+            after: s.sm_ack_after,
+        }),
     };
     let cc = &config.c2s;
     let mut c2s = C2sConfig::new(config.domains.clone(), rand::random());

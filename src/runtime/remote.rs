@@ -164,9 +164,11 @@ impl Remotes {
                 let st = conn.st.borrow();
                 !st.closed && st.proto.is_authenticated(&local, d)
             };
+            let cap = shard.shared().config.s2s.queue_per_domain;
             if ready
                 && r.queue.is_empty()
                 && conn.backlog() < shard.shared().config.s2s.send_queue_bytes
+                && conn.st.borrow().held() < cap
             {
                 match Self::write(&conn, el, &local, d, now) {
                     None => {
@@ -178,8 +180,16 @@ impl Remotes {
             }
         }
         // Congestion stays with its destination (DESIGN.md "Ownership"): a full queue
-        // bounces what comes next for this domain, and nothing else waits.
-        let cap = shard.shared().config.s2s.queue_per_domain;
+        // bounces what comes next for this domain, and nothing else waits. Stanzas held
+        // on the stream for XEP-0198 acknowledgements count against the same bound.
+        let held = r.conn.as_ref().map_or(0, |c| c.st.borrow().held());
+        let cap = shard
+            .shared()
+            .config
+            .s2s
+            .queue_per_domain
+            .saturating_sub(held)
+            .max(1);
         match r.queue.push(el, cap, now) {
             Push::Queued => {
                 drop(remotes);
@@ -339,7 +349,7 @@ impl Remotes {
         }
         let cap = shard.shared().config.s2s.queue_per_domain;
         let episode = r.queue.drain(cap, now, |q| {
-            if conn.backlog() >= limit {
+            if conn.backlog() >= limit || conn.st.borrow().held() >= cap {
                 return Drain::Stop(q);
             }
             let local = q.local_domain();
@@ -461,7 +471,16 @@ impl Remotes {
         if authenticated {
             // An established stream closed (idle, peer restart): reconnect on demand.
             // What never reached the socket goes out first on the next stream, in order.
-            let unsent = conn.st.borrow_mut().take_unsent();
+            let (unsent, resent) = {
+                let mut st = conn.st.borrow_mut();
+                let resent = st.taken_unacknowledged();
+                (st.take_unsent(), resent)
+            };
+            if resent > 0 {
+                // XEP-0198: the socket took them, the peer never acknowledged them.
+                super::metrics(|m| m.count("sm_resent", &[], resent as u64));
+                info!(parent: &shard.span, remote = %d, resent, "stream ended with unacknowledged stanzas: they go first on the next stream");
+            }
             let (has_queue, local) = {
                 let mut remotes = self.map.borrow_mut();
                 let r = remotes.get_mut(d).expect("checked");

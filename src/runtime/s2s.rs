@@ -245,8 +245,30 @@ impl S2sStreams {
                     }
                 }
                 if direction == Direction::Outbound {
+                    {
+                        // XEP-0198 enabled with the first pair: from here on, what the
+                        // socket takes is held until the peer acknowledges it.
+                        let mut st = conn.st.borrow_mut();
+                        if st.proto.acknowledges_stanzas() {
+                            st.hold_until_acked = true;
+                        }
+                    }
                     shard.remotes.outbound_ready(shard, conn, &local, &remote);
                 }
+            }
+            Event::Acknowledged { count } => {
+                let released = conn.st.borrow_mut().acknowledged(count as usize);
+                if released < count as usize {
+                    debug!(parent: &conn.span, count, released, "peer acknowledged more than held");
+                }
+                super::metrics(|m| m.count("sm_acknowledged", &[], released as u64));
+                // Room under s2s.queue_per_domain: move what waits into the stream.
+                let d = domain_key(conn.st.borrow().proto.remote_domain()).into_owned();
+                shard.remotes.drain_queue(shard, conn, &d);
+            }
+            Event::StreamManagementRefused => {
+                info!(parent: &conn.span, "peer refused stream management (XEP-0198): stanzas count as delivered once the socket takes them");
+                conn.st.borrow_mut().stop_holding();
             }
             Event::SaslExternalNotOffered {
                 local,
@@ -609,6 +631,16 @@ impl S2sStreams {
                 "tls": st.tls.is_some(),
                 "authenticated": pairs,
                 "age_s": st.started.elapsed().as_secs_f64(),
+                // XEP-0198: "enabled" (the peer acknowledges, or we count for it),
+                // "requested" (our <enable/> not answered yet), or "off".
+                "sm": if st.proto.stream_management_enabled() || st.proto.handled_count().is_some() && c.direction == Direction::Inbound {
+                    "enabled"
+                } else if st.proto.acknowledges_stanzas() {
+                    "requested"
+                } else {
+                    "off"
+                },
+                "unacked": st.proto.unacknowledged(),
             });
             if let Some(t) = st
                 .write_waiting_since

@@ -1,4 +1,5 @@
-//! The durable store (adapter): local users, their SASL credentials and their rosters, and
+//! The durable store (adapter): local users, their SASL credentials, their rosters and
+//! block lists (XEP-0191), and
 //! the storage thread that makes roster changes durable with group commit.
 //!
 //! # Shape
@@ -166,6 +167,16 @@ impl Change {
     }
 }
 
+/// A change to a user's block list (XEP-0191): normalised JIDs, as
+/// [`fedrouter_proto::blocking::read_request`] gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlocklistChange {
+    /// Block these JIDs (§3.3).
+    Block(Vec<String>),
+    /// Unblock these JIDs (§3.4); all of them when empty (§3.5).
+    Unblock(Vec<String>),
+}
+
 /// A user's roster as stored: its version and its items, ordered by contact.
 pub type Roster = (u64, Vec<StoredItem>);
 
@@ -232,6 +243,20 @@ pub trait Store: Send {
     /// Errors: [`StoreError::Backend`].
     fn pending_out(&mut self) -> Result<Vec<(String, String)>, StoreError>;
 
+    /// `user`'s block list (XEP-0191 §3.2): the blocked JIDs (normalised, RFC 7622),
+    /// sorted.
+    ///
+    /// Errors: [`StoreError::NoSuchUser`], [`StoreError::Backend`].
+    fn blocklist(&mut self, user: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Changes `user`'s block list in one transaction (XEP-0191 §3.3–§3.5): adds each JID
+    /// of [`BlocklistChange::Block`] (one already there stays once), removes each of
+    /// [`BlocklistChange::Unblock`] (an absent one is no error), or all of them when its
+    /// list is empty.
+    ///
+    /// Errors: [`StoreError::NoSuchUser`], [`StoreError::Backend`].
+    fn change_blocklist(&mut self, user: &str, change: &BlocklistChange) -> Result<(), StoreError>;
+
     /// Group commit: applies several independent groups of changes in ONE transaction.
     /// Each group is all-or-nothing on its own: a group that fails (unknown user, invalid
     /// item) gets its error and stores nothing, the others are stored. The outer `Err`
@@ -293,6 +318,18 @@ pub enum Op {
     Apply(Vec<Change>),
     /// [`Store::pending_out`]; answered with [`Outcome::Pairs`].
     PendingOut,
+    /// [`Store::blocklist`]; answered with [`Outcome::Jids`].
+    Blocklist {
+        /// Bare JID.
+        user: String,
+    },
+    /// [`Store::change_blocklist`]; answered with [`Outcome::Done`] once durable.
+    ChangeBlocklist {
+        /// Bare JID.
+        user: String,
+        /// What changes.
+        change: BlocklistChange,
+    },
 }
 
 /// What a successful [`Op`] returns.
@@ -313,6 +350,8 @@ pub enum Outcome {
     Pairs(Vec<(String, String)>),
     /// [`Op::Apply`]: committed; the roster version after each change.
     Applied(Vec<u64>),
+    /// [`Op::Blocklist`]: the blocked JIDs, sorted.
+    Jids(Vec<String>),
 }
 
 /// The answer to one submitted request.
@@ -596,6 +635,10 @@ fn process(store: &mut dyn Store, batch: &mut Vec<Request>, counters: &Counters)
             Op::ListUsers { domain } => store.list_users(domain.as_deref()).map(Outcome::Users),
             Op::Roster { user } => store.roster(user).map(Outcome::Roster),
             Op::PendingOut => store.pending_out().map(Outcome::Pairs),
+            Op::Blocklist { user } => store.blocklist(user).map(Outcome::Jids),
+            Op::ChangeBlocklist { user, change } => {
+                store.change_blocklist(user, change).map(|()| Outcome::Done)
+            }
             Op::Apply(_) => unreachable!("Apply runs are handled above"),
         };
         answer(r, result, &mut wakes);

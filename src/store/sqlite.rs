@@ -45,7 +45,9 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{Change, Roster, ScramCredentials, ScramHash, Store, StoreError, StoredItem};
+use super::{
+    BlocklistChange, Change, Roster, ScramCredentials, ScramHash, Store, StoreError, StoredItem,
+};
 use crate::jid::BareJid;
 
 /// What a commit survives (`PRAGMA synchronous` in WAL mode; see the module docs).
@@ -100,6 +102,12 @@ const MIGRATIONS: &[&str] = &[
          pre_approved INTEGER NOT NULL,
          in_roster    INTEGER NOT NULL,
          PRIMARY KEY (user_id, contact)
+     ) WITHOUT ROWID;",
+    // 2: block lists (XEP-0191).
+    "CREATE TABLE blocklist (
+         user_id INTEGER NOT NULL,
+         jid     TEXT NOT NULL,
+         PRIMARY KEY (user_id, jid)
      ) WITHOUT ROWID;",
 ];
 
@@ -377,6 +385,51 @@ fn write(conn: &Connection, changes: &[Change], mut r: Resolved) -> Result<Vec<u
 }
 
 impl Store for SqliteStore {
+    fn blocklist(&mut self, user: &str) -> Result<Vec<String>, StoreError> {
+        let id = user_id(&self.conn, user)?.ok_or_else(|| StoreError::NoSuchUser(user.into()))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT jid FROM blocklist WHERE user_id = ?1 ORDER BY jid")
+            .map_err(db)?;
+        let rows = stmt.query_map([id], |r| r.get(0)).map_err(db)?;
+        rows.collect::<Result<Vec<String>, _>>().map_err(db)
+    }
+
+    fn change_blocklist(&mut self, user: &str, change: &BlocklistChange) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let id = user_id(&tx, user)?.ok_or_else(|| StoreError::NoSuchUser(user.into()))?;
+        match change {
+            BlocklistChange::Block(jids) => {
+                let mut ins = tx
+                    .prepare_cached(
+                        "INSERT INTO blocklist (user_id, jid) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    )
+                    .map_err(db)?;
+                for j in jids {
+                    ins.execute(params![id, j]).map_err(db)?;
+                }
+            }
+            BlocklistChange::Unblock(jids) if jids.is_empty() => {
+                tx.prepare_cached("DELETE FROM blocklist WHERE user_id = ?1")
+                    .map_err(db)?
+                    .execute([id])
+                    .map_err(db)?;
+            }
+            BlocklistChange::Unblock(jids) => {
+                let mut del = tx
+                    .prepare_cached("DELETE FROM blocklist WHERE user_id = ?1 AND jid = ?2")
+                    .map_err(db)?;
+                for j in jids {
+                    del.execute(params![id, j]).map_err(db)?;
+                }
+            }
+        }
+        tx.commit().map_err(db)
+    }
+
     fn add_user(&mut self, jid: &str, creds: &[ScramCredentials]) -> Result<(), StoreError> {
         match BareJid::new(jid) {
             Ok(b) if b.as_str() == jid && b.node().is_some() => {}
@@ -413,6 +466,7 @@ impl Store for SqliteStore {
         };
         for sql in [
             "DELETE FROM roster WHERE user_id = ?1",
+            "DELETE FROM blocklist WHERE user_id = ?1",
             "DELETE FROM credentials WHERE user_id = ?1",
             "DELETE FROM users WHERE id = ?1",
         ] {

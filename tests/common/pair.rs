@@ -86,6 +86,7 @@ impl Server {
             })),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
+            stream_management: None,
         };
         Server {
             domain: domain.to_owned(),

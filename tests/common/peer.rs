@@ -309,6 +309,19 @@ pub struct FakeServer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A [`FakeServer`] connection's stanza count while it waits to reset.
+const RESETTING: usize = usize::MAX;
+
+/// How a [`FakeServer`] differs from the default Google-style test double.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FakeOptions {
+    /// XEP-0198 offered on its inbound streams, with this cadence (it answers `<r/>`).
+    pub stream_management: Option<fedrouter::stream::sm::AckPolicy>,
+    /// Reset (TCP RST) the first connection on which it has received this many stanzas, with any unread bytes and without sending the acknowledgements it
+    /// owed: a peer whose connection dies with stanzas in flight.
+    pub reset_first_after: Option<usize>,
+}
+
 /// Longest wait for the fake server's thread to take a pause or resume into account.
 const PAUSE_ACK: Duration = Duration::from_secs(10);
 
@@ -318,6 +331,16 @@ impl FakeServer {
         addr: SocketAddr,
         domain: &str,
         secret: fedrouter::dialback::DialbackSecret,
+    ) -> FakeServer {
+        Self::start_with(addr, domain, secret, FakeOptions::default())
+    }
+
+    /// [`FakeServer::start`] with [`FakeOptions`].
+    pub fn start_with(
+        addr: SocketAddr,
+        domain: &str,
+        secret: fedrouter::dialback::DialbackSecret,
+        opts: FakeOptions,
     ) -> FakeServer {
         use fedrouter::stream::{FederationPolicy, PeerPolicy, S2sConfig, Timeouts};
         use std::sync::atomic::Ordering;
@@ -338,6 +361,7 @@ impl FakeServer {
             cert_verifier: None,
             limits: fedrouter::xml::Limits::default(),
             timeouts: Timeouts::default(),
+            stream_management: opts.stream_management,
         });
         let stanzas = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -351,7 +375,10 @@ impl FakeServer {
             Arc::clone(&accepted),
         );
         let thread = std::thread::spawn(move || {
-            let mut conns: Vec<(TcpStream, fedrouter::stream::S2sConnection)> = Vec::new();
+            let mut conns: Vec<(TcpStream, fedrouter::stream::S2sConnection, usize)> = Vec::new();
+            // `reset_first_after` applies once, to the first connection that carries that
+            // many stanzas (a dialback verification connection carries none).
+            let mut reset_done = opts.reset_first_after.is_none();
             let mut nonce = 0u64;
             let mut buf = [0u8; 8192];
             // Bounded: ends when `stop` is set, or after 10 minutes as a backstop.
@@ -376,11 +403,27 @@ impl FakeServer {
                         None,
                         Instant::now(),
                     );
-                    conns.push((s, c));
+                    conns.push((s, c, 0));
                     idle = false;
                 }
-                conns.retain_mut(|(s, c)| {
+                conns.retain_mut(|(s, c, count)| {
                     let now = Instant::now();
+                    if *count == RESETTING {
+                        // Reads nothing more; resets as soon as unread bytes wait in the
+                        // socket, so that the RST discards stanzas the sender's kernel
+                        // already took (lost, unless the sender sends them again).
+                        let mut one = [0u8; 1];
+                        return match s.peek(&mut one) {
+                            Ok(n) if n > 0 => {
+                                let _ =
+                                    socket2::SockRef::from(&*s).set_linger(Some(Duration::ZERO));
+                                false
+                            }
+                            Ok(_) => false,
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => true,
+                            Err(_) => false,
+                        };
+                    }
                     let open = match s.read(&mut buf) {
                         Ok(0) => false,
                         Ok(n) => {
@@ -403,12 +446,21 @@ impl FakeServer {
                                     now,
                                 );
                             }
-                            fedrouter::stream::Event::Stanza { element, .. } => got
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push(element.as_str().to_owned()),
+                            fedrouter::stream::Event::Stanza { element, .. } => {
+                                got.lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .push(element.as_str().to_owned());
+                                *count += 1;
+                            }
                             _ => {}
                         }
+                    }
+                    if !reset_done && opts.reset_first_after.is_some_and(|n| *count >= n) {
+                        // An abrupt end, without writing the acknowledgements just
+                        // counted: see RESETTING above.
+                        reset_done = true;
+                        *count = RESETTING;
+                        return true;
                     }
                     let mut out = Vec::new();
                     c.poll_transmit(&mut out);

@@ -18,6 +18,7 @@ mod common;
 mod plumbing;
 pub mod policy;
 pub mod s2s;
+pub mod sm;
 
 pub use c2s::{
     BindError, C2sConfig, C2sConnection, C2sError, C2sTimeouts, Event as C2sEvent, Mechanism,

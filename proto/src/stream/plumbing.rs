@@ -236,7 +236,17 @@ impl<E> Plumbing<E> {
 
     /// A stream error (fatal, §4.9.1) followed by our `</stream:stream>`.
     pub(super) fn write_error_and_close(&mut self, condition: StreamCondition, text: &str) {
-        write_stream_error(condition, Some(text), &mut self.out);
+        self.write_error_and_close_with(condition, text, b"");
+    }
+
+    /// [`Plumbing::write_error_and_close`] with an application-specific condition (XML).
+    pub(super) fn write_error_and_close_with(
+        &mut self,
+        condition: StreamCondition,
+        text: &str,
+        app: &[u8],
+    ) {
+        crate::xml::writer::write_stream_error_with(condition, Some(text), app, &mut self.out);
         self.out.extend_from_slice(STREAM_CLOSE);
     }
 

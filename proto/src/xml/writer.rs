@@ -104,6 +104,18 @@ pub fn write_stream_error(
     text: Option<&str>,
     out: &mut Vec<u8>,
 ) {
+    write_stream_error_with(condition, text, b"", out);
+}
+
+/// [`write_stream_error`] with an application-specific condition element (`app`, XML
+/// with its own namespace, RFC 6120 §4.9.4) after the text, e.g. XEP-0198's
+/// `<handled-count-too-high/>`.
+pub fn write_stream_error_with(
+    condition: crate::condition::StreamCondition,
+    text: Option<&str>,
+    app: &[u8],
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(b"<stream:error><");
     out.extend_from_slice(condition.as_str().as_bytes());
     out.extend_from_slice(b" xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>");
@@ -112,5 +124,6 @@ pub fn write_stream_error(
         super::escape_text_into(t, out);
         out.extend_from_slice(b"</text>");
     }
+    out.extend_from_slice(app);
     out.extend_from_slice(b"</stream:error>");
 }

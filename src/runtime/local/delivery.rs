@@ -30,7 +30,7 @@ impl Delivery {
         let kind = StanzaKind::of(&el)?;
         let to = el.to().unwrap_or_default();
         if !to.contains('@') && !to.contains('/') {
-            return Some(answer_server(&el, kind));
+            return Some(answer_server(&el, kind, &super::SOFTWARE));
         }
         self.deliver_to_user(shard, el);
         None
@@ -58,6 +58,10 @@ impl Delivery {
         let Some(to) = el.to() else { return };
         let bare = bare_key(to).into_owned();
         let resource = to.find('/').map(|i| &to[i + 1..]);
+        // From an entity the user blocked (XEP-0191 §3.3): dropped or answered.
+        if shard.local.blocking.blocks_inbound(shard, &bare, &el) {
+            return;
+        }
         if kind == StanzaKind::Iq && resource.is_none() {
             // An iq request to the bare JID: the server answers on the account's behalf
             // (RFC 6121 §8.5.1). Whether the account exists is known for the requests
@@ -87,14 +91,32 @@ impl Delivery {
             (decision, targets)
         };
         match decision {
+            delivery::Delivery::Deliver(_) if kind == StanzaKind::Presence => {
+                // Held for a session that reported itself inactive (XEP-0352).
+                for c in &targets {
+                    shard.local.client_state.send_presence(
+                        shard,
+                        &bare,
+                        c,
+                        el.from(),
+                        el.type_(),
+                        &[el.bytes()],
+                    );
+                }
+            }
             delivery::Delivery::Deliver(_) => {
                 for c in &targets {
                     // A message or IQ is tracked until its socket accepts it, so that a
                     // session closed by `c2s.write_stall_timeout` hands back what it never
                     // sent ([`super::sessions::Sessions::write_stalled`]).
-                    if send_to(c, &[el.bytes()]) && kind != StanzaKind::Presence {
+                    if send_to(c, &[el.bytes()]) {
                         c.st.borrow_mut().track(Queued::Whole(el.clone(), None));
                     }
+                }
+                if kind == StanzaKind::Message {
+                    // Copies to the user's other resources (XEP-0280 §6.2).
+                    let ids: Vec<_> = targets.iter().map(|c| c.id).collect();
+                    shard.local.carbons.received(shard, &bare, &el, &ids);
                 }
             }
             delivery::Delivery::Reply(condition) => {

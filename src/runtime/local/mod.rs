@@ -33,12 +33,20 @@
 //! | `subscriptions.rs` | [`Subscriptions`] | subscription stanzas both ways (§3) |
 //! | `presence.rs` | [`Presence`] | broadcast, fan-out, probes (§4) |
 //! | `delivery.rs` | [`Delivery`] | stanzas to users, per the §8.5 rules |
+//! | `carbons.rs` | [`Carbons`] | message carbons (XEP-0280) |
+//! | `blocking.rs` | [`Blocking`] | block lists (XEP-0191): requests, enforcement |
+//! | `client_state.rs` | [`ClientStates`] | client state indication (XEP-0352) |
+//! | `account.rs` | [`Account`] | the user's own registration: password change (XEP-0077) |
 //!
 //! Of the shard they use: `route`, `route_generated`, `bounce`, `send_to`,
 //! `send_remote`, `spawn_conn`, `shared`, `next_conn_id`, `congest`, `decongest` and
 //! the fields `rng`, `id`, `n`.
 
+mod account;
+mod blocking;
+mod carbons;
 mod client_stanzas;
+mod client_state;
 mod delivery;
 mod directory_link;
 mod presence;
@@ -63,7 +71,11 @@ use crate::router::fanout::SharedStanza;
 use crate::service::Answer;
 use crate::stream::c2s::C2sConnection;
 use crate::xml::Element;
+use account::Account;
+use blocking::Blocking;
+use carbons::Carbons;
 use client_stanzas::ClientStanzas;
+use client_state::ClientStates;
 use delivery::Delivery;
 use directory_link::DirectoryLink;
 use presence::Presence;
@@ -88,7 +100,20 @@ pub(super) struct Local {
     subscriptions: Subscriptions,
     presence: Presence,
     delivery: Delivery,
+    carbons: Carbons,
+    blocking: Blocking,
+    client_state: ClientStates,
+    account: Account,
 }
+
+/// What the server says about itself (XEP-0092): this binary's name and version, no
+/// operating system.
+pub(super) static SOFTWARE: std::sync::LazyLock<crate::service::Software> =
+    std::sync::LazyLock::new(|| crate::service::Software {
+        name: "fedrouter".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        os: None,
+    });
 
 impl Local {
     pub(super) fn new() -> Local {
@@ -105,6 +130,10 @@ impl Local {
             subscriptions: Subscriptions,
             presence: Presence,
             delivery: Delivery,
+            carbons: Carbons,
+            blocking: Blocking,
+            client_state: ClientStates,
+            account: Account,
         }
     }
 

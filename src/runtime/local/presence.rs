@@ -147,9 +147,20 @@ impl Presence {
         for (conn, full) in own {
             let mut attr = Vec::with_capacity(8 + full.len());
             write_to_attr(&full, &mut attr);
-            send_to(&conn, &stanza.parts(&attr));
+            // Held for a session that reported itself inactive (XEP-0352).
+            shard.local.client_state.send_presence(
+                shard,
+                bare,
+                &conn,
+                stanza.from(),
+                stanza.element().type_(),
+                &stanza.parts(&attr),
+            );
         }
         recipients.extend(extra);
+        // Not to entities the user blocked (XEP-0191 §3.3).
+        let blocking = &shard.local.blocking;
+        recipients.retain(|r| !blocking.is_blocked(shard, bare, r));
         shard
             .local
             .fan_out(shard, stanza, recipients.iter().map(String::as_str));
@@ -206,15 +217,30 @@ impl Presence {
 
     /// Presence to a local user: to its available resources (RFC 6121 §4.2.3, §4.4.3).
     pub(super) fn deliver_broadcast(&self, shard: &Shard, stanza: &SharedStanza, jid: &str) {
+        let bare = bare_key(jid);
+        // Not from an entity the user blocked (XEP-0191 §3.3).
+        if let Some(from) = stanza.from() {
+            if shard.local.blocking.is_blocked(shard, &bare, from) {
+                return;
+            }
+        }
         let mut attr = Vec::with_capacity(8 + jid.len());
         write_to_attr(jid, &mut attr);
         let targets =
             shard
                 .local
                 .delivery
-                .writable_sessions(shard, bare_key(jid).as_ref(), |s: &Session| s.available);
+                .writable_sessions(shard, bare.as_ref(), |s: &Session| s.available);
         for c in targets {
-            send_to(&c, &stanza.parts(&attr));
+            // Held for a session that reported itself inactive (XEP-0352).
+            shard.local.client_state.send_presence(
+                shard,
+                &bare,
+                &c,
+                stanza.from(),
+                stanza.element().type_(),
+                &stanza.parts(&attr),
+            );
         }
     }
 

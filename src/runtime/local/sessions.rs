@@ -20,6 +20,7 @@ use tokio_uring::net::TcpStream;
 use tracing::{debug, info, info_span, warn};
 
 use crate::condition::{StanzaCondition, StreamCondition};
+use crate::csi::Held;
 use crate::presence::delivery::{self, SessionView};
 use crate::router::fanout::SharedStanza;
 use crate::router::queue::Queued;
@@ -51,6 +52,16 @@ pub(super) struct Session {
     pub(super) interested: bool,
     /// Entities sent directed presence (RFC 6121 §4.6), told when the session goes away.
     pub(super) directed: BTreeSet<String>,
+    /// Enabled message carbons (XEP-0280 §4): gets copies of the user's messages.
+    pub(super) carbons: bool,
+    /// Retrieved the block list (XEP-0191 §3.2): gets block list pushes.
+    pub(super) blocklist_requested: bool,
+    /// Reported `<inactive/>` (XEP-0352): presence updates are held in `held`.
+    pub(super) inactive: bool,
+    /// Presence updates held while inactive, the latest per sender, as sent bytes.
+    pub(super) held: Held<Vec<u8>>,
+    /// Bytes put into `held` since it was last emptied (replaced ones included).
+    pub(super) held_bytes: usize,
 }
 
 impl Session {
@@ -248,6 +259,7 @@ impl Sessions {
             Event::Stanza { kind, element } => {
                 shard.local.client.client_sent(shard, conn, kind, element)
             }
+            Event::ClientState(state) => shard.local.client_state.set(shard, conn, state),
             Event::Closed(reason) => {
                 debug!(parent: &conn.span, ?reason, "client stream closed");
                 let was = std::mem::replace(&mut conn.st.borrow_mut().closed, true);
@@ -387,6 +399,11 @@ impl Sessions {
                 presence: None,
                 interested: false,
                 directed: BTreeSet::new(),
+                carbons: false,
+                blocklist_requested: false,
+                inactive: false,
+                held: Held::default(),
+                held_bytes: 0,
             });
         }
         debug!(parent: &conn.span, %full, "bound");

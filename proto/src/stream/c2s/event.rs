@@ -169,6 +169,10 @@ pub enum Event {
         /// The stanza as received (`jabber:client`).
         element: Element,
     },
+    /// The bound client reported its state with an XEP-0352 nonza (`<active/>` or
+    /// `<inactive/>` in `urn:xmpp:csi:0`, §3): hold presence updates while inactive, send
+    /// them when active again ([`crate::csi`]).
+    ClientState(crate::csi::ClientState),
     /// The stream is over; the runtime closes the socket after transmitting what is left.
     Closed(CloseReason),
 }

@@ -67,7 +67,8 @@
 //!   address or per account).
 //! - **Resource binding** (RFC 6120 §7): after the post-SASL restart the features are
 //!   `<bind/>` and the legacy `<session><optional/></session>` (RFC 3921 §3, kept for old
-//!   clients). A bind request becomes [`Event::BindRequested`] with the requested resource
+//!   clients), with roster versioning, pre-approval and client state indication (XEP-0352
+//!   `<csi/>`: once bound, `<active/>`/`<inactive/>` become [`Event::ClientState`]). A bind request becomes [`Event::BindRequested`] with the requested resource
 //!   enforced as a resourcepart (RFC 7622 §3.4; invalid → `bad-request`, §7.7.2.1); the
 //!   runtime answers with [`C2sConnection::handle_bind`]. The runtime owns session
 //!   uniqueness (§7.7.2.2): on a conflicting resource it may refuse the new request
@@ -135,6 +136,7 @@ use rustls_pki_types::CertificateDer;
 pub use self::config::{C2sConfig, C2sTimeouts, Mechanism, PasswordCheck};
 pub use self::event::{BindError, C2sError, Event, Password, PasswordVerdict};
 use self::sasl::Sasl;
+pub(crate) use self::session::remove_top_xmlns;
 use super::common::{CloseReason, TlsRole};
 use super::plumbing::{
     header_domain, is_version_1, write_starttls_feature, Expired, Plumbing, NO_HEADER_IN_TIME,
@@ -589,11 +591,13 @@ impl C2sConnection {
             self.io.out.extend_from_slice(b"'/><session xmlns='");
             self.io.out.extend_from_slice(NS_SESSION.as_bytes());
             self.io.out.extend_from_slice(b"'><optional/></session>");
-            // Roster versioning (RFC 6121 §2.6.1) and subscription pre-approval (§3.4),
-            // both served by the runtime (`runtime/local/`).
+            // Roster versioning (RFC 6121 §2.6.1), subscription pre-approval (§3.4) and
+            // client state indication (XEP-0352 §2), all served by the runtime
+            // (`runtime/local/`).
             self.io.out.extend_from_slice(
                 b"<ver xmlns='urn:xmpp:features:rosterver'/>\
-                  <sub xmlns='urn:xmpp:features:pre-approval'/>",
+                  <sub xmlns='urn:xmpp:features:pre-approval'/>\
+                  <csi xmlns='urn:xmpp:csi:0'/>",
             );
             self.state = State::ExpectBind;
         } else {

@@ -197,6 +197,10 @@ impl C2sConnection {
     /// A stanza on the bound stream (RFC 6120 §8.1.2.1).
     pub(super) fn on_stanza(&mut self, el: Element, now: Instant) {
         let Some(kind) = StanzaKind::of(&el) else {
+            // XEP-0352 client state indication, advertised once bound.
+            if let Some(state) = crate::csi::read_nonza(&el) {
+                return self.io.push_event(Event::ClientState(state));
+            }
             return self.fail(
                 StreamCondition::UnsupportedStanzaType,
                 "unknown top-level element",
@@ -294,7 +298,7 @@ fn write_iq_result_start(req: &Element, out: &mut Vec<u8>) {
 
 /// Removes the top element's default namespace declaration from `buf[start..]` when it is
 /// exactly `value` (`xmlns='jabber:server'` or `xmlns="jabber:server"`).
-fn remove_top_xmlns(buf: &mut Vec<u8>, start: usize, value: &str) {
+pub(crate) fn remove_top_xmlns(buf: &mut Vec<u8>, start: usize, value: &str) {
     if let Some(r) = find_top_xmlns(&buf[start..], value.as_bytes()) {
         buf.drain(start + r.start..start + r.end);
     }

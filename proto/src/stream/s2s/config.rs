@@ -93,6 +93,10 @@ pub struct S2sConfig {
     pub limits: Limits,
     /// Deadlines.
     pub timeouts: Timeouts,
+    /// XEP-0198 stream management: offered on inbound streams and enabled on outbound
+    /// streams whose peer offers it, with this ack cadence; `None` neither offers nor
+    /// enables it.
+    pub stream_management: Option<crate::stream::sm::AckPolicy>,
 }
 
 impl S2sConfig {

@@ -133,6 +133,16 @@ pub enum Event {
         /// The stanza as received.
         element: Element,
     },
+    /// Outbound, XEP-0198: the peer acknowledged the `count` oldest stanzas sent on this
+    /// stream and not acknowledged before (they are delivered: release them).
+    Acknowledged {
+        /// How many, oldest first (≥ 1).
+        count: u32,
+    },
+    /// Outbound, XEP-0198: the peer answered our `<enable/>` with `<failed/>`; nothing
+    /// on this stream will be acknowledged, so a stanza the socket took counts as sent,
+    /// as without stream management.
+    StreamManagementRefused,
     /// The stream is over; the runtime closes the socket after transmitting what is left.
     Closed(CloseReason),
 }

@@ -42,6 +42,7 @@ mod dialback;
 mod event;
 mod legacy;
 mod negotiate;
+mod sm;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -119,6 +120,8 @@ pub struct S2sConnection {
     /// Inbound: `db:result` and `db:verify` requests received (for the runtime: a stream
     /// that ends before asking anything was no dialback exchange).
     dialback_requests: u32,
+    /// XEP-0198 stream management (`sm.rs`).
+    sm: sm::SmState,
     last_stanza: Instant,
     /// Why the stream ended, once it has.
     ended: Option<CloseReason>,
@@ -210,6 +213,7 @@ impl S2sConnection {
             queued_verifies: Vec::new(),
             queued_dialbacks: Vec::new(),
             dialback_requests: 0,
+            sm: sm::SmState::default(),
             last_stanza: now,
             ended: None,
         }
@@ -313,6 +317,9 @@ impl S2sConnection {
         }
         if self.state == State::Open {
             earliest(self.io.keepalive_at(self.cfg.timeouts.keepalive));
+            if let Some(t) = self.sm_deadline() {
+                earliest(t);
+            }
             if let (Some(idle), false) = (self.cfg.timeouts.idle, self.pairs.is_empty()) {
                 earliest(self.last_stanza + idle);
             }
@@ -352,6 +359,7 @@ impl S2sConnection {
         // RFC 6120 §5.4.3.3: knowledge obtained before TLS is discarded.
         self.pairs.clear();
         self.pending_results.clear();
+        self.sm = sm::SmState::default();
         self.restart(now);
         self.process(now);
     }
@@ -387,6 +395,7 @@ impl S2sConnection {
                     return;
                 }
             }
+            self.sm_timeout(now);
             self.io.keepalive(now, self.cfg.timeouts.keepalive);
         }
     }
@@ -435,6 +444,7 @@ impl S2sConnection {
         }
         self.io.last_tx = now;
         self.last_stanza = now;
+        self.sm_stanza_sent(now);
         Ok(())
     }
 
@@ -512,6 +522,11 @@ impl S2sConnection {
 
     /// Sends a stream error and closes (RFC 6120 §4.9.1: the stream error is fatal).
     fn fail(&mut self, condition: StreamCondition, text: &str) {
+        self.fail_with(condition, text, b"");
+    }
+
+    /// [`Self::fail`] with an application-specific condition element (RFC 6120 §4.9.4).
+    fn fail_with(&mut self, condition: StreamCondition, text: &str, app: &[u8]) {
         if matches!(self.state, State::Closed) {
             return;
         }
@@ -523,7 +538,7 @@ impl S2sConnection {
                 }
                 self.send_header();
             }
-            self.io.write_error_and_close(condition, text);
+            self.io.write_error_and_close_with(condition, text, app);
         }
         self.finish(CloseReason::SentError(condition, text.to_owned()));
     }
@@ -611,6 +626,7 @@ impl S2sConnection {
             {
                 self.on_sasl_auth(&el, now)
             }
+            (State::Open | State::ExpectClose, Namespace::StreamManagement) => self.on_sm(&el),
             (State::Open | State::ExpectClose, Namespace::Server) => match StanzaKind::of(&el) {
                 Some(kind) => self.on_stanza(kind, el, now),
                 None => self.fail(
@@ -641,6 +657,7 @@ impl S2sConnection {
             method,
             direction: self.dir,
         });
+        self.maybe_enable_sm();
     }
 
     /// Authorisation of a received stanza (RFC 6120 §8.1.1.2, §13.8; XEP-0220 §2.1.4):
@@ -685,5 +702,6 @@ impl S2sConnection {
         }
         self.last_stanza = now;
         self.io.push_event(Event::Stanza { kind, element: el });
+        self.sm_stanza_handled();
     }
 }

@@ -98,6 +98,9 @@ impl S2sConnection {
         if offer_tls {
             write_starttls_feature(tls_pending, &mut self.io.out);
         }
+        if !tls_pending {
+            self.write_sm_feature();
+        }
         if !tls_pending && !self.sasl_done {
             if self.tls && self.policy.allows_external() && self.peer_cert_valid() {
                 self.io.out.extend_from_slice(
@@ -151,6 +154,7 @@ impl S2sConnection {
                 .any(|c| c.name == "mechanism" && c.text.trim() == "EXTERNAL")
         });
         let dialback = node.child("dialback", ns::DIALBACK_FEATURE).is_some();
+        self.sm.peer_offers = node.child("sm", crate::stream::sm::NS_SM).is_some();
         if !self.tls {
             if starttls && self.policy.tls != TlsPolicy::Disabled {
                 self.io
