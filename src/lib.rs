@@ -80,6 +80,7 @@ pub use fedrouter_proto::{
     stream, version, xml,
 };
 
+pub mod auth;
 pub mod check;
 pub mod config;
 pub mod dns;

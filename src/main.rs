@@ -626,5 +626,29 @@ fn status(config: Option<&Path>, admin: Option<SocketAddr>, json: bool) -> ExitC
             );
         }
     }
+    print_directory(admin);
     ExitCode::SUCCESS
+}
+
+/// `fedrouter status`'s last line with `auth.backend = "ldap"`: the directory's state
+/// (`GET /status/directory`); nothing for the internal backend.
+fn print_directory(admin: SocketAddr) {
+    let v: serde_json::Value = match fedrouter::runtime::directory_status_via_admin(admin)
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("fedrouter: directory state unknown: {e}");
+            return;
+        }
+    };
+    if v["backend"] != "ldap" {
+        return;
+    }
+    let state = v["state"].as_str().unwrap_or("unknown");
+    let for_s = v["for_s"].as_f64().unwrap_or(0.0);
+    match v["error"].as_str() {
+        Some(e) => println!("\nDIRECTORY ldap: {state} for {for_s:.0}s: {e}"),
+        None => println!("\nDIRECTORY ldap: {state} for {for_s:.0}s"),
+    }
 }

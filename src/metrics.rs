@@ -175,6 +175,10 @@ impl Default for Metrics {
 /// The counter families: name and help.
 const COUNTER_HELP: &[(&str, &str)] = &[
     (
+        "directory_checks",
+        "C2S password checks answered by the LDAP directory (auth.backend = ldap), by result: accepted, accepted_cached, rejected, unavailable, busy (queue full).",
+    ),
+    (
         "stanzas",
         "Stanzas received (dir=*_in) and sent (dir=*_out) by kind.",
     ),
@@ -222,6 +226,14 @@ const COUNTER_HELP: &[(&str, &str)] = &[
 
 /// The gauge families: name and help.
 const GAUGE_HELP: &[(&str, &str)] = &[
+    (
+        "directory_up",
+        "Whether the LDAP directory (auth.backend = ldap) answered the last check or probe: 1 up, 0 unreachable or not asked yet.",
+    ),
+    (
+        "directory_state_seconds",
+        "Seconds the LDAP directory has been in its current state (label state: up, unreachable or unknown).",
+    ),
     ("streams", "Open streams by protocol, direction and state."),
     ("queue_depth", "Items waiting, by queue."),
     (

@@ -77,6 +77,9 @@
 //! max_batch = 1024
 //! queue = 65536
 //!
+//! [auth]                        # how client passwords are checked (see AuthSection)
+//! backend = "internal"          # or "ldap", with [auth.ldap] (PLAIN over TLS only)
+//!
 //! [shutdown]
 //! drain_timeout = "5s"
 //!
@@ -107,16 +110,20 @@
 //! - `validate.rs`: [`Config::validate`], whose errors name the key.
 //! - `materialize.rs`: [`Config::materialize`]: certificates, trust anchors and the
 //!   dialback secret on disk ([`Materialized`]).
+//! - `auth.rs`: `[auth]` ([`AuthSection`], [`LdapSection`]): its model, defaults and
+//!   checks.
 //! - `error.rs`: [`ConfigError`].
 
+mod auth;
 mod error;
 mod file;
 mod materialize;
 mod model;
 mod validate;
 
+pub use auth::{AuthBackend, AuthSection, LdapSection, SecretString};
 pub use error::ConfigError;
-pub use materialize::Materialized;
+pub use materialize::{DirectoryMaterial, Materialized};
 pub use model::{
     C2sSection, CertificateEntry, Config, DnsSection, InboxSection, Listen, LogFormat, LogSection,
     MetricsSection, S2sSection, SecretBytes, ShutdownSection, StaticTarget, StoreDurability,

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::stream::policy::FederationPolicy;
 use crate::xml::Limits;
 
-use super::MAX_SHARDS;
+use super::{AuthSection, MAX_SHARDS};
 #[cfg(doc)]
 use super::{
     MAX_DNS_CACHE, MAX_INBOX_BATCH, MAX_INBOX_CAPACITY, MAX_QUEUE_PER_DOMAIN, MAX_STANZA_SIZE,
@@ -49,6 +49,8 @@ pub struct Config {
     pub c2s: C2sSection,
     /// The user and roster store (`[store]`).
     pub store: StoreSection,
+    /// How clients' passwords are checked (`[auth]`): the store, or an LDAP directory.
+    pub auth: AuthSection,
     /// The metrics endpoint (`[metrics]`).
     pub metrics: MetricsSection,
     /// Graceful shutdown (`[shutdown]`).
@@ -450,6 +452,7 @@ impl Default for Config {
             inbox: InboxSection::default(),
             c2s: C2sSection::default(),
             store: StoreSection::default(),
+            auth: AuthSection::default(),
             metrics: MetricsSection::default(),
             shutdown: ShutdownSection::default(),
             log: LogSection::default(),

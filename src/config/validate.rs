@@ -73,7 +73,8 @@ impl Config {
     /// `queue_per_domain`, `max_stanza_size` in range, `send_queue_bytes >=
     /// max_stanza_size`, `backoff_max >= backoff_initial`, a secret of at least
     /// [`MIN_SECRET_BYTES`]; `inbox` sizes in range; `log.level` a valid `EnvFilter`
-    /// (`log.format` is checked when the file is read);
+    /// (`log.format` is checked when the file is read); `[auth]` (see
+    /// [`super::AuthSection`]: URLs, base DN, filter, service account, ranges);
     /// `federation.domains` keys valid normalised domains.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_domains()?;
@@ -86,6 +87,7 @@ impl Config {
         check_range("inbox.capacity", self.inbox.capacity, 1, MAX_INBOX_CAPACITY)?;
         check_range("inbox.batch", self.inbox.batch, 1, MAX_INBOX_BATCH)?;
         self.validate_c2s()?;
+        self.auth.validate(self.c2s.negotiation_timeout)?;
         check_range("store.max_batch", self.store.max_batch, 1, 65536)?;
         check_range("store.queue", self.store.queue, 1, 1 << 20)?;
         self.validate_log()?;

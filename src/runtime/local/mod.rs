@@ -48,6 +48,7 @@ mod carbons;
 mod client_stanzas;
 mod client_state;
 mod delivery;
+mod directory_link;
 mod presence;
 mod roster;
 mod sessions;
@@ -76,6 +77,7 @@ use carbons::Carbons;
 use client_stanzas::ClientStanzas;
 use client_state::ClientStates;
 use delivery::Delivery;
+use directory_link::DirectoryLink;
 use presence::Presence;
 use roster::Rosters;
 use sessions::Sessions;
@@ -87,9 +89,10 @@ use users::Users;
 pub(super) struct Local {
     /// C2S connections on this shard (negotiating here, or bound users this shard owns).
     pub conns: RefCell<HashMap<ConnId, Rc<Conn<C2sConnection>>>>,
-    /// Fired by the storage thread when a reply is waiting.
+    /// Fired by the storage thread, and by the directory thread, when a reply is waiting.
     pub store_wake: Arc<Notify>,
     store: StoreLink,
+    directory: DirectoryLink,
     users: Users,
     sessions: Sessions,
     client: ClientStanzas,
@@ -118,6 +121,7 @@ impl Local {
         Local {
             conns: RefCell::new(HashMap::new()),
             store: StoreLink::new(Arc::clone(&store_wake)),
+            directory: DirectoryLink::new(Arc::clone(&store_wake)),
             store_wake,
             users: Users::new(),
             sessions: Sessions,
@@ -137,6 +141,7 @@ impl Local {
     /// [`StoreLink::replies`].
     pub(super) fn store_replies(&self, shard: &Shard) {
         self.store.replies(shard);
+        self.directory.replies(shard);
     }
 
     /// A client connected to this shard's C2S listener: [`Sessions::accept`].

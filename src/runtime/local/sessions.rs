@@ -1,6 +1,6 @@
 //! Client connections ([`Sessions`]): C2S streams accepted on this shard or handed to
-//! it, their events (STARTTLS, SASL with the credentials read from the store, resource
-//! binding — RFC 6120 §5–§7), the end of a session
+//! it, their events (STARTTLS, SASL with the credentials read from the store or the
+//! password checked by the directory, resource binding — RFC 6120 §5–§7), the end of a session
 //! (§4.5.2: unavailable presence to whoever had its presence) and a client that stops
 //! reading (its undelivered stanzas handled as for an unavailable resource, §8.5). What a
 //! bound session sends is [`super::client_stanzas`]'s.
@@ -219,6 +219,14 @@ impl Sessions {
             Event::CredentialsNeeded { jid, mechanism } => {
                 self.look_up_credentials(shard, conn.id, jid, mechanism, true);
             }
+            Event::PasswordCheckNeeded {
+                jid,
+                username,
+                password,
+            } => shard
+                .local
+                .directory
+                .submit(shard, conn.id, jid, username, password),
             Event::AuthFailed {
                 username, failures, ..
             } => {
@@ -308,11 +316,18 @@ impl Sessions {
                     st.collect_events();
                     st.pump();
                 }
-                sessions.on_events(shard, &conn, false);
-                conn.st.borrow_mut().pump();
-                conn.wake.notify_one();
+                sessions.after_answer(shard, &conn);
             }),
         );
+    }
+
+    /// After the runtime answered a connection (credentials, a password verdict): its
+    /// events, its bytes, a wake for its writer. The hand-off to the user's shard happens
+    /// with the client's next bytes (see [`Sessions::on_events`]).
+    pub(super) fn after_answer(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>) {
+        self.on_events(shard, conn, false);
+        conn.st.borrow_mut().pump();
+        conn.wake.notify_one();
     }
 
     /// RFC 6120 §7.6 on the user's shard: a generated resource when none is asked for, a

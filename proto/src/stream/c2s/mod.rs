@@ -16,10 +16,12 @@
 //!      │                                                                              │
 //!      ▼   (after TLS, or without it when `tls_required` is off)                      │
 //! ExpectAuth ─<auth/>─► AwaitCredentials ─(handle_credentials)─► ExpectResponse ─<response/>─┐
-//!      ▲                  (Event::CredentialsNeeded)               (SCRAM only)             │
-//!      └──── <failure/> (counted, delayed) ◄────────────────────────────────────────────────┤
-//!                                                                                           ▼
-//! ExpectHeader ◄─ <success/> (stream restart, RFC 6120 §6.4.6) ◄────────────────────────────┘
+//!  ▲   │                (Event::CredentialsNeeded)               (SCRAM only)                │
+//!  │   └─<auth PLAIN/>─► AwaitVerdict ─(handle_password_verdict)────────────────────────────►┤
+//!  │     (PasswordCheck::External; Event::PasswordCheckNeeded)                               │
+//!  └──── <failure/> (counted, delayed; temporary-auth-failure neither) ◄─────────────────────┤
+//!                                                                                            ▼
+//! ExpectHeader ◄─ <success/> (stream restart, RFC 6120 §6.4.6) ◄─────────────────────────────┘
 //!      │
 //!      ▼
 //! ExpectBind ─<iq><bind/></iq>─► AwaitBind ─(handle_bind)─► Open (stanzas flow)
@@ -48,6 +50,13 @@
 //!   every attempt, RFC 5802 §9) and fails at the proof like a wrong password. `PLAIN` is
 //!   checked against the stored SCRAM credentials
 //!   ([`ScramCredentials::verify_password`]).
+//! - **External password check** ([`PasswordCheck::External`], e.g. LDAP): only `PLAIN`
+//!   over TLS is offered (a directory bind needs the password; SCRAM never sends it), and
+//!   any SCRAM `<auth/>` is `invalid-mechanism` (§6.5.7). The password goes to the runtime
+//!   in [`Event::PasswordCheckNeeded`] (the machine keeps no copy); its
+//!   [`C2sConnection::handle_password_verdict`] gives `<success/>`, `not-authorized`
+//!   (counted and delayed as below) or `temporary-auth-failure` (§6.5.12: not counted,
+//!   not delayed).
 //! - **Failures** (RFC 6120 §6.4.5): every `<failure/>` but `<aborted/>` counts. The
 //!   [`C2sConfig::max_auth_failures`]-th closes the stream with `policy-violation` (§6.4.5
 //!   says "at least 2 and no more than 5" retries; the default 3 is one attempt and two
@@ -124,8 +133,8 @@ use std::time::Instant;
 
 use rustls_pki_types::CertificateDer;
 
-pub use self::config::{C2sConfig, C2sTimeouts, Mechanism};
-pub use self::event::{BindError, C2sError, Event};
+pub use self::config::{C2sConfig, C2sTimeouts, Mechanism, PasswordCheck};
+pub use self::event::{BindError, C2sError, Event, Password, PasswordVerdict};
 use self::sasl::Sasl;
 pub(crate) use self::session::remove_top_xmlns;
 use super::common::{CloseReason, TlsRole};
@@ -162,6 +171,8 @@ enum State {
     ExpectInitialResponse,
     /// The runtime's credentials.
     AwaitCredentials,
+    /// The runtime's verdict on a `PLAIN` password ([`PasswordCheck::External`]).
+    AwaitVerdict,
     /// A `<response/>` with SCRAM client-final.
     ExpectResponse,
     /// The bind request.
@@ -411,8 +422,10 @@ impl C2sConnection {
     // ----- internals -----
 
     fn is_paused(&self, now: Instant) -> bool {
-        matches!(self.state, State::AwaitCredentials | State::AwaitBind)
-            || self.hold_until.is_some_and(|h| now < h)
+        matches!(
+            self.state,
+            State::AwaitCredentials | State::AwaitVerdict | State::AwaitBind
+        ) || self.hold_until.is_some_and(|h| now < h)
     }
 
     fn send_header(&mut self) {
@@ -591,15 +604,22 @@ impl C2sConnection {
             if !self.tls && self.cfg.has_certificate(&self.domain) {
                 write_starttls_feature(self.cfg.tls_required, &mut self.io.out);
             }
-            if self.tls || !self.cfg.tls_required {
+            let tls = self.tls;
+            let offered: Vec<Mechanism> = [
+                Mechanism::ScramSha256,
+                Mechanism::ScramSha1,
+                Mechanism::Plain,
+            ]
+            .into_iter()
+            .filter(|m| self.cfg.offers(*m, tls))
+            .collect();
+            // No empty <mechanisms/> (RFC 6120 §6.4.1: at least one <mechanism/>): with
+            // only PLAIN allowed and no TLS yet, STARTTLS is the one way on.
+            if (self.tls || !self.cfg.tls_required) && !offered.is_empty() {
                 self.io
                     .out
                     .extend_from_slice(b"<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
-                let plain = self.tls.then_some(Mechanism::Plain);
-                for m in [Mechanism::ScramSha256, Mechanism::ScramSha1]
-                    .into_iter()
-                    .chain(plain)
-                {
+                for m in offered {
                     self.io.out.extend_from_slice(b"<mechanism>");
                     self.io.out.extend_from_slice(m.name().as_bytes());
                     self.io.out.extend_from_slice(b"</mechanism>");
