@@ -67,6 +67,10 @@
 //! max_resources = 16
 //! send_queue_bytes = 1048576
 //! write_stall_timeout = "30s"
+//! stream_management = true      # XEP-0198: acks, resumption of dropped sessions
+//! sm_ack_every = 5
+//! sm_ack_after = "30s"
+//! resume_timeout = "5m"         # "0s": not resumable
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9269"     # Prometheus /metrics; the admin endpoint's address (default)

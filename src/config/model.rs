@@ -309,6 +309,23 @@ pub struct C2sSection {
     /// that waited for it are then handled as for an unavailable resource (RFC 6121 §8.5).
     #[serde(with = "humantime_serde")]
     pub write_stall_timeout: Duration,
+    /// XEP-0198 stream management on client streams (key `c2s.stream_management`,
+    /// default true): acknowledgements, and resumption of a session whose connection
+    /// dropped; what a client never acknowledged goes to its other resources or is
+    /// handled as for an unavailable user.
+    pub stream_management: bool,
+    /// Ask the client for an acknowledgement after this many stanzas (key
+    /// `c2s.sm_ack_every`, default 5; 1 to 10000) ...
+    pub sm_ack_every: u32,
+    /// ... or once a stanza has waited this long (key `c2s.sm_ack_after`, default 30 s;
+    /// more than 0).
+    #[serde(with = "humantime_serde")]
+    pub sm_ack_after: Duration,
+    /// Longest a session whose connection dropped waits for the client to resume it (key
+    /// `c2s.resume_timeout`, default 5 min; the client may ask for less; "0s": sessions
+    /// are not resumable).
+    #[serde(with = "humantime_serde")]
+    pub resume_timeout: Duration,
 }
 
 impl Default for C2sSection {
@@ -324,6 +341,10 @@ impl Default for C2sSection {
             max_resources: 16,
             send_queue_bytes: 1 << 20,
             write_stall_timeout: Duration::from_secs(30),
+            stream_management: true,
+            sm_ack_every: 5,
+            sm_ack_after: Duration::from_secs(30),
+            resume_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -295,6 +295,10 @@ impl Config {
         )?;
         check_range("c2s.max_roster_items", c.max_roster_items, 1, 100_000)?;
         check_range("c2s.max_resources", c.max_resources, 1, 1024)?;
+        check_range("c2s.sm_ack_every", c.sm_ack_every as usize, 1, 10_000)?;
+        if c.sm_ack_after.is_zero() {
+            return Err(invalid("c2s.sm_ack_after", "must be more than 0s"));
+        }
         if c.send_queue_bytes < c.max_stanza_size {
             return Err(invalid(
                 "c2s.send_queue_bytes",

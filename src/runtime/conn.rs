@@ -245,6 +245,9 @@ pub(crate) struct ConnState<P: Proto = S2sConnection> {
     /// XEP-0198 on an outbound S2S stream: stanzas stay in `unsent` after the socket took
     /// them, until the peer acknowledges them ([`ConnState::acknowledged`]).
     pub hold_until_acked: bool,
+    /// C2S, XEP-0198: the socket is gone but the session waits for resumption; what is
+    /// sent to it is kept by the protocol core, not written.
+    pub detached: bool,
     /// Since when the write in flight has been waiting for the socket to accept a byte
     /// (`None`: nothing to write).
     pub write_waiting_since: Option<Instant>,
@@ -273,6 +276,7 @@ impl<P: Proto> ConnState<P> {
             unsent: VecDeque::new(),
             sent_at: VecDeque::new(),
             hold_until_acked: false,
+            detached: false,
             write_waiting_since: None,
         }
     }

@@ -64,7 +64,7 @@ use crate::router;
 use crate::router::inbox::mesh;
 use crate::store::sqlite::{Durability, SqliteStore};
 use crate::store::{Op, Outcome, StoreHandle, DB_FILE};
-use crate::stream::c2s::{C2sConfig, C2sTimeouts, PasswordCheck};
+use crate::stream::c2s::{C2sConfig, C2sSmConfig, C2sTimeouts, PasswordCheck};
 use crate::stream::s2s::{PeerCertVerifier, S2sConfig, Timeouts};
 use crate::stream::sm::AckPolicy;
 use crate::tls::{self, CertifiedDomain, ClientAuth, DomainCertResolver};
@@ -696,6 +696,13 @@ fn build_shared(
     };
     c2s.max_auth_failures = cc.max_auth_failures;
     c2s.auth_failure_delay = cc.auth_failure_delay;
+    c2s.stream_management = cc.stream_management.then_some(C2sSmConfig {
+        ack: AckPolicy {
+            every: cc.sm_ack_every,
+            after: cc.sm_ack_after,
+        },
+        max_resume: cc.resume_timeout,
+    });
     if directory.is_some() {
         c2s.password_check = PasswordCheck::External;
     }

@@ -37,6 +37,7 @@
 //! | `blocking.rs` | [`Blocking`] | block lists (XEP-0191): requests, enforcement |
 //! | `client_state.rs` | [`ClientStates`] | client state indication (XEP-0352) |
 //! | `account.rs` | [`Account`] | the user's own registration: password change (XEP-0077) |
+//! | `resumption.rs` | [`Resumption`] | stream management (XEP-0198): detached sessions, resumption, unacknowledged stanzas |
 //!
 //! Of the shard they use: `route`, `route_generated`, `bounce`, `send_to`,
 //! `send_remote`, `spawn_conn`, `shared`, `next_conn_id`, `congest`, `decongest` and
@@ -50,6 +51,7 @@ mod client_state;
 mod delivery;
 mod directory_link;
 mod presence;
+mod resumption;
 mod roster;
 mod sessions;
 mod store_link;
@@ -79,6 +81,7 @@ use client_state::ClientStates;
 use delivery::Delivery;
 use directory_link::DirectoryLink;
 use presence::Presence;
+use resumption::Resumption;
 use roster::Rosters;
 use sessions::Sessions;
 use store_link::StoreLink;
@@ -104,6 +107,7 @@ pub(super) struct Local {
     blocking: Blocking,
     client_state: ClientStates,
     account: Account,
+    resumption: Resumption,
 }
 
 /// What the server says about itself (XEP-0092): this binary's name and version, no
@@ -134,6 +138,7 @@ impl Local {
             blocking: Blocking,
             client_state: ClientStates,
             account: Account,
+            resumption: Resumption::default(),
         }
     }
 

@@ -80,6 +80,18 @@ impl Session {
 /// Sends bytes to one session's client; whether the stream took them.
 pub(super) fn send_to(conn: &Conn<C2sConnection>, parts: &[&[u8]]) -> bool {
     let mut st = conn.st.borrow_mut();
+    if st.detached {
+        // XEP-0198: kept by the core for the client's resumption, not written.
+        if st.proto.send_stanza_parts(parts, Instant::now()).is_err() {
+            return false;
+        }
+        let mut discard = Vec::new();
+        st.proto.poll_transmit(&mut discard);
+        let unacked = st.proto.unacknowledged();
+        drop(st);
+        super::resumption::Resumption::took(conn, unacked);
+        return true;
+    }
     if st.closed {
         return false;
     }
@@ -260,6 +272,16 @@ impl Sessions {
                 shard.local.client.client_sent(shard, conn, kind, element)
             }
             Event::ClientState(state) => shard.local.client_state.set(shard, conn, state),
+            Event::StreamManagementEnabled { resumption_id } => {
+                crate::runtime::metrics(|m| m.count("c2s_sm_enabled", &[], 1));
+                debug!(parent: &conn.span, resumable = resumption_id.is_some(), "stream management enabled");
+            }
+            Event::ResumeRequested { previd, .. } => {
+                shard.local.resumption.resume(shard, conn, &previd)
+            }
+            Event::Resumed { jid } => {
+                conn.record_once("jid", jid.as_str());
+            }
             Event::Closed(reason) => {
                 debug!(parent: &conn.span, ?reason, "client stream closed");
                 let was = std::mem::replace(&mut conn.st.borrow_mut().closed, true);
@@ -411,13 +433,17 @@ impl Sessions {
     }
 
     fn ended(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>, _reason: &CloseReason) {
+        if shard.local.resumption.detach(shard, conn) {
+            return;
+        }
         self.session_gone(shard, conn);
+        shard.local.resumption.redeliver_unacked(shard, conn);
     }
 
     /// A session ends (closed, dropped, or replaced): unavailable presence to whoever had
     /// its presence (RFC 6121 §4.5.2, also when the stream ends abruptly), then it is
     /// forgotten.
-    fn session_gone(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>) {
+    pub(super) fn session_gone(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>) {
         let Some(full) = conn
             .st
             .borrow()
@@ -499,6 +525,7 @@ impl Sessions {
 
     /// Closes every client stream (shutdown): unavailable presence goes out as each ends.
     pub(super) fn close_clients(&self, shard: &Shard, now: Instant) {
+        shard.local.resumption.expire_all(shard);
         let conns: Vec<Rc<Conn<C2sConnection>>> =
             shard.local.conns.borrow().values().cloned().collect();
         for c in conns {

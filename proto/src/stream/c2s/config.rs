@@ -71,6 +71,9 @@ pub struct C2sConfig {
     /// Hold after the first SASL failure, doubled after each further one (default 1 s).
     /// Zero disables the hold.
     pub auth_failure_delay: Duration,
+    /// XEP-0198 stream management offered after SASL, with resumption; `None` (the
+    /// default of [`C2sConfig::new`]) does not offer it.
+    pub stream_management: Option<super::C2sSmConfig>,
     /// Where passwords are checked (default [`PasswordCheck::Stored`]); decides the
     /// mechanisms offered ([`C2sConfig::offers`]).
     pub password_check: PasswordCheck,
@@ -105,6 +108,7 @@ impl C2sConfig {
             timeouts: C2sTimeouts::default(),
             max_auth_failures: 3,
             auth_failure_delay: Duration::from_secs(1),
+            stream_management: None,
             password_check: PasswordCheck::Stored,
         }
     }

@@ -173,6 +173,27 @@ pub enum Event {
     /// `<inactive/>` in `urn:xmpp:csi:0`, §3): hold presence updates while inactive, send
     /// them when active again ([`crate::csi`]).
     ClientState(crate::csi::ClientState),
+    /// XEP-0198 enabled on the bound stream; with a resumption id when the session may
+    /// be resumed after its stream drops (keep it detached, findable by that id, for
+    /// [`C2sConnection::resumption_timeout`]).
+    StreamManagementEnabled {
+        /// The id the client resumes with (`previd`), if resumable.
+        resumption_id: Option<String>,
+    },
+    /// The authenticated client asks to resume a session (XEP-0198 §5) instead of
+    /// binding; answer with [`C2sConnection::handle_resume`].
+    ResumeRequested {
+        /// The session's resumption id.
+        previd: String,
+        /// Stanzas the client handled on the old stream.
+        h: u32,
+    },
+    /// A session was resumed on this stream: it is bound to `jid` again, and the
+    /// stanzas the client had not acknowledged were sent again.
+    Resumed {
+        /// The session's full JID.
+        jid: String,
+    },
     /// The stream is over; the runtime closes the socket after transmitting what is left.
     Closed(CloseReason),
 }

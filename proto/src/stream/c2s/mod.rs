@@ -127,6 +127,7 @@ mod config;
 mod event;
 mod sasl;
 mod session;
+mod sm;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -137,6 +138,7 @@ pub use self::config::{C2sConfig, C2sTimeouts, Mechanism, PasswordCheck};
 pub use self::event::{BindError, C2sError, Event, Password, PasswordVerdict};
 use self::sasl::Sasl;
 pub(crate) use self::session::remove_top_xmlns;
+pub use self::sm::{C2sSmConfig, ResumableState};
 use super::common::{CloseReason, TlsRole};
 use super::plumbing::{
     header_domain, is_version_1, write_starttls_feature, Expired, Plumbing, NO_HEADER_IN_TIME,
@@ -179,6 +181,8 @@ enum State {
     ExpectBind,
     /// The runtime's answer to the bind request.
     AwaitBind,
+    /// The runtime's answer to `<resume/>` (XEP-0198 §5).
+    AwaitResume,
     /// Bound: stanzas flow.
     Open,
     /// We sent `</stream:stream>`; waiting for the client's.
@@ -207,6 +211,10 @@ pub struct C2sConnection {
     mechanism: Option<Mechanism>,
     full: Option<FullJid>,
     bind_request: Option<Element>,
+    /// XEP-0198, once enabled (`sm.rs`).
+    sm: Option<sm::C2sSm>,
+    /// The client's `<resume/>` (previd, h) awaiting the runtime's answer.
+    resume_request: Option<(String, u32)>,
     last_rx: Instant,
 }
 
@@ -234,6 +242,8 @@ impl C2sConnection {
             mechanism: None,
             full: None,
             bind_request: None,
+            sm: None,
+            resume_request: None,
             last_rx: now,
         }
     }
@@ -317,6 +327,9 @@ impl C2sConnection {
             if let Some(idle) = self.cfg.timeouts.idle {
                 earliest(self.last_rx + idle);
             }
+            if let Some(t) = self.sm_deadline() {
+                earliest(t);
+            }
         }
         t
     }
@@ -397,6 +410,7 @@ impl C2sConnection {
                     );
                 }
             }
+            self.sm_timeout(now);
             self.io.keepalive(now, self.cfg.timeouts.keepalive);
         }
     }
@@ -424,7 +438,7 @@ impl C2sConnection {
     fn is_paused(&self, now: Instant) -> bool {
         matches!(
             self.state,
-            State::AwaitCredentials | State::AwaitVerdict | State::AwaitBind
+            State::AwaitCredentials | State::AwaitVerdict | State::AwaitBind | State::AwaitResume
         ) || self.hold_until.is_some_and(|h| now < h)
     }
 
@@ -479,6 +493,11 @@ impl C2sConnection {
 
     /// Sends a stream error and closes (RFC 6120 §4.9.1: the stream error is fatal).
     fn fail(&mut self, condition: StreamCondition, text: &str) {
+        self.fail_with(condition, text, b"");
+    }
+
+    /// [`Self::fail`] with an application-specific condition element (RFC 6120 §4.9.4).
+    fn fail_with(&mut self, condition: StreamCondition, text: &str, app: &[u8]) {
         if self.state == State::Closed {
             return;
         }
@@ -487,7 +506,7 @@ impl C2sConnection {
                 // §4.9.1.2: an error before our header still needs our header first.
                 self.send_header();
             }
-            self.io.write_error_and_close(condition, text);
+            self.io.write_error_and_close_with(condition, text, app);
         }
         self.finish(CloseReason::SentError(condition, text.to_owned()));
     }
@@ -599,6 +618,7 @@ impl C2sConnection {
                   <sub xmlns='urn:xmpp:features:pre-approval'/>\
                   <csi xmlns='urn:xmpp:csi:0'/>",
             );
+            self.write_sm_feature();
             self.state = State::ExpectBind;
         } else {
             if !self.tls && self.cfg.has_certificate(&self.domain) {
@@ -635,6 +655,12 @@ impl C2sConnection {
         if el.is("error", &Namespace::Streams) {
             let reason = self.io.peer_error(&el, self.state == State::ExpectClose);
             return self.finish(reason);
+        }
+        if el.namespace() == &Namespace::StreamManagement
+            && (matches!(self.state, State::ExpectBind | State::Open)
+                || self.state == State::ExpectClose && self.sm.is_some())
+        {
+            return self.on_sm(&el, now);
         }
         match self.state {
             State::ExpectHeader => self.fail(

@@ -95,6 +95,7 @@ impl C2sConnection {
         }
         remove_top_xmlns(&mut self.io.out, start, ns::SERVER);
         self.io.last_tx = now;
+        self.sm_sent_from(start, now);
         Ok(())
     }
 
@@ -220,6 +221,9 @@ impl C2sConnection {
                 );
             }
         }
+        // XEP-0198: handled from here on (answered here or passed to the runtime).
+        self.sm_handled();
+        let start = self.io.out.len();
         if kind == StanzaKind::Iq && el.type_() == Some("set") {
             let inner = el.inner();
             if contains(inner, NS_SESSION.as_bytes()) || contains(inner, NS_BIND.as_bytes()) {
@@ -235,6 +239,7 @@ impl C2sConnection {
                         &mut self.io.out,
                     );
                     self.io.last_tx = now;
+                    self.sm_sent_from(start, now);
                     return;
                 }
                 if node.child("session", NS_SESSION).is_some() {
@@ -242,6 +247,7 @@ impl C2sConnection {
                     write_iq_result_start(&el, &mut self.io.out);
                     self.io.out.extend_from_slice(b"/>");
                     self.io.last_tx = now;
+                    self.sm_sent_from(start, now);
                     return;
                 }
                 if node.child("bind", NS_BIND).is_some() {
@@ -254,6 +260,7 @@ impl C2sConnection {
                         &mut self.io.out,
                     );
                     self.io.last_tx = now;
+                    self.sm_sent_from(start, now);
                     return;
                 }
             }
