@@ -30,6 +30,8 @@
 //! - [`srv`]: RFC 2782 ordering of DNS SRV answers for S2S connection attempts.
 //! - [`presence`]: RFC 6121 subscription state machine, roster semantics and the §8.5
 //!   delivery rules for local users ([`presence::delivery`]).
+//! - [`offline`]: offline messages (XEP-0160): which are stored, and the XEP-0203 delay
+//!   stamp they are delivered with.
 //! - [`service`]: what the server answers itself (disco, ping, version).
 
 #![warn(missing_docs)]
@@ -37,6 +39,7 @@
 pub mod condition;
 pub mod dialback;
 pub mod jid;
+pub mod offline;
 pub mod presence;
 pub mod scram;
 pub mod service;

@@ -1,8 +1,8 @@
 //! What the server itself answers: stanzas addressed to a local domain (the server's own
 //! entity, RFC 6120 §10.5.1 / §10.3), `iq` requests to a local account's bare JID, which
 //! the server answers on the account's behalf (RFC 6121 §8.5.1, RFC 6120 §10.3.3), and
-//! stanzas for local users with no session to deliver to (RFC 6121 §8.5.2.2, no offline
-//! storage).
+//! stanzas for local users with no session to deliver to (RFC 6121 §8.5.2.2; messages
+//! are stored offline, XEP-0160, by the runtime).
 //!
 //! Pure: the runtime hands in a received stanza and routes whatever [`Element`] comes
 //! back (built directly with [`ElementBuilder`], not framed again). The server's own
@@ -26,7 +26,15 @@ pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 
 /// Features the server advertises in `disco#info` (XEP-0030 §3.1).
-pub const SERVER_FEATURES: &[&str] = &[NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING];
+///
+/// `msgoffline`: messages to a user with no available resource are stored and delivered
+/// later (XEP-0160 §4; [`crate::offline`]).
+pub const SERVER_FEATURES: &[&str] = &[
+    NS_DISCO_INFO,
+    NS_DISCO_ITEMS,
+    NS_PING,
+    crate::offline::FEATURE_MSGOFFLINE,
+];
 
 /// Features a local account advertises in `disco#info` (XEP-0030 §3.1), answered by the
 /// server on its behalf: only what the server implements for accounts (no carbons, MAM

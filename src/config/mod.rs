@@ -64,6 +64,7 @@
 //! max_resources = 16
 //! send_queue_bytes = 1048576
 //! write_stall_timeout = "30s"
+//! max_offline_messages = 100    # per user (XEP-0160); 0 = no offline storage
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9269"     # Prometheus /metrics; the admin endpoint's address (default)
@@ -117,7 +118,7 @@ pub use materialize::Materialized;
 pub use model::{
     C2sSection, CertificateEntry, Config, DnsSection, InboxSection, Listen, LogFormat, LogSection,
     MetricsSection, S2sSection, SecretBytes, ShutdownSection, StaticTarget, StoreDurability,
-    StoreSection, TlsConfig,
+    StoreSection, TlsConfig, MAX_OFFLINE_MESSAGES,
 };
 
 /// Most shards (`shards`).

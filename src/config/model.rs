@@ -297,7 +297,17 @@ pub struct C2sSection {
     /// that waited for it are then handled as for an unavailable resource (RFC 6121 §8.5).
     #[serde(with = "humantime_serde")]
     pub write_stall_timeout: Duration,
+    /// Most offline messages stored per user (XEP-0160; RFC 6121 §8.5.2.2.1), key
+    /// `c2s.max_offline_messages`; default 100; 0 to [`MAX_OFFLINE_MESSAGES`]. A `normal`
+    /// or `chat` message to a user with no available resource is stored, durably, and
+    /// delivered at the user's next available presence; past the limit it is refused
+    /// with `service-unavailable`. `0` turns offline storage off (every such message is
+    /// refused).
+    pub max_offline_messages: u32,
 }
+
+/// The highest `c2s.max_offline_messages`.
+pub const MAX_OFFLINE_MESSAGES: u32 = 100_000;
 
 impl Default for C2sSection {
     fn default() -> Self {
@@ -312,6 +322,7 @@ impl Default for C2sSection {
             max_resources: 16,
             send_queue_bytes: 1 << 20,
             write_stall_timeout: Duration::from_secs(30),
+            max_offline_messages: 100,
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::jid::DomainPart;
 use super::error::invalid;
 use super::{
     Config, ConfigError, StaticTarget, MAX_DNS_CACHE, MAX_INBOX_BATCH, MAX_INBOX_CAPACITY,
-    MAX_QUEUE_PER_DOMAIN, MAX_SHARDS, MAX_STANZA_SIZE, MIN_SECRET_BYTES, MIN_STANZA_SIZE,
+    MAX_OFFLINE_MESSAGES, MAX_QUEUE_PER_DOMAIN, MAX_SHARDS, MAX_STANZA_SIZE, MIN_SECRET_BYTES, MIN_STANZA_SIZE,
 };
 
 fn show(d: Duration) -> humantime::FormattedDuration {
@@ -289,6 +289,12 @@ impl Config {
         )?;
         check_range("c2s.max_roster_items", c.max_roster_items, 1, 100_000)?;
         check_range("c2s.max_resources", c.max_resources, 1, 1024)?;
+        check_range(
+            "c2s.max_offline_messages",
+            c.max_offline_messages as usize,
+            0,
+            MAX_OFFLINE_MESSAGES as usize,
+        )?;
         if c.send_queue_bytes < c.max_stanza_size {
             return Err(invalid(
                 "c2s.send_queue_bytes",
