@@ -424,7 +424,7 @@ fn write(conn: &Connection, changes: &[Change], mut r: Resolved) -> Result<Vec<u
                 let n = conn
                     .prepare_cached("DELETE FROM offline WHERE user_id = ?1 AND id <= ?2")
                     .map_err(db)?
-                    .execute(params![id, *up_to as i64])
+                    .execute(params![id, i64::try_from(*up_to).unwrap_or(i64::MAX)])
                     .map_err(db)?;
                 versions.push(n as u64);
                 continue;
