@@ -12,12 +12,17 @@
 //!   delivered and refused.
 //! - A stored message survives `kill -9` of the server (it is in the database at the
 //!   moment of the crash) and is delivered after the restart.
+//! - A message from a remote server (S2S, dialback-authenticated scripted peer `c.test`)
+//!   to an offline user is stored and delivered the same way.
 //!
-//! Each test owns a loopback range `127.0.N.0/24` (N = 234, 235; other suites use other
-//! ranges), server on `.2` (5222 C2S, 5269 S2S, 9269 admin). Every wait is bounded.
+//! Each test owns a loopback range `127.0.N.0/24` (N = 234, 235, 253; other suites use
+//! other ranges), server on `.2` (5222 C2S, 5269 S2S, 9269 admin), DNS zone on `.1`, the
+//! remote peer on `.5`. Every wait is bounded.
 
 #[path = "common/c2s_client.rs"]
 mod c2s_client;
+#[path = "common/peer.rs"]
+mod peer;
 #[path = "common/server.rs"]
 mod server;
 #[path = "common/xmpp.rs"]
@@ -26,11 +31,13 @@ mod xmpp;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use fedrouter::dialback::DialbackSecret;
 use fedrouter::router::{bare_key, shard_of};
 use fedrouter::store::sqlite::SqliteStore;
 use fedrouter::store::{Store, DB_FILE};
 use fedrouter::xml::tree::Node;
-use server::{add_user, config, ip, Fedrouter};
+use peer::{db_result, header, FakeServer, Peer};
+use server::{add_user, config, ip, xmpp_server, zone, Fedrouter, GOOGLE_STYLE};
 use xmpp::{attr, child_text, condition, is_stanza, jid_matches, node, Client, Target};
 
 const PASSWORD: &str = "s3cret horse";
@@ -268,4 +275,57 @@ fn stored_message_survives_kill9() {
         .and_then(|mut s| s.offline("bob@a.test"))
         .unwrap_or_else(|e| panic!("read bob's offline messages: {e}"));
     assert_eq!(left, vec![], "delivered messages stay stored");
+}
+
+#[test]
+fn message_over_s2s_is_stored_the_same_way() {
+    const NET: u8 = 253;
+    const ANSWER: Duration = Duration::from_secs(30);
+    let c_secret = DialbackSecret::new(b"c.test's dialback secret, 32 b!!");
+    // c.test's authoritative server, answering a.test's dialback verification.
+    let _c = FakeServer::start(
+        SocketAddr::new(ip(NET, 5).into(), 5269),
+        "c.test",
+        c_secret.clone(),
+    );
+    let mut records = xmpp_server("a.test", ip(NET, 2));
+    records.extend(xmpp_server("c.test", ip(NET, 5)));
+    let _dns = zone(NET, records);
+    let addr = ip(NET, 2);
+    let fr = Fedrouter::start("a.test", &c2s_config(NET, addr, 2, GOOGLE_STYLE));
+    add_user(&fr.config_path(), "bob@a.test", PASSWORD);
+
+    let mut p = Peer::connect(SocketAddr::new(addr.into(), 5269));
+    p.send(header(Some("c.test"), "a.test").as_bytes())
+        .expect("send header");
+    assert!(
+        p.read_until_contains("</stream:features>", ANSWER),
+        "no stream features: {:?}",
+        p.text()
+    );
+    let id = p.stream_id().expect("stream id");
+    p.send(db_result("c.test", "a.test", &c_secret.key("a.test", "c.test", &id)).as_bytes())
+        .expect("send db:result");
+    assert!(
+        p.read_until(ANSWER, |t| t.contains("<db:result")),
+        "no dialback answer: {:?}",
+        p.text()
+    );
+    assert_eq!(
+        p.db_result_type("a.test", "c.test").as_deref(),
+        Some("valid"),
+        "{:?}",
+        p.text()
+    );
+    p.send(
+        b"<message from='x@c.test/r' to='bob@a.test' type='chat' id='s1'>\
+          <body>over federation</body></message>",
+    )
+    .expect("send message");
+    wait_metric(&fr, "fedrouter_offline_stored_total", &[], 1.0);
+
+    let mut bob = Client::login(&target(&fr, addr), "bob", PASSWORD, Some("laptop"));
+    bob.send("<presence/>");
+    expect_delayed(&mut bob, "x@c.test/r", "s1", "over federation");
+    bob.close();
 }

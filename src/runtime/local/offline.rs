@@ -1,6 +1,6 @@
 //! Offline messages (XEP-0160) on the user's shard ([`Offline`]): a `normal` or `chat`
 //! message that none of a local user's resources takes (RFC 6121 §8.5.2.2.1,
-//! [`delivery::Delivery::Offline`]) is stored, durably, and handed to the user's session
+//! [`crate::presence::delivery::Delivery::Offline`]) is stored, durably, and handed to the user's session
 //! when it next sends available presence with a non-negative priority (XEP-0160 §5),
 //! each with a XEP-0203 `<delay/>` giving when the server received it.
 //!
@@ -38,7 +38,6 @@ use tracing::{debug, warn};
 use crate::condition::StanzaCondition;
 use crate::jid::domain_of;
 use crate::offline::with_delay;
-use crate::presence::delivery;
 use crate::router::queue::Queued;
 use crate::runtime::conn::Conn;
 use crate::runtime::shard::Shard;
@@ -69,7 +68,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 impl Offline {
     /// Stores `el`, a message for `bare` that no resource takes
-    /// ([`delivery::Delivery::Offline`]); the sender gets `service-unavailable` (storage
+    /// ([`crate::presence::delivery::Delivery::Offline`]); the sender gets `service-unavailable` (storage
     /// off, full, no such user) or `internal-server-error` (the store failed) instead.
     pub(super) fn store(&self, shard: &Shard, bare: &str, el: Element) {
         let max = shard.shared().config.c2s.max_offline_messages;
@@ -115,13 +114,6 @@ impl Offline {
         );
     }
 
-    /// Whether presence `el` from a session that before took bare-JID messages or not
-    /// (`took`) makes it take them now: available with a non-negative priority
-    /// (XEP-0160 §5, RFC 6121 §8.5.2.1.1).
-    pub(super) fn now_takes(took: bool, el: &Element) -> bool {
-        !took && el.type_() != Some("unavailable") && delivery::priority(el) >= 0
-    }
-
     /// Hands `bare`'s stored messages to session `conn` (which just became available with
     /// a non-negative priority), each with its XEP-0203 delay, then deletes them; later
     /// stanzas to and from the user wait until they are written (see the module docs).
@@ -163,19 +155,17 @@ impl Offline {
             if conn.backlog() >= cap {
                 break;
             }
-            let stored = match parse_stanza(m.stanza.as_bytes()) {
-                Ok(el) => el,
+            let at = UNIX_EPOCH + Duration::from_millis(m.received_ms);
+            let bytes = match parse_stanza(m.stanza.as_bytes()) {
+                Ok(stored) => with_delay(&stored, &domain, at),
                 Err(e) => {
-                    // Written by us from a framed stanza: cannot happen short of a
-                    // corrupt database. Dropped from the store so it does not block the
-                    // others forever, and logged.
-                    warn!(%user, id = m.id, error = %e, "stored offline message does not frame: deleted");
-                    up_to = Some(m.id);
-                    continue;
+                    // Stored from a framed stanza: cannot happen short of a damaged
+                    // database. Handed over as stored (without the delay) rather than
+                    // lost, and logged.
+                    warn!(%user, id = m.id, error = %e, "stored offline message does not frame: delivered as stored");
+                    m.stanza.into_bytes()
                 }
             };
-            let at = UNIX_EPOCH + Duration::from_millis(m.received_ms);
-            let bytes = with_delay(&stored, &domain, at);
             if !send_to(conn, &[&bytes]) {
                 break;
             }

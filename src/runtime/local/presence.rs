@@ -82,9 +82,12 @@ impl Presence {
                 directed = std::mem::take(&mut s.directed);
             } else {
                 initial = !s.available;
-                offline = super::offline::Offline::now_takes(s.available && s.priority >= 0, &el);
+                let took = s.available && s.priority >= 0;
                 s.available = true;
                 s.priority = delivery::priority(&el);
+                // Available with a non-negative priority now, and not before (XEP-0160 §5,
+                // RFC 6121 §8.5.2.1.1).
+                offline = !took && s.priority >= 0;
                 s.presence = Some(shared.clone());
             }
             if initial {
