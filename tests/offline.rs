@@ -101,7 +101,10 @@ fn stamp(d: &Node, m: &str) -> SystemTime {
 
 /// `t` truncated to whole milliseconds (the stamp's precision).
 fn millis(t: SystemTime) -> SystemTime {
-    let ms = t.duration_since(UNIX_EPOCH).expect("after 1970").as_millis();
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
     UNIX_EPOCH + Duration::from_millis(ms as u64)
 }
 
@@ -162,15 +165,18 @@ fn stored_in_order_delivered_with_delay_and_bounded() {
     send_message(&mut alice, &b, Some("headline"), "h1", "news");
     send_message(&mut alice, &b, None, "m2", "second &amp; normal");
     // To a resource bob does not have: as if to the bare JID (RFC 6121 §8.5.3.2.1).
-    send_message(&mut alice, &format!("{b}/gone"), Some("chat"), "m3", "third");
+    send_message(
+        &mut alice,
+        &format!("{b}/gone"),
+        Some("chat"),
+        "m3",
+        "third",
+    );
     // The fourth is past c2s.max_offline_messages.
     send_message(&mut alice, &b, Some("chat"), "m4", "too many");
     let e = alice.expect_error("message", "m4");
     assert_eq!(condition(&e).as_deref(), Some("service-unavailable"), "{e}");
-    assert!(
-        attr(&e, "from").is_some_and(|f| jid_matches(&f, &b)),
-        "{e}"
-    );
+    assert!(attr(&e, "from").is_some_and(|f| jid_matches(&f, &b)), "{e}");
     alice.assert_none("an error for a stored message", |x| {
         is_stanza(x, "message") && attr(x, "type").as_deref() == Some("error")
     });
@@ -203,8 +209,7 @@ fn stored_in_order_delivered_with_delay_and_bounded() {
     };
     assert!(pos("m1") < pos("m2") && pos("m2") < pos("m3"), "{log}");
     bob.assert_none("the headline, the groupchat or the refused message", |x| {
-        is_stanza(x, "message")
-            && matches!(attr(x, "id").as_deref(), Some("h1" | "g1" | "m4"))
+        is_stanza(x, "message") && matches!(attr(x, "id").as_deref(), Some("h1" | "g1" | "m4"))
     });
 
     // Live delivery again, without a delay.
@@ -251,7 +256,13 @@ fn stored_message_survives_kill9() {
     let t = target(&fr, addr);
 
     let mut alice = Client::login(&t, "alice", PASSWORD, Some("phone"));
-    send_message(&mut alice, "bob@a.test", Some("chat"), "k1", "before the crash");
+    send_message(
+        &mut alice,
+        "bob@a.test",
+        Some("chat"),
+        "k1",
+        "before the crash",
+    );
     // Counted once committed.
     wait_metric(&fr, "fedrouter_offline_stored_total", &[], 1.0);
     fr.kill();

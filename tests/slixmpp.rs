@@ -256,7 +256,11 @@ fn offline_phase(python: &Path, args: &[&str]) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slixmpp/offline.py");
     let mut all = vec![script.display().to_string()];
     all.extend(args.iter().map(|a| a.to_string()));
-    all.extend(["--timeout".into(), FLOW_TIMEOUT_S.to_string(), "--debug".into()]);
+    all.extend([
+        "--timeout".into(),
+        FLOW_TIMEOUT_S.to_string(),
+        "--debug".into(),
+    ]);
     let run = run_script(python, &all, SCRIPT_LIMIT);
     let line = run.stdout.lines().last().unwrap_or("").to_owned();
     let context = || {
@@ -292,7 +296,16 @@ fn slixmpp_offline_messages_with_delay_stamp() {
 
     offline_phase(
         &python,
-        &["send", OFFLINE_HOST, &port, &ca, ALICE, ALICE_PASSWORD, "--to", BOB],
+        &[
+            "send",
+            OFFLINE_HOST,
+            &port,
+            &ca,
+            ALICE,
+            ALICE_PASSWORD,
+            "--to",
+            BOB,
+        ],
     );
     // Both storable messages are committed (the counter counts commits).
     let deadline = std::time::Instant::now() + Duration::from_secs(FLOW_TIMEOUT_S);
@@ -308,7 +321,16 @@ fn slixmpp_offline_messages_with_delay_stamp() {
 
     let r = offline_phase(
         &python,
-        &["receive", OFFLINE_HOST, &port, &ca, BOB, BOB_PASSWORD, "--expect", "2"],
+        &[
+            "receive",
+            OFFLINE_HOST,
+            &port,
+            &ca,
+            BOB,
+            BOB_PASSWORD,
+            "--expect",
+            "2",
+        ],
     );
     let msgs = r["messages"].as_array().cloned().unwrap_or_default();
     let ids: Vec<&str> = msgs.iter().filter_map(|m| m["id"].as_str()).collect();

@@ -19,8 +19,7 @@ use fedrouter::presence::{SubState, Subscription};
 use fedrouter::store::scram::{ScramCredentials, ScramHash};
 use fedrouter::store::sqlite::{Durability, SqliteStore, SCHEMA_VERSION};
 use fedrouter::store::{
-    Change, OfflineMessage, Op, Outcome, Reply, Roster, Store, StoreError, StoreHandle,
-    StoredItem,
+    Change, OfflineMessage, Op, Outcome, Reply, Roster, Store, StoreError, StoreHandle, StoredItem,
 };
 use tokio::sync::Notify;
 
@@ -286,7 +285,11 @@ fn offline_messages_order_bound_delete() {
     );
     assert_eq!(stored[0].received_ms, 1_796_400_000_001);
     assert!(stored[2].stanza.contains("id='m3'"), "{stored:?}");
-    assert_eq!(s.roster(u).unwrap().0, 0, "offline appends bump no roster version");
+    assert_eq!(
+        s.roster(u).unwrap().0,
+        0,
+        "offline appends bump no roster version"
+    );
 
     // Delete up to the second: one left, room for two more.
     assert_eq!(
@@ -298,7 +301,10 @@ fn offline_messages_order_bound_delete() {
         [2]
     );
     assert_eq!(s.offline(u).unwrap().len(), 1);
-    assert_eq!(s.apply(&[append(u, 5, 3), append(u, 6, 3)]).unwrap().len(), 2);
+    assert_eq!(
+        s.apply(&[append(u, 5, 3), append(u, 6, 3)]).unwrap().len(),
+        2
+    );
     assert_eq!(
         s.apply(&[append(u, 7, 3)]).unwrap_err(),
         StoreError::OfflineFull(u.into())

@@ -56,12 +56,17 @@ fn xmppjs_dir() -> PathBuf {
 /// The Node binary; panics (the test fails) when there is none or xmpp.js is not
 /// installed next to the script.
 fn node() -> PathBuf {
-    let node = std::env::var_os("FEDROUTER_NODE").map_or_else(|| PathBuf::from("node"), PathBuf::from);
+    let node =
+        std::env::var_os("FEDROUTER_NODE").map_or_else(|| PathBuf::from("node"), PathBuf::from);
     let out = Command::new(&node)
         .arg("--version")
         .output()
         .unwrap_or_else(|e| panic!("cannot run {} ({e}): {SETUP_HINT}", node.display()));
-    assert!(out.status.success(), "{} --version failed: {SETUP_HINT}", node.display());
+    assert!(
+        out.status.success(),
+        "{} --version failed: {SETUP_HINT}",
+        node.display()
+    );
     let pkg = xmppjs_dir().join("node_modules/@xmpp/client/package.json");
     let text = std::fs::read_to_string(&pkg)
         .unwrap_or_else(|e| panic!("no @xmpp/client at {} ({e}): {SETUP_HINT}", pkg.display()));
@@ -159,7 +164,9 @@ key = "a.test.key"
 }
 
 fn unix_ms(t: SystemTime) -> u128 {
-    t.duration_since(UNIX_EPOCH).expect("after 1970").as_millis()
+    t.duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis()
 }
 
 #[test]
@@ -189,7 +196,9 @@ fn xmppjs_offline_messages_with_delay_stamp() {
         &["send", HOST, &port, ALICE, ALICE_PASSWORD, "--to", BOB],
     );
     assert!(
-        sent["jid"].as_str().is_some_and(|j| j.starts_with("alice@a.test/")),
+        sent["jid"]
+            .as_str()
+            .is_some_and(|j| j.starts_with("alice@a.test/")),
         "{sent}"
     );
     // Both storable messages are committed (the counter counts commits).
@@ -230,8 +239,8 @@ fn xmppjs_offline_messages_with_delay_stamp() {
         let parsed = m["delay_parsed"]
             .as_str()
             .unwrap_or_else(|| panic!("JavaScript's Date did not parse stamp {raw}: {r}"));
-        let at = humantime::parse_rfc3339(parsed)
-            .unwrap_or_else(|e| panic!("stamp {parsed}: {e}: {r}"));
+        let at =
+            humantime::parse_rfc3339(parsed).unwrap_or_else(|e| panic!("stamp {parsed}: {e}: {r}"));
         assert!(
             unix_ms(at) >= unix_ms(before),
             "stamp {raw} before the test started: {r}"
