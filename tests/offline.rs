@@ -2,6 +2,7 @@
 //! sockets on loopback (`common/xmpp.rs`: STARTTLS with the server's generated
 //! certificate, SASL, bind), users created with `fedrouter user add`.
 //!
+//! - The server's disco#info lists `msgoffline` (XEP-0160 §4).
 //! - Bob is offline; alice sends him `chat`, `normal` (no type), `headline` and
 //!   `groupchat` messages and a `chat` to a resource he does not have. The `groupchat` is
 //!   refused (`service-unavailable`), the headline dropped; past
@@ -158,6 +159,17 @@ fn stored_in_order_delivered_with_delay_and_bounded() {
     // Bob has never logged in. A groupchat is refused at once, a headline dropped.
     let mut alice = Client::login(&t, an, PASSWORD, Some("phone"));
     alice.send("<presence/>");
+    // The server advertises offline storage (XEP-0160 §4).
+    alice.send(
+        "<iq type='get' to='a.test' id='info'>\
+         <query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+    );
+    let info = alice.expect_iq_answer("info");
+    assert!(
+        info.contains("<feature var='msgoffline'/>")
+            || info.contains("<feature var=\"msgoffline\"/>"),
+        "no msgoffline feature: {info}"
+    );
     send_message(&mut alice, &b, Some("chat"), "m1", "first");
     send_message(&mut alice, &b, Some("groupchat"), "g1", "room");
     let e = alice.expect_error("message", "g1");

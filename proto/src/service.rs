@@ -432,7 +432,8 @@ mod tests {
              <identity category='server' type='im'/>\
              <feature var='http://jabber.org/protocol/disco#info'/>\
              <feature var='http://jabber.org/protocol/disco#items'/>\
-             <feature var='urn:xmpp:ping'/></query></iq>"
+             <feature var='urn:xmpp:ping'/>\
+             <feature var='msgoffline'/></query></iq>"
         );
         let e = el("<iq type='set' from='b.test' to='a.test' id='s1'><x xmlns='y'/></iq>");
         let r = reply(answer_server(&e, StanzaKind::Iq));
