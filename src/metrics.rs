@@ -208,7 +208,7 @@ const COUNTER_HELP: &[(&str, &str)] = &[
     ),
     (
         "offline_refused",
-        "Messages for a user with no available resource refused instead of stored offline, by cause (disabled, full, no_such_user, store_error).",
+        "Messages for a user with no available resource refused instead of stored offline, by cause (disabled, full, no_such_user, store_error; chat_states_only: dropped, not answered).",
     ),
     (
         "reads_paused_ms",

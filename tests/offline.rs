@@ -4,8 +4,9 @@
 //!
 //! - The server's disco#info lists `msgoffline` (XEP-0160 §4).
 //! - Bob is offline; alice sends him `chat`, `normal` (no type), `headline` and
-//!   `groupchat` messages and a `chat` to a resource he does not have. The `groupchat` is
-//!   refused (`service-unavailable`), the headline dropped; past
+//!   `groupchat` messages, a `chat` holding only a chat state (XEP-0085) and a `chat` to a
+//!   resource he does not have. The `groupchat` is refused (`service-unavailable`), the
+//!   headline and the chat state dropped; past
 //!   `c2s.max_offline_messages` the next one is refused (`service-unavailable`). Bob logs
 //!   in, sends initial presence, and gets the stored ones in the order sent, each with a
 //!   XEP-0203 `<delay from='a.test' stamp=…/>`, and not the headline; they are not
@@ -175,6 +176,11 @@ fn stored_in_order_delivered_with_delay_and_bounded() {
     let e = alice.expect_error("message", "g1");
     assert_eq!(condition(&e).as_deref(), Some("service-unavailable"), "{e}");
     send_message(&mut alice, &b, Some("headline"), "h1", "news");
+    // Only a chat state (XEP-0085): not stored (XEP-0160 §3), not answered.
+    alice.send(&format!(
+        "<message to='{b}' type='chat' id='cs1'>\
+         <composing xmlns='http://jabber.org/protocol/chatstates'/></message>"
+    ));
     send_message(&mut alice, &b, None, "m2", "second &amp; normal");
     // To a resource bob does not have: as if to the bare JID (RFC 6121 §8.5.3.2.1).
     send_message(
@@ -220,9 +226,13 @@ fn stored_in_order_delivered_with_delay_and_bounded() {
             .unwrap_or_else(|| panic!("{id} not in bob's transcript"))
     };
     assert!(pos("m1") < pos("m2") && pos("m2") < pos("m3"), "{log}");
-    bob.assert_none("the headline, the groupchat or the refused message", |x| {
-        is_stanza(x, "message") && matches!(attr(x, "id").as_deref(), Some("h1" | "g1" | "m4"))
-    });
+    bob.assert_none(
+        "the headline, chat state, groupchat or refused message",
+        |x| {
+            is_stanza(x, "message")
+                && matches!(attr(x, "id").as_deref(), Some("h1" | "g1" | "m4" | "cs1"))
+        },
+    );
 
     // Live delivery again, without a delay.
     send_message(&mut alice, &b, Some("chat"), "m5", "live");
@@ -245,6 +255,13 @@ fn stored_in_order_delivered_with_delay_and_bounded() {
     );
     assert_eq!(
         fr.metric("fedrouter_offline_refused_total", &[("cause", "full")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        fr.metric(
+            "fedrouter_offline_refused_total",
+            &[("cause", "chat_states_only")]
+        ),
         Some(1.0)
     );
     alice.close();

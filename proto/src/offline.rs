@@ -6,6 +6,9 @@
 //!  message for user, no resource takes it ──► storable(type)?  (RFC 6121 §8.5.2.2.1,
 //!        │ yes (normal, chat)                  XEP-0160 §3)
 //!        ▼
+//!  worth_storing(el)? (not only XEP-0085 chat states) ── no ──► dropped
+//!        │ yes
+//!        ▼
 //!  runtime stores (stanza bytes, received_at) ──► user's next available presence
 //!        ──► with_delay(stanza, domain, received_at) ──► the client
 //! ```
@@ -37,6 +40,26 @@ pub fn storable(kind: StanzaKind, type_: Option<&str>) -> bool {
             MessageType::from_attr(type_),
             MessageType::Normal | MessageType::Chat
         )
+}
+
+/// `http://jabber.org/protocol/chatstates` (XEP-0085 §5).
+pub const NS_CHAT_STATES: &str = "http://jabber.org/protocol/chatstates";
+
+/// Whether a storable message (see [`storable`]) carries something worth keeping: a child
+/// element other than a XEP-0085 chat state notification. XEP-0160 §3: a `chat` message
+/// "with the exception of messages that contain only Chat State Notifications" is stored;
+/// a typing notification delivered hours later means nothing. A message with no child
+/// at all has nothing to deliver either. Such messages are dropped without an answer
+/// (like a `headline`), not refused. A message that does not parse as a tree (cannot
+/// happen for a framed stanza) is kept.
+pub fn worth_storing(el: &Element) -> bool {
+    if el.is_empty() {
+        return false;
+    }
+    match crate::xml::tree::Node::parse(el) {
+        Ok(node) => node.children.iter().any(|c| c.ns != NS_CHAT_STATES),
+        Err(_) => true,
+    }
 }
 
 /// The XEP-0203 timestamp of `at`: XEP-0082 `DateTime` in UTC with milliseconds,
@@ -105,6 +128,27 @@ mod tests {
         ] {
             assert_eq!(storable(kind, t), want, "{kind:?} {t:?}");
         }
+    }
+
+    #[test]
+    fn chat_state_only_messages_are_not_worth_storing() {
+        let w = |x: &str| worth_storing(&parse_stanza(x.as_bytes()).unwrap());
+        let cs = "xmlns='http://jabber.org/protocol/chatstates'";
+        assert!(w("<message type='chat'><body>hi</body></message>"));
+        assert!(w(&format!(
+            "<message type='chat'><active {cs}/><body>hi</body></message>"
+        )));
+        assert!(w(
+            "<message><x xmlns='jabber:x:oob'><url>u</url></x></message>"
+        ));
+        assert!(!w(&format!(
+            "<message type='chat'><composing {cs}/></message>"
+        )));
+        assert!(!w(&format!(
+            "<message type='chat'><paused {cs}/><active {cs}/></message>"
+        )));
+        assert!(!w("<message type='chat'/>"));
+        assert!(!w("<message type='chat'>  </message>"));
     }
 
     #[test]

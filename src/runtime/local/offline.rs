@@ -6,7 +6,9 @@
 //!
 //! # Storing
 //!
-//! The message goes to the store as a [`Change::AppendOffline`] (group-committed with the
+//! A message that holds only XEP-0085 chat state notifications is not stored (XEP-0160
+//! §3) and dropped without an answer (`offline_refused{cause="chat_states_only"}`). Any
+//! other goes to the store as a [`Change::AppendOffline`] (group-committed with the
 //! other durable changes). A message carries no acknowledgement, but it is not forgotten
 //! before it is committed: the append's answer is what counts it (`offline_stored`). A
 //! refused append is answered to the sender in the user's place: `service-unavailable`
@@ -37,7 +39,7 @@ use tracing::{debug, warn};
 
 use crate::condition::StanzaCondition;
 use crate::jid::domain_of;
-use crate::offline::with_delay;
+use crate::offline::{with_delay, worth_storing};
 use crate::router::queue::Queued;
 use crate::runtime::conn::Conn;
 use crate::runtime::shard::Shard;
@@ -71,6 +73,11 @@ impl Offline {
     /// ([`crate::presence::delivery::Delivery::Offline`]); the sender gets `service-unavailable` (storage
     /// off, full, no such user) or `internal-server-error` (the store failed) instead.
     pub(super) fn store(&self, shard: &Shard, bare: &str, el: Element) {
+        if !worth_storing(&el) {
+            // Only chat state notifications (XEP-0160 §3, XEP-0085): dropped, like a
+            // headline, and counted.
+            return count("offline_refused", Some("chat_states_only"), 1);
+        }
         let max = shard.shared().config.c2s.max_offline_messages;
         if max == 0 {
             count("offline_refused", Some("disabled"), 1);
