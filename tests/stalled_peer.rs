@@ -1595,7 +1595,8 @@ fn stalled_client_is_closed_and_others_served() {
             SHARDS,
             // Offline storage off: what the closed session never got is refused, which
             // this test accounts for (with storage on it would be stored, XEP-0160).
-            "[c2s]\nwrite_stall_timeout = \"2s\"\ntls_required = false\nmax_offline_messages = 0\n",
+            "[c2s]\nwrite_stall_timeout = \"2s\"\ntls_required = false\n\
+             max_offline_messages = 0\n",
         ),
     );
     for u in [&victim, &third, &sender] {

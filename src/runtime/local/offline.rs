@@ -1,8 +1,8 @@
 //! Offline messages (XEP-0160) on the user's shard ([`Offline`]): a `normal` or `chat`
 //! message that none of a local user's resources takes (RFC 6121 §8.5.2.2.1,
-//! [`crate::presence::delivery::Delivery::Offline`]) is stored, durably, and handed to the user's session
-//! when it next sends available presence with a non-negative priority (XEP-0160 §5),
-//! each with a XEP-0203 `<delay/>` giving when the server received it.
+//! [`crate::presence::delivery::Delivery::Offline`]) is stored, durably, and handed to
+//! the user's session when it next sends available presence with a non-negative priority
+//! (XEP-0160 §5), each with a XEP-0203 `<delay/>` giving when the server received it.
 //!
 //! # Storing
 //!
@@ -70,8 +70,9 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 impl Offline {
     /// Stores `el`, a message for `bare` that no resource takes
-    /// ([`crate::presence::delivery::Delivery::Offline`]); the sender gets `service-unavailable` (storage
-    /// off, full, no such user) or `internal-server-error` (the store failed) instead.
+    /// ([`crate::presence::delivery::Delivery::Offline`]); the sender gets
+    /// `service-unavailable` (storage off, full, no such user) or `internal-server-error`
+    /// (the store failed) instead.
     pub(super) fn store(&self, shard: &Shard, bare: &str, el: Element) {
         if !worth_storing(&el) {
             // Only chat state notifications (XEP-0160 §3, XEP-0085): dropped, like a
@@ -169,7 +170,10 @@ impl Offline {
                     // Stored from a framed stanza: cannot happen short of a damaged
                     // database. Handed over as stored (without the delay) rather than
                     // lost, and logged.
-                    warn!(%user, id = m.id, error = %e, "stored offline message does not frame: delivered as stored");
+                    warn!(
+                        %user, id = m.id, error = %e,
+                        "stored offline message does not frame: delivered as stored"
+                    );
                     m.stanza.into_bytes()
                 }
             };
