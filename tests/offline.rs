@@ -12,6 +12,8 @@
 //!   XEP-0203 `<delay from='a.test' stamp=…/>`, and not the headline; they are not
 //!   delivered twice and are gone from the store; the metrics count what was stored,
 //!   delivered and refused.
+//! - A session with only a negative priority gets nothing (stored instead); its update to
+//!   a non-negative priority delivers what was stored (XEP-0160 §5).
 //! - A stored message survives `kill -9` of the server (it is in the database at the
 //!   moment of the crash) and is delivered after the restart.
 //! - A message from a remote server (S2S, dialback-authenticated scripted peer `c.test`)
@@ -243,15 +245,28 @@ fn stored_in_order_delivered_with_delay_and_bounded() {
 
     // Delivered once: a new session of bob gets nothing stored.
     bob.close();
+    bob.expect_closed();
     let mut bob = Client::login(&t, bn, PASSWORD, Some("desk"));
     bob.send("<presence/>");
     bob.assert_none("a stored message delivered twice", |x| {
         is_stanza(x, "message")
     });
 
+    // A negative priority takes no bare-JID message (RFC 6121 §8.5.2.1.1): stored; the
+    // update to a non-negative priority delivers it (XEP-0160 §5).
+    bob.send("<presence><priority>-1</priority></presence>");
+    bob.sync();
+    send_message(&mut alice, &b, Some("chat"), "m6", "while negative");
+    wait_metric(&fr, "fedrouter_offline_stored_total", &[], 4.0);
+    bob.assert_none("a message to a negative priority", |x| {
+        is_stanza(x, "message")
+    });
+    bob.send("<presence><priority>1</priority></presence>");
+    expect_delayed(&mut bob, &a, "m6", "while negative");
+
     assert_eq!(
         fr.metric("fedrouter_offline_delivered_total", &[]),
-        Some(3.0)
+        Some(4.0)
     );
     assert_eq!(
         fr.metric("fedrouter_offline_refused_total", &[("cause", "full")]),
