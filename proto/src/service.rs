@@ -234,10 +234,12 @@ pub fn answer_account(el: &Element, exists: bool) -> Option<Element> {
     }
 }
 
-/// Answers a stanza for a local user who has no session to deliver it to (RFC 6121
-/// §8.5.2.2 with no offline storage; §8.5.2.2.3 for iq): `message` of type `normal`,
-/// `chat` or `groupchat` and `iq get`/`set` get `service-unavailable`; `headline`
-/// messages, `presence` and error stanzas are ignored.
+/// Answers a stanza for a local user who has no session to deliver it to, when it is not
+/// stored offline (RFC 6121 §8.5.2.2 option (b): offline storage off, full, or no such
+/// user; §8.5.2.2.3 for iq): `message` of type `normal`, `chat` or `groupchat` and `iq
+/// get`/`set` get `service-unavailable`; `headline` messages, `presence` and error
+/// stanzas are ignored. (The runtime follows [`crate::presence::delivery::decide`] and
+/// [`crate::offline`].)
 pub fn answer_unavailable_user(el: &Element, kind: StanzaKind) -> Answer {
     if is_error(el) {
         return Answer::Ignore;
