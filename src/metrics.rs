@@ -219,6 +219,18 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "Streams closed because their socket accepted no byte for the write-stall timeout, by protocol.",
     ),
     (
+        "offline_stored",
+        "Messages stored offline (XEP-0160) for a local user with no available resource, counted once committed.",
+    ),
+    (
+        "offline_delivered",
+        "Stored offline messages (XEP-0160) handed to a user's session at its available presence.",
+    ),
+    (
+        "offline_refused",
+        "Messages for a user with no available resource refused instead of stored offline, by cause (disabled, full, no_such_user, store_error; chat_states_only: dropped, not answered).",
+    ),
+    (
         "reads_paused_ms",
         "Milliseconds stream readers spent paused waiting for room in the cross-shard inboxes or the store, by protocol.",
     ),

@@ -14,7 +14,7 @@
 //!   data: logins work again and the state says up.
 //! - Configuration errors name their key.
 //!
-//! Each test owns the loopback range `127.0.N.0/24` (N = 234, 235) for fedrouter; every
+//! Each test owns the loopback range `127.0.N.0/24` (N = 160, 161) for fedrouter; every
 //! slapd listens on 127.0.0.1 on free ports. Every wait is bounded.
 
 #[path = "common/c2s_client.rs"]
@@ -151,7 +151,7 @@ fn failure_of(t: &Target, user: &str, password: &str) -> String {
 #[test]
 fn ldaps_logins_and_the_directory_going_down_and_back() {
     let mut slapd = Slapd::start(&users());
-    let (fr, t) = start("ldaps", 234, &slapd, &slapd.ldaps_url(), false);
+    let (fr, t) = start("ldaps", 160, &slapd, &slapd.ldaps_url(), false);
 
     // Only PLAIN after TLS; SCRAM is not a mechanism here.
     let mut c = Client::connect(t.addr, "a.test");
@@ -275,7 +275,7 @@ fn ldaps_logins_and_the_directory_going_down_and_back() {
 #[test]
 fn starttls_logins() {
     let slapd = Slapd::start(&users());
-    let (fr, t) = start("starttls", 235, &slapd, &slapd.ldap_url(), true);
+    let (fr, t) = start("starttls", 161, &slapd, &slapd.ldap_url(), true);
     let mut alice = login_plain(&t, "alice", ALICE_PW);
     assert!(alice.roster_get().is_empty());
     assert_eq!(failure_of(&t, "carol", "wrong"), "not-authorized");

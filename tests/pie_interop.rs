@@ -10,7 +10,7 @@
 //!
 //! Without Prosody or ejabberd these tests FAIL naming the setup script.
 //!
-//! Addresses: `127.0.191.0/24` (`.1` Prosody, `.2` and `.4` fedrouter); ejabberd's C2S
+//! Addresses: `127.0.166.0/24` (`.1` Prosody, `.2` and `.4` fedrouter); ejabberd's C2S
 //! on `127.0.0.1:25222`, its Erlang distribution on `127.0.0.1:27191` (no epmd).
 
 #[path = "common/c2s_client.rs"]
@@ -40,7 +40,7 @@ const HOST: &str = "pie.test";
 const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn ip(host: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 191, host)
+    Ipv4Addr::new(127, 0, 166, host)
 }
 
 /// One roster item as a client sees it: (subscription, ask, name, sorted groups).

@@ -65,6 +65,9 @@ impl Store for Default {
     fn change_blocklist(&mut self, user: &str, change: &BlocklistChange) -> Result<(), StoreError> {
         self.0.change_blocklist(user, change)
     }
+    fn offline(&mut self, user: &str) -> Result<Vec<fedrouter::store::OfflineMessage>, StoreError> {
+        self.0.offline(user)
+    }
 }
 
 const U: &str = "alice@d.test";

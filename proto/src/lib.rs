@@ -30,6 +30,8 @@
 //! - [`srv`]: RFC 2782 ordering of DNS SRV answers for S2S connection attempts.
 //! - [`presence`]: RFC 6121 subscription state machine, roster semantics and the §8.5
 //!   delivery rules for local users ([`presence::delivery`]).
+//! - [`offline`]: offline messages (XEP-0160): which are stored, and the XEP-0203 delay
+//!   stamp they are delivered with.
 //! - [`service`]: what the server answers itself (disco, ping, version).
 //! - [`version`]: XEP-0092 software version; [`register`]: XEP-0077 password change.
 //! - [`carbons`]: XEP-0280 message carbons; [`blocking`]: XEP-0191 blocking command;
@@ -43,6 +45,7 @@ pub mod condition;
 pub mod csi;
 pub mod dialback;
 pub mod jid;
+pub mod offline;
 pub mod presence;
 pub mod register;
 pub mod scram;

@@ -1,8 +1,8 @@
 //! What the server itself answers: stanzas addressed to a local domain (the server's own
 //! entity, RFC 6120 §10.5.1 / §10.3), `iq` requests to a local account's bare JID, which
 //! the server answers on the account's behalf (RFC 6121 §8.5.1, RFC 6120 §10.3.3), and
-//! stanzas for local users with no session to deliver to (RFC 6121 §8.5.2.2, no offline
-//! storage).
+//! stanzas for local users with no session to deliver to (RFC 6121 §8.5.2.2; messages
+//! are stored offline, XEP-0160, by the runtime).
 //!
 //! Pure: the runtime hands in a received stanza and routes whatever [`Element`] comes
 //! back (built directly with [`ElementBuilder`], not framed again). The server's own
@@ -35,6 +35,9 @@ pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 /// Features the server advertises in `disco#info` (XEP-0030 §3.1): disco, XEP-0199
 /// ping, XEP-0092 version, XEP-0280 carbons, XEP-0191 blocking and XEP-0077 (password
 /// change only: registering new accounts is refused with `not-allowed`).
+///
+/// `msgoffline`: messages to a user with no available resource are stored and delivered
+/// later (XEP-0160 §4; [`crate::offline`]).
 pub const SERVER_FEATURES: &[&str] = &[
     NS_DISCO_INFO,
     NS_DISCO_ITEMS,
@@ -43,6 +46,7 @@ pub const SERVER_FEATURES: &[&str] = &[
     crate::carbons::NS_CARBONS,
     crate::blocking::NS_BLOCKING,
     crate::register::NS_REGISTER,
+    crate::offline::FEATURE_MSGOFFLINE,
 ];
 
 /// Features a local account advertises in `disco#info` (XEP-0030 §3.1), answered by the
@@ -251,10 +255,12 @@ pub fn answer_account(el: &Element, exists: bool) -> Option<Element> {
     }
 }
 
-/// Answers a stanza for a local user who has no session to deliver it to (RFC 6121
-/// §8.5.2.2 with no offline storage; §8.5.2.2.3 for iq): `message` of type `normal`,
-/// `chat` or `groupchat` and `iq get`/`set` get `service-unavailable`; `headline`
-/// messages, `presence` and error stanzas are ignored.
+/// Answers a stanza for a local user who has no session to deliver it to, when it is not
+/// stored offline (RFC 6121 §8.5.2.2 option (b): offline storage off, full, or no such
+/// user; §8.5.2.2.3 for iq): `message` of type `normal`, `chat` or `groupchat` and `iq
+/// get`/`set` get `service-unavailable`; `headline` messages, `presence` and error
+/// stanzas are ignored. (The runtime follows [`crate::presence::delivery::decide`] and
+/// [`crate::offline`].)
 pub fn answer_unavailable_user(el: &Element, kind: StanzaKind) -> Answer {
     if is_error(el) {
         return Answer::Ignore;
@@ -468,7 +474,8 @@ mod tests {
              <feature var='jabber:iq:version'/>\
              <feature var='urn:xmpp:carbons:2'/>\
              <feature var='urn:xmpp:blocking'/>\
-             <feature var='jabber:iq:register'/></query></iq>"
+             <feature var='jabber:iq:register'/>\
+             <feature var='msgoffline'/></query></iq>"
         );
         let e = el("<iq type='set' from='b.test' to='a.test' id='s1'><x xmlns='y'/></iq>");
         let r = reply(answer_server(&e, StanzaKind::Iq));

@@ -71,6 +71,7 @@
 //! sm_ack_every = 5
 //! sm_ack_after = "30s"
 //! resume_timeout = "5m"         # "0s": not resumable
+//! max_offline_messages = 100    # per user (XEP-0160); 0 = no offline storage
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9269"     # Prometheus /metrics; the admin endpoint's address (default)
@@ -131,7 +132,7 @@ pub use materialize::{DirectoryMaterial, Materialized};
 pub use model::{
     C2sSection, CertificateEntry, Config, DnsSection, InboxSection, Listen, LogFormat, LogSection,
     MetricsSection, S2sSection, SecretBytes, ShutdownSection, StaticTarget, StoreDurability,
-    StoreSection, TlsConfig,
+    StoreSection, TlsConfig, MAX_OFFLINE_MESSAGES,
 };
 
 /// Most shards (`shards`).

@@ -326,7 +326,17 @@ pub struct C2sSection {
     /// are not resumable).
     #[serde(with = "humantime_serde")]
     pub resume_timeout: Duration,
+    /// Most offline messages stored per user (XEP-0160; RFC 6121 §8.5.2.2.1), key
+    /// `c2s.max_offline_messages`; default 100; 0 to [`MAX_OFFLINE_MESSAGES`]. A `normal`
+    /// or `chat` message to a user with no available resource is stored, durably, and
+    /// delivered at the user's next available presence; past the limit it is refused
+    /// with `service-unavailable`. `0` turns offline storage off (every such message is
+    /// refused).
+    pub max_offline_messages: u32,
 }
+
+/// The highest `c2s.max_offline_messages`.
+pub const MAX_OFFLINE_MESSAGES: u32 = 100_000;
 
 impl Default for C2sSection {
     fn default() -> Self {
@@ -345,6 +355,7 @@ impl Default for C2sSection {
             sm_ack_every: 5,
             sm_ack_after: Duration::from_secs(30),
             resume_timeout: Duration::from_secs(300),
+            max_offline_messages: 100,
         }
     }
 }

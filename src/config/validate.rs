@@ -10,7 +10,8 @@ use crate::jid::DomainPart;
 use super::error::invalid;
 use super::{
     Config, ConfigError, StaticTarget, MAX_DNS_CACHE, MAX_INBOX_BATCH, MAX_INBOX_CAPACITY,
-    MAX_QUEUE_PER_DOMAIN, MAX_SHARDS, MAX_STANZA_SIZE, MIN_SECRET_BYTES, MIN_STANZA_SIZE,
+    MAX_OFFLINE_MESSAGES, MAX_QUEUE_PER_DOMAIN, MAX_SHARDS, MAX_STANZA_SIZE, MIN_SECRET_BYTES,
+    MIN_STANZA_SIZE,
 };
 
 fn show(d: Duration) -> humantime::FormattedDuration {
@@ -299,6 +300,12 @@ impl Config {
         if c.sm_ack_after.is_zero() {
             return Err(invalid("c2s.sm_ack_after", "must be more than 0s"));
         }
+        check_range(
+            "c2s.max_offline_messages",
+            c.max_offline_messages as usize,
+            0,
+            MAX_OFFLINE_MESSAGES as usize,
+        )?;
         if c.send_queue_bytes < c.max_stanza_size {
             return Err(invalid(
                 "c2s.send_queue_bytes",

@@ -1,6 +1,6 @@
 //! The durable store (adapter): local users, their SASL credentials, their rosters and
-//! block lists (XEP-0191), and
-//! the storage thread that makes roster changes durable with group commit.
+//! block lists (XEP-0191), their offline messages (XEP-0160), and the storage thread
+//! that makes roster changes and offline messages durable with group commit.
 //!
 //! # Shape
 //!
@@ -91,6 +91,24 @@ pub enum StoreError {
     /// The storage thread has stopped ([`StoreHandle::shutdown`]).
     #[error("storage thread stopped")]
     Closed,
+    /// [`Change::AppendOffline`]: the user (bare JID) already has its `max` offline
+    /// messages stored (`c2s.max_offline_messages`); the message is refused
+    /// (`service-unavailable`, RFC 6121 §8.5.2.2.1).
+    #[error("offline message store of {0} is full")]
+    OfflineFull(String),
+}
+
+/// One stored offline message (XEP-0160), as [`Store::offline`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineMessage {
+    /// Its id: increasing in the order the messages were stored (delivery order); the
+    /// `up_to` of [`Change::DeleteOffline`].
+    pub id: u64,
+    /// When the server received it, in milliseconds since the Unix epoch (UTC): the
+    /// XEP-0203 `stamp` it is delivered with.
+    pub received_ms: u64,
+    /// The `<message/>` stanza as received (XML, addressed to the user).
+    pub stanza: String,
 }
 
 /// One roster item as stored (RFC 6121 §2.1.2 item attributes plus the subscription
@@ -137,8 +155,13 @@ impl StoredItem {
     }
 }
 
-/// A roster change. Each one bumps the user's roster version by one (RFC 6121 §2.6
-/// roster versioning); [`Store::apply`] returns the version after each.
+/// A durable change of one user's data: its roster, or its offline messages.
+///
+/// Each roster change bumps the user's roster version by one (RFC 6121 §2.6 roster
+/// versioning); [`Store::apply`] returns the version after each. Offline message changes
+/// (XEP-0160) leave the roster version alone; [`Store::apply`] returns, for
+/// [`Change::AppendOffline`], the stored message's id and, for [`Change::DeleteOffline`],
+/// how many messages were deleted.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -156,14 +179,43 @@ pub enum Change {
         /// The contact (bare JID).
         contact: String,
     },
+    /// Stores a message for `user` to be delivered later (XEP-0160 §3, RFC 6121
+    /// §8.5.2.2.1), after the messages stored before it. Fails with
+    /// [`StoreError::OfflineFull`] (nothing stored) when `user` already has `max` stored.
+    AppendOffline {
+        /// The user (bare JID).
+        user: String,
+        /// The `<message/>` stanza (XML).
+        stanza: String,
+        /// When it was received, milliseconds since the Unix epoch.
+        received_ms: u64,
+        /// Most messages stored for the user (`c2s.max_offline_messages`).
+        max: u32,
+    },
+    /// Deletes `user`'s stored offline messages with an id up to `up_to` (those handed to
+    /// the user's session); no error if there are none.
+    DeleteOffline {
+        /// The user (bare JID).
+        user: String,
+        /// The highest [`OfflineMessage::id`] to delete.
+        up_to: u64,
+    },
 }
 
 impl Change {
-    /// The user whose roster this change is for.
+    /// The user whose data this change is for.
     pub fn user(&self) -> &str {
         match self {
-            Change::UpsertItem { user, .. } | Change::RemoveItem { user, .. } => user,
+            Change::UpsertItem { user, .. }
+            | Change::RemoveItem { user, .. }
+            | Change::AppendOffline { user, .. }
+            | Change::DeleteOffline { user, .. } => user,
         }
+    }
+
+    /// Whether it changes the roster (and so bumps the roster version).
+    pub fn is_roster(&self) -> bool {
+        matches!(self, Change::UpsertItem { .. } | Change::RemoveItem { .. })
     }
 }
 
@@ -231,8 +283,8 @@ pub trait Store: Send {
     /// [`StoreError::InvalidCredentials`], [`StoreError::Backend`].
     fn add_user(&mut self, jid: &str, creds: &[ScramCredentials]) -> Result<(), StoreError>;
 
-    /// Removes user `jid` with its credentials and roster. `Ok(false)` if there was no such
-    /// user.
+    /// Removes user `jid` with its credentials, roster and offline messages. `Ok(false)` if
+    /// there was no such user.
     fn remove_user(&mut self, jid: &str) -> Result<bool, StoreError>;
 
     /// Replaces all of `jid`'s credentials with `creds` (same rules as
@@ -260,12 +312,19 @@ pub trait Store: Send {
     /// Errors: [`StoreError::NoSuchUser`], [`StoreError::Backend`].
     fn roster(&mut self, user: &str) -> Result<Roster, StoreError>;
 
-    /// Applies `changes` in order, in one transaction (all or nothing), and returns the
-    /// user's roster version after each change.
+    /// Applies `changes` in order, in one transaction (all or nothing), and returns, per
+    /// change, the user's roster version after it (roster changes), the stored message's
+    /// id ([`Change::AppendOffline`]) or the number of messages deleted
+    /// ([`Change::DeleteOffline`]).
     ///
     /// Errors: [`StoreError::NoSuchUser`], [`StoreError::InvalidItem`],
-    /// [`StoreError::Backend`].
+    /// [`StoreError::OfflineFull`], [`StoreError::Backend`].
     fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError>;
+
+    /// `user`'s stored offline messages (XEP-0160), oldest first (increasing id).
+    ///
+    /// Errors: [`StoreError::NoSuchUser`], [`StoreError::Backend`].
+    fn offline(&mut self, user: &str) -> Result<Vec<OfflineMessage>, StoreError>;
 
     /// Every unanswered outbound subscription request: `(user, contact)` for each stored
     /// item with `pending_out` (RFC 6121 §3.1.2 "None + Pending Out" and "From + Pending
@@ -408,8 +467,8 @@ pub enum Op {
         /// Bare JID.
         user: String,
     },
-    /// Roster changes, group-committed with the other `Apply`s queued beside it;
-    /// answered with [`Outcome::Applied`] once durable.
+    /// Roster and offline message changes, group-committed with the other `Apply`s queued
+    /// beside it; answered with [`Outcome::Applied`] once durable.
     Apply(Vec<Change>),
     /// [`Store::pending_out`]; answered with [`Outcome::Pairs`].
     PendingOut,
@@ -424,6 +483,11 @@ pub enum Op {
         user: String,
         /// What changes.
         change: BlocklistChange,
+    },
+    /// [`Store::offline`]; answered with [`Outcome::Offline`].
+    Offline {
+        /// Bare JID.
+        user: String,
     },
 }
 
@@ -443,10 +507,12 @@ pub enum Outcome {
     Roster(Roster),
     /// [`Op::PendingOut`]: `(user, contact)` pairs.
     Pairs(Vec<(String, String)>),
-    /// [`Op::Apply`]: committed; the roster version after each change.
+    /// [`Op::Apply`]: committed; per change what [`Store::apply`] returns.
     Applied(Vec<u64>),
     /// [`Op::Blocklist`]: the blocked JIDs, sorted.
     Jids(Vec<String>),
+    /// [`Op::Offline`]: the user's stored messages, oldest first.
+    Offline(Vec<OfflineMessage>),
 }
 
 /// The answer to one submitted request.
@@ -486,7 +552,7 @@ struct Counters {
 pub struct StoreStats {
     /// Requests taken from the queue for execution (each is answered).
     pub requests: u64,
-    /// Roster changes committed (in answered-`Ok` groups).
+    /// Changes (roster and offline messages) committed (in answered-`Ok` groups).
     pub changes: u64,
     /// Group commits (transactions of [`Op::Apply`] requests).
     pub commits: u64,
@@ -734,6 +800,7 @@ fn process(store: &mut dyn Store, batch: &mut Vec<Request>, counters: &Counters)
             Op::ChangeBlocklist { user, change } => {
                 store.change_blocklist(user, change).map(|()| Outcome::Done)
             }
+            Op::Offline { user } => store.offline(user).map(Outcome::Offline),
             Op::Apply(_) => unreachable!("Apply runs are handled above"),
         };
         answer(r, result, &mut wakes);

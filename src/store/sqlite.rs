@@ -35,6 +35,7 @@
 //! credentials(user_id, mechanism, salt, iterations, stored_key, server_key)  PK(user_id, mechanism)
 //! roster(user_id, contact, name, groups JSON, subscription, pending_out, pending_in,
 //!        pre_approved, in_roster)                                              PK(user_id, contact)
+//! offline(id PK, user_id, received_ms, stanza)          INDEX(user_id, id)   (XEP-0160)
 //! ```
 //!
 //! Statements are prepared once per connection and cached (`prepare_cached`). Tuning:
@@ -46,8 +47,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
-    merge_imported, same_credentials, BlocklistChange, Change, ImportOutcome, Roster,
-    ScramCredentials, ScramHash, Store, StoreError, StoredItem,
+    merge_imported, same_credentials, BlocklistChange, Change, ImportOutcome, OfflineMessage,
+    Roster, ScramCredentials, ScramHash, Store, StoreError, StoredItem,
 };
 use crate::jid::BareJid;
 
@@ -110,6 +111,14 @@ const MIGRATIONS: &[&str] = &[
          jid     TEXT NOT NULL,
          PRIMARY KEY (user_id, jid)
      ) WITHOUT ROWID;",
+    // 3: offline messages (XEP-0160), in the order stored (`id` increases).
+    "CREATE TABLE offline (
+         id          INTEGER PRIMARY KEY,
+         user_id     INTEGER NOT NULL,
+         received_ms INTEGER NOT NULL,
+         stanza      TEXT NOT NULL
+     );
+     CREATE INDEX offline_by_user ON offline (user_id, id);",
 ];
 
 /// The schema version this build creates and understands: the number of migrations.
@@ -363,46 +372,78 @@ fn check_item(item: &StoredItem) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A validated group: its distinct users (row id, roster version before the group) and,
-/// per change, the index of its user there.
+/// One user of a validated group: row id, roster version (before the group, then as
+/// changed), whether a roster change bumped it, and offline messages stored now (before
+/// the group, then as appended).
+struct GroupUser {
+    id: i64,
+    version: u64,
+    bumped: bool,
+    offline: Option<u64>,
+}
+
+/// A validated group: its distinct users and, per change, the index of its user there.
 struct Resolved {
-    users: Vec<(i64, u64)>,
+    users: Vec<GroupUser>,
     user_of: Vec<usize>,
 }
 
-/// Validates a group of changes and reads its users' ids and roster versions, writing
-/// nothing.
+/// Validates a group of changes and reads its users' ids and roster versions (and, for
+/// offline appends, how many messages each has), writing nothing.
 fn resolve(conn: &Connection, changes: &[Change]) -> Result<Resolved, StoreError> {
-    let mut users: Vec<(i64, u64)> = Vec::new();
+    let mut users: Vec<GroupUser> = Vec::new();
     let mut user_of = Vec::with_capacity(changes.len());
     for (i, ch) in changes.iter().enumerate() {
         if let Change::UpsertItem { item, .. } = ch {
             check_item(item)?;
         }
         let user = ch.user();
-        if let Some(p) = changes[..i].iter().position(|c| c.user() == user) {
-            user_of.push(user_of[p]);
-            continue;
+        let u = match changes[..i].iter().position(|c| c.user() == user) {
+            Some(p) => user_of[p],
+            None => {
+                let (id, version): (i64, i64) = conn
+                    .prepare_cached("SELECT id, roster_version FROM users WHERE jid = ?1")
+                    .map_err(db)?
+                    .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+                    .map_err(db)?
+                    .ok_or_else(|| StoreError::NoSuchUser(user.into()))?;
+                users.push(GroupUser {
+                    id,
+                    version: version as u64,
+                    bumped: false,
+                    offline: None,
+                });
+                users.len() - 1
+            }
+        };
+        user_of.push(u);
+        if let Change::AppendOffline { max, .. } = ch {
+            let g = &mut users[u];
+            let stored = match g.offline {
+                Some(n) => n,
+                None => conn
+                    .prepare_cached("SELECT COUNT(*) FROM offline WHERE user_id = ?1")
+                    .map_err(db)?
+                    .query_row([g.id], |r| r.get::<_, i64>(0))
+                    .map_err(db)? as u64,
+            };
+            if stored >= u64::from(*max) {
+                return Err(StoreError::OfflineFull(user.into()));
+            }
+            g.offline = Some(stored + 1);
         }
-        let (id, version): (i64, i64) = conn
-            .prepare_cached("SELECT id, roster_version FROM users WHERE jid = ?1")
-            .map_err(db)?
-            .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
-            .map_err(db)?
-            .ok_or_else(|| StoreError::NoSuchUser(user.into()))?;
-        user_of.push(users.len());
-        users.push((id, version as u64));
     }
     Ok(Resolved { users, user_of })
 }
 
 /// Writes a validated group, then each of its users' new roster version (one bump per
-/// change); returns the version after each change. Any error here is a database failure.
+/// roster change); returns per change what [`Store::apply`] does. Any error here is a
+/// database failure.
 fn write(conn: &Connection, changes: &[Change], mut r: Resolved) -> Result<Vec<u64>, StoreError> {
     let mut versions = Vec::with_capacity(changes.len());
     for (ch, &u) in changes.iter().zip(&r.user_of) {
-        let id = r.users[u].0;
+        let id = r.users[u].id;
         match ch {
             Change::UpsertItem { item, .. } => {
                 let groups = serde_json::to_string(&item.groups).expect("strings serialise");
@@ -436,15 +477,40 @@ fn write(conn: &Connection, changes: &[Change], mut r: Resolved) -> Result<Vec<u
                     .execute(params![id, contact])
                     .map_err(db)?;
             }
+            Change::AppendOffline {
+                stanza,
+                received_ms,
+                ..
+            } => {
+                conn.prepare_cached(
+                    "INSERT INTO offline (user_id, received_ms, stanza) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(db)?
+                .execute(params![id, *received_ms as i64, stanza])
+                .map_err(db)?;
+                versions.push(conn.last_insert_rowid() as u64);
+                continue;
+            }
+            Change::DeleteOffline { up_to, .. } => {
+                let n = conn
+                    .prepare_cached("DELETE FROM offline WHERE user_id = ?1 AND id <= ?2")
+                    .map_err(db)?
+                    .execute(params![id, i64::try_from(*up_to).unwrap_or(i64::MAX)])
+                    .map_err(db)?;
+                versions.push(n as u64);
+                continue;
+            }
         }
-        r.users[u].1 += 1;
-        versions.push(r.users[u].1);
+        let g = &mut r.users[u];
+        g.version += 1;
+        g.bumped = true;
+        versions.push(g.version);
     }
     let mut bump = conn
         .prepare_cached("UPDATE users SET roster_version = ?2 WHERE id = ?1")
         .map_err(db)?;
-    for (id, version) in &r.users {
-        bump.execute(params![id, *version as i64]).map_err(db)?;
+    for g in r.users.iter().filter(|g| g.bumped) {
+        bump.execute(params![g.id, g.version as i64]).map_err(db)?;
     }
     Ok(versions)
 }
@@ -530,6 +596,7 @@ impl Store for SqliteStore {
             return Ok(false);
         };
         for sql in [
+            "DELETE FROM offline WHERE user_id = ?1",
             "DELETE FROM roster WHERE user_id = ?1",
             "DELETE FROM blocklist WHERE user_id = ?1",
             "DELETE FROM credentials WHERE user_id = ?1",
@@ -655,6 +722,29 @@ impl Store for SqliteStore {
         Ok((version as u64, items))
     }
 
+    fn offline(&mut self, user: &str) -> Result<Vec<OfflineMessage>, StoreError> {
+        let tx = self.conn.transaction().map_err(db)?;
+        let id = user_id(&tx, user)?.ok_or_else(|| StoreError::NoSuchUser(user.into()))?;
+        let mut out = Vec::new();
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT id, received_ms, stanza FROM offline WHERE user_id = ?1 ORDER BY id",
+                )
+                .map_err(db)?;
+            let mut rows = stmt.query([id]).map_err(db)?;
+            while let Some(r) = rows.next().map_err(db)? {
+                out.push(OfflineMessage {
+                    id: r.get::<_, i64>(0).map_err(db)? as u64,
+                    received_ms: r.get::<_, i64>(1).map_err(db)? as u64,
+                    stanza: r.get(2).map_err(db)?,
+                });
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(out)
+    }
+
     fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError> {
         let tx = self
             .conn
@@ -734,7 +824,12 @@ impl Store for SqliteStore {
         out.roster_version = version;
         if !changes.is_empty() {
             let resolved = Resolved {
-                users: vec![(id, version)],
+                users: vec![GroupUser {
+                    id,
+                    version,
+                    bumped: false,
+                    offline: None,
+                }],
                 user_of: vec![0; changes.len()],
             };
             let versions = write(&tx, &changes, resolved)?;

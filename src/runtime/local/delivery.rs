@@ -2,9 +2,10 @@
 //! owns, from anywhere (another local user, a remote server, the server itself), waits
 //! its turn behind the user's earlier stanzas, then goes where the §8.5 rules
 //! ([`fedrouter_proto::presence::delivery::decide`]) say given the user's sessions now:
-//! to some of them, an error to the sender, the subscription (§3) or probe (§4.3) logic,
-//! or nowhere. A session whose client stopped reading (`c2s.send_queue_bytes` waiting
-//! for its socket) is skipped: a client that stops reading costs only its own buffer.
+//! to some of them, an error to the sender, offline storage (XEP-0160,
+//! [`super::offline`]), the subscription (§3) or probe (§4.3) logic, or nowhere. A
+//! session whose client stopped reading (`c2s.send_queue_bytes` waiting for its socket)
+//! is skipped: a client that stops reading costs only its own buffer.
 
 use std::rc::Rc;
 
@@ -119,6 +120,7 @@ impl Delivery {
                     shard.local.carbons.received(shard, &bare, &el, &ids);
                 }
             }
+            delivery::Delivery::Offline => shard.local.offline.store(shard, &bare, el),
             delivery::Delivery::Reply(condition) => {
                 shard.route(error_reply(&el, condition, None, None));
             }

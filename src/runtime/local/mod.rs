@@ -38,6 +38,7 @@
 //! | `client_state.rs` | [`ClientStates`] | client state indication (XEP-0352) |
 //! | `account.rs` | [`Account`] | the user's own registration: password change (XEP-0077) |
 //! | `resumption.rs` | [`Resumption`] | stream management (XEP-0198): detached sessions, resumption, unacknowledged stanzas |
+//! | `offline.rs` | [`Offline`] | offline messages stored and delivered (XEP-0160) |
 //!
 //! Of the shard they use: `route`, `route_generated`, `bounce`, `send_to`,
 //! `send_remote`, `spawn_conn`, `shared`, `next_conn_id`, `congest`, `decongest` and
@@ -50,6 +51,7 @@ mod client_stanzas;
 mod client_state;
 mod delivery;
 mod directory_link;
+mod offline;
 mod presence;
 mod resumption;
 mod roster;
@@ -80,6 +82,7 @@ use client_stanzas::ClientStanzas;
 use client_state::ClientStates;
 use delivery::Delivery;
 use directory_link::DirectoryLink;
+use offline::Offline;
 use presence::Presence;
 use resumption::Resumption;
 use roster::Rosters;
@@ -108,6 +111,7 @@ pub(super) struct Local {
     client_state: ClientStates,
     account: Account,
     resumption: Resumption,
+    offline: Offline,
 }
 
 /// What the server says about itself (XEP-0092): this binary's name and version, no
@@ -139,6 +143,7 @@ impl Local {
             client_state: ClientStates,
             account: Account,
             resumption: Resumption::default(),
+            offline: Offline,
         }
     }
 

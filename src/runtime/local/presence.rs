@@ -1,5 +1,6 @@
 //! Presence of local users (RFC 6121 §4) ([`Presence`]): presence without `to` from a
-//! session (initial presence §4.2 with its probes, updates §4.4, unavailable §4.5), its
+//! session (initial presence §4.2 with its probes and the stored offline messages of
+//! XEP-0160, updates §4.4, unavailable §4.5), its
 //! broadcast to the subscribers (`from`/`both`), to directed-presence recipients (§4.6)
 //! and to the user's other resources, presence to a local user's available resources
 //! (§4.2.3, §4.4.3), probes answered (§4.3.2), and the presence a subscription change
@@ -50,6 +51,9 @@ impl Presence {
             return;
         };
         let mut initial = false;
+        // The session starts taking bare-JID messages: stored offline messages go to it
+        // (XEP-0160 §5).
+        let mut offline = false;
         let mut directed = BTreeSet::new();
         let mut pending: Vec<String> = Vec::new();
         let mut probes: Vec<String> = Vec::new();
@@ -78,8 +82,12 @@ impl Presence {
                 directed = std::mem::take(&mut s.directed);
             } else {
                 initial = !s.available;
+                let took = s.available && s.priority >= 0;
                 s.available = true;
                 s.priority = delivery::priority(&el);
+                // Available with a non-negative priority now, and not before (XEP-0160 §5,
+                // RFC 6121 §8.5.2.1.1).
+                offline = !took && s.priority >= 0;
                 s.presence = Some(shared.clone());
             }
             if initial {
@@ -115,6 +123,10 @@ impl Presence {
             for stanza in pending {
                 send_to(conn, &[stanza.as_bytes()]);
             }
+        }
+        // After the presence broadcast (RFC 6121 §4.2) and what the new resource is told.
+        if offline {
+            shard.local.offline.deliver(shard, conn, bare);
         }
     }
 
