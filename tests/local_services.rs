@@ -492,6 +492,7 @@ fn version_and_advertised_features() {
         NS_CARBONS,
         NS_BLOCKING,
         "jabber:iq:register",
+        "msgoffline",
     ];
     let mut got: Vec<&str> = features.iter().map(String::as_str).collect();
     want.sort();
