@@ -37,6 +37,7 @@
 pub mod condition;
 pub mod dialback;
 pub mod jid;
+pub mod pep;
 pub mod presence;
 pub mod scram;
 pub mod service;
