@@ -307,6 +307,17 @@ pub struct C2sSection {
     /// that waited for it are then handled as for an unavailable resource (RFC 6121 §8.5).
     #[serde(with = "humantime_serde")]
     pub write_stall_timeout: Duration,
+    /// Items a PEP node keeps (XEP-0163, XEP-0060 `pubsub#max_items`) unless the
+    /// publisher's publish options ask for another number, key `c2s.pep_max_items`;
+    /// default 1; 1 to `c2s.pep_max_items_limit`.
+    pub pep_max_items: usize,
+    /// Most items a PEP node keeps whatever the publish options ask (`max` means this),
+    /// key `c2s.pep_max_items_limit`; default 100; 1 to 10000.
+    pub pep_max_items_limit: usize,
+    /// Largest PEP item payload, in bytes as serialised, key `c2s.pep_max_item_bytes`;
+    /// default 65536; 1 to `c2s.max_stanza_size`. A bigger one is refused with
+    /// `not-acceptable` `<payload-too-big/>` (XEP-0060 §7.1.3.x).
+    pub pep_max_item_bytes: usize,
 }
 
 impl Default for C2sSection {
@@ -322,6 +333,9 @@ impl Default for C2sSection {
             max_resources: 16,
             send_queue_bytes: 1 << 20,
             write_stall_timeout: Duration::from_secs(30),
+            pep_max_items: 1,
+            pep_max_items_limit: 100,
+            pep_max_item_bytes: 65536,
         }
     }
 }

@@ -35,17 +35,24 @@
 //! credentials(user_id, mechanism, salt, iterations, stored_key, server_key)  PK(user_id, mechanism)
 //! roster(user_id, contact, name, groups JSON, subscription, pending_out, pending_in,
 //!        pre_approved, in_roster)                                              PK(user_id, contact)
+//! pep_nodes(user_id, node, access_model, max_items)                           PK(user_id, node)
+//! pep_items(user_id, node, item_id, seq, payload)                    PK(user_id, node, item_id)
 //! ```
 //!
 //! Statements are prepared once per connection and cached (`prepare_cached`). Tuning:
 //! [`CACHE_KIB`], [`WAL_AUTOCHECKPOINT_PAGES`], [`JOURNAL_SIZE_LIMIT`], [`BUSY_TIMEOUT`].
+
+mod pep;
 
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{Change, Roster, ScramCredentials, ScramHash, Store, StoreError, StoredItem};
+use super::{
+    Change, PepPublish, Roster, ScramCredentials, ScramHash, Store, StoreError, StoredItem,
+    StoredPepNode,
+};
 use crate::jid::BareJid;
 
 /// What a commit survives (`PRAGMA synchronous` in WAL mode; see the module docs).
@@ -100,6 +107,22 @@ const MIGRATIONS: &[&str] = &[
          pre_approved INTEGER NOT NULL,
          in_roster    INTEGER NOT NULL,
          PRIMARY KEY (user_id, contact)
+     ) WITHOUT ROWID;",
+    // PEP (XEP-0163): nodes and their items; `seq` orders a node's items (oldest first).
+    "CREATE TABLE pep_nodes (
+         user_id      INTEGER NOT NULL,
+         node         TEXT NOT NULL,
+         access_model TEXT NOT NULL,
+         max_items    INTEGER NOT NULL,
+         PRIMARY KEY (user_id, node)
+     ) WITHOUT ROWID;
+     CREATE TABLE pep_items (
+         user_id INTEGER NOT NULL,
+         node    TEXT NOT NULL,
+         item_id TEXT NOT NULL,
+         seq     INTEGER NOT NULL,
+         payload TEXT NOT NULL,
+         PRIMARY KEY (user_id, node, item_id)
      ) WITHOUT ROWID;",
 ];
 
@@ -412,6 +435,8 @@ impl Store for SqliteStore {
             return Ok(false);
         };
         for sql in [
+            "DELETE FROM pep_items WHERE user_id = ?1",
+            "DELETE FROM pep_nodes WHERE user_id = ?1",
             "DELETE FROM roster WHERE user_id = ?1",
             "DELETE FROM credentials WHERE user_id = ?1",
             "DELETE FROM users WHERE id = ?1",
@@ -534,6 +559,18 @@ impl Store for SqliteStore {
         }
         tx.commit().map_err(db)?;
         Ok((version as u64, items))
+    }
+
+    fn pep_nodes(&mut self, user: &str) -> Result<Vec<StoredPepNode>, StoreError> {
+        pep::nodes(&mut self.conn, user)
+    }
+
+    fn pep_publish(&mut self, publish: &PepPublish) -> Result<(), StoreError> {
+        pep::publish(&mut self.conn, publish)
+    }
+
+    fn pep_retract(&mut self, user: &str, node: &str, item_id: &str) -> Result<bool, StoreError> {
+        pep::retract(&mut self.conn, user, node, item_id)
     }
 
     fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError> {
