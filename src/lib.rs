@@ -75,7 +75,9 @@
 
 // The protocol core lives in its own crate (no I/O, no clock, no threads); re-exported so
 // that `fedrouter::xml`, `fedrouter::stream` … name the same items as before.
-pub use fedrouter_proto::{condition, dialback, jid, presence, service, srv, stanza, stream, xml};
+pub use fedrouter_proto::{
+    condition, dialback, jid, pep, presence, service, srv, stanza, stream, xml,
+};
 
 pub mod check;
 pub mod config;

@@ -170,6 +170,10 @@ impl ClientStanzas {
                     shard.local.roster.set(shard, conn, bare, el, &query);
                 }
             }
+            // PEP (XEP-0163): the account's own nodes.
+            Iq::Get(p) | Iq::Set(p) if crate::pep::is_pubsub(&p.name, &p.ns) => {
+                shard.local.pep.owner_iq(shard, conn, bare, el, &p);
+            }
             Iq::Get(p) if (p.name.as_str(), p.ns.as_str()) == ("ping", NS_PING) => {
                 let mut out = Vec::with_capacity(96);
                 out.extend_from_slice(b"<iq type='result'");

@@ -45,7 +45,9 @@ impl Delivery {
             shard.local.users.admit(shard, &bare, Deferred::Inbound(el))
         {
             self.deliver_now(shard, el);
-            shard.local.users.maybe_forget(&bare);
+            if shard.local.users.maybe_forget(&bare) {
+                shard.local.pep.forget(&bare);
+            }
         }
     }
 
@@ -58,6 +60,18 @@ impl Delivery {
         let Some(to) = el.to() else { return };
         let bare = bare_key(to).into_owned();
         let resource = to.find('/').map(|i| &to[i + 1..]);
+        // PEP (XEP-0163): a contact's resource and its caps; answers to the caps queries
+        // and pubsub requests to the account.
+        if kind == StanzaKind::Presence {
+            shard.local.pep.contact_presence(shard, &bare, &el);
+        }
+        if kind == StanzaKind::Iq
+            && resource.is_none()
+            && (shard.local.pep.caps_answer(shard, &el)
+                || shard.local.pep.other_iq(shard, &bare, &el))
+        {
+            return;
+        }
         if kind == StanzaKind::Iq && resource.is_none() {
             // An iq request to the bare JID: the server answers on the account's behalf
             // (RFC 6121 §8.5.1). Whether the account exists is known for the requests

@@ -33,6 +33,7 @@
 //! | `subscriptions.rs` | [`Subscriptions`] | subscription stanzas both ways (§3) |
 //! | `presence.rs` | [`Presence`] | broadcast, fan-out, probes (§4) |
 //! | `delivery.rs` | [`Delivery`] | stanzas to users, per the §8.5 rules |
+//! | `pep.rs` | [`Pep`] | PEP nodes, notifications, contacts' caps (XEP-0163) |
 //!
 //! Of the shard they use: `route`, `route_generated`, `bounce`, `send_to`,
 //! `send_remote`, `spawn_conn`, `shared`, `next_conn_id`, `congest`, `decongest` and
@@ -40,6 +41,7 @@
 
 mod client_stanzas;
 mod delivery;
+mod pep;
 mod presence;
 mod roster;
 mod sessions;
@@ -64,6 +66,7 @@ use crate::stream::c2s::C2sConnection;
 use crate::xml::Element;
 use client_stanzas::ClientStanzas;
 use delivery::Delivery;
+use pep::Pep;
 use presence::Presence;
 use roster::Rosters;
 use sessions::Sessions;
@@ -85,6 +88,7 @@ pub(super) struct Local {
     subscriptions: Subscriptions,
     presence: Presence,
     delivery: Delivery,
+    pep: Pep,
 }
 
 impl Local {
@@ -101,6 +105,7 @@ impl Local {
             subscriptions: Subscriptions,
             presence: Presence,
             delivery: Delivery,
+            pep: Pep::new(),
         }
     }
 

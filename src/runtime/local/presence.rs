@@ -206,6 +206,11 @@ impl Presence {
 
     /// Presence to a local user: to its available resources (RFC 6121 §4.2.3, §4.4.3).
     pub(super) fn deliver_broadcast(&self, shard: &Shard, stanza: &SharedStanza, jid: &str) {
+        // PEP (XEP-0163 §4.3.4): the contact's resource and its caps.
+        shard
+            .local
+            .pep
+            .contact_presence(shard, bare_key(jid).as_ref(), stanza.element());
         let mut attr = Vec::with_capacity(8 + jid.len());
         write_to_attr(jid, &mut attr);
         let targets =

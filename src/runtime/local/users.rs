@@ -51,6 +51,14 @@ impl User {
 /// The namespaces of XEP-0030 (`disco#info`, `disco#items`) start so.
 const DISCO_PREFIX: &[u8] = b"http://jabber.org/protocol/disco#";
 
+/// `http://jabber.org/protocol/pubsub` (XEP-0060), the start of PEP's namespaces.
+const PUBSUB_NS: &[u8] = b"http://jabber.org/protocol/pubsub";
+
+/// Whether a presence stanza carries XEP-0115 caps (PEP needs the roster for it).
+fn has_caps(el: &Element) -> bool {
+    memchr::memmem::find(el.inner(), crate::pep::NS_CAPS.as_bytes()).is_some()
+}
+
 /// A stanza waiting for its user's roster or earlier stanzas.
 pub(super) enum Deferred {
     /// From one of the user's sessions (stamped).
@@ -77,19 +85,24 @@ impl Deferred {
                 _ => false,
             },
             Deferred::Inbound(el) => match StanzaKind::of(el) {
-                Some(StanzaKind::Presence) => el
-                    .type_()
-                    .is_some_and(|t| t == "probe" || SubType::from_type(t).is_some()),
+                // Available presence with XEP-0115 caps: PEP checks the subscription.
+                Some(StanzaKind::Presence) => match el.type_() {
+                    Some(t) => t == "probe" || SubType::from_type(t).is_some(),
+                    None => has_caps(el),
+                },
                 // A XEP-0030 query to the bare JID is answered for the account only if it
-                // exists (RFC 6121 §8.5.1, `service::answer_account`).
+                // exists (RFC 6121 §8.5.1, `service::answer_account`); a PEP request
+                // (XEP-0163) is answered per the subscription (access model `presence`).
                 Some(StanzaKind::Iq) => {
-                    el.type_() == Some("get")
-                        && el.to().is_some_and(|t| !t.contains('/'))
-                        && memchr::memmem::find(el.inner(), DISCO_PREFIX).is_some()
+                    el.to().is_some_and(|t| !t.contains('/'))
+                        && ((el.type_() == Some("get")
+                            && memchr::memmem::find(el.inner(), DISCO_PREFIX).is_some())
+                            || (matches!(el.type_(), Some("get" | "set"))
+                                && memchr::memmem::find(el.inner(), PUBSUB_NS).is_some()))
                 }
                 _ => false,
             },
-            Deferred::Broadcast(..) => false,
+            Deferred::Broadcast(s, _) => s.element().type_().is_none() && has_caps(s.element()),
         }
     }
 }
@@ -180,7 +193,9 @@ impl Users {
                 None => break,
             }
         }
-        self.maybe_forget(bare);
+        if self.maybe_forget(bare) {
+            shard.local.pep.forget(bare);
+        }
     }
 
     /// A roster change of `bare` is being stored: later stanzas wait.
@@ -202,7 +217,8 @@ impl Users {
     /// users cost no memory, and stanzas for unknown users leave nothing behind. (Changes
     /// in flight are not lost: the store applies requests in order, so a later load sees
     /// them.)
-    pub(super) fn maybe_forget(&self, bare: &str) {
+    /// Whether it was forgotten (its PEP state then goes too, [`super::pep::Pep::forget`]).
+    pub(super) fn maybe_forget(&self, bare: &str) -> bool {
         let mut users = self.map.borrow_mut();
         let idle = users.get(bare).is_some_and(|u| {
             u.sessions.is_empty()
@@ -213,5 +229,6 @@ impl Users {
         if idle {
             users.remove(bare);
         }
+        idle
     }
 }
