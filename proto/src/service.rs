@@ -130,7 +130,12 @@ fn result_to(el: &Element, capacity: usize) -> ElementBuilder {
 /// The answer to a XEP-0030 `disco#info` query `query` (§3.1): the `identities`
 /// (category, type) and `features`. A query for a `node` gets `item-not-found` (§3.2:
 /// no nodes here).
-fn disco_info(el: &Element, query: &Node, identities: &[(&str, &str)], features: &[&str]) -> Answer {
+fn disco_info(
+    el: &Element,
+    query: &Node,
+    identities: &[(&str, &str)],
+    features: &[&str],
+) -> Answer {
     if query.attr("node").is_some() {
         return reply_error(el, StanzaCondition::ItemNotFound);
     }
@@ -187,7 +192,9 @@ pub fn answer_server(el: &Element, kind: StanzaKind) -> Answer {
         StanzaKind::Iq => match read_iq(el) {
             Iq::Get(p) => match (p.name.as_str(), p.ns.as_str()) {
                 ("ping", NS_PING) => Answer::Reply(result_to(el, 96).finish()),
-                ("query", NS_DISCO_INFO) => disco_info(el, &p, &[("server", "im")], SERVER_FEATURES),
+                ("query", NS_DISCO_INFO) => {
+                    disco_info(el, &p, &[("server", "im")], SERVER_FEATURES)
+                }
                 ("query", NS_DISCO_ITEMS) => disco_items(el, &p),
                 _ => reply_error(el, StanzaCondition::ServiceUnavailable),
             },
@@ -228,9 +235,7 @@ pub fn answer_account(el: &Element, exists: bool) -> Option<Element> {
         Iq::BadRequest => reply_error(el, StanzaCondition::BadRequest),
         _ if !exists => reply_error(el, StanzaCondition::ServiceUnavailable),
         Iq::Get(p) => match (p.name.as_str(), p.ns.as_str()) {
-            ("query", NS_DISCO_INFO) => {
-                disco_info(el, &p, ACCOUNT_IDENTITIES, ACCOUNT_FEATURES)
-            }
+            ("query", NS_DISCO_INFO) => disco_info(el, &p, ACCOUNT_IDENTITIES, ACCOUNT_FEATURES),
             ("query", NS_DISCO_ITEMS) => disco_items(el, &p),
             _ => reply_error(el, StanzaCondition::ServiceUnavailable),
         },

@@ -294,7 +294,12 @@ impl Config {
         check_range("c2s.max_roster_items", c.max_roster_items, 1, 100_000)?;
         check_range("c2s.max_resources", c.max_resources, 1, 1024)?;
         check_range("c2s.pep_max_items_limit", c.pep_max_items_limit, 1, 10_000)?;
-        check_range("c2s.pep_max_items", c.pep_max_items, 1, c.pep_max_items_limit)?;
+        check_range(
+            "c2s.pep_max_items",
+            c.pep_max_items,
+            1,
+            c.pep_max_items_limit,
+        )?;
         check_range(
             "c2s.pep_max_item_bytes",
             c.pep_max_item_bytes,

@@ -41,7 +41,7 @@ use super::sessions::send_to;
 use crate::condition::StanzaCondition;
 use crate::jid::domain_of;
 use crate::pep::{
-    self, caps_query, empty_result, items_result, may_retrieve, max_items_for, notification,
+    self, caps_query, empty_result, items_result, max_items_for, may_retrieve, notification,
     notify_nodes, parse_caps, parse_disco_info, parse_request, pep_error, publish_result,
     retract_notification, verify, AccessModel, Caps, PepError, PepNode, PepRequest,
 };
@@ -147,7 +147,8 @@ impl Pep {
                         let nodes = stored
                             .into_iter()
                             .map(|s| {
-                                let access = AccessModel::parse(&s.access_model).unwrap_or_default();
+                                let access =
+                                    AccessModel::parse(&s.access_model).unwrap_or_default();
                                 let mut n = PepNode::new(access, s.max_items as usize);
                                 n.items = s.items.into_iter().collect();
                                 (s.node, n)
@@ -159,7 +160,11 @@ impl Pep {
                 };
                 if let Some(mut nodes) = loaded {
                     f(shard, &mut nodes);
-                    pep.users.borrow_mut().entry(user.clone()).or_default().nodes = Some(nodes);
+                    pep.users
+                        .borrow_mut()
+                        .entry(user.clone())
+                        .or_default()
+                        .nodes = Some(nodes);
                 }
                 // An offline user's nodes are not kept.
                 if !shard.local.users.borrow().contains_key(&user) {
@@ -179,18 +184,23 @@ impl Pep {
         payload: &Node,
     ) {
         let c2s = &shard.shared().config.c2s;
-        let request = match parse_request(payload, el.type_() == Some("set"), c2s.pep_max_item_bytes) {
-            Ok(r) => r,
-            Err(e) => {
-                send_to(conn, &[pep_error(&el, e).bytes()]);
-                return;
-            }
-        };
+        let request =
+            match parse_request(payload, el.type_() == Some("set"), c2s.pep_max_item_bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    send_to(conn, &[pep_error(&el, e).bytes()]);
+                    return;
+                }
+            };
         let (default_max, cap) = (c2s.pep_max_items, c2s.pep_max_items_limit);
         let conn = Rc::clone(conn);
         let user = bare.to_owned();
         match request {
-            PepRequest::Items { node, max_items, ids } => {
+            PepRequest::Items {
+                node,
+                max_items,
+                ids,
+            } => {
                 self.with_nodes(shard, bare, move |_, nodes| {
                     let reply = match nodes.get(&node) {
                         None => pep_error(&el, PepError::new(StanzaCondition::ItemNotFound, None)),
@@ -205,7 +215,8 @@ impl Pep {
                 payload,
                 options,
             } => {
-                let id = id.unwrap_or_else(|| format!("{:016x}", shard.rng.borrow_mut().next_u64()));
+                let id =
+                    id.unwrap_or_else(|| format!("{:016x}", shard.rng.borrow_mut().next_u64()));
                 self.with_nodes(shard, bare, move |shard, nodes| {
                     let n = nodes.entry(node.clone()).or_insert_with(|| {
                         PepNode::new(
@@ -243,7 +254,8 @@ impl Pep {
                                 Err(e) => {
                                     warn!(%user, %node, error = %e, "PEP publish not stored");
                                     pep.reload(&user);
-                                    let err = PepError::new(StanzaCondition::InternalServerError, None);
+                                    let err =
+                                        PepError::new(StanzaCondition::InternalServerError, None);
                                     send_to(&conn, &[pep_error(&el, err).bytes()]);
                                 }
                             }
@@ -281,7 +293,8 @@ impl Pep {
                                 Err(e) => {
                                     warn!(%user, %node, error = %e, "PEP retract not stored");
                                     pep.reload(&user);
-                                    let err = PepError::new(StanzaCondition::InternalServerError, None);
+                                    let err =
+                                        PepError::new(StanzaCondition::InternalServerError, None);
                                     send_to(&conn, &[pep_error(&el, err).bytes()]);
                                 }
                             }
@@ -320,7 +333,10 @@ impl Pep {
         if !pep::is_pubsub(&payload.name, &payload.ns) {
             return false;
         }
-        let requester = el.from().map(|f| bare_key(f).into_owned()).unwrap_or_default();
+        let requester = el
+            .from()
+            .map(|f| bare_key(f).into_owned())
+            .unwrap_or_default();
         let Some(subscribed) = shard
             .local
             .roster
@@ -332,7 +348,11 @@ impl Pep {
         let reply = |e: Element| shard.route(e);
         match parse_request(&payload, el.type_() == Some("set"), max) {
             Err(e) => reply(pep_error(el, e)),
-            Ok(PepRequest::Items { node, max_items, ids }) => {
+            Ok(PepRequest::Items {
+                node,
+                max_items,
+                ids,
+            }) => {
                 let el = el.clone();
                 self.with_nodes(shard, bare, move |shard, nodes| {
                     let answer = match nodes.get(&node) {
@@ -345,7 +365,10 @@ impl Pep {
                     shard.route(answer);
                 });
             }
-            Ok(_) => reply(pep_error(el, PepError::new(StanzaCondition::Forbidden, None))),
+            Ok(_) => reply(pep_error(
+                el,
+                PepError::new(StanzaCondition::Forbidden, None),
+            )),
         }
         true
     }
@@ -460,7 +483,9 @@ impl Pep {
         let key = q.caps.node_ver();
         self.querying.borrow_mut().remove(&key);
         let nodes: Rc<[String]> = match (el.type_(), parse_disco_info(el)) {
-            (Some("result"), Some(info)) if verify(&q.caps, &info) => notify_nodes(&info.features).into(),
+            (Some("result"), Some(info)) if verify(&q.caps, &info) => {
+                notify_nodes(&info.features).into()
+            }
             (Some("result"), Some(_)) => {
                 warn!(%key, from = el.from(), "capabilities do not match their hash; no notifications");
                 Rc::from(Vec::new())
@@ -562,7 +587,9 @@ impl Pep {
             }
         }
         if !remote.is_empty() {
-            shard.local.fan_out(shard, stanza, remote.iter().map(String::as_str));
+            shard
+                .local
+                .fan_out(shard, stanza, remote.iter().map(String::as_str));
         }
     }
 }

@@ -134,11 +134,16 @@ mod tests {
                 s.pep_publish(&publish("nobody@a.test", "n", 1, "a", "<x/>")),
                 Err(StoreError::NoSuchUser("nobody@a.test".into()))
             );
-            s.pep_publish(&publish("alice@a.test", "n", 2, "a", "<a/>")).unwrap();
-            s.pep_publish(&publish("alice@a.test", "n", 2, "b", "<b/>")).unwrap();
-            s.pep_publish(&publish("alice@a.test", "n", 2, "a", "<a2/>")).unwrap();
-            s.pep_publish(&publish("alice@a.test", "n", 2, "c", "<c/>")).unwrap();
-            s.pep_publish(&publish("alice@a.test", "m", 1, "x", "<x/>")).unwrap();
+            s.pep_publish(&publish("alice@a.test", "n", 2, "a", "<a/>"))
+                .unwrap();
+            s.pep_publish(&publish("alice@a.test", "n", 2, "b", "<b/>"))
+                .unwrap();
+            s.pep_publish(&publish("alice@a.test", "n", 2, "a", "<a2/>"))
+                .unwrap();
+            s.pep_publish(&publish("alice@a.test", "n", 2, "c", "<c/>"))
+                .unwrap();
+            s.pep_publish(&publish("alice@a.test", "m", 1, "x", "<x/>"))
+                .unwrap();
             assert!(s.pep_retract("alice@a.test", "m", "x").unwrap());
             assert!(!s.pep_retract("alice@a.test", "m", "x").unwrap());
         }
