@@ -250,17 +250,16 @@ fn pep_publish_notify_retrieve_and_persist() {
     let r = items_get(&mut dave, "alice@a.test", MOOD);
     assert_eq!(condition(&r).as_deref(), Some("not-authorized"), "{r}");
     assert!(r.contains("presence-subscription-required"), "{r}");
-    let open = format!(
+    let open =
         "<publish-options><x xmlns='jabber:x:data' type='submit'>\
          <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
-         <field var='pubsub#access_model'><value>open</value></field></x></publish-options>"
-    );
+         <field var='pubsub#access_model'><value>open</value></field></x></publish-options>";
     let r = publish(
         &mut alice,
         "urn:xmpp:omemo:2:devices",
         "current",
         "<devices xmlns='urn:xmpp:omemo:2'><device id='12345'/></devices>",
-        &open,
+        open,
     );
     assert_eq!(attr(&r, "type").as_deref(), Some("result"), "{r}");
     let r = items_get(&mut dave, "alice@a.test", "urn:xmpp:omemo:2:devices");

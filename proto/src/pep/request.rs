@@ -365,11 +365,14 @@ mod tests {
         );
     }
 
+    /// The kind of request, or the error (condition, pubsub error name).
+    type Expected = Result<&'static str, (StanzaCondition, Option<&'static str>)>;
+
     #[test]
     fn requests_table() {
         use StanzaCondition::*;
         // (inner xml, is_set, Ok(kind) or Err((condition, pubsub error name)))
-        let table: &[(&str, bool, Result<&str, (StanzaCondition, Option<&str>)>)] = &[
+        let table: &[(&str, bool, Expected)] = &[
             ("<publish node='n'><item>{MOOD}</item></publish>", true, Ok("publish")),
             ("<publish node='n'><item>{MOOD}</item></publish>", false, Err((BadRequest, None))),
             ("<publish><item>{MOOD}</item></publish>", true, Err((BadRequest, Some("nodeid-required")))),
