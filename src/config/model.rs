@@ -315,8 +315,9 @@ pub struct C2sSection {
     /// key `c2s.pep_max_items_limit`; default 100; 1 to 10000.
     pub pep_max_items_limit: usize,
     /// Largest PEP item payload, in bytes as serialised, key `c2s.pep_max_item_bytes`;
-    /// default 65536; 1 to `c2s.max_stanza_size`. A bigger one is refused with
-    /// `not-acceptable` `<payload-too-big/>` (XEP-0060 §7.1.3.x).
+    /// default 65536; 1 to [`MAX_STANZA_SIZE`] (the stanza carrying it is bounded by
+    /// `c2s.max_stanza_size` anyway). A bigger one is refused with `not-acceptable`
+    /// `<payload-too-big/>` (XEP-0060 §7.1.3.x).
     pub pep_max_item_bytes: usize,
 }
 

@@ -304,7 +304,7 @@ impl Config {
             "c2s.pep_max_item_bytes",
             c.pep_max_item_bytes,
             1,
-            c.max_stanza_size,
+            MAX_STANZA_SIZE,
         )?;
         if c.send_queue_bytes < c.max_stanza_size {
             return Err(invalid(
