@@ -10,10 +10,12 @@
 //! - Items retrieval by the owner and by a contact; a non-contact gets `not-authorized`
 //!   (`presence-subscription-required`) under the `presence` model and the item under
 //!   `open`; unimplemented requests get `feature-not-implemented`.
+//! - A retraction with `notify` reaches bob; the item limit (`c2s.pep_max_items`, 1)
+//!   keeps only the newest item.
 //! - bob logging in again gets the last items on presence; after a server restart the
 //!   items are still there (and the caps asked again).
 //!
-//! Each test owns the loopback range `127.0.N.0/24`, N = 234..=235.
+//! The test owns the loopback range `127.0.234.0/24`.
 
 #[path = "common/c2s_client.rs"]
 mod c2s_client;
@@ -292,6 +294,37 @@ fn pep_publish_notify_retrieve_and_persist() {
     bob.send(&format!("<iq type='set' to='alice@a.test' id='{id}'><pubsub xmlns='{PUBSUB}'><publish node='{MOOD}'><item>{MOOD_ITEM}</item></publish></pubsub></iq>"));
     let r = bob.expect_iq_answer(&id);
     assert_eq!(condition(&r).as_deref(), Some("forbidden"), "{r}");
+
+    // A retraction with notify (XEP-0060 §7.2.2.1) reaches bob; the item is gone.
+    let r = publish(
+        &mut alice,
+        MOOD,
+        "old",
+        "<mood xmlns='http://jabber.org/protocol/mood'><sad/></mood>",
+        "",
+    );
+    assert_eq!(attr(&r, "type").as_deref(), Some("result"), "{r}");
+    expect_event(&mut bob, "alice@a.test", MOOD, "<sad/>");
+    let r = alice.iq(
+        "set",
+        &format!("<pubsub xmlns='{PUBSUB}'><retract node='{MOOD}' notify='true'><item id='old'/></retract></pubsub>"),
+    );
+    assert_eq!(attr(&r, "type").as_deref(), Some("result"), "{r}");
+    let m = bob.expect("the retraction", |x| {
+        is_event(x, MOOD) && x.contains("<retract")
+    });
+    assert!(m.contains("id='old'") || m.contains("id=\"old\""), "{m}");
+    let r = alice.iq(
+        "set",
+        &format!(
+            "<pubsub xmlns='{PUBSUB}'><retract node='{MOOD}'><item id='old'/></retract></pubsub>"
+        ),
+    );
+    assert_eq!(condition(&r).as_deref(), Some("item-not-found"), "{r}");
+    // The mood node kept one item (c2s.pep_max_items = 1): publish "current" again.
+    let r = publish(&mut alice, MOOD, "current", MOOD_ITEM, "");
+    assert_eq!(attr(&r, "type").as_deref(), Some("result"), "{r}");
+    expect_event(&mut bob, "alice@a.test", MOOD, "release day");
 
     // bob again, later: the last items on presence (caps known, no query).
     bob.close();

@@ -74,8 +74,6 @@ pub enum PubsubError {
     PayloadTooBig,
     /// `<presence-subscription-required/>` (access model `presence`, XEP-0060 §6.5.9.x).
     PresenceSubscriptionRequired,
-    /// `<precondition-not-met/>` (publish options that contradict the node, §7.1.5).
-    PreconditionNotMet,
 }
 
 impl PubsubError {
@@ -88,7 +86,6 @@ impl PubsubError {
             PubsubError::InvalidPayload => "invalid-payload",
             PubsubError::PayloadTooBig => "payload-too-big",
             PubsubError::PresenceSubscriptionRequired => "presence-subscription-required",
-            PubsubError::PreconditionNotMet => "precondition-not-met",
         }
     }
 }
@@ -293,7 +290,10 @@ fn publish_options(po: &Node) -> Result<PublishOptions, PepError> {
 }
 
 /// Serialises `n` (an element of a parsed tree) as XML, declaring its namespace where it
-/// differs from `parent_ns`; attribute and text values escaped.
+/// differs from `parent_ns`; attribute and text values escaped. The tree keeps an
+/// element's character data as one string, so mixed content comes out with the text
+/// before the child elements (no PEP payload in use mixes them); prefixed attributes
+/// other than `xml:` ones lose their namespace declaration.
 pub(super) fn write_node(n: &Node, parent_ns: &str, out: &mut String) {
     use crate::xml::{escape_attr, escape_text};
     out.push('<');

@@ -127,51 +127,70 @@ impl Pep {
             return;
         }
         let user = user.to_owned();
+        // A known user's later stanzas wait for the load (RFC 6120 §10.1 in-order
+        // processing); a user known now stays known while it is held.
+        let held = shard.local.users.borrow().contains_key(&user);
+        if held {
+            shard.local.users.hold(&user);
+        }
         shard.local.store.submit(
             shard,
             Op::PepNodes { user: user.clone() },
             Box::new(move |shard, result| {
-                let pep = &shard.local.pep;
-                let stored = match result {
-                    Ok(Outcome::PepNodes(n)) => n,
-                    Err(StoreError::NoSuchUser(_)) => return,
-                    other => {
-                        warn!(%user, ?other, "loading PEP nodes failed");
-                        return;
-                    }
-                };
-                let loaded = {
-                    let mut users = pep.users.borrow_mut();
-                    let u = users.entry(user.clone()).or_default();
-                    if u.nodes.is_none() {
-                        let nodes = stored
-                            .into_iter()
-                            .map(|s| {
-                                let access =
-                                    AccessModel::parse(&s.access_model).unwrap_or_default();
-                                let mut n = PepNode::new(access, s.max_items as usize);
-                                n.items = s.items.into_iter().collect();
-                                (s.node, n)
-                            })
-                            .collect();
-                        u.nodes = Some(nodes);
-                    }
-                    u.nodes.take()
-                };
-                if let Some(mut nodes) = loaded {
-                    f(shard, &mut nodes);
-                    pep.users
-                        .borrow_mut()
-                        .entry(user.clone())
-                        .or_default()
-                        .nodes = Some(nodes);
-                }
-                // An offline user's nodes are not kept.
-                if !shard.local.users.borrow().contains_key(&user) {
-                    pep.forget(&user);
+                Self::loaded(shard, &user, result, f);
+                if held {
+                    shard.local.users.release(shard, &user);
                 }
             }),
         );
+    }
+
+    /// The store's answer to a load of `user`'s nodes: installed unless loaded meanwhile,
+    /// then `f` runs on them.
+    fn loaded(
+        shard: &Shard,
+        user: &str,
+        result: Result<Outcome, StoreError>,
+        f: impl FnOnce(&Shard, &mut Nodes),
+    ) {
+        let pep = &shard.local.pep;
+        let stored = match result {
+            Ok(Outcome::PepNodes(n)) => n,
+            Err(StoreError::NoSuchUser(_)) => return,
+            other => {
+                warn!(%user, ?other, "loading PEP nodes failed");
+                return;
+            }
+        };
+        let loaded = {
+            let mut users = pep.users.borrow_mut();
+            let u = users.entry(user.to_owned()).or_default();
+            if u.nodes.is_none() {
+                let nodes = stored
+                    .into_iter()
+                    .map(|s| {
+                        let access = AccessModel::parse(&s.access_model).unwrap_or_default();
+                        let mut n = PepNode::new(access, s.max_items as usize);
+                        n.items = s.items.into_iter().collect();
+                        (s.node, n)
+                    })
+                    .collect();
+                u.nodes = Some(nodes);
+            }
+            u.nodes.take()
+        };
+        if let Some(mut nodes) = loaded {
+            f(shard, &mut nodes);
+            pep.users
+                .borrow_mut()
+                .entry(user.to_owned())
+                .or_default()
+                .nodes = Some(nodes);
+        }
+        // An offline user's nodes are not kept.
+        if !shard.local.users.borrow().contains_key(user) {
+            pep.forget(user);
+        }
     }
 
     /// A `<pubsub/>` request (`payload`) from one of the account's own sessions.
