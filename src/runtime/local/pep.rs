@@ -25,14 +25,17 @@
 //!   full JID; remote ones share one serialisation ([`SharedStanza`]) fanned out like
 //!   presence, one queued reference per recipient.
 //!
-//! Bounds: [`CAPS_CACHE`] capabilities sets per shard, [`CAPS_QUERIES`] queries in
-//! flight (the oldest forgotten beyond), contact resources per user as many as the
-//! roster's contacts have sessions.
+//! Bounds: [`MAX_NODES`] nodes per account and `c2s.pep_max_items_limit` items per node;
+//! [`CAPS_CACHE`] capabilities sets per shard, [`CAPS_QUERIES`] queries in flight (the
+//! oldest forgotten beyond), each waited for [`CAPS_QUERY_TIMEOUT`] before the next
+//! resource with that `ver` is asked; contact resources per user as many as the roster's
+//! contacts have sessions.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use tracing::{debug, warn};
@@ -60,6 +63,12 @@ pub(super) const CAPS_CACHE: usize = 4096;
 /// `disco#info` queries for capabilities a shard has in flight; beyond, the oldest is
 /// forgotten (its answer is then ignored).
 pub(super) const CAPS_QUERIES: usize = 1024;
+/// How long a capabilities query is waited for before the next resource with the same
+/// caps is asked instead (a client that never answers does not block its `ver`).
+pub(super) const CAPS_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most nodes one account may have; a publish that would create one more is refused
+/// with `resource-constraint`.
+pub(super) const MAX_NODES: usize = 1000;
 /// The `id` prefix of the capabilities queries, by which their answers are recognised.
 const QUERY_PREFIX: &str = "pepcaps-";
 
@@ -80,6 +89,9 @@ struct CapsQuery {
     caps: Caps,
     /// `(user, contact full JID)` to send last items to once the answer is in.
     waiting: Vec<(String, String)>,
+    /// When it was sent: past [`CAPS_QUERY_TIMEOUT`], the next resource with the same
+    /// caps is asked instead.
+    sent: Instant,
 }
 
 /// The PEP behaviour and state of a shard.
@@ -237,6 +249,11 @@ impl Pep {
                 let id =
                     id.unwrap_or_else(|| format!("{:016x}", shard.rng.borrow_mut().next_u64()));
                 self.with_nodes(shard, bare, move |shard, nodes| {
+                    if nodes.len() >= MAX_NODES && !nodes.contains_key(&node) {
+                        let err = PepError::new(StanzaCondition::ResourceConstraint, None);
+                        send_to(&conn, &[pep_error(&el, err).bytes()]);
+                        return;
+                    }
                     let n = nodes.entry(node.clone()).or_insert_with(|| {
                         PepNode::new(
                             options.access_model.unwrap_or_default(),
@@ -450,14 +467,21 @@ impl Pep {
     /// Sends (or joins) the `disco#info` query for `key` (XEP-0115 §6.2), from the
     /// account's bare JID to the contact's resource.
     fn ask_caps(&self, shard: &Shard, bare: &str, full: &str, caps: Caps, key: String) {
-        let waiter = (bare.to_owned(), full.to_owned());
+        let mut waiting = vec![(bare.to_owned(), full.to_owned())];
         let in_flight = self.querying.borrow().get(&key).copied();
         if let Some(n) = in_flight {
-            if let Some(q) = self.queries.borrow_mut().get_mut(&n) {
-                if q.waiting.len() < CAPS_QUERIES {
-                    q.waiting.push(waiter);
+            let mut queries = self.queries.borrow_mut();
+            if let Some(q) = queries.get_mut(&n) {
+                if q.sent.elapsed() < CAPS_QUERY_TIMEOUT {
+                    if q.waiting.len() < CAPS_QUERIES {
+                        q.waiting.append(&mut waiting);
+                    }
+                    return;
                 }
-                return;
+                // Unanswered for too long: this resource is asked; all wait for it.
+                if let Some(old) = queries.remove(&n) {
+                    waiting.extend(old.waiting.into_iter().take(CAPS_QUERIES));
+                }
             }
         }
         let n = self.next_query.get();
@@ -473,7 +497,8 @@ impl Pep {
                 n,
                 CapsQuery {
                     caps,
-                    waiting: vec![waiter],
+                    waiting,
+                    sent: Instant::now(),
                 },
             );
         }
@@ -484,9 +509,9 @@ impl Pep {
 
     /// An `iq` result or error to a local account: the answer to a capabilities query
     /// of this shard (handled, `true`) or not (`false`). A result that verifies
-    /// (XEP-0115 §5.4) is cached with its `+notify` nodes; one that does not, or an
-    /// error, is cached as wanting nothing. The resources that waited get their last
-    /// items.
+    /// (XEP-0115 §5.4) is cached with its `+notify` nodes and the resources that waited
+    /// get their last items; one that does not verify is cached as wanting nothing; an
+    /// error is not cached (the next resource with that `ver` is asked).
     pub(super) fn caps_answer(&self, shard: &Shard, el: &Element) -> bool {
         let Some(n) = el
             .id()
@@ -510,8 +535,13 @@ impl Pep {
                 Rc::from(Vec::new())
             }
             _ => {
-                debug!(%key, from = el.from(), "capabilities query failed");
-                Rc::from(Vec::new())
+                debug!(%key, from = el.from(), "capabilities query failed; asked again on the next presence");
+                for (user, full) in &q.waiting {
+                    if let Some(u) = self.users.borrow_mut().get_mut(user) {
+                        u.contacts.remove(full);
+                    }
+                }
+                return true;
             }
         };
         {
