@@ -6,7 +6,8 @@
 //!   (XEP-0115, a real `ver` hash) show `+notify` for both, receives both notifications;
 //!   carol, whose caps do not, receives none (shown by a marker message from alice that
 //!   had to arrive after them).
-//! - The server asks each new caps `ver` once, from alice's bare JID, with `node#ver`.
+//! - The server asks each new caps `ver` once, from alice's bare JID, with `node#ver`; a
+//!   `ver` that does not match its answer's hash (XEP-0115 §5.4) gets no events.
 //! - Items retrieval by the owner and by a contact; a non-contact gets `not-authorized`
 //!   (`presence-subscription-required`) under the `presence` model and the item under
 //!   `open`; unimplemented requests get `feature-not-implemented`.
@@ -132,6 +133,19 @@ fn befriend(a: &mut Client, a_bare: &str, b: &mut Client, b_bare: &str) {
     }
 }
 
+/// A message from `from` to `to`'s account, awaited: what `from`'s shard sent to `to`'s
+/// before it (a caps answer) has been handled there (one inbox, in order).
+fn barrier(from: &mut Client, to: &mut Client, id: &str) {
+    let to_bare = to.jid.clone().expect("bound");
+    let to_bare = to_bare.split('/').next().unwrap_or_default().to_owned();
+    from.send(&format!(
+        "<message type='chat' to='{to_bare}' id='{id}'><body>barrier</body></message>"
+    ));
+    to.expect("the barrier", |x| {
+        is_stanza(x, "message") && attr(x, "id").as_deref() == Some(id)
+    });
+}
+
 fn login(t: &Target, user: &str, resource: &str) -> Client {
     let mut c = Client::login(t, user, PASSWORD, Some(resource));
     c.roster_get();
@@ -202,6 +216,7 @@ fn pep_publish_notify_retrieve_and_persist() {
     answer_caps_query(&mut bob, "alice@a.test", &bob_caps);
     carol.send(&caps_presence(&carol_caps));
     answer_caps_query(&mut carol, "alice@a.test", &carol_caps);
+    barrier(&mut carol, &mut alice, "b1");
 
     // The account advertises PEP.
     let info = alice.iq("get", &format!("<query xmlns='{DISCO_INFO}'/>"));
@@ -236,6 +251,27 @@ fn pep_publish_notify_retrieve_and_persist() {
     });
     let events = carol.take_buffered(|x| is_event(x, MOOD) || is_event(x, AVATAR_META));
     assert!(events.is_empty(), "carol has no +notify: {events:?}");
+
+    // carol's client claims +notify under a `ver` that does not hash to what it answers
+    // (XEP-0115 §5.4): still no events.
+    let forged = ClientCaps {
+        ver: "bm90IGEgcmVhbCBoYXNoIGF0IGFsbCE=".into(),
+        ..client_caps(&["http://jabber.org/protocol/mood+notify"])
+    };
+    carol.send(&caps_presence(&forged));
+    answer_caps_query(&mut carol, "alice@a.test", &forged);
+    barrier(&mut carol, &mut alice, "b2");
+    let r = publish(&mut alice, MOOD, "current", MOOD_ITEM, "");
+    assert_eq!(attr(&r, "type").as_deref(), Some("result"), "{r}");
+    expect_event(&mut bob, "alice@a.test", MOOD, "release day");
+    alice.send(
+        "<message type='chat' to='carol@a.test/tablet' id='marker2'><body>marker</body></message>",
+    );
+    carol.expect("the second marker", |x| {
+        is_stanza(x, "message") && attr(x, "id").as_deref() == Some("marker2")
+    });
+    let events = carol.take_buffered(|x| is_event(x, MOOD));
+    assert!(events.is_empty(), "carol's caps do not verify: {events:?}");
 
     // Retrieval: the owner, a contact; a non-contact under `presence`, then `open`.
     let r = alice.iq(
