@@ -155,6 +155,14 @@ pub fn pep_over_s2s(k: u8) {
     answer_caps_query(&mut jdoe, &cup_bare, &notify);
     jroe.send(&caps_presence(&silent));
     answer_caps_query(&mut jroe, &cup_bare, &silent);
+    // A message after the answer, over the same S2S stream: once cupuser1 has it, the
+    // answer has been handled.
+    jroe.send(&format!(
+        "<message type='chat' to='{cup_bare}' id='barrier'><body>b</body></message>"
+    ));
+    cup.expect("jroe1's barrier", |x| {
+        is_stanza(x, "message") && attr(x, "id").as_deref() == Some("barrier")
+    });
     // Same caps as jdoe's: known already, or waiting for jdoe's answer; not asked again.
     bob.send(&caps_presence(&notify));
 
