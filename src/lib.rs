@@ -76,14 +76,17 @@
 // The protocol core lives in its own crate (no I/O, no clock, no threads); re-exported so
 // that `fedrouter::xml`, `fedrouter::stream` … name the same items as before.
 pub use fedrouter_proto::{
-    condition, dialback, jid, pep, presence, service, srv, stanza, stream, xml,
+    blocking, carbons, condition, csi, dialback, jid, offline, pep, presence, register, service,
+    srv, stanza, stream, version, xml,
 };
 
+pub mod auth;
 pub mod check;
 pub mod config;
 pub mod dns;
 pub mod logging;
 pub mod metrics;
+pub mod pie;
 pub mod router;
 pub mod runtime;
 pub mod store;

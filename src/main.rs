@@ -1,4 +1,5 @@
-//! The `fedrouter` binary: `serve`, `ping`, `check` and `user` subcommands.
+//! The `fedrouter` binary: `serve`, `ping`, `check`, `status`, `user`, `import` and `export`
+//! subcommands.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -85,6 +86,26 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: UserAction,
+    },
+    /// Import users, their SCRAM credentials and rosters from XEP-0227 files (Prosody's
+    /// `prosody-migrator` xep0227 output, ejabberd's `ejabberdctl export_piefxis`): a
+    /// file, or every `*.xml` of a folder. Each user in one transaction; importing again
+    /// changes nothing. Prints a summary; exits 1 when an entry was skipped.
+    Import {
+        /// A XEP-0227 file or a folder of them.
+        path: PathBuf,
+        /// Configuration file (TOML), for `domains` and `data_dir`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Export the users, credentials and rosters of this server's domains as XEP-0227
+    /// files, one `<domain>.xml` per domain, into a folder (created if needed).
+    Export {
+        /// The folder to write into.
+        dir: PathBuf,
+        /// Configuration file (TOML), for `domains` and `data_dir`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -429,6 +450,67 @@ fn user(config: Option<&Path>, action: UserAction) -> ExitCode {
     }
 }
 
+/// Opens the store of the configuration at `path` (creating `data_dir` if needed).
+fn open_store(
+    path: Option<&Path>,
+) -> Result<(Config, fedrouter::store::sqlite::SqliteStore), ExitCode> {
+    let config = load_config(path)?;
+    let fail = |msg: String| {
+        eprintln!("fedrouter: {msg}");
+        ExitCode::FAILURE
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| fail(format!("{}: {e}", config.data_dir.display())))?;
+    refuse_root_in_service_dir(&config.data_dir).map_err(fail)?;
+    let db = config.data_dir.join(fedrouter::store::DB_FILE);
+    let store = fedrouter::store::sqlite::SqliteStore::open(&db)
+        .map_err(|e| fail(format!("{}: {e}", db.display())))?;
+    Ok((config, store))
+}
+
+/// `fedrouter import FILE|DIR`: the summary on stdout; 1 when an entry was skipped.
+fn import(path: &Path, config: Option<&Path>) -> ExitCode {
+    let (config, mut store) = match open_store(config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let docs = match fedrouter::pie::import::load(path) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("fedrouter: import: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let summary =
+        fedrouter::pie::import::import(&mut store, &docs, &config.domains, &mut rand::rng());
+    print!("{}", summary.text());
+    if summary.has_errors() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `fedrouter export DIR`: one line per file written.
+fn export(dir: &Path, config: Option<&Path>) -> ExitCode {
+    let (config, mut store) = match open_store(config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match fedrouter::pie::export::export(&mut store, dir, &config.domains) {
+        Ok(written) => {
+            for (path, users) in written {
+                println!("{}: {users} users", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fedrouter: export: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -446,6 +528,8 @@ fn main() -> ExitCode {
             json,
         } => check(domain.as_deref(), from.as_deref(), config.as_deref(), json),
         Command::User { config, action } => user(config.as_deref(), action),
+        Command::Import { path, config } => import(&path, config.as_deref()),
+        Command::Export { dir, config } => export(&dir, config.as_deref()),
         Command::Status {
             config,
             admin,
@@ -542,5 +626,29 @@ fn status(config: Option<&Path>, admin: Option<SocketAddr>, json: bool) -> ExitC
             );
         }
     }
+    print_directory(admin);
     ExitCode::SUCCESS
+}
+
+/// `fedrouter status`'s last line with `auth.backend = "ldap"`: the directory's state
+/// (`GET /status/directory`); nothing for the internal backend.
+fn print_directory(admin: SocketAddr) {
+    let v: serde_json::Value = match fedrouter::runtime::directory_status_via_admin(admin)
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("fedrouter: directory state unknown: {e}");
+            return;
+        }
+    };
+    if v["backend"] != "ldap" {
+        return;
+    }
+    let state = v["state"].as_str().unwrap_or("unknown");
+    let for_s = v["for_s"].as_f64().unwrap_or(0.0);
+    match v["error"].as_str() {
+        Some(e) => println!("\nDIRECTORY ldap: {state} for {for_s:.0}s: {e}"),
+        None => println!("\nDIRECTORY ldap: {state} for {for_s:.0}s"),
+    }
 }

@@ -32,17 +32,21 @@ pub enum Latency {
     Negotiation,
     /// A roster change from submission to the store to its durable commit being answered.
     StoreCommit,
+    /// A stanza on an outbound S2S stream from its bytes entering the stream to the
+    /// peer's XEP-0198 acknowledgement covering it.
+    SmAck,
 }
 
 impl Latency {
     /// All of them, in export order.
-    pub const ALL: [Latency; 6] = [
+    pub const ALL: [Latency; 7] = [
         Latency::Routing,
         Latency::Handoff,
         Latency::Dns,
         Latency::Connect,
         Latency::Negotiation,
         Latency::StoreCommit,
+        Latency::SmAck,
     ];
 
     /// The metric family name (`fedrouter_<name>_seconds`) and its `.hgrm` name.
@@ -54,6 +58,7 @@ impl Latency {
             Latency::Connect => "s2s_connect",
             Latency::Negotiation => "s2s_negotiation",
             Latency::StoreCommit => "store_commit",
+            Latency::SmAck => "s2s_ack_latency",
         }
     }
 
@@ -68,6 +73,9 @@ impl Latency {
                 "Outbound S2S stream set-up time, TCP connected to authenticated."
             }
             Latency::StoreCommit => "Roster change time from submission to durable commit.",
+            Latency::SmAck => {
+                "Outbound S2S stanza time from written into the stream to acknowledged by the peer (XEP-0198)."
+            }
         }
     }
 
@@ -167,6 +175,10 @@ impl Default for Metrics {
 /// The counter families: name and help.
 const COUNTER_HELP: &[(&str, &str)] = &[
     (
+        "directory_checks",
+        "C2S password checks answered by the LDAP directory (auth.backend = ldap), by result: accepted, accepted_cached, rejected, unavailable, busy (queue full).",
+    ),
+    (
         "stanzas",
         "Stanzas received (dir=*_in) and sent (dir=*_out) by kind.",
     ),
@@ -207,6 +219,18 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "Streams closed because their socket accepted no byte for the write-stall timeout, by protocol.",
     ),
     (
+        "offline_stored",
+        "Messages stored offline (XEP-0160) for a local user with no available resource, counted once committed.",
+    ),
+    (
+        "offline_delivered",
+        "Stored offline messages (XEP-0160) handed to a user's session at its available presence.",
+    ),
+    (
+        "offline_refused",
+        "Messages for a user with no available resource refused instead of stored offline, by cause (disabled, full, no_such_user, store_error; chat_states_only: dropped, not answered).",
+    ),
+    (
         "reads_paused_ms",
         "Milliseconds stream readers spent paused waiting for room in the cross-shard inboxes or the store, by protocol.",
     ),
@@ -214,6 +238,14 @@ const COUNTER_HELP: &[(&str, &str)] = &[
 
 /// The gauge families: name and help.
 const GAUGE_HELP: &[(&str, &str)] = &[
+    (
+        "directory_up",
+        "Whether the LDAP directory (auth.backend = ldap) answered the last check or probe: 1 up, 0 unreachable or not asked yet.",
+    ),
+    (
+        "directory_state_seconds",
+        "Seconds the LDAP directory has been in its current state (label state: up, unreachable or unknown).",
+    ),
     ("streams", "Open streams by protocol, direction and state."),
     ("queue_depth", "Items waiting, by queue."),
     (

@@ -84,6 +84,7 @@ fn happy_path(hash: ScramHash, chunk: usize) -> Harness {
          <session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>\
          <ver xmlns='urn:xmpp:features:rosterver'/>\
          <sub xmlns='urn:xmpp:features:pre-approval'/>\
+         <csi xmlns='urn:xmpp:csi:0'/>\
          </stream:features>"
     );
     h.request_bind("bind_1", Some("balcony"));

@@ -143,6 +143,7 @@ max_resources = 4
 pep_max_items = 2
 pep_max_items_limit = 50
 pep_max_item_bytes = 10000
+max_offline_messages = 7
 
 [store]
 durability = "crash"
@@ -258,6 +259,7 @@ fn full_file_sets_every_key() {
         ),
         (2, 20000, 50, 4)
     );
+    assert_eq!(cc.max_offline_messages, 7);
     assert_eq!(
         (
             cc.pep_max_items,
@@ -395,6 +397,18 @@ fn each_validation_error_names_its_key() {
         "c2s.pep_max_items_limit",
     );
     invalid_for("[c2s]\npep_max_item_bytes = 0\n", "c2s.pep_max_item_bytes");
+    let m = invalid_for(
+        "[c2s]\nmax_offline_messages = 100001\n",
+        "c2s.max_offline_messages",
+    );
+    assert_eq!(
+        m,
+        "c2s.max_offline_messages: must be between 0 and 100000, got 100001"
+    );
+    // A negative count is not a u32: toml's parse error names the key.
+    let err = Config::from_toml_str("[c2s]\nmax_offline_messages = -1\n").unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    assert!(err.to_string().contains("max_offline_messages"), "{err}");
     invalid_for("[store]\nmax_batch = 0\n", "store.max_batch");
     invalid_for("[store]\nqueue = 0\n", "store.queue");
     let m = invalid_for(

@@ -46,6 +46,9 @@ enum Want {
     Sub(SubType),
     /// Answered as a probe (§4.3.2).
     Probe,
+    /// Stored offline for later delivery (§8.5.2.2.1, XEP-0160); `service-unavailable`
+    /// when storage is off, the user's store is full, or there is no such user.
+    Offline,
 }
 use Want::*;
 
@@ -111,7 +114,8 @@ fn check(rows: &[Row]) -> usize {
             (Bounce(c), Delivery::Reply(g)) => assert_eq!(g, &c, "{ctx}"),
             (Ignore, Delivery::Ignore)
             | (Lost, Delivery::UndeliverableError)
-            | (Probe, Delivery::Probe) => {}
+            | (Probe, Delivery::Probe)
+            | (Offline, Delivery::Offline) => {}
             (Sub(t), Delivery::Subscription(g)) => assert_eq!(g, &t, "{ctx}"),
             _ => panic!("{ctx}: want {want:?}"),
         }
@@ -127,18 +131,18 @@ const S8_5_2_1_1_MESSAGE: &[Row] = &[
     ("§8.5.2.1.1", "message normal",    BARE, "home:5 work:1",         To(&["home"]),             "most available: the highest priority"),
     ("§8.5.2.1.1", "message normal",    BARE, "home:5 work:5 phone:1", To(&["home", "work"]),     "equal highest priorities: each of them"),
     ("§8.5.2.1.1", "message normal",    BARE, "phone:-1 home:0",       To(&["home"]),             "a negative priority takes no bare-JID message"),
-    ("§8.5.2.1.1", "message normal",    BARE, "phone:-1",              Bounce(ServiceUnavailable), "all negative: no offline storage, so the error"),
-    ("§8.5.2.1.1", "message normal",    BARE, "phone:-1 work:-5",      Bounce(ServiceUnavailable), "all negative, several"),
+    ("§8.5.2.1.1", "message normal",    BARE, "phone:-1",              Offline,                   "all negative: as if none available (§8.5.2.2.1): stored, XEP-0160"),
+    ("§8.5.2.1.1", "message normal",    BARE, "phone:-1 work:-5",      Offline,                   "all negative, several: stored, XEP-0160"),
     ("§8.5.2.1.1", "message",           BARE, "home:1 work:2",         To(&["work"]),             "no type is normal (§5.2.2)"),
     ("§8.5.2.1.1", "message weird",     BARE, "home:1 work:2",         To(&["work"]),             "an unknown type is normal (§5.2.2)"),
     // chat
     ("§8.5.2.1.1", "message chat",      BARE, "home:0",                To(&["home"]),             "the only resource, non-negative"),
     ("§8.5.2.1.1", "message chat",      BARE, "home:1 work:3",         To(&["work"]),             "most available: the highest priority"),
     ("§8.5.2.1.1", "message chat",      BARE, "home:2 work:2",         To(&["home", "work"]),     "equal priorities: both"),
-    ("§8.5.2.1.1", "message chat",      BARE, "home:-5",               Bounce(ServiceUnavailable), "the only resource negative: the error"),
+    ("§8.5.2.1.1", "message chat",      BARE, "home:-5",               Offline,                   "the only resource negative: stored, XEP-0160"),
     ("§8.5.2.1.1", "message chat",      BARE, "tv:off home:1",         To(&["home"]),             "a connected, unavailable resource is skipped"),
     ("§8.5.2.1.1", "message chat",      BARE, "old:9! home:1",         To(&["home"]),             "a stalled resource counts as unavailable"),
-    ("§8.5.2.1.1", "message chat",      BARE, "old:9!",                Bounce(ServiceUnavailable), "the only available resource is stalled"),
+    ("§8.5.2.1.1", "message chat",      BARE, "old:9!",                Offline,                   "the only available resource is stalled: stored, XEP-0160"),
     // groupchat
     ("§8.5.2.1.1", "message groupchat", BARE, "home:5",                Bounce(ServiceUnavailable), "MUST NOT deliver; SHOULD be service-unavailable"),
     ("§8.5.2.1.1", "message groupchat", BARE, "home:5 work:5",         Bounce(ServiceUnavailable), "several resources: refused all the same"),
@@ -155,13 +159,13 @@ const S8_5_2_1_1_MESSAGE: &[Row] = &[
 /// §8.5.2.2.1: a message to the bare JID with no available resource.
 #[rustfmt::skip]
 const S8_5_2_2_1_MESSAGE: &[Row] = &[
-    ("§8.5.2.2.1", "message normal",    BARE, NONE,     Bounce(ServiceUnavailable), "no offline storage: the error"),
-    ("§8.5.2.2.1", "message chat",      BARE, NONE,     Bounce(ServiceUnavailable), "no offline storage: the error"),
-    ("§8.5.2.2.1", "message chat",      BARE, "tv:off", Bounce(ServiceUnavailable), "connected but not available"),
-    ("§8.5.2.2.1", "message normal",    BARE, "old:3!", Bounce(ServiceUnavailable), "the only resource is stalled"),
-    ("§8.5.2.2.1", "message groupchat", BARE, NONE,     Bounce(ServiceUnavailable), "MUST return service-unavailable"),
-    ("§8.5.2.2.1", "message headline",  BARE, NONE,     Ignore,                    "MUST silently ignore"),
-    ("§8.5.2.2.1", "message error",     BARE, NONE,     Lost,                      "MUST silently ignore (counted)"),
+    ("§8.5.2.2.1", "message normal",    BARE, NONE,     Offline,                   "MUST store (XEP-0160 §3); service-unavailable when storage is off or full"),
+    ("§8.5.2.2.1", "message chat",      BARE, NONE,     Offline,                   "MUST store (XEP-0160 §3); service-unavailable when storage is off or full"),
+    ("§8.5.2.2.1", "message chat",      BARE, "tv:off", Offline,                   "connected but not available: stored"),
+    ("§8.5.2.2.1", "message normal",    BARE, "old:3!", Offline,                   "the only resource is stalled: stored"),
+    ("§8.5.2.2.1", "message groupchat", BARE, NONE,     Bounce(ServiceUnavailable), "MUST return service-unavailable; never stored (XEP-0160 §3)"),
+    ("§8.5.2.2.1", "message headline",  BARE, NONE,     Ignore,                    "MUST silently ignore; never stored (XEP-0160 §3)"),
+    ("§8.5.2.2.1", "message error",     BARE, NONE,     Lost,                      "MUST silently ignore (counted); never stored (XEP-0160 §3)"),
 ];
 
 /// §8.5.2.1.2, §8.5.2.2.2: presence to the bare JID.
@@ -218,11 +222,11 @@ const S8_5_3_1_MATCH: &[Row] = &[
 const S8_5_3_2_NO_MATCH: &[Row] = &[
     // §8.5.3.2.1 message
     ("§8.5.3.2.1", "message chat",         "/gone", "home:1 work:3", To(&["work"]),             "chat: as if to the bare JID"),
-    ("§8.5.3.2.1", "message chat",         "/gone", "home:-1",       Bounce(ServiceUnavailable), "chat, as bare JID: only negative"),
-    ("§8.5.3.2.1", "message chat",         "/gone", NONE,            Bounce(ServiceUnavailable), "chat, as bare JID: no resource"),
+    ("§8.5.3.2.1", "message chat",         "/gone", "home:-1",       Offline,                   "chat, as bare JID: only negative: stored"),
+    ("§8.5.3.2.1", "message chat",         "/gone", NONE,            Offline,                   "chat, as bare JID: no resource: stored"),
     ("§8.5.3.2.1", "message chat",         "/old",  "old:9! home:1", To(&["home"]),             "the named resource is stalled: no match"),
     ("§8.5.3.2.1", "message normal",       "/gone", "home:1",        To(&["home"]),             "RFC 6121: ignore or service-unavailable; fedrouter (RFC 3921, Prosody): as bare JID"),
-    ("§8.5.3.2.1", "message normal",       "/gone", NONE,            Bounce(ServiceUnavailable), "option (b): service-unavailable"),
+    ("§8.5.3.2.1", "message normal",       "/gone", NONE,            Offline,                   "RFC 6121: ignore or service-unavailable; fedrouter: as bare JID, stored"),
     ("§8.5.3.2.1", "message headline",     "/gone", "home:1 work:0", To(&["home", "work"]),     "RFC 6121: ignore or service-unavailable; fedrouter: as bare JID"),
     ("§8.5.3.2.1", "message headline",     "/gone", NONE,            Ignore,                    "option (a): ignored"),
     ("§8.5.3.2.1", "message groupchat",    "/gone", "home:1",        Bounce(ServiceUnavailable), "option (b): service-unavailable"),
@@ -251,8 +255,8 @@ const S8_5_3_2_NO_MATCH: &[Row] = &[
 const S8_5_1_NO_SUCH_USER: &[Row] = &[
     ("§8.5.1", "iq get",               BARE,   NONE, Bounce(ServiceUnavailable), "MUST return service-unavailable"),
     ("§8.5.1", "iq set",               "/res", NONE, Bounce(ServiceUnavailable), "MUST return service-unavailable"),
-    ("§8.5.1", "message normal",       BARE,   NONE, Bounce(ServiceUnavailable), "option (b): service-unavailable"),
-    ("§8.5.1", "message chat",         "/res", NONE, Bounce(ServiceUnavailable), "option (b): service-unavailable"),
+    ("§8.5.1", "message normal",       BARE,   NONE, Offline,                   "the store knows no such user: service-unavailable (option (b))"),
+    ("§8.5.1", "message chat",         "/res", NONE, Offline,                   "the store knows no such user: service-unavailable (option (b))"),
     ("§8.5.1", "message groupchat",    BARE,   NONE, Bounce(ServiceUnavailable), "option (b): service-unavailable"),
     ("§8.5.1", "message headline",     BARE,   NONE, Ignore,                    "option (a): ignored"),
     ("§8.5.1", "message error",        BARE,   NONE, Lost,                      "option (a): ignored (counted)"),
@@ -368,6 +372,10 @@ fn invariants_over_every_case() {
                         assert_ne!(kind, StanzaKind::Presence, "{ctx}");
                     }
                     Delivery::UndeliverableError => assert_eq!(type_, Some("error"), "{ctx}"),
+                    Delivery::Offline => {
+                        // XEP-0160 §3: only normal and chat messages are stored.
+                        assert!(matches!(st, "message" | "message chat"), "{ctx}");
+                    }
                     Delivery::Subscription(_) | Delivery::Probe => {
                         assert_eq!(kind, StanzaKind::Presence, "{ctx}")
                     }

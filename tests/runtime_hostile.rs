@@ -824,7 +824,7 @@ fn bounce_reaches_the_remote_sender() {
 /// kernel had taken before the reset are gone.)
 #[test]
 fn stanzas_in_flight_when_the_peer_resets_are_sent_again() {
-    const NET: u8 = 212;
+    const NET: u8 = 254;
     const N: usize = 300;
     let c_secret = DialbackSecret::new(b"c.test's dialback secret, 32 b!!");
     let fake = peer::FakeServer::start_with(

@@ -13,8 +13,25 @@
 //! `target/slixmpp-venv/bin/python` (made by `.ci/setup-slixmpp`). Without either the test
 //! FAILS: an interop test that skips itself proves nothing.
 //!
+//! The small services get a script each (`tests/slixmpp/services.py` is what they
+//! share), run against a fresh server of their own: `carbons.py` (XEP-0280 with slixmpp's
+//! xep_0280: `<received/>` and `<sent/>` copies to a second resource, `<private/>` not
+//! copied), `password_change.py` (XEP-0077 with xep_0077: the old password fails, the new
+//! one logs in, checked again here with a new login) and `blocking.py` (XEP-0191 with
+//! xep_0191: pushes, a blocked contact's message does not arrive before a marker, the
+//! refusal of outbound messages, unblock).
+//!
+//! `tests/slixmpp/offline.py` checks offline messages (XEP-0160) as slixmpp sees them:
+//! alice sends bob, who is offline, a `chat`, a `normal` and a `headline` message; once
+//! the server has stored two (its `offline_stored` counter), bob logs in and sends
+//! initial presence, and slixmpp's XEP-0203 plugin must read a delay stamp
+//! (`msg['delay']['stamp']`) from the server's domain on both stored messages, in order,
+//! and the headline must not come.
+//!
 //! Loopback range: `127.0.230.0/24` (server on `127.0.230.1`: C2S 5222, S2S 5269, admin
-//! 9269; nothing listens on the DNS address, nothing here needs DNS).
+//! 9269; nothing listens on the DNS address, nothing here needs DNS); the services'
+//! servers on `127.0.195.1`, `127.0.196.1` and `127.0.197.1`; the offline test's on
+//! `127.0.165.1`.
 
 #[path = "common/server.rs"]
 mod server;
@@ -49,18 +66,23 @@ const FLOW_TIMEOUT_S: u64 = 30;
 const SCRIPT_LIMIT: Duration = Duration::from_secs(FLOW_TIMEOUT_S + 30);
 
 fn toml() -> String {
+    toml_on(HOST)
+}
+
+/// The configuration of a one-domain server listening on `host`.
+fn toml_on(host: &str) -> String {
     format!(
         r#"domains = ["a.test"]
 shards = 2
 
 [listen]
-c2s = ["{HOST}:{C2S_PORT}"]
-s2s = ["{HOST}:5269"]
+c2s = ["{host}:{C2S_PORT}"]
+s2s = ["{host}:5269"]
 s2s_tls = []
-admin = "{HOST}:9269"
+admin = "{host}:9269"
 
 [dns]
-nameservers = ["{HOST}:5300"]
+nameservers = ["{host}:5300"]
 timeout = "2s"
 "#
     )
@@ -237,4 +259,260 @@ fn slixmpp_roster_subscription_presence_messages() {
         "stanzas delivered out of order (RFC 6120 §10.1 in-order processing)\n{}",
         context()
     );
+}
+
+/// Runs `tests/slixmpp/<script>` against `srv` (on `host`) with `args` after HOST PORT
+/// CA_CERT; returns its JSON line, failing with the script's output unless it passed.
+fn run_service_script(srv: &Fedrouter, host: &str, script: &str, args: &[&str]) -> Value {
+    let python = python();
+    let ca = srv.dir().join("data/certs/a.test.crt");
+    assert!(ca.exists(), "no generated certificate at {}", ca.display());
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/slixmpp")
+        .join(script);
+    let mut all: Vec<String> = vec![
+        path.display().to_string(),
+        host.into(),
+        C2S_PORT.to_string(),
+        ca.display().to_string(),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    all.extend([
+        "--timeout".into(),
+        FLOW_TIMEOUT_S.to_string(),
+        "--debug".into(),
+    ]);
+    let run = run_script(&python, &all, SCRIPT_LIMIT);
+    let line = run.stdout.lines().last().unwrap_or("").to_owned();
+    let context = || {
+        format!(
+            "exit: {}\nstdout:\n{}\nslixmpp debug log (stderr):\n{}",
+            run.status, run.stdout, run.stderr
+        )
+    };
+    let result: Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("{script}: the last line is not JSON ({e})\n{}", context()));
+    assert!(
+        run.status.success() && result["ok"] == true,
+        "{script} failed: {}\n{}",
+        result["error"],
+        context()
+    );
+    result
+}
+
+/// The steps a script reports, in order.
+fn steps(v: &Value) -> Vec<String> {
+    v["steps"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn slixmpp_carbons_to_a_second_resource() {
+    const H: &str = "127.0.195.1";
+    let srv = Fedrouter::start("a.test", &toml_on(H));
+    add_user(&srv.config_path(), ALICE, ALICE_PASSWORD);
+    add_user(&srv.config_path(), BOB, ALICE_PASSWORD);
+    let r = run_service_script(&srv, H, "carbons.py", &[ALICE, BOB, ALICE_PASSWORD]);
+    assert_eq!(
+        steps(&r),
+        [
+            "login",
+            "enabled",
+            "received_carbon",
+            "sent_carbon",
+            "private_not_copied"
+        ],
+        "{r}"
+    );
+    assert_eq!(
+        r["carbons"],
+        serde_json::json!({"received": ["to the phone", "marker"], "sent": ["from the phone"]}),
+        "{r}"
+    );
+}
+
+#[test]
+fn slixmpp_password_change() {
+    const H: &str = "127.0.196.1";
+    const NEW: &str = "a new & longer password";
+    let srv = Fedrouter::start("a.test", &toml_on(H));
+    add_user(&srv.config_path(), ALICE, ALICE_PASSWORD);
+    let r = run_service_script(&srv, H, "password_change.py", &[ALICE, ALICE_PASSWORD, NEW]);
+    assert_eq!(
+        steps(&r),
+        ["login", "changed", "old_refused", "new_accepted"],
+        "{r}"
+    );
+    // The store holds credentials for the new password only.
+    let mut store =
+        SqliteStore::open(srv.dir().join("data").join(DB_FILE)).expect("open the store");
+    let creds = store
+        .credentials(ALICE, fedrouter::store::ScramHash::Sha256)
+        .expect("read credentials")
+        .expect("alice has SCRAM-SHA-256 credentials");
+    let again = fedrouter::store::ScramCredentials::derive(
+        NEW,
+        creds.mechanism,
+        &creds.salt,
+        creds.iterations,
+    )
+    .expect("derive");
+    assert_eq!(
+        again, creds,
+        "the stored credentials are not the new password's"
+    );
+}
+
+#[test]
+fn slixmpp_blocking() {
+    const H: &str = "127.0.197.1";
+    const CAROL: &str = "carol@a.test";
+    let srv = Fedrouter::start("a.test", &toml_on(H));
+    for u in [ALICE, BOB, CAROL] {
+        add_user(&srv.config_path(), u, ALICE_PASSWORD);
+    }
+    let r = run_service_script(&srv, H, "blocking.py", &[ALICE, BOB, CAROL, ALICE_PASSWORD]);
+    assert_eq!(
+        steps(&r),
+        [
+            "login",
+            "blocked",
+            "inbound_blocked",
+            "outbound_refused",
+            "unblocked"
+        ],
+        "{r}"
+    );
+    assert_eq!(r["blocklist"], serde_json::json!([BOB]), "{r}");
+    assert_eq!(
+        r["errors"],
+        serde_json::json!({
+            "bob": [["blocked-1", "service-unavailable"]],
+            "alice": [["to-blocked-1", "not-acceptable"]],
+        }),
+        "{r}"
+    );
+}
+
+/// Runs `tests/slixmpp/offline.py` with `args` (after the script path); returns its JSON
+/// result, failing with its output when it did not succeed.
+fn offline_phase(python: &Path, args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slixmpp/offline.py");
+    let mut all = vec![script.display().to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    all.extend([
+        "--timeout".into(),
+        FLOW_TIMEOUT_S.to_string(),
+        "--debug".into(),
+    ]);
+    let run = run_script(python, &all, SCRIPT_LIMIT);
+    let line = run.stdout.lines().last().unwrap_or("").to_owned();
+    let context = || {
+        format!(
+            "exit: {}\nstdout:\n{}\nslixmpp debug log (stderr):\n{}",
+            run.status, run.stdout, run.stderr
+        )
+    };
+    let result: Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("the script's last line is not JSON ({e})\n{}", context()));
+    assert!(
+        run.status.success() && result["ok"] == true,
+        "offline.py {} failed: {}\n{}",
+        args[0],
+        result["error"],
+        context()
+    );
+    result
+}
+
+#[test]
+fn slixmpp_offline_messages_with_delay_stamp() {
+    const OFFLINE_HOST: &str = "127.0.165.1";
+    let python = python();
+    let srv = Fedrouter::start("a.test", &toml_on(OFFLINE_HOST));
+    let config = srv.config_path();
+    add_user(&config, ALICE, ALICE_PASSWORD);
+    add_user(&config, BOB, BOB_PASSWORD);
+    let ca = srv.dir().join("data/certs/a.test.crt");
+    let ca = ca.display().to_string();
+    let port = C2S_PORT.to_string();
+    let before = std::time::SystemTime::now();
+
+    offline_phase(
+        &python,
+        &[
+            "send",
+            OFFLINE_HOST,
+            &port,
+            &ca,
+            ALICE,
+            ALICE_PASSWORD,
+            "--to",
+            BOB,
+        ],
+    );
+    // Both storable messages are committed (the counter counts commits).
+    let deadline = std::time::Instant::now() + Duration::from_secs(FLOW_TIMEOUT_S);
+    // Bounded: FLOW_TIMEOUT_S / 20 ms turns at most.
+    while srv.metric("fedrouter_offline_stored_total", &[]) != Some(2.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not store alice's two messages: {:?}",
+            srv.metric("fedrouter_offline_stored_total", &[])
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let r = offline_phase(
+        &python,
+        &[
+            "receive",
+            OFFLINE_HOST,
+            &port,
+            &ca,
+            BOB,
+            BOB_PASSWORD,
+            "--expect",
+            "2",
+        ],
+    );
+    let msgs = r["messages"].as_array().cloned().unwrap_or_default();
+    let ids: Vec<&str> = msgs.iter().filter_map(|m| m["id"].as_str()).collect();
+    assert_eq!(
+        ids,
+        ["off-chat", "off-normal"],
+        "stored messages in order, no headline: {r}"
+    );
+    for (m, (t, body)) in msgs.iter().zip([
+        ("chat", "stored chat \u{e9}\u{65e5} <&>"),
+        ("normal", "stored normal"),
+    ]) {
+        assert_eq!(m["from"], ALICE, "{r}");
+        assert_eq!(m["type"], t, "{r}");
+        assert_eq!(m["body"], body, "{r}");
+        assert_eq!(m["delay_from"], "a.test", "XEP-0203 from: {r}");
+        let stamp = m["delay_stamp"]
+            .as_str()
+            .unwrap_or_else(|| panic!("slixmpp saw no delay stamp: {r}"));
+        // slixmpp's isoformat() of an aware UTC datetime: 2026-12-06T16:04:05.123000+00:00
+        assert!(stamp.ends_with("+00:00"), "stamp not UTC: {stamp}: {r}");
+        let at = humantime::parse_rfc3339_weak(&stamp.replace("+00:00", "Z"))
+            .unwrap_or_else(|e| panic!("stamp {stamp}: {e}: {r}"));
+        let ms = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_millis()
+        };
+        assert!(
+            ms(at) >= ms(before),
+            "stamp {stamp} before the test started: {r}"
+        );
+    }
 }

@@ -1,4 +1,5 @@
-//! The durable store (`fedrouter::store`): SQLite round trips, roster versions, reopening,
+//! The durable store (`fedrouter::store`): SQLite round trips, roster versions, offline
+//! messages (XEP-0160: order, the per-user bound, delete, group commit), reopening,
 //! migrations, the storage thread's group commit, ordering and back-pressure, and
 //! durability of acknowledged changes across `kill -9` of the writing process.
 //!
@@ -18,7 +19,7 @@ use fedrouter::presence::{SubState, Subscription};
 use fedrouter::store::scram::{ScramCredentials, ScramHash};
 use fedrouter::store::sqlite::{Durability, SqliteStore, SCHEMA_VERSION};
 use fedrouter::store::{
-    Change, Op, Outcome, Reply, Roster, Store, StoreError, StoreHandle, StoredItem,
+    Change, OfflineMessage, Op, Outcome, Reply, Roster, Store, StoreError, StoreHandle, StoredItem,
 };
 use tokio::sync::Notify;
 
@@ -244,6 +245,184 @@ fn roster_apply_and_versions() {
     );
 }
 
+/// XEP-0191 block lists: block (idempotent), unblock some, unblock all, per user, kept
+/// across a reopen, gone with the user; through the storage thread too.
+#[test]
+fn blocklists_round_trip() {
+    use fedrouter::store::BlocklistChange::{Block, Unblock};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut s = SqliteStore::open(&path).unwrap();
+    s.add_user("a@d.example", &[]).unwrap();
+    s.add_user("b@d.example", &[]).unwrap();
+    let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(s.blocklist("a@d.example").unwrap(), v(&[]));
+    s.change_blocklist("a@d.example", &Block(v(&["x@e.example", "e.example"])))
+        .unwrap();
+    s.change_blocklist("a@d.example", &Block(v(&["x@e.example", "y@e.example/r"])))
+        .unwrap();
+    assert_eq!(
+        s.blocklist("a@d.example").unwrap(),
+        v(&["e.example", "x@e.example", "y@e.example/r"])
+    );
+    assert_eq!(s.blocklist("b@d.example").unwrap(), v(&[]));
+    s.change_blocklist(
+        "a@d.example",
+        &Unblock(v(&["e.example", "absent@e.example"])),
+    )
+    .unwrap();
+    drop(s);
+    let mut s = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        s.blocklist("a@d.example").unwrap(),
+        v(&["x@e.example", "y@e.example/r"])
+    );
+    s.change_blocklist("a@d.example", &Unblock(vec![])).unwrap();
+    assert_eq!(s.blocklist("a@d.example").unwrap(), v(&[]));
+    assert_eq!(
+        s.blocklist("nobody@d.example"),
+        Err(StoreError::NoSuchUser("nobody@d.example".into()))
+    );
+    assert_eq!(
+        s.change_blocklist("nobody@d.example", &Block(v(&["x@e.example"]))),
+        Err(StoreError::NoSuchUser("nobody@d.example".into()))
+    );
+    s.change_blocklist("b@d.example", &Block(v(&["x@e.example"])))
+        .unwrap();
+    assert!(s.remove_user("b@d.example").unwrap());
+    s.add_user("b@d.example", &[]).unwrap();
+    assert_eq!(
+        s.blocklist("b@d.example").unwrap(),
+        v(&[]),
+        "removed with the user"
+    );
+
+    let h = StoreHandle::spawn(Box::new(s), 8, 8);
+    let op = Op::ChangeBlocklist {
+        user: "a@d.example".into(),
+        change: Block(v(&["z@e.example"])),
+    };
+    assert_eq!(h.call(op), Ok(Outcome::Done));
+    let got = h.call(Op::Blocklist {
+        user: "a@d.example".into(),
+    });
+    assert_eq!(got, Ok(Outcome::Jids(v(&["z@e.example"]))));
+}
+
+fn append(user: &str, n: u64, max: u32) -> Change {
+    Change::AppendOffline {
+        user: user.into(),
+        stanza: format!("<message to='{user}' id='m{n}'><body>{n}</body></message>"),
+        received_ms: 1_796_400_000_000 + n,
+        max,
+    }
+}
+
+/// XEP-0160 storage: appends keep their order and do not touch the roster version, the
+/// per-user bound refuses the next one (nothing stored), a delete frees room, unknown
+/// users are refused, removing the user removes its messages, and in one group commit
+/// the bound counts what earlier groups of the same transaction stored.
+#[test]
+fn offline_messages_order_bound_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = SqliteStore::open_with(dir.path().join("db"), Durability::Crash).unwrap();
+    let (u, v) = ("bob@d.example", "carol@d.example");
+    s.add_user(u, &[]).unwrap();
+    s.add_user(v, &[]).unwrap();
+    assert_eq!(s.offline(u).unwrap(), vec![]);
+
+    let ids: Vec<u64> = (1..=3)
+        .map(|n| s.apply(&[append(u, n, 3)]).unwrap()[0])
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_eq!(
+        s.apply(&[append(u, 4, 3)]).unwrap_err(),
+        StoreError::OfflineFull(u.into())
+    );
+    // A larger bound lets it in; the bound is per user.
+    assert_eq!(s.apply(&[append(v, 9, 1)]).unwrap().len(), 1);
+    let stored = s.offline(u).unwrap();
+    assert_eq!(
+        stored.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids,
+        "{stored:?}"
+    );
+    assert_eq!(stored[0].received_ms, 1_796_400_000_001);
+    assert!(stored[2].stanza.contains("id='m3'"), "{stored:?}");
+    assert_eq!(
+        s.roster(u).unwrap().0,
+        0,
+        "offline appends bump no roster version"
+    );
+
+    // Delete up to the second: one left, room for two more.
+    assert_eq!(
+        s.apply(&[Change::DeleteOffline {
+            user: u.into(),
+            up_to: ids[1]
+        }])
+        .unwrap(),
+        [2]
+    );
+    assert_eq!(s.offline(u).unwrap().len(), 1);
+    assert_eq!(
+        s.apply(&[append(u, 5, 3), append(u, 6, 3)]).unwrap().len(),
+        2
+    );
+    assert_eq!(
+        s.apply(&[append(u, 7, 3)]).unwrap_err(),
+        StoreError::OfflineFull(u.into())
+    );
+
+    // Group commit: three groups for one user with room for one; the first wins.
+    s.apply(&[Change::DeleteOffline {
+        user: u.into(),
+        up_to: u64::MAX,
+    }])
+    .unwrap();
+    let g1 = [append(u, 10, 1)];
+    let g2 = [append(u, 11, 1)];
+    let g3 = [append("nobody@d.example", 12, 1)];
+    let results = s.apply_groups(&[&g1, &g2, &g3]).unwrap();
+    assert!(results[0].is_ok(), "{results:?}");
+    assert_eq!(results[1], Err(StoreError::OfflineFull(u.into())));
+    assert_eq!(
+        results[2],
+        Err(StoreError::NoSuchUser("nobody@d.example".into()))
+    );
+    assert_eq!(s.offline(u).unwrap().len(), 1);
+    assert_eq!(
+        s.offline("nobody@d.example").unwrap_err(),
+        StoreError::NoSuchUser("nobody@d.example".into())
+    );
+
+    // Through the storage thread, and gone with the user.
+    drop(s);
+    let h = StoreHandle::spawn(
+        Box::new(SqliteStore::open(dir.path().join("db")).unwrap()),
+        8,
+        8,
+    );
+    match h.call(Op::Offline { user: u.into() }).unwrap() {
+        Outcome::Offline(m) => assert_eq!(m.len(), 1, "{m:?}"),
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(
+        h.call(Op::RemoveUser { jid: u.into() }).unwrap(),
+        Outcome::Existed(true)
+    );
+    h.call(Op::AddUser {
+        jid: u.into(),
+        creds: vec![],
+    })
+    .unwrap();
+    assert_eq!(
+        h.call(Op::Offline { user: u.into() }).unwrap(),
+        Outcome::Offline(vec![])
+    );
+    h.shutdown();
+}
+
 #[test]
 fn reopen_after_drop_keeps_data() {
     let dir = tempfile::tempdir().unwrap();
@@ -336,6 +515,19 @@ impl Store for Gated {
     }
     fn pending_out(&mut self) -> Result<Vec<(String, String)>, StoreError> {
         self.inner.pending_out()
+    }
+    fn blocklist(&mut self, user: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.blocklist(user)
+    }
+    fn change_blocklist(
+        &mut self,
+        user: &str,
+        change: &fedrouter::store::BlocklistChange,
+    ) -> Result<(), StoreError> {
+        self.inner.change_blocklist(user, change)
+    }
+    fn offline(&mut self, user: &str) -> Result<Vec<OfflineMessage>, StoreError> {
+        self.inner.offline(user)
     }
     fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError> {
         self.inner.apply(changes)

@@ -30,18 +30,29 @@
 //! - [`srv`]: RFC 2782 ordering of DNS SRV answers for S2S connection attempts.
 //! - [`presence`]: RFC 6121 subscription state machine, roster semantics and the §8.5
 //!   delivery rules for local users ([`presence::delivery`]).
+//! - [`offline`]: offline messages (XEP-0160): which are stored, and the XEP-0203 delay
+//!   stamp they are delivered with.
 //! - [`service`]: what the server answers itself (disco, ping, version).
+//! - [`version`]: XEP-0092 software version; [`register`]: XEP-0077 password change.
+//! - [`carbons`]: XEP-0280 message carbons; [`blocking`]: XEP-0191 blocking command;
+//!   [`csi`]: XEP-0352 client state indication.
 
 #![warn(missing_docs)]
 
+pub mod blocking;
+pub mod carbons;
 pub mod condition;
+pub mod csi;
 pub mod dialback;
 pub mod jid;
+pub mod offline;
 pub mod pep;
 pub mod presence;
+pub mod register;
 pub mod scram;
 pub mod service;
 pub mod srv;
 pub mod stanza;
 pub mod stream;
+pub mod version;
 pub mod xml;

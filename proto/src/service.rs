@@ -1,20 +1,27 @@
 //! What the server itself answers: stanzas addressed to a local domain (the server's own
 //! entity, RFC 6120 §10.5.1 / §10.3), `iq` requests to a local account's bare JID, which
 //! the server answers on the account's behalf (RFC 6121 §8.5.1, RFC 6120 §10.3.3), and
-//! stanzas for local users with no session to deliver to (RFC 6121 §8.5.2.2, no offline
-//! storage).
+//! stanzas for local users with no session to deliver to (RFC 6121 §8.5.2.2; messages
+//! are stored offline, XEP-0160, by the runtime).
 //!
 //! Pure: the runtime hands in a received stanza and routes whatever [`Element`] comes
 //! back (built directly with [`ElementBuilder`], not framed again). The server's own
-//! entity answers XEP-0199 pings and XEP-0030 `disco#info` and `disco#items`; an account
-//! answers XEP-0030 `disco#info` (identity `account/registered`, [`ACCOUNT_FEATURES`])
+//! entity answers XEP-0199 pings, XEP-0092 software version ([`crate::version`]) and
+//! XEP-0030 `disco#info` and `disco#items`, listing in [`SERVER_FEATURES`] exactly what
+//! the server implements (carbons, blocking and password change are the runtime's, for
+//! the user's own sessions: [`crate::carbons`], [`crate::blocking`],
+//! [`crate::register`]); an account
+//! answers XEP-0030 `disco#info` ([`ACCOUNT_IDENTITIES`], [`ACCOUNT_FEATURES`])
 //! and `disco#items` (no items). An `iq` request holds exactly one payload element (RFC
 //! 6120 §8.2.3, [`read_iq`]): one with none or several is a `bad-request`. `iq` results
 //! and errors addressed to the server are answers to requests it sent (pings from
 //! `fedrouter ping`, built with [`ping`]), which the runtime matches by `id`.
 
 use crate::condition::StanzaCondition;
+use crate::register::NS_REGISTER;
 use crate::stanza::{error_reply, is_error, StanzaKind};
+pub use crate::version::Software;
+use crate::version::NS_VERSION;
 use crate::xml::tree::Node;
 use crate::xml::{escape_attr_into, Element, ElementBuilder};
 
@@ -25,8 +32,22 @@ pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 /// `http://jabber.org/protocol/disco#items` (XEP-0030).
 pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 
-/// Features the server advertises in `disco#info` (XEP-0030 §3.1).
-pub const SERVER_FEATURES: &[&str] = &[NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING];
+/// Features the server advertises in `disco#info` (XEP-0030 §3.1): disco, XEP-0199
+/// ping, XEP-0092 version, XEP-0280 carbons, XEP-0191 blocking and XEP-0077 (password
+/// change only: registering new accounts is refused with `not-allowed`).
+///
+/// `msgoffline`: messages to a user with no available resource are stored and delivered
+/// later (XEP-0160 §4; [`crate::offline`]).
+pub const SERVER_FEATURES: &[&str] = &[
+    NS_DISCO_INFO,
+    NS_DISCO_ITEMS,
+    NS_PING,
+    crate::version::NS_VERSION,
+    crate::carbons::NS_CARBONS,
+    crate::blocking::NS_BLOCKING,
+    crate::register::NS_REGISTER,
+    crate::offline::FEATURE_MSGOFFLINE,
+];
 
 /// Features a local account advertises in `disco#info` (XEP-0030 §3.1), answered by the
 /// server on its behalf: only what the server implements for accounts (no carbons or
@@ -181,13 +202,16 @@ fn disco_items(el: &Element, query: &Node) -> Answer {
 ///
 /// - `iq get` with XEP-0199 `<ping/>`: an empty result (XEP-0199 §4.2, §4.3).
 /// - `iq get` with XEP-0030 `disco#info`: identity `server/im` and [`SERVER_FEATURES`];
-///   with `disco#items`: no items.
+///   with `disco#items`: no items; with XEP-0092 `jabber:iq:version`: `software`
+///   ([`crate::version::result`]).
+/// - `iq get`/`set` with XEP-0077 `jabber:iq:register`: `not-allowed` (no registration
+///   of new accounts; a user's own password change is the runtime's, before this).
 /// - `iq get`/`set` without exactly one payload, or without a valid `type`:
 ///   `bad-request` (RFC 6120 §8.2.3, [`read_iq`]).
 /// - other `iq get`/`set`: `service-unavailable` (RFC 6120 §8.4).
 /// - `iq result`/`error`: [`Answer::Response`].
 /// - `message` (not `error`): `service-unavailable`; `presence`: ignored.
-pub fn answer_server(el: &Element, kind: StanzaKind) -> Answer {
+pub fn answer_server(el: &Element, kind: StanzaKind, software: &Software) -> Answer {
     match kind {
         StanzaKind::Iq => match read_iq(el) {
             Iq::Get(p) => match (p.name.as_str(), p.ns.as_str()) {
@@ -196,8 +220,13 @@ pub fn answer_server(el: &Element, kind: StanzaKind) -> Answer {
                     disco_info(el, &p, &[("server", "im")], SERVER_FEATURES)
                 }
                 ("query", NS_DISCO_ITEMS) => disco_items(el, &p),
+                ("query", NS_VERSION) => Answer::Reply(crate::version::result(el, software)),
+                ("query", NS_REGISTER) => reply_error(el, StanzaCondition::NotAllowed),
                 _ => reply_error(el, StanzaCondition::ServiceUnavailable),
             },
+            Iq::Set(p) if (p.name.as_str(), p.ns.as_str()) == ("query", NS_REGISTER) => {
+                reply_error(el, StanzaCondition::NotAllowed)
+            }
             Iq::Set(_) => reply_error(el, StanzaCondition::ServiceUnavailable),
             Iq::Response if el.type_() == Some("error") => Answer::Response {
                 id: el.id().unwrap_or_default().to_owned(),
@@ -247,10 +276,12 @@ pub fn answer_account(el: &Element, exists: bool) -> Option<Element> {
     }
 }
 
-/// Answers a stanza for a local user who has no session to deliver it to (RFC 6121
-/// §8.5.2.2 with no offline storage; §8.5.2.2.3 for iq): `message` of type `normal`,
-/// `chat` or `groupchat` and `iq get`/`set` get `service-unavailable`; `headline`
-/// messages, `presence` and error stanzas are ignored.
+/// Answers a stanza for a local user who has no session to deliver it to, when it is not
+/// stored offline (RFC 6121 §8.5.2.2 option (b): offline storage off, full, or no such
+/// user; §8.5.2.2.3 for iq): `message` of type `normal`, `chat` or `groupchat` and `iq
+/// get`/`set` get `service-unavailable`; `headline` messages, `presence` and error
+/// stanzas are ignored. (The runtime follows [`crate::presence::delivery::decide`] and
+/// [`crate::offline`].)
 pub fn answer_unavailable_user(el: &Element, kind: StanzaKind) -> Answer {
     if is_error(el) {
         return Answer::Ignore;
@@ -308,6 +339,19 @@ mod tests {
         parse_stanza(s.as_bytes()).unwrap()
     }
 
+    fn sw() -> Software {
+        Software {
+            name: "fedrouter".into(),
+            version: "9.8.7".into(),
+            os: None,
+        }
+    }
+
+    /// `answer_server` with [`sw`].
+    fn answer_server(el: &Element, kind: StanzaKind) -> Answer {
+        super::answer_server(el, kind, &sw())
+    }
+
     /// The reply, checked to be what the framer makes of its bytes.
     fn reply(a: Answer) -> Element {
         match a {
@@ -363,7 +407,9 @@ mod tests {
 
     #[test]
     fn unknown_iq_and_messages_are_service_unavailable() {
-        let e = el("<iq type='get' from='b.test' to='a.test' id='v'><query xmlns='jabber:iq:version'/></iq>");
+        let e = el(
+            "<iq type='get' from='b.test' to='a.test' id='v'><query xmlns='jabber:iq:last'/></iq>",
+        );
         let r = reply(answer_server(&e, StanzaKind::Iq));
         assert!(r.as_str().contains("<service-unavailable"));
         let m = el("<message from='u@b.test' to='a.test'><body>x</body></message>");
@@ -445,7 +491,12 @@ mod tests {
              <identity category='server' type='im'/>\
              <feature var='http://jabber.org/protocol/disco#info'/>\
              <feature var='http://jabber.org/protocol/disco#items'/>\
-             <feature var='urn:xmpp:ping'/></query></iq>"
+             <feature var='urn:xmpp:ping'/>\
+             <feature var='jabber:iq:version'/>\
+             <feature var='urn:xmpp:carbons:2'/>\
+             <feature var='urn:xmpp:blocking'/>\
+             <feature var='jabber:iq:register'/>\
+             <feature var='msgoffline'/></query></iq>"
         );
         let e = el("<iq type='set' from='b.test' to='a.test' id='s1'><x xmlns='y'/></iq>");
         let r = reply(answer_server(&e, StanzaKind::Iq));
@@ -548,10 +599,17 @@ mod tests {
                 "set",
                 "service-unavailable",
             ),
+            ("<query xmlns='jabber:iq:version'/>", "get", "result"),
+            ("<query xmlns='jabber:iq:last'/>", "get", "service-unavailable"),
             (
-                "<query xmlns='jabber:iq:version'/>",
+                "<query xmlns='jabber:iq:register'/>",
                 "get",
-                "service-unavailable",
+                "not-allowed",
+            ),
+            (
+                "<query xmlns='jabber:iq:register'><username>u</username><password>p</password></query>",
+                "set",
+                "not-allowed",
             ),
             (
                 "<enable xmlns='urn:xmpp:carbons:2'/>",

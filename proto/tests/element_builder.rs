@@ -567,7 +567,12 @@ fn answers_are_elements_that_frame_to_themselves() {
     ];
     for &(input, kind) in cases {
         let el = stanza(input);
-        let Answer::Reply(r) = answer_server(&el, kind) else {
+        let software = fedrouter_proto::service::Software {
+            name: "fedrouter".into(),
+            version: "0.1.0".into(),
+            os: None,
+        };
+        let Answer::Reply(r) = answer_server(&el, kind, &software) else {
             panic!("{input}: no reply");
         };
         assert_eq!(parse_stanza(r.bytes()).unwrap(), r, "{input}");

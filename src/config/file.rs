@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::jid::DomainPart;
 use crate::stream::policy::FederationPolicy;
 
+use super::auth::RawAuth;
 use super::error::{invalid, io_error};
 use super::{
     C2sSection, Config, ConfigError, DnsSection, InboxSection, Listen, LogFormat, LogSection,
@@ -40,6 +41,8 @@ struct RawConfig {
     c2s: C2sSection,
     #[serde(default)]
     store: StoreSection,
+    #[serde(default)]
+    auth: RawAuth,
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
@@ -298,6 +301,7 @@ impl RawConfig {
             inbox: self.inbox,
             c2s: self.c2s,
             store: self.store,
+            auth: self.auth.into_section()?,
             metrics: MetricsSection {
                 listen: match self.metrics.listen {
                     None => None,

@@ -16,8 +16,8 @@ use crate::tls::{self, CertifiedDomain, TlsError};
 
 use super::error::{invalid, io_error, io_message};
 use super::{
-    CertificateEntry, Config, ConfigError, SecretBytes, CERTS_DIR, DIALBACK_SECRET_FILE,
-    MIN_SECRET_BYTES,
+    AuthBackend, CertificateEntry, Config, ConfigError, SecretBytes, SecretString, CERTS_DIR,
+    DIALBACK_SECRET_FILE, MIN_SECRET_BYTES,
 };
 
 /// What [`Config::materialize`] loaded or created.
@@ -33,6 +33,19 @@ pub struct Materialized {
     pub trust: Vec<CertificateDer<'static>>,
     /// Local domains that got a freshly generated self-signed certificate in this call.
     pub generated: Vec<String>,
+    /// What `[auth.ldap]` names outside the file, with `auth.backend = "ldap"`.
+    pub directory: Option<DirectoryMaterial>,
+}
+
+/// What `[auth.ldap]` names outside the file ([`Config::materialize`]).
+#[derive(Debug, Clone)]
+pub struct DirectoryMaterial {
+    /// The service account's password: `auth.ldap.bind_password`, or the first line of
+    /// `auth.ldap.bind_password_file`; `None` without `bind_dn`.
+    pub bind_password: Option<SecretString>,
+    /// The certificates of `auth.ldap.ca_file` (empty: none configured, use the system's
+    /// roots).
+    pub ca: Vec<CertificateDer<'static>>,
 }
 
 impl Config {
@@ -83,12 +96,48 @@ impl Config {
             None => load_or_create_secret(&self.data_dir.join(DIALBACK_SECRET_FILE))?,
         };
 
+        let directory = self.directory_material()?;
+
         Ok(Materialized {
             certificates,
             dialback_secret,
             trust,
             generated,
+            directory,
         })
+    }
+
+    /// `auth.ldap.bind_password_file` and `auth.ldap.ca_file`, read; `None` unless
+    /// `auth.backend = "ldap"`.
+    fn directory_material(&self) -> Result<Option<DirectoryMaterial>, ConfigError> {
+        let Some(l) = self.auth.ldap.as_ref() else {
+            return Ok(None);
+        };
+        if self.auth.backend != AuthBackend::Ldap {
+            return Ok(None);
+        }
+        let bind_password = match (&l.bind_password, &l.bind_password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(path)) => {
+                let key = "auth.ldap.bind_password_file";
+                let text = fs::read_to_string(path)
+                    .map_err(|e| invalid(key, format!("{}: {}", path.display(), io_message(&e))))?;
+                let line = text.lines().next().unwrap_or("");
+                if line.is_empty() {
+                    return Err(invalid(
+                        key,
+                        format!("{}: the first line (the password) is empty", path.display()),
+                    ));
+                }
+                Some(SecretString::new(line))
+            }
+            (None, None) => None,
+        };
+        let ca = match &l.ca_file {
+            Some(path) => load_cert_file("auth.ldap.ca_file", path)?,
+            None => Vec::new(),
+        };
+        Ok(Some(DirectoryMaterial { bind_password, ca }))
     }
 }
 
@@ -238,36 +287,40 @@ fn self_signed_in(
 fn load_trust(paths: &[PathBuf]) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let mut out = Vec::new();
     for (i, path) in paths.iter().enumerate() {
-        let key = format!("tls.trust[{i}]");
-        let pem = fs::read(path)
-            .map_err(|e| invalid(&key, format!("{}: {}", path.display(), io_message(&e))))?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| invalid(&key, format!("{}: not valid PEM: {e}", path.display())))?;
-        if certs.is_empty() {
-            return Err(invalid(
-                &key,
-                format!(
-                    "{} holds no PEM certificate (expected a '-----BEGIN CERTIFICATE-----' block)",
-                    path.display()
-                ),
-            ));
-        }
-        for (n, cert) in certs.iter().enumerate() {
-            webpki::anchor_from_trusted_cert(cert).map_err(|e| {
-                invalid(
-                    &key,
-                    format!(
-                        "{}: certificate #{} is not a usable trust anchor: {e}",
-                        path.display(),
-                        n + 1
-                    ),
-                )
-            })?;
-        }
-        out.extend(certs);
+        out.extend(load_cert_file(&format!("tls.trust[{i}]"), path)?);
     }
     Ok(out)
+}
+
+/// The trust anchors in the PEM file `path` named by `key`: at least one, each usable.
+fn load_cert_file(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let pem = fs::read(path)
+        .map_err(|e| invalid(key, format!("{}: {}", path.display(), io_message(&e))))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(key, format!("{}: not valid PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            key,
+            format!(
+                "{} holds no PEM certificate (expected a '-----BEGIN CERTIFICATE-----' block)",
+                path.display()
+            ),
+        ));
+    }
+    for (n, cert) in certs.iter().enumerate() {
+        webpki::anchor_from_trusted_cert(cert).map_err(|e| {
+            invalid(
+                key,
+                format!(
+                    "{}: certificate #{} is not a usable trust anchor: {e}",
+                    path.display(),
+                    n + 1
+                ),
+            )
+        })?;
+    }
+    Ok(certs)
 }
 
 fn parse_secret_file(path: &Path, text: &str) -> Result<DialbackSecret, ConfigError> {

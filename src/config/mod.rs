@@ -70,6 +70,11 @@
 //! pep_max_items = 1              # PEP (XEP-0163): items per node unless publish options ask
 //! pep_max_items_limit = 100      # ... at most this many
 //! pep_max_item_bytes = 65536     # largest item payload
+//! stream_management = true      # XEP-0198: acks, resumption of dropped sessions
+//! sm_ack_every = 5
+//! sm_ack_after = "30s"
+//! resume_timeout = "5m"         # "0s": not resumable
+//! max_offline_messages = 100    # per user (XEP-0160); 0 = no offline storage
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9269"     # Prometheus /metrics; the admin endpoint's address (default)
@@ -79,6 +84,9 @@
 //! durability = "power-loss"     # or "crash" (synchronous=FULL / NORMAL)
 //! max_batch = 1024
 //! queue = 65536
+//!
+//! [auth]                        # how client passwords are checked (see AuthSection)
+//! backend = "internal"          # or "ldap", with [auth.ldap] (PLAIN over TLS only)
 //!
 //! [shutdown]
 //! drain_timeout = "5s"
@@ -110,20 +118,24 @@
 //! - `validate.rs`: [`Config::validate`], whose errors name the key.
 //! - `materialize.rs`: [`Config::materialize`]: certificates, trust anchors and the
 //!   dialback secret on disk ([`Materialized`]).
+//! - `auth.rs`: `[auth]` ([`AuthSection`], [`LdapSection`]): its model, defaults and
+//!   checks.
 //! - `error.rs`: [`ConfigError`].
 
+mod auth;
 mod error;
 mod file;
 mod materialize;
 mod model;
 mod validate;
 
+pub use auth::{AuthBackend, AuthSection, LdapSection, SecretString};
 pub use error::ConfigError;
-pub use materialize::Materialized;
+pub use materialize::{DirectoryMaterial, Materialized};
 pub use model::{
     C2sSection, CertificateEntry, Config, DnsSection, InboxSection, Listen, LogFormat, LogSection,
     MetricsSection, S2sSection, SecretBytes, ShutdownSection, StaticTarget, StoreDurability,
-    StoreSection, TlsConfig,
+    StoreSection, TlsConfig, MAX_OFFLINE_MESSAGES,
 };
 
 /// Most shards (`shards`).

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::stream::policy::FederationPolicy;
 use crate::xml::Limits;
 
-use super::MAX_SHARDS;
+use super::{AuthSection, MAX_SHARDS};
 #[cfg(doc)]
 use super::{
     MAX_DNS_CACHE, MAX_INBOX_BATCH, MAX_INBOX_CAPACITY, MAX_QUEUE_PER_DOMAIN, MAX_STANZA_SIZE,
@@ -49,6 +49,8 @@ pub struct Config {
     pub c2s: C2sSection,
     /// The user and roster store (`[store]`).
     pub store: StoreSection,
+    /// How clients' passwords are checked (`[auth]`): the store, or an LDAP directory.
+    pub auth: AuthSection,
     /// The metrics endpoint (`[metrics]`).
     pub metrics: MetricsSection,
     /// Graceful shutdown (`[shutdown]`).
@@ -319,7 +321,34 @@ pub struct C2sSection {
     /// `c2s.max_stanza_size` anyway). A bigger one is refused with `not-acceptable`
     /// `<payload-too-big/>` (XEP-0060 §7.1.3.x).
     pub pep_max_item_bytes: usize,
+    /// XEP-0198 stream management on client streams (key `c2s.stream_management`,
+    /// default true): acknowledgements, and resumption of a session whose connection
+    /// dropped; what a client never acknowledged goes to its other resources or is
+    /// handled as for an unavailable user.
+    pub stream_management: bool,
+    /// Ask the client for an acknowledgement after this many stanzas (key
+    /// `c2s.sm_ack_every`, default 5; 1 to 10000) ...
+    pub sm_ack_every: u32,
+    /// ... or once a stanza has waited this long (key `c2s.sm_ack_after`, default 30 s;
+    /// more than 0).
+    #[serde(with = "humantime_serde")]
+    pub sm_ack_after: Duration,
+    /// Longest a session whose connection dropped waits for the client to resume it (key
+    /// `c2s.resume_timeout`, default 5 min; the client may ask for less; "0s": sessions
+    /// are not resumable).
+    #[serde(with = "humantime_serde")]
+    pub resume_timeout: Duration,
+    /// Most offline messages stored per user (XEP-0160; RFC 6121 §8.5.2.2.1), key
+    /// `c2s.max_offline_messages`; default 100; 0 to [`MAX_OFFLINE_MESSAGES`]. A `normal`
+    /// or `chat` message to a user with no available resource is stored, durably, and
+    /// delivered at the user's next available presence; past the limit it is refused
+    /// with `service-unavailable`. `0` turns offline storage off (every such message is
+    /// refused).
+    pub max_offline_messages: u32,
 }
+
+/// The highest `c2s.max_offline_messages`.
+pub const MAX_OFFLINE_MESSAGES: u32 = 100_000;
 
 impl Default for C2sSection {
     fn default() -> Self {
@@ -337,6 +366,11 @@ impl Default for C2sSection {
             pep_max_items: 1,
             pep_max_items_limit: 100,
             pep_max_item_bytes: 65536,
+            stream_management: true,
+            sm_ack_every: 5,
+            sm_ack_after: Duration::from_secs(30),
+            resume_timeout: Duration::from_secs(300),
+            max_offline_messages: 100,
         }
     }
 }
@@ -465,6 +499,7 @@ impl Default for Config {
             inbox: InboxSection::default(),
             c2s: C2sSection::default(),
             store: StoreSection::default(),
+            auth: AuthSection::default(),
             metrics: MetricsSection::default(),
             shutdown: ShutdownSection::default(),
             log: LogSection::default(),

@@ -10,7 +10,8 @@ use crate::jid::DomainPart;
 use super::error::invalid;
 use super::{
     Config, ConfigError, StaticTarget, MAX_DNS_CACHE, MAX_INBOX_BATCH, MAX_INBOX_CAPACITY,
-    MAX_QUEUE_PER_DOMAIN, MAX_SHARDS, MAX_STANZA_SIZE, MIN_SECRET_BYTES, MIN_STANZA_SIZE,
+    MAX_OFFLINE_MESSAGES, MAX_QUEUE_PER_DOMAIN, MAX_SHARDS, MAX_STANZA_SIZE, MIN_SECRET_BYTES,
+    MIN_STANZA_SIZE,
 };
 
 fn show(d: Duration) -> humantime::FormattedDuration {
@@ -73,7 +74,8 @@ impl Config {
     /// `queue_per_domain`, `max_stanza_size` in range, `send_queue_bytes >=
     /// max_stanza_size`, `backoff_max >= backoff_initial`, a secret of at least
     /// [`MIN_SECRET_BYTES`]; `inbox` sizes in range; `log.level` a valid `EnvFilter`
-    /// (`log.format` is checked when the file is read);
+    /// (`log.format` is checked when the file is read); `[auth]` (see
+    /// [`super::AuthSection`]: URLs, base DN, filter, service account, ranges);
     /// `federation.domains` keys valid normalised domains.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_domains()?;
@@ -86,6 +88,7 @@ impl Config {
         check_range("inbox.capacity", self.inbox.capacity, 1, MAX_INBOX_CAPACITY)?;
         check_range("inbox.batch", self.inbox.batch, 1, MAX_INBOX_BATCH)?;
         self.validate_c2s()?;
+        self.auth.validate(self.c2s.negotiation_timeout)?;
         check_range("store.max_batch", self.store.max_batch, 1, 65536)?;
         check_range("store.queue", self.store.queue, 1, 1 << 20)?;
         self.validate_log()?;
@@ -305,6 +308,16 @@ impl Config {
             c.pep_max_item_bytes,
             1,
             MAX_STANZA_SIZE,
+        )?;
+        check_range("c2s.sm_ack_every", c.sm_ack_every as usize, 1, 10_000)?;
+        if c.sm_ack_after.is_zero() {
+            return Err(invalid("c2s.sm_ack_after", "must be more than 0s"));
+        }
+        check_range(
+            "c2s.max_offline_messages",
+            c.max_offline_messages as usize,
+            0,
+            MAX_OFFLINE_MESSAGES as usize,
         )?;
         if c.send_queue_bytes < c.max_stanza_size {
             return Err(invalid(

@@ -15,9 +15,14 @@
 //!   `{"result":"pong","rtt_ms":1.2}`, `{"result":"error","condition":"remote-server-not-found","rtt_ms":…}`
 //!   or, after 60 s, `{"result":"timeout"}` (status 504). At most [`MAX_PINGS`] wait at
 //!   once; more get 503 `busy`.
+//! - `/health` also carries `"directory": {"backend": "ldap", "state": "up" |
+//!   "unreachable" | "unknown", "error", "since", "for_s"}` with `auth.backend = "ldap"`;
+//!   it does not change the status code (see [`crate::auth`]).
+//! - `GET /status/directory`: that object alone (`{"backend": "internal"}` without LDAP).
 //! - `GET /status`: the remote domains every shard knows of, as a JSON array of
 //!   `{"domain", "shard", "streams": [{"direction", "state", "tls", "authenticated":
-//!   [{"local", "remote", "method"}], "age_s"}], "queue", "failures", "last_error",
+//!   [{"local", "remote", "method"}], "age_s", "sm" ("enabled" | "requested" | "off",
+//!   XEP-0198), "unacked"}], "queue", "failures", "last_error",
 //!   "backoff_s"}`, sorted by domain.
 //! - `GET /metrics`: Prometheus text format ([`crate::metrics::Metrics::render`]), every
 //!   shard's metrics merged at read time.
@@ -293,9 +298,20 @@ fn handle(req: tiny_http::Request, ctx: &Ctx) {
     let path = url.split('?').next().unwrap_or("");
     let resp = match path {
         "/health" => {
-            let (code, body) = health::report(&health::probe(controls, &ctx.health, SHARD_WAIT));
+            let (code, mut body) =
+                health::report(&health::probe(controls, &ctx.health, SHARD_WAIT));
+            // The directory's state is reported, not judged: with it down logins get
+            // temporary-auth-failure but everything else is served (the status code
+            // stays the shards').
+            if let Some(d) = &shared.directory {
+                body["directory"] = d.report().to_json();
+            }
             json(code, body)
         }
+        "/status/directory" => match &shared.directory {
+            Some(d) => json(200, d.report().to_json()),
+            None => json(200, serde_json::json!({"backend": "internal"})),
+        },
         "/ping" => {
             let Some(to) = query_param(&url, "to").filter(|t| !t.is_empty()) else {
                 let _ = req.respond(json(
@@ -380,6 +396,21 @@ fn handle(req: tiny_http::Request, ctx: &Ctx) {
                 let _ = req.respond(json(503, serde_json::json!({"error": "shards busy"})));
                 return;
             };
+            let mut m = m;
+            if let Some(d) = &shared.directory {
+                let r = d.report();
+                let up = i64::from(r.state_name() == "up");
+                m.set_gauge("directory_up", &[], up);
+                let secs = std::time::SystemTime::now()
+                    .duration_since(r.since)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                m.set_gauge(
+                    "directory_state_seconds",
+                    &[("state", r.state_name())],
+                    i64::try_from(secs).unwrap_or(i64::MAX),
+                );
+            }
             let text = if path == "/metrics" {
                 m.render()
             } else {
@@ -406,6 +437,30 @@ fn handle(req: tiny_http::Request, ctx: &Ctx) {
         _ => tiny_http::Response::from_string("not found\n").with_status_code(404),
     };
     let _ = req.respond(resp);
+}
+
+/// `GET /status/directory` of a running server's admin endpoint: the JSON text (404 from
+/// an older server is an error).
+pub fn directory_status_via_admin(admin: SocketAddr) -> Result<String, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .get(&format!("http://{admin}/status/directory"))
+        .call()
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    if status == 200 {
+        Ok(body)
+    } else {
+        Err(format!("HTTP {status}: {body}"))
+    }
 }
 
 /// `GET /status` of a running server's admin endpoint: the JSON text.

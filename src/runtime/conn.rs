@@ -239,9 +239,15 @@ pub(crate) struct ConnState<P: Proto = S2sConnection> {
     /// [`ConnState::track`]). On a write stall or a lost stream these are exactly the
     /// stanzas that never left this process: bounced, or sent again on the next stream.
     pub unsent: VecDeque<(u64, Queued)>,
+    /// When each stanza of `unsent` entered the stream, while holding for
+    /// acknowledgements (parallel to `unsent`), for the ack latency histogram.
+    pub sent_at: VecDeque<Instant>,
     /// XEP-0198 on an outbound S2S stream: stanzas stay in `unsent` after the socket took
     /// them, until the peer acknowledges them ([`ConnState::acknowledged`]).
     pub hold_until_acked: bool,
+    /// C2S, XEP-0198: the socket is gone but the session waits for resumption; what is
+    /// sent to it is kept by the protocol core, not written.
+    pub detached: bool,
     /// Since when the write in flight has been waiting for the socket to accept a byte
     /// (`None`: nothing to write).
     pub write_waiting_since: Option<Instant>,
@@ -268,7 +274,9 @@ impl<P: Proto> ConnState<P> {
             taken: 0,
             written: 0,
             unsent: VecDeque::new(),
+            sent_at: VecDeque::new(),
             hold_until_acked: false,
+            detached: false,
             write_waiting_since: None,
         }
     }
@@ -284,6 +292,9 @@ impl<P: Proto> ConnState<P> {
     pub fn track(&mut self, stanza: Queued) {
         let end = self.taken + self.wire.len() as u64;
         self.unsent.push_back((end, stanza));
+        if self.hold_until_acked {
+            self.sent_at.push_back(Instant::now());
+        }
     }
 
     /// Takes the bytes in `wire` for a write, leaving `spare` (emptied) in its place.
@@ -309,6 +320,11 @@ impl<P: Proto> ConnState<P> {
     pub fn acknowledged(&mut self, n: usize) -> usize {
         let n = n.min(self.unsent.len());
         self.unsent.drain(..n);
+        let now = Instant::now();
+        let timed = n.min(self.sent_at.len());
+        for t in self.sent_at.drain(..timed) {
+            super::metrics(|m| m.observe(crate::metrics::Latency::SmAck, now - t));
+        }
         n
     }
 
@@ -316,6 +332,7 @@ impl<P: Proto> ConnState<P> {
     /// socket took are released, as without it.
     pub fn stop_holding(&mut self) {
         self.hold_until_acked = false;
+        self.sent_at.clear();
         self.release_written();
     }
 
@@ -350,6 +367,7 @@ impl<P: Proto> ConnState<P> {
 
     /// The stanzas that never reached the socket, oldest first.
     pub fn take_unsent(&mut self) -> Vec<Queued> {
+        self.sent_at.clear();
         self.unsent.drain(..).map(|(_, q)| q).collect()
     }
 

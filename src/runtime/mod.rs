@@ -56,19 +56,21 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::sync::Notify;
 use tracing::{info, info_span, warn};
 
+use crate::auth::Directory;
+use crate::config::AuthBackend;
 use crate::config::{Config, Materialized, StoreDurability};
 use crate::dns::{DnsConfig, S2sResolver, StaticTarget};
 use crate::router;
 use crate::router::inbox::mesh;
 use crate::store::sqlite::{Durability, SqliteStore};
 use crate::store::{Op, Outcome, StoreHandle, DB_FILE};
-use crate::stream::c2s::{C2sConfig, C2sTimeouts};
+use crate::stream::c2s::{C2sConfig, C2sSmConfig, C2sTimeouts, PasswordCheck};
 use crate::stream::s2s::{PeerCertVerifier, S2sConfig, Timeouts};
 use crate::stream::sm::AckPolicy;
 use crate::tls::{self, CertifiedDomain, ClientAuth, DomainCertResolver};
 use crate::xml::Limits;
 
-pub use admin::{ping_via_admin, status_via_admin};
+pub use admin::{directory_status_via_admin, ping_via_admin, status_via_admin};
 use io::ListenerKind;
 use shard::{Shard, CURRENT};
 
@@ -98,6 +100,9 @@ pub enum StartError {
     /// The store (`<data_dir>/fedrouter.db`) could not be opened.
     #[error("store: {0}")]
     Store(String),
+    /// The LDAP directory's thread could not be started (`[auth.ldap]`).
+    #[error("directory: {0}")]
+    Directory(String),
     /// A reload applied what it could; these settings need a restart.
     #[error("reloaded, but these settings need a restart and were kept as running: {0}")]
     Reload(String),
@@ -197,6 +202,8 @@ pub(crate) struct Shared {
     pub tls_c2s: Arc<ServerConfig>,
     /// The user and roster store's thread.
     pub store: StoreHandle,
+    /// The LDAP directory's thread, with `auth.backend = "ldap"`.
+    pub directory: Option<Directory>,
 }
 
 impl Shared {
@@ -237,6 +244,7 @@ pub struct BoundAddrs {
 pub struct Server {
     threads: Vec<JoinHandle<()>>,
     store: StoreHandle,
+    directory: Option<Directory>,
     /// The configuration running now (reload compares against it).
     running: Arc<Shared>,
     controls: Vec<(crossbeam_channel::Sender<Control>, Arc<Notify>)>,
@@ -270,7 +278,22 @@ impl Server {
             Ok(_) => Vec::new(),
             Err(e) => return Err(StartError::Store(format!("{}: {e}", db.display()))),
         };
-        let shared = Arc::new(build_shared(config, materialized, n, store)?);
+        let directory = match (
+            &config.auth.backend,
+            &config.auth.ldap,
+            &materialized.directory,
+        ) {
+            (AuthBackend::Ldap, Some(ldap), Some(material)) => {
+                Some(Directory::spawn(ldap, material).map_err(StartError::Directory)?)
+            }
+            (AuthBackend::Ldap, _, _) => {
+                return Err(StartError::Directory(
+                    "auth.backend = \"ldap\" without [auth.ldap] materialized".into(),
+                ))
+            }
+            (AuthBackend::Internal, _, _) => None,
+        };
+        let shared = Arc::new(build_shared(config, materialized, n, store, directory)?);
         let cfg = &shared.config;
 
         // Listeners: one SO_REUSEPORT socket per shard per address.
@@ -411,6 +434,7 @@ impl Server {
         info!(shards = n, s2s = ?bound.s2s, s2s_tls = ?bound.s2s_tls, c2s = ?bound.c2s, admin = ?bound.admin, domains = ?shared.config.domains, "listening");
         Ok(Server {
             store: shared.store.clone(),
+            directory: shared.directory.clone(),
             running: Arc::clone(&shared),
             threads,
             controls,
@@ -478,6 +502,10 @@ impl Server {
             kept.push("inbox");
             config.inbox = old.inbox;
         }
+        if config.auth != old.auth {
+            kept.push("auth");
+            config.auth = old.auth.clone();
+        }
         // A new `[dns]`: check that a resolver can be built before anything changes
         // (each shard then builds its own from it, as at start).
         let dns = (config.dns != old.dns).then(|| dns_config(&config));
@@ -485,7 +513,13 @@ impl Server {
             S2sResolver::new(dns).map_err(|e| StartError::Dns(e.to_string()))?;
         }
         let n = self.running.shards;
-        let shared = Arc::new(build_shared(config, materialized, n, self.store.clone())?);
+        let shared = Arc::new(build_shared(
+            config,
+            materialized,
+            n,
+            self.store.clone(),
+            self.directory.clone(),
+        )?);
         for (tx, wake) in &self.controls {
             let _ = tx.send_timeout(
                 Control::Reload(Arc::clone(&shared), dns.clone()),
@@ -508,6 +542,9 @@ impl Server {
         }
         // Every shard has stopped: what they stored is committed; close the database.
         self.store.shutdown();
+        if let Some(d) = self.directory.take() {
+            d.shutdown();
+        }
         if let Some(a) = self.admin.take() {
             a.stop();
         }
@@ -558,6 +595,7 @@ fn build_shared(
     m: Materialized,
     shards: usize,
     store: StoreHandle,
+    directory: Option<Directory>,
 ) -> Result<Shared, StartError> {
     let tls_err = |e: tls::TlsError| StartError::Tls(e.to_string());
     let mut resolver = DomainCertResolver::new();
@@ -658,12 +696,23 @@ fn build_shared(
     };
     c2s.max_auth_failures = cc.max_auth_failures;
     c2s.auth_failure_delay = cc.auth_failure_delay;
+    c2s.stream_management = cc.stream_management.then_some(C2sSmConfig {
+        ack: AckPolicy {
+            every: cc.sm_ack_every,
+            after: cc.sm_ack_after,
+        },
+        max_resume: cc.resume_timeout,
+    });
+    if directory.is_some() {
+        c2s.password_check = PasswordCheck::External;
+    }
     Ok(Shared {
         shards,
         s2s: Arc::new(s2s),
         c2s: Arc::new(c2s),
         tls_c2s,
         store,
+        directory,
         tls_server,
         tls_server_direct,
         clients,

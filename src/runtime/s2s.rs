@@ -631,6 +631,16 @@ impl S2sStreams {
                 "tls": st.tls.is_some(),
                 "authenticated": pairs,
                 "age_s": st.started.elapsed().as_secs_f64(),
+                // XEP-0198: "enabled" (the peer acknowledges, or we count for it),
+                // "requested" (our <enable/> not answered yet), or "off".
+                "sm": if st.proto.stream_management_enabled() || st.proto.handled_count().is_some() && c.direction == Direction::Inbound {
+                    "enabled"
+                } else if st.proto.acknowledges_stanzas() {
+                    "requested"
+                } else {
+                    "off"
+                },
+                "unacked": st.proto.unacknowledged(),
             });
             if let Some(t) = st
                 .write_waiting_since

@@ -1,5 +1,6 @@
-//! The durable store (adapter): local users, their SASL credentials and their rosters, and
-//! the storage thread that makes roster changes durable with group commit.
+//! The durable store (adapter): local users, their SASL credentials, their rosters and
+//! block lists (XEP-0191), their offline messages (XEP-0160), and the storage thread
+//! that makes roster changes and offline messages durable with group commit.
 //!
 //! # Shape
 //!
@@ -92,6 +93,24 @@ pub enum StoreError {
     /// The storage thread has stopped ([`StoreHandle::shutdown`]).
     #[error("storage thread stopped")]
     Closed,
+    /// [`Change::AppendOffline`]: the user (bare JID) already has its `max` offline
+    /// messages stored (`c2s.max_offline_messages`); the message is refused
+    /// (`service-unavailable`, RFC 6121 §8.5.2.2.1).
+    #[error("offline message store of {0} is full")]
+    OfflineFull(String),
+}
+
+/// One stored offline message (XEP-0160), as [`Store::offline`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineMessage {
+    /// Its id: increasing in the order the messages were stored (delivery order); the
+    /// `up_to` of [`Change::DeleteOffline`].
+    pub id: u64,
+    /// When the server received it, in milliseconds since the Unix epoch (UTC): the
+    /// XEP-0203 `stamp` it is delivered with.
+    pub received_ms: u64,
+    /// The `<message/>` stanza as received (XML, addressed to the user).
+    pub stanza: String,
 }
 
 /// One roster item as stored (RFC 6121 §2.1.2 item attributes plus the subscription
@@ -138,8 +157,13 @@ impl StoredItem {
     }
 }
 
-/// A roster change. Each one bumps the user's roster version by one (RFC 6121 §2.6
-/// roster versioning); [`Store::apply`] returns the version after each.
+/// A durable change of one user's data: its roster, or its offline messages.
+///
+/// Each roster change bumps the user's roster version by one (RFC 6121 §2.6 roster
+/// versioning); [`Store::apply`] returns the version after each. Offline message changes
+/// (XEP-0160) leave the roster version alone; [`Store::apply`] returns, for
+/// [`Change::AppendOffline`], the stored message's id and, for [`Change::DeleteOffline`],
+/// how many messages were deleted.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -157,19 +181,91 @@ pub enum Change {
         /// The contact (bare JID).
         contact: String,
     },
+    /// Stores a message for `user` to be delivered later (XEP-0160 §3, RFC 6121
+    /// §8.5.2.2.1), after the messages stored before it. Fails with
+    /// [`StoreError::OfflineFull`] (nothing stored) when `user` already has `max` stored.
+    AppendOffline {
+        /// The user (bare JID).
+        user: String,
+        /// The `<message/>` stanza (XML).
+        stanza: String,
+        /// When it was received, milliseconds since the Unix epoch.
+        received_ms: u64,
+        /// Most messages stored for the user (`c2s.max_offline_messages`).
+        max: u32,
+    },
+    /// Deletes `user`'s stored offline messages with an id up to `up_to` (those handed to
+    /// the user's session); no error if there are none.
+    DeleteOffline {
+        /// The user (bare JID).
+        user: String,
+        /// The highest [`OfflineMessage::id`] to delete.
+        up_to: u64,
+    },
 }
 
 impl Change {
-    /// The user whose roster this change is for.
+    /// The user whose data this change is for.
     pub fn user(&self) -> &str {
         match self {
-            Change::UpsertItem { user, .. } | Change::RemoveItem { user, .. } => user,
+            Change::UpsertItem { user, .. }
+            | Change::RemoveItem { user, .. }
+            | Change::AppendOffline { user, .. }
+            | Change::DeleteOffline { user, .. } => user,
         }
     }
+
+    /// Whether it changes the roster (and so bumps the roster version).
+    pub fn is_roster(&self) -> bool {
+        matches!(self, Change::UpsertItem { .. } | Change::RemoveItem { .. })
+    }
+}
+
+/// A change to a user's block list (XEP-0191): normalised JIDs, as
+/// [`fedrouter_proto::blocking::read_request`] gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlocklistChange {
+    /// Block these JIDs (§3.3).
+    Block(Vec<String>),
+    /// Unblock these JIDs (§3.4); all of them when empty (§3.5).
+    Unblock(Vec<String>),
 }
 
 /// A user's roster as stored: its version and its items, ordered by contact.
 pub type Roster = (u64, Vec<StoredItem>);
+
+/// What [`Store::import_user`] did for one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ImportOutcome {
+    /// The user did not exist and was created.
+    pub created: bool,
+    /// The user existed and its credentials were replaced (they differed).
+    pub credentials_replaced: bool,
+    /// Roster rows written (new or different); each bumped the roster version by one.
+    pub items_written: usize,
+    /// The user's roster version after the import.
+    pub roster_version: u64,
+}
+
+/// The row to write when `new` (an imported item) meets `old` (the stored row for the
+/// same contact, if any), or `None` when nothing would change, so that importing the same
+/// data twice writes nothing (XEP-0227 import is idempotent).
+///
+/// The import carries the item's roster attributes (RFC 6121 §2.1.2: `name`, groups,
+/// `subscription`, `ask`) and whether a request is pending in; it cannot carry what
+/// XEP-0227 has no place for, so `old`'s pre-approval (RFC 6121 §3.4) is kept, and so is
+/// `old`'s stored request stanza when both have one (the same request, received earlier).
+pub fn merge_imported(old: Option<&StoredItem>, new: &StoredItem) -> Option<StoredItem> {
+    let Some(old) = old else {
+        return Some(new.clone());
+    };
+    let mut merged = new.clone();
+    merged.pre_approved = old.pre_approved;
+    if new.pending_in.is_some() && old.pending_in.is_some() {
+        merged.pending_in.clone_from(&old.pending_in);
+    }
+    (merged != *old).then_some(merged)
+}
 
 /// The database file's name inside the configured `data_dir`.
 pub const DB_FILE: &str = "fedrouter.db";
@@ -189,8 +285,8 @@ pub trait Store: Send {
     /// [`StoreError::InvalidCredentials`], [`StoreError::Backend`].
     fn add_user(&mut self, jid: &str, creds: &[ScramCredentials]) -> Result<(), StoreError>;
 
-    /// Removes user `jid` with its credentials and roster. `Ok(false)` if there was no such
-    /// user.
+    /// Removes user `jid` with its credentials, roster and offline messages. `Ok(false)` if
+    /// there was no such user.
     fn remove_user(&mut self, jid: &str) -> Result<bool, StoreError>;
 
     /// Replaces all of `jid`'s credentials with `creds` (same rules as
@@ -218,12 +314,19 @@ pub trait Store: Send {
     /// Errors: [`StoreError::NoSuchUser`], [`StoreError::Backend`].
     fn roster(&mut self, user: &str) -> Result<Roster, StoreError>;
 
-    /// Applies `changes` in order, in one transaction (all or nothing), and returns the
-    /// user's roster version after each change.
+    /// Applies `changes` in order, in one transaction (all or nothing), and returns, per
+    /// change, the user's roster version after it (roster changes), the stored message's
+    /// id ([`Change::AppendOffline`]) or the number of messages deleted
+    /// ([`Change::DeleteOffline`]).
     ///
     /// Errors: [`StoreError::NoSuchUser`], [`StoreError::InvalidItem`],
-    /// [`StoreError::Backend`].
+    /// [`StoreError::OfflineFull`], [`StoreError::Backend`].
     fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError>;
+
+    /// `user`'s stored offline messages (XEP-0160), oldest first (increasing id).
+    ///
+    /// Errors: [`StoreError::NoSuchUser`], [`StoreError::Backend`].
+    fn offline(&mut self, user: &str) -> Result<Vec<OfflineMessage>, StoreError>;
 
     /// Every unanswered outbound subscription request: `(user, contact)` for each stored
     /// item with `pending_out` (RFC 6121 §3.1.2 "None + Pending Out" and "From + Pending
@@ -258,6 +361,76 @@ pub trait Store: Send {
         let _ = (user, node, item_id);
         Err(StoreError::Backend("this store keeps no PEP nodes".into()))
     }
+    /// XEP-0227 import of one user: creates `jid` (a normalised bare JID with a
+    /// localpart) if it does not exist, with `creds` (none when `None`); replaces an
+    /// existing user's credentials with `creds` when given and different (`None` keeps
+    /// them); and writes each of `items` that [`merge_imported`] says differs from the
+    /// stored row (rows not in `items` are kept), each write bumping the roster version by
+    /// one (RFC 6121 §2.6). Importing the same data again changes nothing.
+    ///
+    /// The default is built on the other methods and is atomic per step only;
+    /// [`sqlite::SqliteStore`] does the whole user in one transaction.
+    ///
+    /// Errors: [`StoreError::InvalidJid`], [`StoreError::InvalidCredentials`],
+    /// [`StoreError::InvalidItem`], [`StoreError::Backend`].
+    fn import_user(
+        &mut self,
+        jid: &str,
+        creds: Option<&[ScramCredentials]>,
+        items: &[StoredItem],
+    ) -> Result<ImportOutcome, StoreError> {
+        let mut out = ImportOutcome::default();
+        if !self
+            .list_users(Some(crate::jid::domain_of(jid)))?
+            .iter()
+            .any(|u| u == jid)
+        {
+            self.add_user(jid, creds.unwrap_or(&[]))?;
+            out.created = true;
+        } else if let Some(creds) = creds {
+            let mut stored = Vec::new();
+            for h in ScramHash::ALL {
+                stored.extend(self.credentials(jid, h)?);
+            }
+            if !same_credentials(&stored, creds) {
+                self.set_credentials(jid, creds)?;
+                out.credentials_replaced = true;
+            }
+        }
+        let (version, rows) = self.roster(jid)?;
+        out.roster_version = version;
+        let changes: Vec<Change> = items
+            .iter()
+            .filter_map(|i| {
+                let old = rows.iter().find(|r| r.contact == i.contact);
+                merge_imported(old, i)
+            })
+            .map(|item| Change::UpsertItem {
+                user: jid.to_owned(),
+                item,
+            })
+            .collect();
+        if !changes.is_empty() {
+            let versions = self.apply(&changes)?;
+            out.items_written = changes.len();
+            out.roster_version = versions.last().copied().unwrap_or(version);
+        }
+        Ok(out)
+    }
+
+    /// `user`'s block list (XEP-0191 §3.2): the blocked JIDs (normalised, RFC 7622),
+    /// sorted.
+    ///
+    /// Errors: [`StoreError::NoSuchUser`], [`StoreError::Backend`].
+    fn blocklist(&mut self, user: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Changes `user`'s block list in one transaction (XEP-0191 §3.3–§3.5): adds each JID
+    /// of [`BlocklistChange::Block`] (one already there stays once), removes each of
+    /// [`BlocklistChange::Unblock`] (an absent one is no error), or all of them when its
+    /// list is empty.
+    ///
+    /// Errors: [`StoreError::NoSuchUser`], [`StoreError::Backend`].
+    fn change_blocklist(&mut self, user: &str, change: &BlocklistChange) -> Result<(), StoreError>;
 
     /// Group commit: applies several independent groups of changes in ONE transaction.
     /// Each group is all-or-nothing on its own: a group that fails (unknown user, invalid
@@ -273,6 +446,11 @@ pub trait Store: Send {
     ) -> Result<Vec<Result<Vec<u64>, StoreError>>, StoreError> {
         Ok(groups.iter().map(|g| self.apply(g)).collect())
     }
+}
+
+/// Whether two credential sets hold the same credentials, in any order.
+pub fn same_credentials(a: &[ScramCredentials], b: &[ScramCredentials]) -> bool {
+    a.len() == b.len() && a.iter().all(|c| b.contains(c))
 }
 
 /// An operation for the storage thread: one [`Store`] method.
@@ -315,8 +493,8 @@ pub enum Op {
         /// Bare JID.
         user: String,
     },
-    /// Roster changes, group-committed with the other `Apply`s queued beside it;
-    /// answered with [`Outcome::Applied`] once durable.
+    /// Roster and offline message changes, group-committed with the other `Apply`s queued
+    /// beside it; answered with [`Outcome::Applied`] once durable.
     Apply(Vec<Change>),
     /// [`Store::pending_out`]; answered with [`Outcome::Pairs`].
     PendingOut,
@@ -336,6 +514,23 @@ pub enum Op {
         /// The item id.
         item_id: String,
     },
+    /// [`Store::blocklist`]; answered with [`Outcome::Jids`].
+    Blocklist {
+        /// Bare JID.
+        user: String,
+    },
+    /// [`Store::change_blocklist`]; answered with [`Outcome::Done`] once durable.
+    ChangeBlocklist {
+        /// Bare JID.
+        user: String,
+        /// What changes.
+        change: BlocklistChange,
+    },
+    /// [`Store::offline`]; answered with [`Outcome::Offline`].
+    Offline {
+        /// Bare JID.
+        user: String,
+    },
 }
 
 /// What a successful [`Op`] returns.
@@ -354,10 +549,14 @@ pub enum Outcome {
     Roster(Roster),
     /// [`Op::PendingOut`]: `(user, contact)` pairs.
     Pairs(Vec<(String, String)>),
-    /// [`Op::Apply`]: committed; the roster version after each change.
+    /// [`Op::Apply`]: committed; per change what [`Store::apply`] returns.
     Applied(Vec<u64>),
     /// [`Op::PepNodes`]: the account's PEP nodes.
     PepNodes(Vec<StoredPepNode>),
+    /// [`Op::Blocklist`]: the blocked JIDs, sorted.
+    Jids(Vec<String>),
+    /// [`Op::Offline`]: the user's stored messages, oldest first.
+    Offline(Vec<OfflineMessage>),
 }
 
 /// The answer to one submitted request.
@@ -397,7 +596,7 @@ struct Counters {
 pub struct StoreStats {
     /// Requests taken from the queue for execution (each is answered).
     pub requests: u64,
-    /// Roster changes committed (in answered-`Ok` groups).
+    /// Changes (roster and offline messages) committed (in answered-`Ok` groups).
     pub changes: u64,
     /// Group commits (transactions of [`Op::Apply`] requests).
     pub commits: u64,
@@ -648,6 +847,11 @@ fn process(store: &mut dyn Store, batch: &mut Vec<Request>, counters: &Counters)
                 node,
                 item_id,
             } => store.pep_retract(user, node, item_id).map(Outcome::Existed),
+            Op::Blocklist { user } => store.blocklist(user).map(Outcome::Jids),
+            Op::ChangeBlocklist { user, change } => {
+                store.change_blocklist(user, change).map(|()| Outcome::Done)
+            }
+            Op::Offline { user } => store.offline(user).map(Outcome::Offline),
             Op::Apply(_) => unreachable!("Apply runs are handled above"),
         };
         answer(r, result, &mut wakes);

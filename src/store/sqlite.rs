@@ -35,6 +35,7 @@
 //! credentials(user_id, mechanism, salt, iterations, stored_key, server_key)  PK(user_id, mechanism)
 //! roster(user_id, contact, name, groups JSON, subscription, pending_out, pending_in,
 //!        pre_approved, in_roster)                                              PK(user_id, contact)
+//! offline(id PK, user_id, received_ms, stanza)          INDEX(user_id, id)   (XEP-0160)
 //! pep_nodes(user_id, node, access_model, max_items)                           PK(user_id, node)
 //! pep_items(user_id, node, item_id, seq, payload)                    PK(user_id, node, item_id)
 //! ```
@@ -50,8 +51,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
-    Change, PepPublish, Roster, ScramCredentials, ScramHash, Store, StoreError, StoredItem,
-    StoredPepNode,
+    merge_imported, same_credentials, BlocklistChange, Change, ImportOutcome, OfflineMessage,
+    PepPublish, Roster, ScramCredentials, ScramHash, Store, StoreError, StoredItem, StoredPepNode,
 };
 use crate::jid::BareJid;
 
@@ -108,7 +109,21 @@ const MIGRATIONS: &[&str] = &[
          in_roster    INTEGER NOT NULL,
          PRIMARY KEY (user_id, contact)
      ) WITHOUT ROWID;",
-    // PEP (XEP-0163): nodes and their items; `seq` orders a node's items (oldest first).
+    // 2: block lists (XEP-0191).
+    "CREATE TABLE blocklist (
+         user_id INTEGER NOT NULL,
+         jid     TEXT NOT NULL,
+         PRIMARY KEY (user_id, jid)
+     ) WITHOUT ROWID;",
+    // 3: offline messages (XEP-0160), in the order stored (`id` increases).
+    "CREATE TABLE offline (
+         id          INTEGER PRIMARY KEY,
+         user_id     INTEGER NOT NULL,
+         received_ms INTEGER NOT NULL,
+         stanza      TEXT NOT NULL
+     );
+     CREATE INDEX offline_by_user ON offline (user_id, id);",
+    // 4: PEP (XEP-0163): nodes and their items; `seq` orders a node's items (oldest first).
     "CREATE TABLE pep_nodes (
          user_id      INTEGER NOT NULL,
          node         TEXT NOT NULL,
@@ -293,6 +308,70 @@ fn insert_creds(
     Ok(())
 }
 
+/// Every stored credential of user row `id`; an unknown mechanism name is
+/// [`StoreError::Corrupt`].
+fn stored_creds(conn: &Connection, id: i64) -> Result<Vec<ScramCredentials>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT mechanism, salt, iterations, stored_key, server_key
+             FROM credentials WHERE user_id = ?1",
+        )
+        .map_err(db)?;
+    let mut rows = stmt.query([id]).map_err(db)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(db)? {
+        let name: String = r.get(0).map_err(db)?;
+        let mechanism = ScramHash::from_mechanism(&name)
+            .ok_or_else(|| StoreError::Corrupt(format!("credentials mechanism {name:?}")))?;
+        out.push(ScramCredentials {
+            mechanism,
+            salt: r.get(1).map_err(db)?,
+            iterations: r.get(2).map_err(db)?,
+            stored_key: r.get(3).map_err(db)?,
+            server_key: r.get(4).map_err(db)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The stored roster row of user row `id` for `contact`, if any.
+fn stored_row(conn: &Connection, id: i64, contact: &str) -> Result<Option<StoredItem>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT name, groups, subscription, pending_out, pending_in, pre_approved, in_roster
+             FROM roster WHERE user_id = ?1 AND contact = ?2",
+        )
+        .map_err(db)?
+        .query_row(params![id, contact], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, bool>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, bool>(5)?,
+                r.get::<_, bool>(6)?,
+            ))
+        })
+        .optional()
+        .map_err(db)?;
+    let Some((name, groups, subscription, pending_out, pending_in, pre_approved, in_roster)) = row
+    else {
+        return Ok(None);
+    };
+    Ok(Some(StoredItem {
+        contact: contact.to_owned(),
+        name,
+        groups: serde_json::from_str(&groups)
+            .map_err(|e| StoreError::Corrupt(format!("roster groups: {e}")))?,
+        subscription,
+        pending_out,
+        pending_in,
+        pre_approved,
+        in_roster,
+    }))
+}
+
 fn user_id(conn: &Connection, jid: &str) -> Result<Option<i64>, StoreError> {
     conn.prepare_cached("SELECT id FROM users WHERE jid = ?1")
         .map_err(db)?
@@ -313,46 +392,78 @@ fn check_item(item: &StoredItem) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A validated group: its distinct users (row id, roster version before the group) and,
-/// per change, the index of its user there.
+/// One user of a validated group: row id, roster version (before the group, then as
+/// changed), whether a roster change bumped it, and offline messages stored now (before
+/// the group, then as appended).
+struct GroupUser {
+    id: i64,
+    version: u64,
+    bumped: bool,
+    offline: Option<u64>,
+}
+
+/// A validated group: its distinct users and, per change, the index of its user there.
 struct Resolved {
-    users: Vec<(i64, u64)>,
+    users: Vec<GroupUser>,
     user_of: Vec<usize>,
 }
 
-/// Validates a group of changes and reads its users' ids and roster versions, writing
-/// nothing.
+/// Validates a group of changes and reads its users' ids and roster versions (and, for
+/// offline appends, how many messages each has), writing nothing.
 fn resolve(conn: &Connection, changes: &[Change]) -> Result<Resolved, StoreError> {
-    let mut users: Vec<(i64, u64)> = Vec::new();
+    let mut users: Vec<GroupUser> = Vec::new();
     let mut user_of = Vec::with_capacity(changes.len());
     for (i, ch) in changes.iter().enumerate() {
         if let Change::UpsertItem { item, .. } = ch {
             check_item(item)?;
         }
         let user = ch.user();
-        if let Some(p) = changes[..i].iter().position(|c| c.user() == user) {
-            user_of.push(user_of[p]);
-            continue;
+        let u = match changes[..i].iter().position(|c| c.user() == user) {
+            Some(p) => user_of[p],
+            None => {
+                let (id, version): (i64, i64) = conn
+                    .prepare_cached("SELECT id, roster_version FROM users WHERE jid = ?1")
+                    .map_err(db)?
+                    .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+                    .map_err(db)?
+                    .ok_or_else(|| StoreError::NoSuchUser(user.into()))?;
+                users.push(GroupUser {
+                    id,
+                    version: version as u64,
+                    bumped: false,
+                    offline: None,
+                });
+                users.len() - 1
+            }
+        };
+        user_of.push(u);
+        if let Change::AppendOffline { max, .. } = ch {
+            let g = &mut users[u];
+            let stored = match g.offline {
+                Some(n) => n,
+                None => conn
+                    .prepare_cached("SELECT COUNT(*) FROM offline WHERE user_id = ?1")
+                    .map_err(db)?
+                    .query_row([g.id], |r| r.get::<_, i64>(0))
+                    .map_err(db)? as u64,
+            };
+            if stored >= u64::from(*max) {
+                return Err(StoreError::OfflineFull(user.into()));
+            }
+            g.offline = Some(stored + 1);
         }
-        let (id, version): (i64, i64) = conn
-            .prepare_cached("SELECT id, roster_version FROM users WHERE jid = ?1")
-            .map_err(db)?
-            .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
-            .map_err(db)?
-            .ok_or_else(|| StoreError::NoSuchUser(user.into()))?;
-        user_of.push(users.len());
-        users.push((id, version as u64));
     }
     Ok(Resolved { users, user_of })
 }
 
 /// Writes a validated group, then each of its users' new roster version (one bump per
-/// change); returns the version after each change. Any error here is a database failure.
+/// roster change); returns per change what [`Store::apply`] does. Any error here is a
+/// database failure.
 fn write(conn: &Connection, changes: &[Change], mut r: Resolved) -> Result<Vec<u64>, StoreError> {
     let mut versions = Vec::with_capacity(changes.len());
     for (ch, &u) in changes.iter().zip(&r.user_of) {
-        let id = r.users[u].0;
+        let id = r.users[u].id;
         match ch {
             Change::UpsertItem { item, .. } => {
                 let groups = serde_json::to_string(&item.groups).expect("strings serialise");
@@ -386,20 +497,90 @@ fn write(conn: &Connection, changes: &[Change], mut r: Resolved) -> Result<Vec<u
                     .execute(params![id, contact])
                     .map_err(db)?;
             }
+            Change::AppendOffline {
+                stanza,
+                received_ms,
+                ..
+            } => {
+                conn.prepare_cached(
+                    "INSERT INTO offline (user_id, received_ms, stanza) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(db)?
+                .execute(params![id, *received_ms as i64, stanza])
+                .map_err(db)?;
+                versions.push(conn.last_insert_rowid() as u64);
+                continue;
+            }
+            Change::DeleteOffline { up_to, .. } => {
+                let n = conn
+                    .prepare_cached("DELETE FROM offline WHERE user_id = ?1 AND id <= ?2")
+                    .map_err(db)?
+                    .execute(params![id, i64::try_from(*up_to).unwrap_or(i64::MAX)])
+                    .map_err(db)?;
+                versions.push(n as u64);
+                continue;
+            }
         }
-        r.users[u].1 += 1;
-        versions.push(r.users[u].1);
+        let g = &mut r.users[u];
+        g.version += 1;
+        g.bumped = true;
+        versions.push(g.version);
     }
     let mut bump = conn
         .prepare_cached("UPDATE users SET roster_version = ?2 WHERE id = ?1")
         .map_err(db)?;
-    for (id, version) in &r.users {
-        bump.execute(params![id, *version as i64]).map_err(db)?;
+    for g in r.users.iter().filter(|g| g.bumped) {
+        bump.execute(params![g.id, g.version as i64]).map_err(db)?;
     }
     Ok(versions)
 }
 
 impl Store for SqliteStore {
+    fn blocklist(&mut self, user: &str) -> Result<Vec<String>, StoreError> {
+        let id = user_id(&self.conn, user)?.ok_or_else(|| StoreError::NoSuchUser(user.into()))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT jid FROM blocklist WHERE user_id = ?1 ORDER BY jid")
+            .map_err(db)?;
+        let rows = stmt.query_map([id], |r| r.get(0)).map_err(db)?;
+        rows.collect::<Result<Vec<String>, _>>().map_err(db)
+    }
+
+    fn change_blocklist(&mut self, user: &str, change: &BlocklistChange) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let id = user_id(&tx, user)?.ok_or_else(|| StoreError::NoSuchUser(user.into()))?;
+        match change {
+            BlocklistChange::Block(jids) => {
+                let mut ins = tx
+                    .prepare_cached(
+                        "INSERT INTO blocklist (user_id, jid) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    )
+                    .map_err(db)?;
+                for j in jids {
+                    ins.execute(params![id, j]).map_err(db)?;
+                }
+            }
+            BlocklistChange::Unblock(jids) if jids.is_empty() => {
+                tx.prepare_cached("DELETE FROM blocklist WHERE user_id = ?1")
+                    .map_err(db)?
+                    .execute([id])
+                    .map_err(db)?;
+            }
+            BlocklistChange::Unblock(jids) => {
+                let mut del = tx
+                    .prepare_cached("DELETE FROM blocklist WHERE user_id = ?1 AND jid = ?2")
+                    .map_err(db)?;
+                for j in jids {
+                    del.execute(params![id, j]).map_err(db)?;
+                }
+            }
+        }
+        tx.commit().map_err(db)
+    }
+
     fn add_user(&mut self, jid: &str, creds: &[ScramCredentials]) -> Result<(), StoreError> {
         match BareJid::new(jid) {
             Ok(b) if b.as_str() == jid && b.node().is_some() => {}
@@ -435,9 +616,11 @@ impl Store for SqliteStore {
             return Ok(false);
         };
         for sql in [
+            "DELETE FROM offline WHERE user_id = ?1",
             "DELETE FROM pep_items WHERE user_id = ?1",
             "DELETE FROM pep_nodes WHERE user_id = ?1",
             "DELETE FROM roster WHERE user_id = ?1",
+            "DELETE FROM blocklist WHERE user_id = ?1",
             "DELETE FROM credentials WHERE user_id = ?1",
             "DELETE FROM users WHERE id = ?1",
         ] {
@@ -573,6 +756,29 @@ impl Store for SqliteStore {
         pep::retract(&mut self.conn, user, node, item_id)
     }
 
+    fn offline(&mut self, user: &str) -> Result<Vec<OfflineMessage>, StoreError> {
+        let tx = self.conn.transaction().map_err(db)?;
+        let id = user_id(&tx, user)?.ok_or_else(|| StoreError::NoSuchUser(user.into()))?;
+        let mut out = Vec::new();
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT id, received_ms, stanza FROM offline WHERE user_id = ?1 ORDER BY id",
+                )
+                .map_err(db)?;
+            let mut rows = stmt.query([id]).map_err(db)?;
+            while let Some(r) = rows.next().map_err(db)? {
+                out.push(OfflineMessage {
+                    id: r.get::<_, i64>(0).map_err(db)? as u64,
+                    received_ms: r.get::<_, i64>(1).map_err(db)? as u64,
+                    stanza: r.get(2).map_err(db)?,
+                });
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(out)
+    }
+
     fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError> {
         let tx = self
             .conn
@@ -582,6 +788,90 @@ impl Store for SqliteStore {
         let versions = write(&tx, changes, resolved)?;
         tx.commit().map_err(db)?;
         Ok(versions)
+    }
+
+    /// The whole user in one `BEGIN IMMEDIATE` transaction: nothing of it is stored when
+    /// any part fails.
+    fn import_user(
+        &mut self,
+        jid: &str,
+        creds: Option<&[ScramCredentials]>,
+        items: &[StoredItem],
+    ) -> Result<ImportOutcome, StoreError> {
+        match BareJid::new(jid) {
+            Ok(b) if b.as_str() == jid && b.node().is_some() => {}
+            _ => return Err(StoreError::InvalidJid(jid.into())),
+        }
+        if let Some(c) = creds {
+            check_creds(c)?;
+        }
+        for i in items {
+            check_item(i)?;
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let mut out = ImportOutcome::default();
+        let (id, version) = match tx
+            .prepare_cached("SELECT id, roster_version FROM users WHERE jid = ?1")
+            .map_err(db)?
+            .query_row([jid], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .optional()
+            .map_err(db)?
+        {
+            Some((id, version)) => {
+                if let Some(creds) = creds {
+                    let stored = stored_creds(&tx, id)?;
+                    if !same_credentials(&stored, creds) {
+                        tx.prepare_cached("DELETE FROM credentials WHERE user_id = ?1")
+                            .map_err(db)?
+                            .execute([id])
+                            .map_err(db)?;
+                        insert_creds(&tx, id, creds)?;
+                        out.credentials_replaced = true;
+                    }
+                }
+                (id, version as u64)
+            }
+            None => {
+                tx.prepare_cached("INSERT INTO users (jid, domain) VALUES (?1, ?2)")
+                    .map_err(db)?
+                    .execute(params![jid, crate::jid::domain_of(jid)])
+                    .map_err(db)?;
+                let id = tx.last_insert_rowid();
+                insert_creds(&tx, id, creds.unwrap_or(&[]))?;
+                out.created = true;
+                (id, 0)
+            }
+        };
+        let mut changes = Vec::new();
+        for item in items {
+            let old = stored_row(&tx, id, &item.contact)?;
+            if let Some(row) = merge_imported(old.as_ref(), item) {
+                changes.push(Change::UpsertItem {
+                    user: jid.to_owned(),
+                    item: row,
+                });
+            }
+        }
+        out.roster_version = version;
+        if !changes.is_empty() {
+            let resolved = Resolved {
+                users: vec![GroupUser {
+                    id,
+                    version,
+                    bumped: false,
+                    offline: None,
+                }],
+                user_of: vec![0; changes.len()],
+            };
+            let versions = write(&tx, &changes, resolved)?;
+            out.items_written = changes.len();
+            out.roster_version = versions.last().copied().unwrap_or(version);
+        }
+        tx.commit().map_err(db)?;
+        Ok(out)
     }
 
     /// One transaction for all groups: each group is validated first (unknown user,

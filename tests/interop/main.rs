@@ -42,6 +42,8 @@ mod stall;
 #[path = "../common/xmpp.rs"]
 mod xmpp;
 
+use std::time::Duration;
+
 use flow::{subscription_flow, Side};
 use lab::{Lab, LabOptions, Profile, CUPUSER, JDOE, OURS, THEIRS};
 
@@ -115,6 +117,56 @@ fn assert_profile_used(lab: &Lab, profile: Profile) {
             log.contains("Accepting SASL EXTERNAL identity from cupdomain.test"),
             "prosody did not accept our SASL EXTERNAL"
         );
+    }
+    assert_stream_management(lab, profile);
+}
+
+/// XEP-0198 on the S2S streams with Prosody (mod_smacks, `smacks_enabled_s2s` true by
+/// default in 0.12): Prosody advertises `<sm/>` only to an authenticated peer and
+/// sends `<enable/>` only when the features arrive on an authenticated stream, i.e. after
+/// the SASL EXTERNAL restart; on dialback streams the features come before
+/// authentication, so neither side enables it there. So: enabled both ways in the strict
+/// profile (with acknowledgements counted), off in the dialback profiles.
+fn assert_stream_management(lab: &Lab, profile: Profile) {
+    let (code, body) = server::http_get(lab.fedrouter.admin, "/status", Duration::from_secs(30))
+        .expect("GET /status");
+    assert_eq!(code, 200, "{body}");
+    let domains: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    let streams: Vec<&serde_json::Value> = domains
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter(|d| d["domain"] == THEIRS)
+        .flat_map(|d| d["streams"].as_array().into_iter().flatten())
+        .filter(|s| s["state"] == "authenticated")
+        .collect();
+    assert!(
+        !streams.is_empty(),
+        "no authenticated stream with {THEIRS}: {body}"
+    );
+    let want = if profile == Profile::Strict {
+        "enabled"
+    } else {
+        "off"
+    };
+    for s in &streams {
+        assert_eq!(s["sm"], want, "{profile:?}: stream management on {s}");
+    }
+    if profile == Profile::Strict {
+        // Our <r/> goes out after s2s.sm_ack_every stanzas or s2s.sm_ack_after (1 s):
+        // wait for Prosody's answer, bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let acked = loop {
+            let acked = lab
+                .fedrouter
+                .metric("fedrouter_sm_acknowledged_total", &[])
+                .unwrap_or(0.0);
+            if acked > 0.0 || std::time::Instant::now() >= deadline {
+                break acked;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(acked > 0.0, "Prosody acknowledged none of our stanzas");
     }
 }
 

@@ -227,7 +227,7 @@ unbound = {{
 		["do-not-query-localhost:"] = "no";
 	}};
 }}
-modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping" }}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "smacks" }}
 modules_disabled = {{ "offline" }}
 authentication = "internal_hashed"
 storage = "internal"

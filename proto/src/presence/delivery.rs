@@ -6,6 +6,7 @@
 //!   stanza for user@domain[/resource] ──► decide(kind, type, resource, sessions)
 //!        ├─ Deliver([i, j])        to those sessions (§8.5.2.1, §8.5.3.1)
 //!        ├─ Reply(condition)       a stanza error to the sender (§8.5.2.2, §8.5.3.2)
+//!        ├─ Offline                stored for later (§8.5.2.2.1, XEP-0160)
 //!        ├─ Ignore                 dropped, as the RFC says to (headline, presence …)
 //!        ├─ UndeliverableError     an error stanza no session takes (RFC 6120 §8.3.1)
 //!        ├─ Subscription(type)     §3 / Appendix A.3: presence::inbound
@@ -18,8 +19,11 @@
 //! [`writable`](SessionView::writable): for delivery it counts as if it were not there,
 //! so one client that stops reading costs only its own buffer (DESIGN.md "Ownership").
 //!
-//! Where RFC 6121 lets the server choose, fedrouter stores nothing offline (no XEP-0160
-//! here): "store offline or return `service-unavailable`" is always the error. Two
+//! Where RFC 6121 lets the server choose between "store offline or return
+//! `service-unavailable`" (§8.5.2.2.1), the answer is [`Delivery::Offline`]: a `normal` or
+//! `chat` message is stored for later delivery (XEP-0160, [`crate::offline`]) when the
+//! runtime's offline storage is on and the user has room, else refused with
+//! `service-unavailable`. Two
 //! choices follow RFC 3921 §11.1 and Prosody rather than the stricter RFC 6121 text, and
 //! are kept as they were when this logic lived in the runtime (`tests/delivery_tables.rs`
 //! pins them): a `normal` or `headline` message to a full JID whose resource is not
@@ -98,6 +102,12 @@ pub enum Delivery {
     /// always `service-unavailable` (§8.5.2.2, §8.5.3.2; §8.5.2.1.3 for IQs to the bare
     /// JID, which the server answers on the user's behalf).
     Reply(StanzaCondition),
+    /// A `normal` or `chat` message no resource takes (§8.5.2.2.1; §8.5.2.1.1 for only
+    /// negative priorities; §8.5.3.2.1 for a full JID that names no connected resource):
+    /// store it offline for later delivery (XEP-0160 §3, [`crate::offline::storable`]).
+    /// The runtime answers `service-unavailable` instead when offline storage is off,
+    /// the user has no room left, or has no account.
+    Offline,
     /// Drop it without an answer: the RFC says to ignore it (presence for no available
     /// resource, a headline nobody can take, an IQ result nobody waits for).
     Ignore,
@@ -140,8 +150,9 @@ pub enum Delivery {
 ///   `service-unavailable`; `headline` goes to every available resource with a
 ///   non-negative priority; `normal`, `chat` and `error` to the "most available" ones, the
 ///   available resources that share the highest non-negative priority. With no such
-///   resource (none available, or only negative priorities): `service-unavailable`,
-///   except `headline` (ignored) and `error` ([`Delivery::UndeliverableError`]).
+///   resource (none available, or only negative priorities): `normal` and `chat` are
+///   [`Delivery::Offline`] (§8.5.2.2.1, XEP-0160), `headline` is ignored and `error` is
+///   [`Delivery::UndeliverableError`].
 /// - **iq** to a full JID: to the resource if connected (§8.5.3.1), else
 ///   `service-unavailable` (§8.5.3.2.3). To the bare JID the server answers for the user
 ///   and never delivers it (§8.5.2.1.3, §8.5.2.2.3): `service-unavailable` for `get` and
@@ -188,6 +199,7 @@ pub fn decide(
                 .map(|s| s.priority)
                 .max();
             match best {
+                None if crate::offline::storable(kind, type_) => Delivery::Offline,
                 None => unavailable(kind, type_),
                 Some(_) if mtype == MessageType::Headline => {
                     Delivery::Deliver(select(sessions, SessionView::takes_bare_messages))

@@ -22,6 +22,7 @@ pub mod sm;
 
 pub use c2s::{
     BindError, C2sConfig, C2sConnection, C2sError, C2sTimeouts, Event as C2sEvent, Mechanism,
+    Password, PasswordCheck, PasswordVerdict,
 };
 pub use cert::CertError;
 pub use policy::{AuthPolicy, FederationPolicy, PeerPolicy, TlsPolicy};

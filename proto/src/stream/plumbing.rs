@@ -234,12 +234,8 @@ impl<E> Plumbing<E> {
 
     // ----- the close sequence (RFC 6120 §4.4, §4.9) -----
 
-    /// A stream error (fatal, §4.9.1) followed by our `</stream:stream>`.
-    pub(super) fn write_error_and_close(&mut self, condition: StreamCondition, text: &str) {
-        self.write_error_and_close_with(condition, text, b"");
-    }
-
-    /// [`Plumbing::write_error_and_close`] with an application-specific condition (XML).
+    /// A stream error (fatal, §4.9.1) with an optional application-specific condition
+    /// (XML, §4.9.4; empty for none), followed by our `</stream:stream>`.
     pub(super) fn write_error_and_close_with(
         &mut self,
         condition: StreamCondition,

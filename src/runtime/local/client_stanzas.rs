@@ -1,10 +1,13 @@
 //! Stanzas a bound session sends ([`ClientStanzas`]): stamped with the session's full
 //! JID (RFC 6120 §8.1.2.1), a malformed `to` refused (§8.3.3.8), then, in the user's
 //! order, dispatched: an `iq` to the account is answered on its behalf (§10.3.3: the
-//! roster, RFC 6121 §2; ping; XEP-0030 disco), a subscription stanza goes to the
+//! roster, RFC 6121 §2; ping; XEP-0030 disco; XEP-0280 carbons; XEP-0191 blocking;
+//! XEP-0077 password change, also when addressed to the server), a stanza to an entity
+//! the user blocked is refused (XEP-0191 §3.3), a subscription stanza goes to the
 //! subscription logic (RFC 6121 §3), presence without `to` to the presence logic
 //! (§4.2–§4.5), directed presence is remembered (§4.6), and the rest is routed (a
-//! message without `to` to the account's bare JID, RFC 6120 §10.3.1).
+//! message without `to` to the account's bare JID, RFC 6120 §10.3.1), messages copied
+//! to the user's other resources that enabled carbons (XEP-0280 §6.3).
 
 use std::rc::Rc;
 
@@ -12,19 +15,31 @@ use tracing::warn;
 
 use super::sessions::{reply_to_client, send_to};
 use super::users::Deferred;
+use crate::blocking::{self, NS_BLOCKING};
+use crate::carbons::{read_toggle, NS_CARBONS};
 use crate::condition::StanzaCondition;
+use crate::jid::domain_of;
 use crate::jid::Jid;
 use crate::presence::client::{self, ClientPresence};
 use crate::presence::ROSTER_NS;
+use crate::register::{self, NS_REGISTER};
 use crate::router::bare_key;
 use crate::runtime::conn::{Conn, ConnId};
 use crate::runtime::count_stanza;
 use crate::runtime::shard::Shard;
 use crate::service::{answer_account, read_iq, Iq, NS_PING};
-use crate::stanza::StanzaKind;
+use crate::stanza::{error_reply, StanzaKind};
 use crate::stream::c2s::C2sConnection;
 use crate::xml::writer::{write_raw_attr, write_readdressed};
 use crate::xml::{parse_stanza, Element};
+
+/// A request about the user's own account, read by the protocol core.
+enum OwnRequest {
+    /// XEP-0191.
+    Blocking(blocking::Request),
+    /// XEP-0077.
+    Register(register::Request),
+}
 
 /// The handling of what clients send; the sessions are in [`super::users::User`].
 pub(super) struct ClientStanzas;
@@ -113,8 +128,25 @@ impl ClientStanzas {
         let to_self = el
             .to()
             .is_none_or(|t| !t.contains('/') && bare_key(t) == bare);
+        // Requests about the user's own account sent to its server (XEP-0077 §3.3
+        // addresses the password change so; carbons and blocking requests have no `to`
+        // but some clients name the server).
+        let to_server = kind == StanzaKind::Iq
+            && el.to() == Some(domain_of(&bare))
+            && [NS_REGISTER, NS_CARBONS, NS_BLOCKING]
+                .iter()
+                .any(|ns| memchr::memmem::find(el.inner(), ns.as_bytes()).is_some());
+        // To an entity the user blocked: refused (XEP-0191 §3.3).
+        if !to_self
+            && shard
+                .local
+                .blocking
+                .blocks_outbound(shard, &conn, &bare, &el)
+        {
+            return;
+        }
         match kind {
-            StanzaKind::Iq if to_self => self.account_iq(shard, &conn, &bare, el),
+            StanzaKind::Iq if to_self || to_server => self.account_iq(shard, &conn, &bare, el),
             StanzaKind::Presence => match client::classify(el.type_(), el.to().is_some()) {
                 ClientPresence::Ignore => {} // the server probes, not clients (§4.3)
                 ClientPresence::Subscription(t) => {
@@ -149,6 +181,10 @@ impl ClientStanzas {
                     write_readdressed(&el, Some(&bare), None, &mut out);
                     return shard.route_generated(&out);
                 }
+                if kind == StanzaKind::Message {
+                    // Copies to the user's other resources (XEP-0280 §6.3).
+                    shard.local.carbons.sent(shard, &bare, &el, id);
+                }
                 shard.route(el)
             }
         }
@@ -173,6 +209,40 @@ impl ClientStanzas {
             // PEP (XEP-0163): the account's own nodes.
             Iq::Get(p) | Iq::Set(p) if crate::pep::is_pubsub(&p.name, &p.ns) => {
                 shard.local.pep.owner_iq(shard, conn, bare, el, &p);
+            }
+            Iq::Set(ref p) if p.ns == NS_CARBONS => match read_toggle(p) {
+                Some(toggle) => shard.local.carbons.toggle(shard, conn, bare, &el, toggle),
+                None => {
+                    if let Some(reply) = answer_account(&el, true) {
+                        send_to(conn, &[reply.bytes()]);
+                    }
+                }
+            },
+            Iq::Get(ref p) | Iq::Set(ref p) if p.ns == NS_BLOCKING || p.ns == NS_REGISTER => {
+                let is_get = el.type_() == Some("get");
+                let localpart = bare.split('@').next().unwrap_or_default();
+                let answer = if p.ns == NS_BLOCKING {
+                    blocking::read_request(is_get, p).map(|r| r.map(OwnRequest::Blocking))
+                } else {
+                    register::read_request(is_get, p, localpart)
+                        .map(|r| r.map(OwnRequest::Register))
+                };
+                match answer {
+                    Some(Ok(OwnRequest::Blocking(r))) => {
+                        shard.local.blocking.request(shard, conn, bare, el, r)
+                    }
+                    Some(Ok(OwnRequest::Register(r))) => {
+                        shard.local.account.request(shard, conn, bare, el, r)
+                    }
+                    Some(Err(c)) => {
+                        send_to(conn, &[error_reply(&el, c, None, None).bytes()]);
+                    }
+                    None => {
+                        if let Some(reply) = answer_account(&el, true) {
+                            send_to(conn, &[reply.bytes()]);
+                        }
+                    }
+                };
             }
             Iq::Get(p) if (p.name.as_str(), p.ns.as_str()) == ("ping", NS_PING) => {
                 let mut out = Vec::with_capacity(96);

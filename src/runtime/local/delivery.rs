@@ -2,9 +2,10 @@
 //! owns, from anywhere (another local user, a remote server, the server itself), waits
 //! its turn behind the user's earlier stanzas, then goes where the §8.5 rules
 //! ([`fedrouter_proto::presence::delivery::decide`]) say given the user's sessions now:
-//! to some of them, an error to the sender, the subscription (§3) or probe (§4.3) logic,
-//! or nowhere. A session whose client stopped reading (`c2s.send_queue_bytes` waiting
-//! for its socket) is skipped: a client that stops reading costs only its own buffer.
+//! to some of them, an error to the sender, offline storage (XEP-0160,
+//! [`super::offline`]), the subscription (§3) or probe (§4.3) logic, or nowhere. A
+//! session whose client stopped reading (`c2s.send_queue_bytes` waiting for its socket)
+//! is skipped: a client that stops reading costs only its own buffer.
 
 use std::rc::Rc;
 
@@ -30,7 +31,7 @@ impl Delivery {
         let kind = StanzaKind::of(&el)?;
         let to = el.to().unwrap_or_default();
         if !to.contains('@') && !to.contains('/') {
-            return Some(answer_server(&el, kind));
+            return Some(answer_server(&el, kind, &super::SOFTWARE));
         }
         self.deliver_to_user(shard, el);
         None
@@ -60,6 +61,10 @@ impl Delivery {
         let Some(to) = el.to() else { return };
         let bare = bare_key(to).into_owned();
         let resource = to.find('/').map(|i| &to[i + 1..]);
+        // From an entity the user blocked (XEP-0191 §3.3): dropped or answered.
+        if shard.local.blocking.blocks_inbound(shard, &bare, &el) {
+            return;
+        }
         // PEP (XEP-0163): a contact's resource and its caps; answers to the caps queries
         // and pubsub requests to the account.
         if kind == StanzaKind::Presence {
@@ -101,16 +106,35 @@ impl Delivery {
             (decision, targets)
         };
         match decision {
+            delivery::Delivery::Deliver(_) if kind == StanzaKind::Presence => {
+                // Held for a session that reported itself inactive (XEP-0352).
+                for c in &targets {
+                    shard.local.client_state.send_presence(
+                        shard,
+                        &bare,
+                        c,
+                        el.from(),
+                        el.type_(),
+                        &[el.bytes()],
+                    );
+                }
+            }
             delivery::Delivery::Deliver(_) => {
                 for c in &targets {
                     // A message or IQ is tracked until its socket accepts it, so that a
                     // session closed by `c2s.write_stall_timeout` hands back what it never
                     // sent ([`super::sessions::Sessions::write_stalled`]).
-                    if send_to(c, &[el.bytes()]) && kind != StanzaKind::Presence {
+                    if send_to(c, &[el.bytes()]) {
                         c.st.borrow_mut().track(Queued::Whole(el.clone(), None));
                     }
                 }
+                if kind == StanzaKind::Message {
+                    // Copies to the user's other resources (XEP-0280 §6.2).
+                    let ids: Vec<_> = targets.iter().map(|c| c.id).collect();
+                    shard.local.carbons.received(shard, &bare, &el, &ids);
+                }
             }
+            delivery::Delivery::Offline => shard.local.offline.store(shard, &bare, el),
             delivery::Delivery::Reply(condition) => {
                 shard.route(error_reply(&el, condition, None, None));
             }

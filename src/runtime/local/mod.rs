@@ -34,15 +34,28 @@
 //! | `presence.rs` | [`Presence`] | broadcast, fan-out, probes (§4) |
 //! | `delivery.rs` | [`Delivery`] | stanzas to users, per the §8.5 rules |
 //! | `pep.rs` | [`Pep`] | PEP nodes, notifications, contacts' caps (XEP-0163) |
+//! | `carbons.rs` | [`Carbons`] | message carbons (XEP-0280) |
+//! | `blocking.rs` | [`Blocking`] | block lists (XEP-0191): requests, enforcement |
+//! | `client_state.rs` | [`ClientStates`] | client state indication (XEP-0352) |
+//! | `account.rs` | [`Account`] | the user's own registration: password change (XEP-0077) |
+//! | `resumption.rs` | [`Resumption`] | stream management (XEP-0198): detached sessions, resumption, unacknowledged stanzas |
+//! | `offline.rs` | [`Offline`] | offline messages stored and delivered (XEP-0160) |
 //!
 //! Of the shard they use: `route`, `route_generated`, `bounce`, `send_to`,
 //! `send_remote`, `spawn_conn`, `shared`, `next_conn_id`, `congest`, `decongest` and
 //! the fields `rng`, `id`, `n`.
 
+mod account;
+mod blocking;
+mod carbons;
 mod client_stanzas;
+mod client_state;
 mod delivery;
+mod directory_link;
+mod offline;
 mod pep;
 mod presence;
+mod resumption;
 mod roster;
 mod sessions;
 mod store_link;
@@ -64,10 +77,17 @@ use crate::router::fanout::SharedStanza;
 use crate::service::Answer;
 use crate::stream::c2s::C2sConnection;
 use crate::xml::Element;
+use account::Account;
+use blocking::Blocking;
+use carbons::Carbons;
 use client_stanzas::ClientStanzas;
+use client_state::ClientStates;
 use delivery::Delivery;
+use directory_link::DirectoryLink;
+use offline::Offline;
 use pep::Pep;
 use presence::Presence;
+use resumption::Resumption;
 use roster::Rosters;
 use sessions::Sessions;
 use store_link::StoreLink;
@@ -78,9 +98,10 @@ use users::Users;
 pub(super) struct Local {
     /// C2S connections on this shard (negotiating here, or bound users this shard owns).
     pub conns: RefCell<HashMap<ConnId, Rc<Conn<C2sConnection>>>>,
-    /// Fired by the storage thread when a reply is waiting.
+    /// Fired by the storage thread, and by the directory thread, when a reply is waiting.
     pub store_wake: Arc<Notify>,
     store: StoreLink,
+    directory: DirectoryLink,
     users: Users,
     sessions: Sessions,
     client: ClientStanzas,
@@ -89,7 +110,22 @@ pub(super) struct Local {
     presence: Presence,
     delivery: Delivery,
     pep: Pep,
+    carbons: Carbons,
+    blocking: Blocking,
+    client_state: ClientStates,
+    account: Account,
+    resumption: Resumption,
+    offline: Offline,
 }
+
+/// What the server says about itself (XEP-0092): this binary's name and version, no
+/// operating system.
+pub(super) static SOFTWARE: std::sync::LazyLock<crate::service::Software> =
+    std::sync::LazyLock::new(|| crate::service::Software {
+        name: "fedrouter".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        os: None,
+    });
 
 impl Local {
     pub(super) fn new() -> Local {
@@ -97,6 +133,7 @@ impl Local {
         Local {
             conns: RefCell::new(HashMap::new()),
             store: StoreLink::new(Arc::clone(&store_wake)),
+            directory: DirectoryLink::new(Arc::clone(&store_wake)),
             store_wake,
             users: Users::new(),
             sessions: Sessions,
@@ -106,6 +143,12 @@ impl Local {
             presence: Presence,
             delivery: Delivery,
             pep: Pep::new(),
+            carbons: Carbons,
+            blocking: Blocking,
+            client_state: ClientStates,
+            account: Account,
+            resumption: Resumption::default(),
+            offline: Offline,
         }
     }
 
@@ -113,6 +156,7 @@ impl Local {
     /// [`StoreLink::replies`].
     pub(super) fn store_replies(&self, shard: &Shard) {
         self.store.replies(shard);
+        self.directory.replies(shard);
     }
 
     /// A client connected to this shard's C2S listener: [`Sessions::accept`].

@@ -1,5 +1,6 @@
 //! Presence of local users (RFC 6121 §4) ([`Presence`]): presence without `to` from a
-//! session (initial presence §4.2 with its probes, updates §4.4, unavailable §4.5), its
+//! session (initial presence §4.2 with its probes and the stored offline messages of
+//! XEP-0160, updates §4.4, unavailable §4.5), its
 //! broadcast to the subscribers (`from`/`both`), to directed-presence recipients (§4.6)
 //! and to the user's other resources, presence to a local user's available resources
 //! (§4.2.3, §4.4.3), probes answered (§4.3.2), and the presence a subscription change
@@ -50,6 +51,9 @@ impl Presence {
             return;
         };
         let mut initial = false;
+        // The session starts taking bare-JID messages: stored offline messages go to it
+        // (XEP-0160 §5).
+        let mut offline = false;
         let mut directed = BTreeSet::new();
         let mut pending: Vec<String> = Vec::new();
         let mut probes: Vec<String> = Vec::new();
@@ -78,8 +82,12 @@ impl Presence {
                 directed = std::mem::take(&mut s.directed);
             } else {
                 initial = !s.available;
+                let took = s.available && s.priority >= 0;
                 s.available = true;
                 s.priority = delivery::priority(&el);
+                // Available with a non-negative priority now, and not before (XEP-0160 §5,
+                // RFC 6121 §8.5.2.1.1).
+                offline = !took && s.priority >= 0;
                 s.presence = Some(shared.clone());
             }
             if initial {
@@ -116,6 +124,10 @@ impl Presence {
                 send_to(conn, &[stanza.as_bytes()]);
             }
         }
+        // After the presence broadcast (RFC 6121 §4.2) and what the new resource is told.
+        if offline {
+            shard.local.offline.deliver(shard, conn, bare);
+        }
     }
 
     /// Fans `stanza` (presence from one of `bare`'s resources, no `to`) out to the
@@ -147,9 +159,20 @@ impl Presence {
         for (conn, full) in own {
             let mut attr = Vec::with_capacity(8 + full.len());
             write_to_attr(&full, &mut attr);
-            send_to(&conn, &stanza.parts(&attr));
+            // Held for a session that reported itself inactive (XEP-0352).
+            shard.local.client_state.send_presence(
+                shard,
+                bare,
+                &conn,
+                stanza.from(),
+                stanza.element().type_(),
+                &stanza.parts(&attr),
+            );
         }
         recipients.extend(extra);
+        // Not to entities the user blocked (XEP-0191 §3.3).
+        let blocking = &shard.local.blocking;
+        recipients.retain(|r| !blocking.is_blocked(shard, bare, r));
         shard
             .local
             .fan_out(shard, stanza, recipients.iter().map(String::as_str));
@@ -206,20 +229,35 @@ impl Presence {
 
     /// Presence to a local user: to its available resources (RFC 6121 §4.2.3, §4.4.3).
     pub(super) fn deliver_broadcast(&self, shard: &Shard, stanza: &SharedStanza, jid: &str) {
+        let bare = bare_key(jid);
+        // Not from an entity the user blocked (XEP-0191 §3.3).
+        if let Some(from) = stanza.from() {
+            if shard.local.blocking.is_blocked(shard, &bare, from) {
+                return;
+            }
+        }
         // PEP (XEP-0163 §4.3.4): the contact's resource and its caps.
         shard
             .local
             .pep
-            .contact_presence(shard, bare_key(jid).as_ref(), stanza.element());
+            .contact_presence(shard, &bare, stanza.element());
         let mut attr = Vec::with_capacity(8 + jid.len());
         write_to_attr(jid, &mut attr);
         let targets =
             shard
                 .local
                 .delivery
-                .writable_sessions(shard, bare_key(jid).as_ref(), |s: &Session| s.available);
+                .writable_sessions(shard, bare.as_ref(), |s: &Session| s.available);
         for c in targets {
-            send_to(&c, &stanza.parts(&attr));
+            // Held for a session that reported itself inactive (XEP-0352).
+            shard.local.client_state.send_presence(
+                shard,
+                &bare,
+                &c,
+                stanza.from(),
+                stanza.element().type_(),
+                &stanza.parts(&attr),
+            );
         }
     }
 

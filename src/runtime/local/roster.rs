@@ -182,6 +182,9 @@ impl Rosters {
             }
             user.roster = RosterState::Loading;
         }
+        // The block list first: its answer comes before the roster's, which the stanzas
+        // that need either wait for.
+        shard.local.blocking.load(shard, bare);
         let user = bare.to_owned();
         shard.local.store.submit(
             shard,

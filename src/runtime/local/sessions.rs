@@ -1,6 +1,6 @@
 //! Client connections ([`Sessions`]): C2S streams accepted on this shard or handed to
-//! it, their events (STARTTLS, SASL with the credentials read from the store, resource
-//! binding — RFC 6120 §5–§7), the end of a session
+//! it, their events (STARTTLS, SASL with the credentials read from the store or the
+//! password checked by the directory, resource binding — RFC 6120 §5–§7), the end of a session
 //! (§4.5.2: unavailable presence to whoever had its presence) and a client that stops
 //! reading (its undelivered stanzas handled as for an unavailable resource, §8.5). What a
 //! bound session sends is [`super::client_stanzas`]'s.
@@ -20,6 +20,7 @@ use tokio_uring::net::TcpStream;
 use tracing::{debug, info, info_span, warn};
 
 use crate::condition::{StanzaCondition, StreamCondition};
+use crate::csi::Held;
 use crate::presence::delivery::{self, SessionView};
 use crate::router::fanout::SharedStanza;
 use crate::router::queue::Queued;
@@ -51,6 +52,16 @@ pub(super) struct Session {
     pub(super) interested: bool,
     /// Entities sent directed presence (RFC 6121 §4.6), told when the session goes away.
     pub(super) directed: BTreeSet<String>,
+    /// Enabled message carbons (XEP-0280 §4): gets copies of the user's messages.
+    pub(super) carbons: bool,
+    /// Retrieved the block list (XEP-0191 §3.2): gets block list pushes.
+    pub(super) blocklist_requested: bool,
+    /// Reported `<inactive/>` (XEP-0352): presence updates are held in `held`.
+    pub(super) inactive: bool,
+    /// Presence updates held while inactive, the latest per sender, as sent bytes.
+    pub(super) held: Held<Vec<u8>>,
+    /// Bytes put into `held` since it was last emptied (replaced ones included).
+    pub(super) held_bytes: usize,
 }
 
 impl Session {
@@ -69,6 +80,18 @@ impl Session {
 /// Sends bytes to one session's client; whether the stream took them.
 pub(super) fn send_to(conn: &Conn<C2sConnection>, parts: &[&[u8]]) -> bool {
     let mut st = conn.st.borrow_mut();
+    if st.detached {
+        // XEP-0198: kept by the core for the client's resumption, not written.
+        if st.proto.send_stanza_parts(parts, Instant::now()).is_err() {
+            return false;
+        }
+        let mut discard = Vec::new();
+        st.proto.poll_transmit(&mut discard);
+        let unacked = st.proto.unacknowledged();
+        drop(st);
+        super::resumption::Resumption::took(conn, unacked);
+        return true;
+    }
     if st.closed {
         return false;
     }
@@ -208,6 +231,14 @@ impl Sessions {
             Event::CredentialsNeeded { jid, mechanism } => {
                 self.look_up_credentials(shard, conn.id, jid, mechanism, true);
             }
+            Event::PasswordCheckNeeded {
+                jid,
+                username,
+                password,
+            } => shard
+                .local
+                .directory
+                .submit(shard, conn.id, jid, username, password),
             Event::AuthFailed {
                 username, failures, ..
             } => {
@@ -239,6 +270,17 @@ impl Sessions {
             Event::Bound { jid } => self.bound(shard, conn, &jid),
             Event::Stanza { kind, element } => {
                 shard.local.client.client_sent(shard, conn, kind, element)
+            }
+            Event::ClientState(state) => shard.local.client_state.set(shard, conn, state),
+            Event::StreamManagementEnabled { resumption_id } => {
+                crate::runtime::metrics(|m| m.count("c2s_sm_enabled", &[], 1));
+                debug!(parent: &conn.span, resumable = resumption_id.is_some(), "stream management enabled");
+            }
+            Event::ResumeRequested { previd, .. } => {
+                shard.local.resumption.resume(shard, conn, &previd)
+            }
+            Event::Resumed { jid } => {
+                conn.record_once("jid", jid.as_str());
             }
             Event::Closed(reason) => {
                 debug!(parent: &conn.span, ?reason, "client stream closed");
@@ -296,11 +338,18 @@ impl Sessions {
                     st.collect_events();
                     st.pump();
                 }
-                sessions.on_events(shard, &conn, false);
-                conn.st.borrow_mut().pump();
-                conn.wake.notify_one();
+                sessions.after_answer(shard, &conn);
             }),
         );
+    }
+
+    /// After the runtime answered a connection (credentials, a password verdict): its
+    /// events, its bytes, a wake for its writer. The hand-off to the user's shard happens
+    /// with the client's next bytes (see [`Sessions::on_events`]).
+    pub(super) fn after_answer(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>) {
+        self.on_events(shard, conn, false);
+        conn.st.borrow_mut().pump();
+        conn.wake.notify_one();
     }
 
     /// RFC 6120 §7.6 on the user's shard: a generated resource when none is asked for, a
@@ -372,6 +421,11 @@ impl Sessions {
                 presence: None,
                 interested: false,
                 directed: BTreeSet::new(),
+                carbons: false,
+                blocklist_requested: false,
+                inactive: false,
+                held: Held::default(),
+                held_bytes: 0,
             });
         }
         debug!(parent: &conn.span, %full, "bound");
@@ -379,13 +433,17 @@ impl Sessions {
     }
 
     fn ended(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>, _reason: &CloseReason) {
+        if shard.local.resumption.detach(shard, conn) {
+            return;
+        }
         self.session_gone(shard, conn);
+        shard.local.resumption.redeliver_unacked(shard, conn);
     }
 
     /// A session ends (closed, dropped, or replaced): unavailable presence to whoever had
     /// its presence (RFC 6121 §4.5.2, also when the stream ends abruptly), then it is
     /// forgotten.
-    fn session_gone(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>) {
+    pub(super) fn session_gone(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>) {
         let Some(full) = conn
             .st
             .borrow()
@@ -469,6 +527,7 @@ impl Sessions {
 
     /// Closes every client stream (shutdown): unavailable presence goes out as each ends.
     pub(super) fn close_clients(&self, shard: &Shard, now: Instant) {
+        shard.local.resumption.expire_all(shard);
         let conns: Vec<Rc<Conn<C2sConnection>>> =
             shard.local.conns.borrow().values().cloned().collect();
         for c in conns {

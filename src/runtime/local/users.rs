@@ -13,6 +13,7 @@ use std::collections::{HashMap, VecDeque};
 
 use super::roster::RosterState;
 use super::sessions::Session;
+use crate::blocking::NS_BLOCKING;
 use crate::presence::{client, SubType, ROSTER_NS};
 use crate::router::bare_key;
 use crate::router::fanout::SharedStanza;
@@ -31,6 +32,9 @@ pub(super) struct Users {
 pub(super) struct User {
     pub(super) sessions: Vec<Session>,
     pub(super) roster: RosterState,
+    /// The block list (XEP-0191), normalised JIDs: loaded with the roster (just before
+    /// it, [`super::roster::Rosters::ensure`]), changed by [`super::blocking`].
+    pub(super) blocked: Vec<String>,
     /// Stanzas from or to the user waiting, in order, for the roster to load or for
     /// `busy` to drop to zero.
     deferred: VecDeque<Deferred>,
@@ -48,12 +52,6 @@ impl User {
     }
 }
 
-/// The namespaces of XEP-0030 (`disco#info`, `disco#items`) start so.
-const DISCO_PREFIX: &[u8] = b"http://jabber.org/protocol/disco#";
-
-/// `http://jabber.org/protocol/pubsub` (XEP-0060), the start of PEP's namespaces.
-const PUBSUB_NS: &[u8] = b"http://jabber.org/protocol/pubsub";
-
 /// Whether a presence stanza carries XEP-0115 caps (PEP needs the roster for it).
 fn has_caps(el: &Element) -> bool {
     memchr::memmem::find(el.inner(), crate::pep::NS_CAPS.as_bytes()).is_some()
@@ -70,19 +68,28 @@ pub(super) enum Deferred {
 }
 
 impl Deferred {
-    /// Whether handling it reads `bare`'s roster: roster queries, subscription stanzas,
-    /// presence broadcasts and probes, and XEP-0030 queries to the bare JID (which need
-    /// to know whether the account exists).
+    /// Whether handling it reads `bare`'s roster or block list: roster queries,
+    /// subscription stanzas, presence broadcasts and probes, XEP-0030 queries to the bare
+    /// JID (which need to know whether the account exists), block list requests, and
+    /// what the user sends to others or receives (checked against the block list,
+    /// XEP-0191 §3.3).
     fn needs_roster(&self, bare: &str) -> bool {
         match self {
+            // What the user sends to others is checked against the block list
+            // (XEP-0191 §3.3), which loads with the roster.
             Deferred::FromClient(_, el) => match StanzaKind::of(el) {
-                Some(StanzaKind::Presence) => client::needs_roster(el.type_(), el.to().is_some()),
-                Some(StanzaKind::Iq) => {
-                    el.to()
-                        .is_none_or(|t| !t.contains('/') && bare_key(t) == bare)
-                        && memchr::memmem::find(el.inner(), ROSTER_NS.as_bytes()).is_some()
+                Some(StanzaKind::Presence) => {
+                    client::needs_roster(el.type_(), el.to().is_some()) || el.to().is_some()
                 }
-                _ => false,
+                Some(StanzaKind::Iq) => {
+                    let to_self = el
+                        .to()
+                        .is_none_or(|t| !t.contains('/') && bare_key(t) == bare);
+                    let reads = |ns: &str| memchr::memmem::find(el.inner(), ns.as_bytes());
+                    !to_self || reads(ROSTER_NS).is_some() || reads(NS_BLOCKING).is_some()
+                }
+                Some(StanzaKind::Message) => true,
+                None => false,
             },
             Deferred::Inbound(el) => match StanzaKind::of(el) {
                 // Available presence with XEP-0115 caps: PEP checks the subscription.
@@ -90,17 +97,14 @@ impl Deferred {
                     Some(t) => t == "probe" || SubType::from_type(t).is_some(),
                     None => has_caps(el),
                 },
-                // A XEP-0030 query to the bare JID is answered for the account only if it
+                // A request is checked against the block list (XEP-0191 §3.3), and a
+                // XEP-0030 query to the bare JID is answered for the account only if it
                 // exists (RFC 6121 §8.5.1, `service::answer_account`); a PEP request
                 // (XEP-0163) is answered per the subscription (access model `presence`).
-                Some(StanzaKind::Iq) => {
-                    el.to().is_some_and(|t| !t.contains('/'))
-                        && ((el.type_() == Some("get")
-                            && memchr::memmem::find(el.inner(), DISCO_PREFIX).is_some())
-                            || (matches!(el.type_(), Some("get" | "set"))
-                                && memchr::memmem::find(el.inner(), PUBSUB_NS).is_some()))
-                }
-                _ => false,
+                Some(StanzaKind::Iq) => matches!(el.type_(), Some("get" | "set")),
+                // Messages need the block list (XEP-0191 §3.3), loaded with the roster.
+                Some(StanzaKind::Message) => el.type_() != Some("error"),
+                None => false,
             },
             Deferred::Broadcast(s, _) => s.element().type_().is_none() && has_caps(s.element()),
         }

@@ -1,5 +1,6 @@
-//! What every C2S connection of a server shares ([`C2sConfig`], [`C2sTimeouts`]) and the
-//! SASL mechanisms it offers ([`Mechanism`]).
+//! What every C2S connection of a server shares ([`C2sConfig`], [`C2sTimeouts`]), the
+//! SASL mechanisms it offers ([`Mechanism`]) and how passwords are checked
+//! ([`PasswordCheck`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -70,6 +71,28 @@ pub struct C2sConfig {
     /// Hold after the first SASL failure, doubled after each further one (default 1 s).
     /// Zero disables the hold.
     pub auth_failure_delay: Duration,
+    /// XEP-0198 stream management offered after SASL, with resumption; `None` (the
+    /// default of [`C2sConfig::new`]) does not offer it.
+    pub stream_management: Option<super::C2sSmConfig>,
+    /// Where passwords are checked (default [`PasswordCheck::Stored`]); decides the
+    /// mechanisms offered ([`C2sConfig::offers`]).
+    pub password_check: PasswordCheck,
+}
+
+/// Where the runtime checks a client's password, which decides the SASL mechanisms a
+/// server can offer (RFC 6120 §6.3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PasswordCheck {
+    /// Against stored SCRAM credentials ([`crate::scram::ScramCredentials`]): `SCRAM-SHA-256`,
+    /// `SCRAM-SHA-1`, and `PLAIN` over TLS. The default.
+    #[default]
+    Stored,
+    /// By the runtime against an external directory (e.g. an LDAP bind as the user): only
+    /// `PLAIN` over TLS, since a SCRAM proof cannot be checked without stored SCRAM keys
+    /// and a directory bind needs the password itself. The runtime gets
+    /// [`super::Event::PasswordCheckNeeded`] and answers with
+    /// [`super::C2sConnection::handle_password_verdict`].
+    External,
 }
 
 impl C2sConfig {
@@ -85,6 +108,19 @@ impl C2sConfig {
             timeouts: C2sTimeouts::default(),
             max_auth_failures: 3,
             auth_failure_delay: Duration::from_secs(1),
+            stream_management: None,
+            password_check: PasswordCheck::Stored,
+        }
+    }
+
+    /// Whether `mechanism` is offered and accepted on a stream with (`tls`) or without
+    /// TLS: `PLAIN` only over TLS; SCRAM only with [`PasswordCheck::Stored`].
+    pub fn offers(&self, mechanism: Mechanism, tls: bool) -> bool {
+        match mechanism {
+            Mechanism::Plain => tls,
+            Mechanism::ScramSha256 | Mechanism::ScramSha1 => {
+                self.password_check == PasswordCheck::Stored
+            }
         }
     }
 
@@ -113,6 +149,7 @@ impl fmt::Debug for C2sConfig {
             .field("timeouts", &self.timeouts)
             .field("max_auth_failures", &self.max_auth_failures)
             .field("auth_failure_delay", &self.auth_failure_delay)
+            .field("password_check", &self.password_check)
             .finish_non_exhaustive()
     }
 }
@@ -175,5 +212,19 @@ mod tests {
         }
         assert_eq!(Mechanism::from_name("SCRAM-SHA-1-PLUS"), None);
         assert_eq!(Mechanism::Plain.hash(), None);
+    }
+
+    #[test]
+    fn external_password_check_offers_plain_over_tls_only() {
+        let mut cfg = C2sConfig::new(vec!["a.test".into()], [0; 32]);
+        assert!(cfg.offers(Mechanism::ScramSha256, false));
+        assert!(cfg.offers(Mechanism::Plain, true));
+        assert!(!cfg.offers(Mechanism::Plain, false));
+        cfg.password_check = PasswordCheck::External;
+        for tls in [false, true] {
+            assert!(!cfg.offers(Mechanism::ScramSha256, tls));
+            assert!(!cfg.offers(Mechanism::ScramSha1, tls));
+            assert_eq!(cfg.offers(Mechanism::Plain, tls), tls);
+        }
     }
 }

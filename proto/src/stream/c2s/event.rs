@@ -1,6 +1,8 @@
-//! What a C2S connection reports ([`Event`]), the runtime's errors ([`C2sError`]) and its
-//! refusals of a bind request ([`BindError`]).
+//! What a C2S connection reports ([`Event`]), the runtime's errors ([`C2sError`]), its
+//! refusals of a bind request ([`BindError`]), and the password a client sent with its
+//! answer ([`Password`], [`PasswordVerdict`]).
 
+use std::fmt;
 use std::time::Instant;
 
 use super::Mechanism;
@@ -45,6 +47,53 @@ impl BindError {
     }
 }
 
+/// A password a client sent with SASL `PLAIN` (RFC 4616), for the runtime to check
+/// ([`Event::PasswordCheckNeeded`]). [`Debug`](fmt::Debug) does not show it, and its bytes
+/// are overwritten with zeros when it is dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    /// Wraps `password` (UTF-8, non-empty as RFC 4616 requires).
+    pub fn new(password: &str) -> Password {
+        Password(password.to_owned())
+    }
+
+    /// The password, to hand to the checker.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+impl Drop for Password {
+    fn drop(&mut self) {
+        std::mem::take(&mut self.0).into_bytes().fill(0);
+    }
+}
+
+/// The runtime's answer to [`Event::PasswordCheckNeeded`], given to
+/// [`C2sConnection::handle_password_verdict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordVerdict {
+    /// The password is the user's: `<success/>` (RFC 6120 §6.4.6).
+    Accepted,
+    /// Wrong password, unknown user, or a user the directory does not let in:
+    /// `<failure><not-authorized/></failure>` (§6.5.10), counted and delayed like any
+    /// failure.
+    Rejected,
+    /// The password could not be checked now (the directory is unreachable, busy or timed
+    /// out): `<failure><temporary-auth-failure/></failure>` (§6.5.12). Not counted towards
+    /// [`super::C2sConfig::max_auth_failures`] and not delayed: the client did nothing
+    /// wrong and may try again.
+    TemporaryFailure,
+}
+
 /// Something the runtime must act on.
 #[derive(Debug, Clone, PartialEq)]
 // Not `#[non_exhaustive]`: the runtime (another crate of this workspace) matches it
@@ -70,6 +119,17 @@ pub enum Event {
         jid: String,
         /// The mechanism the client chose.
         mechanism: Mechanism,
+    },
+    /// With [`super::PasswordCheck::External`]: check `password` for `username` and answer
+    /// with [`C2sConnection::handle_password_verdict`]. Only `PLAIN` over TLS gets here;
+    /// the authzid, if any, was already checked to be the same user.
+    PasswordCheckNeeded {
+        /// The normalised bare JID `localpart@domain` (the store's key).
+        jid: String,
+        /// The normalised localpart (RFC 7622 §3.3): the directory's user name.
+        username: String,
+        /// The password as the client sent it.
+        password: Password,
     },
     /// A SASL attempt failed (RFC 6120 §6.4.5); the runtime may delay or refuse further
     /// attempts from the same address or for the same account.
@@ -108,6 +168,31 @@ pub enum Event {
         kind: StanzaKind,
         /// The stanza as received (`jabber:client`).
         element: Element,
+    },
+    /// The bound client reported its state with an XEP-0352 nonza (`<active/>` or
+    /// `<inactive/>` in `urn:xmpp:csi:0`, §3): hold presence updates while inactive, send
+    /// them when active again ([`crate::csi`]).
+    ClientState(crate::csi::ClientState),
+    /// XEP-0198 enabled on the bound stream; with a resumption id when the session may
+    /// be resumed after its stream drops (keep it detached, findable by that id, for
+    /// [`C2sConnection::resumption_timeout`]).
+    StreamManagementEnabled {
+        /// The id the client resumes with (`previd`), if resumable.
+        resumption_id: Option<String>,
+    },
+    /// The authenticated client asks to resume a session (XEP-0198 §5) instead of
+    /// binding; answer with [`C2sConnection::handle_resume`].
+    ResumeRequested {
+        /// The session's resumption id.
+        previd: String,
+        /// Stanzas the client handled on the old stream.
+        h: u32,
+    },
+    /// A session was resumed on this stream: it is bound to `jid` again, and the
+    /// stanzas the client had not acknowledged were sent again.
+    Resumed {
+        /// The session's full JID.
+        jid: String,
     },
     /// The stream is over; the runtime closes the socket after transmitting what is left.
     Closed(CloseReason),

@@ -16,10 +16,12 @@
 //!      │                                                                              │
 //!      ▼   (after TLS, or without it when `tls_required` is off)                      │
 //! ExpectAuth ─<auth/>─► AwaitCredentials ─(handle_credentials)─► ExpectResponse ─<response/>─┐
-//!      ▲                  (Event::CredentialsNeeded)               (SCRAM only)             │
-//!      └──── <failure/> (counted, delayed) ◄────────────────────────────────────────────────┤
-//!                                                                                           ▼
-//! ExpectHeader ◄─ <success/> (stream restart, RFC 6120 §6.4.6) ◄────────────────────────────┘
+//!  ▲   │                (Event::CredentialsNeeded)               (SCRAM only)                │
+//!  │   └─<auth PLAIN/>─► AwaitVerdict ─(handle_password_verdict)────────────────────────────►┤
+//!  │     (PasswordCheck::External; Event::PasswordCheckNeeded)                               │
+//!  └──── <failure/> (counted, delayed; temporary-auth-failure neither) ◄─────────────────────┤
+//!                                                                                            ▼
+//! ExpectHeader ◄─ <success/> (stream restart, RFC 6120 §6.4.6) ◄─────────────────────────────┘
 //!      │
 //!      ▼
 //! ExpectBind ─<iq><bind/></iq>─► AwaitBind ─(handle_bind)─► Open (stanzas flow)
@@ -48,6 +50,13 @@
 //!   every attempt, RFC 5802 §9) and fails at the proof like a wrong password. `PLAIN` is
 //!   checked against the stored SCRAM credentials
 //!   ([`ScramCredentials::verify_password`]).
+//! - **External password check** ([`PasswordCheck::External`], e.g. LDAP): only `PLAIN`
+//!   over TLS is offered (a directory bind needs the password; SCRAM never sends it), and
+//!   any SCRAM `<auth/>` is `invalid-mechanism` (§6.5.7). The password goes to the runtime
+//!   in [`Event::PasswordCheckNeeded`] (the machine keeps no copy); its
+//!   [`C2sConnection::handle_password_verdict`] gives `<success/>`, `not-authorized`
+//!   (counted and delayed as below) or `temporary-auth-failure` (§6.5.12: not counted,
+//!   not delayed).
 //! - **Failures** (RFC 6120 §6.4.5): every `<failure/>` but `<aborted/>` counts. The
 //!   [`C2sConfig::max_auth_failures`]-th closes the stream with `policy-violation` (§6.4.5
 //!   says "at least 2 and no more than 5" retries; the default 3 is one attempt and two
@@ -58,7 +67,8 @@
 //!   address or per account).
 //! - **Resource binding** (RFC 6120 §7): after the post-SASL restart the features are
 //!   `<bind/>` and the legacy `<session><optional/></session>` (RFC 3921 §3, kept for old
-//!   clients). A bind request becomes [`Event::BindRequested`] with the requested resource
+//!   clients), with roster versioning, pre-approval and client state indication (XEP-0352
+//!   `<csi/>`: once bound, `<active/>`/`<inactive/>` become [`Event::ClientState`]). A bind request becomes [`Event::BindRequested`] with the requested resource
 //!   enforced as a resourcepart (RFC 7622 §3.4; invalid → `bad-request`, §7.7.2.1); the
 //!   runtime answers with [`C2sConnection::handle_bind`]. The runtime owns session
 //!   uniqueness (§7.7.2.2): on a conflicting resource it may refuse the new request
@@ -117,15 +127,18 @@ mod config;
 mod event;
 mod sasl;
 mod session;
+mod sm;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use rustls_pki_types::CertificateDer;
 
-pub use self::config::{C2sConfig, C2sTimeouts, Mechanism};
-pub use self::event::{BindError, C2sError, Event};
+pub use self::config::{C2sConfig, C2sTimeouts, Mechanism, PasswordCheck};
+pub use self::event::{BindError, C2sError, Event, Password, PasswordVerdict};
 use self::sasl::Sasl;
+pub(crate) use self::session::remove_top_xmlns;
+pub use self::sm::{C2sSmConfig, ResumableState};
 use super::common::{CloseReason, TlsRole};
 use super::plumbing::{
     header_domain, is_version_1, write_starttls_feature, Expired, Plumbing, NO_HEADER_IN_TIME,
@@ -160,12 +173,16 @@ enum State {
     ExpectInitialResponse,
     /// The runtime's credentials.
     AwaitCredentials,
+    /// The runtime's verdict on a `PLAIN` password ([`PasswordCheck::External`]).
+    AwaitVerdict,
     /// A `<response/>` with SCRAM client-final.
     ExpectResponse,
     /// The bind request.
     ExpectBind,
     /// The runtime's answer to the bind request.
     AwaitBind,
+    /// The runtime's answer to `<resume/>` (XEP-0198 §5).
+    AwaitResume,
     /// Bound: stanzas flow.
     Open,
     /// We sent `</stream:stream>`; waiting for the client's.
@@ -194,6 +211,10 @@ pub struct C2sConnection {
     mechanism: Option<Mechanism>,
     full: Option<FullJid>,
     bind_request: Option<Element>,
+    /// XEP-0198, once enabled (`sm.rs`).
+    sm: Option<sm::C2sSm>,
+    /// The client's `<resume/>` (previd, h) awaiting the runtime's answer.
+    resume_request: Option<(String, u32)>,
     last_rx: Instant,
 }
 
@@ -221,6 +242,8 @@ impl C2sConnection {
             mechanism: None,
             full: None,
             bind_request: None,
+            sm: None,
+            resume_request: None,
             last_rx: now,
         }
     }
@@ -304,6 +327,9 @@ impl C2sConnection {
             if let Some(idle) = self.cfg.timeouts.idle {
                 earliest(self.last_rx + idle);
             }
+            if let Some(t) = self.sm_deadline() {
+                earliest(t);
+            }
         }
         t
     }
@@ -384,6 +410,7 @@ impl C2sConnection {
                     );
                 }
             }
+            self.sm_timeout(now);
             self.io.keepalive(now, self.cfg.timeouts.keepalive);
         }
     }
@@ -409,8 +436,10 @@ impl C2sConnection {
     // ----- internals -----
 
     fn is_paused(&self, now: Instant) -> bool {
-        matches!(self.state, State::AwaitCredentials | State::AwaitBind)
-            || self.hold_until.is_some_and(|h| now < h)
+        matches!(
+            self.state,
+            State::AwaitCredentials | State::AwaitVerdict | State::AwaitBind | State::AwaitResume
+        ) || self.hold_until.is_some_and(|h| now < h)
     }
 
     fn send_header(&mut self) {
@@ -464,6 +493,11 @@ impl C2sConnection {
 
     /// Sends a stream error and closes (RFC 6120 §4.9.1: the stream error is fatal).
     fn fail(&mut self, condition: StreamCondition, text: &str) {
+        self.fail_with(condition, text, b"");
+    }
+
+    /// [`Self::fail`] with an application-specific condition element (RFC 6120 §4.9.4).
+    fn fail_with(&mut self, condition: StreamCondition, text: &str, app: &[u8]) {
         if self.state == State::Closed {
             return;
         }
@@ -472,7 +506,7 @@ impl C2sConnection {
                 // §4.9.1.2: an error before our header still needs our header first.
                 self.send_header();
             }
-            self.io.write_error_and_close(condition, text);
+            self.io.write_error_and_close_with(condition, text, app);
         }
         self.finish(CloseReason::SentError(condition, text.to_owned()));
     }
@@ -576,26 +610,36 @@ impl C2sConnection {
             self.io.out.extend_from_slice(b"'/><session xmlns='");
             self.io.out.extend_from_slice(NS_SESSION.as_bytes());
             self.io.out.extend_from_slice(b"'><optional/></session>");
-            // Roster versioning (RFC 6121 §2.6.1) and subscription pre-approval (§3.4),
-            // both served by the runtime (`runtime/local/`).
+            // Roster versioning (RFC 6121 §2.6.1), subscription pre-approval (§3.4) and
+            // client state indication (XEP-0352 §2), all served by the runtime
+            // (`runtime/local/`).
             self.io.out.extend_from_slice(
                 b"<ver xmlns='urn:xmpp:features:rosterver'/>\
-                  <sub xmlns='urn:xmpp:features:pre-approval'/>",
+                  <sub xmlns='urn:xmpp:features:pre-approval'/>\
+                  <csi xmlns='urn:xmpp:csi:0'/>",
             );
+            self.write_sm_feature();
             self.state = State::ExpectBind;
         } else {
             if !self.tls && self.cfg.has_certificate(&self.domain) {
                 write_starttls_feature(self.cfg.tls_required, &mut self.io.out);
             }
-            if self.tls || !self.cfg.tls_required {
+            let tls = self.tls;
+            let offered: Vec<Mechanism> = [
+                Mechanism::ScramSha256,
+                Mechanism::ScramSha1,
+                Mechanism::Plain,
+            ]
+            .into_iter()
+            .filter(|m| self.cfg.offers(*m, tls))
+            .collect();
+            // No empty <mechanisms/> (RFC 6120 §6.4.1: at least one <mechanism/>): with
+            // only PLAIN allowed and no TLS yet, STARTTLS is the one way on.
+            if (self.tls || !self.cfg.tls_required) && !offered.is_empty() {
                 self.io
                     .out
                     .extend_from_slice(b"<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
-                let plain = self.tls.then_some(Mechanism::Plain);
-                for m in [Mechanism::ScramSha256, Mechanism::ScramSha1]
-                    .into_iter()
-                    .chain(plain)
-                {
+                for m in offered {
                     self.io.out.extend_from_slice(b"<mechanism>");
                     self.io.out.extend_from_slice(m.name().as_bytes());
                     self.io.out.extend_from_slice(b"</mechanism>");
@@ -611,6 +655,12 @@ impl C2sConnection {
         if el.is("error", &Namespace::Streams) {
             let reason = self.io.peer_error(&el, self.state == State::ExpectClose);
             return self.finish(reason);
+        }
+        if el.namespace() == &Namespace::StreamManagement
+            && (matches!(self.state, State::ExpectBind | State::Open)
+                || self.state == State::ExpectClose && self.sm.is_some())
+        {
+            return self.on_sm(&el, now);
         }
         match self.state {
             State::ExpectHeader => self.fail(

@@ -1,6 +1,7 @@
 //! SASL on a C2S stream (RFC 6120 §6): `SCRAM-SHA-256` (RFC 7677), `SCRAM-SHA-1` (RFC
 //! 5802) and `PLAIN` (RFC 4616, over TLS only), with the credentials the runtime looks up
-//! ([`Event::CredentialsNeeded`]), made-up credentials for unknown users, and counted,
+//! ([`Event::CredentialsNeeded`]) or the runtime's own check of a `PLAIN` password
+//! ([`Event::PasswordCheckNeeded`]), made-up credentials for unknown users, and counted,
 //! delayed failures (see the module docs of [`super`]).
 
 use std::time::Instant;
@@ -8,7 +9,9 @@ use std::time::Instant;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
-use super::{C2sConnection, C2sError, Event, Mechanism, State};
+use super::{
+    C2sConnection, C2sError, Event, Mechanism, Password, PasswordCheck, PasswordVerdict, State,
+};
 use crate::condition::StreamCondition;
 use crate::jid::{BareJid, NodePart};
 use crate::scram::{
@@ -114,6 +117,37 @@ impl C2sConnection {
         Ok(())
     }
 
+    /// The answer to [`Event::PasswordCheckNeeded`] (RFC 6120 §6.4.5, §6.4.6):
+    /// [`PasswordVerdict::Accepted`] sends `<success/>` and restarts the stream;
+    /// [`PasswordVerdict::Rejected`] sends `not-authorized`, counted and delayed like every
+    /// failure; [`PasswordVerdict::TemporaryFailure`] sends `temporary-auth-failure`
+    /// (§6.5.12), neither counted nor delayed.
+    ///
+    /// Errors: [`C2sError::InvalidState`] when no password check was asked for.
+    pub fn handle_password_verdict(
+        &mut self,
+        verdict: PasswordVerdict,
+        now: Instant,
+    ) -> Result<(), C2sError> {
+        if self.state != State::AwaitVerdict {
+            return Err(C2sError::InvalidState("no password check was asked for"));
+        }
+        let Some(sasl) = self.sasl.take() else {
+            return Err(C2sError::InvalidState("no SASL exchange"));
+        };
+        let username = sasl.username.clone();
+        match verdict {
+            PasswordVerdict::Accepted => {
+                self.sasl = Some(sasl);
+                self.sasl_success(None, now);
+            }
+            PasswordVerdict::Rejected => self.sasl_failure("not-authorized", username, now),
+            PasswordVerdict::TemporaryFailure => self.write_failure("temporary-auth-failure", now),
+        }
+        self.process(now);
+        Ok(())
+    }
+
     /// STARTTLS and SASL elements before authentication.
     pub(super) fn on_negotiation(&mut self, el: Element, now: Instant) {
         match (el.namespace(), el.name()) {
@@ -151,7 +185,11 @@ impl C2sConnection {
     /// `<auth mechanism='...'>` (RFC 6120 §6.4.2).
     pub(super) fn on_auth(&mut self, el: &Element, now: Instant) {
         let node = Node::parse(el).unwrap_or_default();
-        let Some(mechanism) = node.attr("mechanism").and_then(Mechanism::from_name) else {
+        let Some(mechanism) = node
+            .attr("mechanism")
+            .and_then(Mechanism::from_name)
+            .filter(|m| *m == Mechanism::Plain || self.cfg.offers(*m, true))
+        else {
             return self.sasl_failure("invalid-mechanism", None, now);
         };
         if !self.tls && (self.cfg.tls_required || mechanism == Mechanism::Plain) {
@@ -220,7 +258,7 @@ impl C2sConnection {
 
     /// Reads the client's first message, checks the username and authzid, and asks the
     /// runtime for the credentials.
-    fn start_exchange(&mut self, mechanism: Mechanism, data: Vec<u8>, now: Instant) {
+    fn start_exchange(&mut self, mechanism: Mechanism, mut data: Vec<u8>, now: Instant) {
         let parsed = match mechanism {
             Mechanism::Plain => parse_plain(&data)
                 .map(|p| (p.authcid.to_owned(), p.authzid.map(str::to_owned)))
@@ -245,6 +283,30 @@ impl C2sConnection {
             if BareJid::new(&a).ok().as_ref() != Some(&jid) {
                 return self.sasl_failure("invalid-authzid", Some(username), now);
             }
+        }
+        if mechanism == Mechanism::Plain && self.cfg.password_check == PasswordCheck::External {
+            // Parsed above: the password is there and non-empty (RFC 4616 §2).
+            let password = parse_plain(&data).map(|p| Password::new(p.password));
+            data.fill(0);
+            let Ok(password) = password else {
+                return self.sasl_failure("malformed-request", Some(username), now);
+            };
+            self.io.push_event(Event::PasswordCheckNeeded {
+                jid: jid.as_str().to_owned(),
+                username: username.clone(),
+                password,
+            });
+            self.sasl = Some(Sasl {
+                mechanism,
+                jid: Some(jid),
+                username: Some(username),
+                first: Vec::new(),
+                scram: None,
+                dummy: false,
+            });
+            self.state = State::AwaitVerdict;
+            self.io.deadline = Some(now + self.cfg.timeouts.negotiation);
+            return;
         }
         self.io.push_event(Event::CredentialsNeeded {
             jid: jid.as_str().to_owned(),
@@ -304,14 +366,7 @@ impl C2sConnection {
     /// `<failure><condition/></failure>` (RFC 6120 §6.4.5, §6.5), counted and held (see
     /// the module docs), except `aborted`.
     pub(super) fn sasl_failure(&mut self, condition: &str, username: Option<String>, now: Instant) {
-        self.sasl = None;
-        self.io
-            .out
-            .extend_from_slice(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><");
-        self.io.out.extend_from_slice(condition.as_bytes());
-        self.io.out.extend_from_slice(b"/></failure>");
-        self.state = State::ExpectAuth;
-        self.io.deadline = Some(now + self.cfg.timeouts.negotiation);
+        self.write_failure(condition, now);
         if condition == "aborted" {
             return;
         }
@@ -339,6 +394,18 @@ impl C2sConnection {
             failures: self.failures,
             retry_after: Some(retry_after),
         });
+    }
+
+    /// `<failure><condition/></failure>`, back to waiting for `<auth/>`; not counted.
+    fn write_failure(&mut self, condition: &str, now: Instant) {
+        self.sasl = None;
+        self.io
+            .out
+            .extend_from_slice(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><");
+        self.io.out.extend_from_slice(condition.as_bytes());
+        self.io.out.extend_from_slice(b"/></failure>");
+        self.state = State::ExpectAuth;
+        self.io.deadline = Some(now + self.cfg.timeouts.negotiation);
     }
 
     /// `HMAC-SHA256(stream_id_key, label ‖ parts…)`.

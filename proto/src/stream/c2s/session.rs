@@ -95,6 +95,7 @@ impl C2sConnection {
         }
         remove_top_xmlns(&mut self.io.out, start, ns::SERVER);
         self.io.last_tx = now;
+        self.sm_sent_from(start, now);
         Ok(())
     }
 
@@ -197,6 +198,10 @@ impl C2sConnection {
     /// A stanza on the bound stream (RFC 6120 §8.1.2.1).
     pub(super) fn on_stanza(&mut self, el: Element, now: Instant) {
         let Some(kind) = StanzaKind::of(&el) else {
+            // XEP-0352 client state indication, advertised once bound.
+            if let Some(state) = crate::csi::read_nonza(&el) {
+                return self.io.push_event(Event::ClientState(state));
+            }
             return self.fail(
                 StreamCondition::UnsupportedStanzaType,
                 "unknown top-level element",
@@ -216,6 +221,9 @@ impl C2sConnection {
                 );
             }
         }
+        // XEP-0198: handled from here on (answered here or passed to the runtime).
+        self.sm_handled();
+        let start = self.io.out.len();
         if kind == StanzaKind::Iq && el.type_() == Some("set") {
             let inner = el.inner();
             if contains(inner, NS_SESSION.as_bytes()) || contains(inner, NS_BIND.as_bytes()) {
@@ -231,6 +239,7 @@ impl C2sConnection {
                         &mut self.io.out,
                     );
                     self.io.last_tx = now;
+                    self.sm_sent_from(start, now);
                     return;
                 }
                 if node.child("session", NS_SESSION).is_some() {
@@ -238,6 +247,7 @@ impl C2sConnection {
                     write_iq_result_start(&el, &mut self.io.out);
                     self.io.out.extend_from_slice(b"/>");
                     self.io.last_tx = now;
+                    self.sm_sent_from(start, now);
                     return;
                 }
                 if node.child("bind", NS_BIND).is_some() {
@@ -250,6 +260,7 @@ impl C2sConnection {
                         &mut self.io.out,
                     );
                     self.io.last_tx = now;
+                    self.sm_sent_from(start, now);
                     return;
                 }
             }
@@ -294,7 +305,7 @@ fn write_iq_result_start(req: &Element, out: &mut Vec<u8>) {
 
 /// Removes the top element's default namespace declaration from `buf[start..]` when it is
 /// exactly `value` (`xmlns='jabber:server'` or `xmlns="jabber:server"`).
-fn remove_top_xmlns(buf: &mut Vec<u8>, start: usize, value: &str) {
+pub(crate) fn remove_top_xmlns(buf: &mut Vec<u8>, start: usize, value: &str) {
     if let Some(r) = find_top_xmlns(&buf[start..], value.as_bytes()) {
         buf.drain(start + r.start..start + r.end);
     }

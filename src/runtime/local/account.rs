@@ -1,0 +1,101 @@
+//! A logged-in user's own account (XEP-0077) ([`Account`]): the registration query
+//! answers "registered" (§3.1) and a password change (§3.3) replaces the user's SCRAM
+//! credentials (RFC 5802, RFC 7677: SHA-256 and SHA-1, fresh salts,
+//! [`crate::store::SCRAM_ITERATIONS`]) in the store before it is answered. Sessions
+//! already open stay open; the next login needs the new password. Registering new
+//! accounts and removing one are refused (`not-allowed`,
+//! [`crate::register::read_request`]).
+//!
+//! The credentials are derived on the shard: PBKDF2 with 4096 iterations, twice, a few
+//! milliseconds for a request that is rare.
+
+use std::rc::Rc;
+
+use tracing::{info, warn};
+
+use super::sessions::send_to;
+use crate::condition::StanzaCondition;
+use crate::register::{registered_result, Request};
+use crate::runtime::conn::Conn;
+use crate::runtime::shard::Shard;
+use crate::stanza::error_reply;
+use crate::store::{Op, Outcome, ScramCredentials, ScramHash, SCRAM_ITERATIONS};
+use crate::stream::c2s::C2sConnection;
+use crate::xml::writer::write_raw_attr;
+use crate::xml::Element;
+
+/// The account behaviour.
+pub(super) struct Account;
+
+impl Account {
+    /// A registration request `req` (read from `el`) from session `conn` of `bare`.
+    pub(super) fn request(
+        &self,
+        shard: &Shard,
+        conn: &Rc<Conn<C2sConnection>>,
+        bare: &str,
+        el: Element,
+        req: Request,
+    ) {
+        let password = match req {
+            Request::Info => {
+                let localpart = bare.split('@').next().unwrap_or_default();
+                let r = registered_result(&el, localpart);
+                send_to(conn, &[r.bytes()]);
+                return;
+            }
+            Request::ChangePassword { password } => password,
+        };
+        let creds: Result<Vec<ScramCredentials>, _> = ScramHash::ALL
+            .iter()
+            .map(|&h| {
+                ScramCredentials::with_random_salt(&password, h, SCRAM_ITERATIONS, &mut rand::rng())
+            })
+            .collect();
+        let creds = match creds {
+            Ok(c) => c,
+            Err(e) => {
+                // A password SASLprep refuses (RFC 4013 prohibited characters).
+                let r = error_reply(
+                    &el,
+                    StanzaCondition::NotAcceptable,
+                    Some(&format!("password: {e}")),
+                    None,
+                );
+                send_to(conn, &[r.bytes()]);
+                return;
+            }
+        };
+        let user = bare.to_owned();
+        let conn = Rc::clone(conn);
+        shard.local.store.submit(
+            shard,
+            Op::SetCredentials {
+                jid: user.clone(),
+                creds,
+            },
+            Box::new(move |_shard, result| {
+                let condition = match result {
+                    Ok(Outcome::Existed(true)) => None,
+                    Ok(_) => Some(StanzaCondition::ItemNotFound),
+                    Err(e) => {
+                        warn!(%user, error = %e, "storing new credentials failed");
+                        Some(StanzaCondition::InternalServerError)
+                    }
+                };
+                if let Some(c) = condition {
+                    let r = error_reply(&el, c, None, None);
+                    send_to(&conn, &[r.bytes()]);
+                    return;
+                }
+                info!(%user, "password changed (XEP-0077)");
+                let mut out = Vec::with_capacity(96);
+                out.extend_from_slice(b"<iq type='result'");
+                write_raw_attr("to", el.from(), &mut out);
+                write_raw_attr("id", el.id(), &mut out);
+                out.extend_from_slice(b"/>");
+                send_to(&conn, &[&out]);
+            }),
+        );
+    }
+}

@@ -1,0 +1,249 @@
+//! Interop: offline messages (XEP-0160) with a second client library, in another language
+//! than slixmpp: `@xmpp/client` (xmpp.js, npm), driven by `tests/xmppjs/offline.mjs`
+//! against a real `fedrouter serve`.
+//!
+//! The server's certificate for `a.test` is issued by a test CA (`fedrouter-testkit`),
+//! which Node trusts through `NODE_EXTRA_CA_CERTS`: xmpp.js verifies it on STARTTLS for
+//! the JID's domain, then authenticates with SASL SCRAM-SHA-1. Alice (never sending
+//! presence) sends bob, who is offline, a `chat`, a `normal` and a `headline` message;
+//! once the server has stored two (its `offline_stored` counter), bob logs in with
+//! xmpp.js, sends initial presence, and must get the two stored ones in order, each with
+//! a XEP-0203 `<delay/>` from `a.test` whose stamp JavaScript's `Date` parses, and not
+//! the headline (the script's closing ping is the marker it would have come before).
+//!
+//! Node is `$FEDROUTER_NODE`, else `node` on the PATH; `@xmpp/client` must be in
+//! `tests/xmppjs/node_modules` (made by `.ci/setup-xmppjs`). Without either the test
+//! FAILS, naming the setup script: an interop test that skips itself proves nothing.
+//!
+//! Loopback range: `127.0.252.0/24` (server on `.1`: C2S 5222, S2S 5269, admin 9269;
+//! nothing here needs DNS).
+
+#[path = "common/server.rs"]
+mod server;
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fedrouter_testkit::ca::TestCa;
+use serde_json::Value;
+use server::{add_user, Fedrouter};
+
+const HOST: &str = "127.0.252.1";
+const C2S_PORT: u16 = 5222;
+const ALICE: &str = "alice@a.test";
+const BOB: &str = "bob@a.test";
+const ALICE_PASSWORD: &str = "correct horse alice";
+const BOB_PASSWORD: &str = "battery staple bob";
+
+/// The script's own bound on one phase (`--timeout`), seconds.
+const PHASE_TIMEOUT_S: u64 = 30;
+
+/// Our bound on the script's process: its phase plus Node's start-up.
+const SCRIPT_LIMIT: Duration = Duration::from_secs(PHASE_TIMEOUT_S + 20);
+
+/// What to do when Node or xmpp.js is missing.
+const SETUP_HINT: &str = "run `.ci/setup-xmppjs` (it installs Node.js and npm with apt-get if \
+     missing, and the pinned @xmpp/client into tests/xmppjs/node_modules), or set \
+     FEDROUTER_NODE to a Node.js >= 20.10";
+
+fn xmppjs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/xmppjs")
+}
+
+/// The Node binary; panics (the test fails) when there is none or xmpp.js is not
+/// installed next to the script.
+fn node() -> PathBuf {
+    let node =
+        std::env::var_os("FEDROUTER_NODE").map_or_else(|| PathBuf::from("node"), PathBuf::from);
+    let out = Command::new(&node)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} ({e}): {SETUP_HINT}", node.display()));
+    assert!(
+        out.status.success(),
+        "{} --version failed: {SETUP_HINT}",
+        node.display()
+    );
+    let pkg = xmppjs_dir().join("node_modules/@xmpp/client/package.json");
+    let text = std::fs::read_to_string(&pkg)
+        .unwrap_or_else(|e| panic!("no @xmpp/client at {} ({e}): {SETUP_HINT}", pkg.display()));
+    let version: Value = serde_json::from_str(&text).expect("package.json is JSON");
+    eprintln!(
+        "node {} with @xmpp/client {}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        version["version"]
+    );
+    node
+}
+
+/// Runs `node offline.mjs args...` with `NODE_EXTRA_CA_CERTS=ca`, killing it (and
+/// failing) after [`SCRIPT_LIMIT`]; returns its JSON result, failing with its output
+/// when the phase did not succeed.
+fn phase(node: &Path, ca: &Path, args: &[&str]) -> Value {
+    let mut child = Command::new(node)
+        .arg(xmppjs_dir().join("offline.mjs"))
+        .args(args)
+        .args(["--timeout", &PHASE_TIMEOUT_S.to_string()])
+        .current_dir(xmppjs_dir())
+        .env("NODE_EXTRA_CA_CERTS", ca)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn node: {e}; {SETUP_HINT}"));
+    let pid = child.id() as libc::pid_t;
+    let reader = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = reader(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = reader(Box::new(child.stderr.take().expect("stderr")));
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = match rx.recv_timeout(SCRIPT_LIMIT) {
+        Ok(status) => status.expect("wait for node"),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of our child, not reaped yet (its waiter is
+            // still blocked in wait()).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = rx.recv();
+            panic!(
+                "offline.mjs {} did not exit within {SCRIPT_LIMIT:?} (killed); stderr:\n{}",
+                args[0],
+                stderr.join().unwrap_or_default()
+            );
+        }
+    };
+    waiter.join().expect("waiter thread");
+    let (out, err) = (
+        stdout.join().expect("stdout reader"),
+        stderr.join().expect("stderr reader"),
+    );
+    let line = out.lines().last().unwrap_or("");
+    let context = format!("exit: {status}\nstdout:\n{out}\nstderr:\n{err}");
+    let result: Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("the script's last line is not JSON ({e})\n{context}"));
+    assert!(
+        status.success() && result["ok"] == true,
+        "offline.mjs {} failed: {}\n{context}",
+        args[0],
+        result["error"]
+    );
+    result
+}
+
+fn toml() -> String {
+    format!(
+        r#"domains = ["a.test"]
+shards = 2
+
+[listen]
+c2s = ["{HOST}:{C2S_PORT}"]
+s2s = ["{HOST}:5269"]
+s2s_tls = []
+admin = "{HOST}:9269"
+
+[dns]
+nameservers = ["{HOST}:5300"]
+timeout = "2s"
+
+[[tls.certificate]]
+domain = "a.test"
+cert = "a.test.crt"
+key = "a.test.key"
+"#
+    )
+}
+
+fn unix_ms(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis()
+}
+
+#[test]
+fn xmppjs_offline_messages_with_delay_stamp() {
+    let node = node();
+    let ca = TestCa::new("fedrouter xmppjs test CA").expect("test CA");
+    let leaf = ca.issue("a.test").expect("leaf for a.test");
+    let (chain, key, ca_pem) = (leaf.chain_pem(), leaf.key_pem(), ca.ca_cert_pem());
+    let srv = Fedrouter::start_with(
+        "a.test",
+        &toml(),
+        &[
+            ("a.test.crt", &chain),
+            ("a.test.key", &key),
+            ("ca.pem", &ca_pem),
+        ],
+    );
+    add_user(&srv.config_path(), ALICE, ALICE_PASSWORD);
+    add_user(&srv.config_path(), BOB, BOB_PASSWORD);
+    let ca_file = srv.dir().join("ca.pem");
+    let port = C2S_PORT.to_string();
+    let before = SystemTime::now();
+
+    let sent = phase(
+        &node,
+        &ca_file,
+        &["send", HOST, &port, ALICE, ALICE_PASSWORD, "--to", BOB],
+    );
+    assert!(
+        sent["jid"]
+            .as_str()
+            .is_some_and(|j| j.starts_with("alice@a.test/")),
+        "{sent}"
+    );
+    // Both storable messages are committed (the counter counts commits).
+    let deadline = Instant::now() + Duration::from_secs(PHASE_TIMEOUT_S);
+    // Bounded: PHASE_TIMEOUT_S / 20 ms turns at most.
+    while srv.metric("fedrouter_offline_stored_total", &[]) != Some(2.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not store alice's two messages: {:?}",
+            srv.metric("fedrouter_offline_stored_total", &[])
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let r = phase(
+        &node,
+        &ca_file,
+        &["receive", HOST, &port, BOB, BOB_PASSWORD, "--expect", "2"],
+    );
+    let msgs = r["messages"].as_array().cloned().unwrap_or_default();
+    let ids: Vec<&str> = msgs.iter().filter_map(|m| m["id"].as_str()).collect();
+    assert_eq!(
+        ids,
+        ["js-chat", "js-normal"],
+        "stored messages in order, no headline: {r}"
+    );
+    for (m, (t, body)) in msgs.iter().zip([
+        ("chat", "stored chat \u{e9}\u{65e5} <&>"),
+        ("normal", "stored normal"),
+    ]) {
+        assert_eq!(m["from"], ALICE, "{r}");
+        assert_eq!(m["type"], t, "{r}");
+        assert_eq!(m["body"], body, "{r}");
+        assert_eq!(m["delay_from"], "a.test", "XEP-0203 from: {r}");
+        let raw = m["delay_stamp"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no XEP-0203 delay stamp: {r}"));
+        let parsed = m["delay_parsed"]
+            .as_str()
+            .unwrap_or_else(|| panic!("JavaScript's Date did not parse stamp {raw}: {r}"));
+        let at =
+            humantime::parse_rfc3339(parsed).unwrap_or_else(|e| panic!("stamp {parsed}: {e}: {r}"));
+        assert!(
+            unix_ms(at) >= unix_ms(before),
+            "stamp {raw} before the test started: {r}"
+        );
+    }
+}
