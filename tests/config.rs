@@ -140,6 +140,9 @@ auth_failure_delay = "250ms"
 max_stanza_size = 20000
 max_roster_items = 50
 max_resources = 4
+pep_max_items = 2
+pep_max_items_limit = 50
+pep_max_item_bytes = 10000
 max_offline_messages = 7
 
 [store]
@@ -257,6 +260,14 @@ fn full_file_sets_every_key() {
         (2, 20000, 50, 4)
     );
     assert_eq!(cc.max_offline_messages, 7);
+    assert_eq!(
+        (
+            cc.pep_max_items,
+            cc.pep_max_items_limit,
+            cc.pep_max_item_bytes
+        ),
+        (2, 50, 10000)
+    );
     assert_eq!(
         c.store.durability,
         fedrouter::config::StoreDurability::Crash
@@ -376,6 +387,16 @@ fn each_validation_error_names_its_key() {
         "c2s.negotiation_timeout",
     );
     invalid_for("[c2s]\nmax_resources = 0\n", "c2s.max_resources");
+    invalid_for("[c2s]\npep_max_items = 0\n", "c2s.pep_max_items");
+    invalid_for(
+        "[c2s]\npep_max_items = 20\npep_max_items_limit = 10\n",
+        "c2s.pep_max_items",
+    );
+    invalid_for(
+        "[c2s]\npep_max_items_limit = 0\n",
+        "c2s.pep_max_items_limit",
+    );
+    invalid_for("[c2s]\npep_max_item_bytes = 0\n", "c2s.pep_max_item_bytes");
     let m = invalid_for(
         "[c2s]\nmax_offline_messages = 100001\n",
         "c2s.max_offline_messages",

@@ -755,13 +755,22 @@ fn server_and_account_answer_iqs() {
         c.send(&disco(to, id, DISCO_INFO));
         let r = c.expect_iq_answer(id);
         let (identities, features) = disco_info(&r);
-        assert_eq!(identities, ["account/registered"], "{r}");
+        assert_eq!(identities, ["account/registered", "pubsub/pep"], "{r}");
         assert!(features.iter().any(|f| f == DISCO_INFO), "{r}");
-        for absent in [
-            "urn:xmpp:carbons:2",
-            "urn:xmpp:mam:2",
-            "http://jabber.org/protocol/pubsub",
-        ] {
+        // PEP (XEP-0163 §6.1): what is implemented, nothing else of pubsub.
+        assert!(
+            features
+                .iter()
+                .any(|f| f == "http://jabber.org/protocol/pubsub#publish"),
+            "{r}"
+        );
+        assert!(
+            !features
+                .iter()
+                .any(|f| f == "http://jabber.org/protocol/pubsub#create-nodes"),
+            "{r}"
+        );
+        for absent in ["urn:xmpp:carbons:2", "urn:xmpp:mam:2"] {
             assert!(!features.iter().any(|f| f.starts_with(absent)), "{r}");
         }
     }

@@ -46,6 +46,7 @@ pub mod csi;
 pub mod dialback;
 pub mod jid;
 pub mod offline;
+pub mod pep;
 pub mod presence;
 pub mod register;
 pub mod scram;

@@ -11,7 +11,7 @@
 //! the server implements (carbons, blocking and password change are the runtime's, for
 //! the user's own sessions: [`crate::carbons`], [`crate::blocking`],
 //! [`crate::register`]); an account
-//! answers XEP-0030 `disco#info` (identity `account/registered`, [`ACCOUNT_FEATURES`])
+//! answers XEP-0030 `disco#info` ([`ACCOUNT_IDENTITIES`], [`ACCOUNT_FEATURES`])
 //! and `disco#items` (no items). An `iq` request holds exactly one payload element (RFC
 //! 6120 §8.2.3, [`read_iq`]): one with none or several is a `bad-request`. `iq` results
 //! and errors addressed to the server are answers to requests it sent (pings from
@@ -50,9 +50,27 @@ pub const SERVER_FEATURES: &[&str] = &[
 ];
 
 /// Features a local account advertises in `disco#info` (XEP-0030 §3.1), answered by the
-/// server on its behalf: only what the server implements for accounts (no carbons, MAM
-/// or PEP).
-pub const ACCOUNT_FEATURES: &[&str] = &[NS_DISCO_INFO, NS_DISCO_ITEMS];
+/// server on its behalf: only what the server implements for accounts (no carbons or
+/// MAM), with PEP's [`crate::pep::PEP_FEATURES`] (XEP-0163 §6.1).
+pub const ACCOUNT_FEATURES: &[&str] = &[
+    NS_DISCO_INFO,
+    NS_DISCO_ITEMS,
+    // PEP (XEP-0163 §6.1): crate::pep::PEP_FEATURES.
+    "http://jabber.org/protocol/pubsub#access-open",
+    "http://jabber.org/protocol/pubsub#access-presence",
+    "http://jabber.org/protocol/pubsub#auto-create",
+    "http://jabber.org/protocol/pubsub#auto-subscribe",
+    "http://jabber.org/protocol/pubsub#filtered-notifications",
+    "http://jabber.org/protocol/pubsub#last-published",
+    "http://jabber.org/protocol/pubsub#publish",
+    "http://jabber.org/protocol/pubsub#publish-options",
+    "http://jabber.org/protocol/pubsub#retract-items",
+    "http://jabber.org/protocol/pubsub#retrieve-items",
+];
+
+/// The identities of a local account in `disco#info` (XEP-0030 §3.1): a registered
+/// account, and a PEP service (XEP-0163 §6.1).
+pub const ACCOUNT_IDENTITIES: &[(&str, &str)] = &[("account", "registered"), ("pubsub", "pep")];
 
 /// An `iq` as RFC 6120 §8.2.3 reads it ([`read_iq`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,14 +148,13 @@ fn result_to(el: &Element, capacity: usize) -> ElementBuilder {
         .raw_attr_opt("id", el.id())
 }
 
-/// The answer to a XEP-0030 `disco#info` query `query` (§3.1): the identity
-/// `category`/`type_` and `features`. A query for a `node` gets `item-not-found` (§3.2:
+/// The answer to a XEP-0030 `disco#info` query `query` (§3.1): the `identities`
+/// (category, type) and `features`. A query for a `node` gets `item-not-found` (§3.2:
 /// no nodes here).
 fn disco_info(
     el: &Element,
     query: &Node,
-    category: &str,
-    type_: &str,
+    identities: &[(&str, &str)],
     features: &[&str],
 ) -> Answer {
     if query.attr("node").is_some() {
@@ -149,11 +166,14 @@ fn disco_info(
             .child_with(|out| {
                 out.extend_from_slice(b"<query xmlns='");
                 out.extend_from_slice(NS_DISCO_INFO.as_bytes());
-                out.extend_from_slice(b"'><identity category='");
-                out.extend_from_slice(category.as_bytes());
-                out.extend_from_slice(b"' type='");
-                out.extend_from_slice(type_.as_bytes());
-                out.extend_from_slice(b"'/>");
+                out.extend_from_slice(b"'>");
+                for (category, type_) in identities {
+                    out.extend_from_slice(b"<identity category='");
+                    out.extend_from_slice(category.as_bytes());
+                    out.extend_from_slice(b"' type='");
+                    out.extend_from_slice(type_.as_bytes());
+                    out.extend_from_slice(b"'/>");
+                }
                 for f in features {
                     out.extend_from_slice(b"<feature var='");
                     out.extend_from_slice(f.as_bytes());
@@ -196,7 +216,9 @@ pub fn answer_server(el: &Element, kind: StanzaKind, software: &Software) -> Ans
         StanzaKind::Iq => match read_iq(el) {
             Iq::Get(p) => match (p.name.as_str(), p.ns.as_str()) {
                 ("ping", NS_PING) => Answer::Reply(result_to(el, 96).finish()),
-                ("query", NS_DISCO_INFO) => disco_info(el, &p, "server", "im", SERVER_FEATURES),
+                ("query", NS_DISCO_INFO) => {
+                    disco_info(el, &p, &[("server", "im")], SERVER_FEATURES)
+                }
                 ("query", NS_DISCO_ITEMS) => disco_items(el, &p),
                 ("query", NS_VERSION) => Answer::Reply(crate::version::result(el, software)),
                 ("query", NS_REGISTER) => reply_error(el, StanzaCondition::NotAllowed),
@@ -231,19 +253,18 @@ pub fn answer_server(el: &Element, kind: StanzaKind, software: &Software) -> Ans
 /// - `iq get`/`set` without exactly one payload, or without a valid `type`:
 ///   `bad-request` (RFC 6120 §8.2.3, [`read_iq`]).
 /// - any request to an account that does not exist: `service-unavailable` (§8.5.1).
-/// - `iq get` with XEP-0030 `disco#info`: identity `account/registered` and
+/// - `iq get` with XEP-0030 `disco#info`: [`ACCOUNT_IDENTITIES`] and
 ///   [`ACCOUNT_FEATURES`] (XEP-0030 §3.1); with `disco#items`: no items.
 /// - other requests: `service-unavailable` (RFC 6120 §8.3.3.19; the roster and pings
-///   from the account's own client are the runtime's, before this).
+///   from the account's own client, and PEP's `<pubsub/>` requests, are the runtime's,
+///   before this).
 pub fn answer_account(el: &Element, exists: bool) -> Option<Element> {
     let answer = match read_iq(el) {
         Iq::Response => return None,
         Iq::BadRequest => reply_error(el, StanzaCondition::BadRequest),
         _ if !exists => reply_error(el, StanzaCondition::ServiceUnavailable),
         Iq::Get(p) => match (p.name.as_str(), p.ns.as_str()) {
-            ("query", NS_DISCO_INFO) => {
-                disco_info(el, &p, "account", "registered", ACCOUNT_FEATURES)
-            }
+            ("query", NS_DISCO_INFO) => disco_info(el, &p, ACCOUNT_IDENTITIES, ACCOUNT_FEATURES),
             ("query", NS_DISCO_ITEMS) => disco_items(el, &p),
             _ => reply_error(el, StanzaCondition::ServiceUnavailable),
         },
@@ -710,17 +731,28 @@ mod tests {
             "<iq type='result' to='v@a.test/r' id='d'>\
              <query xmlns='http://jabber.org/protocol/disco#info'>\
              <identity category='account' type='registered'/>\
+             <identity category='pubsub' type='pep'/>\
              <feature var='http://jabber.org/protocol/disco#info'/>\
-             <feature var='http://jabber.org/protocol/disco#items'/></query></iq>"
+             <feature var='http://jabber.org/protocol/disco#items'/>\
+             <feature var='http://jabber.org/protocol/pubsub#access-open'/>\
+             <feature var='http://jabber.org/protocol/pubsub#access-presence'/>\
+             <feature var='http://jabber.org/protocol/pubsub#auto-create'/>\
+             <feature var='http://jabber.org/protocol/pubsub#auto-subscribe'/>\
+             <feature var='http://jabber.org/protocol/pubsub#filtered-notifications'/>\
+             <feature var='http://jabber.org/protocol/pubsub#last-published'/>\
+             <feature var='http://jabber.org/protocol/pubsub#publish'/>\
+             <feature var='http://jabber.org/protocol/pubsub#publish-options'/>\
+             <feature var='http://jabber.org/protocol/pubsub#retract-items'/>\
+             <feature var='http://jabber.org/protocol/pubsub#retrieve-items'/></query></iq>"
         );
-        for ns in [
-            "urn:xmpp:carbons:2",
-            "urn:xmpp:mam:2",
-            "pubsub",
-            "urn:xmpp:ping",
-        ] {
+        for ns in ["urn:xmpp:carbons:2", "urn:xmpp:mam:2", "urn:xmpp:ping"] {
             assert!(!r.as_str().contains(ns), "{ns} is not served for accounts");
         }
+    }
+
+    #[test]
+    fn account_features_are_pep_features() {
+        assert_eq!(&ACCOUNT_FEATURES[2..], crate::pep::PEP_FEATURES);
     }
 
     #[test]

@@ -67,6 +67,9 @@
 //! max_resources = 16
 //! send_queue_bytes = 1048576
 //! write_stall_timeout = "30s"
+//! pep_max_items = 1              # PEP (XEP-0163): items per node unless publish options ask
+//! pep_max_items_limit = 100      # ... at most this many
+//! pep_max_item_bytes = 65536     # largest item payload
 //! stream_management = true      # XEP-0198: acks, resumption of dropped sessions
 //! sm_ack_every = 5
 //! sm_ack_after = "30s"

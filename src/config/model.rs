@@ -309,6 +309,18 @@ pub struct C2sSection {
     /// that waited for it are then handled as for an unavailable resource (RFC 6121 §8.5).
     #[serde(with = "humantime_serde")]
     pub write_stall_timeout: Duration,
+    /// Items a PEP node keeps (XEP-0163, XEP-0060 `pubsub#max_items`) unless the
+    /// publisher's publish options ask for another number, key `c2s.pep_max_items`;
+    /// default 1; 1 to `c2s.pep_max_items_limit`.
+    pub pep_max_items: usize,
+    /// Most items a PEP node keeps whatever the publish options ask (`max` means this),
+    /// key `c2s.pep_max_items_limit`; default 100; 1 to 10000.
+    pub pep_max_items_limit: usize,
+    /// Largest PEP item payload, in bytes as serialised, key `c2s.pep_max_item_bytes`;
+    /// default 65536; 1 to [`MAX_STANZA_SIZE`] (the stanza carrying it is bounded by
+    /// `c2s.max_stanza_size` anyway). A bigger one is refused with `not-acceptable`
+    /// `<payload-too-big/>` (XEP-0060 §7.1.3.x).
+    pub pep_max_item_bytes: usize,
     /// XEP-0198 stream management on client streams (key `c2s.stream_management`,
     /// default true): acknowledgements, and resumption of a session whose connection
     /// dropped; what a client never acknowledged goes to its other resources or is
@@ -351,6 +363,9 @@ impl Default for C2sSection {
             max_resources: 16,
             send_queue_bytes: 1 << 20,
             write_stall_timeout: Duration::from_secs(30),
+            pep_max_items: 1,
+            pep_max_items_limit: 100,
+            pep_max_item_bytes: 65536,
             stream_management: true,
             sm_ack_every: 5,
             sm_ack_after: Duration::from_secs(30),

@@ -296,6 +296,19 @@ impl Config {
         )?;
         check_range("c2s.max_roster_items", c.max_roster_items, 1, 100_000)?;
         check_range("c2s.max_resources", c.max_resources, 1, 1024)?;
+        check_range("c2s.pep_max_items_limit", c.pep_max_items_limit, 1, 10_000)?;
+        check_range(
+            "c2s.pep_max_items",
+            c.pep_max_items,
+            1,
+            c.pep_max_items_limit,
+        )?;
+        check_range(
+            "c2s.pep_max_item_bytes",
+            c.pep_max_item_bytes,
+            1,
+            MAX_STANZA_SIZE,
+        )?;
         check_range("c2s.sm_ack_every", c.sm_ack_every as usize, 1, 10_000)?;
         if c.sm_ack_after.is_zero() {
             return Err(invalid("c2s.sm_ack_after", "must be more than 0s"));

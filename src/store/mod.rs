@@ -37,6 +37,7 @@
 
 /// SCRAM (RFC 5802, RFC 7677) lives in the protocol core: pure SASL, no SQL.
 pub use fedrouter_proto::scram;
+pub mod pep;
 pub mod sqlite;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +47,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use tokio::sync::Notify;
 
+pub use pep::{PepPublish, StoredPepNode};
 pub use scram::{ScramCredentials, ScramHash};
 
 /// Why a store operation failed.
@@ -335,6 +337,30 @@ pub trait Store: Send {
     /// Errors: [`StoreError::Backend`].
     fn pending_out(&mut self) -> Result<Vec<(String, String)>, StoreError>;
 
+    /// `user`'s PEP nodes with their items (XEP-0163), sorted by node.
+    ///
+    /// Errors: [`StoreError::NoSuchUser`], [`StoreError::Backend`] (also from a store
+    /// without PEP tables, the default).
+    fn pep_nodes(&mut self, user: &str) -> Result<Vec<StoredPepNode>, StoreError> {
+        let _ = user;
+        Err(StoreError::Backend("this store keeps no PEP nodes".into()))
+    }
+
+    /// Makes one PEP publish durable ([`PepPublish`]), in one transaction.
+    ///
+    /// Errors: [`StoreError::NoSuchUser`], [`StoreError::Backend`].
+    fn pep_publish(&mut self, publish: &PepPublish) -> Result<(), StoreError> {
+        let _ = publish;
+        Err(StoreError::Backend("this store keeps no PEP nodes".into()))
+    }
+
+    /// Deletes item `item_id` of `user`'s `node` (XEP-0060 §7.2); whether it was there.
+    ///
+    /// Errors: [`StoreError::NoSuchUser`], [`StoreError::Backend`].
+    fn pep_retract(&mut self, user: &str, node: &str, item_id: &str) -> Result<bool, StoreError> {
+        let _ = (user, node, item_id);
+        Err(StoreError::Backend("this store keeps no PEP nodes".into()))
+    }
     /// XEP-0227 import of one user: creates `jid` (a normalised bare JID with a
     /// localpart) if it does not exist, with `creds` (none when `None`); replaces an
     /// existing user's credentials with `creds` when given and different (`None` keeps
@@ -472,6 +498,22 @@ pub enum Op {
     Apply(Vec<Change>),
     /// [`Store::pending_out`]; answered with [`Outcome::Pairs`].
     PendingOut,
+    /// [`Store::pep_nodes`]; answered with [`Outcome::PepNodes`].
+    PepNodes {
+        /// Bare JID.
+        user: String,
+    },
+    /// [`Store::pep_publish`]; answered with [`Outcome::Done`] once durable.
+    PepPublish(PepPublish),
+    /// [`Store::pep_retract`]; answered with [`Outcome::Existed`] once durable.
+    PepRetract {
+        /// Bare JID.
+        user: String,
+        /// The node.
+        node: String,
+        /// The item id.
+        item_id: String,
+    },
     /// [`Store::blocklist`]; answered with [`Outcome::Jids`].
     Blocklist {
         /// Bare JID.
@@ -509,6 +551,8 @@ pub enum Outcome {
     Pairs(Vec<(String, String)>),
     /// [`Op::Apply`]: committed; per change what [`Store::apply`] returns.
     Applied(Vec<u64>),
+    /// [`Op::PepNodes`]: the account's PEP nodes.
+    PepNodes(Vec<StoredPepNode>),
     /// [`Op::Blocklist`]: the blocked JIDs, sorted.
     Jids(Vec<String>),
     /// [`Op::Offline`]: the user's stored messages, oldest first.
@@ -796,6 +840,13 @@ fn process(store: &mut dyn Store, batch: &mut Vec<Request>, counters: &Counters)
             Op::ListUsers { domain } => store.list_users(domain.as_deref()).map(Outcome::Users),
             Op::Roster { user } => store.roster(user).map(Outcome::Roster),
             Op::PendingOut => store.pending_out().map(Outcome::Pairs),
+            Op::PepNodes { user } => store.pep_nodes(user).map(Outcome::PepNodes),
+            Op::PepPublish(p) => store.pep_publish(p).map(|()| Outcome::Done),
+            Op::PepRetract {
+                user,
+                node,
+                item_id,
+            } => store.pep_retract(user, node, item_id).map(Outcome::Existed),
             Op::Blocklist { user } => store.blocklist(user).map(Outcome::Jids),
             Op::ChangeBlocklist { user, change } => {
                 store.change_blocklist(user, change).map(|()| Outcome::Done)

@@ -36,10 +36,14 @@
 //! roster(user_id, contact, name, groups JSON, subscription, pending_out, pending_in,
 //!        pre_approved, in_roster)                                              PK(user_id, contact)
 //! offline(id PK, user_id, received_ms, stanza)          INDEX(user_id, id)   (XEP-0160)
+//! pep_nodes(user_id, node, access_model, max_items)                           PK(user_id, node)
+//! pep_items(user_id, node, item_id, seq, payload)                    PK(user_id, node, item_id)
 //! ```
 //!
 //! Statements are prepared once per connection and cached (`prepare_cached`). Tuning:
 //! [`CACHE_KIB`], [`WAL_AUTOCHECKPOINT_PAGES`], [`JOURNAL_SIZE_LIMIT`], [`BUSY_TIMEOUT`].
+
+mod pep;
 
 use std::path::Path;
 use std::time::Duration;
@@ -48,7 +52,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
     merge_imported, same_credentials, BlocklistChange, Change, ImportOutcome, OfflineMessage,
-    Roster, ScramCredentials, ScramHash, Store, StoreError, StoredItem,
+    PepPublish, Roster, ScramCredentials, ScramHash, Store, StoreError, StoredItem, StoredPepNode,
 };
 use crate::jid::BareJid;
 
@@ -119,6 +123,22 @@ const MIGRATIONS: &[&str] = &[
          stanza      TEXT NOT NULL
      );
      CREATE INDEX offline_by_user ON offline (user_id, id);",
+    // 4: PEP (XEP-0163): nodes and their items; `seq` orders a node's items (oldest first).
+    "CREATE TABLE pep_nodes (
+         user_id      INTEGER NOT NULL,
+         node         TEXT NOT NULL,
+         access_model TEXT NOT NULL,
+         max_items    INTEGER NOT NULL,
+         PRIMARY KEY (user_id, node)
+     ) WITHOUT ROWID;
+     CREATE TABLE pep_items (
+         user_id INTEGER NOT NULL,
+         node    TEXT NOT NULL,
+         item_id TEXT NOT NULL,
+         seq     INTEGER NOT NULL,
+         payload TEXT NOT NULL,
+         PRIMARY KEY (user_id, node, item_id)
+     ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build creates and understands: the number of migrations.
@@ -597,6 +617,8 @@ impl Store for SqliteStore {
         };
         for sql in [
             "DELETE FROM offline WHERE user_id = ?1",
+            "DELETE FROM pep_items WHERE user_id = ?1",
+            "DELETE FROM pep_nodes WHERE user_id = ?1",
             "DELETE FROM roster WHERE user_id = ?1",
             "DELETE FROM blocklist WHERE user_id = ?1",
             "DELETE FROM credentials WHERE user_id = ?1",
@@ -720,6 +742,18 @@ impl Store for SqliteStore {
         }
         tx.commit().map_err(db)?;
         Ok((version as u64, items))
+    }
+
+    fn pep_nodes(&mut self, user: &str) -> Result<Vec<StoredPepNode>, StoreError> {
+        pep::nodes(&mut self.conn, user)
+    }
+
+    fn pep_publish(&mut self, publish: &PepPublish) -> Result<(), StoreError> {
+        pep::publish(&mut self.conn, publish)
+    }
+
+    fn pep_retract(&mut self, user: &str, node: &str, item_id: &str) -> Result<bool, StoreError> {
+        pep::retract(&mut self.conn, user, node, item_id)
     }
 
     fn offline(&mut self, user: &str) -> Result<Vec<OfflineMessage>, StoreError> {

@@ -16,6 +16,9 @@
 //! our certificate (dialback fallback where both sides allow it; otherwise a logged,
 //! counted refusal and bounces).
 //!
+//! PEP (`pep.rs`, XEP-0163): a fedrouter user's mood and avatar metadata events reach a
+//! Prosody contact whose caps ask for them, over S2S, and not one whose caps do not.
+//!
 //! A stalled peer (`stall.rs`): Prosody stopped with SIGSTOP while a local user floods it;
 //! other local users are not held up, and every flood message ends delivered or bounced.
 //!
@@ -28,6 +31,7 @@ mod c2s_client;
 mod failures;
 mod flow;
 mod lab;
+mod pep;
 mod prosody;
 #[path = "../common/server.rs"]
 mod server;
@@ -248,6 +252,11 @@ fn prosody_rejects_our_certificate_policy_forbids_dialback() {
 #[test]
 fn slixmpp_clients_on_both_servers() {
     slixmpp::slixmpp_on_both_servers(10);
+}
+
+#[test]
+fn pep_events_over_s2s_filtered_by_caps() {
+    pep::pep_over_s2s(13);
 }
 
 #[test]

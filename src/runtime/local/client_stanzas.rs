@@ -206,6 +206,10 @@ impl ClientStanzas {
                     shard.local.roster.set(shard, conn, bare, el, &query);
                 }
             }
+            // PEP (XEP-0163): the account's own nodes.
+            Iq::Get(p) | Iq::Set(p) if crate::pep::is_pubsub(&p.name, &p.ns) => {
+                shard.local.pep.owner_iq(shard, conn, bare, el, &p);
+            }
             Iq::Set(ref p) if p.ns == NS_CARBONS => match read_toggle(p) {
                 Some(toggle) => shard.local.carbons.toggle(shard, conn, bare, &el, toggle),
                 None => {

@@ -46,7 +46,9 @@ impl Delivery {
             shard.local.users.admit(shard, &bare, Deferred::Inbound(el))
         {
             self.deliver_now(shard, el);
-            shard.local.users.maybe_forget(&bare);
+            if shard.local.users.maybe_forget(&bare) {
+                shard.local.pep.forget(&bare);
+            }
         }
     }
 
@@ -61,6 +63,18 @@ impl Delivery {
         let resource = to.find('/').map(|i| &to[i + 1..]);
         // From an entity the user blocked (XEP-0191 §3.3): dropped or answered.
         if shard.local.blocking.blocks_inbound(shard, &bare, &el) {
+            return;
+        }
+        // PEP (XEP-0163): a contact's resource and its caps; answers to the caps queries
+        // and pubsub requests to the account.
+        if kind == StanzaKind::Presence {
+            shard.local.pep.contact_presence(shard, &bare, &el);
+        }
+        if kind == StanzaKind::Iq
+            && resource.is_none()
+            && (shard.local.pep.caps_answer(shard, &el)
+                || shard.local.pep.other_iq(shard, &bare, &el))
+        {
             return;
         }
         if kind == StanzaKind::Iq && resource.is_none() {

@@ -33,6 +33,7 @@
 //! | `subscriptions.rs` | [`Subscriptions`] | subscription stanzas both ways (§3) |
 //! | `presence.rs` | [`Presence`] | broadcast, fan-out, probes (§4) |
 //! | `delivery.rs` | [`Delivery`] | stanzas to users, per the §8.5 rules |
+//! | `pep.rs` | [`Pep`] | PEP nodes, notifications, contacts' caps (XEP-0163) |
 //! | `carbons.rs` | [`Carbons`] | message carbons (XEP-0280) |
 //! | `blocking.rs` | [`Blocking`] | block lists (XEP-0191): requests, enforcement |
 //! | `client_state.rs` | [`ClientStates`] | client state indication (XEP-0352) |
@@ -52,6 +53,7 @@ mod client_state;
 mod delivery;
 mod directory_link;
 mod offline;
+mod pep;
 mod presence;
 mod resumption;
 mod roster;
@@ -83,6 +85,7 @@ use client_state::ClientStates;
 use delivery::Delivery;
 use directory_link::DirectoryLink;
 use offline::Offline;
+use pep::Pep;
 use presence::Presence;
 use resumption::Resumption;
 use roster::Rosters;
@@ -106,6 +109,7 @@ pub(super) struct Local {
     subscriptions: Subscriptions,
     presence: Presence,
     delivery: Delivery,
+    pep: Pep,
     carbons: Carbons,
     blocking: Blocking,
     client_state: ClientStates,
@@ -138,6 +142,7 @@ impl Local {
             subscriptions: Subscriptions,
             presence: Presence,
             delivery: Delivery,
+            pep: Pep::new(),
             carbons: Carbons,
             blocking: Blocking,
             client_state: ClientStates,

@@ -236,6 +236,11 @@ impl Presence {
                 return;
             }
         }
+        // PEP (XEP-0163 §4.3.4): the contact's resource and its caps.
+        shard
+            .local
+            .pep
+            .contact_presence(shard, &bare, stanza.element());
         let mut attr = Vec::with_capacity(8 + jid.len());
         write_to_attr(jid, &mut attr);
         let targets =

@@ -476,7 +476,9 @@ impl Sessions {
                     .broadcast(shard, &bare, s, session.directed, None);
             }
         }
-        shard.local.users.maybe_forget(&bare);
+        if shard.local.users.maybe_forget(&bare) {
+            shard.local.pep.forget(&bare);
+        }
     }
 
     /// A client's socket accepted no byte for `c2s.write_stall_timeout` (the writer closed

@@ -52,6 +52,11 @@ impl User {
     }
 }
 
+/// Whether a presence stanza carries XEP-0115 caps (PEP needs the roster for it).
+fn has_caps(el: &Element) -> bool {
+    memchr::memmem::find(el.inner(), crate::pep::NS_CAPS.as_bytes()).is_some()
+}
+
 /// A stanza waiting for its user's roster or earlier stanzas.
 pub(super) enum Deferred {
     /// From one of the user's sessions (stamped).
@@ -87,18 +92,21 @@ impl Deferred {
                 None => false,
             },
             Deferred::Inbound(el) => match StanzaKind::of(el) {
-                Some(StanzaKind::Presence) => el
-                    .type_()
-                    .is_some_and(|t| t == "probe" || SubType::from_type(t).is_some()),
+                // Available presence with XEP-0115 caps: PEP checks the subscription.
+                Some(StanzaKind::Presence) => match el.type_() {
+                    Some(t) => t == "probe" || SubType::from_type(t).is_some(),
+                    None => has_caps(el),
+                },
                 // A request is checked against the block list (XEP-0191 §3.3), and a
                 // XEP-0030 query to the bare JID is answered for the account only if it
-                // exists (RFC 6121 §8.5.1, `service::answer_account`).
+                // exists (RFC 6121 §8.5.1, `service::answer_account`); a PEP request
+                // (XEP-0163) is answered per the subscription (access model `presence`).
                 Some(StanzaKind::Iq) => matches!(el.type_(), Some("get" | "set")),
                 // Messages need the block list (XEP-0191 §3.3), loaded with the roster.
                 Some(StanzaKind::Message) => el.type_() != Some("error"),
                 None => false,
             },
-            Deferred::Broadcast(..) => false,
+            Deferred::Broadcast(s, _) => s.element().type_().is_none() && has_caps(s.element()),
         }
     }
 }
@@ -189,7 +197,9 @@ impl Users {
                 None => break,
             }
         }
-        self.maybe_forget(bare);
+        if self.maybe_forget(bare) {
+            shard.local.pep.forget(bare);
+        }
     }
 
     /// A roster change of `bare` is being stored: later stanzas wait.
@@ -211,7 +221,8 @@ impl Users {
     /// users cost no memory, and stanzas for unknown users leave nothing behind. (Changes
     /// in flight are not lost: the store applies requests in order, so a later load sees
     /// them.)
-    pub(super) fn maybe_forget(&self, bare: &str) {
+    /// Whether it was forgotten (its PEP state then goes too, [`super::pep::Pep::forget`]).
+    pub(super) fn maybe_forget(&self, bare: &str) -> bool {
         let mut users = self.map.borrow_mut();
         let idle = users.get(bare).is_some_and(|u| {
             u.sessions.is_empty()
@@ -222,5 +233,6 @@ impl Users {
         if idle {
             users.remove(bare);
         }
+        idle
     }
 }
