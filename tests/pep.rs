@@ -16,7 +16,7 @@
 //! - bob logging in again gets the last items on presence; after a server restart the
 //!   items are still there (and the caps asked again).
 //!
-//! The test owns the loopback range `127.0.234.0/24`.
+//! The test owns the loopback range `127.0.175.0/24`.
 
 #[path = "common/c2s_client.rs"]
 mod c2s_client;
@@ -187,7 +187,7 @@ const META_ITEM: &str = "<metadata xmlns='urn:xmpp:avatar:metadata'><info bytes=
 
 #[test]
 fn pep_publish_notify_retrieve_and_persist() {
-    const NET: u8 = 234;
+    const NET: u8 = 175;
     let addr = ip(NET, 2);
     let mut fr = Fedrouter::start("a.test", &c2s_config(NET, addr, 2));
     for u in ["alice", "bob", "carol", "dave"] {
