@@ -67,6 +67,8 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(s.backoff_max, Duration::from_secs(300));
     assert_eq!(s.dialback_secret, None);
     assert_eq!(s.max_stanza_size, 262_144);
+    assert_eq!(c.c2s.max_stanza_size, 262_144, "as Prosody and ejabberd");
+    assert!(c.c2s.stream_management);
     assert!(s.stream_management);
     assert_eq!(
         (s.sm_ack_every, s.sm_ack_after),

@@ -62,7 +62,7 @@
 //! keepalive = "60s"
 //! max_auth_failures = 3
 //! auth_failure_delay = "1s"
-//! max_stanza_size = 65536
+//! max_stanza_size = 262144     # bigger: policy-violation stream error
 //! max_roster_items = 1000
 //! max_resources = 16
 //! send_queue_bytes = 1048576

@@ -452,6 +452,10 @@ impl<P: Proto> ConnState<P> {
                     self.proto.poll_transmit(&mut self.plain);
                     let _ = tls.conn().writer().write_all(&self.plain);
                     self.plain.clear();
+                    if self.plain.capacity() > 4 * 1024 {
+                        // A large stanza went out: idle streams must not keep its buffer.
+                        self.plain = Vec::new();
+                    }
                 }
                 let c = tls.conn();
                 while c.wants_write() {

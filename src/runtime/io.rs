@@ -119,17 +119,21 @@ async fn reader<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
             }
             st.input(&buf[..n], now);
         }
-        // Adapt the next read's buffer: grow while reads fill it, give memory back
-        // when the stream is quiet (idle streams must stay small).
+        // Adapt the next read's buffer: grow while reads fill it; once a read leaves it
+        // part empty (the socket is drained, the burst is over), give the memory back
+        // before waiting: the next read may be hours away, and a session that once
+        // received a large stanza must not keep its buffers (benches/README.md,
+        // `c2s_idle`: 330 KiB per session after one 60 KiB message, before this).
         let cap = buf.capacity();
+        let grown = cap > READ_BUF;
         if n == cap && cap < READ_BUF_MAX {
             buf = Vec::with_capacity(cap * 2);
-        } else if n < READ_BUF / 2 && cap > READ_BUF {
+        } else if n < cap && grown {
             buf = Vec::with_capacity(READ_BUF);
         } else {
             buf.clear();
         }
-        if n < READ_BUF / 2 {
+        if n < READ_BUF / 2 || (grown && n < cap) {
             conn.st.borrow_mut().proto.release_idle_memory();
         }
         let before = super::set_read_at(Some(now));
@@ -216,6 +220,9 @@ async fn writer<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
             // Keep a small spare only: idle streams must not hold big buffers.
             if b.capacity() <= 4 * 1024 {
                 spare = b;
+            } else {
+                // A large write: the protocol's transmit buffer grew for it too.
+                conn.st.borrow_mut().proto.release_idle_memory();
             }
             P::written(&shard, &conn);
             continue;
