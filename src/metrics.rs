@@ -502,7 +502,7 @@ mod tests {
         assert_ne!(hash_key("ab", &[("c", "")]), hash_key("a", &[("bc", "")]));
     }
 
-    /// Every counter family the crate counts (`m.count("family"`, in `src/`) is exported by
+    /// Every counter family the crate counts (a string literal as the first argument of `m.count(…)` in `src/`) is exported by
     /// [`Metrics::render`]: a family missing from [`COUNTER_HELP`] would be counted and
     /// never shown.
     #[test]
@@ -524,7 +524,8 @@ mod tests {
             &mut files,
         );
         let mut families = Vec::new();
-        for (path, text) in &files {
+        // This file defines `count` (and names it in this test), it counts nothing.
+        for (path, text) in files.iter().filter(|(p, _)| !p.ends_with("metrics.rs")) {
             for (at, _) in text.match_indices("m.count(") {
                 let rest = text[at + "m.count(".len()..].trim_start();
                 if let Some(name) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) {
