@@ -16,7 +16,18 @@
 // Prints common.mjs's JSON line with "blocklist" (sorted JIDs) and "errors":
 // {"bob": [[id, condition]...], "alice": [[id, condition]...]}.
 
-import { StepFailed, iq, login, main, messageErrors, messages, parseArgs, stopAll, until, xml } from "./common.mjs";
+import {
+  StepFailed,
+  iq,
+  login,
+  main,
+  messageErrors,
+  messages,
+  parseArgs,
+  stopAll,
+  until,
+  xml,
+} from "./common.mjs";
 
 const NS = "urn:xmpp:blocking";
 
@@ -61,7 +72,11 @@ async function flow(opts, result) {
     result.steps.push("blocked");
 
     await bob.send(
-      xml("message", { to: opts.alice, type: "chat", id: "blocked-1" }, xml("body", {}, "can you hear me")),
+      xml(
+        "message",
+        { to: opts.alice, type: "chat", id: "blocked-1" },
+        xml("body", {}, "can you hear me"),
+      ),
     );
     await until(bob, (log) => messageErrors(log).length > 0, "an error for the blocked message");
     await carol.send(xml("message", { to: opts.alice, type: "chat" }, xml("body", {}, "marker")));
@@ -72,7 +87,11 @@ async function flow(opts, result) {
     result.steps.push("inbound_blocked");
 
     await phone.send(
-      xml("message", { to: `${opts.bob}/desk`, type: "chat", id: "to-blocked-1" }, xml("body", {}, "hi bob")),
+      xml(
+        "message",
+        { to: `${opts.bob}/desk`, type: "chat", id: "to-blocked-1" },
+        xml("body", {}, "hi bob"),
+      ),
     );
     await until(phone, (log) => messageErrors(log).length > 0, "an error for the message to bob");
     result.errors = { bob: messageErrors(bob.log), alice: messageErrors(phone.log) };
@@ -94,4 +113,11 @@ async function flow(opts, result) {
   }
 }
 
-main(flow, parseArgs(process.argv.slice(2), ["alice", "bob", "carol", "password"], "blocking.mjs HOST PORT ALICE BOB CAROL PASSWORD [--timeout S]"));
+main(
+  flow,
+  parseArgs(
+    process.argv.slice(2),
+    ["alice", "bob", "carol", "password"],
+    "blocking.mjs HOST PORT ALICE BOB CAROL PASSWORD [--timeout S]",
+  ),
+);

@@ -16,7 +16,18 @@
 // (bodies of the forwarded messages as the laptop saw them, in order) and
 // "copies": [{"direction", "outer_from", "inner_from", "inner_to"}].
 
-import { StepFailed, bare, iq, login, main, messages, parseArgs, stopAll, until, xml } from "./common.mjs";
+import {
+  StepFailed,
+  bare,
+  iq,
+  login,
+  main,
+  messages,
+  parseArgs,
+  stopAll,
+  until,
+  xml,
+} from "./common.mjs";
 
 const NS = "urn:xmpp:carbons:2";
 const FORWARD = "urn:xmpp:forward:0";
@@ -58,7 +69,11 @@ async function flow(opts, result) {
     const chat = (body, extra = []) =>
       xml("message", { to: `${opts.alice}/phone`, type: "chat" }, xml("body", {}, body), ...extra);
     await bob.send(chat("to the phone"));
-    await until(laptop, (log) => bodies(log, "received").includes("to the phone"), "<received/> carbon");
+    await until(
+      laptop,
+      (log) => bodies(log, "received").includes("to the phone"),
+      "<received/> carbon",
+    );
     result.steps.push("received_carbon");
 
     await phone.send(
@@ -96,4 +111,11 @@ async function flow(opts, result) {
   }
 }
 
-main(flow, parseArgs(process.argv.slice(2), ["alice", "bob", "password"], "carbons.mjs HOST PORT ALICE BOB PASSWORD [--timeout S]"));
+main(
+  flow,
+  parseArgs(
+    process.argv.slice(2),
+    ["alice", "bob", "password"],
+    "carbons.mjs HOST PORT ALICE BOB PASSWORD [--timeout S]",
+  ),
+);

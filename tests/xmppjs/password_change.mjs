@@ -61,4 +61,11 @@ async function flow(opts, result) {
   }
 }
 
-main(flow, parseArgs(process.argv.slice(2), ["alice", "old", "new"], "password_change.mjs HOST PORT ALICE OLD NEW [--timeout S]"));
+main(
+  flow,
+  parseArgs(
+    process.argv.slice(2),
+    ["alice", "old", "new"],
+    "password_change.mjs HOST PORT ALICE OLD NEW [--timeout S]",
+  ),
+);

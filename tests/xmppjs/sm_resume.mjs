@@ -25,7 +25,18 @@
 // "previd", "resumed", "bob_got" and "bob_errors" (errors bob's client reported: the
 // dropped socket may give one).
 
-import { StepFailed, dropConnection, iq, login, main, messages, parseArgs, stopAll, until, xml } from "./common.mjs";
+import {
+  StepFailed,
+  dropConnection,
+  iq,
+  login,
+  main,
+  messages,
+  parseArgs,
+  stopAll,
+  until,
+  xml,
+} from "./common.mjs";
 
 const NS = "urn:xmpp:sm:3";
 export const BEFORE = "before the drop";
@@ -72,7 +83,11 @@ async function flow(opts, result) {
     const en = await enabled;
     // @xmpp/stream-management handles the same <enabled/> in a later promise turn.
     await new Promise((resolve) => setImmediate(resolve));
-    result.enabled = { resume: en.attrs.resume ?? null, max: en.attrs.max ?? null, has_id: !!en.attrs.id };
+    result.enabled = {
+      resume: en.attrs.resume ?? null,
+      max: en.attrs.max ?? null,
+      has_id: !!en.attrs.id,
+    };
     if (!bob.streamManagement.enabled || !bob.streamManagement.id) {
       throw new StepFailed(`bob's client did not enable stream management: <${en.name}/>`);
     }
@@ -80,7 +95,8 @@ async function flow(opts, result) {
     result.steps.push("login");
 
     const bobFull = `${opts.bob}/sm`;
-    const chat = (body, id) => xml("message", { to: bobFull, type: "chat", id }, xml("body", {}, body));
+    const chat = (body, id) =>
+      xml("message", { to: bobFull, type: "chat", id }, xml("body", {}, body));
     await alice.send(chat(BEFORE, "before-1"));
     await until(bob, (log) => fromAlice(log, opts.alice).length === 1, "alice's first message");
     result.steps.push("before");
@@ -98,7 +114,8 @@ async function flow(opts, result) {
     result.steps.push("dropped");
 
     for (const [i, body] of AWAY.entries()) await alice.send(chat(body, `away-${i + 1}`));
-    await iq(alice, "get", xml("query", { xmlns: "http://jabber.org/protocol/disco#info" }), opts.bob);
+    const discoInfo = xml("query", { xmlns: "http://jabber.org/protocol/disco#info" });
+    await iq(alice, "get", discoInfo, opts.bob);
     result.steps.push("sent_while_away");
 
     const resumedNonza = nextNonza(bob, "resumed");
@@ -113,16 +130,29 @@ async function flow(opts, result) {
     result.resumed = { h: r.attrs.h ?? null, previd: r.attrs.previd ?? null };
     result.steps.push("resumed");
 
-    await until(bob, (log) => fromAlice(log, opts.alice).length >= 1 + AWAY.length, "alice's three messages");
+    await until(
+      bob,
+      (log) => fromAlice(log, opts.alice).length >= 1 + AWAY.length,
+      "alice's three messages",
+    );
     await iq(bob, "get", xml("ping", { xmlns: "urn:xmpp:ping" }), opts.bob.split("@")[1]);
     result.bob_got = fromAlice(bob.log, opts.alice).map((m) => m.body);
     result.steps.push("delivered");
     result.bob_errors = bob.errors;
-    if (alice.errors.length) throw new StepFailed(`alice's client errors: ${alice.errors.join("; ")}`);
+    if (alice.errors.length) {
+      throw new StepFailed(`alice's client errors: ${alice.errors.join("; ")}`);
+    }
     result.ok = true;
   } finally {
     await stopAll(clients, result);
   }
 }
 
-main(flow, parseArgs(process.argv.slice(2), ["alice", "bob", "password", "admin"], "sm_resume.mjs HOST PORT ALICE BOB PASSWORD ADMIN [--timeout S]"));
+main(
+  flow,
+  parseArgs(
+    process.argv.slice(2),
+    ["alice", "bob", "password", "admin"],
+    "sm_resume.mjs HOST PORT ALICE BOB PASSWORD ADMIN [--timeout S]",
+  ),
+);
