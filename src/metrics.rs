@@ -231,6 +231,22 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "Messages for a user with no available resource refused instead of stored offline, by cause (disabled, full, no_such_user, store_error; chat_states_only: dropped, not answered).",
     ),
     (
+        "c2s_sm_enabled",
+        "Client streams that enabled stream management (XEP-0198 §3).",
+    ),
+    (
+        "c2s_sessions_detached",
+        "Client sessions whose stream dropped, kept detached for resumption (XEP-0198 §5).",
+    ),
+    (
+        "c2s_sessions_resumed",
+        "Detached client sessions resumed by a new stream (XEP-0198 §5).",
+    ),
+    (
+        "c2s_unacked_redelivered",
+        "Stanzas a client never acknowledged delivered elsewhere when its session ended (XEP-0198 §5, RFC 6121 §8.5).",
+    ),
+    (
         "reads_paused_ms",
         "Milliseconds stream readers spent paused waiting for room in the cross-shard inboxes or the store, by protocol.",
     ),
@@ -484,6 +500,47 @@ mod tests {
             0x1ecd_0ffc_0d90_7f24
         );
         assert_ne!(hash_key("ab", &[("c", "")]), hash_key("a", &[("bc", "")]));
+    }
+
+    /// Every counter family the crate counts (a string literal as the first argument of `m.count(…)` in `src/`) is exported by
+    /// [`Metrics::render`]: a family missing from [`COUNTER_HELP`] would be counted and
+    /// never shown.
+    #[test]
+    fn every_counted_family_is_rendered() {
+        fn sources(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, String)>) {
+            for entry in std::fs::read_dir(dir).expect("read src") {
+                let path = entry.expect("dir entry").path();
+                if path.is_dir() {
+                    sources(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).expect("read source");
+                    out.push((path, text));
+                }
+            }
+        }
+        let mut files = Vec::new();
+        sources(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let mut families = Vec::new();
+        // This file defines `count` (and names it in this test), it counts nothing.
+        for (path, text) in files.iter().filter(|(p, _)| !p.ends_with("metrics.rs")) {
+            for (at, _) in text.match_indices("m.count(") {
+                let rest = text[at + "m.count(".len()..].trim_start();
+                if let Some(name) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) {
+                    families.push((name.to_owned(), path.display().to_string()));
+                }
+            }
+        }
+        assert!(families.iter().any(|(f, _)| f == "stanzas"), "{families:?}");
+        for (family, path) in &families {
+            assert!(
+                COUNTER_HELP.iter().any(|(f, _)| f == family),
+                "counter family {family} (counted in {path}) is not in COUNTER_HELP: \
+                 /metrics would never show it"
+            );
+        }
     }
 
     #[test]
