@@ -231,6 +231,22 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "Messages for a user with no available resource refused instead of stored offline, by cause (disabled, full, no_such_user, store_error; chat_states_only: dropped, not answered).",
     ),
     (
+        "c2s_sm_enabled",
+        "Client streams that enabled stream management (XEP-0198).",
+    ),
+    (
+        "c2s_sessions_detached",
+        "Client sessions whose connection dropped, kept detached for resumption (XEP-0198 5, c2s.resume_timeout).",
+    ),
+    (
+        "c2s_sessions_resumed",
+        "Detached client sessions resumed by a new stream of the same account (XEP-0198 5).",
+    ),
+    (
+        "c2s_unacked_redelivered",
+        "Messages a client never acknowledged, delivered elsewhere (other resources or offline) when its session ended (XEP-0198 5).",
+    ),
+    (
         "reads_paused_ms",
         "Milliseconds stream readers spent paused waiting for room in the cross-shard inboxes or the store, by protocol.",
     ),
