@@ -58,7 +58,9 @@ fn target(fr: &Fedrouter, addr: Ipv4Addr) -> Target {
 /// Two distinct localparts whose bare JIDs at a.test are owned by the same shard of 2.
 fn pair_on_one_shard() -> (&'static str, &'static str) {
     let shard = |n: &str| shard_of(&bare_key(&format!("{n}@a.test")), 2);
-    let names = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+    let names = [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+    ];
     for a in names {
         for b in names {
             if a != b && shard(a) == shard(b) {
@@ -292,7 +294,10 @@ fn stolen_previd_is_refused_and_the_owner_resumes() {
     let (mut stolen, answer) = try_resume(&t, thief, &previd, 0);
     assert!(is(&answer, "failed", NS_SM), "{answer}");
     assert!(
-        node(&answer).children.iter().any(|c| c.name == "item-not-found"),
+        node(&answer)
+            .children
+            .iter()
+            .any(|c| c.name == "item-not-found"),
         "{answer}"
     );
     assert_eq!(
@@ -309,7 +314,11 @@ fn stolen_previd_is_refused_and_the_owner_resumes() {
     // The owner resumes: its session, with what was sent meanwhile.
     let (mut back, answer) = try_resume(&t, victim, &previd, 0);
     assert!(is(&answer, "resumed", NS_SM), "{answer}");
-    assert_eq!(node(&answer).attr("previd"), Some(previd.as_str()), "{answer}");
+    assert_eq!(
+        node(&answer).attr("previd"),
+        Some(previd.as_str()),
+        "{answer}"
+    );
     expect_body(
         &mut back,
         &format!("{thief}@a.test"),
