@@ -552,6 +552,8 @@ fn slixmpp_stream_resumption_after_abrupt_drop() {
         serde_json::json!(["sm-1", "sm-2", "sm-3", "sm-marker"]),
         "{r}"
     );
+    let detached = srv.metric("fedrouter_c2s_sessions_detached_total", &[]);
+    assert_eq!(detached, Some(1.0), "sessions detached: {detached:?}");
     let resumed = srv.metric("fedrouter_c2s_sessions_resumed_total", &[]);
     assert!(
         resumed.is_some_and(|n| n >= 1.0),

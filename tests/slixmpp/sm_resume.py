@@ -95,7 +95,7 @@ async def flow(args, result):
         enabled = asyncio.ensure_future(wait_event(bob, "sm_enabled", deadline))
         await start(clients, args.host, args.port, deadline)
         await enabled
-        sm_id = bob["xep_0198"].sm_id
+        sm_id = bob.plugin["xep_0198"].sm_id
         if not sm_id:
             raise StepFailed("bob: <enabled/> without a resumption id")
         result["sm_id"] = sm_id
@@ -113,7 +113,7 @@ async def flow(args, result):
             m["id"] = mid
             m.send()
         # Alice's stream is handled in order: the pong comes after the three were routed.
-        await alice["xep_0199"].ping(jid=args.alice.split("@")[1], timeout=10)
+        await alice.plugin["xep_0199"].ping(jid=args.alice.split("@")[1], timeout=10)
         if received_ids(bob.log):
             raise StepFailed(f"bob got messages while dropped: {received_ids(bob.log)}")
         result["steps"].append("sent_while_away")
