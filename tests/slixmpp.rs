@@ -28,10 +28,16 @@
 //! (`msg['delay']['stamp']`) from the server's domain on both stored messages, in order,
 //! and the headline must not come.
 //!
+//! `tests/slixmpp/sm_resume.py` checks XEP-0198 resumption as slixmpp's xep_0198 plugin
+//! does it: bob's connection is aborted (no `</stream:stream>`), alice sends him three
+//! messages while the server holds his session detached, bob reconnects and resumes
+//! (`<resumed/>`, no new session) and gets the three, in order, exactly once (a marker
+//! sent after shows nothing more came); the server counts the resumption on `/metrics`.
+//!
 //! Loopback range: `127.0.230.0/24` (server on `127.0.230.1`: C2S 5222, S2S 5269, admin
 //! 9269; nothing listens on the DNS address, nothing here needs DNS); the services'
 //! servers on `127.0.195.1`, `127.0.196.1` and `127.0.197.1`; the offline test's on
-//! `127.0.165.1`.
+//! `127.0.165.1`; the resumption test's on `127.0.171.1`.
 
 #[path = "common/server.rs"]
 mod server;
@@ -515,4 +521,42 @@ fn slixmpp_offline_messages_with_delay_stamp() {
             "stamp {stamp} before the test started: {r}"
         );
     }
+}
+
+#[test]
+fn slixmpp_stream_resumption_after_abrupt_drop() {
+    const H: &str = "127.0.171.1";
+    let srv = Fedrouter::start("a.test", &toml_on(H));
+    add_user(&srv.config_path(), ALICE, ALICE_PASSWORD);
+    add_user(&srv.config_path(), BOB, ALICE_PASSWORD);
+    let admin = format!("{H}:9269");
+    let r = run_service_script(
+        &srv,
+        H,
+        "sm_resume.py",
+        &[&admin, ALICE, BOB, ALICE_PASSWORD],
+    );
+    assert_eq!(
+        steps(&r),
+        [
+            "sm_enabled",
+            "dropped",
+            "sent_while_away",
+            "resumed",
+            "received_in_order_once"
+        ],
+        "{r}"
+    );
+    assert_eq!(
+        r["received"],
+        serde_json::json!(["sm-1", "sm-2", "sm-3", "sm-marker"]),
+        "{r}"
+    );
+    let detached = srv.metric("fedrouter_c2s_sessions_detached_total", &[]);
+    assert_eq!(detached, Some(1.0), "sessions detached: {detached:?}");
+    let resumed = srv.metric("fedrouter_c2s_sessions_resumed_total", &[]);
+    assert!(
+        resumed.is_some_and(|n| n >= 1.0),
+        "the server did not count the resumption: {resumed:?}"
+    );
 }
