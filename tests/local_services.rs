@@ -539,3 +539,59 @@ fn csi_nonzas_in_the_c2s_machine() {
     assert!(h.closed().is_some() || h.take_xml().iter().any(|x| x.contains("stream:error")));
     assert!(!h.events.iter().any(|e| matches!(e, Event::ClientState(_))));
 }
+
+/// XEP-0077 §3.1 in-band registration over a real socket, with `c2s.allow_registration`:
+/// the feature after STARTTLS, the account created durably (it logs in at once, and is in
+/// the store), a taken username answered `conflict`; without the setting, the same
+/// request ends the stream (the default).
+#[test]
+fn in_band_registration_when_allowed() {
+    const NET: u8 = 176;
+    let addr = ip(NET, 2);
+    let toml = format!(
+        "{}\n[c2s]\nallow_registration = true\n",
+        c2s_config(NET, addr, 2)
+    );
+    let fr = Fedrouter::start(DOMAIN, &toml);
+    let t = Target::new(
+        SocketAddr::new(addr.into(), 5222),
+        DOMAIN,
+        &fr.dir().join("data"),
+    );
+    let register = "<iq type='set' id='reg1'><query xmlns='jabber:iq:register'>\
+        <username>romeo</username><password>wherefore art thou</password></query></iq>";
+    let mut c = Client::connect(t.addr, DOMAIN);
+    c.open();
+    let features = c.starttls(&t.cert);
+    assert!(
+        features.contains("<register xmlns='http://jabber.org/features/iq-register'/>"),
+        "{features}"
+    );
+    c.send(register);
+    let r = c.expect("registration result", |x| x.contains("id='reg1'"));
+    assert!(r.contains("type='result'"), "{r}");
+    c.close();
+    // The account is durable and usable.
+    let mut romeo = Client::login(&t, "romeo", "wherefore art thou", Some("balcony"));
+    romeo.sync();
+    let mut again = Client::connect(t.addr, DOMAIN);
+    again.open();
+    again.starttls(&t.cert);
+    again.send(register);
+    let r = again.expect("conflict", |x| x.contains("id='reg1'"));
+    assert!(
+        r.contains("type='error'") && r.contains("<conflict "),
+        "{r}"
+    );
+    drop(fr);
+
+    // Off (the default): the request before authentication ends the stream.
+    let (_fr, t) = start(177, &[]);
+    let mut c = Client::connect(t.addr, DOMAIN);
+    c.open();
+    let features = c.starttls(&t.cert);
+    assert!(!features.contains("iq-register"), "{features}");
+    c.send(register);
+    let e = c.expect("stream error", |x| x.contains("stream:error"));
+    assert!(e.contains("not-authorized"), "{e}");
+}

@@ -74,6 +74,7 @@
 //! sm_ack_every = 5
 //! sm_ack_after = "30s"
 //! resume_timeout = "5m"         # "0s": not resumable
+//! allow_registration = false    # XEP-0077 in-band registration of new accounts
 //! max_offline_messages = 100    # per user (XEP-0160); 0 = no offline storage
 //!
 //! [metrics]

@@ -342,6 +342,10 @@ pub struct C2sSection {
     /// are not resumable).
     #[serde(with = "humantime_serde")]
     pub resume_timeout: Duration,
+    /// XEP-0077 in-band registration of new accounts by unauthenticated clients (key
+    /// `c2s.allow_registration`, default false: accounts come from `fedrouter user add`,
+    /// `fedrouter import` or the directory). Not with `[auth] backend = "ldap"`.
+    pub allow_registration: bool,
     /// Most offline messages stored per user (XEP-0160; RFC 6121 §8.5.2.2.1), key
     /// `c2s.max_offline_messages`; default 100; 0 to [`MAX_OFFLINE_MESSAGES`]. A `normal`
     /// or `chat` message to a user with no available resource is stored, durably, and
@@ -374,6 +378,7 @@ impl Default for C2sSection {
             sm_ack_every: 5,
             sm_ack_after: Duration::from_secs(30),
             resume_timeout: Duration::from_secs(300),
+            allow_registration: false,
             max_offline_messages: 100,
         }
     }

@@ -89,6 +89,12 @@ impl Config {
         check_range("inbox.batch", self.inbox.batch, 1, MAX_INBOX_BATCH)?;
         self.validate_c2s()?;
         self.auth.validate(self.c2s.negotiation_timeout)?;
+        if self.c2s.allow_registration && self.auth.backend == super::auth::AuthBackend::Ldap {
+            return Err(invalid(
+                "c2s.allow_registration",
+                "accounts come from the directory with [auth] backend = \"ldap\"; turn one off",
+            ));
+        }
         check_range("store.max_batch", self.store.max_batch, 1, 65536)?;
         check_range("store.queue", self.store.queue, 1, 1 << 20)?;
         self.validate_log()?;

@@ -98,4 +98,64 @@ impl Account {
             }),
         );
     }
+
+    /// XEP-0077 §3.1 in-band registration on an unauthenticated stream (only when
+    /// `c2s.allow_registration` is on): the account `jid` is created with SCRAM
+    /// credentials derived from `password`, durably, before the client gets its result;
+    /// a taken username gets `conflict`.
+    pub(super) fn register(
+        &self,
+        shard: &Shard,
+        conn_id: crate::runtime::conn::ConnId,
+        jid: String,
+        password: &str,
+    ) {
+        use crate::stream::c2s::RegistrationError;
+        let answer = move |shard: &Shard, result: Result<(), RegistrationError>| {
+            let Some(conn) = shard.local.conns.borrow().get(&conn_id).cloned() else {
+                return;
+            };
+            {
+                let mut st = conn.st.borrow_mut();
+                let _ = st
+                    .proto
+                    .handle_registration(result, std::time::Instant::now());
+                st.collect_events();
+                st.pump();
+            }
+            shard.local.sessions.after_answer(shard, &conn);
+        };
+        let creds: Result<Vec<ScramCredentials>, _> = ScramHash::ALL
+            .iter()
+            .map(|&h| {
+                ScramCredentials::with_random_salt(password, h, SCRAM_ITERATIONS, &mut rand::rng())
+            })
+            .collect();
+        let Ok(creds) = creds else {
+            // A password SASLprep refuses (RFC 4013 prohibited characters).
+            return answer(shard, Err(RegistrationError::NotAcceptable));
+        };
+        shard.local.store.submit(
+            shard,
+            Op::AddUser {
+                jid: jid.clone(),
+                creds,
+            },
+            Box::new(move |shard, result| {
+                let r = match result {
+                    Ok(_) => {
+                        info!(user = %jid, "account registered in-band (XEP-0077)");
+                        crate::runtime::metrics(|m| m.count("c2s_registrations", &[], 1));
+                        Ok(())
+                    }
+                    Err(crate::store::StoreError::Exists(_)) => Err(RegistrationError::Conflict),
+                    Err(e) => {
+                        warn!(user = %jid, error = %e, "storing a registered account failed");
+                        Err(RegistrationError::Internal)
+                    }
+                };
+                answer(shard, r);
+            }),
+        );
+    }
 }

@@ -228,6 +228,12 @@ impl Sessions {
                     }
                 }
             }
+            Event::RegistrationRequested { jid, password } => {
+                shard
+                    .local
+                    .account
+                    .register(shard, conn.id, jid, password.expose());
+            }
             Event::CredentialsNeeded { jid, mechanism } => {
                 self.look_up_credentials(shard, conn.id, jid, mechanism, true);
             }

@@ -74,6 +74,9 @@ pub struct C2sConfig {
     /// XEP-0198 stream management offered after SASL, with resumption; `None` (the
     /// default of [`C2sConfig::new`]) does not offer it.
     pub stream_management: Option<super::C2sSmConfig>,
+    /// XEP-0077 in-band registration of new accounts before authentication (default
+    /// false: refused as any stanza before authentication is).
+    pub registration: bool,
     /// Where passwords are checked (default [`PasswordCheck::Stored`]); decides the
     /// mechanisms offered ([`C2sConfig::offers`]).
     pub password_check: PasswordCheck,
@@ -109,6 +112,7 @@ impl C2sConfig {
             max_auth_failures: 3,
             auth_failure_delay: Duration::from_secs(1),
             stream_management: None,
+            registration: false,
             password_check: PasswordCheck::Stored,
         }
     }

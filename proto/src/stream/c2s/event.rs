@@ -194,6 +194,16 @@ pub enum Event {
         /// The session's full JID.
         jid: String,
     },
+    /// XEP-0077 §3.1: the (unauthenticated) client asks to create the account `jid` with
+    /// `password`; create it (SCRAM credentials derived from the password) and answer
+    /// with [`C2sConnection::handle_registration`]. Only when
+    /// [`super::C2sConfig::registration`] is on.
+    RegistrationRequested {
+        /// The new account's normalised bare JID.
+        jid: String,
+        /// The password as sent (redacted in `Debug`).
+        password: Password,
+    },
     /// The stream is over; the runtime closes the socket after transmitting what is left.
     Closed(CloseReason),
 }

@@ -125,6 +125,7 @@
 
 mod config;
 mod event;
+mod register;
 mod sasl;
 mod session;
 mod sm;
@@ -136,6 +137,7 @@ use rustls_pki_types::CertificateDer;
 
 pub use self::config::{C2sConfig, C2sTimeouts, Mechanism, PasswordCheck};
 pub use self::event::{BindError, C2sError, Event, Password, PasswordVerdict};
+pub use self::register::{RegistrationError, FEATURE_REGISTER};
 use self::sasl::Sasl;
 pub(crate) use self::session::remove_top_xmlns;
 pub use self::sm::{C2sSmConfig, ResumableState};
@@ -183,6 +185,8 @@ enum State {
     AwaitBind,
     /// The runtime's answer to `<resume/>` (XEP-0198 §5).
     AwaitResume,
+    /// The runtime's answer to an in-band registration (XEP-0077 §3.1).
+    AwaitRegistration,
     /// Bound: stanzas flow.
     Open,
     /// We sent `</stream:stream>`; waiting for the client's.
@@ -215,6 +219,10 @@ pub struct C2sConnection {
     sm: Option<sm::C2sSm>,
     /// The client's `<resume/>` (previd, h) awaiting the runtime's answer.
     resume_request: Option<(String, u32)>,
+    /// The registration `iq` awaiting the runtime's answer (XEP-0077).
+    registration_request: Option<Element>,
+    /// An account was registered on this stream.
+    registered: bool,
     last_rx: Instant,
 }
 
@@ -244,6 +252,8 @@ impl C2sConnection {
             bind_request: None,
             sm: None,
             resume_request: None,
+            registration_request: None,
+            registered: false,
             last_rx: now,
         }
     }
@@ -438,7 +448,11 @@ impl C2sConnection {
     fn is_paused(&self, now: Instant) -> bool {
         matches!(
             self.state,
-            State::AwaitCredentials | State::AwaitVerdict | State::AwaitBind | State::AwaitResume
+            State::AwaitCredentials
+                | State::AwaitVerdict
+                | State::AwaitBind
+                | State::AwaitResume
+                | State::AwaitRegistration
         ) || self.hold_until.is_some_and(|h| now < h)
     }
 
@@ -646,6 +660,7 @@ impl C2sConnection {
                 }
                 self.io.out.extend_from_slice(b"</mechanisms>");
             }
+            self.write_register_feature();
             self.state = State::ExpectAuth;
         }
         self.io.out.extend_from_slice(b"</stream:features>");

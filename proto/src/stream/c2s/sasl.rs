@@ -171,10 +171,12 @@ impl C2sConnection {
                 // §6.4.4: answered <aborted/>, which is not counted as a failure.
                 self.sasl_failure("aborted", None, now)
             }
-            (Namespace::Client | Namespace::Server, "message" | "presence" | "iq") => self.fail(
-                StreamCondition::NotAuthorized,
-                "stanza before authentication",
-            ),
+            (Namespace::Client | Namespace::Server, "message" | "presence" | "iq") => {
+                // XEP-0077 in-band registration, when offered (`register.rs`).
+                if !self.on_register_iq(&el, now) {
+                    self.stanza_before_auth();
+                }
+            }
             _ => self.fail(
                 StreamCondition::UnsupportedStanzaType,
                 "unexpected element during negotiation",
