@@ -931,3 +931,28 @@ fn input_held_during_a_delay_is_bounded() {
     h.send(&big);
     assert_eq!(sent_error(&h), StreamCondition::PolicyViolation);
 }
+
+/// `c2s.sasl_mechanisms` without SCRAM-SHA-256 (users moved from Prosody 0.12 have
+/// SCRAM-SHA-1 credentials only): it is neither offered nor accepted, and SCRAM-SHA-1
+/// still logs in.
+#[test]
+fn mechanisms_can_be_restricted() {
+    let mut h = Harness::new(|c| c.mechanisms = vec![Mechanism::ScramSha1, Mechanism::Plain]);
+    h.add_user("juliet", "r0m30myr0m30");
+    let features = h.open_tls();
+    assert_eq!(
+        features,
+        "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+         <mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms>\
+         </stream:features>"
+    );
+    h.send_auth("SCRAM-SHA-256", b"n,,n=juliet,r=abc");
+    assert_eq!(h.take_one(), failure("invalid-mechanism"));
+    // The failure holds the next attempt for c2s.auth_failure_delay (1 s).
+    h.advance(Duration::from_secs(1));
+    h.scram("juliet", "r0m30myr0m30", ScramHash::Sha1).unwrap();
+    assert!(h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Authenticated { .. })));
+}

@@ -384,6 +384,11 @@ fn each_validation_error_names_its_key() {
     );
     invalid_for("[c2s]\nmax_auth_failures = 7\n", "c2s.max_auth_failures");
     invalid_for("[c2s]\nmax_stanza_size = 100\n", "c2s.max_stanza_size");
+    invalid_for("[c2s]\nsasl_mechanisms = []\n", "c2s.sasl_mechanisms");
+    invalid_for(
+        "[c2s]\nsasl_mechanisms = [\"SCRAM-SHA-1\", \"DIGEST-MD5\"]\n",
+        "c2s.sasl_mechanisms",
+    );
     invalid_for(
         "[c2s]\nnegotiation_timeout = \"0s\"\n",
         "c2s.negotiation_timeout",

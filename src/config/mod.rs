@@ -75,6 +75,7 @@
 //! sm_ack_after = "30s"
 //! resume_timeout = "5m"         # "0s": not resumable
 //! allow_registration = false    # XEP-0077 in-band registration of new accounts
+//! sasl_mechanisms = ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]
 //! max_offline_messages = 100    # per user (XEP-0160); 0 = no offline storage
 //!
 //! [metrics]

@@ -266,7 +266,7 @@ pub struct InboxSection {
 
 /// Client-to-server streams (`[c2s]`, RFC 6120 §4–§7) and the rosters of local users
 /// (RFC 6121 §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct C2sSection {
     /// Whether clients must negotiate STARTTLS before authenticating (RFC 6120 §5.3.1),
@@ -346,6 +346,11 @@ pub struct C2sSection {
     /// `c2s.allow_registration`, default false: accounts come from `fedrouter user add`,
     /// `fedrouter import` or the directory). Not with `[auth] backend = "ldap"`.
     pub allow_registration: bool,
+    /// The SASL mechanisms offered to clients (key `c2s.sasl_mechanisms`, default
+    /// `["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]`; PLAIN only over TLS). During a move
+    /// from Prosody 0.12, whose users have SCRAM-SHA-1 credentials only, leave out
+    /// SCRAM-SHA-256: clients pick the strongest mechanism offered.
+    pub sasl_mechanisms: Vec<String>,
     /// Most offline messages stored per user (XEP-0160; RFC 6121 §8.5.2.2.1), key
     /// `c2s.max_offline_messages`; default 100; 0 to [`MAX_OFFLINE_MESSAGES`]. A `normal`
     /// or `chat` message to a user with no available resource is stored, durably, and
@@ -379,6 +384,7 @@ impl Default for C2sSection {
             sm_ack_after: Duration::from_secs(30),
             resume_timeout: Duration::from_secs(300),
             allow_registration: false,
+            sasl_mechanisms: vec!["SCRAM-SHA-256".into(), "SCRAM-SHA-1".into(), "PLAIN".into()],
             max_offline_messages: 100,
         }
     }

@@ -316,6 +316,22 @@ impl Config {
             MAX_STANZA_SIZE,
         )?;
         check_range("c2s.sm_ack_every", c.sm_ack_every as usize, 1, 10_000)?;
+        if c.sasl_mechanisms.is_empty() {
+            return Err(invalid(
+                "c2s.sasl_mechanisms",
+                "must name at least one mechanism",
+            ));
+        }
+        if let Some(bad) = c
+            .sasl_mechanisms
+            .iter()
+            .find(|m| crate::stream::c2s::Mechanism::from_name(m).is_none())
+        {
+            return Err(invalid(
+                "c2s.sasl_mechanisms",
+                format!("unknown mechanism {bad:?} (known: SCRAM-SHA-256, SCRAM-SHA-1, PLAIN)"),
+            ));
+        }
         if c.sm_ack_after.is_zero() {
             return Err(invalid("c2s.sm_ack_after", "must be more than 0s"));
         }

@@ -697,6 +697,11 @@ fn build_shared(
     c2s.max_auth_failures = cc.max_auth_failures;
     c2s.auth_failure_delay = cc.auth_failure_delay;
     c2s.registration = cc.allow_registration;
+    c2s.mechanisms = cc
+        .sasl_mechanisms
+        .iter()
+        .filter_map(|m| crate::stream::c2s::Mechanism::from_name(m))
+        .collect();
     c2s.stream_management = cc.stream_management.then_some(C2sSmConfig {
         ack: AckPolicy {
             every: cc.sm_ack_every,

@@ -77,6 +77,10 @@ pub struct C2sConfig {
     /// XEP-0077 in-band registration of new accounts before authentication (default
     /// false: refused as any stanza before authentication is).
     pub registration: bool,
+    /// The SASL mechanisms that may be offered at all (default: all three), e.g. only
+    /// `SCRAM-SHA-1` and `PLAIN` while users imported from Prosody 0.12 have SCRAM-SHA-1
+    /// credentials only (a client picks the strongest mechanism offered).
+    pub mechanisms: Vec<Mechanism>,
     /// Where passwords are checked (default [`PasswordCheck::Stored`]); decides the
     /// mechanisms offered ([`C2sConfig::offers`]).
     pub password_check: PasswordCheck,
@@ -113,13 +117,22 @@ impl C2sConfig {
             auth_failure_delay: Duration::from_secs(1),
             stream_management: None,
             registration: false,
+            mechanisms: vec![
+                Mechanism::ScramSha256,
+                Mechanism::ScramSha1,
+                Mechanism::Plain,
+            ],
             password_check: PasswordCheck::Stored,
         }
     }
 
     /// Whether `mechanism` is offered and accepted on a stream with (`tls`) or without
-    /// TLS: `PLAIN` only over TLS; SCRAM only with [`PasswordCheck::Stored`].
+    /// TLS: only those in [`C2sConfig::mechanisms`]; `PLAIN` only over TLS; SCRAM only with
+    /// [`PasswordCheck::Stored`].
     pub fn offers(&self, mechanism: Mechanism, tls: bool) -> bool {
+        if !self.mechanisms.contains(&mechanism) {
+            return false;
+        }
         match mechanism {
             Mechanism::Plain => tls,
             Mechanism::ScramSha256 | Mechanism::ScramSha1 => {

@@ -190,7 +190,10 @@ impl C2sConnection {
         let Some(mechanism) = node
             .attr("mechanism")
             .and_then(Mechanism::from_name)
-            .filter(|m| *m == Mechanism::Plain || self.cfg.offers(*m, true))
+            .filter(|m| {
+                self.cfg.mechanisms.contains(m)
+                    && (*m == Mechanism::Plain || self.cfg.offers(*m, true))
+            })
         else {
             return self.sasl_failure("invalid-mechanism", None, now);
         };
