@@ -235,6 +235,10 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "Client streams that enabled stream management (XEP-0198 §3).",
     ),
     (
+        "c2s_registrations",
+        "Accounts created by in-band registration (XEP-0077 3.1, c2s.allow_registration).",
+    ),
+    (
         "c2s_sessions_detached",
         "Client sessions whose stream dropped, kept detached for resumption (XEP-0198 §5).",
     ),
