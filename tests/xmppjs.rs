@@ -24,13 +24,13 @@
 //! nothing here needs DNS): offline `127.0.252.1`, carbons `127.0.167.1`, password change
 //! `127.0.168.1`, blocking `127.0.169.1`, resumption `127.0.170.1`.
 
+#[path = "common/slixmpp.rs"]
+mod script_runner;
 #[path = "common/server.rs"]
 mod server;
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fedrouter_testkit::ca::TestCa;
@@ -95,51 +95,15 @@ fn phase(node: &Path, ca: &Path, args: &[&str]) -> Value {
 /// killing it (and failing) after [`SCRIPT_LIMIT`]; returns its JSON result (its last
 /// stdout line), failing with its stdout and stderr when it did not succeed.
 fn run_script(node: &Path, ca: &Path, script: &str, args: &[&str]) -> Value {
-    let mut child = Command::new(node)
-        .arg(xmppjs_dir().join(script))
+    let mut cmd = Command::new(node);
+    cmd.arg(xmppjs_dir().join(script))
         .args(args)
         .args(["--timeout", &PHASE_TIMEOUT_S.to_string()])
         .current_dir(xmppjs_dir())
-        .env("NODE_EXTRA_CA_CERTS", ca)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn node: {e}; {SETUP_HINT}"));
-    let pid = child.id() as libc::pid_t;
-    let reader = |mut pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = Vec::new();
-            let _ = pipe.read_to_end(&mut text);
-            String::from_utf8_lossy(&text).into_owned()
-        })
-    };
-    let stdout = reader(Box::new(child.stdout.take().expect("stdout")));
-    let stderr = reader(Box::new(child.stderr.take().expect("stderr")));
-    let (tx, rx) = mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
-    let status = match rx.recv_timeout(SCRIPT_LIMIT) {
-        Ok(status) => status.expect("wait for node"),
-        Err(_) => {
-            // SAFETY: kill(2) on the pid of our child, not reaped yet (its waiter is
-            // still blocked in wait()).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let _ = rx.recv();
-            panic!(
-                "{script} {} did not exit within {SCRIPT_LIMIT:?} (killed); stdout:\n{}\nstderr:\n{}",
-                args.join(" "),
-                stdout.join().unwrap_or_default(),
-                stderr.join().unwrap_or_default()
-            );
-        }
-    };
-    waiter.join().expect("waiter thread");
-    let (out, err) = (
-        stdout.join().expect("stdout reader"),
-        stderr.join().expect("stderr reader"),
-    );
+        .env("NODE_EXTRA_CA_CERTS", ca);
+    let what = format!("node {script} {} ({SETUP_HINT})", args.join(" "));
+    let run = script_runner::run_bounded(&mut cmd, SCRIPT_LIMIT, &what);
+    let (status, out, err) = (run.status, run.stdout, run.stderr);
     let line = out.lines().last().unwrap_or("");
     let context = format!("exit: {status}\nstdout:\n{out}\nstderr:\n{err}");
     let result: Value = serde_json::from_str(line)

@@ -55,15 +55,23 @@ pub struct ScriptRun {
 
 /// Runs `python args...`, killing it (and failing) after `limit`.
 pub fn run_script(python: &Path, args: &[String], limit: Duration) -> ScriptRun {
-    let mut child = Command::new(python)
-        .args(args)
+    let mut cmd = Command::new(python);
+    cmd.args(args)
         .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    run_bounded(&mut cmd, limit, "the slixmpp script")
+}
+
+/// Runs `cmd` (stdin closed, stdout and stderr captured), killing it (and failing with
+/// what it printed) when it has not exited within `limit`; `what` names it in messages.
+/// Also used for the Node scripts of `tests/xmppjs.rs`.
+pub fn run_bounded(cmd: &mut Command, limit: Duration, what: &str) -> ScriptRun {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn the slixmpp script");
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
     let pid = child.id() as libc::pid_t;
     let reader = |mut pipe: Box<dyn std::io::Read + Send>| {
         std::thread::spawn(move || {
@@ -79,14 +87,15 @@ pub fn run_script(python: &Path, args: &[String], limit: Duration) -> ScriptRun 
         let _ = tx.send(child.wait());
     });
     let status = match rx.recv_timeout(limit) {
-        Ok(status) => status.expect("wait for the slixmpp script"),
+        Ok(status) => status.unwrap_or_else(|e| panic!("wait for {what}: {e}")),
         Err(_) => {
             // SAFETY: kill(2) on the pid of our child, not reaped yet (its waiter is
             // still blocked in wait()).
             unsafe { libc::kill(pid, libc::SIGKILL) };
             let _ = rx.recv();
             panic!(
-                "the slixmpp script did not exit within {limit:?} (killed); stderr:\n{}",
+                "{what} did not exit within {limit:?} (killed); stdout:\n{}\nstderr:\n{}",
+                stdout.join().unwrap_or_default(),
                 stderr.join().unwrap_or_default()
             );
         }
