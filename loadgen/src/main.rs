@@ -106,8 +106,9 @@ struct Cli {
     /// Also write the DNS zone as a file.
     #[arg(long)]
     zone_file: Option<PathBuf>,
-    /// Output directory: summary.json, .hgrm files, intervals.hlog, latency.svg.
-    #[arg(long, default_value = "loadgen-out")]
+    /// Output directory: summary.json, .hgrm files, intervals.hlog, latency.svg (under
+    /// `target/`, beside the build, so that runs do not litter the working folder).
+    #[arg(long, default_value = "target/loadgen-out")]
     out: PathBuf,
     /// Local users' password.
     #[arg(long, default_value = "loadgen", global = true)]
@@ -141,9 +142,14 @@ enum Command {
         #[arg(long, default_value = "fedrouter")]
         server: String,
         /// The server's configuration file, passed to its command (`fedrouter user add -c`,
-        /// `prosodyctl --config`, `ejabberdctl --config`).
+        /// `prosodyctl --config`, `ejabberdctl --config` with the `ejabberdctl.cfg` beside
+        /// it).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// ejabberd: the Erlang node `ejabberdctl` must reach (default: `ERLANG_NODE` of
+        /// the `ejabberdctl.cfg` beside `--config`).
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Writes the peers' DNS zone file and exits.
     Zone {
@@ -199,10 +205,26 @@ fn main() -> ExitCode {
         peer_port: cli.peer_port,
     };
     match &cli.command {
-        Some(Command::Accounts { server, config }) => {
+        Some(Command::Accounts {
+            server,
+            config,
+            node,
+        }) => {
+            let ejabberd = match (server.as_str(), config.as_deref(), node.as_deref()) {
+                ("ejabberd", Some(c), n) => match loadgen::sut::EjabberdCtl::beside(c, n) {
+                    Ok(e) => Some(e),
+                    Err(e) => return usage(e),
+                },
+                ("ejabberd", None, Some(n)) => Some(loadgen::sut::EjabberdCtl {
+                    ctl_config: None,
+                    node: n.to_owned(),
+                }),
+                _ => None,
+            };
             return match loadgen::sut::account_commands(
                 server,
                 config.as_deref(),
+                ejabberd.as_ref(),
                 &topo.sut_domain,
                 topo.local_users,
                 &cli.password,
@@ -354,6 +376,14 @@ fn main() -> ExitCode {
             .peak_rss_kib
             .map_or_else(|| "?".to_owned(), |k| k.to_string()),
     );
+    if outcome.subscribe_as_presence > 0 {
+        println!(
+            "note: {} subscribe operations ran as presence: every fresh pair was subscribed \
+             (the mixed scenario reserves a fifth of the pairs for subscribe; use more \
+             --peers or --users-per-peer, or a shorter run, to measure subscribe throughout)",
+            outcome.subscribe_as_presence
+        );
+    }
     for f in &outcome.files {
         println!("wrote {}", f.display());
     }

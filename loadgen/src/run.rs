@@ -248,6 +248,9 @@ pub struct Outcome {
     pub ops: u64,
     /// Operations the open loop skipped because too much was in flight.
     pub skipped: u64,
+    /// `subscribe` operations of the mixed scenario run as presence (or a message) because
+    /// every fresh pair was already subscribed (warm-up included).
+    pub subscribe_as_presence: u64,
     /// Streams closed without loadgen asking, and S2S authentication failures.
     pub unexpected_closes: u64,
     /// S2S authentication failures.
@@ -285,6 +288,9 @@ struct Driver {
     /// Next reserved pair for subscribe operations, and the end of the reserve.
     next_fresh: u32,
     fresh_end: u32,
+    /// `subscribe` operations of the mixed scenario that ran as presence because every
+    /// fresh pair was used (reported, so a table never shows a mix it did not run).
+    subscribe_as_presence: u64,
     slot: usize,
 }
 
@@ -316,6 +322,7 @@ impl Driver {
             if self.scenario == Scenario::Subscribe {
                 return None;
             }
+            self.subscribe_as_presence += 1;
             0
         } else {
             kind
@@ -564,6 +571,7 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         mix: opts.mix,
         next_fresh: 0,
         fresh_end: presubscribed,
+        subscribe_as_presence: 0,
         slot: world.slot(),
     };
     let mut warm = Recorder::with_steps(ALL_STEPS);
@@ -726,7 +734,12 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
     for (step, n) in lost {
         all.record_lost(step, n);
     }
-    let Driver { peers, clients, .. } = driver;
+    let Driver {
+        peers,
+        clients,
+        subscribe_as_presence,
+        ..
+    } = driver;
     clients.stop(Duration::from_secs(5)).await;
     peers.stop(Duration::from_secs(5)).await;
     hlog.finish().map_err(|e| setup(e.to_string()))?.flush()?;
@@ -755,6 +768,7 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         "duration_s": opts.duration.as_secs_f64(),
         "ops_measured": ops_measured,
         "ops_skipped": skipped,
+        "subscribe_as_presence": subscribe_as_presence,
         "peak_rss_kib": peak_rss_kib(),
         "setup": {
             "streams_s": streams_up.as_secs_f64(),
@@ -789,6 +803,7 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         summary,
         ops: ops_measured,
         skipped,
+        subscribe_as_presence,
         unexpected_closes: world.unexpected_closes.load(Ordering::Relaxed),
         auth_failures: world.auth_failures.load(Ordering::Relaxed),
         peak_rss_kib: peak_rss_kib(),

@@ -146,6 +146,16 @@ fn mixed_scenario_scaled_down_has_zero_loss() {
         let count = s["steps"][step]["count"].as_u64().unwrap_or(0);
         assert!(count > 0, "no {step} samples: {s}");
     }
+    // Subscribe operations that ran as presence (fresh pairs used up) are reported in
+    // summary.json and, when there are any, under the table.
+    let as_presence = s["params"]["subscribe_as_presence"]
+        .as_u64()
+        .expect("subscribe_as_presence in summary.json");
+    assert_eq!(
+        as_presence > 0,
+        stdout.contains("subscribe operations ran as presence"),
+        "{all}"
+    );
     // Presence fans out: more presence deliveries than operations of that kind.
     let sent = s["accounting"]["sent"].as_u64().expect("sent");
     let received = s["accounting"]["received"].as_u64().expect("received");
