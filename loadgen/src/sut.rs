@@ -257,10 +257,10 @@ impl EjabberdCtl {
 /// quotes.
 fn erlang_node(cfg: &str) -> Option<String> {
     cfg.lines()
+        .rev()
         .filter_map(|l| l.trim().strip_prefix("ERLANG_NODE="))
         .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'').to_owned())
-        .filter(|v| !v.is_empty())
-        .last()
+        .find(|v| !v.is_empty())
 }
 
 /// The commands that create the run's local users on `server` (`fedrouter`, `prosody` or
