@@ -94,6 +94,14 @@ struct Cli {
     /// Peers' authentication.
     #[arg(long, value_enum, default_value_t = AuthArg::Dialback)]
     peer_auth: AuthArg,
+    /// Peers use XEP-0198 stream management on every stream, both directions: they offer
+    /// and enable it, and send again what the SUT did not acknowledge when a stream drops.
+    #[arg(long)]
+    peer_sm: bool,
+    /// Churn drops streams abruptly (TCP RST, in-flight data lost, both the peer's stream
+    /// and the ones the SUT opened to it) instead of `</stream:stream>`.
+    #[arg(long)]
+    churn_reset: bool,
     /// First two octets of the peer servers' loopback addresses.
     #[arg(long, default_value = "127.78", global = true)]
     peer_net: String,
@@ -334,6 +342,8 @@ fn main() -> ExitCode {
             AuthArg::Dialback => PeerAuth::Dialback,
             AuthArg::External => PeerAuth::External,
         },
+        peer_sm: cli.peer_sm,
+        churn_reset: cli.churn_reset,
         dns_bind: cli.dns,
         zone_file: cli.zone_file.clone(),
         out_dir: cli.out.clone(),
@@ -376,6 +386,13 @@ fn main() -> ExitCode {
             .peak_rss_kib
             .map_or_else(|| "?".to_owned(), |k| k.to_string()),
     );
+    if outcome.peer_resent > 0 || outcome.duplicates > 0 {
+        println!(
+            "stream management: {} stanzas sent again by the peers after a dropped stream; \
+             {} deliveries received twice (at least once, not exactly once)",
+            outcome.peer_resent, outcome.duplicates
+        );
+    }
     if outcome.subscribe_as_presence > 0 {
         println!(
             "note: {} subscribe operations ran as presence: every fresh pair was subscribed \
