@@ -215,6 +215,10 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "Stanzas the socket had taken but the peer never acknowledged when an outbound S2S stream ended (XEP-0198): queued again for the next stream.",
     ),
     (
+        "s2s_negotiation_retries",
+        "Outbound S2S streams that ended before authenticating us for a passing reason (dropped, reset, connection-timeout) and were opened once more instead of bouncing what waited.",
+    ),
+    (
         "stalled_streams_closed",
         "Streams closed because their socket accepted no byte for the write-stall timeout, by protocol.",
     ),

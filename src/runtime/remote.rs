@@ -486,6 +486,8 @@ impl Remotes {
                 let r = remotes.get_mut(d).expect("checked");
                 r.conn = None;
                 r.locals.clear();
+                // `db:verify`s the lost stream carried and never answered go out again.
+                r.verifies.iter_mut().for_each(|v| v.sent = false);
                 r.queue.requeue_front(unsent.into_iter());
                 let local = r.queue.front().map(Queued::local_domain);
                 (!r.queue.is_empty() || !r.verifies.is_empty(), local)
@@ -499,6 +501,9 @@ impl Remotes {
         if shard.shutting_down.get() {
             // Closed by the shutdown (or failing during it): no new attempt.
             return self.refuse_during_shutdown(shard, d);
+        }
+        if self.retry_once(shard, d, reason) {
+            return;
         }
         let what = describe_outbound_end(reason);
         let f = Failure {
@@ -516,6 +521,47 @@ impl Remotes {
             );
         }
         self.remote_failed(shard, d, f, BounceCause::Unreachable);
+    }
+
+    /// An outbound stream to `d` ended before it authenticated us for a passing reason
+    /// (the connection dropped or reset, or the peer's `<connection-timeout/>`,
+    /// `<system-shutdown/>`, `<reset/>`, `<resource-constraint/>`) and it is the first
+    /// failure since `d` last authenticated us: connect once more before bouncing what
+    /// waits. A NAT dropping a connection or a peer restarting mid-negotiation is not the
+    /// domain failing for good; a second failure in a row is (then `remote_failed`
+    /// bounces, with back-off as before). Returns whether a new stream was started.
+    fn retry_once(&self, shard: &Shard, d: &str, reason: &CloseReason) -> bool {
+        let passing = matches!(reason, CloseReason::PeerClosed)
+            || (matches!(reason, CloseReason::ReceivedError(..))
+                && reason.bounce_condition() == StanzaCondition::RemoteServerTimeout);
+        if !passing {
+            return false;
+        }
+        let local = {
+            let mut remotes = self.map.borrow_mut();
+            let Some(r) = remotes.get_mut(d) else {
+                return false;
+            };
+            if r.failures > 0 || (r.queue.is_empty() && r.verifies.is_empty()) {
+                return false;
+            }
+            r.failures = 1;
+            r.conn = None;
+            r.connecting = false;
+            r.verifies.iter_mut().for_each(|v| v.sent = false);
+            let local = r
+                .locals
+                .first()
+                .cloned()
+                .or_else(|| r.queue.front().map(Queued::local_domain));
+            r.locals.clear();
+            local
+        };
+        super::metrics(|m| m.count("s2s_negotiation_retries", &[], 1));
+        info!(parent: &shard.span, remote = %d, "the stream to the remote server ended before it authenticated us ({}); connecting once more before bouncing what waits", describe_outbound_end(reason));
+        let local = local.unwrap_or_else(|| shard.shared().config.domains[0].clone());
+        self.ensure_outbound(shard, d, &local);
+        true
     }
 
     // ----- dialback verification (XEP-0220 §2.1.3) -----
