@@ -150,6 +150,7 @@ impl Subscriptions {
         el: Element,
     ) {
         let user = bare.to_owned();
+        let el_copy = el.clone();
         let act = move |shard: &Shard, ver: Option<u64>, row: Option<StoredItem>| {
             for a in tr.actions.iter() {
                 match a {
@@ -206,13 +207,19 @@ impl Subscriptions {
         match change {
             None => act(shard, None, None),
             Some((change, row)) => {
+                // Refused when it cannot be stored: nothing of it is acted on, and its
+                // sender (the user or the contact) gets an error (store_fault.rs).
+                let refused = el_copy;
                 shard
                     .local
                     .roster
-                    .store_change(shard, bare, change, move |shard, ver| {
-                        if let Some(ver) = ver {
-                            act(shard, Some(ver), Some(row));
-                        }
+                    .store_change(shard, bare, change, move |shard, ver| match ver {
+                        Ok(ver) => act(shard, Some(ver), Some(row)),
+                        Err(e) => shard.bounce(
+                            &refused,
+                            e.stanza_condition(),
+                            "the subscription state could not be stored",
+                        ),
                     });
             }
         }
