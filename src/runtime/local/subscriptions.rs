@@ -74,7 +74,15 @@ impl Subscriptions {
             }
             None => return, // no roster: a user the store does not know
         };
-        self.perform(shard, bare, contact, t, (tr, change), el);
+        self.perform(
+            shard,
+            bare,
+            contact,
+            t,
+            (tr, change),
+            el,
+            Some(Rc::clone(conn)),
+        );
     }
 
     /// A subscription stanza from a contact to local user `bare` (roster loaded).
@@ -133,13 +141,15 @@ impl Subscriptions {
         if tr.ignored() {
             return;
         }
-        self.perform(shard, bare, contact, t, (tr, change), el);
+        self.perform(shard, bare, contact, t, (tr, change), el, None);
     }
 
     /// Carries out a subscription transition for local user `bare` and `contact`: at once
     /// when nothing is stored, else once `change` is durable. `el` is the subscription
     /// stanza (`t`), from the user (routed on to the contact) or to the user (delivered);
-    /// `(tr, change)` the transition and the row change that stores its new state.
+    /// `(tr, change)` the transition and the row change that stores its new state;
+    /// `session` the user's session that sent `el` (outbound), told when storing fails.
+    #[allow(clippy::too_many_arguments)]
     fn perform(
         &self,
         shard: &Shard,
@@ -148,6 +158,7 @@ impl Subscriptions {
         t: SubType,
         (tr, change): (Transition, Option<(Change, StoredItem)>),
         el: Element,
+        session: Option<Rc<Conn<C2sConnection>>>,
     ) {
         let user = bare.to_owned();
         let el_copy = el.clone();
@@ -208,18 +219,23 @@ impl Subscriptions {
             None => act(shard, None, None),
             Some((change, row)) => {
                 // Refused when it cannot be stored: nothing of it is acted on, and its
-                // sender (the user or the contact) gets an error (store_fault.rs).
+                // sender (the user's session, or the contact) gets an error.
                 let refused = el_copy;
                 shard
                     .local
                     .roster
                     .store_change(shard, bare, change, move |shard, ver| match ver {
                         Ok(ver) => act(shard, Some(ver), Some(row)),
-                        Err(e) => shard.bounce(
-                            &refused,
-                            e.stanza_condition(),
-                            "the subscription state could not be stored",
-                        ),
+                        Err(e) => {
+                            let (c, text) = (
+                                e.stanza_condition(),
+                                "the subscription state could not be stored",
+                            );
+                            match &session {
+                                Some(conn) => reply_to_client(conn, &refused, c, text),
+                                None => shard.bounce(&refused, c, text),
+                            }
+                        }
                     });
             }
         }
