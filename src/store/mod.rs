@@ -346,7 +346,8 @@ pub trait Store: Send {
     /// ([`Change::DeleteOffline`]).
     ///
     /// Errors: [`StoreError::NoSuchUser`], [`StoreError::InvalidItem`],
-    /// [`StoreError::OfflineFull`], [`StoreError::Backend`].
+    /// [`StoreError::OfflineFull`], [`StoreError::Backend`], [`StoreError::Full`] (SQLite:
+    /// `SQLITE_FULL`).
     fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError>;
 
     /// `user`'s stored offline messages (XEP-0160), oldest first (increasing id).
