@@ -15,6 +15,11 @@
 //! - once the filler is deleted the next roster set succeeds (the storage thread and the
 //!   shards survived), and it survives a restart of the server.
 //!
+//! [`storage_thread_survives_a_full_disk`] checks the same at the storage thread itself
+//! ([`StoreHandle`] over [`SqliteStore`] on a tmpfs): changes on a full disk fail with
+//! [`StoreError::Full`], nothing of them is stored, each is counted, reads still work,
+//! the thread goes on, and the next change succeeds once there is room.
+//!
 //! Owns the loopback range `127.0.186.0/24`: `.1:5300` DNS, the server on `.2` (5222
 //! C2S, 5269 S2S, 9269 admin). Every wait is for an event and bounded.
 
@@ -31,6 +36,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use fedrouter::store::sqlite::SqliteStore;
+use fedrouter::store::{Change, Op, Outcome, StoreError, StoreHandle, StoredItem, DB_FILE};
 use server::{add_user, config, http_get, ip, zone, Fedrouter};
 use xmpp::{attr, condition, is_stanza, Client, Target};
 
@@ -298,5 +305,93 @@ fn full_disk_refuses_roster_changes_keeps_serving_and_recovers() {
     );
     alice.close();
     assert!(fr.stop(), "the server did not stop on SIGTERM");
+    drop(tmpfs);
+}
+
+/// A roster row for `contact` (in the roster, no subscription).
+fn row(contact: &str) -> StoredItem {
+    StoredItem {
+        contact: contact.to_owned(),
+        name: None,
+        groups: Vec::new(),
+        subscription: "none".to_owned(),
+        pending_out: false,
+        pending_in: None,
+        pre_approved: false,
+        in_roster: true,
+    }
+}
+
+fn upsert(user: &str, contact: &str) -> Op {
+    Op::Apply(vec![Change::UpsertItem {
+        user: user.to_owned(),
+        item: row(contact),
+    }])
+}
+
+#[test]
+fn storage_thread_survives_a_full_disk() {
+    let dir = tempfile::Builder::new()
+        .prefix("fedrouter-store-fault-thread-")
+        .tempdir()
+        .expect("temporary folder");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("create the mount point");
+    let tmpfs = Tmpfs::mount(&data, TMPFS_SIZE);
+    let store = SqliteStore::open(data.join(DB_FILE)).expect("open the store");
+    let h = StoreHandle::spawn(Box::new(store), 64, 64);
+    for u in ["u1@a.test", "u2@a.test"] {
+        h.call(Op::AddUser {
+            jid: u.to_owned(),
+            creds: Vec::new(),
+        })
+        .unwrap_or_else(|e| panic!("add {u}: {e}"));
+    }
+    h.call(upsert("u1@a.test", "kept@b.test"))
+        .expect("a change with room on the disk");
+
+    let filler = fill(&data);
+    // Two requests for two users queued together (one group commit when the thread
+    // takes them at once): each fails, nothing of either is stored.
+    let (tx, rx) = crossbeam_channel::unbounded();
+    h.submit_unnotified(upsert("u1@a.test", "lost1@b.test"), tx.clone(), 1)
+        .expect("queued");
+    h.submit_unnotified(upsert("u2@a.test", "lost2@b.test"), tx, 2)
+        .expect("queued");
+    for _ in 0..2 {
+        let reply = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("an answer from the storage thread");
+        assert!(
+            matches!(reply.result, Err(StoreError::Full(_))),
+            "request {} on a full disk: {:?}",
+            reply.tag,
+            reply.result
+        );
+    }
+    assert!(h.is_running(), "the storage thread stopped on a full disk");
+    assert_eq!(h.stats().failures, 2, "{:?}", h.stats());
+    assert!(
+        h.last_failure().is_some_and(|e| e.contains("full")),
+        "{:?}",
+        h.last_failure()
+    );
+    // Reads need no room.
+    let roster = |user: &str| match h.call(Op::Roster {
+        user: user.to_owned(),
+    }) {
+        Ok(Outcome::Roster((_, items))) => items.into_iter().map(|i| i.contact).collect::<Vec<_>>(),
+        other => panic!("roster of {user}: {other:?}"),
+    };
+    assert_eq!(roster("u1@a.test"), ["kept@b.test"]);
+    assert!(roster("u2@a.test").is_empty());
+
+    std::fs::remove_file(&filler).expect("delete the filler");
+    h.call(upsert("u2@a.test", "after@b.test"))
+        .expect("a change once there is room again");
+    assert_eq!(roster("u1@a.test"), ["kept@b.test"]);
+    assert_eq!(roster("u2@a.test"), ["after@b.test"]);
+    assert_eq!(h.stats().failures, 2, "{:?}", h.stats());
+    h.shutdown();
     drop(tmpfs);
 }
