@@ -37,6 +37,7 @@ mod conn;
 mod connect;
 mod drain;
 mod health;
+pub mod idle;
 mod io;
 mod local;
 mod msg;
