@@ -577,6 +577,9 @@ fn status(config: Option<&Path>, admin: Option<SocketAddr>, json: bool) -> ExitC
                 " CONGESTED {c:.1}s: queue full, new stanzas bounced"
             ));
         }
+        if let Some(n) = d["dropped_errors"].as_u64().filter(|n| *n > 0) {
+            note.push_str(&format!(" {n} error stanzas dropped (never bounced)"));
+        }
         let streams = d["streams"].as_array().cloned().unwrap_or_default();
         let rows = if streams.is_empty() {
             vec![serde_json::json!({"direction": "-", "state": "idle"})]

@@ -204,7 +204,11 @@ const COUNTER_HELP: &[(&str, &str)] = &[
     ),
     (
         "undeliverable_errors",
-        "Error stanzas that could not be delivered and, per RFC 6120 8.3.1, were not bounced, by cause.",
+        "Error stanzas that could not be delivered and, per RFC 6120 8.3.1, were not bounced, by cause (the remote domain's own count is dropped_errors in /status).",
+    ),
+    (
+        "store_failures",
+        "Store requests that failed in the database itself (I/O error, disk full), each request of a failed group commit counted; nothing of them was stored and their clients got an error.",
     ),
     (
         "sm_acknowledged",

@@ -292,6 +292,17 @@ fn collect_metrics(
     Some(merged)
 }
 
+/// `/health`'s `"store_failures"`: `{"count", "last_error"}`, the requests the store
+/// failed for a fault of the database itself (I/O error, disk full:
+/// [`crate::store::StoreStats::failures`]) since start, and the last one's text (`null`
+/// if none).
+fn store_failures(store: &crate::store::StoreHandle) -> serde_json::Value {
+    serde_json::json!({
+        "count": store.stats().failures,
+        "last_error": store.last_failure(),
+    })
+}
+
 fn handle(req: tiny_http::Request, ctx: &Ctx) {
     let (shared, controls) = (&*ctx.shared, &ctx.controls[..]);
     let url = req.url().to_owned();
@@ -306,6 +317,9 @@ fn handle(req: tiny_http::Request, ctx: &Ctx) {
             if let Some(d) = &shared.directory {
                 body["directory"] = d.report().to_json();
             }
+            // Store faults are reported, not judged, as the directory: what needs no
+            // store is still served.
+            body["store_failures"] = store_failures(&shared.store);
             json(code, body)
         }
         "/status/directory" => match &shared.directory {

@@ -504,6 +504,8 @@ impl Shard {
                 &[("queue", "store")],
                 self.shared().store.queued() as i64,
             );
+            // The storage thread's own count, added once (by shard 0) to the scrape.
+            m.count("store_failures", &[], self.shared().store.stats().failures);
         }
         m
     }

@@ -90,6 +90,13 @@ pub enum StoreError {
     /// Nothing of the failed operation or transaction is stored.
     #[error("database error: {0}")]
     Backend(String),
+    /// The database could not grow: the disk (or the file system, or the process's file
+    /// size limit) is full (`SQLITE_FULL`); its message. Nothing of the failed operation
+    /// or transaction is stored, and the same operation succeeds once there is room: a
+    /// client is told `resource-constraint` (type `wait`, RFC 6120 §8.3.3.18), see
+    /// [`StoreError::stanza_condition`].
+    #[error("storage full: {0}")]
+    Full(String),
     /// The storage thread has stopped ([`StoreHandle::shutdown`]).
     #[error("storage thread stopped")]
     Closed,
@@ -98,6 +105,25 @@ pub enum StoreError {
     /// (`service-unavailable`, RFC 6121 §8.5.2.2.1).
     #[error("offline message store of {0} is full")]
     OfflineFull(String),
+}
+
+impl StoreError {
+    /// The stanza error a client's request that needed this store operation is answered
+    /// with (RFC 6120 §8.3.3): `resource-constraint` (type `wait`: retry later) for
+    /// [`StoreError::Full`], `internal-server-error` for anything else.
+    pub fn stanza_condition(&self) -> crate::condition::StanzaCondition {
+        match self {
+            StoreError::Full(_) => crate::condition::StanzaCondition::ResourceConstraint,
+            _ => crate::condition::StanzaCondition::InternalServerError,
+        }
+    }
+
+    /// Whether the database itself failed ([`StoreError::Backend`], [`StoreError::Full`]),
+    /// rather than the request being refused for what it asked: what
+    /// [`StoreStats::failures`] counts.
+    pub fn is_fault(&self) -> bool {
+        matches!(self, StoreError::Backend(_) | StoreError::Full(_))
+    }
 }
 
 /// One stored offline message (XEP-0160), as [`Store::offline`] returns it.
@@ -320,7 +346,8 @@ pub trait Store: Send {
     /// ([`Change::DeleteOffline`]).
     ///
     /// Errors: [`StoreError::NoSuchUser`], [`StoreError::InvalidItem`],
-    /// [`StoreError::OfflineFull`], [`StoreError::Backend`].
+    /// [`StoreError::OfflineFull`], [`StoreError::Backend`], [`StoreError::Full`] (SQLite:
+    /// `SQLITE_FULL`).
     fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError>;
 
     /// `user`'s stored offline messages (XEP-0160), oldest first (increasing id).
@@ -589,6 +616,9 @@ struct Counters {
     changes: AtomicU64,
     commits: AtomicU64,
     batches: AtomicU64,
+    failures: AtomicU64,
+    /// The last fault's text ([`StoreError::is_fault`]).
+    last_failure: Mutex<Option<String>>,
 }
 
 /// A snapshot of the storage thread's counters since it started.
@@ -602,6 +632,10 @@ pub struct StoreStats {
     pub commits: u64,
     /// Queue drains (each up to `max_batch` requests).
     pub batches: u64,
+    /// Requests answered with a fault of the database itself ([`StoreError::is_fault`]:
+    /// I/O error, disk full): every request of a failed group commit counts. The storage
+    /// thread goes on; later requests succeed once the cause is gone.
+    pub failures: u64,
 }
 
 /// Handle to the storage thread: cheap to clone (one per shard), `Send + Sync`.
@@ -734,7 +768,17 @@ impl StoreHandle {
             changes: c.changes.load(Ordering::Relaxed),
             commits: c.commits.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
         }
+    }
+
+    /// The text of the last fault counted in [`StoreStats::failures`], if any.
+    pub fn last_failure(&self) -> Option<String> {
+        self.counters
+            .last_failure
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or(None)
     }
 
     /// Stops the thread: everything queued before this call is executed and answered,
@@ -777,7 +821,7 @@ fn run(mut store: Box<dyn Store>, rx: Receiver<Msg>, max_batch: usize, counters:
     let mut wakes = Vec::new();
     while let Ok(msg) = rx.try_recv() {
         if let Msg::Request(r) = msg {
-            answer(&r, Err(StoreError::Closed), &mut wakes);
+            answer(&r, Err(StoreError::Closed), &mut wakes, counters);
         }
     }
     notify(&wakes);
@@ -815,12 +859,12 @@ fn process(store: &mut dyn Store, batch: &mut Vec<Request>, counters: &Counters)
                                 .changes
                                 .fetch_add(v.len() as u64, Ordering::Relaxed);
                         }
-                        answer(r, res.map(Outcome::Applied), &mut wakes);
+                        answer(r, res.map(Outcome::Applied), &mut wakes, counters);
                     }
                 }
                 Err(e) => {
                     for r in group {
-                        answer(r, Err(e.clone()), &mut wakes);
+                        answer(r, Err(e.clone()), &mut wakes, counters);
                     }
                 }
             }
@@ -854,7 +898,7 @@ fn process(store: &mut dyn Store, batch: &mut Vec<Request>, counters: &Counters)
             Op::Offline { user } => store.offline(user).map(Outcome::Offline),
             Op::Apply(_) => unreachable!("Apply runs are handled above"),
         };
-        answer(r, result, &mut wakes);
+        answer(r, result, &mut wakes, counters);
         i += 1;
     }
     batch.clear();
@@ -862,7 +906,22 @@ fn process(store: &mut dyn Store, batch: &mut Vec<Request>, counters: &Counters)
 }
 
 /// Sends one reply and remembers the request's waker (once per distinct `Notify`).
-fn answer(r: &Request, result: Result<Outcome, StoreError>, wakes: &mut Vec<Arc<Notify>>) {
+/// A fault ([`StoreError::is_fault`]) is counted in [`StoreStats::failures`] and kept as
+/// the last failure.
+fn answer(
+    r: &Request,
+    result: Result<Outcome, StoreError>,
+    wakes: &mut Vec<Arc<Notify>>,
+    counters: &Counters,
+) {
+    if let Err(e) = &result {
+        if e.is_fault() {
+            counters.failures.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = counters.last_failure.lock() {
+                *last = Some(e.to_string());
+            }
+        }
+    }
     let _ = r.reply_to.send(Reply { tag: r.tag, result });
     if let Some(w) = &r.wake {
         if !wakes.iter().any(|x| Arc::ptr_eq(x, w)) {
