@@ -12,8 +12,9 @@
 //! ```
 //!
 //! - [`Store`] is the storage interface, used from one thread only (`Send`, not `Sync`):
-//!   [`sqlite::SqliteStore`] (embedded SQLite, WAL) is the one implementation; a networked
-//!   database can implement the same trait later.
+//!   [`sqlite::SqliteStore`] (embedded SQLite, WAL, the default) and
+//!   [`postgres::PostgresStore`] (a PostgreSQL server, for several nodes) implement it with
+//!   the same semantics; [`open`] opens the one `[store]` names.
 //! - [`StoreHandle`] runs a [`Store`] on its own thread. Roster changes ([`Op::Apply`]) that
 //!   are waiting together are committed together (group commit): one fsync for the whole
 //!   batch, so the rate of durable changes is bounded by batch size × commits/s rather
@@ -37,8 +38,11 @@
 
 /// SCRAM (RFC 5802, RFC 7677) lives in the protocol core: pure SASL, no SQL.
 pub use fedrouter_proto::scram;
+mod open;
 pub mod pep;
+pub mod postgres;
 pub mod sqlite;
+pub mod status;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,7 +51,9 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use tokio::sync::Notify;
 
+pub use open::{open, postgres_options, OpenedStore};
 pub use pep::{PepPublish, StoredPepNode};
+pub use status::{StoreReport, StoreState, StoreStatus};
 pub use scram::{ScramCredentials, ScramHash};
 
 /// Why a store operation failed.
@@ -432,6 +438,13 @@ pub trait Store: Send {
     /// Errors: [`StoreError::NoSuchUser`], [`StoreError::Backend`].
     fn change_blocklist(&mut self, user: &str, change: &BlocklistChange) -> Result<(), StoreError>;
 
+    /// The connection state of a networked store (PostgreSQL: up or down, last error,
+    /// reconnects), shared with the admin endpoint; `None` (the default) for a store
+    /// without a connection (SQLite).
+    fn status(&self) -> Option<Arc<StoreStatus>> {
+        None
+    }
+
     /// Group commit: applies several independent groups of changes in ONE transaction.
     /// Each group is all-or-nothing on its own: a group that fails (unknown user, invalid
     /// item) gets its error and stores nothing, the others are stored. The outer `Err`
@@ -612,6 +625,7 @@ pub struct StoreStats {
 pub struct StoreHandle {
     tx: Sender<Msg>,
     counters: Arc<Counters>,
+    status: Option<Arc<StoreStatus>>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -633,6 +647,7 @@ impl StoreHandle {
     pub fn spawn(store: Box<dyn Store>, max_batch: usize, capacity: usize) -> StoreHandle {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
         let counters = Arc::new(Counters::default());
+        let status = store.status();
         let c = Arc::clone(&counters);
         let max_batch = max_batch.max(1);
         let join = std::thread::Builder::new()
@@ -642,6 +657,7 @@ impl StoreHandle {
         StoreHandle {
             tx,
             counters,
+            status,
             thread: Arc::new(Mutex::new(Some(join))),
         }
     }
@@ -711,6 +727,11 @@ impl StoreHandle {
             .send(Msg::Request(req))
             .map_err(|_| StoreError::Closed)?;
         replies.recv().map_err(|_| StoreError::Closed)?.result
+    }
+
+    /// The store's connection state ([`Store::status`]): `None` for SQLite.
+    pub fn status(&self) -> Option<&Arc<StoreStatus>> {
+        self.status.as_ref()
     }
 
     /// Requests queued and not yet taken by the thread.
