@@ -1,12 +1,20 @@
-//! The durable store (`fedrouter::store`): SQLite round trips, roster versions, offline
-//! messages (XEP-0160: order, the per-user bound, delete, group commit), reopening,
-//! migrations, the storage thread's group commit, ordering and back-pressure, and
-//! durability of acknowledged changes across `kill -9` of the writing process.
+//! The durable store (`fedrouter::store`), against BOTH backends: round trips, roster
+//! versions, offline messages (XEP-0160: order, the per-user bound, delete, group
+//! commit), reopening, the storage thread's group commit, ordering and back-pressure, and
+//! durability of acknowledged changes across `kill -9` of the writing process. Each
+//! shared test is a function of a [`Backend`], instantiated by [`both!`] as
+//! `sqlite::NAME` (a temp folder) and `postgres::NAME` (a fresh database on the real
+//! PostgreSQL server of `common/postgres.rs`). SQLite's own file, WAL and migration
+//! checks, and PostgreSQL's migrations, reconnects and start errors, are single-backend.
 //!
-//! The kill test re-runs this test binary as the writer: `child_writer` does nothing
-//! unless `FEDROUTER_STORE_CHILD` names a database, in which case it streams roster
-//! changes through a [`StoreHandle`] and prints `ACK <seq>` to stdout for each
-//! acknowledged one until it is killed (or a bound of count and time is hit).
+//! The kill tests re-run this test binary as the writer: `child_writer` does nothing
+//! unless `FEDROUTER_STORE_CHILD` names a database (a file, or a `postgresql://` URL), in
+//! which case it streams roster changes through a [`StoreHandle`] and prints `ACK <seq>`
+//! to stdout for each acknowledged one until it is killed (or a bound of count and time
+//! is hit).
+
+#[path = "common/postgres.rs"]
+mod pg;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -17,6 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use fedrouter::presence::{SubState, Subscription};
 use fedrouter::store::scram::{ScramCredentials, ScramHash};
+use fedrouter::store::postgres::{PostgresOptions, PostgresStore};
 use fedrouter::store::sqlite::{Durability, SqliteStore, SCHEMA_VERSION};
 use fedrouter::store::{
     Change, OfflineMessage, Op, Outcome, Reply, Roster, Store, StoreError, StoreHandle, StoredItem,
@@ -54,11 +63,93 @@ fn remove(user: &str, contact: &str) -> Change {
     }
 }
 
+/// Where a shared test's store lives; [`Backend::open`] may be called again to reopen it.
+trait Backend {
+    /// A new, empty store.
+    fn fresh() -> Self
+    where
+        Self: Sized;
+    /// Opens (or reopens) the store.
+    fn open(&self) -> Box<dyn Store>;
+    /// What `child_writer` is given to open it (`FEDROUTER_STORE_CHILD`).
+    fn child_target(&self) -> String;
+}
+
+/// SQLite in a temp folder (`Durability::Crash`, as the other tests ran it, except where a
+/// test says otherwise).
+struct Sqlite {
+    dir: tempfile::TempDir,
+}
+
+impl Backend for Sqlite {
+    fn fresh() -> Self {
+        Sqlite {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn open(&self) -> Box<dyn Store> {
+        Box::new(SqliteStore::open_with(self.dir.path().join("db"), Durability::Crash).unwrap())
+    }
+    fn child_target(&self) -> String {
+        self.dir.path().join("db").display().to_string()
+    }
+}
+
+/// A fresh database on this process's PostgreSQL server.
+struct Postgres {
+    url: String,
+}
+
+impl Backend for Postgres {
+    fn fresh() -> Self {
+        Postgres {
+            url: pg::fresh_database(),
+        }
+    }
+    fn open(&self) -> Box<dyn Store> {
+        Box::new(PostgresStore::connect(PostgresOptions::new(&self.url)).unwrap())
+    }
+    fn child_target(&self) -> String {
+        self.url.clone()
+    }
+}
+
+/// Instantiates each named `fn NAME(b: &dyn Backend)` as `sqlite::NAME` and
+/// `postgres::NAME`.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name(&<super::Sqlite as super::Backend>::fresh()) })*
+        }
+        mod postgres {
+            $(#[test] fn $name() { super::$name(&<super::Postgres as super::Backend>::fresh()) })*
+        }
+    };
+}
+
+both!(
+    users_and_credentials_round_trip,
+    roster_apply_and_versions,
+    blocklists_round_trip,
+    offline_messages_order_bound_delete,
+    reopen_after_drop_keeps_data,
+    pending_out_and_pep_round_trip,
+    import_user_in_one_transaction,
+    full_queue_hands_the_op_back,
+    batch_keeps_order_and_isolates_failures,
+    handle_call_round_trip_and_many_in_flight,
+    acknowledged_changes_survive_kill_9,
+);
+
 #[test]
-fn users_and_credentials_round_trip() {
+fn sqlite_default_durability_is_power_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = SqliteStore::open(dir.path().join("db")).unwrap();
+    let s = SqliteStore::open(dir.path().join("db")).unwrap();
     assert_eq!(s.durability(), Durability::PowerLoss);
+}
+
+fn users_and_credentials_round_trip(b: &dyn Backend) {
+    let mut s = b.open();
     let both = [
         creds("pencil", ScramHash::Sha1),
         creds("pencil", ScramHash::Sha256),
@@ -155,10 +246,8 @@ fn users_and_credentials_round_trip() {
     assert_eq!(s.roster("cupuser1@cupdomain.com").unwrap(), (0, vec![]));
 }
 
-#[test]
-fn roster_apply_and_versions() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = SqliteStore::open(dir.path().join("db")).unwrap();
+fn roster_apply_and_versions(b: &dyn Backend) {
+    let mut s = b.open();
     let u = "cupuser1@cupdomain.com";
     s.add_user(u, &[]).unwrap();
     s.add_user("other@cupdomain.com", &[]).unwrap();
@@ -247,12 +336,9 @@ fn roster_apply_and_versions() {
 
 /// XEP-0191 block lists: block (idempotent), unblock some, unblock all, per user, kept
 /// across a reopen, gone with the user; through the storage thread too.
-#[test]
-fn blocklists_round_trip() {
+fn blocklists_round_trip(b: &dyn Backend) {
     use fedrouter::store::BlocklistChange::{Block, Unblock};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
-    let mut s = SqliteStore::open(&path).unwrap();
+    let mut s = b.open();
     s.add_user("a@d.example", &[]).unwrap();
     s.add_user("b@d.example", &[]).unwrap();
     let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
@@ -272,7 +358,7 @@ fn blocklists_round_trip() {
     )
     .unwrap();
     drop(s);
-    let mut s = SqliteStore::open(&path).unwrap();
+    let mut s = b.open();
     assert_eq!(
         s.blocklist("a@d.example").unwrap(),
         v(&["x@e.example", "y@e.example/r"])
@@ -297,7 +383,7 @@ fn blocklists_round_trip() {
         "removed with the user"
     );
 
-    let h = StoreHandle::spawn(Box::new(s), 8, 8);
+    let h = StoreHandle::spawn(s, 8, 8);
     let op = Op::ChangeBlocklist {
         user: "a@d.example".into(),
         change: Block(v(&["z@e.example"])),
@@ -322,10 +408,8 @@ fn append(user: &str, n: u64, max: u32) -> Change {
 /// per-user bound refuses the next one (nothing stored), a delete frees room, unknown
 /// users are refused, removing the user removes its messages, and in one group commit
 /// the bound counts what earlier groups of the same transaction stored.
-#[test]
-fn offline_messages_order_bound_delete() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = SqliteStore::open_with(dir.path().join("db"), Durability::Crash).unwrap();
+fn offline_messages_order_bound_delete(b: &dyn Backend) {
+    let mut s = b.open();
     let (u, v) = ("bob@d.example", "carol@d.example");
     s.add_user(u, &[]).unwrap();
     s.add_user(v, &[]).unwrap();
@@ -398,11 +482,7 @@ fn offline_messages_order_bound_delete() {
 
     // Through the storage thread, and gone with the user.
     drop(s);
-    let h = StoreHandle::spawn(
-        Box::new(SqliteStore::open(dir.path().join("db")).unwrap()),
-        8,
-        8,
-    );
+    let h = StoreHandle::spawn(b.open(), 8, 8);
     match h.call(Op::Offline { user: u.into() }).unwrap() {
         Outcome::Offline(m) => assert_eq!(m.len(), 1, "{m:?}"),
         o => panic!("{o:?}"),
@@ -423,19 +503,16 @@ fn offline_messages_order_bound_delete() {
     h.shutdown();
 }
 
-#[test]
-fn reopen_after_drop_keeps_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
+fn reopen_after_drop_keeps_data(b: &dyn Backend) {
     let u = "cupuser1@cupdomain.com";
     let c = creds("pencil", ScramHash::Sha256);
     {
-        let mut s = SqliteStore::open_with(&path, Durability::Crash).unwrap();
+        let mut s = b.open();
         s.add_user(u, std::slice::from_ref(&c)).unwrap();
         s.apply(&[upsert(u, item("jdoe1@gmail.com", "both"))])
             .unwrap();
     }
-    let mut s = SqliteStore::open(&path).unwrap();
+    let mut s = b.open();
     assert_eq!(s.list_users(None).unwrap(), [u]);
     assert_eq!(s.credentials(u, ScramHash::Sha256).unwrap(), Some(c));
     assert_eq!(
@@ -484,7 +561,7 @@ fn migrations_are_idempotent_and_newer_schema_is_refused() {
 /// A store whose first `apply_groups` blocks until released, to hold the storage thread
 /// while the test fills its queue.
 struct Gated {
-    inner: SqliteStore,
+    inner: Box<dyn Store>,
     entered: Sender<()>,
     release: Receiver<()>,
     armed: bool,
@@ -548,8 +625,8 @@ impl Store for Gated {
 
 /// A handle over a gated store with users `a@d.example` and `b@d.example`; returns the
 /// handle, the "entered" receiver and the "release" sender.
-fn gated(dir: &Path, capacity: usize) -> (StoreHandle, Receiver<()>, Sender<()>) {
-    let mut inner = SqliteStore::open_with(dir.join("db"), Durability::Crash).unwrap();
+fn gated(b: &dyn Backend, capacity: usize) -> (StoreHandle, Receiver<()>, Sender<()>) {
+    let mut inner = b.open();
     inner.add_user("a@d.example", &[]).unwrap();
     inner.add_user("b@d.example", &[]).unwrap();
     let (entered_tx, entered) = crossbeam_channel::bounded(1);
@@ -571,10 +648,8 @@ fn recv(rx: &Receiver<Reply>) -> Reply {
     rx.recv_timeout(Duration::from_secs(30)).expect("a reply")
 }
 
-#[test]
-fn full_queue_hands_the_op_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let (h, entered, release) = gated(dir.path(), 4);
+fn full_queue_hands_the_op_back(b: &dyn Backend) {
+    let (h, entered, release) = gated(b, 4);
     let (tx, rx) = crossbeam_channel::unbounded();
     let wake = Arc::new(Notify::new());
     let op = |n: u32| {
@@ -621,10 +696,8 @@ fn full_queue_hands_the_op_back() {
     );
 }
 
-#[test]
-fn batch_keeps_order_and_isolates_failures() {
-    let dir = tempfile::tempdir().unwrap();
-    let (h, entered, release) = gated(dir.path(), 64);
+fn batch_keeps_order_and_isolates_failures(b: &dyn Backend) {
+    let (h, entered, release) = gated(b, 64);
     let (tx, rx) = crossbeam_channel::unbounded();
     let wake = Arc::new(Notify::new());
     let apply = |user: &str, c: &str| Op::Apply(vec![upsert(user, item(c, "both"))]);
@@ -683,11 +756,8 @@ fn batch_keeps_order_and_isolates_failures() {
     h.shutdown();
 }
 
-#[test]
-fn handle_call_round_trip_and_many_in_flight() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_with(dir.path().join("db"), Durability::Crash).unwrap();
-    let h = StoreHandle::spawn(Box::new(store), 256, 1024);
+fn handle_call_round_trip_and_many_in_flight(b: &dyn Backend) {
+    let h = StoreHandle::spawn(b.open(), 256, 1024);
     let c = creds("pencil", ScramHash::Sha256);
     assert_eq!(
         h.call(Op::AddUser {
@@ -772,15 +842,19 @@ fn child_user(n: u64) -> String {
 /// The writer of `acknowledged_changes_survive_kill_9`; a no-op in a normal run.
 #[test]
 fn child_writer() {
-    let Some(path) = std::env::var_os(CHILD_ENV) else {
+    let Ok(target) = std::env::var(CHILD_ENV) else {
         return;
     };
     let durability = match std::env::var("FEDROUTER_STORE_CHILD_DURABILITY").as_deref() {
         Ok("crash") => Durability::Crash,
         _ => Durability::PowerLoss,
     };
-    let store = SqliteStore::open_with(path, durability).unwrap();
-    let h = StoreHandle::spawn(Box::new(store), 256, 1024);
+    let store: Box<dyn Store> = if target.starts_with("postgresql://") {
+        Box::new(PostgresStore::connect(PostgresOptions::new(target)).unwrap())
+    } else {
+        Box::new(SqliteStore::open_with(target, durability).unwrap())
+    };
+    let h = StoreHandle::spawn(store, 256, 1024);
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut out = std::io::stdout().lock();
     let (mut next, mut in_flight) = (0u64, 0u64);
@@ -806,20 +880,18 @@ fn child_writer() {
     }
 }
 
-/// Runs the writer child on a fresh database, kills it with SIGKILL after `kill_after`
-/// acknowledgements, and checks every acknowledged change is in the reopened database.
-fn kill_9_run(durability: &str, kill_after: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
+/// Runs the writer child on `b`'s fresh store, kills it with SIGKILL after `kill_after`
+/// acknowledgements, and checks every acknowledged change is in the reopened store.
+fn kill_9_run(b: &dyn Backend, durability: &str, kill_after: usize) {
     {
-        let mut s = SqliteStore::open(&path).unwrap();
+        let mut s = b.open();
         for n in 0..CHILD_USERS {
             s.add_user(&child_user(n), &[]).unwrap();
         }
     }
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["child_writer", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, &path)
+        .env(CHILD_ENV, b.child_target())
         .env("FEDROUTER_STORE_CHILD_DURABILITY", durability)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -858,7 +930,7 @@ fn kill_9_run(durability: &str, kill_after: usize) {
         acked.len()
     );
 
-    let mut s = SqliteStore::open(&path).unwrap();
+    let mut s = b.open();
     let mut missing = Vec::new();
     let mut total_version = 0;
     let mut stored = std::collections::HashSet::new();
@@ -890,12 +962,123 @@ fn kill_9_run(durability: &str, kill_after: usize) {
     );
 }
 
-#[test]
-fn acknowledged_changes_survive_kill_9_crash_durability() {
-    kill_9_run("crash", 3000);
+/// SQLite's default (`synchronous=FULL`) and PostgreSQL (`synchronous_commit = on`).
+fn acknowledged_changes_survive_kill_9(b: &dyn Backend) {
+    kill_9_run(b, "power-loss", 1000);
 }
 
 #[test]
-fn acknowledged_changes_survive_kill_9_power_loss_durability() {
-    kill_9_run("power-loss", 1000);
+fn acknowledged_changes_survive_kill_9_sqlite_crash_durability() {
+    kill_9_run(&Sqlite::fresh(), "crash", 3000);
+}
+
+/// The durable outbox (RFC 6121 §3.1.2 requests not answered yet) and PEP nodes
+/// (XEP-0163): sorted, trimmed to `max_items`, retracted, gone with the user.
+fn pending_out_and_pep_round_trip(b: &dyn Backend) {
+    let mut s = b.open();
+    for u in ["b@d.example", "a@d.example"] {
+        s.add_user(u, &[]).unwrap();
+    }
+    let mut asked = item("z@x.example", "none");
+    asked.pending_out = true;
+    let mut asked2 = item("m@x.example", "from");
+    asked2.pending_out = true;
+    s.apply(&[
+        upsert("b@d.example", asked.clone()),
+        upsert("a@d.example", asked.clone()),
+        upsert("a@d.example", asked2),
+        upsert("a@d.example", item("n@x.example", "both")),
+    ])
+    .unwrap();
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    };
+    assert_eq!(
+        s.pending_out().unwrap(),
+        pairs(&[
+            ("a@d.example", "m@x.example"),
+            ("a@d.example", "z@x.example"),
+            ("b@d.example", "z@x.example")
+        ])
+    );
+
+    let publish = |node: &str, max: u32, id: &str, payload: &str| fedrouter::store::PepPublish {
+        user: "a@d.example".into(),
+        node: node.into(),
+        access_model: "presence".into(),
+        max_items: max,
+        item_id: id.into(),
+        payload: payload.into(),
+    };
+    let mut ghost = publish("n", 1, "a", "<x/>");
+    ghost.user = "nobody@d.example".into();
+    assert_eq!(
+        s.pep_publish(&ghost),
+        Err(StoreError::NoSuchUser("nobody@d.example".into()))
+    );
+    for (node, max, id, payload) in [
+        ("n", 2, "a", "<a/>"),
+        ("n", 2, "b", "<b/>"),
+        ("n", 2, "a", "<a2/>"),
+        ("n", 2, "c", "<c/>"),
+        ("m", 1, "x", "<x/>"),
+    ] {
+        s.pep_publish(&publish(node, max, id, payload)).unwrap();
+    }
+    assert!(s.pep_retract("a@d.example", "m", "x").unwrap());
+    assert!(!s.pep_retract("a@d.example", "m", "x").unwrap());
+    drop(s);
+    let mut s = b.open();
+    let nodes = s.pep_nodes("a@d.example").unwrap();
+    assert_eq!(
+        nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>(),
+        ["m", "n"]
+    );
+    assert!(nodes[0].items.is_empty());
+    assert_eq!(nodes[1].max_items, 2);
+    assert_eq!(
+        nodes[1].items,
+        vec![("a".into(), "<a2/>".into()), ("c".into(), "<c/>".into())]
+    );
+    assert!(s.remove_user("a@d.example").unwrap());
+    assert_eq!(
+        s.pending_out().unwrap(),
+        pairs(&[("b@d.example", "z@x.example")])
+    );
+    s.add_user("a@d.example", &[]).unwrap();
+    assert_eq!(s.pep_nodes("a@d.example").unwrap(), vec![]);
+}
+
+/// XEP-0227 import of one user: created with its roster, idempotent, credentials
+/// replaced only when different, and all or nothing.
+fn import_user_in_one_transaction(b: &dyn Backend) {
+    let mut s = b.open();
+    let u = "imp@d.example";
+    let c1 = [creds("pencil", ScramHash::Sha256)];
+    let items = [item("a@x.example", "both"), item("b@x.example", "to")];
+    let out = s.import_user(u, Some(&c1), &items).unwrap();
+    assert!(out.created && !out.credentials_replaced);
+    assert_eq!((out.items_written, out.roster_version), (2, 2));
+    let again = s.import_user(u, Some(&c1), &items).unwrap();
+    assert_eq!(
+        (again.created, again.credentials_replaced, again.items_written),
+        (false, false, 0)
+    );
+    assert_eq!(again.roster_version, 2);
+    let c2 = [creds("eraser", ScramHash::Sha256)];
+    let mut changed = items.clone();
+    changed[1].subscription = "both".into();
+    let out = s.import_user(u, Some(&c2), &changed).unwrap();
+    assert!(out.credentials_replaced);
+    assert_eq!((out.items_written, out.roster_version), (1, 3));
+    assert_eq!(s.credentials(u, ScramHash::Sha256).unwrap(), Some(c2[0].clone()));
+    assert!(matches!(
+        s.import_user("new@d.example", None, &[item("c@x.example", "maybe")]),
+        Err(StoreError::InvalidItem(_))
+    ));
+    assert_eq!(s.list_users(None).unwrap(), [u]);
+    assert_eq!(
+        s.import_user("Bad@d.example", None, &[]),
+        Err(StoreError::InvalidJid("Bad@d.example".into()))
+    );
 }

@@ -246,6 +246,18 @@ impl PostgresStore {
         schema::current_version(&mut conn.client)
     }
 
+    /// The value of run-time parameter `name` in the store's session (`current_setting`),
+    /// e.g. `synchronous_commit` → `on`: for diagnostics and tests.
+    ///
+    /// Errors: [`StoreError::Backend`] (unknown parameter, connection down).
+    pub fn setting(&mut self, name: &str) -> Result<String, StoreError> {
+        self.run(|tx| {
+            Ok(tx
+                .one("SELECT current_setting($1)", &[&name])?
+                .get(0))
+        })
+    }
+
     /// One connection attempt: connect, set the session up, migrate.
     fn open(&self) -> Result<Conn, StoreError> {
         let fail = |what: &str, e: StoreError| -> StoreError {
