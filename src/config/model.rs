@@ -47,74 +47,13 @@ pub struct Config {
     pub inbox: InboxSection,
     /// Client-to-server streams and rosters (`[c2s]`).
     pub c2s: C2sSection,
-    /// Which database holds users and rosters (`store.backend`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreBackend {
-    /// `"sqlite"`: the embedded SQLite database at `<data_dir>/fedrouter.db`. The default.
-    #[default]
-    Sqlite,
-    /// `"postgres"`: a PostgreSQL server at `store.url` ([`crate::store::postgres`]).
-    Postgres,
-}
-
-/// The user and roster store (`[store]`): SQLite in WAL mode at
-/// `<data_dir>/fedrouter.db` (the default), or a PostgreSQL server; written by one
-/// storage thread with group commit.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreSection {
-    /// Key `store.backend`: `"sqlite"` (default) or `"postgres"`.
-    pub backend: StoreBackend,
-    /// Key `store.url`: the PostgreSQL server, a libpq-style connection string
-    /// (`postgresql://user:password@host:port/dbname` or `host=… user=… dbname=…`).
-    /// Required with `backend = "postgres"`, refused with `"sqlite"`. Its password is
-    /// never shown (messages, logs and status redact it).
-    pub url: Option<SecretString>,
-    /// Key `store.connect_timeout`: longest wait for one PostgreSQL connection attempt;
-    /// default 5s.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Key `store.statement_timeout`: longest one PostgreSQL statement may run before the
-    /// server cancels it (the request fails); default 30s.
-    #[serde(with = "humantime_serde")]
-    pub statement_timeout: Duration,
-    /// Key `store.reconnect_initial`: first back-off after a failed PostgreSQL reconnect,
-    /// doubled after each further failure; default 100ms.
-    #[serde(with = "humantime_serde")]
-    pub reconnect_initial: Duration,
-    /// Key `store.reconnect_max`: longest back-off between PostgreSQL reconnects; default
-    /// 10s, at least `store.reconnect_initial`.
-    #[serde(with = "humantime_serde")]
-    pub reconnect_max: Duration,
-    /// Key `store.durability` (SQLite): `"power-loss"` (default) or `"crash"`. PostgreSQL
-    /// commits are always durable (`synchronous_commit = on`).
-    pub durability: StoreDurability,
-    /// Most requests committed in one transaction, key `store.max_batch`; default 1024;
-    /// 1 to 65536.
-    pub max_batch: usize,
-    /// Requests waiting for the storage thread before shards hold further ones back, key
-    /// `store.queue`; default 65536; 1 to 1048576.
-    pub queue: usize,
-}
-
-impl Default for StoreSection {
-    fn default() -> Self {
-        StoreSection {
-            backend: StoreBackend::Sqlite,
-            url: None,
-            connect_timeout: Duration::from_secs(5),
-            statement_timeout: Duration::from_secs(30),
-            reconnect_initial: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(10),
-            durability: StoreDurability::PowerLoss,
-            max_batch: 1024,
-            queue: 65536,
-        }
-    }
-}
-
-/// Graceful shutdown (`[shutdown]`).
+    /// The user and roster store (`[store]`).
+    pub store: StoreSection,
+    /// How clients' passwords are checked (`[auth]`): the store, or an LDAP directory.
+    pub auth: AuthSection,
+    /// The metrics endpoint (`[metrics]`).
+    pub metrics: MetricsSection,
+    /// Graceful shutdown (`[shutdown]`).
     pub shutdown: ShutdownSection,
     /// Logging (`[log]`).
     pub log: LogSection,
@@ -472,12 +411,48 @@ pub enum StoreDurability {
     PowerLoss,
 }
 
+/// Which database holds users and rosters (`store.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// `"sqlite"`: the embedded SQLite database at `<data_dir>/fedrouter.db`. The default.
+    #[default]
+    Sqlite,
+    /// `"postgres"`: a PostgreSQL server at `store.url` ([`crate::store::postgres`]).
+    Postgres,
+}
+
 /// The user and roster store (`[store]`): SQLite in WAL mode at
-/// `<data_dir>/fedrouter.db`, written by one storage thread with group commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// `<data_dir>/fedrouter.db` (the default), or a PostgreSQL server; written by one
+/// storage thread with group commit.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
-    /// Key `store.durability`: `"power-loss"` (default) or `"crash"`.
+    /// Key `store.backend`: `"sqlite"` (default) or `"postgres"`.
+    pub backend: StoreBackend,
+    /// Key `store.url`: the PostgreSQL server, a libpq-style connection string
+    /// (`postgresql://user:password@host:port/dbname` or `host=… user=… dbname=…`).
+    /// Required with `backend = "postgres"`, refused with `"sqlite"`. Its password is
+    /// never shown (messages, logs and status redact it).
+    pub url: Option<SecretString>,
+    /// Key `store.connect_timeout`: longest wait for one PostgreSQL connection attempt;
+    /// default 5s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Key `store.statement_timeout`: longest one PostgreSQL statement may run before the
+    /// server cancels it (the request fails); default 30s.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// Key `store.reconnect_initial`: first back-off after a failed PostgreSQL reconnect,
+    /// doubled after each further failure; default 100ms.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_initial: Duration,
+    /// Key `store.reconnect_max`: longest back-off between PostgreSQL reconnects; default
+    /// 10s, at least `store.reconnect_initial`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// Key `store.durability` (SQLite): `"power-loss"` (default) or `"crash"`. PostgreSQL
+    /// commits are always durable (`synchronous_commit = on`).
     pub durability: StoreDurability,
     /// Most requests committed in one transaction, key `store.max_batch`; default 1024;
     /// 1 to 65536.
@@ -490,6 +465,12 @@ pub struct StoreSection {
 impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
+            backend: StoreBackend::Sqlite,
+            url: None,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(10),
             durability: StoreDurability::PowerLoss,
             max_batch: 1024,
             queue: 65536,

@@ -59,8 +59,29 @@ use crate::jid::BareJid;
 
 pub use self::schema::SCHEMA_VERSION;
 
+/// A client error as [`StoreError::Backend`]: the server's message and SQLSTATE for a
+/// database error, else the error with its causes (`error connecting to server: Connection
+/// refused (os error 111)`).
 fn db(e: postgres::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    if let Some(d) = e.as_db_error() {
+        return StoreError::Backend(format!(
+            "{}: {} (SQLSTATE {})",
+            d.severity(),
+            d.message(),
+            d.code().code()
+        ));
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    StoreError::Backend(text)
 }
 
 /// How to reach the server and how hard to try (`[store]` keys of the same names).
@@ -324,6 +345,7 @@ impl PostgresStore {
     /// otherwise). A database error that left the connection broken drops it (the next
     /// request reconnects) and is recorded in the status.
     fn run<T>(&mut self, f: impl FnOnce(&mut Tx) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let probe_timeout = self.options.connect_timeout;
         let conn = self.connection()?;
         let result = (|| {
             let tx = conn.client.transaction().map_err(db)?;
@@ -334,7 +356,7 @@ impl PostgresStore {
         })();
         if let Err(StoreError::Backend(m)) = &result {
             let broken = conn.client.is_closed()
-                || conn.client.is_valid(self.options.connect_timeout).is_err();
+                || conn.client.is_valid(probe_timeout).is_err();
             if broken {
                 self.conn = None;
                 let msg = format!("PostgreSQL at {}: connection lost: {m}", self.redacted);
