@@ -448,9 +448,7 @@ fn user(config: Option<&Path>, action: UserAction) -> ExitCode {
 /// Opens the store of the configuration at `path`: `<data_dir>/fedrouter.db` (creating
 /// `data_dir` if needed), or the PostgreSQL server at `store.url`. On error the message
 /// (naming the file, or the URL with its password redacted, and the cause) is printed.
-fn open_store(
-    path: Option<&Path>,
-) -> Result<(Config, Box<dyn fedrouter::store::Store>), ExitCode> {
+fn open_store(path: Option<&Path>) -> Result<(Config, Box<dyn fedrouter::store::Store>), ExitCode> {
     let config = load_config(path)?;
     let fail = |msg: String| {
         eprintln!("fedrouter: {msg}");

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use fedrouter::presence::{SubState, Subscription};
-use fedrouter::store::scram::{ScramCredentials, ScramHash};
 use fedrouter::store::postgres::{PostgresOptions, PostgresStore};
+use fedrouter::store::scram::{ScramCredentials, ScramHash};
 use fedrouter::store::sqlite::{Durability, SqliteStore, SCHEMA_VERSION};
 use fedrouter::store::{
     Change, OfflineMessage, Op, Outcome, Reply, Roster, Store, StoreError, StoreHandle, StoredItem,
@@ -990,7 +990,9 @@ fn pending_out_and_pep_round_trip(b: &dyn Backend) {
     ])
     .unwrap();
     let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     };
     assert_eq!(
         s.pending_out().unwrap(),
@@ -1060,7 +1062,11 @@ fn import_user_in_one_transaction(b: &dyn Backend) {
     assert_eq!((out.items_written, out.roster_version), (2, 2));
     let again = s.import_user(u, Some(&c1), &items).unwrap();
     assert_eq!(
-        (again.created, again.credentials_replaced, again.items_written),
+        (
+            again.created,
+            again.credentials_replaced,
+            again.items_written
+        ),
         (false, false, 0)
     );
     assert_eq!(again.roster_version, 2);
@@ -1070,7 +1076,10 @@ fn import_user_in_one_transaction(b: &dyn Backend) {
     let out = s.import_user(u, Some(&c2), &changed).unwrap();
     assert!(out.credentials_replaced);
     assert_eq!((out.items_written, out.roster_version), (1, 3));
-    assert_eq!(s.credentials(u, ScramHash::Sha256).unwrap(), Some(c2[0].clone()));
+    assert_eq!(
+        s.credentials(u, ScramHash::Sha256).unwrap(),
+        Some(c2[0].clone())
+    );
     assert!(matches!(
         s.import_user("new@d.example", None, &[item("c@x.example", "maybe")]),
         Err(StoreError::InvalidItem(_))

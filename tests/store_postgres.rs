@@ -142,8 +142,10 @@ fn unreachable_or_refusing_server_at_start_names_the_redacted_url() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains(&format!("postgresql://fed:***@{}:{port}/nowhere", pg::PG_ADDR))
-            && e.contains("cannot connect")
+        e.contains(&format!(
+            "postgresql://fed:***@{}:{port}/nowhere",
+            pg::PG_ADDR
+        )) && e.contains("cannot connect")
             && !e.contains("hunter2"),
         "{e}"
     );
@@ -178,7 +180,10 @@ fn broken_connection_fails_one_batch_then_reconnects() {
     assert_eq!(terminate_store_connection(&url), 1);
     match h.call(upsert("a@d.example", "c2@x.example")) {
         Err(StoreError::Backend(m)) => {
-            assert!(m.contains("connection lost") && !m.contains(pg::PG_PASSWORD), "{m}")
+            assert!(
+                m.contains("connection lost") && !m.contains(pg::PG_PASSWORD),
+                "{m}"
+            )
         }
         other => panic!("a batch on a broken connection must fail: {other:?}"),
     }

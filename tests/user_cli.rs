@@ -10,8 +10,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use fedrouter::store::scram::ScramHash;
 use fedrouter::store::postgres::{PostgresOptions, PostgresStore};
+use fedrouter::store::scram::ScramHash;
 use fedrouter::store::sqlite::SqliteStore;
 use fedrouter::store::{Store, DB_FILE};
 
@@ -187,7 +187,10 @@ fn write_config(dir: &Path, store: &str) {
 fn user_lifecycle_on_postgres() {
     let dir = tempfile::tempdir().unwrap();
     let url = pg::fresh_database();
-    write_config(dir.path(), &format!("backend = \"postgres\"\nurl = {url:?}"));
+    write_config(
+        dir.path(),
+        &format!("backend = \"postgres\"\nurl = {url:?}"),
+    );
     let o = run(dir.path(), &["add", "Alice@A.test"], "correct horse\n");
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(text(&o).trim(), "added alice@a.test");
@@ -211,9 +214,15 @@ fn user_lifecycle_on_postgres() {
         let c = s.credentials("alice@a.test", h).unwrap().expect("stored");
         assert!(c.verify_password("correct horse"));
     }
-    let c = s.credentials("bob@a.test", ScramHash::Sha256).unwrap().unwrap();
+    let c = s
+        .credentials("bob@a.test", ScramHash::Sha256)
+        .unwrap()
+        .unwrap();
     assert!(c.verify_password("new-pw"));
-    assert!(!dir.path().join("data").join(DB_FILE).exists(), "no SQLite file");
+    assert!(
+        !dir.path().join("data").join(DB_FILE).exists(),
+        "no SQLite file"
+    );
 
     let o = run(dir.path(), &["remove", "alice@a.test"], "");
     assert!(o.status.success(), "{}", text(&o));
@@ -241,8 +250,10 @@ fn unreachable_postgres_is_a_clear_error() {
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert!(
-        t.contains(&format!("postgresql://fed:***@{}:{port}/fedrouter", pg::PG_ADDR))
-            && t.contains("cannot connect"),
+        t.contains(&format!(
+            "postgresql://fed:***@{}:{port}/fedrouter",
+            pg::PG_ADDR
+        )) && t.contains("cannot connect"),
         "{t}"
     );
     assert!(!t.contains("hunter2") && !t.contains("panicked"), "{t}");
@@ -255,7 +266,10 @@ fn unreachable_postgres_is_a_clear_error() {
         .unwrap();
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
-    assert!(t.contains("fed:***@") && t.contains("cannot connect"), "{t}");
+    assert!(
+        t.contains("fed:***@") && t.contains("cannot connect"),
+        "{t}"
+    );
     assert!(!t.contains("hunter2") && !t.contains("panicked"), "{t}");
 }
 
@@ -270,7 +284,11 @@ fn bad_store_config_names_the_key_without_the_password() {
             "store.url",
             "u:***@h",
         ),
-        ("url = \"postgresql://u:s3cret@h/db\"", "store.url", "postgres"),
+        (
+            "url = \"postgresql://u:s3cret@h/db\"",
+            "store.url",
+            "postgres",
+        ),
         (
             "backend = \"postgres\"\nurl = \"postgresql://u:s3cret@h/db\"\nreconnect_max = \"1ms\"",
             "store.reconnect_max",

@@ -138,8 +138,8 @@ pub use error::ConfigError;
 pub use materialize::{DirectoryMaterial, Materialized};
 pub use model::{
     C2sSection, CertificateEntry, Config, DnsSection, InboxSection, Listen, LogFormat, LogSection,
-    MetricsSection, S2sSection, SecretBytes, ShutdownSection, StaticTarget, StoreBackend, StoreDurability,
-    StoreSection, TlsConfig, MAX_OFFLINE_MESSAGES,
+    MetricsSection, S2sSection, SecretBytes, ShutdownSection, StaticTarget, StoreBackend,
+    StoreDurability, StoreSection, TlsConfig, MAX_OFFLINE_MESSAGES,
 };
 
 /// Most shards (`shards`).

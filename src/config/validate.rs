@@ -9,9 +9,9 @@ use crate::jid::DomainPart;
 
 use super::error::invalid;
 use super::{
-    Config, ConfigError, StaticTarget, StoreBackend, MAX_DNS_CACHE, MAX_INBOX_BATCH, MAX_INBOX_CAPACITY,
-    MAX_OFFLINE_MESSAGES, MAX_QUEUE_PER_DOMAIN, MAX_SHARDS, MAX_STANZA_SIZE, MIN_SECRET_BYTES,
-    MIN_STANZA_SIZE,
+    Config, ConfigError, StaticTarget, StoreBackend, MAX_DNS_CACHE, MAX_INBOX_BATCH,
+    MAX_INBOX_CAPACITY, MAX_OFFLINE_MESSAGES, MAX_QUEUE_PER_DOMAIN, MAX_SHARDS, MAX_STANZA_SIZE,
+    MIN_SECRET_BYTES, MIN_STANZA_SIZE,
 };
 
 fn show(d: Duration) -> humantime::FormattedDuration {

@@ -53,8 +53,8 @@ use tokio::sync::Notify;
 
 pub use open::{open, postgres_options, OpenedStore};
 pub use pep::{PepPublish, StoredPepNode};
-pub use status::{StoreReport, StoreState, StoreStatus};
 pub use scram::{ScramCredentials, ScramHash};
+pub use status::{StoreReport, StoreState, StoreStatus};
 
 /// Why a store operation failed.
 ///
@@ -445,6 +445,11 @@ pub trait Store: Send {
         None
     }
 
+    /// Called by the storage thread when no request came for [`IDLE_CHECK`]: a networked
+    /// store checks its connection (and reconnects when the back-off allows), so that its
+    /// [`Store::status`] follows the server without traffic. The default does nothing.
+    fn idle(&mut self) {}
+
     /// Group commit: applies several independent groups of changes in ONE transaction.
     /// Each group is all-or-nothing on its own: a group that fails (unknown user, invalid
     /// item) gets its error and stores nothing, the others are stored. The outer `Err`
@@ -772,14 +777,21 @@ impl StoreHandle {
     }
 }
 
+/// How long the storage thread waits for a request before calling [`Store::idle`].
+pub const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The storage thread's loop.
 fn run(mut store: Box<dyn Store>, rx: Receiver<Msg>, max_batch: usize, counters: &Counters) {
     let mut batch: Vec<Request> = Vec::with_capacity(max_batch);
     let mut stop = false;
     while !stop {
-        match rx.recv() {
+        match rx.recv_timeout(IDLE_CHECK) {
             Ok(Msg::Request(r)) => batch.push(r),
-            Ok(Msg::Stop) | Err(_) => break,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                store.idle();
+                continue;
+            }
+            Ok(Msg::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
         while batch.len() < max_batch {
             match rx.try_recv() {

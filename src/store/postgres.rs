@@ -28,7 +28,10 @@
 //! to [`PostgresOptions::reconnect_max`]) during which requests fail at once without
 //! trying, so a down server costs no connect storm. [`StoreStatus`] records the state,
 //! the last error, reconnects and failures for `/health`, `fedrouter status` and the
-//! metrics. Every message names the server by its redacted URL ([`redact_url`]).
+//! metrics. When no request comes for [`super::IDLE_CHECK`], the storage thread calls
+//! [`Store::idle`]: the connection is checked (one round trip) and, when down, a reconnect
+//! is tried as the back-off allows, so the status follows the server without traffic.
+//! Every message names the server by its redacted URL ([`redact_url`]).
 //!
 //! # Schema
 //!
@@ -272,11 +275,7 @@ impl PostgresStore {
     ///
     /// Errors: [`StoreError::Backend`] (unknown parameter, connection down).
     pub fn setting(&mut self, name: &str) -> Result<String, StoreError> {
-        self.run(|tx| {
-            Ok(tx
-                .one("SELECT current_setting($1)", &[&name])?
-                .get(0))
-        })
+        self.run(|tx| Ok(tx.one("SELECT current_setting($1)", &[&name])?.get(0)))
     }
 
     /// One connection attempt: connect, set the session up, migrate.
@@ -344,7 +343,10 @@ impl PostgresStore {
     /// Runs `f` in one transaction, committed when it returns `Ok` (rolled back
     /// otherwise). A database error that left the connection broken drops it (the next
     /// request reconnects) and is recorded in the status.
-    fn run<T>(&mut self, f: impl FnOnce(&mut Tx) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn run<T>(
+        &mut self,
+        f: impl FnOnce(&mut Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let probe_timeout = self.options.connect_timeout;
         let conn = self.connection()?;
         let result = (|| {
@@ -355,8 +357,7 @@ impl PostgresStore {
             Ok(v)
         })();
         if let Err(StoreError::Backend(m)) = &result {
-            let broken = conn.client.is_closed()
-                || conn.client.is_valid(probe_timeout).is_err();
+            let broken = conn.client.is_closed() || conn.client.is_valid(probe_timeout).is_err();
             if broken {
                 self.conn = None;
                 let msg = format!("PostgreSQL at {}: connection lost: {m}", self.redacted);
@@ -449,6 +450,24 @@ fn stored_creds(tx: &mut Tx, id: i64) -> Result<Vec<ScramCredentials>, StoreErro
 impl Store for PostgresStore {
     fn status(&self) -> Option<Arc<StoreStatus>> {
         Some(Arc::clone(&self.status))
+    }
+
+    /// Checks the idle connection (one round trip); a broken one is dropped and recorded,
+    /// then a reconnect is tried if the back-off allows.
+    fn idle(&mut self) {
+        let timeout = self.options.connect_timeout;
+        if let Some(c) = &mut self.conn {
+            if c.client.is_closed() || c.client.is_valid(timeout).is_err() {
+                self.conn = None;
+                self.status.failed(format!(
+                    "PostgreSQL at {}: connection lost (found by the idle check)",
+                    self.redacted
+                ));
+            }
+        }
+        if self.conn.is_none() {
+            let _ = self.connection();
+        }
     }
 
     fn add_user(&mut self, jid: &str, creds: &[ScramCredentials]) -> Result<(), StoreError> {

@@ -156,7 +156,10 @@ mod tests {
         assert_eq!(j["url"], "postgresql://u:***@h/db");
         s.reconnected();
         let j = s.report().to_json();
-        assert_eq!((j["state"].as_str(), j["reconnects"].as_u64()), (Some("up"), Some(1)));
+        assert_eq!(
+            (j["state"].as_str(), j["reconnects"].as_u64()),
+            (Some("up"), Some(1))
+        );
         assert!(j.get("error").is_none());
     }
 }

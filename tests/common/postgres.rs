@@ -158,12 +158,17 @@ fn start() -> PgServer {
     let pwfile = dir.join("pw");
     std::fs::write(&pwfile, format!("{PG_PASSWORD}\n")).unwrap();
     if is_root() {
-        let out = Command::new("id").args(["-u", "postgres"]).output().unwrap();
-        let uid: u32 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("the postgres OS user exists (Debian's postgresql creates it): run .ci/setup-postgres");
-        let out = Command::new("id").args(["-g", "postgres"]).output().unwrap();
+        let out = Command::new("id")
+            .args(["-u", "postgres"])
+            .output()
+            .unwrap();
+        let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect(
+            "the postgres OS user exists (Debian's postgresql creates it): run .ci/setup-postgres",
+        );
+        let out = Command::new("id")
+            .args(["-g", "postgres"])
+            .output()
+            .unwrap();
         let gid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
         for p in [&dir, &sock, &pwfile] {
             std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
