@@ -77,8 +77,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Manage local users (stored in `<data_dir>/fedrouter.db`; safe while the server
-    /// runs).
+    /// Manage local users (stored in the `[store]`: `<data_dir>/fedrouter.db`, or the
+    /// PostgreSQL server at `store.url`; safe while the server runs).
     User {
         /// Configuration file (TOML), for `domains` and `data_dir`; embedded defaults when
         /// absent.

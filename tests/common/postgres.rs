@@ -188,7 +188,7 @@ fn start() -> PgServer {
         .arg(format!("--pwfile={}", pwfile.display()))
         .stdin(Stdio::null())
         .output()
-        .expect("run initdb");
+        .expect("run initdb (as root through setpriv, from util-linux): run .ci/setup-postgres");
     assert!(
         out.status.success(),
         "initdb failed: {}{}",
