@@ -5,7 +5,10 @@
 //! shared test is a function of a [`Backend`], instantiated by [`both!`] as
 //! `sqlite::NAME` (a temp folder) and `postgres::NAME` (a fresh database on the real
 //! PostgreSQL server of `common/postgres.rs`). SQLite's own file, WAL and migration
-//! checks, and PostgreSQL's migrations, reconnects and start errors, are single-backend.
+//! checks, and PostgreSQL's migrations, reconnects and start errors
+//! (`tests/store_postgres.rs`), are single-backend. The storage-thread tests are in
+//! `store_suite/thread.rs`, the outbox, PEP and import ones in
+//! `store_suite/outbox_pep_import.rs`.
 //!
 //! The kill tests re-run this test binary as the writer: `child_writer` does nothing
 //! unless `FEDROUTER_STORE_CHILD` names a database (a file, or a `postgresql://` URL), in
@@ -13,23 +16,28 @@
 //! to stdout for each acknowledged one until it is killed (or a bound of count and time
 //! is hit).
 
+#[path = "store_suite/outbox_pep_import.rs"]
+mod outbox_pep_import;
 #[path = "common/postgres.rs"]
 mod pg;
+#[path = "store_suite/thread.rs"]
+mod thread;
+
+use outbox_pep_import::{import_user_in_one_transaction, pending_out_and_pep_round_trip};
+use thread::{
+    batch_keeps_order_and_isolates_failures, full_queue_hands_the_op_back,
+    handle_call_round_trip_and_many_in_flight, recv,
+};
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
 use fedrouter::presence::{SubState, Subscription};
 use fedrouter::store::postgres::{PostgresOptions, PostgresStore};
 use fedrouter::store::scram::{ScramCredentials, ScramHash};
 use fedrouter::store::sqlite::{Durability, SqliteStore, SCHEMA_VERSION};
-use fedrouter::store::{
-    Change, OfflineMessage, Op, Outcome, Reply, Roster, Store, StoreError, StoreHandle, StoredItem,
-};
-use tokio::sync::Notify;
+use fedrouter::store::{Change, Op, Outcome, Store, StoreError, StoreHandle, StoredItem};
 
 fn creds(password: &str, hash: ScramHash) -> ScramCredentials {
     ScramCredentials::derive(password, hash, b"0123456789abcdef", 16).unwrap()
@@ -557,289 +565,6 @@ fn migrations_are_idempotent_and_newer_schema_is_refused() {
     );
 }
 
-/// A store whose first `apply_groups` blocks until released, to hold the storage thread
-/// while the test fills its queue.
-struct Gated {
-    inner: Box<dyn Store>,
-    entered: Sender<()>,
-    release: Receiver<()>,
-    armed: bool,
-}
-
-impl Store for Gated {
-    fn add_user(&mut self, jid: &str, c: &[ScramCredentials]) -> Result<(), StoreError> {
-        self.inner.add_user(jid, c)
-    }
-    fn remove_user(&mut self, jid: &str) -> Result<bool, StoreError> {
-        self.inner.remove_user(jid)
-    }
-    fn set_credentials(&mut self, jid: &str, c: &[ScramCredentials]) -> Result<bool, StoreError> {
-        self.inner.set_credentials(jid, c)
-    }
-    fn credentials(
-        &mut self,
-        jid: &str,
-        h: ScramHash,
-    ) -> Result<Option<ScramCredentials>, StoreError> {
-        self.inner.credentials(jid, h)
-    }
-    fn list_users(&mut self, d: Option<&str>) -> Result<Vec<String>, StoreError> {
-        self.inner.list_users(d)
-    }
-    fn roster(&mut self, user: &str) -> Result<Roster, StoreError> {
-        self.inner.roster(user)
-    }
-    fn pending_out(&mut self) -> Result<Vec<(String, String)>, StoreError> {
-        self.inner.pending_out()
-    }
-    fn blocklist(&mut self, user: &str) -> Result<Vec<String>, StoreError> {
-        self.inner.blocklist(user)
-    }
-    fn change_blocklist(
-        &mut self,
-        user: &str,
-        change: &fedrouter::store::BlocklistChange,
-    ) -> Result<(), StoreError> {
-        self.inner.change_blocklist(user, change)
-    }
-    fn offline(&mut self, user: &str) -> Result<Vec<OfflineMessage>, StoreError> {
-        self.inner.offline(user)
-    }
-    fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError> {
-        self.inner.apply(changes)
-    }
-    fn apply_groups(
-        &mut self,
-        groups: &[&[Change]],
-    ) -> Result<Vec<Result<Vec<u64>, StoreError>>, StoreError> {
-        if std::mem::take(&mut self.armed) {
-            self.entered.send(()).unwrap();
-            self.release
-                .recv_timeout(Duration::from_secs(30))
-                .expect("released");
-        }
-        self.inner.apply_groups(groups)
-    }
-}
-
-/// A handle over a gated store with users `a@d.example` and `b@d.example`; returns the
-/// handle, the "entered" receiver and the "release" sender.
-fn gated(b: &dyn Backend, capacity: usize) -> (StoreHandle, Receiver<()>, Sender<()>) {
-    let mut inner = b.open();
-    inner.add_user("a@d.example", &[]).unwrap();
-    inner.add_user("b@d.example", &[]).unwrap();
-    let (entered_tx, entered) = crossbeam_channel::bounded(1);
-    let (release, release_rx) = crossbeam_channel::bounded(1);
-    let store = Gated {
-        inner,
-        entered: entered_tx,
-        release: release_rx,
-        armed: true,
-    };
-    (
-        StoreHandle::spawn(Box::new(store), 1024, capacity),
-        entered,
-        release,
-    )
-}
-
-fn recv(rx: &Receiver<Reply>) -> Reply {
-    rx.recv_timeout(Duration::from_secs(30)).expect("a reply")
-}
-
-fn full_queue_hands_the_op_back(b: &dyn Backend) {
-    let (h, entered, release) = gated(b, 4);
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let wake = Arc::new(Notify::new());
-    let op = |n: u32| {
-        Op::Apply(vec![upsert(
-            "a@d.example",
-            item(&format!("c{n}@x"), "none"),
-        )])
-    };
-    h.submit(op(0), tx.clone(), wake.clone(), 0).unwrap();
-    entered.recv_timeout(Duration::from_secs(30)).unwrap();
-    // The thread is held inside the first commit; the queue holds 4 more.
-    for n in 1..=4 {
-        h.submit(op(n), tx.clone(), wake.clone(), n as u64).unwrap();
-    }
-    assert_eq!(h.queued(), 4);
-    assert_eq!(h.submit(op(5), tx.clone(), wake.clone(), 5), Err(op(5)));
-    release.send(()).unwrap();
-    let mut tags: Vec<u64> = (0..5).map(|_| recv(&rx).tag).collect();
-    tags.sort();
-    assert_eq!(tags, [0, 1, 2, 3, 4]);
-    // Now there is room again, and the wake-up was signalled (a permit is stored).
-    h.submit(op(5), tx.clone(), wake.clone(), 5).unwrap();
-    assert_eq!(recv(&rx).result, Ok(Outcome::Applied(vec![6])));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(5), wake.notified())
-            .await
-            .expect("notified");
-    });
-    let stats = h.stats();
-    assert_eq!(stats.requests, 6);
-    assert_eq!(stats.changes, 6);
-    // The 4 queued requests were committed together.
-    assert_eq!(stats.commits, 3);
-    h.shutdown();
-    assert!(!h.is_running());
-    assert_eq!(h.submit(op(6), tx, wake, 6), Err(op(6)));
-    assert_eq!(
-        h.call(Op::ListUsers { domain: None }),
-        Err(StoreError::Closed)
-    );
-}
-
-fn batch_keeps_order_and_isolates_failures(b: &dyn Backend) {
-    let (h, entered, release) = gated(b, 64);
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let wake = Arc::new(Notify::new());
-    let apply = |user: &str, c: &str| Op::Apply(vec![upsert(user, item(c, "both"))]);
-    h.submit(apply("b@d.example", "x@x"), tx.clone(), wake.clone(), 0)
-        .unwrap();
-    entered.recv_timeout(Duration::from_secs(30)).unwrap();
-    let ops = [
-        apply("a@d.example", "c1@x"),
-        apply("ghost@d.example", "c1@x"),
-        apply("b@d.example", "c1@x"),
-        Op::Roster {
-            user: "a@d.example".into(),
-        },
-        Op::RemoveUser {
-            jid: "a@d.example".into(),
-        },
-        apply("a@d.example", "c2@x"),
-        apply("b@d.example", "c2@x"),
-    ];
-    for (n, op) in ops.into_iter().enumerate() {
-        h.submit(op, tx.clone(), wake.clone(), n as u64 + 1)
-            .unwrap();
-    }
-    release.send(()).unwrap();
-    let mut replies: Vec<Reply> = (0..8).map(|_| recv(&rx)).collect();
-    // Replies come in queue order.
-    assert!(replies.windows(2).all(|w| w[0].tag < w[1].tag));
-    let results: Vec<_> = replies.drain(..).map(|r| r.result).collect();
-    assert_eq!(
-        results,
-        vec![
-            Ok(Outcome::Applied(vec![1])),
-            Ok(Outcome::Applied(vec![1])),
-            Err(StoreError::NoSuchUser("ghost@d.example".into())),
-            Ok(Outcome::Applied(vec![2])),
-            Ok(Outcome::Roster((1, vec![item("c1@x", "both")]))),
-            Ok(Outcome::Existed(true)),
-            Err(StoreError::NoSuchUser("a@d.example".into())),
-            Ok(Outcome::Applied(vec![3])),
-        ]
-    );
-    assert_eq!(
-        h.call(Op::Roster {
-            user: "b@d.example".into()
-        })
-        .unwrap(),
-        Outcome::Roster((
-            3,
-            vec![
-                item("c1@x", "both"),
-                item("c2@x", "both"),
-                item("x@x", "both")
-            ]
-        ))
-    );
-    h.shutdown();
-}
-
-fn handle_call_round_trip_and_many_in_flight(b: &dyn Backend) {
-    let h = StoreHandle::spawn(b.open(), 256, 1024);
-    let c = creds("pencil", ScramHash::Sha256);
-    assert_eq!(
-        h.call(Op::AddUser {
-            jid: "u@d.example".into(),
-            creds: vec![c.clone()]
-        }),
-        Ok(Outcome::Done)
-    );
-    assert_eq!(
-        h.call(Op::Credentials {
-            jid: "u@d.example".into(),
-            hash: ScramHash::Sha256
-        }),
-        Ok(Outcome::Credentials(Some(c)))
-    );
-    assert_eq!(
-        h.call(Op::SetCredentials {
-            jid: "u@d.example".into(),
-            creds: vec![]
-        }),
-        Ok(Outcome::Existed(true))
-    );
-    assert_eq!(
-        h.call(Op::ListUsers {
-            domain: Some("d.example".into())
-        }),
-        Ok(Outcome::Users(vec!["u@d.example".into()]))
-    );
-    // 4 threads x 500 changes, up to 32 in flight each.
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        for t in 0..4 {
-            let h = h.clone();
-            s.spawn(move || {
-                let (tx, rx) = crossbeam_channel::unbounded();
-                let (mut sent, mut acked, mut in_flight) = (0u64, 0u64, 0u64);
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while acked < 500 {
-                    assert!(Instant::now() < deadline, "timed out");
-                    while in_flight < 32 && sent < 500 {
-                        let op = Op::Apply(vec![upsert(
-                            "u@d.example",
-                            item(&format!("t{t}-{sent}@x"), "none"),
-                        )]);
-                        match h.submit_unnotified(op, tx.clone(), sent) {
-                            Ok(()) => {
-                                sent += 1;
-                                in_flight += 1;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    let r = recv(&rx);
-                    assert!(matches!(r.result, Ok(Outcome::Applied(_))), "{r:?}");
-                    acked += 1;
-                    in_flight -= 1;
-                }
-            });
-        }
-    });
-    let Ok(Outcome::Roster((version, items))) = h.call(Op::Roster {
-        user: "u@d.example".into(),
-    }) else {
-        panic!("roster");
-    };
-    assert_eq!((version, items.len()), (2000, 2000));
-    let stats = h.stats();
-    assert_eq!(stats.changes, 2000);
-    assert!(
-        stats.commits < 2000,
-        "some changes were group-committed: {stats:?}"
-    );
-    // A measurement, not an assertion: durable changes/s and the mean group size.
-    eprintln!(
-        "2000 durable changes in {:?}: {:.0}/s, {} commits ({:.1} changes each)",
-        started.elapsed(),
-        2000.0 / started.elapsed().as_secs_f64(),
-        stats.commits,
-        2000.0 / stats.commits as f64
-    );
-    h.shutdown();
-}
-
 const CHILD_ENV: &str = "FEDROUTER_STORE_CHILD";
 const CHILD_USERS: u64 = 8;
 
@@ -978,124 +703,4 @@ fn acknowledged_changes_survive_kill_9(b: &dyn Backend) {
 #[test]
 fn acknowledged_changes_survive_kill_9_sqlite_crash_durability() {
     kill_9_run(&Sqlite::fresh(), "crash", 3000);
-}
-
-/// The durable outbox (RFC 6121 §3.1.2 requests not answered yet) and PEP nodes
-/// (XEP-0163): sorted, trimmed to `max_items`, retracted, gone with the user.
-fn pending_out_and_pep_round_trip(b: &dyn Backend) {
-    let mut s = b.open();
-    for u in ["b@d.example", "a@d.example"] {
-        s.add_user(u, &[]).unwrap();
-    }
-    let mut asked = item("z@x.example", "none");
-    asked.pending_out = true;
-    let mut asked2 = item("m@x.example", "from");
-    asked2.pending_out = true;
-    s.apply(&[
-        upsert("b@d.example", asked.clone()),
-        upsert("a@d.example", asked.clone()),
-        upsert("a@d.example", asked2),
-        upsert("a@d.example", item("n@x.example", "both")),
-    ])
-    .unwrap();
-    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-        v.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    };
-    assert_eq!(
-        s.pending_out().unwrap(),
-        pairs(&[
-            ("a@d.example", "m@x.example"),
-            ("a@d.example", "z@x.example"),
-            ("b@d.example", "z@x.example")
-        ])
-    );
-
-    let publish = |node: &str, max: u32, id: &str, payload: &str| fedrouter::store::PepPublish {
-        user: "a@d.example".into(),
-        node: node.into(),
-        access_model: "presence".into(),
-        max_items: max,
-        item_id: id.into(),
-        payload: payload.into(),
-    };
-    let mut ghost = publish("n", 1, "a", "<x/>");
-    ghost.user = "nobody@d.example".into();
-    assert_eq!(
-        s.pep_publish(&ghost),
-        Err(StoreError::NoSuchUser("nobody@d.example".into()))
-    );
-    for (node, max, id, payload) in [
-        ("n", 2, "a", "<a/>"),
-        ("n", 2, "b", "<b/>"),
-        ("n", 2, "a", "<a2/>"),
-        ("n", 2, "c", "<c/>"),
-        ("m", 1, "x", "<x/>"),
-    ] {
-        s.pep_publish(&publish(node, max, id, payload)).unwrap();
-    }
-    assert!(s.pep_retract("a@d.example", "m", "x").unwrap());
-    assert!(!s.pep_retract("a@d.example", "m", "x").unwrap());
-    drop(s);
-    let mut s = b.open();
-    let nodes = s.pep_nodes("a@d.example").unwrap();
-    assert_eq!(
-        nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>(),
-        ["m", "n"]
-    );
-    assert!(nodes[0].items.is_empty());
-    assert_eq!(nodes[1].max_items, 2);
-    assert_eq!(
-        nodes[1].items,
-        vec![("a".into(), "<a2/>".into()), ("c".into(), "<c/>".into())]
-    );
-    assert!(s.remove_user("a@d.example").unwrap());
-    assert_eq!(
-        s.pending_out().unwrap(),
-        pairs(&[("b@d.example", "z@x.example")])
-    );
-    s.add_user("a@d.example", &[]).unwrap();
-    assert_eq!(s.pep_nodes("a@d.example").unwrap(), vec![]);
-}
-
-/// XEP-0227 import of one user: created with its roster, idempotent, credentials
-/// replaced only when different, and all or nothing.
-fn import_user_in_one_transaction(b: &dyn Backend) {
-    let mut s = b.open();
-    let u = "imp@d.example";
-    let c1 = [creds("pencil", ScramHash::Sha256)];
-    let items = [item("a@x.example", "both"), item("b@x.example", "to")];
-    let out = s.import_user(u, Some(&c1), &items).unwrap();
-    assert!(out.created && !out.credentials_replaced);
-    assert_eq!((out.items_written, out.roster_version), (2, 2));
-    let again = s.import_user(u, Some(&c1), &items).unwrap();
-    assert_eq!(
-        (
-            again.created,
-            again.credentials_replaced,
-            again.items_written
-        ),
-        (false, false, 0)
-    );
-    assert_eq!(again.roster_version, 2);
-    let c2 = [creds("eraser", ScramHash::Sha256)];
-    let mut changed = items.clone();
-    changed[1].subscription = "both".into();
-    let out = s.import_user(u, Some(&c2), &changed).unwrap();
-    assert!(out.credentials_replaced);
-    assert_eq!((out.items_written, out.roster_version), (1, 3));
-    assert_eq!(
-        s.credentials(u, ScramHash::Sha256).unwrap(),
-        Some(c2[0].clone())
-    );
-    assert!(matches!(
-        s.import_user("new@d.example", None, &[item("c@x.example", "maybe")]),
-        Err(StoreError::InvalidItem(_))
-    ));
-    assert_eq!(s.list_users(None).unwrap(), [u]);
-    assert_eq!(
-        s.import_user("Bad@d.example", None, &[]),
-        Err(StoreError::InvalidJid("Bad@d.example".into()))
-    );
 }
