@@ -339,6 +339,25 @@ fn roster_apply_and_versions(b: &dyn Backend) {
             Ok(vec![3])
         ]
     );
+    // Two groups of one user in one transaction: the version goes on across groups, and
+    // the last one is what is stored.
+    let g1: Vec<Change> = vec![upsert(u, item("g1@x.example", "none"))];
+    let g2: Vec<Change> = vec![
+        remove(u, "g1@x.example"),
+        upsert(u, item("g2@x.example", "none")),
+    ];
+    assert_eq!(
+        s.apply_groups(&[&g1, &bad, &g2]).unwrap(),
+        vec![
+            Ok(vec![7]),
+            Err(StoreError::NoSuchUser("ghost@cupdomain.com".into())),
+            Ok(vec![8, 9])
+        ]
+    );
+    drop(s);
+    let mut s = b.open();
+    assert_eq!(s.roster(u).unwrap().0, 9);
+    assert_eq!(s.apply(&[remove(u, "g2@x.example")]).unwrap(), [10]);
 }
 
 /// XEP-0191 block lists: block (idempotent), unblock some, unblock all, per user, kept
@@ -481,6 +500,18 @@ fn offline_messages_order_bound_delete(b: &dyn Backend) {
         results[2],
         Err(StoreError::NoSuchUser("nobody@d.example".into()))
     );
+    assert_eq!(s.offline(u).unwrap().len(), 1);
+    // A delete in one group frees room for the next group of the same transaction.
+    let d = [Change::DeleteOffline {
+        user: u.into(),
+        up_to: u64::MAX,
+    }];
+    let g4 = [append(u, 13, 1)];
+    let g5 = [append(u, 14, 1)];
+    let results = s.apply_groups(&[&d, &g4, &g5]).unwrap();
+    assert_eq!(results[0], Ok(vec![1]));
+    assert!(results[1].is_ok(), "{results:?}");
+    assert_eq!(results[2], Err(StoreError::OfflineFull(u.into())));
     assert_eq!(s.offline(u).unwrap().len(), 1);
     assert_eq!(
         s.offline("nobody@d.example").unwrap_err(),

@@ -51,7 +51,9 @@ use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
 
-use self::changes::{check_item, item_of, resolve, stored_row, write, GroupUser, Resolved};
+use self::changes::{
+    check_item, flush, item_of, resolve, stored_row, write, GroupUser, Locked, Resolved,
+};
 use self::tx::{Prepared, Tx};
 use super::status::StoreStatus;
 use super::{
@@ -501,8 +503,12 @@ impl Store for PostgresStore {
 
     fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError> {
         self.run(|tx| {
-            let resolved = resolve(tx, changes)?;
-            write(tx, changes, resolved)
+            let mut locked = Locked::default();
+            let mut resolved = resolve(tx, &mut locked, changes)?;
+            let versions = write(tx, changes, &mut resolved)?;
+            locked.absorb(resolved);
+            flush(tx, &locked)?;
+            Ok(versions)
         })
     }
 
@@ -610,8 +616,9 @@ impl Store for PostgresStore {
             }
             out.roster_version = version;
             if !changes.is_empty() {
-                let resolved = Resolved {
+                let mut resolved = Resolved {
                     users: vec![GroupUser {
+                        jid: jid.to_owned(),
                         id,
                         version,
                         bumped: false,
@@ -619,7 +626,10 @@ impl Store for PostgresStore {
                     }],
                     user_of: vec![0; changes.len()],
                 };
-                let versions = write(tx, &changes, resolved)?;
+                let versions = write(tx, &changes, &mut resolved)?;
+                let mut locked = Locked::default();
+                locked.absorb(resolved);
+                flush(tx, &locked)?;
                 out.items_written = changes.len();
                 out.roster_version = versions.last().copied().unwrap_or(version);
             }
@@ -679,13 +689,18 @@ impl Store for PostgresStore {
     ) -> Result<Vec<Result<Vec<u64>, StoreError>>, StoreError> {
         self.run(|tx| {
             let mut results = Vec::with_capacity(groups.len());
+            let mut locked = Locked::default();
             for group in groups {
-                match resolve(tx, group) {
-                    Ok(resolved) => results.push(Ok(write(tx, group, resolved)?)),
+                match resolve(tx, &mut locked, group) {
+                    Ok(mut resolved) => {
+                        results.push(Ok(write(tx, group, &mut resolved)?));
+                        locked.absorb(resolved);
+                    }
                     Err(StoreError::Backend(e)) => return Err(StoreError::Backend(e)),
                     Err(e) => results.push(Err(e)),
                 }
             }
+            flush(tx, &locked)?;
             Ok(results)
         })
     }
