@@ -92,8 +92,11 @@ pub enum StoreError {
     /// which.
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
-    /// The database itself failed (I/O error, disk full, locked, SQL error): its message.
-    /// Nothing of the failed operation or transaction is stored.
+    /// The database itself failed (I/O error, disk full, locked, SQL error; for PostgreSQL
+    /// also an unreachable server or a connection lost during the request, the message
+    /// naming its URL with the password redacted): its message. Nothing of the failed
+    /// operation or transaction is acknowledged (a commit whose answer was lost with the
+    /// connection may still have been stored).
     #[error("database error: {0}")]
     Backend(String),
     /// The storage thread has stopped ([`StoreHandle::shutdown`]).
