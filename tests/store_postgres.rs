@@ -161,24 +161,25 @@ fn unreachable_or_refusing_server_at_start_names_the_redacted_url() {
 }
 
 /// The connection breaks under the store: the batch that meets it fails (never
-/// acknowledged), the next one reconnects and succeeds; the status says so.
+/// acknowledged), the next one reconnects and succeeds; the status says so. The store is
+/// used directly, without the storage thread, whose idle check (every
+/// `fedrouter::store::IDLE_CHECK`) could otherwise find the broken connection first
+/// (`tests/store_serve.rs` covers that path).
 #[test]
 fn broken_connection_fails_one_batch_then_reconnects() {
     let url = pg::fresh_database();
-    let store = PostgresStore::connect(PostgresOptions::new(&url)).unwrap();
-    let status = store.status();
-    let h = StoreHandle::spawn(Box::new(store), 64, 64);
-    h.call(Op::AddUser {
-        jid: "a@d.example".into(),
-        creds: vec![],
-    })
-    .unwrap();
-    assert_eq!(
-        h.call(upsert("a@d.example", "c1@x.example")),
-        Ok(Outcome::Applied(vec![1]))
-    );
+    let mut s = PostgresStore::connect(PostgresOptions::new(&url)).unwrap();
+    let status = s.status();
+    s.add_user("a@d.example", &[]).unwrap();
+    let apply = |s: &mut PostgresStore, contact: &str| {
+        s.apply_groups(&[&[Change::UpsertItem {
+            user: "a@d.example".into(),
+            item: item(contact),
+        }]])
+    };
+    assert_eq!(apply(&mut s, "c1@x.example"), Ok(vec![Ok(vec![1])]));
     assert_eq!(terminate_store_connection(&url), 1);
-    match h.call(upsert("a@d.example", "c2@x.example")) {
+    match apply(&mut s, "c2@x.example") {
         Err(StoreError::Backend(m)) => {
             assert!(
                 m.contains("connection lost") && !m.contains(pg::PG_PASSWORD),
@@ -191,17 +192,13 @@ fn broken_connection_fails_one_batch_then_reconnects() {
     assert_eq!(r.state_name(), "down");
     assert_eq!(r.connection_failures, 1);
     assert_eq!(
-        h.call(upsert("a@d.example", "c3@x.example")),
-        Ok(Outcome::Applied(vec![2])),
+        apply(&mut s, "c3@x.example"),
+        Ok(vec![Ok(vec![2])]),
         "the failed change was not stored, the next one is"
     );
     let r = status.report();
     assert_eq!((r.state_name(), r.reconnects), ("up", 1));
-    let Ok(Outcome::Roster((v, items))) = h.call(Op::Roster {
-        user: "a@d.example".into(),
-    }) else {
-        panic!("roster");
-    };
+    let (v, items) = s.roster("a@d.example").unwrap();
     assert_eq!(v, 2);
     assert_eq!(
         items.iter().map(|i| i.contact.as_str()).collect::<Vec<_>>(),
@@ -209,6 +206,29 @@ fn broken_connection_fails_one_batch_then_reconnects() {
     );
     assert_eq!(items[0].sub_state().subscription, Subscription::Both);
     assert_eq!(items[0].groups, ["Friends"]);
+
+    // Through the storage thread, a failed batch is answered with the error, never
+    // `Applied`.
+    let h = StoreHandle::spawn(Box::new(s), 64, 64);
+    assert_eq!(terminate_store_connection(&url), 1);
+    let r = h.call(upsert("a@d.example", "c4@x.example"));
+    // Either this batch met the broken connection (an error) or the idle check found it
+    // first and reconnected (applied): never an acknowledgement of a lost change.
+    match r {
+        Err(StoreError::Backend(_)) | Ok(Outcome::Applied(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    let Ok(Outcome::Roster((_, items))) = h.call(Op::Roster {
+        user: "a@d.example".into(),
+    }) else {
+        panic!("roster");
+    };
+    let stored = items.iter().any(|i| i.contact == "c4@x.example");
+    assert_eq!(
+        stored,
+        matches!(r, Ok(_)),
+        "acknowledged if and only if stored"
+    );
     h.shutdown();
 }
 
