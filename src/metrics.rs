@@ -259,6 +259,14 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "Stanzas a client never acknowledged delivered elsewhere when its session ended (XEP-0198 §5, RFC 6121 §8.5).",
     ),
     (
+        "store_reconnects",
+        "Reconnections to the PostgreSQL store (store.backend = postgres) after its connection was lost.",
+    ),
+    (
+        "store_connection_failures",
+        "PostgreSQL store connections that failed: connection attempts refused or timed out, and connections found broken by a request (which failed, unacknowledged).",
+    ),
+    (
         "reads_paused_ms",
         "Milliseconds stream readers spent paused waiting for room in the cross-shard inboxes or the store, by protocol.",
     ),
@@ -273,6 +281,10 @@ const GAUGE_HELP: &[(&str, &str)] = &[
     (
         "directory_state_seconds",
         "Seconds the LDAP directory has been in its current state (label state: up, unreachable or unknown).",
+    ),
+    (
+        "store_up",
+        "Whether the PostgreSQL store (store.backend = postgres) answered its last request: 1 up, 0 down.",
     ),
     ("streams", "Open streams by protocol, direction and state."),
     ("queue_depth", "Items waiting, by queue."),

@@ -12,8 +12,9 @@
 //! ```
 //!
 //! - [`Store`] is the storage interface, used from one thread only (`Send`, not `Sync`):
-//!   [`sqlite::SqliteStore`] (embedded SQLite, WAL) is the one implementation; a networked
-//!   database can implement the same trait later.
+//!   [`sqlite::SqliteStore`] (embedded SQLite, WAL, the default) and
+//!   [`postgres::PostgresStore`] (a PostgreSQL server, for several nodes) implement it with
+//!   the same semantics; [`open`] opens the one `[store]` names.
 //! - [`StoreHandle`] runs a [`Store`] on its own thread. Roster changes ([`Op::Apply`]) that
 //!   are waiting together are committed together (group commit): one fsync for the whole
 //!   batch, so the rate of durable changes is bounded by batch size × commits/s rather
@@ -37,8 +38,11 @@
 
 /// SCRAM (RFC 5802, RFC 7677) lives in the protocol core: pure SASL, no SQL.
 pub use fedrouter_proto::scram;
+mod open;
 pub mod pep;
+pub mod postgres;
 pub mod sqlite;
+pub mod status;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,8 +51,10 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use tokio::sync::Notify;
 
+pub use open::{open, postgres_options, OpenedStore};
 pub use pep::{PepPublish, StoredPepNode};
 pub use scram::{ScramCredentials, ScramHash};
+pub use status::{StoreReport, StoreState, StoreStatus};
 
 /// Why a store operation failed.
 ///
@@ -86,8 +92,11 @@ pub enum StoreError {
     /// which.
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
-    /// The database itself failed (I/O error, disk full, locked, SQL error): its message.
-    /// Nothing of the failed operation or transaction is stored.
+    /// The database itself failed (I/O error, disk full, locked, SQL error; for PostgreSQL
+    /// also an unreachable server or a connection lost during the request, the message
+    /// naming its URL with the password redacted): its message. Nothing of the failed
+    /// operation or transaction is acknowledged (a commit whose answer was lost with the
+    /// connection may still have been stored).
     #[error("database error: {0}")]
     Backend(String),
     /// The database could not grow: the disk (or the file system, or the process's file
@@ -459,6 +468,18 @@ pub trait Store: Send {
     /// Errors: [`StoreError::NoSuchUser`], [`StoreError::Backend`].
     fn change_blocklist(&mut self, user: &str, change: &BlocklistChange) -> Result<(), StoreError>;
 
+    /// The connection state of a networked store (PostgreSQL: up or down, last error,
+    /// reconnects), shared with the admin endpoint; `None` (the default) for a store
+    /// without a connection (SQLite).
+    fn status(&self) -> Option<Arc<StoreStatus>> {
+        None
+    }
+
+    /// Called by the storage thread when no request came for [`IDLE_CHECK`]: a networked
+    /// store checks its connection (and reconnects when the back-off allows), so that its
+    /// [`Store::status`] follows the server without traffic. The default does nothing.
+    fn idle(&mut self) {}
+
     /// Group commit: applies several independent groups of changes in ONE transaction.
     /// Each group is all-or-nothing on its own: a group that fails (unknown user, invalid
     /// item) gets its error and stores nothing, the others are stored. The outer `Err`
@@ -646,6 +667,7 @@ pub struct StoreStats {
 pub struct StoreHandle {
     tx: Sender<Msg>,
     counters: Arc<Counters>,
+    status: Option<Arc<StoreStatus>>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -667,6 +689,7 @@ impl StoreHandle {
     pub fn spawn(store: Box<dyn Store>, max_batch: usize, capacity: usize) -> StoreHandle {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
         let counters = Arc::new(Counters::default());
+        let status = store.status();
         let c = Arc::clone(&counters);
         let max_batch = max_batch.max(1);
         let join = std::thread::Builder::new()
@@ -676,6 +699,7 @@ impl StoreHandle {
         StoreHandle {
             tx,
             counters,
+            status,
             thread: Arc::new(Mutex::new(Some(join))),
         }
     }
@@ -747,6 +771,11 @@ impl StoreHandle {
         replies.recv().map_err(|_| StoreError::Closed)?.result
     }
 
+    /// The store's connection state ([`Store::status`]): `None` for SQLite.
+    pub fn status(&self) -> Option<&Arc<StoreStatus>> {
+        self.status.as_ref()
+    }
+
     /// Requests queued and not yet taken by the thread.
     pub fn queued(&self) -> usize {
         self.tx.len()
@@ -795,14 +824,21 @@ impl StoreHandle {
     }
 }
 
+/// How long the storage thread waits for a request before calling [`Store::idle`].
+pub const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The storage thread's loop.
 fn run(mut store: Box<dyn Store>, rx: Receiver<Msg>, max_batch: usize, counters: &Counters) {
     let mut batch: Vec<Request> = Vec::with_capacity(max_batch);
     let mut stop = false;
     while !stop {
-        match rx.recv() {
+        match rx.recv_timeout(IDLE_CHECK) {
             Ok(Msg::Request(r)) => batch.push(r),
-            Ok(Msg::Stop) | Err(_) => break,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                store.idle();
+                continue;
+            }
+            Ok(Msg::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
         while batch.len() < max_batch {
             match rx.try_recv() {
