@@ -8,7 +8,7 @@
 # Usage: benches/soak.sh [OPTIONS] [-- EXTRA LOADGEN ARGS]
 #
 #   --duration D         measured duration after warm-up, humantime (DURATION, 1h)
-#   --warmup D           warm-up, excluded from the summary (WARMUP, 2m)
+#   --warmup D           warm-up, excluded from the summary (WARMUP, 5m)
 #   --rate R             operations/s, open loop               (RATE, 200)
 #   --peers N            remote domains                         (PEERS, 1000)
 #   --users-per-peer N   users per remote domain                (USERS_PER_PEER, 10)
@@ -36,7 +36,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 DURATION=${DURATION:-1h}
-WARMUP=${WARMUP:-2m}
+WARMUP=${WARMUP:-5m}
 RATE=${RATE:-200}
 PEERS=${PEERS:-1000}
 USERS_PER_PEER=${USERS_PER_PEER:-10}
@@ -137,6 +137,7 @@ LG_OUT=$OUT/loadgen
 mkdir -p "$WORK" "$LG_OUT"
 CSV=$OUT/samples.csv
 ADMIN=$FR_IP:9269
+CLK_TCK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------- processes, by pid
 FR_PID=""
@@ -277,25 +278,27 @@ T_START=$(date +%s)
 # then "warmup" for WARMUP, "measure" for DURATION, then "drain" until loadgen exits.
 # One row every INTERVAL s (paced on the clock, so no drift), bounded in count.
 # metric TEXT NAME LABEL...: sum of the samples of family NAME in Prometheus TEXT whose
-# labels contain every LABEL (like 'proto="s2s"'); empty when there is none.
+# labels contain every LABEL (like 'proto="s2s"'): 0 when none does, empty when TEXT is
+# (fedrouter did not answer).
 metric() {
   local text=$1 name=$2
   shift 2
+  [ -n "$text" ] || return 0
   awk -v name="$name" -v labels="$*" '
     BEGIN { n_l = split(labels, l, " ") }
     $1 ~ ("^" name "([{]|$)") {
       for (i = 1; i <= n_l; i++) if (!index($1, l[i])) next
       s += $NF; n++
     }
-    END { if (n) printf "%d", s }' <<<"$text"
+    END { printf "%d", s }' <<<"$text"
 }
 sampler() {
-  local lg_child="" setup_end="" phase t now rss fds thr m q_s2s q_x q_st s2s_in s2s_out c2s cong \
+  local lg_child="" setup_end="" phase t now rss fds thr cpu m q_s2s q_x q_st s2s_in s2s_out c2s cong \
     lg_rss lg_fds max_rows i next nap=""
   # Stopped by SIGTERM (stop_pid): its sleep goes with it.
   trap '[ -n "$nap" ] && kill "$nap" 2>/dev/null; exit 0' TERM
   max_rows=$(((RUN_TIMEOUT + 60) / INTERVAL + 2))
-  echo "t_s,phase,fr_rss_kib,fr_fds,fr_threads,q_s2s_remote,q_cross_shard,q_store,q_total,s2s_in,s2s_out,c2s,congested,lg_rss_kib,lg_fds" >"$CSV"
+  echo "t_s,phase,fr_rss_kib,fr_fds,fr_threads,fr_cpu_s,q_s2s_remote,q_cross_shard,q_store,q_total,s2s_in,s2s_out,c2s,congested,lg_rss_kib,lg_fds" >"$CSV"
   next=$(date +%s)
   for ((i = 0; i < max_rows; i++)); do
     now=$(date +%s)
@@ -311,6 +314,8 @@ sampler() {
     rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$FR_PID/status" 2>/dev/null || true)
     thr=$(awk '/^Threads:/ {print $2}' "/proc/$FR_PID/status" 2>/dev/null || true)
     fds=$(ls "/proc/$FR_PID/fd" 2>/dev/null | wc -l)
+    # utime + stime (fields 14 and 15 of /proc/PID/stat, after the parenthesised name), s.
+    cpu=$(sed 's/.*) //' "/proc/$FR_PID/stat" 2>/dev/null | awk -v hz="$CLK_TCK" '{ printf "%.2f", ($12 + $13) / hz }' || true)
     m=$(curl -s --max-time 5 "http://$ADMIN/metrics" || true)
     q_s2s=$(metric "$m" fedrouter_queue_depth 'queue="s2s_remote"')
     q_x=$(metric "$m" fedrouter_queue_depth 'queue="cross_shard_outgoing"')
@@ -325,7 +330,7 @@ sampler() {
       lg_rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$lg_child/status" 2>/dev/null || true)
       lg_fds=$(ls "/proc/$lg_child/fd" 2>/dev/null | wc -l)
     fi
-    echo "$t,$phase,$rss,$fds,$thr,$q_s2s,$q_x,$q_st,$(( ${q_s2s:-0} + ${q_x:-0} + ${q_st:-0} )),$s2s_in,$s2s_out,$c2s,$cong,$lg_rss,$lg_fds" >>"$CSV"
+    echo "$t,$phase,$rss,$fds,$thr,$cpu,$q_s2s,$q_x,$q_st,$(( ${q_s2s:-0} + ${q_x:-0} + ${q_st:-0} )),$s2s_in,$s2s_out,$c2s,$cong,$lg_rss,$lg_fds" >>"$CSV"
     next=$((next + INTERVAL))
     now=$(date +%s)
     if [ "$next" -gt "$now" ]; then
@@ -414,6 +419,7 @@ series = [
     ("fr_rss_kib", "fedrouter RSS", "KiB"),
     ("fr_fds", "fedrouter open fds", ""),
     ("fr_threads", "fedrouter threads", ""),
+    ("fr_cpu_s", "fedrouter CPU (user+sys, cumulative)", "s"),
     ("q_s2s_remote", "queue: S2S outbound", ""),
     ("q_cross_shard", "queue: cross-shard inboxes", ""),
     ("q_store", "queue: store", ""),
