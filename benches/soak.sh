@@ -293,12 +293,12 @@ metric() {
     END { printf "%d", s }' <<<"$text"
 }
 sampler() {
-  local lg_child="" setup_end="" phase t now rss fds thr cpu m q_s2s q_x q_st s2s_in s2s_out c2s cong \
+  local lg_child="" setup_end="" phase t now rss anon fds thr cpu m q_s2s q_x q_st s2s_in s2s_out c2s cong \
     lg_rss lg_fds max_rows i next nap=""
   # Stopped by SIGTERM (stop_pid): its sleep goes with it.
   trap '[ -n "$nap" ] && kill "$nap" 2>/dev/null; exit 0' TERM
   max_rows=$(((RUN_TIMEOUT + 60) / INTERVAL + 2))
-  echo "t_s,phase,fr_rss_kib,fr_fds,fr_threads,fr_cpu_s,q_s2s_remote,q_cross_shard,q_store,q_total,s2s_in,s2s_out,c2s,congested,lg_rss_kib,lg_fds" >"$CSV"
+  echo "t_s,phase,fr_rss_kib,fr_rss_anon_kib,fr_fds,fr_threads,fr_cpu_s,q_s2s_remote,q_cross_shard,q_store,q_total,s2s_in,s2s_out,c2s,congested,lg_rss_kib,lg_fds" >"$CSV"
   next=$(date +%s)
   for ((i = 0; i < max_rows; i++)); do
     now=$(date +%s)
@@ -312,6 +312,7 @@ sampler() {
     elif [ "$t" -lt $((setup_end + WARMUP_S + DURATION_S)) ]; then phase=measure
     else phase=drain; fi
     rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$FR_PID/status" 2>/dev/null || true)
+    anon=$(awk '/^RssAnon:/ {print $2}' "/proc/$FR_PID/status" 2>/dev/null || true)
     thr=$(awk '/^Threads:/ {print $2}' "/proc/$FR_PID/status" 2>/dev/null || true)
     fds=$(ls "/proc/$FR_PID/fd" 2>/dev/null | wc -l)
     # utime + stime (fields 14 and 15 of /proc/PID/stat, after the parenthesised name), s.
@@ -330,7 +331,7 @@ sampler() {
       lg_rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$lg_child/status" 2>/dev/null || true)
       lg_fds=$(ls "/proc/$lg_child/fd" 2>/dev/null | wc -l)
     fi
-    echo "$t,$phase,$rss,$fds,$thr,$cpu,$q_s2s,$q_x,$q_st,$(( ${q_s2s:-0} + ${q_x:-0} + ${q_st:-0} )),$s2s_in,$s2s_out,$c2s,$cong,$lg_rss,$lg_fds" >>"$CSV"
+    echo "$t,$phase,$rss,$anon,$fds,$thr,$cpu,$q_s2s,$q_x,$q_st,$(( ${q_s2s:-0} + ${q_x:-0} + ${q_st:-0} )),$s2s_in,$s2s_out,$c2s,$cong,$lg_rss,$lg_fds" >>"$CSV"
     next=$((next + INTERVAL))
     now=$(date +%s)
     if [ "$next" -gt "$now" ]; then
@@ -396,7 +397,8 @@ set label 'measured' at $(( SETUP_END + WARMUP_S ))/60.0, graph 0.95 offset 0.5,
 plot $cmd
 EOF
 }
-plot rss.svg "RSS (VmRSS)" "MiB" "fr_rss_kib:fedrouter:1024" "lg_rss_kib:loadgen:1024" ||
+plot rss.svg "RSS (VmRSS)" "MiB" "fr_rss_kib:fedrouter:1024" "fr_rss_anon_kib:fedrouter RssAnon:1024" \
+  "lg_rss_kib:loadgen:1024" ||
   echo "soak: gnuplot failed for rss.svg" >&2
 plot fds.svg "Open file descriptors" "fds" "fr_fds:fedrouter" "lg_fds:loadgen" ||
   echo "soak: gnuplot failed for fds.svg" >&2
@@ -417,6 +419,7 @@ rows = list(csv.DictReader(open(os.path.join(out, "samples.csv"))))
 measured = [r for r in rows if r["phase"] == "measure"]
 series = [
     ("fr_rss_kib", "fedrouter RSS", "KiB"),
+    ("fr_rss_anon_kib", "fedrouter RssAnon", "KiB"),
     ("fr_fds", "fedrouter open fds", ""),
     ("fr_threads", "fedrouter threads", ""),
     ("fr_cpu_s", "fedrouter CPU (user+sys, cumulative)", "s"),
