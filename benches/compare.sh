@@ -63,7 +63,7 @@ FR_IP=${FR_IP:-127.0.150.1}
 PROSODY_IP=${PROSODY_IP:-127.0.150.2}
 EJ_IP=${EJ_IP:-127.0.150.3}
 EJ_DIST_PORT=${EJ_DIST_PORT:-27150}
-EJ_NODE=${EJ_NODE:-fedrouterbench@localhost}
+EJ_NODE=${EJ_NODE:-fedrouterbench@$EJ_IP}
 DNS_IP=${DNS_IP:-127.0.150.53}
 PEER_NET=${PEER_NET:-127.150}
 # Log levels of the SUTs (to files under the output folder).
@@ -445,7 +445,6 @@ auth_method: internal
 auth_password_format: scram
 s2s_use_starttls: false
 s2s_access: all
-s2s_timeout: 20000
 s2s_dns_timeout: 2
 s2s_dns_retries: 1
 listen:
@@ -488,7 +487,6 @@ EOF
   cat >"$dir/inetrc" <<EOF
 {nameserver, {${DNS_IP//./,}}, 53}.
 {resolv_conf, ""}.
-{hosts_file, ""}.
 {lookup, [file, dns]}.
 EOF
   printf 'nameserver %s\noptions timeout:2 attempts:1\n' "$DNS_IP" >"$dir/resolv.conf"
@@ -507,8 +505,9 @@ EOF
   ) </dev/null >"$dir/foreground.log" 2>&1 &
   SUT_PID=$!
   SUT_IP=$EJ_IP
-  # Bounded: START_TIMEOUT s for the node to answer `status`.
-  for ((i = 0; i < START_TIMEOUT * 2; i++)); do
+  # Bounded: START_TIMEOUT s for the node to answer `status` (each call starts a VM).
+  local until=$((SECONDS + START_TIMEOUT))
+  while [ "$SECONDS" -lt "$until" ]; do
     if ejctl "$dir" status >/dev/null 2>&1; then up=1; break; fi
     kill -0 "$SUT_PID" 2>/dev/null || break
     sleep 0.5
@@ -540,7 +539,8 @@ stop_sut() {
       sleep 0.1
     done
     # The VM (a grandchild through su) if it outlived the stop.
-    if [ -n "${MEASURE_PID:-}" ] && kill -0 "$MEASURE_PID" 2>/dev/null; then
+    MEASURE_PID=${MEASURE_PID:-$(beam_pid "$EJ_NODE" || true)}
+    if [ -n "$MEASURE_PID" ] && kill -0 "$MEASURE_PID" 2>/dev/null; then
       kill -KILL "$MEASURE_PID" 2>/dev/null || true
     fi
   fi
@@ -558,7 +558,7 @@ LG_ARGS=(
 )
 
 # run_one NAME RATE: a fresh server NAME, loadgen at RATE against it, the server stopped;
-# everything in $OUT/rate-RATE/NAME. Returns loadgen's exit status.
+# everything in $OUT/rate-RATE/NAME (loadgen.rc holds loadgen's exit status).
 run_one() {
   local name=$1 rate=$2 dir rc
   dir=$OUT/rate-$rate/$name
