@@ -445,8 +445,9 @@ auth_method: internal
 auth_password_format: scram
 s2s_use_starttls: false
 s2s_access: all
-s2s_dns_timeout: 2
-s2s_dns_retries: 1
+# The peers have A records only: no AAAA look-ups first.
+outgoing_s2s_families:
+  - ipv4
 listen:
   -
     port: 5222
@@ -484,9 +485,10 @@ EOF
   # Erlang's resolver (SRV look-ups): loadgen's DNS only; ejabberdctl points ERL_INETRC
   # at CONFIG_DIR/inetrc. A look-ups of the system resolver go to the private
   # /etc/resolv.conf bind-mounted below.
+  # resolv_conf first: read after the nameserver, it clears it.
   cat >"$dir/inetrc" <<EOF
-{nameserver, {${DNS_IP//./,}}, 53}.
 {resolv_conf, ""}.
+{nameserver, {${DNS_IP//./,}}, 53}.
 {lookup, [file, dns]}.
 EOF
   printf 'nameserver %s\noptions timeout:2 attempts:1\n' "$DNS_IP" >"$dir/resolv.conf"
