@@ -86,7 +86,7 @@ def main():
         row(["server", "ops/s", *[f"{SHORT[st]} p50 / p99" for st in present], "lost",
              "CPU s", "CPU ms / 1k stanzas", "CPU ratio to fedrouter",
              f"every p99 < {limit:.0f} ms, no loss", "load avg"])
-        row(["---"] + ["---:"] * (len(present) + 6) + ["---", "---:"])
+        row(["---"] + ["---:"] * (len(present) + 5) + ["---", "---:"])
         base = None
         fr = runs.get("fedrouter")
         if fr and fr["summary"]:
