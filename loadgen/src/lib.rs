@@ -16,6 +16,7 @@
 
 pub mod c2s;
 pub mod clients;
+pub mod cpu;
 pub mod dns;
 pub mod peers;
 pub mod report;

@@ -130,6 +130,12 @@ struct Cli {
     /// Most deliveries in flight before the open loop skips operations.
     #[arg(long, default_value_t = 200_000)]
     max_in_flight: u64,
+    /// A process of the SUT (repeatable): its CPU (utime + stime of all threads, from
+    /// /proc/PID/stat) over the measured window is reported, also per 1,000 stanzas
+    /// loadgen received in that window. `self` is this process (the embedded fedrouter
+    /// runs in it, so loadgen's own CPU is included then).
+    #[arg(long = "sut-pid", value_parser = parse_pid)]
+    sut_pid: Vec<u32>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -178,6 +184,15 @@ enum TlsArg {
 enum AuthArg {
     Dialback,
     External,
+}
+
+/// `--sut-pid`: a process id, or `self`.
+fn parse_pid(s: &str) -> Result<u32, String> {
+    if s == "self" {
+        return Ok(std::process::id());
+    }
+    s.parse()
+        .map_err(|_| format!("`{s}`: expected a process id or `self`"))
 }
 
 fn usage(msg: String) -> ExitCode {
@@ -308,6 +323,11 @@ fn main() -> ExitCode {
         }
         _ => return usage("an external SUT needs both --sut-s2s and --sut-c2s".into()),
     };
+    for &pid in &cli.sut_pid {
+        if let Err(e) = loadgen::cpu::CpuTicks::read(pid) {
+            return usage(format!("--sut-pid {pid}: {e}"));
+        }
+    }
     let (limit, _) = fedrouter::runtime::raise_fd_limit();
     let needed =
         u64::from(topo.servers()) * 2 + u64::from(topo.peers) + u64::from(topo.local_users) + 64;
@@ -352,6 +372,7 @@ fn main() -> ExitCode {
         seed: cli.seed,
         progress: !cli.no_progress,
         max_in_flight: cli.max_in_flight,
+        sut_pids: cli.sut_pid.clone(),
     };
     fedrouter::tls::install_default_provider();
     let workers = cli
@@ -392,6 +413,12 @@ fn main() -> ExitCode {
              {} deliveries received twice (at least once, not exactly once)",
             outcome.peer_resent, outcome.duplicates
         );
+    }
+    for c in &outcome.sut_cpu {
+        println!("{}", c.line());
+    }
+    for e in &outcome.sut_cpu_errors {
+        eprintln!("loadgen: warning: {e}");
     }
     if outcome.subscribe_as_presence > 0 {
         println!(

@@ -33,6 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::c2s::{ClientOptions, TlsMode};
 use crate::clients::Clients;
+use crate::cpu::{self, SutCpu};
 use crate::dns;
 use crate::peers::{PeerAuth, PeerOptions, Peers};
 use crate::report::{steps, IntervalLog, Recorder, Summary};
@@ -230,6 +231,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// Most deliveries in flight before the open loop skips operations.
     pub max_in_flight: u64,
+    /// SUT processes whose CPU (utime + stime, all threads) is read at the start and the
+    /// end of the measured window ([`crate::cpu`]); empty: none.
+    pub sut_pids: Vec<u32>,
 }
 
 /// Errors that end a run before it measured anything.
@@ -269,6 +273,11 @@ pub struct Outcome {
     pub auth_failures: u64,
     /// Peak resident memory of this process, KiB (VmHWM).
     pub peak_rss_kib: Option<u64>,
+    /// CPU of each `--sut-pid` over the measured window, in the order given; empty when
+    /// none was given or the run ended before the window began.
+    pub sut_cpu: Vec<SutCpu>,
+    /// `--sut-pid` processes that could not be read (each message names the pid).
+    pub sut_cpu_errors: Vec<String>,
     /// Files written.
     pub files: Vec<PathBuf>,
 }
@@ -662,8 +671,15 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
     let mut last_interval = start;
     let mut last_in = world.stanzas_in.load(Ordering::Relaxed);
     let mut exhausted = false;
+    let mut cpu_window = None;
     'run: while Instant::now() < end {
         let now = Instant::now();
+        if cpu_window.is_none() && now >= measure_from {
+            cpu_window = Some(cpu::Window::start(
+                &opts.sut_pids,
+                world.stanzas_in.load(Ordering::Relaxed),
+            ));
+        }
         if now >= next_interval {
             let rec = world.take_interval();
             if now > measure_from {
@@ -730,6 +746,13 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         }
     }
     let measured_for = Instant::now().saturating_duration_since(measure_from);
+    let (sut_cpu, sut_cpu_errors): (Vec<_>, Vec<_>) = cpu_window
+        .map(|w| w.end(world.stanzas_in.load(Ordering::Relaxed)))
+        .unwrap_or_default()
+        .into_iter()
+        .partition(Result::is_ok);
+    let sut_cpu: Vec<SutCpu> = sut_cpu.into_iter().filter_map(Result::ok).collect();
+    let sut_cpu_errors: Vec<String> = sut_cpu_errors.into_iter().filter_map(Result::err).collect();
     pb.finish_and_clear();
     if exhausted {
         eprintln!("loadgen: every pair is subscribed; the subscribe scenario ended early");
@@ -798,6 +821,9 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         },
         "unexpected_closes": world.unexpected_closes.load(Ordering::Relaxed),
         "auth_failures": world.auth_failures.load(Ordering::Relaxed),
+        "sut_cpu": sut_cpu,
+        "sut_cpu_errors": sut_cpu_errors,
+        "sut_cpu_stanzas": "stanzas loadgen received in the measured window",
     });
     let json_path = opts.out_dir.join("summary.json");
     let mut f = BufWriter::new(File::create(&json_path)?);
@@ -829,6 +855,8 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         unexpected_closes: world.unexpected_closes.load(Ordering::Relaxed),
         auth_failures: world.auth_failures.load(Ordering::Relaxed),
         peak_rss_kib: peak_rss_kib(),
+        sut_cpu,
+        sut_cpu_errors,
         files,
     })
 }

@@ -122,6 +122,8 @@ fn mixed_scenario_scaled_down_has_zero_loss() {
             "127.0.233.53:0",
             "--peer-net",
             "127.79",
+            "--sut-pid",
+            "self",
         ],
     );
     let all = text(&o);
@@ -164,6 +166,24 @@ fn mixed_scenario_scaled_down_has_zero_loss() {
         received + s["accounting"]["bounced"].as_u64().expect("bounced")
     );
     assert!(received > 1000, "{s}");
+    // --sut-pid self (the embedded fedrouter runs in loadgen): CPU over the measured
+    // window, and per 1,000 stanzas received in it.
+    let cpu = &s["params"]["sut_cpu"][0];
+    assert!(cpu["cpu_s"].as_f64().expect("cpu_s") > 0.0, "{s}");
+    assert!(cpu["stanzas"].as_u64().expect("stanzas") > 0, "{s}");
+    assert!(
+        cpu["cpu_ms_per_1000_stanzas"]
+            .as_f64()
+            .expect("cpu_ms_per_1000_stanzas")
+            > 0.0,
+        "{s}"
+    );
+    assert_eq!(
+        s["params"]["sut_cpu_errors"].as_array().map(Vec::len),
+        Some(0),
+        "{s}"
+    );
+    assert!(stdout.contains("ms per 1,000 stanzas"), "{all}");
     // The histogram outputs exist and read back.
     let hgrm = std::fs::read_to_string(out.path().join("loadgen-message.hgrm")).expect("hgrm");
     assert!(hgrm.contains("#[Max"), "{hgrm}");
@@ -342,6 +362,14 @@ fn bad_arguments_exit_2_with_a_message() {
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("loopback"));
+    // A --sut-pid that is no process: refused before anything starts, naming the pid.
+    let o = loadgen(out.path(), &["--sut-pid", "4294967295"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--sut-pid 4294967295"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
