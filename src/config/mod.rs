@@ -127,12 +127,14 @@
 mod auth;
 mod error;
 mod file;
+mod limits;
 mod materialize;
 mod model;
 mod validate;
 
 pub use auth::{AuthBackend, AuthSection, LdapSection, SecretString};
 pub use error::ConfigError;
+pub use limits::{LimitsSection, MAX_AUTH_FAILURE_WINDOW, MAX_LIMIT};
 pub use materialize::{DirectoryMaterial, Materialized};
 pub use model::{
     C2sSection, CertificateEntry, Config, DnsSection, InboxSection, Listen, LogFormat, LogSection,

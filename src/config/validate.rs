@@ -98,6 +98,7 @@ impl Config {
         check_range("store.max_batch", self.store.max_batch, 1, 65536)?;
         check_range("store.queue", self.store.queue, 1, 1 << 20)?;
         self.validate_log()?;
+        self.limits.validate()?;
         let mut keys: Vec<&String> = self.federation.domains.keys().collect();
         keys.sort();
         for domain in keys {
