@@ -200,6 +200,7 @@ impl Floods {
     }
 
     /// Stored pending inbound requests counted for `domain`.
+    #[cfg(test)]
     pub(crate) fn pending(&self, domain: &str) -> u32 {
         lock(&self.domains).get(domain).map_or(0, |e| e.pending)
     }
