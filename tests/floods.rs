@@ -12,6 +12,9 @@
 //! Loopback `127.0.180.x` to `127.0.183.x` only.
 
 #[allow(dead_code)]
+#[path = "common/c2s_client.rs"]
+mod c2s_client;
+#[allow(dead_code)]
 #[path = "common/peer.rs"]
 mod peer;
 #[allow(dead_code)]
@@ -57,29 +60,30 @@ fn target(fr: &Fedrouter, addr: Ipv4Addr, domain: &str) -> Target {
     )
 }
 
-/// Stored rows holding an unanswered inbound request ("Pending In"), in all and for
-/// `user`, read from the running server's database (a read-only WAL reader).
-fn pending_rows(data_dir: &Path, user: &str) -> (u64, u64) {
+/// Stored rows holding an unanswered inbound request ("Pending In") from contacts at
+/// `domain`, in all and for `user`, read from the running server's database (a
+/// read-only WAL reader).
+fn pending_rows(data_dir: &Path, domain: &str, user: &str) -> (u64, u64) {
     let db = data_dir.join(fedrouter::store::DB_FILE);
     let conn =
         rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
-    let all: u64 = conn
+    let all: i64 = conn
         .query_row(
-            "SELECT COUNT(*) FROM roster WHERE pending_in IS NOT NULL",
-            [],
+            "SELECT COUNT(*) FROM roster WHERE pending_in IS NOT NULL AND contact LIKE ?1",
+            [format!("%@{domain}")],
             |r| r.get(0),
         )
         .expect("count pending rows");
-    let one: u64 = conn
+    let one: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM roster JOIN users ON users.id = roster.user_id
-             WHERE roster.pending_in IS NOT NULL AND users.jid = ?1",
-            [user],
+             WHERE roster.pending_in IS NOT NULL AND users.jid = ?1 AND contact LIKE ?2",
+            [user.to_owned(), format!("%@{domain}")],
             |r| r.get(0),
         )
         .expect("count the user's pending rows");
-    (all, one)
+    (all.unsigned_abs(), one.unsigned_abs())
 }
 
 /// Opens a stream from `domain` to a.test on `addr` and authenticates it by dialback
@@ -110,9 +114,59 @@ fn dialback_peer(addr: SocketAddr, domain: &str, secret: &DialbackSecret) -> Pee
     p
 }
 
-/// Test 1: 100,000 subscription requests from one remote domain (flood.test), half to
-/// 20 local users in turn, half to one (victim). Limits: 40 pending per domain, 10 per
-/// user, 2000 requests per minute per domain. Each request is either stored or answered
+/// Answers to the flood seen so far at flood.test's server, by kind.
+#[derive(Default)]
+struct Answers {
+    /// `policy-violation` errors.
+    rate: usize,
+    /// `resource-constraint` errors.
+    count: usize,
+    /// Anything else.
+    other: usize,
+    /// Stanzas looked at.
+    read: usize,
+}
+
+impl Answers {
+    /// Waits (bounded by [`FLOOD_DONE`]) until flood.test's stored pending rows plus the
+    /// errors it received make `n` (each request is stored or refused); returns the rows
+    /// stored, in all and for victim.
+    fn wait(&mut self, flood: &FakeServer, data: &Path, n: usize) -> (u64, u64) {
+        let deadline = Instant::now() + FLOOD_DONE;
+        // Bounded by the deadline; each turn reads what arrived and the store's count.
+        loop {
+            for s in flood.stanzas_from(self.read) {
+                self.read += 1;
+                if !s.contains("type='error'") && !s.contains("type=\"error\"") {
+                    self.other += 1;
+                } else if s.contains("policy-violation") {
+                    self.rate += 1;
+                } else if s.contains("resource-constraint") {
+                    self.count += 1;
+                } else {
+                    self.other += 1;
+                }
+            }
+            let (stored, victim) = pending_rows(data, "flood.test", "victim@a.test");
+            if stored as usize + self.rate + self.count >= n {
+                return (stored, victim);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "after {FLOOD_DONE:?}: {stored} stored, {} policy-violation, {} resource-constraint, {} other stanzas at flood.test; waiting for {n}",
+                self.rate,
+                self.count,
+                self.other
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Test 1: 100,000 subscription requests from one remote domain (flood.test), the first
+/// 1000 to one local user (victim) and answered, then the rest to 20 local users in turn. Limits: 40
+/// pending per domain, 10 per user, 2000 requests per minute per domain (so all three
+/// limits are reached). Each request is either stored or answered
 /// with an error, so the test waits until stored rows plus errors received make 100,000;
 /// then at most 40 rows are stored (at most 10 for victim), and the rest came back as
 /// errors to flood.test. A request from good.test during the flood reaches carol's
@@ -124,6 +178,8 @@ fn subscription_flood_is_bounded() {
     const USERS: usize = 20;
     const PER_DOMAIN: u64 = 40;
     const PER_USER: u64 = 10;
+    /// The first requests, all to victim; the rest go to the 20 users in turn.
+    const TO_ONE: usize = 1000;
     let flood_secret = DialbackSecret::new(b"flood.test's dialback secret 32b");
     let good_secret = DialbackSecret::new(b"good.test's dialback secret, 32b");
     let flood = FakeServer::start(s2s(NET, 5), "flood.test", flood_secret.clone());
@@ -153,19 +209,27 @@ fn subscription_flood_is_bounded() {
 
     let mut p = dialback_peer(s2s(NET, 2), "flood.test", &flood_secret);
     let started = Instant::now();
+    let data = fr.dir().join("data");
+    let mut answers = Answers::default();
     let mut batch = String::with_capacity(1 << 20);
     for i in 0..N {
-        let to = if i % 2 == 0 {
-            users[(i / 2) % USERS].as_str()
-        } else {
+        let to = if i < TO_ONE {
             "victim@a.test"
+        } else {
+            users[i % USERS].as_str()
         };
         batch.push_str(&format!(
             "<presence type='subscribe' from='s{i}@flood.test' to='{to}' id='f{i}'/>"
         ));
-        if batch.len() > 64 * 1024 || i + 1 == N {
+        if batch.len() > 64 * 1024 || i + 1 == TO_ONE || i + 1 == N {
             p.send(batch.as_bytes()).expect("send the flood");
             batch.clear();
+        }
+        if i + 1 == TO_ONE {
+            // Many to one first, answered in full before the rest: victim's requests are
+            // stored one at a time (each durable before the next), slower than those
+            // spread over 20 users, which would otherwise fill the domain's bound first.
+            answers.wait(&flood, &data, TO_ONE);
         }
     }
     let written = started.elapsed();
@@ -179,36 +243,29 @@ fn subscription_flood_is_bounded() {
     });
     assert_eq!(attr(&seen, "type").as_deref(), Some("subscribe"), "{seen}");
 
-    // Every request is stored or refused: wait until both add up (bounded by FLOOD_DONE).
-    let data = fr.dir().join("data");
-    let deadline = Instant::now() + FLOOD_DONE;
-    let (mut rate, mut count, mut other, mut read) = (0usize, 0usize, 0usize, 0usize);
-    let (stored, victim) = loop {
-        for s in flood.stanzas_from(read) {
-            read += 1;
-            if !s.contains("type='error'") && !s.contains("type=\"error\"") {
-                other += 1;
-            } else if s.contains("policy-violation") {
-                rate += 1;
-            } else if s.contains("resource-constraint") {
-                count += 1;
-            } else {
-                other += 1;
-            }
-        }
-        let (stored, victim) = pending_rows(&data, "victim@a.test");
-        if stored as usize + rate + count >= N {
-            break (stored, victim);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after {FLOOD_DONE:?}: {stored} stored, {rate} policy-violation, {count} resource-constraint, {other} other stanzas at flood.test"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // Every request is stored or refused: wait until both add up.
+    let (stored, victim) = answers.wait(&flood, &data, N);
+    let Answers {
+        rate, count, other, ..
+    } = answers;
     let done = started.elapsed();
+    let refused = |reason: &str| {
+        fr.metric("fedrouter_flood_refused_total", &[("reason", reason)])
+            .unwrap_or(0.0) as usize
+    };
+    let counts = format!(
+        "{stored} stored ({victim} for victim), {rate} policy-violation, {count} resource-constraint; refused: rate {}, per domain {}, per user {}",
+        refused("subscription_rate"),
+        refused("pending_per_domain"),
+        refused("pending_per_user")
+    );
     assert!(stored <= PER_DOMAIN, "{stored} pending rows stored");
-    assert!(victim <= PER_USER, "{victim} pending rows for victim");
+    // good.test's request was stored: it is carol's pending request.
+    assert_eq!(pending_rows(&data, "good.test", "carol@a.test"), (1, 1));
+    // Within the rate's burst (2000), victim's 1000 come first: exactly 10 are stored,
+    // and the other users fill the domain's 40.
+    assert_eq!(victim, PER_USER, "pending rows for victim: {counts}");
+    assert_eq!(stored, PER_DOMAIN, "pending rows from flood.test: {counts}");
     assert_eq!(stored as usize + rate + count, N, "one answer per request");
     assert_eq!(other, 0, "unexpected stanzas at flood.test");
     assert!(rate > 0 && count > 0, "rate {rate}, count {count}");
@@ -221,11 +278,9 @@ fn subscription_flood_is_bounded() {
         warns.len(),
         rate + count
     );
-    let refused = |reason: &str| {
-        fr.metric("fedrouter_flood_refused_total", &[("reason", reason)])
-            .unwrap_or(0.0) as usize
-    };
-    assert_eq!(refused("subscription_rate"), rate);
+    assert_eq!(refused("subscription_rate"), rate, "{counts}");
+    assert_eq!(refused("pending_per_user"), TO_ONE - PER_USER as usize);
+    assert!(refused("pending_per_domain") > 0);
     assert_eq!(
         refused("pending_per_domain") + refused("pending_per_user"),
         count
