@@ -11,16 +11,12 @@
 //!
 //! Loopback `127.0.180.x` to `127.0.183.x` only.
 
-#[allow(dead_code)]
 #[path = "common/c2s_client.rs"]
 mod c2s_client;
-#[allow(dead_code)]
 #[path = "common/peer.rs"]
 mod peer;
-#[allow(dead_code)]
 #[path = "common/server.rs"]
 mod server;
-#[allow(dead_code)]
 #[path = "common/xmpp.rs"]
 mod xmpp;
 
@@ -421,7 +417,5 @@ fn client_addresses_are_limited() {
     };
     assert!(refusals("c2s_unauthenticated_per_address") >= 1.0);
     assert!(refusals("c2s_auth_failures_per_address") >= 1.0);
-    assert!(!fr
-        .log_lines(&["flood limit", "127.0.182.12"])
-        .is_empty());
+    assert!(!fr.log_lines(&["flood limit", "127.0.182.12"]).is_empty());
 }

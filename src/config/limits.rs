@@ -134,4 +134,30 @@ mod tests {
         let e = bad.validate().unwrap_err().to_string();
         assert!(e.contains("limits.c2s_auth_failure_window"), "{e}");
     }
+
+    #[test]
+    fn read_from_the_file() {
+        use crate::config::Config;
+        let c = Config::from_toml_str(
+            "[limits]\npending_subscriptions_per_user = 7\nc2s_auth_failure_window = \"1h\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.limits.pending_subscriptions_per_user, 7);
+        assert_eq!(c.limits.c2s_auth_failure_window, Duration::from_secs(3600));
+        assert_eq!(
+            c.limits.pending_subscriptions_per_domain,
+            LimitsSection::default().pending_subscriptions_per_domain
+        );
+        let e = Config::from_toml_str("[limits]\nsubscriptions_per_minute_per_domain = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("limits.subscriptions_per_minute_per_domain"),
+            "{e}"
+        );
+        let e = Config::from_toml_str("[limits]\nsubscriptions_per_hour = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("subscriptions_per_hour"), "{e}");
+    }
 }

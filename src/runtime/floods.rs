@@ -270,11 +270,13 @@ impl Floods {
     fn auth_failed(&self, ip: IpAddr, limits: &LimitsSection, now: Instant) -> bool {
         let mut a = lock(&self.addresses);
         let e = a.entry(ip).or_default();
-        e.failures.get_or_insert_with(|| FailureWindow::new(now)).fail(
-            now,
-            limits.c2s_auth_failures_per_address,
-            limits.c2s_auth_failure_window,
-        )
+        e.failures
+            .get_or_insert_with(|| FailureWindow::new(now))
+            .fail(
+                now,
+                limits.c2s_auth_failures_per_address,
+                limits.c2s_auth_failure_window,
+            )
     }
 }
 
@@ -390,7 +392,10 @@ mod tests {
         assert_eq!(f.request("s@b.test", &l, t), Err(Refusal::Rate));
         assert_eq!(f.request("s@c.test", &l, t), Ok(()));
         assert_eq!(f.request("s@a.test", &l, t), Ok(()));
-        assert_eq!(f.request("s@b.test", &l, t + Duration::from_secs(20)), Ok(()));
+        assert_eq!(
+            f.request("s@b.test", &l, t + Duration::from_secs(20)),
+            Ok(())
+        );
     }
 
     #[test]

@@ -178,7 +178,14 @@ impl Client {
         password: &str,
         resource: Option<&str>,
     ) -> Client {
-        Client::login_on(Client::connect(t.addr, &t.domain), t, mech, user, password, resource)
+        Client::login_on(
+            Client::connect(t.addr, &t.domain),
+            t,
+            mech,
+            user,
+            password,
+            resource,
+        )
     }
 
     /// [`Client::login_with`] over the connection `c` (opened, nothing sent yet).

@@ -23,10 +23,7 @@ use crate::stream::c2s::C2sConnection;
 pub(super) fn admit(shard: &Shard, peer: SocketAddr, st: &mut ConnState<C2sConnection>) {
     let shared = shard.shared();
     let now = Instant::now();
-    match shared
-        .floods
-        .connect(peer.ip(), &shared.config.limits, now)
-    {
+    match shared.floods.connect(peer.ip(), &shared.config.limits, now) {
         Ok(slot) => st.address_slot = Some(slot),
         Err(refusal) => {
             refused(shard, peer.ip(), refusal, now);
@@ -51,8 +48,10 @@ pub(super) fn auth_failed(shard: &Shard, conn: &Conn<C2sConnection>) {
     if blocked {
         let refusal = AddressRefusal::AuthFailures;
         refused(shard, ip, refusal, now);
-        st.proto
-            .close(Some((StreamCondition::PolicyViolation, refusal.text())), now);
+        st.proto.close(
+            Some((StreamCondition::PolicyViolation, refusal.text())),
+            now,
+        );
         st.collect_events();
     }
 }

@@ -40,11 +40,7 @@ pub(super) fn rate(shard: &Shard, contact: &str) -> Result<(), Refusal> {
 pub(super) fn reserve(shard: &Shard, r: &Roster, contact: &str) -> Result<(), Refusal> {
     let shared = shard.shared();
     let limits = &shared.config.limits;
-    let pending = r
-        .items
-        .values()
-        .filter(|i| i.pending_in.is_some())
-        .count();
+    let pending = r.items.values().filter(|i| i.pending_in.is_some()).count();
     if pending >= limits.pending_subscriptions_per_user as usize {
         return Err(Refusal::UserPending);
     }
