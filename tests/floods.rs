@@ -166,7 +166,8 @@ impl Answers {
 /// with an error, so the test waits until stored rows plus errors received make 100,000;
 /// then at most 40 rows are stored (at most 10 for victim), and the rest came back as
 /// errors to flood.test. A request from good.test during the flood reaches carol's
-/// client.
+/// client. After a restart the domain's count is read back from the store: one more
+/// request from flood.test is refused.
 #[test]
 fn subscription_flood_is_bounded() {
     const NET: u8 = 180;
@@ -191,7 +192,7 @@ fn subscription_flood_is_bounded() {
          [s2s]\nqueue_per_domain = 200000\n{GOOGLE_STYLE}"
     );
     let addr = ip(NET, 2);
-    let fr = Fedrouter::start("a.test", &c2s_config(NET, addr, &["a.test"], 2, &extra));
+    let mut fr = Fedrouter::start("a.test", &c2s_config(NET, addr, &["a.test"], 2, &extra));
     let users: Vec<String> = (0..USERS).map(|i| format!("u{i}@a.test")).collect();
     for u in users
         .iter()
@@ -283,6 +284,30 @@ fn subscription_flood_is_bounded() {
     );
     p.close();
     g.close();
+
+    // The count survives a restart (read from the store at start): one more request
+    // from flood.test, to a user far from the per-user bound, is refused at once.
+    drop(carol);
+    assert!(fr.stop(), "a.test did not stop");
+    fr.restart();
+    let mut p2 = dialback_peer(s2s(NET, 2), "flood.test", &flood_secret);
+    let before = flood.stanza_count();
+    p2.send(b"<presence type='subscribe' from='late@flood.test' to='u5@a.test' id='late'/>")
+        .expect("send the request after the restart");
+    let late = flood
+        .wait_stanza(&["id='late'"], ANSWER)
+        .unwrap_or_else(|| {
+            panic!(
+                "no answer to the request after the restart: {:?}",
+                flood.stanzas_from(before)
+            )
+        });
+    assert!(late.contains("resource-constraint"), "{late}");
+    assert_eq!(
+        pending_rows(&data, "flood.test", "victim@a.test"),
+        (PER_DOMAIN, PER_USER)
+    );
+    p2.close();
     eprintln!(
         "subscription_flood_is_bounded: {N} requests written in {written:?}, all answered after {done:?}: {stored} stored ({victim} for victim), {rate} policy-violation, {count} resource-constraint"
     );
