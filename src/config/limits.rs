@@ -37,7 +37,8 @@ pub struct LimitsSection {
     /// not stored.
     pub subscriptions_per_minute_per_domain: u32,
     /// Most client connections from one IP address that have not authenticated yet, key
-    /// `limits.c2s_unauthenticated_per_address`; default 64; 1 to [`MAX_LIMIT`]. One more
+    /// `limits.c2s_unauthenticated_per_address`; default 256 (room for clients behind
+    /// one NAT or TCP load balancer); 1 to [`MAX_LIMIT`]. One more
     /// gets the stream error `policy-violation` (RFC 6120 §4.9.3.14) and is closed.
     pub c2s_unauthenticated_per_address: u32,
     /// SASL failures (RFC 6120 §6.4.5) from one IP address within
@@ -58,7 +59,7 @@ impl Default for LimitsSection {
             pending_subscriptions_per_domain: 10_000,
             pending_subscriptions_per_user: 500,
             subscriptions_per_minute_per_domain: 3000,
-            c2s_unauthenticated_per_address: 64,
+            c2s_unauthenticated_per_address: 256,
             c2s_auth_failures_per_address: 30,
             c2s_auth_failure_window: Duration::from_secs(300),
         }

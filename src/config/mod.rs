@@ -94,7 +94,7 @@
 //! pending_subscriptions_per_domain = 10000   # resource-constraint
 //! pending_subscriptions_per_user = 500       # resource-constraint
 //! subscriptions_per_minute_per_domain = 3000 # policy-violation
-//! c2s_unauthenticated_per_address = 64       # stream error policy-violation
+//! c2s_unauthenticated_per_address = 256      # stream error policy-violation
 //! c2s_auth_failures_per_address = 30         # ... per window, then refused until it ends
 //! c2s_auth_failure_window = "5m"
 //!
