@@ -400,9 +400,11 @@ fn client_addresses_are_limited() {
     );
     ok.session();
 
-    // One of the three goes away: its slot comes back (the server releases it when it
-    // sees the close; each try waits for the server's answer, at most 20 tries).
-    held.pop().expect("one").close();
+    // One of the three goes away (the server has closed its side too): its slot comes
+    // back. Each try waits for the server's answer; at most 20 tries.
+    let mut gone = held.pop().expect("one");
+    gone.close();
+    gone.expect_closed();
     let mut again = None;
     for _ in 0..20 {
         let (c, f) = open_from(c2s, busy);
