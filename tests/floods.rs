@@ -235,6 +235,9 @@ fn subscription_flood_is_bounded() {
     let mut g = dialback_peer(s2s(NET, 2), "good.test", &good_secret);
     g.send(b"<presence type='subscribe' from='friend@good.test' to='carol@a.test' id='g1'/>")
         .expect("send the legitimate request");
+    // Bounded like the flood: carol's shard may have a backlog of refusals to work off
+    // first, on a machine shared with other tests.
+    carol.timeout = FLOOD_DONE;
     let seen = carol.expect("the legitimate subscription request", |x| {
         x.starts_with("<presence") && x.contains("friend@good.test") && x.contains("subscribe")
     });
@@ -285,10 +288,11 @@ fn subscription_flood_is_bounded() {
     p.close();
     g.close();
 
-    // The count survives a restart (read from the store at start): one more request
+    // The count survives a restart, even after SIGKILL (read from the store at start,
+    // where every accepted request was durable before it was delivered): one more request
     // from flood.test, to a user far from the per-user bound, is refused at once.
     drop(carol);
-    assert!(fr.stop(), "a.test did not stop");
+    fr.kill();
     fr.restart();
     let mut p2 = dialback_peer(s2s(NET, 2), "flood.test", &flood_secret);
     let before = flood.stanza_count();
