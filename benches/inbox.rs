@@ -33,6 +33,12 @@
 //!   has been empty for 50 µs, then sleeps in `wait` (a policy a shard loop can adopt:
 //!   no wake-up cost under load, asleep when idle); and `paced 100k/s, spin 50µs`, where
 //!   it does sleep between stanzas now and then.
+//! - `adaptive`: the server's shard-loop policy (`fedrouter::runtime::idle::IdleSpin`):
+//!   after a drain with stanzas it polls for 4 × the measured mean idle gap, at most
+//!   50 µs, and not at all when that mean is above 50 µs; at 1M/s, 100k/s and 5k/s, with
+//!   `spin 50µs` and `sleeps` at 5k/s beside it. `cons.cpu µs/stz` (the consumer
+//!   thread's user + system time per stanza, `getrusage(RUSAGE_THREAD)`) shows what a
+//!   spin costs where it does not pay.
 //!
 //! Each prints stanzas/s, the p50/p90/p99/p99.9/max latency in µs, how often the producer
 //! was back-pressured and the consumer slept, and the heap allocations per stanza (a
@@ -60,6 +66,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fedrouter::router::inbox::{mesh, ShardInbox};
+use fedrouter::runtime::idle::IdleSpin;
 use hdrhistogram::Histogram;
 
 struct Counting;
@@ -117,6 +124,10 @@ enum Consumer {
     /// `yield_now`s while its inbox has been empty for less than this, then sleeps in
     /// `wait`: busy under load, asleep when idle.
     SpinsThenSleeps(Duration),
+    /// The server's shard loop policy ([`IdleSpin`]): after a drain with stanzas, polls for
+    /// a multiple of the measured idle gap (at most 50 µs; not at all when stanzas are
+    /// sparse), then sleeps in `wait`.
+    Adaptive,
 }
 
 struct Scenario {
@@ -138,6 +149,19 @@ struct Outcome {
     /// Involuntary context switches of the (producer, consumer) thread during the run:
     /// how often another process or the kernel took its core.
     preempted: (u64, u64),
+    /// CPU time (user + system) of the consumer thread during the run.
+    consumer_cpu: Duration,
+}
+
+/// CPU time (user + system) of the calling thread so far.
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// Involuntary context switches of the calling thread so far.
@@ -233,6 +257,8 @@ async fn consume(mut ib: ShardInbox<Msg>, mode: Consumer) -> (u64, Histogram<u64
     let mut out: Vec<Msg> = Vec::with_capacity(DRAIN_BATCHES * MAX_BATCH);
     let (mut received, mut sleeps) = (0u64, 0u64);
     let mut idle_since: Option<Instant> = None;
+    let mut policy = IdleSpin::new();
+    let mut idle_open = false;
     loop {
         if ib.drain(&mut out, DRAIN_BATCHES) == 0 {
             match mode {
@@ -251,11 +277,30 @@ async fn consume(mut ib: ShardInbox<Msg>, mode: Consumer) -> (u64, Histogram<u64
                         ib.wait().await;
                     }
                 }
+                Consumer::Adaptive => {
+                    // As the shard loop does after a turn with traffic.
+                    if !idle_open {
+                        idle_open = true;
+                        let now = Instant::now();
+                        let until = now + policy.went_idle(now);
+                        while Instant::now() < until && !ib.has_waiting() {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    if !ib.has_waiting() {
+                        sleeps += 1;
+                        ib.wait().await;
+                    }
+                }
             }
             continue;
         }
         idle_since = None;
         let now = Instant::now();
+        if idle_open {
+            idle_open = false;
+            policy.arrived(now);
+        }
         for (bytes, at) in out.drain(..) {
             if bytes.is_empty() {
                 return (received, hist, sleeps, now);
@@ -279,8 +324,13 @@ fn run(sc: &Scenario, cores: &[Option<core_affinity::CoreId>; 2]) -> Outcome {
         tokio_uring::start(async move {
             b_barrier.wait();
             let before = involuntary_switches();
+            let cpu_before = thread_cpu();
             let r = consume(b, mode).await;
-            (r, involuntary_switches() - before)
+            (
+                r,
+                involuntary_switches() - before,
+                thread_cpu().saturating_sub(cpu_before),
+            )
         })
     });
     let producer_core = cores[0];
@@ -306,7 +356,7 @@ fn run(sc: &Scenario, cores: &[Option<core_affinity::CoreId>; 2]) -> Outcome {
     let allocs_before = ALLOCS.load(Ordering::Relaxed);
     let start = Instant::now();
     let (producer_blocked, producer_preempted) = producer.join().expect("producer");
-    let ((received, hist, consumer_sleeps, last), consumer_preempted) =
+    let ((received, hist, consumer_sleeps, last), consumer_preempted, consumer_cpu) =
         consumer.join().expect("consumer");
     let allocs = ALLOCS.load(Ordering::Relaxed) - allocs_before;
     Outcome {
@@ -317,6 +367,7 @@ fn run(sc: &Scenario, cores: &[Option<core_affinity::CoreId>; 2]) -> Outcome {
         producer_blocked,
         consumer_sleeps,
         preempted: (producer_preempted, consumer_preempted),
+        consumer_cpu,
     }
 }
 
@@ -458,15 +509,50 @@ fn main() {
             hgrm: Some("inbox-latency-paced-spin.hgrm"),
         },
         Scenario {
+            name: "paced 1M/s, adaptive",
+            stanzas: 3_000_000,
+            rate: Some(1_000_000.0),
+            consumer: Consumer::Adaptive,
+            hgrm: Some("inbox-latency-paced-adaptive.hgrm"),
+        },
+        Scenario {
             name: "paced 100k/s, spin 50µs",
             stanzas: 300_000,
             rate: Some(100_000.0),
             consumer: Consumer::SpinsThenSleeps(Duration::from_micros(50)),
             hgrm: None,
         },
+        Scenario {
+            name: "paced 100k/s, adaptive",
+            stanzas: 300_000,
+            rate: Some(100_000.0),
+            consumer: Consumer::Adaptive,
+            hgrm: None,
+        },
+        Scenario {
+            name: "paced 5k/s, spin 50µs",
+            stanzas: 15_000,
+            rate: Some(5_000.0),
+            consumer: Consumer::SpinsThenSleeps(Duration::from_micros(50)),
+            hgrm: None,
+        },
+        Scenario {
+            name: "paced 5k/s, adaptive",
+            stanzas: 15_000,
+            rate: Some(5_000.0),
+            consumer: Consumer::Adaptive,
+            hgrm: None,
+        },
+        Scenario {
+            name: "paced 5k/s, sleeps",
+            stanzas: 15_000,
+            rate: Some(5_000.0),
+            consumer: Consumer::Sleeps,
+            hgrm: None,
+        },
     ];
     println!(
-        "{:<22} {:>10} {:>12} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>11} {:>10} {:>9}",
+        "{:<24} {:>10} {:>12} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>11} {:>10} {:>9} {:>15}",
         "scenario",
         "stanzas",
         "stanzas/s",
@@ -478,7 +564,8 @@ fn main() {
         "prod.waits",
         "cons.sleeps",
         "allocs/stz",
-        "preempted"
+        "preempted",
+        "cons.cpu µs/stz"
     );
     let dir = target_dir();
     for sc in &scenarios {
@@ -486,7 +573,7 @@ fn main() {
         let h = &o.hist;
         let rate = o.received as f64 / o.elapsed.as_secs_f64();
         println!(
-            "{:<22} {:>10} {:>12.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>10} {:>11} {:>10.4} {:>9}",
+            "{:<24} {:>10} {:>12.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>10} {:>11} {:>10.4} {:>9} {:>15.3}",
             sc.name,
             o.received,
             rate,
@@ -498,7 +585,8 @@ fn main() {
             o.producer_blocked,
             o.consumer_sleeps,
             o.allocs as f64 / o.received.max(1) as f64,
-            format!("{}/{}", o.preempted.0, o.preempted.1)
+            format!("{}/{}", o.preempted.0, o.preempted.1),
+            o.consumer_cpu.as_secs_f64() * 1e6 / o.received.max(1) as f64
         );
         if o.received < sc.stanzas {
             println!("  (stopped by the {} s time cap)", TIME_CAP.as_secs());

@@ -77,8 +77,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Manage local users (stored in `<data_dir>/fedrouter.db`; safe while the server
-    /// runs).
+    /// Manage local users (stored in the `[store]`: `<data_dir>/fedrouter.db`, or the
+    /// PostgreSQL server at `store.url`; safe while the server runs).
     User {
         /// Configuration file (TOML), for `domains` and `data_dir`; embedded defaults when
         /// absent.
@@ -268,6 +268,13 @@ fn check(domain: Option<&str>, from: Option<&str>, config: Option<&Path>, json: 
             return ExitCode::from(78);
         }
     };
+    // A PostgreSQL store that cannot be reached is named before anything is checked.
+    if fedrouter::store::postgres_options(&config).is_some() {
+        if let Err(e) = fedrouter::store::open(&config) {
+            eprintln!("fedrouter: store: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let options = CheckOptions {
         from: from.map(str::to_owned),
         ..CheckOptions::default()
@@ -347,27 +354,15 @@ fn refuse_root_in_service_dir(data_dir: &Path) -> Result<(), String> {
 fn user(config: Option<&Path>, action: UserAction) -> ExitCode {
     use fedrouter::jid::BareJid;
     use fedrouter::store::scram::{ScramCredentials, ScramHash};
-    use fedrouter::store::sqlite::SqliteStore;
-    use fedrouter::store::{Store, DB_FILE, SCRAM_ITERATIONS};
+    use fedrouter::store::SCRAM_ITERATIONS;
 
-    let config = match load_config(config) {
-        Ok(c) => c,
+    let (config, mut store) = match open_store(config) {
+        Ok(s) => s,
         Err(code) => return code,
     };
     let fail = |msg: String| {
         eprintln!("fedrouter: {msg}");
         ExitCode::FAILURE
-    };
-    if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
-        return fail(format!("{}: {e}", config.data_dir.display()));
-    }
-    if let Err(msg) = refuse_root_in_service_dir(&config.data_dir) {
-        return fail(msg);
-    }
-    let path = config.data_dir.join(DB_FILE);
-    let mut store = match SqliteStore::open(&path) {
-        Ok(s) => s,
-        Err(e) => return fail(format!("{}: {e}", path.display())),
     };
     // A local user's bare JID: a localpart at one of our domains (RFC 7622).
     let local_jid = |raw: &str| -> Result<String, String> {
@@ -450,22 +445,22 @@ fn user(config: Option<&Path>, action: UserAction) -> ExitCode {
     }
 }
 
-/// Opens the store of the configuration at `path` (creating `data_dir` if needed).
-fn open_store(
-    path: Option<&Path>,
-) -> Result<(Config, fedrouter::store::sqlite::SqliteStore), ExitCode> {
+/// Opens the store of the configuration at `path`: `<data_dir>/fedrouter.db` (creating
+/// `data_dir` if needed), or the PostgreSQL server at `store.url`. On error the message
+/// (naming the file, or the URL with its password redacted, and the cause) is printed.
+fn open_store(path: Option<&Path>) -> Result<(Config, Box<dyn fedrouter::store::Store>), ExitCode> {
     let config = load_config(path)?;
     let fail = |msg: String| {
         eprintln!("fedrouter: {msg}");
         ExitCode::FAILURE
     };
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| fail(format!("{}: {e}", config.data_dir.display())))?;
-    refuse_root_in_service_dir(&config.data_dir).map_err(fail)?;
-    let db = config.data_dir.join(fedrouter::store::DB_FILE);
-    let store = fedrouter::store::sqlite::SqliteStore::open(&db)
-        .map_err(|e| fail(format!("{}: {e}", db.display())))?;
-    Ok((config, store))
+    if config.store.backend == fedrouter::config::StoreBackend::Sqlite {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| fail(format!("{}: {e}", config.data_dir.display())))?;
+        refuse_root_in_service_dir(&config.data_dir).map_err(fail)?;
+    }
+    let opened = fedrouter::store::open(&config).map_err(|e| fail(format!("store: {e}")))?;
+    Ok((config, opened.store))
 }
 
 /// `fedrouter import FILE|DIR`: the summary on stdout; 1 when an entry was skipped.
@@ -482,7 +477,7 @@ fn import(path: &Path, config: Option<&Path>) -> ExitCode {
         }
     };
     let summary =
-        fedrouter::pie::import::import(&mut store, &docs, &config.domains, &mut rand::rng());
+        fedrouter::pie::import::import(&mut *store, &docs, &config.domains, &mut rand::rng());
     print!("{}", summary.text());
     if summary.has_errors() {
         ExitCode::FAILURE
@@ -497,7 +492,7 @@ fn export(dir: &Path, config: Option<&Path>) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    match fedrouter::pie::export::export(&mut store, dir, &config.domains) {
+    match fedrouter::pie::export::export(&mut *store, dir, &config.domains) {
         Ok(written) => {
             for (path, users) in written {
                 println!("{}: {users} users", path.display());
@@ -577,6 +572,9 @@ fn status(config: Option<&Path>, admin: Option<SocketAddr>, json: bool) -> ExitC
                 " CONGESTED {c:.1}s: queue full, new stanzas bounced"
             ));
         }
+        if let Some(n) = d["dropped_errors"].as_u64().filter(|n| *n > 0) {
+            note.push_str(&format!(" {n} error stanzas dropped (never bounced)"));
+        }
         let streams = d["streams"].as_array().cloned().unwrap_or_default();
         let rows = if streams.is_empty() {
             vec![serde_json::json!({"direction": "-", "state": "idle"})]
@@ -627,7 +625,36 @@ fn status(config: Option<&Path>, admin: Option<SocketAddr>, json: bool) -> ExitC
         }
     }
     print_directory(admin);
+    print_store(admin);
     ExitCode::SUCCESS
+}
+
+/// `fedrouter status`'s last line with `store.backend = "postgres"`: the store's state
+/// (`GET /status/store`); nothing for SQLite.
+fn print_store(admin: SocketAddr) {
+    let v: serde_json::Value = match fedrouter::runtime::store_status_via_admin(admin)
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("fedrouter: store state unknown: {e}");
+            return;
+        }
+    };
+    if v["backend"] != "postgres" {
+        return;
+    }
+    let state = v["state"].as_str().unwrap_or("unknown");
+    let for_s = v["for_s"].as_f64().unwrap_or(0.0);
+    let url = v["url"].as_str().unwrap_or("");
+    let counts = format!(
+        "{} reconnects, {} connection failures",
+        v["reconnects"], v["connection_failures"]
+    );
+    match v["error"].as_str() {
+        Some(e) => println!("\nSTORE postgres {url}: {state} for {for_s:.0}s ({counts}): {e}"),
+        None => println!("\nSTORE postgres {url}: {state} for {for_s:.0}s ({counts})"),
+    }
 }
 
 /// `fedrouter status`'s last line with `auth.backend = "ldap"`: the directory's state

@@ -208,7 +208,11 @@ const COUNTER_HELP: &[(&str, &str)] = &[
     ),
     (
         "undeliverable_errors",
-        "Error stanzas that could not be delivered and, per RFC 6120 8.3.1, were not bounced, by cause.",
+        "Error stanzas that could not be delivered and, per RFC 6120 8.3.1, were not bounced, by cause (the remote domain's own count is dropped_errors in /status).",
+    ),
+    (
+        "store_failures",
+        "Store requests that failed in the database itself (I/O error, disk full), each request of a failed group commit counted; nothing of them was stored and their clients got an error.",
     ),
     (
         "sm_acknowledged",
@@ -217,6 +221,10 @@ const COUNTER_HELP: &[(&str, &str)] = &[
     (
         "sm_resent",
         "Stanzas the socket had taken but the peer never acknowledged when an outbound S2S stream ended (XEP-0198): queued again for the next stream.",
+    ),
+    (
+        "s2s_negotiation_retries",
+        "Outbound S2S streams that ended before authenticating us for a passing reason (dropped, reset, connection-timeout) and were opened once more instead of bouncing what waited.",
     ),
     (
         "stalled_streams_closed",
@@ -255,6 +263,14 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "Stanzas a client never acknowledged delivered elsewhere when its session ended (XEP-0198 §5, RFC 6121 §8.5).",
     ),
     (
+        "store_reconnects",
+        "Reconnections to the PostgreSQL store (store.backend = postgres) after its connection was lost.",
+    ),
+    (
+        "store_connection_failures",
+        "PostgreSQL store connections that failed: connection attempts refused or timed out, and connections found broken by a request (which failed, unacknowledged).",
+    ),
+    (
         "reads_paused_ms",
         "Milliseconds stream readers spent paused waiting for room in the cross-shard inboxes or the store, by protocol.",
     ),
@@ -269,6 +285,10 @@ const GAUGE_HELP: &[(&str, &str)] = &[
     (
         "directory_state_seconds",
         "Seconds the LDAP directory has been in its current state (label state: up, unreachable or unknown).",
+    ),
+    (
+        "store_up",
+        "Whether the PostgreSQL store (store.backend = postgres) answered its last request: 1 up, 0 down.",
     ),
     ("streams", "Open streams by protocol, direction and state."),
     ("queue_depth", "Items waiting, by queue."),

@@ -1,27 +1,43 @@
-//! The durable store (`fedrouter::store`): SQLite round trips, roster versions, offline
-//! messages (XEP-0160: order, the per-user bound, delete, group commit), reopening,
-//! migrations, the storage thread's group commit, ordering and back-pressure, and
-//! durability of acknowledged changes across `kill -9` of the writing process.
+//! The durable store (`fedrouter::store`), against BOTH backends: round trips, roster
+//! versions, offline messages (XEP-0160: order, the per-user bound, delete, group
+//! commit), reopening, the storage thread's group commit, ordering and back-pressure, and
+//! durability of acknowledged changes across `kill -9` of the writing process. Each
+//! shared test is a function of a [`Backend`], instantiated by [`both!`] as
+//! `sqlite::NAME` (a temp folder) and `postgres::NAME` (a fresh database on the real
+//! PostgreSQL server of `common/postgres.rs`). SQLite's own file, WAL and migration
+//! checks, and PostgreSQL's migrations, reconnects and start errors
+//! (`tests/store_postgres.rs`), are single-backend. The storage-thread tests are in
+//! `store_suite/thread.rs`, the outbox, PEP and import ones in
+//! `store_suite/outbox_pep_import.rs`.
 //!
-//! The kill test re-runs this test binary as the writer: `child_writer` does nothing
-//! unless `FEDROUTER_STORE_CHILD` names a database, in which case it streams roster
-//! changes through a [`StoreHandle`] and prints `ACK <seq>` to stdout for each
-//! acknowledged one until it is killed (or a bound of count and time is hit).
+//! The kill tests re-run this test binary as the writer: `child_writer` does nothing
+//! unless `FEDROUTER_STORE_CHILD` names a database (a file, or a `postgresql://` URL), in
+//! which case it streams roster changes through a [`StoreHandle`] and prints `ACK <seq>`
+//! to stdout for each acknowledged one until it is killed (or a bound of count and time
+//! is hit).
+
+#[path = "store_suite/outbox_pep_import.rs"]
+mod outbox_pep_import;
+#[path = "common/postgres.rs"]
+mod pg;
+#[path = "store_suite/thread.rs"]
+mod thread;
+
+use outbox_pep_import::{import_user_in_one_transaction, pending_out_and_pep_round_trip};
+use thread::{
+    batch_keeps_order_and_isolates_failures, full_queue_hands_the_op_back,
+    handle_call_round_trip_and_many_in_flight, recv,
+};
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
 use fedrouter::presence::{SubState, Subscription};
+use fedrouter::store::postgres::{PostgresOptions, PostgresStore};
 use fedrouter::store::scram::{ScramCredentials, ScramHash};
 use fedrouter::store::sqlite::{Durability, SqliteStore, SCHEMA_VERSION};
-use fedrouter::store::{
-    Change, OfflineMessage, Op, Outcome, Reply, Roster, Store, StoreError, StoreHandle, StoredItem,
-};
-use tokio::sync::Notify;
+use fedrouter::store::{Change, Op, Outcome, Store, StoreError, StoreHandle, StoredItem};
 
 fn creds(password: &str, hash: ScramHash) -> ScramCredentials {
     ScramCredentials::derive(password, hash, b"0123456789abcdef", 16).unwrap()
@@ -54,11 +70,93 @@ fn remove(user: &str, contact: &str) -> Change {
     }
 }
 
+/// Where a shared test's store lives; [`Backend::open`] may be called again to reopen it.
+trait Backend {
+    /// A new, empty store.
+    fn fresh() -> Self
+    where
+        Self: Sized;
+    /// Opens (or reopens) the store.
+    fn open(&self) -> Box<dyn Store>;
+    /// What `child_writer` is given to open it (`FEDROUTER_STORE_CHILD`).
+    fn child_target(&self) -> String;
+}
+
+/// SQLite in a temp folder (`Durability::Crash`, as the other tests ran it, except where a
+/// test says otherwise).
+struct Sqlite {
+    dir: tempfile::TempDir,
+}
+
+impl Backend for Sqlite {
+    fn fresh() -> Self {
+        Sqlite {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn open(&self) -> Box<dyn Store> {
+        Box::new(SqliteStore::open_with(self.dir.path().join("db"), Durability::Crash).unwrap())
+    }
+    fn child_target(&self) -> String {
+        self.dir.path().join("db").display().to_string()
+    }
+}
+
+/// A fresh database on this process's PostgreSQL server.
+struct Postgres {
+    url: String,
+}
+
+impl Backend for Postgres {
+    fn fresh() -> Self {
+        Postgres {
+            url: pg::fresh_database(),
+        }
+    }
+    fn open(&self) -> Box<dyn Store> {
+        Box::new(PostgresStore::connect(PostgresOptions::new(&self.url)).unwrap())
+    }
+    fn child_target(&self) -> String {
+        self.url.clone()
+    }
+}
+
+/// Instantiates each named `fn NAME(b: &dyn Backend)` as `sqlite::NAME` and
+/// `postgres::NAME`.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name(&<super::Sqlite as super::Backend>::fresh()) })*
+        }
+        mod postgres {
+            $(#[test] fn $name() { super::$name(&<super::Postgres as super::Backend>::fresh()) })*
+        }
+    };
+}
+
+both!(
+    users_and_credentials_round_trip,
+    roster_apply_and_versions,
+    blocklists_round_trip,
+    offline_messages_order_bound_delete,
+    reopen_after_drop_keeps_data,
+    pending_out_and_pep_round_trip,
+    import_user_in_one_transaction,
+    full_queue_hands_the_op_back,
+    batch_keeps_order_and_isolates_failures,
+    handle_call_round_trip_and_many_in_flight,
+    acknowledged_changes_survive_kill_9,
+);
+
 #[test]
-fn users_and_credentials_round_trip() {
+fn sqlite_default_durability_is_power_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = SqliteStore::open(dir.path().join("db")).unwrap();
+    let s = SqliteStore::open(dir.path().join("db")).unwrap();
     assert_eq!(s.durability(), Durability::PowerLoss);
+}
+
+fn users_and_credentials_round_trip(b: &dyn Backend) {
+    let mut s = b.open();
     let both = [
         creds("pencil", ScramHash::Sha1),
         creds("pencil", ScramHash::Sha256),
@@ -155,10 +253,8 @@ fn users_and_credentials_round_trip() {
     assert_eq!(s.roster("cupuser1@cupdomain.com").unwrap(), (0, vec![]));
 }
 
-#[test]
-fn roster_apply_and_versions() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = SqliteStore::open(dir.path().join("db")).unwrap();
+fn roster_apply_and_versions(b: &dyn Backend) {
+    let mut s = b.open();
     let u = "cupuser1@cupdomain.com";
     s.add_user(u, &[]).unwrap();
     s.add_user("other@cupdomain.com", &[]).unwrap();
@@ -243,16 +339,32 @@ fn roster_apply_and_versions() {
             Ok(vec![3])
         ]
     );
+    // Two groups of one user in one transaction: the version goes on across groups, and
+    // the last one is what is stored.
+    let g1: Vec<Change> = vec![upsert(u, item("g1@x.example", "none"))];
+    let g2: Vec<Change> = vec![
+        remove(u, "g1@x.example"),
+        upsert(u, item("g2@x.example", "none")),
+    ];
+    assert_eq!(
+        s.apply_groups(&[&g1, &bad, &g2]).unwrap(),
+        vec![
+            Ok(vec![7]),
+            Err(StoreError::NoSuchUser("ghost@cupdomain.com".into())),
+            Ok(vec![8, 9])
+        ]
+    );
+    drop(s);
+    let mut s = b.open();
+    assert_eq!(s.roster(u).unwrap().0, 9);
+    assert_eq!(s.apply(&[remove(u, "g2@x.example")]).unwrap(), [10]);
 }
 
 /// XEP-0191 block lists: block (idempotent), unblock some, unblock all, per user, kept
 /// across a reopen, gone with the user; through the storage thread too.
-#[test]
-fn blocklists_round_trip() {
+fn blocklists_round_trip(b: &dyn Backend) {
     use fedrouter::store::BlocklistChange::{Block, Unblock};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
-    let mut s = SqliteStore::open(&path).unwrap();
+    let mut s = b.open();
     s.add_user("a@d.example", &[]).unwrap();
     s.add_user("b@d.example", &[]).unwrap();
     let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
@@ -272,7 +384,7 @@ fn blocklists_round_trip() {
     )
     .unwrap();
     drop(s);
-    let mut s = SqliteStore::open(&path).unwrap();
+    let mut s = b.open();
     assert_eq!(
         s.blocklist("a@d.example").unwrap(),
         v(&["x@e.example", "y@e.example/r"])
@@ -297,7 +409,7 @@ fn blocklists_round_trip() {
         "removed with the user"
     );
 
-    let h = StoreHandle::spawn(Box::new(s), 8, 8);
+    let h = StoreHandle::spawn(s, 8, 8);
     let op = Op::ChangeBlocklist {
         user: "a@d.example".into(),
         change: Block(v(&["z@e.example"])),
@@ -322,10 +434,8 @@ fn append(user: &str, n: u64, max: u32) -> Change {
 /// per-user bound refuses the next one (nothing stored), a delete frees room, unknown
 /// users are refused, removing the user removes its messages, and in one group commit
 /// the bound counts what earlier groups of the same transaction stored.
-#[test]
-fn offline_messages_order_bound_delete() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = SqliteStore::open_with(dir.path().join("db"), Durability::Crash).unwrap();
+fn offline_messages_order_bound_delete(b: &dyn Backend) {
+    let mut s = b.open();
     let (u, v) = ("bob@d.example", "carol@d.example");
     s.add_user(u, &[]).unwrap();
     s.add_user(v, &[]).unwrap();
@@ -391,6 +501,18 @@ fn offline_messages_order_bound_delete() {
         Err(StoreError::NoSuchUser("nobody@d.example".into()))
     );
     assert_eq!(s.offline(u).unwrap().len(), 1);
+    // A delete in one group frees room for the next group of the same transaction.
+    let d = [Change::DeleteOffline {
+        user: u.into(),
+        up_to: u64::MAX,
+    }];
+    let g4 = [append(u, 13, 1)];
+    let g5 = [append(u, 14, 1)];
+    let results = s.apply_groups(&[&d, &g4, &g5]).unwrap();
+    assert_eq!(results[0], Ok(vec![1]));
+    assert!(results[1].is_ok(), "{results:?}");
+    assert_eq!(results[2], Err(StoreError::OfflineFull(u.into())));
+    assert_eq!(s.offline(u).unwrap().len(), 1);
     assert_eq!(
         s.offline("nobody@d.example").unwrap_err(),
         StoreError::NoSuchUser("nobody@d.example".into())
@@ -398,11 +520,7 @@ fn offline_messages_order_bound_delete() {
 
     // Through the storage thread, and gone with the user.
     drop(s);
-    let h = StoreHandle::spawn(
-        Box::new(SqliteStore::open(dir.path().join("db")).unwrap()),
-        8,
-        8,
-    );
+    let h = StoreHandle::spawn(b.open(), 8, 8);
     match h.call(Op::Offline { user: u.into() }).unwrap() {
         Outcome::Offline(m) => assert_eq!(m.len(), 1, "{m:?}"),
         o => panic!("{o:?}"),
@@ -423,19 +541,16 @@ fn offline_messages_order_bound_delete() {
     h.shutdown();
 }
 
-#[test]
-fn reopen_after_drop_keeps_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
+fn reopen_after_drop_keeps_data(b: &dyn Backend) {
     let u = "cupuser1@cupdomain.com";
     let c = creds("pencil", ScramHash::Sha256);
     {
-        let mut s = SqliteStore::open_with(&path, Durability::Crash).unwrap();
+        let mut s = b.open();
         s.add_user(u, std::slice::from_ref(&c)).unwrap();
         s.apply(&[upsert(u, item("jdoe1@gmail.com", "both"))])
             .unwrap();
     }
-    let mut s = SqliteStore::open(&path).unwrap();
+    let mut s = b.open();
     assert_eq!(s.list_users(None).unwrap(), [u]);
     assert_eq!(s.credentials(u, ScramHash::Sha256).unwrap(), Some(c));
     assert_eq!(
@@ -481,287 +596,6 @@ fn migrations_are_idempotent_and_newer_schema_is_refused() {
     );
 }
 
-/// A store whose first `apply_groups` blocks until released, to hold the storage thread
-/// while the test fills its queue.
-struct Gated {
-    inner: SqliteStore,
-    entered: Sender<()>,
-    release: Receiver<()>,
-    armed: bool,
-}
-
-impl Store for Gated {
-    fn add_user(&mut self, jid: &str, c: &[ScramCredentials]) -> Result<(), StoreError> {
-        self.inner.add_user(jid, c)
-    }
-    fn remove_user(&mut self, jid: &str) -> Result<bool, StoreError> {
-        self.inner.remove_user(jid)
-    }
-    fn set_credentials(&mut self, jid: &str, c: &[ScramCredentials]) -> Result<bool, StoreError> {
-        self.inner.set_credentials(jid, c)
-    }
-    fn credentials(
-        &mut self,
-        jid: &str,
-        h: ScramHash,
-    ) -> Result<Option<ScramCredentials>, StoreError> {
-        self.inner.credentials(jid, h)
-    }
-    fn list_users(&mut self, d: Option<&str>) -> Result<Vec<String>, StoreError> {
-        self.inner.list_users(d)
-    }
-    fn roster(&mut self, user: &str) -> Result<Roster, StoreError> {
-        self.inner.roster(user)
-    }
-    fn pending_out(&mut self) -> Result<Vec<(String, String)>, StoreError> {
-        self.inner.pending_out()
-    }
-    fn blocklist(&mut self, user: &str) -> Result<Vec<String>, StoreError> {
-        self.inner.blocklist(user)
-    }
-    fn change_blocklist(
-        &mut self,
-        user: &str,
-        change: &fedrouter::store::BlocklistChange,
-    ) -> Result<(), StoreError> {
-        self.inner.change_blocklist(user, change)
-    }
-    fn offline(&mut self, user: &str) -> Result<Vec<OfflineMessage>, StoreError> {
-        self.inner.offline(user)
-    }
-    fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError> {
-        self.inner.apply(changes)
-    }
-    fn apply_groups(
-        &mut self,
-        groups: &[&[Change]],
-    ) -> Result<Vec<Result<Vec<u64>, StoreError>>, StoreError> {
-        if std::mem::take(&mut self.armed) {
-            self.entered.send(()).unwrap();
-            self.release
-                .recv_timeout(Duration::from_secs(30))
-                .expect("released");
-        }
-        self.inner.apply_groups(groups)
-    }
-}
-
-/// A handle over a gated store with users `a@d.example` and `b@d.example`; returns the
-/// handle, the "entered" receiver and the "release" sender.
-fn gated(dir: &Path, capacity: usize) -> (StoreHandle, Receiver<()>, Sender<()>) {
-    let mut inner = SqliteStore::open_with(dir.join("db"), Durability::Crash).unwrap();
-    inner.add_user("a@d.example", &[]).unwrap();
-    inner.add_user("b@d.example", &[]).unwrap();
-    let (entered_tx, entered) = crossbeam_channel::bounded(1);
-    let (release, release_rx) = crossbeam_channel::bounded(1);
-    let store = Gated {
-        inner,
-        entered: entered_tx,
-        release: release_rx,
-        armed: true,
-    };
-    (
-        StoreHandle::spawn(Box::new(store), 1024, capacity),
-        entered,
-        release,
-    )
-}
-
-fn recv(rx: &Receiver<Reply>) -> Reply {
-    rx.recv_timeout(Duration::from_secs(30)).expect("a reply")
-}
-
-#[test]
-fn full_queue_hands_the_op_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let (h, entered, release) = gated(dir.path(), 4);
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let wake = Arc::new(Notify::new());
-    let op = |n: u32| {
-        Op::Apply(vec![upsert(
-            "a@d.example",
-            item(&format!("c{n}@x"), "none"),
-        )])
-    };
-    h.submit(op(0), tx.clone(), wake.clone(), 0).unwrap();
-    entered.recv_timeout(Duration::from_secs(30)).unwrap();
-    // The thread is held inside the first commit; the queue holds 4 more.
-    for n in 1..=4 {
-        h.submit(op(n), tx.clone(), wake.clone(), n as u64).unwrap();
-    }
-    assert_eq!(h.queued(), 4);
-    assert_eq!(h.submit(op(5), tx.clone(), wake.clone(), 5), Err(op(5)));
-    release.send(()).unwrap();
-    let mut tags: Vec<u64> = (0..5).map(|_| recv(&rx).tag).collect();
-    tags.sort();
-    assert_eq!(tags, [0, 1, 2, 3, 4]);
-    // Now there is room again, and the wake-up was signalled (a permit is stored).
-    h.submit(op(5), tx.clone(), wake.clone(), 5).unwrap();
-    assert_eq!(recv(&rx).result, Ok(Outcome::Applied(vec![6])));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(5), wake.notified())
-            .await
-            .expect("notified");
-    });
-    let stats = h.stats();
-    assert_eq!(stats.requests, 6);
-    assert_eq!(stats.changes, 6);
-    // The 4 queued requests were committed together.
-    assert_eq!(stats.commits, 3);
-    h.shutdown();
-    assert!(!h.is_running());
-    assert_eq!(h.submit(op(6), tx, wake, 6), Err(op(6)));
-    assert_eq!(
-        h.call(Op::ListUsers { domain: None }),
-        Err(StoreError::Closed)
-    );
-}
-
-#[test]
-fn batch_keeps_order_and_isolates_failures() {
-    let dir = tempfile::tempdir().unwrap();
-    let (h, entered, release) = gated(dir.path(), 64);
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let wake = Arc::new(Notify::new());
-    let apply = |user: &str, c: &str| Op::Apply(vec![upsert(user, item(c, "both"))]);
-    h.submit(apply("b@d.example", "x@x"), tx.clone(), wake.clone(), 0)
-        .unwrap();
-    entered.recv_timeout(Duration::from_secs(30)).unwrap();
-    let ops = [
-        apply("a@d.example", "c1@x"),
-        apply("ghost@d.example", "c1@x"),
-        apply("b@d.example", "c1@x"),
-        Op::Roster {
-            user: "a@d.example".into(),
-        },
-        Op::RemoveUser {
-            jid: "a@d.example".into(),
-        },
-        apply("a@d.example", "c2@x"),
-        apply("b@d.example", "c2@x"),
-    ];
-    for (n, op) in ops.into_iter().enumerate() {
-        h.submit(op, tx.clone(), wake.clone(), n as u64 + 1)
-            .unwrap();
-    }
-    release.send(()).unwrap();
-    let mut replies: Vec<Reply> = (0..8).map(|_| recv(&rx)).collect();
-    // Replies come in queue order.
-    assert!(replies.windows(2).all(|w| w[0].tag < w[1].tag));
-    let results: Vec<_> = replies.drain(..).map(|r| r.result).collect();
-    assert_eq!(
-        results,
-        vec![
-            Ok(Outcome::Applied(vec![1])),
-            Ok(Outcome::Applied(vec![1])),
-            Err(StoreError::NoSuchUser("ghost@d.example".into())),
-            Ok(Outcome::Applied(vec![2])),
-            Ok(Outcome::Roster((1, vec![item("c1@x", "both")]))),
-            Ok(Outcome::Existed(true)),
-            Err(StoreError::NoSuchUser("a@d.example".into())),
-            Ok(Outcome::Applied(vec![3])),
-        ]
-    );
-    assert_eq!(
-        h.call(Op::Roster {
-            user: "b@d.example".into()
-        })
-        .unwrap(),
-        Outcome::Roster((
-            3,
-            vec![
-                item("c1@x", "both"),
-                item("c2@x", "both"),
-                item("x@x", "both")
-            ]
-        ))
-    );
-    h.shutdown();
-}
-
-#[test]
-fn handle_call_round_trip_and_many_in_flight() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_with(dir.path().join("db"), Durability::Crash).unwrap();
-    let h = StoreHandle::spawn(Box::new(store), 256, 1024);
-    let c = creds("pencil", ScramHash::Sha256);
-    assert_eq!(
-        h.call(Op::AddUser {
-            jid: "u@d.example".into(),
-            creds: vec![c.clone()]
-        }),
-        Ok(Outcome::Done)
-    );
-    assert_eq!(
-        h.call(Op::Credentials {
-            jid: "u@d.example".into(),
-            hash: ScramHash::Sha256
-        }),
-        Ok(Outcome::Credentials(Some(c)))
-    );
-    assert_eq!(
-        h.call(Op::SetCredentials {
-            jid: "u@d.example".into(),
-            creds: vec![]
-        }),
-        Ok(Outcome::Existed(true))
-    );
-    assert_eq!(
-        h.call(Op::ListUsers {
-            domain: Some("d.example".into())
-        }),
-        Ok(Outcome::Users(vec!["u@d.example".into()]))
-    );
-    // 4 threads x 500 changes, up to 32 in flight each.
-    std::thread::scope(|s| {
-        for t in 0..4 {
-            let h = h.clone();
-            s.spawn(move || {
-                let (tx, rx) = crossbeam_channel::unbounded();
-                let (mut sent, mut acked, mut in_flight) = (0u64, 0u64, 0u64);
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while acked < 500 {
-                    assert!(Instant::now() < deadline, "timed out");
-                    while in_flight < 32 && sent < 500 {
-                        let op = Op::Apply(vec![upsert(
-                            "u@d.example",
-                            item(&format!("t{t}-{sent}@x"), "none"),
-                        )]);
-                        match h.submit_unnotified(op, tx.clone(), sent) {
-                            Ok(()) => {
-                                sent += 1;
-                                in_flight += 1;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    let r = recv(&rx);
-                    assert!(matches!(r.result, Ok(Outcome::Applied(_))), "{r:?}");
-                    acked += 1;
-                    in_flight -= 1;
-                }
-            });
-        }
-    });
-    let Ok(Outcome::Roster((version, items))) = h.call(Op::Roster {
-        user: "u@d.example".into(),
-    }) else {
-        panic!("roster");
-    };
-    assert_eq!((version, items.len()), (2000, 2000));
-    let stats = h.stats();
-    assert_eq!(stats.changes, 2000);
-    assert!(
-        stats.commits < 2000,
-        "some changes were group-committed: {stats:?}"
-    );
-    h.shutdown();
-}
-
 const CHILD_ENV: &str = "FEDROUTER_STORE_CHILD";
 const CHILD_USERS: u64 = 8;
 
@@ -772,15 +606,19 @@ fn child_user(n: u64) -> String {
 /// The writer of `acknowledged_changes_survive_kill_9`; a no-op in a normal run.
 #[test]
 fn child_writer() {
-    let Some(path) = std::env::var_os(CHILD_ENV) else {
+    let Ok(target) = std::env::var(CHILD_ENV) else {
         return;
     };
     let durability = match std::env::var("FEDROUTER_STORE_CHILD_DURABILITY").as_deref() {
         Ok("crash") => Durability::Crash,
         _ => Durability::PowerLoss,
     };
-    let store = SqliteStore::open_with(path, durability).unwrap();
-    let h = StoreHandle::spawn(Box::new(store), 256, 1024);
+    let store: Box<dyn Store> = if target.starts_with("postgresql://") {
+        Box::new(PostgresStore::connect(PostgresOptions::new(target)).unwrap())
+    } else {
+        Box::new(SqliteStore::open_with(target, durability).unwrap())
+    };
+    let h = StoreHandle::spawn(store, 256, 1024);
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut out = std::io::stdout().lock();
     let (mut next, mut in_flight) = (0u64, 0u64);
@@ -806,20 +644,18 @@ fn child_writer() {
     }
 }
 
-/// Runs the writer child on a fresh database, kills it with SIGKILL after `kill_after`
-/// acknowledgements, and checks every acknowledged change is in the reopened database.
-fn kill_9_run(durability: &str, kill_after: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
+/// Runs the writer child on `b`'s fresh store, kills it with SIGKILL after `kill_after`
+/// acknowledgements, and checks every acknowledged change is in the reopened store.
+fn kill_9_run(b: &dyn Backend, durability: &str, kill_after: usize) {
     {
-        let mut s = SqliteStore::open(&path).unwrap();
+        let mut s = b.open();
         for n in 0..CHILD_USERS {
             s.add_user(&child_user(n), &[]).unwrap();
         }
     }
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["child_writer", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, &path)
+        .env(CHILD_ENV, b.child_target())
         .env("FEDROUTER_STORE_CHILD_DURABILITY", durability)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -858,7 +694,7 @@ fn kill_9_run(durability: &str, kill_after: usize) {
         acked.len()
     );
 
-    let mut s = SqliteStore::open(&path).unwrap();
+    let mut s = b.open();
     let mut missing = Vec::new();
     let mut total_version = 0;
     let mut stored = std::collections::HashSet::new();
@@ -890,12 +726,12 @@ fn kill_9_run(durability: &str, kill_after: usize) {
     );
 }
 
-#[test]
-fn acknowledged_changes_survive_kill_9_crash_durability() {
-    kill_9_run("crash", 3000);
+/// SQLite's default (`synchronous=FULL`) and PostgreSQL (`synchronous_commit = on`).
+fn acknowledged_changes_survive_kill_9(b: &dyn Backend) {
+    kill_9_run(b, "power-loss", 1000);
 }
 
 #[test]
-fn acknowledged_changes_survive_kill_9_power_loss_durability() {
-    kill_9_run("power-loss", 1000);
+fn acknowledged_changes_survive_kill_9_sqlite_crash_durability() {
+    kill_9_run(&Sqlite::fresh(), "crash", 3000);
 }

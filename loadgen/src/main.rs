@@ -94,6 +94,14 @@ struct Cli {
     /// Peers' authentication.
     #[arg(long, value_enum, default_value_t = AuthArg::Dialback)]
     peer_auth: AuthArg,
+    /// Peers use XEP-0198 stream management on every stream, both directions: they offer
+    /// and enable it, and send again what the SUT did not acknowledge when a stream drops.
+    #[arg(long)]
+    peer_sm: bool,
+    /// Churn drops streams abruptly (TCP RST, in-flight data lost, both the peer's stream
+    /// and the ones the SUT opened to it) instead of `</stream:stream>`.
+    #[arg(long)]
+    churn_reset: bool,
     /// First two octets of the peer servers' loopback addresses.
     #[arg(long, default_value = "127.78", global = true)]
     peer_net: String,
@@ -106,8 +114,9 @@ struct Cli {
     /// Also write the DNS zone as a file.
     #[arg(long)]
     zone_file: Option<PathBuf>,
-    /// Output directory: summary.json, .hgrm files, intervals.hlog, latency.svg.
-    #[arg(long, default_value = "loadgen-out")]
+    /// Output directory: summary.json, .hgrm files, intervals.hlog, latency.svg (under
+    /// `target/`, beside the build, so that runs do not litter the working folder).
+    #[arg(long, default_value = "target/loadgen-out")]
     out: PathBuf,
     /// Local users' password.
     #[arg(long, default_value = "loadgen", global = true)]
@@ -141,9 +150,14 @@ enum Command {
         #[arg(long, default_value = "fedrouter")]
         server: String,
         /// The server's configuration file, passed to its command (`fedrouter user add -c`,
-        /// `prosodyctl --config`, `ejabberdctl --config`).
+        /// `prosodyctl --config`, `ejabberdctl --config` with the `ejabberdctl.cfg` beside
+        /// it).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// ejabberd: the Erlang node `ejabberdctl` must reach (default: `ERLANG_NODE` of
+        /// the `ejabberdctl.cfg` beside `--config`).
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Writes the peers' DNS zone file and exits.
     Zone {
@@ -199,10 +213,26 @@ fn main() -> ExitCode {
         peer_port: cli.peer_port,
     };
     match &cli.command {
-        Some(Command::Accounts { server, config }) => {
+        Some(Command::Accounts {
+            server,
+            config,
+            node,
+        }) => {
+            let ejabberd = match (server.as_str(), config.as_deref(), node.as_deref()) {
+                ("ejabberd", Some(c), n) => match loadgen::sut::EjabberdCtl::beside(c, n) {
+                    Ok(e) => Some(e),
+                    Err(e) => return usage(e),
+                },
+                ("ejabberd", None, Some(n)) => Some(loadgen::sut::EjabberdCtl {
+                    ctl_config: None,
+                    node: n.to_owned(),
+                }),
+                _ => None,
+            };
             return match loadgen::sut::account_commands(
                 server,
                 config.as_deref(),
+                ejabberd.as_ref(),
                 &topo.sut_domain,
                 topo.local_users,
                 &cli.password,
@@ -312,6 +342,8 @@ fn main() -> ExitCode {
             AuthArg::Dialback => PeerAuth::Dialback,
             AuthArg::External => PeerAuth::External,
         },
+        peer_sm: cli.peer_sm,
+        churn_reset: cli.churn_reset,
         dns_bind: cli.dns,
         zone_file: cli.zone_file.clone(),
         out_dir: cli.out.clone(),
@@ -354,6 +386,21 @@ fn main() -> ExitCode {
             .peak_rss_kib
             .map_or_else(|| "?".to_owned(), |k| k.to_string()),
     );
+    if outcome.peer_resent > 0 || outcome.duplicates > 0 {
+        println!(
+            "stream management: {} stanzas sent again by the peers after a dropped stream; \
+             {} deliveries received twice (at least once, not exactly once)",
+            outcome.peer_resent, outcome.duplicates
+        );
+    }
+    if outcome.subscribe_as_presence > 0 {
+        println!(
+            "note: {} subscribe operations ran as presence: every fresh pair was subscribed \
+             (the mixed scenario reserves a fifth of the pairs for subscribe; use more \
+             --peers or --users-per-peer, or a shorter run, to measure subscribe throughout)",
+            outcome.subscribe_as_presence
+        );
+    }
     for f in &outcome.files {
         println!("wrote {}", f.display());
     }

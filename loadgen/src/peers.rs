@@ -25,12 +25,13 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fedrouter::dialback::{DialbackErrorCondition, DialbackResult, DialbackSecret};
 use fedrouter::stanza::StanzaKind;
+use fedrouter::stream::sm::AckPolicy;
 use fedrouter::stream::{
     AuthPolicy, CloseReason, Event, FederationPolicy, PeerCertVerifier, PeerPolicy, S2sConfig,
     S2sConnection, Timeouts, TlsPolicy,
@@ -81,6 +82,13 @@ pub struct PeerOptions {
     pub sut_roots: Option<Arc<RootCertStore>>,
     /// Bound of one TCP connect.
     pub connect_timeout: Duration,
+    /// XEP-0198 on every stream, both directions: peers offer `urn:xmpp:sm:3` on the
+    /// streams they accept, enable it on the streams they open when the SUT offers it, keep
+    /// what they sent until the SUT acknowledges it and send it again on the next stream.
+    pub sm: bool,
+    /// Churn ends streams abruptly (TCP RST with `SO_LINGER` 0, in-flight data lost) instead
+    /// of `</stream:stream>`, and also resets the streams the SUT opened to that server.
+    pub churn_reset: bool,
 }
 
 /// Errors starting the peers.
@@ -129,6 +137,8 @@ enum InCmd {
         remote: String,
         result: DialbackResult,
     },
+    /// End the stream with a TCP RST (churn with `churn_reset`).
+    Reset,
     Stop,
 }
 
@@ -142,8 +152,11 @@ struct Shared {
     tls: TlsSetup,
     /// Per domain, the client TLS configuration presenting its certificate (External).
     client_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
-    inbound: Mutex<Vec<mpsc::Sender<InCmd>>>,
+    /// The streams the SUT opened, with the index of the peer server that accepted each.
+    inbound: Mutex<Vec<(u32, mpsc::Sender<InCmd>)>>,
     ready_domains: AtomicU32,
+    /// Stanzas sent again on a new stream because the last one did not acknowledge them.
+    resent: AtomicU64,
 }
 
 impl Shared {
@@ -277,7 +290,7 @@ impl Peers {
                     idle: None,
                     ..Timeouts::default()
                 },
-                stream_management: None,
+                stream_management: opts.sm.then(AckPolicy::default),
             }));
             let n = match opts.auth {
                 PeerAuth::Dialback => 1,
@@ -302,6 +315,7 @@ impl Peers {
             client_tls,
             inbound: Mutex::new(Vec::new()),
             ready_domains: AtomicU32::new(0),
+            resent: AtomicU64::new(0),
         });
         // Listeners first, so the SUT can call back as soon as our streams open.
         let mut accept = Vec::new();
@@ -365,6 +379,26 @@ impl Peers {
         for tx in &self.shared.out[s as usize] {
             let _ = tx.send(OutCmd::Churn).await;
         }
+        if self.shared.opts.churn_reset {
+            let resets: Vec<mpsc::Sender<InCmd>> = {
+                let mut inbound = self.shared.inbound.lock().expect("lock");
+                inbound.retain(|(_, tx)| !tx.is_closed());
+                inbound
+                    .iter()
+                    .filter(|(srv, _)| *srv == s)
+                    .map(|(_, tx)| tx.clone())
+                    .collect()
+            };
+            for tx in resets {
+                let _ = tx.try_send(InCmd::Reset);
+            }
+        }
+    }
+
+    /// Stanzas the peers sent again on a new stream because the SUT had not acknowledged
+    /// them when the last one ended (XEP-0198; 0 without `sm`).
+    pub fn resent(&self) -> u64 {
+        self.shared.resent.load(Ordering::Relaxed)
     }
 
     /// Number of simulated servers.
@@ -384,7 +418,7 @@ impl Peers {
             }
         }
         let inbound = std::mem::take(&mut *self.shared.inbound.lock().expect("lock"));
-        for tx in inbound {
+        for (_, tx) in inbound {
             let _ = tx.try_send(InCmd::Stop);
         }
         let until = tokio::time::Instant::now() + grace;
@@ -411,7 +445,7 @@ async fn accept_loop(shared: Arc<Shared>, s: u32, listener: TcpListener) {
             continue;
         };
         let (tx, rx) = mpsc::channel(64);
-        shared.inbound.lock().expect("lock").push(tx.clone());
+        shared.inbound.lock().expect("lock").push((s, tx.clone()));
         tokio::spawn(inbound_task(shared.clone(), s, sock, tx, rx));
     }
 }
@@ -469,6 +503,10 @@ async fn inbound_task(
             }) => stream
                 .conn
                 .handle_dialback_verdict(&local, &remote, result, Instant::now()),
+            Input::Cmd(InCmd::Reset) => {
+                stopping = true;
+                stream.reset();
+            }
             Input::Cmd(InCmd::Stop) => {
                 stopping = true;
                 stream.conn.close(None, Instant::now());
@@ -572,10 +610,18 @@ async fn outbound_task(
     let sut = topo.sut_domain.clone();
     let first = domains[0];
     let mut queue: VecDeque<(u32, Vec<u8>)> = VecDeque::new();
+    // With stream management: sent on the current stream and not acknowledged yet, oldest
+    // first; they go back to the front of `queue` when the stream is lost.
+    let mut unacked: VecDeque<(u32, Vec<u8>)> = VecDeque::new();
     let mut verifies: Vec<PendingVerify> = Vec::new();
     let mut backoff = Duration::from_millis(50);
     let mut counted_ready = vec![false; domains.len()];
     'reconnect: loop {
+        // What the last stream took and did not acknowledge goes first on the next one.
+        while let Some(x) = unacked.pop_back() {
+            shared.resent.fetch_add(1, Ordering::Relaxed);
+            queue.push_front(x);
+        }
         let t0 = Instant::now();
         let sock = match connect(shared.opts.sut_s2s, shared.opts.connect_timeout).await {
             Ok(s) => s,
@@ -645,6 +691,9 @@ async fn outbound_task(
                         while let Some((d, bytes)) = queue.pop_front() {
                             let i = (d - first) as usize;
                             let _ = stream.conn.send_stanza(&names[i], &sut, &bytes, now);
+                            if stream.conn.acknowledges_stanzas() {
+                                unacked.push_back((d, bytes));
+                            }
                         }
                     }
                 }
@@ -683,6 +732,11 @@ async fn outbound_task(
                             .await;
                     }
                 }
+                Input::Event(Event::Acknowledged { count }) => {
+                    let n = (count as usize).min(unacked.len());
+                    unacked.drain(..n);
+                }
+                Input::Event(Event::StreamManagementRefused) => unacked.clear(),
                 Input::Event(Event::Closed(reason)) => {
                     if !leaving {
                         world.unexpected_closes.fetch_add(1, Ordering::Relaxed);
@@ -696,6 +750,9 @@ async fn outbound_task(
                         let _ = stream
                             .conn
                             .send_stanza(&names[i], &sut, &bytes, Instant::now());
+                        if stream.conn.acknowledges_stanzas() {
+                            unacked.push_back((domain, bytes));
+                        }
                     } else {
                         queue.push_back((domain, bytes));
                     }
@@ -726,7 +783,11 @@ async fn outbound_task(
                 }
                 Input::Cmd(OutCmd::Churn) => {
                     leaving = true;
-                    stream.conn.close(None, Instant::now());
+                    if shared.opts.churn_reset {
+                        stream.reset();
+                    } else {
+                        stream.conn.close(None, Instant::now());
+                    }
                 }
                 Input::Cmd(OutCmd::Stop) => {
                     leaving = true;

@@ -209,6 +209,11 @@ pub struct RunOptions {
     pub peer_tls: TlsPolicy,
     /// Peers' authentication.
     pub peer_auth: PeerAuth,
+    /// Peers use XEP-0198 stream management on every stream (see [`PeerOptions::sm`]).
+    pub peer_sm: bool,
+    /// Churn resets streams (TCP RST) instead of closing them (see
+    /// [`PeerOptions::churn_reset`]).
+    pub churn_reset: bool,
     /// Where the DNS zone is served (port 0 picks one).
     pub dns_bind: SocketAddr,
     /// Also write the zone as a file here.
@@ -248,6 +253,16 @@ pub struct Outcome {
     pub ops: u64,
     /// Operations the open loop skipped because too much was in flight.
     pub skipped: u64,
+    /// `subscribe` operations of the mixed scenario run as presence (or a message) because
+    /// every fresh pair was already subscribed (warm-up included).
+    pub subscribe_as_presence: u64,
+    /// Stanzas the peers sent again on a new stream (XEP-0198: not acknowledged by the SUT
+    /// when the last stream dropped).
+    pub peer_resent: u64,
+    /// Tracked deliveries received more than expected: duplicates (a stanza sent again after
+    /// a dropped stream that had arrived after all). Not an accounting error: delivery is
+    /// at least once without end-to-end deduplication.
+    pub duplicates: u64,
     /// Streams closed without loadgen asking, and S2S authentication failures.
     pub unexpected_closes: u64,
     /// S2S authentication failures.
@@ -285,6 +300,9 @@ struct Driver {
     /// Next reserved pair for subscribe operations, and the end of the reserve.
     next_fresh: u32,
     fresh_end: u32,
+    /// `subscribe` operations of the mixed scenario that ran as presence because every
+    /// fresh pair was used (reported, so a table never shows a mix it did not run).
+    subscribe_as_presence: u64,
     slot: usize,
 }
 
@@ -316,6 +334,7 @@ impl Driver {
             if self.scenario == Scenario::Subscribe {
                 return None;
             }
+            self.subscribe_as_presence += 1;
             0
         } else {
             kind
@@ -498,6 +517,8 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
             ca: peer_ca.clone(),
             sut_roots: sut_roots.clone(),
             connect_timeout: Duration::from_secs(5),
+            sm: opts.peer_sm,
+            churn_reset: opts.churn_reset,
         },
     )
     .await
@@ -564,6 +585,7 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         mix: opts.mix,
         next_fresh: 0,
         fresh_end: presubscribed,
+        subscribe_as_presence: 0,
         slot: world.slot(),
     };
     let mut warm = Recorder::with_steps(ALL_STEPS);
@@ -726,7 +748,14 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
     for (step, n) in lost {
         all.record_lost(step, n);
     }
-    let Driver { peers, clients, .. } = driver;
+    let Driver {
+        peers,
+        clients,
+        subscribe_as_presence,
+        ..
+    } = driver;
+    let peer_resent = peers.resent();
+    let duplicates = world.tracker.unexpected();
     clients.stop(Duration::from_secs(5)).await;
     peers.stop(Duration::from_secs(5)).await;
     hlog.finish().map_err(|e| setup(e.to_string()))?.flush()?;
@@ -755,6 +784,11 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         "duration_s": opts.duration.as_secs_f64(),
         "ops_measured": ops_measured,
         "ops_skipped": skipped,
+        "subscribe_as_presence": subscribe_as_presence,
+        "peer_sm": opts.peer_sm,
+        "churn_reset": opts.churn_reset,
+        "peer_resent": peer_resent,
+        "duplicates": duplicates,
         "peak_rss_kib": peak_rss_kib(),
         "setup": {
             "streams_s": streams_up.as_secs_f64(),
@@ -789,6 +823,9 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         summary,
         ops: ops_measured,
         skipped,
+        subscribe_as_presence,
+        peer_resent,
+        duplicates,
         unexpected_closes: world.unexpected_closes.load(Ordering::Relaxed),
         auth_failures: world.auth_failures.load(Ordering::Relaxed),
         peak_rss_kib: peak_rss_kib(),

@@ -115,6 +115,24 @@ impl Stream {
         }
     }
 
+    /// Ends the stream abruptly: the socket is closed with `SO_LINGER` 0, so the kernel
+    /// sends a TCP RST and discards what is unread on our side and unsent on the peer's
+    /// (a NAT timeout or a crash, not `</stream:stream>`). Later calls to [`Stream::next`]
+    /// return [`Input::End`].
+    pub fn reset(&mut self) {
+        let io = std::mem::replace(&mut self.io, Io::Gone);
+        let tcp = match &io {
+            Io::Plain(s) => Some(s),
+            Io::Client(s) => Some(s.get_ref().0),
+            Io::Server(s) => Some(s.get_ref().0),
+            Io::Gone => None,
+        };
+        if let Some(tcp) = tcp {
+            let _ = socket2::SockRef::from(tcp).set_linger(Some(std::time::Duration::ZERO));
+        }
+        drop(io);
+    }
+
     /// Writes everything the connection has to send.
     pub async fn flush(&mut self) -> io::Result<()> {
         self.wbuf.clear();
@@ -186,6 +204,13 @@ impl Stream {
     /// Errors: socket write failures (the stream is then unusable).
     pub async fn next<C>(&mut self, cmds: &mut mpsc::Receiver<C>) -> io::Result<Input<C>> {
         loop {
+            if matches!(self.io, Io::Gone) && !self.conn.is_closed() {
+                // Reset (or a failed STARTTLS): nothing more can be read or written.
+                if let Some(ev) = self.conn.poll_event() {
+                    return Ok(Input::Event(ev));
+                }
+                return Ok(Input::End);
+            }
             if let Some(ev) = self.conn.poll_event() {
                 if let Event::StartTls(role) = ev {
                     self.flush().await?;

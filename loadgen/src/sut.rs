@@ -205,18 +205,87 @@ impl Drop for Embedded {
     }
 }
 
+/// How `ejabberdctl` reaches a node: its `ejabberdctl.cfg` and node name.
+///
+/// `ejabberdctl --config FILE` only names `ejabberd.yml`; the node it talks to comes from
+/// `ERLANG_NODE` in `ejabberdctl.cfg` (or `--node`), so a command built from `--config`
+/// alone reaches the default `ejabberd@localhost`, not the server being measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EjabberdCtl {
+    /// `ejabberdctl.cfg` (`--ctl-config`), when there is one.
+    pub ctl_config: Option<PathBuf>,
+    /// The Erlang node name (`--node`), e.g. `ejabberd@localhost`.
+    pub node: String,
+}
+
+impl EjabberdCtl {
+    /// The `ejabberdctl` options for the ejabberd whose `ejabberd.yml` is `config`: the
+    /// `ejabberdctl.cfg` beside it, and the node named by `node` or else by that file's
+    /// `ERLANG_NODE=`.
+    ///
+    /// # Errors
+    ///
+    /// A message when no node is given and none can be read beside `config` (the command
+    /// would silently reach another node).
+    pub fn beside(config: &Path, node: Option<&str>) -> Result<EjabberdCtl, String> {
+        let ctl = config
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("ejabberdctl.cfg");
+        let text = std::fs::read_to_string(&ctl).ok();
+        let from_file = text.as_deref().and_then(erlang_node);
+        let node = match (node, from_file) {
+            (Some(n), _) => n.to_owned(),
+            (None, Some(n)) => n,
+            (None, None) => {
+                return Err(format!(
+                    "{}: no ERLANG_NODE in {}; give the node with --node \
+                     (ejabberdctl takes it from ejabberdctl.cfg, not from --config)",
+                    config.display(),
+                    ctl.display()
+                ))
+            }
+        };
+        Ok(EjabberdCtl {
+            ctl_config: text.is_some().then_some(ctl),
+            node,
+        })
+    }
+}
+
+/// The value of the last uncommented `ERLANG_NODE=` line of an `ejabberdctl.cfg`, without
+/// quotes.
+fn erlang_node(cfg: &str) -> Option<String> {
+    cfg.lines()
+        .rev()
+        .filter_map(|l| l.trim().strip_prefix("ERLANG_NODE="))
+        .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'').to_owned())
+        .find(|v| !v.is_empty())
+}
+
 /// The commands that create the run's local users on `server` (`fedrouter`, `prosody` or
-/// `ejabberd`), one per line, with the server's configuration file when given; `None` for
-/// another server.
+/// `ejabberd`), one per line, with the server's configuration file when given (and, for
+/// ejabberd, the node it must reach: see [`EjabberdCtl`]); `None` for another server.
 pub fn account_commands(
     server: &str,
     config: Option<&Path>,
+    ejabberd: Option<&EjabberdCtl>,
     domain: &str,
     k: u32,
     password: &str,
 ) -> Option<String> {
     let cfg =
         |flag: &str| config.map_or_else(String::new, |c| format!(" {flag} '{}'", c.display()));
+    let ctl = ejabberd.map_or_else(String::new, |e| {
+        let dir = config
+            .and_then(Path::parent)
+            .map_or_else(String::new, |d| format!(" --config-dir '{}'", d.display()));
+        let ctl_cfg = e
+            .ctl_config
+            .as_deref()
+            .map_or_else(String::new, |c| format!(" --ctl-config '{}'", c.display()));
+        format!("{dir}{ctl_cfg} --node '{}'", e.node)
+    });
     let line = |i: u32| match server {
         "fedrouter" => Some(format!(
             "echo '{password}' | fedrouter user add{} user{i}@{domain}",
@@ -227,7 +296,7 @@ pub fn account_commands(
             cfg("--config")
         )),
         "ejabberd" => Some(format!(
-            "ejabberdctl{} register user{i} {domain} '{password}'",
+            "ejabberdctl{}{ctl} register user{i} {domain} '{password}'",
             cfg("--config")
         )),
         _ => None,
@@ -249,6 +318,7 @@ mod tests {
         let f = account_commands(
             "fedrouter",
             Some(Path::new("/etc/f.toml")),
+            None,
             "c.test",
             2,
             "pw",
@@ -259,11 +329,51 @@ mod tests {
             "echo 'pw' | fedrouter user add -c '/etc/f.toml' user0@c.test\n\
              echo 'pw' | fedrouter user add -c '/etc/f.toml' user1@c.test\n"
         );
-        let p = account_commands("prosody", None, "c.test", 1, "pw").expect("known server");
+        let p = account_commands("prosody", None, None, "c.test", 1, "pw").expect("known server");
         assert_eq!(p, "prosodyctl register user0 c.test 'pw'\n");
-        assert!(account_commands("ejabberd", None, "c.test", 1, "pw")
+        assert!(account_commands("ejabberd", None, None, "c.test", 1, "pw")
             .expect("known")
             .starts_with("ejabberdctl register user0 c.test"));
-        assert_eq!(account_commands("openfire", None, "c.test", 1, "pw"), None);
+        assert_eq!(
+            account_commands("openfire", None, None, "c.test", 1, "pw"),
+            None
+        );
+    }
+
+    #[test]
+    fn ejabberd_commands_reach_the_node_of_the_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let yml = dir.path().join("ejabberd.yml");
+        std::fs::write(&yml, "hosts: [c.test]\n").unwrap();
+        // No ejabberdctl.cfg and no --node: refused, naming what is missing.
+        let e = EjabberdCtl::beside(&yml, None).unwrap_err();
+        assert!(e.contains("--node") && e.contains("ejabberdctl.cfg"), "{e}");
+        // ERLANG_NODE from the file (the last uncommented one), quotes removed.
+        let cfg = dir.path().join("ejabberdctl.cfg");
+        std::fs::write(
+            &cfg,
+            "#ERLANG_NODE=ejabberd@localhost\nERLANG_NODE=\"bench@localhost\"\n",
+        )
+        .unwrap();
+        let e = EjabberdCtl::beside(&yml, None).unwrap();
+        assert_eq!(e.node, "bench@localhost");
+        assert_eq!(e.ctl_config.as_deref(), Some(cfg.as_path()));
+        let line = account_commands("ejabberd", Some(&yml), Some(&e), "c.test", 1, "pw").unwrap();
+        let d = dir.path().display();
+        assert_eq!(
+            line,
+            format!(
+                "ejabberdctl --config '{d}/ejabberd.yml' --config-dir '{d}' \
+                 --ctl-config '{d}/ejabberdctl.cfg' --node 'bench@localhost' \
+                 register user0 c.test 'pw'\n"
+            )
+        );
+        // --node wins over the file.
+        assert_eq!(
+            EjabberdCtl::beside(&yml, Some("other@localhost"))
+                .unwrap()
+                .node,
+            "other@localhost"
+        );
     }
 }

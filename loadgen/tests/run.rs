@@ -146,6 +146,16 @@ fn mixed_scenario_scaled_down_has_zero_loss() {
         let count = s["steps"][step]["count"].as_u64().unwrap_or(0);
         assert!(count > 0, "no {step} samples: {s}");
     }
+    // Subscribe operations that ran as presence (fresh pairs used up) are reported in
+    // summary.json and, when there are any, under the table.
+    let as_presence = s["params"]["subscribe_as_presence"]
+        .as_u64()
+        .expect("subscribe_as_presence in summary.json");
+    assert_eq!(
+        as_presence > 0,
+        stdout.contains("subscribe operations ran as presence"),
+        "{all}"
+    );
     // Presence fans out: more presence deliveries than operations of that kind.
     let sent = s["accounting"]["sent"].as_u64().expect("sent");
     let received = s["accounting"]["received"].as_u64().expect("received");
@@ -208,6 +218,57 @@ fn churn_over_google_apps_multiplexed_streams_loses_nothing() {
     assert!(setups > 10, "streams were reopened: {s}");
     assert!(
         s["steps"]["message"]["count"].as_u64().unwrap_or(0) > 100,
+        "{s}"
+    );
+}
+
+/// Churn that resets streams (TCP RST: whatever the kernel had not delivered is gone, in
+/// both directions) loses nothing when the peers and fedrouter use XEP-0198 on S2S: each
+/// side sends again, on the next stream, what the other had not acknowledged.
+#[test]
+fn churn_with_resets_loses_nothing_with_stream_management() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let o = loadgen(
+        out.path(),
+        &[
+            "--peers",
+            "20",
+            "--users-per-peer",
+            "5",
+            "--local-users",
+            "10",
+            "--scenario",
+            "mixed",
+            "--mix",
+            "message=60,presence=20,churn=20",
+            "--peer-sm",
+            "--churn-reset",
+            "--rate",
+            "200",
+            "--warmup",
+            "0s",
+            "--duration",
+            "5s",
+            "--sut-ip",
+            "127.0.233.4",
+            "--dns",
+            "127.0.233.56:0",
+            "--peer-net",
+            "127.84",
+        ],
+    );
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    let s = summary(out.path());
+    assert_eq!(s["params"]["peer_sm"], true, "{s}");
+    assert_eq!(s["params"]["churn_reset"], true, "{s}");
+    assert_eq!(s["accounting"]["lost"], 0, "{s}");
+    assert_eq!(s["accounting"]["ok"], true, "{s}");
+    // 20 streams at start, then one more per reset.
+    let setups = s["steps"]["stream_setup"]["count"].as_u64().unwrap_or(0);
+    assert!(setups > 40, "streams were reset and reopened: {s}");
+    assert!(
+        s["steps"]["message"]["count"].as_u64().unwrap_or(0) > 300,
         "{s}"
     );
 }

@@ -56,7 +56,8 @@ pub struct AuthSection {
 
 /// A password from the configuration (`auth.ldap.bind_password`): [`Debug`](fmt::Debug)
 /// does not show it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
 pub struct SecretString(String);
 
 impl SecretString {

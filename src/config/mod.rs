@@ -83,7 +83,9 @@
 //!                               # serves it too; "" = only there
 //!
 //! [store]                       # the embedded SQLite database, <data_dir>/fedrouter.db
-//! durability = "power-loss"     # or "crash" (synchronous=FULL / NORMAL)
+//! backend = "sqlite"            # or "postgres", with url (see StoreSection)
+//! # url = "postgresql://fedrouter:PASSWORD@127.0.0.1:5432/fedrouter"
+//! durability = "power-loss"     # or "crash" (synchronous=FULL / NORMAL), SQLite only
 //! max_batch = 1024
 //! queue = 65536
 //!
@@ -147,8 +149,8 @@ pub use limits::{LimitsSection, MAX_AUTH_FAILURE_WINDOW, MAX_LIMIT};
 pub use materialize::{DirectoryMaterial, Materialized};
 pub use model::{
     C2sSection, CertificateEntry, Config, DnsSection, InboxSection, Listen, LogFormat, LogSection,
-    MetricsSection, S2sSection, SecretBytes, ShutdownSection, StaticTarget, StoreDurability,
-    StoreSection, TlsConfig, MAX_OFFLINE_MESSAGES,
+    MetricsSection, S2sSection, SecretBytes, ShutdownSection, StaticTarget, StoreBackend,
+    StoreDurability, StoreSection, TlsConfig, MAX_OFFLINE_MESSAGES,
 };
 
 /// Most shards (`shards`).

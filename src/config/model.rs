@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::stream::policy::FederationPolicy;
 use crate::xml::Limits;
 
-use super::{AuthSection, LimitsSection, MAX_SHARDS};
+use super::{AuthSection, LimitsSection, SecretString, MAX_SHARDS};
 #[cfg(doc)]
 use super::{
     MAX_DNS_CACHE, MAX_INBOX_BATCH, MAX_INBOX_CAPACITY, MAX_QUEUE_PER_DOMAIN, MAX_STANZA_SIZE,
@@ -413,12 +413,48 @@ pub enum StoreDurability {
     PowerLoss,
 }
 
+/// Which database holds users and rosters (`store.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// `"sqlite"`: the embedded SQLite database at `<data_dir>/fedrouter.db`. The default.
+    #[default]
+    Sqlite,
+    /// `"postgres"`: a PostgreSQL server at `store.url` ([`crate::store::postgres`]).
+    Postgres,
+}
+
 /// The user and roster store (`[store]`): SQLite in WAL mode at
-/// `<data_dir>/fedrouter.db`, written by one storage thread with group commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// `<data_dir>/fedrouter.db` (the default), or a PostgreSQL server; written by one
+/// storage thread with group commit.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
-    /// Key `store.durability`: `"power-loss"` (default) or `"crash"`.
+    /// Key `store.backend`: `"sqlite"` (default) or `"postgres"`.
+    pub backend: StoreBackend,
+    /// Key `store.url`: the PostgreSQL server, a libpq-style connection string
+    /// (`postgresql://user:password@host:port/dbname` or `host=… user=… dbname=…`).
+    /// Required with `backend = "postgres"`, refused with `"sqlite"`. Its password is
+    /// never shown (messages, logs and status redact it).
+    pub url: Option<SecretString>,
+    /// Key `store.connect_timeout`: longest wait for one PostgreSQL connection attempt;
+    /// default 5s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Key `store.statement_timeout`: longest one PostgreSQL statement may run before the
+    /// server cancels it (the request fails); default 30s.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// Key `store.reconnect_initial`: first back-off after a failed PostgreSQL reconnect,
+    /// doubled after each further failure; default 100ms.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_initial: Duration,
+    /// Key `store.reconnect_max`: longest back-off between PostgreSQL reconnects; default
+    /// 10s, at least `store.reconnect_initial`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// Key `store.durability` (SQLite): `"power-loss"` (default) or `"crash"`. PostgreSQL
+    /// commits are always durable (`synchronous_commit = on`).
     pub durability: StoreDurability,
     /// Most requests committed in one transaction, key `store.max_batch`; default 1024;
     /// 1 to 65536.
@@ -431,6 +467,12 @@ pub struct StoreSection {
 impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
+            backend: StoreBackend::Sqlite,
+            url: None,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(10),
             durability: StoreDurability::PowerLoss,
             max_batch: 1024,
             queue: 65536,

@@ -9,9 +9,9 @@ use crate::jid::DomainPart;
 
 use super::error::invalid;
 use super::{
-    Config, ConfigError, StaticTarget, MAX_DNS_CACHE, MAX_INBOX_BATCH, MAX_INBOX_CAPACITY,
-    MAX_OFFLINE_MESSAGES, MAX_QUEUE_PER_DOMAIN, MAX_SHARDS, MAX_STANZA_SIZE, MIN_SECRET_BYTES,
-    MIN_STANZA_SIZE,
+    Config, ConfigError, StaticTarget, StoreBackend, MAX_DNS_CACHE, MAX_INBOX_BATCH,
+    MAX_INBOX_CAPACITY, MAX_OFFLINE_MESSAGES, MAX_QUEUE_PER_DOMAIN, MAX_SHARDS, MAX_STANZA_SIZE,
+    MIN_SECRET_BYTES, MIN_STANZA_SIZE,
 };
 
 fn show(d: Duration) -> humantime::FormattedDuration {
@@ -97,12 +97,58 @@ impl Config {
         }
         check_range("store.max_batch", self.store.max_batch, 1, 65536)?;
         check_range("store.queue", self.store.queue, 1, 1 << 20)?;
+        self.validate_store()?;
         self.validate_log()?;
         self.limits.validate()?;
         let mut keys: Vec<&String> = self.federation.domains.keys().collect();
         keys.sort();
         for domain in keys {
             check_domain(&format!("federation.domains.{domain:?}"), domain)?;
+        }
+        Ok(())
+    }
+
+    /// `[store]`: `url` required with (and only with) the PostgreSQL backend, parsable,
+    /// naming a host; timeouts non-zero; `reconnect_max >= reconnect_initial`. Messages
+    /// show the URL with its password redacted.
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        use crate::store::postgres::{parse_url, redact_url};
+        let st = &self.store;
+        match (st.backend, &st.url) {
+            (StoreBackend::Sqlite, None) => {}
+            (StoreBackend::Sqlite, Some(_)) => {
+                return Err(invalid(
+                    "store.url",
+                    "only used with store.backend = \"postgres\" (the SQLite database is <data_dir>/fedrouter.db)",
+                ))
+            }
+            (StoreBackend::Postgres, None) => {
+                return Err(invalid(
+                    "store.url",
+                    "store.backend = \"postgres\" needs the server's URL, e.g. \
+                     \"postgresql://fedrouter:PASSWORD@127.0.0.1:5432/fedrouter\"",
+                ))
+            }
+            (StoreBackend::Postgres, Some(url)) => {
+                if let Err(e) = parse_url(url.expose()) {
+                    return Err(invalid(
+                        "store.url",
+                        format!("{:?} is not a PostgreSQL connection string: {e}", redact_url(url.expose())),
+                    ));
+                }
+            }
+        }
+        check_nonzero("store.connect_timeout", st.connect_timeout)?;
+        check_nonzero("store.statement_timeout", st.statement_timeout)?;
+        check_nonzero("store.reconnect_initial", st.reconnect_initial)?;
+        if st.reconnect_max < st.reconnect_initial {
+            return Err(invalid(
+                "store.reconnect_max",
+                format!(
+                    "must be at least store.reconnect_initial ({})",
+                    show(st.reconnect_initial)
+                ),
+            ));
         }
         Ok(())
     }

@@ -19,6 +19,11 @@
 //!   "unreachable" | "unknown", "error", "since", "for_s"}` with `auth.backend = "ldap"`;
 //!   it does not change the status code (see [`crate::auth`]).
 //! - `GET /status/directory`: that object alone (`{"backend": "internal"}` without LDAP).
+//! - `/health` also carries `"store": {"backend": "postgres", "url" (password redacted),
+//!   "state": "up" | "down", "error", "since", "for_s", "reconnects",
+//!   "connection_failures"}` with `store.backend = "postgres"` ([`crate::store::status`]);
+//!   it does not change the status code either.
+//! - `GET /status/store`: that object alone (`{"backend": "sqlite"}` with SQLite).
 //! - `GET /status`: the remote domains every shard knows of, as a JSON array of
 //!   `{"domain", "shard", "streams": [{"direction", "state", "tls", "authenticated":
 //!   [{"local", "remote", "method"}], "age_s", "sm" ("enabled" | "requested" | "off",
@@ -292,6 +297,17 @@ fn collect_metrics(
     Some(merged)
 }
 
+/// `/health`'s `"store_failures"`: `{"count", "last_error"}`, the requests the store
+/// failed for a fault of the database itself (I/O error, disk full:
+/// [`crate::store::StoreStats::failures`]) since start, and the last one's text (`null`
+/// if none).
+fn store_failures(store: &crate::store::StoreHandle) -> serde_json::Value {
+    serde_json::json!({
+        "count": store.stats().failures,
+        "last_error": store.last_failure(),
+    })
+}
+
 fn handle(req: tiny_http::Request, ctx: &Ctx) {
     let (shared, controls) = (&*ctx.shared, &ctx.controls[..]);
     let url = req.url().to_owned();
@@ -306,8 +322,20 @@ fn handle(req: tiny_http::Request, ctx: &Ctx) {
             if let Some(d) = &shared.directory {
                 body["directory"] = d.report().to_json();
             }
+            // Store faults are reported, not judged, as the directory: what needs no
+            // store is still served.
+            body["store_failures"] = store_failures(&shared.store);
+            // The same for a networked store (PostgreSQL): with it down, changes fail and
+            // are never acknowledged, but streams stay up.
+            if let Some(s) = shared.store.status() {
+                body["store"] = s.report().to_json();
+            }
             json(code, body)
         }
+        "/status/store" => match shared.store.status() {
+            Some(s) => json(200, s.report().to_json()),
+            None => json(200, serde_json::json!({"backend": "sqlite"})),
+        },
         "/status/directory" => match &shared.directory {
             Some(d) => json(200, d.report().to_json()),
             None => json(200, serde_json::json!({"backend": "internal"})),
@@ -411,6 +439,12 @@ fn handle(req: tiny_http::Request, ctx: &Ctx) {
                     i64::try_from(secs).unwrap_or(i64::MAX),
                 );
             }
+            if let Some(s) = shared.store.status() {
+                let r = s.report();
+                m.set_gauge("store_up", &[], i64::from(r.state_name() == "up"));
+                m.count("store_reconnects", &[], r.reconnects);
+                m.count("store_connection_failures", &[], r.connection_failures);
+            }
             let text = if path == "/metrics" {
                 m.render()
             } else {
@@ -442,13 +476,24 @@ fn handle(req: tiny_http::Request, ctx: &Ctx) {
 /// `GET /status/directory` of a running server's admin endpoint: the JSON text (404 from
 /// an older server is an error).
 pub fn directory_status_via_admin(admin: SocketAddr) -> Result<String, String> {
+    admin_get(admin, "/status/directory")
+}
+
+/// `GET /status/store` of a running server's admin endpoint: the JSON text (404 from an
+/// older server is an error).
+pub fn store_status_via_admin(admin: SocketAddr) -> Result<String, String> {
+    admin_get(admin, "/status/store")
+}
+
+/// `GET path` of the admin endpoint at `admin`: the body of a 200 answer.
+fn admin_get(admin: SocketAddr, path: &str) -> Result<String, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .http_status_as_error(false)
         .build()
         .into();
     let mut resp = agent
-        .get(&format!("http://{admin}/status/directory"))
+        .get(&format!("http://{admin}{path}"))
         .call()
         .map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();

@@ -38,6 +38,7 @@ mod connect;
 mod drain;
 mod floods;
 mod health;
+pub mod idle;
 mod io;
 mod local;
 mod msg;
@@ -59,19 +60,20 @@ use tracing::{info, info_span, warn};
 
 use crate::auth::Directory;
 use crate::config::AuthBackend;
-use crate::config::{Config, Materialized, StoreDurability};
+use crate::config::{Config, Materialized};
 use crate::dns::{DnsConfig, S2sResolver, StaticTarget};
 use crate::router;
 use crate::router::inbox::mesh;
-use crate::store::sqlite::{Durability, SqliteStore};
-use crate::store::{Op, Outcome, StoreHandle, DB_FILE};
+use crate::store::{Op, Outcome, StoreHandle};
 use crate::stream::c2s::{C2sConfig, C2sSmConfig, C2sTimeouts, PasswordCheck};
 use crate::stream::s2s::{PeerCertVerifier, S2sConfig, Timeouts};
 use crate::stream::sm::AckPolicy;
 use crate::tls::{self, CertifiedDomain, ClientAuth, DomainCertResolver};
 use crate::xml::Limits;
 
-pub use admin::{directory_status_via_admin, ping_via_admin, status_via_admin};
+pub use admin::{
+    directory_status_via_admin, ping_via_admin, status_via_admin, store_status_via_admin,
+};
 use io::ListenerKind;
 use shard::{Shard, CURRENT};
 
@@ -98,7 +100,8 @@ pub enum StartError {
     /// A shard thread could not be started.
     #[error("starting shard threads: {0}")]
     Thread(std::io::Error),
-    /// The store (`<data_dir>/fedrouter.db`) could not be opened.
+    /// The store (`<data_dir>/fedrouter.db`, or the PostgreSQL server at `store.url`)
+    /// could not be opened: the file or redacted URL and the cause.
     #[error("store: {0}")]
     Store(String),
     /// The LDAP directory's thread could not be started (`[auth.ldap]`).
@@ -266,21 +269,15 @@ impl Server {
     pub fn start(config: Config, materialized: Materialized) -> Result<Server, StartError> {
         tls::install_default_provider();
         let n = config.shards.max(1);
-        let durability = match config.store.durability {
-            StoreDurability::Crash => Durability::Crash,
-            StoreDurability::PowerLoss => Durability::PowerLoss,
-        };
-        let db = config.data_dir.join(DB_FILE);
-        let sqlite = SqliteStore::open_with(&db, durability)
-            .map_err(|e| StartError::Store(format!("{}: {e}", db.display())))?;
-        let store =
-            StoreHandle::spawn(Box::new(sqlite), config.store.max_batch, config.store.queue);
+        let opened = crate::store::open(&config).map_err(StartError::Store)?;
+        let location = opened.location;
+        let store = StoreHandle::spawn(opened.store, config.store.max_batch, config.store.queue);
         // The durable outbox: requests acknowledged to their senders but maybe not yet
         // stored or answered by the contact when the process last stopped.
         let resend = match store.call(Op::PendingOut) {
             Ok(Outcome::Pairs(p)) => p,
             Ok(_) => Vec::new(),
-            Err(e) => return Err(StartError::Store(format!("{}: {e}", db.display()))),
+            Err(e) => return Err(StartError::Store(format!("{location}: {e}"))),
         };
         let directory = match (
             &config.auth.backend,
@@ -301,7 +298,7 @@ impl Server {
         let pending_in = match store.call(Op::PendingIn) {
             Ok(Outcome::Pairs(p)) => p,
             Ok(_) => Vec::new(),
-            Err(e) => return Err(StartError::Store(format!("{}: {e}", db.display()))),
+            Err(e) => return Err(StartError::Store(format!("{location}: {e}"))),
         };
         let floods = Arc::new(floods::Floods::new(&config.domains, &pending_in));
         drop(pending_in);
@@ -515,7 +512,7 @@ impl Server {
         }
         if config.store != old.store {
             kept.push("store");
-            config.store = old.store;
+            config.store = old.store.clone();
         }
         if config.inbox != old.inbox {
             kept.push("inbox");

@@ -28,6 +28,11 @@ use crate::router::queue::{
 };
 use crate::stanza::{is_error, StanzaKind};
 use crate::stream::s2s::CloseReason;
+use crate::xml::Element;
+
+/// At most one WARN per remote domain per this long about error stanzas dropped for it
+/// ([`Remotes::drop_error`]).
+const DROPPED_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A `db:verify` waiting for its answer from the authoritative server.
 struct VerifyReq {
@@ -56,6 +61,13 @@ struct Remote {
     backoff_until: Option<Instant>,
     /// The last failure, bounced to senders while backing off.
     last_failure: Option<Failure>,
+    /// Error stanzas for this domain dropped because they could not be queued or sent
+    /// ([`Remotes::bounce_queued`]), since the domain became known: `fedrouter status`
+    /// shows it per domain.
+    dropped_errors: u64,
+    /// Dropped error stanzas not yet reported in a WARN, and when the last WARN was.
+    dropped_unreported: u64,
+    dropped_warned_at: Option<Instant>,
     /// Dialback verifications to send / waiting for answers.
     verifies: Vec<VerifyReq>,
     /// Why the remote server's side of our dialback failed, when that was learned on
@@ -74,8 +86,8 @@ pub(super) struct Remotes {
 
 impl Remotes {
     /// Bounces a queued stanza for `cause` (counted in `bounced_by_cause`); an error
-    /// stanza, which is never bounced (RFC 6120 §8.3.1), is logged and counted in
-    /// `undeliverable_errors` instead.
+    /// stanza, which is never bounced (RFC 6120 §8.3.1), is dropped, and not without a
+    /// trace ([`Remotes::drop_error`]).
     pub(super) fn bounce_queued(
         &self,
         shard: &Shard,
@@ -86,14 +98,56 @@ impl Remotes {
     ) {
         let Some(el) = el.into_element() else { return };
         if is_error(&el) {
-            super::metrics(|m| m.count("undeliverable_errors", &[("cause", cause.as_str())], 1));
-            debug!(to = el.to(), %condition, "dropping an error stanza that cannot be delivered");
-            return;
+            return self.drop_error(shard, &el, condition, cause);
         }
         if StanzaKind::of(&el).is_some() {
             super::metrics(|m| m.count("bounced_by_cause", &[("cause", cause.as_str())], 1));
         }
         shard.bounce(&el, condition, text);
+    }
+
+    /// Drops error stanza `el` for a remote domain that cannot take it (`cause`), and
+    /// keeps a trace of it (issue 21: nothing dropped without a trace):
+    ///
+    /// - the metric `undeliverable_errors_total{cause}`: labelled by cause only, a fixed
+    ///   set, so that thousands of remote domains cannot grow the metric families;
+    /// - the destination domain's own count, `dropped_errors` in its `fedrouter status`
+    ///   object, which lives and goes with the domain's other state here;
+    /// - a WARN naming the domain and how many were dropped, at most one per domain per
+    ///   [`DROPPED_WARN_EVERY`] (the first drop is reported at once; later ones are summed
+    ///   into the next WARN), so a flood of drops does not flood the log.
+    fn drop_error(
+        &self,
+        shard: &Shard,
+        el: &Element,
+        condition: StanzaCondition,
+        cause: BounceCause,
+    ) {
+        super::metrics(|m| m.count("undeliverable_errors", &[("cause", cause.as_str())], 1));
+        let to = el.to().map(|t| domain_key(domain_of(t)).into_owned());
+        debug!(to = el.to(), %condition, "dropping an error stanza that cannot be delivered");
+        let Some(d) = to else { return };
+        let now = Instant::now();
+        let mut remotes = self.map.borrow_mut();
+        let Some(r) = remotes.get_mut(&d) else {
+            return;
+        };
+        r.dropped_errors += 1;
+        r.dropped_unreported += 1;
+        if r.dropped_warned_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= DROPPED_WARN_EVERY)
+        {
+            warn!(
+                parent: &shard.span,
+                remote = %d,
+                cause = cause.as_str(),
+                dropped = r.dropped_unreported,
+                total = r.dropped_errors,
+                "error stanzas for this remote server dropped: they cannot be queued and are never bounced (RFC 6120 8.3.1)"
+            );
+            r.dropped_unreported = 0;
+            r.dropped_warned_at = Some(now);
+        }
     }
 
     /// Writes `q` onto `conn` for `local` → `d` if the stream takes it; counts it and
@@ -486,6 +540,8 @@ impl Remotes {
                 let r = remotes.get_mut(d).expect("checked");
                 r.conn = None;
                 r.locals.clear();
+                // `db:verify`s the lost stream carried and never answered go out again.
+                r.verifies.iter_mut().for_each(|v| v.sent = false);
                 r.queue.requeue_front(unsent.into_iter());
                 let local = r.queue.front().map(Queued::local_domain);
                 (!r.queue.is_empty() || !r.verifies.is_empty(), local)
@@ -499,6 +555,9 @@ impl Remotes {
         if shard.shutting_down.get() {
             // Closed by the shutdown (or failing during it): no new attempt.
             return self.refuse_during_shutdown(shard, d);
+        }
+        if self.retry_once(shard, d, reason) {
+            return;
         }
         let what = describe_outbound_end(reason);
         let f = Failure {
@@ -516,6 +575,47 @@ impl Remotes {
             );
         }
         self.remote_failed(shard, d, f, BounceCause::Unreachable);
+    }
+
+    /// An outbound stream to `d` ended before it authenticated us for a passing reason
+    /// (the connection dropped or reset, or the peer's `<connection-timeout/>`,
+    /// `<system-shutdown/>`, `<reset/>`, `<resource-constraint/>`) and it is the first
+    /// failure since `d` last authenticated us: connect once more before bouncing what
+    /// waits. A NAT dropping a connection or a peer restarting mid-negotiation is not the
+    /// domain failing for good; a second failure in a row is (then `remote_failed`
+    /// bounces, with back-off as before). Returns whether a new stream was started.
+    fn retry_once(&self, shard: &Shard, d: &str, reason: &CloseReason) -> bool {
+        let passing = matches!(reason, CloseReason::PeerClosed)
+            || (matches!(reason, CloseReason::ReceivedError(..))
+                && reason.bounce_condition() == StanzaCondition::RemoteServerTimeout);
+        if !passing {
+            return false;
+        }
+        let local = {
+            let mut remotes = self.map.borrow_mut();
+            let Some(r) = remotes.get_mut(d) else {
+                return false;
+            };
+            if r.failures > 0 || (r.queue.is_empty() && r.verifies.is_empty()) {
+                return false;
+            }
+            r.failures = 1;
+            r.conn = None;
+            r.connecting = false;
+            r.verifies.iter_mut().for_each(|v| v.sent = false);
+            let local = r
+                .locals
+                .first()
+                .cloned()
+                .or_else(|| r.queue.front().map(Queued::local_domain));
+            r.locals.clear();
+            local
+        };
+        super::metrics(|m| m.count("s2s_negotiation_retries", &[], 1));
+        info!(parent: &shard.span, remote = %d, "the stream to the remote server ended before it authenticated us ({}); connecting once more before bouncing what waits", describe_outbound_end(reason));
+        let local = local.unwrap_or_else(|| shard.shared().config.domains[0].clone());
+        self.ensure_outbound(shard, d, &local);
+        true
     }
 
     // ----- dialback verification (XEP-0220 §2.1.3) -----
@@ -777,6 +877,7 @@ impl Remotes {
                 "congested": congested.is_some(),
                 "congested_s": congested.map(|t| now.saturating_duration_since(t).as_secs_f64()),
                 "failures": r.map_or(0, |r| r.failures),
+                "dropped_errors": r.map_or(0, |r| r.dropped_errors),
                 "last_error": r.and_then(|r| r.last_failure.as_ref()).map(|f| format!("{}: {}", f.condition.as_str(), f.text)),
                 "backoff_s": r.and_then(|r| r.backoff_until).filter(|u| *u > now).map(|u| (u - now).as_secs_f64()),
             }));

@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 
 use super::conn::{Conn, ConnId};
 use super::drain::DrainBarrier;
+use super::idle::IdleSpin;
 use super::io::{accept_loop, ListenerKind};
 use super::local::Local;
 use super::msg::{Dst, ShardMsg};
@@ -48,9 +49,6 @@ use crate::service::{ping, Answer};
 use crate::stanza::{error_reply, is_error, StanzaKind};
 use crate::stream::c2s::C2sConnection;
 use crate::xml::{parse_stanza, Element};
-
-/// How long a shard polls its inbox after cross-shard traffic before it sleeps.
-const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(50);
 
 /// How long a shard waits, after its streams are shut, for them to end; and, in phase 2
 /// of the shutdown drain, for the other shards beyond `shutdown.drain_timeout`.
@@ -212,14 +210,17 @@ impl Shard {
         }
         let mut batch: Vec<ShardMsg> = Vec::new();
         let mut busy = false;
+        let mut idle = IdleSpin::new();
         // Bounded: one iteration per wake-up; ends on shutdown.
         loop {
             if busy {
-                // After a turn with cross-shard traffic, poll the inbox for a short while
-                // (yielding to the sockets) before sleeping: a wake-up from another thread
-                // costs 5-10 us at p50 on this VM, which alone breaks the p99 < 20 us
-                // hand-off target at 1M stanzas/s (benches/inbox.rs, "spins 50 us").
-                let until = Instant::now() + SPIN_BEFORE_SLEEP;
+                // After a turn with cross-shard traffic, poll the inbox (yielding to the
+                // sockets) for as long as the measured idle gaps say pays, then sleep: a
+                // wake-up from another thread costs 5-10 us at p50 on this VM, which alone
+                // breaks the p99 < 20 us hand-off target at 1M stanzas/s, while spinning
+                // at low rates is most of a shard's CPU (idle.rs, benches/inbox.rs).
+                let now = Instant::now();
+                let until = now + idle.went_idle(now);
                 while Instant::now() < until
                     && !inbox.has_waiting()
                     && !self.outbox.flush_scheduled()
@@ -272,6 +273,9 @@ impl Shard {
                 }
                 batch.clear();
                 let got = inbox.drain(&mut batch, 1);
+                if got > 0 && !busy {
+                    idle.arrived(Instant::now());
+                }
                 busy |= got > 0;
                 for msg in batch.drain(..) {
                     self.handle_msg(msg);
@@ -500,6 +504,8 @@ impl Shard {
                 &[("queue", "store")],
                 self.shared().store.queued() as i64,
             );
+            // The storage thread's own count, added once (by shard 0) to the scrape.
+            m.count("store_failures", &[], self.shared().store.stats().failures);
         }
         m
     }

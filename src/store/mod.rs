@@ -12,8 +12,9 @@
 //! ```
 //!
 //! - [`Store`] is the storage interface, used from one thread only (`Send`, not `Sync`):
-//!   [`sqlite::SqliteStore`] (embedded SQLite, WAL) is the one implementation; a networked
-//!   database can implement the same trait later.
+//!   [`sqlite::SqliteStore`] (embedded SQLite, WAL, the default) and
+//!   [`postgres::PostgresStore`] (a PostgreSQL server, for several nodes) implement it with
+//!   the same semantics; [`open`] opens the one `[store]` names.
 //! - [`StoreHandle`] runs a [`Store`] on its own thread. Roster changes ([`Op::Apply`]) that
 //!   are waiting together are committed together (group commit): one fsync for the whole
 //!   batch, so the rate of durable changes is bounded by batch size × commits/s rather
@@ -37,8 +38,11 @@
 
 /// SCRAM (RFC 5802, RFC 7677) lives in the protocol core: pure SASL, no SQL.
 pub use fedrouter_proto::scram;
+mod open;
 pub mod pep;
+pub mod postgres;
 pub mod sqlite;
+pub mod status;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,8 +51,10 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use tokio::sync::Notify;
 
+pub use open::{open, postgres_options, OpenedStore};
 pub use pep::{PepPublish, StoredPepNode};
 pub use scram::{ScramCredentials, ScramHash};
+pub use status::{StoreReport, StoreState, StoreStatus};
 
 /// Why a store operation failed.
 ///
@@ -86,10 +92,20 @@ pub enum StoreError {
     /// which.
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
-    /// The database itself failed (I/O error, disk full, locked, SQL error): its message.
-    /// Nothing of the failed operation or transaction is stored.
+    /// The database itself failed (I/O error, disk full, locked, SQL error; for PostgreSQL
+    /// also an unreachable server or a connection lost during the request, the message
+    /// naming its URL with the password redacted): its message. Nothing of the failed
+    /// operation or transaction is acknowledged (a commit whose answer was lost with the
+    /// connection may still have been stored).
     #[error("database error: {0}")]
     Backend(String),
+    /// The database could not grow: the disk (or the file system, or the process's file
+    /// size limit) is full (`SQLITE_FULL`); its message. Nothing of the failed operation
+    /// or transaction is stored, and the same operation succeeds once there is room: a
+    /// client is told `resource-constraint` (type `wait`, RFC 6120 §8.3.3.18), see
+    /// [`StoreError::stanza_condition`].
+    #[error("storage full: {0}")]
+    Full(String),
     /// The storage thread has stopped ([`StoreHandle::shutdown`]).
     #[error("storage thread stopped")]
     Closed,
@@ -98,6 +114,25 @@ pub enum StoreError {
     /// (`service-unavailable`, RFC 6121 §8.5.2.2.1).
     #[error("offline message store of {0} is full")]
     OfflineFull(String),
+}
+
+impl StoreError {
+    /// The stanza error a client's request that needed this store operation is answered
+    /// with (RFC 6120 §8.3.3): `resource-constraint` (type `wait`: retry later) for
+    /// [`StoreError::Full`], `internal-server-error` for anything else.
+    pub fn stanza_condition(&self) -> crate::condition::StanzaCondition {
+        match self {
+            StoreError::Full(_) => crate::condition::StanzaCondition::ResourceConstraint,
+            _ => crate::condition::StanzaCondition::InternalServerError,
+        }
+    }
+
+    /// Whether the database itself failed ([`StoreError::Backend`], [`StoreError::Full`]),
+    /// rather than the request being refused for what it asked: what
+    /// [`StoreStats::failures`] counts.
+    pub fn is_fault(&self) -> bool {
+        matches!(self, StoreError::Backend(_) | StoreError::Full(_))
+    }
 }
 
 /// One stored offline message (XEP-0160), as [`Store::offline`] returns it.
@@ -320,7 +355,8 @@ pub trait Store: Send {
     /// ([`Change::DeleteOffline`]).
     ///
     /// Errors: [`StoreError::NoSuchUser`], [`StoreError::InvalidItem`],
-    /// [`StoreError::OfflineFull`], [`StoreError::Backend`].
+    /// [`StoreError::OfflineFull`], [`StoreError::Backend`], [`StoreError::Full`] (SQLite:
+    /// `SQLITE_FULL`).
     fn apply(&mut self, changes: &[Change]) -> Result<Vec<u64>, StoreError>;
 
     /// `user`'s stored offline messages (XEP-0160), oldest first (increasing id).
@@ -456,6 +492,18 @@ pub trait Store: Send {
     ///
     /// Errors: [`StoreError::NoSuchUser`], [`StoreError::Backend`].
     fn change_blocklist(&mut self, user: &str, change: &BlocklistChange) -> Result<(), StoreError>;
+
+    /// The connection state of a networked store (PostgreSQL: up or down, last error,
+    /// reconnects), shared with the admin endpoint; `None` (the default) for a store
+    /// without a connection (SQLite).
+    fn status(&self) -> Option<Arc<StoreStatus>> {
+        None
+    }
+
+    /// Called by the storage thread when no request came for [`IDLE_CHECK`]: a networked
+    /// store checks its connection (and reconnects when the back-off allows), so that its
+    /// [`Store::status`] follows the server without traffic. The default does nothing.
+    fn idle(&mut self) {}
 
     /// Group commit: applies several independent groups of changes in ONE transaction.
     /// Each group is all-or-nothing on its own: a group that fails (unknown user, invalid
@@ -616,6 +664,9 @@ struct Counters {
     changes: AtomicU64,
     commits: AtomicU64,
     batches: AtomicU64,
+    failures: AtomicU64,
+    /// The last fault's text ([`StoreError::is_fault`]).
+    last_failure: Mutex<Option<String>>,
 }
 
 /// A snapshot of the storage thread's counters since it started.
@@ -629,6 +680,10 @@ pub struct StoreStats {
     pub commits: u64,
     /// Queue drains (each up to `max_batch` requests).
     pub batches: u64,
+    /// Requests answered with a fault of the database itself ([`StoreError::is_fault`]:
+    /// I/O error, disk full): every request of a failed group commit counts. The storage
+    /// thread goes on; later requests succeed once the cause is gone.
+    pub failures: u64,
 }
 
 /// Handle to the storage thread: cheap to clone (one per shard), `Send + Sync`.
@@ -639,6 +694,7 @@ pub struct StoreStats {
 pub struct StoreHandle {
     tx: Sender<Msg>,
     counters: Arc<Counters>,
+    status: Option<Arc<StoreStatus>>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -660,6 +716,7 @@ impl StoreHandle {
     pub fn spawn(store: Box<dyn Store>, max_batch: usize, capacity: usize) -> StoreHandle {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
         let counters = Arc::new(Counters::default());
+        let status = store.status();
         let c = Arc::clone(&counters);
         let max_batch = max_batch.max(1);
         let join = std::thread::Builder::new()
@@ -669,6 +726,7 @@ impl StoreHandle {
         StoreHandle {
             tx,
             counters,
+            status,
             thread: Arc::new(Mutex::new(Some(join))),
         }
     }
@@ -740,6 +798,11 @@ impl StoreHandle {
         replies.recv().map_err(|_| StoreError::Closed)?.result
     }
 
+    /// The store's connection state ([`Store::status`]): `None` for SQLite.
+    pub fn status(&self) -> Option<&Arc<StoreStatus>> {
+        self.status.as_ref()
+    }
+
     /// Requests queued and not yet taken by the thread.
     pub fn queued(&self) -> usize {
         self.tx.len()
@@ -761,7 +824,17 @@ impl StoreHandle {
             changes: c.changes.load(Ordering::Relaxed),
             commits: c.commits.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
         }
+    }
+
+    /// The text of the last fault counted in [`StoreStats::failures`], if any.
+    pub fn last_failure(&self) -> Option<String> {
+        self.counters
+            .last_failure
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or(None)
     }
 
     /// Stops the thread: everything queued before this call is executed and answered,
@@ -778,14 +851,21 @@ impl StoreHandle {
     }
 }
 
+/// How long the storage thread waits for a request before calling [`Store::idle`].
+pub const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The storage thread's loop.
 fn run(mut store: Box<dyn Store>, rx: Receiver<Msg>, max_batch: usize, counters: &Counters) {
     let mut batch: Vec<Request> = Vec::with_capacity(max_batch);
     let mut stop = false;
     while !stop {
-        match rx.recv() {
+        match rx.recv_timeout(IDLE_CHECK) {
             Ok(Msg::Request(r)) => batch.push(r),
-            Ok(Msg::Stop) | Err(_) => break,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                store.idle();
+                continue;
+            }
+            Ok(Msg::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
         while batch.len() < max_batch {
             match rx.try_recv() {
@@ -804,7 +884,7 @@ fn run(mut store: Box<dyn Store>, rx: Receiver<Msg>, max_batch: usize, counters:
     let mut wakes = Vec::new();
     while let Ok(msg) = rx.try_recv() {
         if let Msg::Request(r) = msg {
-            answer(&r, Err(StoreError::Closed), &mut wakes);
+            answer(&r, Err(StoreError::Closed), &mut wakes, counters);
         }
     }
     notify(&wakes);
@@ -842,12 +922,12 @@ fn process(store: &mut dyn Store, batch: &mut Vec<Request>, counters: &Counters)
                                 .changes
                                 .fetch_add(v.len() as u64, Ordering::Relaxed);
                         }
-                        answer(r, res.map(Outcome::Applied), &mut wakes);
+                        answer(r, res.map(Outcome::Applied), &mut wakes, counters);
                     }
                 }
                 Err(e) => {
                     for r in group {
-                        answer(r, Err(e.clone()), &mut wakes);
+                        answer(r, Err(e.clone()), &mut wakes, counters);
                     }
                 }
             }
@@ -882,7 +962,7 @@ fn process(store: &mut dyn Store, batch: &mut Vec<Request>, counters: &Counters)
             Op::Offline { user } => store.offline(user).map(Outcome::Offline),
             Op::Apply(_) => unreachable!("Apply runs are handled above"),
         };
-        answer(r, result, &mut wakes);
+        answer(r, result, &mut wakes, counters);
         i += 1;
     }
     batch.clear();
@@ -890,7 +970,22 @@ fn process(store: &mut dyn Store, batch: &mut Vec<Request>, counters: &Counters)
 }
 
 /// Sends one reply and remembers the request's waker (once per distinct `Notify`).
-fn answer(r: &Request, result: Result<Outcome, StoreError>, wakes: &mut Vec<Arc<Notify>>) {
+/// A fault ([`StoreError::is_fault`]) is counted in [`StoreStats::failures`] and kept as
+/// the last failure.
+fn answer(
+    r: &Request,
+    result: Result<Outcome, StoreError>,
+    wakes: &mut Vec<Arc<Notify>>,
+    counters: &Counters,
+) {
+    if let Err(e) = &result {
+        if e.is_fault() {
+            counters.failures.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = counters.last_failure.lock() {
+                *last = Some(e.to_string());
+            }
+        }
+    }
     let _ = r.reply_to.send(Reply { tag: r.tag, result });
     if let Some(w) = &r.wake {
         if !wakes.iter().any(|x| Arc::ptr_eq(x, w)) {

@@ -175,8 +175,13 @@ pub struct SqliteStore {
     durability: Durability,
 }
 
+/// A database error as a [`StoreError`]: `SQLITE_FULL` (disk or file system full, file
+/// size limit) is [`StoreError::Full`], anything else [`StoreError::Backend`].
 fn db(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full(e.to_string()),
+        _ => StoreError::Backend(e.to_string()),
+    }
 }
 
 impl SqliteStore {
@@ -905,7 +910,7 @@ impl Store for SqliteStore {
         for group in groups {
             match resolve(&tx, group) {
                 Ok(resolved) => results.push(Ok(write(&tx, group, resolved)?)),
-                Err(StoreError::Backend(e)) => return Err(StoreError::Backend(e)),
+                Err(e) if e.is_fault() => return Err(e),
                 Err(e) => results.push(Err(e)),
             }
         }

@@ -80,7 +80,7 @@ impl Account {
                     Ok(_) => Some(StanzaCondition::ItemNotFound),
                     Err(e) => {
                         warn!(%user, error = %e, "storing new credentials failed");
-                        Some(StanzaCondition::InternalServerError)
+                        Some(e.stanza_condition())
                     }
                 };
                 if let Some(c) = condition {

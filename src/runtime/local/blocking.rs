@@ -161,7 +161,7 @@ impl Blocking {
                     warn!(%user, error = %e, "storing a block list change failed");
                     blocking.load(shard, &user);
                     if !is_error(&el) {
-                        let r = error_reply(&el, StanzaCondition::InternalServerError, None, None);
+                        let r = error_reply(&el, e.stanza_condition(), None, None);
                         send_to(&conn, &[r.bytes()]);
                     }
                     return;

@@ -113,7 +113,7 @@ impl Offline {
                     }
                     Err(e) => {
                         warn!(error = %e, "storing an offline message failed");
-                        (StanzaCondition::InternalServerError, "store_error")
+                        (e.stanza_condition(), "store_error")
                     }
                 };
                 count("offline_refused", Some(cause), 1);

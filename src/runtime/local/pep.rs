@@ -290,8 +290,7 @@ impl Pep {
                                 Err(e) => {
                                     warn!(%user, %node, error = %e, "PEP publish not stored");
                                     pep.reload(&user);
-                                    let err =
-                                        PepError::new(StanzaCondition::InternalServerError, None);
+                                    let err = PepError::new(e.stanza_condition(), None);
                                     send_to(&conn, &[pep_error(&el, err).bytes()]);
                                 }
                             }
@@ -329,8 +328,7 @@ impl Pep {
                                 Err(e) => {
                                     warn!(%user, %node, error = %e, "PEP retract not stored");
                                     pep.reload(&user);
-                                    let err =
-                                        PepError::new(StanzaCondition::InternalServerError, None);
+                                    let err = PepError::new(e.stanza_condition(), None);
                                     send_to(&conn, &[pep_error(&el, err).bytes()]);
                                 }
                             }

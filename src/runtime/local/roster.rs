@@ -321,11 +321,13 @@ impl Rosters {
         };
         let user = bare.to_owned();
         let conn = Rc::clone(conn);
-        let failed = |conn: &Conn<C2sConnection>, el: &Element| {
+        // Nothing was stored and the cache is read again: the client may retry
+        // (`resource-constraint` while the disk is full).
+        let failed = |conn: &Conn<C2sConnection>, el: &Element, e: StoreError| {
             reply_to_client(
                 conn,
                 el,
-                StanzaCondition::InternalServerError,
+                e.stanza_condition(),
                 "the roster could not be stored",
             )
         };
@@ -338,14 +340,14 @@ impl Rosters {
                     item: row,
                 };
                 self.store_change(shard, bare, change, move |shard, ver| match ver {
-                    Some(ver) => {
+                    Ok(ver) => {
                         iq_result(&conn, &el);
                         shard
                             .local
                             .roster
                             .push(shard, &user, ver, Some(&item), &item.jid);
                     }
-                    None => failed(&conn, &el),
+                    Err(e) => failed(&conn, &el, e),
                 });
             }
             Plan::Remove { jid, transition } => {
@@ -354,8 +356,9 @@ impl Rosters {
                     contact: jid.clone(),
                 };
                 self.store_change(shard, bare, change, move |shard, ver| {
-                    let Some(ver) = ver else {
-                        return failed(&conn, &el);
+                    let ver = match ver {
+                        Ok(ver) => ver,
+                        Err(e) => return failed(&conn, &el, e),
                     };
                     for a in transition.actions.iter() {
                         match a {
@@ -378,14 +381,16 @@ impl Rosters {
     }
 
     /// Makes `change` to `bare`'s roster durable, then runs `then` with the new roster
-    /// version (`None` if storing failed). Until `then` has run, later stanzas from and
-    /// to `bare` wait ([`super::users::Users::admit`]).
+    /// version, or why storing failed (nothing of `change` is stored then, and the
+    /// cached roster was dropped, to be read again from the store: see
+    /// [`Rosters::applied`]). Until `then` has run, later stanzas from and to `bare` wait
+    /// ([`super::users::Users::admit`]).
     pub(super) fn store_change(
         &self,
         shard: &Shard,
         bare: &str,
         change: Change,
-        then: impl FnOnce(&Shard, Option<u64>) + 'static,
+        then: impl FnOnce(&Shard, Result<u64, StoreError>) + 'static,
     ) {
         shard.local.users.hold(bare);
         let user = bare.to_owned();
@@ -402,26 +407,35 @@ impl Rosters {
         );
     }
 
-    /// The version after an `Apply`, recorded in the cache; `None` on failure (the cache
-    /// is dropped, to be read again).
+    /// The version after an `Apply`, recorded in the cache; the error on failure.
+    ///
+    /// The cache took the change before it was stored ([`Rosters::set`]), so on failure
+    /// it no longer matches the store: it is dropped (and read again by the next stanza
+    /// that needs it), so that nothing half-applied stays. Stanzas from and to the user
+    /// wait meanwhile ([`Rosters::store_change`] holds the user), so none saw the
+    /// unstored state.
     fn applied(
         &self,
         shard: &Shard,
         bare: &str,
         result: Result<Outcome, StoreError>,
-    ) -> Option<u64> {
+    ) -> Result<u64, StoreError> {
         match result {
             Ok(Outcome::Applied(v)) => {
                 let ver = v.last().copied().unwrap_or(0);
                 self.with_roster(shard, bare, |r| r.ver = r.ver.max(ver));
-                Some(ver)
+                Ok(ver)
             }
             other => {
-                warn!(user = bare, result = ?other.err(), "storing a roster change failed");
+                let e = match other {
+                    Err(e) => e,
+                    Ok(o) => StoreError::Corrupt(format!("unexpected answer {o:?}")),
+                };
+                warn!(user = bare, error = %e, "storing a roster change failed; nothing of it is kept");
                 if let Some(u) = shard.local.users.borrow_mut().get_mut(bare) {
                     u.roster = RosterState::Unloaded;
                 }
-                None
+                Err(e)
             }
         }
     }

@@ -81,7 +81,15 @@ impl Subscriptions {
             }
             None => return, // no roster: a user the store does not know
         };
-        self.perform(shard, bare, contact, t, (tr, change), el);
+        self.perform(
+            shard,
+            bare,
+            contact,
+            t,
+            (tr, change),
+            el,
+            Some(Rc::clone(conn)),
+        );
     }
 
     /// A subscription stanza from a contact to local user `bare` (roster loaded).
@@ -155,13 +163,15 @@ impl Subscriptions {
         if tr.ignored() {
             return;
         }
-        self.perform(shard, bare, contact, t, (tr, change), el);
+        self.perform(shard, bare, contact, t, (tr, change), el, None);
     }
 
     /// Carries out a subscription transition for local user `bare` and `contact`: at once
     /// when nothing is stored, else once `change` is durable. `el` is the subscription
     /// stanza (`t`), from the user (routed on to the contact) or to the user (delivered);
-    /// `(tr, change)` the transition and the row change that stores its new state.
+    /// `(tr, change)` the transition and the row change that stores its new state;
+    /// `session` the user's session that sent `el` (outbound), told when storing fails.
+    #[allow(clippy::too_many_arguments)]
     fn perform(
         &self,
         shard: &Shard,
@@ -170,8 +180,10 @@ impl Subscriptions {
         t: SubType,
         (tr, change): (Transition, Option<(Change, StoredItem)>),
         el: Element,
+        session: Option<Rc<Conn<C2sConnection>>>,
     ) {
         let user = bare.to_owned();
+        let el_copy = el.clone();
         let act = move |shard: &Shard, ver: Option<u64>, row: Option<StoredItem>| {
             for a in tr.actions.iter() {
                 match a {
@@ -228,12 +240,23 @@ impl Subscriptions {
         match change {
             None => act(shard, None, None),
             Some((change, row)) => {
+                // Refused when it cannot be stored: nothing of it is acted on, and its
+                // sender (the user's session, or the contact) gets an error.
+                let refused = el_copy;
                 shard
                     .local
                     .roster
-                    .store_change(shard, bare, change, move |shard, ver| {
-                        if let Some(ver) = ver {
-                            act(shard, Some(ver), Some(row));
+                    .store_change(shard, bare, change, move |shard, ver| match ver {
+                        Ok(ver) => act(shard, Some(ver), Some(row)),
+                        Err(e) => {
+                            let (c, text) = (
+                                e.stanza_condition(),
+                                "the subscription state could not be stored",
+                            );
+                            match &session {
+                                Some(conn) => reply_to_client(conn, &refused, c, text),
+                                None => shard.bounce(&refused, c, text),
+                            }
                         }
                     });
             }
