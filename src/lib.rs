@@ -76,8 +76,8 @@
 // The protocol core lives in its own crate (no I/O, no clock, no threads); re-exported so
 // that `fedrouter::xml`, `fedrouter::stream` … name the same items as before.
 pub use fedrouter_proto::{
-    blocking, carbons, condition, csi, dialback, jid, offline, pep, presence, register, service,
-    srv, stanza, stream, version, xml,
+    blocking, carbons, condition, csi, dialback, jid, limits, offline, pep, presence, register,
+    service, srv, stanza, stream, version, xml,
 };
 
 pub mod auth;

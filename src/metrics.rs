@@ -175,6 +175,10 @@ impl Default for Metrics {
 /// The counter families: name and help.
 const COUNTER_HELP: &[(&str, &str)] = &[
     (
+        "flood_refused",
+        "Requests refused by a flood limit ([limits]), by reason: subscription_rate, pending_per_domain, pending_per_user, c2s_unauthenticated_per_address, c2s_auth_failures_per_address.",
+    ),
+    (
         "directory_checks",
         "C2S password checks answered by the LDAP directory (auth.backend = ldap), by result: accepted, accepted_cached, rejected, unavailable, busy (queue full).",
     ),

@@ -18,7 +18,7 @@
 //! `to` is `""` for the bare JID and `"/home"` for a full JID.
 
 use fedrouter::condition::StanzaCondition::{
-    self, BadRequest, ItemNotFound, NotAcceptable, PolicyViolation, ServiceUnavailable,
+    self, BadRequest, ItemNotFound, NotAcceptable, NotAllowed, ServiceUnavailable,
 };
 use fedrouter::presence::delivery::{self, Delivery, SessionView};
 use fedrouter::presence::roster_set::{self, Held, HeldContact, Plan, SetError};
@@ -568,9 +568,9 @@ const S2_3_ADD: &[SetRow] = &[
     ("§2.3.2",   J, Record(1, "None + Pending In"), Store(None, &[], "None + Pending In", true)),
     ("§2.1.2.5", "<item jid='juliet@example.com' subscription='both' ask='subscribe' approved='true'/>",
                     Absent(0), Store(None, &[], "None", true)),
-    // The server's limit on a roster's length (c2s.max_roster_items): policy-violation.
-    ("§2.3.3",   J, Absent(MAX), Refuse(PolicyViolation)),
-    ("§2.3.3",   J, Record(MAX, "None + Pending In"), Refuse(PolicyViolation)),
+    // The server's limit on a roster's length (c2s.max_roster_items): not-allowed.
+    ("§2.3.3",   J, Absent(MAX), Refuse(NotAllowed)),
+    ("§2.3.3",   J, Record(MAX, "None + Pending In"), Refuse(NotAllowed)),
     // Not in the RFC: a user the store does not know has no roster to add to.
     ("§2.3.3",   J, NoRoster, Refuse(ItemNotFound)),
 ];

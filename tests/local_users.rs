@@ -598,7 +598,7 @@ fn plain_refused_without_tls() {
 }
 
 /// Roster and stanza errors: an invalid item JID (`bad-request`), the roster limit
-/// (`policy-violation`, for roster sets and for subscription requests), a subscription
+/// (`not-allowed`, for roster sets and for subscription requests), a subscription
 /// request to a malformed JID (`jid-malformed`), messages to an offline user with offline
 /// storage turned off (`c2s.max_offline_messages = 0`) or to an unknown user
 /// (`service-unavailable`); removal frees a slot. Also a server-generated resource and
@@ -636,11 +636,11 @@ fn roster_and_stanza_errors() {
     }
     let e = alice.roster_set("<item jid='erin@a.test'/>");
     assert_eq!(attr(&e, "type").as_deref(), Some("error"), "{e}");
-    assert_eq!(condition(&e).as_deref(), Some("policy-violation"), "{e}");
+    assert_eq!(condition(&e).as_deref(), Some("not-allowed"), "{e}");
     // A subscription request would add an item: refused too.
     alice.send("<presence type='subscribe' to='frank@a.test' id='s-full'/>");
     let e = alice.expect_error("presence", "s-full");
-    assert_eq!(condition(&e).as_deref(), Some("policy-violation"), "{e}");
+    assert_eq!(condition(&e).as_deref(), Some("not-allowed"), "{e}");
     let items = alice.roster_get();
     assert_eq!(items.len(), 2, "{items:?}");
 

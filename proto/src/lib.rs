@@ -45,6 +45,7 @@ pub mod condition;
 pub mod csi;
 pub mod dialback;
 pub mod jid;
+pub mod limits;
 pub mod offline;
 pub mod pep;
 pub mod presence;

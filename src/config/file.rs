@@ -51,6 +51,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     federation: FederationPolicy,
+    #[serde(default)]
+    limits: super::LimitsSection,
 }
 
 #[derive(Deserialize, Default)]
@@ -333,6 +335,7 @@ impl RawConfig {
                 },
             },
             federation,
+            limits: self.limits,
         })
     }
 }

@@ -92,6 +92,14 @@
 //! [auth]                        # how client passwords are checked (see AuthSection)
 //! backend = "internal"          # or "ldap", with [auth.ldap] (PLAIN over TLS only)
 //!
+//! [limits]                      # flood limits (LimitsSection); past one: an error, not stored
+//! pending_subscriptions_per_domain = 10000   # resource-constraint
+//! pending_subscriptions_per_user = 500       # resource-constraint
+//! subscriptions_per_minute_per_domain = 3000 # policy-violation
+//! c2s_unauthenticated_per_address = 256      # stream error policy-violation
+//! c2s_auth_failures_per_address = 30         # ... per window, then refused until it ends
+//! c2s_auth_failure_window = "5m"
+//!
 //! [shutdown]
 //! drain_timeout = "5s"
 //!
@@ -122,6 +130,7 @@
 //! - `validate.rs`: [`Config::validate`], whose errors name the key.
 //! - `materialize.rs`: [`Config::materialize`]: certificates, trust anchors and the
 //!   dialback secret on disk ([`Materialized`]).
+//! - `limits.rs`: `[limits]` ([`LimitsSection`]): flood limits, defaults and checks.
 //! - `auth.rs`: `[auth]` ([`AuthSection`], [`LdapSection`]): its model, defaults and
 //!   checks.
 //! - `error.rs`: [`ConfigError`].
@@ -129,12 +138,14 @@
 mod auth;
 mod error;
 mod file;
+mod limits;
 mod materialize;
 mod model;
 mod validate;
 
 pub use auth::{AuthBackend, AuthSection, LdapSection, SecretString};
 pub use error::ConfigError;
+pub use limits::{LimitsSection, MAX_AUTH_FAILURE_WINDOW, MAX_LIMIT};
 pub use materialize::{DirectoryMaterial, Materialized};
 pub use model::{
     C2sSection, CertificateEntry, Config, DnsSection, InboxSection, Listen, LogFormat, LogSection,

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::stream::policy::FederationPolicy;
 use crate::xml::Limits;
 
-use super::{AuthSection, SecretString, MAX_SHARDS};
+use super::{AuthSection, LimitsSection, SecretString, MAX_SHARDS};
 #[cfg(doc)]
 use super::{
     MAX_DNS_CACHE, MAX_INBOX_BATCH, MAX_INBOX_CAPACITY, MAX_QUEUE_PER_DOMAIN, MAX_STANZA_SIZE,
@@ -60,6 +60,8 @@ pub struct Config {
     /// Per-remote-domain policy (`[federation]`); `domains` keys normalised like
     /// [`Config::domains`].
     pub federation: FederationPolicy,
+    /// Flood limits (`[limits]`).
+    pub limits: LimitsSection,
 }
 
 /// Listening sockets (`[listen]`). An empty list disables that listener.
@@ -296,8 +298,8 @@ pub struct C2sSection {
     pub max_stanza_size: usize,
     /// Most items in one user's roster (RFC 6121 §2.3.3 "server-configured limit"), key
     /// `c2s.max_roster_items`; default 1000; 1 to 100000. A roster set or an outbound
-    /// subscription that would add an item beyond it is refused with `policy-violation`
-    /// (RFC 6120 §8.3.3.12, a local policy); rows kept only for pending inbound requests
+    /// subscription that would add an item beyond it is refused with `not-allowed`
+    /// (RFC 6120 §8.3.3.9); rows kept only for pending inbound requests
     /// are capped at twice the limit (further requests bounce `resource-constraint`).
     pub max_roster_items: usize,
     /// Most sessions (bound resources) per user, key `c2s.max_resources`; default 16; 1 to
@@ -561,6 +563,7 @@ impl Default for Config {
             shutdown: ShutdownSection::default(),
             log: LogSection::default(),
             federation: FederationPolicy::default(),
+            limits: LimitsSection::default(),
         }
     }
 }

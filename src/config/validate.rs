@@ -99,6 +99,7 @@ impl Config {
         check_range("store.queue", self.store.queue, 1, 1 << 20)?;
         self.validate_store()?;
         self.validate_log()?;
+        self.limits.validate()?;
         let mut keys: Vec<&String> = self.federation.domains.keys().collect();
         keys.sort();
         for domain in keys {

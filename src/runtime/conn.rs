@@ -251,6 +251,9 @@ pub(crate) struct ConnState<P: Proto = S2sConnection> {
     /// Since when the write in flight has been waiting for the socket to accept a byte
     /// (`None`: nothing to write).
     pub write_waiting_since: Option<Instant>,
+    /// C2S: the connection counted against its client's address until it authenticates
+    /// or ends (`limits.c2s_unauthenticated_per_address`); dropping it gives the slot back.
+    pub address_slot: Option<super::floods::AddressSlot>,
 }
 
 impl<P: Proto> ConnState<P> {
@@ -278,6 +281,7 @@ impl<P: Proto> ConnState<P> {
             hold_until_acked: false,
             detached: false,
             write_waiting_since: None,
+            address_slot: None,
         }
     }
 

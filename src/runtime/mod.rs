@@ -36,6 +36,7 @@ mod admin;
 mod conn;
 mod connect;
 mod drain;
+mod floods;
 mod health;
 pub mod idle;
 mod io;
@@ -207,6 +208,9 @@ pub(crate) struct Shared {
     pub store: StoreHandle,
     /// The LDAP directory's thread, with `auth.backend = "ldap"`.
     pub directory: Option<Directory>,
+    /// Flood counts per remote domain and client address (`[limits]`): the one mutable
+    /// table shards share, see [`floods`] for why. Kept across reloads.
+    pub floods: Arc<floods::Floods>,
 }
 
 impl Shared {
@@ -290,7 +294,22 @@ impl Server {
             }
             (AuthBackend::Internal, _, _) => None,
         };
-        let shared = Arc::new(build_shared(config, materialized, n, store, directory)?);
+        // Pending inbound subscription requests per remote domain start from the store.
+        let pending_in = match store.call(Op::PendingIn) {
+            Ok(Outcome::Pairs(p)) => p,
+            Ok(_) => Vec::new(),
+            Err(e) => return Err(StartError::Store(format!("{location}: {e}"))),
+        };
+        let floods = Arc::new(floods::Floods::new(&config.domains, &pending_in));
+        drop(pending_in);
+        let shared = Arc::new(build_shared(
+            config,
+            materialized,
+            n,
+            store,
+            directory,
+            floods,
+        )?);
         let cfg = &shared.config;
 
         // Listeners: one SO_REUSEPORT socket per shard per address.
@@ -516,6 +535,7 @@ impl Server {
             n,
             self.store.clone(),
             self.directory.clone(),
+            Arc::clone(&self.running.floods),
         )?);
         for (tx, wake) in &self.controls {
             let _ = tx.send_timeout(
@@ -593,6 +613,7 @@ fn build_shared(
     shards: usize,
     store: StoreHandle,
     directory: Option<Directory>,
+    floods: Arc<floods::Floods>,
 ) -> Result<Shared, StartError> {
     let tls_err = |e: tls::TlsError| StartError::Tls(e.to_string());
     let mut resolver = DomainCertResolver::new();
@@ -720,6 +741,7 @@ fn build_shared(
         tls_server_direct,
         clients,
         config,
+        floods,
     })
 }
 

@@ -373,6 +373,31 @@ pub trait Store: Send {
     /// Errors: [`StoreError::Backend`].
     fn pending_out(&mut self) -> Result<Vec<(String, String)>, StoreError>;
 
+    /// Every unanswered inbound subscription request: `(user, contact)` for each stored
+    /// item with `pending_in` (RFC 6121 §3.1.3 "Pending In"), sorted. The server counts
+    /// them per remote domain at start (`limits.pending_subscriptions_per_domain`).
+    /// The default reads every user's roster; a backend may answer with one query.
+    ///
+    /// Errors: [`StoreError::Backend`].
+    fn pending_in(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for user in self.list_users(None)? {
+            let (_, items) = match self.roster(&user) {
+                Ok(r) => r,
+                Err(StoreError::NoSuchUser(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            out.extend(
+                items
+                    .into_iter()
+                    .filter(|i| i.pending_in.is_some())
+                    .map(|i| (user.clone(), i.contact)),
+            );
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// `user`'s PEP nodes with their items (XEP-0163), sorted by node.
     ///
     /// Errors: [`StoreError::NoSuchUser`], [`StoreError::Backend`] (also from a store
@@ -546,6 +571,8 @@ pub enum Op {
     Apply(Vec<Change>),
     /// [`Store::pending_out`]; answered with [`Outcome::Pairs`].
     PendingOut,
+    /// [`Store::pending_in`]; answered with [`Outcome::Pairs`].
+    PendingIn,
     /// [`Store::pep_nodes`]; answered with [`Outcome::PepNodes`].
     PepNodes {
         /// Bare JID.
@@ -920,6 +947,7 @@ fn process(store: &mut dyn Store, batch: &mut Vec<Request>, counters: &Counters)
             Op::ListUsers { domain } => store.list_users(domain.as_deref()).map(Outcome::Users),
             Op::Roster { user } => store.roster(user).map(Outcome::Roster),
             Op::PendingOut => store.pending_out().map(Outcome::Pairs),
+            Op::PendingIn => store.pending_in().map(Outcome::Pairs),
             Op::PepNodes { user } => store.pep_nodes(user).map(Outcome::PepNodes),
             Op::PepPublish(p) => store.pep_publish(p).map(|()| Outcome::Done),
             Op::PepRetract {

@@ -546,6 +546,22 @@ impl Store for PostgresStore {
         })
     }
 
+    fn pending_in(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        self.run(|tx| {
+            Ok(tx
+                .query(
+                    "SELECT users.jid, roster.contact FROM roster
+                     JOIN users ON users.id = roster.user_id
+                     WHERE roster.pending_in IS NOT NULL
+                     ORDER BY users.jid, roster.contact",
+                    &[],
+                )?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect())
+        })
+    }
+
     fn pep_nodes(&mut self, user: &str) -> Result<Vec<StoredPepNode>, StoreError> {
         self.run(|tx| pep::nodes(tx, user))
     }

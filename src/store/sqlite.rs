@@ -711,6 +711,22 @@ impl Store for SqliteStore {
         rows.collect::<Result<_, _>>().map_err(db)
     }
 
+    fn pending_in(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT users.jid, roster.contact FROM roster
+                 JOIN users ON users.id = roster.user_id
+                 WHERE roster.pending_in IS NOT NULL
+                 ORDER BY users.jid, roster.contact",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
     fn roster(&mut self, user: &str) -> Result<Roster, StoreError> {
         let tx = self.conn.transaction().map_err(db)?;
         let (id, version): (i64, i64) = tx

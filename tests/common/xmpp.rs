@@ -135,6 +135,16 @@ impl Client {
     pub fn connect(addr: SocketAddr, domain: &str) -> Client {
         let sock = TcpStream::connect_timeout(&addr, TIMEOUT)
             .unwrap_or_else(|e| panic!("connect to {addr} (C2S for {domain}): {e}"));
+        Client::on(sock, addr, domain)
+    }
+
+    /// [`Client::connect`] from source address `source` (a loopback address of the
+    /// test's own, so that the server sees a distinct client address).
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr, domain: &str) -> Client {
+        Client::on(connect_from(addr, source), addr, domain)
+    }
+
+    fn on(sock: TcpStream, addr: SocketAddr, domain: &str) -> Client {
         sock.set_nodelay(true).expect("TCP_NODELAY");
         sock.set_write_timeout(Some(TIMEOUT))
             .expect("write timeout");
@@ -168,7 +178,25 @@ impl Client {
         password: &str,
         resource: Option<&str>,
     ) -> Client {
-        let mut c = Client::connect(t.addr, &t.domain);
+        Client::login_on(
+            Client::connect(t.addr, &t.domain),
+            t,
+            mech,
+            user,
+            password,
+            resource,
+        )
+    }
+
+    /// [`Client::login_with`] over the connection `c` (opened, nothing sent yet).
+    pub fn login_on(
+        mut c: Client,
+        t: &Target,
+        mech: Mech,
+        user: &str,
+        password: &str,
+        resource: Option<&str>,
+    ) -> Client {
         c.name = user.to_owned();
         let features = c.open();
         assert!(
@@ -193,7 +221,17 @@ impl Client {
     /// Connects, STARTTLS and tries `mech` as `user`, expecting a SASL failure: returns
     /// the client (to try again) and the `<failure/>` element. Panics on success.
     pub fn login_failure(t: &Target, mech: Mech, user: &str, password: &str) -> (Client, String) {
-        let mut c = Client::connect(t.addr, &t.domain);
+        Client::login_failure_on(Client::connect(t.addr, &t.domain), t, mech, user, password)
+    }
+
+    /// [`Client::login_failure`] over the connection `c` (opened, nothing sent yet).
+    pub fn login_failure_on(
+        mut c: Client,
+        t: &Target,
+        mech: Mech,
+        user: &str,
+        password: &str,
+    ) -> (Client, String) {
         c.name = format!("{user} (expecting failure)");
         c.open();
         c.starttls(&t.cert);
@@ -882,4 +920,20 @@ fn sasl_payload(xml: &str) -> String {
             .unwrap_or_else(|e| panic!("bad base64 in {xml}: {e}"))
     };
     String::from_utf8(raw).unwrap_or_else(|e| panic!("SASL payload of {xml} is not UTF-8: {e}"))
+}
+
+/// A TCP connection to `addr` from source address `source` (port chosen by the kernel),
+/// within [`TIMEOUT`]. Panics when it cannot be made.
+pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> TcpStream {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .expect("socket");
+    sock.bind(&SocketAddr::new(source, 0).into())
+        .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+    sock.connect_timeout(&addr.into(), TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to {addr} from {source}: {e}"));
+    sock.into()
 }

@@ -1,5 +1,5 @@
-//! The durable outbox (`pending_out`), PEP nodes and XEP-0227 import over either
-//! backend. Part of `tests/store.rs`.
+//! The durable outbox (`pending_out`), pending inbound requests (`pending_in`), PEP
+//! nodes and XEP-0227 import over either backend. Part of `tests/store.rs`.
 
 use fedrouter::store::scram::ScramHash;
 use fedrouter::store::StoreError;
@@ -35,6 +35,27 @@ pub(crate) fn pending_out_and_pep_round_trip(b: &dyn Backend) {
             ("a@d.example", "m@x.example"),
             ("a@d.example", "z@x.example"),
             ("b@d.example", "z@x.example")
+        ])
+    );
+    // Unanswered inbound requests ("Pending In", RFC 6121 §3.1.3), which the server
+    // counts per remote domain at start (`limits.pending_subscriptions_per_domain`).
+    assert_eq!(s.pending_in().unwrap(), pairs(&[]));
+    let mut asking = item("p@y.example", "none");
+    asking.pending_in = Some("<presence type='subscribe' from='p@y.example'/>".into());
+    asking.in_roster = false;
+    let mut asking2 = item("z@x.example", "none");
+    asking2.pending_in = Some("<presence type='subscribe' from='z@x.example'/>".into());
+    asking2.pending_out = true;
+    s.apply(&[
+        upsert("b@d.example", asking),
+        upsert("a@d.example", asking2),
+    ])
+    .unwrap();
+    assert_eq!(
+        s.pending_in().unwrap(),
+        pairs(&[
+            ("a@d.example", "z@x.example"),
+            ("b@d.example", "p@y.example")
         ])
     );
 

@@ -56,8 +56,8 @@ pub enum SetError {
     #[error(transparent)]
     Invalid(#[from] RosterError),
     /// Adding the item would exceed the server's limit on roster items
-    /// (`c2s.max_roster_items`): `policy-violation` (RFC 6120 §8.3.3.12, a local service
-    /// policy; RFC 6121 leaves the limit to the server).
+    /// (`c2s.max_roster_items`): `not-allowed` (RFC 6120 §8.3.3.9: the server does not
+    /// allow the action; RFC 6121 leaves the limit to the server, issue 21).
     #[error("the roster is limited to {0} items")]
     Full(usize),
     /// A removal names no item (§2.5.3): `item-not-found`. Also any set for a user of
@@ -71,7 +71,7 @@ impl SetError {
     pub fn condition(&self) -> StanzaCondition {
         match self {
             SetError::Invalid(e) => e.condition(),
-            SetError::Full(_) => StanzaCondition::PolicyViolation,
+            SetError::Full(_) => StanzaCondition::NotAllowed,
             SetError::NotFound => StanzaCondition::ItemNotFound,
         }
     }

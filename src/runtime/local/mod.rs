@@ -40,6 +40,8 @@
 //! | `account.rs` | [`Account`] | the user's own registration: password change (XEP-0077) |
 //! | `resumption.rs` | [`Resumption`] | stream management (XEP-0198): detached sessions, resumption, unacknowledged stanzas |
 //! | `offline.rs` | [`Offline`] | offline messages stored and delivered (XEP-0160) |
+//! | `flood_limits.rs` | functions | subscription request limits per remote domain and per user |
+//! | `flood_guard.rs` | functions | client address limits: unauthenticated connections, SASL failures |
 //!
 //! Of the shard they use: `route`, `route_generated`, `bounce`, `send_to`,
 //! `send_remote`, `spawn_conn`, `shared`, `next_conn_id`, `congest`, `decongest` and
@@ -52,6 +54,8 @@ mod client_stanzas;
 mod client_state;
 mod delivery;
 mod directory_link;
+mod flood_guard;
+mod flood_limits;
 mod offline;
 mod pep;
 mod presence;

@@ -310,7 +310,9 @@ impl Rosters {
                     Some(row)
                 }
                 (Plan::Remove { jid, .. }, Some(r)) => {
-                    r.items.remove(jid);
+                    if r.items.remove(jid).is_some_and(|o| o.pending_in.is_some()) {
+                        super::flood_limits::changed(shard, jid, true, false);
+                    }
                     None
                 }
                 _ => None,

@@ -146,6 +146,7 @@ impl Sessions {
             Instant::now(),
         );
         let mut st = ConnState::new(proto, None);
+        super::flood_guard::admit(shard, peer, &mut st);
         st.collect_events();
         let span = info_span!("c2s", %peer, jid = tracing::field::Empty);
         let conn = Rc::new(Conn::new(shard.next_conn_id(), stream, st, span));
@@ -256,8 +257,10 @@ impl Sessions {
                     )
                 });
                 info!(parent: &conn.span, user = username.as_deref().unwrap_or(""), failures, "authentication failed");
+                super::flood_guard::auth_failed(shard, conn);
             }
             Event::Authenticated { jid, mechanism } => {
+                super::flood_guard::release(conn);
                 conn.record_once("jid", jid.as_str());
                 crate::runtime::metrics(|m| {
                     m.count(
@@ -289,6 +292,7 @@ impl Sessions {
                 conn.record_once("jid", jid.as_str());
             }
             Event::Closed(reason) => {
+                super::flood_guard::release(conn);
                 debug!(parent: &conn.span, ?reason, "client stream closed");
                 let was = std::mem::replace(&mut conn.st.borrow_mut().closed, true);
                 if !was {

@@ -8,6 +8,7 @@
 
 use std::rc::Rc;
 
+use super::flood_limits;
 use super::roster::{new_row, roster_item, with_state};
 use super::sessions::reply_to_client;
 use crate::condition::StanzaCondition;
@@ -60,6 +61,12 @@ impl Subscriptions {
                 row.in_roster = true;
             }
             let row = with_state(row, tr.state, None);
+            flood_limits::changed(
+                shard,
+                &contact,
+                old.as_ref().is_some_and(|o| o.pending_in.is_some()),
+                row.pending_in.is_some(),
+            );
             Ok((tr, Some((r.put(bare, row.clone()), row))))
         });
         let (tr, change) = match planned {
@@ -68,7 +75,7 @@ impl Subscriptions {
                 return reply_to_client(
                     conn,
                     &el,
-                    StanzaCondition::PolicyViolation,
+                    StanzaCondition::NotAllowed,
                     &format!("the roster is limited to {max} items"),
                 )
             }
@@ -107,6 +114,11 @@ impl Subscriptions {
             }
             return;
         }
+        if t == SubType::Subscribe {
+            if let Err(refusal) = flood_limits::rate(shard, &contact) {
+                return flood_limits::refuse(shard, &el, &contact, bare, refusal);
+            }
+        }
         let max = shard.shared().config.c2s.max_roster_items;
         let planned = shard
             .local
@@ -118,19 +130,29 @@ impl Subscriptions {
                     return Ok((tr, None));
                 }
                 if old.is_none() && r.items.len() >= max.saturating_mul(2) {
-                    return Err(());
+                    return Err(None);
                 }
+                let was_pending = old.as_ref().is_some_and(|o| o.pending_in.is_some());
                 let row = with_state(
                     old.unwrap_or_else(|| new_row(&contact)),
                     tr.state,
                     Some(el.as_str().to_owned()),
                 );
+                let pending = row.pending_in.is_some();
+                if pending && !was_pending {
+                    flood_limits::reserve(shard, r, &contact).map_err(Some)?;
+                } else {
+                    flood_limits::changed(shard, &contact, was_pending, pending);
+                }
                 Ok((tr, Some((r.put(bare, row.clone()), row))))
             })
             .expect("checked above");
         let (tr, change) = match planned {
             Ok(p) => p,
-            Err(()) => {
+            Err(Some(refusal)) => {
+                return flood_limits::refuse(shard, &el, &contact, bare, refusal);
+            }
+            Err(None) => {
                 return shard.bounce(
                     &el,
                     StanzaCondition::ResourceConstraint,
