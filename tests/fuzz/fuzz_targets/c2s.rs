@@ -121,7 +121,7 @@ impl Driver {
             let now = self.clock.now();
             if tls {
                 self.conn.handle_tls_established(Vec::new(), now);
-            } else if let Some(c) = creds {
+            } else if let (Some(c), false) = (creds, self.closed) {
                 self.creds_given |= c.is_some();
                 self.conn
                     .handle_credentials(c, now)

@@ -88,13 +88,13 @@ fn check_reply(el: &Element, condition: StanzaCondition, text: Option<&str>, by:
     let mut written = Vec::new();
     write_error_reply(el, condition, text, by, &mut written);
     assert_eq!(
-        reply.as_bytes(),
+        &reply.bytes()[..],
         &written[..],
         "error_reply and write_error_reply differ"
     );
     let framed = parse_stanza(&written)
         .unwrap_or_else(|e| panic!("error reply does not frame: {e}: {}", reply.as_str()));
-    assert_eq!(framed.as_bytes(), reply.as_bytes());
+    assert_eq!(&framed.bytes()[..], &reply.bytes()[..]);
     for r in [&reply, &framed] {
         assert_eq!(r.name(), el.name());
         assert_eq!(un(r.to()), un(el.from()), "reply to");
@@ -171,8 +171,8 @@ fuzz_target!(|data: &[u8]| {
 
     let type_ = (flags & 0x08 != 0).then_some(b);
     let p = presence(a, b, type_);
-    let framed = parse_stanza(p.as_bytes()).expect("generated presence frames");
-    assert_eq!(framed.as_bytes(), p.as_bytes());
+    let framed = parse_stanza(&p.bytes()[..]).expect("generated presence frames");
+    assert_eq!(&framed.bytes()[..], &p.bytes()[..]);
     for x in [&p, &framed] {
         assert_eq!(un(x.from()).as_deref(), Some(a));
         assert_eq!(un(x.to()).as_deref(), Some(b));

@@ -84,6 +84,8 @@ struct Driver {
     granted: Vec<(String, String)>,
     /// Outbound: pairs we sent a `db:result` for.
     requested: Vec<(String, String)>,
+    /// Outbound: we sent a SASL EXTERNAL `<auth/>`.
+    external_sent: bool,
     /// Inbound: `VerifyNeeded` not answered yet.
     pending: Vec<(String, String)>,
     closed: Option<CloseReason>,
@@ -156,19 +158,22 @@ impl Driver {
                 direction,
             } => {
                 assert_eq!(direction, self.conn.direction());
-                assert_eq!(
-                    method,
-                    AuthMethod::Dialback,
-                    "no verifier, so no SASL EXTERNAL"
-                );
-                match direction {
-                    Direction::Inbound => assert!(
+                match (direction, method) {
+                    (Direction::Inbound, AuthMethod::Dialback) => assert!(
                         self.granted.iter().any(|g| same(g, &local, &remote)),
                         "inbound {local} <- {remote} authenticated without a Valid verdict"
                     ),
-                    Direction::Outbound => assert!(
+                    (Direction::Inbound, AuthMethod::SaslExternal) => {
+                        panic!("inbound SASL EXTERNAL without a certificate verifier")
+                    }
+                    (Direction::Outbound, AuthMethod::Dialback) => assert!(
                         self.requested.iter().any(|g| same(g, &local, &remote)),
                         "outbound {local} -> {remote} authenticated without our db:result"
+                    ),
+                    (Direction::Outbound, AuthMethod::SaslExternal) => assert!(
+                        self.external_sent
+                            && same(&(local.clone(), remote.clone()), "a.example", PEER),
+                        "outbound {local} -> {remote} authenticated by SASL without our <auth/>"
                     ),
                 }
                 self.pairs.push((local, remote));
@@ -203,6 +208,10 @@ impl Driver {
 
     /// Checks one element we transmitted.
     fn check_sent(&mut self, el: &fedrouter_proto::xml::Element) {
+        if *el.namespace() == Namespace::Sasl && el.name() == "auth" {
+            assert_eq!(self.conn.direction(), Direction::Outbound);
+            self.external_sent = true;
+        }
         if *el.namespace() != Namespace::Dialback || el.name() != "result" {
             return;
         }
@@ -311,6 +320,7 @@ fn setup(state: u8, sm: bool) -> Driver {
         pairs: Vec::new(),
         granted: Vec::new(),
         requested: Vec::new(),
+        external_sent: false,
         pending: Vec::new(),
         closed: None,
     };

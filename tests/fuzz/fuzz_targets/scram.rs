@@ -203,7 +203,8 @@ fuzz_target!(|data: &[u8]| {
         let auth = format!("{},{server_first},{without_proof}", p.bare);
         let (mut proof, sig) = reference(hash, rest, auth.as_bytes());
         if flags & 4 != 0 {
-            proof[usize::from(flags >> 5) % proof.len()] ^= 1;
+            let at = usize::from(flags >> 5) % proof.len();
+            proof[at] ^= 1;
         }
         let msg = format!("{without_proof},p={}", B64.encode(&proof));
         let result = server.client_final(msg.as_bytes());
