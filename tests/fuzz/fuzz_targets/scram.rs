@@ -21,8 +21,9 @@
 //! - any error is final: the next message gets `OutOfOrder` and nothing authenticates;
 //! - raw: a client-final is accepted only if its proof is the one the reference client
 //!   computes for `pencil` (a malformed or guessed message is an error, not acceptance);
-//! - computed: the exchange succeeds exactly when the password is `pencil` and the
-//!   message is not spoiled (a proof for another password never succeeds; the right one
+//! - computed: the exchange succeeds exactly when the password is `pencil` (as an HMAC
+//!   key: `pencil` followed by NULs is the same key, RFC 2104 §2) and the message is not
+//!   spoiled (a proof for another password never succeeds; the right one
 //!   always does), and server-final carries the right `ServerSignature`;
 //! - after success, or after any error, further messages get `OutOfOrder`;
 //! - `parse_plain`: when it accepts, the fields are non-empty where required, within
@@ -101,6 +102,16 @@ fn reference(hash: ScramHash, password: &[u8], auth_message: &[u8]) -> (Vec<u8>,
         .collect();
     let server_key = hmac(hash, &salted, b"Server Key");
     (proof, hmac(hash, &server_key, auth_message))
+}
+
+/// Whether `password` is `pencil` as an HMAC key: RFC 2104 §2 pads a key shorter than the
+/// hash's block (64 octets for SHA-1 and SHA-256) with zeros, so `pencil` followed by NULs
+/// is the same key and the same SCRAM password. (Real clients never send NUL: the PRECIS
+/// `OpaqueString` profile, RFC 8265 §4.2, refuses control characters.)
+fn same_hmac_key(password: &[u8]) -> bool {
+    password.len() <= 64
+        && password.starts_with(PASSWORD)
+        && password[PASSWORD.len()..].iter().all(|&b| b == 0)
 }
 
 fn assert_dead(server: &mut ScramServer) {
@@ -209,7 +220,7 @@ fuzz_target!(|data: &[u8]| {
         let msg = format!("{without_proof},p={}", B64.encode(&proof));
         let result = server.client_final(msg.as_bytes());
         let spoiled = flags & (4 | 8 | 16) != 0;
-        if rest == PASSWORD && !spoiled {
+        if same_hmac_key(rest) && !spoiled {
             assert_eq!(result, Ok(format!("v={}", B64.encode(sig)).into_bytes()));
             assert!(server.is_authenticated());
         } else {
