@@ -42,9 +42,14 @@ impl StanzaKind {
 }
 
 /// Whether a stanza is an error (`type='error'`): error stanzas are never answered or
-/// bounced with another error (RFC 6120 §8.3.1).
+/// bounced with another error (RFC 6120 §8.3.1). The attribute value is compared once
+/// unescaped, so `type='&#101;rror'` is an error too (found by the `routing` fuzz target).
 pub fn is_error(el: &Element) -> bool {
-    el.type_() == Some("error")
+    match el.type_() {
+        Some("error") => true,
+        Some(raw) if raw.contains('&') => crate::xml::unescape(raw).is_ok_and(|t| t == "error"),
+        _ => false,
+    }
 }
 
 /// Appends the error reply to `el` (RFC 6120 §8.3): the same kind and `id`, `to` and
@@ -188,6 +193,21 @@ mod tests {
     use super::*;
     use crate::condition::StanzaCondition;
     use crate::xml::parse_stanza;
+
+    #[test]
+    fn is_error_reads_the_unescaped_type() {
+        for (stanza, error) in [
+            (&b"<message type='error'/>"[..], true),
+            (b"<message type='&#101;rror'/>", true),
+            (b"<iq type='&#x65;&#x72;ror' id='1'/>", true),
+            (b"<message type='chat'/>", false),
+            (b"<message type='&amp;error'/>", false),
+            (b"<message/>", false),
+        ] {
+            let el = parse_stanza(stanza).unwrap();
+            assert_eq!(is_error(&el), error, "{}", el.as_str());
+        }
+    }
 
     #[test]
     fn error_reply_swaps_addresses_and_names_the_condition() {
