@@ -224,7 +224,11 @@ impl C2sConnection {
         // XEP-0198: handled from here on (answered here or passed to the runtime).
         self.sm_handled();
         let start = self.io.out.len();
-        if kind == StanzaKind::Iq && el.type_() == Some("set") {
+        // After our `</stream:stream>` (RFC 6120 §4.4) nothing more is written: a stanza
+        // the client sent before it saw our close still goes to the runtime, but the
+        // answers this core writes itself (session, bind, bad-request) are not sent.
+        let closing = self.state == State::ExpectClose;
+        if kind == StanzaKind::Iq && el.type_() == Some("set") && !closing {
             let inner = el.inner();
             if contains(inner, NS_SESSION.as_bytes()) || contains(inner, NS_BIND.as_bytes()) {
                 let node = Node::parse(&el).unwrap_or_default();
