@@ -147,6 +147,9 @@ fn enforce_local(raw: &str) -> Result<Cow<'_, str>, JidError> {
         return Err(JidError::LocalTooLong);
     }
     let local = UsernameCaseMapped::enforce(raw).map_err(|_| JidError::InvalidLocal)?;
+    if !stable(&local, |s| UsernameCaseMapped::enforce(s).ok()) {
+        return Err(JidError::InvalidLocal);
+    }
     if local.contains(is_excluded_from_localpart) {
         return Err(JidError::InvalidLocal);
     }
@@ -154,6 +157,19 @@ fn enforce_local(raw: &str) -> Result<Cow<'_, str>, JidError> {
         return Err(JidError::LocalTooLong);
     }
     Ok(local)
+}
+
+/// Whether an enforced PRECIS string is itself valid and unchanged by enforcing it again
+/// (RFC 8264 §7: the result of the rules must conform to the string class). Normalisation
+/// can produce a code point the class allows only in context: U+0387 GREEK ANO TELEIA
+/// becomes U+00B7 MIDDLE DOT under NFC, which is CONTEXTO (between two `l` only), so such
+/// a part is refused rather than stored in a form that would not parse again (found by
+/// the `jid` fuzz target). Unchanged (borrowed) results are stable by construction.
+fn stable(enforced: &Cow<'_, str>, enforce: impl Fn(&str) -> Option<Cow<'_, str>>) -> bool {
+    match enforced {
+        Cow::Borrowed(_) => true,
+        Cow::Owned(s) => enforce(s).is_some_and(|again| again == s.as_str()),
+    }
 }
 
 /// Enforces a resourcepart (RFC 7622 §3.4.2): `OpaqueString` (non-ASCII spaces become
@@ -166,6 +182,9 @@ fn enforce_resource(raw: &str) -> Result<Cow<'_, str>, JidError> {
         return Err(JidError::ResourceTooLong);
     }
     let resource = OpaqueString::enforce(raw).map_err(|_| JidError::InvalidResource)?;
+    if !stable(&resource, |s| OpaqueString::enforce(s).ok()) {
+        return Err(JidError::InvalidResource);
+    }
     if resource.len() > MAX_PART_LEN {
         return Err(JidError::ResourceTooLong);
     }
@@ -846,6 +865,9 @@ mod tests {
         assert_eq!(jid("a@example.com/e\u{0301}").resource(), Some("\u{00E9}"));
         assert_eq!(jid("a@example.com/a/b").resource(), Some("a/b"));
         assert_eq!(err("a@example.com/bell\u{7}"), JidError::InvalidResource);
+        // NFC turns U+0387 into U+00B7, allowed only between two `l`: refused, not stored
+        // in a form that would not parse again (jid fuzz target, 2026-12-06).
+        assert_eq!(err("a@example.com/x\u{387}y"), JidError::InvalidResource);
     }
 
     #[test]
