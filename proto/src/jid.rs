@@ -165,6 +165,10 @@ fn enforce_local(raw: &str) -> Result<Cow<'_, str>, JidError> {
 /// becomes U+00B7 MIDDLE DOT under NFC, which is CONTEXTO (between two `l` only), so such
 /// a part is refused rather than stored in a form that would not parse again (found by
 /// the `jid` fuzz target). Unchanged (borrowed) results are stable by construction.
+#[allow(
+    clippy::ptr_arg,
+    reason = "whether the string was changed (Owned) is what is asked"
+)]
 fn stable(enforced: &Cow<'_, str>, enforce: impl Fn(&str) -> Option<Cow<'_, str>>) -> bool {
     match enforced {
         Cow::Borrowed(_) => true,
