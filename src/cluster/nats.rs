@@ -40,8 +40,6 @@ pub(crate) enum Inbound {
 
 /// The runtime side of the NATS thread.
 pub(crate) trait Sink: Send + 'static {
-    /// The number of shards.
-    fn shards(&self) -> usize;
     /// Hands `items` to `shard`. Errors: the items back when its control channel is
     /// full.
     fn deliver(&self, shard: usize, items: Vec<Inbound>) -> Result<(), Vec<Inbound>>;
