@@ -327,6 +327,8 @@ impl Node {
                         self.flush().await;
                     }
                     self.show_backlog();
+                    let members = self.members_json();
+                    self.cluster.set_status(|s| s.members = members);
                 }
                 e = ev_rx.recv() => match e {
                     Some(NatsEvent::Connected) => {
@@ -587,24 +589,32 @@ impl Node {
         }
     }
 
+    /// The other members as status shows them.
+    fn members_json(&self) -> Vec<serde_json::Value> {
+        let now = Instant::now();
+        self.membership
+            .others()
+            .map(|(name, m)| {
+                serde_json::json!({
+                    "node": &**name,
+                    "state": m.state.as_str(),
+                    "c2s": m.last.c2s,
+                    "domains": m.last.domains,
+                    "users": m.last.users,
+                    "last_heard_ms": now.saturating_duration_since(m.seen).as_millis() as u64,
+                })
+            })
+            .collect()
+    }
+
     /// Stores and announces the current view; returns it.
     fn publish_view(&mut self, died: Vec<Arc<str>>) -> Arc<View> {
         let mut c2s: HashMap<Arc<str>, String> = HashMap::new();
         c2s.insert(Arc::clone(&self.me), self.c2s.clone());
-        let now = Instant::now();
-        let mut members = Vec::new();
         for (name, m) in self.membership.others() {
             if m.state == State::Up {
                 c2s.insert(Arc::clone(name), m.last.c2s.clone());
             }
-            members.push(serde_json::json!({
-                "node": &**name,
-                "state": m.state.as_str(),
-                "c2s": m.last.c2s,
-                "domains": m.last.domains,
-                "users": m.last.users,
-                "last_heard_ms": now.saturating_duration_since(m.seen).as_millis() as u64,
-            }));
         }
         let view = Arc::new(View {
             me: Arc::clone(&self.me),
@@ -613,6 +623,7 @@ impl Node {
             c2s,
         });
         self.cluster.view.store(Arc::clone(&view));
+        let members = self.members_json();
         self.cluster.set_status(|s| s.members = members);
         if self.sink.is_some() {
             for shard in 0..self.shards {

@@ -501,6 +501,12 @@ pub fn store_status_via_admin(admin: SocketAddr) -> Result<String, String> {
     admin_get(admin, "/status/store")
 }
 
+/// `GET /status/cluster` of a running server's admin endpoint: the JSON text
+/// (`{"enabled": false}` without `[cluster]`).
+pub fn cluster_status_via_admin(admin: SocketAddr) -> Result<String, String> {
+    admin_get(admin, "/status/cluster")
+}
+
 /// `GET path` of the admin endpoint at `admin`: the body of a 200 answer.
 fn admin_get(admin: SocketAddr, path: &str) -> Result<String, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -75,7 +75,8 @@ use crate::tls::{self, CertifiedDomain, ClientAuth, DomainCertResolver};
 use crate::xml::Limits;
 
 pub use admin::{
-    directory_status_via_admin, ping_via_admin, status_via_admin, store_status_via_admin,
+    cluster_status_via_admin, directory_status_via_admin, ping_via_admin, status_via_admin,
+    store_status_via_admin,
 };
 use io::ListenerKind;
 use shard::{Shard, CURRENT};
@@ -447,10 +448,7 @@ impl Server {
         let view = shared.cluster.as_ref().map(|c| c.view());
         let resend = resend.into_iter().filter(|(user, _)| {
             view.as_ref().is_none_or(|v| {
-                matches!(
-                    v.owner(&router::bare_key(user)),
-                    crate::cluster::Owner::Me
-                )
+                matches!(v.owner(&router::bare_key(user)), crate::cluster::Owner::Me)
             })
         });
         for (user, contact) in resend {

@@ -38,6 +38,8 @@ use super::outbox::Outbox;
 use super::remote::Remotes;
 use super::s2s::S2sStreams;
 use super::{Control, PingOutcome, Shared};
+use crate::cluster::nats::Inbound;
+use crate::cluster::{wire, Cluster, Owner, MAX_HOPS};
 use crate::condition::StanzaCondition;
 use crate::dns::{DnsConfig, S2sResolver};
 use crate::jid::domain_of;
@@ -49,8 +51,6 @@ use crate::service::{ping, Answer};
 use crate::stanza::{error_reply, is_error, StanzaKind};
 use crate::stream::c2s::C2sConnection;
 use crate::xml::{parse_stanza, Element};
-use crate::cluster::nats::Inbound;
-use crate::cluster::{wire, Cluster, Owner, MAX_HOPS};
 
 /// How long a shard waits, after its streams are shut, for them to end; and, in phase 2
 /// of the shutdown drain, for the other shards beyond `shutdown.drain_timeout`.
@@ -468,12 +468,16 @@ impl Shard {
                     });
                     match parse_stanza(&f.stanza) {
                         Ok(el) => self.route_hops(el, f.hops),
-                        Err(e) => warn!(error = %e, "a stanza from another node does not frame; dropped"),
+                        Err(e) => {
+                            warn!(error = %e, "a stanza from another node does not frame; dropped")
+                        }
                     }
                 }
                 Inbound::Bounce(bytes) => {
                     if let Ok(el) = parse_stanza(&bytes) {
-                        super::metrics(|m| m.count("cluster_forward_refused", &[("node", "backlog")], 1));
+                        super::metrics(|m| {
+                            m.count("cluster_forward_refused", &[("node", "backlog")], 1)
+                        });
                         self.bounce(
                             &el,
                             StanzaCondition::RemoteServerTimeout,
@@ -494,7 +498,10 @@ impl Shard {
     fn count_held(&self) {
         if let Some(c) = &self.cluster {
             if let Some((d, u)) = c.held.get(self.id) {
-                d.store(self.remotes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                d.store(
+                    self.remotes.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 u.store(
                     self.local.user_count() as u64,
                     std::sync::atomic::Ordering::Relaxed,
