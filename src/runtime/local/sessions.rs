@@ -196,10 +196,10 @@ impl Sessions {
             if let Event::Authenticated { jid, .. } = &ev {
                 let jid = jid.clone();
                 // In a cluster, the user's sessions live on the node that owns its bare
-                // JID: the client is sent there (RFC 6120 §4.9.3.19).
-                if let Some(node) = shard.owner_elsewhere(&bare_key(&jid)) {
+                // JID: the client is sent there (RFC 6120 §4.9.3.19) when it restarts
+                // the stream (`Event::Opened`), not handed to a shard here.
+                if shard.owner_elsewhere(&bare_key(&jid)).is_some() {
                     self.event(shard, conn, ev);
-                    self.redirect(shard, conn, &node);
                     continue;
                 }
                 let dst = shard_of(&bare_key(&jid), shard.n);
@@ -224,7 +224,18 @@ impl Sessions {
 
     fn event(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>, ev: Event) {
         match ev {
-            Event::Opened { .. } => {}
+            Event::Opened { .. } => {
+                // The stream restarted after SASL by a user another cluster node owns.
+                let bare = conn
+                    .st
+                    .borrow()
+                    .proto
+                    .authenticated_jid()
+                    .map(|j| bare_key(j.as_str()).into_owned());
+                if let Some(node) = bare.and_then(|b| shard.owner_elsewhere(&b)) {
+                    self.redirect(shard, conn, &node);
+                }
+            }
             Event::StartTls(_) => {
                 let tls = rustls::ServerConnection::new(Arc::clone(&shard.shared().tls_c2s));
                 let mut st = conn.st.borrow_mut();
