@@ -320,9 +320,15 @@ impl Node {
                         self.leave().await;
                         return;
                     }
-                    self.heartbeat(false).await;
-                    let changes = self.membership.tick(Instant::now());
-                    self.apply(changes).await;
+                    if connected {
+                        self.heartbeat(false).await;
+                    }
+                    // While our own connection is down, nobody is heard: that is not
+                    // their death. The view stays; stanzas for others wait in backlogs.
+                    if connected {
+                        let changes = self.membership.tick(Instant::now());
+                        self.apply(changes).await;
+                    }
                     if connected {
                         self.flush().await;
                     }
@@ -340,6 +346,7 @@ impl Node {
                                 s.nats_up = true;
                                 s.since = Some(SystemTime::now());
                             });
+                            self.membership.reconnected(Instant::now());
                             self.heartbeat(true).await;
                             self.flush().await;
                             // What was published while the connection broke may be
