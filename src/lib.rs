@@ -82,6 +82,7 @@ pub use fedrouter_proto::{
 
 pub mod auth;
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod logging;

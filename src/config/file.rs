@@ -53,6 +53,7 @@ struct RawConfig {
     federation: FederationPolicy,
     #[serde(default)]
     limits: super::LimitsSection,
+    cluster: Option<super::ClusterSection>,
 }
 
 #[derive(Deserialize, Default)]
@@ -336,6 +337,7 @@ impl RawConfig {
             },
             federation,
             limits: self.limits,
+            cluster: self.cluster,
         })
     }
 }

@@ -100,6 +100,13 @@
 //! c2s_auth_failures_per_address = 30         # ... per window, then refused until it ends
 //! c2s_auth_failure_window = "5m"
 //!
+//! # [cluster]                   # several nodes, one deployment (ClusterSection); needs
+//! # node = "n1"                  # store.backend = "postgres" and s2s.dialback_secret
+//! # nats = ["nats://127.0.0.1:4222"]
+//! # heartbeat = "1s"
+//! # failure_timeout = "3s"
+//! # backlog = 10000              # stanzas held per unreachable node, then bounced
+//!
 //! [shutdown]
 //! drain_timeout = "5s"
 //!
@@ -131,11 +138,14 @@
 //! - `materialize.rs`: [`Config::materialize`]: certificates, trust anchors and the
 //!   dialback secret on disk ([`Materialized`]).
 //! - `limits.rs`: `[limits]` ([`LimitsSection`]): flood limits, defaults and checks.
+//! - `cluster.rs`: `[cluster]` ([`ClusterSection`]): node name, NATS servers, membership
+//!   timings.
 //! - `auth.rs`: `[auth]` ([`AuthSection`], [`LdapSection`]): its model, defaults and
 //!   checks.
 //! - `error.rs`: [`ConfigError`].
 
 mod auth;
+mod cluster;
 mod error;
 mod file;
 mod limits;
@@ -144,6 +154,7 @@ mod model;
 mod validate;
 
 pub use auth::{AuthBackend, AuthSection, LdapSection, SecretString};
+pub use cluster::{is_subject_token, ClusterSection, MAX_CLUSTER_BACKLOG, MAX_NODE_NAME};
 pub use error::ConfigError;
 pub use limits::{LimitsSection, MAX_AUTH_FAILURE_WINDOW, MAX_LIMIT};
 pub use materialize::{DirectoryMaterial, Materialized};

@@ -62,6 +62,8 @@ pub struct Config {
     pub federation: FederationPolicy,
     /// Flood limits (`[limits]`).
     pub limits: LimitsSection,
+    /// The cluster this node belongs to (`[cluster]`); `None`: the node runs alone.
+    pub cluster: Option<super::ClusterSection>,
 }
 
 /// Listening sockets (`[listen]`). An empty list disables that listener.
@@ -564,6 +566,7 @@ impl Default for Config {
             log: LogSection::default(),
             federation: FederationPolicy::default(),
             limits: LimitsSection::default(),
+            cluster: None,
         }
     }
 }

@@ -100,10 +100,40 @@ impl Config {
         self.validate_store()?;
         self.validate_log()?;
         self.limits.validate()?;
+        self.validate_cluster()?;
         let mut keys: Vec<&String> = self.federation.domains.keys().collect();
         keys.sort();
         for domain in keys {
             check_domain(&format!("federation.domains.{domain:?}"), domain)?;
+        }
+        Ok(())
+    }
+
+    /// `[cluster]`: its own keys, and what nodes must share: the PostgreSQL store (users,
+    /// rosters and the durable outbox survive a node) and the dialback secret (every node
+    /// answers `db:verify` for every local domain, XEP-0220 §2.1.3).
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let Some(c) = &self.cluster else {
+            return Ok(());
+        };
+        c.validate()?;
+        if self.store.backend != StoreBackend::Postgres {
+            return Err(invalid(
+                "store.backend",
+                "[cluster] needs the shared store: set backend = \"postgres\" and url",
+            ));
+        }
+        if self.s2s.dialback_secret.is_none() {
+            return Err(invalid(
+                "s2s.dialback_secret",
+                "[cluster] needs the same dialback secret on every node (a generated one differs per node)",
+            ));
+        }
+        if c.c2s_address.is_none() && self.listen.c2s.is_empty() {
+            return Err(invalid(
+                "cluster.c2s_address",
+                "needed when listen.c2s is empty (where other nodes send this node's clients)",
+            ));
         }
         Ok(())
     }

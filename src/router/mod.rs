@@ -12,6 +12,7 @@
 pub mod fanout;
 pub mod inbox;
 pub mod queue;
+pub mod rendezvous;
 
 use std::borrow::Cow;
 

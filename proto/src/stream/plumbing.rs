@@ -268,6 +268,19 @@ impl<E> Plumbing<E> {
         self.deadline = Some(now + close);
     }
 
+    /// [`Self::begin_close`] with the `<see-other-host/>` stream error naming `host`
+    /// (RFC 6120 §4.9.3.19).
+    pub(super) fn begin_redirect(&mut self, host: &str, now: Instant, close: Duration) {
+        crate::xml::writer::write_see_other_host(host, &mut self.out);
+        self.out.extend_from_slice(STREAM_CLOSE);
+        self.close_reason = Some(CloseReason::SentError(
+            StreamCondition::SeeOtherHost,
+            host.to_owned(),
+        ));
+        self.header_deadline = None;
+        self.deadline = Some(now + close);
+    }
+
     /// Why we started closing, taken (for a stream that ends before the peer's close).
     pub(super) fn take_close_reason(&mut self) -> Option<CloseReason> {
         self.close_reason.take()

@@ -107,6 +107,16 @@ pub fn write_stream_error(
     write_stream_error_with(condition, text, b"", out);
 }
 
+/// Appends the `<see-other-host/>` stream error whose content names where to reconnect
+/// (`host`, `host:port`, `[v6]:port`; RFC 6120 §4.9.3.19).
+pub fn write_see_other_host(host: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(
+        b"<stream:error><see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>",
+    );
+    super::escape_text_into(host, out);
+    out.extend_from_slice(b"</see-other-host></stream:error>");
+}
+
 /// [`write_stream_error`] with an application-specific condition element (`app`, XML
 /// with its own namespace, RFC 6120 §4.9.4) after the text, e.g. XEP-0198's
 /// `<handled-count-too-high/>`.

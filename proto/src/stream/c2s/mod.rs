@@ -443,6 +443,23 @@ impl C2sConnection {
         self.hold_until = None;
     }
 
+    /// Closes the stream with the `<see-other-host/>` stream error naming `host`
+    /// (`host:port`): another server of the same service is to serve this client (RFC
+    /// 6120 §4.9.3.19; a cluster node that does not own the client's bare JID, sent once
+    /// the client has authenticated so that only it learns the address). Then waits for
+    /// the client's close, as [`Self::close`].
+    pub fn redirect(&mut self, host: &str, now: Instant) {
+        if matches!(self.state, State::Closed | State::ExpectClose) {
+            return;
+        }
+        if !self.io.header_sent {
+            self.send_header();
+        }
+        self.io.begin_redirect(host, now, self.cfg.timeouts.close);
+        self.state = State::ExpectClose;
+        self.hold_until = None;
+    }
+
     // ----- internals -----
 
     fn is_paused(&self, now: Instant) -> bool {
