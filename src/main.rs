@@ -626,7 +626,69 @@ fn status(config: Option<&Path>, admin: Option<SocketAddr>, json: bool) -> ExitC
     }
     print_directory(admin);
     print_store(admin);
+    print_cluster(admin);
     ExitCode::SUCCESS
+}
+
+/// `fedrouter status`'s cluster table with `[cluster]` (`GET /status/cluster`): the NATS
+/// connection, then each member, its state and what it holds; nothing without a cluster.
+fn print_cluster(admin: SocketAddr) {
+    let v: serde_json::Value = match fedrouter::runtime::cluster_status_via_admin(admin)
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("fedrouter: cluster state unknown: {e}");
+            return;
+        }
+    };
+    if v["enabled"] == false {
+        return;
+    }
+    println!(
+        "\nCLUSTER node {} epoch {}: NATS {} {} ({} reconnects, {} stanzas lost, {} outbox entries resent)",
+        v["node"].as_str().unwrap_or("?"),
+        v["epoch"],
+        v["nats_url"].as_str().unwrap_or(""),
+        v["nats"].as_str().unwrap_or("?"),
+        v["reconnects"],
+        v["lost"],
+        v["outbox_resent"],
+    );
+    println!(
+        "{:<20} {:<6} {:<24} {:>9} {:>9} {:>12} {:>9}",
+        "MEMBER", "STATE", "C2S", "DOMAINS", "USERS", "LAST HEARD", "BACKLOG"
+    );
+    let backlog = |node: &str| {
+        v["backlog"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["node"] == node)
+            .and_then(|b| b["stanzas"].as_u64())
+            .unwrap_or(0)
+    };
+    for m in v["members"].as_array().into_iter().flatten() {
+        let node = m["node"].as_str().unwrap_or("?");
+        let heard = if m["self"] == true {
+            "(this node)".to_owned()
+        } else {
+            format!(
+                "{:.1}s ago",
+                m["last_heard_ms"].as_f64().unwrap_or(0.0) / 1000.0
+            )
+        };
+        println!(
+            "{:<20} {:<6} {:<24} {:>9} {:>9} {:>12} {:>9}",
+            node,
+            m["state"].as_str().unwrap_or("?"),
+            m["c2s"].as_str().unwrap_or("-"),
+            m["domains"].as_u64().unwrap_or(0),
+            m["users"].as_u64().unwrap_or(0),
+            heard,
+            backlog(node),
+        );
+    }
 }
 
 /// `fedrouter status`'s last line with `store.backend = "postgres"`: the store's state

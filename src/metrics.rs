@@ -35,11 +35,14 @@ pub enum Latency {
     /// A stanza on an outbound S2S stream from its bytes entering the stream to the
     /// peer's XEP-0198 acknowledgement covering it.
     SmAck,
+    /// A stanza from its publication by one cluster node to its processing by the owner
+    /// node's shard (wall clocks of both nodes: meaningful on one host or with NTP).
+    ClusterHandoff,
 }
 
 impl Latency {
     /// All of them, in export order.
-    pub const ALL: [Latency; 7] = [
+    pub const ALL: [Latency; 8] = [
         Latency::Routing,
         Latency::Handoff,
         Latency::Dns,
@@ -47,6 +50,7 @@ impl Latency {
         Latency::Negotiation,
         Latency::StoreCommit,
         Latency::SmAck,
+        Latency::ClusterHandoff,
     ];
 
     /// The metric family name (`fedrouter_<name>_seconds`) and its `.hgrm` name.
@@ -59,6 +63,7 @@ impl Latency {
             Latency::Negotiation => "s2s_negotiation",
             Latency::StoreCommit => "store_commit",
             Latency::SmAck => "s2s_ack_latency",
+            Latency::ClusterHandoff => "cluster_handoff_latency",
         }
     }
 
@@ -75,6 +80,9 @@ impl Latency {
             Latency::StoreCommit => "Roster change time from submission to durable commit.",
             Latency::SmAck => {
                 "Outbound S2S stanza time from written into the stream to acknowledged by the peer (XEP-0198)."
+            }
+            Latency::ClusterHandoff => {
+                "Stanza time from publication by one cluster node to processing on its owner node."
             }
         }
     }
@@ -174,6 +182,17 @@ impl Default for Metrics {
 
 /// The counter families: name and help.
 const COUNTER_HELP: &[(&str, &str)] = &[
+    ("cluster_forwarded", "Stanzas published to the cluster node that owns their destination, by node."),
+    ("cluster_received", "Stanzas received from other cluster nodes."),
+    ("cluster_forward_refused", "Stanzas bounced (remote-server-timeout) because the way to their owner node was full, by node (backlog: its backlog in the NATS thread)."),
+    ("cluster_hops_exceeded", "Stanzas handled here after MAX_HOPS forwards between nodes whose views disagreed."),
+    ("cluster_reforwarded", "Stanzas from another node forwarded again because ownership had moved."),
+    ("cluster_nats_reconnects", "Reconnections to NATS after a loss."),
+    ("cluster_lost", "Stanzas between nodes lost: dropped by NATS (slow consumer) or not taken by a busy shard within 1 s."),
+    ("cluster_backlog_full", "Stanzas bounced because the backlog for their node (cluster.backlog) was full."),
+    ("cluster_outbox_resent", "Subscription requests sent again from the durable outbox after a member died or NATS came back."),
+    ("cluster_membership_changes", "Changes of the cluster's live member set."),
+    ("c2s_redirects", "Clients sent to the cluster node that owns their bare JID (see-other-host)."),
     (
         "flood_refused",
         "Requests refused by a flood limit ([limits]), by reason: subscription_rate, pending_per_domain, pending_per_user, c2s_unauthenticated_per_address, c2s_auth_failures_per_address.",
@@ -278,6 +297,9 @@ const COUNTER_HELP: &[(&str, &str)] = &[
 
 /// The gauge families: name and help.
 const GAUGE_HELP: &[(&str, &str)] = &[
+    ("cluster_nats_up", "1 while the NATS connection of the cluster is up."),
+    ("cluster_members_up", "Live cluster members, this node included."),
+    ("cluster_epoch", "The cluster membership epoch (changes of the live set, plus one)."),
     (
         "directory_up",
         "Whether the LDAP directory (auth.backend = ldap) answered the last check or probe: 1 up, 0 unreachable or not asked yet.",

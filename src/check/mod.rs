@@ -155,6 +155,10 @@ pub mod steps {
     /// Our listener confirms keys made with this configuration's dialback secret
     /// (XEP-0220 §2.1.3 `db:verify`, XEP-0185).
     pub const AUTHORITATIVE: &str = "authoritative";
+    /// The PostgreSQL store answers (`store.backend = "postgres"`).
+    pub const STORE: &str = "store";
+    /// A NATS server of the cluster answers (`[cluster]`).
+    pub const NATS: &str = "nats";
 }
 
 /// The outcome of one step.
@@ -424,6 +428,7 @@ pub fn run(
         Some(d) if !config.domains.contains(&d) => c.remote(&from, &d),
         Some(d) => c.own(&d),
         None => {
+            c.services();
             for d in &config.domains {
                 c.own(d);
             }
@@ -438,6 +443,7 @@ mod dns;
 mod explain;
 mod own;
 mod remote;
+mod services;
 mod standin;
 #[cfg(test)]
 mod tests;

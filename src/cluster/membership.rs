@@ -186,6 +186,16 @@ impl Membership {
         changes
     }
 
+    /// This node's own connection was down and is back: every live member gets a full
+    /// failure timeout from `now` to be heard again (their silence was ours, not theirs).
+    pub fn reconnected(&mut self, now: Instant) {
+        for m in self.others.values_mut() {
+            if m.state == State::Up {
+                m.seen = now;
+            }
+        }
+    }
+
     /// When [`Membership::tick`] next has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.others
@@ -304,6 +314,19 @@ mod tests {
         );
         assert!(m.tick(t0 + Duration::from_secs(60)).is_empty());
         assert_eq!(m.others().next().map(|(_, m)| m.state), Some(State::Left));
+    }
+
+    #[test]
+    fn silence_while_we_were_cut_off_is_not_a_death() {
+        let t0 = Instant::now();
+        let ft = Duration::from_secs(3);
+        let mut m = Membership::new("n1", 1, ft);
+        m.on_heartbeat(hb("n2", 7), t0);
+        // Our NATS connection was down for 10 s (the caller does not tick meanwhile).
+        let back = t0 + Duration::from_secs(10);
+        m.reconnected(back);
+        assert!(m.tick(back + Duration::from_secs(2)).is_empty());
+        assert_eq!(m.tick(back + ft), [Change::Died("n2".into())]);
     }
 
     #[test]

@@ -40,8 +40,6 @@ pub(crate) enum Inbound {
 
 /// The runtime side of the NATS thread.
 pub(crate) trait Sink: Send + 'static {
-    /// The number of shards.
-    fn shards(&self) -> usize;
     /// Hands `items` to `shard`. Errors: the items back when its control channel is
     /// full.
     fn deliver(&self, shard: usize, items: Vec<Inbound>) -> Result<(), Vec<Inbound>>;
@@ -322,13 +320,21 @@ impl Node {
                         self.leave().await;
                         return;
                     }
-                    self.heartbeat(false).await;
-                    let changes = self.membership.tick(Instant::now());
-                    self.apply(changes).await;
+                    if connected {
+                        self.heartbeat(false).await;
+                    }
+                    // While our own connection is down, nobody is heard: that is not
+                    // their death. The view stays; stanzas for others wait in backlogs.
+                    if connected {
+                        let changes = self.membership.tick(Instant::now());
+                        self.apply(changes).await;
+                    }
                     if connected {
                         self.flush().await;
                     }
                     self.show_backlog();
+                    let members = self.members_json();
+                    self.cluster.set_status(|s| s.members = members);
                 }
                 e = ev_rx.recv() => match e {
                     Some(NatsEvent::Connected) => {
@@ -340,6 +346,7 @@ impl Node {
                                 s.nats_up = true;
                                 s.since = Some(SystemTime::now());
                             });
+                            self.membership.reconnected(Instant::now());
                             self.heartbeat(true).await;
                             self.flush().await;
                             // What was published while the connection broke may be
@@ -589,24 +596,32 @@ impl Node {
         }
     }
 
+    /// The other members as status shows them.
+    fn members_json(&self) -> Vec<serde_json::Value> {
+        let now = Instant::now();
+        self.membership
+            .others()
+            .map(|(name, m)| {
+                serde_json::json!({
+                    "node": &**name,
+                    "state": m.state.as_str(),
+                    "c2s": m.last.c2s,
+                    "domains": m.last.domains,
+                    "users": m.last.users,
+                    "last_heard_ms": now.saturating_duration_since(m.seen).as_millis() as u64,
+                })
+            })
+            .collect()
+    }
+
     /// Stores and announces the current view; returns it.
     fn publish_view(&mut self, died: Vec<Arc<str>>) -> Arc<View> {
         let mut c2s: HashMap<Arc<str>, String> = HashMap::new();
         c2s.insert(Arc::clone(&self.me), self.c2s.clone());
-        let now = Instant::now();
-        let mut members = Vec::new();
         for (name, m) in self.membership.others() {
             if m.state == State::Up {
                 c2s.insert(Arc::clone(name), m.last.c2s.clone());
             }
-            members.push(serde_json::json!({
-                "node": &**name,
-                "state": m.state.as_str(),
-                "c2s": m.last.c2s,
-                "domains": m.last.domains,
-                "users": m.last.users,
-                "last_heard_ms": now.saturating_duration_since(m.seen).as_millis() as u64,
-            }));
         }
         let view = Arc::new(View {
             me: Arc::clone(&self.me),
@@ -615,6 +630,7 @@ impl Node {
             c2s,
         });
         self.cluster.view.store(Arc::clone(&view));
+        let members = self.members_json();
         self.cluster.set_status(|s| s.members = members);
         if self.sink.is_some() {
             for shard in 0..self.shards {

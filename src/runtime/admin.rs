@@ -24,6 +24,13 @@
 //!   "connection_failures"}` with `store.backend = "postgres"` ([`crate::store::status`]);
 //!   it does not change the status code either.
 //! - `GET /status/store`: that object alone (`{"backend": "sqlite"}` with SQLite).
+//! - `/health` also carries `"cluster"` with `[cluster]`: `{"node", "epoch", "nats": "up"
+//!   | "down", "nats_url", "nats_since", "last_error", "live": [names], "members":
+//!   [{"node", "state": "up" | "dead" | "left", "c2s", "domains", "users",
+//!   "last_heard_ms"}] (this node first, with `"self": true`), "backlog": [{"node",
+//!   "stanzas"}], "reconnects", "lost", "outbox_resent"}` ([`crate::cluster::Cluster::to_json`]);
+//!   it does not change the status code.
+//! - `GET /status/cluster`: that object alone (`{"enabled": false}` without a cluster).
 //! - `GET /status`: the remote domains every shard knows of, as a JSON array of
 //!   `{"domain", "shard", "streams": [{"direction", "state", "tls", "authenticated":
 //!   [{"local", "remote", "method"}], "age_s", "sm" ("enabled" | "requested" | "off",
@@ -330,8 +337,17 @@ fn handle(req: tiny_http::Request, ctx: &Ctx) {
             if let Some(s) = shared.store.status() {
                 body["store"] = s.report().to_json();
             }
+            // The cluster too: with NATS down, stanzas for other nodes wait in their
+            // backlog (then bounce), and everything this node owns is still served.
+            if let Some(c) = &shared.cluster {
+                body["cluster"] = c.to_json();
+            }
             json(code, body)
         }
+        "/status/cluster" => match &shared.cluster {
+            Some(c) => json(200, c.to_json()),
+            None => json(200, serde_json::json!({"enabled": false})),
+        },
         "/status/store" => match shared.store.status() {
             Some(s) => json(200, s.report().to_json()),
             None => json(200, serde_json::json!({"backend": "sqlite"})),
@@ -483,6 +499,12 @@ pub fn directory_status_via_admin(admin: SocketAddr) -> Result<String, String> {
 /// older server is an error).
 pub fn store_status_via_admin(admin: SocketAddr) -> Result<String, String> {
     admin_get(admin, "/status/store")
+}
+
+/// `GET /status/cluster` of a running server's admin endpoint: the JSON text
+/// (`{"enabled": false}` without `[cluster]`).
+pub fn cluster_status_via_admin(admin: SocketAddr) -> Result<String, String> {
+    admin_get(admin, "/status/cluster")
 }
 
 /// `GET path` of the admin endpoint at `admin`: the body of a 200 answer.

@@ -33,6 +33,7 @@
 //! another io_uring runtime (monoio, compio) without touching protocol code.
 
 mod admin;
+mod cluster_sink;
 mod conn;
 mod connect;
 mod drain;
@@ -59,6 +60,8 @@ use tokio::sync::Notify;
 use tracing::{info, info_span, warn};
 
 use crate::auth::Directory;
+use crate::cluster::nats::Inbound;
+use crate::cluster::Cluster;
 use crate::config::AuthBackend;
 use crate::config::{Config, Materialized};
 use crate::dns::{DnsConfig, S2sResolver, StaticTarget};
@@ -72,7 +75,8 @@ use crate::tls::{self, CertifiedDomain, ClientAuth, DomainCertResolver};
 use crate::xml::Limits;
 
 pub use admin::{
-    directory_status_via_admin, ping_via_admin, status_via_admin, store_status_via_admin,
+    cluster_status_via_admin, directory_status_via_admin, ping_via_admin, status_via_admin,
+    store_status_via_admin,
 };
 use io::ListenerKind;
 use shard::{Shard, CURRENT};
@@ -81,6 +85,9 @@ use shard::{Shard, CURRENT};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
+    /// The cluster could not start: NATS unreachable (the URLs and the cause).
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -151,6 +158,9 @@ pub(crate) enum Control {
     /// new S2S resolver from when it changed (the shard builds its own, see
     /// [`crate::dns`]: a resolver is never shared across shard threads).
     Reload(Arc<Shared>, Option<DnsConfig>),
+    /// From the cluster's NATS thread: stanzas from other nodes, bounces, a new view of
+    /// the members, outbox entries to send again.
+    Cluster(Vec<Inbound>),
 }
 
 thread_local! {
@@ -211,6 +221,9 @@ pub(crate) struct Shared {
     /// Flood counts per remote domain and client address (`[limits]`): the one mutable
     /// table shards share, see [`floods`] for why. Kept across reloads.
     pub floods: Arc<floods::Floods>,
+    /// The cluster this node belongs to (`[cluster]`): the view of live members that
+    /// decides which node owns what, and the way to the others. Kept across reloads.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Shared {
@@ -302,6 +315,24 @@ impl Server {
         };
         let floods = Arc::new(floods::Floods::new(&config.domains, &pending_in));
         drop(pending_in);
+        // The cluster: connected to NATS and the live members known before anything is
+        // routed (ownership depends on them).
+        let (cluster, attach) = match &config.cluster {
+            Some(c) => {
+                let c2s = c.c2s_address.clone().unwrap_or_else(|| {
+                    config
+                        .listen
+                        .c2s
+                        .first()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default()
+                });
+                let (cluster, attach) =
+                    crate::cluster::nats::start(c, c2s, n).map_err(StartError::Cluster)?;
+                (Some(cluster), Some(attach))
+            }
+            None => (None, None),
+        };
         let shared = Arc::new(build_shared(
             config,
             materialized,
@@ -309,6 +340,7 @@ impl Server {
             store,
             directory,
             floods,
+            cluster,
         )?);
         let cfg = &shared.config;
 
@@ -405,7 +437,20 @@ impl Server {
             threads.push(t);
         }
 
+        if let Some(attach) = attach {
+            attach.attach(Box::new(cluster_sink::RuntimeSink {
+                controls: controls.clone(),
+                store: shared.store.clone(),
+            }));
+        }
         let mut per_shard_resend: Vec<Vec<(String, String)>> = vec![Vec::new(); n];
+        // In a cluster, each node sends its own users' requests (the others', theirs).
+        let view = shared.cluster.as_ref().map(|c| c.view());
+        let resend = resend.into_iter().filter(|(user, _)| {
+            view.as_ref().is_none_or(|v| {
+                matches!(v.owner(&router::bare_key(user)), crate::cluster::Owner::Me)
+            })
+        });
         for (user, contact) in resend {
             per_shard_resend[router::shard_of(&router::bare_key(&user), n)].push((user, contact));
         }
@@ -468,6 +513,9 @@ impl Server {
     /// Starts a graceful shutdown (RFC 6120 §4.4 close on every stream, then the
     /// `shutdown.drain_timeout` deadline). Returns at once; [`Server::join`] waits.
     pub fn shutdown(&self) {
+        if let Some(c) = &self.running.cluster {
+            c.leave();
+        }
         for (tx, wake) in &self.controls {
             let _ = tx.try_send(Control::Shutdown);
             wake.notify_one();
@@ -536,6 +584,7 @@ impl Server {
             self.store.clone(),
             self.directory.clone(),
             Arc::clone(&self.running.floods),
+            self.running.cluster.clone(),
         )?);
         for (tx, wake) in &self.controls {
             let _ = tx.send_timeout(
@@ -614,6 +663,7 @@ fn build_shared(
     store: StoreHandle,
     directory: Option<Directory>,
     floods: Arc<floods::Floods>,
+    cluster: Option<Arc<Cluster>>,
 ) -> Result<Shared, StartError> {
     let tls_err = |e: tls::TlsError| StartError::Tls(e.to_string());
     let mut resolver = DomainCertResolver::new();
@@ -742,6 +792,7 @@ fn build_shared(
         clients,
         config,
         floods,
+        cluster,
     })
 }
 

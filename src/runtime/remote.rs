@@ -85,6 +85,11 @@ pub(super) struct Remotes {
 }
 
 impl Remotes {
+    /// How many remote domains this shard holds state for.
+    pub(super) fn len(&self) -> usize {
+        self.map.borrow().len()
+    }
+
     /// Bounces a queued stanza for `cause` (counted in `bounced_by_cause`); an error
     /// stanza, which is never bounced (RFC 6120 §8.3.1), is dropped, and not without a
     /// trace ([`Remotes::drop_error`]).

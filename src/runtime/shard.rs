@@ -38,6 +38,8 @@ use super::outbox::Outbox;
 use super::remote::Remotes;
 use super::s2s::S2sStreams;
 use super::{Control, PingOutcome, Shared};
+use crate::cluster::nats::Inbound;
+use crate::cluster::{wire, Cluster, Owner, MAX_HOPS};
 use crate::condition::StanzaCondition;
 use crate::dns::{DnsConfig, S2sResolver};
 use crate::jid::domain_of;
@@ -94,6 +96,8 @@ pub(crate) struct Shard {
     /// The shard's span (`shard{id=N}`): the parent of every stream span this shard
     /// creates, whichever stream's task creates it.
     pub(super) span: tracing::Span,
+    /// The cluster (`[cluster]`), if this node is in one: who owns what across nodes.
+    pub(super) cluster: Option<Arc<Cluster>>,
 }
 
 impl Shard {
@@ -109,6 +113,7 @@ impl Shard {
         Shard {
             id,
             n: shared.shards,
+            cluster: shared.cluster.clone(),
             outbox: Outbox::new(shared.config.inbox.batch.max(16)),
             shared: RefCell::new(shared),
             control,
@@ -239,6 +244,7 @@ impl Shard {
             // The heartbeat `/health` reports (liveness itself is judged by answering
             // `Control::Health`: an idle shard sleeps in the `select!` above).
             health.turn(self.id);
+            self.count_held();
             // Control messages (admin, shutdown).
             while let Ok(c) = self.control.try_recv() {
                 match c {
@@ -255,6 +261,7 @@ impl Shard {
                         let _ = reply.try_send(self.id);
                     }
                     Control::Reload(shared, dns) => self.reload(shared, dns),
+                    Control::Cluster(items) => self.from_cluster(items),
                 }
             }
             if self.shutting_down.get() {
@@ -348,6 +355,12 @@ impl Shard {
     /// one routing decision of the stanza: the destination travels with it
     /// ([`ShardMsg::Route`]).
     pub(super) fn route(&self, el: Element) {
+        self.route_hops(el, 0);
+    }
+
+    /// [`Shard::route`] for a stanza that `hops` cluster nodes forwarded so far: first
+    /// the owner node (in a cluster), then the owner shard.
+    fn route_hops(&self, el: Element, hops: u8) {
         let (owner, dst) = {
             let Some(to) = el.to() else {
                 debug!("dropping a stanza without 'to' (checked by the stream layer)");
@@ -355,9 +368,16 @@ impl Shard {
             };
             let domain = domain_of(to);
             if self.shared().s2s.hosts(domain) {
-                (shard_of(&bare_key(to), self.n), Dst::Local)
+                let bare = bare_key(to);
+                if self.forwarded(&el, wire::Kind::Local, &bare, hops) {
+                    return;
+                }
+                (shard_of(&bare, self.n), Dst::Local)
             } else {
                 let d = domain_key(domain).into_owned();
+                if self.forwarded(&el, wire::Kind::Remote, &d, hops) {
+                    return;
+                }
                 (shard_of(&d, self.n), Dst::Remote(d))
             }
         };
@@ -374,6 +394,119 @@ impl Shard {
                     read_at: super::read_at(),
                 },
             ),
+        }
+    }
+
+    // ----- cluster -----
+
+    /// The node that owns `key` when it is not this one (in a cluster).
+    pub(super) fn owner_elsewhere(&self, key: &str) -> Option<Arc<str>> {
+        let c = self.cluster.as_ref()?;
+        match c.view().owner(key) {
+            Owner::Me => None,
+            Owner::Node(n) => Some(Arc::clone(n)),
+        }
+    }
+
+    /// In a cluster, sends `el` (for `key`) to the node that owns it, if that is not this
+    /// one: true when it left (or was bounced). After [`MAX_HOPS`] forwards this node
+    /// handles it whatever its view says.
+    fn forwarded(&self, el: &Element, kind: wire::Kind, key: &str, hops: u8) -> bool {
+        let Some(node) = self.owner_elsewhere(key) else {
+            return false;
+        };
+        if hops >= MAX_HOPS {
+            super::metrics(|m| m.count("cluster_hops_exceeded", &[], 1));
+            return false;
+        }
+        if hops > 0 {
+            if let Some(c) = &self.cluster {
+                c.stats
+                    .reforwarded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.forward_bytes(&node, kind, key, hops + 1, el.bytes(), || el.clone());
+        true
+    }
+
+    /// Publishes `bytes` (a stanza for `key`) to `node`; when the way to it is full,
+    /// bounces the stanza (`element` builds it) with `remote-server-timeout`.
+    pub(super) fn forward_bytes(
+        &self,
+        node: &Arc<str>,
+        kind: wire::Kind,
+        key: &str,
+        hops: u8,
+        bytes: &[u8],
+        element: impl FnOnce() -> Element,
+    ) {
+        let Some(c) = &self.cluster else { return };
+        match c.forward(node, kind, key, hops, bytes) {
+            Ok(()) => super::metrics(|m| m.count("cluster_forwarded", &[("node", node)], 1)),
+            Err(e) => {
+                super::metrics(|m| m.count("cluster_forward_refused", &[("node", node)], 1));
+                debug!(%node, error = ?e, "cluster: the way to the node is full; bouncing");
+                self.bounce(
+                    &element(),
+                    StanzaCondition::RemoteServerTimeout,
+                    "the cluster node that serves this address cannot be reached",
+                );
+            }
+        }
+    }
+
+    /// What the cluster's NATS thread hands this shard.
+    fn from_cluster(&self, items: Vec<Inbound>) {
+        for item in items {
+            match item {
+                Inbound::Stanza(f) => {
+                    let waited = wire::now_us().saturating_sub(f.sent_us);
+                    super::metrics(|m| {
+                        m.count("cluster_received", &[], 1);
+                        m.observe(Latency::ClusterHandoff, Duration::from_micros(waited));
+                    });
+                    match parse_stanza(&f.stanza) {
+                        Ok(el) => self.route_hops(el, f.hops),
+                        Err(e) => {
+                            warn!(error = %e, "a stanza from another node does not frame; dropped")
+                        }
+                    }
+                }
+                Inbound::Bounce(bytes) => {
+                    if let Ok(el) = parse_stanza(&bytes) {
+                        super::metrics(|m| {
+                            m.count("cluster_forward_refused", &[("node", "backlog")], 1)
+                        });
+                        self.bounce(
+                            &el,
+                            StanzaCondition::RemoteServerTimeout,
+                            "the cluster node that serves this address cannot be reached",
+                        );
+                    }
+                }
+                Inbound::ViewChanged { view, died } => {
+                    info!(epoch = view.epoch, members = ?view.members, died = ?died, "cluster view changed");
+                    self.local.cluster_view_changed(self, &view);
+                }
+                Inbound::Resend(pairs) => self.local.resend_subscriptions(self, pairs),
+            }
+        }
+    }
+
+    /// Updates the counts this node's heartbeat announces.
+    fn count_held(&self) {
+        if let Some(c) = &self.cluster {
+            if let Some((d, u)) = c.held.get(self.id) {
+                d.store(
+                    self.remotes.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                u.store(
+                    self.local.user_count() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
         }
     }
 
@@ -499,6 +632,9 @@ impl Shard {
             self.outbox.len() as i64,
         );
         if self.id == 0 {
+            if let Some(c) = &self.cluster {
+                c.add_metrics(&mut m);
+            }
             m.add_gauge(
                 "queue_depth",
                 &[("queue", "store")],

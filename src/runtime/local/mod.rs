@@ -213,6 +213,18 @@ impl Local {
         self.sessions.close_clients(shard, now);
     }
 
+    /// How many local users this shard holds state for (sessions, rosters loaded).
+    pub(super) fn user_count(&self) -> usize {
+        self.users.borrow().len()
+    }
+
+    /// The cluster's live set changed (`view`): sessions of users owned elsewhere now
+    /// move there ([`Sessions::cluster_view_changed`]).
+    pub(super) fn cluster_view_changed(&self, shard: &Shard, view: &crate::cluster::View) {
+        let _ = view.epoch;
+        self.sessions.cluster_view_changed(shard);
+    }
+
     /// A client's socket accepted no byte for `c2s.write_stall_timeout`: the session
     /// ends, what it never received is delivered again (RFC 6121 §8.5):
     /// [`Sessions::write_stalled`].

@@ -19,6 +19,7 @@ use tracing::debug;
 use super::roster::RosterState;
 use super::sessions::{send_to, Session};
 use super::users::Deferred;
+use crate::cluster::wire::Kind;
 use crate::jid::{domain_of, BareJid};
 use crate::presence::delivery;
 use crate::presence::Subscription;
@@ -187,7 +188,34 @@ impl Presence {
         recipients: impl IntoIterator<Item = &'a str>,
     ) {
         let s2s = Arc::clone(&shard.shared().s2s);
-        for (dst, to) in plan(recipients, shard.n, |d| s2s.hosts(d)) {
+        // In a cluster, recipients another node owns get their copy through it.
+        let mut here: Vec<&str> = Vec::new();
+        for jid in recipients {
+            if shard.cluster.is_none() {
+                here.push(jid);
+                continue;
+            }
+            let domain = domain_key(domain_of(jid));
+            let (kind, key) = if s2s.hosts(&domain) {
+                (Kind::Local, bare_key(jid).into_owned())
+            } else {
+                (Kind::Remote, domain.into_owned())
+            };
+            match shard.owner_elsewhere(&key) {
+                None => here.push(jid),
+                Some(node) => {
+                    let mut to_attr = Vec::new();
+                    write_to_attr(jid, &mut to_attr);
+                    let bytes = stanza.parts(&to_attr).concat();
+                    shard.forward_bytes(&node, kind, &key, 1, &bytes, || {
+                        stanza
+                            .to_element(jid)
+                            .unwrap_or_else(|_| stanza.element().clone())
+                    });
+                }
+            }
+        }
+        for (dst, to) in plan(here, shard.n, |d| s2s.hosts(d)) {
             if dst == shard.id {
                 self.fanned_out(shard, &stanza, to);
             } else {

@@ -195,6 +195,13 @@ impl Sessions {
             };
             if let Event::Authenticated { jid, .. } = &ev {
                 let jid = jid.clone();
+                // In a cluster, the user's sessions live on the node that owns its bare
+                // JID: the client is sent there (RFC 6120 §4.9.3.19) when it restarts
+                // the stream (`Event::Opened`), not handed to a shard here.
+                if shard.owner_elsewhere(&bare_key(&jid)).is_some() {
+                    self.event(shard, conn, ev);
+                    continue;
+                }
                 let dst = shard_of(&bare_key(&jid), shard.n);
                 let moved = conn.st.borrow().moved;
                 if dst != shard.id && !moved {
@@ -217,7 +224,18 @@ impl Sessions {
 
     fn event(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>, ev: Event) {
         match ev {
-            Event::Opened { .. } => {}
+            Event::Opened { .. } => {
+                // The stream restarted after SASL by a user another cluster node owns.
+                let bare = conn
+                    .st
+                    .borrow()
+                    .proto
+                    .authenticated_jid()
+                    .map(|j| bare_key(j.as_str()).into_owned());
+                if let Some(node) = bare.and_then(|b| shard.owner_elsewhere(&b)) {
+                    self.redirect(shard, conn, &node);
+                }
+            }
             Event::StartTls(_) => {
                 let tls = rustls::ServerConnection::new(Arc::clone(&shard.shared().tls_c2s));
                 let mut st = conn.st.borrow_mut();
@@ -536,6 +554,45 @@ impl Sessions {
     }
 
     /// Closes every client stream (shutdown): unavailable presence goes out as each ends.
+    /// Closes `conn` with `<see-other-host/>` naming cluster node `node`'s client
+    /// address (RFC 6120 §4.9.3.19).
+    pub(super) fn redirect(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>, node: &str) {
+        let Some(addr) = shard
+            .cluster
+            .as_ref()
+            .and_then(|c| c.view().c2s.get(node).cloned())
+        else {
+            return;
+        };
+        info!(parent: &conn.span, %node, %addr, "the user's bare JID is owned by another cluster node: see-other-host");
+        crate::runtime::metrics(|m| m.count("c2s_redirects", &[], 1));
+        let mut st = conn.st.borrow_mut();
+        st.proto.redirect(&addr, Instant::now());
+        st.collect_events();
+        st.pump();
+        drop(st);
+        conn.wake.notify_one();
+    }
+
+    /// The cluster's live set changed: sessions of users another node owns now are sent
+    /// there (their state is in the shared store; the new owner loads it).
+    pub(super) fn cluster_view_changed(&self, shard: &Shard) {
+        let conns: Vec<Rc<Conn<C2sConnection>>> =
+            shard.local.conns.borrow().values().cloned().collect();
+        for c in conns {
+            let bare = {
+                let st = c.st.borrow();
+                match st.proto.authenticated_jid() {
+                    Some(j) => bare_key(j.as_str()).into_owned(),
+                    None => continue,
+                }
+            };
+            if let Some(node) = shard.owner_elsewhere(&bare) {
+                self.redirect(shard, &c, &node);
+            }
+        }
+    }
+
     pub(super) fn close_clients(&self, shard: &Shard, now: Instant) {
         shard.local.resumption.expire_all(shard);
         let conns: Vec<Rc<Conn<C2sConnection>>> =
