@@ -133,8 +133,8 @@ impl Lab {
         );
         // The deployment's SRV records name every node, equal priority (DESIGN.md).
         let mut records: Vec<ZoneRecord> = xmpp_server(REMOTE, ip(net, 50));
-        for i in 0..NODES.len() {
-            let host = format!("{}.{DOMAIN}", NODES[i]);
+        for (i, node) in NODES.iter().enumerate() {
+            let host = format!("{node}.{DOMAIN}");
             records.push(srv("_xmpp-server", DOMAIN, &host, 5269));
             records.push(server::a(&host, node_ip(net, i)));
         }
