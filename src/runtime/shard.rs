@@ -408,13 +408,35 @@ impl Shard {
         }
     }
 
+    /// A stanza to a local domain's own entity with a member's name as resource
+    /// (`cupdomain.test/n2`, the `from` of the admin pings node `n2` sends): that node,
+    /// where the ping waits for its answer, whoever owns the domain's bare JID.
+    fn node_of_entity(&self, el: &Element, kind: wire::Kind) -> Option<Arc<str>> {
+        let c = self.cluster.as_ref()?;
+        if kind != wire::Kind::Local {
+            return None;
+        }
+        let to = el.to()?;
+        let (bare, resource) = to.split_once('/')?;
+        if bare.contains('@') {
+            return None;
+        }
+        c.view().members.iter().find(|m| ***m == *resource).cloned()
+    }
+
     /// In a cluster, sends `el` (for `key`) to the node that owns it, if that is not this
     /// one: true when it left (or was bounced). After [`MAX_HOPS`] forwards this node
     /// handles it whatever its view says.
     fn forwarded(&self, el: &Element, kind: wire::Kind, key: &str, hops: u8) -> bool {
-        let Some(node) = self.owner_elsewhere(key) else {
+        let Some(node) = self
+            .node_of_entity(el, kind)
+            .or_else(|| self.owner_elsewhere(key))
+        else {
             return false;
         };
+        if *node == *self.cluster.as_ref().map_or("", |c| &*c.node) {
+            return false;
+        }
         if hops >= MAX_HOPS {
             super::metrics(|m| m.count("cluster_hops_exceeded", &[], 1));
             return false;
@@ -550,7 +572,12 @@ impl Shard {
             pings.retain(|_, p| now.duration_since(p.sent) < Duration::from_secs(300));
             pings.insert(id.clone(), PendingPing { sent: now, reply });
         }
-        self.route(ping(from, to, &id));
+        // In a cluster the answer comes back through whichever node the peer reaches:
+        // our name as resource brings it here (`Shard::node_of_entity`).
+        match &self.cluster {
+            Some(c) => self.route(ping(&format!("{from}/{}", c.node), to, &id)),
+            None => self.route(ping(from, to, &id)),
+        }
     }
 
     fn finish_ping(&self, id: &str, error: Option<Option<StanzaCondition>>) {

@@ -5,7 +5,8 @@
 //! each fedrouter user connected to a node that does NOT own `gmail.test` (so the
 //! outbound streams to Prosody and the users' sessions are on different nodes, and every
 //! stanza of the flow crosses nodes over NATS at least once). The nodes must have
-//! forwarded stanzas to each other, and the rosters end stored in PostgreSQL.
+//! forwarded stanzas to each other, the rosters end stored in PostgreSQL, and an admin
+//! ping from every node to `gmail.test` is answered.
 //!
 //! Addresses: `127.0.15.0/24`: Prosody on `.2`, DNS on `.3:53`, NATS on `.4`, nodes on
 //! `.11`–`.13` (C2S 5222, S2S 5269, admin 9269). Google-style federation (plain TCP +
@@ -229,6 +230,11 @@ failure_timeout = "1s"
         }
         cup.close();
         jd.close();
+    }
+    // `fedrouter ping` works on every node, whichever owns gmail.test (its outbound
+    // streams) and cupdomain.test's own entity: the answer comes back to the asking node.
+    for n in &nodes {
+        crate::server::assert_pong(&n.ping(THEIRS), &format!("ping from {}", n.name));
     }
     assert!(
         forwarded_total(&nodes) > 0.0,

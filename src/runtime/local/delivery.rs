@@ -30,7 +30,10 @@ impl Delivery {
     pub(super) fn deliver_local_stanza(&self, shard: &Shard, el: Element) -> Option<Answer> {
         let kind = StanzaKind::of(&el)?;
         let to = el.to().unwrap_or_default();
-        if !to.contains('@') && !to.contains('/') {
+        // The server's own entity; and answers to its requests sent from a node's
+        // resource of the domain (`cupdomain.test/n2`, the admin ping in a cluster).
+        let response = kind == StanzaKind::Iq && matches!(el.type_(), Some("result" | "error"));
+        if !to.contains('@') && (!to.contains('/') || response) {
             return Some(answer_server(&el, kind, &super::SOFTWARE));
         }
         self.deliver_to_user(shard, el);
