@@ -36,6 +36,9 @@ pub struct Heartbeat {
     /// How many local users it holds sessions or state for.
     #[serde(default)]
     pub users: u64,
+    /// Stanzas it received from each other node since it started (by node name).
+    #[serde(default)]
+    pub received: std::collections::BTreeMap<String, u64>,
 }
 
 /// A change of the live set.
@@ -253,6 +256,7 @@ mod tests {
             leaving: false,
             domains: 0,
             users: 0,
+            received: Default::default(),
         }
     }
 

@@ -118,6 +118,9 @@ pub struct Stats {
     pub membership_changes: AtomicU64,
     /// Stanzas received from other nodes that this node had to forward again.
     pub reforwarded: AtomicU64,
+    /// Stanzas published to members that died before they confirmed receiving them (in
+    /// their heartbeats): possibly lost with the dead member's memory.
+    pub unconfirmed_at_death: AtomicU64,
 }
 
 /// The cluster as shards and the admin endpoint see it: the current [`View`], the way
@@ -225,6 +228,7 @@ impl Cluster {
             "reconnects": self.stats.reconnects.load(Ordering::Relaxed),
             "lost": self.stats.lost.load(Ordering::Relaxed),
             "outbox_resent": self.stats.outbox_resent.load(Ordering::Relaxed),
+            "unconfirmed_at_death": self.stats.unconfirmed_at_death.load(Ordering::Relaxed),
         })
     }
 

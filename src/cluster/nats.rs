@@ -36,6 +36,10 @@ pub(crate) enum Inbound {
     /// Send these outbound subscription requests again (`(user, contact)`): the durable
     /// outbox of users this node took over, or all of this node's after NATS came back.
     Resend(Vec<(String, String)>),
+    /// This node was cut off from the others for longer than the failure timeout (they
+    /// took over its share meanwhile): what it caches about its users may be stale, so
+    /// its client sessions reconnect (to this node) and reload from the store.
+    Fence,
 }
 
 /// The runtime side of the NATS thread.
@@ -104,8 +108,10 @@ fn subject_members(prefix: &str) -> String {
     format!("{prefix}.members")
 }
 
-fn subject_node(prefix: &str, node: &str) -> String {
-    format!("{prefix}.node.{node}")
+/// Where stanzas for `node` from `sender` are published; `node` subscribes to
+/// `<prefix>.node.<node>.*` and learns the sender from the last token.
+fn subject_node(prefix: &str, node: &str, sender: &str) -> String {
+    format!("{prefix}.node.{node}.{sender}")
 }
 
 /// What the connection callback reports.
@@ -128,6 +134,13 @@ struct Node {
     sink: Option<Box<dyn Sink>>,
     shards: usize,
     leaving: bool,
+    /// Stanzas published to each node since start.
+    published: HashMap<Arc<str>, u64>,
+    /// Stanzas received from each node since start (announced in heartbeats, so that a
+    /// sender can tell how many a node that died never confirmed).
+    received: HashMap<String, u64>,
+    /// When this node's NATS connection went down.
+    down_since: Option<Instant>,
 }
 
 async fn run(
@@ -185,7 +198,7 @@ async fn run(
     let (mut members_sub, node_sub) = match (
         client.subscribe(subject_members(&cfg.subject_prefix)).await,
         client
-            .subscribe(subject_node(&cfg.subject_prefix, &cfg.node))
+            .subscribe(subject_node(&cfg.subject_prefix, &cfg.node, "*"))
             .await,
     ) {
         (Ok(a), Ok(b)) => (a, b),
@@ -232,6 +245,9 @@ async fn run(
         sink: None,
         shards,
         leaving: false,
+        published: HashMap::new(),
+        received: HashMap::new(),
+        down_since: None,
     };
     // Discovery: say hello (the others answer with their heartbeat at once), listen.
     node.heartbeat(true).await;
@@ -346,7 +362,16 @@ impl Node {
                                 s.nats_up = true;
                                 s.since = Some(SystemTime::now());
                             });
+                            let outage = self.down_since.take().map(|t| t.elapsed());
                             self.membership.reconnected(Instant::now());
+                            if outage.is_some_and(|d| d >= self.cfg.failure_timeout) {
+                                // The others counted us dead and served our share: what
+                                // this node holds in memory about it may be stale.
+                                warn!(outage_ms = outage.map(|d| d.as_millis() as u64), "NATS was down longer than cluster.failure_timeout: sessions reconnect to reload their state from the store");
+                                for shard in 0..self.shards {
+                                    self.hand(shard, vec![Inbound::Fence]);
+                                }
+                            }
                             self.heartbeat(true).await;
                             self.flush().await;
                             // What was published while the connection broke may be
@@ -357,6 +382,7 @@ impl Node {
                     Some(NatsEvent::Disconnected) if connected => {
                         {
                             connected = false;
+                            self.down_since = Some(Instant::now());
                             warn!(nats = %self.cfg.nats.join(", "), "NATS unreachable; retrying with back-off, stanzas for other nodes wait in their backlog");
                             self.cluster.set_status(|s| {
                                 s.nats_up = false;
@@ -407,7 +433,7 @@ impl Node {
 
     async fn flush(&mut self) {
         for (node, q) in self.backlog.iter_mut() {
-            let subject = subject_node(&self.cfg.subject_prefix, node);
+            let subject = subject_node(&self.cfg.subject_prefix, node, &self.me);
             for _ in 0..q.len() {
                 let Some(p) = q.pop_front() else { break };
                 if let Err(e) = self.client.publish(subject.clone(), p.clone()).await {
@@ -415,6 +441,7 @@ impl Node {
                     q.push_front(p);
                     break;
                 }
+                *self.published.entry(Arc::clone(node)).or_default() += 1;
             }
         }
         self.backlog.retain(|_, q| !q.is_empty());
@@ -432,6 +459,14 @@ impl Node {
     async fn on_stanzas(&mut self, batch: Vec<async_nats::Message>) {
         let mut per_shard: HashMap<usize, Vec<Inbound>> = HashMap::new();
         for m in batch {
+            if let Some(sender) = m.subject.rsplit('.').next() {
+                match self.received.get_mut(sender) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.received.insert(sender.to_owned(), 1);
+                    }
+                }
+            }
             match wire::decode(m.payload) {
                 Ok(f) => {
                     let shard = shard_of(&f.key, self.shards);
@@ -491,6 +526,7 @@ impl Node {
                 leaving: self.leaving,
                 domains: held.0,
                 users: held.1,
+                received: self.received.clone().into_iter().collect(),
             },
             hello,
         };
@@ -552,7 +588,14 @@ impl Node {
                     moved = true;
                 }
                 Change::Died(n) => {
-                    warn!(node = %n, "cluster member dead (silent for cluster.failure_timeout or restarted); taking over its share");
+                    let sent = self.published.remove(&n).unwrap_or(0);
+                    let confirmed = self.confirmed_by(&n);
+                    let unconfirmed = sent.saturating_sub(confirmed);
+                    self.cluster
+                        .stats
+                        .unconfirmed_at_death
+                        .fetch_add(unconfirmed, Ordering::Relaxed);
+                    warn!(node = %n, unconfirmed, "cluster member dead (silent for cluster.failure_timeout or restarted); taking over its share; stanzas published to it that it never confirmed may be lost");
                     died.push(n);
                     moved = true;
                 }
@@ -677,6 +720,16 @@ impl Node {
         for (shard, pairs) in per_shard {
             self.hand_waiting(shard, vec![Inbound::Resend(pairs)]).await;
         }
+    }
+
+    /// How many stanzas from this node `node` announced it received, in its last
+    /// heartbeat.
+    fn confirmed_by(&self, node: &str) -> u64 {
+        self.membership
+            .others()
+            .find(|(n, _)| ***n == *node)
+            .and_then(|(_, m)| m.last.received.get(&*self.me).copied())
+            .unwrap_or(0)
     }
 
     /// Tells the others this node is leaving (graceful shutdown) and flushes.

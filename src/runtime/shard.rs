@@ -512,6 +512,7 @@ impl Shard {
                     self.local.cluster_view_changed(self, &view);
                 }
                 Inbound::Resend(pairs) => self.local.resend_subscriptions(self, pairs),
+                Inbound::Fence => self.local.cluster_fence(self),
             }
         }
     }

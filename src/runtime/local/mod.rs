@@ -213,6 +213,13 @@ impl Local {
         self.sessions.close_clients(shard, now);
     }
 
+    /// This node was cut off from the cluster for longer than the failure timeout: every
+    /// client session reconnects (see-other-host to this node) and reloads its state
+    /// from the store ([`Sessions::fence`]).
+    pub(super) fn cluster_fence(&self, shard: &Shard) {
+        self.sessions.fence(shard);
+    }
+
     /// How many local users this shard holds state for (sessions, rosters loaded).
     pub(super) fn user_count(&self) -> usize {
         self.users.borrow().len()

@@ -593,6 +593,29 @@ impl Sessions {
         }
     }
 
+    /// Sends every authenticated client back to its owner (this node, or the node that
+    /// owns it now): its session starts over from the store.
+    pub(super) fn fence(&self, shard: &Shard) {
+        let Some(me) = shard.cluster.as_ref().map(|c| Arc::clone(&c.node)) else {
+            return;
+        };
+        let conns: Vec<Rc<Conn<C2sConnection>>> =
+            shard.local.conns.borrow().values().cloned().collect();
+        for c in conns {
+            let bare = {
+                let st = c.st.borrow();
+                match st.proto.authenticated_jid() {
+                    Some(j) => bare_key(j.as_str()).into_owned(),
+                    None => continue,
+                }
+            };
+            let node = shard
+                .owner_elsewhere(&bare)
+                .unwrap_or_else(|| Arc::clone(&me));
+            self.redirect(shard, &c, &node);
+        }
+    }
+
     pub(super) fn close_clients(&self, shard: &Shard, now: Instant) {
         shard.local.resumption.expire_all(shard);
         let conns: Vec<Rc<Conn<C2sConnection>>> =
