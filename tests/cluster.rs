@@ -20,11 +20,17 @@
 //!   keeps working; the two users log in on their new owners and get the requests made
 //!   before the kill; new requests and all the answers complete through the survivors,
 //!   and `remote.test` gets them over a new outbound stream.
+//! - **NATS dies under load** (SIGKILL, then started again on the same port): every node
+//!   shows NATS `down` and keeps its view; requests keep arriving on the inbound stream;
+//!   the entry node still delivers to its own user, and what crosses nodes (requests to
+//!   the others, the answers to `remote.test`'s owner) waits in the backlogs and is
+//!   delivered once NATS is back; every node counts a reconnection.
 //!
-//! Each test owns a loopback /24 (127.0.183.0 and 127.0.198.0): DNS zone on `.1`, NATS on
-//! `.2`, nodes on `.11`–`.13` (5222 C2S, 5269 S2S, 9269 admin), `remote.test` on `.50`.
-//! PostgreSQL is the test process's own server (127.0.178.1, `common/postgres.rs`). Every
-//! wait is bounded and waits on an event (a stanza, a status, a store row).
+//! Each test has its own addresses ([`Layout`]: 127.0.183.0/24 from .0 and from .100,
+//! 127.0.198.0/24): DNS zone on `+1`, NATS on `+2`, nodes on `+11`–`+13` (5222 C2S, 5269
+//! S2S, 9269 admin), `remote.test` on `+50`. PostgreSQL is the test process's own server
+//! (127.0.178.1, `common/postgres.rs`). Every wait is bounded and waits on an event (a
+//! stanza, a status, a store row).
 
 #[path = "common/c2s_client.rs"]
 mod c2s_client;
@@ -51,7 +57,7 @@ use fedrouter::xml::ns;
 use fedrouter_testkit::zone::{ZoneRecord, ZoneServer};
 use nats::NatsServer;
 use peer::{db_result, header, FakeServer, Peer};
-use server::{add_user, config, http_get, ip, srv, xmpp_server, zone, Fedrouter, GOOGLE_STYLE};
+use server::{add_user, config, http_get, ip, srv, xmpp_server, Fedrouter, DNS_PORT, GOOGLE_STYLE};
 use xmpp::{attr, is, is_stanza, jid_matches, node, Client, Mech, Target, NS_BIND};
 
 /// The deployment's domain, hosted by every node.
@@ -70,9 +76,46 @@ const MEMBERS_WAIT: Duration = Duration::from_secs(20);
 /// Longest wait for one stanza or answer.
 const ANSWER: Duration = Duration::from_secs(20);
 
+/// Where one test's parts listen: in `127.0.NET.0/24`, from host `BASE` on (tests on
+/// one /24 use different bases): the DNS zone on `BASE+1` (port [`DNS_PORT`]), NATS on
+/// `BASE+2`, the nodes on `BASE+11` to `BASE+13`, `remote.test` on `BASE+50`.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    net: u8,
+    base: u8,
+}
+
+impl Layout {
+    fn host(self, h: u8) -> Ipv4Addr {
+        ip(self.net, self.base + h)
+    }
+
+    fn dns(self) -> SocketAddr {
+        SocketAddr::new(self.host(1).into(), DNS_PORT)
+    }
+
+    fn nats(self) -> Ipv4Addr {
+        self.host(2)
+    }
+
+    /// Node `i` ([`NODES`] order).
+    fn node(self, i: usize) -> Ipv4Addr {
+        self.host(11 + i as u8)
+    }
+
+    /// Node `i`'s `cluster.c2s_address`.
+    fn c2s(self, i: usize) -> String {
+        format!("{}:5222", self.node(i))
+    }
+
+    fn remote(self) -> Ipv4Addr {
+        self.host(50)
+    }
+}
+
 /// One test's lab: DNS, NATS, the shared database, `remote.test`'s server and the nodes.
 struct Lab {
-    net: u8,
+    lay: Layout,
     pg_url: String,
     remote_secret: DialbackSecret,
     remote: FakeServer,
@@ -80,22 +123,14 @@ struct Lab {
     nodes: Vec<Fedrouter>,
     /// Whether each node runs (not killed by the test).
     alive: [bool; 3],
-    _nats: NatsServer,
+    nats: NatsServer,
     _dns: ZoneServer,
-}
-
-fn node_ip(net: u8, i: usize) -> Ipv4Addr {
-    ip(net, 11 + i as u8)
-}
-
-fn c2s_address(net: u8, i: usize) -> String {
-    format!("{}:5222", node_ip(net, i))
 }
 
 /// Node `i`'s configuration: [`server::config`] plus C2S, the cluster, the shared store
 /// and secret, Google-style federation.
-fn node_config(net: u8, i: usize, nats_url: &str, pg_url: &str) -> String {
-    let addr = node_ip(net, i);
+fn node_config(lay: Layout, i: usize, nats_url: &str, pg_url: &str) -> String {
+    let addr = lay.node(i);
     let extra = format!(
         r#"{GOOGLE_STYLE}
 [s2s]
@@ -114,51 +149,56 @@ backend = "postgres"
 url = {pg_url:?}
 "#,
         node = NODES[i],
-        c2s = c2s_address(net, i),
+        c2s = lay.c2s(i),
     );
-    let text = config(net, addr, &[DOMAIN], 2, &extra);
-    assert!(text.contains("c2s = []"), "server::config changed: {text}");
+    let text = config(lay.net, addr, &[DOMAIN], 2, &extra);
+    let default_dns = SocketAddr::new(ip(lay.net, 1).into(), DNS_PORT).to_string();
+    assert!(
+        text.contains("c2s = []") && text.contains(&default_dns),
+        "server::config changed: {text}"
+    );
     text.replace("c2s = []", &format!("c2s = [\"{addr}:5222\"]"))
+        .replace(&default_dns, &lay.dns().to_string())
 }
 
 impl Lab {
     /// Starts DNS, NATS, a fresh database, `remote.test` and the three nodes (one after
     /// the other: the first creates the schema), and adds `users` (localparts).
-    fn start(net: u8, users: &[&str]) -> Lab {
+    fn start(lay: Layout, users: &[&str]) -> Lab {
         let remote_secret = DialbackSecret::new(b"remote.test's dialback secret!!!");
         let remote = FakeServer::start(
-            SocketAddr::new(ip(net, 50).into(), 5269),
+            SocketAddr::new(lay.remote().into(), 5269),
             REMOTE,
             remote_secret.clone(),
         );
         // The deployment's SRV records name every node, equal priority (DESIGN.md).
-        let mut records: Vec<ZoneRecord> = xmpp_server(REMOTE, ip(net, 50));
-        for i in 0..NODES.len() {
-            let host = format!("{}.{DOMAIN}", NODES[i]);
+        let mut records: Vec<ZoneRecord> = xmpp_server(REMOTE, lay.remote());
+        for (i, name) in NODES.iter().enumerate() {
+            let host = format!("{name}.{DOMAIN}");
             records.push(srv("_xmpp-server", DOMAIN, &host, 5269));
-            records.push(server::a(&host, node_ip(net, i)));
+            records.push(server::a(&host, lay.node(i)));
         }
-        let dns = zone(net, records);
-        let nats = NatsServer::start(ip(net, 2));
+        let dns = ZoneServer::start(lay.dns(), records).expect("start the zone server");
+        let nats = NatsServer::start(lay.nats());
         let pg_url = pg::fresh_database();
         let mut nodes = Vec::new();
         for (i, name) in NODES.iter().enumerate() {
             nodes.push(Fedrouter::start(
                 name,
-                &node_config(net, i, &nats.url(), &pg_url),
+                &node_config(lay, i, &nats.url(), &pg_url),
             ));
         }
         for u in users {
             add_user(&nodes[0].config_path(), &format!("{u}@{DOMAIN}"), PASSWORD);
         }
         Lab {
-            net,
+            lay,
             pg_url,
             remote_secret,
             remote,
             nodes,
             alive: [true; 3],
-            _nats: nats,
+            nats,
             _dns: dns,
         }
     }
@@ -166,7 +206,7 @@ impl Lab {
     /// Node `i`'s C2S target (trusting its own generated certificate).
     fn target(&self, i: usize) -> Target {
         Target::new(
-            SocketAddr::new(node_ip(self.net, i).into(), 5222),
+            SocketAddr::new(self.lay.node(i).into(), 5222),
             DOMAIN,
             &self.nodes[i].dir().join("data"),
         )
@@ -227,10 +267,38 @@ impl Lab {
         epochs
     }
 
+    /// Waits until every live node's cluster status shows NATS `state` (`"up"`,
+    /// `"down"`); checks that each still shows every live node up (a node keeps its view
+    /// while its NATS connection is down).
+    fn wait_nats(&self, state: &str) {
+        let want = self.live();
+        let deadline = Instant::now() + MEMBERS_WAIT;
+        for i in (0..NODES.len()).filter(|&i| self.alive[i]) {
+            let mut last = None;
+            // Bounded: MEMBERS_WAIT / 50 ms turns at most, over all nodes.
+            loop {
+                let s = cluster_status(&self.nodes[i]);
+                if let Some(s) = &s {
+                    if s["nats"] == state {
+                        assert_eq!(members_up(s), want, "{}: the view changed: {s}", NODES[i]);
+                        break;
+                    }
+                }
+                last = s.or(last);
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: NATS not {state} in the cluster status within {MEMBERS_WAIT:?}; last: {last:?}",
+                    NODES[i]
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
     /// Opens `remote.test`'s inbound stream to node `i` and authenticates it with
     /// dialback (node `i` checks the key with `remote.test`'s authoritative server).
     fn inbound(&self, i: usize) -> Peer {
-        let mut p = Peer::connect(SocketAddr::new(node_ip(self.net, i).into(), 5269));
+        let mut p = Peer::connect(SocketAddr::new(self.lay.node(i).into(), 5269));
         p.send(header(Some(REMOTE), DOMAIN).as_bytes())
             .expect("send the stream header");
         assert!(
@@ -439,7 +507,7 @@ fn login(lab: &Lab, first: usize, user: &str) -> (Client, usize, Vec<String>) {
             });
         c.expect_closed();
         at = (0..NODES.len())
-            .find(|&i| c2s_address(lab.net, i) == host)
+            .find(|&i| lab.lay.c2s(i) == host)
             .unwrap_or_else(|| panic!("{user}: see-other-host {host:?} is no node's c2s_address"));
         redirects.push(host);
     }
@@ -461,7 +529,7 @@ fn online(lab: &Lab, first: usize, user: &str, owner: usize) -> Client {
             "{user}: redirected from its owner: {redirects:?}"
         );
     } else {
-        assert_eq!(redirects, vec![c2s_address(lab.net, owner)], "{user}");
+        assert_eq!(redirects, vec![lab.lay.c2s(owner)], "{user}");
     }
     c.roster_get();
     c.send("<presence/>");
@@ -498,7 +566,7 @@ fn wait_metric_sum(lab: &Lab, name: &str, want: f64) {
 
 #[test]
 fn three_nodes_route_subscriptions_between_streams_and_users() {
-    const NET: u8 = 183;
+    const LAB: Layout = Layout { net: 183, base: 0 };
     // One user per owner node (under three members).
     let all = ["n1", "n2", "n3"];
     let mut users: Vec<String> = Vec::new();
@@ -507,7 +575,7 @@ fn three_nodes_route_subscriptions_between_streams_and_users() {
         users.push(u);
     }
     let names: Vec<&str> = users.iter().map(String::as_str).collect();
-    let lab = Lab::start(NET, &names);
+    let lab = Lab::start(LAB, &names);
 
     // (a) Everyone sees three members up.
     let epochs = lab.wait_members();
@@ -582,7 +650,7 @@ fn three_nodes_route_subscriptions_between_streams_and_users() {
 
 #[test]
 fn a_killed_node_loses_no_acknowledged_subscription_request() {
-    const NET: u8 = 198;
+    const LAB: Layout = Layout { net: 198, base: 0 };
     let all = ["n1", "n2", "n3"];
     // The victim owns remote.test; the inbound stream goes to a survivor; a third
     // user stays online on the other survivor throughout.
@@ -599,7 +667,7 @@ fn a_killed_node_loses_no_acknowledged_subscription_request() {
     let stay = user_owned_by("on", other, &all, &users);
     users.push(stay.clone());
     let names: Vec<&str> = users.iter().map(String::as_str).collect();
-    let mut lab = Lab::start(NET, &names);
+    let mut lab = Lab::start(LAB, &names);
     let before = lab.wait_members();
 
     let mut s = online(&lab, entry, &stay, other);
@@ -648,4 +716,74 @@ fn a_killed_node_loses_no_acknowledged_subscription_request() {
     }
     assert_ne!(lab.owner_of(&domain_key(REMOTE)), victim);
     s.close();
+}
+
+#[test]
+fn nats_restarted_under_load_delays_cross_node_stanzas_and_loses_none() {
+    const LAB: Layout = Layout {
+        net: 183,
+        base: 100,
+    };
+    const CONTACTS: usize = 5;
+    let all = ["n1", "n2", "n3"];
+    let mut users: Vec<String> = Vec::new();
+    for i in 0..NODES.len() {
+        let u = user_owned_by("nu", i, &all, &users);
+        users.push(u);
+    }
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    let mut lab = Lab::start(LAB, &names);
+    lab.wait_members();
+    let remote_owner = lab.owner_of(&domain_key(REMOTE));
+    let entry = (remote_owner + 1) % NODES.len();
+    let mut clients: Vec<Client> = (0..NODES.len())
+        .map(|i| online(&lab, i, &users[i], i))
+        .collect();
+    let mut p = lab.inbound(entry);
+
+    // Before: the routes work.
+    let r0 = format!("r0@{REMOTE}");
+    for u in &users {
+        subscribe(&mut p, &r0, &format!("{u}@{DOMAIN}"));
+    }
+    for (c, u) in clients.iter_mut().zip(&users) {
+        approve(c, &r0);
+        lab.remote_got("subscribed", &format!("{u}@{DOMAIN}"), &r0);
+    }
+
+    // NATS dies (SIGKILL); every node notices and keeps its view.
+    lab.nats.kill();
+    lab.wait_nats("down");
+
+    // Under load: CONTACTS contacts ask every user, on the entry node's inbound stream.
+    let contacts: Vec<String> = (1..=CONTACTS).map(|k| format!("r{k}@{REMOTE}")).collect();
+    for r in &contacts {
+        for u in &users {
+            subscribe(&mut p, r, &format!("{u}@{DOMAIN}"));
+        }
+    }
+    // The entry node serves what it owns meanwhile: its user gets the requests now, and
+    // approves them (the answers wait for remote.test's owner, another node).
+    for r in &contacts {
+        approve(&mut clients[entry], r);
+    }
+
+    // NATS is back on the same port: the nodes reconnect, the backlogs go out.
+    lab.nats.restart();
+    lab.wait_nats("up");
+    lab.wait_members();
+    for i in (0..NODES.len()).filter(|&i| i != entry) {
+        for r in &contacts {
+            approve(&mut clients[i], r);
+        }
+    }
+    for u in &users {
+        for r in &contacts {
+            lab.remote_got("subscribed", &format!("{u}@{DOMAIN}"), r);
+        }
+    }
+    wait_metric_sum(&lab, "fedrouter_cluster_nats_reconnects_total", 3.0);
+    for c in &mut clients {
+        c.close();
+    }
 }
