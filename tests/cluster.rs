@@ -606,9 +606,32 @@ fn three_nodes_route_subscriptions_between_streams_and_users() {
             &format!("r1@{REMOTE}"),
         );
     }
-    // Only remote.test's owner connected to it: one outbound stream (plus, at most,
-    // dialback verification connections, which carry no stanza).
-    assert!(lab.remote.accepted() >= 1);
+    // Only remote.test's owner sends it stanzas (the entry node connects to it too, but
+    // only to verify the inbound stream's dialback key).
+    for (i, n) in lab.nodes.iter().enumerate() {
+        let out = n
+            .metric(
+                "fedrouter_stanzas_total",
+                &[("dir", "s2s_out"), ("kind", "presence")],
+            )
+            .unwrap_or_else(|| panic!("{}: no /metrics", NODES[i]));
+        if i == remote_owner {
+            assert!(
+                out >= 3.0,
+                "{} (owner of {REMOTE}) sent {out} presences",
+                NODES[i]
+            );
+        } else {
+            assert_eq!(
+                out, 0.0,
+                "{} does not own {REMOTE} but sent it stanzas",
+                NODES[i]
+            );
+        }
+    }
+    // n1, where every user logged in first, sent away the two it does not own.
+    let redirects = lab.nodes[0].metric("fedrouter_c2s_redirects_total", &[]);
+    assert_eq!(redirects, Some(2.0), "n1's see-other-host redirects");
 
     // The requests to the two users not on the entry node crossed NATS, and so did the
     // answers of the two users not on remote.test's owner.
@@ -643,6 +666,13 @@ fn three_nodes_route_subscriptions_between_streams_and_users() {
     )
     .expect("send the answer");
     c.expect_presence(&format!("r2@{REMOTE}"), Some("subscribed"));
+    // Nothing was lost or refused between the nodes.
+    for name in [
+        "fedrouter_cluster_lost_total",
+        "fedrouter_cluster_forward_refused_total",
+    ] {
+        assert_eq!(lab.metric_sum(name), 0.0, "{name}");
+    }
     for c in &mut clients {
         c.close();
     }
