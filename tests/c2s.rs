@@ -539,6 +539,34 @@ fn runtime_replaces_an_old_session_with_a_conflict_stream_error() {
 }
 
 #[test]
+fn a_cluster_node_redirects_after_the_restart_with_see_other_host() {
+    // RFC 6120 §4.9.3.19: the runtime of a node that does not own the user sends it to
+    // the owner once the client restarted the stream after SASL.
+    let mut h = Harness::new(|_| {});
+    h.add_user("juliet", "r0m30myr0m30");
+    h.login("juliet", "r0m30myr0m30");
+    h.conn.redirect("n2.example.net:5222", h.now);
+    h.drive();
+    let got = h.take_xml();
+    assert_eq!(
+        got[0],
+        format!(
+            "<stream:error><see-other-host xmlns='{STREAMS}'>n2.example.net:5222</see-other-host></stream:error>"
+        ),
+        "{got:?}"
+    );
+    assert_eq!(got[1], "</stream:stream>");
+    // Nothing the client pipelined is answered after our close.
+    h.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>");
+    assert!(h.take_xml().is_empty());
+    h.send("</stream:stream>");
+    assert!(matches!(
+        h.closed(),
+        Some(CloseReason::SentError(StreamCondition::SeeOtherHost, host)) if host == "n2.example.net:5222"
+    ));
+}
+
+#[test]
 fn invalid_resource_is_bad_request() {
     let mut h = Harness::new(|_| {});
     h.add_user("juliet", "r0m30myr0m30");

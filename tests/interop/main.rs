@@ -22,16 +22,25 @@
 //! A stalled peer (`stall.rs`): Prosody stopped with SIGSTOP while a local user floods it;
 //! other local users are not held up, and every flood message ends delivered or bounced.
 //!
+//! A cluster (`cluster.rs`, issue 17): Prosody federates with `cupdomain.test` served by
+//! three fedrouter nodes on NATS and PostgreSQL; the flow in both directions with the
+//! users on other nodes than the streams to Prosody.
+//!
 //! Without Prosody the tests FAIL with a message naming `.ci/setup-prosody`.
 //!
 //! Each test owns a loopback slot (`lab.rs`): `127.0.232.(10k+1..=10k+3)`.
 
 #[path = "../common/c2s_client.rs"]
 mod c2s_client;
+mod cluster;
 mod failures;
 mod flow;
 mod lab;
+#[path = "../common/nats.rs"]
+mod nats;
 mod pep;
+#[path = "../common/postgres.rs"]
+mod pg;
 mod prosody;
 #[path = "../common/server.rs"]
 mod server;
@@ -247,6 +256,11 @@ fn prosody_rejects_our_certificate_and_dialback() {
 #[test]
 fn prosody_rejects_our_certificate_policy_forbids_dialback() {
     failures::certificate_rejected_policy_forbids_dialback(9);
+}
+
+#[test]
+fn prosody_with_a_cluster_of_three_nodes() {
+    cluster::prosody_with_a_cluster_of_three();
 }
 
 #[test]
