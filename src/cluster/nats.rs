@@ -337,8 +337,8 @@ impl Node {
                     self.cluster.set_status(|s| s.members = members);
                 }
                 e = ev_rx.recv() => match e {
-                    Some(NatsEvent::Connected) => {
-                        if !connected {
+                    Some(NatsEvent::Connected) if !connected => {
+                        {
                             connected = true;
                             self.cluster.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                             info!("NATS reachable again");
@@ -354,8 +354,8 @@ impl Node {
                             self.resend_outbox(|_| true).await;
                         }
                     }
-                    Some(NatsEvent::Disconnected) => {
-                        if connected {
+                    Some(NatsEvent::Disconnected) if connected => {
+                        {
                             connected = false;
                             warn!(nats = %self.cfg.nats.join(", "), "NATS unreachable; retrying with back-off, stanzas for other nodes wait in their backlog");
                             self.cluster.set_status(|s| {
@@ -373,7 +373,7 @@ impl Node {
                         debug!(error = %e, "NATS");
                         self.cluster.set_status(|s| s.last_error = Some(e));
                     }
-                    None => {}
+                    Some(NatsEvent::Connected | NatsEvent::Disconnected) | None => {}
                 },
             }
         }
