@@ -55,6 +55,7 @@ use cluster_lab::{
 use fedrouter::router::bare_key;
 use fedrouter::router::domain_key;
 use fedrouter::router::rendezvous::owner;
+use std::time::Instant;
 use xmpp::Client;
 
 #[test]
@@ -209,10 +210,16 @@ fn a_killed_node_loses_no_acknowledged_subscription_request() {
 
     // SIGKILL the victim mid-flow: a request goes on its way between two survivors
     // before they notice (the entry node forwards it to the online user's node).
+    let killed = Instant::now();
     lab.kill(victim);
     let r3 = format!("r3@{REMOTE}");
     subscribe(&mut p, &r3, &format!("{stay}@{DOMAIN}"));
     let after = lab.wait_members();
+    // Measured, not asserted: how long the survivors took to agree (failure_timeout 1s).
+    eprintln!(
+        "survivors agreed on 2 members {:?} after the kill",
+        killed.elapsed()
+    );
     for i in [entry, other] {
         assert!(
             after[i] > before[i],
@@ -281,8 +288,13 @@ fn nats_restarted_under_load_delays_cross_node_stanzas_and_loses_none() {
     }
 
     // NATS dies (SIGKILL); every node notices and keeps its view.
+    let killed = Instant::now();
     lab.nats.kill();
     lab.wait_nats("down");
+    eprintln!(
+        "every node saw NATS down {:?} after the kill",
+        killed.elapsed()
+    );
 
     // Under load: CONTACTS contacts ask every user, on the entry node's inbound stream.
     let contacts: Vec<String> = (1..=CONTACTS).map(|k| format!("r{k}@{REMOTE}")).collect();
@@ -298,8 +310,13 @@ fn nats_restarted_under_load_delays_cross_node_stanzas_and_loses_none() {
     }
 
     // NATS is back on the same port: the nodes reconnect, the backlogs go out.
+    let restarted = Instant::now();
     lab.nats.restart();
     lab.wait_nats("up");
+    eprintln!(
+        "every node saw NATS up {:?} after the restart began",
+        restarted.elapsed()
+    );
     lab.wait_members();
     for i in (0..NODES.len()).filter(|&i| i != entry) {
         for r in &contacts {
