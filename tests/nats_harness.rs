@@ -7,7 +7,9 @@
 //! - the pid file holds the pid the harness reports, the log has the ready line;
 //! - SIGKILL (`kill`): the open connection sees EOF, the port refuses; `restart` brings
 //!   the server back on the SAME port and the exchange works again; `stop` (SIGTERM)
-//!   ends it, and a second `stop` is a no-op.
+//!   ends it, and a second `stop` is a no-op;
+//! - a missing binary fails naming `.ci/setup-nats`; a server that cannot start (its port
+//!   taken while it was down) fails with its log.
 //!
 //! Loopback 127.0.183.x only. Every read waits on the socket with a timeout; no sleeps.
 
@@ -188,4 +190,32 @@ fn two_servers_on_two_addresses_are_independent() {
     drop(a);
     b.restart();
     round_trip(&b, "fedrouter.test.b", "b back");
+}
+
+#[test]
+#[should_panic(expected = "run .ci/setup-nats")]
+fn a_missing_binary_names_the_setup_script() {
+    NatsServer::start_binary(
+        std::path::Path::new("/nonexistent/nats-server"),
+        Ipv4Addr::new(127, 0, 183, 204),
+    );
+}
+
+#[test]
+fn a_server_that_cannot_start_fails_with_its_log() {
+    let mut server = NatsServer::start(Ipv4Addr::new(127, 0, 183, 205));
+    let addr = server.addr();
+    server.kill();
+    // Someone else takes the port while it is down.
+    let _squatter = std::net::TcpListener::bind(addr).expect("bind the freed port");
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.restart()));
+    let msg = failed.expect_err("restart on a taken port must fail");
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("127.0.183.205"), "names the address: {msg}");
+    assert!(msg.contains("exited before it was ready"), "{msg}");
+    assert!(
+        msg.contains("address already in use"),
+        "carries the log: {msg}"
+    );
+    assert_eq!(server.pid(), None);
 }

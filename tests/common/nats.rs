@@ -44,6 +44,7 @@ const LOG_TAIL: usize = 4 * 1024;
 
 /// One nats-server (running or stopped) on a fixed loopback address and port.
 pub struct NatsServer {
+    binary: PathBuf,
     ip: Ipv4Addr,
     /// Its client port; 0 only before the first start has read it from the log.
     port: u16,
@@ -68,10 +69,11 @@ enum Startup {
     Failed(String),
 }
 
-fn require_binary() {
+fn require_binary(binary: &Path) {
     assert!(
-        Path::new(NATS_SERVER).exists(),
-        "{NATS_SERVER} is missing: run .ci/setup-nats (installs Debian's nats-server)"
+        binary.exists(),
+        "{} is missing: run .ci/setup-nats (installs Debian's nats-server)",
+        binary.display()
     );
 }
 
@@ -82,12 +84,19 @@ impl NatsServer {
     /// Panics naming `.ci/setup-nats` when the binary is missing, and with the log's tail
     /// when the server exits or is not ready within [`START_TIMEOUT`].
     pub fn start(ip: Ipv4Addr) -> NatsServer {
-        require_binary();
+        Self::start_binary(Path::new(NATS_SERVER), ip)
+    }
+
+    /// [`NatsServer::start`] with the server binary at `binary` (the harness's own test
+    /// gives a missing one).
+    pub fn start_binary(binary: &Path, ip: Ipv4Addr) -> NatsServer {
+        require_binary(binary);
         let dir = tempfile::Builder::new()
             .prefix("fedrouter-nats-")
             .tempdir()
             .expect("temp folder for nats-server");
         let mut me = NatsServer {
+            binary: binary.to_owned(),
             ip,
             port: 0,
             dir,
@@ -203,11 +212,12 @@ impl NatsServer {
         )
         .expect("write nats-server.conf");
         let log_path = dir.join("nats-server.log");
+        let binary = self.binary.clone();
         let (start_tx, start_rx) = crossbeam_channel::bounded::<Startup>(2);
         let (exit_tx, exit_rx) = crossbeam_channel::bounded::<ExitStatus>(1);
         std::thread::Builder::new()
             .name(format!("nats-{}", self.ip))
-            .spawn(move || reap(&conf, &log_path, start_tx, exit_tx))
+            .spawn(move || reap(&binary, &conf, &log_path, start_tx, exit_tx))
             .expect("spawn the nats-server reaper thread");
         let deadline = Instant::now() + START_TIMEOUT;
         let mut pid = None;
@@ -252,6 +262,7 @@ impl NatsServer {
 /// copies its stderr into the log file, reports readiness on `start` and the exit status
 /// on `exited`, then ends.
 fn reap(
+    binary: &Path,
     conf: &Path,
     log_path: &Path,
     start: crossbeam_channel::Sender<Startup>,
@@ -268,7 +279,7 @@ fn reap(
             return;
         }
     };
-    let mut cmd = Command::new(NATS_SERVER);
+    let mut cmd = Command::new(binary);
     cmd.arg("-c")
         .arg(conf)
         .stdin(Stdio::null())
@@ -285,7 +296,8 @@ fn reap(
         Ok(c) => c,
         Err(e) => {
             let _ = start.send(Startup::Failed(format!(
-                "spawn {NATS_SERVER}: {e} (run .ci/setup-nats)"
+                "spawn {}: {e} (run .ci/setup-nats)",
+                binary.display()
             )));
             return;
         }
