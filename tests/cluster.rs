@@ -28,6 +28,12 @@
 //!   the others, the answers to `remote.test`'s owner) waits in the backlogs and is
 //!   delivered once NATS is back; every node counts a reconnection.
 //!
+//! - **A node comes back**: killed, then started again while a request to one of its
+//!   users was stored by the interim owner; it takes its share back (the user is sent to
+//!   it), the user gets the request exactly once (a message sent after it on the same
+//!   stream is the marker), and the duplicate subscription requests the durable outbox
+//!   sent again are counted (`fedrouter_cluster_outbox_resent_total`).
+//!
 //! Each test has its own addresses ([`Layout`]: 127.0.183.0/24 from .0 and from .100,
 //! 127.0.198.0/24): DNS zone on `+1`, NATS on `+2`, nodes on `+11`–`+13` (5222 C2S, 5269
 //! S2S, 9269 admin), `remote.test` on `+50`. PostgreSQL is the test process's own server
@@ -332,4 +338,56 @@ fn nats_restarted_under_load_delays_cross_node_stanzas_and_loses_none() {
     for c in &mut clients {
         c.close();
     }
+}
+
+#[test]
+fn a_restarted_node_takes_back_its_share_and_a_request_is_delivered_once() {
+    const LAB: Layout = Layout { net: 14, base: 0 };
+    let all = ["n1", "n2", "n3"];
+    let victim = 1;
+    let entry = 0;
+    let user = user_owned_by("back", victim, &all, &[]);
+    let asker = user_owned_by("ask", victim, &all, std::slice::from_ref(&user));
+    let mut lab = Lab::start(LAB, &[&user, &asker]);
+    lab.wait_members();
+    // The victim's user `asker` asks remote.test for a subscription and goes offline: the
+    // request is in the durable outbox (pending out) until remote.test answers.
+    let r9 = format!("r9@{REMOTE}");
+    let mut a = online(&lab, entry, &asker, victim);
+    a.send(&format!("<presence type='subscribe' to='{r9}'/>"));
+    lab.remote_got("subscribe", &format!("{asker}@{DOMAIN}"), &r9);
+    a.close();
+
+    lab.kill(victim);
+    lab.wait_members();
+    // Its owner died: the new owner sends the durable outbox again (a repeated subscribe
+    // is harmless, RFC 6121 §3.1.3; counted).
+    wait_metric_sum(&lab, "fedrouter_cluster_outbox_resent_total", 1.0);
+    // While it is dead, a request to its user is stored by the interim owner.
+    let mut p = lab.inbound(entry);
+    let r1 = format!("r1@{REMOTE}");
+    let bare = format!("{user}@{DOMAIN}");
+    subscribe(&mut p, &r1, &bare);
+    lab.wait_pending_in(&bare, &r1);
+
+    // It comes back and takes its share back.
+    lab.restart(victim);
+    lab.wait_members();
+    assert_eq!(lab.owner_of(&bare_key(&bare)), victim);
+    let mut c = online(&lab, entry, &user, victim);
+    c.expect_presence(&r1, Some("subscribe"));
+    // A marker after the request on the same path: once it is in, a second copy of the
+    // request would have been too.
+    p.send(
+        format!("<message from='{r1}' to='{bare}' id='marker'><body>marker</body></message>")
+            .as_bytes(),
+    )
+    .expect("send the marker");
+    c.expect_message(&r1);
+    let again =
+        c.take_buffered(|x| x.contains("type='subscribe'") || x.contains("type=\"subscribe\""));
+    assert!(again.is_empty(), "{bare} got the request again: {again:?}");
+    c.send(&format!("<presence type='subscribed' to='{r1}'/>"));
+    lab.remote_got("subscribed", &bare, &r1);
+    c.close();
 }

@@ -201,6 +201,12 @@ impl Lab {
         self.alive[i] = false;
     }
 
+    /// Starts killed node `i` again (same configuration; a new incarnation).
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].restart();
+        self.alive[i] = true;
+    }
+
     /// Waits until every live node's cluster status shows exactly the live nodes up and
     /// NATS up; returns each node's epoch then (`None` for a dead node).
     pub fn wait_members(&self) -> [Option<u64>; 3] {
