@@ -576,6 +576,7 @@ impl Node {
         }
         let old = self.cluster.view();
         let mut died = Vec::new();
+        let mut gone = Vec::new();
         let mut moved = false;
         for c in changes {
             match c {
@@ -585,6 +586,7 @@ impl Node {
                 }
                 Change::Left(n) => {
                     info!(node = %n, "cluster member left");
+                    gone.push(n);
                     moved = true;
                 }
                 Change::Died(n) => {
@@ -612,8 +614,9 @@ impl Node {
             .membership_changes
             .fetch_add(1, Ordering::Relaxed);
         let view = self.publish_view(died.clone());
-        // The dead members' backlogs: route again under the new view.
-        for n in &died {
+        // The backlogs of the members that died or left: route again under the new view.
+        gone.extend(died.iter().cloned());
+        for n in &gone {
             if let Some(q) = self.backlog.remove(n) {
                 for p in q {
                     if let Ok(mut f) = wire::decode(p) {
