@@ -72,6 +72,9 @@ export async function login(opts, name, jid, password, resource, { start = true 
     username,
     password,
     resource,
+    // xmpp.js bounds each step (open, TLS, SASL, bind) by 2 s by default, which a loaded
+    // test machine exceeds; the run's own --timeout is the bound that matters.
+    timeout: opts.timeout * 1000,
   });
   c.name = name;
   c.log = [];
