@@ -68,6 +68,8 @@ async function run(opts, result) {
     username,
     password: opts.password,
     resource: `xmppjs-${opts.phase}`,
+    // xmpp.js bounds each step by 2 s by default; the run's --timeout is the bound.
+    timeout: opts.timeout * 1000,
   });
   const errors = [];
   xmpp.on("error", (err) => errors.push(String(err)));
