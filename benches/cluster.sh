@@ -207,7 +207,7 @@ as_postgres "$PG_BIN/postgres" -D "$WORK/pg/data" -h "$DB_IP" -p "$PG_PORT" \
   </dev/null >"$OUT/postgres.log" 2>&1 &
 PG_PID=$!
 for ((i = 0; i < START_TIMEOUT * 10; i++)); do
-  grep -q "ready to accept connections" "$OUT/postgres.log" && break
+  grep -qs "ready to accept connections" "$OUT/postgres.log" && break
   kill -0 "$PG_PID" 2>/dev/null || { tail -n 20 "$OUT/postgres.log" >&2; die "postgres exited"; }
   sleep 0.1
 done

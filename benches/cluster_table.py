@@ -11,7 +11,8 @@ end of the run) and, for the kill part, OUT/PART/n*.log (the nodes' JSON log lin
   (loadgen --sut-pid, one per node; a killed node counts up to its death) per 1,000
   stanzas loadgen received in that window.
 - crossed nodes: sum over nodes of fedrouter_cluster_forwarded_total / sum over nodes of
-  fedrouter_stanzas_total{dir="s2s_in"|"c2s_in"} (stanzas the SUT received), whole run.
+  fedrouter_stanzas_total{dir="s2s_out"|"c2s_out"} (stanzas the SUT delivered, after
+  presence fan-out: each delivery is routed, and forwarded, once), whole run.
 - hand-off p99: fedrouter_cluster_handoff_latency_seconds buckets summed over the nodes,
   the upper bound of the bucket holding the 99th percentile; and the highest per-node
   HDR p99 (fedrouter_cluster_handoff_latency_quantile_seconds{quantile="0.99"}).
@@ -54,7 +55,7 @@ def cross_and_handoff(d):
         for name, labels, v in metrics(path):
             if name == "fedrouter_cluster_forwarded_total":
                 forwarded += v
-            elif name == "fedrouter_stanzas_total" and labels.get("dir") in ("s2s_in", "c2s_in"):
+            elif name == "fedrouter_stanzas_total" and labels.get("dir") in ("s2s_out", "c2s_out"):
                 received += v
             elif name == "fedrouter_cluster_handoff_latency_seconds_bucket":
                 le = labels.get("le")
@@ -143,7 +144,7 @@ def main():
         per = tot.get("cpu_ms_per_1000_stanzas")
         rows.setdefault("CPU-s per 1,000 stanzas (all nodes)", {})[p] = fmt(None if per is None else per / 1000, " s", 3)
         fwd, rcv, p99, node_p99, n_handoff = cross_and_handoff(d)
-        rows.setdefault("crossed nodes (forwarded / received by SUT)", {})[p] = (
+        rows.setdefault("crossed nodes (forwarded / sent by SUT)", {})[p] = (
             f"{100 * fwd / rcv:.1f} % ({fwd:.0f} / {rcv:.0f})" if rcv else "—")
         rows.setdefault("hand-off p99 (buckets, all nodes) / worst node HDR p99", {})[p] = (
             f"≤ {1000 * p99:.1f} ms / {fmt(None if node_p99 is None else 1000 * node_p99, ' ms')} (n={n_handoff:.0f})"
@@ -159,7 +160,7 @@ def main():
             rows.setdefault("kill: rate back to 90 % after", {})[p] = fmt(rec, " s", 0)
     order = ["nodes", "ops measured"] + [f"{n} p50 / p99 ms" for n in steps] + [
         "CPU-s per 1,000 stanzas (all nodes)",
-        "crossed nodes (forwarded / received by SUT)",
+        "crossed nodes (forwarded / sent by SUT)",
         "hand-off p99 (buckets, all nodes) / worst node HDR p99",
         "sent = received + bounced + lost",
         "redirects / relogins",

@@ -105,9 +105,10 @@ mod tests {
             assert_eq!(sorted, a, "a permutation of the addresses");
             first[a.iter().position(|x| *x == o[0]).unwrap()] += 1;
         }
-        // Weight 6 of 8: about 1,500 of 2,000 first choices.
+        // RFC 2782 draws from 0..=8 and the first record also takes 0: about 6/9, 2/9
+        // and 1/9 of 2,000 first choices.
         assert!(
-            first[2] > 1200 && first[0] < 400 && first[1] < 400,
+            first[2] > 1200 && first[0] < 600 && first[1] < 400,
             "{first:?}"
         );
     }
