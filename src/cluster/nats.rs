@@ -331,33 +331,31 @@ impl Node {
                     self.cluster.set_status(|s| s.members = members);
                 }
                 e = ev_rx.recv() => match e {
-                    Some(NatsEvent::Connected) => {
-                        if !connected {
-                            connected = true;
-                            self.cluster.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                            info!("NATS reachable again");
-                            self.cluster.set_status(|s| {
-                                s.nats_up = true;
-                                s.since = Some(SystemTime::now());
-                            });
-                            self.heartbeat(true).await;
-                            self.flush().await;
-                            // What was published while the connection broke may be
-                            // gone: the durable outbox of our users goes out again.
-                            self.resend_outbox(|_| true).await;
-                        }
+                    Some(NatsEvent::Connected) if !connected => {
+                        connected = true;
+                        self.cluster.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        info!("NATS reachable again");
+                        self.cluster.set_status(|s| {
+                            s.nats_up = true;
+                            s.since = Some(SystemTime::now());
+                        });
+                        self.heartbeat(true).await;
+                        self.flush().await;
+                        // What was published while the connection broke may be
+                        // gone: the durable outbox of our users goes out again.
+                        self.resend_outbox(|_| true).await;
                     }
-                    Some(NatsEvent::Disconnected) => {
-                        if connected {
-                            connected = false;
-                            warn!(nats = %self.cfg.nats.join(", "), "NATS unreachable; retrying with back-off, stanzas for other nodes wait in their backlog");
-                            self.cluster.set_status(|s| {
-                                s.nats_up = false;
-                                s.since = Some(SystemTime::now());
-                                s.last_error = Some("disconnected".into());
-                            });
-                        }
+                    Some(NatsEvent::Disconnected) if connected => {
+                        connected = false;
+                        warn!(nats = %self.cfg.nats.join(", "), "NATS unreachable; retrying with back-off, stanzas for other nodes wait in their backlog");
+                        self.cluster.set_status(|s| {
+                            s.nats_up = false;
+                            s.since = Some(SystemTime::now());
+                            s.last_error = Some("disconnected".into());
+                        });
                     }
+                    // Already in that state.
+                    Some(NatsEvent::Connected | NatsEvent::Disconnected) => {}
                     Some(NatsEvent::SlowConsumer) => {
                         self.cluster.stats.lost.fetch_add(1, Ordering::Relaxed);
                         warn!("NATS dropped messages for this node (slow consumer)");

@@ -261,7 +261,7 @@ impl Shard {
                         let _ = reply.try_send(self.id);
                     }
                     Control::Reload(shared, dns) => self.reload(shared, dns),
-                    Control::Cluster(items) => self.from_cluster(items),
+                    Control::Cluster(items) => self.handle_cluster_items(items),
                 }
             }
             if self.shutting_down.get() {
@@ -457,7 +457,7 @@ impl Shard {
     }
 
     /// What the cluster's NATS thread hands this shard.
-    fn from_cluster(&self, items: Vec<Inbound>) {
+    fn handle_cluster_items(&self, items: Vec<Inbound>) {
         for item in items {
             match item {
                 Inbound::Stanza(f) => {
