@@ -143,7 +143,7 @@ cleanup() {
   stop_nodes
   stop_pid "$NATS_PID" nats-server
   # PostgreSQL: SIGINT is its fast shutdown.
-  stop_pid "$PG_PID" postgres INT
+  STOP_GRACE=30 stop_pid "$PG_PID" postgres INT
   rm -rf "$WORK"
 }
 trap cleanup EXIT
