@@ -202,7 +202,11 @@ mkdir -p "$WORK/pg"
 [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$WORK/pg"
 as_postgres "$PG_BIN/initdb" -D "$WORK/pg/data" -U postgres -A trust --no-sync \
   >"$OUT/initdb.log" 2>&1 || { tail -n 20 "$OUT/initdb.log" >&2; die "initdb failed"; }
-as_postgres "$PG_BIN/postgres" -D "$WORK/pg/data" -h "$DB_IP" -p "$PG_PORT" \
+# A simple command (not the function) in the background, so that $! is postgres itself
+# (setpriv execs it), the pid stopped at the end.
+PG_RUN=()
+[ "$(id -u)" -eq 0 ] && PG_RUN=(setpriv --reuid=postgres --regid=postgres --init-groups)
+"${PG_RUN[@]}" "$PG_BIN/postgres" -D "$WORK/pg/data" -h "$DB_IP" -p "$PG_PORT" \
   -k "$WORK/pg" -c fsync=off -c synchronous_commit=off -c max_connections=200 \
   </dev/null >"$OUT/postgres.log" 2>&1 &
 PG_PID=$!
