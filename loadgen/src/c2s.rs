@@ -152,6 +152,15 @@ pub enum C2sError {
     /// during negotiation, or the connection without a closing tag afterwards.
     #[error("connection closed by the server")]
     Closed,
+    /// The server closed the stream with `<see-other-host/>` (RFC 6120 §4.9.3.19): the
+    /// client must connect to `host` (`host:port`, the condition element's text; a
+    /// fedrouter cluster node sends it right after SASL success to a user another node
+    /// owns, and to the sessions of users whose owner changed).
+    #[error("see-other-host: {host}")]
+    SeeOtherHost {
+        /// Where to connect: `host:port`, `host`, or `[IPv6]:port` (§4.9.3.19).
+        host: String,
+    },
 }
 
 impl From<io::Error> for C2sError {
@@ -500,8 +509,13 @@ pub async fn login(
     };
     conn.auth(&step.next("sasl"), mech, user, password).await?;
     // RFC 6120 §6.4.6: after <success/>, a new stream (the server waits for our header).
+    // A cluster node that does not own the user ends the old stream instead, with
+    // <see-other-host/> (§4.9.3.19): told apart by the first bytes after <success/>.
+    let step = step.next("stream header");
+    conn.send_header(&step).await?;
+    conn.error_before_restart(&step).await?;
     conn.framer.reset();
-    features = conn.open().await?;
+    features = conn.read_features(&step).await?;
 
     if features.child("bind", NS_BIND).is_none() {
         return Err(C2sError::Bind("no <bind/> feature after SASL".into()));
@@ -644,6 +658,12 @@ impl Conn<'_> {
     /// `<stream:features/>` (§4.3.2).
     async fn open(&mut self) -> Result<Node, C2sError> {
         let step = &Step::new(self.timeout, "stream header");
+        self.send_header(step).await?;
+        self.read_features(step).await
+    }
+
+    /// Sends our stream header (RFC 6120 §4.7).
+    async fn send_header(&mut self, step: &Step) -> Result<(), C2sError> {
         let header = format!(
             "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' to='{}' \
              version='1.0' xml:lang='en'>",
@@ -651,7 +671,46 @@ impl Conn<'_> {
             ns::STREAMS,
             escape_attr(self.domain)
         );
-        self.write(step, header.as_bytes()).await?;
+        self.write(step, header.as_bytes()).await
+    }
+
+    /// After SASL `<success/>` (the framer still on the old stream): when the server's
+    /// next bytes are `<stream:error`, it closed the old stream instead of waiting for the
+    /// restart (a cluster node's `<see-other-host/>`, RFC 6120 §4.9.3.19): that error is
+    /// returned. Anything else (its new header) is left for [`Conn::read_features`].
+    async fn error_before_restart(&mut self, step: &Step) -> Result<(), C2sError> {
+        const ERROR: &[u8] = b"<stream:error";
+        // Bounded: each turn decides, or reads at least one byte, or ends; the deadline
+        // bounds the reads.
+        loop {
+            let buf = self.framer.buffer_mut();
+            if let Some(i) = buf
+                .iter()
+                .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+            {
+                let rest = &buf[i..];
+                let n = rest.len().min(ERROR.len());
+                if rest[..n] != ERROR[..n] {
+                    return Ok(());
+                }
+                if n == ERROR.len() {
+                    return Err(match self.frame(step).await? {
+                        Frame::Element(e) if e.is("error", &Namespace::Streams) => stream_error(&e),
+                        _ => C2sError::Protocol("a malformed stream error after SASL".into()),
+                    });
+                }
+            }
+            let n = timeout_at(step.deadline, fill(&mut self.io, &mut self.framer))
+                .await
+                .map_err(|_| C2sError::Timeout(step.name))??;
+            if n == 0 {
+                return Err(C2sError::Closed);
+            }
+        }
+    }
+
+    /// Waits for the server's stream header and its `<stream:features/>` (§4.3.2).
+    async fn read_features(&mut self, step: &Step) -> Result<Node, C2sError> {
         let h: StreamHeader = match self.frame(step).await? {
             Frame::Header(h) => h,
             Frame::Element(e) if e.is("error", &Namespace::Streams) => {
@@ -874,6 +933,16 @@ fn stream_error(el: &Element) -> C2sError {
         .find(|c| c.name != "text")
         .map(|c| c.name.clone())
         .unwrap_or_else(|| "undefined-condition".into());
+    if condition == "see-other-host" {
+        let host = n
+            .children
+            .iter()
+            .filter(in_ns)
+            .find(|c| c.name == "see-other-host")
+            .map(|c| c.text.trim().to_owned())
+            .unwrap_or_default();
+        return C2sError::SeeOtherHost { host };
+    }
     let text = n
         .children
         .iter()

@@ -119,6 +119,8 @@ impl SutCpu {
 #[derive(Debug)]
 pub struct Window {
     start: Vec<(u32, io::Result<CpuTicks>)>,
+    /// Final readings taken early ([`Window::freeze`]), by pid.
+    frozen: Vec<(u32, CpuTicks)>,
     stanzas_start: u64,
 }
 
@@ -127,7 +129,18 @@ impl Window {
     pub fn start(pids: &[u32], stanzas: u64) -> Window {
         Window {
             start: pids.iter().map(|&p| (p, CpuTicks::read(p))).collect(),
+            frozen: Vec::new(),
             stanzas_start: stanzas,
+        }
+    }
+
+    /// Reads `pid` now and keeps that as its end reading: for a process about to be
+    /// killed during the window (a cluster node's death), whose CPU up to then still
+    /// counts. A process that cannot be read is left to [`Window::end`].
+    pub fn freeze(&mut self, pid: u32) {
+        if let Ok(t) = CpuTicks::read(pid) {
+            self.frozen.retain(|(p, _)| *p != pid);
+            self.frozen.push((pid, t));
         }
     }
 
@@ -141,11 +154,63 @@ impl Window {
             .into_iter()
             .map(|(pid, start)| {
                 let start = start.map_err(|e| format!("--sut-pid {pid}: {e}"))?;
-                let end = CpuTicks::read(pid).map_err(|e| format!("--sut-pid {pid}: {e}"))?;
+                let end = match self.frozen.iter().find(|(p, _)| *p == pid) {
+                    Some((_, t)) => *t,
+                    None => CpuTicks::read(pid).map_err(|e| format!("--sut-pid {pid}: {e}"))?,
+                };
                 Ok(SutCpu::between(pid, start, end, n, tck))
             })
             .collect()
     }
+}
+
+/// The CPU of several SUT processes (a cluster's nodes) together over the window.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SutCpuTotal {
+    /// The processes summed.
+    pub pids: Vec<u32>,
+    /// Their `utime + stime` in the window, seconds.
+    pub cpu_s: f64,
+    /// Of which user time, seconds.
+    pub user_s: f64,
+    /// Of which system time, seconds.
+    pub system_s: f64,
+    /// Stanzas loadgen received in the window.
+    pub stanzas: u64,
+    /// `cpu_s` in milliseconds per 1,000 `stanzas` (`None` when no stanza arrived).
+    pub cpu_ms_per_1000_stanzas: Option<f64>,
+}
+
+impl SutCpuTotal {
+    /// One line for the text report.
+    pub fn line(&self) -> String {
+        format!(
+            "SUT CPU of {} processes together in the measured window: {:.2} s (user {:.2} s, \
+             system {:.2} s) for {} stanzas received = {} ms per 1,000 stanzas",
+            self.pids.len(),
+            self.cpu_s,
+            self.user_s,
+            self.system_s,
+            self.stanzas,
+            self.cpu_ms_per_1000_stanzas
+                .map_or_else(|| "—".to_owned(), |v| format!("{v:.1}")),
+        )
+    }
+}
+
+/// The sum of `each` (`None` when empty).
+pub fn total(each: &[SutCpu]) -> Option<SutCpuTotal> {
+    let first = each.first()?;
+    let cpu_s: f64 = each.iter().map(|c| c.cpu_s).sum();
+    let stanzas = first.stanzas;
+    Some(SutCpuTotal {
+        pids: each.iter().map(|c| c.pid).collect(),
+        cpu_s,
+        user_s: each.iter().map(|c| c.user_s).sum(),
+        system_s: each.iter().map(|c| c.system_s).sum(),
+        stanzas,
+        cpu_ms_per_1000_stanzas: (stanzas > 0).then(|| cpu_s * 1e3 * 1e3 / stanzas as f64),
+    })
 }
 
 #[cfg(test)]
@@ -196,6 +261,33 @@ mod tests {
             SutCpu::between(1, a, b, 0, 100).cpu_ms_per_1000_stanzas,
             None
         );
+    }
+
+    #[test]
+    fn several_processes_are_summed() {
+        let a = CpuTicks { utime: 0, stime: 0 };
+        let b = CpuTicks {
+            utime: 100,
+            stime: 100,
+        };
+        let each = [
+            SutCpu::between(1, a, b, 4_000, 100),
+            SutCpu::between(2, a, b, 4_000, 100),
+        ];
+        let t = total(&each).unwrap();
+        assert_eq!(t.pids, vec![1, 2]);
+        assert_eq!(t.cpu_s, 4.0);
+        assert_eq!(t.cpu_ms_per_1000_stanzas, Some(1000.0));
+        assert_eq!(total(&[]), None);
+    }
+
+    #[test]
+    fn a_frozen_reading_outlives_the_process() {
+        let me = std::process::id();
+        let mut w = Window::start(&[me], 0);
+        w.freeze(me);
+        let r = w.end(10);
+        assert!(r[0].is_ok(), "{r:?}");
     }
 
     #[test]

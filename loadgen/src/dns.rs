@@ -9,15 +9,19 @@ use std::net::{IpAddr, SocketAddr};
 
 use fedrouter_testkit::zone::{zone_file, ZoneRecord, ZoneServer};
 
+use crate::targets::SutS2s;
 use crate::topology::Topology;
 
 /// TTL of every record, seconds.
 pub const TTL: u32 = 300;
 
-/// The zone of `topo`'s peers; with `sut`, also the SUT's SRV record (`_xmpp-server._tcp`
-/// of its domain to `sut.<suffix>`) and A record.
-pub fn records(topo: &Topology, sut: Option<SocketAddr>) -> Vec<ZoneRecord> {
-    let mut out = Vec::with_capacity(topo.peers as usize + topo.servers() as usize + 2);
+/// The zone of `topo`'s peers; with `sut`, also the SUT's SRV records: one
+/// `_xmpp-server._tcp` record of its domain per S2S address, all at priority 0 with the
+/// address's weight (RFC 2782; a cluster behind equal-priority weighted records), each
+/// target with its own A record (`sut.<suffix>` for one address, `sut1.<suffix>`,
+/// `sut2.<suffix>` … for several). IPv6 addresses get no record.
+pub fn records(topo: &Topology, sut: &[SutS2s]) -> Vec<ZoneRecord> {
+    let mut out = Vec::with_capacity(topo.peers as usize + topo.servers() as usize + 2 * sut.len());
     for s in 0..topo.servers() {
         let host = topo.server_host(s);
         let addr = topo.server_addr(s);
@@ -39,8 +43,15 @@ pub fn records(topo: &Topology, sut: Option<SocketAddr>) -> Vec<ZoneRecord> {
             });
         }
     }
-    if let Some(SocketAddr::V4(a)) = sut {
-        let host = format!("sut.{}", topo.suffix);
+    for (i, node) in sut.iter().enumerate() {
+        let SocketAddr::V4(a) = node.addr else {
+            continue;
+        };
+        let host = if sut.len() == 1 {
+            format!("sut.{}", topo.suffix)
+        } else {
+            format!("sut{}.{}", i + 1, topo.suffix)
+        };
         out.push(ZoneRecord::A {
             name: host.clone(),
             ttl: TTL,
@@ -50,7 +61,7 @@ pub fn records(topo: &Topology, sut: Option<SocketAddr>) -> Vec<ZoneRecord> {
             name: format!("_xmpp-server._tcp.{}", topo.sut_domain),
             ttl: TTL,
             priority: 0,
-            weight: 5,
+            weight: node.weight,
             port: a.port(),
             target: host,
         });
@@ -86,7 +97,11 @@ mod tests {
             peer_net: [127, 78],
             peer_port: 5269,
         };
-        let recs = records(&topo, Some("127.0.0.9:5269".parse().expect("addr")));
+        let one = [SutS2s {
+            addr: "127.0.0.9:5269".parse().expect("addr"),
+            weight: 1,
+        }];
+        let recs = records(&topo, &one);
         let srv: Vec<_> = recs
             .iter()
             .filter_map(|r| match r {
@@ -104,5 +119,55 @@ mod tests {
             .count();
         assert_eq!(a, 4);
         assert!(to_zone_file(&recs).contains("xmpp2.test"));
+    }
+
+    #[test]
+    fn a_cluster_gets_one_weighted_srv_target_per_node() {
+        let topo = Topology {
+            peers: 1,
+            users_per_peer: 1,
+            local_users: 1,
+            domains_per_server: 1,
+            suffix: "test".into(),
+            sut_domain: "cup.test".into(),
+            peer_net: [127, 78],
+            peer_port: 5269,
+        };
+        let nodes: Vec<SutS2s> = (1..=3u8)
+            .map(|i| SutS2s {
+                addr: SocketAddr::from(([127, 0, 198, 10 + i], 5269)),
+                weight: u16::from(i),
+            })
+            .collect();
+        let recs = records(&topo, &nodes);
+        let sut_srv: Vec<_> = recs
+            .iter()
+            .filter_map(|r| match r {
+                ZoneRecord::Srv {
+                    name,
+                    priority,
+                    weight,
+                    port,
+                    target,
+                    ..
+                } if name == "_xmpp-server._tcp.cup.test" => {
+                    Some((*priority, *weight, *port, target.as_str()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            sut_srv,
+            vec![
+                (0, 1, 5269, "sut1.test"),
+                (0, 2, 5269, "sut2.test"),
+                (0, 3, 5269, "sut3.test")
+            ]
+        );
+        for (i, host) in ["sut1.test", "sut2.test", "sut3.test"].iter().enumerate() {
+            assert!(recs.iter().any(|r| matches!(r,
+                ZoneRecord::A { name, addr, .. }
+                    if name == host && addr.octets() == [127, 0, 198, 11 + i as u8])));
+        }
     }
 }

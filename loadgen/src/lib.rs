@@ -24,6 +24,7 @@ pub mod run;
 pub mod s2s;
 pub mod stanzas;
 pub mod sut;
+pub mod targets;
 pub mod topology;
 pub mod track;
 pub mod world;

@@ -72,12 +72,27 @@ struct Cli {
     /// The SUT's domain.
     #[arg(long, default_value = "cupdomain.test", global = true)]
     sut_domain: String,
-    /// External SUT: its S2S address (without it, fedrouter runs embedded).
-    #[arg(long)]
-    sut_s2s: Option<SocketAddr>,
-    /// External SUT: its C2S address.
-    #[arg(long)]
-    sut_c2s: Option<SocketAddr>,
+    /// External SUT: its S2S address (without it, fedrouter runs embedded). A cluster's
+    /// nodes: comma-separated or repeated; each peer stream tries them in RFC 2782 order
+    /// (equal priority, --sut-weights), and loadgen's DNS serves one SRV target per
+    /// address.
+    #[arg(long, value_delimiter = ',')]
+    sut_s2s: Vec<SocketAddr>,
+    /// SRV weights of the --sut-s2s addresses, in order (default 1 each).
+    #[arg(long, value_delimiter = ',')]
+    sut_weights: Vec<u16>,
+    /// External SUT: its C2S address; several (comma-separated or repeated) spread the
+    /// clients round robin. `<see-other-host/>` is followed (at most 3 times per login).
+    #[arg(long, value_delimiter = ',')]
+    sut_c2s: Vec<SocketAddr>,
+    /// A SUT process to kill (SIGKILL) during the measured window, at --kill-at: a
+    /// cluster node's death. Its CPU up to then counts when it is also a --sut-pid.
+    #[arg(long, requires = "kill_at")]
+    kill_pid: Option<u32>,
+    /// When to kill --kill-pid, from the start of the measured window (after the
+    /// warm-up), e.g. `10s`.
+    #[arg(long, value_parser = humantime::parse_duration, requires = "kill_pid")]
+    kill_at: Option<Duration>,
     /// External SUT: PEM file of the CA (or self-signed certificate) its certificate
     /// chains to; without it C2S TLS is not verified.
     #[arg(long)]
@@ -167,9 +182,13 @@ enum Command {
     },
     /// Writes the peers' DNS zone file and exits.
     Zone {
-        /// The SUT's S2S address, to include its SRV record.
-        #[arg(long)]
-        sut_s2s: Option<SocketAddr>,
+        /// The SUT's S2S addresses (comma-separated or repeated), to include their SRV
+        /// records.
+        #[arg(long, value_delimiter = ',')]
+        sut_s2s: Vec<SocketAddr>,
+        /// Their SRV weights, in order (default 1 each).
+        #[arg(long, value_delimiter = ',')]
+        sut_weights: Vec<u16>,
     },
 }
 
@@ -259,10 +278,17 @@ fn main() -> ExitCode {
                 None => usage(format!("{server}: expected fedrouter, prosody or ejabberd")),
             };
         }
-        Some(Command::Zone { sut_s2s }) => {
+        Some(Command::Zone {
+            sut_s2s,
+            sut_weights,
+        }) => {
+            let nodes = match loadgen::targets::with_weights(sut_s2s, sut_weights) {
+                Ok(n) => n,
+                Err(e) => return usage(e),
+            };
             print!(
                 "{}",
-                loadgen::dns::to_zone_file(&loadgen::dns::records(&topo, *sut_s2s))
+                loadgen::dns::to_zone_file(&loadgen::dns::records(&topo, &nodes))
             );
             return ExitCode::SUCCESS;
         }
@@ -281,22 +307,32 @@ fn main() -> ExitCode {
         Ok(m) => m,
         Err(e) => return usage(format!("--mix: {e}")),
     };
-    for (what, addr) in [("--sut-s2s", cli.sut_s2s), ("--sut-c2s", cli.sut_c2s)] {
-        if addr.is_some_and(|a| !a.ip().is_loopback()) {
+    for (what, addrs) in [("--sut-s2s", &cli.sut_s2s), ("--sut-c2s", &cli.sut_c2s)] {
+        if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
             return usage(format!(
-                "{what}: loadgen only connects to loopback addresses"
+                "{what} {a}: loadgen only connects to loopback addresses"
             ));
         }
     }
     if !cli.sut_ip.is_loopback() || !cli.dns.ip().is_loopback() {
         return usage("--sut-ip and --dns must be loopback addresses".into());
     }
-    let target = match (cli.sut_s2s, cli.sut_c2s) {
-        (None, None) => Target::Embedded {
-            ip: cli.sut_ip,
-            shards: cli.shards.max(1),
-        },
-        (Some(s2s), Some(c2s)) => {
+    let target = match (cli.sut_s2s.is_empty(), cli.sut_c2s.is_empty()) {
+        (true, true) => {
+            if !cli.sut_weights.is_empty() {
+                return usage("--sut-weights needs --sut-s2s".into());
+            }
+            Target::Embedded {
+                ip: cli.sut_ip,
+                shards: cli.shards.max(1),
+            }
+        }
+        (false, false) => {
+            let s2s = match loadgen::targets::with_weights(&cli.sut_s2s, &cli.sut_weights) {
+                Ok(n) => n,
+                Err(e) => return usage(e),
+            };
+            let c2s = cli.sut_c2s.clone();
             let roots = match &cli.sut_ca {
                 None => None,
                 Some(path) => {
@@ -328,6 +364,27 @@ fn main() -> ExitCode {
             return usage(format!("--sut-pid {pid}: {e}"));
         }
     }
+    let kill = match (cli.kill_pid, cli.kill_at) {
+        (Some(pid), Some(at)) => {
+            if pid == std::process::id() || cli.sut_s2s.is_empty() {
+                return usage(
+                    "--kill-pid: the SUT must be external (--sut-s2s), not loadgen itself".into(),
+                );
+            }
+            if let Err(e) = loadgen::cpu::CpuTicks::read(pid) {
+                return usage(format!("--kill-pid {pid}: {e}"));
+            }
+            if at >= cli.duration {
+                return usage(format!(
+                    "--kill-at {}: must fall inside --duration {}",
+                    humantime::format_duration(at),
+                    humantime::format_duration(cli.duration)
+                ));
+            }
+            Some(run::Kill { pid, at })
+        }
+        _ => None,
+    };
     let (limit, _) = fedrouter::runtime::raise_fd_limit();
     let needed =
         u64::from(topo.servers()) * 2 + u64::from(topo.peers) + u64::from(topo.local_users) + 64;
@@ -373,6 +430,7 @@ fn main() -> ExitCode {
         progress: !cli.no_progress,
         max_in_flight: cli.max_in_flight,
         sut_pids: cli.sut_pid.clone(),
+        kill,
     };
     fedrouter::tls::install_default_provider();
     let workers = cli
@@ -416,6 +474,21 @@ fn main() -> ExitCode {
     }
     for c in &outcome.sut_cpu {
         println!("{}", c.line());
+    }
+    if outcome.sut_cpu.len() > 1 {
+        if let Some(t) = loadgen::cpu::total(&outcome.sut_cpu) {
+            println!("{}", t.line());
+        }
+    }
+    if outcome.redirects > 0 || outcome.relogins > 0 {
+        println!(
+            "clients: {} see-other-host redirects followed, {} logins made again after a \
+             session ended",
+            outcome.redirects, outcome.relogins
+        );
+    }
+    if let Some(t) = outcome.killed_at_s {
+        println!("killed --kill-pid at {t:.2} s into the measured window");
     }
     for e in &outcome.sut_cpu_errors {
         eprintln!("loadgen: warning: {e}");

@@ -48,6 +48,7 @@ use tokio::task::JoinHandle;
 use crate::report::steps;
 use crate::s2s::{Input, Stream, TlsSetup};
 use crate::stanzas;
+use crate::targets::{self, SutS2s};
 use crate::world::World;
 
 /// Commands queued per outbound stream.
@@ -69,8 +70,11 @@ pub enum PeerAuth {
 /// How the peers behave.
 #[derive(Debug, Clone)]
 pub struct PeerOptions {
-    /// The SUT's S2S address (where outbound streams connect).
-    pub sut_s2s: SocketAddr,
+    /// The SUT's S2S addresses with their SRV weights (where outbound streams connect):
+    /// each connection tries them in RFC 2782 order ([`crate::targets::connect_order`]),
+    /// so the streams spread over a cluster's nodes by weight, and a stream whose node
+    /// died reconnects to another. Not empty.
+    pub sut_s2s: Vec<SutS2s>,
     /// STARTTLS: `Disabled` (Google-style plain TCP), `Optional` (WebEx-style: offered,
     /// no certificate check) or `Required`.
     pub tls: TlsPolicy,
@@ -587,6 +591,21 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     }
 }
 
+/// Connects to the first of `nodes` that accepts, in RFC 2782 order.
+///
+/// Errors: the last address's error (every one failed).
+async fn connect_any(nodes: &[SutS2s], timeout: Duration) -> io::Result<TcpStream> {
+    let order = targets::connect_order(nodes, &mut rand::rng());
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no SUT S2S address");
+    for addr in order {
+        match connect(addr, timeout).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 struct PendingVerify {
     local: String,
     stream_id: String,
@@ -623,7 +642,7 @@ async fn outbound_task(
             queue.push_front(x);
         }
         let t0 = Instant::now();
-        let sock = match connect(shared.opts.sut_s2s, shared.opts.connect_timeout).await {
+        let sock = match connect_any(&shared.opts.sut_s2s, shared.opts.connect_timeout).await {
             Ok(s) => s,
             Err(_) => {
                 // Keep draining commands so senders never block on a dead stream.

@@ -39,6 +39,7 @@ use crate::peers::{PeerAuth, PeerOptions, Peers};
 use crate::report::{steps, IntervalLog, Recorder, Summary};
 use crate::stanzas;
 use crate::sut::{Embedded, EmbeddedOptions, Profile};
+use crate::targets::SutS2s;
 use crate::topology::Topology;
 use crate::world::{PairState, World, ALL_STEPS};
 
@@ -174,12 +175,15 @@ pub enum Target {
         /// Its shard threads.
         shards: usize,
     },
-    /// Any server, already running with the local users created.
+    /// Any server, already running with the local users created; several addresses for a
+    /// cluster of nodes.
     External {
-        /// Its S2S address (peers' outbound streams).
-        s2s: SocketAddr,
-        /// Its C2S address (clients).
-        c2s: SocketAddr,
+        /// Its S2S addresses with their SRV weights (peers' outbound streams, RFC 2782
+        /// order per connection). Not empty.
+        s2s: Vec<SutS2s>,
+        /// Its C2S addresses (clients, round robin; `<see-other-host/>` followed). Not
+        /// empty.
+        c2s: Vec<SocketAddr>,
         /// Roots for its certificate; `None`: no certificate check on C2S.
         roots: Option<Arc<RootCertStore>>,
     },
@@ -234,6 +238,36 @@ pub struct RunOptions {
     /// SUT processes whose CPU (utime + stime, all threads) is read at the start and the
     /// end of the measured window ([`crate::cpu`]); empty: none.
     pub sut_pids: Vec<u32>,
+    /// Kill one SUT process (SIGKILL) during the measured window: a cluster node's death.
+    pub kill: Option<Kill>,
+}
+
+/// A SUT process killed during the run (`--kill-pid`, `--kill-at`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kill {
+    /// The process.
+    pub pid: u32,
+    /// When, from the start of the measured window (after the warm-up).
+    pub at: Duration,
+}
+
+/// One second of the run (warm-up included): what loadgen received and what it gave up
+/// on, for seeing when a dead node's share was served again.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Second {
+    /// End of the interval, seconds from the start of the measured window (negative
+    /// during the warm-up).
+    pub t_s: f64,
+    /// Stanzas received by peers and clients in the interval, per second.
+    pub stanzas_in_per_s: f64,
+    /// Tracked deliveries in flight at the end of the interval.
+    pub in_flight: u64,
+    /// `<see-other-host/>` redirects followed so far.
+    pub redirects: u64,
+    /// Client logins made again so far.
+    pub relogins: u64,
+    /// S2S streams closed by the SUT so far (unexpected closes).
+    pub unexpected_closes: u64,
 }
 
 /// Errors that end a run before it measured anything.
@@ -278,6 +312,12 @@ pub struct Outcome {
     pub sut_cpu: Vec<SutCpu>,
     /// `--sut-pid` processes that could not be read (each message names the pid).
     pub sut_cpu_errors: Vec<String>,
+    /// `<see-other-host/>` redirects the clients followed.
+    pub redirects: u64,
+    /// Client logins made again after a session ended without loadgen asking.
+    pub relogins: u64,
+    /// When `--kill-pid` was killed, seconds from the start of the measured window.
+    pub killed_at_s: Option<f64>,
     /// Files written.
     pub files: Vec<PathBuf>,
 }
@@ -480,10 +520,13 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
 
     // DNS.
     let sut_s2s_known = match &opts.target {
-        Target::External { s2s, .. } => Some(*s2s),
-        Target::Embedded { ip, .. } => Some(SocketAddr::new(*ip, 5269)),
+        Target::External { s2s, .. } => s2s.clone(),
+        Target::Embedded { ip, .. } => vec![SutS2s {
+            addr: SocketAddr::new(*ip, 5269),
+            weight: crate::targets::DEFAULT_WEIGHT,
+        }],
     };
-    let records = dns::records(&topo, sut_s2s_known);
+    let records = dns::records(&topo, &sut_s2s_known);
     if let Some(path) = &opts.zone_file {
         std::fs::write(path, dns::to_zone_file(&records))?;
         files.push(path.clone());
@@ -509,18 +552,25 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
                 peer_ca_pem: peer_ca.as_ref().map(|c| c.ca_cert_pem()),
             })
             .map_err(setup)?;
-            let (s2s, c2s, roots) = (e.s2s, e.c2s, Some(e.roots.clone()));
+            let s2s = vec![SutS2s {
+                addr: e.s2s,
+                weight: crate::targets::DEFAULT_WEIGHT,
+            }];
+            let (c2s, roots) = (vec![e.c2s], Some(e.roots.clone()));
             (Some(e), s2s, c2s, roots)
         }
-        Target::External { s2s, c2s, roots } => (None, *s2s, *c2s, roots.clone()),
+        Target::External { s2s, c2s, roots } => (None, s2s.clone(), c2s.clone(), roots.clone()),
     };
+    if sut_s2s.is_empty() || sut_c2s.is_empty() {
+        return Err(setup("no SUT S2S or C2S address".into()));
+    }
 
     // Peers.
     let t_peers = Instant::now();
     let peers = Peers::start(
         world.clone(),
         PeerOptions {
-            sut_s2s,
+            sut_s2s: sut_s2s.clone(),
             tls: opts.peer_tls,
             auth: opts.peer_auth,
             ca: peer_ca.clone(),
@@ -557,11 +607,12 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
     let clients = Clients::login_all(
         world.clone(),
         ClientOptions {
-            addr: sut_c2s,
+            addr: sut_c2s[0],
             domain: topo.sut_domain.clone(),
             tls: TlsMode::Required { roots: sut_roots },
             timeout: Duration::from_secs(10),
         },
+        sut_c2s.clone(),
         opts.password.clone(),
         opts.login_parallel,
     );
@@ -671,9 +722,26 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
     let mut last_interval = start;
     let mut last_in = world.stanzas_in.load(Ordering::Relaxed);
     let mut exhausted = false;
-    let mut cpu_window = None;
+    let mut cpu_window: Option<cpu::Window> = None;
+    let mut seconds: Vec<Second> = Vec::new();
+    let kill_at = opts.kill.map(|k| (k.pid, measure_from + k.at));
+    let mut killed_at_s = None;
+    let mut killed_at_unix_s = None;
     'run: while Instant::now() < end {
         let now = Instant::now();
+        if let Some((pid, at)) = kill_at {
+            if killed_at_s.is_none() && now >= at {
+                killed_at_s = Some(signed_secs(now, measure_from));
+                killed_at_unix_s = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs_f64());
+                if let Some(w) = cpu_window.as_mut() {
+                    w.freeze(pid);
+                }
+                kill(pid);
+            }
+        }
         if cpu_window.is_none() && now >= measure_from {
             cpu_window = Some(cpu::Window::start(
                 &opts.sut_pids,
@@ -691,6 +759,14 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
             }
             let stanzas_in = world.stanzas_in.load(Ordering::Relaxed);
             let rate = (stanzas_in - last_in) as f64 / (now - last_interval).as_secs_f64();
+            seconds.push(Second {
+                t_s: signed_secs(now, measure_from),
+                stanzas_in_per_s: rate,
+                in_flight: world.tracker.in_flight(),
+                redirects: world.redirects.load(Ordering::Relaxed),
+                relogins: world.relogins.load(Ordering::Relaxed),
+                unexpected_closes: world.unexpected_closes.load(Ordering::Relaxed),
+            });
             pb.set_position((now - start).as_secs());
             pb.set_message(format!(
                 "{}{rate:.0} stanzas/s in, {} in flight",
@@ -824,6 +900,13 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         "sut_cpu": sut_cpu,
         "sut_cpu_errors": sut_cpu_errors,
         "sut_cpu_stanzas": "stanzas loadgen received in the measured window",
+        "sut_cpu_total": cpu::total(&sut_cpu),
+        "sut_s2s": sut_s2s.iter().map(|n| serde_json::json!({"addr": n.addr.to_string(), "weight": n.weight})).collect::<Vec<_>>(),
+        "sut_c2s": sut_c2s.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "redirects": world.redirects.load(Ordering::Relaxed),
+        "relogins": world.relogins.load(Ordering::Relaxed),
+        "kill": opts.kill.map(|k| serde_json::json!({"pid": k.pid, "at_s": k.at.as_secs_f64(), "killed_at_s": killed_at_s, "killed_at_unix_s": killed_at_unix_s})),
+        "per_second": seconds,
     });
     let json_path = opts.out_dir.join("summary.json");
     let mut f = BufWriter::new(File::create(&json_path)?);
@@ -857,6 +940,34 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         peak_rss_kib: peak_rss_kib(),
         sut_cpu,
         sut_cpu_errors,
+        redirects: world.redirects.load(Ordering::Relaxed),
+        relogins: world.relogins.load(Ordering::Relaxed),
+        killed_at_s,
         files,
     })
+}
+
+/// `t − from` in seconds, negative when `t` is earlier.
+fn signed_secs(t: Instant, from: Instant) -> f64 {
+    match t.checked_duration_since(from) {
+        Some(d) => d.as_secs_f64(),
+        None => -(from - t).as_secs_f64(),
+    }
+}
+
+/// Sends SIGKILL to `pid` (a SUT node's death); a failure is reported on stderr.
+fn kill(pid: u32) {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        eprintln!("loadgen: --kill-pid {pid}: not a process id");
+        return;
+    };
+    // SAFETY: kill(2) takes plain integers and has no memory effects on this process.
+    if unsafe { libc::kill(p, libc::SIGKILL) } != 0 {
+        eprintln!(
+            "loadgen: --kill-pid {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    } else {
+        eprintln!("loadgen: killed SUT process {pid} (SIGKILL)");
+    }
 }

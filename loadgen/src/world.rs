@@ -110,6 +110,11 @@ pub struct World {
     pub auth_failures: AtomicU64,
     /// Streams that ended without loadgen asking.
     pub unexpected_closes: AtomicU64,
+    /// `<see-other-host/>` redirects the clients followed (RFC 6120 §4.9.3.19).
+    pub redirects: AtomicU64,
+    /// Client logins made again after a session ended without loadgen asking (a closed
+    /// connection or a redirect of a running session).
+    pub relogins: AtomicU64,
 }
 
 impl World {
@@ -128,6 +133,8 @@ impl World {
             stanzas_out: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
             unexpected_closes: AtomicU64::new(0),
+            redirects: AtomicU64::new(0),
+            relogins: AtomicU64::new(0),
         }
     }
 
