@@ -182,6 +182,20 @@ fn result_to(el: &Element, capacity: usize) -> ElementBuilder {
         .raw_attr_opt("id", el.id())
 }
 
+/// The length of the empty result [`result_to`] writes for `el` (`<iq type='result' …/>`)
+/// when its `to`, `from` and `id` need no new escaping (the usual case): as the capacity,
+/// it makes the reply's bytes exactly one allocation (a shorter buffer would cost
+/// another when it becomes the element's `Bytes`). A value that must be re-escaped only
+/// makes the buffer grow.
+fn empty_result_len(el: &Element) -> usize {
+    let attr = |name: &str, v: Option<&str>| v.map_or(0, |v| name.len() + v.len() + 4);
+    "<iq type='result'".len()
+        + attr("from", el.to())
+        + attr("to", el.from())
+        + attr("id", el.id())
+        + "/>".len()
+}
+
 /// The answer to a XEP-0030 `disco#info` query `query` (§3.1): the `identities`
 /// (category, type) and `features`. A query for a `node` gets `item-not-found` (§3.2:
 /// no nodes here).
@@ -249,12 +263,12 @@ pub fn answer_server(el: &Element, kind: StanzaKind, software: &Software) -> Ans
     if kind == StanzaKind::Iq && is_plain_ping(el) {
         // The common case without building the tree (issue 20: no allocation but the
         // reply's own); the answer is the one the general path gives.
-        return Answer::Reply(result_to(el, 96).finish());
+        return Answer::Reply(result_to(el, empty_result_len(el)).finish());
     }
     match kind {
         StanzaKind::Iq => match read_iq(el) {
             Iq::Get(p) => match (p.name.as_str(), p.ns.as_str()) {
-                ("ping", NS_PING) => Answer::Reply(result_to(el, 96).finish()),
+                ("ping", NS_PING) => Answer::Reply(result_to(el, empty_result_len(el)).finish()),
                 ("query", NS_DISCO_INFO) => {
                     disco_info(el, &p, &[("server", "im")], SERVER_FEATURES)
                 }
@@ -439,7 +453,7 @@ mod tests {
             // Either way, the answer is the general path's.
             let general = match read_iq(&e) {
                 Iq::Get(p) if (p.name.as_str(), p.ns.as_str()) == ("ping", NS_PING) => {
-                    Some(result_to(&e, 96).finish())
+                    Some(result_to(&e, empty_result_len(&e)).finish())
                 }
                 _ => None,
             };
@@ -449,6 +463,14 @@ mod tests {
                 other => panic!("{payload}: {other:?}"),
             }
         }
+        let e = el(
+            "<iq type='get' from='b.test' to='a.test' id='p9'><ping xmlns='urn:xmpp:ping'/></iq>",
+        );
+        assert_eq!(
+            result_to(&e, 0).finish().as_str().len(),
+            empty_result_len(&e),
+            "the exact size of a ping's result"
+        );
         let set = el(
             "<iq type='set' from='b.test' to='a.test' id='s'><ping xmlns='urn:xmpp:ping'/></iq>",
         );
