@@ -90,7 +90,7 @@ fn print_sites() {
         *by.entry(frames.join("\n    ")).or_default() += 1;
     }
     let mut v: Vec<_> = by.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     for (frames, n) in v.into_iter().take(40) {
         println!(
             "{:6.2}/stanza  {frames}",
