@@ -190,6 +190,7 @@ shards = {shards}
 s2s = ["{s2s}"]
 s2s_tls = []
 c2s = []
+admin = "{admin}"
 
 [dns]
 nameservers = ["{dns}"]
@@ -203,6 +204,7 @@ verify_certificates = false
         data = dir.join("data").display().to_string(),
         s2s = s2s(net, 2),
         dns = SocketAddr::new(ip(net, 1).into(), 5300),
+        admin = SocketAddr::new(ip(net, 2).into(), 9269),
     );
     let config = Config::from_toml_str(&toml).expect("test configuration");
     let materialized = config.materialize().expect("materialize the configuration");
