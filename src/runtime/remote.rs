@@ -36,6 +36,23 @@ use crate::xml::Element;
 /// ([`Remotes::drop_error`]).
 const DROPPED_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The local domain of JID `from` as an ownership key ([`domain_key`]), borrowed from
+/// the configuration (`domains`) when it spells it so: no allocation per stanza; a copy
+/// only when the configured spelling differs. `None` when we do not host it.
+fn hosted_key<'a>(shared: &'a super::Shared, from: &str) -> Option<Cow<'a, str>> {
+    let want = domain_key(domain_of(from));
+    let l = shared
+        .s2s
+        .local_domains
+        .iter()
+        .find(|l| l.eq_ignore_ascii_case(&want))?;
+    Some(if **l == *want {
+        Cow::Borrowed(l.as_str())
+    } else {
+        Cow::Owned(want.into_owned())
+    })
+}
+
 /// A `db:verify` waiting for its answer from the authoritative server.
 struct VerifyReq {
     local: String,
@@ -191,26 +208,11 @@ impl Remotes {
         let Some(from) = el.from() else {
             return;
         };
-        // The local domain as the configuration spells it (no allocation per stanza);
-        // a copy only when that spelling is not the ownership key.
         let shared = Arc::clone(&shard.shared());
-        let local: Cow<'_, str> = {
-            let want = domain_key(domain_of(from));
-            match shared
-                .s2s
-                .local_domains
-                .iter()
-                .find(|l| l.eq_ignore_ascii_case(&want))
-            {
-                Some(l) if **l == *want => Cow::Borrowed(l.as_str()),
-                Some(_) => Cow::Owned(want.into_owned()),
-                None => {
-                    // Only our own users and our server originate stanzas to remote
-                    // domains.
-                    debug!(from, "not sending a stanza from a domain we do not host");
-                    return;
-                }
-            }
+        let Some(local) = hosted_key(&shared, from) else {
+            // Only our own users and our server originate stanzas to remote domains.
+            debug!(from, "not sending a stanza from a domain we do not host");
+            return;
         };
         if shard.shutting_down.get() {
             // Every stream of this shard is closed or closing by now, and none is opened
@@ -434,12 +436,16 @@ impl Remotes {
         if conn.st.borrow().closed {
             return;
         }
-        let cap = shard.shared().config.s2s.queue_per_domain;
+        let shared = Arc::clone(&shard.shared());
+        let cap = shared.config.s2s.queue_per_domain;
         let episode = r.queue.drain(cap, now, |q| {
             if conn.backlog() >= limit || conn.st.borrow().held() >= cap {
                 return Drain::Stop(q);
             }
-            let local = q.local_domain();
+            // Not a copy per stanza: the configuration's spelling of the local domain.
+            let Some(local) = q.from().and_then(|f| hosted_key(&shared, f)) else {
+                return Drain::Skip(q);
+            };
             if !conn.st.borrow().proto.is_authenticated(&local, d) {
                 return Drain::Skip(q);
             }
