@@ -119,6 +119,40 @@ pub fn read_iq(el: &Element) -> Iq {
     }
 }
 
+/// Whether `el` is an `iq type='get'` whose whole content is a XEP-0199 ping written
+/// the plain way: `<ping xmlns='urn:xmpp:ping'/>` (either quote, optional whitespace
+/// before `/>` and around the element, or `></ping>` instead of `/>`). Any other
+/// spelling (a prefix, more attributes, character references) is `false` and goes
+/// through [`read_iq`], which resolves namespaces; so this only decides faster, never
+/// differently. Allocates nothing.
+fn is_plain_ping(el: &Element) -> bool {
+    fn ws(b: &[u8]) -> &[u8] {
+        let b = match b.iter().position(|c| !c.is_ascii_whitespace()) {
+            Some(i) => &b[i..],
+            None => &[],
+        };
+        match b.iter().rposition(|c| !c.is_ascii_whitespace()) {
+            Some(i) => &b[..=i],
+            None => b,
+        }
+    }
+    if el.type_() != Some("get") || el.is_empty() {
+        return false;
+    }
+    let inner = ws(el.inner());
+    let Some(rest) = inner.strip_prefix(b"<ping xmlns=") else {
+        return false;
+    };
+    let rest = match rest {
+        [q @ (b'\'' | b'"'), tail @ ..] => match tail.strip_prefix(NS_PING.as_bytes()) {
+            Some([c, tail @ ..]) if c == q => tail,
+            _ => return false,
+        },
+        _ => return false,
+    };
+    matches!(ws(rest), b"/>") || rest == b"></ping>"
+}
+
 /// What to do with a stanza addressed to the server or to an unavailable local user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -146,6 +180,20 @@ fn result_to(el: &Element, capacity: usize) -> ElementBuilder {
         .raw_attr_opt("from", el.to())
         .raw_attr_opt("to", el.from())
         .raw_attr_opt("id", el.id())
+}
+
+/// The length of the empty result [`result_to`] writes for `el` (`<iq type='result' …/>`)
+/// when its `to`, `from` and `id` need no new escaping (the usual case): as the capacity,
+/// it makes the reply's bytes exactly one allocation (a shorter buffer would cost
+/// another when it becomes the element's `Bytes`). A value that must be re-escaped only
+/// makes the buffer grow.
+fn empty_result_len(el: &Element) -> usize {
+    let attr = |name: &str, v: Option<&str>| v.map_or(0, |v| name.len() + v.len() + 4);
+    "<iq type='result'".len()
+        + attr("from", el.to())
+        + attr("to", el.from())
+        + attr("id", el.id())
+        + "/>".len()
 }
 
 /// The answer to a XEP-0030 `disco#info` query `query` (§3.1): the `identities`
@@ -212,10 +260,15 @@ fn disco_items(el: &Element, query: &Node) -> Answer {
 /// - `iq result`/`error`: [`Answer::Response`].
 /// - `message` (not `error`): `service-unavailable`; `presence`: ignored.
 pub fn answer_server(el: &Element, kind: StanzaKind, software: &Software) -> Answer {
+    if kind == StanzaKind::Iq && is_plain_ping(el) {
+        // The common case without building the tree (issue 20: no allocation but the
+        // reply's own); the answer is the one the general path gives.
+        return Answer::Reply(result_to(el, empty_result_len(el)).finish());
+    }
     match kind {
         StanzaKind::Iq => match read_iq(el) {
             Iq::Get(p) => match (p.name.as_str(), p.ns.as_str()) {
-                ("ping", NS_PING) => Answer::Reply(result_to(el, 96).finish()),
+                ("ping", NS_PING) => Answer::Reply(result_to(el, empty_result_len(el)).finish()),
                 ("query", NS_DISCO_INFO) => {
                     disco_info(el, &p, &[("server", "im")], SERVER_FEATURES)
                 }
@@ -375,6 +428,53 @@ mod tests {
             (Some("a.test"), Some("b.test"), Some("p1"))
         );
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn plain_pings_are_recognised_without_the_tree_and_answered_alike() {
+        let cases = [
+            ("<ping xmlns='urn:xmpp:ping'/>", true),
+            ("<ping xmlns=\"urn:xmpp:ping\" />", true),
+            ("\n <ping xmlns='urn:xmpp:ping'></ping> ", true),
+            ("<ping xmlns='urn:xmpp:pingx'/>", false),
+            (
+                "<ping xmlns='urn:xmpp:ping'/><ping xmlns='urn:xmpp:ping'/>",
+                false,
+            ),
+            ("<ping xmlns='urn:xmpp:ping' a='b'/>", false),
+            ("<p:ping xmlns:p='urn:xmpp:ping'/>", false),
+            ("<ping xmlns='urn:xmpp&#58;ping'/>", false),
+        ];
+        for (payload, plain) in cases {
+            let e = el(&format!(
+                "<iq type='get' from='b.test' to='a.test' id='p9'>{payload}</iq>"
+            ));
+            assert_eq!(is_plain_ping(&e), plain, "{payload}");
+            // Either way, the answer is the general path's.
+            let general = match read_iq(&e) {
+                Iq::Get(p) if (p.name.as_str(), p.ns.as_str()) == ("ping", NS_PING) => {
+                    Some(result_to(&e, empty_result_len(&e)).finish())
+                }
+                _ => None,
+            };
+            match answer_server(&e, StanzaKind::Iq) {
+                Answer::Reply(r) if general.is_some() => assert_eq!(Some(r), general, "{payload}"),
+                Answer::Reply(r) => assert!(!r.as_str().contains("type='result'"), "{payload}"),
+                other => panic!("{payload}: {other:?}"),
+            }
+        }
+        let e = el(
+            "<iq type='get' from='b.test' to='a.test' id='p9'><ping xmlns='urn:xmpp:ping'/></iq>",
+        );
+        assert_eq!(
+            result_to(&e, 0).finish().as_str().len(),
+            empty_result_len(&e),
+            "the exact size of a ping's result"
+        );
+        let set = el(
+            "<iq type='set' from='b.test' to='a.test' id='s'><ping xmlns='urn:xmpp:ping'/></iq>",
+        );
+        assert!(!is_plain_ping(&set));
     }
 
     #[test]

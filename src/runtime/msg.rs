@@ -11,16 +11,17 @@ use crate::stream::c2s::C2sConnection;
 use crate::xml::Element;
 
 /// Where a stanza goes, decided once by the shard that read or generated it
-/// ([`super::shard::Shard::route`]) and carried with it to the owner, which acts on it
-/// without looking at the stanza's `to` again.
+/// ([`super::shard::Shard::route`]) and carried with it to the owner. The owner of a
+/// remote domain takes the domain from the stanza's `to` again: a borrowed slice, where
+/// carrying it would cost an allocation per stanza.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Dst {
     /// A local JID (a user's bare JID, or a local domain's own entity) owned by the
     /// receiver.
     Local,
-    /// The remote domain (an ownership key, [`crate::router::domain_key`]) owned by the
-    /// receiver.
-    Remote(String),
+    /// The remote domain of the stanza's `to` ([`crate::router::domain_key`]), owned by
+    /// the receiver.
+    Remote,
 }
 
 /// What crosses from one shard to another.

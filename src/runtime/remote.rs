@@ -8,9 +8,11 @@
 //! down) and reacts to the outbound stream's life (authenticated, refused, closed,
 //! stalled). The stream itself is driven by `s2s.rs`, opened by `connect.rs`.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::Rng;
@@ -33,6 +35,23 @@ use crate::xml::Element;
 /// At most one WARN per remote domain per this long about error stanzas dropped for it
 /// ([`Remotes::drop_error`]).
 const DROPPED_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The local domain of JID `from` as an ownership key ([`domain_key`]), borrowed from
+/// the configuration (`domains`) when it spells it so: no allocation per stanza; a copy
+/// only when the configured spelling differs. `None` when we do not host it.
+fn hosted_key<'a>(shared: &'a super::Shared, from: &str) -> Option<Cow<'a, str>> {
+    let want = domain_key(domain_of(from));
+    let l = shared
+        .s2s
+        .local_domains
+        .iter()
+        .find(|l| l.eq_ignore_ascii_case(&want))?;
+    Some(if **l == *want {
+        Cow::Borrowed(l.as_str())
+    } else {
+        Cow::Owned(want.into_owned())
+    })
+}
 
 /// A `db:verify` waiting for its answer from the authoritative server.
 struct VerifyReq {
@@ -79,12 +98,23 @@ struct Remote {
 /// The remote domains this shard owns.
 #[derive(Default)]
 pub(super) struct Remotes {
-    map: RefCell<HashMap<String, Remote>>,
+    /// By ownership key ([`domain_key`]). The key is an `Rc<str>` so that the routing
+    /// path can hold the domain's name without allocating ([`Remotes::key`]).
+    map: RefCell<HashMap<Rc<str>, Remote>>,
     /// Stanzas for remote servers bounced because the shard was shutting down.
     shutdown_bounced: Cell<usize>,
 }
 
 impl Remotes {
+    /// `d` (an ownership key) as this shard's interned key: the map's own key when the
+    /// domain is known here (no allocation: a reference count), else a new one.
+    pub(super) fn key(&self, d: &str) -> Rc<str> {
+        match self.map.borrow().get_key_value(d) {
+            Some((k, _)) => Rc::clone(k),
+            None => Rc::from(d),
+        }
+    }
+
     /// How many remote domains this shard holds state for.
     pub(super) fn len(&self) -> usize {
         self.map.borrow().len()
@@ -134,7 +164,7 @@ impl Remotes {
         let Some(d) = to else { return };
         let now = Instant::now();
         let mut remotes = self.map.borrow_mut();
-        let Some(r) = remotes.get_mut(&d) else {
+        let Some(r) = remotes.get_mut(d.as_str()) else {
             return;
         };
         r.dropped_errors += 1;
@@ -178,12 +208,12 @@ impl Remotes {
         let Some(from) = el.from() else {
             return;
         };
-        let local = domain_key(domain_of(from)).into_owned();
-        if !shard.shared().s2s.hosts(&local) {
+        let shared = Arc::clone(&shard.shared());
+        let Some(local) = hosted_key(&shared, from) else {
             // Only our own users and our server originate stanzas to remote domains.
             debug!(from, "not sending a stanza from a domain we do not host");
             return;
-        }
+        };
         if shard.shutting_down.get() {
             // Every stream of this shard is closed or closing by now, and none is opened
             // any more: nothing can carry it.
@@ -198,7 +228,7 @@ impl Remotes {
         let now = Instant::now();
         let mut remotes = self.map.borrow_mut();
         if !remotes.contains_key(d) {
-            remotes.insert(d.to_owned(), Remote::default());
+            remotes.insert(Rc::from(d), Remote::default());
         }
         let r = remotes.get_mut(d).expect("inserted above");
         if let Some(until) = r.backoff_until {
@@ -282,7 +312,7 @@ impl Remotes {
     /// on it; starts a connection attempt if none runs.
     fn ensure_outbound(&self, shard: &Shard, d: &str, local: &str) {
         let mut remotes = self.map.borrow_mut();
-        let r = remotes.entry(d.to_owned()).or_default();
+        let r = remotes.entry(Rc::from(d)).or_default();
         if !r.locals.iter().any(|l| l == local) {
             r.locals.push(local.to_owned());
             if let Some(conn) = &r.conn {
@@ -338,7 +368,7 @@ impl Remotes {
         let now = Instant::now();
         let (queue, verifies) = {
             let mut remotes = self.map.borrow_mut();
-            let r = remotes.entry(d.to_owned()).or_default();
+            let r = remotes.entry(Rc::from(d)).or_default();
             r.connecting = false;
             r.conn = None;
             r.locals.clear();
@@ -406,12 +436,16 @@ impl Remotes {
         if conn.st.borrow().closed {
             return;
         }
-        let cap = shard.shared().config.s2s.queue_per_domain;
+        let shared = Arc::clone(&shard.shared());
+        let cap = shared.config.s2s.queue_per_domain;
         let episode = r.queue.drain(cap, now, |q| {
             if conn.backlog() >= limit || conn.st.borrow().held() >= cap {
                 return Drain::Stop(q);
             }
-            let local = q.local_domain();
+            // Not a copy per stanza: the configuration's spelling of the local domain.
+            let Some(local) = q.from().and_then(|f| hosted_key(&shared, f)) else {
+                return Drain::Skip(q);
+            };
             if !conn.st.borrow().proto.is_authenticated(&local, d) {
                 return Drain::Skip(q);
             }
@@ -638,7 +672,7 @@ impl Remotes {
         } = req;
         let backoff = {
             let mut remotes = self.map.borrow_mut();
-            let r = remotes.entry(remote.clone()).or_default();
+            let r = remotes.entry(Rc::from(remote.as_str())).or_default();
             let now = Instant::now();
             if r.conn.is_none() && r.backoff_until.is_some_and(|u| now < u) {
                 r.last_failure.clone()
@@ -668,7 +702,7 @@ impl Remotes {
         let has_conn = self
             .map
             .borrow()
-            .get(&remote)
+            .get(remote.as_str())
             .is_some_and(|r| r.conn.is_some());
         if has_conn {
             self.send_pending_verifies(&remote);
@@ -782,7 +816,7 @@ impl Remotes {
     /// authenticated on it (dialback requests to send).
     pub(super) fn connected(&self, d: &str, local: &str, conn: &Rc<Conn>) -> Vec<String> {
         let mut remotes = self.map.borrow_mut();
-        let r = remotes.entry(d.to_owned()).or_default();
+        let r = remotes.entry(Rc::from(d)).or_default();
         r.connecting = false;
         r.conn = Some(Rc::clone(conn));
         r.locals.iter().filter(|l| *l != local).cloned().collect()
@@ -802,7 +836,7 @@ impl Remotes {
     /// domains without a stream for its sender, is bounced now, while the senders'
     /// sessions are still open to receive the bounce.
     pub(super) fn begin_shutdown(&self, shard: &Shard) {
-        let open: Vec<(String, Rc<Conn>)> = self
+        let open: Vec<(Rc<str>, Rc<Conn>)> = self
             .map
             .borrow()
             .iter()
@@ -812,7 +846,7 @@ impl Remotes {
         for (d, c) in &open {
             self.drain_queue_within(shard, c, d, usize::MAX);
         }
-        let stuck: Vec<String> = self
+        let stuck: Vec<Rc<str>> = self
             .map
             .borrow()
             .iter()
@@ -864,11 +898,12 @@ impl Remotes {
         use serde_json::json;
         let now = Instant::now();
         let remotes = self.map.borrow();
-        let mut domains: std::collections::BTreeSet<String> = remotes.keys().cloned().collect();
+        let mut domains: std::collections::BTreeSet<String> =
+            remotes.keys().map(|k| k.to_string()).collect();
         domains.extend(streams.keys().cloned());
         let mut out = Vec::with_capacity(domains.len());
         for d in domains {
-            let r = remotes.get(&d);
+            let r = remotes.get(d.as_str());
             let mut streams = streams.remove(&d).unwrap_or_default();
             if r.is_some_and(|r| r.connecting && r.conn.is_none()) {
                 streams.push(json!({"direction": "out", "state": "connecting"}));

@@ -45,7 +45,10 @@ impl Driven for S2sConnection {
     }
     fn written(shard: &Shard, conn: &Rc<Conn<Self>>) {
         if conn.direction == Direction::Outbound {
-            let d = domain_key(conn.st.borrow().proto.remote_domain()).into_owned();
+            // The shard's interned key: no allocation per write.
+            let d = shard
+                .remotes
+                .key(&domain_key(conn.st.borrow().proto.remote_domain()));
             shard.remotes.drain_queue(shard, conn, &d);
         }
     }

@@ -310,7 +310,7 @@ impl Shard {
                 let before = super::set_read_at(read_at);
                 match dst {
                     Dst::Local => self.deliver_local(el),
-                    Dst::Remote(d) => self.send_remote(&d, Queued::Whole(el, super::read_at())),
+                    Dst::Remote => self.send_remote_routed(el),
                 }
                 super::set_read_at(before);
             }
@@ -361,40 +361,61 @@ impl Shard {
     /// [`Shard::route`] for a stanza that `hops` cluster nodes forwarded so far: first
     /// the owner node (in a cluster), then the owner shard.
     fn route_hops(&self, el: Element, hops: u8) {
-        let (owner, dst) = {
-            let Some(to) = el.to() else {
-                debug!("dropping a stanza without 'to' (checked by the stream layer)");
-                return;
-            };
-            let domain = domain_of(to);
-            if self.shared().s2s.hosts(domain) {
+        // The keys borrow `el`: each branch decides first, then lets `el` go. Nothing is
+        // allocated here for a domain this shard already knows (issue 20: the remote
+        // domain's key is the shard's interned one, [`Remotes::key`]).
+        let Some(to) = el.to() else {
+            debug!("dropping a stanza without 'to' (checked by the stream layer)");
+            return;
+        };
+        let domain = domain_of(to);
+        if self.shared().s2s.hosts(domain) {
+            let owner = {
                 let bare = bare_key(to);
                 if self.forwarded(&el, wire::Kind::Local, &bare, hops) {
                     return;
                 }
-                (shard_of(&bare, self.n), Dst::Local)
+                shard_of(&bare, self.n)
+            };
+            if owner == self.id {
+                self.deliver_local(el);
             } else {
-                let d = domain_key(domain).into_owned();
+                self.send_to_owner(owner, el, Dst::Local);
+            }
+        } else {
+            let (owner, key) = {
+                let d = domain_key(domain);
                 if self.forwarded(&el, wire::Kind::Remote, &d, hops) {
                     return;
                 }
-                (shard_of(&d, self.n), Dst::Remote(d))
+                let owner = shard_of(&d, self.n);
+                (owner, (owner == self.id).then(|| self.remotes.key(&d)))
+            };
+            match key {
+                Some(d) => self.send_remote(&d, Queued::Whole(el, super::read_at())),
+                None => self.send_to_owner(owner, el, Dst::Remote),
             }
-        };
-        match (owner, dst) {
-            (s, Dst::Local) if s == self.id => self.deliver_local(el),
-            (s, Dst::Remote(d)) if s == self.id => {
-                self.send_remote(&d, Queued::Whole(el, super::read_at()))
-            }
-            (s, dst) => self.send_to(
-                s,
-                ShardMsg::Route {
-                    el,
-                    dst,
-                    read_at: super::read_at(),
-                },
-            ),
         }
+    }
+
+    /// Hands `el` to shard `owner`, which owns its destination `dst`.
+    fn send_to_owner(&self, owner: usize, el: Element, dst: Dst) {
+        self.send_to(
+            owner,
+            ShardMsg::Route {
+                el,
+                dst,
+                read_at: super::read_at(),
+            },
+        );
+    }
+
+    /// A stanza another shard routed here for a remote domain this shard owns: the key
+    /// is taken from its `to` again (cheaper than carrying an owned copy across).
+    fn send_remote_routed(&self, el: Element) {
+        let Some(to) = el.to() else { return };
+        let d = self.remotes.key(&domain_key(domain_of(to)));
+        self.send_remote(&d, Queued::Whole(el, super::read_at()));
     }
 
     // ----- cluster -----
