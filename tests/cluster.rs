@@ -61,7 +61,10 @@ use cluster_lab::{
 use fedrouter::router::bare_key;
 use fedrouter::router::domain_key;
 use fedrouter::router::rendezvous::owner;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Longest wait for one admin answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
 use xmpp::Client;
 
 #[test]
@@ -221,6 +224,17 @@ fn a_killed_node_loses_no_acknowledged_subscription_request() {
     let r3 = format!("r3@{REMOTE}");
     subscribe(&mut p, &r3, &format!("{stay}@{DOMAIN}"));
     let after = lab.wait_members();
+    // Each survivor accounts for what it published to the victim that the victim never
+    // confirmed (possibly lost with its memory): the counter is there, whatever its value.
+    for i in [entry, other] {
+        let (_, body) =
+            server::http_get(lab.nodes[i].admin, "/metrics", ANSWER_WAIT).expect("metrics");
+        assert!(
+            body.contains("fedrouter_cluster_unconfirmed_at_death_total "),
+            "{}: no unconfirmed-at-death count in /metrics",
+            NODES[i]
+        );
+    }
     // Measured, not asserted: how long the survivors took to agree (failure_timeout 1s).
     eprintln!(
         "survivors agreed on 2 members {:?} after the kill",

@@ -274,6 +274,11 @@ impl Cluster {
             &[],
             st.reforwarded.load(Ordering::Relaxed),
         );
+        m.count(
+            "cluster_unconfirmed_at_death",
+            &[],
+            st.unconfirmed_at_death.load(Ordering::Relaxed),
+        );
     }
 
     fn set_status(&self, f: impl FnOnce(&mut Status)) {
