@@ -14,6 +14,7 @@
 //! [`Element`], recording the routing view while writing (no second framing).
 
 mod builder;
+mod check;
 mod element;
 mod error;
 mod escape;
