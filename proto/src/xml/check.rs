@@ -2,10 +2,14 @@
 //! element and the tags the scanner recorded in it, it checks the element in place
 //! (UTF-8 and XML characters, names, attributes, end tags, namespace prefixes, references
 //! in character data and attribute values) and extracts its routing view.
+//!
+//! Names are checked while they are scanned, with an ASCII class table; only names with
+//! non-ASCII bytes (or invalid ones, for the error) go through [`split_qname`].
 
 use super::element::Span;
 use super::error::{Limit, XmlError};
 use super::escape::{check_references, resolve_reference};
+use super::find::{find1, find2};
 use super::framer::{HeaderCtx, Limits};
 use super::names::{check_chars, split_qname};
 use super::ns;
@@ -132,7 +136,7 @@ pub(super) fn check_element(
                 let empty = tag.kind == TagKind::Empty;
                 let content = &text[ts + 1..te - 1 - usize::from(empty)];
                 let top = i == 0;
-                let (src, header_prefix) = start_tag(
+                let (src, header_prefix, name_len) = start_tag(
                     s,
                     content,
                     header,
@@ -148,7 +152,6 @@ pub(super) fn check_element(
                 if empty {
                     scratch.bindings.truncate(scratch.scopes.pop().unwrap_or(0));
                 } else {
-                    let name_len = name_len(content.as_bytes());
                     scratch.open.push(Span::new(ts + 1, ts + 1 + name_len));
                 }
             }
@@ -175,21 +178,12 @@ pub(super) fn check_element(
     Ok((info, ns_src))
 }
 
-/// Length of the name at the start of a tag's content.
-#[inline]
-fn name_len(content: &[u8]) -> usize {
-    content
-        .iter()
-        .position(|&b| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'/'))
-        .unwrap_or(content.len())
-}
-
 /// Checks character data between tags: references (RFC 6120 §11.1 allows only the five
 /// predefined entities and character references) and no `]]>` (XML 1.0 §2.4).
 #[inline]
 fn check_char_data(seg: &[u8]) -> Result<(), XmlError> {
     let mut at = 0;
-    while let Some(i) = memchr::memchr2(b'&', b'>', &seg[at..]) {
+    while let Some(i) = find2(b'&', b'>', &seg[at..]) {
         let p = at + i;
         if seg[p] == b'>' {
             if p >= 2 && &seg[p - 2..p] == b"]]" {
@@ -197,7 +191,7 @@ fn check_char_data(seg: &[u8]) -> Result<(), XmlError> {
             }
             at = p + 1;
         } else {
-            let Some(len) = memchr::memchr(b';', &seg[p + 1..]) else {
+            let Some(len) = find1(b';', &seg[p + 1..]) else {
                 return Err(XmlError::NotWellFormed("'&' without ';'"));
             };
             resolve_reference(&seg[p + 1..p + 1 + len])?;
@@ -207,11 +201,108 @@ fn check_char_data(seg: &[u8]) -> Result<(), XmlError> {
     Ok(())
 }
 
+/// Byte classes for the ASCII fast path of names: NameStartChar without ':' (XML 1.0
+/// §2.3, Namespaces in XML 1.0 NCName).
+const NAME_START: u8 = 1;
+/// NameChar without ':'.
+const NAME_CHAR: u8 = 2;
+/// ':', the QName separator (Namespaces in XML 1.0 §4).
+const COLON: u8 = 4;
+/// XML 1.0 §2.3 S.
+const WS: u8 = 8;
+
+/// The class bits of every byte; bytes ≥ 0x80 have none (names with them take the slow
+/// path through [`split_qname`]).
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        if c.is_ascii_alphabetic() || c == b'_' {
+            t[b] = NAME_START | NAME_CHAR;
+        } else if c.is_ascii_digit() || c == b'-' || c == b'.' {
+            t[b] = NAME_CHAR;
+        } else if c == b':' {
+            t[b] = COLON;
+        } else if matches!(c, b' ' | b'\t' | b'\r' | b'\n') {
+            t[b] = WS;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// Scans the name that starts at `b[at]`, up to the first whitespace or `stop` byte (or
+/// the end), checking it on the way. Returns the end of the name and, when it is a valid
+/// ASCII QName, the offset of its colon within it (`Some(None)`: no prefix); `None` when
+/// the name has non-ASCII bytes or is invalid, for [`split_qname`] to decide.
+#[inline]
+fn scan_qname(b: &[u8], at: usize, stop: u8) -> (usize, Option<Option<usize>>) {
+    let class = |i: usize| CLASS[b[i] as usize];
+    let mut i = at;
+    let mut colon = None;
+    let mut ok = i < b.len() && class(i) & NAME_START != 0;
+    if ok {
+        i += 1;
+        while i < b.len() {
+            let c = class(i);
+            if c & NAME_CHAR != 0 {
+                i += 1;
+            } else if c & COLON != 0 && colon.is_none() {
+                colon = Some(i - at);
+                i += 1;
+                if i == b.len() || class(i) & NAME_START == 0 {
+                    ok = false;
+                    break;
+                }
+                i += 1;
+            } else {
+                break;
+            }
+        }
+    }
+    if ok && (i == b.len() || b[i] == stop || class(i) & WS != 0) {
+        return (i, Some(colon));
+    }
+    while i < b.len() && !is_ws(b[i]) && b[i] != stop {
+        i += 1;
+    }
+    (i, None)
+}
+
+/// Splits a name scanned by [`scan_qname`] into `(prefix, local)`, checking it with
+/// [`split_qname`] when the fast path could not.
+#[inline]
+fn qname_parts(name: &[u8], fast: Option<Option<usize>>) -> Result<(&[u8], &[u8]), XmlError> {
+    match fast {
+        Some(None) => Ok((&[], name)),
+        Some(Some(c)) => Ok((&name[..c], &name[c + 1..])),
+        None => split_qname(name),
+    }
+}
+
+/// The length of an attribute value up to its closing `quote`, and whether it holds a
+/// `&`.
+#[inline]
+fn value_end(b: &[u8], quote: u8) -> Option<(usize, bool)> {
+    let mut at = 0;
+    let mut amp = false;
+    loop {
+        let i = at + find2(quote, b'&', &b[at..])?;
+        if b[i] == quote {
+            return Some((i, amp));
+        }
+        amp = true;
+        at = i + 1;
+    }
+}
+
 /// Checks a start tag's `content` (between `<` and `>`, without a final `/`): its name,
 /// attributes (quoting, duplicates, references, count), namespace declarations and
 /// prefixes. Pushes its namespace scope. For the top-level element (`info` given) it
-/// records the routing attributes. Returns where the element's namespace comes from and
-/// whether a header-declared prefix was used below the top.
+/// records the routing attributes. Returns where the element's namespace comes from,
+/// whether a header-declared prefix was used below the top, and the length of the
+/// element's name.
 fn start_tag(
     s: &[u8],
     content: &str,
@@ -219,13 +310,15 @@ fn start_tag(
     scratch: &mut Scratch,
     limits: &Limits,
     mut info: Option<&mut Info>,
-) -> Result<(NsSource, bool), XmlError> {
-    let nl = name_len(content.as_bytes());
-    let qname = &content.as_bytes()[..nl];
-    let (prefix, local) = split_qname(qname)?;
+) -> Result<(NsSource, bool, usize), XmlError> {
+    let b = content.as_bytes();
+    let (nl, fast) = scan_qname(b, 0, b'/');
+    let qname = &b[..nl];
+    let (prefix, local) = qname_parts(qname, fast)?;
     scratch.scopes.push(scratch.bindings.len());
     scratch.attrs.clear();
-    let b = content.as_bytes();
+    // Whether an attribute has a prefix other than xml and xmlns, to be resolved below.
+    let mut prefixed = false;
     let mut at = nl;
     loop {
         // XML 1.0 §3.1: S Attribute, where Attribute is Name Eq AttValue.
@@ -240,9 +333,8 @@ fn start_tag(
             return Err(XmlError::NotWellFormed("malformed attribute"));
         }
         let key_start = at;
-        while at < b.len() && !is_ws(b[at]) && b[at] != b'=' {
-            at += 1;
-        }
+        let (key_end, key_fast) = scan_qname(b, at, b'=');
+        at = key_end;
         let key = &b[key_start..at];
         while at < b.len() && is_ws(b[at]) {
             at += 1;
@@ -259,7 +351,7 @@ fn start_tag(
             _ => return Err(XmlError::NotWellFormed("malformed attribute")),
         };
         at += 1;
-        let Some(len) = memchr::memchr(quote, &b[at..]) else {
+        let Some((len, has_ref)) = value_end(&b[at..], quote) else {
             return Err(XmlError::NotWellFormed("malformed attribute"));
         };
         let value = &b[at..at + len];
@@ -267,17 +359,19 @@ fn start_tag(
         if scratch.attrs.len() >= limits.max_attributes {
             return Err(XmlError::PolicyViolation(Limit::Attributes));
         }
-        if scratch
-            .attrs
-            .iter()
-            .any(|a| a.len() == key.len() && &s[a.range()] == key)
-        {
+        if scratch.attrs.iter().any(|a| {
+            a.len() == key.len()
+                && key.first() == Some(&s[a.start as usize])
+                && &s[a.range()] == key
+        }) {
             return Err(XmlError::NotWellFormed("duplicate attribute"));
         }
         let kspan = span_of(s, key);
         scratch.attrs.push(kspan);
-        let (kp, kl) = split_qname(key)?;
-        check_references(value)?;
+        let (kp, kl) = qname_parts(key, key_fast)?;
+        if has_ref {
+            check_references(value)?;
+        }
         let vspan = span_of(s, value);
         match (kp, kl) {
             (b"", b"xmlns") => scratch.bindings.push((Span::default(), vspan)),
@@ -290,7 +384,7 @@ fn start_tag(
                     // The whole attribute, from the whitespace before its name to the
                     // closing quote, for rewriting `to`/`from` without re-parsing.
                     let mut a = kspan.start as usize;
-                    while a > 0 && matches!(s[a - 1], b' ' | b'\t' | b'\r' | b'\n') {
+                    while a > 0 && is_ws(s[a - 1]) {
                         a -= 1;
                     }
                     let whole = Span::new(a, vspan.end as usize + 1);
@@ -303,12 +397,17 @@ fn start_tag(
                     }
                 }
             }
-            _ => {}
+            (b"xml", _) => {}
+            _ => prefixed = true,
         }
     }
     let mut header_prefix = false;
-    // Attribute prefixes must be declared (xml is predefined, xmlns is special).
+    // Attribute prefixes must be declared (xml is predefined, xmlns is special), once
+    // every declaration on the tag is known.
     for i in 0..scratch.attrs.len() {
+        if !prefixed {
+            break;
+        }
         let key = &s[scratch.attrs[i].range()];
         let (kp, _) = split_qname(key)?;
         if kp.is_empty() || kp == b"xmlns" || kp == b"xml" {
@@ -336,7 +435,7 @@ fn start_tag(
     } else if matches!(src, NsSource::Header(_)) {
         header_prefix = true;
     }
-    Ok((src, header_prefix))
+    Ok((src, header_prefix, nl))
 }
 
 /// Resolves a prefix (empty for the default namespace): innermost declaration on the

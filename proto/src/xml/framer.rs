@@ -21,6 +21,7 @@ use super::check::{check_element, declare_prefix, trim_ws, NsSource, Scratch, Ta
 use super::element::{Element, Frame, Namespace, StreamHeader};
 use super::error::{Limit, Restricted, XmlError};
 use super::escape::unescape;
+use super::find::{find1, find2, find3};
 use super::names::{check_chars, split_qname};
 
 /// Tag records kept between elements (12 bytes each).
@@ -449,17 +450,31 @@ impl Framer {
                     _ => self.scan = Scan::StartTag { quote: 0 },
                 },
                 Scan::StartTag { quote: 0 } => {
-                    let rest = &buf[self.pos..];
-                    let Some(i) = memchr::memchr3(b'>', b'"', b'\'', rest) else {
-                        self.pos = end;
-                        return self.exhausted(limit, which);
+                    // The rest of the tag in one go, quoted values included, as far as
+                    // it is buffered.
+                    let mut pos = self.pos;
+                    let at = loop {
+                        let Some(i) = find3(b'>', b'"', b'\'', &buf[pos..]) else {
+                            self.pos = end;
+                            return self.exhausted(limit, which);
+                        };
+                        let at = pos + i;
+                        pos = at + 1;
+                        let quote = buf[at];
+                        if quote == b'>' {
+                            break at;
+                        }
+                        let Some(j) = find2(quote, b'<', &buf[pos..]) else {
+                            self.scan = Scan::StartTag { quote };
+                            self.pos = end;
+                            return self.exhausted(limit, which);
+                        };
+                        if buf[pos + j] == b'<' {
+                            return Err(XmlError::NotWellFormed("'<' in an attribute value"));
+                        }
+                        pos += j + 1;
                     };
-                    let at = self.pos + i;
                     self.pos = at + 1;
-                    if buf[at] != b'>' {
-                        self.scan = Scan::StartTag { quote: buf[at] };
-                        continue;
-                    }
                     let empty = at > self.tag_start + 1 && buf[at - 1] == b'/';
                     if prolog {
                         if empty {
@@ -489,7 +504,7 @@ impl Framer {
                 }
                 Scan::StartTag { quote } => {
                     let rest = &buf[self.pos..];
-                    let Some(i) = memchr::memchr2(quote, b'<', rest) else {
+                    let Some(i) = find2(quote, b'<', rest) else {
                         self.pos = end;
                         return self.exhausted(limit, which);
                     };
@@ -500,7 +515,7 @@ impl Framer {
                     self.pos = at + 1;
                     self.scan = Scan::StartTag { quote: 0 };
                 }
-                Scan::Content => match memchr::memchr(b'<', &buf[self.pos..]) {
+                Scan::Content => match find1(b'<', &buf[self.pos..]) {
                     None => {
                         self.pos = end;
                         return self.exhausted(limit, which);
@@ -508,10 +523,14 @@ impl Framer {
                     Some(i) => {
                         self.tag_start = self.pos + i;
                         self.pos += i + 1;
-                        self.scan = Scan::Lt;
+                        // A start tag (the common case) goes straight to its scan.
+                        self.scan = match buf.get(self.pos) {
+                            Some(b'/' | b'!' | b'?') | None => Scan::Lt,
+                            Some(_) => Scan::StartTag { quote: 0 },
+                        };
                     }
                 },
-                Scan::EndTag => match memchr::memchr(b'>', &buf[self.pos..]) {
+                Scan::EndTag => match find1(b'>', &buf[self.pos..]) {
                     None => {
                         self.pos = end;
                         return self.exhausted(limit, which);

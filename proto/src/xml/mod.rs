@@ -18,6 +18,7 @@ mod check;
 mod element;
 mod error;
 mod escape;
+mod find;
 mod framer;
 mod names;
 pub mod tree;
