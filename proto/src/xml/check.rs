@@ -272,7 +272,7 @@ fn scan_qname(b: &[u8], at: usize, stop: u8) -> (usize, Option<Option<usize>>) {
 
 /// Splits a name scanned by [`scan_qname`] into `(prefix, local)`, checking it with
 /// [`split_qname`] when the fast path could not.
-#[inline]
+#[inline(always)]
 fn qname_parts(name: &[u8], fast: Option<Option<usize>>) -> Result<(&[u8], &[u8]), XmlError> {
     match fast {
         Some(None) => Ok((&[], name)),

@@ -362,8 +362,9 @@ impl Framer {
 
     fn scan_input(&mut self) -> Result<Found, XmlError> {
         const CDATA: &[u8; 7] = b"[CDATA[";
+        // The window changes only when an element starts (the `Top` arm below).
+        let (mut limit, mut which) = self.window();
         loop {
-            let (limit, which) = self.window();
             let end = self.buf.len().min(limit);
             if self.pos >= end {
                 if self.pos >= limit {
@@ -421,6 +422,7 @@ impl Framer {
                             self.tag_start = self.pos;
                             self.pos += 1;
                             self.scan = Scan::Lt;
+                            (limit, which) = self.window();
                         }
                     }
                 }
