@@ -8,10 +8,14 @@
 //!    per byte as feeding 16 KiB. It enforces the size, depth and header limits at exact
 //!    byte positions, so the error a peer gets does not depend on how its bytes were
 //!    split by the network. It rejects comments, PIs and DTDs as it meets them.
-//! 2. Each completed element is checked once, in place, with quick-xml's borrowed
-//!    reader plus our own checks: UTF-8 and XML characters, names, attribute quoting and
-//!    duplicates, end-tag names, namespace prefixes, entity and character references.
-//!    Scratch vectors are reused, so the steady state allocates nothing per element.
+//!    It searches for the few bytes that matter in each state (`<`, `>`, quotes) with
+//!    the helpers of `find.rs`, and scans a buffered start tag, quoted values included,
+//!    in one turn.
+//! 2. Each completed element is checked once, in place, by `check.rs`: UTF-8 and XML
+//!    characters, names, attribute quoting and duplicates, end-tag names, namespace
+//!    prefixes, entity and character references. Scratch vectors are reused, so the
+//!    steady state allocates nothing per element. (The stream header, once per stream,
+//!    is read with quick-xml's borrowed reader.)
 
 use bytes::{Buf, BytesMut};
 use quick_xml::events::Event;
