@@ -460,3 +460,52 @@ fn lookup(s: &[u8], prefix: &[u8], header: &HeaderCtx, bindings: &[(Span, Span)]
         None => NsSource::None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fast name scan agrees with the original rule on where a name ends (the first
+    /// whitespace or stop byte) and with `split_qname` on every name it accepts, for every
+    /// string of up to four bytes over an alphabet with the edge cases.
+    #[test]
+    fn scan_qname_agrees_with_split_qname() {
+        const ALPHABET: &[u8] = b"aZ_9-.:/= \t\xC3\xA9\x80";
+        let mut input = Vec::new();
+        for len in 0..=4u32 {
+            for mut n in 0..(ALPHABET.len() as u32).pow(len) {
+                input.clear();
+                for _ in 0..len {
+                    input.push(ALPHABET[(n % ALPHABET.len() as u32) as usize]);
+                    n /= ALPHABET.len() as u32;
+                }
+                for stop in [b'=', b'/'] {
+                    let (end, fast) = scan_qname(&input, 0, stop);
+                    let expected_end = input
+                        .iter()
+                        .position(|&b| is_ws(b) || b == stop)
+                        .unwrap_or(input.len());
+                    assert_eq!(end, expected_end, "{input:?}");
+                    let name = &input[..end];
+                    if let Some(colon) = fast {
+                        let parts = qname_parts(name, Some(colon)).unwrap();
+                        assert_eq!(Ok(parts), split_qname(name), "{input:?}");
+                    } else if name.is_ascii() {
+                        assert!(split_qname(name).is_err(), "{input:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn value_end_finds_the_quote_and_references() {
+        assert_eq!(value_end(b"abc'd", b'\''), Some((3, false)));
+        assert_eq!(value_end(b"a&amp;b\"c'", b'\''), Some((9, true)));
+        assert_eq!(value_end(b"a&b", b'"'), None);
+        let long = [b"x".repeat(100), b"&".to_vec(), b"y'".to_vec()].concat();
+        assert_eq!(value_end(&long, b'\''), Some((102, true)));
+        let long = [b"x".repeat(100), b"'&".to_vec()].concat();
+        assert_eq!(value_end(&long, b'\''), Some((100, false)));
+    }
+}
