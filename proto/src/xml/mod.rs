@@ -14,9 +14,11 @@
 //! [`Element`], recording the routing view while writing (no second framing).
 
 mod builder;
+mod check;
 mod element;
 mod error;
 mod escape;
+mod find;
 mod framer;
 mod names;
 pub mod tree;
