@@ -577,42 +577,37 @@ impl Sessions {
     /// The cluster's live set changed: sessions of users another node owns now are sent
     /// there (their state is in the shared store; the new owner loads it).
     pub(super) fn cluster_view_changed(&self, shard: &Shard) {
-        let conns: Vec<Rc<Conn<C2sConnection>>> =
-            shard.local.conns.borrow().values().cloned().collect();
-        for c in conns {
-            let bare = {
-                let st = c.st.borrow();
-                match st.proto.authenticated_jid() {
-                    Some(j) => bare_key(j.as_str()).into_owned(),
-                    None => continue,
-                }
-            };
-            if let Some(node) = shard.owner_elsewhere(&bare) {
-                self.redirect(shard, &c, &node);
-            }
-        }
+        self.redirect_authenticated(shard, false);
     }
 
     /// Sends every authenticated client back to its owner (this node, or the node that
     /// owns it now): its session starts over from the store.
     pub(super) fn fence(&self, shard: &Shard) {
+        self.redirect_authenticated(shard, true);
+    }
+
+    /// Redirects each authenticated client whose bare JID another node owns to that node;
+    /// with `all`, the others too, to this node.
+    fn redirect_authenticated(&self, shard: &Shard, all: bool) {
         let Some(me) = shard.cluster.as_ref().map(|c| Arc::clone(&c.node)) else {
             return;
         };
         let conns: Vec<Rc<Conn<C2sConnection>>> =
             shard.local.conns.borrow().values().cloned().collect();
         for c in conns {
-            let bare = {
-                let st = c.st.borrow();
-                match st.proto.authenticated_jid() {
-                    Some(j) => bare_key(j.as_str()).into_owned(),
-                    None => continue,
-                }
+            let Some(bare) =
+                c.st.borrow()
+                    .proto
+                    .authenticated_jid()
+                    .map(|j| bare_key(j.as_str()).into_owned())
+            else {
+                continue;
             };
-            let node = shard
-                .owner_elsewhere(&bare)
-                .unwrap_or_else(|| Arc::clone(&me));
-            self.redirect(shard, &c, &node);
+            match shard.owner_elsewhere(&bare) {
+                Some(node) => self.redirect(shard, &c, &node),
+                None if all => self.redirect(shard, &c, &me),
+                None => {}
+            }
         }
     }
 
