@@ -184,6 +184,8 @@ impl Default for Metrics {
 const COUNTER_HELP: &[(&str, &str)] = &[
     ("cluster_forwarded", "Stanzas published to the cluster node that owns their destination, by node."),
     ("cluster_received", "Stanzas received from other cluster nodes."),
+    ("cluster_session_messages", "Messages between a client's access node and its home node (cluster.c2s_sessions = \"stay\"), by dir: out (published), in (received), returned (could not be published)."),
+    ("cluster_session_lost", "Client stanzas that could not be relayed to their session's home node, by cause."),
     ("cluster_forward_refused", "Stanzas bounced (remote-server-timeout) because the way to their owner node was full, by node (backlog: its backlog in the NATS thread)."),
     ("cluster_hops_exceeded", "Stanzas handled here after MAX_HOPS forwards between nodes whose views disagreed."),
     ("cluster_reforwarded", "Stanzas from another node forwarded again because ownership had moved."),
@@ -299,6 +301,7 @@ const COUNTER_HELP: &[(&str, &str)] = &[
 /// The gauge families: name and help.
 const GAUGE_HELP: &[(&str, &str)] = &[
     ("cluster_nats_up", "1 while the NATS connection of the cluster is up."),
+    ("cluster_relayed_clients", "Client connections of this node whose session's home is another node (cluster.c2s_sessions = \"stay\")."),
     ("cluster_members_up", "Live cluster members, this node included."),
     ("cluster_epoch", "The cluster membership epoch (changes of the live set, plus one)."),
     (

@@ -23,7 +23,8 @@ use crate::router::{bare_key, rendezvous, shard_of};
 
 /// What the NATS thread hands a shard.
 pub(crate) enum Inbound {
-    /// A stanza from another node (or from a dead node's backlog, to route again).
+    /// A stanza from another node (or from a dead node's backlog, to route again; a
+    /// session message that could not be published comes back too, with `hops` 0).
     Stanza(wire::Forwarded),
     /// A stanza that could not reach its node: bounce it (`remote-server-timeout`).
     Bounce(Bytes),
@@ -420,6 +421,13 @@ impl Node {
                 .backlog_full
                 .fetch_add(1, Ordering::Relaxed);
             match wire::decode(o.payload) {
+                Ok(mut f) if f.kind == wire::Kind::Session => {
+                    // Back to the session's shard, which knows what it said (hops 0:
+                    // returned, not received).
+                    f.hops = 0;
+                    let shard = shard_of(&f.key, self.shards);
+                    self.hand(shard, vec![Inbound::Stanza(f)]);
+                }
                 Ok(f) => {
                     let shard = shard_of(&f.key, self.shards);
                     self.hand(shard, vec![Inbound::Bounce(f.stanza)]);

@@ -503,6 +503,9 @@ impl Shard {
     fn handle_cluster(&self, items: Vec<Inbound>) {
         for item in items {
             match item {
+                Inbound::Stanza(f) if f.kind == wire::Kind::Session => {
+                    self.local.cluster_session(self, f)
+                }
                 Inbound::Stanza(f) => {
                     let waited = wire::now_us().saturating_sub(f.sent_us);
                     super::metrics(|m| {
@@ -675,6 +678,13 @@ impl Shard {
             }
         }
         m.add_gauge("write_stalled_streams", &[("proto", "c2s")], c2s_stalled);
+        if self.cluster.is_some() {
+            m.add_gauge(
+                "cluster_relayed_clients",
+                &[],
+                self.local.relayed_count() as i64,
+            );
+        }
         m.add_gauge(
             "queue_depth",
             &[("queue", "cross_shard_outgoing")],
