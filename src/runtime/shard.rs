@@ -504,6 +504,12 @@ impl Shard {
         for item in items {
             match item {
                 Inbound::Stanza(f) if f.kind == wire::Kind::Session => {
+                    if f.hops > 0 {
+                        let waited = wire::now_us().saturating_sub(f.sent_us);
+                        super::metrics(|m| {
+                            m.observe(Latency::ClusterHandoff, Duration::from_micros(waited))
+                        });
+                    }
                     self.local.cluster_session(self, f)
                 }
                 Inbound::Stanza(f) => {
