@@ -138,6 +138,16 @@ fn three_nodes_route_subscriptions_between_streams_and_users() {
             );
         }
     }
+    // The entry node's stream to remote.test only verified the inbound stream's key: it
+    // was closed once the answer came (it does not hold a socket until the idle timeout).
+    assert!(
+        lab.nodes[entry]
+            .metric("fedrouter_cluster_verify_streams_closed_total", &[])
+            .unwrap_or_default()
+            >= 1.0,
+        "{}: its verification stream to {REMOTE} was not closed",
+        NODES[entry]
+    );
     // n1, where every user logged in, relays the two it does not own to their owners.
     assert_eq!(
         lab.nodes[0].metric("fedrouter_cluster_relayed_clients", &[]),
