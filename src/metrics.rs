@@ -194,7 +194,7 @@ const COUNTER_HELP: &[(&str, &str)] = &[
     ("cluster_lost", "Stanzas between nodes lost: dropped by NATS (slow consumer) or not taken by a busy shard within 1 s."),
     ("cluster_backlog_full", "Stanzas bounced because the backlog for their node (cluster.backlog) was full."),
     ("cluster_outbox_resent", "Subscription requests sent again from the durable outbox after a member died or NATS came back."),
-    ("cluster_unconfirmed_at_death", "Stanzas published to cluster members that died before confirming them in a heartbeat: possibly lost with the dead member's memory."),
+    ("cluster_unconfirmed_at_death", "Stanzas published to cluster members that died before confirming them in a heartbeat: possibly lost with the dead member's memory, by node (the member that died)."),
     ("cluster_membership_changes", "Changes of the cluster's live member set."),
     ("c2s_redirects", "Clients sent to the cluster node that owns their bare JID (see-other-host)."),
     (

@@ -256,9 +256,13 @@ fn a_killed_node_loses_no_acknowledged_subscription_request() {
         let (_, body) =
             server::http_get(lab.nodes[i].admin, "/metrics", ANSWER_WAIT).expect("metrics");
         assert!(
-            body.contains("fedrouter_cluster_unconfirmed_at_death_total "),
-            "{}: no unconfirmed-at-death count in /metrics",
-            NODES[i]
+            body.contains(&format!(
+                "fedrouter_cluster_unconfirmed_at_death_total{{node=\"{}\"}} ",
+                NODES[victim]
+            )),
+            "{}: no unconfirmed-at-death count for {} in /metrics",
+            NODES[i],
+            NODES[victim]
         );
     }
     // Measured, not asserted: how long the survivors took to agree (failure_timeout 1s).

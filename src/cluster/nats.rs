@@ -605,6 +605,9 @@ impl Node {
                         .stats
                         .unconfirmed_at_death
                         .fetch_add(unconfirmed, Ordering::Relaxed);
+                    if let Ok(mut by) = self.cluster.stats.unconfirmed_by_node.lock() {
+                        *by.entry(n.to_string()).or_default() += unconfirmed;
+                    }
                     warn!(node = %n, unconfirmed, "cluster member dead (silent for cluster.failure_timeout or restarted); taking over its share; stanzas published to it that it never confirmed may be lost");
                     died.push(n);
                     moved = true;
