@@ -343,7 +343,11 @@ impl Node {
                     // While our own connection is down, nobody is heard: that is not
                     // their death. The view stays; stanzas for others wait in backlogs.
                     if connected {
+                        let stalls = self.membership.stalls();
                         let changes = self.membership.tick(Instant::now());
+                        if self.membership.stalls() > stalls {
+                            warn!(failure_timeout = %humantime::format_duration(self.cfg.failure_timeout), "this node did not run for half of cluster.failure_timeout or more (a stalled process or machine): nobody is declared dead for the silence; every member gets a full failure timeout from now");
+                        }
                         self.apply(changes).await;
                     }
                     if connected {
