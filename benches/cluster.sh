@@ -16,6 +16,8 @@
 #   --kill-at D        when, from the start of the measured window (KILL_AT, 10s)
 #   --shards N         shard threads per node                 (FR_SHARDS, 1)
 #   --c2s-sessions M   stay or redirect (cluster.c2s_sessions) (C2S_SESSIONS, stay)
+#   --nodes N          nodes of parts cluster and kill, 2 or 3  (NODES, 3)
+#   -- ARGS...         passed to loadgen as they are (e.g. -- --procs 4 --peer-bidi)
 #   --out DIR          output folder (OUT, target/cluster-bench/<date-time>)
 #   --no-build         use target/release/{loadgen,fedrouter} as they are (NO_BUILD=1)
 #   --quick            100 peers, 20 local users, 15 s, kill at 5 s (unless set otherwise)
@@ -43,6 +45,8 @@ NO_BUILD=${NO_BUILD:-0}
 OUT=${OUT:-}
 FR_SHARDS=${FR_SHARDS:-1}
 C2S_SESSIONS=${C2S_SESSIONS:-stay}
+NODES=${NODES:-3}
+LOADGEN_EXTRA=()
 RATE=${RATE:-200}
 WARMUP=${WARMUP:-3s}
 USERS_PER_PEER=${USERS_PER_PEER:-10}
@@ -71,6 +75,8 @@ while [ $# -gt 0 ]; do
   --kill-at) KILL_AT=$2; shift 2 ;;
   --shards) FR_SHARDS=$2; shift 2 ;;
   --c2s-sessions) C2S_SESSIONS=$2; shift 2 ;;
+  --nodes) NODES=$2; shift 2 ;;
+  --) shift; LOADGEN_EXTRA=("$@"); break ;;
   --out) OUT=$2; shift 2 ;;
   --no-build) NO_BUILD=1; shift ;;
   --quick) QUICK=1; shift ;;
@@ -78,6 +84,9 @@ while [ $# -gt 0 ]; do
   *) die "unknown option $1 (see --help)" ;;
   esac
 done
+case "$NODES" in 2 | 3) ;; *) die "--nodes $NODES: expected 2 or 3" ;; esac
+[ "$NODES" = 3 ] || [ "${KILL_NODE:-n2}" != n3 ] || die "--kill-node n3 with --nodes 2"
+
 case "$C2S_SESSIONS" in
 stay | redirect) ;;
 *) die "--c2s-sessions: stay or redirect, not '$C2S_SESSIONS'" ;;
@@ -373,7 +382,7 @@ run_part() {
     --local-users "$LOCAL_USERS" --rate "$RATE" --duration "$DURATION" --warmup "$WARMUP" \
     --sut-domain "$SUT_DOMAIN" --password "$PASSWORD" --sut-s2s "$s2s" --sut-c2s "$c2s" \
     --sut-ca "$CERT" --dns "$DNS" --peer-net "$PEER_NET" --no-progress \
-    "${pids[@]}" "${kill_args[@]}" --out "$dir" \
+    "${pids[@]}" "${kill_args[@]}" --out "$dir" "${LOADGEN_EXTRA[@]}" \
     >"$dir/loadgen.stdout" 2>"$dir/loadgen.stderr" &
   LOADGEN_PID=$!
   set +e
@@ -393,8 +402,8 @@ IFS=, read -r -a PART_LIST <<<"$PARTS"
 for p in "${PART_LIST[@]}"; do
   case $p in
   single) run_part single 1 ;;
-  cluster) run_part cluster 3 ;;
-  kill) run_part kill 3 1 ;;
+  cluster) run_part cluster "$NODES" ;;
+  kill) run_part kill "$NODES" 1 ;;
   *) die "--parts: unknown part $p (single, cluster, kill)" ;;
   esac
 done
