@@ -196,12 +196,14 @@ fn peer_policy(opts: &PeerOptions) -> PeerPolicy {
             auth: AuthPolicy::Dialback,
             verify_certificates: false,
             allow: true,
+            bidi: false,
         },
         PeerAuth::External => PeerPolicy {
             tls: TlsPolicy::Required,
             auth: AuthPolicy::SaslExternal,
             verify_certificates: true,
             allow: true,
+            bidi: false,
         },
     }
 }

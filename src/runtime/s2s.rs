@@ -259,6 +259,14 @@ impl S2sStreams {
                     shard.remotes.outbound_ready(shard, conn, &local, &remote);
                 }
             }
+            Event::BidiAuthenticated {
+                local,
+                remote,
+                method,
+                direction,
+            } => {
+                info!(parent: &conn.span, %local, %remote, ?method, ?direction, "bidirectional (XEP-0288): authenticated against the stream's direction");
+            }
             Event::Acknowledged { count } => {
                 let released = conn.st.borrow_mut().acknowledged(count as usize);
                 if released < count as usize {
