@@ -374,7 +374,7 @@ impl Remotes {
         {
             let mut remotes = self.map.borrow_mut();
             let r = remotes.entry(Rc::from(d)).or_default();
-            if !r.conn.as_ref().is_some_and(|c| c.id == conn.id) {
+            if r.conn.as_ref().is_none_or(|c| c.id != conn.id) {
                 if r.conn.as_ref().is_some_and(|c| !c.st.borrow().closed) {
                     return;
                 }
