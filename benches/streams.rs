@@ -709,6 +709,7 @@ fn build_ctx() -> Ctx {
                 auth: AuthPolicy::Dialback,
                 verify_certificates: false,
                 allow: true,
+                bidi: false,
             },
             ..Default::default()
         },

@@ -171,6 +171,8 @@ auth = "dialback"
 verify_certificates = false
 [federation.domains."evil.test"]
 allow = false
+[federation.domains."flaky.test"]
+bidi = false
 "#;
 
 #[test]
@@ -284,6 +286,10 @@ fn full_file_sets_every_key() {
     assert_eq!(c.federation.for_domain("gmail.test"), PeerPolicy::google());
     assert_eq!(c.federation.for_domain("GMAIL.test."), PeerPolicy::google());
     assert!(!c.federation.for_domain("evil.test").allow);
+    // XEP-0288 on by default, off for the one domain that says so.
+    assert!(c.federation.for_domain("other.test").bidi);
+    assert!(c.federation.for_domain("evil.test").bidi);
+    assert!(!c.federation.for_domain("Flaky.test").bidi);
     assert_eq!(
         c.federation.for_domain("other.test").tls,
         TlsPolicy::Required
@@ -345,6 +351,8 @@ fn wrong_types_and_bad_durations_keep_tomls_message() {
         ("[s2s]\nconnect_timeout = 5\n", "connect_timeout"),
         ("[listen]\ns2s = \"127.0.0.1:5269\"\n", "s2s"),
         ("shards = -1\n", "shards"),
+        ("[federation.default]\nbidi = \"yes\"\n", "bidi"),
+        ("[federation.domains.\"x.test\"]\nbidi = 0\n", "bidi"),
     ] {
         let err = Config::from_toml_str(text).unwrap_err();
         let message = err.to_string();

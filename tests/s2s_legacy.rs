@@ -489,12 +489,14 @@ fn legacy_header_with_tls_required_is_refused_cleanly() {
         auth: AuthPolicy::Dialback,
         verify_certificates: false,
         allow: true,
+        bidi: true,
     };
     let external_only = PeerPolicy {
         tls: TlsPolicy::Optional,
         auth: AuthPolicy::SaslExternal,
         verify_certificates: true,
         allow: true,
+        bidi: true,
     };
     for policy in [required_dialback, PeerPolicy::strict(), external_only] {
         let srv = Server::new(LOCAL, policy, &ca(), true);
@@ -619,6 +621,7 @@ fn outbound_to_a_legacy_peer_follows_policy() {
                 auth: AuthPolicy::Dialback,
                 verify_certificates: false,
                 allow: true,
+                bidi: true,
             },
             false,
         ),
@@ -628,6 +631,7 @@ fn outbound_to_a_legacy_peer_follows_policy() {
                 auth: AuthPolicy::SaslExternal,
                 verify_certificates: true,
                 allow: true,
+                bidi: true,
             },
             false,
         ),

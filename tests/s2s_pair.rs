@@ -67,12 +67,13 @@ fn every_policy_combination() {
     let mut checked = 0;
     for t in tls {
         for a in auth {
-            for verify in [true, false] {
+            for (verify, bidi) in [(true, true), (false, true), (true, false), (false, false)] {
                 let policy = PeerPolicy {
                     tls: t,
                     auth: a,
                     verify_certificates: verify,
                     allow: true,
+                    bidi,
                 };
                 let mut p = Pair::new(
                     Server::new("cupdomain.test", policy, &ca, true),
@@ -99,6 +100,10 @@ fn every_policy_combination() {
                     expected,
                     "{what}"
                 );
+                if expected.is_some() {
+                    assert_eq!(p.a.conn.is_bidi(), bidi, "{what}");
+                    assert_eq!(p.b.conn.is_bidi(), bidi, "{what}");
+                }
                 match expected {
                     Some(_) => stanza_flows(&mut p),
                     None => assert!(
@@ -114,7 +119,7 @@ fn every_policy_combination() {
             }
         }
     }
-    assert_eq!(checked, 18);
+    assert_eq!(checked, 36);
 }
 
 #[test]

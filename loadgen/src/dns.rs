@@ -95,6 +95,7 @@ mod tests {
             suffix: "test".into(),
             sut_domain: "cup.test".into(),
             peer_net: [127, 78],
+            peer_subnet: None,
             peer_port: 5269,
         };
         let one = [SutS2s {
@@ -131,6 +132,7 @@ mod tests {
             suffix: "test".into(),
             sut_domain: "cup.test".into(),
             peer_net: [127, 78],
+            peer_subnet: None,
             peer_port: 5269,
         };
         let nodes: Vec<SutS2s> = (1..=3u8)

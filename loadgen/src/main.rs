@@ -113,11 +113,17 @@ struct Cli {
     /// and enable it, and send again what the SUT did not acknowledge when a stream drops.
     #[arg(long)]
     peer_sm: bool,
+    /// Peers use XEP-0288 bidirectional streams: they ask for bidi on the streams they open
+    /// when the SUT offers it and take the SUT's stanzas on them, so a SUT that supports it
+    /// opens no stream of its own for stanzas; the report counts the sockets each way.
+    #[arg(long)]
+    peer_bidi: bool,
     /// Churn drops streams abruptly (TCP RST, in-flight data lost, both the peer's stream
     /// and the ones the SUT opened to it) instead of `</stream:stream>`.
     #[arg(long)]
     churn_reset: bool,
-    /// First two octets of the peer servers' loopback addresses.
+    /// First two octets of the peer servers' loopback addresses (`127.78`), or three to
+    /// keep every peer server in one /24 (`127.0.10`: at most 250 servers).
     #[arg(long, default_value = "127.78", global = true)]
     peer_net: String,
     /// Port every peer server listens on.
@@ -230,9 +236,12 @@ fn main() -> ExitCode {
         .split('.')
         .filter_map(|p| p.parse().ok())
         .collect();
-    if peer_net.len() != 2 || peer_net[0] != 127 {
+    if !(2..=3).contains(&peer_net.len())
+        || peer_net[0] != 127
+        || cli.peer_net.split('.').count() != peer_net.len()
+    {
         return usage(format!(
-            "--peer-net {}: expected two octets in 127.0.0.0/8, like 127.78",
+            "--peer-net {}: expected two or three octets in 127.0.0.0/8, like 127.78 or 127.0.10",
             cli.peer_net
         ));
     }
@@ -244,8 +253,18 @@ fn main() -> ExitCode {
         suffix: "test".into(),
         sut_domain: cli.sut_domain.clone(),
         peer_net: [peer_net[0], peer_net[1]],
+        peer_subnet: peer_net.get(2).copied(),
         peer_port: cli.peer_port,
     };
+    if topo.peer_subnet.is_some() && topo.servers() > 250 {
+        return usage(format!(
+            "--peer-net {}: one /24 holds at most 250 peer servers, and --peers {} with --domains-per-server {} needs {}",
+            cli.peer_net,
+            topo.peers,
+            topo.domains_per_server,
+            topo.servers()
+        ));
+    }
     match &cli.command {
         Some(Command::Accounts {
             server,
@@ -420,6 +439,7 @@ fn main() -> ExitCode {
             AuthArg::External => PeerAuth::External,
         },
         peer_sm: cli.peer_sm,
+        peer_bidi: cli.peer_bidi,
         churn_reset: cli.churn_reset,
         dns_bind: cli.dns,
         zone_file: cli.zone_file.clone(),

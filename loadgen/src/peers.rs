@@ -21,6 +21,12 @@
 //! Every peer answers the SUT's `db:verify` for its own keys (the connection does that with
 //! the peers' secret), and checks the SUT's own dialback keys for real: a `db:result` on an
 //! inbound stream is verified by a `db:verify` to the SUT over the server's outbound stream.
+//!
+//! With [`PeerOptions::bidi`] (`--peer-bidi`), the peers' outbound streams ask for XEP-0288
+//! bidirectional streams when the SUT offers them, and what the SUT sends back on them is
+//! received and answered like what arrives on a stream the SUT opened: a SUT that supports
+//! it then needs no stream of its own to the peer for stanzas. [`Peers::sockets`] counts
+//! the TCP connections each way, so the saving is measured.
 
 use std::collections::VecDeque;
 use std::io;
@@ -93,6 +99,22 @@ pub struct PeerOptions {
     /// Churn ends streams abruptly (TCP RST with `SO_LINGER` 0, in-flight data lost) instead
     /// of `</stream:stream>`, and also resets the streams the SUT opened to that server.
     pub churn_reset: bool,
+    /// XEP-0288 bidirectional streams: the peers request bidi on the streams they open when
+    /// the SUT offers it, and take the SUT's stanzas on them; they offer it on the streams
+    /// the SUT opens. Off: one stream each way, as before XEP-0288.
+    pub bidi: bool,
+}
+
+/// TCP connections between the peers and the SUT since the start ([`Peers::sockets`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Sockets {
+    /// Opened by the peers to the SUT (their outbound streams, reconnections included).
+    pub opened: u64,
+    /// Opened by the SUT to the peers (its outbound streams and dialback verification
+    /// connections).
+    pub accepted: u64,
+    /// Peer outbound streams on which bidi was negotiated.
+    pub bidi: u64,
 }
 
 /// Errors starting the peers.
@@ -161,6 +183,10 @@ struct Shared {
     ready_domains: AtomicU32,
     /// Stanzas sent again on a new stream because the last one did not acknowledge them.
     resent: AtomicU64,
+    /// TCP connections opened to the SUT, accepted from it, and bidi streams.
+    opened: AtomicU64,
+    accepted: AtomicU64,
+    bidi_streams: AtomicU64,
 }
 
 impl Shared {
@@ -196,12 +222,14 @@ fn peer_policy(opts: &PeerOptions) -> PeerPolicy {
             auth: AuthPolicy::Dialback,
             verify_certificates: false,
             allow: true,
+            bidi: opts.bidi,
         },
         PeerAuth::External => PeerPolicy {
             tls: TlsPolicy::Required,
             auth: AuthPolicy::SaslExternal,
             verify_certificates: true,
             allow: true,
+            bidi: opts.bidi,
         },
     }
 }
@@ -320,6 +348,9 @@ impl Peers {
             inbound: Mutex::new(Vec::new()),
             ready_domains: AtomicU32::new(0),
             resent: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            bidi_streams: AtomicU64::new(0),
         });
         // Listeners first, so the SUT can call back as soon as our streams open.
         let mut accept = Vec::new();
@@ -405,6 +436,16 @@ impl Peers {
         self.shared.resent.load(Ordering::Relaxed)
     }
 
+    /// TCP connections between the peers and the SUT so far, each way, and how many of
+    /// the peers' streams were bidirectional (XEP-0288).
+    pub fn sockets(&self) -> Sockets {
+        Sockets {
+            opened: self.shared.opened.load(Ordering::Relaxed),
+            accepted: self.shared.accepted.load(Ordering::Relaxed),
+            bidi: self.shared.bidi_streams.load(Ordering::Relaxed),
+        }
+    }
+
     /// Number of simulated servers.
     pub fn servers(&self) -> u32 {
         self.shared.out.len() as u32
@@ -448,6 +489,7 @@ async fn accept_loop(shared: Arc<Shared>, s: u32, listener: TcpListener) {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        shared.accepted.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(64);
         shared.inbound.lock().expect("lock").push((s, tx.clone()));
         tokio::spawn(inbound_task(shared.clone(), s, sock, tx, rx));
@@ -671,6 +713,7 @@ async fn outbound_task(
                 }
             }
         };
+        shared.opened.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut conn = S2sConnection::outbound(shared.cfgs[s].clone(), &names[0], &sut, false, now);
         for n in &names[1..] {
@@ -756,6 +799,15 @@ async fn outbound_task(
                     unacked.drain(..n);
                 }
                 Input::Event(Event::StreamManagementRefused) => unacked.clear(),
+                // XEP-0288: the SUT sends on our stream; answered as on its own streams.
+                Input::Event(Event::BidiAuthenticated { local, .. }) => {
+                    if names.first() == Some(&local) {
+                        shared.bidi_streams.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Input::Event(Event::Stanza { kind, element }) => {
+                    react(&shared, slot, kind, &element).await;
+                }
                 Input::Event(Event::Closed(reason)) => {
                     if !leaving {
                         world.unexpected_closes.fetch_add(1, Ordering::Relaxed);

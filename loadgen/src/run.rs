@@ -216,6 +216,8 @@ pub struct RunOptions {
     pub peer_auth: PeerAuth,
     /// Peers use XEP-0198 stream management on every stream (see [`PeerOptions::sm`]).
     pub peer_sm: bool,
+    /// Peers use XEP-0288 bidirectional streams (see [`PeerOptions::bidi`]).
+    pub peer_bidi: bool,
     /// Churn resets streams (TCP RST) instead of closing them (see
     /// [`PeerOptions::churn_reset`]).
     pub churn_reset: bool,
@@ -578,6 +580,7 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
             connect_timeout: Duration::from_secs(5),
             sm: opts.peer_sm,
             churn_reset: opts.churn_reset,
+            bidi: opts.peer_bidi,
         },
     )
     .await
@@ -854,6 +857,7 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         ..
     } = driver;
     let peer_resent = peers.resent();
+    let peer_sockets = peers.sockets();
     let duplicates = world.tracker.unexpected();
     clients.stop(Duration::from_secs(5)).await;
     peers.stop(Duration::from_secs(5)).await;
@@ -885,6 +889,10 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         "ops_skipped": skipped,
         "subscribe_as_presence": subscribe_as_presence,
         "peer_sm": opts.peer_sm,
+        "peer_bidi": opts.peer_bidi,
+        // TCP connections between the peers and the SUT (XEP-0288 halves them when
+        // both ends support it): opened by the peers, accepted from the SUT.
+        "peer_sockets": peer_sockets,
         "churn_reset": opts.churn_reset,
         "peer_resent": peer_resent,
         "duplicates": duplicates,

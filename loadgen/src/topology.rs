@@ -37,6 +37,9 @@ pub struct Topology {
     pub sut_domain: String,
     /// The first two octets of the peer servers' loopback addresses (`[127, 78]`).
     pub peer_net: [u8; 2],
+    /// The third octet too, when the peers must stay in one /24 (`--peer-net 127.0.10`):
+    /// servers are then `peer_net.third.(s + 1)`, at most 250 of them.
+    pub peer_subnet: Option<u8>,
     /// TCP port every peer server listens on (5269 by default).
     pub peer_port: u16,
 }
@@ -88,7 +91,13 @@ impl Topology {
     ///
     /// Panics when `s` does not fit in the /16 (more than 64,000 servers).
     pub fn server_addr(&self, s: u32) -> SocketAddr {
-        let hi = s / HOSTS_PER_OCTET;
+        let hi = match self.peer_subnet {
+            Some(third) => {
+                assert!(s < HOSTS_PER_OCTET, "too many peer servers for one /24");
+                u32::from(third)
+            }
+            None => s / HOSTS_PER_OCTET,
+        };
         assert!(hi < 256, "too many peer servers for one /16");
         let ip = Ipv4Addr::new(
             self.peer_net[0],
@@ -165,6 +174,7 @@ mod tests {
             suffix: "test".into(),
             sut_domain: "cupdomain.test".into(),
             peer_net: [127, 78],
+            peer_subnet: None,
             peer_port: 5269,
         }
     }
@@ -227,6 +237,13 @@ mod tests {
         }
         assert_eq!(t.server_addr(0).to_string(), "127.78.0.1:5269");
         assert_eq!(t.server_addr(250).to_string(), "127.78.1.1:5269");
+        let one_24 = Topology {
+            peer_net: [127, 0],
+            peer_subnet: Some(10),
+            ..topo()
+        };
+        assert_eq!(one_24.server_addr(0).to_string(), "127.0.10.1:5269");
+        assert_eq!(one_24.server_addr(249).to_string(), "127.0.10.250:5269");
     }
 
     #[test]

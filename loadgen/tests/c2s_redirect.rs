@@ -155,6 +155,7 @@ fn world() -> World {
             suffix: "test".into(),
             sut_domain: DOMAIN.into(),
             peer_net: [127, 76],
+            peer_subnet: None,
             peer_port: 5269,
         },
         1,

@@ -350,6 +350,58 @@ fn sasl_external_peers_with_loadgen_ca() {
     );
 }
 
+/// `--peer-bidi`: the peers ask for XEP-0288 on the streams they open and fedrouter
+/// answers on them, so it opens no connection to the peers at all (SASL EXTERNAL needs no
+/// dialback verification connection): half the sockets, nothing lost. Loopback:
+/// 127.0.10.x peers, 127.0.11.x SUT and DNS.
+#[test]
+fn bidi_peers_need_no_connection_from_the_sut() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let o = loadgen(
+        out.path(),
+        &[
+            "--peers",
+            "20",
+            "--users-per-peer",
+            "2",
+            "--local-users",
+            "5",
+            "--peer-auth",
+            "external",
+            "--peer-bidi",
+            "--scenario",
+            "mixed",
+            "--mix",
+            "message=60,presence=20,subscribe=20",
+            "--rate",
+            "100",
+            "--warmup",
+            "0s",
+            "--duration",
+            "3s",
+            "--sut-ip",
+            "127.0.11.4",
+            "--dns",
+            "127.0.11.53:0",
+            "--peer-net",
+            "127.0.10",
+        ],
+    );
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    let s = summary(out.path());
+    assert_eq!(s["params"]["peer_bidi"], true, "{s}");
+    assert_eq!(s["accounting"]["lost"], 0, "{s}");
+    assert!(
+        s["steps"]["message"]["count"].as_u64().unwrap_or(0) > 50,
+        "{s}"
+    );
+    let sockets = &s["params"]["peer_sockets"];
+    assert_eq!(sockets["opened"], 20, "one stream per peer domain: {s}");
+    assert_eq!(sockets["bidi"], 20, "every peer stream bidirectional: {s}");
+    assert_eq!(sockets["accepted"], 0, "the SUT opened no stream: {s}");
+}
+
 #[test]
 fn bad_arguments_exit_2_with_a_message() {
     let out = tempfile::tempdir().expect("tempdir");

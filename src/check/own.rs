@@ -181,6 +181,7 @@ impl Checker<'_> {
                 auth: AuthPolicy::Dialback,
                 verify_certificates: false,
                 allow: true,
+                bidi: false,
             },
             domains: Default::default(),
         };

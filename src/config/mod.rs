@@ -117,6 +117,7 @@
 //!
 //! [federation.default]          # crate::stream::policy::FederationPolicy
 //! tls = "optional"
+//! bidi = true                   # XEP-0288; per domain too (`bidi = false` for a misbehaving peer)
 //! [federation.domains."gmail.test"]
 //! tls = "disabled"
 //! auth = "dialback"

@@ -34,7 +34,10 @@
 //! - `GET /status`: the remote domains every shard knows of, as a JSON array of
 //!   `{"domain", "shard", "streams": [{"direction", "state", "tls", "authenticated":
 //!   [{"local", "remote", "method"}], "age_s", "sm" ("enabled" | "requested" | "off",
-//!   XEP-0198), "unacked"}], "queue", "failures", "last_error",
+//!   XEP-0198), "unacked", "bidi" (XEP-0288 negotiated), "bidi_authenticated" (the pairs
+//!   carried against the stream's direction, like "authenticated"), "serves" (["in"],
+//!   ["out"], or ["in", "out"] for a bidirectional stream that carries both)}], "queue",
+//!   "failures", "last_error",
 //!   "backoff_s"}`, sorted by domain.
 //! - `GET /metrics`: Prometheus text format ([`crate::metrics::Metrics::render`]), every
 //!   shard's metrics merged at read time.

@@ -29,7 +29,7 @@ use crate::router::queue::{
     backoff_delay, BounceCause, DomainQueue, Drain, Episode, Failure, Push, Queued,
 };
 use crate::stanza::{is_error, StanzaKind};
-use crate::stream::s2s::CloseReason;
+use crate::stream::s2s::{CloseReason, Direction};
 use crate::xml::Element;
 
 /// At most one WARN per remote domain per this long about error stanzas dropped for it
@@ -251,7 +251,7 @@ impl Remotes {
         if let Some(conn) = r.conn.clone() {
             let ready = {
                 let st = conn.st.borrow();
-                !st.closed && st.proto.is_authenticated(&local, d)
+                !st.closed && st.proto.may_send(&local, d)
             };
             let cap = shard.shared().config.s2s.queue_per_domain;
             if ready
@@ -313,6 +313,15 @@ impl Remotes {
     fn ensure_outbound(&self, shard: &Shard, d: &str, local: &str) {
         let mut remotes = self.map.borrow_mut();
         let r = remotes.entry(Rc::from(d)).or_default();
+        // An inbound bidirectional stream serving as `d`'s (XEP-0288) carries only the
+        // pairs `d` authenticated on it: another local domain needs a stream of our own.
+        if r.conn.as_ref().is_some_and(|c| {
+            let st = c.st.borrow();
+            c.direction == Direction::Inbound && !st.closed && !st.proto.may_send(local, d)
+        }) {
+            debug!(parent: &shard.span, remote = %d, %local, "the inbound bidirectional stream does not carry this local domain: opening a stream of our own");
+            Self::detach_inbound(r);
+        }
         if !r.locals.iter().any(|l| l == local) {
             r.locals.push(local.to_owned());
             if let Some(conn) = &r.conn {
@@ -341,6 +350,46 @@ impl Remotes {
             let span = info_span!(parent: &shard.span, "s2s", dir = "out", peer = %d, id = tracing::field::Empty);
             tokio_uring::spawn(super::connect::connect(me, d, first).instrument(span));
         }
+    }
+
+    /// Stops using the inbound bidirectional stream as `r`'s outbound stream (it stays
+    /// open for what the peer sends): the next send opens a stream of our own.
+    fn detach_inbound(r: &mut Remote) {
+        if r.conn
+            .as_ref()
+            .is_some_and(|c| c.direction == Direction::Inbound)
+        {
+            r.conn = None;
+            r.locals.clear();
+        }
+    }
+
+    /// XEP-0288: the inbound stream `conn` from `d` (owned by this shard) is
+    /// bidirectional and authenticated `local` → `d` against its direction. When `d`
+    /// has no outbound stream, it becomes `d`'s: what waits for `d` is written to it and
+    /// nothing is dialled ("one TCP connection carries both directions"). An outbound
+    /// stream already open keeps its place; one still being dialled replaces this one
+    /// when it connects ([`Remotes::connected`]).
+    pub(super) fn bidi_inbound_ready(&self, shard: &Shard, conn: &Rc<Conn>, local: &str, d: &str) {
+        {
+            let mut remotes = self.map.borrow_mut();
+            let r = remotes.entry(Rc::from(d)).or_default();
+            if r.conn.as_ref().is_none_or(|c| c.id != conn.id) {
+                if r.conn.as_ref().is_some_and(|c| !c.st.borrow().closed) {
+                    return;
+                }
+                r.conn = Some(Rc::clone(conn));
+                r.locals.clear();
+                info!(parent: &conn.span, remote = %d, %local, "inbound bidirectional stream (XEP-0288) also carries our stanzas to the remote server");
+            }
+            if !r.locals.iter().any(|l| l == local) {
+                r.locals.push(local.to_owned());
+            }
+            r.failures = 0;
+            r.backoff_until = None;
+            r.last_failure = None;
+        }
+        self.drain_queue(shard, conn, d);
     }
 
     /// The shard is shutting down and `d` has no stream: no connection is opened; what
@@ -446,7 +495,7 @@ impl Remotes {
             let Some(local) = q.from().and_then(|f| hosted_key(&shared, f)) else {
                 return Drain::Skip(q);
             };
-            if !conn.st.borrow().proto.is_authenticated(&local, d) {
+            if !conn.st.borrow().proto.may_send(&local, d) {
                 return Drain::Skip(q);
             }
             match Self::write(conn, q, &local, d, now) {
@@ -699,11 +748,18 @@ impl Remotes {
                 DialbackResult::Error(cond),
             );
         }
-        let has_conn = self
-            .map
-            .borrow()
-            .get(remote.as_str())
-            .is_some_and(|r| r.conn.is_some());
+        // `db:verify` goes on a stream of our own, never on an inbound bidirectional one
+        // (XEP-0288 §2.2: not on the connection the request came on either).
+        let has_conn = {
+            let mut remotes = self.map.borrow_mut();
+            match remotes.get_mut(remote.as_str()) {
+                Some(r) => {
+                    Self::detach_inbound(r);
+                    r.conn.is_some()
+                }
+                None => false,
+            }
+        };
         if has_conn {
             self.send_pending_verifies(&remote);
         } else {

@@ -44,7 +44,9 @@ impl Driven for S2sConnection {
         shard.s2s.write_stalled(shard, conn)
     }
     fn written(shard: &Shard, conn: &Rc<Conn<Self>>) {
-        if conn.direction == Direction::Outbound {
+        // An outbound stream, or an inbound one that is bidirectional (XEP-0288) and may
+        // serve as the domain's outbound stream (`drain_queue` checks it does).
+        if conn.direction == Direction::Outbound || conn.st.borrow().proto.is_bidi() {
             // The shard's interned key: no allocation per write.
             let d = shard
                 .remotes
@@ -259,6 +261,24 @@ impl S2sStreams {
                     shard.remotes.outbound_ready(shard, conn, &local, &remote);
                 }
             }
+            Event::BidiAuthenticated {
+                local,
+                remote,
+                method,
+                direction,
+            } => {
+                info!(parent: &conn.span, %local, %remote, ?method, ?direction, "bidirectional stream (XEP-0288): authenticated against the stream's direction");
+                if direction == Direction::Outbound {
+                    // Our inbound stream from `remote` may carry our stanzas to it. The
+                    // stream is on the owner shard of the domain it authenticated (the
+                    // hand-off after `Opened`); a piggybacked domain owned by another
+                    // shard keeps its own outbound stream there.
+                    let d = domain_key(&remote).into_owned();
+                    if shard_of(&d, shard.n) == shard.id {
+                        shard.remotes.bidi_inbound_ready(shard, conn, &local, &d);
+                    }
+                }
+            }
             Event::Acknowledged { count } => {
                 let released = conn.st.borrow_mut().acknowledged(count as usize);
                 if released < count as usize {
@@ -434,8 +454,7 @@ impl S2sStreams {
                 .remotes
                 .bounce_queued(shard, q, f.condition, &f.text, BounceCause::WriteStall);
         }
-        let current =
-            conn.direction == Direction::Outbound && shard.remotes.is_current(&remote, conn.id);
+        let current = shard.remotes.is_current(&remote, conn.id);
         if current {
             shard
                 .remotes
@@ -446,12 +465,13 @@ impl S2sStreams {
 
     /// Bookkeeping when a connection ends (once).
     pub(super) fn connection_ended(&self, shard: &Shard, conn: &Conn, reason: &CloseReason) {
-        let (counted, remote, authenticated) = {
+        let (counted, remote, authenticated, bidi) = {
             let mut st = conn.st.borrow_mut();
             let counted = std::mem::replace(&mut st.counted_unauth, false);
             let remote = st.proto.remote_domain().to_owned();
             let auth = st.proto.authenticated().next().is_some();
-            (counted, remote, auth)
+            let bidi = st.proto.bidi_authenticated().next().is_some();
+            (counted, remote, auth, bidi)
         };
         if counted {
             self.unauthenticated
@@ -465,7 +485,16 @@ impl S2sStreams {
                 reason,
                 authenticated,
             ),
-            Direction::Inbound => self.inbound_ended(shard, conn, reason),
+            Direction::Inbound => {
+                if bidi {
+                    // It may have served as the domain's outbound stream (XEP-0288):
+                    // what it did not write goes out first on the next one.
+                    shard
+                        .remotes
+                        .outbound_closed(shard, conn, &domain_key(&remote), reason, true);
+                }
+                self.inbound_ended(shard, conn, reason)
+            }
         }
     }
 
@@ -621,6 +650,16 @@ impl S2sStreams {
                 .authenticated()
                 .map(|(l, r, m)| json!({"local": l, "remote": r, "method": format!("{m:?}").to_ascii_lowercase()}))
                 .collect();
+            let bidi_pairs: Vec<serde_json::Value> = st
+                .proto
+                .bidi_authenticated()
+                .map(|(l, r, m)| json!({"local": l, "remote": r, "method": format!("{m:?}").to_ascii_lowercase()}))
+                .collect();
+            let serves: Vec<&str> = if bidi_pairs.is_empty() {
+                vec![direction_label(c.direction)]
+            } else {
+                vec!["in", "out"]
+            };
             let state = if st.closed {
                 "closing"
             } else if pairs.is_empty() {
@@ -644,6 +683,11 @@ impl S2sStreams {
                     "off"
                 },
                 "unacked": st.proto.unacknowledged(),
+                // XEP-0288: negotiated, and the pairs carried against the stream's
+                // direction; `serves` says which directions the stream carries for us.
+                "bidi": st.proto.is_bidi(),
+                "bidi_authenticated": bidi_pairs,
+                "serves": serves,
             });
             if let Some(t) = st
                 .write_waiting_since

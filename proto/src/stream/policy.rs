@@ -54,6 +54,12 @@ pub struct PeerPolicy {
     pub verify_certificates: bool,
     /// Whether federation with the domain is allowed at all.
     pub allow: bool,
+    /// XEP-0288 bidirectional streams with the domain (default `true`): offered on its
+    /// inbound streams (`urn:xmpp:features:bidi`) and requested on our outbound streams
+    /// to it when it offers them, so that one TCP connection carries both directions.
+    /// `false` for a peer that misbehaves on bidirectional streams: each direction then
+    /// has its own stream, as without XEP-0288.
+    pub bidi: bool,
 }
 
 impl Default for PeerPolicy {
@@ -65,6 +71,7 @@ impl Default for PeerPolicy {
             auth: AuthPolicy::Any,
             verify_certificates: true,
             allow: true,
+            bidi: true,
         }
     }
 }
@@ -77,6 +84,7 @@ impl PeerPolicy {
             auth: AuthPolicy::Dialback,
             verify_certificates: false,
             allow: true,
+            bidi: true,
         }
     }
 
@@ -87,6 +95,7 @@ impl PeerPolicy {
             auth: AuthPolicy::Dialback,
             verify_certificates: false,
             allow: true,
+            bidi: true,
         }
     }
 
@@ -97,6 +106,7 @@ impl PeerPolicy {
             auth: AuthPolicy::SaslExternal,
             verify_certificates: true,
             allow: true,
+            bidi: true,
         }
     }
 
@@ -166,6 +176,22 @@ mod tests {
         assert_eq!(p.for_domain("WebEx.com."), PeerPolicy::webex());
         assert_eq!(p.for_domain("other.example"), PeerPolicy::strict());
         assert!(!p.for_domain("evil.example").allow);
+        assert!(p.for_domain("evil.example").bidi, "bidi defaults to on");
+    }
+
+    #[test]
+    fn bidi_switch_per_domain() {
+        let p: FederationPolicy = toml::from_str(
+            r#"
+            [domains."flaky.example"]
+            bidi = false
+            "#,
+        )
+        .unwrap();
+        assert!(!p.for_domain("flaky.example").bidi);
+        assert!(p.for_domain("other.example").bidi);
+        let err = toml::from_str::<FederationPolicy>("[default]\nbidi = \"no\"\n").unwrap_err();
+        assert!(err.to_string().contains("bidi"), "{err}");
     }
 
     #[test]

@@ -69,6 +69,28 @@ pub enum Event {
         /// Which way stanzas flow.
         direction: Direction,
     },
+    /// XEP-0288 §2.2: on this bidirectional stream, stanzas may now also flow against the
+    /// stream's direction for a pair the stream authenticated. `direction` is which way
+    /// they flow for us: [`Direction::Outbound`] on an inbound stream (we may send from
+    /// `local` to `remote` with [`S2sConnection::send_stanza`]),
+    /// [`Direction::Inbound`] on an outbound stream (stanzas from `remote` to `local`
+    /// are accepted and reported as [`Event::Stanza`]). Follows the pair's
+    /// [`Event::Authenticated`] (on an inbound stream authenticated by SASL, once the
+    /// restarted stream is open). What authenticates the reverse direction, as the XEP
+    /// says: with SASL EXTERNAL, the pair of the stream's header (`to` to `from`); with
+    /// dialback, the inverse of each pair verified by `db:result`; the initiating server
+    /// trusts the receiving server as it would on a stream of its own to that domain (it
+    /// resolved and reached it, and checked its certificate per policy).
+    BidiAuthenticated {
+        /// Our domain.
+        local: String,
+        /// The peer's domain.
+        remote: String,
+        /// How the pair was authenticated.
+        method: AuthMethod,
+        /// Which way stanzas now flow for us (against the stream's direction).
+        direction: Direction,
+    },
     /// Outbound: authentication of a domain pair failed (dialback `invalid` or `error`,
     /// SASL failure with no fallback, no answer in time, the stream ended while our
     /// `db:result` waited, or [`S2sConnection::fail_dialback`]). Stanzas queued for it

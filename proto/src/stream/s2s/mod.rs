@@ -35,8 +35,10 @@
 //! state, its public calls and what every stream does (headers, elements, stanzas,
 //! close); `negotiate.rs` the headers' answers, stream features, STARTTLS and SASL
 //! EXTERNAL; `dialback.rs` `db:result` and `db:verify` both ways; `legacy.rs` what differs
-//! for pre-1.0 peers; `config.rs` and `event.rs` the public types.
+//! for pre-1.0 peers; `sm.rs` XEP-0198; `bidi.rs` XEP-0288 bidirectional streams;
+//! `config.rs` and `event.rs` the public types.
 
+mod bidi;
 mod config;
 mod dialback;
 mod event;
@@ -122,6 +124,8 @@ pub struct S2sConnection {
     dialback_requests: u32,
     /// XEP-0198 stream management (`sm.rs`).
     sm: sm::SmState,
+    /// XEP-0288 bidirectional stream (`bidi.rs`).
+    bidi: bidi::BidiState,
     last_stanza: Instant,
     /// Why the stream ended, once it has.
     ended: Option<CloseReason>,
@@ -214,6 +218,7 @@ impl S2sConnection {
             queued_dialbacks: Vec::new(),
             dialback_requests: 0,
             sm: sm::SmState::default(),
+            bidi: bidi::BidiState::default(),
             last_stanza: now,
             ended: None,
         }
@@ -360,6 +365,7 @@ impl S2sConnection {
         self.pairs.clear();
         self.pending_results.clear();
         self.sm = sm::SmState::default();
+        self.reset_bidi();
         self.restart(now);
         self.process(now);
     }
@@ -402,10 +408,13 @@ impl S2sConnection {
 
     // ----- commands -----
 
-    /// Outbound: sends a stanza (its bytes, already addressed) from `local` to `remote`.
+    /// Sends a stanza (its bytes, already addressed) from `local` to `remote`: on an
+    /// outbound stream, or on an inbound stream made bidirectional (XEP-0288) for a pair
+    /// authorised the other way ([`Event::BidiAuthenticated`]).
     ///
     /// Errors: [`S2sError::NotAuthenticated`] when the pair is not authenticated on this
-    /// stream; nothing is sent.
+    /// stream for sending; [`S2sError::InvalidState`] when the stream is not open, or is
+    /// inbound without bidi; nothing is sent.
     pub fn send_stanza(
         &mut self,
         local: &str,
@@ -428,12 +437,12 @@ impl S2sConnection {
         parts: &[&[u8]],
         now: Instant,
     ) -> Result<(), S2sError> {
-        if self.dir != Direction::Outbound || self.state != State::Open {
+        if self.state != State::Open || (self.dir == Direction::Inbound && !self.bidi.enabled) {
             return Err(S2sError::InvalidState(
-                "stanzas are sent on open outbound streams",
+                "stanzas are sent on open outbound or bidirectional streams",
             ));
         }
-        if !self.is_authenticated(local, remote) {
+        if !self.may_send(local, remote) {
             return Err(S2sError::NotAuthenticated {
                 local: local.to_owned(),
                 remote: remote.to_owned(),
@@ -626,6 +635,9 @@ impl S2sConnection {
             {
                 self.on_sasl_auth(&el, now)
             }
+            (State::Open, Namespace::Other(_)) if self.bidi_request_expected(&el) => {
+                self.on_bidi_request(now)
+            }
             (State::Open | State::ExpectClose, Namespace::StreamManagement) => self.on_sm(&el),
             (State::Open | State::ExpectClose, Namespace::Server) => match StanzaKind::of(&el) {
                 Some(kind) => self.on_stanza(kind, el, now),
@@ -658,13 +670,15 @@ impl S2sConnection {
             direction: self.dir,
         });
         self.maybe_enable_sm();
+        self.grant_reverse(now);
     }
 
     /// Authorisation of a received stanza (RFC 6120 §8.1.1.2, §13.8; XEP-0220 §2.1.4):
     /// `to` must name a domain we host and `from` a domain this stream authenticated for
-    /// that pair.
+    /// that pair (on a bidirectional outbound stream, XEP-0288 §2.2: the inverse of a
+    /// pair we authenticated).
     fn on_stanza(&mut self, kind: StanzaKind, el: Element, now: Instant) {
-        if self.dir == Direction::Outbound {
+        if self.dir == Direction::Outbound && !self.bidi.enabled {
             // No XEP-0288 bidi negotiated: the peer may not send on our stream.
             return self.fail(
                 StreamCondition::NotAuthorized,
@@ -678,7 +692,11 @@ impl S2sConnection {
             );
         };
         let (to_d, from_d) = (domain_of(to), domain_of(from));
-        if self.pairs.is_empty() {
+        let authorised = match self.dir {
+            Direction::Inbound => &self.pairs,
+            Direction::Outbound => &self.bidi.reverse,
+        };
+        if authorised.is_empty() {
             return self.fail(
                 StreamCondition::NotAuthorized,
                 "stanza before authentication",
@@ -690,10 +708,13 @@ impl S2sConnection {
                 "stanza to a domain this server does not host",
             );
         }
-        let ok = self.pairs.iter().any(|(l, r, m)| {
-            r.eq_ignore_ascii_case(from_d)
-                && (*m == AuthMethod::SaslExternal || l.eq_ignore_ascii_case(to_d))
-        });
+        let ok = match self.dir {
+            Direction::Inbound => self.pairs.iter().any(|(l, r, m)| {
+                r.eq_ignore_ascii_case(from_d)
+                    && (*m == AuthMethod::SaslExternal || l.eq_ignore_ascii_case(to_d))
+            }),
+            Direction::Outbound => self.bidi_accepts(to_d, from_d),
+        };
         if !ok {
             return self.fail(
                 StreamCondition::InvalidFrom,

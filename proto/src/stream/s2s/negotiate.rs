@@ -78,6 +78,8 @@ impl S2sConnection {
             self.send_features();
         }
         self.state = State::Open;
+        // XEP-0288: after the SASL restart the pair may be used the other way now.
+        self.grant_reverse(now);
         // A stream that never authenticates must not stay open forever.
         self.io.deadline = self
             .pairs
@@ -100,6 +102,9 @@ impl S2sConnection {
         }
         if !tls_pending {
             self.write_sm_feature();
+        }
+        if !tls_pending && !self.sasl_done {
+            self.write_bidi_feature();
         }
         if !tls_pending && !self.sasl_done {
             if self.tls && self.policy.allows_external() && self.peer_cert_valid() {
@@ -155,6 +160,7 @@ impl S2sConnection {
         });
         let dialback = node.child("dialback", ns::DIALBACK_FEATURE).is_some();
         self.sm.peer_offers = node.child("sm", crate::stream::sm::NS_SM).is_some();
+        self.bidi.peer_offers = node.child("bidi", ns::BIDI_FEATURE).is_some();
         if !self.tls {
             if starttls && self.policy.tls != TlsPolicy::Disabled {
                 self.io
@@ -183,6 +189,8 @@ impl S2sConnection {
             }
             return self.flush_queued(now);
         }
+        // XEP-0288 §2.1, §2.2: after TLS, before SASL or dialback.
+        self.maybe_request_bidi();
         let want_external = self.tls
             && self.dir == Direction::Outbound
             && self.policy.allows_external()
@@ -289,10 +297,12 @@ impl S2sConnection {
             .out
             .extend_from_slice(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
         self.sasl_done = true;
+        // RFC 6120 §6.4.6: the stream restarts after <success/> (before the pair is
+        // recorded, so that XEP-0288 grants the other direction only once the restarted
+        // stream is open: `on_header_inbound`).
+        self.restart(now);
         let (local, remote) = (self.local.clone(), self.remote.clone());
         self.authenticate(&local, &remote, AuthMethod::SaslExternal, now);
-        // RFC 6120 §6.4.6: the stream restarts after <success/>.
-        self.restart(now);
     }
 
     /// Outbound SASL outcome (RFC 6120 §6.4.5, §6.4.6). On failure, fall back to
