@@ -283,6 +283,20 @@ impl Pair {
         }
     }
 
+    /// [`Pair::new`] with a verify-only outbound stream (XEP-0220 §2.1.3) as `a`:
+    /// queue its `db:verify`s with `send_db_verify`, then [`Pair::drive`].
+    pub fn verify_only(a_srv: Server, b_srv: Server) -> Pair {
+        let mut p = Pair::new(a_srv, b_srv);
+        p.a.conn = S2sConnection::verify_only(
+            p.a_srv.cfg.clone(),
+            &p.a_srv.domain,
+            &p.b_srv.domain,
+            false,
+            p.now,
+        );
+        p
+    }
+
     /// Runs both ends until neither has anything to do (bounded).
     pub fn drive(&mut self) {
         for _ in 0..10_000 {
@@ -379,6 +393,16 @@ impl Wire {
     pub fn outbound(cfg: Arc<S2sConfig>, local: &str, remote: &str) -> Wire {
         let now = Instant::now();
         Self::wrap(S2sConnection::outbound(cfg, local, remote, false, now), now)
+    }
+
+    /// A fresh verify-only outbound connection (XEP-0220 §2.1.3) from `local` to
+    /// `remote` (plain TCP); its stream header is already in `sent`.
+    pub fn verify_only(cfg: Arc<S2sConfig>, local: &str, remote: &str) -> Wire {
+        let now = Instant::now();
+        Self::wrap(
+            S2sConnection::verify_only(cfg, local, remote, false, now),
+            now,
+        )
     }
 
     fn wrap(conn: S2sConnection, now: Instant) -> Wire {

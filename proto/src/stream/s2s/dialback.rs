@@ -100,6 +100,11 @@ impl S2sConnection {
                 "dialback is requested on outbound streams",
             ));
         }
+        if self.verify_only {
+            return Err(S2sError::InvalidState(
+                "a verify-only stream authenticates nothing",
+            ));
+        }
         if self.is_authenticated(local, &self.remote.clone()) {
             return Ok(());
         }

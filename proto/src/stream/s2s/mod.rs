@@ -36,7 +36,8 @@
 //! close); `negotiate.rs` the headers' answers, stream features, STARTTLS and SASL
 //! EXTERNAL; `dialback.rs` `db:result` and `db:verify` both ways; `legacy.rs` what differs
 //! for pre-1.0 peers; `sm.rs` XEP-0198; `bidi.rs` XEP-0288 bidirectional streams;
-//! `config.rs` and `event.rs` the public types.
+//! `verify_only.rs` streams that carry only `db:verify` (XEP-0220 §2.1.3); `config.rs`
+//! and `event.rs` the public types.
 
 mod bidi;
 mod config;
@@ -45,6 +46,7 @@ mod event;
 mod legacy;
 mod negotiate;
 mod sm;
+mod verify_only;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -126,6 +128,8 @@ pub struct S2sConnection {
     sm: sm::SmState,
     /// XEP-0288 bidirectional stream (`bidi.rs`).
     bidi: bidi::BidiState,
+    /// Outbound: carries only `db:verify`s, authenticates nothing (`verify_only.rs`).
+    verify_only: bool,
     last_stanza: Instant,
     /// Why the stream ended, once it has.
     ended: Option<CloseReason>,
@@ -219,6 +223,7 @@ impl S2sConnection {
             dialback_requests: 0,
             sm: sm::SmState::default(),
             bidi: bidi::BidiState::default(),
+            verify_only: false,
             last_stanza: now,
             ended: None,
         }

@@ -189,6 +189,10 @@ impl S2sConnection {
             }
             return self.flush_queued(now);
         }
+        if self.verify_only {
+            // XEP-0220 §2.1.3: only `db:verify`s follow; nothing is authenticated.
+            return self.enter_open(now);
+        }
         // XEP-0288 §2.1, §2.2: after TLS, before SASL or dialback.
         self.maybe_request_bidi();
         let want_external = self.tls
@@ -221,6 +225,12 @@ impl S2sConnection {
 
     /// Outbound: negotiation is over without SASL; authenticate by dialback if we can.
     pub(super) fn enter_open(&mut self, now: Instant) {
+        if self.verify_only {
+            // XEP-0220 §2.1.3: the Receiving Server's `db:verify`s, and no `db:result`.
+            self.state = State::Open;
+            self.io.deadline = None;
+            return self.flush_queued(now);
+        }
         let can_dialback = self.policy.allows_dialback() && self.peer_dialback;
         // A peer that offers no dialback feature but declared xmlns:db may still do it;
         // XEP-0220 §2.1 lets us try. Without either we cannot authenticate.
