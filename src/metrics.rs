@@ -184,6 +184,7 @@ impl Default for Metrics {
 const COUNTER_HELP: &[(&str, &str)] = &[
     ("cluster_forwarded", "Stanzas published to the cluster node that owns their destination, by node."),
     ("cluster_received", "Stanzas received from other cluster nodes."),
+    ("s2s_verify_only_streams", "Verify-only outbound S2S streams opened (XEP-0220 §2.1.3): they carry our db:verify requests and authenticate nothing, for a domain whose stream is an inbound bidirectional one (XEP-0288) or that another cluster node owns."),
     ("cluster_verify_streams_closed", "Outbound streams to a remote domain another node owns, closed once the dialback verifications they carried were answered."),
     ("cluster_session_messages", "Messages between a client's access node and its home node (cluster.c2s_sessions = \"stay\"), by dir: out (published), in (received), returned (could not be published)."),
     ("cluster_session_lost", "Client stanzas that could not be relayed to their session's home node, by cause."),

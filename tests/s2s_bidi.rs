@@ -7,17 +7,21 @@
 //! stream for the other, serving both directions. With `bidi = false` for the peer, each
 //! direction has its own stream, as without XEP-0288.
 //!
-//! Loopback ranges: `127.0.10.0/24` and `127.0.11.0/24` (fixed ports as in
-//! `tests/runtime.rs`: `.1:5300` DNS, `.2`/`.3` servers on 5269/5270/9269). Every wait is
-//! bounded.
+//! With dialback, the receiving side verifies the initiator's key on a verify-only stream
+//! of its own (XEP-0220 §2.1.3: `db:verify` and no `db:result`), closed once answered: one
+//! long-lived stream remains, and nothing reconnects.
+//!
+//! Loopback ranges: `127.0.10.0/24`, `127.0.11.0/24` and `127.0.18.0/24` (fixed ports as
+//! in `tests/runtime.rs`: `.1:5300` DNS, `.2`/`.3` servers on 5269/5270/9269). Every wait
+//! is bounded.
 
 #[path = "common/server.rs"]
 mod server;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fedrouter_testkit::TestCa;
-use server::{assert_pong, config, http_get, ip, xmpp_server, zone, Fedrouter};
+use server::{assert_pong, config, http_get, ip, xmpp_server, zone, Fedrouter, GOOGLE_STYLE};
 
 /// `ca.pem`, `DOMAIN.crt`, `DOMAIN.key` for an instance's `[tls]` section.
 fn tls_files(ca: &TestCa, domain: &str) -> Vec<(String, String)> {
@@ -177,4 +181,99 @@ bidi = false
             assert_eq!(s["serves"], serde_json::json!([s["direction"]]), "{s}");
         }
     }
+}
+
+/// Polls `/status` until `srv` lists exactly one stream for `domain` (bounded: 30 s, at
+/// most 1,500 turns); returns it, or panics with what it lists.
+fn wait_one_stream(srv: &Fedrouter, domain: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut streams = Vec::new();
+    for _ in 0..1_500 {
+        streams = streams_for(srv, domain);
+        if streams.len() == 1 || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        streams.len(),
+        1,
+        "{}: streams for {domain}: {streams:#?}\n{}",
+        srv.name,
+        srv.log()
+    );
+    streams.remove(0)
+}
+
+/// TCP connections a server opened to remote servers (the connect histogram's count).
+fn connections_opened(srv: &Fedrouter) -> f64 {
+    srv.metric("fedrouter_s2s_connect_seconds_count", &[])
+        .unwrap_or_default()
+}
+
+/// Test 12: plain dialback both ways over the one stream a.test opened. b.test verifies
+/// a.test's key on a verify-only stream (no `db:result` of its own, so a.test has nothing
+/// to verify back) and closes it once answered: each side then lists one stream for the
+/// other, serving both directions, and no further connection is opened.
+#[test]
+fn dialback_verification_leaves_one_stream() {
+    const NET: u8 = 18;
+    let mut records = xmpp_server("a.test", ip(NET, 2));
+    records.extend(xmpp_server("b.test", ip(NET, 3)));
+    let _dns = zone(NET, records);
+    let a = start(
+        "a.test",
+        &config(NET, ip(NET, 2), &["a.test"], 2, GOOGLE_STYLE),
+        &[],
+    );
+    let b = start(
+        "b.test",
+        &config(NET, ip(NET, 3), &["b.test"], 2, GOOGLE_STYLE),
+        &[],
+    );
+
+    assert_pong(&a.ping("b.test"), "a → b");
+    assert_pong(&b.ping("a.test"), "b → a");
+
+    let sa = wait_one_stream(&a, "b.test");
+    let sb = wait_one_stream(&b, "a.test");
+    assert_eq!(sa["direction"], "out", "{sa}");
+    assert_eq!(sb["direction"], "in", "{sb}");
+    for (s, local, remote) in [(&sa, "a.test", "b.test"), (&sb, "b.test", "a.test")] {
+        assert_eq!(s["bidi"], true, "{s}");
+        assert_eq!(s["serves"], serde_json::json!(["in", "out"]), "{s}");
+        assert_eq!(
+            s["bidi_authenticated"],
+            serde_json::json!([{"local": local, "remote": remote, "method": "dialback"}]),
+            "{s}"
+        );
+        assert!(s.get("verify_only").is_none(), "{s}");
+    }
+
+    // a dialled b once; b dialled a once, for the verification only.
+    let opened = (connections_opened(&a), connections_opened(&b));
+    assert_eq!(opened, (1.0, 1.0), "connections opened by (a, b)");
+    assert_eq!(
+        b.metric("fedrouter_s2s_verify_only_streams_total", &[]),
+        Some(1.0),
+        "b's verify-only streams"
+    );
+    assert_eq!(
+        a.metric("fedrouter_s2s_verify_only_streams_total", &[])
+            .unwrap_or_default(),
+        0.0,
+        "a verified nothing"
+    );
+
+    // Markers: a round trip each way after the verification stream closed. Nothing was
+    // opened meanwhile (a reconnect loop would have), and still one stream each.
+    assert_pong(&a.ping("b.test"), "a → b marker");
+    assert_pong(&b.ping("a.test"), "b → a marker");
+    assert_eq!(
+        (connections_opened(&a), connections_opened(&b)),
+        opened,
+        "connections opened after the markers"
+    );
+    assert_eq!(streams_for(&a, "b.test").len(), 1);
+    assert_eq!(streams_for(&b, "a.test").len(), 1);
 }

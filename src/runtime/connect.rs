@@ -22,8 +22,21 @@ use crate::router::queue::{BounceCause, Failure};
 use crate::srv::{Resolution, Target};
 use crate::stream::s2s::S2sConnection;
 
-/// Resolves `d`, connects to its targets in order and starts the outbound stream.
-pub(super) async fn connect(shard: Rc<Shard>, d: String, local: String) {
+/// What an outbound connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// The domain's outbound stream: authenticates us and carries our stanzas (and
+    /// `db:verify`s).
+    Stream,
+    /// A verify-only stream (XEP-0220 §2.1.3): our `db:verify`s and nothing else
+    /// ([`S2sConnection::verify_only`]); `remote.rs` keeps it apart from the domain's
+    /// stream.
+    VerifyOnly,
+}
+
+/// Resolves `d`, connects to its targets in order and starts the outbound stream (for
+/// `purpose`).
+pub(super) async fn connect(shard: Rc<Shard>, d: String, local: String, purpose: Purpose) {
     let started = Instant::now();
     let opened = open_socket(&shard, &local, &d).await;
     if shard.shutting_down.get() {
@@ -31,7 +44,33 @@ pub(super) async fn connect(shard: Rc<Shard>, d: String, local: String) {
         if let Ok((stream, _, _)) = &opened {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
+        if purpose == Purpose::VerifyOnly {
+            return shard
+                .remotes
+                .verifier_failed(&shard, &d, Failure::shutdown());
+        }
         return shard.remotes.refuse_during_shutdown(&shard, &d);
+    }
+    if purpose == Purpose::VerifyOnly {
+        return match opened {
+            Ok((stream, target, tls)) => {
+                debug!(target = %target.host, port = target.port, ms = started.elapsed().as_millis() as u64, "connected (verify-only)");
+                let proto = S2sConnection::verify_only(
+                    Arc::clone(&shard.shared().s2s),
+                    &local,
+                    &d,
+                    tls.is_some(),
+                    Instant::now(),
+                );
+                let conn = start(&shard, stream, proto, tls);
+                shard.remotes.verifier_connected(&d, &conn);
+                super::io::spawn_conn(&shard, conn);
+            }
+            Err(f) => {
+                info!(condition = %f.condition, reason = %f.text, "remote server unreachable for dialback verification");
+                shard.remotes.verifier_failed(&shard, &d, f);
+            }
+        };
     }
     match opened {
         Ok((stream, target, tls)) => {
@@ -75,6 +114,26 @@ pub(super) async fn connect(shard: Rc<Shard>, d: String, local: String) {
                 .remote_failed(&shard, &d, f, BounceCause::Unreachable);
         }
     }
+}
+
+/// The shard's connection for a new outbound stream `proto` on `stream`, registered with
+/// the shard's S2S streams (not yet spawned).
+fn start(shard: &Shard, stream: TcpStream, proto: S2sConnection, tls: Option<Tls>) -> Rc<Conn> {
+    let mut st = ConnState::new(proto, tls);
+    st.collect_events();
+    st.pump();
+    let conn = Rc::new(Conn::new(
+        shard.next_conn_id(),
+        stream,
+        st,
+        tracing::Span::current(),
+    ));
+    shard
+        .s2s
+        .conns
+        .borrow_mut()
+        .insert(conn.id, Rc::clone(&conn));
+    conn
 }
 
 /// DNS SRV (RFC 6120 §3.2, XEP-0368), then each target's addresses in turn with the

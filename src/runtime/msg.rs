@@ -83,4 +83,8 @@ pub(crate) struct VerifyRequest {
     pub reply_shard: usize,
     /// The inbound stream.
     pub conn: ConnId,
+    /// Whether the inbound stream is bidirectional (XEP-0288): it will carry our stanzas
+    /// to `remote` once authenticated, so the `db:verify` goes on a verify-only stream
+    /// rather than a stream of our own that would also authenticate us.
+    pub bidi: bool,
 }

@@ -6,7 +6,11 @@
 //! [`Remotes`] decides what happens to a stanza for a remote domain (sent at once,
 //! queued while the stream is set up, or bounced: backing off, congested, shutting
 //! down) and reacts to the outbound stream's life (authenticated, refused, closed,
-//! stalled). The stream itself is driven by `s2s.rs`, opened by `connect.rs`.
+//! stalled). The stream itself is driven by `s2s.rs`, opened by `connect.rs`. The
+//! verify-only stream that carries `db:verify`s when the domain's stream cannot is
+//! `remote/verify_only.rs`.
+
+mod verify_only;
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -19,6 +23,7 @@ use rand::Rng;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::conn::{Conn, ConnId};
+use super::connect::Purpose;
 use super::msg::VerifyRequest;
 use super::shard::Shard;
 use crate::condition::StanzaCondition;
@@ -61,6 +66,8 @@ struct VerifyReq {
     reply_shard: usize,
     conn: ConnId,
     sent: bool,
+    /// Goes on the domain's verify-only stream ([`Remote::verifier`]), not on `conn`.
+    verify_only: bool,
 }
 
 /// A remote domain owned by this shard.
@@ -89,6 +96,17 @@ struct Remote {
     dropped_warned_at: Option<Instant>,
     /// Dialback verifications to send / waiting for answers.
     verifies: Vec<VerifyReq>,
+    /// The verify-only stream (XEP-0220 §2.1.3), connecting (`verifier_connecting`) or
+    /// open: carries the `db:verify`s `conn` cannot (an inbound bidirectional stream,
+    /// XEP-0288 §2.2; or another node owns the domain). At most one per domain; closed
+    /// once no verification waits on it.
+    verifier: Option<Rc<Conn>>,
+    verifier_connecting: bool,
+    /// We closed `verifier` (nothing waited on it): nothing more is written to it.
+    verifier_closing: bool,
+    /// Verify-only streams that ended by themselves with verifications waiting, in a
+    /// row: one more attempt after the first, then those verifications fail.
+    verifier_failures: u32,
     /// Why the remote server's side of our dialback failed, when that was learned on
     /// another stream ([`Remotes::peer_verification_failed`]): the bounce and the WARN of
     /// the `Event::AuthFailed` it causes say so.
@@ -348,7 +366,9 @@ impl Remotes {
             let d = d.to_owned();
             // A child of the shard's span, not of the stream whose task asks for it.
             let span = info_span!(parent: &shard.span, "s2s", dir = "out", peer = %d, id = tracing::field::Empty);
-            tokio_uring::spawn(super::connect::connect(me, d, first).instrument(span));
+            tokio_uring::spawn(
+                super::connect::connect(me, d, first, Purpose::Stream).instrument(span),
+            );
         }
     }
 
@@ -437,7 +457,12 @@ impl Remotes {
                     "remote server congestion ended: its stream failed"
                 );
             }
-            (queue, std::mem::take(&mut r.verifies))
+            let (verify_only, others) = std::mem::take(&mut r.verifies)
+                .into_iter()
+                .partition(|v| v.verify_only);
+            // Those on the verify-only stream do not depend on this one.
+            r.verifies = verify_only;
+            (queue, others)
         };
         for el in queue {
             self.bounce_queued(shard, el, f.condition, &f.text, cause);
@@ -629,10 +654,17 @@ impl Remotes {
                 r.conn = None;
                 r.locals.clear();
                 // `db:verify`s the lost stream carried and never answered go out again.
-                r.verifies.iter_mut().for_each(|v| v.sent = false);
+                // (Those on the verify-only stream stay where they are.)
+                r.verifies
+                    .iter_mut()
+                    .filter(|v| !v.verify_only)
+                    .for_each(|v| v.sent = false);
                 r.queue.requeue_front(unsent.into_iter());
                 let local = r.queue.front().map(Queued::local_domain);
-                (!r.queue.is_empty() || !r.verifies.is_empty(), local)
+                (
+                    !r.queue.is_empty() || r.verifies.iter().any(|v| !v.verify_only),
+                    local,
+                )
             };
             if has_queue {
                 let local = local.unwrap_or_else(|| shard.shared().config.domains[0].clone());
@@ -684,13 +716,16 @@ impl Remotes {
             let Some(r) = remotes.get_mut(d) else {
                 return false;
             };
-            if r.failures > 0 || (r.queue.is_empty() && r.verifies.is_empty()) {
+            if r.failures > 0 || (r.queue.is_empty() && r.verifies.iter().all(|v| v.verify_only)) {
                 return false;
             }
             r.failures = 1;
             r.conn = None;
             r.connecting = false;
-            r.verifies.iter_mut().for_each(|v| v.sent = false);
+            r.verifies
+                .iter_mut()
+                .filter(|v| !v.verify_only)
+                .for_each(|v| v.sent = false);
             let local = r
                 .locals
                 .first()
@@ -718,13 +753,29 @@ impl Remotes {
             key,
             reply_shard,
             conn,
+            bidi,
         } = req;
-        let backoff = {
+        let elsewhere = shard
+            .owner_elsewhere(&crate::router::domain_key(&remote))
+            .is_some();
+        let (backoff, verify_only) = {
             let mut remotes = self.map.borrow_mut();
             let r = remotes.entry(Rc::from(remote.as_str())).or_default();
             let now = Instant::now();
+            // A stream of our own, open or being dialled, carries it; else, when that
+            // stream would be an inbound bidirectional one (or the domain is another
+            // node's), a verify-only stream does: no stream that authenticates us.
+            let own = r.connecting
+                || r.conn
+                    .as_ref()
+                    .is_some_and(|c| c.direction == Direction::Outbound && !c.st.borrow().closed);
+            let inbound = r
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.direction == Direction::Inbound);
+            let verify_only = !own && (bidi || elsewhere || inbound);
             if r.conn.is_none() && r.backoff_until.is_some_and(|u| now < u) {
-                r.last_failure.clone()
+                (r.last_failure.clone(), false)
             } else {
                 r.verifies.push(VerifyReq {
                     local: local.clone(),
@@ -733,8 +784,9 @@ impl Remotes {
                     reply_shard,
                     conn,
                     sent: false,
+                    verify_only,
                 });
-                None
+                (None, verify_only)
             }
         };
         if let Some(f) = backoff {
@@ -747,6 +799,9 @@ impl Remotes {
                 remote,
                 DialbackResult::Error(cond),
             );
+        }
+        if verify_only {
+            return self.ensure_verifier(shard, &remote, &local);
         }
         // `db:verify` goes on a stream of our own, never on an inbound bidirectional one
         // (XEP-0288 §2.2: not on the connection the request came on either).
@@ -775,7 +830,7 @@ impl Remotes {
         let Some(r) = remotes.get_mut(d) else { return };
         let Some(conn) = r.conn.clone() else { return };
         let mut st = conn.st.borrow_mut();
-        for v in r.verifies.iter_mut().filter(|v| !v.sent) {
+        for v in r.verifies.iter_mut().filter(|v| !v.sent && !v.verify_only) {
             if st
                 .proto
                 .send_db_verify(&v.local, &v.stream_id, &v.key, now)
@@ -815,6 +870,7 @@ impl Remotes {
                 .send_verdict(shard, v.reply_shard, v.conn, v.local, d.to_owned(), result);
         }
         self.close_if_only_verifying(shard, d);
+        self.close_verifier_if_idle(shard, d);
     }
 
     /// In a cluster, a node that does not own `d` opens an outbound stream to `d` only to
@@ -832,7 +888,7 @@ impl Remotes {
         let conn = {
             let remotes = self.map.borrow();
             let Some(r) = remotes.get(d) else { return };
-            if !r.verifies.is_empty() || !r.queue.is_empty() {
+            if r.verifies.iter().any(|v| !v.verify_only) || !r.queue.is_empty() {
                 return;
             }
             let Some(conn) = r.conn.clone() else { return };
@@ -940,7 +996,10 @@ impl Remotes {
             .map
             .borrow()
             .iter()
-            .filter(|(_, r)| !r.queue.is_empty() || (r.conn.is_none() && !r.verifies.is_empty()))
+            .filter(|(_, r)| {
+                !r.queue.is_empty()
+                    || (r.conn.is_none() && r.verifies.iter().any(|v| !v.verify_only))
+            })
             .map(|(d, _)| d.clone())
             .collect();
         for d in &stuck {

@@ -357,6 +357,7 @@ impl S2sStreams {
                     key,
                     reply_shard: shard.id,
                     conn: conn.id,
+                    bidi: conn.st.borrow().proto.is_bidi(),
                 };
                 if dst == shard.id {
                     shard.remotes.verify_with_authoritative(shard, req);
@@ -477,7 +478,13 @@ impl S2sStreams {
             self.unauthenticated
                 .set(self.unauthenticated.get().saturating_sub(1));
         }
+        let verify_only = conn.st.borrow().proto.is_verify_only();
         match conn.direction {
+            Direction::Outbound if verify_only => {
+                shard
+                    .remotes
+                    .verifier_closed(shard, conn, &domain_key(&remote))
+            }
             Direction::Outbound => shard.remotes.outbound_closed(
                 shard,
                 conn,
@@ -689,6 +696,10 @@ impl S2sStreams {
                 "bidi_authenticated": bidi_pairs,
                 "serves": serves,
             });
+            if st.proto.is_verify_only() {
+                // XEP-0220 §2.1.3: carries our `db:verify`s only, closed once answered.
+                stream["verify_only"] = json!(true);
+            }
             if let Some(t) = st
                 .write_waiting_since
                 .filter(|t| t.elapsed() >= STALL_SHOWN)
