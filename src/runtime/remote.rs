@@ -743,8 +743,11 @@ impl Remotes {
 
     // ----- dialback verification (XEP-0220 §2.1.3) -----
 
-    /// On shard(remote): asks `remote`'s authoritative server about `key` over the
-    /// outbound stream (opened if needed).
+    /// On shard(remote): asks `remote`'s authoritative server about `key` (XEP-0220
+    /// §2.1.3) over our outbound stream to it when one is open or being dialled; else,
+    /// when the stream asking is bidirectional (XEP-0288: it will carry our stanzas), the
+    /// domain's stream is an inbound one, or another node owns the domain, over a
+    /// verify-only stream (`remote/verify_only.rs`); else over a new outbound stream.
     pub(super) fn verify_with_authoritative(&self, shard: &Shard, req: VerifyRequest) {
         let VerifyRequest {
             local,
