@@ -111,7 +111,7 @@ async fn reader<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
             Ok(n) => n,
         };
         let now = Instant::now();
-        super::metrics(|m| m.count("bytes", &[("proto", P::PROTO), ("dir", "in")], n as u64));
+        super::count_bytes(P::PROTO, false, n as u64);
         {
             let mut st = conn.st.borrow_mut();
             if st.closed {
@@ -210,8 +210,8 @@ async fn writer<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
                 }
             }
             let written = b.len() as u64;
+            super::count_bytes(P::PROTO, true, written);
             super::metrics(|m| {
-                m.count("bytes", &[("proto", P::PROTO), ("dir", "out")], written);
                 for t in marks.drain(..) {
                     m.observe(Latency::Routing, t.elapsed());
                 }

@@ -194,7 +194,7 @@ impl Remotes {
         if !q.send(&mut st.proto, local, d, now) {
             return Some(q);
         }
-        super::count_stanza("s2s_out", q.name());
+        super::count_stanza(super::StanzaDir::S2sOut, q.name());
         st.pump();
         st.mark(q.read_at());
         st.track(q);
