@@ -254,7 +254,16 @@ pub(crate) struct ConnState<P: Proto = S2sConnection> {
     /// C2S: the connection counted against its client's address until it authenticates
     /// or ends (`limits.c2s_unauthenticated_per_address`); dropping it gives the slot back.
     pub address_slot: Option<super::floods::AddressSlot>,
+    /// When the writer gives the stream's idle buffers back (its spare write buffer,
+    /// the protocol's receive and transmit buffers) if nothing was read or written
+    /// since: set to [`IDLE_TRIM`] after each read and write, so a busy stream keeps its
+    /// buffers and allocates none per stanza, and an idle one holds none.
+    pub trim_at: Option<Instant>,
 }
+
+/// How long a stream must see no read and no write before its idle buffers are given
+/// back ([`ConnState::trim_at`]).
+pub(crate) const IDLE_TRIM: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl<P: Proto> ConnState<P> {
     /// A new state around `proto`, with TLS already established when `tls` is given.
@@ -282,6 +291,7 @@ impl<P: Proto> ConnState<P> {
             detached: false,
             write_waiting_since: None,
             address_slot: None,
+            trim_at: None,
         }
     }
 

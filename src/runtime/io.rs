@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio_uring::net::{TcpListener, TcpStream};
 use tracing::{debug, info_span, warn, Instrument};
 
-use super::conn::{Conn, ConnId, Handoff, Proto, READ_BUF, READ_BUF_MAX};
+use super::conn::{Conn, ConnId, Handoff, Proto, IDLE_TRIM, READ_BUF, READ_BUF_MAX};
 use super::msg::ShardMsg;
 use super::shard::Shard;
 use crate::metrics::Latency;
@@ -48,6 +48,10 @@ enum WriteEnd {
     /// The socket accepted no byte for the write-stall timeout; the stream is closed.
     Stalled,
 }
+
+/// A writer keeps its last write's buffer for the next one up to this capacity (bytes)
+/// while the stream is busy ([`IDLE_TRIM`]).
+const MAX_SPARE: usize = 64 * 1024;
 
 /// How the shard drives the connections of one protocol (S2S, C2S): the parts of the read
 /// loop, the writer and the hand-off that differ.
@@ -133,9 +137,10 @@ async fn reader<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
         } else {
             buf.clear();
         }
-        if n < READ_BUF / 2 || (grown && n < cap) {
-            conn.st.borrow_mut().proto.release_idle_memory();
-        }
+        // The protocol's buffers are given back by the writer once the stream has been
+        // quiet for IDLE_TRIM (not after every short read: a busy stream would allocate
+        // them again for every burst).
+        conn.st.borrow_mut().trim_at = Some(now + IDLE_TRIM);
         let before = super::set_read_at(Some(now));
         let after = P::on_events(&shard, &conn, true);
         super::set_read_at(before);
@@ -169,7 +174,7 @@ async fn writer<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
     // Read times of the stanzas in the write in flight.
     let mut marks: Vec<Instant> = Vec::new();
     loop {
-        let (out, deadline, stop) = {
+        let (out, deadline, trim_at, stop) = {
             let mut st = conn.st.borrow_mut();
             st.pump();
             if st.wire.is_empty() {
@@ -177,14 +182,14 @@ async fn writer<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
                     break;
                 }
                 if st.closed {
-                    (None, None, true)
+                    (None, None, None, true)
                 } else {
-                    (None, st.next_deadline(), false)
+                    (None, st.next_deadline(), st.trim_at, false)
                 }
             } else {
                 let out = st.take_wire(std::mem::take(&mut spare));
                 marks.append(&mut st.marks);
-                (Some(out), None, false)
+                (Some(out), None, None, false)
             }
         };
         if stop {
@@ -217,18 +222,24 @@ async fn writer<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
                 }
             });
             b.clear();
-            // Keep a small spare only: idle streams must not hold big buffers.
-            if b.capacity() <= 4 * 1024 {
+            // Keep the buffer for the next write (an idle stream gives it back after
+            // IDLE_TRIM, below), unless a rare large write made it huge.
+            if b.capacity() <= MAX_SPARE {
                 spare = b;
             } else {
-                // A large write: the protocol's transmit buffer grew for it too.
+                // The protocol's transmit buffer grew for it too.
                 conn.st.borrow_mut().proto.release_idle_memory();
             }
+            conn.st.borrow_mut().trim_at = Some(Instant::now() + IDLE_TRIM);
             P::written(&shard, &conn);
             continue;
         }
+        let wake_at = match (deadline, trim_at) {
+            (Some(d), Some(t)) => Some(d.min(t)),
+            (d, t) => d.or(t),
+        };
         let sleep = async {
-            match deadline {
+            match wake_at {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
                 None => std::future::pending().await,
             }
@@ -238,11 +249,22 @@ async fn writer<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
             _ = sleep => {
                 let now = Instant::now();
                 {
+                    // Quiet for IDLE_TRIM: an idle stream holds no buffer.
                     let mut st = conn.st.borrow_mut();
-                    st.proto.handle_timeout(now);
-                    st.collect_events();
+                    if st.trim_at.is_some_and(|t| now >= t) {
+                        st.trim_at = None;
+                        spare = Vec::new();
+                        st.proto.release_idle_memory();
+                    }
                 }
-                P::on_events(&shard, &conn, false);
+                if deadline.is_some_and(|d| now >= d) {
+                    {
+                        let mut st = conn.st.borrow_mut();
+                        st.proto.handle_timeout(now);
+                        st.collect_events();
+                    }
+                    P::on_events(&shard, &conn, false);
+                }
             }
         }
     }

@@ -10,17 +10,18 @@ use super::builder::ElementBuilder;
 const MAX_KEPT_SCRATCH: usize = 4 * 1024;
 
 /// Memory for generated stanzas: one scratch buffer that an [`ElementBuilder`] writes
-/// into ([`StanzaArena::builder`]), and a chunk (a [`BytesMut`]) the finished element's
-/// bytes are copied to and split off ([`ElementBuilder::finish_in`]), as the framer
-/// splits received elements off its read buffer.
+/// into ([`StanzaArena::builder`]), and two chunks (each a [`BytesMut`]) the finished
+/// element's bytes are copied to and split off ([`ElementBuilder::finish_in`]), as the
+/// framer splits received elements off its read buffer.
 ///
-/// Each element is a refcounted view of its chunk: a chunk is reused in place once every
-/// element split off it is dropped, and a new one of `chunk_size` bytes is allocated
-/// (two allocations: the buffer and its shared header) when the current one is full and
-/// some of its elements are still alive. So building allocates about twice per
-/// `chunk_size` bytes of stanzas at worst, and nothing while stanzas leave as fast as
-/// they are made. The cost, as for received stanzas: an element kept long (queued for an
-/// unreachable domain) keeps its whole chunk in memory.
+/// Each element is a refcounted view of its chunk. When the current chunk is full, the
+/// arena turns to the other one: reused in place when every element split off it is
+/// gone (by then `chunk_size` bytes of newer stanzas were made: the usual case), else
+/// replaced by a new one of `chunk_size` bytes (two allocations: the buffer and its
+/// shared header). So building allocates nothing while stanzas leave about as fast as
+/// they are made, and about twice per `chunk_size` bytes at worst. The cost, as for
+/// received stanzas: an element kept long (queued for an unreachable domain) keeps its
+/// whole chunk in memory.
 ///
 /// ```
 /// use fedrouter_proto::xml::{parse_stanza, StanzaArena};
@@ -36,7 +37,9 @@ const MAX_KEPT_SCRATCH: usize = 4 * 1024;
 /// ```
 #[derive(Debug)]
 pub struct StanzaArena {
-    chunk: BytesMut,
+    chunks: [BytesMut; 2],
+    /// The index of the chunk written now.
+    current: usize,
     chunk_size: usize,
     scratch: Vec<u8>,
 }
@@ -46,7 +49,8 @@ impl StanzaArena {
     /// stanza gets a chunk of its own size). Allocates nothing until first used.
     pub fn new(chunk_size: usize) -> StanzaArena {
         StanzaArena {
-            chunk: BytesMut::new(),
+            chunks: [BytesMut::new(), BytesMut::new()],
+            current: 0,
             chunk_size,
             scratch: Vec::new(),
         }
@@ -60,13 +64,19 @@ impl StanzaArena {
 
     /// `bytes` copied into the chunk and split off it.
     pub(super) fn copy(&mut self, bytes: &[u8]) -> Bytes {
-        if self.chunk.capacity() < bytes.len() {
-            // Reuses the chunk in place when nothing split off it is alive any more,
-            // else allocates a new one.
-            self.chunk.reserve(bytes.len().max(self.chunk_size));
+        if self.chunks[self.current].capacity() < bytes.len() {
+            // The other chunk, reused in place when nothing split off it is alive any
+            // more, else a new one.
+            self.current = 1 - self.current;
+            let chunk = &mut self.chunks[self.current];
+            let want = bytes.len().max(self.chunk_size);
+            if !chunk.try_reclaim(want) {
+                chunk.reserve(want);
+            }
         }
-        self.chunk.extend_from_slice(bytes);
-        self.chunk.split().freeze()
+        let chunk = &mut self.chunks[self.current];
+        chunk.extend_from_slice(bytes);
+        chunk.split().freeze()
     }
 
     /// Keeps a builder's buffer for the next [`StanzaArena::builder`].
