@@ -105,7 +105,7 @@ async fn reader<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
         return hand_off(shard, conn, dst).await;
     }
     conn.wake.notify_one();
-    let mut buf = Vec::with_capacity(READ_BUF);
+    let mut buf = super::read_buffers::take(READ_BUF);
     for _ in 0..u64::MAX {
         wait_for_room(&shard, P::PROTO).await;
         let (res, b) = conn.stream.read(buf).await;
@@ -124,16 +124,24 @@ async fn reader<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
             st.input(&buf[..n], now);
         }
         // Adapt the next read's buffer: grow while reads fill it; once a read leaves it
-        // part empty (the socket is drained, the burst is over), give the memory back
-        // before waiting: the next read may be hours away, and a session that once
+        // part empty (the socket is drained, the burst is over), give the grown buffer
+        // back before waiting: the next read may be hours away, and a session that once
         // received a large stanza must not keep its buffers (benches/README.md,
-        // `c2s_idle`: 330 KiB per session after one 60 KiB message, before this).
+        // `c2s_idle`: 330 KiB per session after one 60 KiB message, before this). The
+        // buffers come from and go back to the shard's few spares (`read_buffers`), so
+        // that a busy stream's bursts allocate nothing.
         let cap = buf.capacity();
         let grown = cap > READ_BUF;
         if n == cap && cap < READ_BUF_MAX {
-            buf = Vec::with_capacity(cap * 2);
+            super::read_buffers::give(std::mem::replace(
+                &mut buf,
+                super::read_buffers::take(cap * 2),
+            ));
         } else if n < cap && grown {
-            buf = Vec::with_capacity(READ_BUF);
+            super::read_buffers::give(std::mem::replace(
+                &mut buf,
+                super::read_buffers::take(READ_BUF),
+            ));
         } else {
             buf.clear();
         }
@@ -151,6 +159,7 @@ async fn reader<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
         }
     }
     // The peer closed, the socket failed, or the writer shut it down.
+    super::read_buffers::give(buf);
     let was_closed = {
         let mut st = conn.st.borrow_mut();
         let was = st.closed;

@@ -44,6 +44,7 @@ mod io;
 mod local;
 mod msg;
 mod outbox;
+mod read_buffers;
 mod remote;
 mod s2s;
 mod shard;
