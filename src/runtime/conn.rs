@@ -256,13 +256,16 @@ pub(crate) struct ConnState<P: Proto = S2sConnection> {
     pub address_slot: Option<super::floods::AddressSlot>,
     /// When the writer gives the stream's idle buffers back (its spare write buffer,
     /// the protocol's receive and transmit buffers) if nothing was read or written
-    /// since: set to [`IDLE_TRIM`] after each read and write, so a busy stream keeps its
-    /// buffers and allocates none per stanza, and an idle one holds none.
+    /// since. A busy stream (its previous read, or write, less than [`IDLE_TRIM`] ago)
+    /// sets it [`IDLE_TRIM`] ahead at each read and write instead of giving its buffers
+    /// back at once, so it allocates none per burst, and an idle one holds none; a
+    /// stream with sparser traffic gives them back at once, without a timer's wake-up.
     pub trim_at: Option<Instant>,
 }
 
-/// How long a stream must see no read and no write before its idle buffers are given
-/// back ([`ConnState::trim_at`]).
+/// How long a busy stream must see no read and no write before its idle buffers are
+/// given back ([`ConnState::trim_at`]), and how close together reads (or writes) make a
+/// stream busy. So the timer fires at most once per second of quiet after traffic.
 pub(crate) const IDLE_TRIM: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl<P: Proto> ConnState<P> {

@@ -53,6 +53,9 @@ enum WriteEnd {
 /// while the stream is busy ([`IDLE_TRIM`]).
 const MAX_SPARE: usize = 64 * 1024;
 
+/// ... and up to this capacity always: what an idle stream may keep.
+const SMALL_SPARE: usize = 4 * 1024;
+
 /// How the shard drives the connections of one protocol (S2S, C2S): the parts of the read
 /// loop, the writer and the hand-off that differ.
 pub(super) trait Driven: Proto + Sized + 'static {
@@ -106,6 +109,7 @@ async fn reader<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
     }
     conn.wake.notify_one();
     let mut buf = super::read_buffers::take(READ_BUF);
+    let mut last_read: Option<Instant> = None;
     for _ in 0..u64::MAX {
         wait_for_room(&shard, P::PROTO).await;
         let (res, b) = conn.stream.read(buf).await;
@@ -145,10 +149,20 @@ async fn reader<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
         } else {
             buf.clear();
         }
-        // The protocol's buffers are given back by the writer once the stream has been
-        // quiet for IDLE_TRIM (not after every short read: a busy stream would allocate
-        // them again for every burst).
-        conn.st.borrow_mut().trim_at = Some(now + IDLE_TRIM);
+        // After a short read, the protocol's buffers are given back: at once when reads
+        // are sparse, by the writer after IDLE_TRIM of quiet on a busy stream (which
+        // would otherwise allocate them again for every burst).
+        if n < READ_BUF / 2 || (grown && n < cap) {
+            let busy = last_read.is_some_and(|t| now.saturating_duration_since(t) < IDLE_TRIM);
+            let mut st = conn.st.borrow_mut();
+            if busy {
+                st.trim_at = Some(now + IDLE_TRIM);
+            } else {
+                st.trim_at = None;
+                st.proto.release_idle_memory();
+            }
+        }
+        last_read = Some(now);
         let before = super::set_read_at(Some(now));
         let after = P::on_events(&shard, &conn, true);
         super::set_read_at(before);
@@ -180,6 +194,7 @@ async fn reader<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
 /// The connection's writer: socket writes and deadlines.
 async fn writer<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
     let mut spare: Vec<u8> = Vec::new();
+    let mut last_write: Option<Instant> = None;
     // Read times of the stanzas in the write in flight.
     let mut marks: Vec<Instant> = Vec::new();
     loop {
@@ -231,15 +246,20 @@ async fn writer<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
                 }
             });
             b.clear();
-            // Keep the buffer for the next write (an idle stream gives it back after
-            // IDLE_TRIM, below), unless a rare large write made it huge.
-            if b.capacity() <= MAX_SPARE {
+            // Keep a small spare; on a busy stream a large one too, given back after
+            // IDLE_TRIM of quiet (below), unless a rare large write made it huge.
+            let now = Instant::now();
+            let busy = last_write.is_some_and(|t| now.saturating_duration_since(t) < IDLE_TRIM);
+            last_write = Some(now);
+            if b.capacity() <= SMALL_SPARE {
                 spare = b;
+            } else if busy && b.capacity() <= MAX_SPARE {
+                spare = b;
+                conn.st.borrow_mut().trim_at = Some(now + IDLE_TRIM);
             } else {
                 // The protocol's transmit buffer grew for it too.
                 conn.st.borrow_mut().proto.release_idle_memory();
             }
-            conn.st.borrow_mut().trim_at = Some(Instant::now() + IDLE_TRIM);
             P::written(&shard, &conn);
             continue;
         }
