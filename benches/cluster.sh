@@ -15,6 +15,7 @@
 #   --kill-node NAME   the node killed in part (c)            (KILL_NODE, n2)
 #   --kill-at D        when, from the start of the measured window (KILL_AT, 10s)
 #   --shards N         shard threads per node                 (FR_SHARDS, 1)
+#   --c2s-sessions M   stay or redirect (cluster.c2s_sessions) (C2S_SESSIONS, stay)
 #   --out DIR          output folder (OUT, target/cluster-bench/<date-time>)
 #   --no-build         use target/release/{loadgen,fedrouter} as they are (NO_BUILD=1)
 #   --quick            100 peers, 20 local users, 15 s, kill at 5 s (unless set otherwise)
@@ -41,6 +42,7 @@ QUICK=${QUICK:-0}
 NO_BUILD=${NO_BUILD:-0}
 OUT=${OUT:-}
 FR_SHARDS=${FR_SHARDS:-1}
+C2S_SESSIONS=${C2S_SESSIONS:-stay}
 RATE=${RATE:-200}
 WARMUP=${WARMUP:-3s}
 USERS_PER_PEER=${USERS_PER_PEER:-10}
@@ -68,6 +70,7 @@ while [ $# -gt 0 ]; do
   --kill-node) KILL_NODE=$2; shift 2 ;;
   --kill-at) KILL_AT=$2; shift 2 ;;
   --shards) FR_SHARDS=$2; shift 2 ;;
+  --c2s-sessions) C2S_SESSIONS=$2; shift 2 ;;
   --out) OUT=$2; shift 2 ;;
   --no-build) NO_BUILD=1; shift ;;
   --quick) QUICK=1; shift ;;
@@ -75,6 +78,10 @@ while [ $# -gt 0 ]; do
   *) die "unknown option $1 (see --help)" ;;
   esac
 done
+case "$C2S_SESSIONS" in
+stay | redirect) ;;
+*) die "--c2s-sessions: stay or redirect, not '$C2S_SESSIONS'" ;;
+esac
 if [ "$QUICK" = 1 ]; then
   PEERS=${PEERS:-100}
   LOCAL_USERS=${LOCAL_USERS:-20}
@@ -289,6 +296,7 @@ nats = ["nats://$DB_IP:$NATS_PORT"]
 heartbeat = "200ms"
 failure_timeout = "1s"
 c2s_address = "$ip:5222"
+c2s_sessions = "$C2S_SESSIONS"
 EOF
   fi
 }

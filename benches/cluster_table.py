@@ -13,6 +13,8 @@ end of the run) and, for the kill part, OUT/PART/n*.log (the nodes' JSON log lin
 - crossed nodes: sum over nodes of fedrouter_cluster_forwarded_total / sum over nodes of
   fedrouter_stanzas_total{dir="s2s_out"|"c2s_out"} (stanzas the SUT delivered, after
   presence fan-out: each delivery is routed, and forwarded, once), whole run.
+- session messages: sum over nodes of fedrouter_cluster_session_messages_total{dir="out"}
+  (a client's node and its session's home node, cluster.c2s_sessions = "stay"), whole run.
 - hand-off p99: fedrouter_cluster_handoff_latency_seconds buckets summed over the nodes,
   the upper bound of the bucket holding the 99th percentile; and the highest per-node
   HDR p99 (fedrouter_cluster_handoff_latency_quantile_seconds{quantile="0.99"}).
@@ -48,13 +50,15 @@ def metrics(path):
 
 
 def cross_and_handoff(d):
-    forwarded = received = 0.0
+    forwarded = received = session = 0.0
     buckets = {}
     node_p99 = []
     for path in sorted(glob.glob(f"{d}/n*.metrics")):
         for name, labels, v in metrics(path):
             if name == "fedrouter_cluster_forwarded_total":
                 forwarded += v
+            elif name == "fedrouter_cluster_session_messages_total" and labels.get("dir") == "out":
+                session += v
             elif name == "fedrouter_stanzas_total" and labels.get("dir") in ("s2s_out", "c2s_out"):
                 received += v
             elif name == "fedrouter_cluster_handoff_latency_seconds_bucket":
@@ -71,7 +75,8 @@ def cross_and_handoff(d):
             if buckets[le] >= 0.99 * total:
                 p99 = le
                 break
-    return forwarded, received, p99, (max(node_p99) if node_p99 else None), buckets.get(float("inf"), 0)
+    return (forwarded, received, p99, (max(node_p99) if node_p99 else None),
+            buckets.get(float("inf"), 0), session)
 
 
 def ts(line):
@@ -143,9 +148,11 @@ def main():
         tot = prm.get("sut_cpu_total") or {}
         per = tot.get("cpu_ms_per_1000_stanzas")
         rows.setdefault("CPU-s per 1,000 stanzas (all nodes)", {})[p] = fmt(None if per is None else per / 1000, " s", 3)
-        fwd, rcv, p99, node_p99, n_handoff = cross_and_handoff(d)
+        fwd, rcv, p99, node_p99, n_handoff, session = cross_and_handoff(d)
         rows.setdefault("crossed nodes (forwarded / sent by SUT)", {})[p] = (
             f"{100 * fwd / rcv:.1f} % ({fwd:.0f} / {rcv:.0f})" if rcv else "—")
+        rows.setdefault("session messages between access and home nodes", {})[p] = f"{session:.0f}"
+
         rows.setdefault("hand-off p99 (buckets, all nodes) / worst node HDR p99", {})[p] = (
             f"≤ {1000 * p99:.1f} ms / {fmt(None if node_p99 is None else 1000 * node_p99, ' ms')} (n={n_handoff:.0f})"
             if p99 is not None else "—")
@@ -161,6 +168,7 @@ def main():
     order = ["nodes", "ops measured"] + [f"{n} p50 / p99 ms" for n in steps] + [
         "CPU-s per 1,000 stanzas (all nodes)",
         "crossed nodes (forwarded / sent by SUT)",
+        "session messages between access and home nodes",
         "hand-off p99 (buckets, all nodes) / worst node HDR p99",
         "sent = received + bounced + lost",
         "redirects / relogins",

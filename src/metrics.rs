@@ -210,6 +210,9 @@ impl Default for Metrics {
 const COUNTER_HELP: &[(&str, &str)] = &[
     ("cluster_forwarded", "Stanzas published to the cluster node that owns their destination, by node."),
     ("cluster_received", "Stanzas received from other cluster nodes."),
+    ("cluster_verify_streams_closed", "Outbound streams to a remote domain another node owns, closed once the dialback verifications they carried were answered."),
+    ("cluster_session_messages", "Messages between a client's access node and its home node (cluster.c2s_sessions = \"stay\"), by dir: out (published), in (received), returned (could not be published)."),
+    ("cluster_session_lost", "Client stanzas that could not be relayed to their session's home node, by cause."),
     ("cluster_forward_refused", "Stanzas bounced (remote-server-timeout) because the way to their owner node was full, by node (backlog: its backlog in the NATS thread)."),
     ("cluster_hops_exceeded", "Stanzas handled here after MAX_HOPS forwards between nodes whose views disagreed."),
     ("cluster_reforwarded", "Stanzas from another node forwarded again because ownership had moved."),
@@ -217,7 +220,7 @@ const COUNTER_HELP: &[(&str, &str)] = &[
     ("cluster_lost", "Stanzas between nodes lost: dropped by NATS (slow consumer) or not taken by a busy shard within 1 s."),
     ("cluster_backlog_full", "Stanzas bounced because the backlog for their node (cluster.backlog) was full."),
     ("cluster_outbox_resent", "Subscription requests sent again from the durable outbox after a member died or NATS came back."),
-    ("cluster_unconfirmed_at_death", "Stanzas published to cluster members that died before confirming them in a heartbeat: possibly lost with the dead member's memory."),
+    ("cluster_unconfirmed_at_death", "Stanzas published to cluster members that died before confirming them in a heartbeat: possibly lost with the dead member's memory, by node (the member that died)."),
     ("cluster_membership_changes", "Changes of the cluster's live member set."),
     ("c2s_redirects", "Clients sent to the cluster node that owns their bare JID (see-other-host)."),
     (
@@ -325,6 +328,7 @@ const COUNTER_HELP: &[(&str, &str)] = &[
 /// The gauge families: name and help.
 const GAUGE_HELP: &[(&str, &str)] = &[
     ("cluster_nats_up", "1 while the NATS connection of the cluster is up."),
+    ("cluster_relayed_clients", "Client connections of this node whose session's home is another node (cluster.c2s_sessions = \"stay\")."),
     ("cluster_members_up", "Live cluster members, this node included."),
     ("cluster_epoch", "The cluster membership epoch (changes of the live set, plus one)."),
     (

@@ -11,10 +11,15 @@
 //! - **Routing**: `remote.test` authenticates (dialback) an inbound stream to one node and
 //!   sends presence subscription requests to three users, one owned by each node
 //!   (rendezvous hashing over the live members, `fedrouter::router::rendezvous`). Each
-//!   user logs in to the first node, is sent to its owner with `<see-other-host/>` (RFC
-//!   6120 §4.9.3.19) when that is another node, and gets the request there; the answers
+//!   user logs in to the first node and stays there (`cluster.c2s_sessions = "stay"`,
+//!   the default): its session's state is on its owner, which relays to it; the answers
 //!   (`subscribed`) reach `remote.test` through the one outbound stream its owner opens.
 //!   The nodes count what they forwarded and received over NATS.
+//! - **Sessions stay where they connected**: two users owned by two other nodes log in
+//!   to one node; a subscription, its answer and a message go between them (access node
+//!   → home → the other's home → access node); the same account logging in on its home
+//!   replaces the relayed session (`<conflict/>`); the access node is killed and the
+//!   home ends the session there (unavailable presence to the contact).
 //! - **A node dies**: the owner of `remote.test` and of two offline users is killed
 //!   (SIGKILL) after the requests to those users are durable (in PostgreSQL: pending in,
 //!   RFC 6121 §3.1.3). A request between two survivors is sent while they have not yet
@@ -29,13 +34,14 @@
 //!   delivered once NATS is back; every node counts a reconnection.
 //!
 //! - **A node comes back**: killed, then started again while a request to one of its
-//!   users was stored by the interim owner; it takes its share back (the user is sent to
-//!   it), the user gets the request exactly once (a message sent after it on the same
+//!   users was stored by the interim owner; it takes its share back (with
+//!   `c2s_sessions = "redirect"`, the user is sent to it with `<see-other-host/>`, RFC
+//!   6120 §4.9.3.19), the user gets the request exactly once (a message sent after it on the same
 //!   stream is the marker), and the duplicate subscription requests the durable outbox
 //!   sent again are counted (`fedrouter_cluster_outbox_resent_total`).
 //!
 //! Each test has its own addresses ([`Layout`]: 127.0.183.0/24 from .0 and from .100,
-//! 127.0.198.0/24): DNS zone on `+1`, NATS on `+2`, nodes on `+11`–`+13` (5222 C2S, 5269
+//! 127.0.198.0/24 from .0 and from .100, 127.0.14.0/24): DNS zone on `+1`, NATS on `+2`, nodes on `+11`–`+13` (5222 C2S, 5269
 //! S2S, 9269 admin), `remote.test` on `+50`. PostgreSQL is the test process's own server
 //! (127.0.178.1, `common/postgres.rs`). Every wait is bounded and waits on an event (a
 //! stanza, a status, a store row).
@@ -89,7 +95,7 @@ fn three_nodes_route_subscriptions_between_streams_and_users() {
     let remote_owner = lab.owner_of(&domain_key(REMOTE));
     let entry = (remote_owner + 1) % NODES.len();
 
-    // (b) Each user logs in on n1 and lands on its owner.
+    // (b) Each user logs in on n1 and stays there.
     let mut clients: Vec<Client> = (0..NODES.len())
         .map(|i| online(&lab, 0, &users[i], i))
         .collect();
@@ -132,9 +138,29 @@ fn three_nodes_route_subscriptions_between_streams_and_users() {
             );
         }
     }
-    // n1, where every user logged in first, sent away the two it does not own.
-    let redirects = lab.nodes[0].metric("fedrouter_c2s_redirects_total", &[]);
-    assert_eq!(redirects, Some(2.0), "n1's see-other-host redirects");
+    // The entry node's stream to remote.test only verified the inbound stream's key: it
+    // was closed once the answer came (it does not hold a socket until the idle timeout).
+    assert!(
+        lab.nodes[entry]
+            .metric("fedrouter_cluster_verify_streams_closed_total", &[])
+            .unwrap_or_default()
+            >= 1.0,
+        "{}: its verification stream to {REMOTE} was not closed",
+        NODES[entry]
+    );
+    // n1, where every user logged in, relays the two it does not own to their owners.
+    assert_eq!(
+        lab.nodes[0].metric("fedrouter_cluster_relayed_clients", &[]),
+        Some(2.0),
+        "n1's relayed clients"
+    );
+    assert_eq!(
+        lab.nodes[0]
+            .metric("fedrouter_c2s_redirects_total", &[])
+            .unwrap_or_default(),
+        0.0,
+        "n1 sent no client away"
+    );
 
     // The requests to the two users not on the entry node crossed NATS, and so did the
     // answers of the two users not on remote.test's owner.
@@ -230,9 +256,13 @@ fn a_killed_node_loses_no_acknowledged_subscription_request() {
         let (_, body) =
             server::http_get(lab.nodes[i].admin, "/metrics", ANSWER_WAIT).expect("metrics");
         assert!(
-            body.contains("fedrouter_cluster_unconfirmed_at_death_total "),
-            "{}: no unconfirmed-at-death count in /metrics",
-            NODES[i]
+            body.contains(&format!(
+                "fedrouter_cluster_unconfirmed_at_death_total{{node=\"{}\"}} ",
+                NODES[victim]
+            )),
+            "{}: no unconfirmed-at-death count for {} in /metrics",
+            NODES[i],
+            NODES[victim]
         );
     }
     // Measured, not asserted: how long the survivors took to agree (failure_timeout 1s).
@@ -362,7 +392,7 @@ fn a_restarted_node_takes_back_its_share_and_a_request_is_delivered_once() {
     let entry = 0;
     let user = user_owned_by("back", victim, &all, &[]);
     let asker = user_owned_by("ask", victim, &all, std::slice::from_ref(&user));
-    let mut lab = Lab::start(LAB, &[&user, &asker]);
+    let mut lab = Lab::start_with(LAB, &[&user, &asker], true);
     lab.wait_members();
     // The victim's user `asker` asks remote.test for a subscription and goes offline: the
     // request is in the durable outbox (pending out) until remote.test answers.
@@ -404,4 +434,58 @@ fn a_restarted_node_takes_back_its_share_and_a_request_is_delivered_once() {
     c.send(&format!("<presence type='subscribed' to='{r1}'/>"));
     lab.remote_got("subscribed", &bare, &r1);
     c.close();
+}
+
+#[test]
+fn sessions_stay_on_the_node_they_connected_to() {
+    const LAB: Layout = Layout {
+        net: 198,
+        base: 100,
+    };
+    let all = ["n1", "n2", "n3"];
+    // alice's home is n2, bob's n3; both connect to n1 (their access node).
+    let alice = user_owned_by("alice", 1, &all, &[]);
+    let bob = user_owned_by("bob", 2, &all, std::slice::from_ref(&alice));
+    let mut lab = Lab::start(LAB, &[&alice, &bob]);
+    lab.wait_members();
+    let (a_jid, b_jid) = (format!("{alice}@{DOMAIN}"), format!("{bob}@{DOMAIN}"));
+    let mut a = online(&lab, 0, &alice, 1);
+    let mut b = online(&lab, 0, &bob, 2);
+    assert_eq!(
+        lab.nodes[0].metric("fedrouter_cluster_relayed_clients", &[]),
+        Some(2.0),
+        "n1 relays both clients"
+    );
+
+    // alice asks for bob's presence: n1 → n2 (alice's home: roster, durable) → n3 (bob's
+    // home) → n1 (bob's client); bob's answer goes the other way round.
+    a.send(&format!("<presence type='subscribe' to='{b_jid}'/>"));
+    a.expect_roster_push(&b_jid);
+    approve(&mut b, &a_jid);
+    a.expect_presence(&b_jid, Some("subscribed"));
+    // alice now receives bob's presence: his available presence, sent by his home.
+    a.expect_presence(&b_jid, None);
+    // A message, and its answer, between the two relayed sessions.
+    a.send(&format!(
+        "<message to='{b_jid}' id='m1'><body>hi</body></message>"
+    ));
+    b.expect_message(&a_jid);
+    b.send(&format!(
+        "<message to='{a_jid}/r' id='m2'><body>hello</body></message>"
+    ));
+    a.expect_message(&b_jid);
+
+    // alice logs in on her home with the same resource: the new session replaces the
+    // relayed one (RFC 6120 §7.7.2.2), whose stream on n1 ends with <conflict/>.
+    let mut a2 = online(&lab, 1, &alice, 1);
+    assert_eq!(a.expect_stream_error(), "conflict", "the replaced session");
+    // alice's new session gets bob's presence (a probe answered by bob's home).
+    a2.expect_presence(&b_jid, None);
+
+    // bob's access node dies: his home ends his session there, and alice (subscribed to
+    // him) is told he is unavailable (RFC 6121 §4.5.2).
+    lab.kill(0);
+    lab.wait_members();
+    a2.expect_presence(&b_jid, Some("unavailable"));
+    a2.close();
 }

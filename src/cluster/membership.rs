@@ -97,6 +97,10 @@ pub struct Membership {
     failure_timeout: Duration,
     others: BTreeMap<Arc<str>, Member>,
     epoch: u64,
+    /// The last [`Membership::tick`].
+    last_tick: Option<Instant>,
+    /// How many times this node found itself stalled ([`Membership::tick`]).
+    stalls: u64,
 }
 
 impl Membership {
@@ -108,6 +112,8 @@ impl Membership {
             failure_timeout,
             others: BTreeMap::new(),
             epoch: 1,
+            last_tick: None,
+            stalls: 0,
         }
     }
 
@@ -176,7 +182,19 @@ impl Membership {
     }
 
     /// Time passes: members silent for the failure timeout die. Returns them.
+    ///
+    /// Called every heartbeat. When the previous call was half a failure timeout ago or
+    /// more, this node itself did not run meanwhile (a stalled process or machine: the
+    /// others' heartbeats are waiting unread, not missing), so nobody dies: as after
+    /// [`Membership::reconnected`], every live member gets a full failure timeout from
+    /// `now` ([`Membership::stalls`] counts these).
     pub fn tick(&mut self, now: Instant) -> Vec<Change> {
+        let last = self.last_tick.replace(now);
+        if last.is_some_and(|t| now.saturating_duration_since(t) >= self.failure_timeout / 2) {
+            self.stalls += 1;
+            self.reconnected(now);
+            return Vec::new();
+        }
         let mut changes = Vec::new();
         for (name, m) in self.others.iter_mut() {
             if m.state == State::Up && now.saturating_duration_since(m.seen) >= self.failure_timeout
@@ -192,11 +210,18 @@ impl Membership {
     /// This node's own connection was down and is back: every live member gets a full
     /// failure timeout from `now` to be heard again (their silence was ours, not theirs).
     pub fn reconnected(&mut self, now: Instant) {
+        self.last_tick = Some(now);
         for m in self.others.values_mut() {
             if m.state == State::Up {
                 m.seen = now;
             }
         }
+    }
+
+    /// How many times [`Membership::tick`] found that this node had not run for half a
+    /// failure timeout or more.
+    pub fn stalls(&self) -> u64 {
+        self.stalls
     }
 
     /// When [`Membership::tick`] next has something to do.
@@ -289,14 +314,47 @@ mod tests {
         assert_eq!(m.tick(t0 + ft), [Change::Died("n3".into())]);
         assert_eq!(names(&m.live()), ["n1", "n2"]);
         assert_eq!(m.epoch(), 4);
+        // n2 goes silent too; the caller ticks every heartbeat (here every second).
+        let mut died = Vec::new();
+        for k in 4..10 {
+            died.extend(m.tick(t0 + Duration::from_secs(k)));
+        }
+        assert_eq!(died, [Change::Died("n2".into())]);
+        assert_eq!(m.epoch(), 5);
         // n3 comes back (same incarnation: a partition healed).
         let t1 = t0 + Duration::from_secs(10);
         assert_eq!(
             m.on_heartbeat(hb("n3", 8), t1),
             [Change::Joined("n3".into())]
         );
-        assert_eq!(m.epoch(), 5);
-        assert_eq!(m.tick(t1), [Change::Died("n2".into())]);
+        assert_eq!(m.epoch(), 6);
+        assert_eq!(names(&m.live()), ["n1", "n3"]);
+    }
+
+    #[test]
+    fn a_node_that_did_not_run_kills_nobody() {
+        let t0 = Instant::now();
+        let ft = Duration::from_secs(1);
+        let mut m = Membership::new("n1", 1, ft);
+        m.on_heartbeat(hb("n2", 7), t0);
+        m.on_heartbeat(hb("n3", 8), t0);
+        assert!(m.tick(t0 + Duration::from_millis(200)).is_empty());
+        // This process (or the machine) stalled for 2 s: the others' heartbeats wait
+        // unread; its next tick is late and declares nobody dead.
+        let back = t0 + Duration::from_millis(2200);
+        assert!(m.tick(back).is_empty());
+        assert_eq!(m.stalls(), 1);
+        assert_eq!(names(&m.live()), ["n1", "n2", "n3"]);
+        // The waiting heartbeat of n2 is read; n3 stays silent and dies a full failure
+        // timeout after the stall, ticking every 200 ms.
+        let mut died = Vec::new();
+        for k in 0..=5 {
+            let now = back + Duration::from_millis(200 * k);
+            m.on_heartbeat(hb("n2", 7), now);
+            died.extend(m.tick(now + Duration::from_millis(1)));
+        }
+        assert_eq!(died, [Change::Died("n3".into())]);
+        assert_eq!(m.stalls(), 1);
     }
 
     #[test]
@@ -329,6 +387,7 @@ mod tests {
         // Our NATS connection was down for 10 s (the caller does not tick meanwhile).
         let back = t0 + Duration::from_secs(10);
         m.reconnected(back);
+        assert!(m.tick(back + Duration::from_secs(1)).is_empty());
         assert!(m.tick(back + Duration::from_secs(2)).is_empty());
         assert_eq!(m.tick(back + ft), [Change::Died("n2".into())]);
     }

@@ -28,7 +28,7 @@ pub mod membership;
 pub(crate) mod nats;
 pub mod wire;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -121,6 +121,8 @@ pub struct Stats {
     /// Stanzas published to members that died before they confirmed receiving them (in
     /// their heartbeats): possibly lost with the dead member's memory.
     pub unconfirmed_at_death: AtomicU64,
+    /// The same, by the member that died (its name).
+    pub unconfirmed_by_node: Mutex<BTreeMap<String, u64>>,
 }
 
 /// The cluster as shards and the admin endpoint see it: the current [`View`], the way
@@ -274,11 +276,11 @@ impl Cluster {
             &[],
             st.reforwarded.load(Ordering::Relaxed),
         );
-        m.count(
-            "cluster_unconfirmed_at_death",
-            &[],
-            st.unconfirmed_at_death.load(Ordering::Relaxed),
-        );
+        if let Ok(by) = st.unconfirmed_by_node.lock() {
+            for (node, n) in by.iter() {
+                m.count("cluster_unconfirmed_at_death", &[("node", node)], *n);
+            }
+        }
     }
 
     fn set_status(&self, f: impl FnOnce(&mut Status)) {

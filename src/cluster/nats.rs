@@ -23,7 +23,8 @@ use crate::router::{bare_key, rendezvous, shard_of};
 
 /// What the NATS thread hands a shard.
 pub(crate) enum Inbound {
-    /// A stanza from another node (or from a dead node's backlog, to route again).
+    /// A stanza from another node (or from a dead node's backlog, to route again; a
+    /// session message that could not be published comes back too, with `hops` 0).
     Stanza(wire::Forwarded),
     /// A stanza that could not reach its node: bounce it (`remote-server-timeout`).
     Bounce(Bytes),
@@ -342,7 +343,11 @@ impl Node {
                     // While our own connection is down, nobody is heard: that is not
                     // their death. The view stays; stanzas for others wait in backlogs.
                     if connected {
+                        let stalls = self.membership.stalls();
                         let changes = self.membership.tick(Instant::now());
+                        if self.membership.stalls() > stalls {
+                            warn!(failure_timeout = %humantime::format_duration(self.cfg.failure_timeout), "this node did not run for half of cluster.failure_timeout or more (a stalled process or machine): nobody is declared dead for the silence; every member gets a full failure timeout from now");
+                        }
                         self.apply(changes).await;
                     }
                     if connected {
@@ -420,6 +425,13 @@ impl Node {
                 .backlog_full
                 .fetch_add(1, Ordering::Relaxed);
             match wire::decode(o.payload) {
+                Ok(mut f) if f.kind == wire::Kind::Session => {
+                    // Back to the session's shard, which knows what it said (hops 0:
+                    // returned, not received).
+                    f.hops = 0;
+                    let shard = shard_of(&f.key, self.shards);
+                    self.hand(shard, vec![Inbound::Stanza(f)]);
+                }
                 Ok(f) => {
                     let shard = shard_of(&f.key, self.shards);
                     self.hand(shard, vec![Inbound::Bounce(f.stanza)]);
@@ -597,6 +609,9 @@ impl Node {
                         .stats
                         .unconfirmed_at_death
                         .fetch_add(unconfirmed, Ordering::Relaxed);
+                    if let Ok(mut by) = self.cluster.stats.unconfirmed_by_node.lock() {
+                        *by.entry(n.to_string()).or_default() += unconfirmed;
+                    }
                     warn!(node = %n, unconfirmed, "cluster member dead (silent for cluster.failure_timeout or restarted); taking over its share; stanzas published to it that it never confirmed may be lost");
                     died.push(n);
                     moved = true;

@@ -50,11 +50,30 @@ pub struct ClusterSection {
     /// error), key `cluster.c2s_address`; default: the first `listen.c2s` address.
     #[serde(default)]
     pub c2s_address: Option<String>,
+    /// Where a client's session lives when another node owns its bare JID, key
+    /// `cluster.c2s_sessions`: `"stay"` (default) keeps it on the node the client
+    /// connected to, which relays its stanzas to and from the owner over NATS (every
+    /// client works); `"redirect"` sends the client to the owner with
+    /// `<see-other-host/>` after authentication (RFC 6120 §4.9.3.19), which saves the
+    /// relay for clients that follow it.
+    #[serde(default)]
+    pub c2s_sessions: C2sSessions,
     /// Longest wait for the first NATS connection at start, key
     /// `cluster.connect_timeout`; default 5s; more than 0s. Later losses are retried
     /// with back-off for as long as the process runs.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+}
+
+/// Where the sessions of users another node owns live (`cluster.c2s_sessions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum C2sSessions {
+    /// On the node the client connected to; the owner relays (DESIGN.md "Cluster").
+    #[default]
+    Stay,
+    /// On the owner: the client is sent there with `<see-other-host/>`.
+    Redirect,
 }
 
 fn default_prefix() -> String {

@@ -106,6 +106,7 @@
 //! # heartbeat = "1s"
 //! # failure_timeout = "3s"
 //! # backlog = 10000              # stanzas held per unreachable node, then bounced
+//! # c2s_sessions = "stay"        # or "redirect" (<see-other-host/> to the owner)
 //!
 //! [shutdown]
 //! drain_timeout = "5s"
@@ -154,7 +155,9 @@ mod model;
 mod validate;
 
 pub use auth::{AuthBackend, AuthSection, LdapSection, SecretString};
-pub use cluster::{is_subject_token, ClusterSection, MAX_CLUSTER_BACKLOG, MAX_NODE_NAME};
+pub use cluster::{
+    is_subject_token, C2sSessions, ClusterSection, MAX_CLUSTER_BACKLOG, MAX_NODE_NAME,
+};
 pub use error::ConfigError;
 pub use limits::{LimitsSection, MAX_AUTH_FAILURE_WINDOW, MAX_LIMIT};
 pub use materialize::{DirectoryMaterial, Materialized};

@@ -758,6 +758,40 @@ impl Remotes {
                 .s2s
                 .send_verdict(shard, v.reply_shard, v.conn, v.local, d.to_owned(), result);
         }
+        self.close_if_only_verifying(shard, d);
+    }
+
+    /// In a cluster, a node that does not own `d` opens an outbound stream to `d` only to
+    /// verify the dialback keys of `d`'s inbound streams to it (XEP-0220 §2.1.3; only
+    /// `d`'s owner sends `d` stanzas). Once no verification waits on it, it is closed
+    /// (`</stream:stream>`) instead of holding a socket until `s2s.idle_timeout`: with
+    /// thousands of peers, those sockets would count against the open-files limit.
+    fn close_if_only_verifying(&self, shard: &Shard, d: &str) {
+        if shard
+            .owner_elsewhere(&crate::router::domain_key(d))
+            .is_none()
+        {
+            return;
+        }
+        let conn = {
+            let remotes = self.map.borrow();
+            let Some(r) = remotes.get(d) else { return };
+            if !r.verifies.is_empty() || !r.queue.is_empty() {
+                return;
+            }
+            let Some(conn) = r.conn.clone() else { return };
+            conn
+        };
+        let mut st = conn.st.borrow_mut();
+        if st.closed || st.held() > 0 {
+            return;
+        }
+        st.proto.close(None, Instant::now());
+        st.collect_events();
+        st.pump();
+        drop(st);
+        conn.wake.notify_one();
+        crate::runtime::metrics(|m| m.count("cluster_verify_streams_closed", &[], 1));
     }
 
     /// On shard(`d`): an inbound stream from `d` opened at `opened` broke off before it

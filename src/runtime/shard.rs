@@ -503,6 +503,15 @@ impl Shard {
     fn handle_cluster(&self, items: Vec<Inbound>) {
         for item in items {
             match item {
+                Inbound::Stanza(f) if f.kind == wire::Kind::Session => {
+                    if f.hops > 0 {
+                        let waited = wire::now_us().saturating_sub(f.sent_us);
+                        super::metrics(|m| {
+                            m.observe(Latency::ClusterHandoff, Duration::from_micros(waited))
+                        });
+                    }
+                    self.local.cluster_session(self, f)
+                }
                 Inbound::Stanza(f) => {
                     let waited = wire::now_us().saturating_sub(f.sent_us);
                     super::count_cluster_received();
@@ -675,6 +684,13 @@ impl Shard {
             }
         }
         m.add_gauge("write_stalled_streams", &[("proto", "c2s")], c2s_stalled);
+        if self.cluster.is_some() {
+            m.add_gauge(
+                "cluster_relayed_clients",
+                &[],
+                self.local.relayed_count() as i64,
+            );
+        }
         m.add_gauge(
             "queue_depth",
             &[("queue", "cross_shard_outgoing")],

@@ -91,13 +91,16 @@ pub struct Lab {
     pub nodes: Vec<Fedrouter>,
     /// Whether each node runs (not killed by the test).
     pub alive: [bool; 3],
+    /// `cluster.c2s_sessions = "redirect"` (else `"stay"`, the default).
+    pub redirect: bool,
     pub nats: NatsServer,
     pub _dns: ZoneServer,
 }
 
 /// Node `i`'s configuration: [`super::server::config`] plus C2S, the cluster, the shared store
-/// and secret, Google-style federation.
-pub fn node_config(lay: Layout, i: usize, nats_url: &str, pg_url: &str) -> String {
+/// and secret, Google-style federation; with `redirect`, `cluster.c2s_sessions =
+/// "redirect"` (else the default, `"stay"`).
+pub fn node_config(lay: Layout, i: usize, nats_url: &str, pg_url: &str, redirect: bool) -> String {
     let addr = lay.node(i);
     let extra = format!(
         r#"{GOOGLE_STYLE}
@@ -111,6 +114,7 @@ heartbeat = "200ms"
 failure_timeout = "1s"
 backlog = 10000
 c2s_address = "{c2s}"
+{sessions}
 
 [store]
 backend = "postgres"
@@ -118,6 +122,11 @@ url = {pg_url:?}
 "#,
         node = NODES[i],
         c2s = lay.c2s(i),
+        sessions = if redirect {
+            "c2s_sessions = \"redirect\""
+        } else {
+            ""
+        },
     );
     let text = config(lay.net, addr, &[DOMAIN], 2, &extra);
     let default_dns = SocketAddr::new(ip(lay.net, 1).into(), DNS_PORT).to_string();
@@ -133,6 +142,12 @@ impl Lab {
     /// Starts DNS, NATS, a fresh database, `remote.test` and the three nodes (one after
     /// the other: the first creates the schema), and adds `users` (localparts).
     pub fn start(lay: Layout, users: &[&str]) -> Lab {
+        Lab::start_with(lay, users, false)
+    }
+
+    /// [`Lab::start`]; with `redirect`, clients are sent to their owner node with
+    /// `<see-other-host/>` instead of staying where they connected.
+    pub fn start_with(lay: Layout, users: &[&str], redirect: bool) -> Lab {
         let remote_secret = DialbackSecret::new(b"remote.test's dialback secret!!!");
         let remote = FakeServer::start(
             SocketAddr::new(lay.remote().into(), 5269),
@@ -153,7 +168,7 @@ impl Lab {
         for (i, name) in NODES.iter().enumerate() {
             nodes.push(Fedrouter::start(
                 name,
-                &node_config(lay, i, &nats.url(), &pg_url),
+                &node_config(lay, i, &nats.url(), &pg_url, redirect),
             ));
         }
         for u in users {
@@ -166,6 +181,7 @@ impl Lab {
             remote,
             nodes,
             alive: [true; 3],
+            redirect,
             nats,
             _dns: dns,
         }
@@ -488,10 +504,21 @@ pub fn login(lab: &Lab, first: usize, user: &str) -> (Client, usize, Vec<String>
     panic!("{user}: more redirects than nodes: {redirects:?}");
 }
 
-/// Logs `user` in (see [`login`]), checks it ended on `owner` and was redirected exactly
-/// when `first` is not the owner; requests the roster and sends initial presence.
+/// Logs `user` in (see [`login`]) and checks where it ended: with `c2s_sessions =
+/// "stay"` on `first`, never redirected; with "redirect" on `owner`, redirected exactly
+/// when `first` is not the owner. Requests the roster and sends initial presence.
 pub fn online(lab: &Lab, first: usize, user: &str, owner: usize) -> Client {
     let (mut c, at, redirects) = login(lab, first, user);
+    if !lab.redirect {
+        assert!(
+            at == first && redirects.is_empty(),
+            "{user} stays where it connected ({}), but was redirected: {redirects:?}",
+            NODES[first]
+        );
+        c.roster_get();
+        c.send("<presence/>");
+        return c;
+    }
     assert_eq!(
         NODES[at], NODES[owner],
         "{user} ended on {} but {} owns it (redirects {redirects:?})",

@@ -2,9 +2,11 @@
 //! nodes (issue 17): one nats-server (`common/nats.rs`), one PostgreSQL database shared by
 //! the nodes (`common/postgres.rs`), SRV records naming every node with equal priority
 //! and weight. The RFC 6121 subscription flow (`flow.rs`) runs in both directions, with
-//! each fedrouter user connected to a node that does NOT own `gmail.test` (so the
-//! outbound streams to Prosody and the users' sessions are on different nodes, and every
-//! stanza of the flow crosses nodes over NATS at least once). The nodes must have
+//! each fedrouter user connected to the node that owns neither `gmail.test` nor the
+//! user's bare JID (so the outbound streams to Prosody, the session's state and the
+//! client's stream are on three different nodes: the session stays where the client
+//! connected, `cluster.c2s_sessions = "stay"`, and every stanza of the flow crosses
+//! nodes over NATS at least once). The nodes must have
 //! forwarded stanzas to each other, the rosters end stored in PostgreSQL, and an admin
 //! ping from every node to `gmail.test` is answered.
 //!
@@ -208,8 +210,14 @@ failure_timeout = "1s"
     };
 
     // fedrouter's user initiates, then Prosody's user initiates.
+    let theirs = owner(THEIRS, &NODES).copied().expect("members");
+    let third = |home: usize| {
+        (0..NODES.len())
+            .find(|&k| k != home && NODES[k] != theirs)
+            .expect("a third node")
+    };
     for (user, node, jdoe, we_initiate) in [(&u1, i1, "jdoe1", true), (&u2, i2, "jdoe2", false)] {
-        let mut cup = login_ours(user, node);
+        let mut cup = login_ours(user, third(node));
         let mut jd = login_theirs(jdoe);
         {
             let mut c = Side {
@@ -239,6 +247,24 @@ failure_timeout = "1s"
     assert!(
         forwarded_total(&nodes) > 0.0,
         "no stanza crossed nodes, though the users' sessions and gmail.test's streams are on different nodes"
+    );
+    let relayed: f64 = nodes
+        .iter()
+        .map(|n| {
+            http_get(n.admin, "/metrics", Duration::from_secs(5))
+                .map(|(_, body)| {
+                    metric_sum(
+                        &body,
+                        "fedrouter_cluster_session_messages_total",
+                        &[("dir", "in")],
+                    )
+                })
+                .unwrap_or(0.0)
+        })
+        .sum();
+    assert!(
+        relayed > 0.0,
+        "no session message between a client's node and its home, though they differ"
     );
     // The end states, from the shared store: u1 unsubscribed from jdoe1 (From), jdoe2
     // unsubscribed from u2 (To).

@@ -9,18 +9,14 @@
 //! The credentials are derived on the shard: PBKDF2 with 4096 iterations, twice, a few
 //! milliseconds for a request that is rare.
 
-use std::rc::Rc;
-
 use tracing::{info, warn};
 
-use super::sessions::send_to;
+use super::link::{send_to, Link};
 use crate::condition::StanzaCondition;
 use crate::register::{registered_result, Request};
-use crate::runtime::conn::Conn;
 use crate::runtime::shard::Shard;
 use crate::stanza::error_reply;
 use crate::store::{Op, Outcome, ScramCredentials, ScramHash, SCRAM_ITERATIONS};
-use crate::stream::c2s::C2sConnection;
 use crate::xml::writer::write_raw_attr;
 use crate::xml::Element;
 
@@ -32,7 +28,7 @@ impl Account {
     pub(super) fn request(
         &self,
         shard: &Shard,
-        conn: &Rc<Conn<C2sConnection>>,
+        conn: &Link,
         bare: &str,
         el: Element,
         req: Request,
@@ -67,7 +63,7 @@ impl Account {
             }
         };
         let user = bare.to_owned();
-        let conn = Rc::clone(conn);
+        let conn = conn.clone();
         shard.local.store.submit(
             shard,
             Op::SetCredentials {

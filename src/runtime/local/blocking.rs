@@ -11,20 +11,16 @@
 //! (as the roster does, [`super`]); should the store fail, the list is read back from
 //! the store and the request answered `internal-server-error`.
 
-use std::rc::Rc;
-
 use tracing::warn;
 
+use super::link::{send_to, Link};
 use super::roster::RosterState;
-use super::sessions::send_to;
 use crate::blocking::{self, blocked_error, blocklist_result, push, Inbound, Request};
 use crate::condition::StanzaCondition;
 use crate::presence::Subscription;
-use crate::runtime::conn::Conn;
 use crate::runtime::shard::Shard;
 use crate::stanza::{error_reply, is_error, StanzaKind};
 use crate::store::{BlocklistChange, Op, Outcome};
-use crate::stream::c2s::C2sConnection;
 use crate::xml::writer::write_raw_attr;
 use crate::xml::Element;
 
@@ -91,7 +87,7 @@ impl Blocking {
     pub(super) fn blocks_outbound(
         &self,
         shard: &Shard,
-        conn: &Conn<C2sConnection>,
+        conn: &Link,
         bare: &str,
         el: &Element,
     ) -> bool {
@@ -109,7 +105,7 @@ impl Blocking {
     pub(super) fn request(
         &self,
         shard: &Shard,
-        conn: &Rc<Conn<C2sConnection>>,
+        conn: &Link,
         bare: &str,
         el: Element,
         req: Request,
@@ -148,7 +144,7 @@ impl Blocking {
             before
         };
         let user = bare.to_owned();
-        let conn = Rc::clone(conn);
+        let conn = conn.clone();
         shard.local.store.submit(
             shard,
             Op::ChangeBlocklist {
@@ -180,7 +176,7 @@ impl Blocking {
 
     /// Pushes the change `req` to the sessions of `bare` that retrieved the list (§3.3).
     fn pushed(&self, shard: &Shard, bare: &str, req: &Request) {
-        let targets: Vec<(Rc<Conn<C2sConnection>>, String)> = shard
+        let targets: Vec<(Link, String)> = shard
             .local
             .users
             .borrow()
@@ -189,7 +185,7 @@ impl Blocking {
                 u.sessions
                     .iter()
                     .filter(|s| s.blocklist_requested)
-                    .map(|s| (Rc::clone(&s.conn), s.full.clone()))
+                    .map(|s| (s.conn.clone(), s.full.clone()))
                     .collect()
             })
             .unwrap_or_default();

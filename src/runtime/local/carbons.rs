@@ -5,14 +5,11 @@
 //! the others (§6.3). Copies go only to sessions whose stream has room
 //! (`c2s.send_queue_bytes`), like any delivery.
 
-use std::rc::Rc;
-
-use super::sessions::send_to;
+use super::link::{send_to, Link};
 use crate::carbons::{copy, eligible, Direction, Toggle};
 use crate::router::bare_key;
-use crate::runtime::conn::{Conn, ConnId};
+use crate::runtime::conn::ConnId;
 use crate::runtime::shard::Shard;
-use crate::stream::c2s::C2sConnection;
 use crate::xml::writer::write_raw_attr;
 use crate::xml::Element;
 
@@ -26,7 +23,7 @@ impl Carbons {
     pub(super) fn toggle(
         &self,
         shard: &Shard,
-        conn: &Rc<Conn<C2sConnection>>,
+        conn: &Link,
         bare: &str,
         el: &Element,
         toggle: Toggle,
@@ -50,12 +47,7 @@ impl Carbons {
 
     /// The sessions of `bare` with carbons enabled, other than `except`, whose stream has
     /// room: `(connection, full JID)`.
-    fn targets(
-        &self,
-        shard: &Shard,
-        bare: &str,
-        except: &[ConnId],
-    ) -> Vec<(Rc<Conn<C2sConnection>>, String)> {
+    fn targets(&self, shard: &Shard, bare: &str, except: &[ConnId]) -> Vec<(Link, String)> {
         let cap = shard.shared().config.c2s.send_queue_bytes;
         shard
             .local
@@ -67,7 +59,7 @@ impl Carbons {
                     .iter()
                     .filter(|s| s.carbons && !except.contains(&s.conn.id))
                     .filter(|s| s.conn.backlog() < cap)
-                    .map(|s| (Rc::clone(&s.conn), s.full.clone()))
+                    .map(|s| (s.conn.clone(), s.full.clone()))
                     .collect()
             })
             .unwrap_or_default()

@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use tracing::warn;
 
-use super::sessions::{reply_to_client, send_to};
+use super::link::{reply_to_client, send_to, Link};
 use super::users::Deferred;
 use crate::blocking::{self, NS_BLOCKING};
 use crate::carbons::{read_toggle, NS_CARBONS};
@@ -46,6 +46,8 @@ pub(super) struct ClientStanzas;
 
 impl ClientStanzas {
     /// A stanza from a client's stream: stamped, checked, handled in the user's order.
+    /// A client of a user another node owns: the stamped stanza goes to that node
+    /// ([`super::relay`]).
     pub(super) fn client_sent(
         &self,
         shard: &Shard,
@@ -69,34 +71,32 @@ impl ClientStanzas {
         if let Some(to) = stamped.to() {
             if Jid::new(to).is_err() {
                 return reply_to_client(
-                    conn,
+                    &Link::here(conn),
                     &stamped,
                     StanzaCondition::JidMalformed,
                     "the 'to' address is not a valid JID",
                 );
             }
         }
+        if shard.local.relays.client_stanza(shard, conn.id, &stamped) {
+            return;
+        }
         self.client_stanza(shard, conn.id, kind, stamped);
     }
 
-    fn session_conn(
-        &self,
-        shard: &Shard,
-        bare: &str,
-        id: ConnId,
-    ) -> Option<Rc<Conn<C2sConnection>>> {
+    fn session_conn(&self, shard: &Shard, bare: &str, id: ConnId) -> Option<Link> {
         shard
             .local
             .users
             .borrow()
             .get(bare)
             .and_then(|u| u.sessions.iter().find(|s| s.conn.id == id))
-            .map(|s| Rc::clone(&s.conn))
+            .map(|s| s.conn.clone())
     }
 
     /// A stamped stanza from session `id` (on the user's shard): handled now, or queued
     /// behind the user's earlier stanzas.
-    fn client_stanza(&self, shard: &Shard, id: ConnId, kind: StanzaKind, el: Element) {
+    pub(super) fn client_stanza(&self, shard: &Shard, id: ConnId, kind: StanzaKind, el: Element) {
         let Some(from) = el.from() else { return };
         let bare = bare_key(from).into_owned();
         if let Some(Deferred::FromClient(id, el)) =
@@ -194,7 +194,7 @@ impl ClientStanzas {
     /// server answers on the account's behalf (RFC 6120 §10.3.3): the roster and pings
     /// here, the rest ([`answer_account`]: XEP-0030 disco, `bad-request` for an `iq`
     /// without exactly one payload, `service-unavailable`) from the protocol core.
-    fn account_iq(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>, bare: &str, el: Element) {
+    fn account_iq(&self, shard: &Shard, conn: &Link, bare: &str, el: Element) {
         match read_iq(&el) {
             Iq::Response => {} // results of roster pushes, errors
             Iq::Get(query) | Iq::Set(query)

@@ -7,14 +7,10 @@
 //! ([`crate::csi::holds`]). A session that ends loses what was held for it, as it would
 //! have lost presence it had been sent but not read.
 
-use std::rc::Rc;
-
-use super::sessions::send_to;
+use super::link::{send_to, Link};
 use crate::csi::ClientState;
-use crate::router::bare_key;
-use crate::runtime::conn::Conn;
+use crate::runtime::conn::ConnId;
 use crate::runtime::shard::Shard;
-use crate::stream::c2s::C2sConnection;
 
 /// The CSI behaviour; the state is in [`super::sessions::Session`].
 pub(super) struct ClientStates;
@@ -22,35 +18,27 @@ pub(super) struct ClientStates;
 impl ClientStates {
     /// The client of `conn` reported `state` (XEP-0352 §3): becoming active sends what
     /// was held.
-    pub(super) fn set(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>, state: ClientState) {
-        let Some(full) = conn
-            .st
-            .borrow()
-            .proto
-            .bound_jid()
-            .map(|j| j.as_str().to_owned())
-        else {
-            return;
-        };
-        let bare = bare_key(&full).into_owned();
-        let flush = {
+    pub(super) fn set(&self, shard: &Shard, bare: &str, id: ConnId, state: ClientState) {
+        let (conn, flush) = {
             let mut users = shard.local.users.borrow_mut();
             let Some(s) = users
-                .get_mut(&bare)
-                .and_then(|u| u.sessions.iter_mut().find(|s| s.conn.id == conn.id))
+                .get_mut(bare)
+                .and_then(|u| u.sessions.iter_mut().find(|s| s.conn.id == id))
             else {
                 return;
             };
+            let conn = s.conn.clone();
             s.inactive = state == ClientState::Inactive;
-            if s.inactive {
+            let flush = if s.inactive {
                 Vec::new()
             } else {
                 s.held_bytes = 0;
                 s.held.take()
-            }
+            };
+            (conn, flush)
         };
         for bytes in flush {
-            send_to(conn, &[&bytes]);
+            send_to(&conn, &[&bytes]);
         }
     }
 
@@ -61,7 +49,7 @@ impl ClientStates {
         &self,
         shard: &Shard,
         bare: &str,
-        conn: &Rc<Conn<C2sConnection>>,
+        conn: &Link,
         from: Option<&str>,
         type_: Option<&str>,
         parts: &[&[u8]],

@@ -8,19 +8,16 @@
 //! is skipped: a client that stops reading costs only its own buffer.
 
 use std::cell::RefCell;
-use std::rc::Rc;
 
+use super::link::{send_to, Link};
 use super::roster::RosterState;
-use super::sessions::{send_to, Session};
+use super::sessions::Session;
 use super::users::Deferred;
 use crate::presence::delivery::{self, SessionView};
 use crate::router::bare_key;
-use crate::router::queue::Queued;
-use crate::runtime::conn::Conn;
 use crate::runtime::shard::Shard;
 use crate::service::{answer_account, answer_plain_ping, answer_server, Answer};
 use crate::stanza::{error_reply, StanzaKind};
-use crate::stream::c2s::C2sConnection;
 use crate::xml::{Element, StanzaArena};
 
 /// Bytes per chunk of [`Delivery`]'s [`StanzaArena`]: as a read buffer's (the framer's
@@ -118,9 +115,9 @@ impl Delivery {
             let sessions = users.get(&bare).map_or(&[][..], |u| &u.sessions[..]);
             let views: Vec<SessionView> = sessions.iter().map(|s| s.view(cap)).collect();
             let decision = delivery::decide(kind, el.type_(), resource, &views);
-            let targets: Vec<Rc<Conn<C2sConnection>>> = match &decision {
+            let targets: Vec<Link> = match &decision {
                 delivery::Delivery::Deliver(ix) => {
-                    ix.iter().map(|&i| Rc::clone(&sessions[i].conn)).collect()
+                    ix.iter().map(|&i| sessions[i].conn.clone()).collect()
                 }
                 _ => Vec::new(),
             };
@@ -145,9 +142,7 @@ impl Delivery {
                     // A message or IQ is tracked until its socket accepts it, so that a
                     // session closed by `c2s.write_stall_timeout` hands back what it never
                     // sent ([`super::sessions::Sessions::write_stalled`]).
-                    if send_to(c, &[el.bytes()]) {
-                        c.st.borrow_mut().track(Queued::Whole(el.clone(), None));
-                    }
+                    c.send_tracked(&el);
                 }
                 if kind == StanzaKind::Message {
                     // Copies to the user's other resources (XEP-0280 §6.2).
@@ -201,7 +196,7 @@ impl Delivery {
         shard: &Shard,
         bare: &str,
         filter: impl Fn(&Session) -> bool,
-    ) -> Vec<Rc<Conn<C2sConnection>>> {
+    ) -> Vec<Link> {
         let cap = shard.shared().config.c2s.send_queue_bytes;
         shard
             .local
@@ -212,7 +207,7 @@ impl Delivery {
                 u.sessions
                     .iter()
                     .filter(|s| filter(s) && s.conn.backlog() < cap)
-                    .map(|s| Rc::clone(&s.conn))
+                    .map(|s| s.conn.clone())
                     .collect()
             })
             .unwrap_or_default()

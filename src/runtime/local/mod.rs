@@ -56,9 +56,11 @@ mod delivery;
 mod directory_link;
 mod flood_guard;
 mod flood_limits;
+mod link;
 mod offline;
 mod pep;
 mod presence;
+mod relay;
 mod resumption;
 mod roster;
 mod sessions;
@@ -91,6 +93,7 @@ use directory_link::DirectoryLink;
 use offline::Offline;
 use pep::Pep;
 use presence::Presence;
+use relay::Relays;
 use resumption::Resumption;
 use roster::Rosters;
 use sessions::Sessions;
@@ -120,6 +123,7 @@ pub(super) struct Local {
     account: Account,
     resumption: Resumption,
     offline: Offline,
+    relays: Relays,
 }
 
 /// What the server says about itself (XEP-0092): this binary's name and version, no
@@ -153,6 +157,7 @@ impl Local {
             account: Account,
             resumption: Resumption::default(),
             offline: Offline,
+            relays: Relays::default(),
         }
     }
 
@@ -220,6 +225,17 @@ impl Local {
         self.sessions.fence(shard);
     }
 
+    /// A client session's message from another node ([`Relays::received`]).
+    pub(super) fn cluster_session(&self, shard: &Shard, f: crate::cluster::wire::Forwarded) {
+        self.relays.received(shard, f);
+    }
+
+    /// How many of this shard's client connections relay to another node (their
+    /// sessions' home).
+    pub(super) fn relayed_count(&self) -> usize {
+        self.relays.count()
+    }
+
     /// How many local users this shard holds state for (sessions, rosters loaded).
     pub(super) fn user_count(&self) -> usize {
         self.users.borrow().len()
@@ -228,8 +244,7 @@ impl Local {
     /// The cluster's live set changed (`view`): sessions of users owned elsewhere now
     /// move there ([`Sessions::cluster_view_changed`]).
     pub(super) fn cluster_view_changed(&self, shard: &Shard, view: &crate::cluster::View) {
-        let _ = view.epoch;
-        self.sessions.cluster_view_changed(shard);
+        self.sessions.cluster_view_changed(shard, view);
     }
 
     /// A client's socket accepted no byte for `c2s.write_stall_timeout`: the session

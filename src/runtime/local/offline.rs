@@ -32,7 +32,6 @@
 //! back, and so stored again when no resource takes it). Messages that do not fit in the
 //! session's send queue (`c2s.send_queue_bytes`) stay stored for a later presence.
 
-use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, warn};
@@ -40,15 +39,12 @@ use tracing::{debug, warn};
 use crate::condition::StanzaCondition;
 use crate::jid::domain_of;
 use crate::offline::{with_delay, worth_storing};
-use crate::router::queue::Queued;
-use crate::runtime::conn::Conn;
 use crate::runtime::shard::Shard;
 use crate::stanza::error_reply;
 use crate::store::{Change, Op, Outcome, StoreError};
-use crate::stream::c2s::C2sConnection;
 use crate::xml::{parse_stanza, Element};
 
-use super::sessions::send_to;
+use super::link::{send_to, Link};
 
 /// The offline message behaviour; the messages themselves are in the store.
 pub(super) struct Offline;
@@ -125,9 +121,9 @@ impl Offline {
     /// Hands `bare`'s stored messages to session `conn` (which just became available with
     /// a non-negative priority), each with its XEP-0203 delay, then deletes them; later
     /// stanzas to and from the user wait until they are written (see the module docs).
-    pub(super) fn deliver(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>, bare: &str) {
+    pub(super) fn deliver(&self, shard: &Shard, conn: &Link, bare: &str) {
         shard.local.users.hold(bare);
-        let conn = Rc::clone(conn);
+        let conn = conn.clone();
         let user = bare.to_owned();
         shard.local.store.submit(
             shard,
@@ -150,7 +146,7 @@ impl Offline {
     fn hand_over(
         &self,
         shard: &Shard,
-        conn: &Rc<Conn<C2sConnection>>,
+        conn: &Link,
         user: &str,
         messages: Vec<crate::store::OfflineMessage>,
     ) {
@@ -177,11 +173,12 @@ impl Offline {
                     m.stanza.into_bytes()
                 }
             };
-            if !send_to(conn, &[&bytes]) {
+            let sent = match parse_stanza(&bytes) {
+                Ok(el) => conn.send_tracked(&el),
+                Err(_) => send_to(conn, &[&bytes]),
+            };
+            if !sent {
                 break;
-            }
-            if let Ok(el) = parse_stanza(&bytes) {
-                conn.st.borrow_mut().track(Queued::Whole(el, None));
             }
             up_to = Some(m.id);
             handed += 1;

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 use tracing::{debug, warn};
 
-use super::sessions::send_to;
+use super::link::{send_to, Link};
 use crate::condition::StanzaCondition;
 use crate::jid::domain_of;
 use crate::pep::{
@@ -50,10 +50,8 @@ use crate::pep::{
 };
 use crate::router::fanout::SharedStanza;
 use crate::router::{bare_key, domain_key};
-use crate::runtime::conn::Conn;
 use crate::runtime::shard::Shard;
 use crate::store::{Op, Outcome, PepPublish, StoreError};
-use crate::stream::c2s::C2sConnection;
 use crate::xml::tree::Node;
 use crate::xml::Element;
 
@@ -209,7 +207,7 @@ impl Pep {
     pub(super) fn owner_iq(
         &self,
         shard: &Shard,
-        conn: &Rc<Conn<C2sConnection>>,
+        conn: &Link,
         bare: &str,
         el: Element,
         payload: &Node,
@@ -224,7 +222,7 @@ impl Pep {
                 }
             };
         let (default_max, cap) = (c2s.pep_max_items, c2s.pep_max_items_limit);
-        let conn = Rc::clone(conn);
+        let conn = conn.clone();
         let user = bare.to_owned();
         match request {
             PepRequest::Items {

@@ -11,13 +11,13 @@
 //! queued reference per remote recipient.
 
 use std::collections::BTreeSet;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use tracing::debug;
 
+use super::link::{send_to, Link};
 use super::roster::RosterState;
-use super::sessions::{send_to, Session};
+use super::sessions::Session;
 use super::users::Deferred;
 use crate::cluster::wire::Kind;
 use crate::jid::{domain_of, BareJid};
@@ -26,11 +26,10 @@ use crate::presence::Subscription;
 use crate::router::fanout::{plan, write_to_attr, SharedStanza};
 use crate::router::queue::Queued;
 use crate::router::{bare_key, domain_key};
-use crate::runtime::conn::{Conn, ConnId};
+use crate::runtime::conn::ConnId;
 use crate::runtime::msg::ShardMsg;
 use crate::runtime::shard::Shard;
 use crate::stanza::presence as presence_stanza;
-use crate::stream::c2s::C2sConnection;
 use crate::xml::Element;
 
 /// The presence behaviour; each session's presence is in [`Session`].
@@ -40,13 +39,7 @@ impl Presence {
     /// Available or unavailable presence without `to` from a session: initial presence
     /// (§4.2: broadcast, probes, pending requests), an update (§4.4) or unavailable
     /// (§4.5).
-    pub(super) fn own_presence(
-        &self,
-        shard: &Shard,
-        conn: &Rc<Conn<C2sConnection>>,
-        bare: &str,
-        el: Element,
-    ) {
+    pub(super) fn own_presence(&self, shard: &Shard, conn: &Link, bare: &str, el: Element) {
         let unavailable = el.type_() == Some("unavailable");
         let Ok(shared) = SharedStanza::new(el.clone()) else {
             return;
@@ -56,6 +49,7 @@ impl Presence {
         // (XEP-0160 §5).
         let mut offline = false;
         let mut directed = BTreeSet::new();
+        let mut full = String::new();
         let mut pending: Vec<String> = Vec::new();
         let mut probes: Vec<String> = Vec::new();
         let mut others: Vec<SharedStanza> = Vec::new();
@@ -74,6 +68,7 @@ impl Presence {
             let Some(s) = user.sessions.iter_mut().find(|s| s.conn.id == conn.id) else {
                 return;
             };
+            full.clone_from(&s.full);
             if unavailable {
                 if !s.available {
                     return;
@@ -110,13 +105,6 @@ impl Presence {
             // The other resources' presence, and requests still waiting for an answer
             // (§3.1.3), to the new resource.
             let mut to_attr = Vec::new();
-            let full = conn
-                .st
-                .borrow()
-                .proto
-                .bound_jid()
-                .map(|j| j.as_str().to_owned())
-                .unwrap_or_default();
             write_to_attr(&full, &mut to_attr);
             for p in &others {
                 send_to(conn, &p.parts(&to_attr));
@@ -149,11 +137,11 @@ impl Presence {
                 RosterState::Loaded(r) => r.contacts(Subscription::has_from),
                 _ => Vec::new(),
             };
-            let own: Vec<(Rc<Conn<C2sConnection>>, String)> = user
+            let own: Vec<(Link, String)> = user
                 .sessions
                 .iter()
                 .filter(|s| s.available && Some(s.conn.id) != except)
-                .map(|s| (Rc::clone(&s.conn), s.full.clone()))
+                .map(|s| (s.conn.clone(), s.full.clone()))
                 .collect();
             (contacts, own)
         };

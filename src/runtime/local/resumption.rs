@@ -157,7 +157,7 @@ impl Resumption {
                 .get_mut(&bare)
                 .and_then(|u| u.sessions.iter_mut().find(|s| s.conn.id == old.id))
             {
-                s.conn = Rc::clone(conn);
+                s.conn = super::link::Link::here(conn);
             }
             crate::runtime::metrics(|m| m.count("c2s_sessions_resumed", &[], 1));
             info!(parent: &conn.span, jid = state.jid(), resent = state.unacknowledged(), "session resumed (XEP-0198)");

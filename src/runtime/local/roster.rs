@@ -10,23 +10,20 @@
 //! the user wait ([`super::users::Users::hold`]).
 
 use std::collections::BTreeMap;
-use std::rc::Rc;
 use std::time::Instant;
 
 use tracing::warn;
 
-use super::sessions::{reply_to_client, send_to};
+use super::link::{reply_to_client, send_to, Link};
 use crate::condition::StanzaCondition;
 use crate::metrics::Latency;
 use crate::presence::roster_set::{self, Held, HeldContact, Plan};
 use crate::presence::{
     self, write_removed_item, Action, RosterItem, RosterLimits, SubState, Subscription,
 };
-use crate::runtime::conn::Conn;
 use crate::runtime::shard::Shard;
 use crate::stanza::presence as presence_stanza;
 use crate::store::{Change, Op, Outcome, StoreError, StoredItem};
-use crate::stream::c2s::C2sConnection;
 use crate::xml::tree::Node;
 use crate::xml::writer::write_raw_attr;
 use crate::xml::{escape_attr_into, Element};
@@ -158,7 +155,7 @@ pub(super) fn new_row(contact: &str) -> StoredItem {
     }
 }
 
-fn iq_result(conn: &Conn<C2sConnection>, el: &Element) {
+fn iq_result(conn: &Link, el: &Element) {
     let mut out = Vec::with_capacity(96);
     out.extend_from_slice(b"<iq type='result'");
     write_raw_attr("to", el.from(), &mut out);
@@ -235,14 +232,7 @@ impl Rosters {
 
     /// RFC 6121 §2.2, with versioning (§2.6): an empty result when the client's `ver` is
     /// current.
-    pub(super) fn get(
-        &self,
-        shard: &Shard,
-        conn: &Rc<Conn<C2sConnection>>,
-        bare: &str,
-        el: &Element,
-        query: &Node,
-    ) {
+    pub(super) fn get(&self, shard: &Shard, conn: &Link, bare: &str, el: &Element, query: &Node) {
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(b"<iq type='result'");
         write_raw_attr("to", el.from(), &mut out);
@@ -277,14 +267,7 @@ impl Rosters {
     /// RFC 6121 §2.3–§2.5: add, update or remove an item, as [`roster_set::plan`] plans
     /// it. The cache takes the change at once (later stanzas see it); the answer, the
     /// pushes and the subscription stanzas follow once the store made it durable.
-    pub(super) fn set(
-        &self,
-        shard: &Shard,
-        conn: &Rc<Conn<C2sConnection>>,
-        bare: &str,
-        el: Element,
-        query: &Node,
-    ) {
+    pub(super) fn set(&self, shard: &Shard, conn: &Link, bare: &str, el: Element, query: &Node) {
         let max = shard.shared().config.c2s.max_roster_items;
         let (plan, row) = {
             let mut users = shard.local.users.borrow_mut();
@@ -320,10 +303,10 @@ impl Rosters {
             (plan, row)
         };
         let user = bare.to_owned();
-        let conn = Rc::clone(conn);
+        let conn = conn.clone();
         // Nothing was stored and the cache is read again: the client may retry
         // (`resource-constraint` while the disk is full).
-        let failed = |conn: &Conn<C2sConnection>, el: &Element, e: StoreError| {
+        let failed = |conn: &Link, el: &Element, e: StoreError| {
             reply_to_client(
                 conn,
                 el,
@@ -449,7 +432,7 @@ impl Rosters {
         item: Option<&RosterItem>,
         contact: &str,
     ) {
-        let targets: Vec<(Rc<Conn<C2sConnection>>, String)> = shard
+        let targets: Vec<(Link, String)> = shard
             .local
             .users
             .borrow()
@@ -458,7 +441,7 @@ impl Rosters {
                 u.sessions
                     .iter()
                     .filter(|s| s.interested)
-                    .map(|s| (Rc::clone(&s.conn), s.full.clone()))
+                    .map(|s| (s.conn.clone(), s.full.clone()))
                     .collect()
             })
             .unwrap_or_default();

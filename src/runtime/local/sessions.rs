@@ -19,7 +19,7 @@ use rand::Rng;
 use tokio_uring::net::TcpStream;
 use tracing::{debug, info, info_span, warn};
 
-use crate::condition::{StanzaCondition, StreamCondition};
+use crate::condition::StreamCondition;
 use crate::csi::Held;
 use crate::presence::delivery::{self, SessionView};
 use crate::router::fanout::SharedStanza;
@@ -30,16 +30,18 @@ use crate::runtime::count_stanza;
 use crate::runtime::io::{After, Driven};
 use crate::runtime::msg::ShardMsg;
 use crate::runtime::shard::Shard;
-use crate::stanza::{is_error, write_error_reply, StanzaKind};
+use crate::stanza::StanzaKind;
 use crate::store::{Op, Outcome};
 use crate::stream::c2s::{BindError, C2sConnection, Event, Mechanism};
 use crate::stream::s2s::CloseReason;
 use crate::xml::writer::write_raw_attr;
-use crate::xml::Element;
+
+use super::link::Link;
 
 /// A bound resource.
 pub(super) struct Session {
-    pub(super) conn: Rc<Conn<C2sConnection>>,
+    /// Where its client is: a connection of this shard, or another node's.
+    pub(super) conn: Link,
     pub(super) full: String,
     pub(super) resource: String,
     /// Sent initial presence and not unavailable since (RFC 6121 §4.2).
@@ -77,7 +79,7 @@ impl Session {
     }
 }
 
-/// Sends bytes to one session's client; whether the stream took them.
+/// Sends bytes to a client connection of this shard; whether the stream took them.
 pub(super) fn send_to(conn: &Conn<C2sConnection>, parts: &[&[u8]]) -> bool {
     let mut st = conn.st.borrow_mut();
     if st.detached {
@@ -114,21 +116,6 @@ pub(super) fn send_to(conn: &Conn<C2sConnection>, parts: &[&[u8]]) -> bool {
         return true;
     }
     false
-}
-
-/// Sends an error for `el` to the session that sent it.
-pub(super) fn reply_to_client(
-    conn: &Conn<C2sConnection>,
-    el: &Element,
-    c: StanzaCondition,
-    text: &str,
-) {
-    if is_error(el) {
-        return;
-    }
-    let mut out = Vec::with_capacity(256);
-    write_error_reply(el, c, Some(text), None, &mut out);
-    send_to(conn, &[&out]);
 }
 
 /// The C2S connections' behaviour; the connections are [`super::Local::conns`], the
@@ -195,10 +182,12 @@ impl Sessions {
             };
             if let Event::Authenticated { jid, .. } = &ev {
                 let jid = jid.clone();
-                // In a cluster, the user's sessions live on the node that owns its bare
-                // JID: the client is sent there (RFC 6120 §4.9.3.19) when it restarts
-                // the stream (`Event::Opened`), not handed to a shard here.
-                if shard.owner_elsewhere(&bare_key(&jid)).is_some() {
+                // In a cluster with `c2s_sessions = "redirect"`, the user's sessions live
+                // on the node that owns its bare JID: the client is sent there (RFC 6120
+                // §4.9.3.19) when it restarts the stream (`Event::Opened`), not handed to
+                // a shard here. With "stay", it moves to `shard_of(bare JID)` here, as
+                // alone, and its session's state is on the owner ([`super::relay`]).
+                if redirects(shard) && shard.owner_elsewhere(&bare_key(&jid)).is_some() {
                     self.event(shard, conn, ev);
                     continue;
                 }
@@ -232,7 +221,10 @@ impl Sessions {
                     .proto
                     .authenticated_jid()
                     .map(|j| bare_key(j.as_str()).into_owned());
-                if let Some(node) = bare.and_then(|b| shard.owner_elsewhere(&b)) {
+                if let Some(node) = bare
+                    .filter(|_| redirects(shard))
+                    .and_then(|b| shard.owner_elsewhere(&b))
+                {
                     self.redirect(shard, conn, &node);
                 }
             }
@@ -293,12 +285,26 @@ impl Sessions {
                 });
                 info!(parent: &conn.span, mechanism = mechanism.name(), "authenticated");
             }
-            Event::BindRequested { jid, requested } => self.bind(shard, conn, &jid, requested),
+            Event::BindRequested { jid, requested } => {
+                match shard.owner_elsewhere(&jid).filter(|_| !redirects(shard)) {
+                    Some(home) => shard.local.relays.bind(shard, conn, &jid, requested, home),
+                    None => self.bind(shard, conn, &jid, requested),
+                }
+            }
+            Event::Bound { jid } if shard.local.relays.is_relayed(conn.id) => {
+                debug!(parent: &conn.span, %jid, "bound at the account's home node");
+            }
             Event::Bound { jid } => self.bound(shard, conn, &jid),
             Event::Stanza { kind, element } => {
                 shard.local.client.client_sent(shard, conn, kind, element)
             }
-            Event::ClientState(state) => shard.local.client_state.set(shard, conn, state),
+            Event::ClientState(state) => {
+                if !shard.local.relays.client_state(shard, conn.id, state) {
+                    if let Some(bare) = super::relay::bare_of(conn) {
+                        shard.local.client_state.set(shard, &bare, conn.id, state);
+                    }
+                }
+            }
             Event::StreamManagementEnabled { resumption_id } => {
                 crate::runtime::metrics(|m| m.count("c2s_sm_enabled", &[], 1));
                 debug!(parent: &conn.span, resumable = resumption_id.is_some(), "stream management enabled");
@@ -390,41 +396,11 @@ impl Sessions {
         jid: &str,
         requested: Option<String>,
     ) {
-        let now = Instant::now();
-        let resource = requested
-            .unwrap_or_else(|| format!("fr{:016x}", shard.rng.borrow_mut().random::<u64>()));
-        let full = format!("{jid}/{resource}");
-        let mut old = None;
-        let result = {
-            let mut users = shard.local.users.borrow_mut();
-            let user = users.entry(jid.to_owned()).or_default();
-            if let Some(i) = user.sessions.iter().position(|s| s.resource == resource) {
-                old = Some(Rc::clone(&user.sessions[i].conn));
-                Ok(())
-            } else if user.sessions.len() >= shard.shared().config.c2s.max_resources {
-                Err(BindError::ResourceConstraint)
-            } else {
-                Ok(())
-            }
-        };
-        if let Some(old) = old {
-            info!(parent: &conn.span, %full, "resource conflict: replacing the older session");
-            // Its unavailable presence goes out now; the stream closes with `conflict`.
-            self.session_gone(shard, &old);
-            let mut st = old.st.borrow_mut();
-            st.proto.close(
-                Some((StreamCondition::Conflict, "replaced by a new session")),
-                now,
-            );
-            st.collect_events();
-            st.pump();
-            drop(st);
-            old.wake.notify_one();
-        }
+        let result = self.resolve_bind(shard, jid, requested);
         {
             let mut st = conn.st.borrow_mut();
-            let answer = result.as_ref().map(|_| full.as_str()).map_err(|e| *e);
-            if let Err(e) = st.proto.handle_bind(answer, now) {
+            let answer = result.as_deref().map_err(|e| *e);
+            if let Err(e) = st.proto.handle_bind(answer, Instant::now()) {
                 warn!(parent: &conn.span, error = %e, "bind answer refused");
             }
             st.collect_events();
@@ -434,14 +410,56 @@ impl Sessions {
         }
     }
 
+    /// The full JID a bind request of account `jid` gets (RFC 6120 §7.6), for a client
+    /// here or on another node: a generated resource when none is asked for; a
+    /// conflicting one replaces the older session (§7.7.2.2, the server's choice), whose
+    /// stream is closed with `conflict`. Errors: `resource-constraint` past
+    /// `c2s.max_resources`.
+    pub(super) fn resolve_bind(
+        &self,
+        shard: &Shard,
+        jid: &str,
+        requested: Option<String>,
+    ) -> Result<String, BindError> {
+        let resource = requested
+            .unwrap_or_else(|| format!("fr{:016x}", shard.rng.borrow_mut().random::<u64>()));
+        let full = format!("{jid}/{resource}");
+        let mut old = None;
+        let result = {
+            let mut users = shard.local.users.borrow_mut();
+            let user = users.entry(jid.to_owned()).or_default();
+            if let Some(i) = user.sessions.iter().position(|s| s.resource == resource) {
+                old = Some(user.sessions[i].conn.clone());
+                Ok(())
+            } else if user.sessions.len() >= shard.shared().config.c2s.max_resources {
+                Err(BindError::ResourceConstraint)
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(old) = old {
+            info!(parent: old.span(), %full, "resource conflict: replacing the older session");
+            // Its unavailable presence goes out now; the stream closes with `conflict`.
+            self.session_gone_id(shard, jid, old.id);
+            old.close(StreamCondition::Conflict, "replaced by a new session");
+        }
+        result.map(|()| full)
+    }
+
     fn bound(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>, full: &str) {
+        debug!(parent: &conn.span, %full, "bound");
+        self.add_session(shard, full, Link::here(conn));
+    }
+
+    /// Adds the bound session `full` whose client is at `link`; its roster loads.
+    pub(super) fn add_session(&self, shard: &Shard, full: &str, link: Link) {
         let bare = bare_key(full).into_owned();
         let resource = full[bare.len() + 1..].to_owned();
         {
             let mut users = shard.local.users.borrow_mut();
             let user = users.entry(bare.clone()).or_default();
             user.sessions.push(Session {
-                conn: Rc::clone(conn),
+                conn: link,
                 full: full.to_owned(),
                 resource,
                 available: false,
@@ -456,11 +474,13 @@ impl Sessions {
                 held_bytes: 0,
             });
         }
-        debug!(parent: &conn.span, %full, "bound");
         shard.local.roster.ensure(shard, &bare);
     }
 
     fn ended(&self, shard: &Shard, conn: &Rc<Conn<C2sConnection>>, _reason: &CloseReason) {
+        if shard.local.relays.ended(shard, conn) {
+            return;
+        }
         if shard.local.resumption.detach(shard, conn) {
             return;
         }
@@ -481,13 +501,17 @@ impl Sessions {
         else {
             return;
         };
-        let bare = bare_key(&full).into_owned();
+        self.session_gone_id(shard, &bare_key(&full), conn.id);
+    }
+
+    /// Session `id` of `bare` (here or relayed) ends: [`Sessions::session_gone`].
+    pub(super) fn session_gone_id(&self, shard: &Shard, bare: &str, id: ConnId) {
         let session = {
             let mut users = shard.local.users.borrow_mut();
-            let Some(user) = users.get_mut(&bare) else {
+            let Some(user) = users.get_mut(bare) else {
                 return;
             };
-            let Some(i) = user.sessions.iter().position(|s| s.conn.id == conn.id) else {
+            let Some(i) = user.sessions.iter().position(|s| s.conn.id == id) else {
                 return;
             };
             user.sessions.remove(i)
@@ -495,17 +519,17 @@ impl Sessions {
         if session.available {
             let mut out = Vec::with_capacity(64);
             out.extend_from_slice(b"<presence type='unavailable'");
-            write_raw_attr("from", Some(&full), &mut out);
+            write_raw_attr("from", Some(&session.full), &mut out);
             out.extend_from_slice(b"/>");
             if let Ok(s) = SharedStanza::parse(&out) {
                 shard
                     .local
                     .presence
-                    .broadcast(shard, &bare, s, session.directed, None);
+                    .broadcast(shard, bare, s, session.directed, None);
             }
         }
-        if shard.local.users.maybe_forget(&bare) {
-            shard.local.pep.forget(&bare);
+        if shard.local.users.maybe_forget(bare) {
+            shard.local.pep.forget(bare);
         }
     }
 
@@ -533,8 +557,16 @@ impl Sessions {
             timeout = %humantime::format_duration(timeout),
             "client stopped reading: stream closed by c2s.write_stall_timeout; what waited for it is handled as for an unavailable resource"
         );
+        let relayed = shard.local.relays.is_relayed(conn.id);
         self.ended(shard, conn, &CloseReason::Local);
         for q in unsent {
+            if relayed {
+                // To its home node, which knows the user's other resources.
+                if let Queued::Whole(el, _) = q {
+                    shard.route(el);
+                }
+                continue;
+            }
             let Queued::Whole(el, _) = q else { continue };
             let Some(to) = el.to() else { continue };
             let bare = bare_key(to);
@@ -576,14 +608,22 @@ impl Sessions {
 
     /// The cluster's live set changed: sessions of users another node owns now are sent
     /// there (their state is in the shared store; the new owner loads it).
-    pub(super) fn cluster_view_changed(&self, shard: &Shard) {
-        self.redirect_authenticated(shard, false);
+    pub(super) fn cluster_view_changed(&self, shard: &Shard, view: &crate::cluster::View) {
+        if redirects(shard) {
+            self.redirect_authenticated(shard, false);
+        } else {
+            shard.local.relays.view_changed(shard, view);
+        }
     }
 
     /// Sends every authenticated client back to its owner (this node, or the node that
     /// owns it now): its session starts over from the store.
     pub(super) fn fence(&self, shard: &Shard) {
-        self.redirect_authenticated(shard, true);
+        if redirects(shard) {
+            self.redirect_authenticated(shard, true);
+        } else {
+            shard.local.relays.fence(shard);
+        }
     }
 
     /// Redirects each authenticated client whose bare JID another node owns to that node;
@@ -630,6 +670,17 @@ impl Sessions {
             c.wake.notify_one();
         }
     }
+}
+
+/// Whether clients of users another node owns are sent there (`cluster.c2s_sessions =
+/// "redirect"`) rather than relayed.
+fn redirects(shard: &Shard) -> bool {
+    shard
+        .shared()
+        .config
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.c2s_sessions == crate::config::C2sSessions::Redirect)
 }
 
 impl Driven for C2sConnection {

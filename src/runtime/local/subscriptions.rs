@@ -6,21 +6,17 @@
 //! out once its new state is durable. Unanswered requests are sent again at start
 //! (Appendix A.3.1).
 
-use std::rc::Rc;
-
 use super::flood_limits;
+use super::link::{reply_to_client, Link};
 use super::roster::{new_row, roster_item, with_state};
-use super::sessions::reply_to_client;
 use crate::condition::StanzaCondition;
 use crate::jid::BareJid;
 use crate::presence::delivery;
 use crate::presence::{self, Action, SubType, Transition};
 use crate::router::bare_key;
-use crate::runtime::conn::Conn;
 use crate::runtime::shard::Shard;
 use crate::stanza::presence as presence_stanza;
 use crate::store::{Change, StoredItem};
-use crate::stream::c2s::C2sConnection;
 use crate::xml::writer::write_readdressed;
 use crate::xml::Element;
 
@@ -31,14 +27,7 @@ pub(super) struct Subscriptions;
 
 impl Subscriptions {
     /// A subscription stanza from the user to `to` (stamped, roster loaded).
-    pub(super) fn outbound(
-        &self,
-        shard: &Shard,
-        conn: &Rc<Conn<C2sConnection>>,
-        bare: &str,
-        t: SubType,
-        el: Element,
-    ) {
+    pub(super) fn outbound(&self, shard: &Shard, conn: &Link, bare: &str, t: SubType, el: Element) {
         let Some(contact) = el
             .to()
             .and_then(|to| BareJid::new(bare_key(to).as_ref()).ok())
@@ -88,7 +77,7 @@ impl Subscriptions {
             t,
             (tr, change),
             el,
-            Some(Rc::clone(conn)),
+            Some(conn.clone()),
         );
     }
 
@@ -180,7 +169,7 @@ impl Subscriptions {
         t: SubType,
         (tr, change): (Transition, Option<(Change, StoredItem)>),
         el: Element,
-        session: Option<Rc<Conn<C2sConnection>>>,
+        session: Option<Link>,
     ) {
         let user = bare.to_owned();
         let el_copy = el.clone();
