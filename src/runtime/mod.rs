@@ -83,7 +83,8 @@ pub use admin::{
 use io::ListenerKind;
 use shard::{Shard, CURRENT};
 pub(crate) use shard_metrics::{
-    count_bytes, count_cluster_forwarded, count_cluster_received, count_stanza, metrics, StanzaDir,
+    count_bytes, count_cluster_forwarded, count_cluster_received, count_stanza, count_static,
+    metrics, StanzaDir,
 };
 
 /// Errors starting the server.

@@ -71,10 +71,19 @@ struct Hot {
     /// `cluster_forwarded{node}`, by node (a few: the cluster's members), found by the
     /// node name's pointer first.
     cluster_forwarded: RefCell<Vec<(Arc<str>, CounterId)>>,
+    /// The counters of [`count_static`], resolved on first use.
+    by_static: RefCell<Vec<(StaticKey, CounterId)>>,
 }
 
 /// At most this many nodes get a `cluster_forwarded` handle; more are counted by labels.
 const MAX_NODE_HANDLES: usize = 64;
+
+/// At most this many (family, label, value) triples get a handle from
+/// [`count_static`]; more are counted by labels.
+const MAX_STATIC_HANDLES: usize = 64;
+
+/// A (family, label name, label value) triple of [`count_static`].
+type StaticKey = (&'static str, &'static str, &'static str);
 
 impl Hot {
     fn resolve(m: &mut Metrics) -> Hot {
@@ -89,6 +98,7 @@ impl Hot {
             bytes,
             cluster_received: m.counter_id("cluster_received", &[]),
             cluster_forwarded: RefCell::new(Vec::new()),
+            by_static: RefCell::new(Vec::new()),
         }
     }
 }
@@ -157,5 +167,34 @@ pub(crate) fn count_cluster_forwarded(node: &Arc<str>) {
     match id {
         Some(id) => metrics(|m| m.add(id, 1)),
         None => metrics(|m| m.count("cluster_forwarded", &[("node", node)], 1)),
+    }
+}
+
+/// Adds `n` to counter `family{label=value}` (all three static strings, e.g.
+/// `cluster_session_messages{dir=out}`): through a handle resolved on first use and
+/// found again among the few such counters by comparing the strings (their pointers
+/// first), not by hashing.
+pub(crate) fn count_static(family: &'static str, label: &'static str, value: &'static str, n: u64) {
+    let key = (family, label, value);
+    let same = |k: &StaticKey| {
+        (std::ptr::eq(k.0, family) || k.0 == family)
+            && (std::ptr::eq(k.1, label) || k.1 == label)
+            && (std::ptr::eq(k.2, value) || k.2 == value)
+    };
+    let id = HOT.with(|h| {
+        let mut known = h.by_static.borrow_mut();
+        if let Some((_, id)) = known.iter().find(|(k, _)| same(k)) {
+            return Some(*id);
+        }
+        if known.len() >= MAX_STATIC_HANDLES {
+            return None;
+        }
+        let id = metrics(|m| m.counter_id(family, &[(label, value)]));
+        known.push((key, id));
+        Some(id)
+    });
+    match id {
+        Some(id) => metrics(|m| m.add(id, n)),
+        None => metrics(|m| m.count(family, &[(label, value)], n)),
     }
 }
