@@ -53,6 +53,16 @@ fn hosted_key<'a>(shared: &'a super::Shared, from: &str) -> Option<Cow<'a, str>>
     })
 }
 
+/// The state of remote domain `d` (an ownership key), created when new: its key is
+/// allocated only then (`HashMap::entry` would take an owned key on every call, an
+/// allocation per stanza queued while the stream is set up).
+fn remote_entry<'a>(map: &'a mut HashMap<Rc<str>, Remote>, d: &str) -> &'a mut Remote {
+    if !map.contains_key(d) {
+        map.insert(Rc::from(d), Remote::default());
+    }
+    map.get_mut(d).expect("inserted above")
+}
+
 /// A `db:verify` waiting for its answer from the authoritative server.
 struct VerifyReq {
     local: String,
@@ -227,10 +237,7 @@ impl Remotes {
         }
         let now = Instant::now();
         let mut remotes = self.map.borrow_mut();
-        if !remotes.contains_key(d) {
-            remotes.insert(Rc::from(d), Remote::default());
-        }
-        let r = remotes.get_mut(d).expect("inserted above");
+        let r = remote_entry(&mut remotes, d);
         if let Some(until) = r.backoff_until {
             if now < until && r.conn.is_none() {
                 let f = r.last_failure.clone().unwrap_or(Failure {
@@ -312,7 +319,7 @@ impl Remotes {
     /// on it; starts a connection attempt if none runs.
     fn ensure_outbound(&self, shard: &Shard, d: &str, local: &str) {
         let mut remotes = self.map.borrow_mut();
-        let r = remotes.entry(Rc::from(d)).or_default();
+        let r = remote_entry(&mut remotes, d);
         if !r.locals.iter().any(|l| l == local) {
             r.locals.push(local.to_owned());
             if let Some(conn) = &r.conn {
@@ -368,7 +375,7 @@ impl Remotes {
         let now = Instant::now();
         let (queue, verifies) = {
             let mut remotes = self.map.borrow_mut();
-            let r = remotes.entry(Rc::from(d)).or_default();
+            let r = remote_entry(&mut remotes, d);
             r.connecting = false;
             r.conn = None;
             r.locals.clear();
@@ -672,7 +679,7 @@ impl Remotes {
         } = req;
         let backoff = {
             let mut remotes = self.map.borrow_mut();
-            let r = remotes.entry(Rc::from(remote.as_str())).or_default();
+            let r = remote_entry(&mut remotes, &remote);
             let now = Instant::now();
             if r.conn.is_none() && r.backoff_until.is_some_and(|u| now < u) {
                 r.last_failure.clone()
@@ -850,7 +857,7 @@ impl Remotes {
     /// authenticated on it (dialback requests to send).
     pub(super) fn connected(&self, d: &str, local: &str, conn: &Rc<Conn>) -> Vec<String> {
         let mut remotes = self.map.borrow_mut();
-        let r = remotes.entry(Rc::from(d)).or_default();
+        let r = remote_entry(&mut remotes, d);
         r.connecting = false;
         r.conn = Some(Rc::clone(conn));
         r.locals.iter().filter(|l| *l != local).cloned().collect()
