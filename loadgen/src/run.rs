@@ -253,7 +253,7 @@ pub struct Kill {
 
 /// One second of the run (warm-up included): what loadgen received and what it gave up
 /// on, for seeing when a dead node's share was served again.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Second {
     /// End of the interval, seconds from the start of the measured window (negative
     /// during the warm-up).
@@ -318,8 +318,41 @@ pub struct Outcome {
     pub relogins: u64,
     /// When `--kill-pid` was killed, seconds from the start of the measured window.
     pub killed_at_s: Option<f64>,
+    /// When `--kill-pid` was killed, Unix time in seconds.
+    pub killed_at_unix_s: Option<f64>,
     /// Files written.
     pub files: Vec<PathBuf>,
+    /// What the measured window recorded (the summary's percentiles come from it).
+    pub measured: Recorder,
+    /// Everything recorded, set-up and warm-up included, with the losses: the accounting.
+    pub all: Recorder,
+    /// One entry per second of the warm-up and the measured window.
+    pub seconds: Vec<Second>,
+    /// How long set-up took.
+    pub setup: SetupTimes,
+    /// Stanzas received by peers and clients in the measured window.
+    pub stanzas_measured: u64,
+    /// Open file descriptors of this process when set-up was done (the parent of a split
+    /// run: the sum over its children).
+    pub fds_at_ready: Option<u64>,
+    /// Processes the run was split over (`--procs`; 1 for a run in one process).
+    pub procs: u32,
+    /// A split run: per child, what it reported about itself (index, set-up, open files,
+    /// peak RSS, accounting line).
+    pub children: Vec<serde_json::Value>,
+}
+
+/// How long each set-up phase took (a split run: the slowest child's).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct SetupTimes {
+    /// Until every peer domain's stream to the SUT was authenticated, seconds.
+    pub streams_s: f64,
+    /// Until every client was logged in, seconds.
+    pub logins_s: f64,
+    /// Subscriptions made during set-up.
+    pub subscriptions: u32,
+    /// Until they were made, seconds.
+    pub subscriptions_s: f64,
 }
 
 /// Peak resident set size of this process, KiB (`VmHWM` of /proc/self/status).
@@ -346,7 +379,8 @@ struct Driver {
     rng: StdRng,
     scenario: Scenario,
     mix: Mix,
-    /// Next reserved pair for subscribe operations, and the end of the reserve.
+    /// Next reserved pair for subscribe operations, and the end of the reserve (indices of
+    /// this process's pairs, [`Topology::own_pair`]).
     next_fresh: u32,
     fresh_end: u32,
     /// `subscribe` operations of the mixed scenario that ran as presence because every
@@ -358,7 +392,9 @@ struct Driver {
 impl Driver {
     fn pick(&mut self) -> Option<Op> {
         let t = &self.world.topo;
-        let pairs = t.pairs();
+        // This process's pairs only (all of them in one process): indices `0 .. pairs`
+        // mapped by `own_pair`.
+        let pairs = t.own_pairs();
         let kind = match self.scenario {
             Scenario::Subscribe => 2,
             Scenario::Presence => 0,
@@ -392,7 +428,7 @@ impl Driver {
             0 => {
                 // Presence over a pair in `both`: bounded tries.
                 for _ in 0..16 {
-                    let r = self.rng.random_range(0..pairs);
+                    let r = t.own_pair(self.rng.random_range(0..pairs));
                     if self.world.pairs.state(r) == PairState::Both {
                         return Some(if self.rng.random_bool(0.5) {
                             Op::PresenceLocal(t.pair_local(r))
@@ -401,11 +437,11 @@ impl Driver {
                         });
                     }
                 }
-                let r = self.rng.random_range(0..pairs);
+                let r = t.own_pair(self.rng.random_range(0..pairs));
                 Op::MessageFromRemote(r)
             }
             1 => {
-                let r = self.rng.random_range(0..pairs);
+                let r = t.own_pair(self.rng.random_range(0..pairs));
                 if self.rng.random_bool(0.5) {
                     Op::MessageFromLocal(r)
                 } else {
@@ -413,11 +449,11 @@ impl Driver {
                 }
             }
             2 => {
-                let r = self.next_fresh;
+                let r = t.own_pair(self.next_fresh);
                 self.next_fresh += 1;
                 Op::Subscribe(r)
             }
-            _ => Op::Churn(self.rng.random_range(0..self.peers.servers())),
+            _ => Op::Churn(t.own_server(self.rng.random_range(0..self.peers.servers()))),
         })
     }
 
@@ -531,8 +567,16 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         std::fs::write(path, dns::to_zone_file(&records))?;
         files.push(path.clone());
     }
-    let zone = dns::serve(opts.dns_bind, records)
-        .map_err(|e| setup(format!("DNS server on {}: {e}", opts.dns_bind)))?;
+    // A child of a split run (`--procs`) serves no DNS: its parent answers for everyone.
+    let child = topo.shard.count > 1;
+    let zone = if child {
+        None
+    } else {
+        Some(
+            dns::serve(opts.dns_bind, records)
+                .map_err(|e| setup(format!("DNS server on {}: {e}", opts.dns_bind)))?,
+        )
+    };
 
     // The SUT.
     let (embedded, sut_s2s, sut_c2s, sut_roots) = match &opts.target {
@@ -541,7 +585,10 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
                 domain: topo.sut_domain.clone(),
                 ip: *ip,
                 shards: *shards,
-                nameserver: zone.addr(),
+                nameserver: zone
+                    .as_ref()
+                    .ok_or_else(|| setup("a child of a split run needs an external SUT".into()))?
+                    .addr(),
                 local_users: topo.local_users,
                 password: opts.password.clone(),
                 profile: match (opts.peer_auth, opts.peer_tls) {
@@ -582,20 +629,21 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
     )
     .await
     .map_err(|e| setup(e.to_string()))?;
-    let pb = bar(opts.progress, u64::from(topo.peers), "streams");
+    let own_domains = topo.own_domains();
+    let pb = bar(opts.progress, u64::from(own_domains), "streams");
     let until = Instant::now() + opts.setup_timeout;
-    while peers.ready_domains() < topo.peers && Instant::now() < until {
+    while peers.ready_domains() < own_domains && Instant::now() < until {
         pb.set_position(u64::from(peers.ready_domains()));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     pb.finish_and_clear();
-    if peers.ready_domains() < topo.peers {
+    if peers.ready_domains() < own_domains {
         let ready = peers.ready_domains();
         peers.stop(Duration::from_secs(2)).await;
         return Err(setup(format!(
             "only {ready} of {} peer domains authenticated their stream to the SUT within {:?} \
              ({} authentication failures)",
-            topo.peers,
+            own_domains,
             opts.setup_timeout,
             world.auth_failures.load(Ordering::Relaxed)
         )));
@@ -630,7 +678,7 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
     let logins = t_login.elapsed();
 
     // Which pairs are subscribed before measuring.
-    let pairs = topo.pairs();
+    let pairs = topo.own_pairs();
     let presubscribed = match opts.scenario {
         Scenario::Presence => pairs,
         Scenario::Mixed => pairs - pairs / 5,
@@ -660,7 +708,9 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
                     Ok(Ok(p)) => p,
                     _ => break,
                 };
-            driver.issue(Op::Subscribe(r), Some(permit)).await;
+            driver
+                .issue(Op::Subscribe(topo.own_pair(r)), Some(permit))
+                .await;
             if r % 256 == 0 {
                 pb.set_position(world.pairs.both_total());
             }
@@ -683,14 +733,22 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
     eprintln!(
         "loadgen: {} peer domains ({} servers) authenticated in {:.2} s; {} clients logged in \
          in {:.2} s; {presubscribed} subscriptions in {:.2} s",
-        topo.peers,
-        topo.servers(),
+        own_domains,
+        topo.own_servers(),
         streams_up.as_secs_f64(),
-        topo.local_users,
+        topo.own_locals(),
         logins.as_secs_f64(),
         subs_time.as_secs_f64()
     );
     warm.merge(&world.take_interval());
+    let fds_at_ready = open_fds();
+    if child {
+        // Set-up is done: tell the parent and wait until every child's is, so that all
+        // measure the same window.
+        crate::procs::ready_and_wait_go(opts.setup_timeout * 3 + crate::procs::MARGIN)
+            .await
+            .map_err(setup)?;
+    }
 
     // Warm-up then measurement.
     let hlog_path = opts.out_dir.join("intervals.hlog");
@@ -723,6 +781,7 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
     let mut last_in = world.stanzas_in.load(Ordering::Relaxed);
     let mut exhausted = false;
     let mut cpu_window: Option<cpu::Window> = None;
+    let mut stanzas_at_measure: Option<u64> = None;
     let mut seconds: Vec<Second> = Vec::new();
     let kill_at = opts.kill.map(|k| (k.pid, measure_from + k.at));
     let mut killed_at_s = None;
@@ -741,6 +800,9 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
                 }
                 kill(pid);
             }
+        }
+        if stanzas_at_measure.is_none() && now >= measure_from {
+            stanzas_at_measure = Some(world.stanzas_in.load(Ordering::Relaxed));
         }
         if cpu_window.is_none() && now >= measure_from {
             cpu_window = Some(cpu::Window::start(
@@ -822,6 +884,9 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         }
     }
     let measured_for = Instant::now().saturating_duration_since(measure_from);
+    let stanzas_measured = stanzas_at_measure.map_or(0, |at| {
+        world.stanzas_in.load(Ordering::Relaxed).saturating_sub(at)
+    });
     let (sut_cpu, sut_cpu_errors): (Vec<_>, Vec<_>) = cpu_window
         .map(|w| w.end(world.stanzas_in.load(Ordering::Relaxed)))
         .unwrap_or_default()
@@ -863,72 +928,13 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
             .await
             .map_err(|e| setup(e.to_string()))?;
     }
-    zone.stop();
+    if let Some(z) = zone {
+        z.stop();
+    }
 
     let mut summary = measured.summary(measured_for);
     summary.accounting = all.accounting();
-    let params = serde_json::json!({
-        "scenario": opts.scenario.name(),
-        "peers": topo.peers,
-        "users_per_peer": topo.users_per_peer,
-        "local_users": topo.local_users,
-        "domains_per_server": topo.domains_per_server,
-        "sut_domain": topo.sut_domain,
-        "load": match opts.load {
-            Load::Open { rate } => serde_json::json!({"open_loop_ops_per_s": rate}),
-            Load::Closed { concurrency } => serde_json::json!({"closed_loop_concurrency": concurrency}),
-        },
-        "mix": opts.mix,
-        "warmup_s": opts.warmup.as_secs_f64(),
-        "duration_s": opts.duration.as_secs_f64(),
-        "ops_measured": ops_measured,
-        "ops_skipped": skipped,
-        "subscribe_as_presence": subscribe_as_presence,
-        "peer_sm": opts.peer_sm,
-        "churn_reset": opts.churn_reset,
-        "peer_resent": peer_resent,
-        "duplicates": duplicates,
-        "peak_rss_kib": peak_rss_kib(),
-        "setup": {
-            "streams_s": streams_up.as_secs_f64(),
-            "logins_s": logins.as_secs_f64(),
-            "subscriptions": presubscribed,
-            "subscriptions_s": subs_time.as_secs_f64(),
-        },
-        "unexpected_closes": world.unexpected_closes.load(Ordering::Relaxed),
-        "auth_failures": world.auth_failures.load(Ordering::Relaxed),
-        "sut_cpu": sut_cpu,
-        "sut_cpu_errors": sut_cpu_errors,
-        "sut_cpu_stanzas": "stanzas loadgen received in the measured window",
-        "sut_cpu_total": cpu::total(&sut_cpu),
-        "sut_s2s": sut_s2s.iter().map(|n| serde_json::json!({"addr": n.addr.to_string(), "weight": n.weight})).collect::<Vec<_>>(),
-        "sut_c2s": sut_c2s.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "redirects": world.redirects.load(Ordering::Relaxed),
-        "relogins": world.relogins.load(Ordering::Relaxed),
-        "kill": opts.kill.map(|k| serde_json::json!({"pid": k.pid, "at_s": k.at.as_secs_f64(), "killed_at_s": killed_at_s, "killed_at_unix_s": killed_at_unix_s})),
-        "per_second": seconds,
-    });
-    let json_path = opts.out_dir.join("summary.json");
-    let mut f = BufWriter::new(File::create(&json_path)?);
-    summary
-        .write_json(&mut f, &params)
-        .map_err(|e| setup(e.to_string()))?;
-    f.flush()?;
-    files.push(json_path);
-    files.extend(
-        measured
-            .write_hgrm_files(&opts.out_dir, "loadgen")
-            .map_err(|e| setup(e.to_string()))?,
-    );
-    let svg = opts.out_dir.join("latency.svg");
-    measured
-        .write_svg(
-            &svg,
-            &format!("loadgen {} — {}", opts.scenario.name(), topo.sut_domain),
-        )
-        .map_err(|e| setup(e.to_string()))?;
-    files.push(svg);
-    Ok(Outcome {
+    let mut outcome = Outcome {
         summary,
         ops: ops_measured,
         skipped,
@@ -943,8 +949,113 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         redirects: world.redirects.load(Ordering::Relaxed),
         relogins: world.relogins.load(Ordering::Relaxed),
         killed_at_s,
+        killed_at_unix_s,
         files,
-    })
+        measured,
+        all,
+        seconds,
+        setup: SetupTimes {
+            streams_s: streams_up.as_secs_f64(),
+            logins_s: logins.as_secs_f64(),
+            subscriptions: presubscribed,
+            subscriptions_s: subs_time.as_secs_f64(),
+        },
+        stanzas_measured,
+        fds_at_ready,
+        procs: 1,
+        children: Vec::new(),
+    };
+    if !child {
+        write_report(&opts, &sut_s2s, &sut_c2s, &mut outcome)?;
+    }
+    Ok(outcome)
+}
+
+/// Writes a run's outputs into `opts.out_dir` and adds them to `outcome.files`:
+/// `summary.json` (with `params`: the options and what the run counted), one `.hgrm` per
+/// step and `latency.svg`. Used by a run in one process and by the parent of a split run
+/// (with the merged outcome).
+///
+/// Errors: an output that cannot be written.
+pub fn write_report(
+    opts: &RunOptions,
+    sut_s2s: &[SutS2s],
+    sut_c2s: &[SocketAddr],
+    outcome: &mut Outcome,
+) -> Result<(), RunError> {
+    let setup = |m: String| RunError::Setup(m);
+    let topo = &opts.topo;
+    let o = &*outcome;
+    let params = serde_json::json!({
+        "scenario": opts.scenario.name(),
+        "peers": topo.peers,
+        "users_per_peer": topo.users_per_peer,
+        "local_users": topo.local_users,
+        "domains_per_server": topo.domains_per_server,
+        "sut_domain": topo.sut_domain,
+        "procs": o.procs,
+        "load": match opts.load {
+            Load::Open { rate } => serde_json::json!({"open_loop_ops_per_s": rate}),
+            Load::Closed { concurrency } => serde_json::json!({"closed_loop_concurrency": concurrency}),
+        },
+        "mix": opts.mix,
+        "warmup_s": opts.warmup.as_secs_f64(),
+        "duration_s": opts.duration.as_secs_f64(),
+        "ops_measured": o.ops,
+        "ops_skipped": o.skipped,
+        "subscribe_as_presence": o.subscribe_as_presence,
+        "peer_sm": opts.peer_sm,
+        "churn_reset": opts.churn_reset,
+        "peer_resent": o.peer_resent,
+        "duplicates": o.duplicates,
+        "peak_rss_kib": o.peak_rss_kib,
+        "open_fds_at_ready": o.fds_at_ready,
+        "setup": o.setup,
+        "unexpected_closes": o.unexpected_closes,
+        "auth_failures": o.auth_failures,
+        "sut_cpu": o.sut_cpu,
+        "sut_cpu_errors": o.sut_cpu_errors,
+        "sut_cpu_stanzas": "stanzas loadgen received in the measured window",
+        "sut_cpu_total": cpu::total(&o.sut_cpu),
+        "sut_s2s": sut_s2s.iter().map(|n| serde_json::json!({"addr": n.addr.to_string(), "weight": n.weight})).collect::<Vec<_>>(),
+        "sut_c2s": sut_c2s.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "redirects": o.redirects,
+        "relogins": o.relogins,
+        "kill": opts.kill.map(|k| serde_json::json!({"pid": k.pid, "at_s": k.at.as_secs_f64(), "killed_at_s": o.killed_at_s, "killed_at_unix_s": o.killed_at_unix_s})),
+        "per_second": o.seconds,
+        "children": o.children,
+    });
+    let mut files = Vec::new();
+    let json_path = opts.out_dir.join("summary.json");
+    let mut f = BufWriter::new(File::create(&json_path)?);
+    o.summary
+        .write_json(&mut f, &params)
+        .map_err(|e| setup(e.to_string()))?;
+    f.flush()?;
+    files.push(json_path);
+    files.extend(
+        o.measured
+            .write_hgrm_files(&opts.out_dir, "loadgen")
+            .map_err(|e| setup(e.to_string()))?,
+    );
+    let svg = opts.out_dir.join("latency.svg");
+    o.measured
+        .write_svg(
+            &svg,
+            &format!("loadgen {} — {}", opts.scenario.name(), topo.sut_domain),
+        )
+        .map_err(|e| setup(e.to_string()))?;
+    files.push(svg);
+    outcome.files.extend(files);
+    Ok(())
+}
+
+/// Open file descriptors of this process (entries of `/proc/self/fd`), `None` when that
+/// cannot be read.
+pub fn open_fds() -> Option<u64> {
+    std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count() as u64)
 }
 
 /// `t − from` in seconds, negative when `t` is earlier.
@@ -956,7 +1067,7 @@ fn signed_secs(t: Instant, from: Instant) -> f64 {
 }
 
 /// Sends SIGKILL to `pid` (a SUT node's death); a failure is reported on stderr.
-fn kill(pid: u32) {
+pub fn kill(pid: u32) {
     let Ok(p) = libc::pid_t::try_from(pid) else {
         eprintln!("loadgen: --kill-pid {pid}: not a process id");
         return;

@@ -156,6 +156,7 @@ fn world() -> World {
             sut_domain: DOMAIN.into(),
             peer_net: [127, 76],
             peer_port: 5269,
+            shard: loadgen::topology::Shard::ALL,
         },
         1,
     )
