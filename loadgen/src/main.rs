@@ -553,9 +553,6 @@ fn main() -> ExitCode {
             outcome.subscribe_as_presence
         );
     }
-    for f in &outcome.files {
-        println!("wrote {}", f.display());
-    }
     if outcome.procs > 1 {
         println!(
             "processes: {} children, {} open files at set-up's end (all children), set-up \
@@ -567,6 +564,9 @@ fn main() -> ExitCode {
             outcome.setup.streams_s,
             outcome.setup.logins_s,
         );
+    }
+    for f in &outcome.files {
+        println!("wrote {}", f.display());
     }
     if outcome.summary.accounting.is_clean() {
         ExitCode::SUCCESS
