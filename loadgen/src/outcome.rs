@@ -53,7 +53,8 @@ pub struct Outcome {
     pub unexpected_closes: u64,
     /// S2S authentication failures.
     pub auth_failures: u64,
-    /// Peak resident memory of this process, KiB (VmHWM).
+    /// Peak resident memory of this process, KiB (VmHWM); a split run: the sum of its
+    /// children's.
     pub peak_rss_kib: Option<u64>,
     /// CPU of each `--sut-pid` over the measured window, in the order given; empty when
     /// none was given or the run ended before the window began.
