@@ -114,6 +114,8 @@ pub struct ChildReport {
     pub peak_rss_kib: Option<u64>,
     /// Its open file descriptors when set-up was done.
     pub fds_at_ready: Option<u64>,
+    /// Its open-files limit (soft `RLIMIT_NOFILE`, raised to the hard limit at start).
+    pub fd_limit: Option<u64>,
     /// Its set-up times.
     pub setup: SetupTimes,
     /// Its per-second series.
@@ -144,6 +146,7 @@ impl ChildReport {
             stanzas_measured: o.stanzas_measured,
             peak_rss_kib: o.peak_rss_kib,
             fds_at_ready: o.fds_at_ready,
+            fd_limit: nofile_limit(),
             setup: o.setup,
             per_second: o.seconds.clone(),
         })
@@ -562,6 +565,7 @@ pub fn merge(reports: &[ChildReport]) -> Result<Outcome, String> {
             "index": r.index,
             "setup": r.setup,
             "open_fds_at_ready": r.fds_at_ready,
+            "fd_limit": r.fd_limit,
             "peak_rss_kib": r.peak_rss_kib,
             "ops_measured": r.ops,
             "accounting": a.accounting().summary_line(),
@@ -596,4 +600,16 @@ pub fn merge(reports: &[ChildReport]) -> Result<Outcome, String> {
         procs: reports.len() as u32,
         children,
     })
+}
+
+/// This process's soft open-files limit (`RLIMIT_NOFILE`), `None` when it cannot be read or
+/// is unlimited.
+pub fn nofile_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to an initialised struct.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0;
+    (ok && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur)
 }

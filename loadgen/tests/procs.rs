@@ -113,8 +113,22 @@ fn two_processes_merge_into_one_report() {
     };
     let alls = recorders(|r| &r.all);
     let measured = recorders(|r| &r.measured);
+    // Each child raised its open-files limit to the hard limit, as every loadgen does.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to an initialised struct.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
     for (i, r) in reports.iter().enumerate() {
         assert_eq!((r.index, r.count), (i as u32, 2));
+        if lim.rlim_max != libc::RLIM_INFINITY {
+            assert_eq!(r.fd_limit, Some(lim.rlim_max), "child {i}");
+        }
+        assert!(
+            r.fds_at_ready.unwrap_or(0) > 20,
+            "child {i}: its sockets: {s}"
+        );
         assert!(r.ops > 0, "child {i} ran operations: {s}");
         assert!(alls[i].accounting().sent() > 0, "child {i} sent stanzas");
     }
