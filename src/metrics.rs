@@ -106,11 +106,26 @@ pub const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
 /// `("stanzas_total", [("dir","s2s_in"),("kind","iq")])`.
 type Key = (&'static str, Vec<(&'static str, String)>);
 
-/// Labelled values, found without allocating: by a hash of the family and label strings,
-/// then compared (an entry is allocated once, when first counted).
+/// A counter resolved once by [`Metrics::counter_id`] (family and labels), then counted by
+/// [`Metrics::add`] as an index into the counters' values, with no hashing or label
+/// comparison per count.
+///
+/// An id is valid for the [`Metrics`] that resolved it and for its clones (a clone keeps
+/// every counter at the same index); [`Metrics::merge`] resolves by labels, so merged
+/// metrics need no ids. Using an id with other metrics panics or counts another counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CounterId(u32);
+
+/// Labelled values: resolved by a hash of the family and label strings, then compared
+/// (an entry is allocated once, when first resolved), to an index into `values`.
 #[derive(Clone, Debug, Default)]
 struct Table {
-    buckets: HashMap<u64, Vec<(Key, u64)>>,
+    /// Key hash → indices of the keys with that hash.
+    index: HashMap<u64, Vec<u32>>,
+    keys: Vec<Key>,
+    values: Vec<u64>,
+    /// Whether the counter was ever counted: a counter only resolved is not exported.
+    counted: Vec<bool>,
 }
 
 fn hash_key(family: &str, labels: &[(&str, &str)]) -> u64 {
@@ -141,27 +156,38 @@ fn same(key: &Key, family: &str, labels: &[(&str, &str)]) -> bool {
 }
 
 impl Table {
-    fn slot(&mut self, family: &'static str, labels: &[(&'static str, &str)]) -> &mut u64 {
-        let bucket = self.buckets.entry(hash_key(family, labels)).or_default();
-        let i = match bucket.iter().position(|(k, _)| same(k, family, labels)) {
-            Some(i) => i,
-            None => {
-                let key = (
-                    family,
-                    labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
-                );
-                bucket.push((key, 0));
-                bucket.len() - 1
-            }
-        };
-        &mut bucket[i].1
+    fn resolve(&mut self, family: &'static str, labels: &[(&'static str, &str)]) -> CounterId {
+        let bucket = self.index.entry(hash_key(family, labels)).or_default();
+        if let Some(&i) = bucket
+            .iter()
+            .find(|&&i| same(&self.keys[i as usize], family, labels))
+        {
+            return CounterId(i);
+        }
+        let i = u32::try_from(self.keys.len()).expect("fewer than 2^32 counters");
+        self.keys.push((
+            family,
+            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        ));
+        self.values.push(0);
+        self.counted.push(false);
+        bucket.push(i);
+        CounterId(i)
+    }
+
+    fn add(&mut self, id: CounterId, n: u64) {
+        let i = id.0 as usize;
+        self.values[i] += n;
+        self.counted[i] = true;
     }
 
     fn entries(&self) -> BTreeMap<&Key, u64> {
-        self.buckets
-            .values()
-            .flatten()
-            .map(|(k, v)| (k, *v))
+        self.keys
+            .iter()
+            .zip(&self.values)
+            .zip(&self.counted)
+            .filter(|(_, counted)| **counted)
+            .map(|((k, v), _)| (k, *v))
             .collect()
     }
 }
@@ -343,11 +369,34 @@ impl Metrics {
         }
     }
 
-    /// Adds `n` to counter `family` (one of `stanzas`, `bytes`, `bounces`, `auth`,
-    /// `stream_errors`) with `labels`.
-    /// No allocation once the counter exists.
+    /// Adds `n` to counter `family` (one of [`COUNTER_HELP`]'s, e.g. `stanzas`, `bytes`,
+    /// `bounces`) with `labels`: resolves it ([`Metrics::counter_id`]: a hash of the
+    /// strings and a comparison) on every call. No allocation once the counter exists.
+    /// Per-stanza counts use a resolved [`CounterId`] and [`Metrics::add`] instead.
     pub fn count(&mut self, family: &'static str, labels: &[(&'static str, &str)], n: u64) {
-        *self.counters.slot(family, labels) += n;
+        let id = self.counters.resolve(family, labels);
+        self.counters.add(id, n);
+    }
+
+    /// The handle of counter `family` with `labels`, for [`Metrics::add`]: created (one
+    /// allocation of its key) the first time, found by hashing `family` and `labels`
+    /// after that. A counter only resolved, never added to, is not exported by
+    /// [`Metrics::render`] (it is not known to have happened, as with [`Metrics::count`]).
+    pub fn counter_id(
+        &mut self,
+        family: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> CounterId {
+        self.counters.resolve(family, labels)
+    }
+
+    /// Adds `n` to the counter `id` ([`Metrics::counter_id`] of these metrics or of what
+    /// they were cloned from): one index into a vector, no hashing, no allocation.
+    ///
+    /// # Panics
+    /// If `id` was resolved by other metrics that have more counters than these.
+    pub fn add(&mut self, id: CounterId, n: u64) {
+        self.counters.add(id, n);
     }
 
     /// Sets gauge `family` (`streams`, `queue_depth`) with `labels` to `value`.
@@ -400,7 +449,8 @@ impl Metrics {
         for (k, v) in other.counters.entries() {
             let labels: Vec<(&'static str, &str)> =
                 k.1.iter().map(|(lk, lv)| (*lk, lv.as_str())).collect();
-            *self.counters.slot(k.0, &labels) += v;
+            let id = self.counters.resolve(k.0, &labels);
+            self.counters.add(id, v);
         }
         for (k, v) in &other.gauges {
             *self.gauges.entry(k.clone()).or_insert(0) += v;
@@ -558,7 +608,8 @@ mod tests {
         assert_ne!(hash_key("ab", &[("c", "")]), hash_key("a", &[("bc", "")]));
     }
 
-    /// Every counter family the crate counts (a string literal as the first argument of `m.count(…)` in `src/`) is exported by
+    /// Every counter family the crate counts (a string literal as the first argument of
+    /// `m.count(…)`, `m.counter_id(…)` or `count_static(…)` in `src/`) is exported by
     /// [`Metrics::render`]: a family missing from [`COUNTER_HELP`] would be counted and
     /// never shown.
     #[test]
@@ -582,10 +633,12 @@ mod tests {
         let mut families = Vec::new();
         // This file defines `count` (and names it in this test), it counts nothing.
         for (path, text) in files.iter().filter(|(p, _)| !p.ends_with("metrics.rs")) {
-            for (at, _) in text.match_indices("m.count(") {
-                let rest = text[at + "m.count(".len()..].trim_start();
-                if let Some(name) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) {
-                    families.push((name.to_owned(), path.display().to_string()));
+            for call in ["m.count(", "m.counter_id(", "count_static("] {
+                for (at, _) in text.match_indices(call) {
+                    let rest = text[at + call.len()..].trim_start();
+                    if let Some(name) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) {
+                        families.push((name.to_owned(), path.display().to_string()));
+                    }
                 }
             }
         }
@@ -597,6 +650,46 @@ mod tests {
                  /metrics would never show it"
             );
         }
+    }
+
+    /// A handle counts the same counter as its labels, survives a clone, and a counter
+    /// only resolved is not exported.
+    #[test]
+    fn handles_count_the_labelled_counter() {
+        let mut m = Metrics::new();
+        let unused = m.counter_id("bounces", &[("condition", "gone")]);
+        let id = m.counter_id("stanzas", &[("dir", "s2s_in"), ("kind", "iq")]);
+        assert_ne!(id, unused);
+        assert_eq!(
+            m.counter_id("stanzas", &[("dir", "s2s_in"), ("kind", "iq")]),
+            id
+        );
+        m.add(id, 2);
+        m.count("stanzas", &[("dir", "s2s_in"), ("kind", "iq")], 1);
+        let mut copy = m.clone();
+        copy.add(id, 4);
+        assert_eq!(
+            m.counter("stanzas", &[("dir", "s2s_in"), ("kind", "iq")]),
+            3
+        );
+        assert_eq!(
+            copy.counter("stanzas", &[("dir", "s2s_in"), ("kind", "iq")]),
+            7
+        );
+        let text = copy.render();
+        assert!(
+            text.contains("fedrouter_stanzas_total{dir=\"s2s_in\",kind=\"iq\"} 7"),
+            "{text}"
+        );
+        assert!(!text.contains("gone"), "{text}");
+        let mut merged = Metrics::new();
+        merged.merge(&copy);
+        merged.merge(&m);
+        assert_eq!(merged.render(), {
+            let mut both = Metrics::new();
+            both.count("stanzas", &[("dir", "s2s_in"), ("kind", "iq")], 10);
+            both.render()
+        });
     }
 
     #[test]

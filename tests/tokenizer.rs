@@ -581,3 +581,64 @@ fn whitespace_before_xml_declaration_is_chunking_invariant() {
         }
     }
 }
+
+/// The receive buffer is replaced or reused (the spare buffer, `Framer::next_buffer`)
+/// many times while some elements split off earlier buffers stay alive and others are
+/// dropped at once, in chunks of every size class: every element, kept or not, has the
+/// bytes of the same element framed from the whole input, and kept ones still have
+/// them at the end. One element fed a byte at a time after that still frames.
+#[test]
+fn buffers_are_reused_only_when_their_elements_are_gone() {
+    let input = stream(&generated_body(2_000));
+    let whole = frames(&input);
+    let expected = elements(&whole);
+    for chunk in [1, 100, 4 * 1024, 20 * 1024, 64 * 1024] {
+        let mut f = Framer::default();
+        let mut kept: Vec<(usize, Element)> = Vec::new();
+        let mut n = 0;
+        let mut check = |f: &mut Framer, kept: &mut Vec<(usize, Element)>| {
+            // Bounded: one element per turn, at most what was fed.
+            while let Some(frame) = f.next_frame().expect("the generated stream frames") {
+                if let Frame::Element(e) = frame {
+                    assert_eq!(
+                        e.bytes(),
+                        expected[n].bytes(),
+                        "element {n}, chunks of {chunk}"
+                    );
+                    if n % 3 == 0 {
+                        kept.push((n, e));
+                    }
+                    n += 1;
+                }
+            }
+        };
+        for piece in input.chunks(chunk) {
+            f.feed(piece);
+            check(&mut f, &mut kept);
+        }
+        assert_eq!(n, expected.len(), "chunks of {chunk}");
+        for (i, e) in &kept {
+            assert_eq!(
+                e.bytes(),
+                expected[*i].bytes(),
+                "kept element {i}, chunks of {chunk}"
+            );
+        }
+        let big = format!(
+            "<message to='a@b'><body>{}</body></message>",
+            "x".repeat(200_000)
+        );
+        for b in big.as_bytes() {
+            f.feed(std::slice::from_ref(b));
+        }
+        let last = f.next_frame().expect("frames").expect("an element");
+        assert!(matches!(last, Frame::Element(e) if e.bytes().len() == big.len()));
+        for (i, e) in &kept {
+            assert_eq!(
+                e.bytes(),
+                expected[*i].bytes(),
+                "kept element {i}, chunks of {chunk}"
+            );
+        }
+    }
+}

@@ -48,6 +48,8 @@ const RESOURCE: &str = "loadgen";
 
 /// The logged-in clients.
 pub struct Clients {
+    /// Processes the run is split over: own user `k` is at `txs[k / count]`.
+    count: u32,
     txs: Vec<mpsc::Sender<Vec<u8>>>,
     tasks: Vec<JoinHandle<()>>,
     /// Set by [`Clients::stop`]: a session that ends then is not logged in again.
@@ -74,7 +76,8 @@ pub struct LoginError {
 }
 
 impl Clients {
-    /// Logs every local user in (`parallel` at a time; user `k` at `addrs[k mod n]`,
+    /// Logs every local user of this process in ([`crate::topology::Shard`]; `parallel` at a
+    /// time; user `k` at `addrs[k mod n]`,
     /// following redirects), binds resource `loadgen`, sends initial presence (RFC 6121
     /// §4.2, untracked) and starts the client's tasks. `opts.addr` is ignored: each login
     /// connects to its address from `addrs`.
@@ -92,12 +95,13 @@ impl Clients {
         parallel: usize,
     ) -> Result<Clients, LoginError> {
         assert!(!addrs.is_empty(), "at least one C2S address");
-        let k = world.topo.local_users;
+        // This process's local users ([`crate::topology::Shard`]); all of them in one process.
+        let k = world.topo.own_locals();
         let sem = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
         let opts = Arc::new(opts);
         let addrs = Arc::new(addrs);
         let mut logins = Vec::with_capacity(k as usize);
-        for i in 0..k {
+        for i in (0..k).map(|x| world.topo.own_local(x)) {
             let (sem, opts, world, password, addrs) = (
                 sem.clone(),
                 opts.clone(),
@@ -121,7 +125,8 @@ impl Clients {
         let mut txs = Vec::with_capacity(k as usize);
         let mut tasks = Vec::with_capacity(2 * k as usize);
         let mut first_err = None;
-        for (i, l) in logins.into_iter().enumerate() {
+        for (x, l) in logins.into_iter().enumerate() {
+            let i = world.topo.own_local(x as u32);
             let session = match l.await.expect("login task") {
                 Ok(s) => s,
                 Err(e) => {
@@ -145,7 +150,7 @@ impl Clients {
                 addrs: addrs.clone(),
                 password: password.clone(),
                 stopping: stopping.clone(),
-                k: i as u32,
+                k: i,
                 me: tx.clone(),
                 writers: wtx,
             };
@@ -159,15 +164,19 @@ impl Clients {
             return Err(e);
         }
         Ok(Clients {
+            count: world.topo.shard.count.max(1),
             txs,
             tasks,
             stopping,
         })
     }
 
-    /// Queues a stanza on local user `k`'s stream (waits while its queue is full).
+    /// Queues a stanza on local user `k`'s stream (waits while its queue is full). `k` is
+    /// one of this process's local users.
     pub async fn send(&self, k: u32, bytes: Vec<u8>) {
-        let _ = self.txs[k as usize].send(bytes).await;
+        // Own users are `index + count · x`, logged in in that order.
+        let x = k / self.count;
+        let _ = self.txs[x as usize].send(bytes).await;
     }
 
     /// Closes every stream (`</stream:stream>`, the server then sends unavailable

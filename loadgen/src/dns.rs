@@ -97,6 +97,7 @@ mod tests {
             peer_net: [127, 78],
             peer_subnet: None,
             peer_port: 5269,
+            shard: crate::topology::Shard::ALL,
         };
         let one = [SutS2s {
             addr: "127.0.0.9:5269".parse().expect("addr"),
@@ -134,6 +135,7 @@ mod tests {
             peer_net: [127, 78],
             peer_subnet: None,
             peer_port: 5269,
+            shard: crate::topology::Shard::ALL,
         };
         let nodes: Vec<SutS2s> = (1..=3u8)
             .map(|i| SutS2s {

@@ -9,6 +9,9 @@
 //!                       run: scenarios, warm-up, progress ─► report
 //! ```
 //!
+//! With `--procs N` the run is split over N processes ([`procs`]): the parent serves the
+//! DNS zone and merges what the children measured.
+//!
 //! loadgen is a black box speaking plain XMPP (RFC 6120/6121, XEP-0220, XEP-0178): it works
 //! against fedrouter, Prosody or ejabberd.
 
@@ -18,10 +21,13 @@ pub mod c2s;
 pub mod clients;
 pub mod cpu;
 pub mod dns;
+pub mod outcome;
 pub mod peers;
+pub mod procs;
 pub mod report;
 pub mod run;
 pub mod s2s;
+pub mod scenario;
 pub mod stanzas;
 pub mod sut;
 pub mod targets;

@@ -14,8 +14,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fedrouter::logging::LogFormat;
 use fedrouter::stream::TlsPolicy;
 use loadgen::peers::PeerAuth;
+use loadgen::procs::{ChildReport, ParentOptions};
 use loadgen::run::{self, Load, Mix, RunOptions, Scenario, Target};
-use loadgen::topology::Topology;
+use loadgen::topology::{Shard, Topology};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
 
@@ -167,6 +168,16 @@ struct Cli {
     /// line).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// Processes to split the run over (each with its own open-files limit): this process
+    /// serves the DNS zone (and the embedded SUT) and starts N children, child i simulating
+    /// the peer servers s % N == i and the local users k % N == i at --rate / N; their
+    /// histograms and accounting are merged as if one process had run. Peers must use
+    /// dialback over plain TCP when N > 1.
+    #[arg(long, default_value_t = 1)]
+    procs: u32,
+    /// Internal: this process is child i of N of a split run (see --procs).
+    #[arg(long, hide = true, value_parser = Shard::parse)]
+    child: Option<Shard>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -255,6 +266,7 @@ fn main() -> ExitCode {
         peer_net: [peer_net[0], peer_net[1]],
         peer_subnet: peer_net.get(2).copied(),
         peer_port: cli.peer_port,
+        shard: cli.child.unwrap_or(Shard::ALL),
     };
     if topo.peer_subnet.is_some() && topo.servers() > 250 {
         return usage(format!(
@@ -404,13 +416,20 @@ fn main() -> ExitCode {
         }
         _ => None,
     };
+    if let Err(e) = check_procs(&cli, &topo) {
+        return usage(e);
+    }
+    // Every loadgen process, parent or child, raises its own soft limit to the hard one.
     let (limit, _) = fedrouter::runtime::raise_fd_limit();
-    let needed =
-        u64::from(topo.servers()) * 2 + u64::from(topo.peers) + u64::from(topo.local_users) + 64;
-    if needed > limit {
+    let procs = u64::from(cli.procs.max(1));
+    let needed = (u64::from(topo.servers()) * 2 + u64::from(topo.peers)).div_ceil(procs)
+        + u64::from(topo.local_users).div_ceil(procs)
+        + 64;
+    if needed > limit && cli.child.is_none() {
         eprintln!(
-            "loadgen: warning: this run may need about {needed} file descriptors; the limit is \
-             {limit} (use --domains-per-server to multiplex domains over fewer streams)"
+            "loadgen: warning: this run may need about {needed} file descriptors per process; \
+             the limit is {limit} (use --procs to split it over more processes, or \
+             --domains-per-server to multiplex domains over fewer streams)"
         );
     }
     let opts = RunOptions {
@@ -464,7 +483,24 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return usage(format!("runtime: {e}")),
     };
-    let outcome = match rt.block_on(run::run(opts)) {
+    let result = if cli.procs > 1 {
+        let exe = match std::env::current_exe() {
+            Ok(p) => p,
+            Err(e) => return usage(format!("--procs: loadgen's own executable: {e}")),
+        };
+        rt.block_on(loadgen::procs::run_parent(
+            opts,
+            ParentOptions {
+                procs: cli.procs,
+                exe,
+                args: child_common_args(&cli),
+                sut_ca: cli.sut_ca.clone(),
+            },
+        ))
+    } else {
+        rt.block_on(run::run(opts))
+    };
+    let outcome = match result {
         Ok(o) => o,
         Err(e) => {
             eprintln!("loadgen: {e}");
@@ -472,6 +508,22 @@ fn main() -> ExitCode {
         }
     };
     rt.shutdown_timeout(Duration::from_secs(2));
+    if let Some(shard) = cli.child {
+        // A child: its report for the parent, nothing on stdout (the parent reads it).
+        let written = ChildReport::from_outcome(shard, &outcome)
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.write(&cli.out).map_err(|e| e.to_string()));
+        return match written {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "loadgen: child {}/{}: report: {e}",
+                    shard.index, shard.count
+                );
+                ExitCode::from(2)
+            }
+        };
+    }
     print!("{}", outcome.summary.table());
     println!(
         "operations: {} measured ({:.1}/s), {} skipped by the open loop; unexpected stream \
@@ -521,6 +573,18 @@ fn main() -> ExitCode {
             outcome.subscribe_as_presence
         );
     }
+    if outcome.procs > 1 {
+        println!(
+            "processes: {} children, {} open files at set-up's end (all children), set-up \
+             streams {:.2} s, logins {:.2} s (the slowest child's)",
+            outcome.procs,
+            outcome
+                .fds_at_ready
+                .map_or_else(|| "?".to_owned(), |k| k.to_string()),
+            outcome.setup.streams_s,
+            outcome.setup.logins_s,
+        );
+    }
     for f in &outcome.files {
         println!("wrote {}", f.display());
     }
@@ -530,4 +594,95 @@ fn main() -> ExitCode {
         eprintln!("loadgen: {}", outcome.summary.accounting.summary_line());
         ExitCode::from(1)
     }
+}
+
+/// Checks `--procs` and `--child` against the run's shape: each process needs at least one
+/// peer server and one local user, and a split run's peers use dialback over plain TCP
+/// (their certificates would come from one CA the children cannot share yet).
+///
+/// Errors: a message naming the option.
+fn check_procs(cli: &Cli, topo: &Topology) -> Result<(), String> {
+    let n = cli.child.map_or(cli.procs, |s| s.count);
+    if n == 0 {
+        return Err("--procs: must be at least 1".into());
+    }
+    if cli.child.is_some() && cli.procs > 1 {
+        return Err("--child and --procs cannot be given together".into());
+    }
+    if n == 1 {
+        return Ok(());
+    }
+    if n > topo.servers() || n > topo.local_users {
+        return Err(format!(
+            "--procs {n}: more processes than peer servers ({}) or local users ({}); each \
+             process needs at least one of each",
+            topo.servers(),
+            topo.local_users
+        ));
+    }
+    if !matches!(cli.peer_tls, TlsArg::Disabled) || !matches!(cli.peer_auth, AuthArg::Dialback) {
+        return Err(format!(
+            "--procs {n}: split runs support --peer-tls disabled with --peer-auth dialback only"
+        ));
+    }
+    if cli.child.is_some() && (cli.sut_s2s.is_empty() || cli.sut_c2s.is_empty()) {
+        return Err("--child: needs --sut-s2s and --sut-c2s (the parent passes them)".into());
+    }
+    Ok(())
+}
+
+/// What every child of a split run gets from this process's options: the run's shape and
+/// behaviour. The parent adds the child's part, output folder, the SUT and the load.
+fn child_common_args(cli: &Cli) -> Vec<std::ffi::OsString> {
+    use clap::ValueEnum as _;
+    let d = |x: Duration| humantime::format_duration(x).to_string();
+    let mut a: Vec<String> = vec![
+        "--scenario".into(),
+        cli.scenario.clone(),
+        "--mix".into(),
+        cli.mix.clone(),
+        "--peers".into(),
+        cli.peers.to_string(),
+        "--users-per-peer".into(),
+        cli.users_per_peer.to_string(),
+        "--local-users".into(),
+        cli.local_users.to_string(),
+        "--domains-per-server".into(),
+        cli.domains_per_server.to_string(),
+        "--duration".into(),
+        d(cli.duration),
+        "--warmup".into(),
+        d(cli.warmup),
+        "--drain".into(),
+        d(cli.drain),
+        "--setup-timeout".into(),
+        d(cli.setup_timeout),
+        "--sut-domain".into(),
+        cli.sut_domain.clone(),
+        "--peer-net".into(),
+        cli.peer_net.clone(),
+        "--peer-port".into(),
+        cli.peer_port.to_string(),
+        "--password".into(),
+        cli.password.clone(),
+        "--login-parallel".into(),
+        cli.login_parallel.to_string(),
+        "--no-progress".into(),
+    ];
+    if let Some(v) = cli.log_format.to_possible_value() {
+        a.extend(["--log-format".into(), v.get_name().to_owned()]);
+    }
+    if let Some(w) = cli.workers {
+        a.extend(["--workers".into(), w.to_string()]);
+    }
+    if cli.peer_sm {
+        a.push("--peer-sm".into());
+    }
+    if cli.peer_bidi {
+        a.push("--peer-bidi".into());
+    }
+    if cli.churn_reset {
+        a.push("--churn-reset".into());
+    }
+    a.into_iter().map(Into::into).collect()
 }

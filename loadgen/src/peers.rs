@@ -106,7 +106,7 @@ pub struct PeerOptions {
 }
 
 /// TCP connections between the peers and the SUT since the start ([`Peers::sockets`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sockets {
     /// Opened by the peers to the SUT (their outbound streams, reconnections included).
     pub opened: u64,
@@ -171,10 +171,12 @@ enum InCmd {
 struct Shared {
     world: Arc<World>,
     opts: PeerOptions,
-    /// Per server, its outbound streams' command queues.
+    /// Per server, its outbound streams' command queues (none for servers another process
+    /// simulates).
     out: Vec<Vec<mpsc::Sender<OutCmd>>>,
-    /// Per server, its S2S configuration.
-    cfgs: Vec<Arc<S2sConfig>>,
+    /// Per server, its S2S configuration (`None` for servers another process of a split
+    /// run simulates).
+    cfgs: Vec<Option<Arc<S2sConfig>>>,
     tls: TlsSetup,
     /// Per domain, the client TLS configuration presenting its certificate (External).
     client_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
@@ -190,6 +192,13 @@ struct Shared {
 }
 
 impl Shared {
+    /// Server `s`'s configuration; only servers of this process have streams.
+    fn cfg(&self, s: usize) -> Arc<S2sConfig> {
+        self.cfgs[s]
+            .clone()
+            .expect("streams run only for this process's servers")
+    }
+
     fn stream_of(&self, domain: u32) -> (usize, usize) {
         let s = self.world.topo.server_of(domain);
         let i = match self.opts.auth {
@@ -257,18 +266,19 @@ impl Peers {
                     Arc::new(TestCa::new("loadgen CA").map_err(|e| PeerError::Tls(e.to_string()))?)
                 }
             };
-            for d in 0..topo.peers {
-                certs.push(
+            for d in (0..topo.peers).filter(|&d| topo.owns_domain(d)) {
+                certs.push((
+                    d,
                     ca.issue(&topo.domain(d))
                         .map_err(|e| PeerError::Tls(e.to_string()))?
                         .assemble(CertifiedDomain::new)
                         .map_err(|e| PeerError::Tls(e.to_string()))?,
-                );
+                ));
             }
         }
         let tls_setup = if uses_tls {
             let mut resolver = DomainCertResolver::new();
-            for c in &certs {
+            for (_, c) in &certs {
                 resolver.add(c).map_err(|e| PeerError::Tls(e.to_string()))?;
             }
             let server = tls::server_config(Arc::new(resolver), ClientAuth::Request, &[]);
@@ -284,8 +294,8 @@ impl Peers {
         };
         let mut client_tls = vec![None; topo.peers as usize];
         if opts.auth == PeerAuth::External {
-            for (d, c) in certs.iter().enumerate() {
-                client_tls[d] = Some(
+            for (d, c) in &certs {
+                client_tls[*d as usize] = Some(
                     tls::client_config(opts.sut_roots.clone(), true, Some(c), &[])
                         .map_err(|e| PeerError::Tls(e.to_string()))?,
                 );
@@ -300,10 +310,17 @@ impl Peers {
         let mut out = Vec::new();
         let mut receivers = Vec::new();
         for s in 0..topo.servers() {
+            if !topo.owns_server(s) {
+                // Another process of a split run simulates it (`--procs`).
+                cfgs.push(None);
+                out.push(Vec::new());
+                receivers.push(Vec::new());
+                continue;
+            }
             let domains: Vec<String> = topo.server_domains(s).map(|d| topo.domain(d)).collect();
             let mut key = [0u8; 32];
             rand::rng().fill(&mut key[..]);
-            cfgs.push(Arc::new(S2sConfig {
+            cfgs.push(Some(Arc::new(S2sConfig {
                 certificate_domains: if uses_tls {
                     domains.clone()
                 } else {
@@ -323,7 +340,7 @@ impl Peers {
                     ..Timeouts::default()
                 },
                 stream_management: opts.sm.then(AckPolicy::default),
-            }));
+            })));
             let n = match opts.auth {
                 PeerAuth::Dialback => 1,
                 PeerAuth::External => topo.server_domains(s).len(),
@@ -354,7 +371,7 @@ impl Peers {
         });
         // Listeners first, so the SUT can call back as soon as our streams open.
         let mut accept = Vec::new();
-        for s in 0..topo.servers() {
+        for s in (0..topo.servers()).filter(|&s| topo.owns_server(s)) {
             let addr = topo.server_addr(s);
             let listener = bind(addr).map_err(|source| PeerError::Bind {
                 server: s,
@@ -389,7 +406,7 @@ impl Peers {
     /// Waits until every domain's outbound stream is authenticated, at most `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let until = Instant::now() + timeout;
-        let all = self.shared.world.topo.peers;
+        let all = self.shared.world.topo.own_domains();
         while Instant::now() < until {
             if self.ready_domains() >= all {
                 return true;
@@ -446,9 +463,9 @@ impl Peers {
         }
     }
 
-    /// Number of simulated servers.
+    /// Number of simulated servers (of this process, [`crate::topology::Shard`]).
     pub fn servers(&self) -> u32 {
-        self.shared.out.len() as u32
+        self.shared.world.topo.own_servers()
     }
 
     /// Closes every stream (`</stream:stream>`) and ends every task, waiting at most
@@ -505,7 +522,7 @@ async fn inbound_task(
 ) {
     let slot = shared.world.slot();
     let nonce = rand::rng().random::<u64>();
-    let conn = S2sConnection::inbound(shared.cfgs[s as usize].clone(), nonce, None, Instant::now());
+    let conn = S2sConnection::inbound(shared.cfg(s as usize), nonce, None, Instant::now());
     let mut stream = Stream::new(sock, conn, shared.tls.clone());
     let mut stopping = false;
     loop {
@@ -715,7 +732,7 @@ async fn outbound_task(
         };
         shared.opened.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let mut conn = S2sConnection::outbound(shared.cfgs[s].clone(), &names[0], &sut, false, now);
+        let mut conn = S2sConnection::outbound(shared.cfg(s), &names[0], &sut, false, now);
         for n in &names[1..] {
             let _ = conn.request_dialback(n, now);
         }

@@ -36,119 +36,18 @@ use crate::clients::Clients;
 use crate::cpu::{self, SutCpu};
 use crate::dns;
 use crate::peers::{PeerAuth, PeerOptions, Peers};
-use crate::report::{steps, IntervalLog, Recorder, Summary};
+use crate::report::{steps, IntervalLog, Recorder};
 use crate::stanzas;
 use crate::sut::{Embedded, EmbeddedOptions, Profile};
 use crate::targets::SutS2s;
 use crate::topology::Topology;
 use crate::world::{PairState, World, ALL_STEPS};
 
+pub use crate::outcome::{open_fds, peak_rss_kib, write_report, Outcome, Second, SetupTimes};
+pub use crate::scenario::{Mix, Scenario};
+
 use fedrouter::stream::TlsPolicy;
 use fedrouter_testkit::TestCa;
-
-/// The scenario of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scenario {
-    /// Remote users subscribe to local users (fresh pairs only).
-    Subscribe,
-    /// Presence both ways over established subscriptions.
-    Presence,
-    /// Message round trips both ways.
-    Message,
-    /// Peers drop and reopen their streams while their users send messages.
-    Churn,
-    /// A Gmail-like blend of all of them ([`Mix`]).
-    Mixed,
-}
-
-impl Scenario {
-    /// Parses a scenario name.
-    pub fn parse(s: &str) -> Option<Scenario> {
-        Some(match s {
-            "subscribe" => Scenario::Subscribe,
-            "presence" => Scenario::Presence,
-            "message" => Scenario::Message,
-            "churn" => Scenario::Churn,
-            "mixed" => Scenario::Mixed,
-            _ => return None,
-        })
-    }
-
-    /// The scenario's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Scenario::Subscribe => "subscribe",
-            Scenario::Presence => "presence",
-            Scenario::Message => "message",
-            Scenario::Churn => "churn",
-            Scenario::Mixed => "mixed",
-        }
-    }
-}
-
-/// Weights of the operations in the `mixed` scenario (relative, any scale).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Mix {
-    /// Presence changes (half local, half remote).
-    pub presence: u32,
-    /// Message round trips.
-    pub message: u32,
-    /// New subscriptions.
-    pub subscribe: u32,
-    /// Stream churn.
-    pub churn: u32,
-}
-
-impl Default for Mix {
-    /// Presence-heavy, as a presence deployment's federation traffic is: 60 % presence,
-    /// 30 % messages, 8 % subscriptions, 2 % churn.
-    fn default() -> Self {
-        Mix {
-            presence: 60,
-            message: 30,
-            subscribe: 8,
-            churn: 2,
-        }
-    }
-}
-
-impl Mix {
-    /// Parses `presence=60,message=30,subscribe=8,churn=2` (missing keys are 0).
-    ///
-    /// Errors: a message naming the bad part.
-    pub fn parse(s: &str) -> Result<Mix, String> {
-        let mut m = Mix {
-            presence: 0,
-            message: 0,
-            subscribe: 0,
-            churn: 0,
-        };
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| format!("`{part}`: expected name=weight"))?;
-            let v: u32 = v
-                .trim()
-                .parse()
-                .map_err(|_| format!("`{part}`: the weight must be a whole number"))?;
-            match k.trim() {
-                "presence" => m.presence = v,
-                "message" => m.message = v,
-                "subscribe" => m.subscribe = v,
-                "churn" => m.churn = v,
-                other => {
-                    return Err(format!(
-                        "`{other}`: not one of presence, message, subscribe, churn"
-                    ))
-                }
-            }
-        }
-        if m.presence + m.message + m.subscribe + m.churn == 0 {
-            return Err("all weights are zero".into());
-        }
-        Ok(m)
-    }
-}
 
 /// Open or closed loop.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -253,25 +152,6 @@ pub struct Kill {
     pub at: Duration,
 }
 
-/// One second of the run (warm-up included): what loadgen received and what it gave up
-/// on, for seeing when a dead node's share was served again.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct Second {
-    /// End of the interval, seconds from the start of the measured window (negative
-    /// during the warm-up).
-    pub t_s: f64,
-    /// Stanzas received by peers and clients in the interval, per second.
-    pub stanzas_in_per_s: f64,
-    /// Tracked deliveries in flight at the end of the interval.
-    pub in_flight: u64,
-    /// `<see-other-host/>` redirects followed so far.
-    pub redirects: u64,
-    /// Client logins made again so far.
-    pub relogins: u64,
-    /// S2S streams closed by the SUT so far (unexpected closes).
-    pub unexpected_closes: u64,
-}
-
 /// Errors that end a run before it measured anything.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -282,53 +162,6 @@ pub enum RunError {
     /// An output could not be written.
     #[error("output: {0}")]
     Output(#[from] io::Error),
-}
-
-/// What a run produced.
-#[derive(Debug)]
-pub struct Outcome {
-    /// Percentiles, throughput and accounting.
-    pub summary: Summary,
-    /// Operations started in the measured period.
-    pub ops: u64,
-    /// Operations the open loop skipped because too much was in flight.
-    pub skipped: u64,
-    /// `subscribe` operations of the mixed scenario run as presence (or a message) because
-    /// every fresh pair was already subscribed (warm-up included).
-    pub subscribe_as_presence: u64,
-    /// Stanzas the peers sent again on a new stream (XEP-0198: not acknowledged by the SUT
-    /// when the last stream dropped).
-    pub peer_resent: u64,
-    /// Tracked deliveries received more than expected: duplicates (a stanza sent again after
-    /// a dropped stream that had arrived after all). Not an accounting error: delivery is
-    /// at least once without end-to-end deduplication.
-    pub duplicates: u64,
-    /// Streams closed without loadgen asking, and S2S authentication failures.
-    pub unexpected_closes: u64,
-    /// S2S authentication failures.
-    pub auth_failures: u64,
-    /// Peak resident memory of this process, KiB (VmHWM).
-    pub peak_rss_kib: Option<u64>,
-    /// CPU of each `--sut-pid` over the measured window, in the order given; empty when
-    /// none was given or the run ended before the window began.
-    pub sut_cpu: Vec<SutCpu>,
-    /// `--sut-pid` processes that could not be read (each message names the pid).
-    pub sut_cpu_errors: Vec<String>,
-    /// `<see-other-host/>` redirects the clients followed.
-    pub redirects: u64,
-    /// Client logins made again after a session ended without loadgen asking.
-    pub relogins: u64,
-    /// When `--kill-pid` was killed, seconds from the start of the measured window.
-    pub killed_at_s: Option<f64>,
-    /// Files written.
-    pub files: Vec<PathBuf>,
-}
-
-/// Peak resident set size of this process, KiB (`VmHWM` of /proc/self/status).
-pub fn peak_rss_kib() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -348,7 +181,8 @@ struct Driver {
     rng: StdRng,
     scenario: Scenario,
     mix: Mix,
-    /// Next reserved pair for subscribe operations, and the end of the reserve.
+    /// Next reserved pair for subscribe operations, and the end of the reserve (indices of
+    /// this process's pairs, [`Topology::own_pair`]).
     next_fresh: u32,
     fresh_end: u32,
     /// `subscribe` operations of the mixed scenario that ran as presence because every
@@ -360,7 +194,9 @@ struct Driver {
 impl Driver {
     fn pick(&mut self) -> Option<Op> {
         let t = &self.world.topo;
-        let pairs = t.pairs();
+        // This process's pairs only (all of them in one process): indices `0 .. pairs`
+        // mapped by `own_pair`.
+        let pairs = t.own_pairs();
         let kind = match self.scenario {
             Scenario::Subscribe => 2,
             Scenario::Presence => 0,
@@ -394,7 +230,7 @@ impl Driver {
             0 => {
                 // Presence over a pair in `both`: bounded tries.
                 for _ in 0..16 {
-                    let r = self.rng.random_range(0..pairs);
+                    let r = t.own_pair(self.rng.random_range(0..pairs));
                     if self.world.pairs.state(r) == PairState::Both {
                         return Some(if self.rng.random_bool(0.5) {
                             Op::PresenceLocal(t.pair_local(r))
@@ -403,11 +239,11 @@ impl Driver {
                         });
                     }
                 }
-                let r = self.rng.random_range(0..pairs);
+                let r = t.own_pair(self.rng.random_range(0..pairs));
                 Op::MessageFromRemote(r)
             }
             1 => {
-                let r = self.rng.random_range(0..pairs);
+                let r = t.own_pair(self.rng.random_range(0..pairs));
                 if self.rng.random_bool(0.5) {
                     Op::MessageFromLocal(r)
                 } else {
@@ -415,11 +251,11 @@ impl Driver {
                 }
             }
             2 => {
-                let r = self.next_fresh;
+                let r = t.own_pair(self.next_fresh);
                 self.next_fresh += 1;
                 Op::Subscribe(r)
             }
-            _ => Op::Churn(self.rng.random_range(0..self.peers.servers())),
+            _ => Op::Churn(t.own_server(self.rng.random_range(0..self.peers.servers()))),
         })
     }
 
@@ -533,8 +369,16 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         std::fs::write(path, dns::to_zone_file(&records))?;
         files.push(path.clone());
     }
-    let zone = dns::serve(opts.dns_bind, records)
-        .map_err(|e| setup(format!("DNS server on {}: {e}", opts.dns_bind)))?;
+    // A child of a split run (`--procs`) serves no DNS: its parent answers for everyone.
+    let child = topo.shard.count > 1;
+    let zone = if child {
+        None
+    } else {
+        Some(
+            dns::serve(opts.dns_bind, records)
+                .map_err(|e| setup(format!("DNS server on {}: {e}", opts.dns_bind)))?,
+        )
+    };
 
     // The SUT.
     let (embedded, sut_s2s, sut_c2s, sut_roots) = match &opts.target {
@@ -543,7 +387,10 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
                 domain: topo.sut_domain.clone(),
                 ip: *ip,
                 shards: *shards,
-                nameserver: zone.addr(),
+                nameserver: zone
+                    .as_ref()
+                    .ok_or_else(|| setup("a child of a split run needs an external SUT".into()))?
+                    .addr(),
                 local_users: topo.local_users,
                 password: opts.password.clone(),
                 profile: match (opts.peer_auth, opts.peer_tls) {
@@ -585,20 +432,21 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
     )
     .await
     .map_err(|e| setup(e.to_string()))?;
-    let pb = bar(opts.progress, u64::from(topo.peers), "streams");
+    let own_domains = topo.own_domains();
+    let pb = bar(opts.progress, u64::from(own_domains), "streams");
     let until = Instant::now() + opts.setup_timeout;
-    while peers.ready_domains() < topo.peers && Instant::now() < until {
+    while peers.ready_domains() < own_domains && Instant::now() < until {
         pb.set_position(u64::from(peers.ready_domains()));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     pb.finish_and_clear();
-    if peers.ready_domains() < topo.peers {
+    if peers.ready_domains() < own_domains {
         let ready = peers.ready_domains();
         peers.stop(Duration::from_secs(2)).await;
         return Err(setup(format!(
             "only {ready} of {} peer domains authenticated their stream to the SUT within {:?} \
              ({} authentication failures)",
-            topo.peers,
+            own_domains,
             opts.setup_timeout,
             world.auth_failures.load(Ordering::Relaxed)
         )));
@@ -633,7 +481,7 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
     let logins = t_login.elapsed();
 
     // Which pairs are subscribed before measuring.
-    let pairs = topo.pairs();
+    let pairs = topo.own_pairs();
     let presubscribed = match opts.scenario {
         Scenario::Presence => pairs,
         Scenario::Mixed => pairs - pairs / 5,
@@ -663,7 +511,9 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
                     Ok(Ok(p)) => p,
                     _ => break,
                 };
-            driver.issue(Op::Subscribe(r), Some(permit)).await;
+            driver
+                .issue(Op::Subscribe(topo.own_pair(r)), Some(permit))
+                .await;
             if r % 256 == 0 {
                 pb.set_position(world.pairs.both_total());
             }
@@ -686,14 +536,22 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
     eprintln!(
         "loadgen: {} peer domains ({} servers) authenticated in {:.2} s; {} clients logged in \
          in {:.2} s; {presubscribed} subscriptions in {:.2} s",
-        topo.peers,
-        topo.servers(),
+        own_domains,
+        topo.own_servers(),
         streams_up.as_secs_f64(),
-        topo.local_users,
+        topo.own_locals(),
         logins.as_secs_f64(),
         subs_time.as_secs_f64()
     );
     warm.merge(&world.take_interval());
+    let fds_at_ready = open_fds();
+    if child {
+        // Set-up is done: tell the parent and wait until every child's is, so that all
+        // measure the same window.
+        crate::procs::ready_and_wait_go(opts.setup_timeout * 3 + crate::procs::MARGIN)
+            .await
+            .map_err(setup)?;
+    }
 
     // Warm-up then measurement.
     let hlog_path = opts.out_dir.join("intervals.hlog");
@@ -726,6 +584,7 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
     let mut last_in = world.stanzas_in.load(Ordering::Relaxed);
     let mut exhausted = false;
     let mut cpu_window: Option<cpu::Window> = None;
+    let mut stanzas_at_measure: Option<u64> = None;
     let mut seconds: Vec<Second> = Vec::new();
     let kill_at = opts.kill.map(|k| (k.pid, measure_from + k.at));
     let mut killed_at_s = None;
@@ -744,6 +603,9 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
                 }
                 kill(pid);
             }
+        }
+        if stanzas_at_measure.is_none() && now >= measure_from {
+            stanzas_at_measure = Some(world.stanzas_in.load(Ordering::Relaxed));
         }
         if cpu_window.is_none() && now >= measure_from {
             cpu_window = Some(cpu::Window::start(
@@ -825,6 +687,9 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         }
     }
     let measured_for = Instant::now().saturating_duration_since(measure_from);
+    let stanzas_measured = stanzas_at_measure.map_or(0, |at| {
+        world.stanzas_in.load(Ordering::Relaxed).saturating_sub(at)
+    });
     let (sut_cpu, sut_cpu_errors): (Vec<_>, Vec<_>) = cpu_window
         .map(|w| w.end(world.stanzas_in.load(Ordering::Relaxed)))
         .unwrap_or_default()
@@ -867,81 +732,19 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
             .await
             .map_err(|e| setup(e.to_string()))?;
     }
-    zone.stop();
+    if let Some(z) = zone {
+        z.stop();
+    }
 
     let mut summary = measured.summary(measured_for);
     summary.accounting = all.accounting();
-    let params = serde_json::json!({
-        "scenario": opts.scenario.name(),
-        "peers": topo.peers,
-        "users_per_peer": topo.users_per_peer,
-        "local_users": topo.local_users,
-        "domains_per_server": topo.domains_per_server,
-        "sut_domain": topo.sut_domain,
-        "load": match opts.load {
-            Load::Open { rate } => serde_json::json!({"open_loop_ops_per_s": rate}),
-            Load::Closed { concurrency } => serde_json::json!({"closed_loop_concurrency": concurrency}),
-        },
-        "mix": opts.mix,
-        "warmup_s": opts.warmup.as_secs_f64(),
-        "duration_s": opts.duration.as_secs_f64(),
-        "ops_measured": ops_measured,
-        "ops_skipped": skipped,
-        "subscribe_as_presence": subscribe_as_presence,
-        "peer_sm": opts.peer_sm,
-        "peer_bidi": opts.peer_bidi,
-        // TCP connections between the peers and the SUT (XEP-0288 halves them when
-        // both ends support it): opened by the peers, accepted from the SUT.
-        "peer_sockets": peer_sockets,
-        "churn_reset": opts.churn_reset,
-        "peer_resent": peer_resent,
-        "duplicates": duplicates,
-        "peak_rss_kib": peak_rss_kib(),
-        "setup": {
-            "streams_s": streams_up.as_secs_f64(),
-            "logins_s": logins.as_secs_f64(),
-            "subscriptions": presubscribed,
-            "subscriptions_s": subs_time.as_secs_f64(),
-        },
-        "unexpected_closes": world.unexpected_closes.load(Ordering::Relaxed),
-        "auth_failures": world.auth_failures.load(Ordering::Relaxed),
-        "sut_cpu": sut_cpu,
-        "sut_cpu_errors": sut_cpu_errors,
-        "sut_cpu_stanzas": "stanzas loadgen received in the measured window",
-        "sut_cpu_total": cpu::total(&sut_cpu),
-        "sut_s2s": sut_s2s.iter().map(|n| serde_json::json!({"addr": n.addr.to_string(), "weight": n.weight})).collect::<Vec<_>>(),
-        "sut_c2s": sut_c2s.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "redirects": world.redirects.load(Ordering::Relaxed),
-        "relogins": world.relogins.load(Ordering::Relaxed),
-        "kill": opts.kill.map(|k| serde_json::json!({"pid": k.pid, "at_s": k.at.as_secs_f64(), "killed_at_s": killed_at_s, "killed_at_unix_s": killed_at_unix_s})),
-        "per_second": seconds,
-    });
-    let json_path = opts.out_dir.join("summary.json");
-    let mut f = BufWriter::new(File::create(&json_path)?);
-    summary
-        .write_json(&mut f, &params)
-        .map_err(|e| setup(e.to_string()))?;
-    f.flush()?;
-    files.push(json_path);
-    files.extend(
-        measured
-            .write_hgrm_files(&opts.out_dir, "loadgen")
-            .map_err(|e| setup(e.to_string()))?,
-    );
-    let svg = opts.out_dir.join("latency.svg");
-    measured
-        .write_svg(
-            &svg,
-            &format!("loadgen {} — {}", opts.scenario.name(), topo.sut_domain),
-        )
-        .map_err(|e| setup(e.to_string()))?;
-    files.push(svg);
-    Ok(Outcome {
+    let mut outcome = Outcome {
         summary,
         ops: ops_measured,
         skipped,
         subscribe_as_presence,
         peer_resent,
+        peer_sockets,
         duplicates,
         unexpected_closes: world.unexpected_closes.load(Ordering::Relaxed),
         auth_failures: world.auth_failures.load(Ordering::Relaxed),
@@ -951,8 +754,26 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         redirects: world.redirects.load(Ordering::Relaxed),
         relogins: world.relogins.load(Ordering::Relaxed),
         killed_at_s,
+        killed_at_unix_s,
         files,
-    })
+        measured,
+        all,
+        seconds,
+        setup: SetupTimes {
+            streams_s: streams_up.as_secs_f64(),
+            logins_s: logins.as_secs_f64(),
+            subscriptions: presubscribed,
+            subscriptions_s: subs_time.as_secs_f64(),
+        },
+        stanzas_measured,
+        fds_at_ready,
+        procs: 1,
+        children: Vec::new(),
+    };
+    if !child {
+        write_report(&opts, &sut_s2s, &sut_c2s, &mut outcome)?;
+    }
+    Ok(outcome)
 }
 
 /// `t − from` in seconds, negative when `t` is earlier.
@@ -964,7 +785,7 @@ fn signed_secs(t: Instant, from: Instant) -> f64 {
 }
 
 /// Sends SIGKILL to `pid` (a SUT node's death); a failure is reported on stderr.
-fn kill(pid: u32) {
+pub fn kill(pid: u32) {
     let Ok(p) = libc::pid_t::try_from(pid) else {
         eprintln!("loadgen: --kill-pid {pid}: not a process id");
         return;

@@ -14,6 +14,11 @@
 //! - Pair `r` (remote user `r`: domain `r / M`, user `r % M`) is a contact of local user
 //!   `r % K`, so every local user has about `P·M / K` remote contacts spread over many
 //!   domains, as a presence deployment federating with Gmail does.
+//! - Split over `n` processes (`loadgen --procs n`, [`Shard`]): process `i` simulates the
+//!   servers `s` with `s % n == i` (with one domain per server, the domains `d % n == i`)
+//!   and the local users `k % n == i`. Pairs never cross processes: a domain's pairs go to
+//!   the local users of the same process, round robin (with `n = 1` that is `r % K`), so
+//!   every stanza a process sends is received by that process.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
@@ -42,6 +47,46 @@ pub struct Topology {
     pub peer_subnet: Option<u8>,
     /// TCP port every peer server listens on (5269 by default).
     pub peer_port: u16,
+    /// Which part of the run this process simulates (all of it by default).
+    pub shard: Shard,
+}
+
+/// One process's part of a run split over `count` processes (`loadgen --procs`): it owns
+/// the servers `s` with `s % count == index` (and their domains) and the local users `k`
+/// with `k % count == index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This process's part, `0 .. count`.
+    pub index: u32,
+    /// Number of processes (≥ 1).
+    pub count: u32,
+}
+
+impl Shard {
+    /// The whole run in one process.
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    /// Parses `i/n` (`--child`): `i < n`, `n ≥ 1`.
+    ///
+    /// Errors: a message naming what is wrong.
+    pub fn parse(s: &str) -> Result<Shard, String> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}`: expected i/n, like 0/4"))?;
+        let (Ok(index), Ok(count)) = (i.trim().parse::<u32>(), n.trim().parse::<u32>()) else {
+            return Err(format!("`{s}`: i and n must be whole numbers"));
+        };
+        if count == 0 || index >= count {
+            return Err(format!("`{s}`: expected 0 <= i < n"));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard::ALL
+    }
 }
 
 impl Topology {
@@ -128,9 +173,110 @@ impl Topology {
         r / self.users_per_peer.max(1)
     }
 
-    /// The local user of pair `r`.
+    /// The local user of pair `r`: `r % K` in one process; split over `n` processes, the
+    /// pairs of a domain go round robin to the local users of the process that owns the
+    /// domain (see [`Shard`]), so both ends of a pair are in one process.
     pub fn pair_local(&self, r: u32) -> u32 {
-        r % self.local_users.max(1)
+        let m = self.users_per_peer.max(1);
+        let g = self.domains_per_server.max(1);
+        let n = self.shard.count.max(1);
+        let (d, j) = (r / m, r % m);
+        let s = d / g;
+        let c = s % n;
+        // The domain's rank among its process's domains, then the pair's.
+        let e = (s / n) * g + d % g;
+        let q = e * m + j;
+        c + n * (q % self.locals_of(c).max(1))
+    }
+
+    /// Local users of process `c`: `k < K` with `k % n == c`.
+    fn locals_of(&self, c: u32) -> u32 {
+        self.local_users
+            .saturating_sub(c)
+            .div_ceil(self.shard.count.max(1))
+    }
+
+    /// Servers of process `c`: `s < S` with `s % n == c`.
+    fn servers_of(&self, c: u32) -> u32 {
+        self.servers()
+            .saturating_sub(c)
+            .div_ceil(self.shard.count.max(1))
+    }
+
+    /// Domains of process `c` (the domains of its servers).
+    fn domains_of(&self, c: u32) -> u32 {
+        let (n, g, last) = (
+            self.shard.count.max(1),
+            self.domains_per_server.max(1),
+            self.servers(),
+        );
+        let full = self.servers_of(c) * g;
+        // The last server may host fewer than G domains.
+        if last > 0 && (last - 1) % n == c {
+            full - (g - self.server_domains(last - 1).len() as u32)
+        } else {
+            full
+        }
+    }
+
+    /// Pair `q` (in rank order) of process `c`: its global index.
+    fn pair_of(&self, c: u32, q: u32) -> u32 {
+        let m = self.users_per_peer.max(1);
+        let g = self.domains_per_server.max(1);
+        let n = self.shard.count.max(1);
+        let (e, j) = (q / m, q % m);
+        let s = c + n * (e / g);
+        (s * g + e % g) * m + j
+    }
+
+    /// Whether this process simulates server `s`.
+    pub fn owns_server(&self, s: u32) -> bool {
+        s % self.shard.count.max(1) == self.shard.index
+    }
+
+    /// Whether this process simulates remote domain `d`.
+    pub fn owns_domain(&self, d: u32) -> bool {
+        self.owns_server(self.server_of(d))
+    }
+
+    /// Whether this process logs local user `k` in.
+    pub fn owns_local(&self, k: u32) -> bool {
+        k % self.shard.count.max(1) == self.shard.index
+    }
+
+    /// Number of servers this process simulates.
+    pub fn own_servers(&self) -> u32 {
+        self.servers_of(self.shard.index)
+    }
+
+    /// This process's server `x` (`x < own_servers()`): its global index.
+    pub fn own_server(&self, x: u32) -> u32 {
+        self.shard.index + self.shard.count.max(1) * x
+    }
+
+    /// Number of remote domains this process simulates.
+    pub fn own_domains(&self) -> u32 {
+        self.domains_of(self.shard.index)
+    }
+
+    /// Number of local users this process logs in.
+    pub fn own_locals(&self) -> u32 {
+        self.locals_of(self.shard.index)
+    }
+
+    /// This process's local user `x` (`x < own_locals()`): its global index.
+    pub fn own_local(&self, x: u32) -> u32 {
+        self.shard.index + self.shard.count.max(1) * x
+    }
+
+    /// Number of pairs whose ends this process simulates: `own_domains() · M`.
+    pub fn own_pairs(&self) -> u32 {
+        self.own_domains() * self.users_per_peer
+    }
+
+    /// This process's pair `t` (`t < own_pairs()`): its global index.
+    pub fn own_pair(&self, t: u32) -> u32 {
+        self.pair_of(self.shard.index, t)
     }
 
     /// Local user `k`'s localpart.
@@ -154,10 +300,15 @@ impl Topology {
         (k < self.local_users).then_some(k)
     }
 
-    /// The pairs of local user `k`: `k, k + K, k + 2K, …` below `P · M`.
-    pub fn contacts_of(&self, k: u32) -> impl Iterator<Item = u32> {
-        let step = self.local_users.max(1) as usize;
-        (k..self.pairs()).step_by(step)
+    /// The pairs of local user `k` (in one process: `k, k + K, k + 2K, …` below `P · M`).
+    pub fn contacts_of(&self, k: u32) -> impl Iterator<Item = u32> + '_ {
+        let n = self.shard.count.max(1);
+        let c = k % n;
+        let step = self.locals_of(c).max(1) as usize;
+        let pairs = self.domains_of(c) * self.users_per_peer;
+        ((k / n)..pairs)
+            .step_by(step)
+            .map(move |q| self.pair_of(c, q))
     }
 }
 
@@ -176,6 +327,7 @@ mod tests {
             peer_net: [127, 78],
             peer_subnet: None,
             peer_port: 5269,
+            shard: Shard::ALL,
         }
     }
 
@@ -257,5 +409,79 @@ mod tests {
             }
         }
         assert!(count.iter().all(|&c| c == 100));
+    }
+
+    /// Split over `n` processes, every process's pairs, servers and local users are its
+    /// own, together they are everything once, and pair ends never cross processes.
+    #[test]
+    fn shards_partition_the_run() {
+        for (peers, g, m, k, n) in [
+            (20, 1, 5, 4, 2),
+            (23, 1, 3, 7, 4),
+            (101, 10, 2, 9, 3),
+            (7, 3, 2, 5, 3),
+            (1000, 50, 10, 100, 1),
+        ] {
+            let base = Topology {
+                peers,
+                users_per_peer: m,
+                local_users: k,
+                domains_per_server: g,
+                ..topo()
+            };
+            let mut pairs_seen = vec![0u32; base.pairs() as usize];
+            let mut locals_seen = vec![0u32; k as usize];
+            let mut domains = 0;
+            for index in 0..n {
+                let t = Topology {
+                    shard: Shard { index, count: n },
+                    ..base.clone()
+                };
+                let own_domains = (0..peers).filter(|&d| t.owns_domain(d)).count() as u32;
+                assert_eq!(t.own_domains(), own_domains, "{peers} {g} {n} {index}");
+                domains += own_domains;
+                assert_eq!(
+                    t.own_servers(),
+                    (0..t.servers()).filter(|&s| t.owns_server(s)).count() as u32
+                );
+                for x in 0..t.own_servers() {
+                    assert!(t.owns_server(t.own_server(x)));
+                }
+                for x in 0..t.own_locals() {
+                    let l = t.own_local(x);
+                    assert!(t.owns_local(l));
+                    locals_seen[l as usize] += 1;
+                }
+                for q in 0..t.own_pairs() {
+                    let r = t.own_pair(q);
+                    assert!(t.owns_domain(t.pair_domain(r)), "{r}");
+                    assert!(t.owns_local(t.pair_local(r)), "{r}");
+                    pairs_seen[r as usize] += 1;
+                }
+                for x in 0..t.own_locals() {
+                    let l = t.own_local(x);
+                    for r in t.contacts_of(l) {
+                        assert_eq!(t.pair_local(r), l);
+                    }
+                }
+            }
+            assert_eq!(domains, peers);
+            assert!(
+                pairs_seen.iter().all(|&c| c == 1),
+                "{peers} {g} {m} {k} {n}"
+            );
+            assert!(locals_seen.iter().all(|&c| c == 1));
+            // contacts_of lists exactly the pairs whose local user it is.
+            let t = Topology {
+                shard: Shard { index: 0, count: n },
+                ..base.clone()
+            };
+            let total: usize = (0..k).map(|l| t.contacts_of(l).count()).sum();
+            assert_eq!(total, base.pairs() as usize);
+        }
+        assert_eq!(Shard::parse("1/4"), Ok(Shard { index: 1, count: 4 }));
+        for bad in ["4/4", "1", "a/2", "0/0"] {
+            assert!(Shard::parse(bad).is_err(), "{bad}");
+        }
     }
 }

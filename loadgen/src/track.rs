@@ -131,9 +131,16 @@ pub struct Tracker {
 impl Tracker {
     /// An empty tracker on `clock`.
     pub fn new(clock: Clock) -> Tracker {
+        Tracker::with_first_seq(clock, 1)
+    }
+
+    /// An empty tracker on `clock` whose ids start at `first` (the processes of one run
+    /// each take their own range, so that an id one of them sent never matches another's,
+    /// [`crate::topology::Shard`]).
+    pub fn with_first_seq(clock: Clock, first: u64) -> Tracker {
         Tracker {
             clock,
-            next_seq: AtomicU64::new(1),
+            next_seq: AtomicU64::new(first.max(1)),
             pending: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             expected: AtomicU64::new(0),
             ended: AtomicU64::new(0),

@@ -17,6 +17,9 @@ use crate::report::{steps, Recorder};
 use crate::topology::Topology;
 use crate::track::{Clock, Delivery, Step, TrackedId, Tracker};
 
+/// Bits of tracked-id sequence numbers each process of a split run has to itself.
+const SEQ_BITS_PER_PROCESS: u32 = 40;
+
 /// A pair's RFC 6121 subscription progress as loadgen drove it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -122,7 +125,11 @@ impl World {
     pub fn new(topo: Topology, slots: usize) -> World {
         let pairs = Pairs::new(topo.pairs(), topo.local_users);
         World {
-            tracker: Tracker::new(Clock::new()),
+            // Process i of a split run numbers its ids from i · 2^40 + 1.
+            tracker: Tracker::with_first_seq(
+                Clock::new(),
+                (u64::from(topo.shard.index) << SEQ_BITS_PER_PROCESS) + 1,
+            ),
             pairs,
             recs: (0..slots.max(1))
                 .map(|_| Mutex::new(Recorder::with_steps(ALL_STEPS)))

@@ -157,6 +157,7 @@ fn world() -> World {
             peer_net: [127, 76],
             peer_subnet: None,
             peer_port: 5269,
+            shard: loadgen::topology::Shard::ALL,
         },
         1,
     )

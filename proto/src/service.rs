@@ -23,7 +23,7 @@ use crate::stanza::{error_reply, is_error, StanzaKind};
 pub use crate::version::Software;
 use crate::version::NS_VERSION;
 use crate::xml::tree::Node;
-use crate::xml::{escape_attr_into, Element, ElementBuilder};
+use crate::xml::{escape_attr_into, Element, ElementBuilder, StanzaArena};
 
 /// `urn:xmpp:ping` (XEP-0199).
 pub const NS_PING: &str = "urn:xmpp:ping";
@@ -175,8 +175,12 @@ pub enum Answer {
 /// `<iq type='result' from='(el's to)' to='(el's from)' id='(el's id)'`, the start of
 /// the result to the `iq` `el` (RFC 6120 §8.2.3), with room for `capacity` bytes.
 fn result_to(el: &Element, capacity: usize) -> ElementBuilder {
-    ElementBuilder::with_capacity("iq", capacity)
-        .attr("type", "result")
+    result_in(el, ElementBuilder::with_capacity("iq", capacity))
+}
+
+/// [`result_to`] continuing `iq`, a builder of `<iq`.
+fn result_in(el: &Element, iq: ElementBuilder) -> ElementBuilder {
+    iq.attr("type", "result")
         .raw_attr_opt("from", el.to())
         .raw_attr_opt("to", el.from())
         .raw_attr_opt("id", el.id())
@@ -296,6 +300,18 @@ pub fn answer_server(el: &Element, kind: StanzaKind, software: &Software) -> Ans
         }
         _ => Answer::Ignore,
     }
+}
+
+/// The answer to `el` when it is a XEP-0199 ping (§4.2, server to server; §4.3, client to
+/// server) to the server written the plain way (`<ping xmlns='urn:xmpp:ping'/>` as the
+/// whole content of an `iq type='get'`): the empty `iq type='result'` that
+/// [`answer_server`] gives, built in `arena` (no allocation once it is warm). `None` for
+/// anything else, which [`answer_server`] answers.
+pub fn answer_plain_ping(el: &Element, arena: &mut StanzaArena) -> Option<Element> {
+    if !is_plain_ping(el) || StanzaKind::of(el) != Some(StanzaKind::Iq) {
+        return None;
+    }
+    Some(result_in(el, arena.builder("iq")).finish_in(arena))
 }
 
 /// Answers an `iq` addressed to a local account's bare JID, which the server handles on

@@ -7,10 +7,13 @@
 //! generators write exactly the bytes the byte-writing functions they replace write.
 
 use fedrouter_proto::condition::StanzaCondition;
-use fedrouter_proto::service::{answer_server, answer_unavailable_user, ping, write_ping, Answer};
+use fedrouter_proto::service::{
+    answer_plain_ping, answer_server, answer_unavailable_user, ping, write_ping, Answer,
+};
 use fedrouter_proto::stanza::{error_reply, presence, write_error_reply, StanzaKind};
 use fedrouter_proto::xml::{
     escape_attr, escape_text, parse_stanza, unescape, writer, Element, ElementBuilder, Namespace,
+    StanzaArena,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -198,7 +201,21 @@ fn part() -> impl Strategy<Value = Part> {
 
 /// Builds the element, and independently the bytes it must have.
 fn build(name: &str, attrs: &[Attr], content: &Option<Vec<Part>>) -> (Element, String) {
-    let mut b = ElementBuilder::new(name);
+    build_in(None, name, attrs, content)
+}
+
+/// [`build`], in `arena` when there is one ([`StanzaArena::builder`],
+/// [`ElementBuilder::finish_in`]).
+fn build_in(
+    mut arena: Option<&mut StanzaArena>,
+    name: &str,
+    attrs: &[Attr],
+    content: &Option<Vec<Part>>,
+) -> (Element, String) {
+    let mut b = match arena.as_deref_mut() {
+        Some(a) => a.builder(name),
+        None => ElementBuilder::new(name),
+    };
     let mut expected = format!("<{name}");
     for a in attrs {
         b = match a.form {
@@ -236,7 +253,11 @@ fn build(name: &str, attrs: &[Attr], content: &Option<Vec<Part>>) -> (Element, S
             }
         }
     }
-    (b.finish(), expected)
+    let el = match arena {
+        Some(a) => b.finish_in(a),
+        None => b.finish(),
+    };
+    (el, expected)
 }
 
 fn value_of<'a>(attrs: &'a [Attr], name: &str) -> Option<&'a str> {
@@ -300,6 +321,38 @@ proptest! {
         let re = parse_stanza(&a).unwrap();
         prop_assert_eq!(re.to(), Some("n&apos;ew@x"));
         prop_assert_eq!(re.inner(), el.inner());
+    }
+
+    /// Elements built one after the other in one arena with small chunks (so chunks
+    /// fill, are reused in place or replaced) are those built alone, and the ones kept
+    /// alive (every other one) are unchanged when the last is built.
+    #[test]
+    fn arena_built_equals_built(
+        elements in proptest::collection::vec(
+            (
+                element_name(),
+                attributes(),
+                proptest::option::of(proptest::collection::vec(part(), 0..4)),
+            ),
+            1..12,
+        ),
+        chunk in 1usize..300,
+    ) {
+        let mut arena = StanzaArena::new(chunk);
+        let mut kept = Vec::new();
+        for (i, (name, attrs, content)) in elements.iter().enumerate() {
+            let (el, expected) = build_in(Some(&mut arena), name, attrs, content);
+            let (alone, _) = build(name, attrs, content);
+            prop_assert_eq!(el.as_str(), expected.as_str());
+            prop_assert_eq!(&el, &alone);
+            prop_assert_eq!(&parse_stanza(el.bytes()).unwrap(), &el);
+            if i % 2 == 0 {
+                kept.push((el, alone));
+            }
+        }
+        for (el, alone) in &kept {
+            prop_assert_eq!(el, alone);
+        }
     }
 
     /// `raw_attr(raw)` writes what `attr(unescape(raw))` writes, whatever the quoting the
@@ -579,6 +632,34 @@ fn answers_are_elements_that_frame_to_themselves() {
         assert_eq!(
             r.to().map(|t| unescape(t).unwrap().into_owned()),
             el.from().map(|f| unescape(f).unwrap().into_owned())
+        );
+    }
+    // The plain ping's answer built in an arena is `answer_server`'s; anything else is
+    // left to `answer_server`.
+    let mut arena = StanzaArena::new(64);
+    for &(input, kind) in cases {
+        let el = stanza(input);
+        let software = fedrouter_proto::service::Software {
+            name: "fedrouter".into(),
+            version: "0.1.0".into(),
+            os: None,
+        };
+        match answer_plain_ping(&el, &mut arena) {
+            Some(pong) => {
+                assert_eq!(answer_server(&el, kind, &software), Answer::Reply(pong));
+            }
+            None => assert!(!input.contains("urn:xmpp:ping"), "{input}"),
+        }
+    }
+    for not_plain in [
+        "<iq type='result' from='b.test' to='a.test' id='p'><ping xmlns='urn:xmpp:ping'/></iq>",
+        "<iq type='get' from='b.test' to='a.test' id='p'><p:ping xmlns:p='urn:xmpp:ping'/></iq>",
+        "<message type='get' from='b.test' to='a.test'><ping xmlns='urn:xmpp:ping'/></message>",
+    ] {
+        assert_eq!(
+            answer_plain_ping(&stanza(not_plain), &mut arena),
+            None,
+            "{not_plain}"
         );
     }
     let chat = stanza("<message type='chat' from='u@b.test/r' to='v@a.test' id='1'/>");

@@ -254,7 +254,19 @@ pub(crate) struct ConnState<P: Proto = S2sConnection> {
     /// C2S: the connection counted against its client's address until it authenticates
     /// or ends (`limits.c2s_unauthenticated_per_address`); dropping it gives the slot back.
     pub address_slot: Option<super::floods::AddressSlot>,
+    /// When the writer gives the stream's idle buffers back (its spare write buffer,
+    /// the protocol's receive and transmit buffers) if nothing was read or written
+    /// since. A busy stream (its previous read, or write, less than [`IDLE_TRIM`] ago)
+    /// sets it [`IDLE_TRIM`] ahead at each read and write instead of giving its buffers
+    /// back at once, so it allocates none per burst, and an idle one holds none; a
+    /// stream with sparser traffic gives them back at once, without a timer's wake-up.
+    pub trim_at: Option<Instant>,
 }
+
+/// How long a busy stream must see no read and no write before its idle buffers are
+/// given back ([`ConnState::trim_at`]), and how close together reads (or writes) make a
+/// stream busy. So the timer fires at most once per second of quiet after traffic.
+pub(crate) const IDLE_TRIM: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl<P: Proto> ConnState<P> {
     /// A new state around `proto`, with TLS already established when `tls` is given.
@@ -282,6 +294,7 @@ impl<P: Proto> ConnState<P> {
             detached: false,
             write_waiting_since: None,
             address_slot: None,
+            trim_at: None,
         }
     }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio_uring::net::{TcpListener, TcpStream};
 use tracing::{debug, info_span, warn, Instrument};
 
-use super::conn::{Conn, ConnId, Handoff, Proto, READ_BUF, READ_BUF_MAX};
+use super::conn::{Conn, ConnId, Handoff, Proto, IDLE_TRIM, READ_BUF, READ_BUF_MAX};
 use super::msg::ShardMsg;
 use super::shard::Shard;
 use crate::metrics::Latency;
@@ -48,6 +48,13 @@ enum WriteEnd {
     /// The socket accepted no byte for the write-stall timeout; the stream is closed.
     Stalled,
 }
+
+/// A writer keeps its last write's buffer for the next one up to this capacity (bytes)
+/// while the stream is busy ([`IDLE_TRIM`]).
+const MAX_SPARE: usize = 64 * 1024;
+
+/// ... and up to this capacity always: what an idle stream may keep.
+const SMALL_SPARE: usize = 4 * 1024;
 
 /// How the shard drives the connections of one protocol (S2S, C2S): the parts of the read
 /// loop, the writer and the hand-off that differ.
@@ -101,7 +108,8 @@ async fn reader<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
         return hand_off(shard, conn, dst).await;
     }
     conn.wake.notify_one();
-    let mut buf = Vec::with_capacity(READ_BUF);
+    let mut buf = super::read_buffers::take(READ_BUF);
+    let mut last_read: Option<Instant> = None;
     for _ in 0..u64::MAX {
         wait_for_room(&shard, P::PROTO).await;
         let (res, b) = conn.stream.read(buf).await;
@@ -111,7 +119,7 @@ async fn reader<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
             Ok(n) => n,
         };
         let now = Instant::now();
-        super::metrics(|m| m.count("bytes", &[("proto", P::PROTO), ("dir", "in")], n as u64));
+        super::count_bytes(P::PROTO, false, n as u64);
         {
             let mut st = conn.st.borrow_mut();
             if st.closed {
@@ -120,22 +128,41 @@ async fn reader<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
             st.input(&buf[..n], now);
         }
         // Adapt the next read's buffer: grow while reads fill it; once a read leaves it
-        // part empty (the socket is drained, the burst is over), give the memory back
-        // before waiting: the next read may be hours away, and a session that once
+        // part empty (the socket is drained, the burst is over), give the grown buffer
+        // back before waiting: the next read may be hours away, and a session that once
         // received a large stanza must not keep its buffers (benches/README.md,
-        // `c2s_idle`: 330 KiB per session after one 60 KiB message, before this).
+        // `c2s_idle`: 330 KiB per session after one 60 KiB message, before this). The
+        // buffers come from and go back to the shard's few spares (`read_buffers`), so
+        // that a busy stream's bursts allocate nothing.
         let cap = buf.capacity();
         let grown = cap > READ_BUF;
         if n == cap && cap < READ_BUF_MAX {
-            buf = Vec::with_capacity(cap * 2);
+            super::read_buffers::give(std::mem::replace(
+                &mut buf,
+                super::read_buffers::take(cap * 2),
+            ));
         } else if n < cap && grown {
-            buf = Vec::with_capacity(READ_BUF);
+            super::read_buffers::give(std::mem::replace(
+                &mut buf,
+                super::read_buffers::take(READ_BUF),
+            ));
         } else {
             buf.clear();
         }
+        // After a short read, the protocol's buffers are given back: at once when reads
+        // are sparse, by the writer after IDLE_TRIM of quiet on a busy stream (which
+        // would otherwise allocate them again for every burst).
         if n < READ_BUF / 2 || (grown && n < cap) {
-            conn.st.borrow_mut().proto.release_idle_memory();
+            let busy = last_read.is_some_and(|t| now.saturating_duration_since(t) < IDLE_TRIM);
+            let mut st = conn.st.borrow_mut();
+            if busy {
+                st.trim_at = Some(now + IDLE_TRIM);
+            } else {
+                st.trim_at = None;
+                st.proto.release_idle_memory();
+            }
         }
+        last_read = Some(now);
         let before = super::set_read_at(Some(now));
         let after = P::on_events(&shard, &conn, true);
         super::set_read_at(before);
@@ -146,6 +173,7 @@ async fn reader<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
         }
     }
     // The peer closed, the socket failed, or the writer shut it down.
+    super::read_buffers::give(buf);
     let was_closed = {
         let mut st = conn.st.borrow_mut();
         let was = st.closed;
@@ -166,10 +194,11 @@ async fn reader<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
 /// The connection's writer: socket writes and deadlines.
 async fn writer<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
     let mut spare: Vec<u8> = Vec::new();
+    let mut last_write: Option<Instant> = None;
     // Read times of the stanzas in the write in flight.
     let mut marks: Vec<Instant> = Vec::new();
     loop {
-        let (out, deadline, stop) = {
+        let (out, deadline, trim_at, stop) = {
             let mut st = conn.st.borrow_mut();
             st.pump();
             if st.wire.is_empty() {
@@ -177,14 +206,14 @@ async fn writer<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
                     break;
                 }
                 if st.closed {
-                    (None, None, true)
+                    (None, None, None, true)
                 } else {
-                    (None, st.next_deadline(), false)
+                    (None, st.next_deadline(), st.trim_at, false)
                 }
             } else {
                 let out = st.take_wire(std::mem::take(&mut spare));
                 marks.append(&mut st.marks);
-                (Some(out), None, false)
+                (Some(out), None, None, false)
             }
         };
         if stop {
@@ -210,25 +239,36 @@ async fn writer<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
                 }
             }
             let written = b.len() as u64;
+            super::count_bytes(P::PROTO, true, written);
             super::metrics(|m| {
-                m.count("bytes", &[("proto", P::PROTO), ("dir", "out")], written);
                 for t in marks.drain(..) {
                     m.observe(Latency::Routing, t.elapsed());
                 }
             });
             b.clear();
-            // Keep a small spare only: idle streams must not hold big buffers.
-            if b.capacity() <= 4 * 1024 {
+            // Keep a small spare; on a busy stream a large one too, given back after
+            // IDLE_TRIM of quiet (below), unless a rare large write made it huge.
+            let now = Instant::now();
+            let busy = last_write.is_some_and(|t| now.saturating_duration_since(t) < IDLE_TRIM);
+            last_write = Some(now);
+            if b.capacity() <= SMALL_SPARE {
                 spare = b;
+            } else if busy && b.capacity() <= MAX_SPARE {
+                spare = b;
+                conn.st.borrow_mut().trim_at = Some(now + IDLE_TRIM);
             } else {
-                // A large write: the protocol's transmit buffer grew for it too.
+                // The protocol's transmit buffer grew for it too.
                 conn.st.borrow_mut().proto.release_idle_memory();
             }
             P::written(&shard, &conn);
             continue;
         }
+        let wake_at = match (deadline, trim_at) {
+            (Some(d), Some(t)) => Some(d.min(t)),
+            (d, t) => d.or(t),
+        };
         let sleep = async {
-            match deadline {
+            match wake_at {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
                 None => std::future::pending().await,
             }
@@ -238,11 +278,22 @@ async fn writer<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
             _ = sleep => {
                 let now = Instant::now();
                 {
+                    // Quiet for IDLE_TRIM: an idle stream holds no buffer.
                     let mut st = conn.st.borrow_mut();
-                    st.proto.handle_timeout(now);
-                    st.collect_events();
+                    if st.trim_at.is_some_and(|t| now >= t) {
+                        st.trim_at = None;
+                        spare = Vec::new();
+                        st.proto.release_idle_memory();
+                    }
                 }
-                P::on_events(&shard, &conn, false);
+                if deadline.is_some_and(|d| now >= d) {
+                    {
+                        let mut st = conn.st.borrow_mut();
+                        st.proto.handle_timeout(now);
+                        st.collect_events();
+                    }
+                    P::on_events(&shard, &conn, false);
+                }
             }
         }
     }

@@ -44,9 +44,11 @@ mod io;
 mod local;
 mod msg;
 mod outbox;
+mod read_buffers;
 mod remote;
 mod s2s;
 mod shard;
+mod shard_metrics;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -80,6 +82,10 @@ pub use admin::{
 };
 use io::ListenerKind;
 use shard::{Shard, CURRENT};
+pub(crate) use shard_metrics::{
+    count_bytes, count_cluster_forwarded, count_cluster_received, count_stanza, count_static,
+    metrics, StanzaDir,
+};
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -164,32 +170,13 @@ pub(crate) enum Control {
 }
 
 thread_local! {
-    /// This shard thread's metrics (merged with the others' only when read).
-    static METRICS: std::cell::RefCell<crate::metrics::Metrics> =
-        std::cell::RefCell::new(crate::metrics::Metrics::new());
     /// When the socket read being processed on this thread happened: stanzas written
     /// while it is set record their routing latency from it.
     static READ_AT: std::cell::Cell<Option<std::time::Instant>> =
         const { std::cell::Cell::new(None) };
 }
 
-/// Runs `f` on this thread's metrics.
-pub(crate) fn metrics<R>(f: impl FnOnce(&mut crate::metrics::Metrics) -> R) -> R {
-    METRICS.with(|m| f(&mut m.borrow_mut()))
-}
-
 /// The read time of the stanza being processed, if any.
-/// Counts one stanza of `kind` (element name) in direction `dir` (`stanzas{dir,kind}`).
-pub(crate) fn count_stanza(dir: &'static str, kind: &str) {
-    let kind = match kind {
-        "message" => "message",
-        "presence" => "presence",
-        "iq" => "iq",
-        _ => "other",
-    };
-    metrics(|m| m.count("stanzas", &[("dir", dir), ("kind", kind)], 1));
-}
-
 pub(crate) fn read_at() -> Option<std::time::Instant> {
     READ_AT.with(|c| c.get())
 }

@@ -58,6 +58,16 @@ fn hosted_key<'a>(shared: &'a super::Shared, from: &str) -> Option<Cow<'a, str>>
     })
 }
 
+/// The state of remote domain `d` (an ownership key), created when new: its key is
+/// allocated only then (`HashMap::entry` would take an owned key on every call, an
+/// allocation per stanza queued while the stream is set up).
+fn remote_entry<'a>(map: &'a mut HashMap<Rc<str>, Remote>, d: &str) -> &'a mut Remote {
+    if !map.contains_key(d) {
+        map.insert(Rc::from(d), Remote::default());
+    }
+    map.get_mut(d).expect("inserted above")
+}
+
 /// A `db:verify` waiting for its answer from the authoritative server.
 struct VerifyReq {
     local: String,
@@ -212,7 +222,7 @@ impl Remotes {
         if !q.send(&mut st.proto, local, d, now) {
             return Some(q);
         }
-        super::count_stanza("s2s_out", q.name());
+        super::count_stanza(super::StanzaDir::S2sOut, q.name());
         st.pump();
         st.mark(q.read_at());
         st.track(q);
@@ -245,10 +255,7 @@ impl Remotes {
         }
         let now = Instant::now();
         let mut remotes = self.map.borrow_mut();
-        if !remotes.contains_key(d) {
-            remotes.insert(Rc::from(d), Remote::default());
-        }
-        let r = remotes.get_mut(d).expect("inserted above");
+        let r = remote_entry(&mut remotes, d);
         if let Some(until) = r.backoff_until {
             if now < until && r.conn.is_none() {
                 let f = r.last_failure.clone().unwrap_or(Failure {
@@ -330,7 +337,7 @@ impl Remotes {
     /// on it; starts a connection attempt if none runs.
     fn ensure_outbound(&self, shard: &Shard, d: &str, local: &str) {
         let mut remotes = self.map.borrow_mut();
-        let r = remotes.entry(Rc::from(d)).or_default();
+        let r = remote_entry(&mut remotes, d);
         // An inbound bidirectional stream serving as `d`'s (XEP-0288) carries only the
         // pairs `d` authenticated on it: another local domain needs a stream of our own.
         if r.conn.as_ref().is_some_and(|c| {
@@ -393,7 +400,7 @@ impl Remotes {
     pub(super) fn bidi_inbound_ready(&self, shard: &Shard, conn: &Rc<Conn>, local: &str, d: &str) {
         {
             let mut remotes = self.map.borrow_mut();
-            let r = remotes.entry(Rc::from(d)).or_default();
+            let r = remote_entry(&mut remotes, d);
             if r.conn.as_ref().is_none_or(|c| c.id != conn.id) {
                 if r.conn.as_ref().is_some_and(|c| !c.st.borrow().closed) {
                     return;
@@ -437,7 +444,7 @@ impl Remotes {
         let now = Instant::now();
         let (queue, verifies) = {
             let mut remotes = self.map.borrow_mut();
-            let r = remotes.entry(Rc::from(d)).or_default();
+            let r = remote_entry(&mut remotes, d);
             r.connecting = false;
             r.conn = None;
             r.locals.clear();
@@ -763,7 +770,7 @@ impl Remotes {
             .is_some();
         let (backoff, verify_only) = {
             let mut remotes = self.map.borrow_mut();
-            let r = remotes.entry(Rc::from(remote.as_str())).or_default();
+            let r = remote_entry(&mut remotes, &remote);
             let now = Instant::now();
             // A stream of our own, open or being dialled, carries it; else, when that
             // stream would be an inbound bidirectional one (or the domain is another
@@ -965,7 +972,7 @@ impl Remotes {
     /// authenticated on it (dialback requests to send).
     pub(super) fn connected(&self, d: &str, local: &str, conn: &Rc<Conn>) -> Vec<String> {
         let mut remotes = self.map.borrow_mut();
-        let r = remotes.entry(Rc::from(d)).or_default();
+        let r = remote_entry(&mut remotes, d);
         r.connecting = false;
         r.conn = Some(Rc::clone(conn));
         r.locals.iter().filter(|l| *l != local).cloned().collect()

@@ -380,7 +380,7 @@ impl S2sStreams {
                 );
             }
             Event::Stanza { element, .. } => {
-                super::count_stanza("s2s_in", element.name());
+                super::count_stanza(super::StanzaDir::S2sIn, element.name());
                 shard.route(element)
             }
             Event::Closed(reason) => {

@@ -486,7 +486,7 @@ impl Shard {
     ) {
         let Some(c) = &self.cluster else { return };
         match c.forward(node, kind, key, hops, bytes) {
-            Ok(()) => super::metrics(|m| m.count("cluster_forwarded", &[("node", node)], 1)),
+            Ok(()) => super::count_cluster_forwarded(node),
             Err(e) => {
                 super::metrics(|m| m.count("cluster_forward_refused", &[("node", node)], 1));
                 debug!(%node, error = ?e, "cluster: the way to the node is full; bouncing");
@@ -514,8 +514,8 @@ impl Shard {
                 }
                 Inbound::Stanza(f) => {
                     let waited = wire::now_us().saturating_sub(f.sent_us);
+                    super::count_cluster_received();
                     super::metrics(|m| {
-                        m.count("cluster_received", &[], 1);
                         m.observe(Latency::ClusterHandoff, Duration::from_micros(waited));
                     });
                     match parse_stanza(&f.stanza) {

@@ -36,6 +36,7 @@
 //! - One file per output format: `text.rs` (the table on stdout), `json.rs` (the JSON
 //!   summary), `hgrm.rs` (`.hgrm` percentile distributions), `hlog.rs` (the `.hlog`
 //!   interval log, [`IntervalLog`]), `svg.rs` (the percentile spectrum plot).
+//! - `wire.rs`: a recorder as JSON ([`RecorderWire`]), for the processes of a split run.
 #![warn(missing_docs)]
 
 use std::io;
@@ -52,11 +53,13 @@ mod record;
 mod summary;
 mod svg;
 mod text;
+mod wire;
 
 pub use hgrm::write_percentile_distribution;
 pub use hlog::IntervalLog;
 pub use record::{Recorder, StepStats};
 pub use summary::{Accounting, StepAccounting, StepSummary, Summary};
+pub use wire::{RecorderWire, StepWire};
 
 /// Lowest latency the histograms discern, in microseconds (values of 0 µs are still counted).
 pub const LOWEST_US: u64 = 1;

@@ -17,15 +17,15 @@ use super::{
 pub struct StepStats {
     pub(super) name: String,
     pub(super) latency: Histogram<u64>,
-    saturated: u64,
-    sent: u64,
-    received: u64,
-    bounced: BTreeMap<String, u64>,
-    lost: u64,
+    pub(super) saturated: u64,
+    pub(super) sent: u64,
+    pub(super) received: u64,
+    pub(super) bounced: BTreeMap<String, u64>,
+    pub(super) lost: u64,
 }
 
 impl StepStats {
-    fn new(name: &str) -> Self {
+    pub(super) fn new(name: &str) -> Self {
         StepStats {
             name: name.to_owned(),
             latency: new_latency_histogram(),

@@ -12,6 +12,7 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 
+use super::arena::StanzaArena;
 use super::element::{Element, Namespace, Span};
 use super::escape::{escape_attr_into, escape_text_into, unescape};
 
@@ -88,7 +89,11 @@ impl ElementBuilder {
             matches!(super::names::split_qname(name.as_bytes()), Ok((b"", _))),
             "not an unprefixed element name: {name:?}"
         );
-        let mut buf = Vec::with_capacity(capacity.max(2 * name.len() + 5));
+        ElementBuilder::start(name, Vec::with_capacity(capacity.max(2 * name.len() + 5)))
+    }
+
+    /// `<name` written into `buf` (empty).
+    fn start(name: &str, mut buf: Vec<u8>) -> ElementBuilder {
         buf.push(b'<');
         buf.extend_from_slice(name.as_bytes());
         ElementBuilder {
@@ -224,8 +229,38 @@ impl ElementBuilder {
     /// returns it, with the same fields [`parse_stanza`](super::parse_stanza) would give
     /// it: one allocation (the buffer, turned into [`Bytes`] without copying).
     pub fn finish(mut self) -> Element {
+        let view = self.close();
+        let bytes = Bytes::from(std::mem::take(&mut self.buf));
+        self.element(bytes, view)
+    }
+
+    /// As [`ElementBuilder::with_capacity`], writing into `buf` (emptied first): a
+    /// buffer given back by [`ElementBuilder::finish_in`], so that building allocates
+    /// nothing once it is large enough.
+    pub fn with_buffer(name: &str, mut buf: Vec<u8>) -> ElementBuilder {
+        debug_assert!(
+            matches!(super::names::split_qname(name.as_bytes()), Ok((b"", _))),
+            "not an unprefixed element name: {name:?}"
+        );
+        buf.clear();
+        ElementBuilder::start(name, buf)
+    }
+
+    /// As [`ElementBuilder::finish`], but the element's bytes are copied into `arena`
+    /// (a shared chunk, [`StanzaArena`]) and this builder's buffer is given back to it
+    /// for the next [`StanzaArena::builder`]: no allocation once the arena is warm.
+    pub fn finish_in(mut self, arena: &mut StanzaArena) -> Element {
+        let view = self.close();
+        let bytes = arena.copy(&self.buf);
+        let buf = std::mem::take(&mut self.buf);
+        arena.give_back(buf);
+        self.element(bytes, view)
+    }
+
+    /// Writes the end of the element; returns (empty, start_tag_end, inner_end).
+    fn close(&mut self) -> (bool, u32, u32) {
         let qname_end = self.qname_end as usize;
-        let (empty, start_tag_end, inner_end) = match self.start_tag_end {
+        match self.start_tag_end {
             None => {
                 self.buf.extend_from_slice(b"/>");
                 // The framer leaves `inner_end` at 0 for an empty-element tag.
@@ -238,8 +273,15 @@ impl ElementBuilder {
                 self.buf.push(b'>');
                 (false, start_tag_end, inner_end)
             }
-        };
-        let bytes = Bytes::from(self.buf);
+        }
+    }
+
+    /// The element over `bytes` (what [`ElementBuilder::close`] left in the buffer).
+    fn element(
+        &self,
+        bytes: Bytes,
+        (empty, start_tag_end, inner_end): (bool, u32, u32),
+    ) -> Element {
         let ns = match self.xmlns {
             None => Namespace::Server,
             Some(s) => Namespace::classify(&bytes[s.range()], Some(&bytes)),
@@ -248,7 +290,7 @@ impl ElementBuilder {
             bytes,
             ns,
             qname_end: self.qname_end,
-            local: Span::new(1, qname_end),
+            local: Span::new(1, self.qname_end as usize),
             start_tag_end,
             inner_end,
             empty,

@@ -127,6 +127,10 @@ const INITIAL_BUFFER: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct Framer {
     buf: BytesMut,
+    /// The previous receive buffer, emptied: when `buf` fills while elements split off
+    /// it are still alive, the framer continues in this one if every element split off
+    /// it is gone by then (the usual case on a busy stream), instead of allocating.
+    spare: BytesMut,
     limits: Limits,
     pos: usize,
     start: usize,
@@ -150,6 +154,7 @@ impl Framer {
     pub fn new(limits: Limits) -> Framer {
         Framer {
             buf: BytesMut::new(),
+            spare: BytesMut::new(),
             limits,
             pos: 0,
             start: 0,
@@ -176,8 +181,30 @@ impl Framer {
         if self.buf.capacity() == 0 {
             // First bytes, or the first since `release_idle_buffer`.
             self.buf = BytesMut::with_capacity(data.len().max(INITIAL_BUFFER));
+        } else if self.buf.capacity() - self.buf.len() < data.len()
+            && !self.buf.try_reclaim(data.len())
+        {
+            self.next_buffer(data.len());
         }
         self.buf.extend_from_slice(data);
+    }
+
+    /// The buffer is full and elements split off it are still alive (or it must grow):
+    /// moves what it holds (the element in progress; offsets stay valid, they count from
+    /// its start) into the spare buffer when that can be reused in place, else into a
+    /// new one, and keeps the full one as the spare. A new buffer at least doubles what
+    /// is buffered, so an element fed a byte at a time is copied O(1) times per byte.
+    fn next_buffer(&mut self, more: usize) {
+        let need = self.buf.len() + more;
+        let mut next = std::mem::take(&mut self.spare);
+        next.clear();
+        if !next.try_reclaim(need) {
+            next = BytesMut::with_capacity(need.max(2 * self.buf.len()).max(INITIAL_BUFFER));
+        }
+        next.extend_from_slice(&self.buf);
+        let mut full = std::mem::replace(&mut self.buf, next);
+        full.clear();
+        self.spare = full;
     }
 
     /// Gives the receive buffer's memory back when nothing is buffered, so that an idle
@@ -187,6 +214,7 @@ impl Framer {
     pub fn release_idle_buffer(&mut self) -> bool {
         if self.buf.is_empty() && self.buf.capacity() > 0 && self.pos == 0 && self.start == 0 {
             self.buf = BytesMut::new();
+            self.spare = BytesMut::new();
             true
         } else {
             false
@@ -247,6 +275,7 @@ impl Framer {
             Err(e) => {
                 self.failed = Some(e);
                 self.buf = BytesMut::new();
+                self.spare = BytesMut::new();
                 Err(e)
             }
         }

@@ -11,8 +11,10 @@
 //!
 //! The [`writer`] emits stanzas with new `to`/`from` around untouched body bytes;
 //! [`ElementBuilder`] writes the stanzas the server generates itself straight into an
-//! [`Element`], recording the routing view while writing (no second framing).
+//! [`Element`], recording the routing view while writing (no second framing), on the
+//! hot path into a [`StanzaArena`] (no allocation per stanza).
 
+mod arena;
 mod builder;
 mod check;
 mod element;
@@ -24,6 +26,7 @@ mod names;
 pub mod tree;
 pub mod writer;
 
+pub use arena::StanzaArena;
 pub use builder::ElementBuilder;
 pub use element::{Element, Frame, Namespace, Span, StreamHeader};
 pub use error::{Limit, Restricted, XmlError};

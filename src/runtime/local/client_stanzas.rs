@@ -55,7 +55,7 @@ impl ClientStanzas {
         kind: StanzaKind,
         el: Element,
     ) {
-        count_stanza("c2s_in", kind.as_str());
+        count_stanza(crate::runtime::StanzaDir::C2sIn, kind.as_str());
         let mut out = Vec::with_capacity(el.bytes().len() + 64);
         if conn.st.borrow().proto.stamp(&el, &mut out).is_err() {
             return;

@@ -7,6 +7,8 @@
 //! session whose client stopped reading (`c2s.send_queue_bytes` waiting for its socket)
 //! is skipped: a client that stops reading costs only its own buffer.
 
+use std::cell::RefCell;
+
 use super::link::{send_to, Link};
 use super::roster::RosterState;
 use super::sessions::Session;
@@ -14,14 +16,28 @@ use super::users::Deferred;
 use crate::presence::delivery::{self, SessionView};
 use crate::router::bare_key;
 use crate::runtime::shard::Shard;
-use crate::service::{answer_account, answer_server, Answer};
+use crate::service::{answer_account, answer_plain_ping, answer_server, Answer};
 use crate::stanza::{error_reply, StanzaKind};
-use crate::xml::Element;
+use crate::xml::{Element, StanzaArena};
+
+/// Bytes per chunk of [`Delivery`]'s [`StanzaArena`]: as a read buffer's (the framer's
+/// 16 KiB), a few hundred ping answers.
+const ARENA_CHUNK: usize = 16 * 1024;
 
 /// The delivery behaviour; the sessions delivered to are in [`super::users::User`].
-pub(super) struct Delivery;
+pub(super) struct Delivery {
+    /// Where the answers to pings to the server are written (no allocation each).
+    arena: RefCell<StanzaArena>,
+}
 
 impl Delivery {
+    /// Nothing allocated yet.
+    pub(super) fn new() -> Delivery {
+        Delivery {
+            arena: RefCell::new(StanzaArena::new(ARENA_CHUNK)),
+        }
+    }
+
     /// A stanza to a local address on this shard: the server itself, or a user.
     pub(super) fn deliver_local_stanza(&self, shard: &Shard, el: Element) -> Option<Answer> {
         let kind = StanzaKind::of(&el)?;
@@ -30,6 +46,9 @@ impl Delivery {
         // resource of the domain (`cupdomain.test/n2`, the admin ping in a cluster).
         let response = kind == StanzaKind::Iq && matches!(el.type_(), Some("result" | "error"));
         if !to.contains('@') && (!to.contains('/') || response) {
+            if let Some(pong) = answer_plain_ping(&el, &mut self.arena.borrow_mut()) {
+                return Some(Answer::Reply(pong));
+            }
             return Some(answer_server(&el, kind, &super::SOFTWARE));
         }
         self.deliver_to_user(shard, el);

@@ -86,7 +86,7 @@ pub(super) fn send_session(
     let body = wire::session_body(op, conn, access, data);
     match cluster.forward(node, wire::Kind::Session, bare, 1, &body) {
         Ok(()) => {
-            crate::runtime::metrics(|m| m.count("cluster_session_messages", &[("dir", "out")], 1));
+            crate::runtime::count_static("cluster_session_messages", "dir", "out", 1);
             true
         }
         Err(e) => {

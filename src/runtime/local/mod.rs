@@ -149,7 +149,7 @@ impl Local {
             roster: Rosters,
             subscriptions: Subscriptions,
             presence: Presence,
-            delivery: Delivery,
+            delivery: Delivery::new(),
             pep: Pep::new(),
             carbons: Carbons,
             blocking: Blocking,

@@ -65,7 +65,7 @@ pub(super) struct Relays {
 }
 
 fn count(what: &'static str) {
-    crate::runtime::metrics(|m| m.count("cluster_session_messages", &[("dir", what)], 1));
+    crate::runtime::count_static("cluster_session_messages", "dir", what, 1);
 }
 
 fn bind_error_name(e: BindError) -> &'static str {

@@ -108,7 +108,7 @@ pub(super) fn send_to(conn: &Conn<C2sConnection>, parts: &[&[u8]]) -> bool {
         } else {
             "other"
         };
-        count_stanza("c2s_out", kind);
+        count_stanza(crate::runtime::StanzaDir::C2sOut, kind);
         st.pump();
         st.mark(crate::runtime::read_at());
         drop(st);
