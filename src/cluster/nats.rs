@@ -142,6 +142,11 @@ struct Node {
     received: HashMap<String, u64>,
     /// When this node's NATS connection went down.
     down_since: Option<Instant>,
+    /// After this node reconnected: the members whose backlog waits until they are heard
+    /// again. NATS core drops what is published to a subject nobody subscribes to, and
+    /// a member that lost the connection too subscribes again only when it reconnects,
+    /// which its next heartbeat shows.
+    unheard: std::collections::HashSet<Arc<str>>,
 }
 
 async fn run(
@@ -249,6 +254,7 @@ async fn run(
         published: HashMap::new(),
         received: HashMap::new(),
         down_since: None,
+        unheard: std::collections::HashSet::new(),
     };
     // Discovery: say hello (the others answer with their heartbeat at once), listen.
     node.heartbeat(true).await;
@@ -377,6 +383,14 @@ impl Node {
                                     self.hand(shard, vec![Inbound::Fence]);
                                 }
                             }
+                            self.unheard = self
+                                .membership
+                                .live()
+                                .into_iter()
+                                .filter(|n| *n != self.me)
+                                .collect();
+                            // A hello: the others answer at once, which releases their
+                            // backlogs here.
                             self.heartbeat(true).await;
                             self.flush().await;
                             // What was published while the connection broke may be
@@ -445,6 +459,9 @@ impl Node {
 
     async fn flush(&mut self) {
         for (node, q) in self.backlog.iter_mut() {
+            if self.unheard.contains(node) {
+                continue;
+            }
             let subject = subject_node(&self.cfg.subject_prefix, node, &self.me);
             for _ in 0..q.len() {
                 let Some(p) = q.pop_front() else { break };
@@ -564,6 +581,9 @@ impl Node {
         };
         let from_other = hb.beat.node != *self.me;
         let hello = hb.hello;
+        if from_other && self.unheard.remove(hb.beat.node.as_str()) {
+            debug!(node = %hb.beat.node, "heard again after the reconnection: its backlog goes out");
+        }
         let changes = self.membership.on_heartbeat(hb.beat, Instant::now());
         if hello && from_other {
             // A starting node: answer at once so it knows us before it serves.

@@ -49,6 +49,36 @@ pub struct Fedrouter {
     log_path: PathBuf,
     launch: Launch,
     child: Option<Child>,
+    /// The socket inodes of the process last killed or stopped ([`Fedrouter::restart`]
+    /// waits until its listeners are gone).
+    old_sockets: Vec<u64>,
+}
+
+/// The socket inodes among `pid`'s open files.
+fn socket_inodes(pid: u32) -> Vec<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let link = std::fs::read_link(e.ok()?.path()).ok()?;
+        let l = link.to_str()?;
+        l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    })
+    .collect()
+}
+
+/// Whether a TCP socket in LISTEN state has one of `inodes` (`/proc/net/tcp`, `tcp6`).
+fn listening(inodes: &[u64]) -> bool {
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| {
+            t.lines().skip(1).any(|l| {
+                let c: Vec<&str> = l.split_whitespace().collect();
+                c.len() > 9
+                    && c[3] == "0A"
+                    && c[9].parse::<u64>().is_ok_and(|i| inodes.contains(&i))
+            })
+        })
+    })
 }
 
 /// How [`Fedrouter::start_launch`] runs the process, beyond `serve -c FILE` with
@@ -111,6 +141,7 @@ impl Fedrouter {
             log_path,
             launch,
             child: None,
+            old_sockets: Vec::new(),
         };
         me.spawn();
         me
@@ -164,6 +195,7 @@ impl Fedrouter {
     /// Kills the process with SIGKILL (no shutdown at all: a crash) and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            self.old_sockets = socket_inodes(child.id());
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -171,8 +203,24 @@ impl Fedrouter {
 
     /// Starts the process again on the same folder, configuration and data (after
     /// [`Fedrouter::kill`] or [`Fedrouter::stop`]).
+    ///
+    /// It first waits (bounded) until the old process's listening sockets are gone: the
+    /// kernel releases sockets an io_uring instance still references after the process
+    /// has been reaped, and with `SO_REUSEPORT` a new connection can land on such a
+    /// socket and be reset when it goes.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "{}: still running", self.name);
+        let old = std::mem::take(&mut self.old_sockets);
+        let deadline = Instant::now() + START_TIMEOUT;
+        // Bounded: START_TIMEOUT / 10 ms turns at most.
+        while !old.is_empty() && listening(&old) {
+            assert!(
+                Instant::now() < deadline,
+                "{}: the killed process's listening sockets are still there after {START_TIMEOUT:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.spawn();
     }
 
@@ -311,6 +359,7 @@ impl Fedrouter {
         if let Ok(Some(_)) = child.try_wait() {
             return true;
         }
+        self.old_sockets = socket_inodes(child.id());
         let pid = child.id() as libc::pid_t;
         // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
         unsafe { libc::kill(pid, libc::SIGTERM) };
