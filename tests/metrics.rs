@@ -47,6 +47,17 @@ fn buckets(s: &Scrape, name: &str) -> Vec<(f64, f64)> {
 /// written to one (N routing-latency samples); on a the pings are generated and the pongs
 /// consumed (no read → write pair, no sample). Counters, histogram counts and buckets
 /// agree with that exactly.
+/// Google-style federation without XEP-0288: each direction has its own stream (and its
+/// own dialback), as these tests count them; one bidirectional stream is
+/// `tests/s2s_bidi.rs`'s.
+const TWO_STREAMS: &str = concat!(
+    "\n[federation.default]\n",
+    "tls = \"disabled\"\n",
+    "auth = \"dialback\"\n",
+    "verify_certificates = false\n",
+    "bidi = false\n"
+);
+
 #[test]
 fn metrics_agree_with_routed_stanzas() {
     const NET: u8 = 212;
@@ -56,11 +67,11 @@ fn metrics_agree_with_routed_stanzas() {
     let _dns = zone(NET, records);
     let a = Fedrouter::start(
         "a.test",
-        &config(NET, ip(NET, 2), &["a.test"], 2, GOOGLE_STYLE),
+        &config(NET, ip(NET, 2), &["a.test"], 2, TWO_STREAMS),
     );
     let b = Fedrouter::start(
         "b.test",
-        &config(NET, ip(NET, 3), &["b.test"], 2, GOOGLE_STYLE),
+        &config(NET, ip(NET, 3), &["b.test"], 2, TWO_STREAMS),
     );
     for i in 0..N {
         assert_pong(&a.ping("b.test"), &format!("ping {i}"));
@@ -200,11 +211,11 @@ fn status_shows_streams_and_failures() {
     let _dns = zone(NET, records);
     let a = Fedrouter::start(
         "a.test",
-        &config(NET, ip(NET, 2), &["a.test"], 2, GOOGLE_STYLE),
+        &config(NET, ip(NET, 2), &["a.test"], 2, TWO_STREAMS),
     );
     let _b = Fedrouter::start(
         "b.test",
-        &config(NET, ip(NET, 3), &["b.test"], 2, GOOGLE_STYLE),
+        &config(NET, ip(NET, 3), &["b.test"], 2, TWO_STREAMS),
     );
     assert_pong(&a.ping("b.test"), "a → b");
     let err = a.ping("nowhere.test");
