@@ -246,9 +246,12 @@ impl Driver {
                 } else {
                     Ok(jid.as_str())
                 };
+                let closing = self.conn.is_closing();
                 let mut result = None;
                 self.step(|conn, now| result = Some(conn.handle_bind(answer, now)));
-                if !self.closed {
+                // After our own close (the runtime's, or a stream error) nothing is
+                // written: the answer is refused, and that is right.
+                if !self.closed && !closing {
                     result.expect("called").expect("a pending bind request");
                 }
             }

@@ -280,6 +280,12 @@ impl C2sConnection {
         self.state == State::Closed
     }
 
+    /// Whether this side sent its `</stream:stream>` and waits for the client's (RFC
+    /// 6120 §4.4): nothing more is written, so a pending bind can no longer be answered.
+    pub fn is_closing(&self) -> bool {
+        self.state == State::ExpectClose
+    }
+
     /// The authenticated bare JID, once SASL succeeded.
     pub fn authenticated_jid(&self) -> Option<&BareJid> {
         self.jid.as_ref()

@@ -175,6 +175,12 @@ impl C2sConnection {
                         );
                     }
                 };
+                if self.state == State::ExpectClose {
+                    // A request that crossed our `</stream:stream>`: it cannot be answered
+                    // (nothing follows our close, RFC 6120 §4.4), and the stream must not
+                    // leave its closing state for it.
+                    return;
+                }
                 self.io.push_event(Event::BindRequested {
                     jid: self
                         .jid

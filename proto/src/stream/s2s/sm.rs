@@ -139,6 +139,10 @@ impl S2sConnection {
             Err(e) => return self.fail(StreamCondition::BadFormat, &e.to_string()),
         };
         match (self.dir, sm) {
+            // After our `</stream:stream>` nothing but whitespace may follow (RFC 6120
+            // §4.4): a request that crossed our close goes unanswered.
+            (_, SmElement::Request | SmElement::Enable { .. })
+                if self.state == super::State::ExpectClose => {}
             (Direction::Inbound, SmElement::Enable { .. }) => {
                 if self.pairs.is_empty() || self.sm.inb.is_some() {
                     // §3: not before authentication, and once per stream.
