@@ -68,6 +68,27 @@ fn remote_entry<'a>(map: &'a mut HashMap<Rc<str>, Remote>, d: &str) -> &'a mut R
     map.get_mut(d).expect("inserted above")
 }
 
+/// Writes the `db:verify`s of `verifies` not sent yet whose `verify_only` is
+/// `verify_only` on `conn` (XEP-0220 §2.1.3), and wakes its writer.
+fn write_verifies(conn: &Conn, verifies: &mut [VerifyReq], verify_only: bool, now: Instant) {
+    let mut st = conn.st.borrow_mut();
+    for v in verifies
+        .iter_mut()
+        .filter(|v| !v.sent && v.verify_only == verify_only)
+    {
+        if st
+            .proto
+            .send_db_verify(&v.local, &v.stream_id, &v.key, now)
+            .is_ok()
+        {
+            v.sent = true;
+        }
+    }
+    st.pump();
+    drop(st);
+    conn.wake.notify_one();
+}
+
 /// A `db:verify` waiting for its answer from the authoritative server.
 struct VerifyReq {
     local: String,
@@ -839,19 +860,7 @@ impl Remotes {
         let mut remotes = self.map.borrow_mut();
         let Some(r) = remotes.get_mut(d) else { return };
         let Some(conn) = r.conn.clone() else { return };
-        let mut st = conn.st.borrow_mut();
-        for v in r.verifies.iter_mut().filter(|v| !v.sent && !v.verify_only) {
-            if st
-                .proto
-                .send_db_verify(&v.local, &v.stream_id, &v.key, now)
-                .is_ok()
-            {
-                v.sent = true;
-            }
-        }
-        st.pump();
-        drop(st);
-        conn.wake.notify_one();
+        write_verifies(&conn, &mut r.verifies, false, now);
     }
 
     /// `d`'s authoritative server answered our `db:verify` for `local` and `stream_id`:

@@ -81,22 +81,10 @@ impl Remotes {
         let Some(conn) = r.verifier.clone() else {
             return;
         };
-        let mut st = conn.st.borrow_mut();
-        if st.closed {
+        if conn.st.borrow().closed {
             return;
         }
-        for v in r.verifies.iter_mut().filter(|v| !v.sent && v.verify_only) {
-            if st
-                .proto
-                .send_db_verify(&v.local, &v.stream_id, &v.key, now)
-                .is_ok()
-            {
-                v.sent = true;
-            }
-        }
-        st.pump();
-        drop(st);
-        conn.wake.notify_one();
+        super::write_verifies(&conn, &mut r.verifies, true, now);
     }
 
     /// Closes `d`'s verify-only stream once no verification waits on it.
