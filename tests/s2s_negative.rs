@@ -429,6 +429,27 @@ fn db_result_to_a_domain_we_do_not_host_is_item_not_found() {
     assert_eq!(w.verify_needed_since(0).len(), 1);
 }
 
+/// Fuzz finding 5 (tests/fuzz/README.md): a dialback request whose sender domain is not a
+/// domainpart (RFC 7622 §3.2) is a stream error, never verified or answered for that name.
+#[test]
+fn db_result_or_verify_from_an_invalid_domain_is_invalid_from() {
+    let srv = server(PeerPolicy::google());
+    for request in [
+        format!("<db:result from='pm&gt;xample' to='{LOCAL}'>{KEY}</db:result>"),
+        format!("<db:verify from='a b.test' to='{LOCAL}' id='x'>{KEY}</db:verify>"),
+    ] {
+        let mut w = opened(&srv);
+        let out = w.feed(request.as_bytes());
+        assert_stream_error(&w, StreamCondition::InvalidFrom);
+        assert!(
+            !String::from_utf8_lossy(&out).contains("db:"),
+            "no dialback answer names the invalid domain: {}",
+            String::from_utf8_lossy(&out)
+        );
+        assert!(w.verify_needed_since(0).is_empty());
+    }
+}
+
 #[test]
 fn db_verify_as_authoritative_server() {
     let srv = server(PeerPolicy::google());

@@ -218,6 +218,9 @@ impl Driver {
         let (Some(from), Some(to)) = (el.from(), el.to()) else {
             panic!("our db:result without from/to: {}", el.as_str());
         };
+        // Attribute values are raw, as on the wire; the model holds unescaped domains.
+        let unescaped = |raw| fedrouter_proto::xml::unescape(raw).expect("we escape what we send");
+        let (from, to) = (&*unescaped(from), &*unescaped(to));
         match (self.conn.direction(), el.type_()) {
             (Direction::Outbound, None) => {
                 let key = self

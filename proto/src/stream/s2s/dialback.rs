@@ -9,6 +9,7 @@ use std::time::Instant;
 use super::{AuthMethod, Direction, Event, S2sConnection, S2sError, State};
 use crate::condition::{StanzaCondition, StreamCondition};
 use crate::dialback::{DialbackErrorCondition, DialbackResult};
+use crate::jid::DomainPart;
 use crate::stream::policy::TlsPolicy;
 use crate::xml::tree::Node;
 use crate::xml::{escape_attr_into, escape_text_into, ns, Element};
@@ -377,6 +378,15 @@ impl S2sConnection {
         let answer = DialbackResult::from_type(node.attr("type"), condition);
         if self.dir == Direction::Inbound && answer.is_none() {
             self.dialback_requests = self.dialback_requests.saturating_add(1);
+            // The sender domain must be a domainpart (RFC 7622 §3.2): a request for
+            // anything else is answered by nobody, it is a stream error (RFC 6120
+            // §4.9.3.9), never a `db:result`/`db:verify` naming it.
+            if DomainPart::new(&from).is_err() {
+                return self.fail(
+                    StreamCondition::InvalidFrom,
+                    "the dialback 'from' is not a valid domain",
+                );
+            }
         }
         match (self.dir, el.name(), answer) {
             // Inbound request: the Originating Server's key (XEP-0220 §2.1.2).
