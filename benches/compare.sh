@@ -24,6 +24,7 @@
 #   --setup-timeout D    loadgen's bound per set-up phase (SETUP_TIMEOUT, 300s; Prosody
 #                        needs 100-170 s for the 8,000 set-up subscriptions at default scale)
 #   --no-build           use target/release/{loadgen,fedrouter} as they are (NO_BUILD=1)
+#   FR_CONFIG_EXTRA      TOML appended to fedrouter's generated configuration
 #   other arguments, and everything after --, go to every loadgen run unchanged
 #   (EXTRA_ARGS is split on spaces and added too).
 #
@@ -319,6 +320,8 @@ tls = "disabled"
 auth = "dialback"
 verify_certificates = false
 EOF
+  # FR_CONFIG_EXTRA: TOML appended as it is, e.g. $'[s2s]\nsm_ack_after = "5s"'.
+  [ -z "${FR_CONFIG_EXTRA:-}" ] || printf '\n# FR_CONFIG_EXTRA\n%s\n' "$FR_CONFIG_EXTRA" >>"$conf"
   echo "== fedrouter: creating $LOCAL_USERS users"
   "$LOADGEN" accounts --server fedrouter --config "$conf" --local-users "$LOCAL_USERS" \
     --sut-domain "$SUT_DOMAIN" --password "$PASSWORD" >"$dir/accounts.sh"
