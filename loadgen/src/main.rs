@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fedrouter::logging::LogFormat;
+use fedrouter::stream::sm::AckPolicy;
 use fedrouter::stream::TlsPolicy;
 use loadgen::peers::PeerAuth;
 use loadgen::procs::{ChildReport, ParentOptions};
@@ -114,6 +115,14 @@ struct Cli {
     /// and enable it, and send again what the SUT did not acknowledge when a stream drops.
     #[arg(long)]
     peer_sm: bool,
+    /// With `--peer-sm`: peers ask the SUT for an acknowledgement (`<r/>`, XEP-0198 §4)
+    /// after this many stanzas ... (default: fedrouter's `s2s.sm_ack_every`).
+    #[arg(long, default_value_t = AckPolicy::default().every)]
+    peer_sm_ack_every: u32,
+    /// ... or once a stanza has waited this long (humantime; default: fedrouter's
+    /// `s2s.sm_ack_after`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    peer_sm_ack_after: Duration,
     /// Peers use XEP-0288 bidirectional streams: they ask for bidi on the streams they open
     /// when the SUT offers it and take the SUT's stanzas on them, so a SUT that supports it
     /// opens no stream of its own for stanzas; the report counts the sockets each way.
@@ -458,6 +467,10 @@ fn main() -> ExitCode {
             AuthArg::External => PeerAuth::External,
         },
         peer_sm: cli.peer_sm,
+        peer_sm_acks: AckPolicy {
+            every: cli.peer_sm_ack_every,
+            after: cli.peer_sm_ack_after,
+        },
         peer_bidi: cli.peer_bidi,
         churn_reset: cli.churn_reset,
         dns_bind: cli.dns,
@@ -677,6 +690,12 @@ fn child_common_args(cli: &Cli) -> Vec<std::ffi::OsString> {
     }
     if cli.peer_sm {
         a.push("--peer-sm".into());
+        a.extend([
+            "--peer-sm-ack-every".into(),
+            cli.peer_sm_ack_every.to_string(),
+            "--peer-sm-ack-after".into(),
+            humantime::format_duration(cli.peer_sm_ack_after).to_string(),
+        ]);
     }
     if cli.peer_bidi {
         a.push("--peer-bidi".into());

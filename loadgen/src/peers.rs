@@ -96,6 +96,8 @@ pub struct PeerOptions {
     /// streams they accept, enable it on the streams they open when the SUT offers it, keep
     /// what they sent until the SUT acknowledges it and send it again on the next stream.
     pub sm: bool,
+    /// The cadence of the peers' `<r/>` requests when `sm` is set.
+    pub sm_acks: AckPolicy,
     /// Churn ends streams abruptly (TCP RST with `SO_LINGER` 0, in-flight data lost) instead
     /// of `</stream:stream>`, and also resets the streams the SUT opened to that server.
     pub churn_reset: bool,
@@ -339,7 +341,7 @@ impl Peers {
                     idle: None,
                     ..Timeouts::default()
                 },
-                stream_management: opts.sm.then(AckPolicy::default),
+                stream_management: opts.sm.then_some(opts.sm_acks),
             })));
             let n = match opts.auth {
                 PeerAuth::Dialback => 1,

@@ -115,6 +115,8 @@ pub struct RunOptions {
     pub peer_auth: PeerAuth,
     /// Peers use XEP-0198 stream management on every stream (see [`PeerOptions::sm`]).
     pub peer_sm: bool,
+    /// The peers' cadence of `<r/>` requests with `peer_sm`.
+    pub peer_sm_acks: fedrouter::stream::sm::AckPolicy,
     /// Peers use XEP-0288 bidirectional streams (see [`PeerOptions::bidi`]).
     pub peer_bidi: bool,
     /// Churn resets streams (TCP RST) instead of closing them (see
@@ -426,6 +428,7 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
             sut_roots: sut_roots.clone(),
             connect_timeout: Duration::from_secs(5),
             sm: opts.peer_sm,
+            sm_acks: opts.peer_sm_acks,
             churn_reset: opts.churn_reset,
             bidi: opts.peer_bidi,
         },
