@@ -311,11 +311,10 @@ pub fn bidi_flow(n: u8, profile: Profile, fedrouter_initiates: bool) -> Lab {
                 prosody_acknowledged(&lab) > 0,
                 "fedrouter acknowledged none of Prosody's stanzas"
             );
-            if fedrouter_initiates {
-                // Ours on our outbound stream, acknowledged by Prosody.
-                let acked = wait_acknowledged(&lab);
-                assert!(acked > 0.0, "Prosody acknowledged none of our stanzas");
-            }
+            // Ours, acknowledged by Prosody: on our outbound stream, or (Prosody opened
+            // it) against the stream's direction, where we ask with <r/> too.
+            let acked = wait_acknowledged(&lab);
+            assert!(acked > 0.0, "Prosody acknowledged none of our stanzas");
         }
     }
     cup.close();

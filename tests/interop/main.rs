@@ -26,6 +26,11 @@
 //! three fedrouter nodes on NATS and PostgreSQL; the flow in both directions with the
 //! users on other nodes than the streams to Prosody.
 //!
+//! XEP-0288 and XEP-0198 (`bidi_sm.rs`, issue 18): the flow in every profile both ways with
+//! Prosody's `mod_s2s_bidi` loaded, over bidirectional streams (connections counted in
+//! `/proc/net/tcp`), stream management where Prosody does it (after SASL EXTERNAL), both
+//! directions acknowledged; what Prosody needs and does is in `README.md` here.
+//!
 //! Without Prosody the tests FAIL with a message naming `.ci/setup-prosody`.
 //!
 //! Each test owns a loopback slot (`lab.rs`): `127.0.232.(10k+1..=10k+3)`.
