@@ -315,6 +315,22 @@ pub fn bidi_flow(n: u8, profile: Profile, fedrouter_initiates: bool) -> Lab {
             // it) against the stream's direction, where we ask with <r/> too.
             let acked = wait_acknowledged(&lab);
             assert!(acked > 0.0, "Prosody acknowledged none of our stanzas");
+            // And in the end every one of them (our <r/> goes out after
+            // s2s.sm_ack_every stanzas or s2s.sm_ack_after).
+            let deadline = Instant::now() + SETTLE_TIMEOUT;
+            // Bounded: SETTLE_TIMEOUT / 50 ms turns.
+            let unacked = loop {
+                let streams = streams_with_prosody(&lab);
+                let unacked: u64 = streams.iter().filter_map(|s| s["unacked"].as_u64()).sum();
+                if unacked == 0 || Instant::now() >= deadline {
+                    break streams;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            assert!(
+                unacked.iter().all(|s| s["unacked"] == 0),
+                "stanzas Prosody never acknowledged: {unacked:#?}"
+            );
         }
     }
     cup.close();
