@@ -718,6 +718,8 @@ fn start_prosody(p: &Params, ca: &TestCa, host: &str, addr: Ipv4Addr, users: &[&
             require_encryption: false,
             secure_auth: false,
             cafile: None,
+            bidi: false,
+            stream_management: true,
         },
     });
     record_pid(&p.out, &format!("prosody-{host}"), pr.pid().unwrap_or(0));

@@ -266,7 +266,7 @@ const COUNTER_HELP: &[(&str, &str)] = &[
     ),
     (
         "sm_acknowledged",
-        "Stanzas sent on outbound S2S streams that the peer acknowledged (XEP-0198).",
+        "Stanzas we sent on S2S streams (outbound, and inbound bidirectional ones, XEP-0288) that the peer acknowledged (XEP-0198).",
     ),
     (
         "sm_resent",

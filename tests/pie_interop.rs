@@ -280,6 +280,8 @@ fn prosody_export_imported_rosters_and_logins_match() {
             require_encryption: false,
             secure_auth: false,
             cafile: None,
+            bidi: false,
+            stream_management: true,
         },
     });
     let users = ["alice", "bob", "carol", "dave", "erin"];

@@ -260,3 +260,142 @@ fn enable_before_authentication_is_refused_and_r_without_sm_is_an_error() {
     );
     let _ = Direction::Inbound;
 }
+
+/// `n` stanzas from b to a, against the stream's direction (b is the receiving end of a
+/// bidirectional stream, XEP-0288).
+fn send_back(p: &mut Pair, n: usize) {
+    for i in 0..n {
+        let s = format!("<message from='b@gmail.test' to='a@cupdomain.test' id='r{i}'/>");
+        p.b.conn
+            .send_stanza("gmail.test", "cupdomain.test", s.as_bytes(), p.now)
+            .unwrap();
+    }
+}
+
+fn closed(events: &[Event]) -> Option<&CloseReason> {
+    events.iter().find_map(|e| match e {
+        Event::Closed(r) => Some(r),
+        _ => None,
+    })
+}
+
+#[test]
+fn on_a_bidi_stream_what_the_receiving_end_sends_is_acknowledged_too() {
+    // XEP-0198's state is per stream and both ends count what they receive (§4): on a
+    // bidirectional stream (XEP-0288) the receiving end counts what it sends from its
+    // <enabled/> on, asks with <r/> on its own cadence, and is acknowledged; each
+    // direction's counters are independent.
+    for p in [
+        policy(TlsPolicy::Disabled, AuthPolicy::Dialback),
+        policy(TlsPolicy::Optional, AuthPolicy::Dialback),
+        policy(TlsPolicy::Required, AuthPolicy::SaslExternal),
+    ] {
+        let mut pr = pair(cadence(5, 1000), cadence(5, 1000), p);
+        assert!(pr.b.conn.is_bidi(), "{p:?}");
+        assert!(
+            pr.b.events
+                .iter()
+                .any(|e| matches!(e, Event::StreamManagementEnabled)),
+            "{p:?}"
+        );
+        assert!(pr.b.conn.acknowledges_stanzas(), "{p:?}");
+        assert!(pr.b.conn.stream_management_enabled(), "{p:?}");
+        send_back(&mut pr, 7);
+        send(&mut pr, 3);
+        pr.drive();
+        assert_eq!(received(&pr.a.events), 7, "{p:?}");
+        assert_eq!(received(&pr.b.events), 3, "{p:?}");
+        assert_eq!(pr.a.conn.handled_count(), Some(7), "{p:?}");
+        assert_eq!(pr.b.conn.handled_count(), Some(3), "{p:?}");
+        // b asked after its 5th; a has not reached 5.
+        assert_eq!(requests_sent(&pr.b.sent), 1, "{p:?}");
+        assert_eq!(requests_sent(&pr.a.sent), 0, "{p:?}");
+        assert_eq!(acknowledged(&pr.b.events), 5, "{p:?}");
+        assert_eq!(pr.b.conn.unacknowledged(), 2, "{p:?}");
+        assert_eq!(pr.a.conn.unacknowledged(), 3, "{p:?}");
+        pr.advance(Duration::from_millis(1000));
+        assert_eq!(acknowledged(&pr.b.events), 7, "{p:?}");
+        assert_eq!(acknowledged(&pr.a.events), 3, "{p:?}");
+        assert_eq!(pr.b.conn.unacknowledged(), 0, "{p:?}");
+        assert_eq!(pr.a.conn.unacknowledged(), 0, "{p:?}");
+        assert!(closed(&pr.a.events).is_none(), "{p:?}");
+        assert!(closed(&pr.b.events).is_none(), "{p:?}");
+    }
+}
+
+#[test]
+fn an_unasked_ack_is_taken_on_either_end_and_too_high_closes_the_receiving_end() {
+    // Prosody's mod_smacks sends a last <a h='…'/> before it closes a stream, unasked.
+    let p = policy(TlsPolicy::Disabled, AuthPolicy::Dialback);
+    let mut pr = pair(cadence(100, 60_000), cadence(100, 60_000), p);
+    send_back(&mut pr, 2);
+    pr.drive();
+    assert_eq!(received(&pr.a.events), 2);
+    let ack = |h: u32| {
+        let mut raw = Vec::new();
+        fedrouter::stream::sm::SmElement::Answer { h }.write(&mut raw);
+        raw
+    };
+    // The initiator sent nothing: h = 0 is right, and harmless.
+    pr.a.conn.handle_input(&ack(0), pr.now);
+    pr.b.conn.handle_input(&ack(2), pr.now);
+    pr.drive();
+    assert!(closed(&pr.a.events).is_none());
+    assert!(closed(&pr.b.events).is_none());
+    assert_eq!(acknowledged(&pr.b.events), 2);
+    assert_eq!(pr.b.conn.unacknowledged(), 0);
+    // More than b ever sent: §4's stream error, on the receiving end too.
+    pr.b.conn.handle_input(&ack(3), pr.now);
+    pr.drive();
+    assert!(
+        matches!(
+            closed(&pr.b.events),
+            Some(CloseReason::SentError(
+                StreamCondition::UndefinedCondition,
+                _
+            ))
+        ),
+        "{:?}",
+        closed(&pr.b.events)
+    );
+    assert!(String::from_utf8_lossy(&pr.b.sent)
+        .contains("<handled-count-too-high xmlns='urn:xmpp:sm:3' h='3' send-count='2'/>"));
+}
+
+#[test]
+fn the_initiator_counts_what_it_receives_from_enabled_on() {
+    // §4: the initiating entity counts from the peer's <enabled/>. On a bidirectional
+    // stream the peer may send a stanza before it reads our <enable/> (hand-played
+    // here): it is delivered but not counted, as the peer does not count it either.
+    let ca = TestCa::new("fedrouter test CA").unwrap();
+    let a = with_sm(
+        Server::new(
+            "cupdomain.test",
+            policy(TlsPolicy::Disabled, AuthPolicy::Dialback),
+            &ca,
+            false,
+        ),
+        cadence(100, 60_000),
+    );
+    let mut w = Wire::outbound(a.cfg.clone(), "cupdomain.test", "gmail.test");
+    w.pump();
+    let out = w.feed(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='gmail.test' to='cupdomain.test' id='s1' version='1.0'>\
+        <stream:features><bidi xmlns='urn:xmpp:features:bidi'/><dialback xmlns='urn:xmpp:features:dialback'/><sm xmlns='urn:xmpp:sm:3'/></stream:features>");
+    assert!(
+        String::from_utf8_lossy(&out).contains("<bidi xmlns='urn:xmpp:bidi'/>"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let out = w.feed(b"<db:result from='gmail.test' to='cupdomain.test' type='valid'/>");
+    assert!(String::from_utf8_lossy(&out).contains("<enable xmlns='urn:xmpp:sm:3'/>"));
+    w.feed(b"<presence from='jdoe1@gmail.test' to='cupuser1@cupdomain.test' id='before'/>");
+    w.feed(b"<enabled xmlns='urn:xmpp:sm:3'/>");
+    w.feed(b"<presence from='jdoe1@gmail.test' to='cupuser1@cupdomain.test' id='after'/>");
+    assert_eq!(received(&w.events), 2, "both delivered: {:?}", w.events);
+    let out = w.feed(b"<r xmlns='urn:xmpp:sm:3'/>");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "<a xmlns='urn:xmpp:sm:3' h='1'/>"
+    );
+    assert!(w.closed().is_none());
+}

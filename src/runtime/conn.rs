@@ -245,6 +245,10 @@ pub(crate) struct ConnState<P: Proto = S2sConnection> {
     /// XEP-0198 on an outbound S2S stream: stanzas stay in `unsent` after the socket took
     /// them, until the peer acknowledges them ([`ConnState::acknowledged`]).
     pub hold_until_acked: bool,
+    /// Of `unsent`, how many of the oldest were sent before stream management counted
+    /// them (an inbound bidirectional stream whose peer enabled it late,
+    /// [`ConnState::start_holding`]): they leave once the socket takes them.
+    pub uncounted: usize,
     /// C2S, XEP-0198: the socket is gone but the session waits for resumption; what is
     /// sent to it is kept by the protocol core, not written.
     pub detached: bool,
@@ -291,6 +295,7 @@ impl<P: Proto> ConnState<P> {
             unsent: VecDeque::new(),
             sent_at: VecDeque::new(),
             hold_until_acked: false,
+            uncounted: 0,
             detached: false,
             write_waiting_since: None,
             address_slot: None,
@@ -327,14 +332,47 @@ impl<P: Proto> ConnState<P> {
     pub fn accepted(&mut self, n: usize) {
         self.written += n as u64;
         if self.hold_until_acked {
+            self.release_uncounted();
             return;
         }
         self.release_written();
     }
 
+    /// Starts holding stanzas for acknowledgements on a stream that already carried some
+    /// (XEP-0198 enabled by the peer on an inbound bidirectional stream, XEP-0288): of
+    /// those still in `unsent`, the newest `counted` were sent after stream management
+    /// began counting and are held; the older ones leave once the socket takes them.
+    pub fn start_holding(&mut self, counted: usize) {
+        if self.hold_until_acked {
+            return;
+        }
+        self.hold_until_acked = true;
+        let counted = counted.min(self.unsent.len());
+        self.uncounted = self.unsent.len() - counted;
+        let now = Instant::now();
+        self.sent_at.clear();
+        self.sent_at.extend(std::iter::repeat_n(now, counted));
+        self.release_uncounted();
+    }
+
+    fn release_uncounted(&mut self) {
+        while self.uncounted > 0
+            && self
+                .unsent
+                .front()
+                .is_some_and(|(end, _)| *end <= self.written)
+        {
+            self.unsent.pop_front();
+            self.uncounted -= 1;
+        }
+    }
+
     /// The peer acknowledged the `n` oldest stanzas (XEP-0198): they are delivered.
     /// Returns how many were released (fewer only if fewer were held).
     pub fn acknowledged(&mut self, n: usize) -> usize {
+        // Uncounted ones went before the acknowledged ones: they arrived too.
+        let before = std::mem::take(&mut self.uncounted).min(self.unsent.len());
+        self.unsent.drain(..before);
         let n = n.min(self.unsent.len());
         self.unsent.drain(..n);
         let now = Instant::now();
@@ -349,6 +387,7 @@ impl<P: Proto> ConnState<P> {
     /// socket took are released, as without it.
     pub fn stop_holding(&mut self) {
         self.hold_until_acked = false;
+        self.uncounted = 0;
         self.sent_at.clear();
         self.release_written();
     }
@@ -385,6 +424,7 @@ impl<P: Proto> ConnState<P> {
     /// The stanzas that never reached the socket, oldest first.
     pub fn take_unsent(&mut self) -> Vec<Queued> {
         self.sent_at.clear();
+        self.uncounted = 0;
         self.unsent.drain(..).map(|(_, q)| q).collect()
     }
 

@@ -289,6 +289,14 @@ impl S2sStreams {
                 let d = domain_key(conn.st.borrow().proto.remote_domain()).into_owned();
                 shard.remotes.drain_queue(shard, conn, &d);
             }
+            Event::StreamManagementEnabled => {
+                // XEP-0198 enabled by the peer on an inbound stream: what we send on it
+                // (XEP-0288 bidi) is held until acknowledged, as on an outbound stream,
+                // and sent again on the next stream if this one is lost.
+                let mut st = conn.st.borrow_mut();
+                let counted = st.proto.unacknowledged();
+                st.start_holding(counted);
+            }
             Event::StreamManagementRefused => {
                 info!(parent: &conn.span, "peer refused stream management (XEP-0198): stanzas count as delivered once the socket takes them");
                 conn.st.borrow_mut().stop_holding();

@@ -251,6 +251,12 @@ impl Peer {
     pub fn close(&self) {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
+
+    /// Ends the connection abruptly: `SO_LINGER` 0, then close, so the kernel sends a TCP
+    /// RST instead of a FIN (a peer that dies with stanzas in flight).
+    pub fn reset(self) {
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+    }
 }
 
 /// Every start tag (up to its `>`) in `text` that begins with `prefix`.

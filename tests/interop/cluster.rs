@@ -115,6 +115,8 @@ pub fn prosody_with_a_cluster_of_three() {
             require_encryption: false,
             secure_auth: false,
             cafile: None,
+            bidi: false,
+            stream_management: true,
         },
     });
     prosody.register("jdoe1", PASSWORD);

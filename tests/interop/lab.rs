@@ -83,6 +83,16 @@ impl Slot {
             dns: Ipv4Addr::new(127, 0, 232, base + 3),
         }
     }
+
+    /// The slot `127.a.b.1 ..= 127.a.b.3` (fedrouter, Prosody, DNS), for tests given a
+    /// net of their own outside `127.0.232.0/24`.
+    pub fn in_net(a: u8, b: u8) -> Slot {
+        Slot {
+            fedrouter: Ipv4Addr::new(127, a, b, 1),
+            prosody: Ipv4Addr::new(127, a, b, 2),
+            dns: Ipv4Addr::new(127, a, b, 3),
+        }
+    }
 }
 
 /// Everything one test runs: DNS, CA, both servers.
@@ -114,6 +124,10 @@ pub struct LabOptions {
     pub fedrouter_foreign_cert: bool,
     /// fedrouter's `[federation.default]` instead of the profile's.
     pub fedrouter_policy: Option<String>,
+    /// Prosody loads `mod_s2s_bidi` (XEP-0288); off by default, as in Debian's file.
+    pub prosody_bidi: bool,
+    /// Prosody's `smacks_enabled_s2s` (XEP-0198 on S2S); `None`: its default, true.
+    pub prosody_stream_management: Option<bool>,
 }
 
 /// The zone: `_xmpp-server._tcp.D` → `xmpp.D:5269` → the server's address, for both.
@@ -131,8 +145,12 @@ impl Lab {
     /// Starts DNS, Prosody and fedrouter for `profile` in slot `k`, registers
     /// `jdoe1@gmail.test` on Prosody and `cupuser1@cupdomain.test` on fedrouter.
     pub fn start(k: u8, profile: Profile, opts: LabOptions) -> Lab {
+        Lab::start_in(Slot::new(k), profile, opts)
+    }
+
+    /// [`Lab::start`] on the addresses of `slot`.
+    pub fn start_in(slot: Slot, profile: Profile, opts: LabOptions) -> Lab {
         crate::prosody::require_installed();
-        let slot = Slot::new(k);
         let dir = tempfile::Builder::new()
             .prefix("interop-lab-")
             .tempdir()
@@ -155,16 +173,22 @@ impl Lab {
                 require_encryption: false,
                 secure_auth: false,
                 cafile: None,
+                bidi: opts.prosody_bidi,
+                stream_management: opts.prosody_stream_management.unwrap_or(true),
             },
             Profile::Webex => S2sPolicy {
                 require_encryption: true,
                 secure_auth: false,
                 cafile: None,
+                bidi: opts.prosody_bidi,
+                stream_management: opts.prosody_stream_management.unwrap_or(true),
             },
             Profile::Strict => S2sPolicy {
                 require_encryption: true,
                 secure_auth: true,
                 cafile: Some(ca_pem.clone()),
+                bidi: opts.prosody_bidi,
+                stream_management: opts.prosody_stream_management.unwrap_or(true),
             },
         };
         if let Some(secure) = opts.prosody_secure_auth {

@@ -26,10 +26,16 @@
 //! three fedrouter nodes on NATS and PostgreSQL; the flow in both directions with the
 //! users on other nodes than the streams to Prosody.
 //!
+//! XEP-0288 and XEP-0198 (`bidi_sm.rs`, issue 18): the flow in every profile both ways with
+//! Prosody's `mod_s2s_bidi` loaded, over bidirectional streams (connections counted in
+//! `/proc/net/tcp`), stream management where Prosody does it (after SASL EXTERNAL), both
+//! directions acknowledged; what Prosody needs and does is in `README.md` here.
+//!
 //! Without Prosody the tests FAIL with a message naming `.ci/setup-prosody`.
 //!
 //! Each test owns a loopback slot (`lab.rs`): `127.0.232.(10k+1..=10k+3)`.
 
+mod bidi_sm;
 #[path = "../common/c2s_client.rs"]
 mod c2s_client;
 mod cluster;
@@ -281,4 +287,42 @@ fn prosody_stalled_flood_bounced_local_users_unaffected() {
 #[test]
 fn prosody_stalled_past_write_stall_timeout() {
     stall::stalled_prosody(12, "3s", true);
+}
+
+// XEP-0288 and XEP-0198 with Prosody's mod_s2s_bidi and mod_smacks (bidi_sm.rs), each in
+// its own net 127.30.n.0/24.
+
+#[test]
+fn bidi_google_style_fedrouter_initiates() {
+    bidi_sm::bidi_flow(0, Profile::Google, true);
+}
+
+#[test]
+fn bidi_google_style_prosody_initiates() {
+    bidi_sm::bidi_flow(1, Profile::Google, false);
+}
+
+#[test]
+fn bidi_webex_style_fedrouter_initiates() {
+    bidi_sm::bidi_flow(2, Profile::Webex, true);
+}
+
+#[test]
+fn bidi_webex_style_prosody_initiates() {
+    bidi_sm::bidi_flow(3, Profile::Webex, false);
+}
+
+#[test]
+fn bidi_strict_tls_sasl_external_fedrouter_initiates() {
+    bidi_sm::bidi_flow(4, Profile::Strict, true);
+}
+
+#[test]
+fn bidi_strict_tls_sasl_external_prosody_initiates() {
+    bidi_sm::bidi_flow(5, Profile::Strict, false);
+}
+
+#[test]
+fn smacks_s2s_off_in_prosody_strict_profile() {
+    bidi_sm::strict_without_prosody_s2s_sm(6);
 }

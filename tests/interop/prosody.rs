@@ -93,6 +93,23 @@ pub struct S2sPolicy {
     /// PEM file of the CAs Prosody trusts for peers (`ssl.cafile`); `None`: the system's
     /// (`/etc/ssl/certs`), which does not know the test CA.
     pub cafile: Option<PathBuf>,
+    /// XEP-0288 bidirectional streams: loads `mod_s2s_bidi` (not loaded by default, and
+    /// commented out in Debian's `/etc/prosody/prosody.cfg.lua`). It offers and requests
+    /// bidi only on an encrypted stream unless `s2s_require_encryption` is false.
+    pub bidi: bool,
+    /// XEP-0198 on S2S streams: `smacks_enabled_s2s` of `mod_smacks` (its default is
+    /// true; `mod_smacks` is always loaded here, for C2S). Off sets it false.
+    pub stream_management: bool,
+}
+
+impl S2sPolicy {
+    /// The Prosody modules the policy adds to `modules_enabled`, and the options it sets,
+    /// as Lua lines of the global section.
+    fn modules_and_options(&self) -> (String, String) {
+        let modules = if self.bidi { " \"s2s_bidi\";" } else { "" };
+        let options = format!("smacks_enabled_s2s = {}\n", self.stream_management);
+        (modules.to_owned(), options)
+    }
 }
 
 /// What one Prosody instance serves.
@@ -193,6 +210,7 @@ impl Prosody {
     pub fn config_text(&self) -> String {
         let d = self.dir().display().to_string();
         let s = &self.spec;
+        let (modules, options) = s.s2s.modules_and_options();
         let cafile = s
             .s2s
             .cafile
@@ -227,8 +245,9 @@ unbound = {{
 		["do-not-query-localhost:"] = "no";
 	}};
 }}
-modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "smacks" }}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "smacks";{modules} }}
 modules_disabled = {{ "offline" }}
+{options}
 authentication = "internal_hashed"
 storage = "internal"
 c2s_require_encryption = true

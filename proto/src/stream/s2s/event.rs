@@ -155,8 +155,16 @@ pub enum Event {
         /// The stanza as received.
         element: Element,
     },
-    /// Outbound, XEP-0198: the peer acknowledged the `count` oldest stanzas sent on this
-    /// stream and not acknowledged before (they are delivered: release them).
+    /// Inbound, XEP-0198 §3: we answered the peer's `<enable/>` with `<enabled/>`. From
+    /// here on the stanzas we send on this stream (a bidirectional one, XEP-0288) are
+    /// counted and acknowledged like those of an outbound stream ([`Event::Acknowledged`]):
+    /// what the runtime sent on it before this event is not covered. Follows the pair's
+    /// [`Event::Authenticated`].
+    StreamManagementEnabled,
+    /// XEP-0198: the peer acknowledged the `count` oldest stanzas sent on this stream
+    /// since stream management was enabled and not acknowledged before (they are
+    /// delivered: release them). Outbound, or inbound after
+    /// [`Event::StreamManagementEnabled`] (a bidirectional stream).
     Acknowledged {
         /// How many, oldest first (≥ 1).
         count: u32,

@@ -16,6 +16,15 @@
 //!   [`Event::StreamManagementRefused`]: nothing will be acknowledged on this stream. An
 //!   `h` beyond what we sent closes the stream with `undefined-condition` and
 //!   `<handled-count-too-high/>` (XEP-0198 §4).
+//! - **Both ways on one stream**: XEP-0198's state is per stream and both ends count
+//!   what they receive (§4), so once enabled it also covers what travels against the
+//!   stream's direction on a bidirectional stream (XEP-0288). Inbound, after our
+//!   `<enabled/>` ([`Event::StreamManagementEnabled`]) we count what we send, ask
+//!   for acknowledgements on the same policy as an outbound stream, and take the
+//!   peer's `<a/>` as [`Event::Acknowledged`]; outbound, we count what the peer sends
+//!   from our `<enable/>` on and answer its `<r/>`. A peer may send `<a/>` unasked
+//!   (Prosody's `mod_smacks` does before it closes a stream): one for no more than we
+//!   sent is taken, on either end.
 //!
 //! [`S2sConfig::stream_management`]: super::S2sConfig::stream_management
 //! [`AckPolicy::every`]: crate::stream::sm::AckPolicy::every
@@ -33,25 +42,29 @@ use crate::xml::Element;
 pub(super) struct SmState {
     /// Outbound: the peer's features offered `urn:xmpp:sm:3`.
     pub(super) peer_offers: bool,
-    /// Outbound: `<enable/>` sent; counting what we send (until `<failed/>`).
+    /// Counting what we send: outbound from our `<enable/>` (until `<failed/>`); inbound
+    /// from our `<enabled/>` (what a bidirectional stream carries for us).
     pub(super) out: Option<Outbound<()>>,
-    /// Outbound: the peer answered `<enabled/>`.
+    /// Outbound: the peer answered `<enabled/>`; inbound: we did.
     pub(super) enabled: bool,
-    /// Both: counting what we receive (inbound after our `<enabled/>`; outbound after our
-    /// `<enable/>`, for a peer that sends on it).
+    /// Both: counting what we receive (inbound from the peer's `<enable/>`; outbound
+    /// from its `<enabled/>`, §4, for a peer that sends on it).
     pub(super) inb: Option<Inbound>,
 }
 
 impl S2sConnection {
     /// Whether the stream keeps stanzas until the peer acknowledges them: `<enable/>` was
-    /// sent and not refused (outbound). While true, a stanza the socket accepted is not yet
-    /// delivered: the runtime keeps it until [`Event::Acknowledged`] covers it, and sends
-    /// it again on the next stream if this one is lost.
+    /// sent and not refused (outbound), or `<enabled/>` answered the peer's (inbound, for
+    /// what we send on a bidirectional stream). While true, a stanza the socket accepted
+    /// is not yet delivered: the runtime keeps it until [`Event::Acknowledged`] covers
+    /// it, and sends it again on the next stream if this one is lost.
     pub fn acknowledges_stanzas(&self) -> bool {
         self.sm.out.is_some()
     }
 
-    /// Whether the peer answered our `<enable/>` with `<enabled/>`.
+    /// Whether stream management is on: the peer answered our `<enable/>` with
+    /// `<enabled/>` (outbound), or we answered its `<enable/>` so (inbound, with
+    /// [`S2sConfig::stream_management`] set).
     pub fn stream_management_enabled(&self) -> bool {
         self.sm.enabled
     }
@@ -160,6 +173,14 @@ impl S2sConnection {
                 }
                 .write(&mut self.io.out);
                 self.sm.inb = Some(Inbound::default());
+                // §4: from `<enabled/>` on, what we send counts too (a bidirectional
+                // stream carries ours; on another, nothing is ever sent, so nothing is
+                // asked).
+                if let Some(policy) = self.cfg.stream_management {
+                    self.sm.out = Some(Outbound::new(policy));
+                    self.sm.enabled = true;
+                    self.io.push_event(Event::StreamManagementEnabled);
+                }
             }
             (_, SmElement::Request) => match self.sm.inb {
                 Some(inb) => SmElement::Answer { h: inb.h() }.write(&mut self.io.out),
@@ -170,13 +191,17 @@ impl S2sConnection {
             },
             (Direction::Outbound, SmElement::Enabled { .. }) if self.sm.out.is_some() => {
                 self.sm.enabled = true;
+                // §4: the initiating entity counts what it receives from `<enabled/>` on;
+                // a stanza the peer sent before it read our `<enable/>` is not counted
+                // there either.
+                self.sm.inb = Some(Inbound::default());
             }
             (Direction::Outbound, SmElement::Failed { .. }) if self.sm.out.is_some() => {
                 self.sm.out = None;
                 self.sm.inb = None;
                 self.io.push_event(Event::StreamManagementRefused);
             }
-            (Direction::Outbound, SmElement::Answer { h }) if self.sm.out.is_some() => {
+            (_, SmElement::Answer { h }) if self.sm.out.is_some() => {
                 let out = self.sm.out.as_mut().expect("checked");
                 let acked = out.on_ack(h).map(|drained| drained.count() as u32);
                 match acked {
