@@ -72,7 +72,7 @@ fn empty_file_gives_the_defaults() {
     assert!(s.stream_management);
     assert_eq!(
         (s.sm_ack_every, s.sm_ack_after),
-        (10, Duration::from_secs(1))
+        (20, Duration::from_secs(5))
     );
     assert_eq!(s.xml_limits().max_element_size, 262_144);
     assert_eq!((c.inbox.capacity, c.inbox.batch), (1024, 256));

@@ -117,11 +117,11 @@ struct Cli {
     peer_sm: bool,
     /// With `--peer-sm`: peers ask the SUT for an acknowledgement (`<r/>`, XEP-0198 §4)
     /// after this many stanzas ... (default: fedrouter's `s2s.sm_ack_every`).
-    #[arg(long, default_value_t = AckPolicy::default().every)]
+    #[arg(long, default_value_t = 20)]
     peer_sm_ack_every: u32,
     /// ... or once a stanza has waited this long (humantime; default: fedrouter's
     /// `s2s.sm_ack_after`).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     peer_sm_ack_after: Duration,
     /// Peers use XEP-0288 bidirectional streams: they ask for bidi on the streams they open
     /// when the SUT offers it and take the SUT's stanzas on them, so a SUT that supports it

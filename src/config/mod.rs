@@ -49,8 +49,8 @@
 //! dialback_secret = "<hex>"     # absent: generated into <data_dir>/dialback.secret
 //! max_stanza_size = 262144
 //! stream_management = true      # XEP-0198 acks; unacknowledged stanzas go again on the next stream
-//! sm_ack_every = 10             # <r/> after this many stanzas ...
-//! sm_ack_after = "1s"           # ... or when one has waited this long
+//! sm_ack_every = 20             # <r/> after this many stanzas ...
+//! sm_ack_after = "5s"           # ... or when one has waited this long
 //!
 //! [inbox]
 //! capacity = 1024

@@ -240,10 +240,12 @@ pub struct S2sSection {
     /// it; what the peer never acknowledged is sent again on the next stream.
     pub stream_management: bool,
     /// Ask for an acknowledgement after this many stanzas (key `s2s.sm_ack_every`,
-    /// default 10; 1 to 10000).
+    /// default 20; 1 to 10000). The defaults (20 stanzas or 5 s) cost no CPU per stanza
+    /// measurable against stream management off; 10 or 1 s cost 12-16 % more
+    /// (benches/README.md, "S2S stream management").
     pub sm_ack_every: u32,
     /// ... or once a stanza has waited this long unacknowledged (key `s2s.sm_ack_after`,
-    /// default 1 s; more than 0).
+    /// default 5 s; more than 0).
     pub sm_ack_after: Duration,
 }
 
@@ -615,8 +617,8 @@ impl Default for S2sSection {
             dialback_secret: None,
             max_stanza_size: 256 * 1024,
             stream_management: true,
-            sm_ack_every: 10,
-            sm_ack_after: Duration::from_secs(1),
+            sm_ack_every: 20,
+            sm_ack_after: Duration::from_secs(5),
         }
     }
 }

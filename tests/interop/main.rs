@@ -168,7 +168,7 @@ fn assert_stream_management(lab: &Lab, profile: Profile) {
         assert_eq!(s["sm"], want, "{profile:?}: stream management on {s}");
     }
     if profile == Profile::Strict {
-        // Our <r/> goes out after s2s.sm_ack_every stanzas or s2s.sm_ack_after (1 s):
+        // Our <r/> goes out after s2s.sm_ack_every stanzas or s2s.sm_ack_after (5 s):
         // wait for Prosody's answer, bounded.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let acked = loop {
