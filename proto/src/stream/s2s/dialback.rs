@@ -145,12 +145,26 @@ impl S2sConnection {
         key: &str,
         now: Instant,
     ) -> Result<(), S2sError> {
+        let remote = self.remote.clone();
+        self.send_db_verify_for(local, &remote, stream_id, key, now)
+    }
+
+    /// [`Self::send_db_verify`] addressed to `remote`, another domain hosted at the
+    /// stream's target (XEP-0220 §2.4: a stream that multiplexes `remote`).
+    pub fn send_db_verify_for(
+        &mut self,
+        local: &str,
+        remote: &str,
+        stream_id: &str,
+        key: &str,
+        now: Instant,
+    ) -> Result<(), S2sError> {
         if self.dir != Direction::Outbound {
             return Err(S2sError::InvalidState(
                 "db:verify is sent on outbound streams",
             ));
         }
-        let remote = self.remote.clone();
+        let remote = remote.to_owned();
         if self.state == State::Open {
             self.write_db_verify(local, &remote, stream_id, key, now);
         } else {

@@ -43,6 +43,15 @@ impl S2sConnection {
         out
     }
 
+    /// Outbound: the (local, remote) pairs whose `db:result` waits for the peer's answer,
+    /// in the order they were sent ([`Self::pending_dialbacks`] with the remote domain).
+    pub fn pending_dialback_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pending_results
+            .iter()
+            .filter(|_| self.dir == Direction::Outbound)
+            .map(|p| (p.local.as_str(), p.remote.as_str()))
+    }
+
     /// Whether `remote` may join this outbound stream (XEP-0220 §2.4), and if not, why:
     ///
     /// - the stream is outbound, not verify-only, not closing, and dialback is possible
