@@ -232,6 +232,7 @@ fn peer_policy(opts: &PeerOptions) -> PeerPolicy {
             verify_certificates: false,
             allow: true,
             bidi: opts.bidi,
+            multiplex: true,
         },
         PeerAuth::External => PeerPolicy {
             tls: TlsPolicy::Required,
@@ -239,6 +240,7 @@ fn peer_policy(opts: &PeerOptions) -> PeerPolicy {
             verify_certificates: true,
             allow: true,
             bidi: opts.bidi,
+            multiplex: true,
         },
     }
 }

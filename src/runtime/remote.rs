@@ -111,6 +111,9 @@ struct VerifyReq {
     verify_only: bool,
 }
 
+/// An SRV target as a key: host (lowercase) and port.
+type TargetKey = (Box<str>, u16);
+
 /// A remote domain owned by this shard.
 #[derive(Default)]
 struct Remote {
@@ -164,7 +167,7 @@ pub(super) struct Remotes {
     shutdown_bounced: Cell<usize>,
     /// This shard's outbound streams by the SRV target (host, port) they connected to:
     /// what a further domain hosted there joins (XEP-0220 §2.4, `remote/multiplex.rs`).
-    targets: RefCell<HashMap<(Box<str>, u16), Rc<Conn>>>,
+    targets: RefCell<HashMap<TargetKey, Rc<Conn>>>,
 }
 
 impl Remotes {
