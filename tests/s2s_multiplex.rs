@@ -81,11 +81,15 @@ fn streams(srv: &Fedrouter) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
-/// The outbound streams that authenticate (not verify-only ones) among `streams`.
+/// The outbound streams that authenticate (not verify-only ones) among `streams`: one
+/// per TCP connection (a domain that rides on another's stream shows `via`, not a
+/// stream).
 fn outbound(streams: &[(String, serde_json::Value)]) -> Vec<&(String, serde_json::Value)> {
     streams
         .iter()
-        .filter(|(_, s)| s["direction"] == "out" && s["verify_only"] != true)
+        .filter(|(_, s)| {
+            s["direction"] == "out" && s["verify_only"] != true && s.get("via").is_none()
+        })
         .collect()
 }
 
@@ -126,6 +130,10 @@ fn two_domains_behind_one_target_share_one_stream() {
         .collect();
     remotes.sort();
     assert_eq!(remotes, ["b1.test", "b2.test"], "{s}");
+    let b2: Vec<_> = all.iter().filter(|(d, _)| d == "b2.test").collect();
+    assert_eq!(b2.len(), 1, "{all:#?}");
+    assert_eq!(b2[0].1["state"], "multiplexed", "{all:#?}");
+    assert_eq!(b2[0].1["via"], "b1.test", "{all:#?}");
     assert_eq!(
         a_srv.metric("fedrouter_s2s_multiplexed_domains_total", &[]),
         Some(1.0),

@@ -1121,6 +1121,23 @@ impl Remotes {
             if r.is_some_and(|r| r.connecting && r.conn.is_none()) {
                 streams.push(json!({"direction": "out", "state": "connecting"}));
             }
+            // XEP-0220 §2.4: the domain rides on the stream of another domain hosted at
+            // the same target (listed, with all it serves, under that domain).
+            if let Some(c) = r.and_then(|r| r.conn.as_ref()) {
+                let st = c.st.borrow();
+                let via = domain_key(st.proto.remote_domain());
+                if c.direction == Direction::Outbound && via != d.as_str() {
+                    let authenticated = st
+                        .proto
+                        .authenticated()
+                        .any(|(_, r, _)| r.eq_ignore_ascii_case(&d));
+                    streams.push(json!({
+                        "direction": "out",
+                        "state": if authenticated { "multiplexed" } else { "joining" },
+                        "via": via,
+                    }));
+                }
+            }
             let congested = r.and_then(|r| r.queue.congested_since());
             out.push(json!({
                 "domain": d,
