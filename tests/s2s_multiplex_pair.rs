@@ -286,3 +286,39 @@ fn tls_stream_carries_a_second_domain_only_if_the_certificate_covers_it() {
         vec![B1.to_owned(), B2.to_owned()]
     );
 }
+
+#[test]
+fn a_plain_only_domain_joins_a_stream_still_negotiating() {
+    // A burst: b2.test asks while the stream to the target is still negotiating. A
+    // plain-only domain joins at once, its db:result waiting for the stream; a domain
+    // whose policy allows TLS waits until TLS is settled.
+    let ca = TestCa::new("fedrouter test CA").unwrap();
+    let webex = PeerPolicy {
+        bidi: false,
+        ..PeerPolicy::webex()
+    };
+    let mut p = Pair::new(
+        Server::with_policy(A, policy(google(), None), &ca, false),
+        Server::hosting(B1, &[B2], policy(google(), None), &ca, false),
+    );
+    p.a.conn.request_dialback_for(A, B2, p.now).unwrap();
+    let r = p.a.conn.request_dialback_for(A, "b3.test", p.now);
+    assert!(r.is_ok(), "{r:?}");
+    let mut p2 = Pair::new(
+        Server::with_policy(A, policy(webex, None), &ca, false),
+        Server::hosting(B1, &[B2], policy(webex, None), &ca, false),
+    );
+    assert!(matches!(
+        p2.a.conn.request_dialback_for(A, B2, p2.now),
+        Err(S2sError::MultiplexRefused { why, .. }) if why.contains("TLS")
+    ));
+    p2.drive();
+    p.drive();
+    assert_eq!(
+        authenticated(&p.a.events),
+        vec![B1.to_owned(), B2.to_owned()]
+    );
+    // b3.test is not hosted there: refused, the stream stays.
+    assert_eq!(auth_failed(&p.a.events).len(), 1);
+    assert!(!closed(&p.a.events));
+}

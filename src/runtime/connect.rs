@@ -38,15 +38,22 @@ pub(super) enum Purpose {
 /// `purpose`).
 pub(super) async fn connect(shard: Rc<Shard>, d: String, local: String, purpose: Purpose) {
     let started = Instant::now();
+    // Declared before the stream is registered: dropped (waiters go on) after it.
+    let mut dialing = DialGuard {
+        shard: Rc::clone(&shard),
+        key: None,
+    };
     let opened = match resolve(&shard, &d).await {
         Ok(targets) => {
             // XEP-0220 §2.4: a target this shard already has an authenticated stream to
             // carries `d` too, where policy and certificate allow (`remote/multiplex.rs`).
-            if purpose == Purpose::Stream
-                && !shard.shutting_down.get()
-                && shard.remotes.join_target(&d, &local, &targets)
-            {
-                return;
+            if purpose == Purpose::Stream && !shard.shutting_down.get() {
+                if shard.remotes.join_target(&d, &local, &targets)
+                    || shard.remotes.wait_for_dial(&d, &local, &targets)
+                {
+                    return;
+                }
+                dialing.key = shard.remotes.begin_dial(&targets);
             }
             dial(&shard, &local, &d, targets).await
         }
@@ -126,6 +133,22 @@ pub(super) async fn connect(shard: Rc<Shard>, d: String, local: String, purpose:
             shard
                 .remotes
                 .remote_failed(&shard, &d, f, BounceCause::Unreachable);
+        }
+    }
+}
+
+/// This shard dials a target for a domain's stream: when the attempt is over (at the
+/// end of [`connect`], after the stream is registered), the domains that waited for it
+/// go on ([`super::remote::Remotes::end_dial`]).
+struct DialGuard {
+    shard: Rc<Shard>,
+    key: Option<super::remote::TargetKey>,
+}
+
+impl Drop for DialGuard {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.shard.remotes.end_dial(&self.shard, &key);
         }
     }
 }

@@ -112,7 +112,7 @@ struct VerifyReq {
 }
 
 /// An SRV target as a key: host (lowercase) and port.
-type TargetKey = (Box<str>, u16);
+pub(super) type TargetKey = (Box<str>, u16);
 
 /// A remote domain owned by this shard.
 #[derive(Default)]
@@ -168,6 +168,9 @@ pub(super) struct Remotes {
     /// This shard's outbound streams by the SRV target (host, port) they connected to:
     /// what a further domain hosted there joins (XEP-0220 §2.4, `remote/multiplex.rs`).
     targets: RefCell<HashMap<TargetKey, Rc<Conn>>>,
+    /// Targets this shard is dialling for a domain's stream, with the (remote, local)
+    /// pairs of other domains hosted there that wait to join the stream once it exists.
+    dialing: RefCell<HashMap<TargetKey, Vec<(String, String)>>>,
 }
 
 impl Remotes {

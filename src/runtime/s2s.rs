@@ -237,8 +237,12 @@ impl S2sStreams {
                         ],
                         1,
                     );
-                    if direction == Direction::Outbound {
-                        mm.observe(Latency::Negotiation, conn.st.borrow().started.elapsed());
+                    // The stream's own set-up (not a domain joining it later: XEP-0220 §2.4).
+                    let st = conn.st.borrow();
+                    if direction == Direction::Outbound
+                        && st.proto.remote_domain().eq_ignore_ascii_case(&remote)
+                    {
+                        mm.observe(Latency::Negotiation, st.started.elapsed());
                     }
                 });
                 {

@@ -16,6 +16,12 @@
 //! to the stream its `Remote::conn` names. In a cluster, a remote domain's owner node
 //! (rendezvous hash) opens its streams, so multiplexing happens within a node.
 //!
+//! Domains that resolve while the target's first stream is still being dialled wait for
+//! it ([`Remotes::wait_for_dial`]) rather than dialling too, so that a burst (a hundred
+//! domains of one host asked for at once) opens one connection; a plain-only domain joins
+//! the stream while it negotiates (its `db:result` waits for it), others once it is
+//! authenticated (its TLS and certificate known).
+//!
 //! When the shared stream ends, each domain it served sees its own end
 //! ([`Remotes::outbound_closed`] per domain, with the stanzas the stream never wrote for
 //! that domain) and reconnects on demand, on its own or by joining another stream. A
@@ -25,21 +31,71 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use tracing::{debug, info};
+use tracing::{debug, info, info_span, Instrument};
 
 use super::super::conn::{Conn, ConnId};
-use super::{remote_entry, Remotes};
+use super::super::connect::Purpose;
+use super::super::shard::Shard;
+use super::{remote_entry, Remotes, TargetKey};
 use crate::srv::Target;
 use crate::stream::s2s::Direction;
+
+/// `t` as a registry key: host (lowercase) and port.
+fn target_key(t: &Target) -> TargetKey {
+    (t.host.to_ascii_lowercase().into_boxed_str(), t.port)
+}
 
 impl Remotes {
     /// Remembers `conn`, this shard's new outbound stream to `target`, as the stream
     /// further domains hosted there may join.
     pub(in crate::runtime) fn register_target(&self, target: &Target, conn: &Rc<Conn>) {
-        self.targets.borrow_mut().insert(
-            (target.host.to_ascii_lowercase().into(), target.port),
-            Rc::clone(conn),
-        );
+        self.targets
+            .borrow_mut()
+            .insert(target_key(target), Rc::clone(conn));
+    }
+
+    /// `d`'s first target is being dialled by this shard for another domain: `d` waits for
+    /// that stream (to join it: [`Remotes::end_dial`]) instead of dialling too. Returns
+    /// whether it waits.
+    pub(in crate::runtime) fn wait_for_dial(
+        &self,
+        d: &str,
+        local: &str,
+        targets: &[Target],
+    ) -> bool {
+        let Some(t) = targets.first() else {
+            return false;
+        };
+        match self.dialing.borrow_mut().get_mut(&target_key(t)) {
+            Some(waiters) => {
+                waiters.push((d.to_owned(), local.to_owned()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// This shard starts dialling `targets` for a domain's stream: other domains whose
+    /// first target it is wait for it ([`Remotes::wait_for_dial`]). Returns the key to
+    /// give [`Remotes::end_dial`] when the attempt is over.
+    pub(in crate::runtime) fn begin_dial(&self, targets: &[Target]) -> Option<TargetKey> {
+        let key = target_key(targets.first()?);
+        self.dialing.borrow_mut().entry(key.clone()).or_default();
+        Some(key)
+    }
+
+    /// The attempt to dial `key` is over (the stream is registered, or it failed): each
+    /// domain that waited for it connects again, and joins the stream where it may, or
+    /// dials itself.
+    pub(in crate::runtime) fn end_dial(&self, shard: &Shard, key: &TargetKey) {
+        let waiters = self.dialing.borrow_mut().remove(key).unwrap_or_default();
+        for (d, local) in waiters {
+            let span = info_span!(parent: &shard.span, "s2s", dir = "out", peer = %d, id = tracing::field::Empty);
+            tokio_uring::spawn(
+                super::super::connect::connect(shard.rc(), d, local, Purpose::Stream)
+                    .instrument(span),
+            );
+        }
     }
 
     /// Forgets `conn` as a target's stream (it ended).
@@ -56,11 +112,12 @@ impl Remotes {
         let conn = {
             let map = self.targets.borrow();
             targets.iter().find_map(|t| {
-                let c = map.get(&(t.host.to_ascii_lowercase().into_boxed_str(), t.port))?;
+                let c = map.get(&target_key(t))?;
                 let st = c.st.borrow();
+                // Authenticated, or still negotiating where the core allows it (a
+                // plain-only domain: its `db:result` waits for the stream).
                 let usable = c.direction == Direction::Outbound
                     && !st.closed
-                    && st.proto.authenticated().next().is_some()
                     && st.proto.may_multiplex(d).is_ok();
                 usable.then(|| Rc::clone(c))
             })

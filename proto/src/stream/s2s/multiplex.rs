@@ -58,6 +58,8 @@ impl S2sConnection {
     ///   on it (after SASL EXTERNAL, only when the peer offered dialback too);
     /// - both policies (`remote`'s and the stream's domain's) allow federation, dialback
     ///   and multiplexing ([`PeerPolicy::multiplex`]) and have the same TLS setting;
+    /// - on a stream still negotiating, `remote`'s policy is plain only (`tls =
+    ///   "disabled"`): the stream cannot turn to TLS, and the `db:result` waits;
     /// - on a plain stream, `remote`'s policy does not require TLS; on a TLS stream whose
     ///   policy for `remote` verifies certificates, the peer's certificate must also
     ///   cover `remote` (RFC 6120 §13.7.1.2; checked with the configured
@@ -87,6 +89,12 @@ impl S2sConnection {
         }
         if mine.tls != theirs.tls {
             return Err("the domains' TLS policies differ");
+        }
+        if !self.tls && self.state != State::Open && theirs.tls != TlsPolicy::Disabled {
+            // Still negotiating: the stream may yet turn to TLS, and the certificate is
+            // not known. A plain-only (`tls = "disabled"`) domain may join at once (its
+            // `db:result` waits until the stream is ready).
+            return Err("the stream's TLS is not settled yet");
         }
         if !self.tls {
             if theirs.tls == TlsPolicy::Required {
