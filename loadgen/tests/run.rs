@@ -440,6 +440,7 @@ fn a_sut_that_stops_mid_run_is_reported_as_loss() {
         password: "loadgen".into(),
         profile: Profile::Google,
         peer_ca_pem: None,
+        multiplex: true,
     })
     .expect("embedded fedrouter");
     let ca = tempfile::NamedTempFile::new().expect("ca file");
