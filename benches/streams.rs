@@ -710,6 +710,7 @@ fn build_ctx() -> Ctx {
                 verify_certificates: false,
                 allow: true,
                 bidi: false,
+                multiplex: true,
             },
             ..Default::default()
         },

@@ -583,6 +583,19 @@ fn status(config: Option<&Path>, admin: Option<SocketAddr>, json: bool) -> ExitC
         };
         for s in rows {
             let mut note = note.clone();
+            if let Some(via) = s["via"].as_str() {
+                note.push_str(&format!(" on the stream to {via} (same target)"));
+            }
+            if s["multiplexed"] == true {
+                let others: Vec<&str> = s["domains"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|d| d.as_str())
+                    .filter(|d| *d != domain)
+                    .collect();
+                note.push_str(&format!(" also serves {}", others.join(",")));
+            }
             if let Some(ms) = s["write_stalled_ms"].as_u64() {
                 note.push_str(&format!(
                     " STALLED: peer accepted no byte for {:.1}s ({} bytes waiting)",

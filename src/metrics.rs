@@ -273,6 +273,10 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "Stanzas the socket had taken but the peer never acknowledged when an outbound S2S stream ended (XEP-0198): queued again for the next stream.",
     ),
     (
+        "s2s_multiplexed_domains",
+        "Remote domains authenticated on an outbound S2S stream to another domain hosted at the same SRV target (XEP-0220 §2.4 multiplexing) instead of a connection of their own.",
+    ),
+    (
         "s2s_negotiation_retries",
         "Outbound S2S streams that ended before authenticating us for a passing reason (dropped, reset, connection-timeout) and were opened once more instead of bouncing what waited.",
     ),

@@ -229,6 +229,7 @@ fn the_policy_for_the_peer_domain_decides() {
         A.into(),
         PeerPolicy {
             bidi: false,
+            multiplex: true,
             ..PeerPolicy::google()
         },
     );
@@ -301,6 +302,7 @@ fn stanza_on_a_non_bidi_outbound_stream_is_still_refused() {
         // Without the peer's feature, or with it but our policy off: no bidi.
         let policy = PeerPolicy {
             bidi: false,
+            multiplex: true,
             ..PeerPolicy::google()
         };
         let ca = TestCa::new("fedrouter test CA").unwrap();
@@ -393,6 +395,7 @@ fn unoffered_bidi_request_is_an_unexpected_element() {
     let ca = TestCa::new("fedrouter test CA").unwrap();
     let policy = PeerPolicy {
         bidi: false,
+        multiplex: true,
         ..PeerPolicy::google()
     };
     let srv = Server::new(B, policy, &ca, false);

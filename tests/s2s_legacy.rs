@@ -490,6 +490,7 @@ fn legacy_header_with_tls_required_is_refused_cleanly() {
         verify_certificates: false,
         allow: true,
         bidi: true,
+        multiplex: true,
     };
     let external_only = PeerPolicy {
         tls: TlsPolicy::Optional,
@@ -497,6 +498,7 @@ fn legacy_header_with_tls_required_is_refused_cleanly() {
         verify_certificates: true,
         allow: true,
         bidi: true,
+        multiplex: true,
     };
     for policy in [required_dialback, PeerPolicy::strict(), external_only] {
         let srv = Server::new(LOCAL, policy, &ca(), true);
@@ -622,6 +624,7 @@ fn outbound_to_a_legacy_peer_follows_policy() {
                 verify_certificates: false,
                 allow: true,
                 bidi: true,
+                multiplex: true,
             },
             false,
         ),
@@ -632,6 +635,7 @@ fn outbound_to_a_legacy_peer_follows_policy() {
                 verify_certificates: true,
                 allow: true,
                 bidi: true,
+                multiplex: true,
             },
             false,
         ),

@@ -74,6 +74,7 @@ fn every_policy_combination() {
                     verify_certificates: verify,
                     allow: true,
                     bidi,
+                    multiplex: true,
                 };
                 let mut p = Pair::new(
                     Server::new("cupdomain.test", policy, &ca, true),

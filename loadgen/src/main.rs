@@ -128,6 +128,10 @@ struct Cli {
     /// opens no stream of its own for stanzas; the report counts the sockets each way.
     #[arg(long)]
     peer_bidi: bool,
+    /// The embedded fedrouter gets its own stream per remote domain (`multiplex = false`):
+    /// no outbound multiplexing by SRV target (XEP-0220 §2.4), for comparison.
+    #[arg(long)]
+    sut_no_multiplex: bool,
     /// Churn drops streams abruptly (TCP RST, in-flight data lost, both the peer's stream
     /// and the ones the SUT opened to it) instead of `</stream:stream>`.
     #[arg(long)]
@@ -472,6 +476,7 @@ fn main() -> ExitCode {
             after: cli.peer_sm_ack_after,
         },
         peer_bidi: cli.peer_bidi,
+        sut_multiplex: !cli.sut_no_multiplex,
         churn_reset: cli.churn_reset,
         dns_bind: cli.dns,
         zone_file: cli.zone_file.clone(),
@@ -549,6 +554,13 @@ fn main() -> ExitCode {
         outcome
             .peak_rss_kib
             .map_or_else(|| "?".to_owned(), |k| k.to_string()),
+    );
+    let ps = &outcome.peer_sockets;
+    println!(
+        "peer sockets: {} opened by the peers, {} accepted from the SUT by {} peer servers \
+         (at most {} by one server: with outbound multiplexing by target, XEP-0220 §2.4, \
+         about one per SUT shard plus dialback verifications), {} bidirectional",
+        ps.opened, ps.accepted, ps.accepting_servers, ps.accepted_max_per_server, ps.bidi
     );
     if outcome.peer_resent > 0 || outcome.duplicates > 0 {
         println!(

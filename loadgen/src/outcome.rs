@@ -149,6 +149,7 @@ pub fn write_report(
         "subscribe_as_presence": o.subscribe_as_presence,
         "peer_sm": opts.peer_sm,
         "peer_bidi": opts.peer_bidi,
+        "sut_multiplex": opts.sut_multiplex,
         // TCP connections between the peers and the SUT (XEP-0288 halves them when
         // both ends support it): opened by the peers, accepted from the SUT.
         "peer_sockets": o.peer_sockets,

@@ -117,6 +117,14 @@ pub struct Sockets {
     pub accepted: u64,
     /// Peer outbound streams on which bidi was negotiated.
     pub bidi: u64,
+    /// Peer servers (SRV targets) that accepted at least one connection from the SUT.
+    #[serde(default)]
+    pub accepting_servers: u64,
+    /// The most connections one peer server accepted from the SUT: with outbound
+    /// multiplexing by target (XEP-0220 §2.4) about one per SUT shard (plus dialback
+    /// verification connections), without it one per domain the server hosts.
+    #[serde(default)]
+    pub accepted_max_per_server: u64,
 }
 
 /// Errors starting the peers.
@@ -190,6 +198,8 @@ struct Shared {
     /// TCP connections opened to the SUT, accepted from it, and bidi streams.
     opened: AtomicU64,
     accepted: AtomicU64,
+    /// Per peer server, connections accepted from the SUT.
+    accepted_by: Vec<AtomicU64>,
     bidi_streams: AtomicU64,
 }
 
@@ -234,6 +244,7 @@ fn peer_policy(opts: &PeerOptions) -> PeerPolicy {
             verify_certificates: false,
             allow: true,
             bidi: opts.bidi,
+            multiplex: true,
         },
         PeerAuth::External => PeerPolicy {
             tls: TlsPolicy::Required,
@@ -241,6 +252,7 @@ fn peer_policy(opts: &PeerOptions) -> PeerPolicy {
             verify_certificates: true,
             allow: true,
             bidi: opts.bidi,
+            multiplex: true,
         },
     }
 }
@@ -369,6 +381,7 @@ impl Peers {
             resent: AtomicU64::new(0),
             opened: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            accepted_by: (0..topo.servers()).map(|_| AtomicU64::new(0)).collect(),
             bidi_streams: AtomicU64::new(0),
         });
         // Listeners first, so the SUT can call back as soon as our streams open.
@@ -458,10 +471,18 @@ impl Peers {
     /// TCP connections between the peers and the SUT so far, each way, and how many of
     /// the peers' streams were bidirectional (XEP-0288).
     pub fn sockets(&self) -> Sockets {
+        let by: Vec<u64> = self
+            .shared
+            .accepted_by
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect();
         Sockets {
             opened: self.shared.opened.load(Ordering::Relaxed),
             accepted: self.shared.accepted.load(Ordering::Relaxed),
             bidi: self.shared.bidi_streams.load(Ordering::Relaxed),
+            accepting_servers: by.iter().filter(|&&n| n > 0).count() as u64,
+            accepted_max_per_server: by.iter().copied().max().unwrap_or(0),
         }
     }
 
@@ -509,6 +530,9 @@ async fn accept_loop(shared: Arc<Shared>, s: u32, listener: TcpListener) {
             continue;
         };
         shared.accepted.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = shared.accepted_by.get(s as usize) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
         let (tx, rx) = mpsc::channel(64);
         shared.inbound.lock().expect("lock").push((s, tx.clone()));
         tokio::spawn(inbound_task(shared.clone(), s, sock, tx, rx));

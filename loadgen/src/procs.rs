@@ -249,6 +249,7 @@ pub async fn run_parent(opts: RunOptions, p: ParentOptions) -> Result<Outcome, R
                 password: opts.password.clone(),
                 profile: Profile::Google,
                 peer_ca_pem: None,
+                multiplex: opts.sut_multiplex,
             })
             .map_err(setup)?;
             let cert = e.data_dir.join(format!("certs/{}.crt", topo.sut_domain));
@@ -587,6 +588,13 @@ pub fn merge(reports: &[ChildReport]) -> Result<Outcome, String> {
             opened: sum(|r| r.peer_sockets.opened),
             accepted: sum(|r| r.peer_sockets.accepted),
             bidi: sum(|r| r.peer_sockets.bidi),
+            // Each child runs its own servers: counts add up, maxima do not.
+            accepting_servers: sum(|r| r.peer_sockets.accepting_servers),
+            accepted_max_per_server: reports
+                .iter()
+                .map(|r| r.peer_sockets.accepted_max_per_server)
+                .max()
+                .unwrap_or(0),
         },
         duplicates: sum(|r| r.duplicates),
         unexpected_closes: sum(|r| r.unexpected_closes),

@@ -119,6 +119,9 @@ pub struct RunOptions {
     pub peer_sm_acks: fedrouter::stream::sm::AckPolicy,
     /// Peers use XEP-0288 bidirectional streams (see [`PeerOptions::bidi`]).
     pub peer_bidi: bool,
+    /// The embedded SUT multiplexes remote domains by SRV target (XEP-0220 §2.4; its
+    /// `[federation.default] multiplex`).
+    pub sut_multiplex: bool,
     /// Churn resets streams (TCP RST) instead of closing them (see
     /// [`PeerOptions::churn_reset`]).
     pub churn_reset: bool,
@@ -401,6 +404,7 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
                     _ => Profile::Webex,
                 },
                 peer_ca_pem: peer_ca.as_ref().map(|c| c.ca_cert_pem()),
+                multiplex: opts.sut_multiplex,
             })
             .map_err(setup)?;
             let s2s = vec![SutS2s {

@@ -70,6 +70,9 @@ pub struct EmbeddedOptions {
     pub profile: Profile,
     /// CA certificate (PEM) of the peers' certificates, trusted for SASL EXTERNAL.
     pub peer_ca_pem: Option<String>,
+    /// Outbound multiplexing by SRV target (XEP-0220 §2.4, `multiplex` in
+    /// `[federation.default]`).
+    pub multiplex: bool,
 }
 
 /// A running embedded fedrouter.
@@ -153,7 +156,8 @@ durability = "crash"
 
 {trust}
 [federation.default]
-{profile}"#,
+{profile}multiplex = {multiplex}
+"#,
             data = data_dir.display().to_string(),
             domain = opts.domain,
             shards = opts.shards,
@@ -162,6 +166,7 @@ durability = "crash"
             admin = SocketAddr::new(ip, 9269),
             ns = opts.nameserver,
             profile = opts.profile.toml(),
+            multiplex = opts.multiplex,
         );
         let config = Config::from_toml_str(&toml).map_err(|e| format!("SUT configuration: {e}"))?;
         let materialized = config

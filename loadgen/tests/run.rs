@@ -402,6 +402,69 @@ fn bidi_peers_need_no_connection_from_the_sut() {
     assert_eq!(sockets["accepted"], 0, "the SUT opened no stream: {s}");
 }
 
+/// Google-Apps-style peers (20 domains behind each SRV target): the embedded fedrouter
+/// multiplexes the domains of a target on one outbound stream per shard (XEP-0220 §2.4),
+/// and the peers' inbound side answers the further `db:result`s and takes the stanzas of
+/// every domain. With `--sut-no-multiplex`, one connection per domain. 127.23.x.x SUT
+/// and DNS, 127.24.x.x peers.
+#[test]
+fn google_apps_targets_take_one_connection_per_sut_shard() {
+    for (multiplex, net) in [(true, "1"), (false, "2")] {
+        let out = tempfile::tempdir().expect("tempdir");
+        let sut_ip = format!("127.23.{net}.2");
+        let dns = format!("127.23.{net}.53:0");
+        let peer_net = format!("127.24.{net}");
+        let mut args = vec![
+            "--peers",
+            "60",
+            "--domains-per-server",
+            "20",
+            "--users-per-peer",
+            "2",
+            "--local-users",
+            "5",
+            "--shards",
+            "2",
+            "--scenario",
+            "mixed",
+            "--mix",
+            "message=60,presence=20,subscribe=20",
+            "--rate",
+            "100",
+            "--warmup",
+            "0s",
+            "--duration",
+            "3s",
+            "--sut-ip",
+            &sut_ip,
+            "--dns",
+            &dns,
+            "--peer-net",
+            &peer_net,
+        ];
+        if !multiplex {
+            args.push("--sut-no-multiplex");
+        }
+        let o = loadgen(out.path(), &args);
+        let all = text(&o);
+        assert!(o.status.success(), "{all}");
+        let s = summary(out.path());
+        assert_eq!(s["accounting"]["lost"], 0, "{s}");
+        assert_eq!(s["params"]["sut_multiplex"], multiplex, "{s}");
+        let sockets = &s["params"]["peer_sockets"];
+        let max = sockets["accepted_max_per_server"].as_u64().unwrap_or(0);
+        if multiplex {
+            assert!(
+                max <= 2,
+                "at most one connection per SUT shard and target: {s}"
+            );
+            assert!(sockets["accepted"].as_u64().unwrap_or(0) <= 6, "{s}");
+        } else {
+            assert_eq!(max, 20, "one connection per domain: {s}");
+        }
+    }
+}
+
 #[test]
 fn bad_arguments_exit_2_with_a_message() {
     let out = tempfile::tempdir().expect("tempdir");
@@ -440,6 +503,7 @@ fn a_sut_that_stops_mid_run_is_reported_as_loss() {
         password: "loadgen".into(),
         profile: Profile::Google,
         peer_ca_pem: None,
+        multiplex: true,
     })
     .expect("embedded fedrouter");
     let ca = tempfile::NamedTempFile::new().expect("ca file");

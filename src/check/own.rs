@@ -182,6 +182,7 @@ impl Checker<'_> {
                 verify_certificates: false,
                 allow: true,
                 bidi: false,
+                multiplex: true,
             },
             domains: Default::default(),
         };

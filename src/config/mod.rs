@@ -118,6 +118,7 @@
 //! [federation.default]          # crate::stream::policy::FederationPolicy
 //! tls = "optional"
 //! bidi = true                   # XEP-0288; per domain too (`bidi = false` for a misbehaving peer)
+//! multiplex = true              # XEP-0220 §2.4: domains behind one SRV target share a stream
 //! [federation.domains."gmail.test"]
 //! tls = "disabled"
 //! auth = "dialback"

@@ -58,6 +58,17 @@ impl Queued {
             .unwrap_or_default()
     }
 
+    /// The remote domain it is for, as an ownership key ([`domain_key`]) of its `to`;
+    /// empty when it has none.
+    pub fn remote_domain(&self) -> String {
+        let to = match self {
+            Queued::Whole(el, _) => el.to(),
+            Queued::Shared(_, to, _) => Some(&**to),
+        };
+        to.map(|t| domain_key(domain_of(t)).into_owned())
+            .unwrap_or_default()
+    }
+
     /// Writes it onto the outbound stream `proto` for the pair `local` → `remote`
     /// (RFC 6120 §8.1.1.1: only on a stream that authenticated the pair). Returns whether
     /// the stream took it; a shared stanza gets this recipient's `to` written in place

@@ -402,15 +402,6 @@ impl<P: Proto> ConnState<P> {
         }
     }
 
-    /// Of the stanzas in `unsent`, how many the socket has already taken (only possible
-    /// while holding for acknowledgements): sent, perhaps received, never acknowledged.
-    pub fn taken_unacknowledged(&self) -> usize {
-        self.unsent
-            .iter()
-            .take_while(|(end, _)| *end <= self.written)
-            .count()
-    }
-
     fn release_written(&mut self) {
         while self
             .unsent
@@ -426,6 +417,31 @@ impl<P: Proto> ConnState<P> {
         self.sent_at.clear();
         self.uncounted = 0;
         self.unsent.drain(..).map(|(_, q)| q).collect()
+    }
+
+    /// [`ConnState::take_unsent`] for the stanzas to remote domain `d` only (an ownership
+    /// key), on a stream that multiplexes several (XEP-0220 §2.4), and how many of them
+    /// the socket had already taken (held for XEP-0198 acknowledgements). The others
+    /// stay.
+    pub fn take_unsent_for(&mut self, d: &str) -> (Vec<Queued>, usize) {
+        let mut mine = Vec::new();
+        let mut resent = 0;
+        let mut keep = std::collections::VecDeque::with_capacity(self.unsent.len());
+        for (end, q) in self.unsent.drain(..) {
+            if q.remote_domain() == d {
+                if end <= self.written {
+                    resent += 1;
+                }
+                mine.push(q);
+            } else {
+                keep.push_back((end, q));
+            }
+        }
+        self.unsent = keep;
+        if self.unsent.is_empty() {
+            self.sent_at.clear();
+        }
+        (mine, resent)
     }
 
     /// Notes that a stanza read at `read_at` is now in `wire` (call after `pump`).

@@ -38,7 +38,27 @@ pub(super) enum Purpose {
 /// `purpose`).
 pub(super) async fn connect(shard: Rc<Shard>, d: String, local: String, purpose: Purpose) {
     let started = Instant::now();
-    let opened = open_socket(&shard, &local, &d).await;
+    // Declared before the stream is registered: dropped (waiters go on) after it.
+    let mut dialing = DialGuard {
+        shard: Rc::clone(&shard),
+        key: None,
+    };
+    let opened = match resolve(&shard, &d).await {
+        Ok(targets) => {
+            // XEP-0220 §2.4: a target this shard already has an authenticated stream to
+            // carries `d` too, where policy and certificate allow (`remote/multiplex.rs`).
+            if purpose == Purpose::Stream && !shard.shutting_down.get() {
+                if shard.remotes.join_target(&d, &local, &targets)
+                    || shard.remotes.wait_for_dial(&d, &local, &targets)
+                {
+                    return;
+                }
+                dialing.key = shard.remotes.begin_dial(&targets);
+            }
+            dial(&shard, &local, &d, targets).await
+        }
+        Err(f) => Err(f),
+    };
     if shard.shutting_down.get() {
         // The shutdown began while connecting: the stream would outlive the drain.
         if let Ok((stream, _, _)) = &opened {
@@ -93,6 +113,7 @@ pub(super) async fn connect(shard: Rc<Shard>, d: String, local: String, purpose:
                 tracing::Span::current(),
             ));
             let others = shard.remotes.connected(&d, &local, &conn);
+            shard.remotes.register_target(&target, &conn);
             {
                 let mut st = conn.st.borrow_mut();
                 for l in &others {
@@ -112,6 +133,22 @@ pub(super) async fn connect(shard: Rc<Shard>, d: String, local: String, purpose:
             shard
                 .remotes
                 .remote_failed(&shard, &d, f, BounceCause::Unreachable);
+        }
+    }
+}
+
+/// This shard dials a target for a domain's stream: when the attempt is over (at the
+/// end of [`connect`], after the stream is registered), the domains that waited for it
+/// go on ([`super::remote::Remotes::end_dial`]).
+struct DialGuard {
+    shard: Rc<Shard>,
+    key: Option<super::remote::TargetKey>,
+}
+
+impl Drop for DialGuard {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.shard.remotes.end_dial(&self.shard, &key);
         }
     }
 }
@@ -136,12 +173,51 @@ fn start(shard: &Shard, stream: TcpStream, proto: S2sConnection, tls: Option<Tls
     conn
 }
 
-/// DNS SRV (RFC 6120 §3.2, XEP-0368), then each target's addresses in turn with the
-/// connect timeout; direct TLS targets get their TLS handshake here.
-async fn open_socket(
+/// DNS SRV (RFC 6120 §3.2, XEP-0368): `d`'s targets in the order to try them (the
+/// domain itself on 5269 when it publishes no SRV record).
+async fn resolve(shard: &Shard, d: &str) -> Result<Vec<Target>, Failure> {
+    let not_found = |text: String| Failure {
+        condition: StanzaCondition::RemoteServerNotFound,
+        text,
+    };
+    let dns_failure = |e: DnsError| Failure {
+        condition: if e.is_timeout() {
+            StanzaCondition::RemoteServerTimeout
+        } else {
+            StanzaCondition::RemoteServerNotFound
+        },
+        text: format!("DNS: {e}"),
+    };
+    let resolver = shard.resolver();
+    let resolution = {
+        let mut rng = SmallRng::from_rng(&mut *shard.rng.borrow_mut());
+        let t0 = Instant::now();
+        let r = resolver.resolve_srv(d, &mut rng).await;
+        super::metrics(|m| m.observe(Latency::Dns, t0.elapsed()));
+        r
+    };
+    Ok(match resolution.map_err(dns_failure)? {
+        Resolution::Targets(t) => t,
+        Resolution::Fallback => vec![Target {
+            host: d.to_owned(),
+            port: 5269,
+            direct_tls: false,
+        }],
+        Resolution::NoService => {
+            return Err(not_found(format!(
+                "{d} publishes no XMPP server service (SRV '.')"
+            )))
+        }
+    })
+}
+
+/// Each of `targets`' addresses in turn with the connect timeout; direct TLS targets get
+/// their TLS handshake here.
+async fn dial(
     shard: &Shard,
     local: &str,
     d: &str,
+    targets: Vec<Target>,
 ) -> Result<(TcpStream, Target, Option<Tls>), Failure> {
     let connect_timeout = shard.shared().config.s2s.connect_timeout;
     let not_found = |text: String| Failure {
@@ -156,28 +232,7 @@ async fn open_socket(
         },
         text: format!("DNS: {e}"),
     };
-    // One resolver for the whole attempt, even if a reload replaces the shard's meanwhile.
     let resolver = shard.resolver();
-    let resolution = {
-        let mut rng = SmallRng::from_rng(&mut *shard.rng.borrow_mut());
-        let t0 = Instant::now();
-        let r = resolver.resolve_srv(d, &mut rng).await;
-        super::metrics(|m| m.observe(Latency::Dns, t0.elapsed()));
-        r
-    };
-    let targets = match resolution.map_err(dns_failure)? {
-        Resolution::Targets(t) => t,
-        Resolution::Fallback => vec![Target {
-            host: d.to_owned(),
-            port: 5269,
-            direct_tls: false,
-        }],
-        Resolution::NoService => {
-            return Err(not_found(format!(
-                "{d} publishes no XMPP server service (SRV '.')"
-            )))
-        }
-    };
     let mut last = not_found(format!("no address for {d}"));
     for target in targets.into_iter().take(16) {
         let addrs = match resolver.resolve_host(&target.host).await {

@@ -8,8 +8,10 @@
 //! down) and reacts to the outbound stream's life (authenticated, refused, closed,
 //! stalled). The stream itself is driven by `s2s.rs`, opened by `connect.rs`. The
 //! verify-only stream that carries `db:verify`s when the domain's stream cannot is
-//! `remote/verify_only.rs`.
+//! `remote/verify_only.rs`; domains that share a stream with another domain hosted at
+//! the same target (XEP-0220 §2.4) are `remote/multiplex.rs`.
 
+mod multiplex;
 mod verify_only;
 
 use std::borrow::Cow;
@@ -70,7 +72,15 @@ fn remote_entry<'a>(map: &'a mut HashMap<Rc<str>, Remote>, d: &str) -> &'a mut R
 
 /// Writes the `db:verify`s of `verifies` not sent yet whose `verify_only` is
 /// `verify_only` on `conn` (XEP-0220 §2.1.3), and wakes its writer.
-fn write_verifies(conn: &Conn, verifies: &mut [VerifyReq], verify_only: bool, now: Instant) {
+/// `d` is the authoritative domain (the stream's own, or one it multiplexes: XEP-0220
+/// §2.4).
+fn write_verifies(
+    conn: &Conn,
+    d: &str,
+    verifies: &mut [VerifyReq],
+    verify_only: bool,
+    now: Instant,
+) {
     let mut st = conn.st.borrow_mut();
     for v in verifies
         .iter_mut()
@@ -78,7 +88,7 @@ fn write_verifies(conn: &Conn, verifies: &mut [VerifyReq], verify_only: bool, no
     {
         if st
             .proto
-            .send_db_verify(&v.local, &v.stream_id, &v.key, now)
+            .send_db_verify_for(&v.local, d, &v.stream_id, &v.key, now)
             .is_ok()
         {
             v.sent = true;
@@ -100,6 +110,9 @@ struct VerifyReq {
     /// Goes on the domain's verify-only stream ([`Remote::verifier`]), not on `conn`.
     verify_only: bool,
 }
+
+/// An SRV target as a key: host (lowercase) and port.
+pub(super) type TargetKey = (Box<str>, u16);
 
 /// A remote domain owned by this shard.
 #[derive(Default)]
@@ -152,6 +165,12 @@ pub(super) struct Remotes {
     map: RefCell<HashMap<Rc<str>, Remote>>,
     /// Stanzas for remote servers bounced because the shard was shutting down.
     shutdown_bounced: Cell<usize>,
+    /// This shard's outbound streams by the SRV target (host, port) they connected to:
+    /// what a further domain hosted there joins (XEP-0220 §2.4, `remote/multiplex.rs`).
+    targets: RefCell<HashMap<TargetKey, Rc<Conn>>>,
+    /// Targets this shard is dialling for a domain's stream, with the (remote, local)
+    /// pairs of other domains hosted there that wait to join the stream once it exists.
+    dialing: RefCell<HashMap<TargetKey, Vec<(String, String)>>>,
 }
 
 impl Remotes {
@@ -370,12 +389,18 @@ impl Remotes {
         }
         if !r.locals.iter().any(|l| l == local) {
             r.locals.push(local.to_owned());
-            if let Some(conn) = &r.conn {
+            if let Some(conn) = r.conn.clone() {
                 let mut st = conn.st.borrow_mut();
-                let _ = st.proto.request_dialback(local, Instant::now());
+                // On a stream that multiplexes `d` (XEP-0220 §2.4) the pair may be
+                // refused (policy, certificate): `d` then gets a stream of its own.
+                let joined = st.proto.request_dialback_for(local, d, Instant::now());
                 st.pump();
                 drop(st);
                 conn.wake.notify_one();
+                if joined.is_err() && conn.direction == Direction::Outbound {
+                    debug!(parent: &shard.span, remote = %d, %local, "the shared stream does not carry this pair: opening a stream of its own");
+                    r.conn = None;
+                }
             }
         }
         if r.conn.is_none() && !r.connecting {
@@ -624,6 +649,23 @@ impl Remotes {
         for el in bounced {
             self.bounce_queued(shard, el, f.condition, &text, BounceCause::AuthFailed);
         }
+        if current && ended.is_none() && !idle && self.multiplexed_refused(conn, d) {
+            // A further domain the peer refused on a shared stream (XEP-0220 §2.4): the
+            // stream and its other domains stay; this domain backs off as any failing one.
+            if let Some(r) = self.map.borrow_mut().get_mut(d) {
+                r.conn = None;
+                r.locals.clear();
+            }
+            return self.remote_failed(
+                shard,
+                d,
+                Failure {
+                    condition: f.condition,
+                    text,
+                },
+                BounceCause::AuthFailed,
+            );
+        }
         if idle && current {
             if ended.is_none() {
                 let mut st = conn.st.borrow_mut();
@@ -666,11 +708,7 @@ impl Remotes {
         if authenticated {
             // An established stream closed (idle, peer restart): reconnect on demand.
             // What never reached the socket goes out first on the next stream, in order.
-            let (unsent, resent) = {
-                let mut st = conn.st.borrow_mut();
-                let resent = st.taken_unacknowledged();
-                (st.take_unsent(), resent)
-            };
+            let (unsent, resent) = conn.st.borrow_mut().take_unsent_for(d);
             if resent > 0 {
                 // XEP-0198: the socket took them, the peer never acknowledged them.
                 super::metrics(|m| m.count("sm_resent", &[], resent as u64));
@@ -860,7 +898,7 @@ impl Remotes {
         let mut remotes = self.map.borrow_mut();
         let Some(r) = remotes.get_mut(d) else { return };
         let Some(conn) = r.conn.clone() else { return };
-        write_verifies(&conn, &mut r.verifies, false, now);
+        write_verifies(&conn, d, &mut r.verifies, false, now);
     }
 
     /// `d`'s authoritative server answered our `db:verify` for `local` and `stream_id`:
@@ -953,7 +991,11 @@ impl Remotes {
             if st.closed || st.started > opened {
                 return;
             }
-            st.proto.pending_dialbacks().map(str::to_owned).collect()
+            st.proto
+                .pending_dialback_pairs()
+                .filter(|(_, r)| r.eq_ignore_ascii_case(d))
+                .map(|(l, _)| l.to_owned())
+                .collect()
         };
         if locals.is_empty() {
             return;
@@ -971,7 +1013,7 @@ impl Remotes {
         {
             let mut st = conn.st.borrow_mut();
             for l in &locals {
-                st.proto.fail_dialback(l, result);
+                st.proto.fail_dialback_for(l, d, result);
             }
         }
         shard.s2s.on_events(shard, &conn, false);
@@ -1081,6 +1123,23 @@ impl Remotes {
             let mut streams = streams.remove(&d).unwrap_or_default();
             if r.is_some_and(|r| r.connecting && r.conn.is_none()) {
                 streams.push(json!({"direction": "out", "state": "connecting"}));
+            }
+            // XEP-0220 §2.4: the domain rides on the stream of another domain hosted at
+            // the same target (listed, with all it serves, under that domain).
+            if let Some(c) = r.and_then(|r| r.conn.as_ref()) {
+                let st = c.st.borrow();
+                let via = domain_key(st.proto.remote_domain());
+                if c.direction == Direction::Outbound && via != d.as_str() {
+                    let authenticated = st
+                        .proto
+                        .authenticated()
+                        .any(|(_, r, _)| r.eq_ignore_ascii_case(&d));
+                    streams.push(json!({
+                        "direction": "out",
+                        "state": if authenticated { "multiplexed" } else { "joining" },
+                        "via": via,
+                    }));
+                }
             }
             let congested = r.and_then(|r| r.queue.congested_since());
             out.push(json!({

@@ -237,8 +237,12 @@ impl S2sStreams {
                         ],
                         1,
                     );
-                    if direction == Direction::Outbound {
-                        mm.observe(Latency::Negotiation, conn.st.borrow().started.elapsed());
+                    // The stream's own set-up (not a domain joining it later: XEP-0220 §2.4).
+                    let st = conn.st.borrow();
+                    if direction == Direction::Outbound
+                        && st.proto.remote_domain().eq_ignore_ascii_case(&remote)
+                    {
+                        mm.observe(Latency::Negotiation, st.started.elapsed());
                     }
                 });
                 {
@@ -285,9 +289,12 @@ impl S2sStreams {
                     debug!(parent: &conn.span, count, released, "peer acknowledged more than held");
                 }
                 super::metrics(|m| m.count("sm_acknowledged", &[], released as u64));
-                // Room under s2s.queue_per_domain: move what waits into the stream.
-                let d = domain_key(conn.st.borrow().proto.remote_domain()).into_owned();
-                shard.remotes.drain_queue(shard, conn, &d);
+                // Room under s2s.queue_per_domain: move what waits into the stream, for
+                // each domain it serves (XEP-0220 §2.4).
+                let served = conn.st.borrow().proto.served_remotes();
+                for d in served {
+                    shard.remotes.drain_queue(shard, conn, &domain_key(&d));
+                }
             }
             Event::StreamManagementEnabled => {
                 // XEP-0198 enabled by the peer on an inbound stream: what we send on it
@@ -463,11 +470,17 @@ impl S2sStreams {
                 .remotes
                 .bounce_queued(shard, q, f.condition, &f.text, BounceCause::WriteStall);
         }
-        let current = shard.remotes.is_current(&remote, conn.id);
-        if current {
-            shard
-                .remotes
-                .remote_failed(shard, &remote, f, BounceCause::WriteStall);
+        // Every domain the stream served (XEP-0220 §2.4 multiplexing) fails with it.
+        let served = conn.st.borrow().proto.served_remotes();
+        let mut domains = vec![remote];
+        domains.extend(served.iter().map(|d| domain_key(d).into_owned()));
+        domains.dedup();
+        for d in domains {
+            if shard.remotes.is_current(&d, conn.id) {
+                shard
+                    .remotes
+                    .remote_failed(shard, &d, f.clone(), BounceCause::WriteStall);
+            }
         }
         self.connection_ended(shard, conn, &CloseReason::Local);
     }
@@ -493,13 +506,30 @@ impl S2sStreams {
                     .remotes
                     .verifier_closed(shard, conn, &domain_key(&remote))
             }
-            Direction::Outbound => shard.remotes.outbound_closed(
-                shard,
-                conn,
-                &domain_key(&remote),
-                reason,
-                authenticated,
-            ),
+            Direction::Outbound => {
+                shard.remotes.forget_target(conn.id);
+                // Each domain the stream served (its own, and those it multiplexed:
+                // XEP-0220 §2.4) sees the end, with its own stanzas and its own state.
+                let served: Vec<(String, bool)> = {
+                    let st = conn.st.borrow();
+                    st.proto
+                        .served_remotes()
+                        .into_iter()
+                        .map(|d| {
+                            let auth = st
+                                .proto
+                                .authenticated()
+                                .any(|(_, r, _)| r.eq_ignore_ascii_case(&d));
+                            (domain_key(&d).into_owned(), auth)
+                        })
+                        .collect()
+                };
+                let own = domain_key(&remote).into_owned();
+                for (d, auth) in served {
+                    let auth = if d == own { authenticated } else { auth };
+                    shard.remotes.outbound_closed(shard, conn, &d, reason, auth);
+                }
+            }
             Direction::Inbound => {
                 if bidi {
                     // It may have served as the domain's outbound stream (XEP-0288):
@@ -704,6 +734,12 @@ impl S2sStreams {
                 "bidi_authenticated": bidi_pairs,
                 "serves": serves,
             });
+            if c.direction == Direction::Outbound {
+                // XEP-0220 §2.4: the remote domains the stream serves (its own first).
+                let domains = st.proto.served_remotes();
+                stream["multiplexed"] = json!(domains.len() > 1);
+                stream["domains"] = json!(domains);
+            }
             if st.proto.is_verify_only() {
                 // XEP-0220 §2.1.3: carries our `db:verify`s only, closed once answered.
                 stream["verify_only"] = json!(true);

@@ -69,10 +69,24 @@ impl Server {
         ca: &TestCa,
         with_cert: bool,
     ) -> Server {
+        Self::hosting(domain, &[], policy, ca, with_cert)
+    }
+
+    /// [`Server::with_policy`] for a server that also hosts `others` (a Google-Apps-style
+    /// host: several domains behind one target); its certificate covers `domain` only.
+    pub fn hosting(
+        domain: &str,
+        others: &[&str],
+        policy: FederationPolicy,
+        ca: &TestCa,
+        with_cert: bool,
+    ) -> Server {
         tls::install_default_provider();
+        let mut local_domains = vec![domain.to_owned()];
+        local_domains.extend(others.iter().map(|d| d.to_string()));
         let roots = Arc::new(ca.root_store());
         let cfg = S2sConfig {
-            local_domains: vec![domain.to_owned()],
+            local_domains,
             certificate_domains: if with_cert {
                 vec![domain.to_owned()]
             } else {

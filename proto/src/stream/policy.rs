@@ -60,6 +60,13 @@ pub struct PeerPolicy {
     /// `false` for a peer that misbehaves on bidirectional streams: each direction then
     /// has its own stream, as without XEP-0288.
     pub bidi: bool,
+    /// XEP-0220 §2.4 multiplexing by target (default `true`): when the domain resolves
+    /// (DNS SRV) to the same target host and port as an authenticated outbound stream of
+    /// ours to another domain, the domain is authenticated on that stream with another
+    /// `db:result` instead of a new connection, where policies and the certificate allow
+    /// it (`S2sConnection::request_dialback_for`). `false` here, or for the domain whose
+    /// stream it would join, gives the domain a stream of its own.
+    pub multiplex: bool,
 }
 
 impl Default for PeerPolicy {
@@ -72,6 +79,7 @@ impl Default for PeerPolicy {
             verify_certificates: true,
             allow: true,
             bidi: true,
+            multiplex: true,
         }
     }
 }
@@ -85,6 +93,7 @@ impl PeerPolicy {
             verify_certificates: false,
             allow: true,
             bidi: true,
+            multiplex: true,
         }
     }
 
@@ -96,6 +105,7 @@ impl PeerPolicy {
             verify_certificates: false,
             allow: true,
             bidi: true,
+            multiplex: true,
         }
     }
 
@@ -107,6 +117,7 @@ impl PeerPolicy {
             verify_certificates: true,
             allow: true,
             bidi: true,
+            multiplex: true,
         }
     }
 

@@ -84,7 +84,7 @@ impl Remotes {
         if conn.st.borrow().closed {
             return;
         }
-        super::write_verifies(&conn, &mut r.verifies, true, now);
+        super::write_verifies(&conn, d, &mut r.verifies, true, now);
     }
 
     /// Closes `d`'s verify-only stream once no verification waits on it.

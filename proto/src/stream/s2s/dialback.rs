@@ -96,6 +96,19 @@ impl S2sConnection {
     /// (`local`, remote) once the stream is ready. The outcome is an
     /// [`Event::Authenticated`] or [`Event::AuthFailed`].
     pub fn request_dialback(&mut self, local: &str, now: Instant) -> Result<(), S2sError> {
+        let remote = self.remote.clone();
+        self.queue_dialback(local, &remote, now)
+    }
+
+    /// [`Self::request_dialback`] for (`local`, `remote`) without the multiplexing checks
+    /// of [`Self::request_dialback_for`] (the runtime calls that one for another remote
+    /// domain).
+    pub(super) fn queue_dialback(
+        &mut self,
+        local: &str,
+        remote: &str,
+        now: Instant,
+    ) -> Result<(), S2sError> {
         if self.dir != Direction::Outbound {
             return Err(S2sError::InvalidState(
                 "dialback is requested on outbound streams",
@@ -106,13 +119,18 @@ impl S2sConnection {
                 "a verify-only stream authenticates nothing",
             ));
         }
-        if self.is_authenticated(local, &self.remote.clone()) {
+        if self.is_authenticated(local, remote) {
             return Ok(());
         }
         if self.state == State::Open {
-            self.send_db_result(local, now);
-        } else {
-            self.queued_dialbacks.push(local.to_owned());
+            self.send_db_result(local, remote, now);
+        } else if !self
+            .queued_dialbacks
+            .iter()
+            .any(|(l, r)| l == local && r == remote)
+        {
+            self.queued_dialbacks
+                .push((local.to_owned(), remote.to_owned()));
         }
         Ok(())
     }
@@ -128,12 +146,26 @@ impl S2sConnection {
         key: &str,
         now: Instant,
     ) -> Result<(), S2sError> {
+        let remote = self.remote.clone();
+        self.send_db_verify_for(local, &remote, stream_id, key, now)
+    }
+
+    /// [`Self::send_db_verify`] addressed to `remote`, another domain hosted at the
+    /// stream's target (XEP-0220 §2.4: a stream that multiplexes `remote`).
+    pub fn send_db_verify_for(
+        &mut self,
+        local: &str,
+        remote: &str,
+        stream_id: &str,
+        key: &str,
+        now: Instant,
+    ) -> Result<(), S2sError> {
         if self.dir != Direction::Outbound {
             return Err(S2sError::InvalidState(
                 "db:verify is sent on outbound streams",
             ));
         }
-        let remote = self.remote.clone();
+        let remote = remote.to_owned();
         if self.state == State::Open {
             self.write_db_verify(local, &remote, stream_id, key, now);
         } else {
@@ -155,10 +187,22 @@ impl S2sConnection {
     /// answer arriving later no longer matches a request and is ignored (§3.1). Returns
     /// whether such a `db:result` was pending.
     pub fn fail_dialback(&mut self, local: &str, result: DialbackResult) -> bool {
+        let remote = self.remote.clone();
+        self.fail_dialback_for(local, &remote, result)
+    }
+
+    /// [`Self::fail_dialback`] for the pair (`local`, `remote`): on a stream that
+    /// multiplexes several remote domains (XEP-0220 §2.4), the one the runtime learned
+    /// about.
+    pub fn fail_dialback_for(&mut self, local: &str, remote: &str, result: DialbackResult) -> bool {
         if self.dir != Direction::Outbound {
             return false;
         }
-        let Some(i) = self.pending_results.iter().position(|p| p.local == local) else {
+        let Some(i) = self
+            .pending_results
+            .iter()
+            .position(|p| p.local == local && p.remote.eq_ignore_ascii_case(remote))
+        else {
             return false;
         };
         let p = self.pending_results.remove(i);
@@ -253,12 +297,12 @@ impl S2sConnection {
 
     /// Sends what was asked for before the stream was ready.
     pub(super) fn flush_queued(&mut self, now: Instant) {
-        for local in std::mem::take(&mut self.queued_dialbacks) {
-            if !self.is_authenticated(&local, &self.remote.clone()) {
+        for (local, remote) in std::mem::take(&mut self.queued_dialbacks) {
+            if !self.is_authenticated(&local, &remote) {
                 if self.sasl_done && !self.peer_dialback {
                     continue;
                 }
-                self.send_db_result(&local, now);
+                self.send_db_result(&local, &remote, now);
             }
         }
         for (local, remote, id, key) in std::mem::take(&mut self.queued_verifies) {
@@ -266,13 +310,18 @@ impl S2sConnection {
         }
     }
 
-    /// Our `db:result` with the XEP-0185 key for (`local`, remote, the peer's stream id)
-    /// (XEP-0220 §2.1.1).
-    pub(super) fn send_db_result(&mut self, local: &str, now: Instant) {
-        if self.pending_results.iter().any(|p| p.local == local) {
+    /// Our `db:result` with the XEP-0185 key for (`local`, `remote`, the peer's stream
+    /// id) (XEP-0220 §2.1.1; `remote` other than the stream's header `to`: §2.4
+    /// multiplexing).
+    pub(super) fn send_db_result(&mut self, local: &str, remote: &str, now: Instant) {
+        if self
+            .pending_results
+            .iter()
+            .any(|p| p.local == local && p.remote == remote)
+        {
             return;
         }
-        let remote = self.remote.clone();
+        let remote = remote.to_owned();
         let key = self
             .cfg
             .dialback_secret

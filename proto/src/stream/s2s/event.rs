@@ -189,6 +189,15 @@ pub enum S2sError {
         /// The peer's domain.
         remote: String,
     },
+    /// XEP-0220 §2.4: `remote` may not join this stream
+    /// ([`S2sConnection::request_dialback_for`]); it needs a stream of its own.
+    #[error("{remote} may not share this stream: {why}")]
+    MultiplexRefused {
+        /// The domain that asked to join.
+        remote: String,
+        /// Why not.
+        why: &'static str,
+    },
     /// The call does not fit the stream's direction or state.
     #[error("not possible in this state: {0}")]
     InvalidState(&'static str),

@@ -36,7 +36,8 @@
 //! close); `negotiate.rs` the headers' answers, stream features, STARTTLS and SASL
 //! EXTERNAL; `dialback.rs` `db:result` and `db:verify` both ways; `legacy.rs` what differs
 //! for pre-1.0 peers; `sm.rs` XEP-0198; `bidi.rs` XEP-0288 bidirectional streams;
-//! `verify_only.rs` streams that carry only `db:verify` (XEP-0220 §2.1.3); `config.rs`
+//! `verify_only.rs` streams that carry only `db:verify` (XEP-0220 §2.1.3); `multiplex.rs`
+//! further remote domains at the same target on one outbound stream (XEP-0220 §2.4); `config.rs`
 //! and `event.rs` the public types.
 
 mod bidi;
@@ -44,6 +45,7 @@ mod config;
 mod dialback;
 mod event;
 mod legacy;
+mod multiplex;
 mod negotiate;
 mod sm;
 mod verify_only;
@@ -119,8 +121,9 @@ pub struct S2sConnection {
     pending_verifies: Vec<PendingVerify>,
     /// Outbound: `db:verify`s requested before the stream was ready.
     queued_verifies: Vec<(String, String, String, String)>,
-    /// Outbound: additional local domains to authenticate once the stream is ready.
-    queued_dialbacks: Vec<String>,
+    /// Outbound: further (local, remote) pairs to authenticate once the stream is ready
+    /// (another local domain, or another remote domain at the same target: XEP-0220 §2.4).
+    queued_dialbacks: Vec<(String, String)>,
     /// Inbound: `db:result` and `db:verify` requests received (for the runtime: a stream
     /// that ends before asking anything was no dialback exchange).
     dialback_requests: u32,

@@ -245,8 +245,8 @@ impl S2sConnection {
         }
         self.state = State::Open;
         self.io.deadline = None;
-        let local = self.local.clone();
-        self.send_db_result(&local, now);
+        let (local, remote) = (self.local.clone(), self.remote.clone());
+        self.send_db_result(&local, &remote, now);
         self.flush_queued(now);
     }
 
