@@ -208,6 +208,7 @@ impl Default for Metrics {
 
 /// The counter families: name and help.
 const COUNTER_HELP: &[(&str, &str)] = &[
+    ("accept_errors", "Failed accept calls on a listener, by cause: fd_limit (out of file descriptors, EMFILE/ENFILE) or other; the listener backs off from 50 ms to 1 s while they fail."),
     ("cluster_forwarded", "Stanzas published to the cluster node that owns their destination, by node."),
     ("cluster_received", "Stanzas received from other cluster nodes."),
     ("s2s_verify_only_streams", "Verify-only outbound S2S streams opened (XEP-0220 §2.1.3): they carry our db:verify requests and authenticate nothing, for a domain whose stream is an inbound bidirectional one (XEP-0288) or that another cluster node owns."),

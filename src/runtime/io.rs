@@ -396,7 +396,29 @@ async fn hand_off<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>, dst: usize) {
     shard.conn_ended.notify_waiters();
 }
 
+/// First pause after a failed `accept`, doubled per failure in a row up to
+/// [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest pause between `accept`s while they keep failing.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one WARN per listener per this long while `accept` keeps failing.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The `cause` label of `accept_errors` for an `accept` error: `fd_limit` when the
+/// process or the system is out of file descriptors (`EMFILE`, `ENFILE`), else `other`.
+fn accept_error_cause(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) => "fd_limit",
+        _ => "other",
+    }
+}
+
 pub(super) async fn accept_loop(shard: Rc<Shard>, kind: ListenerKind, l: Rc<TcpListener>) {
+    // While accepts fail (out of file descriptors, typically), back off and say so
+    // once per ACCEPT_WARN_EVERY with the count, instead of a WARN every 50 ms.
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut failed_since_warn: u64 = 0;
+    let mut last_warn: Option<Instant> = None;
     loop {
         let (stream, peer) = match l.accept().await {
             Ok(x) => x,
@@ -404,11 +426,21 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, kind: ListenerKind, l: Rc<TcpL
                 if shard.shutting_down.get() {
                     return;
                 }
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let cause = accept_error_cause(&e);
+                super::metrics(|m| m.count("accept_errors", &[("cause", cause)], 1));
+                failed_since_warn += 1;
+                let now = Instant::now();
+                if last_warn.is_none_or(|t| now.duration_since(t) >= ACCEPT_WARN_EVERY) {
+                    warn!(error = %e, cause, failures = failed_since_warn, retry_in = ?backoff, "accept failed");
+                    failed_since_warn = 0;
+                    last_warn = Some(now);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
+        backoff = ACCEPT_BACKOFF_MIN;
         if shard.shutting_down.get() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;

@@ -185,6 +185,11 @@ impl Fedrouter {
         self.dir.path().join("fedrouter.toml")
     }
 
+    /// The process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Sends signal `sig` (e.g. `libc::SIGHUP`) to the process.
     pub fn signal(&self, sig: i32) {
         let child = self.child.as_ref().expect("running");
