@@ -25,6 +25,8 @@
 #                        needs 100-170 s for the 8,000 set-up subscriptions at default scale)
 #   --no-build           use target/release/{loadgen,fedrouter} as they are (NO_BUILD=1)
 #   FR_CONFIG_EXTRA      TOML appended to fedrouter's generated configuration
+#   FR_MULTIPLEX         fedrouter's [federation.default] multiplex (true; false: one
+#                        outbound stream per remote domain, XEP-0220 §2.4 off)
 #   other arguments, and everything after --, go to every loadgen run unchanged
 #   (EXTRA_ARGS is split on spaces and added too).
 #
@@ -319,6 +321,7 @@ level = "$FR_LOG_LEVEL"
 tls = "disabled"
 auth = "dialback"
 verify_certificates = false
+multiplex = ${FR_MULTIPLEX:-true}
 EOF
   # FR_CONFIG_EXTRA: TOML appended as it is, e.g. $'[s2s]\nsm_ack_after = "5s"'.
   [ -z "${FR_CONFIG_EXTRA:-}" ] || printf '\n# FR_CONFIG_EXTRA\n%s\n' "$FR_CONFIG_EXTRA" >>"$conf"
