@@ -19,15 +19,19 @@
 //!   right key with one digit changed) with exactly one `<db:verify/>`: `type='valid'`
 //!   exactly when `to` is a domain it hosts and the key is the computed one for the
 //!   lowercased domains; `item-not-found` when it does not host `to`; `from`/`to`
-//!   swapped, the same `id`; and the stream stays open;
+//!   swapped, the same `id`; and the stream stays open; except when `from` is not a
+//!   domainpart (RFC 7622 §3.2): then nothing is answered and the stream closes with
+//!   `invalid-from` (RFC 6120 §4.9.3.9);
 //! - `DialbackResult::from_type` and `DialbackErrorCondition::from_name` round-trip
 //!   through `type_str` and `as_str`.
 
 #![no_main]
 
 use fedrouter_fuzz::{s2s_config, Clock, OutputCheck, DIALBACK_SECRET, INBOUND_HEADER};
+use fedrouter_proto::condition::StreamCondition;
 use fedrouter_proto::dialback::{DialbackErrorCondition, DialbackResult, DialbackSecret};
-use fedrouter_proto::stream::s2s::{Event, S2sConnection};
+use fedrouter_proto::jid::DomainPart;
+use fedrouter_proto::stream::s2s::{CloseReason, Event, S2sConnection};
 use fedrouter_proto::xml::{escape_attr, escape_text, unescape, Namespace};
 use libfuzzer_sys::fuzz_target;
 
@@ -131,6 +135,27 @@ fn check_stream(flags: u8, from: &str, to: &str, id: &str, fuzz_key: &str) {
         .into_iter()
         .filter(|el| el.name() == "verify" && *el.namespace() == Namespace::Dialback)
         .collect();
+    if DomainPart::new(&from_l).is_err() {
+        assert!(
+            answers.is_empty(),
+            "{element} answered for an invalid domain"
+        );
+        let mut closed = false;
+        while let Some(ev) = conn.poll_event() {
+            if let Event::Closed(reason) = &ev {
+                assert!(
+                    matches!(
+                        reason,
+                        CloseReason::SentError(StreamCondition::InvalidFrom, _)
+                    ),
+                    "{element} closed the stream with {reason:?}, not invalid-from"
+                );
+                closed = true;
+            }
+        }
+        assert!(closed, "{element}: an invalid 'from' left the stream open");
+        return;
+    }
     while let Some(ev) = conn.poll_event() {
         assert!(
             !matches!(ev, Event::Closed(_)),
