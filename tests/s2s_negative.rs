@@ -450,6 +450,35 @@ fn db_result_or_verify_from_an_invalid_domain_is_invalid_from() {
     }
 }
 
+/// Fuzz finding 7: a dialback request pending when we close the stream is not answered
+/// after our `</stream:stream>`, neither by its verdict nor by its timeout.
+#[test]
+fn nothing_is_answered_after_our_close() {
+    let srv = server(PeerPolicy::google());
+    for by_verdict in [true, false] {
+        let mut w = opened(&srv);
+        w.feed(format!("<db:result from='{REMOTE}' to='{LOCAL}'>{KEY}</db:result>").as_bytes());
+        assert_eq!(w.verify_needed_since(0).len(), 1);
+        w.conn.close(None, w.now);
+        let closed = w.pump();
+        assert!(String::from_utf8_lossy(&closed).ends_with("</stream:stream>"));
+        let after = if by_verdict {
+            w.verdict(
+                LOCAL,
+                REMOTE,
+                DialbackResult::Error(DialbackErrorCondition::RemoteServerTimeout),
+            )
+        } else {
+            w.advance(Duration::from_secs(31))
+        };
+        assert!(
+            after.is_empty(),
+            "sent after our close: {}",
+            String::from_utf8_lossy(&after)
+        );
+    }
+}
+
 #[test]
 fn db_verify_as_authoritative_server() {
     let srv = server(PeerPolicy::google());

@@ -371,6 +371,11 @@ impl S2sConnection {
         id: Option<&str>,
         result: DialbackResult,
     ) {
+        // Nothing follows our `</stream:stream>` (RFC 6120 §4.4): a verdict or a timeout
+        // that comes after it answers nothing (fuzz finding 7).
+        if matches!(self.state, State::ExpectClose | State::Closed) {
+            return;
+        }
         let out = &mut self.io.out;
         out.extend_from_slice(b"<db:");
         out.extend_from_slice(name.as_bytes());
