@@ -173,21 +173,30 @@ fn start(shard: &Shard, stream: TcpStream, proto: S2sConnection, tls: Option<Tls
     conn
 }
 
-/// DNS SRV (RFC 6120 §3.2, XEP-0368): `d`'s targets in the order to try them (the
-/// domain itself on 5269 when it publishes no SRV record).
-async fn resolve(shard: &Shard, d: &str) -> Result<Vec<Target>, Failure> {
-    let not_found = |text: String| Failure {
+/// A `remote-server-not-found` failure saying `text`.
+fn not_found(text: String) -> Failure {
+    Failure {
         condition: StanzaCondition::RemoteServerNotFound,
         text,
-    };
-    let dns_failure = |e: DnsError| Failure {
+    }
+}
+
+/// The failure for a DNS error: `remote-server-timeout` when it timed out, else
+/// `remote-server-not-found`.
+fn dns_failure(e: DnsError) -> Failure {
+    Failure {
         condition: if e.is_timeout() {
             StanzaCondition::RemoteServerTimeout
         } else {
             StanzaCondition::RemoteServerNotFound
         },
         text: format!("DNS: {e}"),
-    };
+    }
+}
+
+/// DNS SRV (RFC 6120 §3.2, XEP-0368): `d`'s targets in the order to try them (the
+/// domain itself on 5269 when it publishes no SRV record).
+async fn resolve(shard: &Shard, d: &str) -> Result<Vec<Target>, Failure> {
     let resolver = shard.resolver();
     let resolution = {
         let mut rng = SmallRng::from_rng(&mut *shard.rng.borrow_mut());
@@ -220,18 +229,6 @@ async fn dial(
     targets: Vec<Target>,
 ) -> Result<(TcpStream, Target, Option<Tls>), Failure> {
     let connect_timeout = shard.shared().config.s2s.connect_timeout;
-    let not_found = |text: String| Failure {
-        condition: StanzaCondition::RemoteServerNotFound,
-        text,
-    };
-    let dns_failure = |e: DnsError| Failure {
-        condition: if e.is_timeout() {
-            StanzaCondition::RemoteServerTimeout
-        } else {
-            StanzaCondition::RemoteServerNotFound
-        },
-        text: format!("DNS: {e}"),
-    };
     let resolver = shard.resolver();
     let mut last = not_found(format!("no address for {d}"));
     for target in targets.into_iter().take(16) {
