@@ -290,6 +290,10 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "Messages stored offline (XEP-0160) for a local user with no available resource, counted once committed.",
     ),
     (
+        "unknown_user_cache_hits",
+        "Stanzas from others to a bare JID without an account refused without asking the store: the shard remembered the store's answer (c2s.unknown_user_cache).",
+    ),
+    (
         "offline_delivered",
         "Stored offline messages (XEP-0160) handed to a user's session at its available presence.",
     ),

@@ -18,8 +18,10 @@
 //!   moment of the crash) and is delivered after the restart.
 //! - A message from a remote server (S2S, dialback-authenticated scripted peer `c.test`)
 //!   to an offline user is stored and delivered the same way.
+//! - Messages to an address without an account ask the store once, then are refused from
+//!   the shard's memory of that answer (`c2s.unknown_user_cache`).
 //!
-//! Each test owns a loopback range `127.0.N.0/24` (N = 162, 163, 164; other suites use
+//! Each test owns a loopback range `127.0.N.0/24` (N = 162, 163, 164, 20; other suites use
 //! other ranges), server on `.2` (5222 C2S, 5269 S2S, 9269 admin), DNS zone on `.1`, the
 //! remote peer on `.5`. Every wait is bounded.
 
@@ -383,4 +385,61 @@ fn message_over_s2s_is_stored_the_same_way() {
     bob.send("<presence/>");
     expect_delayed(&mut bob, "x@c.test/r", "s1", "over federation");
     bob.close();
+}
+
+/// Messages to an address without an account: the first asks the store (roster load,
+/// `NoSuchUser`), the next ones are refused from the shard's memory of that answer
+/// (`c2s.unknown_user_cache`) without a store round trip each; every one gets
+/// `service-unavailable` (RFC 6121 §8.5.1) and none is stored.
+#[test]
+fn messages_to_an_unknown_user_ask_the_store_once() {
+    const NET: u8 = 20;
+    const REPEATS: usize = 5;
+    let addr = ip(NET, 2);
+    // An hour, so that the test does not depend on how fast the machine is.
+    let fr = Fedrouter::start(
+        "a.test",
+        &c2s_config(NET, addr, 2, "[c2s]\nunknown_user_cache = \"1h\"\n"),
+    );
+    add_user(&fr.config_path(), "alice@a.test", PASSWORD);
+    let mut alice = Client::login(&target(&fr, addr), "alice", PASSWORD, Some("phone"));
+    alice.send("<presence/>");
+    let refused = |alice: &mut Client, id: &str| {
+        let e = alice.expect("the error reply", |x| {
+            is_stanza(x, "message") && attr(x, "id").as_deref() == Some(id)
+        });
+        assert_eq!(attr(&e, "type").as_deref(), Some("error"), "{e}");
+        assert!(e.contains("service-unavailable"), "{e}");
+    };
+    send_message(&mut alice, "ghost@a.test", Some("chat"), "g0", "anyone?");
+    refused(&mut alice, "g0");
+    // Counters are exported from the start (at zero).
+    let m = |name: &str, labels: &[(&str, &str)]| fr.metric(name, labels).unwrap_or(0.0);
+    assert_eq!(m("fedrouter_unknown_user_cache_hits_total", &[]), 0.0);
+    for i in 1..=REPEATS {
+        send_message(
+            &mut alice,
+            "ghost@a.test",
+            Some("chat"),
+            &format!("g{i}"),
+            "x",
+        );
+    }
+    for i in 1..=REPEATS {
+        refused(&mut alice, &format!("g{i}"));
+    }
+    assert_eq!(
+        m("fedrouter_unknown_user_cache_hits_total", &[]),
+        REPEATS as f64,
+        "later messages asked the store again"
+    );
+    assert_eq!(
+        m(
+            "fedrouter_offline_refused_total",
+            &[("cause", "no_such_user")]
+        ),
+        REPEATS as f64 + 1.0
+    );
+    assert_eq!(m("fedrouter_offline_stored_total", &[]), 0.0);
+    alice.close();
 }

@@ -52,14 +52,47 @@ pub const NS_CHAT_STATES: &str = "http://jabber.org/protocol/chatstates";
 /// at all has nothing to deliver either. Such messages are dropped without an answer
 /// (like a `headline`), not refused. A message that does not parse as a tree (cannot
 /// happen for a framed stanza) is kept.
+///
+/// Cost: a message whose bytes never mention the chat states namespace (almost all of
+/// them) is answered by one scan for a child start tag, without building a tree; only
+/// the others are parsed (namespaces may be declared by prefix or inherited).
 pub fn worth_storing(el: &Element) -> bool {
     if el.is_empty() {
         return false;
+    }
+    let inner = el.inner();
+    if memchr::memmem::find(el.bytes(), NS_CHAT_STATES.as_bytes()).is_none() {
+        // Without the namespace's name no child can be a chat state: worth storing when
+        // there is any child element.
+        return has_child_element(inner);
     }
     match crate::xml::tree::Node::parse(el) {
         Ok(node) => node.children.iter().any(|c| c.ns != NS_CHAT_STATES),
         Err(_) => true,
     }
+}
+
+/// Whether `inner` (an element's content, well-formed: the framer checked it) holds a
+/// child element. Character data holds no raw `<` (it is escaped), so a child's start
+/// tag is a `<` that opens neither an end tag (`</`) nor a CDATA section (`<![CDATA[`,
+/// skipped to its `]]>`: its text may hold `<`); comments and processing instructions
+/// are not framed (RFC 6120 §11.1). At the top level of the content the first `<` is
+/// either a child's start tag or a CDATA section.
+fn has_child_element(inner: &[u8]) -> bool {
+    let mut at = 0;
+    // Bounded: every turn moves `at` forward.
+    while let Some(i) = memchr::memchr(b'<', &inner[at..]) {
+        let i = at + i;
+        match inner.get(i + 1) {
+            Some(b'!') => match memchr::memmem::find(&inner[i..], b"]]>") {
+                Some(end) => at = i + end + 3,
+                None => return false,
+            },
+            Some(b'/') => at = i + 2,
+            _ => return true,
+        }
+    }
+    false
 }
 
 /// The XEP-0203 timestamp of `at`: XEP-0082 `DateTime` in UTC with milliseconds,
@@ -149,6 +182,34 @@ mod tests {
         )));
         assert!(!w("<message type='chat'/>"));
         assert!(!w("<message type='chat'>  </message>"));
+        // The fast path (no chat states namespace in the bytes) and the tree agree.
+        assert!(!w("<message type='chat'>text only &lt;b&gt;</message>"));
+        assert!(!w("<message type='chat'><![CDATA[<b>x</b>]]></message>"));
+        assert!(w(
+            "<message type='chat'><![CDATA[x]]><body>x</body></message>"
+        ));
+        assert!(w("<message><b:x xmlns:b='urn:b'/></message>"));
+        // The namespace mentioned only in text: parsed, and the body counts.
+        assert!(w(
+            "<message><body>http://jabber.org/protocol/chatstates</body></message>"
+        ));
+    }
+
+    #[test]
+    fn child_scan_agrees_with_the_tree() {
+        for x in [
+            "<message/>",
+            "<message>t</message>",
+            "<message><body/></message>",
+            "<message>a<![CDATA[<x/>]]>b</message>",
+            "<message><![CDATA[]]><x/></message>",
+            "<message>&lt;x/&gt;</message>",
+            "<message><a><b/></a>tail</message>",
+        ] {
+            let el = parse_stanza(x.as_bytes()).unwrap();
+            let tree = !Node::parse(&el).unwrap().children.is_empty();
+            assert_eq!(has_child_element(el.inner()), tree, "{x}");
+        }
     }
 
     #[test]

@@ -77,6 +77,7 @@
 //! allow_registration = false    # XEP-0077 in-band registration of new accounts
 //! sasl_mechanisms = ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]
 //! max_offline_messages = 100    # per user (XEP-0160); 0 = no offline storage
+//! unknown_user_cache = "2s"     # a missing account is remembered this long; "0s" = off
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9269"     # Prometheus /metrics; the admin endpoint's address (default)

@@ -364,6 +364,13 @@ pub struct C2sSection {
     /// with `service-unavailable`. `0` turns offline storage off (every such message is
     /// refused).
     pub max_offline_messages: u32,
+    /// How long a shard remembers that a bare JID has no account, once the store said so
+    /// (key `c2s.unknown_user_cache`, default 2 s; "0s" asks the store every time).
+    /// Stanzas from others to that address are then refused without a store round trip
+    /// (a stream of messages to unknown users would otherwise serialise on the store);
+    /// an account created meanwhile is seen at most this late by them (RFC 6121 §8.5.1).
+    #[serde(with = "humantime_serde")]
+    pub unknown_user_cache: Duration,
 }
 
 /// The highest `c2s.max_offline_messages`.
@@ -392,6 +399,7 @@ impl Default for C2sSection {
             allow_registration: false,
             sasl_mechanisms: vec!["SCRAM-SHA-256".into(), "SCRAM-SHA-1".into(), "PLAIN".into()],
             max_offline_messages: 100,
+            unknown_user_cache: Duration::from_secs(2),
         }
     }
 }

@@ -85,6 +85,23 @@ impl Offline {
                 None,
             ));
         }
+        let absent = shard
+            .local
+            .users
+            .borrow()
+            .get(bare)
+            .is_some_and(|u| matches!(u.roster, super::roster::RosterState::NoSuchUser));
+        if absent {
+            // The store just said (or the shard remembers, `c2s.unknown_user_cache`) that
+            // there is no such account: the append would fail the same way.
+            count("offline_refused", Some("no_such_user"), 1);
+            return shard.route(error_reply(
+                &el,
+                StanzaCondition::ServiceUnavailable,
+                None,
+                None,
+            ));
+        }
         let change = Change::AppendOffline {
             user: bare.to_owned(),
             stanza: el.as_str().to_owned(),

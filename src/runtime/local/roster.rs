@@ -199,6 +199,11 @@ impl Rosters {
                     }
                 };
                 let retry = matches!(state, RosterState::Unloaded);
+                if !retry {
+                    let exists = matches!(state, RosterState::Loaded(_));
+                    let ttl = shard.shared().config.c2s.unknown_user_cache;
+                    shard.local.users.account_known(&user, exists, ttl);
+                }
                 {
                     let mut users = shard.local.users.borrow_mut();
                     let Some(u) = users.get_mut(&user) else {

@@ -7,9 +7,15 @@
 //! ([`Users::maybe_forget`]): offline users cost no memory. The stanzas that read the
 //! roster (RFC 6121 §2 roster queries, §3 subscription stanzas, §4.3 probes, a client's
 //! presence without `to`, §4.2–§4.5) make it load ([`Users::admit`]).
+//!
+//! A bare JID the store just said has no account is remembered for
+//! `c2s.unknown_user_cache` ([`AbsentUsers`]): stanzas from other entities to it are then
+//! answered without a store round trip each (a stream of messages to an unknown user, or
+//! a peer probing addresses, would otherwise serialise on the store).
 
 use std::cell::{Ref, RefCell, RefMut};
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use super::roster::RosterState;
 use super::sessions::Session;
@@ -25,6 +31,63 @@ use crate::xml::Element;
 /// The users with state on this shard, by bare JID.
 pub(super) struct Users {
     map: RefCell<HashMap<String, User>>,
+    absent: RefCell<AbsentUsers>,
+}
+
+/// Bare JIDs the store recently answered `NoSuchUser` for, each until an expiry
+/// (`c2s.unknown_user_cache`, default 2 s): a bounded negative cache. An account created
+/// meanwhile (XEP-0077 registration, the admin command, another cluster node) is seen at
+/// most that late, and
+/// only by stanzas from others to a user with no session on this shard; a login, a
+/// roster query or anything the user sends still loads from the store. Pure: time is
+/// passed in.
+#[derive(Debug, Default)]
+pub(crate) struct AbsentUsers {
+    until: HashMap<String, Instant>,
+}
+
+impl AbsentUsers {
+    /// At most this many bare JIDs are remembered per shard (a flood of made-up
+    /// addresses costs at most this much memory: beyond it, expired entries go, and if
+    /// none has expired the cache starts over).
+    pub(crate) const MAX: usize = 4096;
+
+    /// Remembers that `bare` has no account, from `now` for `ttl` (zero: not at all).
+    pub(crate) fn insert(&mut self, bare: &str, now: Instant, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        if self.until.len() >= Self::MAX && !self.until.contains_key(bare) {
+            self.until.retain(|_, t| *t > now);
+            if self.until.len() >= Self::MAX {
+                self.until.clear();
+            }
+        }
+        self.until.insert(bare.to_owned(), now + ttl);
+    }
+
+    /// Forgets `bare` (its roster loaded: the account exists).
+    pub(crate) fn remove(&mut self, bare: &str) {
+        self.until.remove(bare);
+    }
+
+    /// Whether `bare` is known to have no account at `now` (an expired entry is dropped).
+    pub(crate) fn contains(&mut self, bare: &str, now: Instant) -> bool {
+        match self.until.get(bare) {
+            Some(t) if *t > now => true,
+            Some(_) => {
+                self.until.remove(bare);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// How many bare JIDs are remembered (expired ones included until next touched).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.until.len()
+    }
 }
 
 /// One local user with a session, or whose roster was needed.
@@ -115,6 +178,7 @@ impl Users {
     pub(super) fn new() -> Users {
         Users {
             map: RefCell::new(HashMap::new()),
+            absent: RefCell::new(AbsentUsers::default()),
         }
     }
 
@@ -135,8 +199,20 @@ impl Users {
         let needs = d.needs_roster(bare);
         let start_load = {
             let mut users = self.map.borrow_mut();
-            if !needs && !users.contains_key(bare) {
-                return Some(d);
+            if !users.contains_key(bare) {
+                if !needs {
+                    return Some(d);
+                }
+                if matches!(d, Deferred::Inbound(_))
+                    && self.absent.borrow_mut().contains(bare, Instant::now())
+                {
+                    // Known to have no account: handled as after a load that said so,
+                    // without asking the store again (forgotten again once handled).
+                    crate::runtime::metrics(|m| m.count("unknown_user_cache_hits", &[], 1));
+                    let user = users.entry(bare.to_owned()).or_default();
+                    user.roster = RosterState::NoSuchUser;
+                    return Some(d);
+                }
             }
             let user = users.entry(bare.to_owned()).or_default();
             let ready = matches!(
@@ -217,6 +293,17 @@ impl Users {
         self.resume(shard, bare);
     }
 
+    /// Records the store's answer on whether `bare` has an account (see [`AbsentUsers`]).
+    /// `ttl` is `c2s.unknown_user_cache`.
+    pub(super) fn account_known(&self, bare: &str, exists: bool, ttl: Duration) {
+        let mut absent = self.absent.borrow_mut();
+        if exists {
+            absent.remove(bare);
+        } else {
+            absent.insert(bare, Instant::now(), ttl);
+        }
+    }
+
     /// Drops the cached state of a user with no session and nothing waiting: offline
     /// users cost no memory, and stanzas for unknown users leave nothing behind. (Changes
     /// in flight are not lost: the store applies requests in order, so a later load sees
@@ -234,5 +321,59 @@ impl Users {
             users.remove(bare);
         }
         idle
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AbsentUsers;
+    use std::time::{Duration, Instant};
+
+    const TTL: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn absent_users_expire_and_are_forgotten_when_they_exist() {
+        let t0 = Instant::now();
+        let mut a = AbsentUsers::default();
+        a.insert("ghost@a.test", t0, TTL);
+        assert!(a.contains("ghost@a.test", t0));
+        assert!(a.contains("ghost@a.test", t0 + TTL - Duration::from_millis(1)));
+        assert!(!a.contains("other@a.test", t0));
+        assert!(
+            !a.contains("ghost@a.test", t0 + TTL),
+            "an answer outlives its ttl"
+        );
+        assert_eq!(a.len(), 0, "an expired entry is dropped when looked up");
+        a.insert("ghost@a.test", t0, TTL);
+        a.remove("ghost@a.test");
+        assert!(
+            !a.contains("ghost@a.test", t0),
+            "a loaded roster still reads absent"
+        );
+        a.insert("ghost@a.test", t0, Duration::ZERO);
+        assert!(!a.contains("ghost@a.test", t0), "a ttl of zero caches");
+    }
+
+    #[test]
+    fn absent_users_are_bounded() {
+        let t0 = Instant::now();
+        let mut a = AbsentUsers::default();
+        for i in 0..AbsentUsers::MAX {
+            a.insert(&format!("u{i}@a.test"), t0, TTL);
+        }
+        assert_eq!(a.len(), AbsentUsers::MAX);
+        // Full, nothing expired: starts over rather than grow.
+        a.insert("new@a.test", t0, TTL);
+        assert_eq!(a.len(), 1);
+        assert!(a.contains("new@a.test", t0));
+        // Full with everything expired: the expired entries go, the new one stays.
+        for i in 0..AbsentUsers::MAX - 1 {
+            a.insert(&format!("v{i}@a.test"), t0, TTL);
+        }
+        assert_eq!(a.len(), AbsentUsers::MAX);
+        let later = t0 + TTL;
+        a.insert("late@a.test", later, TTL);
+        assert_eq!(a.len(), 1);
+        assert!(a.contains("late@a.test", later));
     }
 }
