@@ -20,7 +20,7 @@ use std::time::SystemTime;
 
 use crate::presence::delivery::MessageType;
 use crate::stanza::StanzaKind;
-use crate::xml::{escape_attr_into, Element};
+use crate::xml::{escape_attr_into, Element, Needle};
 
 /// `urn:xmpp:delay` (XEP-0203 §2).
 pub const NS_DELAY: &str = "urn:xmpp:delay";
@@ -61,7 +61,8 @@ pub fn worth_storing(el: &Element) -> bool {
         return false;
     }
     let inner = el.inner();
-    if memchr::memmem::find(el.bytes(), NS_CHAT_STATES.as_bytes()).is_none() {
+    static CHAT_STATES: Needle = Needle::new(NS_CHAT_STATES);
+    if !CHAT_STATES.is_in(el.bytes()) {
         // Without the namespace's name no child can be a chat state: worth storing when
         // there is any child element.
         return has_child_element(inner);

@@ -171,9 +171,9 @@ pub(crate) fn count_cluster_forwarded(node: &Arc<str>) {
 }
 
 /// Adds `n` to counter `family{label=value}` (all three static strings, e.g.
-/// `cluster_session_messages{dir=out}`): through a handle resolved on first use and
-/// found again among the few such counters by comparing the strings (their pointers
-/// first), not by hashing.
+/// `cluster_session_messages{dir=out}`; an empty `label` is the family without labels):
+/// through a handle resolved on first use and found again among the few such counters
+/// by comparing the strings (their pointers first), not by hashing.
 pub(crate) fn count_static(family: &'static str, label: &'static str, value: &'static str, n: u64) {
     let key = (family, label, value);
     let same = |k: &StaticKey| {
@@ -189,12 +189,17 @@ pub(crate) fn count_static(family: &'static str, label: &'static str, value: &'s
         if known.len() >= MAX_STATIC_HANDLES {
             return None;
         }
-        let id = metrics(|m| m.counter_id(family, &[(label, value)]));
+        let id = if label.is_empty() {
+            metrics(|m| m.counter_id(family, &[]))
+        } else {
+            metrics(|m| m.counter_id(family, &[(label, value)]))
+        };
         known.push((key, id));
         Some(id)
     });
     match id {
         Some(id) => metrics(|m| m.add(id, n)),
+        None if label.is_empty() => metrics(|m| m.count(family, &[], n)),
         None => metrics(|m| m.count(family, &[(label, value)], n)),
     }
 }

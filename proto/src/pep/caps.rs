@@ -35,7 +35,8 @@ impl Caps {
 /// legacy form without `hash` is ignored, §8.2). Reads the bytes for the namespace
 /// first: a presence without caps is not parsed.
 pub fn parse_caps(el: &Element) -> Option<Caps> {
-    memchr::memmem::find(el.inner(), NS_CAPS.as_bytes())?;
+    static CAPS: crate::xml::Needle = crate::xml::Needle::new(NS_CAPS);
+    CAPS.find_in(el.inner())?;
     let tree = Node::parse(el).ok()?;
     let c = tree.child("c", NS_CAPS)?;
     Some(Caps {

@@ -6,6 +6,47 @@
 //! exact for the lowest matching byte) over the first [`SHORT`] bytes, then hand the rest
 //! to memchr, which wins on long spans.
 
+use std::sync::OnceLock;
+
+use memchr::memmem::Finder;
+
+/// A string searched for in many stanzas (a namespace name in a stanza's bytes): its
+/// [`Finder`] is built once, on first use, where [`memchr::memmem::find`] builds one per
+/// call (for a namespace of about 40 bytes that set-up cost more than the search itself
+/// in `perf` of the routing bench). Declare one as a `static`.
+pub struct Needle {
+    text: &'static str,
+    finder: OnceLock<Finder<'static>>,
+}
+
+impl Needle {
+    /// A needle for `text` (nothing is built yet).
+    pub const fn new(text: &'static str) -> Needle {
+        Needle {
+            text,
+            finder: OnceLock::new(),
+        }
+    }
+
+    /// The offset of the first occurrence of the needle in `hay`.
+    pub fn find_in(&self, hay: &[u8]) -> Option<usize> {
+        self.finder
+            .get_or_init(|| Finder::new(self.text.as_bytes()))
+            .find(hay)
+    }
+
+    /// Whether `hay` contains the needle.
+    pub fn is_in(&self, hay: &[u8]) -> bool {
+        self.find_in(hay).is_some()
+    }
+}
+
+impl std::fmt::Debug for Needle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Needle").field(&self.text).finish()
+    }
+}
+
 /// Bytes searched word by word before memchr takes over.
 const SHORT: usize = 64;
 

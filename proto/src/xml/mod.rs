@@ -33,6 +33,7 @@ pub use error::{Limit, Restricted, XmlError};
 pub use escape::{
     check_references, escape_attr, escape_attr_into, escape_text, escape_text_into, unescape,
 };
+pub use find::Needle;
 pub use framer::{Framer, Limits};
 
 /// Namespace names used by the framer and the stream layer.

@@ -50,12 +50,14 @@ use super::link::{send_to, Link};
 pub(super) struct Offline;
 
 /// Counts one offline message event (`offline_stored`, `offline_delivered`, or
-/// `offline_refused` with a `cause`).
-fn count(family: &'static str, cause: Option<&str>, n: u64) {
-    crate::runtime::metrics(|m| match cause {
-        Some(c) => m.count(family, &[("cause", c)], n),
-        None => m.count(family, &[], n),
-    });
+/// `offline_refused` with a `cause`), through a handle (one per message refused at
+/// volume: messages to unknown users).
+fn count(family: &'static str, cause: Option<&'static str>, n: u64) {
+    use crate::runtime::count_static;
+    match cause {
+        Some(c) => count_static(family, "cause", c, n),
+        None => count_static(family, "", "", n),
+    }
 }
 
 /// Milliseconds since the Unix epoch of `t` (0 before it).

@@ -352,9 +352,8 @@ impl Pep {
     /// owner publishes). The roster is loaded (see `Deferred::needs_roster`); an account
     /// that does not exist is left to [`crate::service::answer_account`] (`false`).
     pub(super) fn other_iq(&self, shard: &Shard, bare: &str, el: &Element) -> bool {
-        if !matches!(el.type_(), Some("get" | "set"))
-            || memchr::memmem::find(el.inner(), pep::NS_PUBSUB.as_bytes()).is_none()
-        {
+        static PUBSUB: crate::xml::Needle = crate::xml::Needle::new(pep::NS_PUBSUB);
+        if !matches!(el.type_(), Some("get" | "set")) || !PUBSUB.is_in(el.inner()) {
             return false;
         }
         let (crate::service::Iq::Get(payload) | crate::service::Iq::Set(payload)) =

@@ -193,7 +193,8 @@ impl Resumption {
                 continue;
             };
             let request = matches!(el.type_(), Some("get" | "set"));
-            let carbon = memchr::memmem::find(el.inner(), b"urn:xmpp:carbons:2").is_some();
+            static CARBONS: crate::xml::Needle = crate::xml::Needle::new("urn:xmpp:carbons:2");
+            let carbon = CARBONS.is_in(el.inner());
             if kind == StanzaKind::Presence || (kind == StanzaKind::Iq && !request) || carbon {
                 continue;
             }

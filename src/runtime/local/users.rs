@@ -26,7 +26,7 @@ use crate::router::fanout::SharedStanza;
 use crate::runtime::conn::ConnId;
 use crate::runtime::shard::Shard;
 use crate::stanza::StanzaKind;
-use crate::xml::Element;
+use crate::xml::{Element, Needle};
 
 /// The users with state on this shard, by bare JID.
 pub(super) struct Users {
@@ -117,7 +117,8 @@ impl User {
 
 /// Whether a presence stanza carries XEP-0115 caps (PEP needs the roster for it).
 fn has_caps(el: &Element) -> bool {
-    memchr::memmem::find(el.inner(), crate::pep::NS_CAPS.as_bytes()).is_some()
+    static CAPS: Needle = Needle::new(crate::pep::NS_CAPS);
+    CAPS.is_in(el.inner())
 }
 
 /// A stanza waiting for its user's roster or earlier stanzas.
@@ -148,8 +149,9 @@ impl Deferred {
                     let to_self = el
                         .to()
                         .is_none_or(|t| !t.contains('/') && bare_key(t) == bare);
-                    let reads = |ns: &str| memchr::memmem::find(el.inner(), ns.as_bytes());
-                    !to_self || reads(ROSTER_NS).is_some() || reads(NS_BLOCKING).is_some()
+                    static ROSTER: Needle = Needle::new(ROSTER_NS);
+                    static BLOCKING: Needle = Needle::new(NS_BLOCKING);
+                    !to_self || ROSTER.is_in(el.inner()) || BLOCKING.is_in(el.inner())
                 }
                 Some(StanzaKind::Message) => true,
                 None => false,
@@ -208,7 +210,7 @@ impl Users {
                 {
                     // Known to have no account: handled as after a load that said so,
                     // without asking the store again (forgotten again once handled).
-                    crate::runtime::metrics(|m| m.count("unknown_user_cache_hits", &[], 1));
+                    crate::runtime::count_static("unknown_user_cache_hits", "", "", 1);
                     let user = users.entry(bare.to_owned()).or_default();
                     user.roster = RosterState::NoSuchUser;
                     return Some(d);
