@@ -80,6 +80,7 @@ fn config(ns: SocketAddr) -> DnsConfig {
         timeout: Duration::from_millis(1000),
         static_overrides: HashMap::new(),
         cache_size: 256,
+        max_in_flight: 64,
     }
 }
 
