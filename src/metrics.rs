@@ -354,7 +354,7 @@ const GAUGE_HELP: &[(&str, &str)] = &[
         "Whether the PostgreSQL store (store.backend = postgres) answered its last request: 1 up, 0 down.",
     ),
     ("streams", "Open streams by protocol, direction and state."),
-    ("queue_depth", "Items waiting, by queue."),
+    ("queue_depth", "Items waiting, by queue (dns: look-ups waiting for one of the dns.max_in_flight query slots of their shard)."),
     (
         "congested_destinations",
         "Remote domains whose queue is full (new stanzas for them are bounced with resource-constraint).",

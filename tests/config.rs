@@ -53,6 +53,7 @@ fn empty_file_gives_the_defaults() {
     assert!(c.dns.nameservers.is_empty() && c.dns.static_targets.is_empty());
     assert_eq!(c.dns.timeout, Duration::from_secs(2));
     assert_eq!(c.dns.cache_size, 4096);
+    assert_eq!(c.dns.max_in_flight, 64);
     let s = &c.s2s;
     assert_eq!(s.connect_timeout, Duration::from_secs(5));
     assert_eq!(s.negotiation_timeout, Duration::from_secs(30));
@@ -106,6 +107,7 @@ key = "a.key"
 nameservers = ["127.0.0.1:5300"]
 timeout = "1500ms"
 cache_size = 100
+max_in_flight = 16
 [dns.static]
 "C.test" = "127.0.0.1:15269"
 "d.test" = "xmpp.d.test:5269"
@@ -203,6 +205,7 @@ fn full_file_sets_every_key() {
     assert_eq!(c.dns.nameservers, [addr("127.0.0.1:5300")]);
     assert_eq!(c.dns.timeout, Duration::from_millis(1500));
     assert_eq!(c.dns.cache_size, 100);
+    assert_eq!(c.dns.max_in_flight, 16);
     assert_eq!(c.dns.static_targets.len(), 3);
     assert_eq!(
         c.dns.static_targets["c.test"],
@@ -461,6 +464,8 @@ fn each_validation_error_names_its_key() {
     invalid_for("[dns]\nnameservers = [\"8.8.8.8\"]\n", "dns.nameservers[0]");
     invalid_for("[dns]\ntimeout = \"0s\"\n", "dns.timeout");
     invalid_for("[dns]\ncache_size = 0\n", "dns.cache_size");
+    invalid_for("[dns]\nmax_in_flight = 0\n", "dns.max_in_flight");
+    invalid_for("[dns]\nmax_in_flight = 65537\n", "dns.max_in_flight");
 
     let m = invalid_for("domains = [\"a b\"]\n", "domains[0]");
     assert!(

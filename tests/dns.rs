@@ -80,6 +80,7 @@ fn config(ns: SocketAddr) -> DnsConfig {
         timeout: Duration::from_millis(1000),
         static_overrides: HashMap::new(),
         cache_size: 256,
+        max_in_flight: 64,
     }
 }
 
@@ -548,4 +549,151 @@ fn works_on_a_tokio_uring_runtime() {
             Ok(vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))])
         );
     });
+}
+
+/// What the holding name server of
+/// [`a_burst_of_look_ups_has_at_most_max_in_flight_queries_at_the_name_server`] reports.
+#[derive(Debug, PartialEq)]
+enum Heard {
+    /// A query from the resolver, held unanswered (until the release).
+    Query,
+    /// The test's marker arrived, with the number of resolver queries held at that moment.
+    Marker(usize),
+}
+
+/// Issue 20 item 6: 10,000 peers connecting at once sent ~40,000 queries to one UDP name
+/// server; its receive queue overflowed and ~50 look-ups timed out, failing the peers'
+/// dialback. With `max_in_flight`, a burst sends at most that many queries; the others
+/// wait their turn (`queries_waiting`) and go out as answers come.
+///
+/// The name server holds every query unanswered until the test releases them, so the
+/// resolver can only send more by breaking the limit. The test's marker, sent once the
+/// resolver reports the rest waiting, arrives behind any query the resolver sent before it
+/// (one UDP socket, first in first out): the server counts exactly `LIMIT` then. The
+/// per-query timeout is longer than any run, so no query is sent twice.
+#[test]
+fn a_burst_of_look_ups_has_at_most_max_in_flight_queries_at_the_name_server() {
+    use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
+    use std::rc::Rc;
+
+    const LIMIT: usize = 4;
+    const DOMAINS: usize = 25; // two SRV queries each (RFC 6120 §3.2.1, XEP-0368)
+    const QUERIES: usize = 2 * DOMAINS;
+    const MARKER: &str = "marker.test.";
+    const RELEASE: &str = "release.test.";
+
+    let server = UdpSocket::bind("127.0.43.1:0").unwrap();
+    // Only a bound on a broken run; the test waits on events.
+    server
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let ns = server.local_addr().unwrap();
+    let control = UdpSocket::bind("127.0.43.1:0").unwrap();
+    let control_addr = control.local_addr().unwrap();
+    let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let thread = std::thread::spawn(move || {
+        let answer = |query: &Message| {
+            let mut m = Message::new();
+            m.set_id(query.id())
+                .set_message_type(MessageType::Response)
+                .set_op_code(query.op_code())
+                .set_recursion_desired(query.recursion_desired())
+                .set_recursion_available(true)
+                .set_response_code(ResponseCode::NXDomain)
+                .add_queries(query.queries().to_vec());
+            m.to_vec().unwrap()
+        };
+        let mut held: Vec<(SocketAddr, Message)> = Vec::new();
+        let mut released = false;
+        let mut answered = 0;
+        let mut buf = [0u8; 4096];
+        // Bounded: every query, the marker and the release, with room to spare.
+        for _ in 0..4 * QUERIES {
+            let Ok((n, from)) = server.recv_from(&mut buf) else {
+                break;
+            };
+            let Ok(query) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let name = query
+                .queries()
+                .first()
+                .map(|q| q.name().to_ascii().to_ascii_lowercase())
+                .unwrap_or_default();
+            if from == control_addr && name == MARKER {
+                let _ = heard_tx.send(Heard::Marker(held.len()));
+            } else if from == control_addr && name == RELEASE {
+                released = true;
+                for (to, q) in held.drain(..) {
+                    server.send_to(&answer(&q), to).unwrap();
+                    answered += 1;
+                }
+            } else if released {
+                server.send_to(&answer(&query), from).unwrap();
+                answered += 1;
+            } else {
+                held.push((from, query));
+                let _ = heard_tx.send(Heard::Query);
+            }
+            if answered == QUERIES {
+                break;
+            }
+        }
+        answered
+    });
+    let send_control = |name: &str| {
+        let mut m = Message::new();
+        m.add_query(hickory_resolver::proto::op::Query::query(
+            hickory_resolver::Name::from_ascii(name).unwrap(),
+            hickory_resolver::proto::rr::RecordType::A,
+        ));
+        control.send_to(&m.to_vec().unwrap(), ns).unwrap();
+    };
+
+    let cfg = DnsConfig {
+        timeout: Duration::from_secs(3600),
+        max_in_flight: LIMIT,
+        ..config(ns)
+    };
+    let resolver = Rc::new(S2sResolver::new(&cfg).unwrap());
+    let local = tokio::task::LocalSet::new();
+    let results = local.block_on(&rt(), async {
+        let lookups: Vec<_> = (0..DOMAINS)
+            .map(|i| {
+                let r = Rc::clone(&resolver);
+                tokio::task::spawn_local(async move {
+                    let mut rng = StdRng::seed_from_u64(i as u64);
+                    r.resolve_srv(&format!("d{i}.test"), &mut rng).await
+                })
+            })
+            .collect();
+        for _ in 0..LIMIT {
+            assert_eq!(heard.recv().await, Some(Heard::Query));
+        }
+        // Every look-up has started: the queries not sent wait for their turn.
+        let mut turns = 0;
+        while resolver.queries_waiting() < QUERIES - LIMIT && turns < 100_000 {
+            tokio::task::yield_now().await;
+            turns += 1;
+        }
+        send_control(MARKER);
+        assert_eq!(
+            heard.recv().await,
+            Some(Heard::Marker(LIMIT)),
+            "the name server got more than max_in_flight queries at once"
+        );
+        assert_eq!(resolver.queries_waiting(), QUERIES - LIMIT);
+        send_control(RELEASE);
+        let mut out = Vec::new();
+        for l in lookups {
+            out.push(l.await.unwrap());
+        }
+        out
+    });
+    assert_eq!(thread.join().unwrap(), QUERIES);
+    assert_eq!(resolver.queries_waiting(), 0);
+    for r in results {
+        // NXDOMAIN for both services: the domain itself on 5269 (RFC 6120 §3.2.1).
+        assert_eq!(r, Ok(Resolution::Fallback));
+    }
 }

@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod c2s;
 pub mod clients;
 pub mod cpu;

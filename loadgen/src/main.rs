@@ -545,12 +545,14 @@ fn main() -> ExitCode {
     print!("{}", outcome.summary.table());
     println!(
         "operations: {} measured ({:.1}/s), {} skipped by the open loop; unexpected stream \
-         closes: {}; S2S authentication failures: {}; peak RSS: {} KiB",
+         closes: {}; S2S authentication failures: {}, first attempts failed: {}; peak RSS: \
+         {} KiB",
         outcome.ops,
         outcome.ops as f64 / outcome.summary.measured.as_secs_f64().max(1e-9),
         outcome.skipped,
         outcome.unexpected_closes,
         outcome.auth_failures,
+        outcome.first_auth_failures.line(),
         outcome
             .peak_rss_kib
             .map_or_else(|| "?".to_owned(), |k| k.to_string()),

@@ -56,6 +56,9 @@ pub struct Outcome {
     pub unexpected_closes: u64,
     /// S2S authentication failures.
     pub auth_failures: u64,
+    /// Of those, the failures of a peer domain's first attempt (not of its retries), by
+    /// cause: what a peer that does not retry soon would have lost.
+    pub first_auth_failures: crate::auth::FirstFailures,
     /// Peak resident memory of this process, KiB (VmHWM); a split run: the sum of its
     /// children's.
     pub peak_rss_kib: Option<u64>,
@@ -161,6 +164,7 @@ pub fn write_report(
         "setup": o.setup,
         "unexpected_closes": o.unexpected_closes,
         "auth_failures": o.auth_failures,
+        "auth_first_failures": o.first_auth_failures,
         "sut_cpu": o.sut_cpu,
         "sut_cpu_errors": o.sut_cpu_errors,
         "sut_cpu_stanzas": "stanzas loadgen received in the measured window",

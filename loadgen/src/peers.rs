@@ -51,6 +51,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::auth::Cause;
 use crate::report::steps;
 use crate::s2s::{Input, Stream, TlsSetup};
 use crate::stanzas;
@@ -720,6 +721,11 @@ async fn outbound_task(
     let mut verifies: Vec<PendingVerify> = Vec::new();
     let mut backoff = Duration::from_millis(50);
     let mut counted_ready = vec![false; domains.len()];
+    // Per domain: when its dialback was last requested, and whether that request is a
+    // retry after a failure (its failures are not first-attempt failures).
+    let mut asked_at = vec![Instant::now(); domains.len()];
+    let mut retrying = vec![false; domains.len()];
+    let answer_limit = shared.cfg(s).timeouts.negotiation;
     'reconnect: loop {
         // What the last stream took and did not acknowledge goes first on the next one.
         while let Some(x) = unacked.pop_back() {
@@ -759,6 +765,7 @@ async fn outbound_task(
         shared.opened.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut conn = S2sConnection::outbound(shared.cfg(s), &names[0], &sut, false, now);
+        asked_at.fill(now);
         for n in &names[1..] {
             let _ = conn.request_dialback(n, now);
         }
@@ -783,6 +790,7 @@ async fn outbound_task(
                 Input::Event(Event::Authenticated { local, .. }) => {
                     if let Some(i) = names.iter().position(|n| *n == local) {
                         authed[i] = true;
+                        retrying[i] = false;
                         if !counted_ready[i] {
                             counted_ready[i] = true;
                             shared.ready_domains.fetch_add(1, Ordering::AcqRel);
@@ -805,8 +813,19 @@ async fn outbound_task(
                 Input::Event(Event::AuthFailed { local, result, .. }) => {
                     // A real server tries again later; so do we, after a pause.
                     let n = world.auth_failures.fetch_add(1, Ordering::Relaxed);
+                    let i = names.iter().position(|n| *n == local);
+                    let waited = i.map_or(Duration::ZERO, |i| asked_at[i].elapsed());
+                    let cause = Cause::of(result, stream.conn.is_closed(), waited, answer_limit);
+                    if let Some(i) = i.filter(|&i| !retrying[i]) {
+                        retrying[i] = true;
+                        world.first_auth_failures.count(cause);
+                    }
                     if n < 5 {
-                        eprintln!("loadgen: dialback for {local} failed: {result:?}; retrying");
+                        eprintln!(
+                            "loadgen: dialback for {local} failed after {} ms: {result:?} ({}); retrying",
+                            waited.as_millis(),
+                            cause.key()
+                        );
                     }
                     if shared.opts.auth == PeerAuth::Dialback {
                         let (tx, pause) = (shared.out[s][0].clone(), RETRY_PAUSE);
@@ -891,6 +910,9 @@ async fn outbound_task(
                     });
                 }
                 Input::Cmd(OutCmd::Redialback(local)) => {
+                    if let Some(i) = names.iter().position(|n| *n == local) {
+                        asked_at[i] = Instant::now();
+                    }
                     if !leaving {
                         let _ = stream.conn.request_dialback(&local, Instant::now());
                     }

@@ -106,6 +106,9 @@ pub struct ChildReport {
     pub unexpected_closes: u64,
     /// S2S authentication failures.
     pub auth_failures: u64,
+    /// Failed first attempts, by cause.
+    #[serde(default)]
+    pub first_auth_failures: crate::auth::FirstFailures,
     /// `<see-other-host/>` redirects followed.
     pub redirects: u64,
     /// Client logins made again.
@@ -144,6 +147,7 @@ impl ChildReport {
             duplicates: o.duplicates,
             unexpected_closes: o.unexpected_closes,
             auth_failures: o.auth_failures,
+            first_auth_failures: o.first_auth_failures.clone(),
             redirects: o.redirects,
             relogins: o.relogins,
             stanzas_measured: o.stanzas_measured,
@@ -572,6 +576,7 @@ pub fn merge(reports: &[ChildReport]) -> Result<Outcome, String> {
             "fd_limit": r.fd_limit,
             "peak_rss_kib": r.peak_rss_kib,
             "ops_measured": r.ops,
+            "auth_first_failures": r.first_auth_failures,
             "accounting": a.accounting().summary_line(),
         }));
     }
@@ -599,6 +604,10 @@ pub fn merge(reports: &[ChildReport]) -> Result<Outcome, String> {
         duplicates: sum(|r| r.duplicates),
         unexpected_closes: sum(|r| r.unexpected_closes),
         auth_failures: sum(|r| r.auth_failures),
+        first_auth_failures: reports.iter().fold(Default::default(), |mut f, r| {
+            f.merge(&r.first_auth_failures);
+            f
+        }),
         peak_rss_kib: peak_rss,
         sut_cpu: Vec::new(),
         sut_cpu_errors: Vec::new(),

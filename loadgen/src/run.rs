@@ -755,6 +755,7 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         duplicates,
         unexpected_closes: world.unexpected_closes.load(Ordering::Relaxed),
         auth_failures: world.auth_failures.load(Ordering::Relaxed),
+        first_auth_failures: world.first_auth_failures.snapshot(),
         peak_rss_kib: peak_rss_kib(),
         sut_cpu,
         sut_cpu_errors,

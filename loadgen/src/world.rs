@@ -13,6 +13,7 @@ use fedrouter::stanza::error_condition;
 use fedrouter::xml::Element;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::auth::FirstFailureCounter;
 use crate::report::{steps, Recorder};
 use crate::topology::Topology;
 use crate::track::{Clock, Delivery, Step, TrackedId, Tracker};
@@ -111,6 +112,8 @@ pub struct World {
     pub stanzas_out: AtomicU64,
     /// S2S authentication failures (dialback `invalid`/`error`, SASL failures).
     pub auth_failures: AtomicU64,
+    /// Of those, the failures of a domain's first attempt (not of its retries), by cause.
+    pub first_auth_failures: FirstFailureCounter,
     /// Streams that ended without loadgen asking.
     pub unexpected_closes: AtomicU64,
     /// `<see-other-host/>` redirects the clients followed (RFC 6120 §4.9.3.19).
@@ -139,6 +142,7 @@ impl World {
             stanzas_in: AtomicU64::new(0),
             stanzas_out: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
+            first_auth_failures: FirstFailureCounter::default(),
             unexpected_closes: AtomicU64::new(0),
             redirects: AtomicU64::new(0),
             relogins: AtomicU64::new(0),

@@ -133,6 +133,21 @@ fn two_processes_merge_into_one_report() {
         assert!(alls[i].accounting().sent() > 0, "child {i} sent stanzas");
     }
 
+    // First-attempt dialback failures: the sum of the children's, cause by cause.
+    let first = &s["params"]["auth_first_failures"];
+    assert!(
+        first["total"].is_u64() && first["by_cause"].is_object(),
+        "{s}"
+    );
+    let total: u64 = reports.iter().map(|r| r.first_auth_failures.total).sum();
+    assert_eq!(u(&first["total"]), total, "{s}");
+    for r in &reports {
+        for (cause, n) in &r.first_auth_failures.by_cause {
+            assert!(u(&first["by_cause"][cause]) >= *n, "{cause} in {s}");
+        }
+    }
+    assert!(stdout.contains("first attempts failed: "), "{all}");
+
     // Merged accounting = the sum of the children's, step by step.
     let acc = &s["accounting"];
     let (mut sent, mut received, mut bounced, mut lost) = (0, 0, 0, 0);

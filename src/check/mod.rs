@@ -521,6 +521,7 @@ fn dns_config(config: &Config, with_static: bool) -> DnsConfig {
             Default::default()
         },
         cache_size: config.dns.cache_size,
+        max_in_flight: config.dns.max_in_flight,
     }
 }
 

@@ -85,6 +85,7 @@ struct RawDns {
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
     cache_size: Option<usize>,
+    max_in_flight: Option<usize>,
     #[serde(rename = "static")]
     static_targets: Option<BTreeMap<String, String>>,
 }
@@ -236,6 +237,7 @@ impl RawConfig {
                     .unwrap_or(dd.nameservers),
                 timeout: r.timeout.unwrap_or(dd.timeout),
                 cache_size: r.cache_size.unwrap_or(dd.cache_size),
+                max_in_flight: r.max_in_flight.unwrap_or(dd.max_in_flight),
                 static_targets: normalise_keys("dns.static", targets)?,
             }
         };

@@ -30,6 +30,7 @@
 //! nameservers = ["127.0.0.1:5300"]  # [] = the system's resolv.conf
 //! timeout = "2s"
 //! cache_size = 4096
+//! max_in_flight = 64            # queries per shard sent and not answered; more wait
 //! [dns.static]                  # domain -> "host:port", bypassing SRV look-ups (labs)
 //! "b.test" = "127.0.0.1:15269"
 //!
@@ -188,6 +189,9 @@ pub const MIN_SECRET_BYTES: usize = 16;
 
 /// Largest `dns.cache_size` (answers).
 pub const MAX_DNS_CACHE: usize = 1 << 20;
+
+/// Largest `dns.max_in_flight` (DNS queries per shard).
+pub const MAX_DNS_IN_FLIGHT: usize = 1 << 16;
 
 /// Largest `inbox.capacity` (batches).
 pub const MAX_INBOX_CAPACITY: usize = 1 << 20;

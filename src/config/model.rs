@@ -15,8 +15,8 @@ use crate::xml::Limits;
 use super::{AuthSection, LimitsSection, SecretString, MAX_SHARDS};
 #[cfg(doc)]
 use super::{
-    MAX_DNS_CACHE, MAX_INBOX_BATCH, MAX_INBOX_CAPACITY, MAX_QUEUE_PER_DOMAIN, MAX_STANZA_SIZE,
-    MIN_SECRET_BYTES, MIN_STANZA_SIZE,
+    MAX_DNS_CACHE, MAX_DNS_IN_FLIGHT, MAX_INBOX_BATCH, MAX_INBOX_CAPACITY, MAX_QUEUE_PER_DOMAIN,
+    MAX_STANZA_SIZE, MIN_SECRET_BYTES, MIN_STANZA_SIZE,
 };
 
 /// The whole configuration (see the [module documentation](super) for the file format).
@@ -119,6 +119,12 @@ pub struct DnsSection {
     pub timeout: Duration,
     /// Answers cached, key `dns.cache_size`; default 4096; 1 to [`MAX_DNS_CACHE`].
     pub cache_size: usize,
+    /// DNS queries one shard has sent and not yet had answered, at most, key
+    /// `dns.max_in_flight`; default 64; 1 to [`MAX_DNS_IN_FLIGHT`]. Further look-ups wait
+    /// for their turn (their `dns.timeout` starts when they are sent), so a burst of new
+    /// remote domains (thousands of peers connecting at once) does not overflow the name
+    /// server's receive queue, which would drop queries until they time out.
+    pub max_in_flight: usize,
     /// Static overrides, key `[dns.static]`: remote domain (normalised like
     /// [`Config::domains`]) → where to connect, instead of SRV and A/AAAA look-ups.
     pub static_targets: HashMap<String, StaticTarget>,
@@ -595,12 +601,14 @@ impl Default for Listen {
 }
 
 impl Default for DnsSection {
-    /// The system's nameservers, 2 s timeout, 4096 cached answers, no static entries.
+    /// The system's nameservers, 2 s timeout, 4096 cached answers, 64 queries in flight
+    /// per shard, no static entries.
     fn default() -> Self {
         DnsSection {
             nameservers: Vec::new(),
             timeout: Duration::from_secs(2),
             cache_size: 4096,
+            max_in_flight: 64,
             static_targets: HashMap::new(),
         }
     }

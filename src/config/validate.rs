@@ -9,9 +9,9 @@ use crate::jid::DomainPart;
 
 use super::error::invalid;
 use super::{
-    Config, ConfigError, StaticTarget, StoreBackend, MAX_DNS_CACHE, MAX_INBOX_BATCH,
-    MAX_INBOX_CAPACITY, MAX_OFFLINE_MESSAGES, MAX_QUEUE_PER_DOMAIN, MAX_SHARDS, MAX_STANZA_SIZE,
-    MIN_SECRET_BYTES, MIN_STANZA_SIZE,
+    Config, ConfigError, StaticTarget, StoreBackend, MAX_DNS_CACHE, MAX_DNS_IN_FLIGHT,
+    MAX_INBOX_BATCH, MAX_INBOX_CAPACITY, MAX_OFFLINE_MESSAGES, MAX_QUEUE_PER_DOMAIN, MAX_SHARDS,
+    MAX_STANZA_SIZE, MIN_SECRET_BYTES, MIN_STANZA_SIZE,
 };
 
 fn show(d: Duration) -> humantime::FormattedDuration {
@@ -274,6 +274,7 @@ impl Config {
         }
         check_nonzero("dns.timeout", dns.timeout)?;
         check_range("dns.cache_size", dns.cache_size, 1, MAX_DNS_CACHE)?;
+        check_range("dns.max_in_flight", dns.max_in_flight, 1, MAX_DNS_IN_FLIGHT)?;
         let mut domains: Vec<(&String, &StaticTarget)> = dns.static_targets.iter().collect();
         domains.sort_by(|a, b| a.0.cmp(b.0));
         for (domain, target) in domains {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hickory_resolver::config::{
@@ -17,6 +18,7 @@ use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::{Name, ResolveError, TokioResolver};
 use rand::Rng;
+use tokio::sync::Semaphore;
 
 use crate::srv::{self, Resolution, SrvRecord, Target};
 
@@ -41,16 +43,26 @@ pub struct DnsConfig {
     /// Number of answers (positive or negative, per name and record type) the cache
     /// holds.
     pub cache_size: usize,
+    /// Queries this resolver has sent and not yet had answered, at most (not zero; see
+    /// [`S2sResolver::queries_waiting`]). Further look-ups wait for a turn, first come
+    /// first served, and their [`DnsConfig::timeout`] starts when they are sent: a burst
+    /// of thousands of look-ups would otherwise overflow the name server's receive queue
+    /// (measured: 10,000 peers connecting at once lost ~50 look-ups to timeouts against
+    /// one single-threaded UDP server), and a lost query costs `timeout` before it is sent
+    /// again.
+    pub max_in_flight: usize,
 }
 
 impl Default for DnsConfig {
-    /// System name servers, 2 s per query, no overrides, 1024 cached answers.
+    /// System name servers, 2 s per query, no overrides, 1024 cached answers, 64 queries
+    /// in flight.
     fn default() -> Self {
         DnsConfig {
             nameservers: Vec::new(),
             timeout: Duration::from_secs(2),
             static_overrides: HashMap::new(),
             cache_size: 1024,
+            max_in_flight: 64,
         }
     }
 }
@@ -118,6 +130,10 @@ impl DnsError {
 pub struct S2sResolver {
     inner: TokioResolver,
     overrides: HashMap<String, StaticTarget>,
+    /// One permit per query in flight ([`DnsConfig::max_in_flight`]); fair (FIFO).
+    in_flight: Semaphore,
+    /// Queries waiting for a permit.
+    waiting: AtomicUsize,
 }
 
 impl std::fmt::Debug for S2sResolver {
@@ -125,18 +141,29 @@ impl std::fmt::Debug for S2sResolver {
         f.debug_struct("S2sResolver")
             .field("nameservers", &self.inner.config().name_servers())
             .field("overrides", &self.overrides)
+            .field("in_flight", &self.in_flight)
+            .field("waiting", &self.queries_waiting())
             .finish_non_exhaustive()
     }
 }
 
 impl S2sResolver {
     /// Builds a resolver from `cfg`. Reads `/etc/resolv.conf` when `cfg.nameservers` is
-    /// empty. Errors: [`DnsError::Config`] for a zero timeout or an unreadable or empty
-    /// system configuration.
+    /// empty. Errors: [`DnsError::Config`] for a zero timeout or `max_in_flight`, or an
+    /// unreadable or empty system configuration.
     pub fn new(cfg: &DnsConfig) -> Result<Self, DnsError> {
         if cfg.timeout.is_zero() {
             return Err(DnsError::Config {
                 message: "timeout must be positive".into(),
+            });
+        }
+        if cfg.max_in_flight == 0 || cfg.max_in_flight > Semaphore::MAX_PERMITS {
+            return Err(DnsError::Config {
+                message: format!(
+                    "max_in_flight must be 1 to {}, not {}",
+                    Semaphore::MAX_PERMITS,
+                    cfg.max_in_flight
+                ),
             });
         }
         let mut group = NameServerConfigGroup::new();
@@ -182,7 +209,37 @@ impl S2sResolver {
         Ok(S2sResolver {
             inner: builder.build(),
             overrides,
+            in_flight: Semaphore::new(cfg.max_in_flight),
+            waiting: AtomicUsize::new(0),
         })
+    }
+
+    /// Look-ups (queries) waiting for their turn because [`DnsConfig::max_in_flight`]
+    /// queries are in flight (the `queue_depth{queue="dns"}` gauge).
+    pub fn queries_waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// One query (`name`, `rtype`) through hickory (its cache first), sent once fewer
+    /// than [`DnsConfig::max_in_flight`] are in flight.
+    async fn lookup(
+        &self,
+        name: Name,
+        rtype: RecordType,
+    ) -> Result<hickory_resolver::lookup::Lookup, ResolveError> {
+        let _permit = match self.in_flight.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                // Decrements when the wait ends, also when the look-up is dropped.
+                let _waiting = Waiting(&self.waiting);
+                self.in_flight
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed")
+            }
+        };
+        self.inner.lookup(name, rtype).await
     }
 
     /// The S2S targets of `domain` (RFC 6120 §3.2.1, XEP-0368 §3).
@@ -245,8 +302,8 @@ impl S2sResolver {
         }
         let name = absolute(host, &normalize(host))?;
         let (a, aaaa) = tokio::join!(
-            self.inner.lookup(name.clone(), RecordType::A),
-            self.inner.lookup(name, RecordType::AAAA)
+            self.lookup(name.clone(), RecordType::A),
+            self.lookup(name, RecordType::AAAA)
         );
         let addrs = |r: Result<hickory_resolver::lookup::Lookup, ResolveError>| {
             r.map(|l| {
@@ -288,7 +345,7 @@ impl S2sResolver {
         normalized: &str,
     ) -> Result<Option<Vec<SrvRecord>>, DnsError> {
         let name = absolute(domain, &format!("{service}{normalized}"))?;
-        match self.inner.lookup(name, RecordType::SRV).await {
+        match self.lookup(name, RecordType::SRV).await {
             Ok(lookup) => Ok(Some(
                 lookup
                     .iter()
@@ -308,6 +365,15 @@ impl S2sResolver {
                 other => Err(other),
             },
         }
+    }
+}
+
+/// Counts a look-up waiting for its turn while it lives ([`S2sResolver::queries_waiting`]).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

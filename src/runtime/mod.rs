@@ -627,6 +627,7 @@ fn dns_config(config: &Config) -> DnsConfig {
             })
             .collect(),
         cache_size: config.dns.cache_size,
+        max_in_flight: config.dns.max_in_flight,
     }
 }
 

@@ -696,6 +696,11 @@ impl Shard {
             &[("queue", "cross_shard_outgoing")],
             self.outbox.len() as i64,
         );
+        m.add_gauge(
+            "queue_depth",
+            &[("queue", "dns")],
+            self.resolver.borrow().queries_waiting() as i64,
+        );
         if self.id == 0 {
             if let Some(c) = &self.cluster {
                 c.add_metrics(&mut m);
