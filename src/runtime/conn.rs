@@ -722,3 +722,7 @@ const _: () = {
     assert_send::<Handoff>();
     assert_send::<Handoff<C2sConnection>>();
 };
+
+#[cfg(test)]
+#[path = "conn_tests.rs"]
+mod tests;
