@@ -9,7 +9,7 @@ use std::time::Instant;
 use rustls::pki_types::UnixTime;
 
 use super::{encrypt_into, ConnState, Tls};
-use crate::dialback::DialbackSecret;
+use crate::dialback::{DialbackResult, DialbackSecret};
 use crate::stream::s2s::S2sConnection;
 use crate::stream::{FederationPolicy, PeerPolicy, S2sConfig, Timeouts};
 use crate::tls::{self, ClientAuth, DomainCertResolver};
@@ -198,4 +198,162 @@ fn a_transmit_buffer_larger_than_rustls_limit_is_encrypted_whole() {
     let mut wire = Vec::new();
     encrypt_into(tls.conn(), &plain, &mut wire);
     assert_eq!(decrypt(&mut client, &wire), plain);
+}
+
+// ----- cost of the TLS paths (measurements, not run by default) -----
+
+/// CPU time of the calling thread so far (`CLOCK_THREAD_CPUTIME_ID`, nanoseconds).
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the struct it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Stanzas per measured round, and rounds (the median round is reported).
+const COST_STANZAS: usize = 20_000;
+const COST_ROUNDS: usize = 15;
+
+fn message(i: usize) -> String {
+    format!(
+        "<message from='u@b.test' to='nobody@a.test' type='chat' id='m{i}'>\
+         <body>Hello, this is message number {i} of the cost run.</body></message>"
+    )
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// What [`ConnState::input`] costs per stanza on an authenticated inbound TLS stream:
+/// records of 100 stanzas each written together (as a busy peer sends them), fed in
+/// 64 KiB pieces (as a busy socket's reads give them), decrypted and framed into stanza
+/// events. Prints nanoseconds of thread CPU per stanza (median of the rounds).
+#[test]
+#[ignore = "a measurement: cargo test --release --lib tls_input_cost -- --ignored --nocapture"]
+fn tls_input_cost() {
+    let (mut client, server) = tls_pair();
+    let now = Instant::now();
+    let proto = S2sConnection::inbound(
+        config(Limits::default()),
+        1,
+        Some((Vec::new(), UnixTime::now())),
+        now,
+    );
+    let mut st = ConnState::new(proto, Some(Tls::Server(server)));
+    let mut records = Vec::new();
+    let send = |client: &mut rustls::ClientConnection, text: &[u8], records: &mut Vec<u8>| {
+        client.writer().write_all(text).expect("client plaintext");
+        while client.wants_write() {
+            client.write_tls(records).expect("client records");
+        }
+    };
+    send(
+        &mut client,
+        format!("{HEADER}<db:result from='b.test' to='a.test'>0123456789abcdef</db:result>")
+            .as_bytes(),
+        &mut records,
+    );
+    st.input(&records, now);
+    st.proto
+        .handle_dialback_verdict("a.test", "b.test", DialbackResult::Valid, now);
+    st.collect_events();
+    st.events.clear();
+    st.pump();
+    st.wire.clear();
+    let mut per = Vec::new();
+    let mut id = 0;
+    for _ in 0..COST_ROUNDS {
+        records.clear();
+        for _ in 0..COST_STANZAS / 100 {
+            let batch: String = (id..id + 100).map(message).collect();
+            id += 100;
+            send(&mut client, batch.as_bytes(), &mut records);
+        }
+        let t0 = thread_cpu_ns();
+        for piece in records.chunks(64 * 1024) {
+            st.input(piece, now);
+            st.events.clear();
+        }
+        per.push(thread_cpu_ns() - t0);
+        st.pump();
+        st.wire.clear();
+        assert!(!st.proto.is_closed(), "the stream closed: {:?}", st.events);
+    }
+    let ns = median(per) as f64 / COST_STANZAS as f64;
+    println!("TLS input: {ns:.1} ns of CPU per stanza (median of {COST_ROUNDS} rounds of {COST_STANZAS})");
+}
+
+/// What queueing a stanza and [`ConnState::pump`] cost on an authenticated outbound TLS
+/// stream, one stanza at a time as the router queues them (each becomes a TLS record),
+/// the wire taken every 64 stanzas as the writer would. Prints nanoseconds of thread CPU
+/// per stanza (median of the rounds).
+#[test]
+#[ignore = "a measurement: cargo test --release --lib tls_output_cost -- --ignored --nocapture"]
+fn tls_output_cost() {
+    let (client, mut server) = tls_pair();
+    let now = Instant::now();
+    let proto = S2sConnection::outbound(config(Limits::default()), "a.test", "b.test", true, now);
+    let mut st = ConnState::new(proto, Some(Tls::Client(client)));
+    st.pump();
+    st.wire.clear();
+    let mut records = Vec::new();
+    let send = |server: &mut rustls::ServerConnection, text: &str, records: &mut Vec<u8>| {
+        records.clear();
+        server
+            .writer()
+            .write_all(text.as_bytes())
+            .expect("server plaintext");
+        while server.wants_write() {
+            server.write_tls(records).expect("server records");
+        }
+    };
+    send(
+        &mut server,
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+         xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' \
+         from='b.test' to='a.test' id='s1' version='1.0'><stream:features>\
+         <dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>",
+        &mut records,
+    );
+    st.input(&records, now);
+    st.pump();
+    send(
+        &mut server,
+        "<db:result from='b.test' to='a.test' type='valid'/>",
+        &mut records,
+    );
+    st.input(&records, now);
+    st.pump();
+    assert!(
+        st.proto.is_authenticated("a.test", "b.test"),
+        "the outbound stream did not authenticate: {:?}",
+        st.events
+    );
+    st.events.clear();
+    st.wire.clear();
+    let stanzas: Vec<String> = (0..COST_STANZAS).map(message).collect();
+    let mut per = Vec::new();
+    for _ in 0..COST_ROUNDS {
+        let t0 = thread_cpu_ns();
+        for (i, s) in stanzas.iter().enumerate() {
+            st.proto
+                .send_stanza("a.test", "b.test", s.as_bytes(), now)
+                .expect("the stream takes the stanza");
+            st.pump();
+            if i % 64 == 63 {
+                st.wire.clear();
+            }
+        }
+        per.push(thread_cpu_ns() - t0);
+        st.wire.clear();
+    }
+    let ns = median(per) as f64 / COST_STANZAS as f64;
+    println!("TLS output: {ns:.1} ns of CPU per stanza (median of {COST_ROUNDS} rounds of {COST_STANZAS})");
 }
