@@ -529,14 +529,19 @@ impl<P: Proto> ConnState<P> {
         let mut rd = data;
         // At least one pass even for no new bytes: plaintext may be buffered in rustls
         // from the handshake (a peer that sent its stream header right after Finished).
-        // Bounded: every pass but the last consumes some of `rd` (`read_tls` takes at
-        // least one byte of a non-empty reader, or fails).
+        // Bounded: every pass but the last consumes some of `rd`.
         for _ in 0..=data.len() {
             let c = tls.conn();
             if !rd.is_empty() {
-                if let Err(e) = c.read_tls(&mut rd) {
-                    self.proto.handle_tls_failed(&e.to_string());
-                    break;
+                match c.read_tls(&mut rd) {
+                    Err(e) => {
+                        self.proto.handle_tls_failed(&e.to_string());
+                        break;
+                    }
+                    // The peer's close_notify came: rustls takes nothing after it, the
+                    // rest is dropped (this loop waited for it to be taken forever).
+                    Ok(0) => rd = &[],
+                    Ok(_) => {}
                 }
             }
             let plaintext = match c.process_new_packets() {

@@ -200,6 +200,36 @@ fn a_transmit_buffer_larger_than_rustls_limit_is_encrypted_whole() {
     assert_eq!(decrypt(&mut client, &wire), plain);
 }
 
+#[test]
+fn bytes_after_the_peers_close_notify_are_dropped() {
+    let (mut client, server) = tls_pair();
+    let now = Instant::now();
+    let proto = S2sConnection::inbound(
+        config(Limits::default()),
+        1,
+        Some((Vec::new(), UnixTime::now())),
+        now,
+    );
+    let mut st = ConnState::new(proto, Some(Tls::Server(server)));
+    let mut records = Vec::new();
+    client
+        .writer()
+        .write_all(HEADER.as_bytes())
+        .expect("client plaintext");
+    client.send_close_notify();
+    while client.wants_write() {
+        client.write_tls(&mut records).expect("client records");
+    }
+    // Then the start of a record rustls will never take (it reads 4 KiB at a time, so
+    // this arrives after it has seen the close_notify).
+    records.extend_from_slice(&[23, 3, 3, 0x40, 0]);
+    records.extend(std::iter::repeat_n(0u8, 16 * 1024));
+    st.input(&records, now);
+    st.pump();
+    let sent = String::from_utf8(decrypt(&mut client, &st.wire)).expect("UTF-8");
+    assert!(sent.contains("<stream:features"), "sent: {sent}");
+}
+
 // ----- cost of the TLS paths (measurements, not run by default) -----
 
 /// CPU time of the calling thread so far (`CLOCK_THREAD_CPUTIME_ID`, nanoseconds).
