@@ -36,8 +36,10 @@
 //!     `verify_certificates = false` (WebEx-style: TLS that only encrypts), with the
 //!     self-signed certificates fedrouter generates for `a.test` and the bench for
 //!     `b.test`.
-//! - **Router cost** (plain mode, `--router-streams`, default 100, authenticated client
-//!   streams, fresh fedrouter). `--stanzas` M (default 200,000)
+//! - **Router cost** (`--router-modes`, default `plain,tls`: the streams of the idle
+//!   case's mode, a fresh fedrouter per mode; `--router-streams`, default 100,
+//!   authenticated client streams). In `tls`, every stanza is decrypted on its client
+//!   stream and its error reply encrypted on fedrouter's outbound stream. `--stanzas` M (default 200,000)
 //!   `<message from='u@b.test' to='nobody@a.test' type='chat' id='N'><body>…</body></message>`
 //!   are sent over the client streams. fedrouter routes each to the shard of
 //!   `nobody@a.test`, which has no session and answers `service-unavailable`; the error goes
@@ -69,12 +71,12 @@
 //! `cargo bench --bench streams` builds `fedrouter` with `cargo build --release --bin
 //! fedrouter` first (or uses `$FEDROUTER_BIN`). Options after `--`:
 //! `--streams 1000,10000`, `--modes plain,tls`, `--concurrency 200`,
-//! `--router-streams 100`, `--stanzas 200000`, `--window 1000`, `--no-router`,
+//! `--router-streams 100`, `--router-modes plain,tls`, `--stanzas 200000`, `--window 1000`, `--no-router`,
 //! `--no-idle`, `--open-timeout 300` (seconds per case); for experiments `--shards N`
 //! (default 2), `--rust-log FILTER` (fedrouter's `RUST_LOG`, default `fedrouter=info`) and
 //! `--s2s KEY=VALUE` (an extra `[s2s]` line, e.g. `--s2s queue_per_domain=100000`).
 //! Environment variables reach fedrouter (e.g. `MIMALLOC_PURGE_DELAY=0`). Uses
-//! 127.0.9.1:5269 and 127.0.9.2:5269; raises `RLIMIT_NOFILE` to its hard limit (10,000 streams need about
+//! 127.0.9.1:5269 and 127.0.9.2:5269 (`--net 127.X.Y`: 127.X.Y.1 and 127.X.Y.2 instead); raises `RLIMIT_NOFILE` to its hard limit (10,000 streams need about
 //! 10,100 descriptors in each process). Logs and configurations go to
 //! `target/bench-streams/`.
 
@@ -100,10 +102,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+/// The loopback network used unless `--net` says otherwise: fedrouter's S2S listener on
+/// `.1:5269`, the bench's authoritative server for `b.test` on `.2:5269`.
+const NET: &str = "127.0.9";
+
+/// The network in use (`--net`), set once at start.
+static NET_IN_USE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// fedrouter's S2S listener.
-const FR_ADDR: &str = "127.0.9.1:5269";
+fn fr_addr() -> String {
+    format!("{}.1:5269", NET_IN_USE.get().map_or(NET, String::as_str))
+}
+
 /// The bench's authoritative server for `b.test`.
-const B_ADDR: &str = "127.0.9.2:5269";
+fn b_addr() -> String {
+    format!("{}.2:5269", NET_IN_USE.get().map_or(NET, String::as_str))
+}
 /// fedrouter's domain.
 const A_DOMAIN: &str = "a.test";
 /// The bench's domain.
@@ -160,6 +174,8 @@ struct Args {
     window: usize,
     idle: bool,
     router: bool,
+    /// Modes of the router run (`--router-modes`), one fresh fedrouter each.
+    router_modes: Vec<Mode>,
     open_timeout: Duration,
     /// `RUST_LOG` for fedrouter.
     rust_log: String,
@@ -173,9 +189,21 @@ fn usage(problem: &str) -> ! {
     eprintln!(
         "streams bench: {problem}\n\
          options: --streams N[,N..] --modes plain,tls --concurrency N --router-streams N \
-         --stanzas N --window N --open-timeout SECONDS --rust-log FILTER --shards N --s2s KEY=VALUE --no-idle --no-router"
+         --router-modes plain,tls --net 127.0.9 --stanzas N --window N --open-timeout SECONDS --rust-log FILTER --shards N --s2s KEY=VALUE --no-idle --no-router"
     );
     std::process::exit(2)
+}
+
+/// A `--modes` list.
+fn modes(v: Option<String>, what: &str) -> Vec<Mode> {
+    let v = v.unwrap_or_else(|| usage(&format!("{what} needs a list")));
+    v.split(',')
+        .map(|m| match m {
+            "plain" => Mode::Plain,
+            "tls" => Mode::Tls,
+            other => usage(&format!("unknown mode {other:?}")),
+        })
+        .collect()
 }
 
 fn parse_args() -> Args {
@@ -188,6 +216,7 @@ fn parse_args() -> Args {
         window: 1_000,
         idle: true,
         router: true,
+        router_modes: vec![Mode::Plain, Mode::Tls],
         open_timeout: Duration::from_secs(300),
         rust_log: "fedrouter=info".to_owned(),
         shards: SHARDS,
@@ -210,16 +239,18 @@ fn parse_args() -> Args {
                     .map(|s| num(Some(s.to_owned()), "--streams"))
                     .collect();
             }
-            "--modes" => {
-                let v = it.next().unwrap_or_else(|| usage("--modes needs a list"));
-                a.modes = v
-                    .split(',')
-                    .map(|m| match m {
-                        "plain" => Mode::Plain,
-                        "tls" => Mode::Tls,
-                        other => usage(&format!("unknown mode {other:?}")),
-                    })
-                    .collect();
+            "--modes" => a.modes = modes(it.next(), "--modes"),
+            "--router-modes" => a.router_modes = modes(it.next(), "--router-modes"),
+            "--net" => {
+                let v = it.next().unwrap_or_else(|| usage("--net needs 127.X.Y"));
+                let octets: Vec<&str> = v.split('.').collect();
+                if octets.len() != 3
+                    || octets[0] != "127"
+                    || octets.iter().any(|o| o.parse::<u8>().is_err())
+                {
+                    usage("--net needs the first three octets of a loopback address, 127.X.Y");
+                }
+                let _ = NET_IN_USE.set(v);
             }
             "--concurrency" => a.concurrency = num(it.next(), "--concurrency"),
             "--router-streams" => a.router_streams = num(it.next(), "--router-streams"),
@@ -395,13 +426,13 @@ shards = {shards}
 data_dir = "{data}"
 
 [listen]
-s2s = ["{FR_ADDR}"]
+s2s = ["{fr_addr}"]
 s2s_tls = []
 c2s = []
 admin = ""
 
 [dns.static]
-"{B_DOMAIN}" = "{B_ADDR}"
+"{B_DOMAIN}" = "{b_addr}"
 
 [s2s]
 idle_timeout = "0s"
@@ -421,6 +452,8 @@ auth = "dialback"
 verify_certificates = false
 "#,
             data = data.path().display(),
+            fr_addr = fr_addr(),
+            b_addr = b_addr(),
             shards = args.shards,
             extra = args.s2s_extra.join("\n"),
         );
@@ -456,7 +489,7 @@ verify_certificates = false
     /// is closed at once, before sending anything.
     fn wait_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let addr: std::net::SocketAddr = FR_ADDR.parse().expect("FR_ADDR");
+        let addr: std::net::SocketAddr = fr_addr().parse().expect("fedrouter's address");
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
@@ -841,7 +874,7 @@ async fn authoritative(tcp: TcpStream, nonce: u64, ctx: Arc<Ctx>) {
 
 /// Opens one client stream `b.test` → `a.test` and drives it to authenticated.
 async fn open_client(ctx: &Ctx) -> Result<Io, String> {
-    let tcp = TcpStream::connect(FR_ADDR)
+    let tcp = TcpStream::connect(fr_addr())
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
@@ -1055,6 +1088,7 @@ impl IdleRow {
 }
 
 struct RouterRow {
+    mode: Mode,
     streams: usize,
     stanzas: usize,
     replies: u64,
@@ -1143,11 +1177,16 @@ async fn idle_case(
     (row, notes)
 }
 
-async fn router_case(ctx: &Arc<Ctx>, bin: &Path, args: &Args) -> (RouterRow, CaseNotes) {
+async fn router_case(
+    ctx: &Arc<Ctx>,
+    bin: &Path,
+    mode: Mode,
+    args: &Args,
+) -> (RouterRow, CaseNotes) {
     ctx.reset();
-    let label = "router-plain".to_owned();
+    let label = format!("router-{}", mode.name());
     eprintln!("streams bench: {label}: starting fedrouter");
-    let mut fr = Fedrouter::start(bin, Mode::Plain, &label, args);
+    let mut fr = Fedrouter::start(bin, mode, &label, args);
     let pid = fr.pid();
     let mut tasks = first_stream(ctx, &fr, args.concurrency).await;
     // The first stream stays idle; the senders are opened holding back their jobs until
@@ -1189,6 +1228,7 @@ async fn router_case(ctx: &Arc<Ctx>, bin: &Path, args: &Args) -> (RouterRow, Cas
     let replies = ctx.replies.load(Relaxed);
     let hz = clock_ticks_per_second();
     let row = RouterRow {
+        mode,
         streams: senders,
         stanzas: m,
         replies,
@@ -1218,7 +1258,7 @@ async fn router_case(ctx: &Arc<Ctx>, bin: &Path, args: &Args) -> (RouterRow, Cas
 
 // ----- report ------------------------------------------------------------------------------------
 
-fn print_report(args: &Args, idle: &[IdleRow], router: Option<&RouterRow>, notes: &[CaseNotes]) {
+fn print_report(args: &Args, idle: &[IdleRow], router: &[RouterRow], notes: &[CaseNotes]) {
     let shards = args.shards;
     println!();
     if !idle.is_empty() {
@@ -1262,13 +1302,11 @@ fn print_report(args: &Args, idle: &[IdleRow], router: Option<&RouterRow>, notes
         }
         println!();
     }
-    if let Some(r) = router {
-        let secs = r.elapsed.as_secs_f64();
+    if !router.is_empty() {
+        println!("Router: S2S in -> nobody@a.test (service-unavailable) -> S2S out (one run each)");
         println!(
-            "Router: S2S in -> nobody@a.test (service-unavailable) -> S2S out (plain, one run)"
-        );
-        println!(
-            "{:>8} {:>8} {:>9} {:>9} {:>11} {:>11} {:>15} {:>13}",
+            "{:<6} {:>8} {:>8} {:>9} {:>9} {:>11} {:>11} {:>15} {:>13}",
+            "mode",
             "streams",
             "stanzas",
             "replies",
@@ -1278,8 +1316,12 @@ fn print_report(args: &Args, idle: &[IdleRow], router: Option<&RouterRow>, notes
             "fr CPU µs/st",
             "bench CPU s"
         );
+    }
+    for r in router {
+        let secs = r.elapsed.as_secs_f64();
         println!(
-            "{:>8} {:>8} {:>9} {:>9.2} {:>11.0} {:>11.2} {:>15.2} {:>13.2}",
+            "{:<6} {:>8} {:>8} {:>9} {:>9.2} {:>11.0} {:>11.2} {:>15.2} {:>13.2}",
+            r.mode.name(),
             r.streams,
             r.stanzas,
             r.replies,
@@ -1298,6 +1340,8 @@ fn print_report(args: &Args, idle: &[IdleRow], router: Option<&RouterRow>, notes
         if r.non_error > 0 {
             println!("  {} replies were not type='error'", r.non_error);
         }
+    }
+    if !router.is_empty() {
         let a = shard_of(&bare_key(RECIPIENT), shards);
         let b = shard_of(B_DOMAIN, shards);
         println!(
@@ -1354,9 +1398,9 @@ fn main() {
         .expect("tokio runtime");
     rt.block_on(async {
         let ctx = Arc::new(build_ctx());
-        let l = TcpListener::bind(B_ADDR)
+        let l = TcpListener::bind(b_addr())
             .await
-            .unwrap_or_else(|e| panic!("binding the authoritative server on {B_ADDR}: {e}"));
+            .unwrap_or_else(|e| panic!("binding the authoritative server on {}: {e}", b_addr()));
         tokio::spawn(authoritative_listener(l, Arc::clone(&ctx)));
 
         let mut idle = Vec::new();
@@ -1370,13 +1414,14 @@ fn main() {
                 }
             }
         }
-        let router = if args.router {
-            let (row, note) = router_case(&ctx, &bin, &args).await;
-            notes.push(note);
-            Some(row)
-        } else {
-            None
-        };
-        print_report(&args, &idle, router.as_ref(), &notes);
+        let mut router = Vec::new();
+        if args.router {
+            for &mode in &args.router_modes {
+                let (row, note) = router_case(&ctx, &bin, mode, &args).await;
+                notes.push(note);
+                router.push(row);
+            }
+        }
+        print_report(&args, &idle, &router, &notes);
     });
 }

@@ -18,10 +18,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::io::{Read as _, Write as _};
+use std::io::{BufRead as _, Write as _};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Instant;
 
+use bytes::BytesMut;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::Notify;
 use tokio_uring::net::TcpStream;
@@ -36,6 +37,9 @@ pub(crate) trait Proto {
     /// What the machine asks the runtime to act on.
     type Event;
     fn handle_input(&mut self, data: &[u8], now: Instant);
+    /// `handle_input` for `len` bytes that `fill` appends straight into the protocol's
+    /// receive buffer; `fill` is not called when the stream takes no input.
+    fn handle_input_with(&mut self, len: usize, fill: impl FnOnce(&mut BytesMut), now: Instant);
     /// The TLS handshake completed at `now` (monotonic) and `at` (wall clock, for the
     /// peer certificate's validity).
     fn handle_tls_established(
@@ -47,6 +51,8 @@ pub(crate) trait Proto {
     fn handle_tls_failed(&mut self, reason: &str);
     fn handle_timeout(&mut self, now: Instant);
     fn poll_transmit(&mut self, into: &mut Vec<u8>) -> usize;
+    /// Hands the bytes to send to `take` in place (not called when there are none).
+    fn poll_transmit_with(&mut self, take: impl FnOnce(&[u8])) -> usize;
     fn pending_transmit(&self) -> usize;
     fn poll_event(&mut self) -> Option<Self::Event>;
     fn poll_timeout(&self) -> Option<Instant>;
@@ -70,6 +76,14 @@ macro_rules! proto {
             fn handle_input(&mut self, data: &[u8], now: Instant) {
                 <$t>::handle_input(self, data, now)
             }
+            fn handle_input_with(
+                &mut self,
+                len: usize,
+                fill: impl FnOnce(&mut BytesMut),
+                now: Instant,
+            ) {
+                <$t>::handle_input_with(self, len, fill, now)
+            }
             fn handle_tls_failed(&mut self, reason: &str) {
                 <$t>::handle_tls_failed(self, reason)
             }
@@ -78,6 +92,9 @@ macro_rules! proto {
             }
             fn poll_transmit(&mut self, into: &mut Vec<u8>) -> usize {
                 <$t>::poll_transmit(self, into)
+            }
+            fn poll_transmit_with(&mut self, take: impl FnOnce(&[u8])) -> usize {
+                <$t>::poll_transmit_with(self, take)
             }
             fn pending_transmit(&self) -> usize {
                 <$t>::pending_transmit(self)
@@ -197,6 +214,57 @@ macro_rules! tls_conn {
 tls_conn!(rustls::ClientConnection);
 tls_conn!(rustls::ServerConnection);
 
+/// Moves up to `max` bytes of the plaintext rustls has decrypted to `to`, chunk by chunk
+/// in place (`BufRead` over rustls's buffer: no copy of ours between).
+fn take_plaintext(reader: &mut rustls::Reader<'_>, max: usize, mut to: impl FnMut(&[u8])) {
+    let mut left = max;
+    // Bounded: every pass but the last takes at least one byte of `left`.
+    for _ in 0..=max {
+        if left == 0 {
+            break;
+        }
+        // WouldBlock: no more plaintext now; Ok(empty): the peer's close_notify.
+        let Ok(chunk) = reader.fill_buf() else {
+            break;
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        let n = chunk.len().min(left);
+        to(&chunk[..n]);
+        reader.consume(n);
+        left -= n;
+    }
+}
+
+/// Encrypts `plain` into TLS records appended to `wire`. rustls holds at most its buffer
+/// limit (64 KiB) of records not yet taken, so the records are moved to `wire` as they
+/// are made: a transmit buffer larger than that is encrypted whole, none of it dropped.
+fn encrypt_into(c: &mut dyn TlsConn, mut plain: &[u8], wire: &mut Vec<u8>) {
+    // Bounded: every pass but the last encrypts at least one byte.
+    for _ in 0..=plain.len() {
+        if plain.is_empty() {
+            break;
+        }
+        match c.writer().write(plain) {
+            Ok(n) if n > 0 => plain = &plain[n..],
+            _ => break,
+        }
+        flush_tls(c, wire);
+    }
+}
+
+/// Moves every TLS record rustls has ready to `wire`.
+fn flush_tls(c: &mut dyn TlsConn, wire: &mut Vec<u8>) {
+    // Bounded: rustls holds at most its buffer limit, and each pass into a `Vec` takes
+    // at least one record (or fails).
+    for _ in 0..1024 {
+        if !c.wants_write() || c.write_tls(wire).is_err() {
+            break;
+        }
+    }
+}
+
 /// Everything about a connection except its socket: what moves to another shard on a
 /// hand-off.
 pub(crate) struct ConnState<P: Proto = S2sConnection> {
@@ -223,8 +291,6 @@ pub(crate) struct ConnState<P: Proto = S2sConnection> {
     /// A verification or authentication was already acted on here: the connection stays
     /// on this shard (verdicts come back addressed to it).
     pub pinned: bool,
-    /// Scratch for decrypted bytes.
-    plain: Vec<u8>,
     /// Read times of the stanzas now in `wire` (routing latency, taken by the writer).
     pub marks: Vec<Instant>,
     /// When the connection was set up (negotiation time).
@@ -287,7 +353,6 @@ impl<P: Proto> ConnState<P> {
             handing_off: false,
             moved: false,
             pinned: false,
-            plain: Vec::new(),
             marks: Vec::new(),
             started: Instant::now(),
             taken: 0,
@@ -452,7 +517,9 @@ impl<P: Proto> ConnState<P> {
     }
 
     /// Feeds bytes read from the socket: through TLS when on, then into the protocol.
-    /// A TLS error closes the stream ([`Proto::handle_tls_failed`]).
+    /// A TLS error closes the stream ([`Proto::handle_tls_failed`]). TLS plaintext goes
+    /// from rustls's buffer straight into the protocol's receive buffer
+    /// ([`Proto::handle_input_with`]), one copy, with no buffer of the driver's between.
     pub fn input(&mut self, data: &[u8], now: Instant) {
         let Some(tls) = self.tls.as_mut() else {
             self.proto.handle_input(data, now);
@@ -462,45 +529,52 @@ impl<P: Proto> ConnState<P> {
         let mut rd = data;
         // At least one pass even for no new bytes: plaintext may be buffered in rustls
         // from the handshake (a peer that sent its stream header right after Finished).
-        loop {
+        // Bounded: every pass but the last consumes some of `rd`.
+        for _ in 0..=data.len() {
             let c = tls.conn();
             if !rd.is_empty() {
-                if let Err(e) = c.read_tls(&mut rd) {
+                match c.read_tls(&mut rd) {
+                    Err(e) => {
+                        self.proto.handle_tls_failed(&e.to_string());
+                        break;
+                    }
+                    // The peer's close_notify came: rustls takes nothing after it, the
+                    // rest is dropped (this loop waited for it to be taken forever).
+                    Ok(0) => rd = &[],
+                    Ok(_) => {}
+                }
+            }
+            let plaintext = match c.process_new_packets() {
+                Ok(io) => io.plaintext_bytes_to_read(),
+                Err(e) => {
+                    // Send the alert rustls queued, then give up.
+                    let _ = c.write_tls(&mut self.wire);
                     self.proto.handle_tls_failed(&e.to_string());
                     break;
                 }
-            }
-            if let Err(e) = c.process_new_packets() {
-                // Send the alert rustls queued, then give up.
-                let _ = c.write_tls(&mut self.wire);
-                self.proto.handle_tls_failed(&e.to_string());
-                break;
-            }
-            self.plain.clear();
-            let mut reader = c.reader();
-            let mut chunk = [0u8; 4096];
-            loop {
-                match reader.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => self.plain.extend_from_slice(&chunk[..n]),
-                    Err(_) => break, // WouldBlock: no more plaintext now
-                }
-            }
+            };
+            // The handshake's end first: the stream restarts (RFC 6120 §5.4.3.3) before
+            // the plaintext that came with it, the peer's new stream header, is fed.
             if self.tls_handshaking && !tls.is_handshaking() {
                 self.tls_handshaking = false;
                 let chain = tls.peer_chain();
                 self.proto
                     .handle_tls_established(chain, now, rustls::pki_types::UnixTime::now());
             }
-            if !self.plain.is_empty() {
-                self.proto.handle_input(&self.plain, now);
+            if plaintext > 0 {
+                let mut reader = tls.conn().reader();
+                self.proto.handle_input_with(
+                    plaintext,
+                    |buf| take_plaintext(&mut reader, plaintext, |p| buf.extend_from_slice(p)),
+                    now,
+                );
+                // What the stream did not take (it is closed): dropped, as the protocol
+                // drops input then.
+                take_plaintext(&mut reader, plaintext, |_| {});
             }
             if rd.is_empty() {
                 break;
             }
-        }
-        if self.plain.capacity() > 4 * 1024 {
-            self.plain = Vec::new();
         }
         self.collect_events();
     }
@@ -520,22 +594,13 @@ impl<P: Proto> ConnState<P> {
                 self.proto.poll_transmit(&mut self.wire);
             }
             Some(tls) => {
-                if !self.tls_handshaking && self.proto.pending_transmit() > 0 {
-                    self.plain.clear();
-                    self.proto.poll_transmit(&mut self.plain);
-                    let _ = tls.conn().writer().write_all(&self.plain);
-                    self.plain.clear();
-                    if self.plain.capacity() > 4 * 1024 {
-                        // A large stanza went out: idle streams must not keep its buffer.
-                        self.plain = Vec::new();
-                    }
-                }
                 let c = tls.conn();
-                while c.wants_write() {
-                    if c.write_tls(&mut self.wire).is_err() {
-                        break;
-                    }
+                if !self.tls_handshaking {
+                    let wire = &mut self.wire;
+                    self.proto
+                        .poll_transmit_with(|bytes| encrypt_into(c, bytes, wire));
                 }
+                flush_tls(c, &mut self.wire);
             }
         }
     }
@@ -557,11 +622,7 @@ impl<P: Proto> ConnState<P> {
         if let Some(tls) = self.tls.as_mut() {
             let c = tls.conn();
             c.send_close_notify();
-            while c.wants_write() {
-                if c.write_tls(&mut self.wire).is_err() {
-                    break;
-                }
-            }
+            flush_tls(c, &mut self.wire);
         }
     }
 
@@ -666,3 +727,7 @@ const _: () = {
     assert_send::<Handoff>();
     assert_send::<Handoff<C2sConnection>>();
 };
+
+#[cfg(test)]
+#[path = "conn_tests.rs"]
+mod tests;

@@ -488,8 +488,16 @@ where
             return Err("connection closed during the TLS handshake".into());
         }
         let mut rd = &buf[..n];
-        while !rd.is_empty() {
-            tls.read_tls(&mut rd).map_err(|e| e.to_string())?;
+        // Bounded: every pass but the last consumes some of `rd`.
+        for _ in 0..=n {
+            if rd.is_empty() {
+                break;
+            }
+            // 0: the peer's close_notify came (right after its Finished); rustls takes
+            // nothing after it (this loop waited for it to be taken forever).
+            if tls.read_tls(&mut rd).map_err(|e| e.to_string())? == 0 {
+                break;
+            }
             if let Err(e) = tls.process_new_packets() {
                 let mut out = Vec::new();
                 let _ = tls.write_tls(&mut out);

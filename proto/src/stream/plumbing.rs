@@ -98,11 +98,30 @@ impl<E> Plumbing<E> {
 
     // ----- outputs -----
 
-    /// See `S2sConnection::poll_transmit`.
+    /// See `S2sConnection::poll_transmit`. When `into` is empty the two buffers are
+    /// swapped instead of copied: `into` takes the transmit buffer, and the transmit
+    /// buffer continues in `into`'s (emptied) memory.
     pub(super) fn poll_transmit(&mut self, into: &mut Vec<u8>) -> usize {
         let n = self.out.len();
-        into.extend_from_slice(&self.out);
-        self.out.clear();
+        if n == 0 {
+            return 0;
+        }
+        if into.is_empty() {
+            std::mem::swap(into, &mut self.out);
+        } else {
+            into.extend_from_slice(&self.out);
+            self.out.clear();
+        }
+        n
+    }
+
+    /// See `S2sConnection::poll_transmit_with`.
+    pub(super) fn poll_transmit_with(&mut self, take: impl FnOnce(&[u8])) -> usize {
+        let n = self.out.len();
+        if n > 0 {
+            take(&self.out);
+            self.out.clear();
+        }
         n
     }
 
@@ -170,9 +189,10 @@ impl<E> Plumbing<E> {
 
     // ----- frames -----
 
-    /// Buffers bytes received from the peer.
-    pub(super) fn feed(&mut self, data: &[u8]) {
-        self.framer.feed(data);
+    /// Buffers bytes received from the peer: `len` of them, which `fill` appends straight
+    /// into the framer's receive buffer ([`Framer::feed_with`]).
+    pub(super) fn feed_with(&mut self, len: usize, fill: impl FnOnce(&mut bytes::BytesMut)) {
+        self.framer.feed_with(len, fill);
     }
 
     /// The next frame the peer's bytes hold; a framing error comes with the stream error

@@ -115,7 +115,8 @@ const INITIAL_BUFFER: usize = 16 * 1024;
 
 /// A push-style, zero-copy framer for one direction of an XMPP stream (RFC 6120 §4).
 ///
-/// Feed it bytes with [`Framer::feed`] (or read straight into [`Framer::buffer_mut`]),
+/// Feed it bytes with [`Framer::feed`] (or have them written straight into its receive
+/// buffer with [`Framer::feed_with`]),
 /// then call [`Framer::next_frame`] until it returns `Ok(None)`. It yields the
 /// [`StreamHeader`], each top-level [`Element`] (a [`Bytes`](bytes::Bytes) view of the buffer, never
 /// copied), and [`Frame::Close`]. Errors are fatal and sticky; map them to a stream error
@@ -175,18 +176,31 @@ impl Framer {
 
     /// Appends received bytes. Nothing is parsed until [`Framer::next_frame`].
     pub fn feed(&mut self, data: &[u8]) {
+        self.feed_with(data.len(), |buf| buf.extend_from_slice(data));
+    }
+
+    /// Appends received bytes written by `fill` straight into the receive buffer, for a
+    /// caller that would otherwise copy them through a buffer of its own first (the
+    /// runtime moves TLS plaintext from rustls here). `len`: how many bytes `fill` is
+    /// about to append; room for them is made first, as [`Framer::feed`] does for its
+    /// data, so that appending them does not reallocate. `fill` may only append (the
+    /// bytes already buffered must stay as they are); appending more than `len` is
+    /// allowed but may reallocate. `fill` is not called once the stream is closed or has
+    /// failed: those bytes are dropped, as [`Framer::feed`] drops them. Nothing is parsed
+    /// until [`Framer::next_frame`].
+    pub fn feed_with(&mut self, len: usize, fill: impl FnOnce(&mut BytesMut)) {
         if self.phase == Phase::Closed || self.failed.is_some() {
             return;
         }
         if self.buf.capacity() == 0 {
             // First bytes, or the first since `release_idle_buffer`.
-            self.buf = BytesMut::with_capacity(data.len().max(INITIAL_BUFFER));
-        } else if self.buf.capacity() - self.buf.len() < data.len()
-            && !self.buf.try_reclaim(data.len())
-        {
-            self.next_buffer(data.len());
+            self.buf = BytesMut::with_capacity(len.max(INITIAL_BUFFER));
+        } else if self.buf.capacity() - self.buf.len() < len && !self.buf.try_reclaim(len) {
+            self.next_buffer(len);
         }
-        self.buf.extend_from_slice(data);
+        let before = self.buf.len();
+        fill(&mut self.buf);
+        debug_assert!(self.buf.len() >= before, "feed_with: fill may only append");
     }
 
     /// The buffer is full and elements split off it are still alive (or it must grow):

@@ -308,9 +308,19 @@ impl C2sConnection {
 
     // ----- outputs -----
 
-    /// Appends the bytes to send to `into` and forgets them. Returns how many.
+    /// Appends the bytes to send to `into` and forgets them. Returns how many. When
+    /// `into` is empty, its memory and the stream's transmit buffer are swapped instead
+    /// of copied (the runtime's write buffer takes the bytes as they are).
     pub fn poll_transmit(&mut self, into: &mut Vec<u8>) -> usize {
         self.io.poll_transmit(into)
+    }
+
+    /// Hands the bytes to send to `take` in place, then forgets them (`take` is not
+    /// called when there are none). Returns how many. For a runtime that encrypts them
+    /// (TLS, RFC 6120 §5) straight from the stream's transmit buffer instead of copying
+    /// them out first with [`Self::poll_transmit`].
+    pub fn poll_transmit_with(&mut self, take: impl FnOnce(&[u8])) -> usize {
+        self.io.poll_transmit_with(take)
     }
 
     /// Bytes waiting to be sent (for back-pressure decisions).
@@ -355,11 +365,26 @@ impl C2sConnection {
     /// Feeds bytes received from the client (after TLS, the decrypted bytes). Ignored
     /// while the TLS handshake is pending: those bytes are TLS records for rustls.
     pub fn handle_input(&mut self, data: &[u8], now: Instant) {
+        self.handle_input_with(data.len(), |buf| buf.extend_from_slice(data), now);
+    }
+
+    /// [`Self::handle_input`] for bytes that `fill` appends straight into the stream's
+    /// receive buffer (the runtime moves TLS plaintext there from rustls without a buffer
+    /// of its own): `len` is how many it is about to append, see
+    /// [`Framer::feed_with`](crate::xml::Framer::feed_with). `fill` is not called when
+    /// the stream takes no input (closed, or the TLS handshake pending): the caller
+    /// drops those bytes.
+    pub fn handle_input_with(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut bytes::BytesMut),
+        now: Instant,
+    ) {
         if matches!(self.state, State::Closed | State::ExpectTls) {
             return;
         }
         self.last_rx = now;
-        self.io.feed(data);
+        self.io.feed_with(len, fill);
         if self.is_paused(now) {
             let limits = self.cfg.limits;
             if self.io.framer.buffered() > limits.max_element_size + limits.max_header_size {

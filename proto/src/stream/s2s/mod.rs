@@ -293,9 +293,19 @@ impl S2sConnection {
 
     // ----- outputs -----
 
-    /// Appends the bytes to send to `into` and forgets them. Returns how many.
+    /// Appends the bytes to send to `into` and forgets them. Returns how many. When
+    /// `into` is empty, its memory and the stream's transmit buffer are swapped instead
+    /// of copied (the runtime's write buffer takes the bytes as they are).
     pub fn poll_transmit(&mut self, into: &mut Vec<u8>) -> usize {
         self.io.poll_transmit(into)
+    }
+
+    /// Hands the bytes to send to `take` in place, then forgets them (`take` is not
+    /// called when there are none). Returns how many. For a runtime that encrypts them
+    /// (TLS, RFC 6120 §5) straight from the stream's transmit buffer instead of copying
+    /// them out first with [`Self::poll_transmit`].
+    pub fn poll_transmit_with(&mut self, take: impl FnOnce(&[u8])) -> usize {
+        self.io.poll_transmit_with(take)
     }
 
     /// Gives idle buffers back (the framer's receive buffer when nothing is buffered,
@@ -344,10 +354,24 @@ impl S2sConnection {
 
     /// Feeds bytes received from the peer (plaintext: after TLS, the decrypted bytes).
     pub fn handle_input(&mut self, data: &[u8], now: Instant) {
+        self.handle_input_with(data.len(), |buf| buf.extend_from_slice(data), now);
+    }
+
+    /// [`Self::handle_input`] for bytes that `fill` appends straight into the stream's
+    /// receive buffer (the runtime moves TLS plaintext there from rustls without a buffer
+    /// of its own): `len` is how many it is about to append, see
+    /// [`Framer::feed_with`](crate::xml::Framer::feed_with). `fill` is not called when
+    /// the stream takes no more input (closed): the caller drops those bytes.
+    pub fn handle_input_with(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut bytes::BytesMut),
+        now: Instant,
+    ) {
         if matches!(self.state, State::Closed) {
             return;
         }
-        self.io.feed(data);
+        self.io.feed_with(len, fill);
         self.process(now);
     }
 
