@@ -3,7 +3,7 @@
 //! others' stanzas (error replies, §8.3) or for its users (presence, RFC 6121), built
 //! directly as [`Element`]s with [`ElementBuilder`].
 
-use crate::xml::{Element, ElementBuilder};
+use crate::xml::{Element, ElementBuilder, StanzaArena};
 
 /// The three stanza kinds of RFC 6120 §8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,13 +111,45 @@ pub fn error_reply(
     // Start and end tags, `type='error'`, the `<error>` and condition wrappers, and some
     // room for escaping.
     let capacity = 2 * name.len() + attrs + 224;
-    ElementBuilder::with_capacity(name, capacity)
+    error_reply_with(
+        el,
+        condition,
+        text,
+        by,
+        ElementBuilder::with_capacity(name, capacity),
+    )
+    .finish()
+}
+
+/// [`error_reply`] built in `arena` ([`StanzaArena`]): the same bytes, without an
+/// allocation per reply once the arena is warm (for replies made per received stanza,
+/// such as refusals to an address without an account).
+pub fn error_reply_in(
+    el: &Element,
+    condition: crate::condition::StanzaCondition,
+    text: Option<&str>,
+    by: Option<&str>,
+    arena: &mut StanzaArena,
+) -> Element {
+    let builder = arena.builder(el.name());
+    error_reply_with(el, condition, text, by, builder).finish_in(arena)
+}
+
+/// The attributes and the `<error/>` child of [`error_reply`], on `builder` (started with
+/// `el`'s name).
+fn error_reply_with(
+    el: &Element,
+    condition: crate::condition::StanzaCondition,
+    text: Option<&str>,
+    by: Option<&str>,
+    builder: ElementBuilder,
+) -> ElementBuilder {
+    builder
         .raw_attr_opt("from", el.to())
         .raw_attr_opt("to", el.from())
         .raw_attr_opt("id", el.id())
         .attr("type", "error")
         .child_with(|out| write_error_child(condition, text, by, out))
-        .finish()
 }
 
 /// Appends the `<error/>` child of an error reply (RFC 6120 §8.3.2).
@@ -272,6 +304,19 @@ mod tests {
             (Some("a&apos;b@x"), Some("c&apos;d@y/r"), Some("i&lt;1"))
         );
         assert_eq!(crate::xml::unescape(back.to().unwrap()).unwrap(), "c'd@y/r");
+        // Built in an arena: the same element, again and again (the arena reuses its
+        // buffers).
+        let mut arena = StanzaArena::new(256);
+        for _ in 0..10 {
+            let r = error_reply_in(
+                &el,
+                StanzaCondition::ItemNotFound,
+                Some("gone"),
+                Some("y"),
+                &mut arena,
+            );
+            assert_eq!(r, reply);
+        }
     }
 
     #[test]

@@ -13,11 +13,12 @@ use super::link::{send_to, Link};
 use super::roster::RosterState;
 use super::sessions::Session;
 use super::users::Deferred;
+use crate::condition::StanzaCondition;
 use crate::presence::delivery::{self, SessionView};
 use crate::router::bare_key;
 use crate::runtime::shard::Shard;
 use crate::service::{answer_account, answer_plain_ping, answer_server, Answer};
-use crate::stanza::{error_reply, StanzaKind};
+use crate::stanza::{error_reply_in, StanzaKind};
 use crate::xml::{Element, StanzaArena};
 
 /// Bytes per chunk of [`Delivery`]'s [`StanzaArena`]: as a read buffer's (the framer's
@@ -26,7 +27,8 @@ const ARENA_CHUNK: usize = 16 * 1024;
 
 /// The delivery behaviour; the sessions delivered to are in [`super::users::User`].
 pub(super) struct Delivery {
-    /// Where the answers to pings to the server are written (no allocation each).
+    /// Where the answers to pings to the server and the refusals of
+    /// [`Delivery::refusal`] are written (no allocation each).
     arena: RefCell<StanzaArena>,
 }
 
@@ -36,6 +38,12 @@ impl Delivery {
         Delivery {
             arena: RefCell::new(StanzaArena::new(ARENA_CHUNK)),
         }
+    }
+
+    /// The `condition` error reply to `el` (RFC 6120 §8.3), built in this shard's arena:
+    /// no allocation per reply for the refusals made per received stanza.
+    pub(super) fn refusal(&self, el: &Element, condition: StanzaCondition) -> Element {
+        error_reply_in(el, condition, None, None, &mut self.arena.borrow_mut())
     }
 
     /// A stanza to a local address on this shard: the server itself, or a user.
@@ -152,7 +160,7 @@ impl Delivery {
             }
             delivery::Delivery::Offline => shard.local.offline.store(shard, &bare, el),
             delivery::Delivery::Reply(condition) => {
-                shard.route(error_reply(&el, condition, None, None));
+                shard.route(self.refusal(&el, condition));
             }
             delivery::Delivery::UndeliverableError => {
                 // Never answered (RFC 6120 §8.3.1), but not dropped without a trace: a

@@ -40,7 +40,6 @@ use crate::condition::StanzaCondition;
 use crate::jid::domain_of;
 use crate::offline::{with_delay, worth_storing};
 use crate::runtime::shard::Shard;
-use crate::stanza::error_reply;
 use crate::store::{Change, Op, Outcome, StoreError};
 use crate::xml::{parse_stanza, Element};
 
@@ -80,12 +79,12 @@ impl Offline {
         let max = shard.shared().config.c2s.max_offline_messages;
         if max == 0 {
             count("offline_refused", Some("disabled"), 1);
-            return shard.route(error_reply(
-                &el,
-                StanzaCondition::ServiceUnavailable,
-                None,
-                None,
-            ));
+            return shard.route(
+                shard
+                    .local
+                    .delivery
+                    .refusal(&el, StanzaCondition::ServiceUnavailable),
+            );
         }
         let absent = shard
             .local
@@ -97,12 +96,12 @@ impl Offline {
             // The store just said (or the shard remembers, `c2s.unknown_user_cache`) that
             // there is no such account: the append would fail the same way.
             count("offline_refused", Some("no_such_user"), 1);
-            return shard.route(error_reply(
-                &el,
-                StanzaCondition::ServiceUnavailable,
-                None,
-                None,
-            ));
+            return shard.route(
+                shard
+                    .local
+                    .delivery
+                    .refusal(&el, StanzaCondition::ServiceUnavailable),
+            );
         }
         let change = Change::AppendOffline {
             user: bare.to_owned(),
@@ -132,7 +131,7 @@ impl Offline {
                     }
                 };
                 count("offline_refused", Some(cause), 1);
-                shard.route(error_reply(&el, condition, None, None));
+                shard.route(shard.local.delivery.refusal(&el, condition));
             }),
         );
     }
