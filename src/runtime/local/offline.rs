@@ -77,31 +77,30 @@ impl Offline {
             return count("offline_refused", Some("chat_states_only"), 1);
         }
         let max = shard.shared().config.c2s.max_offline_messages;
-        if max == 0 {
-            count("offline_refused", Some("disabled"), 1);
-            return shard.route(
-                shard
-                    .local
-                    .delivery
-                    .refusal(&el, StanzaCondition::ServiceUnavailable),
-            );
-        }
-        let absent = shard
-            .local
-            .users
-            .borrow()
-            .get(bare)
-            .is_some_and(|u| matches!(u.roster, super::roster::RosterState::NoSuchUser));
-        if absent {
-            // The store just said (or the shard remembers, `c2s.unknown_user_cache`) that
-            // there is no such account: the append would fail the same way.
-            count("offline_refused", Some("no_such_user"), 1);
-            return shard.route(
-                shard
-                    .local
-                    .delivery
-                    .refusal(&el, StanzaCondition::ServiceUnavailable),
-            );
+        // The store just said (or the shard remembers, `c2s.unknown_user_cache`) that
+        // there is no such account: the append would fail the same way.
+        let absent = || {
+            shard
+                .local
+                .users
+                .borrow()
+                .get(bare)
+                .is_some_and(|u| matches!(u.roster, super::roster::RosterState::NoSuchUser))
+        };
+        let refused = if max == 0 {
+            Some("disabled")
+        } else if absent() {
+            Some("no_such_user")
+        } else {
+            None
+        };
+        if let Some(cause) = refused {
+            count("offline_refused", Some(cause), 1);
+            let reply = shard
+                .local
+                .delivery
+                .refusal(&el, StanzaCondition::ServiceUnavailable);
+            return shard.route(reply);
         }
         let change = Change::AppendOffline {
             user: bare.to_owned(),
