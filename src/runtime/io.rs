@@ -164,7 +164,9 @@ async fn reader<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
         }
         last_read = Some(now);
         let before = super::set_read_at(Some(now));
+        let before_now = super::set_now(Some(now));
         let after = P::on_events(&shard, &conn, true);
+        super::set_now(before_now);
         super::set_read_at(before);
         conn.st.borrow_mut().pump();
         conn.wake.notify_one();
@@ -240,15 +242,16 @@ async fn writer<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
             }
             let written = b.len() as u64;
             super::count_bytes(P::PROTO, true, written);
+            // One clock read for the whole write: its stanzas left together.
+            let now = Instant::now();
             super::metrics(|m| {
                 for t in marks.drain(..) {
-                    m.observe(Latency::Routing, t.elapsed());
+                    m.observe(Latency::Routing, now.saturating_duration_since(t));
                 }
             });
             b.clear();
             // Keep a small spare; on a busy stream a large one too, given back after
             // IDLE_TRIM of quiet (below), unless a rare large write made it huge.
-            let now = Instant::now();
             let busy = last_write.is_some_and(|t| now.saturating_duration_since(t) < IDLE_TRIM);
             last_write = Some(now);
             if b.capacity() <= SMALL_SPARE {

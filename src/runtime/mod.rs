@@ -176,6 +176,59 @@ thread_local! {
         const { std::cell::Cell::new(None) };
 }
 
+thread_local! {
+    /// The time of the unit of work being processed on this thread (a socket read, an
+    /// inbox batch), if one is: see [`now`].
+    static NOW: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The current time for per-stanza bookkeeping (hand-off latency, timestamps of queued
+/// stanzas, cache expiry): the time the unit of work being processed started (the socket
+/// read or inbox batch, set with [`set_now`]), else a fresh clock read. One clock read
+/// per read or batch instead of several per stanza (`clock_gettime` was 3-4 % of the
+/// router's CPU at saturation, benches/README.md "Router cost"). Stale by at most the
+/// time the unit takes to process, which no await interrupts: well under a millisecond.
+pub(crate) fn now() -> std::time::Instant {
+    NOW.with(|c| c.get())
+        .unwrap_or_else(std::time::Instant::now)
+}
+
+/// Fixes what [`now`] returns until the next call (`None`: read the clock again); returns
+/// the old value, to be put back when the unit of work is done. Never held across an
+/// `await`.
+pub(crate) fn set_now(t: Option<std::time::Instant>) -> Option<std::time::Instant> {
+    NOW.with(|c| c.replace(t))
+}
+
+/// The shards' io_uring set-up flags: `IORING_SETUP_COOP_TASKRUN` (Linux 5.19) where the
+/// kernel has it. By default the kernel completes a socket operation in the shard's
+/// thread by interrupting it with an inter-processor interrupt when it is running on
+/// another core (`TWA_SIGNAL`); with this flag it only marks the work, which the thread
+/// runs at its next system call (a shard makes several per turn) or wake-up, as it
+/// still wakes a sleeping shard. On this 2-core VM those interrupts were about a fifth
+/// of the router's CPU at saturation (`irqentry_exit_to_user_mode` under
+/// `asm_sysvec_reschedule_ipi`, benches/README.md "Router cost"). Probed once: an older
+/// kernel refuses the flag (`EINVAL`) and gets the default set-up.
+fn uring_setup(builder: &mut tokio_uring::Builder) -> &mut tokio_uring::Builder {
+    static COOP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let coop = *COOP.get_or_init(|| {
+        let ok = tokio_uring::uring_builder()
+            .setup_coop_taskrun()
+            .build(8)
+            .is_ok();
+        if !ok {
+            info!("io_uring: IORING_SETUP_COOP_TASKRUN refused by this kernel; default set-up");
+        }
+        ok
+    });
+    let mut b = tokio_uring::uring_builder();
+    if coop {
+        b.setup_coop_taskrun();
+    }
+    builder.uring_builder(&b)
+}
+
 /// The read time of the stanza being processed, if any.
 pub(crate) fn read_at() -> Option<std::time::Instant> {
     READ_AT.with(|c| c.get())
@@ -402,9 +455,8 @@ impl Server {
                     let shard_span = span.clone();
                     let entries = (shared.config.s2s.max_unauthenticated_per_shard as u32 * 2)
                         .clamp(256, 32768);
-                    tokio_uring::builder()
-                        .entries(entries.next_power_of_two())
-                        .start(async move {
+                    uring_setup(tokio_uring::builder().entries(entries.next_power_of_two())).start(
+                        async move {
                             let resolver = match S2sResolver::new(&dns) {
                                 Ok(r) => r,
                                 Err(e) => {
@@ -418,7 +470,8 @@ impl Server {
                             CURRENT.with(|c| *c.borrow_mut() = Some(Rc::clone(&shard)));
                             Rc::clone(&shard).run(inbox, listeners, &health).await;
                             CURRENT.with(|c| c.borrow_mut().take());
-                        });
+                        },
+                    );
                 })
                 .map_err(StartError::Thread)?;
             threads.push(t);

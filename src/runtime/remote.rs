@@ -293,7 +293,7 @@ impl Remotes {
             let f = Failure::shutdown();
             return self.bounce_queued(shard, el, f.condition, &f.text, BounceCause::Shutdown);
         }
-        let now = Instant::now();
+        let now = super::now();
         let mut remotes = self.map.borrow_mut();
         let r = remote_entry(&mut remotes, d);
         if let Some(until) = r.backoff_until {

@@ -280,17 +280,22 @@ impl Shard {
                 }
                 batch.clear();
                 let got = inbox.drain(&mut batch, 1);
-                if got > 0 && !busy {
-                    idle.arrived(Instant::now());
+                if got == 0 {
+                    self.drain.handled(self.id, 0, false);
+                    break;
                 }
-                busy |= got > 0;
+                // One clock read per batch (`super::now`).
+                let now = Instant::now();
+                if !busy {
+                    idle.arrived(now);
+                }
+                busy = true;
+                let before = super::set_now(Some(now));
                 for msg in batch.drain(..) {
                     self.handle_msg(msg);
                 }
+                super::set_now(before);
                 self.drain.handled(self.id, got as u64, false);
-                if got == 0 {
-                    break;
-                }
                 if i % 64 == 63 {
                     self.outbox.flush(&mut inbox);
                     tokio::task::yield_now().await;
@@ -305,7 +310,8 @@ impl Shard {
         match msg {
             ShardMsg::Route { el, dst, read_at } => {
                 if let Some(t) = read_at {
-                    super::metrics(|m| m.observe(Latency::Handoff, t.elapsed()));
+                    let waited = super::now().saturating_duration_since(t);
+                    super::metrics(|m| m.observe(Latency::Handoff, waited));
                 }
                 let before = super::set_read_at(read_at);
                 match dst {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::arena::StanzaArena;
 use super::element::{Element, Namespace, Span};
-use super::escape::{escape_attr_into, escape_text_into, unescape};
+use super::escape::{escape_attr_into, escape_text_into, needs_attr_escape, unescape};
 
 /// Writes one top-level element (a stanza) and records its routing view as it goes.
 ///
@@ -119,18 +119,32 @@ impl ElementBuilder {
     /// drops when re-addressing.
     ///
     /// Panics: when inner content was already added.
+    #[inline]
     pub fn attr(mut self, name: &str, value: &str) -> ElementBuilder {
+        self.push_attr(name, value, false);
+        self
+    }
+
+    /// Writes ` name='value'` and records the routing spans. `verbatim`: `value` holds
+    /// nothing to escape (checked by the caller) and is copied as is.
+    fn push_attr(&mut self, name: &str, value: &str, verbatim: bool) {
         assert!(
             self.start_tag_end.is_none(),
             "attribute {name:?} added after the element's content"
         );
         debug_assert!(valid_attr_name(name), "bad attribute name {name:?}");
         let whole_start = self.buf.len();
+        self.buf.reserve(name.len() + value.len() + 4);
         self.buf.push(b' ');
         self.buf.extend_from_slice(name.as_bytes());
         self.buf.extend_from_slice(b"='");
         let value_start = self.buf.len();
-        escape_attr_into(value, &mut self.buf);
+        if verbatim {
+            debug_assert!(!needs_attr_escape(value));
+            self.buf.extend_from_slice(value.as_bytes());
+        } else {
+            escape_attr_into(value, &mut self.buf);
+        }
         let value_end = self.buf.len();
         self.buf.push(b'\'');
         let value = Some(Span::new(value_start, value_end));
@@ -147,11 +161,10 @@ impl ElementBuilder {
             "type" => &mut self.type_,
             "id" => &mut self.id,
             "xmlns" => &mut self.xmlns,
-            _ => return self,
+            _ => return,
         };
         debug_assert!(slot.is_none(), "attribute {name:?} added twice");
         *slot = value;
-        self
     }
 
     /// [`ElementBuilder::attr`] when `value` is `Some`; nothing when it is `None`.
@@ -172,9 +185,17 @@ impl ElementBuilder {
     /// value from the framer) is taken as text and escaped.
     ///
     /// Panics: when inner content was already added.
-    pub fn raw_attr(self, name: &str, raw: &str) -> ElementBuilder {
-        let value = unescape(raw).unwrap_or(Cow::Borrowed(raw));
-        self.attr(name, &value)
+    #[inline]
+    pub fn raw_attr(mut self, name: &str, raw: &str) -> ElementBuilder {
+        if needs_attr_escape(raw) {
+            let value = unescape(raw).unwrap_or(Cow::Borrowed(raw));
+            self.push_attr(name, &value, false);
+        } else {
+            // The usual JID or id: no reference to resolve and nothing to escape, so the
+            // bytes as received are the bytes to write.
+            self.push_attr(name, raw, true);
+        }
+        self
     }
 
     /// [`ElementBuilder::raw_attr`] when `raw` is `Some`; nothing when it is `None`
@@ -295,12 +316,12 @@ impl ElementBuilder {
             inner_end,
             empty,
             uses_header_prefix: false,
-            to: self.to,
-            from: self.from,
-            type_: self.type_,
-            id: self.id,
-            to_attr: self.to_attr,
-            from_attr: self.from_attr,
+            to: self.to.into(),
+            from: self.from.into(),
+            type_: self.type_.into(),
+            id: self.id.into(),
+            to_attr: self.to_attr.into(),
+            from_attr: self.from_attr.into(),
         }
     }
 }

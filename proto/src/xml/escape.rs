@@ -41,10 +41,41 @@ pub fn escape_attr(value: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8(out).expect("escaping keeps UTF-8"))
 }
 
+/// Bytes escaped in attribute values (`&`, `<`, `>`, `'`, `"`): one table load per byte
+/// instead of five comparisons.
+const ATTR_SPECIAL: [bool; 256] = special(b"&<>'\"");
+/// Bytes escaped in character data (`&`, `<`, `>`).
+const TEXT_SPECIAL: [bool; 256] = special(b"&<>");
+
+const fn special(bytes: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < bytes.len() {
+        t[bytes[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+/// Whether `value` holds a byte that [`escape_attr_into`] escapes (`&`, `<`, `>`, `'`,
+/// `"`); when not, the value is its own escaped form, and a raw attribute value (as
+/// received) is its own unescaped form too.
+#[inline]
+pub(crate) fn needs_attr_escape(value: &str) -> bool {
+    value.bytes().any(|b| ATTR_SPECIAL[b as usize])
+}
+
 fn escape_into(s: &str, out: &mut Vec<u8>, attr: bool) {
     let bytes = s.as_bytes();
-    let mut last = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let table = if attr { &ATTR_SPECIAL } else { &TEXT_SPECIAL };
+    // Most values hold nothing to escape: one scan, one copy.
+    let Some(first) = bytes.iter().position(|&b| table[b as usize]) else {
+        out.extend_from_slice(bytes);
+        return;
+    };
+    out.extend_from_slice(&bytes[..first]);
+    let mut last = first;
+    for (i, &b) in bytes.iter().enumerate().skip(first) {
         let rep: &[u8] = match b {
             b'&' => b"&amp;",
             b'<' => b"&lt;",

@@ -350,12 +350,12 @@ impl Framer {
                     inner_end: info.inner_end,
                     empty,
                     uses_header_prefix: info.uses_header_prefix,
-                    to: info.to,
-                    from: info.from,
-                    type_: info.type_,
-                    id: info.id,
-                    to_attr: info.to_attr,
-                    from_attr: info.from_attr,
+                    to: info.to.into(),
+                    from: info.from.into(),
+                    type_: info.type_.into(),
+                    id: info.id.into(),
+                    to_attr: info.to_attr.into(),
+                    from_attr: info.from_attr.into(),
                 })))
             }
             Found::Close { end } => {

@@ -24,13 +24,13 @@ pub fn write_readdressed(el: &Element, to: Option<&str>, from: Option<&str>, out
         out.extend_from_slice(b" to='");
         escape_attr_into(v, out);
         out.push(b'\'');
-        skip[0] = el.to_attr.map(|s| s.range());
+        skip[0] = el.to_attr.get().map(|s| s.range());
     }
     if let Some(v) = from {
         out.extend_from_slice(b" from='");
         escape_attr_into(v, out);
         out.push(b'\'');
-        skip[1] = el.from_attr.map(|s| s.range());
+        skip[1] = el.from_attr.get().map(|s| s.range());
     }
     skip.sort_by_key(|r| r.as_ref().map_or(0, |r| r.start));
     let mut at = name_end;

@@ -84,7 +84,11 @@ pub(super) fn send_to(conn: &Conn<C2sConnection>, parts: &[&[u8]]) -> bool {
     let mut st = conn.st.borrow_mut();
     if st.detached {
         // XEP-0198: kept by the core for the client's resumption, not written.
-        if st.proto.send_stanza_parts(parts, Instant::now()).is_err() {
+        if st
+            .proto
+            .send_stanza_parts(parts, crate::runtime::now())
+            .is_err()
+        {
             return false;
         }
         let mut discard = Vec::new();
@@ -97,7 +101,11 @@ pub(super) fn send_to(conn: &Conn<C2sConnection>, parts: &[&[u8]]) -> bool {
     if st.closed {
         return false;
     }
-    if st.proto.send_stanza_parts(parts, Instant::now()).is_ok() {
+    if st
+        .proto
+        .send_stanza_parts(parts, crate::runtime::now())
+        .is_ok()
+    {
         let head = parts.first().copied().unwrap_or_default();
         let kind = if head.starts_with(b"<message") {
             "message"

@@ -206,7 +206,10 @@ impl Users {
                     return Some(d);
                 }
                 if matches!(d, Deferred::Inbound(_))
-                    && self.absent.borrow_mut().contains(bare, Instant::now())
+                    && self
+                        .absent
+                        .borrow_mut()
+                        .contains(bare, crate::runtime::now())
                 {
                     // Known to have no account: handled as after a load that said so,
                     // without asking the store again (forgotten again once handled).
