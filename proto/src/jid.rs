@@ -219,13 +219,26 @@ fn enforce_domain(raw: &str) -> Result<Cow<'_, str>, JidError> {
     }
     let (domain, result) =
         Uts46::new().to_unicode(raw.as_bytes(), AsciiDenyList::STD3, Hyphens::CheckFirstLast);
-    if result.is_err() || domain.split('.').any(str::is_empty) || !is_idna2008(&domain) {
+    if result.is_err()
+        || domain.split('.').any(|l| l.is_empty() || !is_u_label_ok(l))
+        || !is_idna2008(&domain)
+    {
         return Err(JidError::InvalidDomain);
     }
     if domain.len() > MAX_PART_LEN {
         return Err(JidError::DomainTooLong);
     }
     Ok(domain)
+}
+
+/// A label of ToUnicode's output holding non-ASCII (a U-label) must not hold `--` in its
+/// third and fourth positions (RFC 5891 §4.2.3.1). UTS #46 checks this only with
+/// `CheckHyphens`, which would also refuse ASCII labels such as `ab--cd` that domains use
+/// (so [`Hyphens::CheckFirstLast`] above). Without it an A-label such as `xn--xn--…`
+/// decodes to a U-label starting `xn--` that no longer parses: the normalised JID would
+/// not be a fixed point (fuzz finding 8, `tests/fuzz/README.md`).
+fn is_u_label_ok(label: &str) -> bool {
+    label.is_ascii() || label.get(2..4) != Some("--")
 }
 
 /// Rejects the non-ASCII code points that UTS #46 keeps for IDNA2003 compatibility but
@@ -901,6 +914,12 @@ mod tests {
         assert_eq!(err("."), JidError::EmptyDomain);
     }
 
+    /// The `jid` fuzz target's finding 8 (`tests/fuzz/seeds/jid/finding-8-u-label-hyphens`).
+    const FINDING_8: &str = concat!(
+        "xn--xn--XXXessosuesaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaxn--xn--XXXessaaaaaa",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaeaaaaaae"
+    );
+
     #[test]
     fn domain_invalid() {
         for d in [
@@ -913,6 +932,9 @@ mod tests {
             "♥.example",
             "♚.example",
             "xn--a.example",
+            // Decodes to a U-label with `--` in positions 3-4 (RFC 5891 §4.2.3.1), which
+            // would not parse again once normalised (fuzz finding 8).
+            FINDING_8,
             "[::1",
             "::1",
             "[fe80::1%eth0]",

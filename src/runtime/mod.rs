@@ -211,8 +211,18 @@ pub(crate) fn set_now(t: Option<std::time::Instant>) -> Option<std::time::Instan
 /// `asm_sysvec_reschedule_ipi`, benches/README.md "Router cost"). Probed once: an older
 /// kernel refuses the flag (`EINVAL`) and gets the default set-up.
 fn uring_setup(builder: &mut tokio_uring::Builder) -> &mut tokio_uring::Builder {
+    let mut b = tokio_uring::uring_builder();
+    if coop_taskrun() {
+        b.setup_coop_taskrun();
+    }
+    builder.uring_builder(&b)
+}
+
+/// Whether this kernel takes `IORING_SETUP_COOP_TASKRUN` (see [`uring_setup`]); probed
+/// once per process with an 8-entry ring.
+fn coop_taskrun() -> bool {
     static COOP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let coop = *COOP.get_or_init(|| {
+    *COOP.get_or_init(|| {
         let ok = tokio_uring::uring_builder()
             .setup_coop_taskrun()
             .build(8)
@@ -221,12 +231,7 @@ fn uring_setup(builder: &mut tokio_uring::Builder) -> &mut tokio_uring::Builder 
             info!("io_uring: IORING_SETUP_COOP_TASKRUN refused by this kernel; default set-up");
         }
         ok
-    });
-    let mut b = tokio_uring::uring_builder();
-    if coop {
-        b.setup_coop_taskrun();
-    }
-    builder.uring_builder(&b)
+    })
 }
 
 /// The read time of the stanza being processed, if any.
@@ -532,7 +537,7 @@ impl Server {
             ),
             None => None,
         };
-        info!(shards = n, s2s = ?bound.s2s, s2s_tls = ?bound.s2s_tls, c2s = ?bound.c2s, admin = ?bound.admin, domains = ?shared.config.domains, "listening");
+        info!(shards = n, io_uring_coop_taskrun = coop_taskrun(), s2s = ?bound.s2s, s2s_tls = ?bound.s2s_tls, c2s = ?bound.c2s, admin = ?bound.admin, domains = ?shared.config.domains, "listening");
         Ok(Server {
             store: shared.store.clone(),
             directory: shared.directory.clone(),
