@@ -300,6 +300,8 @@ pub(crate) struct ConnState<P: Proto = S2sConnection> {
     pub taken: u64,
     /// Bytes the socket has accepted so far (handed to the kernel).
     pub written: u64,
+    /// TLS: plaintext bytes sealed into records so far ([`ConnState::seal`]).
+    pub sealed: u64,
     /// Stanzas whose bytes are in `wire` or in the write in flight, not yet accepted by
     /// the socket, with the stream offset where their bytes end (see
     /// [`ConnState::track`]). On a write stall or a lost stream these are exactly the
@@ -333,6 +335,16 @@ pub(crate) struct ConnState<P: Proto = S2sConnection> {
     pub trim_at: Option<Instant>,
 }
 
+/// Marks an end offset in [`ConnState::unsent`] as that of a stanza whose bytes are still
+/// plaintext with the protocol (TLS, not yet sealed into records); the other bits hold
+/// where its plaintext ends ([`ConnState::sealed`] counts). Resolved by
+/// [`ConnState::seal`]; never `<= written` before, so such a stanza is never taken for
+/// written. Stream offsets stay far below 2^63.
+const UNSEALED: u64 = 1 << 63;
+
+/// Plaintext per TLS record (RFC 8446 §5.1: 2^14 octets at most).
+const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
+
 /// How long a busy stream must see no read and no write before its idle buffers are
 /// given back ([`ConnState::trim_at`]), and how close together reads (or writes) make a
 /// stream busy. So the timer fires at most once per second of quiet after traffic.
@@ -357,6 +369,7 @@ impl<P: Proto> ConnState<P> {
             started: Instant::now(),
             taken: 0,
             written: 0,
+            sealed: 0,
             unsent: VecDeque::new(),
             sent_at: VecDeque::new(),
             hold_until_acked: false,
@@ -374,10 +387,18 @@ impl<P: Proto> ConnState<P> {
         self.wire.len() + self.proto.pending_transmit()
     }
 
-    /// Remembers that `stanza`'s bytes end at the current end of `wire` (call right
-    /// after [`ConnState::pump`] that moved them there), until the socket accepts them.
+    /// Remembers where `stanza`'s bytes end in the stream (call right after the
+    /// [`ConnState::pump`] following its queueing): the current end of `wire` on a plain
+    /// stream, the end of its record once sealed on TLS; until the socket accepts them.
     pub fn track(&mut self, stanza: Queued) {
-        let end = self.taken + self.wire.len() as u64;
+        // On TLS its bytes are still the protocol's plaintext: the end is known once
+        // sealed.
+        let pending = self.proto.pending_transmit() as u64;
+        let end = if self.tls.is_some() && pending > 0 {
+            UNSEALED | (self.sealed + pending)
+        } else {
+            self.taken + self.wire.len() as u64
+        };
         self.unsent.push_back((end, stanza));
         if self.hold_until_acked {
             self.sent_at.push_back(Instant::now());
@@ -586,23 +607,59 @@ impl<P: Proto> ConnState<P> {
         }
     }
 
-    /// Moves what the protocol wants to send to [`ConnState::wire`], encrypting it when
-    /// TLS is on; includes TLS handshake records.
+    /// Moves what the protocol wants to send to [`ConnState::wire`]: on a plain stream,
+    /// all of it. On a TLS stream only the records rustls made by itself (handshake,
+    /// tickets, alerts): the protocol's bytes stay with the protocol until the writer
+    /// seals them ([`ConnState::seal`]), so the stanzas queued between two writes become
+    /// one record (up to 16 KiB) rather than a record each: one AEAD pass and no
+    /// allocation per stanza.
     pub fn pump(&mut self) {
         match self.tls.as_mut() {
             None => {
                 self.proto.poll_transmit(&mut self.wire);
             }
-            Some(tls) => {
-                let c = tls.conn();
-                if !self.tls_handshaking {
-                    let wire = &mut self.wire;
-                    self.proto
-                        .poll_transmit_with(|bytes| encrypt_into(c, bytes, wire));
-                }
-                flush_tls(c, &mut self.wire);
-            }
+            Some(tls) => flush_tls(tls.conn(), &mut self.wire),
         }
+    }
+
+    /// Moves everything the protocol wants to send to [`ConnState::wire`], encrypted
+    /// when TLS is on, and gives the stanzas [`ConnState::track`]ed meanwhile their end
+    /// in the stream: the end of the records now holding them (a record reaches the
+    /// peer whole or not at all, so a stanza counts as written once its record is). The
+    /// writer calls it before each write.
+    pub fn seal(&mut self) {
+        let Some(tls) = self.tls.as_mut() else {
+            self.proto.poll_transmit(&mut self.wire);
+            return;
+        };
+        let c = tls.conn();
+        if !self.tls_handshaking {
+            // The unsealed stanzas are the newest of `unsent`, oldest first from `next`.
+            let mut next = self
+                .unsent
+                .iter()
+                .rposition(|(e, _)| e & UNSEALED == 0)
+                .map_or(0, |i| i + 1);
+            let (wire, unsent, sealed) = (&mut self.wire, &mut self.unsent, &mut self.sealed);
+            let taken = self.taken;
+            self.proto.poll_transmit_with(|bytes| {
+                // One record per chunk (rustls splits a write at the same size), so each
+                // stanza ends in the record(s) of the chunk holding its last byte.
+                for chunk in bytes.chunks(MAX_RECORD_PLAINTEXT) {
+                    encrypt_into(c, chunk, wire);
+                    *sealed += chunk.len() as u64;
+                    let end = taken + wire.len() as u64;
+                    while let Some((e, _)) = unsent.get_mut(next) {
+                        if *e & !UNSEALED > *sealed {
+                            break;
+                        }
+                        *e = end;
+                        next += 1;
+                    }
+                }
+            });
+        }
+        flush_tls(c, &mut self.wire);
     }
 
     /// Starts TLS on this stream (STARTTLS, RFC 6120 §5.4.3.3): whatever the protocol
@@ -618,7 +675,7 @@ impl<P: Proto> ConnState<P> {
     /// protocol still had to send (a final `<failure/>`, the stream error): rustls would
     /// encrypt data written later, but the peer drops records after close_notify.
     pub fn close_tls(&mut self) {
-        self.pump();
+        self.seal();
         if let Some(tls) = self.tls.as_mut() {
             let c = tls.conn();
             c.send_close_notify();

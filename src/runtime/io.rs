@@ -202,7 +202,7 @@ async fn writer<P: Driven>(shard: Rc<Shard>, conn: Rc<Conn<P>>) {
     loop {
         let (out, deadline, trim_at, stop) = {
             let mut st = conn.st.borrow_mut();
-            st.pump();
+            st.seal();
             if st.wire.is_empty() {
                 if st.handing_off {
                     break;

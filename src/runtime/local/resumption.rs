@@ -52,6 +52,9 @@ impl Resumption {
         };
         {
             let mut st = conn.st.borrow_mut();
+            // What the dead socket's TLS session still held for it goes with it; the
+            // core resends what the client did not acknowledge after resumption.
+            st.seal();
             st.detached = true;
             st.unsent.clear();
             st.wire.clear();
