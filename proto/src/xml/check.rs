@@ -72,21 +72,57 @@ pub(super) struct Scratch {
     pub(super) attrs: Vec<Span>,
 }
 
-/// Checks a namespace declaration `xmlns:prefix='value'` (Namespaces in XML 1.0 §3).
+/// Checks a namespace declaration `xmlns:prefix='value'` (Namespaces in XML 1.0 §3):
+/// not to the empty name, not of `xmlns`, `xml` only to its own namespace, and no other
+/// prefix to the `xml` or `xmlns` namespace names. `value` is raw (references are
+/// resolved here for the comparison).
 pub(super) fn declare_prefix(prefix: &[u8], value: &[u8]) -> Result<(), XmlError> {
     if value.is_empty() {
         return Err(XmlError::BadNamespacePrefix(
             "prefix bound to the empty namespace",
         ));
     }
+    let name = namespace_name(value);
+    let reserved = *name == *ns::XML.as_bytes() || *name == *ns::XMLNS.as_bytes();
     match prefix {
         b"xmlns" => Err(XmlError::BadNamespacePrefix(
             "the xmlns prefix cannot be declared",
         )),
-        b"xml" if value != ns::XML.as_bytes() => Err(XmlError::BadNamespacePrefix(
+        b"xml" if *name != *ns::XML.as_bytes() => Err(XmlError::BadNamespacePrefix(
             "the xml prefix is bound to another namespace",
         )),
+        b"xml" => Ok(()),
+        _ if reserved => Err(XmlError::BadNamespacePrefix(
+            "a prefix bound to the xml or xmlns namespace name",
+        )),
         _ => Ok(()),
+    }
+}
+
+/// Checks a default namespace declaration `xmlns='value'` (Namespaces in XML 1.0 §3:
+/// neither the `xml` nor the `xmlns` namespace name may be the default).
+pub(super) fn declare_default(value: &[u8]) -> Result<(), XmlError> {
+    let name = namespace_name(value);
+    if *name == *ns::XML.as_bytes() || *name == *ns::XMLNS.as_bytes() {
+        return Err(XmlError::BadNamespacePrefix(
+            "the xml or xmlns namespace name declared as the default",
+        ));
+    }
+    Ok(())
+}
+
+/// A raw namespace attribute value with its references resolved (borrowed when it has
+/// none; as is when it does not resolve, which the reference checks report).
+fn namespace_name(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !raw.contains(&b'&') {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    match std::str::from_utf8(raw)
+        .ok()
+        .and_then(|s| super::escape::unescape(s).ok())
+    {
+        Some(s) => std::borrow::Cow::Owned(s.into_owned().into_bytes()),
+        None => std::borrow::Cow::Borrowed(raw),
     }
 }
 
@@ -374,7 +410,10 @@ fn start_tag(
         }
         let vspan = span_of(s, value);
         match (kp, kl) {
-            (b"", b"xmlns") => scratch.bindings.push((Span::default(), vspan)),
+            (b"", b"xmlns") => {
+                declare_default(value)?;
+                scratch.bindings.push((Span::default(), vspan));
+            }
             (b"xmlns", p) => {
                 declare_prefix(p, value)?;
                 scratch.bindings.push((span_of(s, p), vspan));
@@ -464,6 +503,40 @@ fn lookup(s: &[u8], prefix: &[u8], header: &HeaderCtx, bindings: &[(Span, Span)]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Namespaces in XML 1.0 §3: no prefix but `xml` bound to the `xml` namespace name,
+    /// none to the `xmlns` one, neither as the default. The `routing` fuzz target's
+    /// finding 9 (`tests/fuzz/seeds/routing/finding-9-prefix-bound-to-xmlns`): the
+    /// framer took `xmlns:xmlto='http://www.w3.org/2000/xmlns/'`, the tree parser did not.
+    #[test]
+    fn reserved_namespace_names_are_not_bound() {
+        use crate::xml::parse_stanza;
+        for bad in [
+            "<iq type='get' id='1'><x xmlns:a='http://www.w3.org/2000/xmlns/'/></iq>",
+            "<iq type='get' id='1' xmlns:a='http://www.w3.org/2000/xmlns/'/>",
+            "<iq type='get' id='1'><x xmlns:a='http://www.w3.org/XML/1998/namespace'/></iq>",
+            "<iq type='get' id='1'><x xmlns='http://www.w3.org/2000/xmlns/'/></iq>",
+            "<iq type='get' id='1'><x xmlns='http://www.w3.org/XML/1998/namespace'/></iq>",
+            "<iq type='get' id='1'><x xmlns:a='http://www.w3.org/2000/xmlns&#47;'/></iq>",
+            "<iq te.examAtypeid=\"q'1\"> d\u{feff}ic/>za frmm='<eest \
+             xmlns:xmlto='urn:ietf:tf:paramns:xmpp-szas'/> d.>=<enst \
+             xmlns:xmlto='http://www.w3.org/2000/xmlns/'/> p-</iq>",
+        ] {
+            assert!(
+                matches!(
+                    parse_stanza(bad.as_bytes()),
+                    Err(XmlError::BadNamespacePrefix(_))
+                ),
+                "{bad}"
+            );
+        }
+        for good in [
+            "<iq type='get' id='1'><x xmlns:xml='http://www.w3.org/XML/1998/namespace'/></iq>",
+            "<iq type='get' id='1'><x xmlns:a='urn:example' a:b='c'/></iq>",
+        ] {
+            assert!(parse_stanza(good.as_bytes()).is_ok(), "{good}");
+        }
+    }
 
     /// The fast name scan agrees with the original rule on where a name ends (the first
     /// whitespace or stop byte) and with `split_qname` on every name it accepts, for every

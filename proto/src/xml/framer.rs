@@ -21,7 +21,9 @@ use bytes::{Buf, BytesMut};
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
-use super::check::{check_element, declare_prefix, trim_ws, NsSource, Scratch, Tag, TagKind};
+use super::check::{
+    check_element, declare_default, declare_prefix, trim_ws, NsSource, Scratch, Tag, TagKind,
+};
 use super::element::{Element, Frame, Namespace, StreamHeader};
 use super::error::{Limit, Restricted, XmlError};
 use super::escape::unescape;
@@ -704,6 +706,7 @@ impl Framer {
             let value = unescape(&attr.value)?.into_owned();
             match (kp, kl) {
                 (b"", b"xmlns") => {
+                    declare_default(value.as_bytes())?;
                     ctx.default_ns = Some(Namespace::classify(value.as_bytes(), None))
                 }
                 (b"xmlns", p) => {

@@ -64,6 +64,9 @@ pub mod ns {
     pub const BIDI_FEATURE: &str = "urn:xmpp:features:bidi";
     /// The `xml` prefix's namespace (Namespaces in XML 1.0 §3).
     pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
+    /// The namespace name the `xmlns` prefix is bound to by definition (Namespaces in XML
+    /// 1.0 §3); never declared.
+    pub const XMLNS: &str = "http://www.w3.org/2000/xmlns/";
 
     pub(crate) const SERVER_B: &[u8] = SERVER.as_bytes();
     pub(crate) const CLIENT_B: &[u8] = CLIENT.as_bytes();
