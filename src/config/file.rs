@@ -344,6 +344,33 @@ impl RawConfig {
     }
 }
 
+/// `toml`'s message for `e`, which names the line and column when `toml` knows them.
+/// For the errors it reports without a position (its recursion limit: keys or values
+/// nested too deeply, such as a dotted key of hundreds of parts; fuzz finding 10,
+/// `tests/fuzz/README.md`) the message names the line with the most nesting (dots,
+/// brackets and braces), where such an error comes from.
+fn parse_message(e: &toml::de::Error, text: &str) -> String {
+    let message = e.to_string().trim_end().to_owned();
+    if e.span().is_some() {
+        return message;
+    }
+    let deepest = text
+        .lines()
+        .enumerate()
+        .max_by_key(|(i, l)| {
+            let depth = l
+                .bytes()
+                .filter(|b| matches!(b, b'.' | b'[' | b'{'))
+                .count();
+            (depth, std::cmp::Reverse(*i))
+        })
+        .map_or(1, |(i, _)| i + 1);
+    format!(
+        "{message} (TOML parse error without a position; the most deeply nested line is \
+         line {deepest})"
+    )
+}
+
 impl Config {
     /// Parses and validates a configuration file's text.
     ///
@@ -353,7 +380,7 @@ impl Config {
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             file: None,
-            message: e.to_string().trim_end().to_owned(),
+            message: parse_message(&e, text),
         })?;
         let config = raw.into_config()?;
         config.validate()?;
@@ -373,6 +400,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `toml` reports its recursion limit without a position; the message still names
+    /// a line (fuzz finding 10: a dotted key of hundreds of parts).
+    #[test]
+    fn a_parse_error_without_a_position_names_the_deepest_line() {
+        let text = format!("shards = 2\n{}b = 1\ndata_dir = \"x\"\n", "a.".repeat(400));
+        match Config::from_toml_str(&text) {
+            Err(ConfigError::Parse { message, .. }) => {
+                assert!(message.contains("without a position"), "{message}");
+                assert!(message.contains("line 2)"), "{message}");
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
 
     #[test]
     fn static_target_forms() {
