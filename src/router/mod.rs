@@ -68,7 +68,7 @@ pub fn domain_key(domain: &str) -> Cow<'_, str> {
 /// non-ASCII input is normalised per RFC 7622 through [`Jid::new`]. An unparsable JID
 /// keeps its raw lowercase form: it routes somewhere deterministic and is refused there.
 pub fn bare_key(jid: &str) -> Cow<'_, str> {
-    let bare = match jid.find('/') {
+    let bare = match memchr::memchr(b'/', jid.as_bytes()) {
         Some(i) => &jid[..i],
         None => jid,
     };

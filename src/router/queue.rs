@@ -34,6 +34,14 @@ impl Queued {
         }
     }
 
+    /// Its raw `to`: the stanza's, or this recipient's of a broadcast.
+    pub fn to(&self) -> Option<&str> {
+        match self {
+            Queued::Whole(el, _) => el.to(),
+            Queued::Shared(_, to, _) => Some(to),
+        }
+    }
+
     /// Its raw `from` attribute.
     pub fn from(&self) -> Option<&str> {
         match self {

@@ -62,14 +62,21 @@ fn hosted_key<'a>(shared: &'a super::Shared, from: &str) -> Option<Cow<'a, str>>
     })
 }
 
-/// The state of remote domain `d` (an ownership key), created when new: its key is
-/// allocated only then (`HashMap::entry` would take an owned key on every call, an
-/// allocation per stanza queued while the stream is set up).
-fn remote_entry<'a>(map: &'a mut HashMap<Rc<str>, Remote>, d: &str) -> &'a mut Remote {
-    if !map.contains_key(d) {
-        map.insert(Rc::from(d), Remote::default());
+/// The remote domains by ownership key ([`domain_key`]), hashed with std's SipHash
+/// (`RandomState`, keyed per process): the keys are chosen by remote senders.
+type RemoteMap = hashbrown::HashMap<Rc<str>, Remote, std::hash::RandomState>;
+
+/// The state of remote domain `d` (an ownership key) and the map's own key for it (a
+/// reference count), created when new: one hash, and the key is allocated only then
+/// (`HashMap::entry` would take an owned key on every call, an allocation per stanza).
+fn remote_entry<'a>(map: &'a mut RemoteMap, d: &str) -> (Rc<str>, &'a mut Remote) {
+    match map.entry_ref(d) {
+        hashbrown::hash_map::EntryRef::Occupied(e) => (Rc::clone(e.key()), e.into_mut()),
+        hashbrown::hash_map::EntryRef::Vacant(e) => {
+            let e = e.insert_entry(Remote::default());
+            (Rc::clone(e.key()), e.into_mut())
+        }
     }
-    map.get_mut(d).expect("inserted above")
 }
 
 /// An SRV target as a key: host (lowercase) and port.
@@ -123,7 +130,7 @@ struct Remote {
 pub(super) struct Remotes {
     /// By ownership key ([`domain_key`]). The key is an `Rc<str>` so that the routing
     /// path can hold the domain's name without allocating ([`Remotes::key`]).
-    map: RefCell<HashMap<Rc<str>, Remote>>,
+    map: RefCell<RemoteMap>,
     /// Stanzas for remote servers bounced because the shard was shutting down.
     shutdown_bounced: Cell<usize>,
     /// This shard's outbound streams by the SRV target (host, port) they connected to:
@@ -230,10 +237,11 @@ impl Remotes {
         None
     }
 
-    /// Sends a stanza to remote domain `d` (owned by this shard) over its outbound
-    /// stream, queueing it while the stream is being set up; bounces it (RFC 6120 §8.3.3)
-    /// while the domain backs off, while its queue is full, or while shutting down.
-    pub(super) fn send_remote(&self, shard: &Shard, d: &str, el: Queued) {
+    /// Sends a stanza to the remote domain of its `to` (owned by this shard) over the
+    /// domain's outbound stream, queueing it while the stream is being set up; bounces it
+    /// (RFC 6120 §8.3.3) while the domain backs off, while its queue is full, or while
+    /// shutting down. One look-up of the domain per stanza (its key is the map's).
+    pub(super) fn send_remote(&self, shard: &Shard, el: Queued) {
         let Some(from) = el.from() else {
             return;
         };
@@ -247,7 +255,7 @@ impl Remotes {
             // Every stream of this shard is closed or closing by now, and none is opened
             // any more: nothing can carry it.
             debug!(
-                remote = %d,
+                to = el.to(),
                 "shutting down: not connecting to the remote server; stanza bounced"
             );
             self.shutdown_bounced.set(self.shutdown_bounced.get() + 1);
@@ -256,7 +264,11 @@ impl Remotes {
         }
         let now = super::now();
         let mut remotes = self.map.borrow_mut();
-        let r = remote_entry(&mut remotes, d);
+        let (d, r) = {
+            let Some(to) = el.to() else { return };
+            remote_entry(&mut remotes, &domain_key(domain_of(to)))
+        };
+        let d: &str = &d;
         if let Some(until) = r.backoff_until {
             if now < until && r.conn.is_none() {
                 let f = r.last_failure.clone().unwrap_or(Failure {
@@ -338,7 +350,7 @@ impl Remotes {
     /// on it; starts a connection attempt if none runs.
     fn ensure_outbound(&self, shard: &Shard, d: &str, local: &str) {
         let mut remotes = self.map.borrow_mut();
-        let r = remote_entry(&mut remotes, d);
+        let (_, r) = remote_entry(&mut remotes, d);
         // An inbound bidirectional stream serving as `d`'s (XEP-0288) carries only the
         // pairs `d` authenticated on it: another local domain needs a stream of our own.
         if r.conn.as_ref().is_some_and(|c| {
@@ -407,7 +419,7 @@ impl Remotes {
     pub(super) fn bidi_inbound_ready(&self, shard: &Shard, conn: &Rc<Conn>, local: &str, d: &str) {
         {
             let mut remotes = self.map.borrow_mut();
-            let r = remote_entry(&mut remotes, d);
+            let (_, r) = remote_entry(&mut remotes, d);
             if r.conn.as_ref().is_none_or(|c| c.id != conn.id) {
                 if r.conn.as_ref().is_some_and(|c| !c.st.borrow().closed) {
                     return;
@@ -451,7 +463,7 @@ impl Remotes {
         let now = Instant::now();
         let (queue, verifies) = {
             let mut remotes = self.map.borrow_mut();
-            let r = remote_entry(&mut remotes, d);
+            let (_, r) = remote_entry(&mut remotes, d);
             r.connecting = false;
             r.conn = None;
             r.locals.clear();
@@ -773,7 +785,7 @@ impl Remotes {
     /// authenticated on it (dialback requests to send).
     pub(super) fn connected(&self, d: &str, local: &str, conn: &Rc<Conn>) -> Vec<String> {
         let mut remotes = self.map.borrow_mut();
-        let r = remote_entry(&mut remotes, d);
+        let (_, r) = remote_entry(&mut remotes, d);
         r.connecting = false;
         r.conn = Some(Rc::clone(conn));
         r.locals.iter().filter(|l| *l != local).cloned().collect()

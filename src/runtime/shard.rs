@@ -197,8 +197,8 @@ impl Shard {
     }
 
     /// Sends a stanza to remote domain `d`, owned by this shard ([`Remotes::send_remote`]).
-    pub(super) fn send_remote(&self, d: &str, q: Queued) {
-        self.remotes.send_remote(self, d, q);
+    pub(super) fn send_remote(&self, q: Queued) {
+        self.remotes.send_remote(self, q);
     }
 
     /// Runs the shard until shutdown: listeners, inbox, control.
@@ -389,17 +389,17 @@ impl Shard {
                 self.send_to_owner(owner, el, Dst::Local);
             }
         } else {
-            let (owner, key) = {
+            let owner = {
                 let d = domain_key(domain);
                 if self.forwarded(&el, wire::Kind::Remote, &d, hops) {
                     return;
                 }
-                let owner = shard_of(&d, self.n);
-                (owner, (owner == self.id).then(|| self.remotes.key(&d)))
+                shard_of(&d, self.n)
             };
-            match key {
-                Some(d) => self.send_remote(&d, Queued::Whole(el, super::read_at())),
-                None => self.send_to_owner(owner, el, Dst::Remote),
+            if owner == self.id {
+                self.send_remote(Queued::Whole(el, super::read_at()));
+            } else {
+                self.send_to_owner(owner, el, Dst::Remote);
             }
         }
     }
@@ -419,9 +419,7 @@ impl Shard {
     /// A stanza another shard routed here for a remote domain this shard owns: the key
     /// is taken from its `to` again (cheaper than carrying an owned copy across).
     fn send_remote_routed(&self, el: Element) {
-        let Some(to) = el.to() else { return };
-        let d = self.remotes.key(&domain_key(domain_of(to)));
-        self.send_remote(&d, Queued::Whole(el, super::read_at()));
+        self.send_remote(Queued::Whole(el, super::read_at()));
     }
 
     // ----- cluster -----

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use super::link::{send_to, Link};
 use super::roster::RosterState;
 use super::sessions::Session;
-use super::users::Deferred;
+use super::users::Admitted;
 use crate::condition::StanzaCondition;
 use crate::presence::delivery::{self, SessionView};
 use crate::router::bare_key;
@@ -53,7 +53,8 @@ impl Delivery {
         // The server's own entity; and answers to its requests sent from a node's
         // resource of the domain (`cupdomain.test/n2`, the admin ping in a cluster).
         let response = kind == StanzaKind::Iq && matches!(el.type_(), Some("result" | "error"));
-        if !to.contains('@') && (!to.contains('/') || response) {
+        let has = |b: u8| memchr::memchr(b, to.as_bytes()).is_some();
+        if !has(b'@') && (!has(b'/') || response) {
             if let Some(pong) = answer_plain_ping(&el, &mut self.arena.borrow_mut()) {
                 return Some(Answer::Reply(pong));
             }
@@ -66,29 +67,30 @@ impl Delivery {
     /// A stanza for a local user this shard owns, from anywhere (another local user, a
     /// remote server, the server itself).
     pub(super) fn deliver_to_user(&self, shard: &Shard, el: Element) {
-        let Some(to) = el.to() else { return };
-        let bare = bare_key(to).into_owned();
-        if let Some(Deferred::Inbound(el)) =
-            shard.local.users.admit(shard, &bare, Deferred::Inbound(el))
-        {
-            self.deliver_now(shard, el);
-            if shard.local.users.maybe_forget(&bare) {
-                shard.local.pep.forget(&bare);
+        match shard.local.users.admit_inbound(shard, el) {
+            Admitted::Now(el, bare) => {
+                self.deliver_now(shard, el, false);
+                if shard.local.users.maybe_forget(&bare) {
+                    shard.local.pep.forget(&bare);
+                }
             }
+            Admitted::Absent(el) => self.deliver_now(shard, el, true),
+            Admitted::Queued => {}
         }
     }
 
     /// Carries out what the RFC 6121 §8.5 rules ([`delivery::decide`]) say to do with a
-    /// stanza for a local user, given the user's sessions now.
-    pub(super) fn deliver_now(&self, shard: &Shard, el: Element) {
+    /// stanza for a local user, given the user's sessions now. `absent`: the account is
+    /// known not to exist ([`Admitted::Absent`]), which the users' map does not record.
+    pub(super) fn deliver_now(&self, shard: &Shard, el: Element, absent: bool) {
         let Some(kind) = StanzaKind::of(&el) else {
             return;
         };
         let Some(to) = el.to() else { return };
-        let bare = bare_key(to).into_owned();
-        let resource = to.find('/').map(|i| &to[i + 1..]);
+        let bare = bare_key(to);
+        let resource = memchr::memchr(b'/', to.as_bytes()).map(|i| &to[i + 1..]);
         // From an entity the user blocked (XEP-0191 §3.3): dropped or answered.
-        if shard.local.blocking.blocks_inbound(shard, &bare, &el) {
+        if !absent && shard.local.blocking.blocks_inbound(shard, &bare, &el) {
             return;
         }
         // PEP (XEP-0163): a contact's resource and its caps; answers to the caps queries
@@ -111,7 +113,7 @@ impl Delivery {
                 .local
                 .users
                 .borrow()
-                .get(&bare)
+                .get(&*bare)
                 .is_some_and(|u| matches!(u.roster, RosterState::Loaded(_)));
             if let Some(reply) = answer_account(&el, exists) {
                 return shard.route(reply);
@@ -120,7 +122,8 @@ impl Delivery {
         let cap = shard.shared().config.c2s.send_queue_bytes;
         let (decision, targets) = {
             let users = shard.local.users.borrow();
-            let sessions = users.get(&bare).map_or(&[][..], |u| &u.sessions[..]);
+            let user = if absent { None } else { users.get(&*bare) };
+            let sessions = user.map_or(&[][..], |u| &u.sessions[..]);
             let views: Vec<SessionView> = sessions.iter().map(|s| s.view(cap)).collect();
             let decision = delivery::decide(kind, el.type_(), resource, &views);
             let targets: Vec<Link> = match &decision {
@@ -158,7 +161,12 @@ impl Delivery {
                     shard.local.carbons.received(shard, &bare, &el, &ids);
                 }
             }
-            delivery::Delivery::Offline => shard.local.offline.store(shard, &bare, el),
+            delivery::Delivery::Offline => {
+                if !shard.local.offline.refuses(shard, &bare, &el, absent) {
+                    let bare = bare.into_owned();
+                    shard.local.offline.store(shard, &bare, el);
+                }
+            }
             delivery::Delivery::Reply(condition) => {
                 shard.route(self.refusal(&el, condition));
             }
@@ -174,6 +182,7 @@ impl Delivery {
                 });
             }
             delivery::Delivery::Subscription(t) => {
+                let bare = bare.into_owned();
                 shard.local.subscriptions.inbound(shard, &bare, t, el)
             }
             delivery::Delivery::Probe => shard.local.presence.answer_probe(shard, &bare, &el),

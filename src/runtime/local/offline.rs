@@ -66,42 +66,51 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 impl Offline {
-    /// Stores `el`, a message for `bare` that no resource takes
-    /// ([`crate::presence::delivery::Delivery::Offline`]); the sender gets
-    /// `service-unavailable` (storage off, full, no such user) or `internal-server-error`
-    /// (the store failed) instead.
-    pub(super) fn store(&self, shard: &Shard, bare: &str, el: Element) {
-        if !worth_storing(&el) {
+    /// What [`Offline::store`] does first, on a borrow: `true` when `el` (for `bare`) is
+    /// not to be stored, in which case it was dropped (only chat states) or refused with
+    /// `service-unavailable` (storage off; no such account: `absent`, or what the store
+    /// just said for `bare`).
+    pub(super) fn refuses(&self, shard: &Shard, bare: &str, el: &Element, absent: bool) -> bool {
+        if !worth_storing(el) {
             // Only chat state notifications (XEP-0160 §3, XEP-0085): dropped, like a
             // headline, and counted.
-            return count("offline_refused", Some("chat_states_only"), 1);
+            count("offline_refused", Some("chat_states_only"), 1);
+            return true;
         }
         let max = shard.shared().config.c2s.max_offline_messages;
         // The store just said (or the shard remembers, `c2s.unknown_user_cache`) that
         // there is no such account: the append would fail the same way.
         let absent = || {
-            shard
-                .local
-                .users
-                .borrow()
-                .get(bare)
-                .is_some_and(|u| matches!(u.roster, super::roster::RosterState::NoSuchUser))
+            absent
+                || shard
+                    .local
+                    .users
+                    .borrow()
+                    .get(bare)
+                    .is_some_and(|u| matches!(u.roster, super::roster::RosterState::NoSuchUser))
         };
-        let refused = if max == 0 {
-            Some("disabled")
+        let cause = if max == 0 {
+            "disabled"
         } else if absent() {
-            Some("no_such_user")
+            "no_such_user"
         } else {
-            None
+            return false;
         };
-        if let Some(cause) = refused {
-            count("offline_refused", Some(cause), 1);
-            let reply = shard
-                .local
-                .delivery
-                .refusal(&el, StanzaCondition::ServiceUnavailable);
-            return shard.route(reply);
-        }
+        count("offline_refused", Some(cause), 1);
+        let reply = shard
+            .local
+            .delivery
+            .refusal(el, StanzaCondition::ServiceUnavailable);
+        shard.route(reply);
+        true
+    }
+
+    /// Stores `el`, a message for `bare` that no resource takes
+    /// ([`crate::presence::delivery::Delivery::Offline`]) and that [`Offline::refuses`]
+    /// let through; the sender gets `service-unavailable` (full, no such account) or
+    /// `internal-server-error` (the store failed) if the store refuses it.
+    pub(super) fn store(&self, shard: &Shard, bare: &str, el: Element) {
+        let max = shard.shared().config.c2s.max_offline_messages;
         let change = Change::AppendOffline {
             user: bare.to_owned(),
             stanza: el.as_str().to_owned(),

@@ -234,11 +234,11 @@ impl Presence {
                     self.deliver_broadcast(shard, &stanza, &jid);
                 }
             } else {
-                let domain = domain.into_owned();
-                shard.send_remote(
-                    &domain,
-                    Queued::Shared(stanza.clone(), jid, crate::runtime::read_at()),
-                );
+                shard.send_remote(Queued::Shared(
+                    stanza.clone(),
+                    jid,
+                    crate::runtime::read_at(),
+                ));
             }
         }
     }

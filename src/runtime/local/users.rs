@@ -121,6 +121,36 @@ fn has_caps(el: &Element) -> bool {
     CAPS.is_in(el.inner())
 }
 
+/// [`Deferred::needs_roster`] of a stanza to the user from elsewhere.
+fn inbound_needs_roster(el: &Element) -> bool {
+    match StanzaKind::of(el) {
+        // Available presence with XEP-0115 caps: PEP checks the subscription.
+        Some(StanzaKind::Presence) => match el.type_() {
+            Some(t) => t == "probe" || SubType::from_type(t).is_some(),
+            None => has_caps(el),
+        },
+        // A request is checked against the block list (XEP-0191 §3.3), and a XEP-0030
+        // query to the bare JID is answered for the account only if it exists (RFC 6121
+        // §8.5.1, `service::answer_account`); a PEP request (XEP-0163) is answered per
+        // the subscription (access model `presence`).
+        Some(StanzaKind::Iq) => matches!(el.type_(), Some("get" | "set")),
+        // Messages need the block list (XEP-0191 §3.3), loaded with the roster.
+        Some(StanzaKind::Message) => el.type_() != Some("error"),
+        None => false,
+    }
+}
+
+/// What [`Users::admit_inbound`] decided for a stanza to a local user.
+pub(super) enum Admitted {
+    /// To be handled now; the recipient's bare JID ([`bare_key`]).
+    Now(Element, String),
+    /// To be handled now, for an address known to have no account: no entry was made for
+    /// it (nothing to forget afterwards).
+    Absent(Element),
+    /// Queued behind the user's earlier stanzas or roster load (or dropped: no `to`).
+    Queued,
+}
+
 /// A stanza waiting for its user's roster or earlier stanzas.
 pub(super) enum Deferred {
     /// From one of the user's sessions (stamped).
@@ -156,21 +186,7 @@ impl Deferred {
                 Some(StanzaKind::Message) => true,
                 None => false,
             },
-            Deferred::Inbound(el) => match StanzaKind::of(el) {
-                // Available presence with XEP-0115 caps: PEP checks the subscription.
-                Some(StanzaKind::Presence) => match el.type_() {
-                    Some(t) => t == "probe" || SubType::from_type(t).is_some(),
-                    None => has_caps(el),
-                },
-                // A request is checked against the block list (XEP-0191 §3.3), and a
-                // XEP-0030 query to the bare JID is answered for the account only if it
-                // exists (RFC 6121 §8.5.1, `service::answer_account`); a PEP request
-                // (XEP-0163) is answered per the subscription (access model `presence`).
-                Some(StanzaKind::Iq) => matches!(el.type_(), Some("get" | "set")),
-                // Messages need the block list (XEP-0191 §3.3), loaded with the roster.
-                Some(StanzaKind::Message) => el.type_() != Some("error"),
-                None => false,
-            },
+            Deferred::Inbound(el) => inbound_needs_roster(el),
             Deferred::Broadcast(s, _) => s.element().type_().is_none() && has_caps(s.element()),
         }
     }
@@ -192,6 +208,37 @@ impl Users {
     /// The users, to change.
     pub(super) fn borrow_mut(&self) -> RefMut<'_, HashMap<String, User>> {
         self.map.borrow_mut()
+    }
+
+    /// [`Users::admit`] for a stanza to a local user from elsewhere
+    /// ([`Deferred::Inbound`]), keyed by its `to`: without a copy of the bare JID or an
+    /// entry for a user known to have no account (`c2s.unknown_user_cache`), which a
+    /// flood of stanzas to made-up addresses would otherwise cost per stanza.
+    pub(super) fn admit_inbound(&self, shard: &Shard, el: Element) -> Admitted {
+        let owned = {
+            let Some(to) = el.to() else {
+                return Admitted::Queued;
+            };
+            let bare = bare_key(to);
+            // The cache is empty but under a flood of such stanzas: no hashing then.
+            let known_absent = inbound_needs_roster(&el)
+                && self
+                    .absent
+                    .borrow_mut()
+                    .contains(&bare, crate::runtime::now())
+                && !self.map.borrow().contains_key(&*bare);
+            (!known_absent).then(|| bare.into_owned())
+        };
+        let Some(bare) = owned else {
+            // Known to have no account: handled as after a load that said so, without
+            // asking the store again, and without an entry to make and forget.
+            crate::runtime::count_static("unknown_user_cache_hits", "", "", 1);
+            return Admitted::Absent(el);
+        };
+        match self.admit(shard, &bare, Deferred::Inbound(el)) {
+            Some(Deferred::Inbound(el)) => Admitted::Now(el, bare),
+            _ => Admitted::Queued,
+        }
     }
 
     /// Whether `d` (from or to `bare`) may be handled now: `Some(d)` back, or `None` when
@@ -271,7 +318,7 @@ impl Users {
                     let kind = StanzaKind::of(&el).unwrap_or(StanzaKind::Iq);
                     shard.local.client.client_stanza_now(shard, id, kind, el);
                 }
-                Some(Deferred::Inbound(el)) => shard.local.delivery.deliver_now(shard, el),
+                Some(Deferred::Inbound(el)) => shard.local.delivery.deliver_now(shard, el, false),
                 Some(Deferred::Broadcast(stanza, to)) => {
                     shard.local.presence.deliver_broadcast(shard, &stanza, &to)
                 }

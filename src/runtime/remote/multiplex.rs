@@ -126,7 +126,7 @@ impl Remotes {
         let now = Instant::now();
         let locals = {
             let mut remotes = self.map.borrow_mut();
-            let r = remote_entry(&mut remotes, d);
+            let (_, r) = remote_entry(&mut remotes, d);
             let mut locals = vec![local.to_owned()];
             locals.extend(r.locals.iter().filter(|l| *l != local).cloned());
             locals
@@ -143,7 +143,7 @@ impl Remotes {
         }
         {
             let mut remotes = self.map.borrow_mut();
-            let r = remote_entry(&mut remotes, d);
+            let (_, r) = remote_entry(&mut remotes, d);
             r.connecting = false;
             r.conn = Some(Rc::clone(&conn));
             for l in locals {

@@ -78,7 +78,7 @@ impl Remotes {
             .is_some();
         let (backoff, verify_only) = {
             let mut remotes = self.map.borrow_mut();
-            let r = remote_entry(&mut remotes, &remote);
+            let (_, r) = remote_entry(&mut remotes, &remote);
             let now = Instant::now();
             // A stream of our own, open or being dialled, carries it; else, when that
             // stream would be an inbound bidirectional one (or the domain is another

@@ -61,7 +61,7 @@ impl Remotes {
     pub(in crate::runtime) fn verifier_connected(&self, d: &str, conn: &Rc<Conn>) {
         {
             let mut remotes = self.map.borrow_mut();
-            let r = super::remote_entry(&mut remotes, d);
+            let (_, r) = super::remote_entry(&mut remotes, d);
             r.verifier_connecting = false;
             r.verifier_closing = false;
             r.verifier = Some(Rc::clone(conn));
