@@ -245,7 +245,10 @@ impl Remotes {
         let Some(from) = el.from() else {
             return;
         };
-        let shared = Arc::clone(&shard.shared());
+        // Borrowed, not cloned: the `Arc`'s count is shared by every shard, and an atomic
+        // add and subtract per stanza on it would move its cache line between the cores.
+        // (Nothing in here reloads the configuration, which replaces it.)
+        let shared = shard.shared();
         let Some(local) = hosted_key(&shared, from) else {
             // Only our own users and our server originate stanzas to remote domains.
             debug!(from, "not sending a stanza from a domain we do not host");
