@@ -190,6 +190,80 @@ fn second_domain_answered_invalid_leaves_the_stream_and_first_domain_up() {
 }
 
 #[test]
+fn an_invalid_key_for_a_second_domain_gets_forbidden_and_the_stream_stays() {
+    // The receiving side of the same exchange: the peer (b) hears from its authoritative
+    // server that our key for the second pair is invalid. Other pairs are authenticated
+    // on the stream, so it answers `<forbidden/>` rather than `invalid` and keeps the
+    // stream (XEP-0220 §2.2.1).
+    let mut p = pair(policy(google(), None), true, false);
+    p.auto_verify = false;
+    p.a.conn.request_dialback_for(A, B2, p.now).unwrap();
+    p.drive();
+    let asked: Vec<(String, String)> =
+        p.b.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::VerifyNeeded { local, remote, .. } => Some((local.clone(), remote.clone())),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(asked, vec![(B2.to_owned(), A.to_owned())]);
+    p.b.conn
+        .handle_dialback_verdict(B2, A, DialbackResult::Invalid, p.now);
+    p.drive();
+    let sent = String::from_utf8_lossy(&p.b.sent).into_owned();
+    assert!(
+        sent.contains("<db:result from='b2.test' to='cupdomain.test' type='error'><error type='auth'><forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>"),
+        "{sent}"
+    );
+    assert!(!sent.contains("type='invalid'"), "{sent}");
+    assert_eq!(
+        auth_failed(&p.a.events),
+        vec![(
+            A.to_owned(),
+            B2.to_owned(),
+            DialbackResult::Error(DialbackErrorCondition::Forbidden)
+        )]
+    );
+    assert!(!closed(&p.a.events) && !closed(&p.b.events));
+    // The refused pair carries nothing; the first pair still does: a marker arrives.
+    p.a.conn.send_stanza(A, B1, TO_B1, p.now).unwrap();
+    p.drive();
+    assert_eq!(stanzas(&p.b.events).len(), 1);
+    assert!(stanzas(&p.b.events)[0].contains("x@b1.test"));
+}
+
+#[test]
+fn an_invalid_key_for_the_first_domain_still_closes_the_stream() {
+    // No other pair on the stream: `invalid`, then the stream closes (XEP-0220 §2.2.1).
+    let ca = TestCa::new("fedrouter test CA").unwrap();
+    let mut p = Pair::new(
+        Server::with_policy(A, policy(google(), None), &ca, false),
+        Server::hosting(B1, &[], policy(google(), None), &ca, false),
+    );
+    p.auto_verify = false;
+    p.drive();
+    assert!(p
+        .b
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::VerifyNeeded { .. })));
+    p.b.conn
+        .handle_dialback_verdict(B1, A, DialbackResult::Invalid, p.now);
+    p.drive();
+    let sent = String::from_utf8_lossy(&p.b.sent).into_owned();
+    assert!(
+        sent.contains("<db:result from='b1.test' to='cupdomain.test' type='invalid'/>"),
+        "{sent}"
+    );
+    assert!(sent.ends_with("</stream:stream>"), "{sent}");
+    assert_eq!(
+        auth_failed(&p.a.events),
+        vec![(A.to_owned(), B1.to_owned(), DialbackResult::Invalid)]
+    );
+}
+
+#[test]
 fn stanzas_for_a_second_domain_not_yet_authenticated_are_refused() {
     let mut p = pair(policy(google(), None), true, false);
     // Never asked for.

@@ -641,6 +641,16 @@ impl S2sStreams {
         let Some(c) = self.conns.borrow().get(&conn).cloned() else {
             return;
         };
+        if result == DialbackResult::Invalid {
+            // Logged whether or not the stream closes for it (XEP-0220 §2.2.1: a stream
+            // with other authenticated pairs gets `<forbidden/>` and stays).
+            warn!(
+                parent: &c.span,
+                local,
+                remote,
+                "the authoritative server judged the peer's dialback key invalid: stanzas from this domain are refused on this stream"
+            );
+        }
         {
             let mut st = c.st.borrow_mut();
             st.proto

@@ -63,7 +63,11 @@ impl S2sConnection {
 
     /// Inbound: the authoritative server's verdict on a key from [`Event::VerifyNeeded`]
     /// (XEP-0220 §2.1.3). Sends `<db:result type=.../>` and, when valid, authenticates
-    /// the pair. Ignored when no such verification is pending.
+    /// the pair. `invalid` closes the stream when it carries no other domain pair; when
+    /// other pairs are authenticated on it, the pair is refused with a `<forbidden/>`
+    /// dialback error instead and the stream stays up for them (XEP-0220 §2.2.1, §2.1.2:
+    /// the Initiating Server may merely be misconfigured for this Sender Domain).
+    /// Ignored when no such verification is pending.
     pub fn handle_dialback_verdict(
         &mut self,
         local: &str,
@@ -79,11 +83,18 @@ impl S2sConnection {
             return;
         };
         self.pending_results.swap_remove(i);
+        if result == DialbackResult::Invalid && !self.pairs.is_empty() {
+            // Other domain pairs are authenticated on this stream: closing it would
+            // throw their state away (XEP-0220 §2.2.1, "MAY ... return an error condition
+            // of <forbidden/>"). No stanza from `remote` is accepted for `local`.
+            let forbidden = DialbackResult::Error(DialbackErrorCondition::Forbidden);
+            return self.write_db_answer("result", local, remote, None, forbidden);
+        }
         self.write_db_answer("result", local, remote, None, result);
         match result {
             DialbackResult::Valid => self.authenticate(local, remote, AuthMethod::Dialback, now),
-            // XEP-0220 §2.2.1: the Initiating Server is spoofing the Sender Domain; the
-            // Receiving Server closes the stream.
+            // XEP-0220 §2.2.1: the Initiating Server is spoofing the Sender Domain, and
+            // this was its first pair: the Receiving Server closes the stream.
             DialbackResult::Invalid => self.close(None, now),
             DialbackResult::Error(_) => {}
         }
