@@ -248,23 +248,10 @@ impl Users {
         let needs = d.needs_roster(bare);
         let start_load = {
             let mut users = self.map.borrow_mut();
-            if !users.contains_key(bare) {
-                if !needs {
-                    return Some(d);
-                }
-                if matches!(d, Deferred::Inbound(_))
-                    && self
-                        .absent
-                        .borrow_mut()
-                        .contains(bare, crate::runtime::now())
-                {
-                    // Known to have no account: handled as after a load that said so,
-                    // without asking the store again (forgotten again once handled).
-                    crate::runtime::count_static("unknown_user_cache_hits", "", "", 1);
-                    let user = users.entry(bare.to_owned()).or_default();
-                    user.roster = RosterState::NoSuchUser;
-                    return Some(d);
-                }
+            // (A stanza to an address the unknown-user cache holds never gets here:
+            // `admit_inbound` handles it without an entry.)
+            if !needs && !users.contains_key(bare) {
+                return Some(d);
             }
             let user = users.entry(bare.to_owned()).or_default();
             let ready = matches!(
