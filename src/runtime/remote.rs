@@ -128,8 +128,8 @@ struct Remote {
 /// The remote domains this shard owns.
 #[derive(Default)]
 pub(super) struct Remotes {
-    /// By ownership key ([`domain_key`]). The key is an `Rc<str>` so that the routing
-    /// path can hold the domain's name without allocating ([`Remotes::key`]).
+    /// By ownership key ([`domain_key`]). The key is an `Rc<str>` so that a stanza's path
+    /// holds the domain's name without allocating ([`remote_entry`], [`Remotes::key`]).
     map: RefCell<RemoteMap>,
     /// Stanzas for remote servers bounced because the shard was shutting down.
     shutdown_bounced: Cell<usize>,

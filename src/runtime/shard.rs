@@ -196,7 +196,8 @@ impl Shard {
         super::io::spawn_conn(self, conn);
     }
 
-    /// Sends a stanza to remote domain `d`, owned by this shard ([`Remotes::send_remote`]).
+    /// Sends a stanza to the remote domain of its `to`, owned by this shard
+    /// ([`Remotes::send_remote`]).
     pub(super) fn send_remote(&self, q: Queued) {
         self.remotes.send_remote(self, q);
     }

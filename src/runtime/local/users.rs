@@ -220,7 +220,8 @@ impl Users {
                 return Admitted::Queued;
             };
             let bare = bare_key(to);
-            // The cache is empty but under a flood of such stanzas: no hashing then.
+            // The cache fills only with addresses the store said have no account; while
+            // it is empty, asking it hashes nothing.
             let known_absent = inbound_needs_roster(&el)
                 && self
                     .absent
